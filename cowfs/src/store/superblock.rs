@@ -1,0 +1,143 @@
+//! The two superblock slots (blocks 0 and 1). A commit writes generation g into slot
+//! g % 2, so the previous commit's slot is never touched; open picks the valid slot
+//! with the highest generation.
+
+use super::le::*;
+use super::BLOCK_SIZE;
+
+pub const SB_MAGIC: [u8; 8] = *b"COWFSPL\0";
+pub const FORMAT_VERSION: u32 = 1;
+pub const SLOT_COUNT: u64 = 2;
+
+const OFF_MAGIC: usize = 0;
+const OFF_VERSION: usize = 8;
+const OFF_BLOCK_SIZE: usize = 12;
+const OFF_GENERATION: usize = 16;
+const OFF_POOL_ID: usize = 24;
+const OFF_CAPACITY: usize = 32;
+const OFF_CATALOG_ROOT: usize = 40;
+const OFF_SPACE_ROOT: usize = 48;
+const OFF_SPACE_DEPTH: usize = 56;
+const OFF_NEXT_BRANCH_ID: usize = 64;
+const OFF_CREATED: usize = 72;
+const OFF_CRC: usize = BLOCK_SIZE - 4;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Superblock {
+    pub generation: u64,
+    pub pool_id: u64,
+    pub capacity_blocks: u64,
+    pub catalog_root: u64,
+    pub space_root: u64,
+    pub space_depth: u8,
+    pub next_branch_id: u64,
+    pub created_unix: u64,
+}
+
+/// Why a slot was rejected.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SlotError {
+    Empty,
+    NotCowfs,
+    Version(u32),
+    Checksum,
+    Invalid(&'static str),
+}
+
+impl Superblock {
+    pub fn slot_for(generation: u64) -> u64 {
+        generation % SLOT_COUNT
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; BLOCK_SIZE];
+        b[OFF_MAGIC..OFF_MAGIC + 8].copy_from_slice(&SB_MAGIC);
+        put_u32(&mut b, OFF_VERSION, FORMAT_VERSION);
+        put_u32(&mut b, OFF_BLOCK_SIZE, BLOCK_SIZE as u32);
+        put_u64(&mut b, OFF_GENERATION, self.generation);
+        put_u64(&mut b, OFF_POOL_ID, self.pool_id);
+        put_u64(&mut b, OFF_CAPACITY, self.capacity_blocks);
+        put_u64(&mut b, OFF_CATALOG_ROOT, self.catalog_root);
+        put_u64(&mut b, OFF_SPACE_ROOT, self.space_root);
+        b[OFF_SPACE_DEPTH] = self.space_depth;
+        put_u64(&mut b, OFF_NEXT_BRANCH_ID, self.next_branch_id);
+        put_u64(&mut b, OFF_CREATED, self.created_unix);
+        let crc = crc32fast::hash(&b[..OFF_CRC]);
+        put_u32(&mut b, OFF_CRC, crc);
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Superblock, SlotError> {
+        if b.len() < BLOCK_SIZE {
+            return Err(SlotError::Empty);
+        }
+        if b.iter().all(|&x| x == 0) {
+            return Err(SlotError::Empty);
+        }
+        if b[OFF_MAGIC..OFF_MAGIC + 8] != SB_MAGIC {
+            return Err(SlotError::NotCowfs);
+        }
+        if crc32fast::hash(&b[..OFF_CRC]) != u32_at(b, OFF_CRC) {
+            return Err(SlotError::Checksum);
+        }
+        let version = u32_at(b, OFF_VERSION);
+        if version != FORMAT_VERSION {
+            return Err(SlotError::Version(version));
+        }
+        if u32_at(b, OFF_BLOCK_SIZE) as usize != BLOCK_SIZE {
+            return Err(SlotError::Invalid("block size is not 4096"));
+        }
+        let sb = Superblock {
+            generation: u64_at(b, OFF_GENERATION),
+            pool_id: u64_at(b, OFF_POOL_ID),
+            capacity_blocks: u64_at(b, OFF_CAPACITY),
+            catalog_root: u64_at(b, OFF_CATALOG_ROOT),
+            space_root: u64_at(b, OFF_SPACE_ROOT),
+            space_depth: b[OFF_SPACE_DEPTH],
+            next_branch_id: u64_at(b, OFF_NEXT_BRANCH_ID),
+            created_unix: u64_at(b, OFF_CREATED),
+        };
+        let in_pool = |a: u64| a >= SLOT_COUNT && a < sb.capacity_blocks;
+        if sb.capacity_blocks <= SLOT_COUNT
+            || !in_pool(sb.catalog_root)
+            || !in_pool(sb.space_root)
+            || sb.space_depth == 0
+            || sb.space_depth > 8
+        {
+            return Err(SlotError::Invalid("root pointers or capacity out of range"));
+        }
+        Ok(sb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Superblock {
+        Superblock {
+            generation: 7,
+            pool_id: 0xfeed,
+            capacity_blocks: 1000,
+            catalog_root: 5,
+            space_root: 6,
+            space_depth: 1,
+            next_branch_id: 3,
+            created_unix: 1,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_rejects() {
+        let sb = sample();
+        let b = sb.encode();
+        assert_eq!(Superblock::decode(&b).unwrap(), sb);
+        let mut c = b.clone();
+        c[20] ^= 1;
+        assert_eq!(Superblock::decode(&c), Err(SlotError::Checksum));
+        assert_eq!(Superblock::decode(&[0u8; BLOCK_SIZE]), Err(SlotError::Empty));
+        let mut d = b.clone();
+        d[0] = b'X';
+        assert_eq!(Superblock::decode(&d), Err(SlotError::NotCowfs));
+    }
+}
