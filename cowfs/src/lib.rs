@@ -3,3 +3,4 @@
 //! branch or snapshot is a constant-time copy of a root pointer.
 
 pub mod store;
+pub mod btree;

@@ -1,0 +1,314 @@
+//! The transaction's view of metadata and data blocks: decoded nodes (dirty ones
+//! pinned until commit, clean ones in a bounded cache), the space map, and the
+//! copy-on-write and reference-count rules every tree change goes through.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::key::Key;
+use super::node::Node;
+use crate::store::block::{seal, verify, BlockKind};
+use crate::store::cache::NodeCache;
+use crate::store::device::BlockDevice;
+use crate::store::spacemap::SpaceMap;
+use crate::store::{BlockAddr, StoreError, StoreResult, BLOCK_SIZE};
+
+/// Which blocks an item's value references (a data extent, a branch root): the tree
+/// adds a reference to them when it copies a shared leaf and drops one when it frees
+/// a leaf. Returns (first block, block count).
+pub type RefsFn = fn(&Key, &[u8]) -> Option<(BlockAddr, u64)>;
+
+/// Counters the regression guards and benchmarks read.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IoStats {
+    pub nodes_read: u64,
+    pub nodes_written: u64,
+    pub data_blocks_read: u64,
+    pub data_blocks_written: u64,
+}
+
+pub struct NodeStore {
+    pub dev: Arc<dyn BlockDevice>,
+    pub space: SpaceMap,
+    cache: NodeCache<Node>,
+    dirty: HashMap<BlockAddr, Arc<Node>>,
+    pool_id: u64,
+    generation: u64,
+    refs_of: RefsFn,
+    pub stats: IoStats,
+}
+
+impl NodeStore {
+    pub fn new(
+        dev: Arc<dyn BlockDevice>,
+        space: SpaceMap,
+        pool_id: u64,
+        generation: u64,
+        cache_bytes: usize,
+        refs_of: RefsFn,
+    ) -> NodeStore {
+        NodeStore {
+            dev,
+            space,
+            cache: NodeCache::new(cache_bytes),
+            dirty: HashMap::new(),
+            pool_id,
+            generation,
+            refs_of,
+            stats: IoStats::default(),
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+    pub fn pool_id(&self) -> u64 {
+        self.pool_id
+    }
+    pub fn dirty_nodes(&self) -> usize {
+        self.dirty.len()
+    }
+    pub fn cache_stats(&self) -> (u64, u64) {
+        self.cache.stats()
+    }
+
+    fn corrupt(&self, block: BlockAddr, why: String) -> StoreError {
+        log::error!("{}: block {block}: {why}", self.dev.name().display());
+        StoreError::Corrupt {
+            pool: self.dev.name(),
+            block,
+            why,
+        }
+    }
+
+    fn check_addr(&self, addr: BlockAddr) -> StoreResult<()> {
+        if addr < crate::store::spacemap::FIRST_USABLE || addr >= self.space.capacity() {
+            return Err(self.corrupt(addr, format!("pointer to block {addr} outside the pool")));
+        }
+        let len = self.dev.len_blocks();
+        if addr >= len {
+            return Err(StoreError::Truncated {
+                pool: self.dev.name(),
+                block: addr,
+                len,
+            });
+        }
+        Ok(())
+    }
+
+    /// A node, from the transaction, the cache or the device (verified).
+    pub fn read(&mut self, addr: BlockAddr, expect_level: Option<u8>) -> StoreResult<Arc<Node>> {
+        let node = if let Some(n) = self.dirty.get(&addr) {
+            n.clone()
+        } else if let Some(n) = self.cache.get(addr) {
+            n
+        } else {
+            self.check_addr(addr)?;
+            let mut buf = vec![0u8; BLOCK_SIZE];
+            self.dev.read_at(addr, &mut buf).map_err(|e| StoreError::Io {
+                pool: self.dev.name(),
+                block: addr,
+                source: e,
+            })?;
+            self.stats.nodes_read += 1;
+            let h = verify(&buf, addr, self.pool_id, BlockKind::TreeNode).map_err(|w| self.corrupt(addr, w))?;
+            let n = Arc::new(Node::decode(&buf, h.level, h.count).map_err(|w| self.corrupt(addr, w))?);
+            self.cache.insert(addr, n.clone());
+            n
+        };
+        if let Some(l) = expect_level {
+            if node.level() != l {
+                return Err(self.corrupt(addr, format!("node at level {} where level {l} expected", node.level())));
+            }
+        }
+        Ok(node)
+    }
+
+    /// Store a new node at a fresh address.
+    pub fn alloc_node(&mut self, node: Node) -> StoreResult<BlockAddr> {
+        let (addr, _) = self.space.alloc(&*self.dev, 1)?;
+        self.cache.remove(addr);
+        self.dirty.insert(addr, Arc::new(node));
+        Ok(addr)
+    }
+
+    /// A node that may be changed in place: the node itself if this transaction made
+    /// it and nothing else references it, otherwise a fresh copy (shadowing).
+    pub fn cow(&mut self, addr: BlockAddr) -> StoreResult<BlockAddr> {
+        let rc = self.space.get(&*self.dev, addr)?;
+        if rc == 0 {
+            return Err(self.corrupt(addr, "tree points at a free block".into()));
+        }
+        if rc == 1 && self.dirty.contains_key(&addr) {
+            return Ok(addr);
+        }
+        let node = self.read(addr, None)?;
+        let copy = (*node).clone();
+        if rc > 1 {
+            // Shared: the copy holds its own references to everything below it.
+            self.add_refs_below(&copy)?;
+        }
+        let new = self.alloc_node(copy)?;
+        if self.space.dec(&*self.dev, addr)? == 0 {
+            self.forget(addr);
+        }
+        Ok(new)
+    }
+
+    /// Mutable access to a node made writable by `cow` or `alloc_node`.
+    pub fn node_mut(&mut self, addr: BlockAddr) -> StoreResult<&mut Node> {
+        match self.dirty.get_mut(&addr) {
+            Some(n) => Ok(Arc::make_mut(n)),
+            None => Err(StoreError::Corrupt {
+                pool: self.dev.name(),
+                block: addr,
+                why: "internal error: node changed without being made writable".into(),
+            }),
+        }
+    }
+
+    fn add_refs_below(&mut self, node: &Node) -> StoreResult<()> {
+        match node {
+            Node::Internal(_, kids) => {
+                for (_, c) in kids {
+                    self.space.inc(&*self.dev, *c, 1)?;
+                }
+            }
+            Node::Leaf(items) => {
+                for (k, v) in items {
+                    if let Some((start, len)) = (self.refs_of)(k, v) {
+                        self.space.inc(&*self.dev, start, len)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One more reference to a node (a new branch pointing at a root).
+    pub fn inc_node(&mut self, addr: BlockAddr) -> StoreResult<()> {
+        self.space.inc(&*self.dev, addr, 1)
+    }
+
+    /// Drop one reference to a node; when none remain, free it and everything below
+    /// it that it alone referenced. Cost follows what is freed, not the tree size.
+    pub fn drop_ref(&mut self, addr: BlockAddr) -> StoreResult<()> {
+        let rc = self.space.get(&*self.dev, addr)?;
+        if rc == 0 {
+            return Err(self.corrupt(addr, "reference dropped from a free node".into()));
+        }
+        if rc > 1 {
+            self.space.dec(&*self.dev, addr)?;
+            return Ok(());
+        }
+        let node = self.read(addr, None)?;
+        match &*node {
+            Node::Internal(_, kids) => {
+                for (_, c) in kids {
+                    self.drop_ref(*c)?;
+                }
+            }
+            Node::Leaf(items) => {
+                for (k, v) in items {
+                    if let Some((start, len)) = (self.refs_of)(k, v) {
+                        self.space.dec_range(&*self.dev, start, len)?;
+                    }
+                }
+            }
+        }
+        self.space.dec(&*self.dev, addr)?;
+        self.forget(addr);
+        Ok(())
+    }
+
+    fn forget(&mut self, addr: BlockAddr) {
+        self.dirty.remove(&addr);
+        self.cache.remove(addr);
+    }
+
+    /// Write every dirty node to its (fresh) address and move it to the cache.
+    pub fn write_dirty_nodes(&mut self) -> StoreResult<()> {
+        let mut buf = vec![0u8; BLOCK_SIZE];
+        let mut addrs: Vec<BlockAddr> = self.dirty.keys().copied().collect();
+        addrs.sort_unstable();
+        for addr in addrs {
+            let node = match self.dirty.remove(&addr) {
+                Some(n) => n,
+                None => continue,
+            };
+            node.encode(&mut buf);
+            seal(
+                &mut buf,
+                BlockKind::TreeNode,
+                addr,
+                self.generation,
+                self.pool_id,
+                node.level(),
+                node.len() as u16,
+            );
+            self.dev.write_at(addr, &buf).map_err(|e| StoreError::Io {
+                pool: self.dev.name(),
+                block: addr,
+                source: e,
+            })?;
+            self.stats.nodes_written += 1;
+            self.cache.insert(addr, node);
+        }
+        Ok(())
+    }
+
+    /// Called once the commit of `generation` is durable.
+    pub fn commit_done(&mut self) {
+        self.space.commit_done();
+        self.generation += 1;
+    }
+
+    // ---- data blocks ----
+
+    /// Allocate up to `want` contiguous data blocks (count 1 each).
+    pub fn alloc_data(&mut self, want: u64) -> StoreResult<(BlockAddr, u64)> {
+        let r = self.space.alloc(&*self.dev, want)?;
+        for a in r.0..r.0 + r.1 {
+            self.cache.remove(a);
+        }
+        Ok(r)
+    }
+
+    pub fn write_data(&mut self, start: BlockAddr, buf: &[u8]) -> StoreResult<()> {
+        self.stats.data_blocks_written += (buf.len() / BLOCK_SIZE) as u64;
+        self.dev.write_at(start, buf).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                StoreError::NoSpace { pool: self.dev.name() }
+            } else {
+                StoreError::Io {
+                    pool: self.dev.name(),
+                    block: start,
+                    source: e,
+                }
+            }
+        })
+    }
+
+    /// Read data blocks and check each against its CRC32 from the extent item.
+    pub fn read_data(&mut self, start: BlockAddr, buf: &mut [u8], crcs: &[u32]) -> StoreResult<()> {
+        let n = buf.len() / BLOCK_SIZE;
+        self.check_addr(start)?;
+        if n > 0 {
+            self.check_addr(start + n as u64 - 1)?;
+        }
+        self.dev.read_at(start, buf).map_err(|e| StoreError::Io {
+            pool: self.dev.name(),
+            block: start,
+            source: e,
+        })?;
+        self.stats.data_blocks_read += n as u64;
+        for (i, chunk) in buf.chunks(BLOCK_SIZE).enumerate() {
+            let c = crc32fast::hash(chunk);
+            if Some(&c) != crcs.get(i) {
+                let b = start + i as u64;
+                return Err(self.corrupt(b, format!("data block checksum mismatch (stored {:#010x}, computed {c:#010x})", crcs.get(i).copied().unwrap_or(0))));
+            }
+        }
+        Ok(())
+    }
+}

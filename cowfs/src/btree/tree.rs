@@ -1,0 +1,263 @@
+//! Tree operations on a root address: point lookup, ordered range scans, upsert and
+//! delete. Changing operations return the new root (the old one may have been
+//! shadowed); the caller stores it wherever the root reference lives.
+
+use super::key::Key;
+use super::node::Node;
+use super::nodestore::NodeStore;
+use crate::store::{BlockAddr, StoreResult};
+
+/// Look up one key.
+pub fn get(st: &mut NodeStore, root: BlockAddr, key: &Key) -> StoreResult<Option<Vec<u8>>> {
+    let mut addr = root;
+    let mut expect = None;
+    loop {
+        let node = st.read(addr, expect)?;
+        match &*node {
+            Node::Leaf(items) => {
+                return Ok(items
+                    .binary_search_by(|(k, _)| k.cmp(key))
+                    .ok()
+                    .map(|i| items[i].1.clone()));
+            }
+            Node::Internal(level, kids) => {
+                addr = kids[Node::child_index(kids, key)].1;
+                expect = Some(level - 1);
+            }
+        }
+    }
+}
+
+/// Visit items with `from <= key <= to` in order until `f` returns false.
+pub fn range(
+    st: &mut NodeStore,
+    root: BlockAddr,
+    from: &Key,
+    to: &Key,
+    f: &mut dyn FnMut(&Key, &[u8]) -> bool,
+) -> StoreResult<()> {
+    range_rec(st, root, None, from, to, f).map(|_| ())
+}
+
+fn range_rec(
+    st: &mut NodeStore,
+    addr: BlockAddr,
+    expect: Option<u8>,
+    from: &Key,
+    to: &Key,
+    f: &mut dyn FnMut(&Key, &[u8]) -> bool,
+) -> StoreResult<bool> {
+    let node = st.read(addr, expect)?;
+    match &*node {
+        Node::Leaf(items) => {
+            let start = items.partition_point(|(k, _)| k < from);
+            for (k, v) in &items[start..] {
+                if k > to {
+                    return Ok(false);
+                }
+                if !f(k, v) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        Node::Internal(level, kids) => {
+            let first = Node::child_index(kids, from);
+            for (i, (k, child)) in kids.iter().enumerate().skip(first) {
+                if i > first && k > to {
+                    return Ok(false);
+                }
+                if !range_rec(st, *child, Some(level - 1), from, to, f)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// Collect items in a key range (convenience for small ranges).
+pub fn collect(st: &mut NodeStore, root: BlockAddr, from: &Key, to: &Key) -> StoreResult<Vec<(Key, Vec<u8>)>> {
+    let mut out = Vec::new();
+    range(st, root, from, to, &mut |k, v| {
+        out.push((*k, v.to_vec()));
+        true
+    })?;
+    Ok(out)
+}
+
+/// Insert or replace one item. Returns the new root.
+pub fn insert(st: &mut NodeStore, root: BlockAddr, key: Key, val: Vec<u8>) -> StoreResult<BlockAddr> {
+    let root = st.cow(root)?;
+    if let Some((sep, right)) = insert_rec(st, root, key, val)? {
+        let level = st.read(root, None)?.level() + 1;
+        let low = st.read(root, None)?.first_key().unwrap_or(Key::MIN);
+        return st.alloc_node(Node::Internal(level, vec![(low, root), (sep, right)]));
+    }
+    Ok(root)
+}
+
+/// `addr` is writable. Returns a new right sibling if the node split.
+fn insert_rec(st: &mut NodeStore, addr: BlockAddr, key: Key, val: Vec<u8>) -> StoreResult<Option<(Key, BlockAddr)>> {
+    let (child_pos, child) = {
+        let node = st.node_mut(addr)?;
+        match node {
+            Node::Leaf(items) => {
+                match items.binary_search_by(|(k, _)| k.cmp(&key)) {
+                    Ok(i) => items[i].1 = val,
+                    Err(i) => items.insert(i, (key, val)),
+                }
+                return split_if_needed(st, addr);
+            }
+            Node::Internal(_, kids) => {
+                let i = Node::child_index(kids, &key);
+                (i, kids[i].1)
+            }
+        }
+    };
+    let new_child = st.cow(child)?;
+    {
+        let node = st.node_mut(addr)?;
+        if let Node::Internal(_, kids) = node {
+            kids[child_pos].1 = new_child;
+            if child_pos == 0 && key < kids[0].0 {
+                kids[0].0 = key;
+            }
+        }
+    }
+    if let Some((sep, right)) = insert_rec(st, new_child, key, val)? {
+        if let Node::Internal(_, kids) = st.node_mut(addr)? {
+            kids.insert(child_pos + 1, (sep, right));
+        }
+        return split_if_needed(st, addr);
+    }
+    Ok(None)
+}
+
+fn split_if_needed(st: &mut NodeStore, addr: BlockAddr) -> StoreResult<Option<(Key, BlockAddr)>> {
+    let node = st.node_mut(addr)?;
+    if !node.overflows() {
+        return Ok(None);
+    }
+    let right = node.split();
+    let sep = right.first_key().unwrap_or(Key::MAX);
+    let r = st.alloc_node(right)?;
+    Ok(Some((sep, r)))
+}
+
+/// Remove one item if present. Returns the new root and the removed value.
+pub fn remove(st: &mut NodeStore, root: BlockAddr, key: &Key) -> StoreResult<(BlockAddr, Option<Vec<u8>>)> {
+    // Look first so that a miss shadows nothing.
+    let old = match get(st, root, key)? {
+        None => return Ok((root, None)),
+        Some(v) => v,
+    };
+    let mut root = st.cow(root)?;
+    remove_rec(st, root, key)?;
+    // Collapse internal roots with a single child, so the tree shrinks as it empties.
+    loop {
+        let node = st.read(root, None)?;
+        match &*node {
+            Node::Internal(_, kids) if kids.len() == 1 => {
+                let child = kids[0].1;
+                st.inc_node(child)?;
+                st.drop_ref(root)?;
+                root = child;
+            }
+            Node::Internal(_, kids) if kids.is_empty() => {
+                st.drop_ref(root)?;
+                root = st.alloc_node(Node::Leaf(Vec::new()))?;
+            }
+            _ => break,
+        }
+    }
+    Ok((root, Some(old)))
+}
+
+/// `addr` is writable. Returns true if the node is now empty (the parent drops it).
+fn remove_rec(st: &mut NodeStore, addr: BlockAddr, key: &Key) -> StoreResult<bool> {
+    let (pos, child) = {
+        let node = st.node_mut(addr)?;
+        match node {
+            Node::Leaf(items) => {
+                if let Ok(i) = items.binary_search_by(|(k, _)| k.cmp(key)) {
+                    items.remove(i);
+                }
+                return Ok(items.is_empty());
+            }
+            Node::Internal(_, kids) => {
+                let i = Node::child_index(kids, key);
+                (i, kids[i].1)
+            }
+        }
+    };
+    let new_child = st.cow(child)?;
+    if let Node::Internal(_, kids) = st.node_mut(addr)? {
+        kids[pos].1 = new_child;
+    }
+    if remove_rec(st, new_child, key)? {
+        st.drop_ref(new_child)?;
+        if let Node::Internal(_, kids) = st.node_mut(addr)? {
+            kids.remove(pos);
+            return Ok(kids.is_empty());
+        }
+    }
+    Ok(false)
+}
+
+/// A new, empty tree (a single empty leaf).
+pub fn create_empty(st: &mut NodeStore) -> StoreResult<BlockAddr> {
+    st.alloc_node(Node::Leaf(Vec::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::device::MemDevice;
+    use crate::store::spacemap::SpaceMap;
+    use rand::{Rng, SeedableRng};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    fn no_refs(_: &Key, _: &[u8]) -> Option<(BlockAddr, u64)> {
+        None
+    }
+
+    fn store() -> NodeStore {
+        let dev = Arc::new(MemDevice::new());
+        NodeStore::new(dev, SpaceMap::create(1 << 20, 7), 7, 1, 1 << 20, no_refs)
+    }
+
+    #[test]
+    fn random_ops_match_btreemap_and_sharing_is_isolated() {
+        let mut st = store();
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+        let mut a = create_empty(&mut st).unwrap();
+        let mut model = BTreeMap::new();
+        for i in 0..20000u64 {
+            let k = Key::new(rng.gen_range(0..3000), rng.gen_range(0..3), rng.gen_range(0..4));
+            if rng.gen_bool(0.7) {
+                let v = vec![(i % 251) as u8; rng.gen_range(0..300)];
+                a = insert(&mut st, a, k, v.clone()).unwrap();
+                model.insert(k, v);
+            } else {
+                let (r, old) = remove(&mut st, a, &k).unwrap();
+                a = r;
+                assert_eq!(old, model.remove(&k));
+            }
+        }
+        let all = collect(&mut st, a, &Key::MIN, &Key::MAX).unwrap();
+        assert_eq!(all, model.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>());
+        // Share the root (a branch), change one side, the other is untouched.
+        st.inc_node(a).unwrap();
+        let b = insert(&mut st, a, Key::new(1, 1, 1), vec![9]).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(collect(&mut st, a, &Key::MIN, &Key::MAX).unwrap().len(), model.len());
+        // Drop both: everything returns to the space map.
+        let used_before = st.space.used();
+        st.drop_ref(a).unwrap();
+        st.drop_ref(b).unwrap();
+        assert!(st.space.used() < used_before);
+        assert_eq!(st.space.used(), 2, "only the superblock slots remain in use");
+    }
+}
