@@ -2,5 +2,7 @@
 //! full directory tree in a copy-on-write B+tree with reference-counted blocks, so a
 //! branch or snapshot is a constant-time copy of a root pointer.
 
-pub mod store;
 pub mod btree;
+pub mod fs;
+pub mod pool;
+pub mod store;

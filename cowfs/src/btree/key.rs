@@ -12,7 +12,11 @@ pub struct Key {
 }
 
 impl Key {
-    pub const MIN: Key = Key { id: 0, kind: 0, off: 0 };
+    pub const MIN: Key = Key {
+        id: 0,
+        kind: 0,
+        off: 0,
+    };
     pub const MAX: Key = Key {
         id: u64::MAX,
         kind: u8::MAX,

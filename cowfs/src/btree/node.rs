@@ -123,7 +123,9 @@ impl Node {
                 let off = u16_at(buf, slot + KEY_SIZE) as usize;
                 let len = u16_at(buf, slot + KEY_SIZE + 2) as usize;
                 if off < table_end || off + len > BLOCK_SIZE || len > MAX_VALUE_LEN {
-                    return Err(format!("item {i} value out of bounds (offset {off}, length {len})"));
+                    return Err(format!(
+                        "item {i} value out of bounds (offset {off}, length {len})"
+                    ));
                 }
                 items.push((k, buf[off..off + len].to_vec()));
             }
@@ -190,7 +192,12 @@ mod tests {
     fn leaf_round_trip_and_split_fits() {
         // A full-ish leaf plus one maximal item: the worst case an insert can cause.
         let mut items: Vec<(Key, Vec<u8>)> = (0..7)
-            .map(|i| (Key::new(i, 1, 0), vec![i as u8; if i == 3 { MAX_VALUE_LEN } else { 300 }]))
+            .map(|i| {
+                (
+                    Key::new(i, 1, 0),
+                    vec![i as u8; if i == 3 { MAX_VALUE_LEN } else { 300 }],
+                )
+            })
             .collect();
         let n = Node::Leaf(items.clone());
         assert!(!n.overflows());
@@ -210,6 +217,9 @@ mod tests {
         assert!(Node::decode(&buf, 0, 500).is_err());
         assert!(Node::decode(&buf, 1, 0).is_err());
         buf.fill(0);
-        assert!(Node::decode(&buf, 0, 2).is_err(), "duplicate zero keys must be rejected");
+        assert!(
+            Node::decode(&buf, 0, 2).is_err(),
+            "duplicate zero keys must be rejected"
+        );
     }
 }

@@ -105,20 +105,27 @@ impl NodeStore {
         } else {
             self.check_addr(addr)?;
             let mut buf = vec![0u8; BLOCK_SIZE];
-            self.dev.read_at(addr, &mut buf).map_err(|e| StoreError::Io {
-                pool: self.dev.name(),
-                block: addr,
-                source: e,
-            })?;
+            self.dev
+                .read_at(addr, &mut buf)
+                .map_err(|e| StoreError::Io {
+                    pool: self.dev.name(),
+                    block: addr,
+                    source: e,
+                })?;
             self.stats.nodes_read += 1;
-            let h = verify(&buf, addr, self.pool_id, BlockKind::TreeNode).map_err(|w| self.corrupt(addr, w))?;
-            let n = Arc::new(Node::decode(&buf, h.level, h.count).map_err(|w| self.corrupt(addr, w))?);
+            let h = verify(&buf, addr, self.pool_id, BlockKind::TreeNode)
+                .map_err(|w| self.corrupt(addr, w))?;
+            let n =
+                Arc::new(Node::decode(&buf, h.level, h.count).map_err(|w| self.corrupt(addr, w))?);
             self.cache.insert(addr, n.clone());
             n
         };
         if let Some(l) = expect_level {
             if node.level() != l {
-                return Err(self.corrupt(addr, format!("node at level {} where level {l} expected", node.level())));
+                return Err(self.corrupt(
+                    addr,
+                    format!("node at level {} where level {l} expected", node.level()),
+                ));
             }
         }
         Ok(node)
@@ -266,8 +273,18 @@ impl NodeStore {
     // ---- data blocks ----
 
     /// Allocate up to `want` contiguous data blocks (count 1 each).
+    /// Data allocation stops short of a reserve so that the metadata of a commit
+    /// (shadowed nodes, space map pages) always finds room: a full pool gives ENOSPC
+    /// to writers, never a failed commit.
     pub fn alloc_data(&mut self, want: u64) -> StoreResult<(BlockAddr, u64)> {
-        let r = self.space.alloc(&*self.dev, want)?;
+        let reserve = 256 + 4 * self.dirty.len() as u64;
+        let avail = self.space.available();
+        if avail <= reserve {
+            return Err(StoreError::NoSpace {
+                pool: self.dev.name(),
+            });
+        }
+        let r = self.space.alloc(&*self.dev, want.min(avail - reserve))?;
         for a in r.0..r.0 + r.1 {
             self.cache.remove(a);
         }
@@ -278,7 +295,9 @@ impl NodeStore {
         self.stats.data_blocks_written += (buf.len() / BLOCK_SIZE) as u64;
         self.dev.write_at(start, buf).map_err(|e| {
             if e.raw_os_error() == Some(libc::ENOSPC) {
-                StoreError::NoSpace { pool: self.dev.name() }
+                StoreError::NoSpace {
+                    pool: self.dev.name(),
+                }
             } else {
                 StoreError::Io {
                     pool: self.dev.name(),
@@ -306,7 +325,13 @@ impl NodeStore {
             let c = crc32fast::hash(chunk);
             if Some(&c) != crcs.get(i) {
                 let b = start + i as u64;
-                return Err(self.corrupt(b, format!("data block checksum mismatch (stored {:#010x}, computed {c:#010x})", crcs.get(i).copied().unwrap_or(0))));
+                return Err(self.corrupt(
+                    b,
+                    format!(
+                        "data block checksum mismatch (stored {:#010x}, computed {c:#010x})",
+                        crcs.get(i).copied().unwrap_or(0)
+                    ),
+                ));
             }
         }
         Ok(())

@@ -77,7 +77,12 @@ fn range_rec(
 }
 
 /// Collect items in a key range (convenience for small ranges).
-pub fn collect(st: &mut NodeStore, root: BlockAddr, from: &Key, to: &Key) -> StoreResult<Vec<(Key, Vec<u8>)>> {
+pub fn collect(
+    st: &mut NodeStore,
+    root: BlockAddr,
+    from: &Key,
+    to: &Key,
+) -> StoreResult<Vec<(Key, Vec<u8>)>> {
     let mut out = Vec::new();
     range(st, root, from, to, &mut |k, v| {
         out.push((*k, v.to_vec()));
@@ -87,7 +92,12 @@ pub fn collect(st: &mut NodeStore, root: BlockAddr, from: &Key, to: &Key) -> Sto
 }
 
 /// Insert or replace one item. Returns the new root.
-pub fn insert(st: &mut NodeStore, root: BlockAddr, key: Key, val: Vec<u8>) -> StoreResult<BlockAddr> {
+pub fn insert(
+    st: &mut NodeStore,
+    root: BlockAddr,
+    key: Key,
+    val: Vec<u8>,
+) -> StoreResult<BlockAddr> {
     let root = st.cow(root)?;
     if let Some((sep, right)) = insert_rec(st, root, key, val)? {
         let level = st.read(root, None)?.level() + 1;
@@ -98,7 +108,12 @@ pub fn insert(st: &mut NodeStore, root: BlockAddr, key: Key, val: Vec<u8>) -> St
 }
 
 /// `addr` is writable. Returns a new right sibling if the node split.
-fn insert_rec(st: &mut NodeStore, addr: BlockAddr, key: Key, val: Vec<u8>) -> StoreResult<Option<(Key, BlockAddr)>> {
+fn insert_rec(
+    st: &mut NodeStore,
+    addr: BlockAddr,
+    key: Key,
+    val: Vec<u8>,
+) -> StoreResult<Option<(Key, BlockAddr)>> {
     let (child_pos, child) = {
         let node = st.node_mut(addr)?;
         match node {
@@ -146,7 +161,11 @@ fn split_if_needed(st: &mut NodeStore, addr: BlockAddr) -> StoreResult<Option<(K
 }
 
 /// Remove one item if present. Returns the new root and the removed value.
-pub fn remove(st: &mut NodeStore, root: BlockAddr, key: &Key) -> StoreResult<(BlockAddr, Option<Vec<u8>>)> {
+pub fn remove(
+    st: &mut NodeStore,
+    root: BlockAddr,
+    key: &Key,
+) -> StoreResult<(BlockAddr, Option<Vec<u8>>)> {
     // Look first so that a miss shadows nothing.
     let old = match get(st, root, key)? {
         None => return Ok((root, None)),
@@ -235,7 +254,11 @@ mod tests {
         let mut a = create_empty(&mut st).unwrap();
         let mut model = BTreeMap::new();
         for i in 0..20000u64 {
-            let k = Key::new(rng.gen_range(0..3000), rng.gen_range(0..3), rng.gen_range(0..4));
+            let k = Key::new(
+                rng.gen_range(0..3000),
+                rng.gen_range(0..3),
+                rng.gen_range(0..4),
+            );
             if rng.gen_bool(0.7) {
                 let v = vec![(i % 251) as u8; rng.gen_range(0..300)];
                 a = insert(&mut st, a, k, v.clone()).unwrap();
@@ -247,17 +270,30 @@ mod tests {
             }
         }
         let all = collect(&mut st, a, &Key::MIN, &Key::MAX).unwrap();
-        assert_eq!(all, model.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>());
+        assert_eq!(
+            all,
+            model
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect::<Vec<_>>()
+        );
         // Share the root (a branch), change one side, the other is untouched.
         st.inc_node(a).unwrap();
         let b = insert(&mut st, a, Key::new(1, 1, 1), vec![9]).unwrap();
         assert_ne!(a, b);
-        assert_eq!(collect(&mut st, a, &Key::MIN, &Key::MAX).unwrap().len(), model.len());
+        assert_eq!(
+            collect(&mut st, a, &Key::MIN, &Key::MAX).unwrap().len(),
+            model.len()
+        );
         // Drop both: everything returns to the space map.
         let used_before = st.space.used();
         st.drop_ref(a).unwrap();
         st.drop_ref(b).unwrap();
         assert!(st.space.used() < used_before);
-        assert_eq!(st.space.used(), 2, "only the superblock slots remain in use");
+        assert_eq!(
+            st.space.used(),
+            2,
+            "only the superblock slots remain in use"
+        );
     }
 }

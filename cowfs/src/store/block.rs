@@ -65,7 +65,12 @@ pub fn seal(
 }
 
 /// Check a block read from `addr`; returns the header or a reason it is bad.
-pub fn verify(buf: &[u8], addr: BlockAddr, pool_id: u64, kind: BlockKind) -> Result<Header, String> {
+pub fn verify(
+    buf: &[u8],
+    addr: BlockAddr,
+    pool_id: u64,
+    kind: BlockKind,
+) -> Result<Header, String> {
     if buf.len() != BLOCK_SIZE {
         return Err(format!("short block ({} bytes)", buf.len()));
     }
@@ -75,17 +80,24 @@ pub fn verify(buf: &[u8], addr: BlockAddr, pool_id: u64, kind: BlockKind) -> Res
     let stored = u32_at(buf, OFF_CRC);
     let computed = block_crc(buf);
     if stored != computed {
-        return Err(format!("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"));
+        return Err(format!(
+            "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+        ));
     }
     let self_addr = u64_at(buf, OFF_ADDR);
     if self_addr != addr {
-        return Err(format!("misdirected block: header says address {self_addr}"));
+        return Err(format!(
+            "misdirected block: header says address {self_addr}"
+        ));
     }
     if u64_at(buf, OFF_POOL_ID) != pool_id {
         return Err("block belongs to another pool".into());
     }
     if buf[OFF_KIND] != kind as u8 {
-        return Err(format!("expected block kind {:?}, found kind {}", kind, buf[OFF_KIND]));
+        return Err(format!(
+            "expected block kind {:?}, found kind {}",
+            kind, buf[OFF_KIND]
+        ));
     }
     Ok(Header {
         generation: u64_at(buf, OFF_GEN),
@@ -105,13 +117,18 @@ mod tests {
         seal(&mut b, BlockKind::TreeNode, 42, 3, 9, 1, 5);
         let h = verify(&b, 42, 9, BlockKind::TreeNode).unwrap();
         assert_eq!((h.generation, h.level, h.count), (3, 1, 5));
-        assert!(verify(&b, 43, 9, BlockKind::TreeNode).unwrap_err().contains("misdirected"));
+        assert!(verify(&b, 43, 9, BlockKind::TreeNode)
+            .unwrap_err()
+            .contains("misdirected"));
         assert!(verify(&b, 42, 8, BlockKind::TreeNode).is_err());
         assert!(verify(&b, 42, 9, BlockKind::SpaceLeaf).is_err());
         for off in [0usize, 5, 40, 100, 4095] {
             let mut c = b.clone();
             c[off] ^= 1;
-            assert!(verify(&c, 42, 9, BlockKind::TreeNode).is_err(), "flip at {off}");
+            assert!(
+                verify(&c, 42, 9, BlockKind::TreeNode).is_err(),
+                "flip at {off}"
+            );
         }
     }
 }

@@ -25,7 +25,9 @@ pub enum StoreError {
         block: BlockAddr,
         source: std::io::Error,
     },
-    #[error("{pool}: block {block} is corrupt: {why} (restore from a snapshot or run `cowfs fsck`)")]
+    #[error(
+        "{pool}: block {block} is corrupt: {why} (restore from a snapshot or run `cowfs fsck`)"
+    )]
     Corrupt {
         pool: PathBuf,
         block: BlockAddr,

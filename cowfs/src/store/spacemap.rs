@@ -148,9 +148,19 @@ impl SpaceMap {
         }
     }
 
-    fn read_page(&self, dev: &dyn BlockDevice, addr: BlockAddr, kind: BlockKind, level: u8) -> StoreResult<Vec<u8>> {
+    fn read_page(
+        &self,
+        dev: &dyn BlockDevice,
+        addr: BlockAddr,
+        kind: BlockKind,
+        level: u8,
+    ) -> StoreResult<Vec<u8>> {
         if addr < FIRST_USABLE || addr >= self.capacity {
-            return Err(Self::corrupt(dev, addr, format!("space map pointer {addr} out of range")));
+            return Err(Self::corrupt(
+                dev,
+                addr,
+                format!("space map pointer {addr} out of range"),
+            ));
         }
         if addr >= dev.len_blocks() {
             return Err(StoreError::Truncated {
@@ -167,7 +177,14 @@ impl SpaceMap {
         })?;
         let h = verify(&buf, addr, self.pool_id, kind).map_err(|w| Self::corrupt(dev, addr, w))?;
         if h.level != level {
-            return Err(Self::corrupt(dev, addr, format!("space map page at level {} where {} expected", h.level, level)));
+            return Err(Self::corrupt(
+                dev,
+                addr,
+                format!(
+                    "space map page at level {} where {} expected",
+                    h.level, level
+                ),
+            ));
         }
         Ok(buf)
     }
@@ -190,14 +207,22 @@ impl SpaceMap {
                 *p = u64_at(&buf, HEADER_SIZE + i * 8);
             }
         }
-        self.index.insert((level, idx), Index { addr, ptrs, dirty: false });
+        self.index.insert(
+            (level, idx),
+            Index {
+                addr,
+                ptrs,
+                dirty: false,
+            },
+        );
         Ok(())
     }
 
     fn load_leaf(&mut self, dev: &dyn BlockDevice, leaf_no: u64) -> StoreResult<&mut Leaf> {
         if !self.leaves.contains_key(&leaf_no) {
             self.load_index(dev, 1, leaf_no / PTRS_PER_INDEX)?;
-            let addr = self.index[&(1, leaf_no / PTRS_PER_INDEX)].ptrs[(leaf_no % PTRS_PER_INDEX) as usize];
+            let addr = self.index[&(1, leaf_no / PTRS_PER_INDEX)].ptrs
+                [(leaf_no % PTRS_PER_INDEX) as usize];
             let mut counts = vec![0u32; COUNTS_PER_LEAF as usize].into_boxed_slice();
             if addr != 0 {
                 let buf = self.read_page(dev, addr, BlockKind::SpaceLeaf, 0)?;
@@ -205,7 +230,14 @@ impl SpaceMap {
                     *c = u32_at(&buf, HEADER_SIZE + i * 4);
                 }
             }
-            self.leaves.insert(leaf_no, Leaf { addr, counts, dirty: false });
+            self.leaves.insert(
+                leaf_no,
+                Leaf {
+                    addr,
+                    counts,
+                    dirty: false,
+                },
+            );
         }
         match self.leaves.get_mut(&leaf_no) {
             Some(l) => Ok(l),
@@ -215,7 +247,14 @@ impl SpaceMap {
 
     fn check_range(&self, dev: &dyn BlockDevice, b: BlockAddr) -> StoreResult<()> {
         if b >= self.capacity {
-            return Err(Self::corrupt(dev, b, format!("reference to block {b} beyond pool capacity {}", self.capacity)));
+            return Err(Self::corrupt(
+                dev,
+                b,
+                format!(
+                    "reference to block {b} beyond pool capacity {}",
+                    self.capacity
+                ),
+            ));
         }
         Ok(())
     }
@@ -248,7 +287,11 @@ impl SpaceMap {
             self.check_range(dev, b)?;
             let c = self.get(dev, b)?;
             if c == 0 {
-                return Err(Self::corrupt(dev, b, "reference added to a free block".into()));
+                return Err(Self::corrupt(
+                    dev,
+                    b,
+                    "reference added to a free block".into(),
+                ));
             }
             self.set(dev, b, c.saturating_add(1))?;
         }
@@ -261,7 +304,11 @@ impl SpaceMap {
         self.check_range(dev, b)?;
         let c = self.get(dev, b)?;
         if c == 0 {
-            return Err(Self::corrupt(dev, b, "reference dropped from a free block".into()));
+            return Err(Self::corrupt(
+                dev,
+                b,
+                "reference dropped from a free block".into(),
+            ));
         }
         self.set(dev, b, c - 1)?;
         if c == 1 {
@@ -273,7 +320,12 @@ impl SpaceMap {
         Ok(c - 1)
     }
 
-    pub fn dec_range(&mut self, dev: &dyn BlockDevice, start: BlockAddr, len: u64) -> StoreResult<()> {
+    pub fn dec_range(
+        &mut self,
+        dev: &dyn BlockDevice,
+        start: BlockAddr,
+        len: u64,
+    ) -> StoreResult<()> {
         for b in start..start + len {
             self.dec(dev, b)?;
         }
@@ -286,7 +338,10 @@ impl SpaceMap {
     }
 
     fn allocatable(&mut self, dev: &dyn BlockDevice, b: BlockAddr) -> StoreResult<bool> {
-        Ok(b >= FIRST_USABLE && b < self.capacity && !self.pending_free.contains(&b) && self.get(dev, b)? == 0)
+        Ok(b >= FIRST_USABLE
+            && b < self.capacity
+            && !self.pending_free.contains(&b)
+            && self.get(dev, b)? == 0)
     }
 
     /// Allocate up to `want` contiguous blocks (at least one), each with count 1.
@@ -346,7 +401,13 @@ impl SpaceMap {
         Ok((start, len))
     }
 
-    fn set_ptr(&mut self, dev: &dyn BlockDevice, level: u8, child_idx: u64, addr: BlockAddr) -> StoreResult<()> {
+    fn set_ptr(
+        &mut self,
+        dev: &dyn BlockDevice,
+        level: u8,
+        child_idx: u64,
+        addr: BlockAddr,
+    ) -> StoreResult<()> {
         let idx = child_idx / PTRS_PER_INDEX;
         self.load_index(dev, level, idx)?;
         if let Some(page) = self.index.get_mut(&(level, idx)) {
@@ -360,7 +421,11 @@ impl SpaceMap {
     /// changes counts (new block taken, old one released), which may dirty more pages,
     /// so this runs until nothing moves; a page moves at most once per transaction.
     /// Returns the new root. The caller flushes and writes the superblock.
-    pub fn write_dirty(&mut self, dev: &dyn BlockDevice, generation: u64) -> StoreResult<BlockAddr> {
+    pub fn write_dirty(
+        &mut self,
+        dev: &dyn BlockDevice,
+        generation: u64,
+    ) -> StoreResult<BlockAddr> {
         loop {
             let mut moved = false;
             let dirty_leaves: Vec<u64> = self
@@ -420,7 +485,15 @@ impl SpaceMap {
             for (i, c) in l.counts.iter().enumerate() {
                 put_u32(&mut buf, HEADER_SIZE + i * 4, *c);
             }
-            seal(&mut buf, BlockKind::SpaceLeaf, l.addr, generation, self.pool_id, 0, 0);
+            seal(
+                &mut buf,
+                BlockKind::SpaceLeaf,
+                l.addr,
+                generation,
+                self.pool_id,
+                0,
+                0,
+            );
             dev.write_at(l.addr, &buf).map_err(|e| io(e, l.addr))?;
             l.dirty = false;
         }
@@ -429,7 +502,15 @@ impl SpaceMap {
             for (i, a) in p.ptrs.iter().enumerate() {
                 put_u64(&mut buf, HEADER_SIZE + i * 8, *a);
             }
-            seal(&mut buf, BlockKind::SpaceIndex, p.addr, generation, self.pool_id, *level, 0);
+            seal(
+                &mut buf,
+                BlockKind::SpaceIndex,
+                p.addr,
+                generation,
+                self.pool_id,
+                *level,
+                0,
+            );
             dev.write_at(p.addr, &buf).map_err(|e| io(e, p.addr))?;
             p.dirty = false;
         }
@@ -533,7 +614,8 @@ mod tests {
         r.dec(&dev, a + 3).unwrap();
         assert!(!r.allocatable(&dev, a + 3).unwrap());
         let mut counted = 0;
-        r.for_each_count(&dev, |_, c| counted += (c > 0) as u64).unwrap();
+        r.for_each_count(&dev, |_, c| counted += (c > 0) as u64)
+            .unwrap();
         assert_eq!(counted, r.used());
     }
 

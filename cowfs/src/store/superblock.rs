@@ -20,6 +20,7 @@ const OFF_SPACE_ROOT: usize = 48;
 const OFF_SPACE_DEPTH: usize = 56;
 const OFF_NEXT_BRANCH_ID: usize = 64;
 const OFF_CREATED: usize = 72;
+const OFF_USED: usize = 80;
 const OFF_CRC: usize = BLOCK_SIZE - 4;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +33,8 @@ pub struct Superblock {
     pub space_depth: u8,
     pub next_branch_id: u64,
     pub created_unix: u64,
+    /// Blocks with a non-zero reference count (for statfs without a scan).
+    pub used_blocks: u64,
 }
 
 /// Why a slot was rejected.
@@ -62,6 +65,7 @@ impl Superblock {
         b[OFF_SPACE_DEPTH] = self.space_depth;
         put_u64(&mut b, OFF_NEXT_BRANCH_ID, self.next_branch_id);
         put_u64(&mut b, OFF_CREATED, self.created_unix);
+        put_u64(&mut b, OFF_USED, self.used_blocks);
         let crc = crc32fast::hash(&b[..OFF_CRC]);
         put_u32(&mut b, OFF_CRC, crc);
         b
@@ -96,6 +100,7 @@ impl Superblock {
             space_depth: b[OFF_SPACE_DEPTH],
             next_branch_id: u64_at(b, OFF_NEXT_BRANCH_ID),
             created_unix: u64_at(b, OFF_CREATED),
+            used_blocks: u64_at(b, OFF_USED),
         };
         let in_pool = |a: u64| a >= SLOT_COUNT && a < sb.capacity_blocks;
         if sb.capacity_blocks <= SLOT_COUNT
@@ -103,6 +108,7 @@ impl Superblock {
             || !in_pool(sb.space_root)
             || sb.space_depth == 0
             || sb.space_depth > 8
+            || sb.used_blocks > sb.capacity_blocks
         {
             return Err(SlotError::Invalid("root pointers or capacity out of range"));
         }
@@ -124,6 +130,7 @@ mod tests {
             space_depth: 1,
             next_branch_id: 3,
             created_unix: 1,
+            used_blocks: 9,
         }
     }
 
@@ -135,7 +142,10 @@ mod tests {
         let mut c = b.clone();
         c[20] ^= 1;
         assert_eq!(Superblock::decode(&c), Err(SlotError::Checksum));
-        assert_eq!(Superblock::decode(&[0u8; BLOCK_SIZE]), Err(SlotError::Empty));
+        assert_eq!(
+            Superblock::decode(&[0u8; BLOCK_SIZE]),
+            Err(SlotError::Empty)
+        );
         let mut d = b.clone();
         d[0] = b'X';
         assert_eq!(Superblock::decode(&d), Err(SlotError::NotCowfs));

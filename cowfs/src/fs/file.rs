@@ -1,0 +1,494 @@
+//! File data: inline bytes for small files, extents of checksummed blocks for the
+//! rest. Writes go to fresh blocks (copy-on-write) unless the blocks were born in
+//! this transaction and belong to this file alone, in which case they are rewritten
+//! in place. Holes read as zeros; unwritten (fallocated) extents too.
+
+use super::items::*;
+use super::{err, FsResult, FsTree};
+use crate::btree::Key;
+
+/// Largest file offset accepted (s_maxbytes).
+pub const MAX_FILE_SIZE: u64 = 1 << 50;
+const END_BLOCK: u64 = u64::MAX / BS;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeekWhence {
+    Data,
+    Hole,
+}
+
+fn inline_key(ino: u64) -> Key {
+    Key::new(ino, KIND_INLINE, 0)
+}
+
+impl FsTree<'_> {
+    fn file_inode(&mut self, ino: u64) -> FsResult<Inode> {
+        let i = self.inode(ino)?;
+        if i.is_dir() {
+            return err(libc::EISDIR);
+        }
+        if !i.is_reg() && i.file_type() != libc::S_IFLNK {
+            return err(libc::EINVAL);
+        }
+        Ok(i)
+    }
+
+    /// Extents overlapping blocks [b0, b1), as (first file block, extent).
+    pub(crate) fn extents_in(
+        &mut self,
+        ino: u64,
+        b0: u64,
+        b1: u64,
+    ) -> FsResult<Vec<(u64, Extent)>> {
+        if b1 <= b0 {
+            return Ok(Vec::new());
+        }
+        let from = b0.saturating_sub(MAX_EXTENT_BLOCKS - 1) * BS;
+        let to = (b1 * BS).saturating_sub(1);
+        let mut out = Vec::new();
+        for (k, v) in self.scan(
+            Key::new(ino, KIND_EXTENT, from),
+            Key::new(ino, KIND_EXTENT, to),
+        )? {
+            let e =
+                Extent::decode(&v).ok_or_else(|| self.corrupt(ino, "undecodable extent item"))?;
+            let start = k.off / BS;
+            if start + e.len() > b0 && start < b1 {
+                out.push((start, e));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove the mapping of blocks [b0, b1), releasing the blocks it referenced.
+    fn unmap(&mut self, ino: u64, i: &mut Inode, b0: u64, b1: u64) -> FsResult<()> {
+        for (start, e) in self.extents_in(ino, b0, b1)? {
+            let end = start + e.len();
+            self.del(&Key::new(ino, KIND_EXTENT, start * BS))?;
+            if start < b0 {
+                self.put(
+                    Key::new(ino, KIND_EXTENT, start * BS),
+                    e.slice(0, b0 - start).encode(),
+                )?;
+            }
+            if end > b1 {
+                self.put(
+                    Key::new(ino, KIND_EXTENT, b1 * BS),
+                    e.slice(b1 - start, e.len()).encode(),
+                )?;
+            }
+            let cut_from = b0.max(start) - start;
+            let cut_to = b1.min(end) - start;
+            self.st
+                .space
+                .dec_range(&*self.st.dev, e.phys + cut_from, cut_to - cut_from)?;
+            i.blocks = i.blocks.saturating_sub(cut_to - cut_from);
+        }
+        Ok(())
+    }
+
+    fn map(&mut self, ino: u64, i: &mut Inode, b: u64, e: &Extent) -> FsResult<()> {
+        i.blocks += e.len();
+        self.put(Key::new(ino, KIND_EXTENT, b * BS), e.encode())
+    }
+
+    /// Blocks [b0, b0 + n) of a file as stored (holes and unwritten extents as zeros).
+    fn read_blocks(&mut self, ino: u64, b0: u64, n: u64) -> FsResult<Vec<u8>> {
+        let mut buf = vec![0u8; (n * BS) as usize];
+        for (start, e) in self.extents_in(ino, b0, b0 + n)? {
+            if e.unwritten() {
+                continue;
+            }
+            let s = start.max(b0);
+            let t = (start + e.len()).min(b0 + n);
+            let dst = &mut buf[((s - b0) * BS) as usize..((t - b0) * BS) as usize];
+            let crcs = &e.crcs[(s - start) as usize..(t - start) as usize];
+            self.st.read_data(e.phys + (s - start), dst, crcs)?;
+        }
+        Ok(buf)
+    }
+
+    /// Replace blocks [b0, ..) with `data` (a whole number of blocks).
+    fn write_blocks(&mut self, ino: u64, i: &mut Inode, b0: u64, data: &[u8]) -> FsResult<()> {
+        let n = data.len() as u64 / BS;
+        if self.rewrite_in_place(ino, b0, data)? {
+            return Ok(());
+        }
+        self.unmap(ino, i, b0, b0 + n)?;
+        let mut done = 0u64;
+        while done < n {
+            let (phys, got) = self.st.alloc_data((n - done).min(MAX_EXTENT_BLOCKS))?;
+            let chunk = &data[(done * BS) as usize..((done + got) * BS) as usize];
+            if let Err(e) = self.st.write_data(phys, chunk) {
+                self.st.space.dec_range(&*self.st.dev, phys, got)?;
+                return Err(e.into());
+            }
+            let crcs = chunk.chunks(BS as usize).map(crc32fast::hash).collect();
+            self.map(
+                ino,
+                i,
+                b0 + done,
+                &Extent {
+                    phys,
+                    flags: 0,
+                    crcs,
+                },
+            )?;
+            done += got;
+        }
+        Ok(())
+    }
+
+    /// If every target block was written in this transaction and only this file
+    /// references it, overwrite it where it is (nothing committed can point at it).
+    fn rewrite_in_place(&mut self, ino: u64, b0: u64, data: &[u8]) -> FsResult<bool> {
+        let n = data.len() as u64 / BS;
+        let exts = self.extents_in(ino, b0, b0 + n)?;
+        let mut covered = 0;
+        for (start, e) in &exts {
+            if e.unwritten() {
+                return Ok(false);
+            }
+            let s = (*start).max(b0);
+            let t = (start + e.len()).min(b0 + n);
+            for b in s..t {
+                let p = e.phys + (b - start);
+                if !self.st.space.is_fresh(p) || self.st.space.get(&*self.st.dev, p)? != 1 {
+                    return Ok(false);
+                }
+            }
+            covered += t - s;
+        }
+        if covered != n {
+            return Ok(false);
+        }
+        for (start, mut e) in exts {
+            let s = start.max(b0);
+            let t = (start + e.len()).min(b0 + n);
+            let chunk = &data[((s - b0) * BS) as usize..((t - b0) * BS) as usize];
+            self.st.write_data(e.phys + (s - start), chunk)?;
+            for (j, c) in chunk.chunks(BS as usize).enumerate() {
+                e.crcs[(s - start) as usize + j] = crc32fast::hash(c);
+            }
+            self.put(Key::new(ino, KIND_EXTENT, start * BS), e.encode())?;
+        }
+        Ok(true)
+    }
+
+    /// Write `data` at byte `off` through the extent path.
+    fn write_extents(&mut self, ino: u64, i: &mut Inode, off: u64, data: &[u8]) -> FsResult<()> {
+        let end = off + data.len() as u64;
+        let b0 = off / BS;
+        let b1 = end.div_ceil(BS);
+        let mut buf = vec![0u8; ((b1 - b0) * BS) as usize];
+        if !off.is_multiple_of(BS) {
+            let old = self.read_blocks(ino, b0, 1)?;
+            buf[..BS as usize].copy_from_slice(&old);
+        }
+        if !end.is_multiple_of(BS) && (b1 - 1 > b0 || off.is_multiple_of(BS)) {
+            let old = self.read_blocks(ino, b1 - 1, 1)?;
+            let at = ((b1 - 1 - b0) * BS) as usize;
+            buf[at..at + BS as usize].copy_from_slice(&old);
+        }
+        let at = (off - b0 * BS) as usize;
+        buf[at..at + data.len()].copy_from_slice(data);
+        self.write_blocks(ino, i, b0, &buf)
+    }
+
+    /// Move an inline file's bytes into extents.
+    fn uninline(&mut self, ino: u64, i: &mut Inode) -> FsResult<()> {
+        if let Some(buf) = self.del(&inline_key(ino))? {
+            if !buf.is_empty() {
+                self.write_extents(ino, i, 0, &buf)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write bytes at an offset (regular files and symlink targets).
+    pub fn write_data(&mut self, ino: u64, off: u64, data: &[u8]) -> FsResult<usize> {
+        let mut i = self.file_inode(ino)?;
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let end = match off.checked_add(data.len() as u64) {
+            Some(e) if e <= MAX_FILE_SIZE => e,
+            _ => return err(libc::EFBIG),
+        };
+        let inline = self.get(&inline_key(ino))?;
+        let small = end <= INLINE_MAX as u64;
+        if small && (inline.is_some() || (i.blocks == 0 && i.size <= INLINE_MAX as u64)) {
+            let mut buf = inline.unwrap_or_default();
+            buf.resize(i.size.max(end) as usize, 0);
+            buf[off as usize..end as usize].copy_from_slice(data);
+            i.size = buf.len() as u64;
+            self.put(inline_key(ino), buf)?;
+        } else {
+            if inline.is_some() {
+                self.uninline(ino, &mut i)?;
+            }
+            self.write_extents(ino, &mut i, off, data)?;
+            i.size = i.size.max(end);
+        }
+        let now = Timespec::now();
+        i.mtime = now;
+        i.ctime = now;
+        self.put_inode(ino, &i)?;
+        Ok(data.len())
+    }
+
+    /// Read up to `len` bytes at `off` (short at end of file).
+    pub(crate) fn read_data(
+        &mut self,
+        ino: u64,
+        i: &Inode,
+        off: u64,
+        len: usize,
+    ) -> FsResult<Vec<u8>> {
+        if off >= i.size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = (off + len as u64).min(i.size);
+        if let Some(buf) = self.get(&inline_key(ino))? {
+            let e = (end as usize).min(buf.len());
+            let s = (off as usize).min(e);
+            let mut out = buf[s..e].to_vec();
+            out.resize((end - off) as usize, 0);
+            return Ok(out);
+        }
+        let b0 = off / BS;
+        let b1 = end.div_ceil(BS);
+        let buf = self.read_blocks(ino, b0, b1 - b0)?;
+        let s = (off - b0 * BS) as usize;
+        Ok(buf[s..s + (end - off) as usize].to_vec())
+    }
+
+    pub fn read(&mut self, ino: u64, off: u64, len: usize) -> FsResult<Vec<u8>> {
+        let i = self.file_inode(ino)?;
+        self.read_data(ino, &i, off, len)
+    }
+
+    /// Zero bytes [from, to) inside block `b` if the block holds data.
+    fn zero_in_block(
+        &mut self,
+        ino: u64,
+        i: &mut Inode,
+        b: u64,
+        from: u64,
+        to: u64,
+    ) -> FsResult<()> {
+        let mapped = self.extents_in(ino, b, b + 1)?;
+        if mapped.iter().all(|(_, e)| e.unwritten()) {
+            return Ok(());
+        }
+        let mut blk = self.read_blocks(ino, b, 1)?;
+        blk[from as usize..to as usize].fill(0);
+        self.write_blocks(ino, i, b, &blk)
+    }
+
+    pub fn truncate(&mut self, ino: u64, size: u64) -> FsResult<()> {
+        let mut i = self.inode(ino)?;
+        if i.is_dir() {
+            return err(libc::EISDIR);
+        }
+        if !i.is_reg() {
+            return err(libc::EINVAL);
+        }
+        if size > MAX_FILE_SIZE {
+            return err(libc::EFBIG);
+        }
+        if let Some(mut buf) = self.get(&inline_key(ino))? {
+            if size <= INLINE_MAX as u64 {
+                buf.resize(size as usize, 0);
+                self.put(inline_key(ino), buf)?;
+            } else {
+                self.uninline(ino, &mut i)?;
+            }
+        } else if size < i.size {
+            self.unmap(ino, &mut i, size.div_ceil(BS), END_BLOCK)?;
+            if !size.is_multiple_of(BS) {
+                self.zero_in_block(ino, &mut i, size / BS, size % BS, BS)?;
+            }
+        }
+        i.size = size;
+        let now = Timespec::now();
+        i.mtime = now;
+        i.ctime = now;
+        self.put_inode(ino, &i)
+    }
+
+    /// Deallocate [off, off+len) keeping the size (FALLOC_FL_PUNCH_HOLE).
+    pub fn punch_hole(&mut self, ino: u64, off: u64, len: u64) -> FsResult<()> {
+        let mut i = self.file_inode(ino)?;
+        let end = off.saturating_add(len).min(MAX_FILE_SIZE);
+        if len == 0 || off >= end {
+            return Ok(());
+        }
+        if let Some(mut buf) = self.get(&inline_key(ino))? {
+            let e = (end as usize).min(buf.len());
+            let s = (off as usize).min(e);
+            buf[s..e].fill(0);
+            self.put(inline_key(ino), buf)?;
+        } else {
+            let (fb0, fb1) = (off.div_ceil(BS), end / BS);
+            if fb0 < fb1 {
+                self.unmap(ino, &mut i, fb0, fb1)?;
+            }
+            let (hb, tb) = (off / BS, end / BS);
+            if !off.is_multiple_of(BS) {
+                let to = if hb == tb { end % BS } else { BS };
+                self.zero_in_block(ino, &mut i, hb, off % BS, to)?;
+            }
+            if !end.is_multiple_of(BS) && (tb != hb || off.is_multiple_of(BS)) {
+                self.zero_in_block(ino, &mut i, tb, 0, end % BS)?;
+            }
+        }
+        let now = Timespec::now();
+        i.mtime = now;
+        i.ctime = now;
+        self.put_inode(ino, &i)
+    }
+
+    /// Reserve blocks for [off, off+len) (fallocate mode 0 or KEEP_SIZE).
+    pub fn fallocate(&mut self, ino: u64, off: u64, len: u64, keep_size: bool) -> FsResult<()> {
+        let mut i = self.file_inode(ino)?;
+        let end = match off.checked_add(len) {
+            Some(e) if e <= MAX_FILE_SIZE && len > 0 => e,
+            Some(_) if len == 0 => return err(libc::EINVAL),
+            _ => return err(libc::EFBIG),
+        };
+        if self.get(&inline_key(ino))?.is_some() {
+            self.uninline(ino, &mut i)?;
+        }
+        let (b0, b1) = (off / BS, end.div_ceil(BS));
+        let mut holes = Vec::new();
+        let mut cur = b0;
+        for (start, e) in self.extents_in(ino, b0, b1)? {
+            if start > cur {
+                holes.push((cur, start));
+            }
+            cur = cur.max(start + e.len());
+        }
+        if cur < b1 {
+            holes.push((cur, b1));
+        }
+        for (mut h0, h1) in holes {
+            while h0 < h1 {
+                let (phys, got) = self.st.alloc_data((h1 - h0).min(MAX_EXTENT_BLOCKS))?;
+                let e = Extent {
+                    phys,
+                    flags: EXTENT_UNWRITTEN,
+                    crcs: vec![0; got as usize],
+                };
+                self.map(ino, &mut i, h0, &e)?;
+                h0 += got;
+            }
+        }
+        if !keep_size && end > i.size {
+            i.size = end;
+            i.mtime = Timespec::now();
+        }
+        i.ctime = Timespec::now();
+        self.put_inode(ino, &i)
+    }
+
+    /// lseek SEEK_DATA / SEEK_HOLE. Unwritten extents count as holes.
+    pub fn seek(&mut self, ino: u64, off: u64, whence: SeekWhence) -> FsResult<u64> {
+        let i = self.file_inode(ino)?;
+        if off >= i.size {
+            return err(libc::ENXIO);
+        }
+        if self.get(&inline_key(ino))?.is_some() {
+            return Ok(match whence {
+                SeekWhence::Data => off,
+                SeekWhence::Hole => i.size,
+            });
+        }
+        let b = off / BS;
+        let exts: Vec<(u64, Extent)> = self
+            .extents_in(ino, b, i.size.div_ceil(BS))?
+            .into_iter()
+            .filter(|(_, e)| !e.unwritten())
+            .collect();
+        match whence {
+            SeekWhence::Data => match exts.first() {
+                Some((s, _)) => Ok((s * BS).max(off)),
+                None => err(libc::ENXIO),
+            },
+            SeekWhence::Hole => {
+                let mut cur = b;
+                for (s, e) in &exts {
+                    if *s > cur {
+                        break;
+                    }
+                    cur = cur.max(s + e.len());
+                }
+                Ok((cur * BS).max(off).min(i.size))
+            }
+        }
+    }
+
+    /// Make [doff, doff+len) of `dst` share `src`'s blocks at [soff, ..): an O(1)-per-
+    /// extent copy (reflink). Unaligned ranges and inline files fall back to copying
+    /// bytes. Returns the bytes copied.
+    pub fn clone_range(
+        &mut self,
+        src: u64,
+        soff: u64,
+        dst: u64,
+        doff: u64,
+        len: u64,
+    ) -> FsResult<u64> {
+        let si = self.file_inode(src)?;
+        let mut di = self.file_inode(dst)?;
+        if !si.is_reg() || !di.is_reg() {
+            return err(libc::EINVAL);
+        }
+        if soff >= si.size || len == 0 {
+            return Ok(0);
+        }
+        let len = len.min(si.size - soff);
+        if doff.checked_add(len).is_none_or(|e| e > MAX_FILE_SIZE) {
+            return err(libc::EFBIG);
+        }
+        if src == dst && soff < doff + len && doff < soff + len {
+            return err(libc::EINVAL);
+        }
+        let src_inline = self.get(&inline_key(src))?.is_some();
+        let tail_ok = len.is_multiple_of(BS) || (soff + len == si.size && doff + len >= di.size);
+        if src_inline || !soff.is_multiple_of(BS) || !doff.is_multiple_of(BS) || !tail_ok {
+            let mut done = 0u64;
+            while done < len {
+                let n = (len - done).min(1 << 20) as usize;
+                let si_now = self.inode(src)?;
+                let chunk = self.read_data(src, &si_now, soff + done, n)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                self.write_data(dst, doff + done, &chunk)?;
+                done += chunk.len() as u64;
+            }
+            return Ok(done);
+        }
+        if self.get(&inline_key(dst))?.is_some() {
+            self.uninline(dst, &mut di)?;
+        }
+        let nb = len.div_ceil(BS);
+        let (sb0, db0) = (soff / BS, doff / BS);
+        let exts = self.extents_in(src, sb0, sb0 + nb)?;
+        self.unmap(dst, &mut di, db0, db0 + nb)?;
+        for (start, e) in exts {
+            let s = start.max(sb0);
+            let t = (start + e.len()).min(sb0 + nb);
+            let part = e.slice(s - start, t - start);
+            self.st.space.inc(&*self.st.dev, part.phys, part.len())?;
+            self.map(dst, &mut di, db0 + (s - sb0), &part)?;
+        }
+        di.size = di.size.max(doff + len);
+        let now = Timespec::now();
+        di.mtime = now;
+        di.ctime = now;
+        self.put_inode(dst, &di)?;
+        Ok(len)
+    }
+}

@@ -1,0 +1,298 @@
+//! Item kinds of a branch's filesystem tree and their value layouts (little-endian).
+//! Keys are (inode number, kind, offset); see format-spec/on-disk.md.
+
+use crate::btree::Key;
+use crate::store::le::*;
+use crate::store::{BlockAddr, BLOCK_SIZE};
+
+pub const KIND_INODE: u8 = 1;
+/// offset = name hash (probed on collision); value = DirEntry
+pub const KIND_DIRENT: u8 = 2;
+/// offset = per-directory sequence number (readdir cookie); value = DirEntry
+pub const KIND_DIRINDEX: u8 = 3;
+/// offset = name hash (probed); value = name length u16, name, value
+pub const KIND_XATTR: u8 = 4;
+/// offset 0; value = the file's bytes (small files)
+pub const KIND_INLINE: u8 = 5;
+/// offset = file byte offset (block aligned); value = Extent
+pub const KIND_EXTENT: u8 = 6;
+/// id 0, offset = inode number with nlink 0 still open somewhere
+pub const KIND_ORPHAN: u8 = 7;
+
+/// Largest file kept inline in the tree.
+pub const INLINE_MAX: usize = 1024;
+/// Blocks per extent item (their CRC32s travel in the item).
+pub const MAX_EXTENT_BLOCKS: u64 = 64;
+pub const MAX_NAME_LEN: usize = 255;
+/// Probing window for hashed names; more collisions than this on one hash is ENOSPC.
+pub const HASH_PROBE: u64 = 64;
+
+pub const EXTENT_UNWRITTEN: u32 = 1;
+
+pub fn inode_key(ino: u64) -> Key {
+    Key::new(ino, KIND_INODE, 0)
+}
+
+/// 63-bit FNV-1a of a name; the top bit is left clear so probing never wraps.
+pub fn name_hash(name: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &b in name {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h >> 1
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Timespec {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+impl Timespec {
+    pub fn now() -> Timespec {
+        match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => Timespec {
+                sec: d.as_secs() as i64,
+                nsec: d.subsec_nanos(),
+            },
+            Err(_) => Timespec::default(),
+        }
+    }
+}
+
+/// The inode item.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Inode {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub rdev: u64,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+    pub crtime: Timespec,
+    pub flags: u32,
+    /// Directories: the parent directory (for rename loop checks and "..").
+    pub parent: u64,
+    /// Directories: next readdir sequence number.
+    pub next_seq: u64,
+    /// 4 KiB blocks mapped by extents.
+    pub blocks: u64,
+}
+
+pub const INODE_SIZE: usize = 116;
+
+impl Inode {
+    pub fn file_type(&self) -> u32 {
+        self.mode & libc::S_IFMT
+    }
+    pub fn is_dir(&self) -> bool {
+        self.file_type() == libc::S_IFDIR
+    }
+    pub fn is_reg(&self) -> bool {
+        self.file_type() == libc::S_IFREG
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; INODE_SIZE];
+        put_u32(&mut b, 0, self.mode);
+        put_u32(&mut b, 4, self.uid);
+        put_u32(&mut b, 8, self.gid);
+        put_u32(&mut b, 12, self.nlink);
+        put_u64(&mut b, 16, self.size);
+        put_u64(&mut b, 24, self.rdev);
+        for (i, t) in [self.atime, self.mtime, self.ctime, self.crtime]
+            .iter()
+            .enumerate()
+        {
+            put_i64(&mut b, 32 + i * 12, t.sec);
+            put_u32(&mut b, 40 + i * 12, t.nsec);
+        }
+        put_u32(&mut b, 80, self.flags);
+        put_u64(&mut b, 84, self.parent);
+        put_u64(&mut b, 92, self.next_seq);
+        put_u64(&mut b, 100, self.blocks);
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Inode> {
+        if b.len() < INODE_SIZE {
+            return None;
+        }
+        let t = |i: usize| Timespec {
+            sec: i64_at(b, 32 + i * 12),
+            nsec: u32_at(b, 40 + i * 12).min(999_999_999),
+        };
+        Some(Inode {
+            mode: u32_at(b, 0),
+            uid: u32_at(b, 4),
+            gid: u32_at(b, 8),
+            nlink: u32_at(b, 12),
+            size: u64_at(b, 16),
+            rdev: u64_at(b, 24),
+            atime: t(0),
+            mtime: t(1),
+            ctime: t(2),
+            crtime: t(3),
+            flags: u32_at(b, 80),
+            parent: u64_at(b, 84),
+            next_seq: u64_at(b, 92),
+            blocks: u64_at(b, 100),
+        })
+    }
+}
+
+/// A directory entry (both the by-name and the by-sequence item carry one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: u64,
+    /// S_IFMT bits of the child.
+    pub ftype: u32,
+    /// DIRENT items: the sequence number of the matching DIRINDEX item.
+    /// DIRINDEX items: the hash slot of the matching DIRENT item.
+    pub link: u64,
+    pub name: Vec<u8>,
+}
+
+impl DirEntry {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; 20 + self.name.len()];
+        put_u64(&mut b, 0, self.ino);
+        put_u32(&mut b, 8, self.ftype);
+        put_u64(&mut b, 12, self.link);
+        b[20..].copy_from_slice(&self.name);
+        b
+    }
+    pub fn decode(b: &[u8]) -> Option<DirEntry> {
+        if b.len() < 20 || b.len() > 20 + MAX_NAME_LEN {
+            return None;
+        }
+        Some(DirEntry {
+            ino: u64_at(b, 0),
+            ftype: u32_at(b, 8),
+            link: u64_at(b, 12),
+            name: b[20..].to_vec(),
+        })
+    }
+}
+
+/// A run of data blocks mapped at a file offset, with one CRC32 per block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub phys: BlockAddr,
+    pub flags: u32,
+    pub crcs: Vec<u32>,
+}
+
+impl Extent {
+    pub fn len(&self) -> u64 {
+        self.crcs.len() as u64
+    }
+    pub fn is_empty(&self) -> bool {
+        self.crcs.is_empty()
+    }
+    pub fn unwritten(&self) -> bool {
+        self.flags & EXTENT_UNWRITTEN != 0
+    }
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; 16 + 4 * self.crcs.len()];
+        put_u64(&mut b, 0, self.phys);
+        put_u32(&mut b, 8, self.crcs.len() as u32);
+        put_u32(&mut b, 12, self.flags);
+        for (i, c) in self.crcs.iter().enumerate() {
+            put_u32(&mut b, 16 + i * 4, *c);
+        }
+        b
+    }
+    pub fn decode(b: &[u8]) -> Option<Extent> {
+        if b.len() < 16 {
+            return None;
+        }
+        let n = u32_at(b, 8) as usize;
+        if n == 0 || n as u64 > MAX_EXTENT_BLOCKS || b.len() != 16 + 4 * n {
+            return None;
+        }
+        Some(Extent {
+            phys: u64_at(b, 0),
+            flags: u32_at(b, 12),
+            crcs: (0..n).map(|i| u32_at(b, 16 + i * 4)).collect(),
+        })
+    }
+    /// The sub-extent covering blocks [from, to) relative to the extent start.
+    pub fn slice(&self, from: u64, to: u64) -> Extent {
+        Extent {
+            phys: self.phys + from,
+            flags: self.flags,
+            crcs: self.crcs[from as usize..to as usize].to_vec(),
+        }
+    }
+}
+
+pub fn xattr_encode(name: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; 2 + name.len() + value.len()];
+    put_u16(&mut b, 0, name.len() as u16);
+    b[2..2 + name.len()].copy_from_slice(name);
+    b[2 + name.len()..].copy_from_slice(value);
+    b
+}
+
+pub fn xattr_decode(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    if b.len() < 2 {
+        return None;
+    }
+    let n = u16_at(b, 0) as usize;
+    if 2 + n > b.len() {
+        return None;
+    }
+    Some((&b[2..2 + n], &b[2 + n..]))
+}
+
+/// Blocks an item references, for the tree's reference counting: data extents.
+pub fn item_refs(key: &Key, val: &[u8]) -> Option<(BlockAddr, u64)> {
+    if key.kind == KIND_EXTENT {
+        return Extent::decode(val).map(|e| (e.phys, e.len()));
+    }
+    None
+}
+
+pub const BS: u64 = BLOCK_SIZE as u64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodings_round_trip() {
+        let i = Inode {
+            mode: libc::S_IFREG | 0o644,
+            uid: 5,
+            size: 99,
+            mtime: Timespec { sec: -3, nsec: 7 },
+            blocks: 3,
+            ..Default::default()
+        };
+        assert_eq!(Inode::decode(&i.encode()), Some(i));
+        let d = DirEntry {
+            ino: 9,
+            ftype: libc::S_IFDIR,
+            link: 4,
+            name: b"abc".to_vec(),
+        };
+        assert_eq!(DirEntry::decode(&d.encode()), Some(d));
+        let e = Extent {
+            phys: 77,
+            flags: 0,
+            crcs: vec![1, 2, 3],
+        };
+        assert_eq!(Extent::decode(&e.encode()), Some(e.clone()));
+        assert_eq!(e.slice(1, 3).phys, 78);
+        assert_eq!(Extent::decode(&[0u8; 16]), None);
+        assert_eq!(
+            xattr_decode(&xattr_encode(b"user.a", b"v")),
+            Some((&b"user.a"[..], &b"v"[..]))
+        );
+    }
+}

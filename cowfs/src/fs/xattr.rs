@@ -1,0 +1,100 @@
+//! Extended attributes, one item each, keyed by name hash with probing.
+
+use super::items::*;
+use super::{err, FsResult, FsTree};
+use crate::btree::{Key, MAX_VALUE_LEN};
+
+pub const XATTR_CREATE: u32 = 1;
+pub const XATTR_REPLACE: u32 = 2;
+
+/// An existing attribute (slot, value) and, if absent, a free slot for it.
+type XattrLookup = (Option<(u64, Vec<u8>)>, Option<u64>);
+
+impl FsTree<'_> {
+    fn find_xattr(&mut self, ino: u64, name: &[u8]) -> FsResult<XattrLookup> {
+        let h = name_hash(name);
+        let items = self.scan(
+            Key::new(ino, KIND_XATTR, h),
+            Key::new(ino, KIND_XATTR, h + HASH_PROBE - 1),
+        )?;
+        let free = (h..h + HASH_PROBE).find(|s| !items.iter().any(|(k, _)| k.off == *s));
+        for (k, v) in items {
+            if let Some((n, val)) = xattr_decode(&v) {
+                if n == name {
+                    return Ok((Some((k.off, val.to_vec())), None));
+                }
+            }
+        }
+        Ok((None, free))
+    }
+
+    fn check_xattr_name(name: &[u8]) -> FsResult<()> {
+        if name.is_empty() || name.len() > MAX_NAME_LEN {
+            return err(libc::ERANGE);
+        }
+        Ok(())
+    }
+
+    pub fn setxattr(&mut self, ino: u64, name: &[u8], value: &[u8], flags: u32) -> FsResult<()> {
+        Self::check_xattr_name(name)?;
+        let mut i = self.inode(ino)?;
+        if 2 + name.len() + value.len() > MAX_VALUE_LEN {
+            return err(libc::ENOSPC);
+        }
+        let (existing, free) = self.find_xattr(ino, name)?;
+        let slot = match (
+            existing,
+            flags & XATTR_CREATE != 0,
+            flags & XATTR_REPLACE != 0,
+        ) {
+            (Some(_), true, _) => return err(libc::EEXIST),
+            (None, _, true) => return err(libc::ENODATA),
+            (Some((slot, _)), _, _) => slot,
+            (None, _, _) => match free {
+                Some(s) => s,
+                None => return err(libc::ENOSPC),
+            },
+        };
+        self.put(Key::new(ino, KIND_XATTR, slot), xattr_encode(name, value))?;
+        i.ctime = Timespec::now();
+        self.put_inode(ino, &i)
+    }
+
+    pub fn getxattr(&mut self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        Self::check_xattr_name(name)?;
+        self.inode(ino)?;
+        match self.find_xattr(ino, name)?.0 {
+            Some((_, v)) => Ok(v),
+            None => err(libc::ENODATA),
+        }
+    }
+
+    /// Names, each followed by a NUL, as listxattr(2) returns them.
+    pub fn listxattr(&mut self, ino: u64) -> FsResult<Vec<u8>> {
+        self.inode(ino)?;
+        let mut out = Vec::new();
+        for (_, v) in self.scan(
+            Key::new(ino, KIND_XATTR, 0),
+            Key::new(ino, KIND_XATTR, u64::MAX),
+        )? {
+            if let Some((n, _)) = xattr_decode(&v) {
+                out.extend_from_slice(n);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn removexattr(&mut self, ino: u64, name: &[u8]) -> FsResult<()> {
+        Self::check_xattr_name(name)?;
+        let mut i = self.inode(ino)?;
+        match self.find_xattr(ino, name)?.0 {
+            Some((slot, _)) => {
+                self.del(&Key::new(ino, KIND_XATTR, slot))?;
+                i.ctime = Timespec::now();
+                self.put_inode(ino, &i)
+            }
+            None => err(libc::ENODATA),
+        }
+    }
+}

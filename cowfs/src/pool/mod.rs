@@ -1,0 +1,935 @@
+//! A pool: the catalog of branches and snapshots over one block device, the running
+//! transaction and its commit, open-file bookkeeping for orphans, and fsck.
+//!
+//! Every filesystem call names a branch by id and runs on that branch's tree under
+//! the pool lock; a commit makes everything before it durable and atomic.
+
+pub mod catalog;
+pub mod fsck;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::btree::{tree, NodeStore};
+use crate::fs::dir::DirListEntry;
+use crate::fs::file::SeekWhence;
+use crate::fs::{Attr, FsError, FsResult, FsTree, Owner, SetAttr, ROOT_INO};
+use crate::store::device::{BlockDevice, FileDevice};
+use crate::store::spacemap::{depth_for, SpaceMap};
+use crate::store::superblock::{SlotError, Superblock, SLOT_COUNT};
+use crate::store::{BlockAddr, StoreError, BLOCK_SIZE};
+use catalog::{BranchRecord, FLAG_SNAPSHOT};
+
+pub use fsck::{FsckOptions, FsckReport};
+
+/// Id of a branch or snapshot inside its pool.
+pub type BranchId = u64;
+
+/// Capacity of a pool file when none is given: the file is sparse and grows as
+/// blocks are written, so this is a ceiling, not a reservation.
+pub const DEFAULT_FILE_CAPACITY: u64 = 1 << 40;
+
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    /// Bytes of decoded metadata kept in the node cache.
+    pub cache_bytes: usize,
+    /// Commit automatically once this many bytes of metadata are dirty.
+    pub dirty_limit_bytes: usize,
+    /// Pool capacity for `create` (default: the device size, or 1 TiB for a file).
+    pub capacity_bytes: Option<u64>,
+    /// Owner of the root directory of `main` at `create`.
+    pub root_uid: u32,
+    pub root_gid: u32,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            cache_bytes: 64 << 20,
+            dirty_limit_bytes: 32 << 20,
+            capacity_bytes: None,
+            // SAFETY: geteuid/getegid cannot fail.
+            root_uid: unsafe { libc::geteuid() },
+            root_gid: unsafe { libc::getegid() },
+        }
+    }
+}
+
+/// Errors of pool-level operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}: file exists and is not empty; refusing to overwrite it with a new pool")]
+    NotEmpty(PathBuf),
+    #[error("pool too small: {0} blocks (at least 64 blocks of 4 KiB are needed)")]
+    TooSmall(u64),
+    #[error("no branch or snapshot named '{0}' (see `cowfs-ctl list`)")]
+    BranchNotFound(String),
+    #[error("a branch or snapshot named '{0}' already exists")]
+    BranchExists(String),
+    #[error("invalid branch name '{0}': {1}")]
+    InvalidName(String, &'static str),
+    #[error("branch '{0}' has open files; close them (unmount) first")]
+    Busy(String),
+}
+
+impl PoolError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            PoolError::Store(s) => s.errno(),
+            PoolError::Fs(f) => f.errno(),
+            PoolError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            PoolError::NotEmpty(_) | PoolError::BranchExists(_) => libc::EEXIST,
+            PoolError::TooSmall(_) => libc::ENOSPC,
+            PoolError::BranchNotFound(_) => libc::ENOENT,
+            PoolError::InvalidName(..) => libc::EINVAL,
+            PoolError::Busy(_) => libc::EBUSY,
+        }
+    }
+}
+
+pub type PoolResult<T> = Result<T, PoolError>;
+
+/// A branch or snapshot as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BranchInfo {
+    pub id: BranchId,
+    pub name: String,
+    pub snapshot: bool,
+    /// Name of the branch or snapshot it was taken from, if that still exists.
+    pub parent: Option<String>,
+    pub created_unix: u64,
+}
+
+/// statfs figures, in 4 KiB blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+pub(crate) struct Engine {
+    pub(crate) st: NodeStore,
+    pub(crate) catalog_root: BlockAddr,
+    pub(crate) branches: BTreeMap<BranchId, BranchRecord>,
+    dirty_branches: BTreeSet<BranchId>,
+    deleted_branches: BTreeSet<BranchId>,
+    next_branch_id: u64,
+    created_unix: u64,
+    open: HashMap<(BranchId, u64), u32>,
+    poisoned: bool,
+    dirty_limit_nodes: usize,
+}
+
+pub struct Pool {
+    e: Mutex<Engine>,
+    name: PathBuf,
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish() | 1
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Branch and snapshot names: 1..=255 bytes, no '/', no NUL, not "." or "..".
+pub fn check_branch_name(name: &str) -> PoolResult<()> {
+    let bad = |why| Err(PoolError::InvalidName(name.escape_debug().to_string(), why));
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > 255 {
+        return bad("longer than 255 bytes");
+    }
+    if name.contains('/') || name.contains('\0') {
+        return bad("contains '/' or NUL");
+    }
+    if name == "." || name == ".." {
+        return bad("reserved");
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return bad("contains control characters");
+    }
+    Ok(())
+}
+
+impl Pool {
+    /// Create a new pool in a regular file (created if missing, must be empty) or on
+    /// a block device.
+    pub fn create(path: &Path, opts: &PoolOptions) -> PoolResult<Pool> {
+        let dev = FileDevice::open(path, true).map_err(|e| PoolError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        if dev.fixed_capacity().is_none() && dev.len_blocks() > 0 {
+            return Err(PoolError::NotEmpty(path.to_path_buf()));
+        }
+        Pool::create_on(Arc::new(dev), opts)
+    }
+
+    /// Open an existing pool file or block device.
+    pub fn open(path: &Path, opts: &PoolOptions) -> PoolResult<Pool> {
+        let dev = FileDevice::open(path, false).map_err(|e| PoolError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        Pool::open_on(Arc::new(dev), opts)
+    }
+
+    /// Create a pool on any block device (tests use in-memory devices).
+    pub fn create_on(dev: Arc<dyn BlockDevice>, opts: &PoolOptions) -> PoolResult<Pool> {
+        let capacity = match (opts.capacity_bytes, dev.fixed_capacity()) {
+            (Some(b), Some(fixed)) => (b / BLOCK_SIZE as u64).min(fixed),
+            (Some(b), None) => b / BLOCK_SIZE as u64,
+            (None, Some(fixed)) => fixed,
+            (None, None) => DEFAULT_FILE_CAPACITY / BLOCK_SIZE as u64,
+        };
+        if capacity < 64 {
+            return Err(PoolError::TooSmall(capacity));
+        }
+        let pool_id = random_u64();
+        let name = dev.name();
+        let space = SpaceMap::create(capacity, pool_id);
+        let mut st = NodeStore::new(dev, space, pool_id, 1, opts.cache_bytes, catalog::item_refs);
+        let catalog_root = tree::create_empty(&mut st)?;
+        let mut root = tree::create_empty(&mut st)?;
+        let mut next_ino = ROOT_INO + 1;
+        FsTree {
+            st: &mut st,
+            root: &mut root,
+            next_ino: &mut next_ino,
+        }
+        .init_root(0o755, opts.root_uid, opts.root_gid)?;
+        let created = unix_now();
+        let mut e = Engine::new(st, catalog_root, BTreeMap::new(), 2, created, opts);
+        e.branches.insert(
+            1,
+            BranchRecord {
+                root,
+                next_ino,
+                flags: 0,
+                created_unix: created,
+                parent: 0,
+                name: "main".into(),
+            },
+        );
+        e.dirty_branches.insert(1);
+        e.commit()?;
+        log::info!(
+            "{}: created pool ({} blocks of 4 KiB)",
+            name.display(),
+            capacity
+        );
+        Ok(Pool {
+            e: Mutex::new(e),
+            name,
+        })
+    }
+
+    /// Open a pool on any block device: the valid superblock slot with the highest
+    /// generation wins; if its catalog cannot be read, the other slot is tried.
+    pub fn open_on(dev: Arc<dyn BlockDevice>, opts: &PoolOptions) -> PoolResult<Pool> {
+        let name = dev.name();
+        if dev.len_blocks() < SLOT_COUNT {
+            return Err(StoreError::Foreign {
+                pool: name,
+                why: "too short to hold the superblock slots".into(),
+            }
+            .into());
+        }
+        let mut slots = Vec::new();
+        let mut problems = Vec::new();
+        for slot in 0..SLOT_COUNT {
+            let mut buf = vec![0u8; BLOCK_SIZE];
+            dev.read_at(slot, &mut buf).map_err(|e| StoreError::Io {
+                pool: name.clone(),
+                block: slot,
+                source: e,
+            })?;
+            match Superblock::decode(&buf) {
+                Ok(sb) => slots.push(sb),
+                Err(e) => {
+                    if e != SlotError::Empty {
+                        log::warn!("{}: superblock slot {slot} rejected: {e:?}", name.display());
+                    }
+                    problems.push((slot, e));
+                }
+            }
+        }
+        slots.sort_by_key(|s| std::cmp::Reverse(s.generation));
+        let mut last_err = None;
+        for sb in slots {
+            match Engine::load(dev.clone(), &sb, opts) {
+                Ok(e) => {
+                    log::info!(
+                        "{}: opened pool at generation {} ({} branches)",
+                        name.display(),
+                        sb.generation,
+                        e.branches.len()
+                    );
+                    return Ok(Pool {
+                        e: Mutex::new(e),
+                        name,
+                    });
+                }
+                Err(err) => {
+                    log::error!(
+                        "{}: generation {} unusable: {err}",
+                        name.display(),
+                        sb.generation
+                    );
+                    last_err = Some(err);
+                }
+            }
+        }
+        if let Some(e) = last_err {
+            return Err(e);
+        }
+        // No valid slot: say why as precisely as the slots allow.
+        for (slot, p) in &problems {
+            match p {
+                SlotError::Version(v) => {
+                    return Err(StoreError::Version {
+                        pool: name,
+                        found: *v,
+                        supported: crate::store::superblock::FORMAT_VERSION,
+                    }
+                    .into())
+                }
+                SlotError::Checksum | SlotError::Invalid(_) => {
+                    return Err(StoreError::Corrupt {
+                        pool: name,
+                        block: *slot,
+                        why: format!("superblock slot {slot}: {p:?}, and no other valid slot"),
+                    }
+                    .into())
+                }
+                _ => {}
+            }
+        }
+        Err(StoreError::Foreign {
+            pool: name,
+            why: "no cowfs superblock in either slot".into(),
+        }
+        .into())
+    }
+
+    /// The pool's path (or device name).
+    pub fn name(&self) -> &Path {
+        &self.name
+    }
+
+    /// Make everything done so far durable and atomic.
+    pub fn commit(&self) -> PoolResult<()> {
+        Ok(self.e.lock().commit()?)
+    }
+
+    /// Generation of the last durable commit.
+    pub fn generation(&self) -> u64 {
+        self.e.lock().st.generation() - 1
+    }
+
+    pub fn list(&self) -> Vec<BranchInfo> {
+        let e = self.e.lock();
+        e.branches.iter().map(|(id, r)| e.info(*id, r)).collect()
+    }
+
+    pub fn info(&self, name: &str) -> PoolResult<BranchInfo> {
+        let e = self.e.lock();
+        let id = e.id_of(name)?;
+        Ok(e.info(id, &e.branches[&id]))
+    }
+
+    pub fn branch_id(&self, name: &str) -> PoolResult<BranchId> {
+        self.e.lock().id_of(name)
+    }
+
+    /// A writable branch of a branch or snapshot: O(1), and committed.
+    pub fn branch_create(&self, name: &str, from: &str) -> PoolResult<BranchId> {
+        self.e.lock().create_child(name, from, false)
+    }
+
+    /// A read-only snapshot of a branch or snapshot: O(1), and committed.
+    pub fn snapshot_create(&self, name: &str, from: &str) -> PoolResult<BranchId> {
+        self.e.lock().create_child(name, from, true)
+    }
+
+    pub fn branch_rename(&self, old: &str, new: &str) -> PoolResult<()> {
+        let mut e = self.e.lock();
+        check_branch_name(new)?;
+        let id = e.id_of(old)?;
+        if e.id_of(new).is_ok() {
+            return Err(PoolError::BranchExists(new.into()));
+        }
+        if let Some(r) = e.branches.get_mut(&id) {
+            r.name = new.into();
+        }
+        e.dirty_branches.insert(id);
+        e.commit()?;
+        Ok(())
+    }
+
+    /// Delete a branch or snapshot, freeing exactly the blocks only it referenced.
+    pub fn branch_delete(&self, name: &str) -> PoolResult<()> {
+        let mut e = self.e.lock();
+        let id = e.id_of(name)?;
+        if e.open.keys().any(|(b, _)| *b == id) {
+            return Err(PoolError::Busy(name.into()));
+        }
+        e.writable()?;
+        let rec = e
+            .branches
+            .remove(&id)
+            .ok_or_else(|| PoolError::BranchNotFound(name.into()))?;
+        e.st.drop_ref(rec.root)?;
+        e.dirty_branches.remove(&id);
+        e.deleted_branches.insert(id);
+        e.commit()?;
+        Ok(())
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        let e = self.e.lock();
+        let space = &e.st.space;
+        let mut avail = space.available();
+        if let Some(host) = e.st.dev.host_free_bytes() {
+            let in_file = e.st.dev.len_blocks().saturating_sub(space.used());
+            avail = avail.min(host / BLOCK_SIZE as u64 + in_file);
+        }
+        StatFs {
+            blocks: space.capacity(),
+            bfree: avail,
+            bavail: avail,
+            files: u32::MAX as u64,
+            ffree: (u32::MAX as u64).saturating_sub(space.used()),
+            bsize: BLOCK_SIZE as u32,
+            namelen: 255,
+        }
+    }
+
+    /// Blocks in use (non-zero reference count), including metadata.
+    pub fn used_blocks(&self) -> u64 {
+        self.e.lock().st.space.used()
+    }
+
+    /// I/O counters since open.
+    pub fn io_stats(&self) -> crate::btree::nodestore::IoStats {
+        self.e.lock().st.stats
+    }
+
+    /// Check the whole pool (commits first so that what is checked is on disk).
+    pub fn fsck(&self, opts: &FsckOptions) -> PoolResult<FsckReport> {
+        let mut e = self.e.lock();
+        e.commit()?;
+        Ok(fsck::run(&mut e, opts))
+    }
+
+    // ---- filesystem operations on one branch ----
+
+    fn read<T>(&self, b: BranchId, f: impl FnOnce(&mut FsTree) -> FsResult<T>) -> FsResult<T> {
+        self.e.lock().with_fs(b, false, f)
+    }
+
+    fn write<T>(&self, b: BranchId, f: impl FnOnce(&mut FsTree) -> FsResult<T>) -> FsResult<T> {
+        let mut e = self.e.lock();
+        let r = e.with_fs(b, true, f);
+        e.maybe_commit();
+        r
+    }
+
+    /// Free an inode whose last link went away, unless a file handle still has it.
+    fn write_unlinking(
+        &self,
+        b: BranchId,
+        f: impl FnOnce(&mut FsTree) -> FsResult<Option<u64>>,
+    ) -> FsResult<()> {
+        let mut e = self.e.lock();
+        let r = e.with_fs(b, true, f).and_then(|gone| match gone {
+            Some(ino) if !e.open.contains_key(&(b, ino)) => {
+                e.with_fs(b, true, |fs| fs.free_inode(ino))
+            }
+            _ => Ok(()),
+        });
+        e.maybe_commit();
+        r
+    }
+
+    pub fn is_read_only(&self, b: BranchId) -> FsResult<bool> {
+        let e = self.e.lock();
+        match e.branches.get(&b) {
+            Some(r) => Ok(r.is_snapshot() || e.poisoned),
+            None => Err(FsError::Posix(libc::ESTALE)),
+        }
+    }
+
+    pub fn lookup(&self, b: BranchId, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        self.read(b, |fs| fs.lookup(parent, name))
+    }
+    pub fn getattr(&self, b: BranchId, ino: u64) -> FsResult<Attr> {
+        self.read(b, |fs| fs.getattr(ino))
+    }
+    pub fn setattr(&self, b: BranchId, ino: u64, s: &SetAttr) -> FsResult<Attr> {
+        self.write(b, |fs| fs.setattr(ino, s))
+    }
+    pub fn mknod(
+        &self,
+        b: BranchId,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u64,
+        owner: Owner,
+    ) -> FsResult<Attr> {
+        self.write(b, |fs| fs.mknod(parent, name, mode, rdev, owner))
+    }
+    pub fn mkdir(
+        &self,
+        b: BranchId,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        owner: Owner,
+    ) -> FsResult<Attr> {
+        self.write(b, |fs| fs.mkdir(parent, name, mode, owner))
+    }
+    pub fn symlink(
+        &self,
+        b: BranchId,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        owner: Owner,
+    ) -> FsResult<Attr> {
+        self.write(b, |fs| fs.symlink(parent, name, target, owner))
+    }
+    pub fn readlink(&self, b: BranchId, ino: u64) -> FsResult<Vec<u8>> {
+        self.read(b, |fs| fs.readlink(ino))
+    }
+    pub fn link(&self, b: BranchId, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
+        self.write(b, |fs| fs.link(ino, newparent, newname))
+    }
+    pub fn unlink(&self, b: BranchId, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.write_unlinking(b, |fs| fs.unlink(parent, name))
+    }
+    pub fn rmdir(&self, b: BranchId, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.write(b, |fs| fs.rmdir(parent, name))
+    }
+    pub fn rename(
+        &self,
+        b: BranchId,
+        p1: u64,
+        n1: &[u8],
+        p2: u64,
+        n2: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        self.write_unlinking(b, |fs| fs.rename(p1, n1, p2, n2, flags))
+    }
+    pub fn read_file(&self, b: BranchId, ino: u64, off: u64, len: usize) -> FsResult<Vec<u8>> {
+        self.read(b, |fs| fs.read(ino, off, len))
+    }
+    pub fn write_file(&self, b: BranchId, ino: u64, off: u64, data: &[u8]) -> FsResult<usize> {
+        self.write(b, |fs| fs.write_data(ino, off, data))
+    }
+    pub fn readdir(
+        &self,
+        b: BranchId,
+        ino: u64,
+        offset: u64,
+        max: usize,
+    ) -> FsResult<Vec<DirListEntry>> {
+        self.read(b, |fs| fs.readdir(ino, offset, max))
+    }
+    pub fn setxattr(
+        &self,
+        b: BranchId,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        self.write(b, |fs| fs.setxattr(ino, name, value, flags))
+    }
+    pub fn getxattr(&self, b: BranchId, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        self.read(b, |fs| fs.getxattr(ino, name))
+    }
+    pub fn listxattr(&self, b: BranchId, ino: u64) -> FsResult<Vec<u8>> {
+        self.read(b, |fs| fs.listxattr(ino))
+    }
+    pub fn removexattr(&self, b: BranchId, ino: u64, name: &[u8]) -> FsResult<()> {
+        self.write(b, |fs| fs.removexattr(ino, name))
+    }
+    pub fn punch_hole(&self, b: BranchId, ino: u64, off: u64, len: u64) -> FsResult<()> {
+        self.write(b, |fs| fs.punch_hole(ino, off, len))
+    }
+    pub fn fallocate(
+        &self,
+        b: BranchId,
+        ino: u64,
+        off: u64,
+        len: u64,
+        keep_size: bool,
+    ) -> FsResult<()> {
+        self.write(b, |fs| fs.fallocate(ino, off, len, keep_size))
+    }
+    pub fn seek(&self, b: BranchId, ino: u64, off: u64, whence: SeekWhence) -> FsResult<u64> {
+        self.read(b, |fs| fs.seek(ino, off, whence))
+    }
+    /// Share `len` bytes of `src` at `soff` into `dst` at `doff` (same branch).
+    pub fn clone_range(
+        &self,
+        b: BranchId,
+        src: u64,
+        soff: u64,
+        dst: u64,
+        doff: u64,
+        len: u64,
+    ) -> FsResult<u64> {
+        self.write(b, |fs| fs.clone_range(src, soff, dst, doff, len))
+    }
+    /// Copying between branches is not an extent share: callers copy bytes instead.
+    pub fn clone_range_across(&self, b_src: BranchId, b_dst: BranchId) -> FsResult<()> {
+        if b_src != b_dst {
+            return Err(FsError::Posix(libc::EXDEV));
+        }
+        Ok(())
+    }
+
+    /// A file handle was opened on `ino`: keep it alive past its last unlink.
+    pub fn open_inode(&self, b: BranchId, ino: u64) {
+        *self.e.lock().open.entry((b, ino)).or_insert(0) += 1;
+    }
+
+    /// A file handle was closed; an unlinked inode with no handles left is freed.
+    pub fn release_inode(&self, b: BranchId, ino: u64) -> FsResult<()> {
+        let mut e = self.e.lock();
+        let last = match e.open.get_mut(&(b, ino)) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                e.open.remove(&(b, ino));
+                true
+            }
+            None => false,
+        };
+        if last && !e.branches.get(&b).is_none_or(|r| r.is_snapshot()) {
+            let r = e.with_fs(b, true, |fs| match fs.inode(ino) {
+                Ok(i) if i.nlink == 0 => fs.free_inode(ino),
+                _ => Ok(()),
+            });
+            e.maybe_commit();
+            return r;
+        }
+        Ok(())
+    }
+
+    /// Free every orphan of a branch that no handle has open (at mount, after a
+    /// restart or on a branch taken while files were open). Returns how many.
+    pub fn cleanup_orphans(&self, b: BranchId) -> FsResult<usize> {
+        let mut e = self.e.lock();
+        if e.branches.get(&b).is_some_and(|r| r.is_snapshot()) {
+            return Ok(0);
+        }
+        let orphans = e.with_fs(b, false, |fs| fs.orphans())?;
+        let mut n = 0;
+        for ino in orphans {
+            if !e.open.contains_key(&(b, ino)) {
+                e.with_fs(b, true, |fs| fs.free_inode(ino))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if let Err(e) = self.e.get_mut().commit() {
+            log::error!("{}: final commit failed: {e}", self.name.display());
+        }
+    }
+}
+
+impl Engine {
+    fn new(
+        st: NodeStore,
+        catalog_root: BlockAddr,
+        branches: BTreeMap<BranchId, BranchRecord>,
+        next_branch_id: u64,
+        created_unix: u64,
+        opts: &PoolOptions,
+    ) -> Engine {
+        Engine {
+            st,
+            catalog_root,
+            branches,
+            dirty_branches: BTreeSet::new(),
+            deleted_branches: BTreeSet::new(),
+            next_branch_id,
+            created_unix,
+            open: HashMap::new(),
+            poisoned: false,
+            dirty_limit_nodes: (opts.dirty_limit_bytes / BLOCK_SIZE).max(16),
+        }
+    }
+
+    fn load(dev: Arc<dyn BlockDevice>, sb: &Superblock, opts: &PoolOptions) -> PoolResult<Engine> {
+        if let Some(fixed) = dev.fixed_capacity() {
+            if sb.capacity_blocks > fixed {
+                return Err(StoreError::Truncated {
+                    pool: dev.name(),
+                    block: sb.capacity_blocks - 1,
+                    len: fixed,
+                }
+                .into());
+            }
+        }
+        if sb.space_depth != depth_for(sb.capacity_blocks) {
+            return Err(StoreError::Corrupt {
+                pool: dev.name(),
+                block: Superblock::slot_for(sb.generation),
+                why: "space map depth does not match capacity".into(),
+            }
+            .into());
+        }
+        let space = SpaceMap::open(
+            sb.capacity_blocks,
+            sb.space_depth,
+            sb.space_root,
+            sb.used_blocks,
+            sb.pool_id,
+        );
+        let mut st = NodeStore::new(
+            dev,
+            space,
+            sb.pool_id,
+            sb.generation + 1,
+            opts.cache_bytes,
+            catalog::item_refs,
+        );
+        let mut branches = BTreeMap::new();
+        for (k, v) in tree::collect(
+            &mut st,
+            sb.catalog_root,
+            &crate::btree::Key::MIN,
+            &crate::btree::Key::MAX,
+        )? {
+            let rec = BranchRecord::decode(&v).ok_or_else(|| StoreError::Corrupt {
+                pool: st.dev.name(),
+                block: sb.catalog_root,
+                why: format!("undecodable catalog record for branch id {}", k.id),
+            })?;
+            branches.insert(k.id, rec);
+        }
+        // The superblock's root pointers must lead to readable nodes.
+        for r in branches.values() {
+            st.read(r.root, None)?;
+        }
+        Ok(Engine::new(
+            st,
+            sb.catalog_root,
+            branches,
+            sb.next_branch_id,
+            sb.created_unix,
+            opts,
+        ))
+    }
+
+    fn info(&self, id: BranchId, r: &BranchRecord) -> BranchInfo {
+        BranchInfo {
+            id,
+            name: r.name.clone(),
+            snapshot: r.is_snapshot(),
+            parent: self.branches.get(&r.parent).map(|p| p.name.clone()),
+            created_unix: r.created_unix,
+        }
+    }
+
+    fn id_of(&self, name: &str) -> PoolResult<BranchId> {
+        self.branches
+            .iter()
+            .find(|(_, r)| r.name == name)
+            .map(|(id, _)| *id)
+            .ok_or_else(|| PoolError::BranchNotFound(name.into()))
+    }
+
+    fn writable(&self) -> PoolResult<()> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned {
+                pool: self.st.dev.name(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    fn create_child(&mut self, name: &str, from: &str, snapshot: bool) -> PoolResult<BranchId> {
+        check_branch_name(name)?;
+        self.writable()?;
+        if self.id_of(name).is_ok() {
+            return Err(PoolError::BranchExists(name.into()));
+        }
+        let parent = self.id_of(from)?;
+        let p = self.branches[&parent].clone();
+        self.st.inc_node(p.root)?;
+        let id = self.next_branch_id;
+        self.next_branch_id += 1;
+        self.branches.insert(
+            id,
+            BranchRecord {
+                root: p.root,
+                next_ino: p.next_ino,
+                flags: if snapshot { FLAG_SNAPSHOT } else { 0 },
+                created_unix: unix_now(),
+                parent,
+                name: name.into(),
+            },
+        );
+        self.dirty_branches.insert(id);
+        self.commit()?;
+        Ok(id)
+    }
+
+    pub(crate) fn with_fs<T>(
+        &mut self,
+        b: BranchId,
+        write: bool,
+        f: impl FnOnce(&mut FsTree) -> FsResult<T>,
+    ) -> FsResult<T> {
+        if write && self.poisoned {
+            return Err(FsError::Posix(libc::EROFS));
+        }
+        let Engine {
+            st,
+            branches,
+            dirty_branches,
+            ..
+        } = self;
+        let rec = branches.get_mut(&b).ok_or(FsError::Posix(libc::ESTALE))?;
+        if write && rec.is_snapshot() {
+            return Err(FsError::Posix(libc::EROFS));
+        }
+        let (root0, ino0) = (rec.root, rec.next_ino);
+        let r = f(&mut FsTree {
+            st,
+            root: &mut rec.root,
+            next_ino: &mut rec.next_ino,
+        });
+        if rec.root != root0 || rec.next_ino != ino0 {
+            dirty_branches.insert(b);
+        }
+        r
+    }
+
+    fn maybe_commit(&mut self) {
+        if self.st.dirty_nodes() > self.dirty_limit_nodes {
+            if let Err(e) = self.commit() {
+                log::error!("automatic commit failed: {e}");
+            }
+        }
+    }
+
+    fn has_changes(&self) -> bool {
+        !self.dirty_branches.is_empty()
+            || !self.deleted_branches.is_empty()
+            || self.st.dirty_nodes() > 0
+            || self.st.space.has_changes()
+    }
+
+    /// Dirty nodes to fresh blocks, space map pages to fresh blocks, flush, next
+    /// superblock slot, flush. On an I/O error the pool is poisoned (read-only).
+    pub(crate) fn commit(&mut self) -> Result<(), StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned {
+                pool: self.st.dev.name(),
+            });
+        }
+        if !self.has_changes() {
+            return Ok(());
+        }
+        let r = self.commit_inner();
+        if let Err(e) = &r {
+            if !matches!(e, StoreError::NoSpace { .. }) {
+                log::error!(
+                    "{}: commit failed, pool is now read-only: {e}",
+                    self.st.dev.name().display()
+                );
+                self.poisoned = true;
+            }
+        }
+        r
+    }
+
+    fn commit_inner(&mut self) -> Result<(), StoreError> {
+        let generation = self.st.generation();
+        for id in std::mem::take(&mut self.deleted_branches) {
+            self.catalog_root =
+                tree::remove(&mut self.st, self.catalog_root, &BranchRecord::key(id))?.0;
+        }
+        for id in std::mem::take(&mut self.dirty_branches) {
+            if let Some(r) = self.branches.get(&id) {
+                let v = r.encode();
+                self.catalog_root =
+                    tree::insert(&mut self.st, self.catalog_root, BranchRecord::key(id), v)?;
+            }
+        }
+        self.st.write_dirty_nodes()?;
+        let dev = self.st.dev.clone();
+        let space_root = self.st.space.write_dirty(&*dev, generation)?;
+        let io = |e: std::io::Error, block| StoreError::Io {
+            pool: dev.name(),
+            block,
+            source: e,
+        };
+        dev.flush().map_err(|e| io(e, 0))?;
+        let sb = Superblock {
+            generation,
+            pool_id: self.st.pool_id(),
+            capacity_blocks: self.st.space.capacity(),
+            catalog_root: self.catalog_root,
+            space_root,
+            space_depth: self.st.space.depth(),
+            next_branch_id: self.next_branch_id,
+            created_unix: self.created_unix,
+            used_blocks: self.st.space.used(),
+        };
+        let slot = Superblock::slot_for(generation);
+        dev.write_at(slot, &sb.encode()).map_err(|e| io(e, slot))?;
+        dev.flush().map_err(|e| io(e, slot))?;
+        self.st.commit_done();
+        Ok(())
+    }
+}

@@ -1,0 +1,49 @@
+use cowfs::fs::Owner;
+use cowfs::pool::{FsckOptions, Pool, PoolOptions};
+use cowfs::store::device::MemDevice;
+use std::sync::Arc;
+
+#[test]
+fn create_write_branch_reopen() {
+    let dev = MemDevice::new();
+    let opts = PoolOptions {
+        capacity_bytes: Some(256 << 20),
+        ..Default::default()
+    };
+    let pool = Pool::create_on(Arc::new(dev.clone()), &opts).unwrap();
+    let main = pool.branch_id("main").unwrap();
+    let f = pool
+        .mknod(
+            main,
+            1,
+            b"a.txt",
+            libc::S_IFREG | 0o644,
+            0,
+            Owner::default(),
+        )
+        .unwrap();
+    pool.write_file(main, f.ino, 0, b"hello").unwrap();
+    let big = pool
+        .mknod(main, 1, b"big", libc::S_IFREG | 0o644, 0, Owner::default())
+        .unwrap();
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    pool.write_file(main, big.ino, 3, &data).unwrap();
+    let b = pool.branch_create("dev", "main").unwrap();
+    pool.write_file(b, f.ino, 0, b"HELLO").unwrap();
+    pool.write_file(b, big.ino, 100_000, b"xyz").unwrap();
+    assert_eq!(pool.read_file(main, f.ino, 0, 100).unwrap(), b"hello");
+    assert_eq!(pool.read_file(b, f.ino, 0, 100).unwrap(), b"HELLO");
+    assert_eq!(pool.read_file(main, big.ino, 3, 1_000_000).unwrap(), data);
+    let r = pool.fsck(&FsckOptions::default()).unwrap();
+    assert!(r.is_clean(), "{r}");
+    drop(pool);
+    let pool = Pool::open_on(Arc::new(dev.clone()), &opts).unwrap();
+    let b = pool.branch_id("dev").unwrap();
+    let got = pool.read_file(b, big.ino, 0, 2_000_000).unwrap();
+    assert_eq!(&got[100_000..100_003], b"xyz");
+    assert_eq!(got.len(), 1_000_003);
+    pool.branch_delete("main").unwrap();
+    assert_eq!(pool.read_file(b, f.ino, 0, 100).unwrap(), b"HELLO");
+    let r = pool.fsck(&FsckOptions::default()).unwrap();
+    assert!(r.is_clean(), "{r}");
+}
