@@ -618,14 +618,6 @@ impl Pool {
     ) -> FsResult<u64> {
         self.write(b, |fs| fs.clone_range(src, soff, dst, doff, len))
     }
-    /// Copying between branches is not an extent share: callers copy bytes instead.
-    pub fn clone_range_across(&self, b_src: BranchId, b_dst: BranchId) -> FsResult<()> {
-        if b_src != b_dst {
-            return Err(FsError::Posix(libc::EXDEV));
-        }
-        Ok(())
-    }
-
     /// A file handle was opened on `ino`: keep it alive past its last unlink.
     pub fn open_inode(&self, b: BranchId, ino: u64) {
         *self.e.lock().open.entry((b, ino)).or_insert(0) += 1;
