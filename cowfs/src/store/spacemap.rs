@@ -53,9 +53,6 @@ pub struct SpaceMap {
     fresh: HashSet<BlockAddr>,
     /// Blocks freed in the running transaction that are live in the last commit.
     pending_free: HashSet<BlockAddr>,
-    /// Blocks freed this transaction that must not be reused even after the commit
-    /// (kept separately so callers can purge them from caches).
-    freed_log: Vec<BlockAddr>,
     used: u64,
     cursor: u64,
     /// Leaf pages known to have no free entry, skipped by the allocator.
@@ -74,7 +71,6 @@ impl SpaceMap {
             index: HashMap::new(),
             fresh: HashSet::new(),
             pending_free: HashSet::new(),
-            freed_log: Vec::new(),
             used: 0,
             cursor: FIRST_USABLE,
             full_leaves: BTreeSet::new(),
@@ -107,7 +103,6 @@ impl SpaceMap {
             index: HashMap::new(),
             fresh: HashSet::new(),
             pending_free: HashSet::new(),
-            freed_log: Vec::new(),
             used,
             cursor: FIRST_USABLE,
             full_leaves: BTreeSet::new(),
@@ -312,7 +307,6 @@ impl SpaceMap {
         }
         self.set(dev, b, c - 1)?;
         if c == 1 {
-            self.freed_log.push(b);
             if !self.fresh.remove(&b) {
                 self.pending_free.insert(b);
             }
@@ -330,11 +324,6 @@ impl SpaceMap {
             self.dec(dev, b)?;
         }
         Ok(())
-    }
-
-    /// Blocks whose count reached zero since the last call (for cache purging).
-    pub fn take_freed(&mut self) -> Vec<BlockAddr> {
-        std::mem::take(&mut self.freed_log)
     }
 
     fn allocatable(&mut self, dev: &dyn BlockDevice, b: BlockAddr) -> StoreResult<bool> {
@@ -526,7 +515,7 @@ impl SpaceMap {
         }
     }
 
-    /// Forget all uncommitted changes (after a failed commit the caller reopens).
+    /// Blocks freed in the running transaction that become reusable at commit.
     pub fn pending_free_count(&self) -> usize {
         self.pending_free.len()
     }
