@@ -4,5 +4,6 @@
 
 pub mod btree;
 pub mod fs;
+pub mod fuse;
 pub mod pool;
 pub mod store;

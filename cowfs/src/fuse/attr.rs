@@ -1,0 +1,118 @@
+//! Conversions between the engine's types and fuser's: attributes, times, errors.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{Errno, FileAttr, FileType, INodeNo, TimeOrNow};
+
+use crate::fs::{Attr, FsError, Timespec};
+use crate::store::BLOCK_SIZE;
+
+/// How long the kernel may cache attributes and entries. The engine is the only
+/// writer of a branch, and every change goes through this mount's kernel cache.
+pub(crate) const TTL: Duration = Duration::from_secs(1);
+
+pub(crate) fn errno(e: &FsError) -> Errno {
+    let n = e.errno();
+    if n == libc::EIO {
+        log::error!("I/O error: {e}");
+    }
+    Errno::from_i32(n)
+}
+
+pub(crate) fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+pub(crate) fn to_system_time(t: Timespec) -> SystemTime {
+    let nsec = Duration::from_nanos(u64::from(t.nsec.min(999_999_999)));
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::from_secs(t.sec.unsigned_abs()) + nsec
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + nsec
+    }
+}
+
+pub(crate) fn from_system_time(t: SystemTime) -> Timespec {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timespec {
+            sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nsec: d.subsec_nanos(),
+        },
+        Err(before) => {
+            let d = before.duration();
+            let mut sec = -i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            let mut nsec = d.subsec_nanos();
+            if nsec > 0 {
+                sec -= 1;
+                nsec = 1_000_000_000 - nsec;
+            }
+            Timespec { sec, nsec }
+        }
+    }
+}
+
+pub(crate) fn time_or_now(t: TimeOrNow) -> Timespec {
+    match t {
+        TimeOrNow::SpecificTime(t) => from_system_time(t),
+        TimeOrNow::Now => Timespec::now(),
+    }
+}
+
+pub(crate) fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: to_system_time(a.atime),
+        mtime: to_system_time(a.mtime),
+        ctime: to_system_time(a.ctime),
+        crtime: to_system_time(a.crtime),
+        kind: file_type(a.mode),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        // The kernel's rdev field is 32 bits (new_encode_dev); larger values do not fit.
+        rdev: u32::try_from(a.rdev).unwrap_or(0),
+        blksize: BLOCK_SIZE as u32,
+        flags: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip() {
+        for t in [
+            Timespec { sec: 0, nsec: 0 },
+            Timespec {
+                sec: 1_700_000_000,
+                nsec: 123_456_789,
+            },
+            Timespec {
+                sec: -5,
+                nsec: 250_000_000,
+            },
+        ] {
+            assert_eq!(from_system_time(to_system_time(t)), t);
+        }
+    }
+
+    #[test]
+    fn types_from_mode() {
+        assert_eq!(file_type(libc::S_IFDIR | 0o755), FileType::Directory);
+        assert_eq!(file_type(libc::S_IFLNK | 0o777), FileType::Symlink);
+        assert_eq!(file_type(libc::S_IFIFO), FileType::NamedPipe);
+        assert_eq!(file_type(libc::S_IFREG | 0o644), FileType::RegularFile);
+    }
+}

@@ -1,0 +1,663 @@
+//! The fuser `Filesystem` of one mounted branch: each kernel request becomes one
+//! pool call on that branch, and the result becomes the reply.
+//!
+//! Locks (fcntl and flock) are not implemented here on purpose: without
+//! FUSE_POSIX_LOCKS / FUSE_FLOCK_LOCKS the kernel keeps them itself, which is
+//! exact between the processes of one machine. Access times are not updated on
+//! read (the mount is `noatime`).
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use fuser::{
+    AccessFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use super::attr::{errno, file_attr, file_type, from_system_time, time_or_now, TTL};
+use super::handles::Handles;
+use super::kernel;
+use crate::fs::file::SeekWhence;
+use crate::fs::{Attr, FsError, FsResult, Owner, SetAttr};
+use crate::pool::{BranchId, Pool};
+
+/// Directory entries fetched from the engine per readdir request.
+const READDIR_BATCH: usize = 512;
+/// Largest range shared by one copy_file_range request (the kernel loops for more).
+const MAX_CLONE: u64 = 1 << 30;
+
+pub(crate) struct CowFs {
+    pool: Arc<Pool>,
+    branch: BranchId,
+    read_only: bool,
+    handles: Handles,
+}
+
+impl CowFs {
+    pub(crate) fn new(pool: Arc<Pool>, branch: BranchId, read_only: bool) -> CowFs {
+        CowFs {
+            pool,
+            branch,
+            read_only,
+            handles: Handles::default(),
+        }
+    }
+
+    fn writable(&self) -> Result<(), Errno> {
+        if self.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Owner of a new inode in `parent`, and the mode adjusted for a set-group-ID
+    /// parent directory (BSD group semantics, inherited by subdirectories).
+    fn new_owner(&self, req: &Request, parent: u64, mode: u32) -> FsResult<(Owner, u32)> {
+        let p = self.pool.getattr(self.branch, parent)?;
+        if p.mode & libc::S_ISGID != 0 {
+            let mode = if mode & libc::S_IFMT == libc::S_IFDIR {
+                mode | libc::S_ISGID
+            } else {
+                mode
+            };
+            let owner = Owner {
+                uid: req.uid(),
+                gid: p.gid,
+            };
+            return Ok((owner, mode));
+        }
+        let owner = Owner {
+            uid: req.uid(),
+            gid: req.gid(),
+        };
+        Ok((owner, mode))
+    }
+
+    fn create_node(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+    ) -> FsResult<Attr> {
+        let (owner, mode) = self.new_owner(req, parent, mode)?;
+        let name = name.as_bytes();
+        if mode & libc::S_IFMT == libc::S_IFDIR {
+            self.pool.mkdir(self.branch, parent, name, mode, owner)
+        } else {
+            self.pool
+                .mknod(self.branch, parent, name, mode, rdev, owner)
+        }
+    }
+
+    fn entry(reply: ReplyEntry, r: FsResult<Attr>) {
+        match r {
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn empty(reply: ReplyEmpty, r: FsResult<()>) {
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn xattr(reply: ReplyXattr, size: u32, r: FsResult<Vec<u8>>) {
+        match r {
+            Ok(v) if size == 0 => match u32::try_from(v.len()) {
+                Ok(n) => reply.size(n),
+                Err(_) => reply.error(Errno::E2BIG),
+            },
+            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn commit(&self) -> FsResult<()> {
+        self.pool.commit().map_err(|e| {
+            log::error!("commit failed: {e}");
+            FsError::Posix(e.errno())
+        })
+    }
+}
+
+impl Filesystem for CowFs {
+    fn init(&mut self, _req: &Request, cfg: &mut KernelConfig) -> io::Result<()> {
+        kernel::negotiate(cfg, self.read_only);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.handles.release_all(&self.pool, self.branch);
+        if let Err(e) = self.commit() {
+            log::error!("final commit of the mount failed: {e}");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r = self.pool.lookup(self.branch, parent.0, name.as_bytes());
+        Self::entry(reply, r);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.pool.getattr(self.branch, ino.0) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        let s = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_or_now),
+            mtime: mtime.map(time_or_now),
+            ctime: ctime.map(from_system_time),
+        };
+        match self.pool.setattr(self.branch, ino.0, &s) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.pool.readlink(self.branch, ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        Self::entry(
+            reply,
+            self.create_node(req, parent.0, name, mode, u64::from(rdev)),
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        let mode = libc::S_IFDIR | (mode & 0o7777);
+        Self::entry(reply, self.create_node(req, parent.0, name, mode, 0));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        Self::empty(
+            reply,
+            self.pool.unlink(self.branch, parent.0, name.as_bytes()),
+        );
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        Self::empty(
+            reply,
+            self.pool.rmdir(self.branch, parent.0, name.as_bytes()),
+        );
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        let r = self
+            .new_owner(req, parent.0, libc::S_IFLNK)
+            .and_then(|(owner, _)| {
+                self.pool.symlink(
+                    self.branch,
+                    parent.0,
+                    link_name.as_bytes(),
+                    target.as_os_str().as_bytes(),
+                    owner,
+                )
+            });
+        Self::entry(reply, r);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        let r = self.pool.rename(
+            self.branch,
+            parent.0,
+            name.as_bytes(),
+            newparent.0,
+            newname.as_bytes(),
+            flags.bits(),
+        );
+        Self::empty(reply, r);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        let r = self
+            .pool
+            .link(self.branch, ino.0, newparent.0, newname.as_bytes());
+        Self::entry(reply, r);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY && self.read_only {
+            return reply.error(Errno::EROFS);
+        }
+        if let Err(e) = self.pool.getattr(self.branch, ino.0) {
+            return reply.error(errno(&e));
+        }
+        let fh = self.handles.open(&self.pool, self.branch, ino.0);
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        let mode = libc::S_IFREG | (mode & 0o7777);
+        match self.create_node(req, parent.0, name, mode, 0) {
+            Ok(a) => {
+                let fh = self.handles.open(&self.pool, self.branch, a.ino);
+                reply.created(
+                    &TTL,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                );
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self
+            .pool
+            .read_file(self.branch, ino.0, offset, size as usize)
+        {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        // The kernel resolves O_APPEND offsets itself; `offset` is final.
+        match self.pool.write_file(self.branch, ino.0, offset, data) {
+            Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Data reaches the engine with each write; durability is fsync's job.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.release(&self.pool, self.branch, fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // The kernel has written back this file's dirty pages before asking; a
+        // commit makes them (and everything else) durable before we answer.
+        Self::empty(reply, self.commit());
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.pool.getattr(self.branch, ino.0) {
+            Ok(a) if a.is_dir() => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.pool.readdir(self.branch, ino.0, offset, READDIR_BATCH) {
+            Ok(entries) => {
+                for e in entries {
+                    let name = OsStr::from_bytes(&e.name);
+                    if reply.add(INodeNo(e.ino), e.offset, file_type(e.ftype), name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.pool.readdir(self.branch, ino.0, offset, READDIR_BATCH) {
+            Ok(entries) => {
+                for e in entries {
+                    // An entry removed since the listing is skipped.
+                    let Ok(a) = self.pool.getattr(self.branch, e.ino) else {
+                        continue;
+                    };
+                    let name = OsStr::from_bytes(&e.name);
+                    let full = reply.add(
+                        INodeNo(e.ino),
+                        e.offset,
+                        name,
+                        &TTL,
+                        &file_attr(&a),
+                        Generation(0),
+                    );
+                    if full {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        Self::empty(reply, self.commit());
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.pool.statfs();
+        reply.statfs(
+            s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        let Ok(flags) = u32::try_from(flags) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let r = self
+            .pool
+            .setxattr(self.branch, ino.0, name.as_bytes(), value, flags);
+        Self::empty(reply, r);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let r = self.pool.getxattr(self.branch, ino.0, name.as_bytes());
+        Self::xattr(reply, size, r);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let r = self.pool.listxattr(self.branch, ino.0);
+        Self::xattr(reply, size, r);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        let r = self.pool.removexattr(self.branch, ino.0, name.as_bytes());
+        Self::empty(reply, r);
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        // With default_permissions the kernel checks modes; this only answers
+        // whether the inode exists and, for W_OK, whether the mount is writable.
+        match self.pool.getattr(self.branch, ino.0) {
+            Ok(_) if mask.contains(AccessFlags::W_OK) && self.read_only => {
+                reply.error(Errno::EROFS)
+            }
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        let r = match mode {
+            0 => self
+                .pool
+                .fallocate(self.branch, ino.0, offset, length, false),
+            libc::FALLOC_FL_KEEP_SIZE => {
+                self.pool
+                    .fallocate(self.branch, ino.0, offset, length, true)
+            }
+            PUNCH => self.pool.punch_hole(self.branch, ino.0, offset, length),
+            _ => Err(FsError::Posix(libc::EOPNOTSUPP)),
+        };
+        Self::empty(reply, r);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let whence = match whence {
+            libc::SEEK_DATA => SeekWhence::Data,
+            libc::SEEK_HOLE => SeekWhence::Hole,
+            // SEEK_SET, SEEK_CUR and SEEK_END are resolved by the kernel.
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(Errno::ENXIO);
+        };
+        match self.pool.seek(self.branch, ino.0, offset, whence) {
+            Ok(o) => match i64::try_from(o) {
+                Ok(o) => reply.offset(o),
+                Err(_) => reply.error(Errno::EOVERFLOW),
+            },
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        if let Err(e) = self.writable() {
+            return reply.error(e);
+        }
+        // Extents are shared, not copied: O(1) per extent.
+        let len = len.min(MAX_CLONE);
+        match self
+            .pool
+            .clone_range(self.branch, ino_in.0, offset_in, ino_out.0, offset_out, len)
+        {
+            Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}

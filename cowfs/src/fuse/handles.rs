@@ -1,0 +1,45 @@
+//! The file handles a mount has handed to the kernel, so that an unlinked file stays
+//! alive until its last close, and so that handles the kernel never released (an
+//! aborted connection) are released when the session ends.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::pool::{BranchId, Pool};
+
+#[derive(Default)]
+pub(crate) struct Handles {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, u64>>,
+}
+
+impl Handles {
+    /// Register a handle on `ino` (the pool keeps the inode while it is open).
+    pub(crate) fn open(&self, pool: &Pool, branch: BranchId, ino: u64) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        pool.open_inode(branch, ino);
+        self.open.lock().insert(fh, ino);
+        fh
+    }
+
+    /// Drop a handle; the last handle of an unlinked inode frees it.
+    pub(crate) fn release(&self, pool: &Pool, branch: BranchId, fh: u64) {
+        let Some(ino) = self.open.lock().remove(&fh) else {
+            log::warn!("release of unknown file handle {fh}");
+            return;
+        };
+        if let Err(e) = pool.release_inode(branch, ino) {
+            log::error!("releasing inode {ino}: {e}");
+        }
+    }
+
+    /// Release every handle still open (the session is over).
+    pub(crate) fn release_all(&self, pool: &Pool, branch: BranchId) {
+        let left: Vec<u64> = self.open.lock().keys().copied().collect();
+        for fh in left {
+            self.release(pool, branch, fh);
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! What a mount asks of the kernel: mount options, worker threads and the
+//! capabilities negotiated at FUSE_INIT.
+
+use fuser::{Config, InitFlags, KernelConfig, MountOption, SessionACL};
+
+/// Largest read or write request: 1 MiB.
+pub(crate) const MAX_REQUEST: u32 = 1 << 20;
+
+/// Threads reading requests from the kernel, each on its own cloned /dev/fuse fd.
+const WORKER_THREADS: usize = 4;
+
+/// Mount options for one branch. `default_permissions`: the kernel checks modes
+/// and ownership (the engine does not); `allow_other` (SessionACL::All): services
+/// running as their own user can use the mount. Access times are not updated on
+/// read (noatime).
+pub(crate) fn mount_config(source: &str, read_only: bool) -> Config {
+    let mut c = Config::default();
+    c.mount_options = vec![
+        MountOption::FSName(source.to_string()),
+        MountOption::Subtype("cowfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        MountOption::Dev,
+        MountOption::Suid,
+        if read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
+    ];
+    c.acl = SessionACL::All;
+    c.n_threads = Some(WORKER_THREADS);
+    c.clone_fd = true;
+    c
+}
+
+/// Ask for what cowfs wants; log what the kernel refuses, and carry on without it.
+pub(crate) fn negotiate(cfg: &mut KernelConfig, read_only: bool) {
+    let mut wanted = vec![
+        ("parallel dirops", InitFlags::FUSE_PARALLEL_DIROPS),
+        ("readdirplus", InitFlags::FUSE_DO_READDIRPLUS),
+        ("adaptive readdirplus", InitFlags::FUSE_READDIRPLUS_AUTO),
+        ("large requests", InitFlags::FUSE_MAX_PAGES),
+        ("asynchronous direct I/O", InitFlags::FUSE_ASYNC_DIO),
+        ("cached symlinks", InitFlags::FUSE_CACHE_SYMLINKS),
+    ];
+    if !read_only {
+        wanted.push(("writeback cache", InitFlags::FUSE_WRITEBACK_CACHE));
+    }
+    for (what, flag) in wanted {
+        if let Err(missing) = cfg.add_capabilities(flag) {
+            log::warn!("kernel refused {what} ({missing:?}); continuing without it");
+        }
+    }
+    if let Err(max) = cfg.set_max_write(MAX_REQUEST) {
+        log::warn!("kernel limits writes to {max} bytes");
+        let _ = cfg.set_max_write(max);
+    }
+    if let Err(max) = cfg.set_max_readahead(MAX_REQUEST) {
+        log::info!("kernel limits readahead to {max} bytes");
+        let _ = cfg.set_max_readahead(max);
+    }
+    if let Err(n) = cfg.set_max_background(64) {
+        log::info!("kernel limits background requests to {n}");
+    }
+}

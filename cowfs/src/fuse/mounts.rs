@@ -1,0 +1,218 @@
+//! The mounts a daemon serves: mount a branch on a directory (a background FUSE
+//! session), unmount, list, and make a branch's mounted state durable.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+
+use super::filesystem::CowFs;
+use super::kernel;
+use super::sys;
+use crate::pool::{Pool, PoolError};
+
+/// One mounted branch, as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountInfo {
+    pub branch: String,
+    pub dir: PathBuf,
+    pub read_only: bool,
+}
+
+/// Errors of mount management.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MountError {
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error("{0}: not a directory; create the mount point first")]
+    NotADirectory(PathBuf),
+    #[error("{0}: a cowfs branch is already mounted there; unmount it first")]
+    AlreadyMounted(PathBuf),
+    #[error("{0}: no cowfs branch is mounted there (see the mount list)")]
+    NotMounted(PathBuf),
+    #[error("{0}: files are open on this mount; close them (stop the service using it) and retry")]
+    Busy(PathBuf),
+    #[error(
+        "mounting branch '{branch}' on {dir}: {source} (is /dev/fuse available and are you root?)"
+    )]
+    Mount {
+        branch: String,
+        dir: PathBuf,
+        source: io::Error,
+    },
+    #[error("unmounting {dir}: {source}")]
+    Unmount { dir: PathBuf, source: io::Error },
+    #[error("flushing {dir} (syncfs): {source}")]
+    Sync { dir: PathBuf, source: io::Error },
+    #[error("committing branch '{branch}': {source}")]
+    Commit { branch: String, source: PoolError },
+}
+
+struct Mounted {
+    info: MountInfo,
+    session: JoinHandle<io::Result<()>>,
+}
+
+/// Every mount of one pool.
+pub struct MountTable {
+    pool: Arc<Pool>,
+    mounts: Mutex<Vec<Mounted>>,
+}
+
+impl MountTable {
+    pub fn new(pool: Arc<Pool>) -> Arc<MountTable> {
+        Arc::new(MountTable {
+            pool,
+            mounts: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Mount `branch` on `dir` and serve it on background threads. Snapshots are
+    /// always mounted read-only. Orphans left by an earlier session are freed first.
+    pub fn mount(&self, branch: &str, dir: &Path, read_only: bool) -> Result<(), MountError> {
+        let id = self.pool.branch_id(branch)?;
+        let read_only = read_only || self.pool.is_read_only(id).map_err(PoolError::from)?;
+        let dir = dir
+            .canonicalize()
+            .map_err(|_| MountError::NotADirectory(dir.to_path_buf()))?;
+        if !dir.is_dir() {
+            return Err(MountError::NotADirectory(dir));
+        }
+        let mut mounts = self.mounts.lock();
+        if mounts.iter().any(|m| m.info.dir == dir) {
+            return Err(MountError::AlreadyMounted(dir));
+        }
+        if !read_only {
+            let n = self.pool.cleanup_orphans(id).map_err(PoolError::from)?;
+            if n > 0 {
+                log::info!("branch '{branch}': freed {n} orphaned inodes");
+            }
+        }
+        let fs = CowFs::new(self.pool.clone(), id, read_only);
+        let source = format!("{}:{branch}", self.pool.name().display());
+        let config = kernel::mount_config(&source, read_only);
+        let mount_err = |source| MountError::Mount {
+            branch: branch.to_string(),
+            dir: dir.clone(),
+            source,
+        };
+        let session = fuser::Session::new(fs, &dir, &config).map_err(mount_err)?;
+        let session = std::thread::Builder::new()
+            .name(format!("cowfs-{branch}"))
+            .spawn(move || session.run())
+            .map_err(mount_err)?;
+        log::info!(
+            "mounted branch '{branch}' on {}{}",
+            dir.display(),
+            if read_only { " (read-only)" } else { "" }
+        );
+        mounts.push(Mounted {
+            info: MountInfo {
+                branch: branch.to_string(),
+                dir,
+                read_only,
+            },
+            session,
+        });
+        Ok(())
+    }
+
+    /// Unmount `dir`. Refused with `Busy` while files are open on it.
+    pub fn unmount(&self, dir: &Path) -> Result<(), MountError> {
+        let canonical = dir.canonicalize().ok();
+        let mut mounts = self.mounts.lock();
+        let Some(idx) = mounts
+            .iter()
+            .position(|m| m.info.dir == dir || Some(&m.info.dir) == canonical.as_ref())
+        else {
+            return Err(MountError::NotMounted(dir.to_path_buf()));
+        };
+        let target = mounts[idx].info.dir.clone();
+        match sys::umount(&target, false) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                return Err(MountError::Busy(target));
+            }
+            // Already gone (unmounted from outside): forget it below.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                log::warn!("{}: was no longer mounted", target.display());
+            }
+            Err(source) => {
+                return Err(MountError::Unmount {
+                    dir: target,
+                    source,
+                })
+            }
+        }
+        let m = mounts.remove(idx);
+        drop(mounts);
+        finish(m);
+        Ok(())
+    }
+
+    pub fn list(&self) -> Vec<MountInfo> {
+        self.mounts.lock().iter().map(|m| m.info.clone()).collect()
+    }
+
+    pub fn is_mounted(&self, branch: &str) -> bool {
+        self.mounts.lock().iter().any(|m| m.info.branch == branch)
+    }
+
+    /// Make everything written to `branch` so far durable: syncfs(2) on each of its
+    /// mounts pushes the kernel's dirty pages to the engine, then the pool commits.
+    /// A branch or snapshot taken after this holds every write completed before.
+    pub fn sync_branch(&self, branch: &str) -> Result<(), MountError> {
+        let dirs: Vec<PathBuf> = self
+            .mounts
+            .lock()
+            .iter()
+            .filter(|m| m.info.branch == branch && !m.info.read_only)
+            .map(|m| m.info.dir.clone())
+            .collect();
+        for dir in dirs {
+            sys::syncfs(&dir).map_err(|source| MountError::Sync { dir, source })?;
+        }
+        self.pool.commit().map_err(|source| MountError::Commit {
+            branch: branch.to_string(),
+            source,
+        })
+    }
+
+    /// Unmount everything (daemon shutdown). A mount with open files is detached
+    /// lazily: the kernel keeps serving those files until they are closed.
+    pub fn unmount_all(&self) {
+        let all: Vec<Mounted> = std::mem::take(&mut *self.mounts.lock());
+        for m in all {
+            let dir = m.info.dir.clone();
+            if let Err(e) = sys::syncfs(&dir) {
+                log::warn!("{}: syncfs before unmount: {e}", dir.display());
+            }
+            match sys::umount(&dir, false) {
+                Ok(()) => finish(m),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => finish(m),
+                Err(e) => {
+                    log::warn!(
+                        "{}: {e}; detaching it, open files stay served until closed",
+                        dir.display()
+                    );
+                    if let Err(e) = sys::umount(&dir, true) {
+                        log::error!("{}: lazy unmount failed: {e}", dir.display());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Wait for an unmounted session's threads to end.
+fn finish(m: Mounted) {
+    let dir = m.info.dir.display();
+    match m.session.join() {
+        Ok(Ok(())) => log::info!("unmounted {dir}"),
+        Ok(Err(e)) => log::error!("{dir}: session ended with an error: {e}"),
+        Err(_) => log::error!("{dir}: session thread panicked"),
+    }
+}
