@@ -3,6 +3,7 @@
 //! reference counting): a shared node is copied and its children gain a reference; a
 //! node owned only by this tree and born in this transaction is changed in place.
 
+pub mod diff;
 pub mod key;
 pub mod node;
 pub mod nodestore;

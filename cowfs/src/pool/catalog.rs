@@ -8,6 +8,8 @@ use crate::store::BlockAddr;
 
 pub const KIND_BRANCH: u8 = 100;
 pub const FLAG_SNAPSHOT: u32 = 1;
+/// Protected: only an admin token may delete, reset, rename or mount it read-write.
+pub const FLAG_PROTECTED: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BranchRecord {
@@ -29,6 +31,10 @@ impl BranchRecord {
 
     pub fn is_snapshot(&self) -> bool {
         self.flags & FLAG_SNAPSHOT != 0
+    }
+
+    pub fn is_protected(&self) -> bool {
+        self.flags & FLAG_PROTECTED != 0
     }
 
     pub fn encode(&self) -> Vec<u8> {

@@ -4,8 +4,11 @@
 //! Every filesystem call names a branch by id and runs on that branch's tree under
 //! the pool lock; a commit makes everything before it durable and atomic.
 
+pub mod admin;
 pub mod catalog;
+pub mod diff;
 pub mod fsck;
+pub mod usage;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

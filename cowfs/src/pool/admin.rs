@@ -1,0 +1,184 @@
+//! Catalog operations of the control plane: protection flags, reset of a branch to a
+//! snapshot, and atomic groups of new branches.
+
+use std::collections::BTreeSet;
+
+use super::catalog::{BranchRecord, FLAG_PROTECTED, FLAG_SNAPSHOT};
+use super::{check_branch_name, unix_now, BranchId, Pool, PoolError, PoolResult};
+
+/// One new branch (or snapshot) of an atomic group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupMember {
+    pub name: String,
+    pub from: String,
+    pub snapshot: bool,
+}
+
+impl Pool {
+    /// Is the branch or snapshot protected?
+    pub fn is_protected(&self, name: &str) -> PoolResult<bool> {
+        let e = self.e.lock();
+        let id = e.id_of(name)?;
+        Ok(e.branches[&id].is_protected())
+    }
+
+    /// Set or clear the protected flag, committed.
+    pub fn set_protected(&self, name: &str, protected: bool) -> PoolResult<()> {
+        let mut e = self.e.lock();
+        e.writable()?;
+        let id = e.id_of(name)?;
+        if let Some(r) = e.branches.get_mut(&id) {
+            if r.is_protected() == protected {
+                return Ok(());
+            }
+            r.flags ^= FLAG_PROTECTED;
+        }
+        e.dirty_branches.insert(id);
+        e.commit()?;
+        Ok(())
+    }
+
+    /// Make branch `name` identical to `to` (a snapshot or branch): its root
+    /// reference is dropped and it points at `to`'s root with one more reference,
+    /// committed. Every other branch and snapshot is untouched. Refused with `Busy`
+    /// while files are open on the branch (the caller unmounts it first).
+    pub fn reset_to(&self, name: &str, to: &str) -> PoolResult<()> {
+        let mut e = self.e.lock();
+        e.writable()?;
+        let id = e.id_of(name)?;
+        let src = e.id_of(to)?;
+        let target = e.branches[&id].clone();
+        if target.is_snapshot() {
+            return Err(PoolError::Fs(crate::fs::FsError::Posix(libc::EROFS)));
+        }
+        if e.open.keys().any(|(b, _)| *b == id) {
+            return Err(PoolError::Busy(name.into()));
+        }
+        if id == src {
+            return Ok(());
+        }
+        let from = e.branches[&src].clone();
+        e.st.inc_node(from.root)?;
+        e.st.drop_ref(target.root)?;
+        if let Some(r) = e.branches.get_mut(&id) {
+            r.root = from.root;
+            // Never hand out an inode number again that the branch used before.
+            r.next_ino = target.next_ino.max(from.next_ino);
+        }
+        e.dirty_branches.insert(id);
+        e.commit()?;
+        Ok(())
+    }
+
+    /// Create several branches or snapshots, each from its own parent, in one
+    /// commit: all exist afterwards or none does. Parents must exist before the
+    /// call (a member cannot be taken from another member).
+    pub fn group_create(&self, members: &[GroupMember]) -> PoolResult<Vec<BranchId>> {
+        let mut e = self.e.lock();
+        e.writable()?;
+        let mut names = BTreeSet::new();
+        let mut parents = Vec::with_capacity(members.len());
+        for m in members {
+            check_branch_name(&m.name)?;
+            if e.id_of(&m.name).is_ok() || !names.insert(m.name.as_str()) {
+                return Err(PoolError::BranchExists(m.name.clone()));
+            }
+            parents.push(e.id_of(&m.from)?);
+        }
+        let mut ids = Vec::with_capacity(members.len());
+        for (m, parent) in members.iter().zip(parents) {
+            let p = e.branches[&parent].clone();
+            e.st.inc_node(p.root)?;
+            let id = e.next_branch_id;
+            e.next_branch_id += 1;
+            e.branches.insert(
+                id,
+                BranchRecord {
+                    root: p.root,
+                    next_ino: p.next_ino,
+                    flags: if m.snapshot { FLAG_SNAPSHOT } else { 0 },
+                    created_unix: unix_now(),
+                    parent,
+                    name: m.name.clone(),
+                },
+            );
+            e.dirty_branches.insert(id);
+            ids.push(id);
+        }
+        e.commit()?;
+        Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::Owner;
+    use crate::pool::{FsckOptions, PoolOptions};
+    use crate::store::device::MemDevice;
+    use std::sync::Arc;
+
+    fn pool() -> Pool {
+        let opts = PoolOptions {
+            capacity_bytes: Some(64 << 20),
+            ..Default::default()
+        };
+        Pool::create_on(Arc::new(MemDevice::new()), &opts).unwrap()
+    }
+
+    #[test]
+    fn reset_group_protect() {
+        let p = pool();
+        let main = p.branch_id("main").unwrap();
+        let f = p
+            .mknod(main, 1, b"f", libc::S_IFREG | 0o644, 0, Owner::default())
+            .unwrap();
+        p.write_file(main, f.ino, 0, b"one").unwrap();
+        p.snapshot_create("s1", "main").unwrap();
+        p.write_file(main, f.ino, 0, b"two").unwrap();
+        p.reset_to("main", "s1").unwrap();
+        assert_eq!(p.read_file(main, f.ino, 0, 10).unwrap(), b"one");
+        assert!(matches!(
+            p.reset_to("s1", "main"),
+            Err(PoolError::Fs(crate::fs::FsError::Posix(libc::EROFS)))
+        ));
+        let ids = p
+            .group_create(&[
+                GroupMember {
+                    name: "a".into(),
+                    from: "main".into(),
+                    snapshot: false,
+                },
+                GroupMember {
+                    name: "b".into(),
+                    from: "s1".into(),
+                    snapshot: true,
+                },
+            ])
+            .unwrap();
+        assert_eq!(ids.len(), 2);
+        let gen = p.generation();
+        let bad = p.group_create(&[
+            GroupMember {
+                name: "c".into(),
+                from: "main".into(),
+                snapshot: false,
+            },
+            GroupMember {
+                name: "c".into(),
+                from: "main".into(),
+                snapshot: false,
+            },
+        ]);
+        assert!(matches!(bad, Err(PoolError::BranchExists(_))));
+        assert!(p.branch_id("c").is_err());
+        assert_eq!(p.generation(), gen, "a refused group commits nothing");
+        assert!(!p.is_protected("main").unwrap());
+        p.set_protected("main", true).unwrap();
+        assert!(p.is_protected("main").unwrap());
+        p.set_protected("main", false).unwrap();
+        assert!(!p.is_protected("main").unwrap());
+        let r = p.fsck(&FsckOptions::default()).unwrap();
+        assert!(r.is_clean(), "{r}");
+    }
+}
