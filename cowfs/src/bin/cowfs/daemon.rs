@@ -1,0 +1,70 @@
+//! The foreground daemon shared by `cowfs mount` and `cowfs serve`: lock and open
+//! the pool, commit periodically, wait for SIGTERM/SIGINT, then unmount everything
+//! and commit a last time.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use cowfs::fuse::MountTable;
+use cowfs::pool::{Pool, PoolOptions};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::lockfile::{self, PoolLock};
+use crate::timer::CommitTimer;
+use crate::Fallible;
+
+struct Daemon {
+    pool: Arc<Pool>,
+    mounts: Arc<MountTable>,
+    timer: CommitTimer,
+    signals: Signals,
+    _lock: PoolLock,
+}
+
+impl Daemon {
+    fn open(pool_path: &Path) -> Result<Daemon, Box<dyn std::error::Error>> {
+        // Handlers first, so a signal that arrives while mounting is not lost.
+        let signals = Signals::new([SIGTERM, SIGINT])?;
+        let lock = lockfile::lock(pool_path)?;
+        let pool_path = pool_path
+            .canonicalize()
+            .unwrap_or_else(|_| pool_path.to_path_buf());
+        let pool = Arc::new(Pool::open(&pool_path, &PoolOptions::default())?);
+        let mounts = MountTable::new(pool.clone());
+        let timer = CommitTimer::start(pool.clone())?;
+        Ok(Daemon {
+            pool,
+            mounts,
+            timer,
+            signals,
+            _lock: lock,
+        })
+    }
+
+    fn wait_for_signal(&mut self) {
+        if let Some(sig) = self.signals.forever().next() {
+            log::info!("signal {sig} received: unmounting and committing");
+        }
+    }
+
+    fn shutdown(self) -> Fallible {
+        self.mounts.unmount_all();
+        self.timer.stop();
+        self.pool.commit()?;
+        log::info!("{}: committed, exiting", self.pool.name().display());
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `cowfs mount`: one branch, in the foreground.
+pub fn mount(pool_path: &Path, branch: &str, dir: &Path, read_only: bool) -> Fallible {
+    let mut d = Daemon::open(pool_path)?;
+    if let Err(e) = d.mounts.mount(branch, dir, read_only) {
+        d.shutdown()?;
+        return Err(e.into());
+    }
+    d.wait_for_signal();
+    d.shutdown()
+}

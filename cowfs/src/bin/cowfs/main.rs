@@ -1,0 +1,167 @@
+//! The `cowfs` command: argument parsing and wiring only.
+
+mod daemon;
+mod lockfile;
+mod timer;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cowfs::pool::{FsckOptions, Pool, PoolOptions};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (fsck: the pool is clean)
+  1  error: the command could not do its work (message on stderr)
+  2  usage error (bad arguments)
+  3  fsck: leaked blocks only (space is lost, no data is damaged)
+  4  fsck: corruption found";
+
+#[derive(Parser)]
+#[command(
+    name = "cowfs",
+    version,
+    about = "Copy-on-write FUSE filesystem: pools, O(1) branches and snapshots",
+    after_help = EXIT_CODES,
+    after_long_help = EXIT_CODES,
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a new pool (a file, created if missing, or a block device) with one
+    /// branch, `main`.
+    #[command(after_help = EXIT_CODES)]
+    Init {
+        /// Pool file or block device.
+        pool: PathBuf,
+        /// Capacity in bytes (suffixes K, M, G, T accepted). A pool file is sparse and
+        /// grows as it is written. Default: the device size, or 1T for a file.
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
+    },
+    /// Mount one branch in the foreground until SIGTERM or SIGINT, then unmount,
+    /// commit and exit 0.
+    #[command(after_help = EXIT_CODES)]
+    Mount {
+        /// Pool file or block device.
+        pool: PathBuf,
+        /// Branch or snapshot to mount (snapshots are always read-only).
+        branch: String,
+        /// Existing directory to mount on.
+        mountpoint: PathBuf,
+        /// Mount read-only: writes fail with EROFS.
+        #[arg(long)]
+        ro: bool,
+    },
+    /// Check a pool: tree structure, reference counts, filesystem invariants.
+    #[command(after_help = EXIT_CODES)]
+    Fsck {
+        /// Pool file or block device (must not be in use by a daemon).
+        pool: PathBuf,
+        /// Check metadata only; skip reading every data block to verify its checksum.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("unknown size suffix '{c}' (use K, M, G or T)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size in bytes"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// Info by default; fuser's complaint when the kernel already tore a mount down at
+/// unmount is noise.
+const LOG_DEFAULT: &str = "info,fuser::session=error";
+
+type Fallible = Result<ExitCode, Box<dyn std::error::Error>>;
+
+fn init(pool: &std::path::Path, size: Option<u64>) -> Fallible {
+    let _lock = lockfile::lock(pool)?;
+    let opts = PoolOptions {
+        capacity_bytes: size,
+        ..Default::default()
+    };
+    let p = Pool::create(pool, &opts)?;
+    p.commit()?;
+    println!("created pool {} with branch main", pool.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fsck(pool: &std::path::Path, verify_data: bool) -> Fallible {
+    let _lock = lockfile::lock(pool)?;
+    let p = Pool::open(pool, &PoolOptions::default())?;
+    let report = p.fsck(&FsckOptions { verify_data })?;
+    println!("{report}");
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else if report.has_corruption() {
+        ExitCode::from(4)
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(LOG_DEFAULT)).init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Init { pool, size } => init(&pool, size),
+        Cmd::Mount {
+            pool,
+            branch,
+            mountpoint,
+            ro,
+        } => daemon::mount(&pool, &branch, &mountpoint, ro),
+        Cmd::Fsck { pool, quick } => fsck(&pool, !quick),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cowfs: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
