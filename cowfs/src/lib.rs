@@ -3,6 +3,7 @@
 //! branch or snapshot is a constant-time copy of a root pointer.
 
 pub mod btree;
+pub mod control;
 pub mod fs;
 pub mod fuse;
 pub mod pool;

@@ -1,0 +1,245 @@
+//! A blocking client: one Unix-socket connection, one request at a time.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::proto::*;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("cannot connect to the cowfs daemon at {path}: {source} (is `cowfs serve` running? set --socket or $COWFS_SOCKET)")]
+    Connect { path: PathBuf, source: io::Error },
+    #[error("talking to the cowfs daemon: {0}")]
+    Io(#[from] io::Error),
+    #[error("the daemon closed the connection")]
+    Closed,
+    #[error("unexpected reply from the daemon: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Server(ErrorReply),
+}
+
+impl ClientError {
+    /// The daemon's typed error, if that is what this is.
+    pub fn server(&self) -> Option<&ErrorReply> {
+        match self {
+            ClientError::Server(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+pub type ClientResult<T> = Result<T, ClientError>;
+
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_id: u64,
+    hello: HelloReply,
+}
+
+impl Client {
+    /// Connect to the daemon at `socket` and authenticate with `token` (the secret).
+    pub fn connect(socket: impl AsRef<Path>, token: &str) -> ClientResult<Client> {
+        let path = socket.as_ref();
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let writer = stream.try_clone()?;
+        let mut c = Client {
+            reader: BufReader::new(stream),
+            writer,
+            next_id: 1,
+            hello: HelloReply {
+                version: 0,
+                server: String::new(),
+                token: String::new(),
+            },
+        };
+        c.hello = c.call(&Request::Hello {
+            version: PROTOCOL_VERSION,
+            token: Some(token.to_string()),
+            client: Some(format!("cowfs-ctl {}", env!("CARGO_PKG_VERSION"))),
+        })?;
+        Ok(c)
+    }
+
+    /// What the daemon said at the handshake.
+    pub fn server(&self) -> &HelloReply {
+        &self.hello
+    }
+
+    /// Give up on a reply after `d` (default: wait as long as the daemon works).
+    pub fn set_timeout(&mut self, d: Option<Duration>) -> ClientResult<()> {
+        self.writer.set_read_timeout(d)?;
+        self.writer.set_write_timeout(d)?;
+        Ok(())
+    }
+
+    /// Send one request and decode its result.
+    pub fn call<T: DeserializeOwned>(&mut self, req: &Request) -> ClientResult<T> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut v = serde_json::to_value(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("id".into(), id.into());
+        }
+        let mut line = v.to_string();
+        line.push('\n');
+        self.writer.write_all(line.as_bytes())?;
+        let reply = self.read_reply()?;
+        if reply.id != Some(id) {
+            return Err(ClientError::Protocol(format!(
+                "reply id {:?} for request {id}",
+                reply.id
+            )));
+        }
+        match (reply.ok, reply.result, reply.error) {
+            (true, Some(r), _) => {
+                serde_json::from_value(r).map_err(|e| ClientError::Protocol(e.to_string()))
+            }
+            (false, _, Some(e)) => Err(ClientError::Server(e)),
+            _ => Err(ClientError::Protocol(
+                "reply without result or error".into(),
+            )),
+        }
+    }
+
+    fn read_reply(&mut self) -> ClientResult<Reply> {
+        let mut buf = Vec::new();
+        loop {
+            let chunk = self.reader.fill_buf()?;
+            if chunk.is_empty() {
+                return Err(ClientError::Closed);
+            }
+            let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (chunk.len(), false),
+            };
+            buf.extend_from_slice(&chunk[..take]);
+            self.reader.consume(take);
+            if buf.len() > MAX_REPLY_BYTES {
+                return Err(ClientError::Protocol(format!(
+                    "reply longer than {MAX_REPLY_BYTES} bytes"
+                )));
+            }
+            if done {
+                break;
+            }
+        }
+        serde_json::from_slice(&buf).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    pub fn list(&mut self) -> ClientResult<Vec<BranchInfo>> {
+        Ok(self.call::<BranchList>(&Request::List {})?.branches)
+    }
+
+    pub fn info(&mut self, name: &str) -> ClientResult<BranchInfo> {
+        self.call(&Request::Info { name: name.into() })
+    }
+
+    /// A writable branch of `from` (a branch or snapshot), optionally mounted.
+    pub fn branch_create(
+        &mut self,
+        name: &str,
+        from: &str,
+        mount: Option<MountSpec>,
+    ) -> ClientResult<BranchInfo> {
+        self.call(&Request::BranchCreate {
+            name: name.into(),
+            from: from.into(),
+            mount,
+        })
+    }
+
+    pub fn snapshot_create(&mut self, name: &str, from: &str) -> ClientResult<BranchInfo> {
+        self.call(&Request::SnapshotCreate {
+            name: name.into(),
+            from: from.into(),
+        })
+    }
+
+    /// Several branches or snapshots from several parents, in one commit.
+    pub fn group_create(&mut self, members: Vec<GroupMember>) -> ClientResult<Vec<BranchInfo>> {
+        Ok(self
+            .call::<BranchList>(&Request::GroupCreate { members })?
+            .branches)
+    }
+
+    pub fn rename(&mut self, old: &str, new: &str) -> ClientResult<BranchInfo> {
+        self.call(&Request::Rename {
+            old: old.into(),
+            new: new.into(),
+        })
+    }
+
+    pub fn delete(&mut self, name: &str) -> ClientResult<()> {
+        self.call::<Done>(&Request::Delete { name: name.into() })
+            .map(|_| ())
+    }
+
+    pub fn mount(&mut self, name: &str, dir: &str, read_only: bool) -> ClientResult<BranchInfo> {
+        self.call(&Request::Mount {
+            name: name.into(),
+            dir: dir.into(),
+            read_only,
+        })
+    }
+
+    pub fn unmount(&mut self, dir: &str) -> ClientResult<()> {
+        self.call::<Done>(&Request::Unmount { dir: dir.into() })
+            .map(|_| ())
+    }
+
+    pub fn mounts(&mut self) -> ClientResult<Vec<MountInfo>> {
+        Ok(self.call::<MountList>(&Request::Mounts {})?.mounts)
+    }
+
+    pub fn diff(&mut self, a: &str, b: &str) -> ClientResult<DiffReply> {
+        self.call(&Request::Diff {
+            a: a.into(),
+            b: b.into(),
+        })
+    }
+
+    pub fn reset(&mut self, branch: &str, to: &str) -> ClientResult<BranchInfo> {
+        self.call(&Request::Reset {
+            branch: branch.into(),
+            to: to.into(),
+        })
+    }
+
+    pub fn protect(&mut self, name: &str) -> ClientResult<BranchInfo> {
+        self.call(&Request::Protect { name: name.into() })
+    }
+
+    pub fn unprotect(&mut self, name: &str) -> ClientResult<BranchInfo> {
+        self.call(&Request::Unprotect { name: name.into() })
+    }
+
+    pub fn usage(&mut self) -> ClientResult<UsageReply> {
+        self.call(&Request::Usage {})
+    }
+
+    pub fn token_create(&mut self, name: &str, scopes: Vec<Grant>) -> ClientResult<TokenCreated> {
+        self.call(&Request::TokenCreate {
+            name: name.into(),
+            scopes,
+        })
+    }
+
+    pub fn token_list(&mut self) -> ClientResult<Vec<TokenInfo>> {
+        Ok(self.call::<TokenList>(&Request::TokenList {})?.tokens)
+    }
+
+    pub fn token_revoke(&mut self, name: &str) -> ClientResult<()> {
+        self.call::<Done>(&Request::TokenRevoke { name: name.into() })
+            .map(|_| ())
+    }
+}

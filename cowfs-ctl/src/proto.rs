@@ -1,0 +1,597 @@
+//! The control protocol's types: one JSON object per line in each direction.
+//! `format-spec/control-protocol.md` is the normative description; these types are
+//! its Rust rendering and are shared by the daemon and the client.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest request line a daemon accepts by default (bytes, newline included).
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+/// Longest reply line the client accepts (a diff of a large change can be long).
+pub const MAX_REPLY_BYTES: usize = 256 << 20;
+
+/// Longest branch, snapshot or token name, in bytes.
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// A request, as sent on the wire: `{"id": 1, "op": "...", "args": {...}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", content = "args", rename_all = "snake_case")]
+pub enum Request {
+    /// Must be the first request of a connection.
+    Hello {
+        version: u32,
+        #[serde(default)]
+        token: Option<String>,
+        #[serde(default)]
+        client: Option<String>,
+    },
+    List {},
+    Info {
+        name: String,
+    },
+    BranchCreate {
+        name: String,
+        from: String,
+        #[serde(default)]
+        mount: Option<MountSpec>,
+    },
+    SnapshotCreate {
+        name: String,
+        from: String,
+    },
+    GroupCreate {
+        members: Vec<GroupMember>,
+    },
+    Rename {
+        old: String,
+        new: String,
+    },
+    Delete {
+        name: String,
+    },
+    Mount {
+        name: String,
+        dir: String,
+        #[serde(default)]
+        read_only: bool,
+    },
+    Unmount {
+        dir: String,
+    },
+    Mounts {},
+    Diff {
+        a: String,
+        b: String,
+    },
+    Reset {
+        branch: String,
+        to: String,
+    },
+    Protect {
+        name: String,
+    },
+    Unprotect {
+        name: String,
+    },
+    Usage {},
+    TokenCreate {
+        name: String,
+        scopes: Vec<Grant>,
+    },
+    TokenList {},
+    TokenRevoke {
+        name: String,
+    },
+}
+
+impl Request {
+    /// Every operation name, as it appears in the `op` field.
+    pub const OPS: &'static [&'static str] = &[
+        "hello",
+        "list",
+        "info",
+        "branch_create",
+        "snapshot_create",
+        "group_create",
+        "rename",
+        "delete",
+        "mount",
+        "unmount",
+        "mounts",
+        "diff",
+        "reset",
+        "protect",
+        "unprotect",
+        "usage",
+        "token_create",
+        "token_list",
+        "token_revoke",
+    ];
+
+    /// The `op` field of this request.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::List {} => "list",
+            Request::Info { .. } => "info",
+            Request::BranchCreate { .. } => "branch_create",
+            Request::SnapshotCreate { .. } => "snapshot_create",
+            Request::GroupCreate { .. } => "group_create",
+            Request::Rename { .. } => "rename",
+            Request::Delete { .. } => "delete",
+            Request::Mount { .. } => "mount",
+            Request::Unmount { .. } => "unmount",
+            Request::Mounts {} => "mounts",
+            Request::Diff { .. } => "diff",
+            Request::Reset { .. } => "reset",
+            Request::Protect { .. } => "protect",
+            Request::Unprotect { .. } => "unprotect",
+            Request::Usage {} => "usage",
+            Request::TokenCreate { .. } => "token_create",
+            Request::TokenList {} => "token_list",
+            Request::TokenRevoke { .. } => "token_revoke",
+        }
+    }
+}
+
+/// Mount a branch as part of creating it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    pub dir: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// One member of an atomic group: a new branch (or snapshot) and its parent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    pub name: String,
+    pub from: String,
+    #[serde(default)]
+    pub snapshot: bool,
+}
+
+/// A reply line: `{"id":..,"ok":true,"result":..}` or `{"id":..,"ok":false,"error":..}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    #[serde(default)]
+    pub id: Option<u64>,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorReply>,
+}
+
+/// What went wrong, typed, with a message that says what to do next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// `forbidden`: the scope the token lacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+    /// The branch, snapshot or path the error is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+impl ErrorReply {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
+        ErrorReply {
+            kind,
+            message: message.into(),
+            scope: None,
+            target: None,
+        }
+    }
+    pub fn target(mut self, t: impl Into<String>) -> ErrorReply {
+        self.target = Some(t.into());
+        self
+    }
+}
+
+impl fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.kind.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The line is not valid JSON, or not a JSON object.
+    BadJson,
+    /// Valid JSON, but fields are missing or of the wrong type.
+    BadRequest,
+    UnknownOp,
+    UnsupportedVersion,
+    /// A request other than `hello` came first.
+    HandshakeRequired,
+    /// The line exceeded the daemon's frame limit; the connection is closed.
+    FrameTooLarge,
+    /// No token, or a token the daemon does not know (revoked, mistyped).
+    Unauthenticated,
+    /// The token lacks a scope; `scope` and `target` say which, on what.
+    Forbidden,
+    /// The branch is protected; only an admin token may do this.
+    Protected,
+    InvalidName,
+    NotFound,
+    Exists,
+    Busy,
+    /// The operation needs the branch unmounted.
+    Mounted,
+    NotADirectory,
+    NotMounted,
+    ReadOnly,
+    NoSpace,
+    TooManyClients,
+    Io,
+    Internal,
+    /// A kind this client does not know (sent by a newer daemon).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorKind::BadJson => "bad_json",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::UnknownOp => "unknown_op",
+            ErrorKind::UnsupportedVersion => "unsupported_version",
+            ErrorKind::HandshakeRequired => "handshake_required",
+            ErrorKind::FrameTooLarge => "frame_too_large",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Protected => "protected",
+            ErrorKind::InvalidName => "invalid_name",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Exists => "exists",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Mounted => "mounted",
+            ErrorKind::NotADirectory => "not_a_directory",
+            ErrorKind::NotMounted => "not_mounted",
+            ErrorKind::ReadOnly => "read_only",
+            ErrorKind::NoSpace => "no_space",
+            ErrorKind::TooManyClients => "too_many_clients",
+            ErrorKind::Io => "io",
+            ErrorKind::Internal => "internal",
+            ErrorKind::Unknown => "unknown",
+        }
+    }
+}
+
+/// What a token may do on the branches its pattern matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// See it (list, info, usage, diff) and mount it read-only (with `mount`).
+    Read,
+    /// Mount it (read-only with `read`, read-write with `write`).
+    Mount,
+    /// Change its content: read-write mounts, reset. Implies `read`.
+    Write,
+    /// Take branches and snapshots from it.
+    Branch,
+    /// Delete or rename it.
+    Delete,
+    /// Everything, including protected branches, protect/unprotect and tokens.
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 6] = [
+        Scope::Read,
+        Scope::Mount,
+        Scope::Write,
+        Scope::Branch,
+        Scope::Delete,
+        Scope::Admin,
+    ];
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Mount => "mount",
+            Scope::Write => "write",
+            Scope::Branch => "branch",
+            Scope::Delete => "delete",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Scope, String> {
+        Scope::ALL
+            .iter()
+            .find(|x| x.as_str() == s)
+            .copied()
+            .ok_or_else(|| {
+                format!("unknown scope '{s}' (one of read, mount, write, branch, delete, admin)")
+            })
+    }
+}
+
+/// A scope on the branches whose names match a pattern (`*` matches any run of
+/// characters): written `SCOPE:PATTERN`, e.g. `branch:prod`, `read:agent-*`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Grant {
+    pub scope: Scope,
+    pub pattern: String,
+}
+
+impl Grant {
+    /// Does this grant's pattern match `name`?
+    pub fn matches(&self, name: &str) -> bool {
+        glob_match(&self.pattern, name)
+    }
+}
+
+impl fmt::Display for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.scope, self.pattern)
+    }
+}
+
+impl FromStr for Grant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Grant, String> {
+        let (scope, pattern) = s
+            .split_once(':')
+            .ok_or_else(|| format!("scope '{s}' must be written SCOPE:PATTERN, e.g. read:prod"))?;
+        if pattern.is_empty() || pattern.len() > MAX_NAME_BYTES || pattern.contains(['/', '\0']) {
+            return Err(format!(
+                "pattern '{}' must be 1..=255 bytes without '/' or NUL",
+                pattern.escape_debug()
+            ));
+        }
+        Ok(Grant {
+            scope: scope.parse()?,
+            pattern: pattern.to_string(),
+        })
+    }
+}
+
+impl TryFrom<String> for Grant {
+    type Error = String;
+    fn try_from(s: String) -> Result<Grant, String> {
+        s.parse()
+    }
+}
+
+impl From<Grant> for String {
+    fn from(g: Grant) -> String {
+        g.to_string()
+    }
+}
+
+/// Glob match where `*` matches any run of characters and everything else matches
+/// itself.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if name.len() < first.len() + last.len() || !name.starts_with(first) || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Check a branch, snapshot or token name: 1..=255 bytes, no '/', no NUL, no control
+/// characters, not "." or "..". Returns why not.
+pub fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty");
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err("longer than 255 bytes");
+    }
+    if name.contains(['/', '\0']) {
+        return Err("contains '/' or NUL");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("contains control characters");
+    }
+    if name == "." || name == ".." {
+        return Err("reserved");
+    }
+    Ok(())
+}
+
+// ---- results ----
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    pub version: u32,
+    pub server: String,
+    /// Name of the token the connection authenticated with.
+    pub token: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BranchKind {
+    Branch,
+    Snapshot,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountInfo {
+    pub branch: String,
+    pub dir: String,
+    pub read_only: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchInfo {
+    pub id: u64,
+    pub name: String,
+    pub kind: BranchKind,
+    /// The branch or snapshot it was taken from, if that still exists.
+    pub parent: Option<String>,
+    pub created_unix: u64,
+    pub protected: bool,
+    /// Name of the token that created it, if any.
+    pub owner: Option<String>,
+    pub mounts: Vec<MountInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchList {
+    pub branches: Vec<BranchInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountList {
+    pub mounts: Vec<MountInfo>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    Added,
+    Removed,
+    Modified,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByteRange {
+    pub offset: u64,
+    pub len: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffEntry {
+    /// Absolute path inside the branch, lossily UTF-8.
+    pub path: String,
+    pub change: Change,
+    /// "file", "dir", "symlink" or "other".
+    pub file_type: String,
+    /// Modified regular files: byte ranges whose content differs (block granular).
+    #[serde(default)]
+    pub ranges: Vec<ByteRange>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffReply {
+    pub a: String,
+    pub b: String,
+    pub entries: Vec<DiffEntry>,
+    /// Tree nodes the daemon visited to compute it (cost follows the difference).
+    pub nodes_visited: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageEntry {
+    pub name: String,
+    /// Bytes of metadata and data its tree references.
+    pub referenced_bytes: u64,
+    /// Bytes only it references: freed if it is deleted.
+    pub exclusive_bytes: u64,
+    /// referenced - exclusive.
+    pub shared_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageReply {
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub branches: Vec<UsageEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub name: String,
+    /// Shown once; the daemon keeps only its SHA-256.
+    pub secret: String,
+    pub scopes: Vec<Grant>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub name: String,
+    pub scopes: Vec<Grant>,
+    pub created_unix: u64,
+    /// Branches and snapshots it created that still exist.
+    pub owns: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenList {
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// The result of operations that return nothing else.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob() {
+        assert!(glob_match("prod", "prod"));
+        assert!(!glob_match("prod", "prod2"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("agent-*", "agent-1"));
+        assert!(!glob_match("agent-*", "xagent-1"));
+        assert!(glob_match("a*b*c", "a--b--c"));
+        assert!(!glob_match("a*b*c", "a--c--b"));
+        assert!(!glob_match("ab*ba", "aba"));
+    }
+
+    #[test]
+    fn wire_forms() {
+        let r = Request::BranchCreate {
+            name: "dev".into(),
+            from: "main".into(),
+            mount: None,
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            s,
+            r#"{"op":"branch_create","args":{"name":"dev","from":"main","mount":null}}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        let g: Grant = "read:agent-*".parse().unwrap();
+        assert_eq!(serde_json::to_string(&g).unwrap(), r#""read:agent-*""#);
+        assert!("bogus:x".parse::<Grant>().is_err());
+        assert!("read".parse::<Grant>().is_err());
+        for op in Request::OPS {
+            let v = serde_json::json!({"op": op, "args": {}});
+            // Every listed op is known to the enum (args may be missing fields).
+            if let Err(e) = serde_json::from_value::<Request>(v) {
+                assert!(e.to_string().contains("missing field"), "{op}: {e}");
+            }
+        }
+        let k: ErrorKind = serde_json::from_str(r#""some_future_kind""#).unwrap();
+        assert_eq!(k, ErrorKind::Unknown);
+    }
+}

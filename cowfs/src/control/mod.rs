@@ -1,0 +1,131 @@
+//! The control plane: a Unix socket speaking JSON lines
+//! (`format-spec/control-protocol.md`), token checks, and the operations behind
+//! `cowfs-ctl`. Calls the pool and the mount table only.
+//!
+//! - `server`: socket, connections, framing, handshake
+//! - `dispatch`: one request -> permission checks -> pool / mount calls
+//! - `auth`: the permission rules
+//! - `tokens`: the hashed token store beside the pool (`POOL.tokens`)
+//! - `config`: limits from the `--config` file
+//! - `errors`: engine errors as typed protocol errors
+
+mod auth;
+pub mod config;
+mod dispatch;
+mod errors;
+mod server;
+pub mod tokens;
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::fuse::MountTable;
+use crate::pool::Pool;
+use config::ServerConfig;
+use tokens::{TokenError, TokenStore};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: another cowfs daemon is serving this socket; stop it or pick another --socket")]
+    InUse { path: PathBuf },
+    #[error("{path}: invalid control config: {why}")]
+    Config { path: PathBuf, why: String },
+    #[error(transparent)]
+    Tokens(#[from] TokenError),
+}
+
+/// A running control socket.
+pub struct ControlServer {
+    shared: Arc<server::Shared>,
+    socket: PathBuf,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl ControlServer {
+    /// Bind `socket` (mode 0660; a stale socket file is replaced), load the pool's
+    /// tokens (creating the admin token if the pool has none) and serve on
+    /// background threads.
+    pub fn start(
+        pool: Arc<Pool>,
+        mounts: Arc<MountTable>,
+        socket: &Path,
+        config: Option<&Path>,
+    ) -> Result<ControlServer, ControlError> {
+        let cfg = ServerConfig::load(config)?;
+        let tokens = TokenStore::open(pool.name())?;
+        let io = |source| ControlError::Io {
+            path: socket.to_path_buf(),
+            source,
+        };
+        if let Ok(meta) = std::fs::symlink_metadata(socket) {
+            if !meta.file_type().is_socket() {
+                return Err(io(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "exists and is not a socket",
+                )));
+            }
+            if UnixStream::connect(socket).is_ok() {
+                return Err(ControlError::InUse {
+                    path: socket.to_path_buf(),
+                });
+            }
+            std::fs::remove_file(socket).map_err(io)?;
+        }
+        let listener = UnixListener::bind(socket).map_err(io)?;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
+        let shared = Arc::new(server::Shared::new(
+            dispatch::Ctx::new(pool, mounts, tokens),
+            cfg,
+        ));
+        let sh = shared.clone();
+        let accept = std::thread::Builder::new()
+            .name("cowfs-ctl-accept".into())
+            .spawn(move || server::accept_loop(sh, listener))
+            .map_err(io)?;
+        log::info!("control socket listening on {}", socket.display());
+        Ok(ControlServer {
+            shared,
+            socket: socket.to_path_buf(),
+            accept: Some(accept),
+        })
+    }
+
+    /// Stop accepting, close every connection, wait for their threads and remove
+    /// the socket file.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let Some(accept) = self.accept.take() else {
+            return;
+        };
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        // Wake the accept loop.
+        let _ = UnixStream::connect(&self.socket);
+        if accept.join().is_err() {
+            log::error!("control accept thread panicked");
+        }
+        self.shared.close_all();
+        if let Err(e) = std::fs::remove_file(&self.socket) {
+            log::warn!("{}: {e}", self.socket.display());
+        }
+        log::info!("control socket closed");
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

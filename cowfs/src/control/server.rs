@@ -1,0 +1,366 @@
+//! The socket side: accept connections, one thread each; read bounded request
+//! lines under a timeout; handshake; hand requests to `dispatch`; write replies.
+//! Nothing a client sends or fails to send can affect the daemon or other clients:
+//! bad frames get a typed error, oversized ones and stalled or vanished clients a
+//! closed connection.
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use cowfs_ctl::proto::{ErrorKind, ErrorReply, Reply, Request, PROTOCOL_VERSION};
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use super::config::ServerConfig;
+use super::dispatch::Ctx;
+
+pub struct Shared {
+    pub ctx: Ctx,
+    pub cfg: ServerConfig,
+    pub stopping: AtomicBool,
+    active: AtomicUsize,
+    next_conn: AtomicU64,
+    /// Live connections, so that shutdown can close them.
+    conns: Mutex<HashMap<u64, UnixStream>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shared {
+    pub fn new(ctx: Ctx, cfg: ServerConfig) -> Shared {
+        Shared {
+            ctx,
+            cfg,
+            stopping: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+            conns: Mutex::new(HashMap::new()),
+            threads: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Close every connection and wait for their threads.
+    pub fn close_all(&self) {
+        for s in self.conns.lock().values() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        let threads = std::mem::take(&mut *self.threads.lock());
+        for t in threads {
+            if t.join().is_err() {
+                log::error!("a control connection thread panicked");
+            }
+        }
+    }
+}
+
+/// Accept until `stopping` is set (shutdown wakes the loop with a connection).
+pub fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
+    for conn in listener.incoming() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("control socket: accept failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
+        };
+        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.cfg.max_clients {
+            shared.active.fetch_sub(1, Ordering::SeqCst);
+            let mut s = stream;
+            let _ = s.set_write_timeout(Some(shared.cfg.io_timeout()));
+            let _ = send(
+                &mut s,
+                None,
+                Err(ErrorReply::new(
+                    ErrorKind::TooManyClients,
+                    format!(
+                        "the daemon already serves {} connections; retry later",
+                        shared.cfg.max_clients
+                    ),
+                )),
+            );
+            continue;
+        }
+        if let Ok(c) = stream.try_clone() {
+            shared.conns.lock().insert(id, c);
+        }
+        let sh = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("cowfs-ctl-{id}"))
+            .spawn(move || {
+                if let Err(e) = serve(&sh, stream) {
+                    log::debug!("control connection {id} closed: {e}");
+                }
+                sh.conns.lock().remove(&id);
+                sh.active.fetch_sub(1, Ordering::SeqCst);
+            });
+        match spawned {
+            Ok(h) => {
+                let mut threads = shared.threads.lock();
+                threads.retain(|t| !t.is_finished());
+                threads.push(h);
+            }
+            Err(e) => {
+                log::error!("control socket: cannot start a connection thread: {e}");
+                shared.conns.lock().remove(&id);
+                shared.active.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+enum Frame {
+    Line(Vec<u8>),
+    Eof,
+    TooLarge,
+}
+
+/// One request line, at most `limit` bytes including the newline.
+fn read_frame(r: &mut BufReader<UnixStream>, limit: usize) -> io::Result<Frame> {
+    let mut buf = Vec::new();
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            // End of stream; a partial frame means the client vanished mid-request:
+            // there is nobody to answer.
+            return Ok(Frame::Eof);
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        if buf.len() + take > limit {
+            return Ok(Frame::TooLarge);
+        }
+        buf.extend_from_slice(&chunk[..take]);
+        r.consume(take);
+        if done {
+            return Ok(Frame::Line(buf));
+        }
+    }
+}
+
+fn send(w: &mut UnixStream, id: Option<u64>, r: Result<Value, ErrorReply>) -> io::Result<()> {
+    let reply = match r {
+        Ok(v) => Reply {
+            id,
+            ok: true,
+            result: Some(v),
+            error: None,
+        },
+        Err(e) => Reply {
+            id,
+            ok: false,
+            result: None,
+            error: Some(e),
+        },
+    };
+    let mut line = serde_json::to_vec(&reply).map_err(io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line)
+}
+
+/// Parse a line into (id, request), or the typed error to answer with.
+fn parse(line: &[u8]) -> (Option<u64>, Result<Request, ErrorReply>) {
+    let v: Value = match serde_json::from_slice(line) {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                None,
+                Err(ErrorReply::new(
+                    ErrorKind::BadJson,
+                    format!("not a JSON line: {e}; send one JSON object per line"),
+                )),
+            )
+        }
+    };
+    let Value::Object(mut o) = v else {
+        return (
+            None,
+            Err(ErrorReply::new(
+                ErrorKind::BadJson,
+                "a request must be a JSON object",
+            )),
+        );
+    };
+    let id = match o.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
+        Some(_) => {
+            return (
+                None,
+                Err(ErrorReply::new(
+                    ErrorKind::BadRequest,
+                    "'id' must be a non-negative integer",
+                )),
+            )
+        }
+    };
+    let op = match o.get("op") {
+        Some(Value::String(s)) => s.clone(),
+        _ => {
+            return (
+                id,
+                Err(ErrorReply::new(
+                    ErrorKind::BadRequest,
+                    "missing 'op' (a string naming the operation)",
+                )),
+            )
+        }
+    };
+    if !Request::OPS.contains(&op.as_str()) {
+        let shown: String = op.chars().take(64).collect();
+        return (
+            id,
+            Err(ErrorReply::new(
+                ErrorKind::UnknownOp,
+                format!(
+                    "unknown operation '{}'; known: {}",
+                    shown.escape_debug(),
+                    Request::OPS.join(", ")
+                ),
+            )),
+        );
+    }
+    let args = o
+        .remove("args")
+        .filter(|a| !a.is_null())
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    let req = serde_json::json!({ "op": op, "args": args });
+    match serde_json::from_value::<Request>(req) {
+        Ok(r) => (id, Ok(r)),
+        Err(e) => (
+            id,
+            Err(ErrorReply::new(
+                ErrorKind::BadRequest,
+                format!("bad arguments for '{op}': {e}"),
+            )),
+        ),
+    }
+}
+
+fn serve(sh: &Shared, stream: UnixStream) -> io::Result<()> {
+    stream.set_read_timeout(Some(sh.cfg.idle_timeout()))?;
+    stream.set_write_timeout(Some(sh.cfg.io_timeout()))?;
+    let mut w = stream.try_clone()?;
+    let mut r = BufReader::new(stream);
+    let mut token: Option<String> = None;
+    loop {
+        let line = match read_frame(&mut r, sh.cfg.max_frame_bytes)? {
+            Frame::Line(l) => l,
+            Frame::Eof => return Ok(()),
+            Frame::TooLarge => {
+                send(
+                    &mut w,
+                    None,
+                    Err(ErrorReply::new(
+                        ErrorKind::FrameTooLarge,
+                        format!(
+                            "request longer than {} bytes; the connection is closed",
+                            sh.cfg.max_frame_bytes
+                        ),
+                    )),
+                )?;
+                return Ok(());
+            }
+        };
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let (id, req) = parse(&line);
+        let result = match (req, &token) {
+            (Err(e), _) => Err(e),
+            (
+                Ok(Request::Hello {
+                    version,
+                    token: secret,
+                    ..
+                }),
+                None,
+            ) => hello(sh, version, secret.as_deref()).map(|(name, v)| {
+                token = Some(name);
+                v
+            }),
+            (Ok(r), None) => Err(ErrorReply::new(
+                ErrorKind::HandshakeRequired,
+                format!(
+                    "send hello first: {{\"op\":\"hello\",\"args\":{{\"version\":{PROTOCOL_VERSION},\"token\":\"...\"}}}} (got '{}')",
+                    r.op()
+                ),
+            )),
+            (Ok(r), Some(name)) => match sh.ctx.tokens.get(name) {
+                None => Err(ErrorReply::new(
+                    ErrorKind::Unauthenticated,
+                    format!("token '{name}' has been revoked; connect again with a valid token"),
+                )),
+                Some(t) => {
+                    let op = r.op();
+                    let res = sh.ctx.handle(&t, r);
+                    if let Err(e) = &res {
+                        log::info!("{op} by token '{}' refused: {}", t.name, e.kind.as_str());
+                    }
+                    res
+                }
+            },
+        };
+        send(&mut w, id, result)?;
+    }
+}
+
+fn hello(sh: &Shared, version: u32, secret: Option<&str>) -> Result<(String, Value), ErrorReply> {
+    if version != PROTOCOL_VERSION {
+        return Err(ErrorReply::new(
+            ErrorKind::UnsupportedVersion,
+            format!("protocol version {version} is not supported; this daemon speaks version {PROTOCOL_VERSION}"),
+        ));
+    }
+    let Some(secret) = secret else {
+        return Err(ErrorReply::new(
+            ErrorKind::Unauthenticated,
+            "no token: pass one (cowfs-ctl --token, --token-file or $COWFS_TOKEN; the first admin token is in POOL.token)",
+        ));
+    };
+    let Some(name) = sh.ctx.tokens.authenticate(secret) else {
+        log::info!("control: a client presented an unknown token");
+        return Err(ErrorReply::new(
+            ErrorKind::Unauthenticated,
+            "unknown or revoked token; check the secret you passed",
+        ));
+    };
+    let v = serde_json::json!({
+        "version": PROTOCOL_VERSION,
+        "server": format!("cowfs {}", env!("CARGO_PKG_VERSION")),
+        "token": name,
+    });
+    Ok((name, v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_are_typed() {
+        let kind = |l: &str| parse(l.as_bytes()).1.map_err(|e| e.kind).err();
+        assert_eq!(kind("{nope"), Some(ErrorKind::BadJson));
+        assert_eq!(kind("[1,2]"), Some(ErrorKind::BadJson));
+        assert_eq!(kind(r#"{"op":5}"#), Some(ErrorKind::BadRequest));
+        assert_eq!(kind(r#"{"op":"list","id":-1}"#), Some(ErrorKind::BadRequest));
+        assert_eq!(kind(r#"{"op":"frobnicate"}"#), Some(ErrorKind::UnknownOp));
+        assert_eq!(
+            kind(r#"{"op":"info","args":{"nam":"x"}}"#),
+            Some(ErrorKind::BadRequest)
+        );
+        assert_eq!(kind(r#"{"op":"list"}"#), None);
+        let (id, r) = parse(br#"{"id":9,"op":"info","args":{"name":"x"}}"#);
+        assert_eq!(id, Some(9));
+        assert_eq!(r.unwrap(), Request::Info { name: "x".into() });
+    }
+}
