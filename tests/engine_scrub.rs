@@ -19,10 +19,16 @@ fn scrub_reports_damaged_file_by_path_and_reads_fail_only_there() {
     let b = pool.branch_id("main").unwrap();
     let own = Owner::default();
     let d = pool.mkdir(b, 1, b"data", 0o755, own).unwrap();
-    let victim = pool.mknod(b, d.ino, b"victim.bin", libc::S_IFREG | 0o644, 0, own).unwrap();
-    let healthy = pool.mknod(b, 1, b"healthy.bin", libc::S_IFREG | 0o644, 0, own).unwrap();
-    pool.write_file(b, victim.ino, 0, &vec![0xAB; 3 * BLOCK_SIZE]).unwrap();
-    pool.write_file(b, healthy.ino, 0, &vec![0xCD; 3 * BLOCK_SIZE]).unwrap();
+    let victim = pool
+        .mknod(b, d.ino, b"victim.bin", libc::S_IFREG | 0o644, 0, own)
+        .unwrap();
+    let healthy = pool
+        .mknod(b, 1, b"healthy.bin", libc::S_IFREG | 0o644, 0, own)
+        .unwrap();
+    pool.write_file(b, victim.ino, 0, &vec![0xAB; 3 * BLOCK_SIZE])
+        .unwrap();
+    pool.write_file(b, healthy.ino, 0, &vec![0xCD; 3 * BLOCK_SIZE])
+        .unwrap();
     pool.commit().unwrap();
     let clean = pool.scrub().unwrap();
     assert!(clean.is_clean(), "{:?}", clean.damaged);
@@ -47,11 +53,23 @@ fn scrub_reports_damaged_file_by_path_and_reads_fail_only_there() {
     let report = pool.scrub().unwrap();
     assert_eq!(report.damaged.len(), 1, "{:?}", report.damaged);
     assert_eq!(report.damaged[0].path, "/data/victim.bin");
-    assert!(report.damaged[0].detail.contains(&format!("block {addr}")), "{}", report.damaged[0].detail);
+    assert!(
+        report.damaged[0].detail.contains(&format!("block {addr}")),
+        "{}",
+        report.damaged[0].detail
+    );
 
-    let err = pool.read_file(b, victim.ino, 0, 3 * BLOCK_SIZE).unwrap_err();
+    let err = pool
+        .read_file(b, victim.ino, 0, 3 * BLOCK_SIZE)
+        .unwrap_err();
     assert_eq!(err.errno(), libc::EIO);
     // The undamaged block of the same file and the other file still read.
-    assert_eq!(pool.read_file(b, victim.ino, 0, BLOCK_SIZE).unwrap(), vec![0xAB; BLOCK_SIZE]);
-    assert_eq!(pool.read_file(b, healthy.ino, 0, 3 * BLOCK_SIZE).unwrap(), vec![0xCD; 3 * BLOCK_SIZE]);
+    assert_eq!(
+        pool.read_file(b, victim.ino, 0, BLOCK_SIZE).unwrap(),
+        vec![0xAB; BLOCK_SIZE]
+    );
+    assert_eq!(
+        pool.read_file(b, healthy.ino, 0, 3 * BLOCK_SIZE).unwrap(),
+        vec![0xCD; 3 * BLOCK_SIZE]
+    );
 }

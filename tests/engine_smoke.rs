@@ -47,3 +47,35 @@ fn create_write_branch_reopen() {
     let r = pool.fsck(&FsckOptions::default()).unwrap();
     assert!(r.is_clean(), "{r}");
 }
+
+#[test]
+fn sync_commits_only_what_is_not_yet_durable() {
+    let dev = MemDevice::new();
+    let opts = PoolOptions {
+        capacity_bytes: Some(64 << 20),
+        ..Default::default()
+    };
+    let pool = Pool::create_on(Arc::new(dev.clone()), &opts).unwrap();
+    let b = pool.branch_id("main").unwrap();
+    let g0 = pool.generation();
+    pool.sync().unwrap();
+    assert_eq!(pool.generation(), g0, "nothing to make durable");
+    let f = pool
+        .mknod(b, 1, b"f", libc::S_IFREG | 0o644, 0, Owner::default())
+        .unwrap();
+    pool.write_file(b, f.ino, 0, b"abc").unwrap();
+    pool.sync().unwrap();
+    assert_eq!(pool.generation(), g0 + 1);
+    let written = dev.blocks_written();
+    pool.sync().unwrap();
+    assert_eq!(
+        pool.generation(),
+        g0 + 1,
+        "already covered by the last commit"
+    );
+    assert_eq!(dev.blocks_written(), written);
+    // What sync made durable survives reopening the device.
+    drop(pool);
+    let pool = Pool::open_on(Arc::new(dev), &opts).unwrap();
+    assert_eq!(pool.read_file(b, f.ino, 0, 10).unwrap(), b"abc");
+}

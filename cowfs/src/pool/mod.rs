@@ -8,10 +8,12 @@ pub mod admin;
 pub mod catalog;
 pub mod diff;
 pub mod fsck;
+pub mod scrub;
 pub mod usage;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -139,11 +141,14 @@ pub(crate) struct Engine {
     open: HashMap<(BranchId, u64), u32>,
     poisoned: bool,
     dirty_limit_nodes: usize,
+    /// Generation of the running transaction, readable without the pool lock.
+    running_gen: Arc<AtomicU64>,
 }
 
 pub struct Pool {
     e: Mutex<Engine>,
     name: PathBuf,
+    running_gen: Arc<AtomicU64>,
 }
 
 fn random_u64() -> u64 {
@@ -254,10 +259,7 @@ impl Pool {
             name.display(),
             capacity
         );
-        Ok(Pool {
-            e: Mutex::new(e),
-            name,
-        })
+        Ok(Pool::wrap(e, name))
     }
 
     /// Open a pool on any block device: the valid superblock slot with the highest
@@ -301,10 +303,7 @@ impl Pool {
                         sb.generation,
                         e.branches.len()
                     );
-                    return Ok(Pool {
-                        e: Mutex::new(e),
-                        name,
-                    });
+                    return Ok(Pool::wrap(e, name));
                 }
                 Err(err) => {
                     log::error!(
@@ -346,6 +345,26 @@ impl Pool {
             why: "no cowfs superblock in either slot".into(),
         }
         .into())
+    }
+
+    fn wrap(e: Engine, name: PathBuf) -> Pool {
+        Pool {
+            running_gen: e.running_gen.clone(),
+            e: Mutex::new(e),
+            name,
+        }
+    }
+
+    /// Make every change completed before this call durable (fsync, syncfs). Calls
+    /// that arrive while a commit is running share the next one (group commit), and a
+    /// call whose changes a finished commit already covers returns at once.
+    pub fn sync(&self) -> PoolResult<()> {
+        let want = self.running_gen.load(Ordering::Acquire);
+        let mut e = self.e.lock();
+        if e.st.generation() > want {
+            return Ok(());
+        }
+        Ok(e.commit()?)
     }
 
     /// The pool's path (or device name).
@@ -687,6 +706,7 @@ impl Engine {
         created_unix: u64,
         opts: &PoolOptions,
     ) -> Engine {
+        let st_gen = st.generation();
         Engine {
             st,
             catalog_root,
@@ -698,6 +718,7 @@ impl Engine {
             open: HashMap::new(),
             poisoned: false,
             dirty_limit_nodes: (opts.dirty_limit_bytes / BLOCK_SIZE).max(16),
+            running_gen: Arc::new(AtomicU64::new(st_gen)),
         }
     }
 
@@ -925,6 +946,8 @@ impl Engine {
         dev.write_at(slot, &sb.encode()).map_err(|e| io(e, slot))?;
         dev.flush().map_err(|e| io(e, slot))?;
         self.st.commit_done();
+        self.running_gen
+            .store(self.st.generation(), Ordering::Release);
         Ok(())
     }
 }

@@ -36,7 +36,11 @@ impl Pool {
         e.commit()?;
         let mut report = ScrubReport::default();
         let mut verified: HashSet<u64> = HashSet::new();
-        let branches: Vec<(String, u64)> = e.branches.values().map(|r| (r.name.clone(), r.root)).collect();
+        let branches: Vec<(String, u64)> = e
+            .branches
+            .values()
+            .map(|r| (r.name.clone(), r.root))
+            .collect();
         for (branch, root) in branches {
             let st = &mut e.st;
             let mut damage = |path: &str, detail: String| {
@@ -65,7 +69,12 @@ impl Pool {
                         damage(&path, "undecodable directory entry".into());
                         continue;
                     };
-                    let child = format!("{}{}{}", path, if path.ends_with('/') { "" } else { "/" }, String::from_utf8_lossy(&d.name));
+                    let child = format!(
+                        "{}{}{}",
+                        path,
+                        if path.ends_with('/') { "" } else { "/" },
+                        String::from_utf8_lossy(&d.name)
+                    );
                     if d.ftype == libc::S_IFDIR {
                         stack.push((d.ino, child));
                         continue;
