@@ -1,1 +1,455 @@
-fn main() {}
+//! `cowfs-ctl`: drive a cowfs daemon from the shell. Readable tables by default,
+//! `--json` for machines.
+
+mod table;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use cowfs_ctl::proto::{
+    BranchInfo, BranchKind, Change, DiffReply, Grant, GroupMember, MountSpec, TokenInfo, UsageReply,
+};
+use cowfs_ctl::{Client, ClientError};
+use serde::Serialize;
+use table::{bytes, Table};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the daemon refused or failed the operation, or could not be reached
+  2  usage error (bad arguments)";
+
+#[derive(Parser)]
+#[command(
+    name = "cowfs-ctl",
+    version,
+    about = "Control a cowfs daemon: branches, snapshots, mounts, diff, reset, tokens",
+    after_help = EXIT_CODES
+)]
+struct Cli {
+    /// The daemon's control socket.
+    #[arg(long, env = "COWFS_SOCKET", global = true)]
+    socket: Option<PathBuf>,
+    /// Token secret (prefer --token-file or $COWFS_TOKEN: arguments are visible in ps).
+    #[arg(long, global = true)]
+    token: Option<String>,
+    /// File holding the token secret (e.g. POOL.token written by `cowfs init`).
+    /// Without --token or --token-file, $COWFS_TOKEN is used.
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// Print the daemon's JSON result instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Branches: writable copies of a branch or snapshot, in O(1).
+    #[command(subcommand)]
+    Branch(BranchCmd),
+    /// Snapshots: read-only copies of a branch, in O(1).
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Branches and snapshots this token may read, with their mounts.
+    List,
+    /// One branch or snapshot.
+    Info { name: String },
+    /// Rename a branch or snapshot (not while mounted).
+    Rename { old: String, new: String },
+    /// Delete a branch or snapshot, freeing what only it references.
+    Delete { name: String },
+    /// Mount a branch on an existing directory.
+    Mount {
+        name: String,
+        dir: PathBuf,
+        /// Read-only (snapshots always are).
+        #[arg(long)]
+        ro: bool,
+    },
+    /// Unmount a directory.
+    Unmount { dir: PathBuf },
+    /// Paths added, removed and modified from A to B (with changed byte ranges).
+    Diff { a: String, b: String },
+    /// Make a branch identical to a snapshot again (unmount it first).
+    Reset {
+        branch: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Protect a branch: only admin tokens may delete, reset, rename or mount it rw.
+    Protect { name: String },
+    /// Remove the protection.
+    Unprotect { name: String },
+    /// Bytes referenced, exclusive (freed by delete) and shared, per branch.
+    Usage,
+    /// Tokens (admin:* only).
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand)]
+enum BranchCmd {
+    /// Create a branch from a branch or snapshot; or, with --group, several at once.
+    Create(BranchCreate),
+}
+
+#[derive(Args)]
+struct BranchCreate {
+    /// Name of the new branch.
+    #[arg(required_unless_present = "group")]
+    name: Option<String>,
+    /// Parent branch or snapshot.
+    #[arg(long, required_unless_present = "group")]
+    from: Option<String>,
+    /// Mount the new branch on this existing directory.
+    #[arg(long, conflicts_with = "group")]
+    mount: Option<PathBuf>,
+    /// With --mount: mount read-only.
+    #[arg(long, requires = "mount")]
+    ro: bool,
+    /// NAME=PARENT, repeated: create all of them in one commit (same instant).
+    #[arg(long, value_name = "NAME=PARENT", conflicts_with_all = ["name", "from"])]
+    group: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Create a snapshot of a branch.
+    Create {
+        name: String,
+        #[arg(long)]
+        from: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token; its secret is printed once.
+    Create {
+        name: String,
+        /// SCOPE:PATTERN, repeated; SCOPE is read, mount, write, branch, delete or
+        /// admin; PATTERN a branch name where `*` matches anything.
+        #[arg(long = "scope", required = true, value_name = "SCOPE:PATTERN")]
+        scopes: Vec<Grant>,
+    },
+    /// Tokens with their scopes and the branches they own.
+    List,
+    /// Revoke a token (connections using it are refused from now on).
+    Revoke { name: String },
+}
+
+enum Failure {
+    Client(ClientError),
+    Usage(String),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        Failure::Client(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(m)) => {
+            eprintln!("cowfs-ctl: {m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Client(e)) => {
+            if json {
+                let err = match e.server() {
+                    Some(s) => serde_json::json!({"ok": false, "error": s}),
+                    None => {
+                        serde_json::json!({"ok": false, "error": {"kind": "client", "message": e.to_string()}})
+                    }
+                };
+                println!("{err}");
+            } else {
+                eprintln!("cowfs-ctl: {e}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn token(cli: &Cli) -> Result<String, Failure> {
+    if let Some(t) = &cli.token {
+        return Ok(t.trim().to_string());
+    }
+    if let Some(f) = &cli.token_file {
+        return std::fs::read_to_string(f)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| Failure::Usage(format!("{}: {e}", f.display())));
+    }
+    if let Some(t) = std::env::var("COWFS_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return Ok(t.trim().to_string());
+    }
+    Err(Failure::Usage(
+        "no token: pass --token-file POOL.token, --token SECRET or set $COWFS_TOKEN".into(),
+    ))
+}
+
+/// Mount points travel as absolute paths: the daemon does not share our cwd.
+fn absolute(dir: &Path) -> Result<String, Failure> {
+    let p = match dir.canonicalize() {
+        Ok(p) => p,
+        Err(_) if dir.is_absolute() => dir.to_path_buf(),
+        Err(_) => std::env::current_dir()
+            .map_err(|e| Failure::Usage(format!("current directory: {e}")))?
+            .join(dir),
+    };
+    p.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| Failure::Usage(format!("{}: not valid UTF-8", p.display())))
+}
+
+fn out<T: Serialize>(json: bool, v: &T, human: impl FnOnce(&T)) {
+    if json {
+        match serde_json::to_string_pretty(v) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("cowfs-ctl: {e}"),
+        }
+    } else {
+        human(v)
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let socket = cli.socket.clone().ok_or_else(|| {
+        Failure::Usage(
+            "no daemon socket: pass --socket PATH or set $COWFS_SOCKET (default of `cowfs serve POOL`: POOL.sock)"
+                .into(),
+        )
+    })?;
+    let secret = token(&cli)?;
+    let mut c = Client::connect(&socket, &secret)?;
+    let json = cli.json;
+    match cli.cmd {
+        Cmd::Branch(BranchCmd::Create(a)) => {
+            if !a.group.is_empty() {
+                let mut members = Vec::new();
+                for g in &a.group {
+                    let (name, from) = g.split_once('=').ok_or_else(|| {
+                        Failure::Usage(format!("--group '{g}': write NAME=PARENT"))
+                    })?;
+                    members.push(GroupMember {
+                        name: name.into(),
+                        from: from.into(),
+                        snapshot: false,
+                    });
+                }
+                let v = c.group_create(members)?;
+                out(json, &v, |v| branches(v));
+            } else {
+                let (Some(name), Some(from)) = (a.name, a.from) else {
+                    return Err(Failure::Usage("branch create NAME --from PARENT".into()));
+                };
+                let mount = match &a.mount {
+                    Some(d) => Some(MountSpec {
+                        dir: absolute(d)?,
+                        read_only: a.ro,
+                    }),
+                    None => None,
+                };
+                let v = c.branch_create(&name, &from, mount)?;
+                out(json, &v, |v| branches(std::slice::from_ref(v)));
+            }
+        }
+        Cmd::Snapshot(SnapshotCmd::Create { name, from }) => {
+            let v = c.snapshot_create(&name, &from)?;
+            out(json, &v, |v| branches(std::slice::from_ref(v)));
+        }
+        Cmd::List => {
+            let v = c.list()?;
+            out(json, &v, |v| branches(v));
+        }
+        Cmd::Info { name } => {
+            let v = c.info(&name)?;
+            out(json, &v, info);
+        }
+        Cmd::Rename { old, new } => {
+            let v = c.rename(&old, &new)?;
+            out(json, &v, |v| branches(std::slice::from_ref(v)));
+        }
+        Cmd::Delete { name } => {
+            c.delete(&name)?;
+            out(json, &serde_json::json!({"deleted": name}), |_| {
+                println!("deleted {name}")
+            });
+        }
+        Cmd::Mount { name, dir, ro } => {
+            let v = c.mount(&name, &absolute(&dir)?, ro)?;
+            out(json, &v, |v| branches(std::slice::from_ref(v)));
+        }
+        Cmd::Unmount { dir } => {
+            let d = absolute(&dir)?;
+            c.unmount(&d)?;
+            out(json, &serde_json::json!({"unmounted": d}), |_| {
+                println!("unmounted {d}")
+            });
+        }
+        Cmd::Diff { a, b } => {
+            let v = c.diff(&a, &b)?;
+            out(json, &v, diff);
+        }
+        Cmd::Reset { branch, to } => {
+            let v = c.reset(&branch, &to)?;
+            out(json, &v, |v| branches(std::slice::from_ref(v)));
+        }
+        Cmd::Protect { name } => {
+            let v = c.protect(&name)?;
+            out(json, &v, |v| branches(std::slice::from_ref(v)));
+        }
+        Cmd::Unprotect { name } => {
+            let v = c.unprotect(&name)?;
+            out(json, &v, |v| branches(std::slice::from_ref(v)));
+        }
+        Cmd::Usage => {
+            let v = c.usage()?;
+            out(json, &v, usage);
+        }
+        Cmd::Token(TokenCmd::Create { name, scopes }) => {
+            let v = c.token_create(&name, scopes)?;
+            out(json, &v, |v| {
+                println!("token '{}' created; its secret (shown once):", v.name);
+                println!("{}", v.secret);
+            });
+        }
+        Cmd::Token(TokenCmd::List) => {
+            let v = c.token_list()?;
+            out(json, &v, |v| tokens(v));
+        }
+        Cmd::Token(TokenCmd::Revoke { name }) => {
+            c.token_revoke(&name)?;
+            out(json, &serde_json::json!({"revoked": name}), |_| {
+                println!("revoked token {name}")
+            });
+        }
+    }
+    Ok(())
+}
+
+fn kind(b: &BranchInfo) -> &'static str {
+    match b.kind {
+        BranchKind::Branch => "branch",
+        BranchKind::Snapshot => "snapshot",
+    }
+}
+
+fn mounts(b: &BranchInfo) -> String {
+    b.mounts
+        .iter()
+        .map(|m| format!("{}{}", m.dir, if m.read_only { " (ro)" } else { "" }))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn branches(list: &[BranchInfo]) {
+    let mut t = Table::new(&["NAME", "KIND", "PARENT", "PROTECTED", "OWNER", "MOUNTS"]);
+    for b in list {
+        t.row(vec![
+            b.name.clone(),
+            kind(b).into(),
+            b.parent.clone().unwrap_or_else(|| "-".into()),
+            if b.protected { "yes" } else { "no" }.into(),
+            b.owner.clone().unwrap_or_else(|| "-".into()),
+            mounts(b),
+        ]);
+    }
+    t.print();
+}
+
+fn info(b: &BranchInfo) {
+    let mut t = Table::new(&["FIELD", "VALUE"]);
+    for (k, v) in [
+        ("name", b.name.clone()),
+        ("id", b.id.to_string()),
+        ("kind", kind(b).into()),
+        ("parent", b.parent.clone().unwrap_or_else(|| "-".into())),
+        ("created (unix)", b.created_unix.to_string()),
+        ("protected", b.protected.to_string()),
+        ("owner", b.owner.clone().unwrap_or_else(|| "-".into())),
+        ("mounts", mounts(b)),
+    ] {
+        t.row(vec![k.into(), v]);
+    }
+    t.print();
+}
+
+fn diff(d: &DiffReply) {
+    let mut t = Table::new(&["CHANGE", "TYPE", "PATH", "CHANGED BYTES"]);
+    for e in &d.entries {
+        let change = match e.change {
+            Change::Added => "added",
+            Change::Removed => "removed",
+            Change::Modified => "modified",
+        };
+        let ranges = e
+            .ranges
+            .iter()
+            .map(|r| format!("{}+{}", r.offset, r.len))
+            .collect::<Vec<_>>()
+            .join(" ");
+        t.row(vec![
+            change.into(),
+            e.file_type.clone(),
+            e.path.clone(),
+            ranges,
+        ]);
+    }
+    t.print();
+    println!(
+        "{} change(s) from {} to {} ({} tree nodes visited)",
+        d.entries.len(),
+        d.a,
+        d.b,
+        d.nodes_visited
+    );
+}
+
+fn usage(u: &UsageReply) {
+    let mut t = Table::new(&["NAME", "REFERENCED", "EXCLUSIVE", "SHARED"]);
+    for b in &u.branches {
+        t.row(vec![
+            b.name.clone(),
+            bytes(b.referenced_bytes),
+            bytes(b.exclusive_bytes),
+            bytes(b.shared_bytes),
+        ]);
+    }
+    t.print();
+    println!(
+        "pool: {} used of {}",
+        bytes(u.used_bytes),
+        bytes(u.capacity_bytes)
+    );
+}
+
+fn tokens(list: &[TokenInfo]) {
+    let mut t = Table::new(&["NAME", "SCOPES", "OWNS"]);
+    for k in list {
+        t.row(vec![
+            k.name.clone(),
+            k.scopes
+                .iter()
+                .map(Grant::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
+            if k.owns.is_empty() {
+                "-".into()
+            } else {
+                k.owns.join(", ")
+            },
+        ]);
+    }
+    t.print();
+}
