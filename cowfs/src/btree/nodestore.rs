@@ -11,6 +11,7 @@ use crate::store::block::{seal, verify, BlockKind};
 use crate::store::cache::NodeCache;
 use crate::store::device::BlockDevice;
 use crate::store::spacemap::SpaceMap;
+use crate::store::superblock::MANIFEST_MAX;
 use crate::store::{BlockAddr, StoreError, StoreResult, BLOCK_SIZE};
 
 /// Which blocks an item's value references (a data extent, a branch root): the tree
@@ -36,6 +37,9 @@ pub struct NodeStore {
     generation: u64,
     refs_of: RefsFn,
     pub stats: IoStats,
+    /// Blocks written in this transaction with the CRC32 of their content, while
+    /// they still fit in a superblock manifest (then None).
+    written: Option<HashMap<BlockAddr, u32>>,
 }
 
 impl NodeStore {
@@ -56,6 +60,7 @@ impl NodeStore {
             generation,
             refs_of,
             stats: IoStats::default(),
+            written: Some(HashMap::new()),
         }
     }
 
@@ -259,13 +264,37 @@ impl NodeStore {
                 source: e,
             })?;
             self.stats.nodes_written += 1;
+            self.note_written(addr, &buf);
             self.cache.insert(addr, node);
         }
         Ok(())
     }
 
+    fn note_written(&mut self, addr: BlockAddr, block: &[u8]) {
+        if let Some(w) = self.written.as_mut() {
+            w.insert(addr, crc32fast::hash(block));
+            if w.len() > MANIFEST_MAX {
+                self.written = None;
+            }
+        }
+    }
+
+    /// The blocks written in this transaction plus `extra`, if they fit in a
+    /// superblock manifest.
+    pub fn manifest(&self, extra: &[(BlockAddr, u32)]) -> Option<Vec<(BlockAddr, u32)>> {
+        let w = self.written.as_ref()?;
+        if w.len() + extra.len() > MANIFEST_MAX {
+            return None;
+        }
+        let mut m: Vec<(BlockAddr, u32)> = w.iter().map(|(a, c)| (*a, *c)).collect();
+        m.extend_from_slice(extra);
+        m.sort_unstable();
+        Some(m)
+    }
+
     /// Called once the commit of `generation` is durable.
     pub fn commit_done(&mut self) {
+        self.written = Some(HashMap::new());
         self.space.commit_done();
         self.generation += 1;
     }
@@ -293,6 +322,9 @@ impl NodeStore {
 
     pub fn write_data(&mut self, start: BlockAddr, buf: &[u8]) -> StoreResult<()> {
         self.stats.data_blocks_written += (buf.len() / BLOCK_SIZE) as u64;
+        for (i, block) in buf.chunks(BLOCK_SIZE).enumerate() {
+            self.note_written(start + i as u64, block);
+        }
         self.dev.write_at(start, buf).map_err(|e| {
             if e.raw_os_error() == Some(libc::ENOSPC) {
                 StoreError::NoSpace {

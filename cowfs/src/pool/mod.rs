@@ -722,7 +722,27 @@ impl Engine {
         }
     }
 
+    /// A one-flush commit counts only if every block it listed reads back intact.
+    fn verify_manifest(dev: &dyn BlockDevice, sb: &Superblock) -> PoolResult<()> {
+        let mut buf = vec![0u8; BLOCK_SIZE];
+        for (addr, crc) in &sb.manifest {
+            let landed = *addr < dev.len_blocks()
+                && dev.read_at(*addr, &mut buf).is_ok()
+                && crc32fast::hash(&buf) == *crc;
+            if !landed {
+                return Err(StoreError::Corrupt {
+                    pool: dev.name(),
+                    block: *addr,
+                    why: format!("commit {} is incomplete (torn by a crash before its flush)", sb.generation),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
     fn load(dev: Arc<dyn BlockDevice>, sb: &Superblock, opts: &PoolOptions) -> PoolResult<Engine> {
+        Engine::verify_manifest(&*dev, sb)?;
         if let Some(fixed) = dev.fixed_capacity() {
             if sb.capacity_blocks > fixed {
                 return Err(StoreError::Truncated {
@@ -924,13 +944,19 @@ impl Engine {
         }
         self.st.write_dirty_nodes()?;
         let dev = self.st.dev.clone();
-        let space_root = self.st.space.write_dirty(&*dev, generation)?;
+        let (space_root, space_pages) = self.st.space.write_dirty(&*dev, generation)?;
         let io = |e: std::io::Error, block| StoreError::Io {
             pool: dev.name(),
             block,
             source: e,
         };
-        dev.flush().map_err(|e| io(e, 0))?;
+        // A small commit lists every block it wrote in the superblock and needs one
+        // flush: open verifies the list and falls back to the previous slot if any
+        // block did not land. A large one flushes its blocks before the superblock.
+        let manifest = self.st.manifest(&space_pages);
+        if manifest.is_none() {
+            dev.flush().map_err(|e| io(e, 0))?;
+        }
         let sb = Superblock {
             generation,
             pool_id: self.st.pool_id(),
@@ -941,6 +967,7 @@ impl Engine {
             next_branch_id: self.next_branch_id,
             created_unix: self.created_unix,
             used_blocks: self.st.space.used(),
+            manifest: manifest.unwrap_or_default(),
         };
         let slot = Superblock::slot_for(generation);
         dev.write_at(slot, &sb.encode()).map_err(|e| io(e, slot))?;

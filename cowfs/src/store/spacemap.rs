@@ -409,12 +409,13 @@ impl SpaceMap {
     /// Write every page changed in this transaction to a fresh block. Relocating a page
     /// changes counts (new block taken, old one released), which may dirty more pages,
     /// so this runs until nothing moves; a page moves at most once per transaction.
-    /// Returns the new root. The caller flushes and writes the superblock.
+    /// Returns the new root and every page written with its CRC32 (for the commit
+    /// manifest). The caller flushes and writes the superblock.
     pub fn write_dirty(
         &mut self,
         dev: &dyn BlockDevice,
         generation: u64,
-    ) -> StoreResult<BlockAddr> {
+    ) -> StoreResult<(BlockAddr, Vec<(BlockAddr, u32)>)> {
         loop {
             let mut moved = false;
             let dirty_leaves: Vec<u64> = self
@@ -469,6 +470,7 @@ impl SpaceMap {
             source: e,
         };
         let mut buf = vec![0u8; BLOCK_SIZE];
+        let mut written = Vec::new();
         for l in self.leaves.values_mut().filter(|l| l.dirty) {
             buf.fill(0);
             for (i, c) in l.counts.iter().enumerate() {
@@ -484,6 +486,7 @@ impl SpaceMap {
                 0,
             );
             dev.write_at(l.addr, &buf).map_err(|e| io(e, l.addr))?;
+            written.push((l.addr, crc32fast::hash(&buf)));
             l.dirty = false;
         }
         for ((level, _), p) in self.index.iter_mut().filter(|(_, p)| p.dirty) {
@@ -501,9 +504,10 @@ impl SpaceMap {
                 0,
             );
             dev.write_at(p.addr, &buf).map_err(|e| io(e, p.addr))?;
+            written.push((p.addr, crc32fast::hash(&buf)));
             p.dirty = false;
         }
-        Ok(self.root)
+        Ok((self.root, written))
     }
 
     /// The commit is durable: blocks freed in it become allocatable, nothing is fresh.
@@ -592,7 +596,7 @@ mod tests {
         // Freed while fresh: reusable at once.
         m.dec(&dev, a + 9).unwrap();
         assert!(m.allocatable(&dev, a + 9).unwrap());
-        let root = m.write_dirty(&dev, 1).unwrap();
+        let (root, _) = m.write_dirty(&dev, 1).unwrap();
         m.commit_done();
         let used = m.used();
         let mut r = SpaceMap::open(cap, m.depth(), root, used, 1);

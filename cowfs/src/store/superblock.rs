@@ -21,7 +21,11 @@ const OFF_SPACE_DEPTH: usize = 56;
 const OFF_NEXT_BRANCH_ID: usize = 64;
 const OFF_CREATED: usize = 72;
 const OFF_USED: usize = 80;
+const OFF_MANIFEST_LEN: usize = 88;
+const OFF_MANIFEST: usize = 96;
 const OFF_CRC: usize = BLOCK_SIZE - 4;
+/// Entries of (block address u64, CRC32 u32) that fit in a slot.
+pub const MANIFEST_MAX: usize = (OFF_CRC - OFF_MANIFEST) / 12;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Superblock {
@@ -35,6 +39,11 @@ pub struct Superblock {
     pub created_unix: u64,
     /// Blocks with a non-zero reference count (for statfs without a scan).
     pub used_blocks: u64,
+    /// Every block the commit wrote, with the CRC32 of its full 4 KiB, when the commit
+    /// was small enough to list them: such a commit is made durable by one flush, and
+    /// open accepts it only if every listed block reads back with its CRC (a torn
+    /// commit falls back to the previous slot). Empty for two-flush commits.
+    pub manifest: Vec<(u64, u32)>,
 }
 
 /// Why a slot was rejected.
@@ -66,6 +75,12 @@ impl Superblock {
         put_u64(&mut b, OFF_NEXT_BRANCH_ID, self.next_branch_id);
         put_u64(&mut b, OFF_CREATED, self.created_unix);
         put_u64(&mut b, OFF_USED, self.used_blocks);
+        let n = self.manifest.len().min(MANIFEST_MAX);
+        put_u32(&mut b, OFF_MANIFEST_LEN, n as u32);
+        for (i, (addr, crc)) in self.manifest.iter().take(n).enumerate() {
+            put_u64(&mut b, OFF_MANIFEST + i * 12, *addr);
+            put_u32(&mut b, OFF_MANIFEST + i * 12 + 8, *crc);
+        }
         let crc = crc32fast::hash(&b[..OFF_CRC]);
         put_u32(&mut b, OFF_CRC, crc);
         b
@@ -101,7 +116,16 @@ impl Superblock {
             next_branch_id: u64_at(b, OFF_NEXT_BRANCH_ID),
             created_unix: u64_at(b, OFF_CREATED),
             used_blocks: u64_at(b, OFF_USED),
+            manifest: Vec::new(),
         };
+        let n = u32_at(b, OFF_MANIFEST_LEN) as usize;
+        if n > MANIFEST_MAX {
+            return Err(SlotError::Invalid("commit manifest too long"));
+        }
+        let mut sb = sb;
+        sb.manifest = (0..n)
+            .map(|i| (u64_at(b, OFF_MANIFEST + i * 12), u32_at(b, OFF_MANIFEST + i * 12 + 8)))
+            .collect();
         let in_pool = |a: u64| a >= SLOT_COUNT && a < sb.capacity_blocks;
         if sb.capacity_blocks <= SLOT_COUNT
             || !in_pool(sb.catalog_root)
@@ -131,6 +155,7 @@ mod tests {
             next_branch_id: 3,
             created_unix: 1,
             used_blocks: 9,
+            manifest: vec![(5, 0xdead), (6, 7)],
         }
     }
 
