@@ -114,27 +114,43 @@ impl FsTree<'_> {
         if self.rewrite_in_place(ino, b0, data)? {
             return Ok(());
         }
-        self.unmap(ino, i, b0, b0 + n)?;
+        // New blocks are allocated and written before the old ones are unmapped, so a
+        // full pool (ENOSPC) or a failed write leaves the file as it was.
+        let mut runs: Vec<(u64, u64)> = Vec::new();
         let mut done = 0u64;
         while done < n {
-            let (phys, got) = self.st.alloc_data((n - done).min(MAX_EXTENT_BLOCKS))?;
-            let chunk = &data[(done * BS) as usize..((done + got) * BS) as usize];
-            if let Err(e) = self.st.write_data(phys, chunk) {
-                self.st.space.dec_range(&*self.st.dev, phys, got)?;
-                return Err(e.into());
+            let r = self.st.alloc_data((n - done).min(MAX_EXTENT_BLOCKS));
+            let r = r.and_then(|(phys, got)| {
+                runs.push((phys, got));
+                let chunk = &data[(done * BS) as usize..((done + got) * BS) as usize];
+                self.st.write_data(phys, chunk).map(|_| got)
+            });
+            match r {
+                Ok(got) => done += got,
+                Err(e) => {
+                    for (phys, got) in runs {
+                        self.st.space.dec_range(&*self.st.dev, phys, got)?;
+                    }
+                    return Err(e.into());
+                }
             }
+        }
+        self.unmap(ino, i, b0, b0 + n)?;
+        let mut at = 0u64;
+        for (phys, got) in runs {
+            let chunk = &data[(at * BS) as usize..((at + got) * BS) as usize];
             let crcs = chunk.chunks(BS as usize).map(crc32fast::hash).collect();
             self.map(
                 ino,
                 i,
-                b0 + done,
+                b0 + at,
                 &Extent {
                     phys,
                     flags: 0,
                     crcs,
                 },
             )?;
-            done += got;
+            at += got;
         }
         Ok(())
     }
@@ -197,10 +213,12 @@ impl FsTree<'_> {
 
     /// Move an inline file's bytes into extents.
     fn uninline(&mut self, ino: u64, i: &mut Inode) -> FsResult<()> {
-        if let Some(buf) = self.del(&inline_key(ino))? {
+        // Extents first, then drop the inline item: ENOSPC must not lose the bytes.
+        if let Some(buf) = self.get(&inline_key(ino))? {
             if !buf.is_empty() {
                 self.write_extents(ino, i, 0, &buf)?;
             }
+            self.del(&inline_key(ino))?;
         }
         Ok(())
     }
@@ -305,10 +323,12 @@ impl FsTree<'_> {
                 self.uninline(ino, &mut i)?;
             }
         } else if size < i.size {
-            self.unmap(ino, &mut i, size.div_ceil(BS), END_BLOCK)?;
+            // The partial last block first: if it cannot be rewritten (ENOSPC), nothing
+            // has changed yet.
             if !size.is_multiple_of(BS) {
                 self.zero_in_block(ino, &mut i, size / BS, size % BS, BS)?;
             }
+            self.unmap(ino, &mut i, size.div_ceil(BS), END_BLOCK)?;
         }
         i.size = size;
         let now = Timespec::now();
@@ -330,10 +350,8 @@ impl FsTree<'_> {
             buf[s..e].fill(0);
             self.put(inline_key(ino), buf)?;
         } else {
-            let (fb0, fb1) = (off.div_ceil(BS), end / BS);
-            if fb0 < fb1 {
-                self.unmap(ino, &mut i, fb0, fb1)?;
-            }
+            // Partial blocks first (they may need new blocks and fail with ENOSPC),
+            // then the whole blocks are unmapped (which cannot run out of space).
             let (hb, tb) = (off / BS, end / BS);
             if !off.is_multiple_of(BS) {
                 let to = if hb == tb { end % BS } else { BS };
@@ -341,6 +359,10 @@ impl FsTree<'_> {
             }
             if !end.is_multiple_of(BS) && (tb != hb || off.is_multiple_of(BS)) {
                 self.zero_in_block(ino, &mut i, tb, 0, end % BS)?;
+            }
+            let (fb0, fb1) = (off.div_ceil(BS), end / BS);
+            if fb0 < fb1 {
+                self.unmap(ino, &mut i, fb0, fb1)?;
             }
         }
         let now = Timespec::now();
