@@ -63,15 +63,13 @@ fn item(p: &Pending) -> Option<(&Key, &[u8])> {
     }
 }
 
+/// Receives each differing item: (key, value in a, value in b).
+pub type DiffSink<'a> = dyn FnMut(&Key, Option<&[u8]>, Option<&[u8]>) + 'a;
+
 /// Call `f(key, value in a, value in b)` for every key whose item differs between
 /// the trees at `a` and `b` (absent on one side, or with a different value), in key
 /// order. Returns how many tree nodes were visited.
-pub fn diff(
-    st: &mut NodeStore,
-    a: BlockAddr,
-    b: BlockAddr,
-    f: &mut dyn FnMut(&Key, Option<&[u8]>, Option<&[u8]>),
-) -> StoreResult<u64> {
+pub fn diff(st: &mut NodeStore, a: BlockAddr, b: BlockAddr, f: &mut DiffSink) -> StoreResult<u64> {
     let mut visited = 0;
     if a == b {
         return Ok(0);

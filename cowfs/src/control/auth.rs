@@ -15,8 +15,7 @@ use crate::pool::BranchId;
 
 /// Does `t` have `scope` on branch `name` (id `id`)?
 pub fn has(t: &TokenView, scope: Scope, name: &str, id: BranchId) -> bool {
-    if t
-        .scopes
+    if t.scopes
         .iter()
         .any(|g| g.scope == Scope::Admin && g.matches(name))
     {
@@ -121,7 +120,10 @@ mod tests {
         assert!(has(&admin, Scope::Delete, "prod", 1) && is_pool_admin(&admin));
         assert!(!is_pool_admin(&token(&["admin:prod"], &[])));
         let e = require(&agent, Scope::Write, "prod", 1).unwrap_err();
-        assert_eq!((e.kind, e.scope), (ErrorKind::Forbidden, Some(Scope::Write)));
+        assert_eq!(
+            (e.kind, e.scope),
+            (ErrorKind::Forbidden, Some(Scope::Write))
+        );
         assert!(require_unprotected(&agent, true, "delete", "mine", 5).is_err());
         assert!(require_unprotected(&admin, true, "delete", "prod", 1).is_ok());
     }

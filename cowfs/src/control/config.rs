@@ -45,11 +45,10 @@ impl ServerConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let cfg: ServerConfig =
-            serde_json::from_str(&text).map_err(|e| ControlError::Config {
-                path: path.to_path_buf(),
-                why: e.to_string(),
-            })?;
+        let cfg: ServerConfig = serde_json::from_str(&text).map_err(|e| ControlError::Config {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })?;
         if cfg.max_frame_bytes < 1024 || cfg.max_clients == 0 || cfg.idle_timeout_secs == 0 {
             return Err(ControlError::Config {
                 path: path.to_path_buf(),

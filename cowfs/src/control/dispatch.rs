@@ -187,9 +187,11 @@ impl Ctx {
             Request::Unmount { dir } => {
                 let _g = self.lock.lock();
                 let canonical = Path::new(&dir).canonicalize().ok();
-                let m = self.mounts.list().into_iter().find(|m| {
-                    m.dir == Path::new(&dir) || Some(&m.dir) == canonical.as_ref()
-                });
+                let m = self
+                    .mounts
+                    .list()
+                    .into_iter()
+                    .find(|m| m.dir == Path::new(&dir) || Some(&m.dir) == canonical.as_ref());
                 let Some(m) = m else {
                     return Err(ErrorReply::new(
                         ErrorKind::NotMounted,
@@ -255,7 +257,9 @@ impl Ctx {
                 if t.snapshot {
                     return Err(ErrorReply::new(
                         ErrorKind::ReadOnly,
-                        format!("'{branch}' is a snapshot; snapshots never change (reset a branch)"),
+                        format!(
+                            "'{branch}' is a snapshot; snapshots never change (reset a branch)"
+                        ),
                     )
                     .target(branch));
                 }

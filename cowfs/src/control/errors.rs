@@ -19,7 +19,9 @@ pub fn pool(e: PoolError) -> ErrorReply {
         },
     };
     let message = match kind {
-        ErrorKind::ReadOnly => format!("{e}: snapshots and a pool in read-only state cannot change"),
+        ErrorKind::ReadOnly => {
+            format!("{e}: snapshots and a pool in read-only state cannot change")
+        }
         _ => e.to_string(),
     };
     ErrorReply::new(kind, message)

@@ -36,7 +36,9 @@ pub enum ControlError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: another cowfs daemon is serving this socket; stop it or pick another --socket")]
+    #[error(
+        "{path}: another cowfs daemon is serving this socket; stop it or pick another --socket"
+    )]
     InUse { path: PathBuf },
     #[error("{path}: invalid control config: {why}")]
     Config { path: PathBuf, why: String },

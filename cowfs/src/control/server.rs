@@ -352,7 +352,10 @@ mod tests {
         assert_eq!(kind("{nope"), Some(ErrorKind::BadJson));
         assert_eq!(kind("[1,2]"), Some(ErrorKind::BadJson));
         assert_eq!(kind(r#"{"op":5}"#), Some(ErrorKind::BadRequest));
-        assert_eq!(kind(r#"{"op":"list","id":-1}"#), Some(ErrorKind::BadRequest));
+        assert_eq!(
+            kind(r#"{"op":"list","id":-1}"#),
+            Some(ErrorKind::BadRequest)
+        );
         assert_eq!(kind(r#"{"op":"frobnicate"}"#), Some(ErrorKind::UnknownOp));
         assert_eq!(
             kind(r#"{"op":"info","args":{"nam":"x"}}"#),

@@ -151,7 +151,10 @@ impl TokenStore {
         if file.version != FILE_VERSION {
             return Err(TokenError::Corrupt {
                 path,
-                why: format!("version {} (this daemon reads {FILE_VERSION})", file.version),
+                why: format!(
+                    "version {} (this daemon reads {FILE_VERSION})",
+                    file.version
+                ),
             });
         }
         for t in &file.tokens {
@@ -366,7 +369,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pool = dir.path().join("p.cowfs");
         let secret_file = init_admin_token(&pool).unwrap();
-        let mode = std::fs::metadata(&secret_file).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&secret_file)
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let mode = std::fs::metadata(store_path(&pool))
             .unwrap()
@@ -396,6 +402,9 @@ mod tests {
         assert_eq!(store.owner_of(7), None);
         store.revoke("agent").unwrap();
         assert_eq!(store.authenticate(&agent), None);
-        assert!(matches!(store.revoke("agent"), Err(TokenError::NotFound(_))));
+        assert!(matches!(
+            store.revoke("agent"),
+            Err(TokenError::NotFound(_))
+        ));
     }
 }

@@ -351,7 +351,9 @@ mod tests {
         let m = p.branch_id("main").unwrap();
         let o = Owner::default();
         let d = p.mkdir(m, 1, b"d", 0o755, o).unwrap();
-        let f = p.mknod(m, d.ino, b"f", libc::S_IFREG | 0o644, 0, o).unwrap();
+        let f = p
+            .mknod(m, d.ino, b"f", libc::S_IFREG | 0o644, 0, o)
+            .unwrap();
         let g = p.mknod(m, 1, b"g", libc::S_IFREG | 0o644, 0, o).unwrap();
         p.write_file(m, f.ino, 0, &vec![1u8; 1 << 20]).unwrap();
         p.write_file(m, g.ino, 0, b"small").unwrap();
@@ -361,7 +363,8 @@ mod tests {
         p.mknod(m, d.ino, b"new", libc::S_IFREG | 0o644, 0, o)
             .unwrap();
         let r = p.diff("s", "main").unwrap();
-        let got: Vec<(String, PathChangeKind, Vec<(u64, u64)>)> = r
+        type Row = (String, PathChangeKind, Vec<(u64, u64)>);
+        let got: Vec<Row> = r
             .entries
             .iter()
             .map(|c| {
@@ -381,6 +384,9 @@ mod tests {
             ]
         );
         assert!(p.diff("s", "s").unwrap().entries.is_empty());
-        assert_eq!(merge(vec![(10, 5), (0, 10), (20, 1)]), vec![(0, 15), (20, 1)]);
+        assert_eq!(
+            merge(vec![(10, 5), (0, 10), (20, 1)]),
+            vec![(0, 15), (20, 1)]
+        );
     }
 }

@@ -1,0 +1,149 @@
+//! Shared by the control-plane scenario tests: a daemon's control socket served in
+//! the test process (a pool file in a temporary directory, its mount table and a
+//! `ControlServer`), clients with tokens of given scopes, and a guard that always
+//! unmounts everything and stops the server, also when the test fails.
+#![allow(dead_code)] // each scenario uses the part it needs
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use cowfs::control::{tokens, ControlServer};
+use cowfs::fuse::MountTable;
+use cowfs::pool::{Pool, PoolOptions};
+use cowfs_ctl::proto::{ErrorKind, Grant};
+use cowfs_ctl::{Client, ClientError};
+
+pub struct Daemon {
+    pub tmp: tempfile::TempDir,
+    pub pool_path: PathBuf,
+    pub socket: PathBuf,
+    pub pool: Arc<Pool>,
+    pub mounts: Arc<MountTable>,
+    /// The admin secret `init_admin_token` wrote to POOL.token.
+    pub admin: String,
+    server: Option<ControlServer>,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Daemon::start_with_config(None)
+    }
+
+    /// With a control config file holding `config` (JSON).
+    pub fn start_with_config(config: Option<&str>) -> Daemon {
+        let tmp = tempfile::Builder::new()
+            .prefix("cowfs-ctl-test-")
+            .tempdir()
+            .expect("tempdir");
+        let base = tmp.path().canonicalize().expect("canonical tmp");
+        let pool_path = base.join("pool");
+        let opts = PoolOptions {
+            capacity_bytes: Some(8 << 30),
+            ..Default::default()
+        };
+        let pool = Arc::new(Pool::create(&pool_path, &opts).expect("create pool"));
+        let secret_file = tokens::init_admin_token(&pool_path).expect("admin token");
+        let admin = std::fs::read_to_string(secret_file)
+            .expect("read POOL.token")
+            .trim()
+            .to_string();
+        let mounts = MountTable::new(pool.clone());
+        let socket = base.join("pool.sock");
+        let cfg_path = config.map(|c| {
+            let p = base.join("control.json");
+            std::fs::write(&p, c).expect("write config");
+            p
+        });
+        let server =
+            ControlServer::start(pool.clone(), mounts.clone(), &socket, cfg_path.as_deref())
+                .expect("start control server");
+        Daemon {
+            tmp,
+            pool_path,
+            socket,
+            pool,
+            mounts,
+            admin,
+            server: Some(server),
+        }
+    }
+
+    pub fn dir(&self, name: &str) -> PathBuf {
+        let d = self.tmp.path().canonicalize().expect("tmp").join(name);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        d
+    }
+
+    pub fn admin_client(&self) -> Client {
+        self.client(&self.admin)
+    }
+
+    pub fn client(&self, secret: &str) -> Client {
+        Client::connect(&self.socket, secret).expect("connect")
+    }
+
+    /// Create a token with these grants; returns its secret.
+    pub fn token(&self, name: &str, scopes: &[&str]) -> String {
+        let grants: Vec<Grant> = scopes.iter().map(|s| s.parse().expect("grant")).collect();
+        self.admin_client()
+            .token_create(name, grants)
+            .expect("token create")
+            .secret
+    }
+
+    /// Stop the server now (the guard also does it).
+    pub fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+        }
+        self.mounts.unmount_all();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+        lazy_unmount_under(self.tmp.path());
+    }
+}
+
+/// Detach any FUSE mount left under `dir` (a failed test must leave nothing).
+pub fn lazy_unmount_under(dir: &Path) {
+    let Ok(canon) = dir.canonicalize() else {
+        return;
+    };
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+        return;
+    };
+    for line in mounts.lines() {
+        let mut f = line.split_whitespace();
+        let (_, Some(target), Some(fstype)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if fstype.starts_with("fuse") && Path::new(target).starts_with(&canon) {
+            let _ = Command::new("umount").arg("-l").arg(target).status();
+        }
+    }
+}
+
+/// Is anything mounted on `dir`?
+pub fn is_mountpoint(dir: &Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+        return false;
+    };
+    let d = dir.to_string_lossy();
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(d.as_ref()))
+}
+
+/// The server's error kind of a failed call (panics on success or a transport
+/// error, which would be a different bug).
+pub fn kind<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorKind {
+    match r {
+        Ok(v) => panic!("expected an error reply, got {v:?}"),
+        Err(ClientError::Server(e)) => e.kind,
+        Err(e) => panic!("expected an error reply, got {e}"),
+    }
+}
