@@ -726,14 +726,25 @@ impl Engine {
     fn verify_manifest(dev: &dyn BlockDevice, sb: &Superblock) -> PoolResult<()> {
         let mut buf = vec![0u8; BLOCK_SIZE];
         for (addr, crc) in &sb.manifest {
-            let landed = *addr < dev.len_blocks()
-                && dev.read_at(*addr, &mut buf).is_ok()
-                && crc32fast::hash(&buf) == *crc;
+            // Past the end: a truncated pool (or a file whose growth did not land).
+            if *addr >= dev.len_blocks() {
+                return Err(StoreError::Truncated {
+                    pool: dev.name(),
+                    block: *addr,
+                    len: dev.len_blocks(),
+                }
+                .into());
+            }
+            let landed =
+                dev.read_at(*addr, &mut buf).is_ok() && crc32fast::hash(&buf) == *crc;
             if !landed {
                 return Err(StoreError::Corrupt {
                     pool: dev.name(),
                     block: *addr,
-                    why: format!("commit {} is incomplete (torn by a crash before its flush)", sb.generation),
+                    why: format!(
+                        "commit {} is incomplete (torn by a crash before its flush)",
+                        sb.generation
+                    ),
                 }
                 .into());
             }
