@@ -109,7 +109,14 @@ impl Ctx {
     /// Flush a mounted branch (syncfs) and commit, so that a branch, snapshot or
     /// diff taken next holds every write completed before the request.
     fn sync(&self, name: &str) -> Result<(), ErrorReply> {
-        if self.mounts.is_mounted(name) {
+        if !self.mounts.is_mounted(name) {
+            return Ok(());
+        }
+        if let Err(e) = self.mounts.sync_branch(name) {
+            // syncfs writes back every inode even when one of them fails (e.g. a
+            // file unlinked since it was written answers ENOENT once); a second
+            // pass reports only what still fails.
+            log::warn!("flushing branch '{name}': {e}; retrying once");
             self.mounts.sync_branch(name).map_err(errors::mount)?;
         }
         Ok(())
