@@ -124,8 +124,10 @@ impl CowFs {
         }
     }
 
+    /// Durability for fsync/fsyncdir/destroy: a group commit that returns at once
+    /// when a finished commit already covers every earlier change.
     fn commit(&self) -> FsResult<()> {
-        self.pool.commit().map_err(|e| {
+        self.pool.sync().map_err(|e| {
             log::error!("commit failed: {e}");
             FsError::Posix(e.errno())
         })
