@@ -306,10 +306,9 @@ impl SpaceMap {
             ));
         }
         self.set(dev, b, c - 1)?;
-        if c == 1 {
-            if !self.fresh.remove(&b) {
-                self.pending_free.insert(b);
-            }
+        // Born in this transaction: nothing durable refers to it, reuse at once.
+        if c == 1 && !self.fresh.remove(&b) {
+            self.pending_free.insert(b);
         }
         Ok(c - 1)
     }
