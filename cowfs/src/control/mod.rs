@@ -13,6 +13,7 @@ mod auth;
 pub mod config;
 mod dispatch;
 mod errors;
+pub mod sanitize;
 mod server;
 pub mod tokens;
 

@@ -1,0 +1,380 @@
+//! Hooks: commands run against the clone (for databases: start the server on the
+//! clone's data directory, rewrite the data with SQL, stop it). A hook runs in its
+//! own process group with `$COWFS_CLONE_DIR`, `$COWFS_BRANCH` and `$COWFS_HOOK_KEY`
+//! (a key derived from the pool key, for deterministic pseudonyms in SQL), its
+//! output captured (the last `MAX_OUTPUT` bytes); on timeout the whole group is
+//! killed. `run_hooks` gives the hooks a private read-write mount of the clone.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::fs::ROOT_INO;
+use crate::fuse::{MountError, MountTable};
+use crate::pool::{BranchId, Pool};
+
+use super::config::{Hook, Profile};
+use super::pseudo::derive_hex;
+use super::SanitizeError;
+
+/// Output kept per hook (the tail: errors come last).
+pub const MAX_OUTPUT: usize = 64 << 10;
+/// After the hook exits, how long to wait for its pipes to close (a daemonized
+/// grandchild may keep them open).
+const PIPE_GRACE: Duration = Duration::from_secs(2);
+
+/// What a successful hook did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookReport {
+    pub name: String,
+    pub duration: Duration,
+    /// stdout and stderr interleaved, lossily decoded, at most `MAX_OUTPUT` bytes.
+    pub output: String,
+}
+
+#[derive(Default)]
+struct Tail {
+    bytes: Vec<u8>,
+    dropped: bool,
+}
+
+impl Tail {
+    fn push(&mut self, data: &[u8]) {
+        self.bytes.extend_from_slice(data);
+        if self.bytes.len() > MAX_OUTPUT {
+            let cut = self.bytes.len() - MAX_OUTPUT;
+            self.bytes.drain(..cut);
+            self.dropped = true;
+        }
+    }
+
+    fn text(&self) -> String {
+        let t = String::from_utf8_lossy(&self.bytes);
+        if self.dropped {
+            format!("[earlier output dropped]\n{t}")
+        } else {
+            t.into_owned()
+        }
+    }
+}
+
+/// Kill every process of the group `pgid` (ignoring a group already gone).
+fn kill_group(pgid: u32) {
+    if let Ok(pgid) = i32::try_from(pgid) {
+        // SAFETY: kill(2) with a negative pid signals a process group; no memory
+        // is involved.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Run one hook against `clone_dir` (any directory holding the clone's files).
+pub fn run_hook(
+    hook: &Hook,
+    clone_dir: &Path,
+    branch: &str,
+    hook_key: &str,
+) -> Result<HookReport, SanitizeError> {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+
+    let start = Instant::now();
+    let mut cmd = Command::new(&hook.argv[0]);
+    cmd.args(&hook.argv[1..])
+        .current_dir(clone_dir)
+        .envs(&hook.env)
+        .env("COWFS_CLONE_DIR", clone_dir)
+        .env("COWFS_BRANCH", branch)
+        .env("COWFS_HOOK_KEY", hook_key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|source| SanitizeError::HookSpawn {
+        hook: hook.name.clone(),
+        program: hook.argv[0].clone(),
+        source,
+    })?;
+    let pgid = child.id();
+    let tail = Arc::new(Mutex::new(Tail::default()));
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let mut readers = 0;
+    let pipes: [Option<Box<dyn Read + Send>>; 2] = [
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    ];
+    for mut pipe in pipes.into_iter().flatten() {
+        let tail = tail.clone();
+        let tx = done_tx.clone();
+        readers += 1;
+        let spawned = std::thread::Builder::new()
+            .name(format!("hook-{}", hook.name))
+            .spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    tail.lock().push(&buf[..n]);
+                }
+                let _ = tx.send(());
+            });
+        if let Err(source) = spawned {
+            kill_group(pgid);
+            let _ = child.wait();
+            return Err(SanitizeError::HookSpawn {
+                hook: hook.name.clone(),
+                program: hook.argv[0].clone(),
+                source,
+            });
+        }
+    }
+    drop(done_tx);
+
+    let deadline = start + hook.timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if Instant::now() >= deadline => break None,
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(source) => {
+                kill_group(pgid);
+                let _ = child.wait();
+                return Err(SanitizeError::HookSpawn {
+                    hook: hook.name.clone(),
+                    program: hook.argv[0].clone(),
+                    source,
+                });
+            }
+        }
+    };
+    // Whatever the hook left running in its group goes too: it would hold the
+    // clone's mount busy.
+    kill_group(pgid);
+    if status.is_none() {
+        let _ = child.wait();
+    }
+    let grace = Instant::now() + PIPE_GRACE;
+    for _ in 0..readers {
+        let left = grace.saturating_duration_since(Instant::now());
+        if done_rx.recv_timeout(left).is_err() {
+            tail.lock()
+                .push(b"\n[a process outside the hook's group still holds its output open]\n");
+            break;
+        }
+    }
+    let output = tail.lock().text();
+    let Some(status) = status else {
+        return Err(SanitizeError::HookTimeout {
+            hook: hook.name.clone(),
+            timeout_secs: hook.timeout.as_secs(),
+            output,
+        });
+    };
+    if !status.success() {
+        return Err(SanitizeError::HookFailed {
+            hook: hook.name.clone(),
+            exit_code: status.code(),
+            signal: status.signal(),
+            output,
+        });
+    }
+    Ok(HookReport {
+        name: hook.name.clone(),
+        duration: start.elapsed(),
+        output,
+    })
+}
+
+/// Does `path` (relative, '/'-separated) exist in branch `b`?
+fn exists(pool: &Pool, b: BranchId, path: &str) -> Result<bool, SanitizeError> {
+    let mut ino = ROOT_INO;
+    for c in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        match pool.lookup(b, ino, c.as_bytes()) {
+            Ok(a) => ino = a.ino,
+            Err(e) if e.errno() == libc::ENOENT || e.errno() == libc::ENOTDIR => return Ok(false),
+            Err(source) => {
+                return Err(SanitizeError::File {
+                    rule: String::new(),
+                    path: path.to_string(),
+                    what: "looking up",
+                    source,
+                })
+            }
+        }
+    }
+    Ok(true)
+}
+
+static MOUNT_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Run the profile's hooks whose `when_exists` holds, against one private
+/// read-write mount of `branch` on a fresh directory under `scratch` (unmounted
+/// and removed afterwards, also on failure). Stops at the first failing hook.
+pub fn run_hooks(
+    pool: &Pool,
+    mounts: &MountTable,
+    branch: &str,
+    profile: &Profile,
+    key: &[u8],
+    scratch: &Path,
+) -> Result<Vec<HookReport>, SanitizeError> {
+    let b = pool
+        .branch_id(branch)
+        .map_err(|source| SanitizeError::Branch {
+            branch: branch.to_string(),
+            source,
+        })?;
+    let mut todo = Vec::new();
+    for h in &profile.hooks {
+        match &h.when_exists {
+            Some(p) if !exists(pool, b, p)? => {
+                log::info!("sanitize '{branch}': hook '{}' skipped, no {p}", h.name);
+            }
+            _ => todo.push(h),
+        }
+    }
+    if todo.is_empty() {
+        return Ok(Vec::new());
+    }
+    let hook_key = derive_hex(key, "cowfs-hook-key").ok_or(SanitizeError::KeyTooShort)?;
+    let dir: PathBuf = scratch.join(format!(
+        ".cowfs-sanitize-{}-{}",
+        std::process::id(),
+        MOUNT_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let io = |source| SanitizeError::Scratch {
+        dir: dir.clone(),
+        source,
+    };
+    std::fs::create_dir(&dir).map_err(io)?;
+    let mount_err = |source: MountError| SanitizeError::Mount {
+        branch: branch.to_string(),
+        source: Box::new(source),
+    };
+    if let Err(e) = mounts.mount(branch, &dir, false) {
+        let _ = std::fs::remove_dir(&dir);
+        return Err(mount_err(e));
+    }
+    let mut reports = Vec::new();
+    let mut result = Ok(());
+    for h in todo {
+        log::info!("sanitize '{branch}': running hook '{}'", h.name);
+        match run_hook(h, &dir, branch, &hook_key) {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    // Processes killed a moment ago may still hold files open: retry briefly.
+    let mut unmounted = mounts.unmount(&dir);
+    for _ in 0..50 {
+        match unmounted {
+            Err(MountError::Busy(_)) => {
+                std::thread::sleep(Duration::from_millis(100));
+                unmounted = mounts.unmount(&dir);
+            }
+            _ => break,
+        }
+    }
+    match unmounted {
+        Ok(()) => {
+            let _ = std::fs::remove_dir(&dir);
+        }
+        Err(e) if result.is_ok() => result = Err(mount_err(e)),
+        Err(e) => log::error!("sanitize '{branch}': unmounting {}: {e}", dir.display()),
+    }
+    result.map(|()| reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn hook(cmd: &str, timeout_ms: u64) -> Hook {
+        Hook {
+            name: "t".into(),
+            argv: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
+            timeout: Duration::from_millis(timeout_ms),
+            env: BTreeMap::from([("EXTRA".to_string(), "x1".to_string())]),
+            when_exists: None,
+        }
+    }
+
+    #[test]
+    fn success_sees_its_environment() {
+        let dir = std::env::temp_dir();
+        let r = run_hook(
+            &hook(
+                "echo $COWFS_BRANCH $EXTRA $COWFS_HOOK_KEY; pwd; echo err >&2",
+                10_000,
+            ),
+            &dir,
+            "clone-1",
+            "k3y",
+        )
+        .unwrap();
+        assert!(r.output.contains("clone-1 x1 k3y"), "{}", r.output);
+        assert!(r.output.contains("err"), "{}", r.output);
+    }
+
+    #[test]
+    fn failure_carries_exit_code_and_output() {
+        let e = run_hook(&hook("echo boom; exit 3", 10_000), Path::new("/"), "b", "k").unwrap_err();
+        match &e {
+            SanitizeError::HookFailed {
+                exit_code, output, ..
+            } => {
+                assert_eq!(*exit_code, Some(3));
+                assert!(output.contains("boom"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(e.to_string().contains("exit code 3") && e.to_string().contains("boom"));
+    }
+
+    #[test]
+    fn timeout_kills_the_whole_group() {
+        let start = Instant::now();
+        // A grandchild in the same group keeps the pipe open: it must die too.
+        let e = run_hook(
+            &hook("echo started; sleep 30 & sleep 30", 300),
+            Path::new("/"),
+            "b",
+            "k",
+        )
+        .unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(10));
+        match e {
+            SanitizeError::HookTimeout { output, .. } => assert!(output.contains("started")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn output_is_bounded() {
+        let r = run_hook(
+            &hook("head -c 300000 /dev/zero | tr '\\0' a; echo END", 10_000),
+            Path::new("/"),
+            "b",
+            "k",
+        )
+        .unwrap();
+        assert!(r.output.len() <= MAX_OUTPUT + 64 && r.output.ends_with("END\n"));
+        assert!(r.output.starts_with("[earlier output dropped]"));
+    }
+}

@@ -1,0 +1,147 @@
+//! The sanitize engine: turn a fresh clone into one that holds no personal data.
+//!
+//! - `config`: profiles from the daemon's TOML config (file rules and hooks)
+//! - `detect`: value detectors (email, phone, card, IPv4/IPv6, IBAN, custom regex)
+//! - `pseudo`: keyed, deterministic, shape-keeping pseudonyms; masks
+//! - `scan`: streaming redaction of one file with a carry between chunks
+//! - `apply`: the tree walk applying file rules through the pool API
+//! - `hook`: hook commands, with a private mount of the clone
+//! - `key`: the per-pool pseudonym key beside the pool
+//!
+//! The control plane calls `run` (file rules) and then `run_hooks` on a clone in
+//! state `sanitizing`, and publishes the clone only if both succeed.
+
+mod apply;
+pub mod config;
+pub mod detect;
+pub mod hook;
+pub mod key;
+pub mod pseudo;
+mod scan;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::fs::FsError;
+use crate::fuse::MountError;
+use crate::pool::{Pool, PoolError};
+
+pub use apply::CHUNK;
+pub use config::{Profile, SanitizeConfig};
+pub use hook::{run_hook, run_hooks, HookReport};
+pub use key::{key_path, load_or_create_key};
+
+/// Progress of a run, reported after every chunk and every file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub files_scanned: u64,
+    pub bytes_scanned: u64,
+    /// Path (relative to the branch root) being scanned.
+    pub current: String,
+}
+
+/// What the file rules did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SanitizeReport {
+    /// Regular files read by a `redact` rule (binary ones skipped included).
+    pub files_scanned: u64,
+    pub bytes_scanned: u64,
+    /// Files rewritten because a value was found in them.
+    pub files_changed: u64,
+    pub files_removed: u64,
+    pub files_truncated: u64,
+    pub files_replaced: u64,
+    /// Files a `redact` rule skipped because they look binary.
+    pub binary_files_skipped: u64,
+    /// Values replaced, by detector name ("email", "card", a pattern's name...).
+    pub values_replaced: BTreeMap<String, u64>,
+}
+
+/// Errors of the sanitize engine; each names what failed and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SanitizeError {
+    #[error("{}sanitize config: {why}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
+    Config { file: Option<PathBuf>, why: String },
+    #[error("no sanitize profile named '{name}' (known: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") })]
+    UnknownProfile { name: String, known: Vec<String> },
+    #[error("sanitize: branch '{branch}': {source}")]
+    Branch { branch: String, source: PoolError },
+    #[error("sanitize: {}{what} '{path}': {source}", if rule.is_empty() { String::new() } else { format!("{rule}: ") })]
+    File {
+        /// The rule(s) being applied ("rule 2 ('emails')"), empty for the walk.
+        rule: String,
+        path: String,
+        what: &'static str,
+        source: FsError,
+    },
+    #[error("sanitize key {path}: {source}")]
+    Key {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("sanitize key {0}: not a hex key of at least 16 bytes; restore the pool's key file (pseudonyms depend on it) or remove it to start a new one")]
+    KeyInvalid(PathBuf),
+    #[error("sanitize key is shorter than 16 bytes")]
+    KeyTooShort,
+    #[error("hook '{hook}': cannot run {program}: {source}")]
+    HookSpawn {
+        hook: String,
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("hook '{hook}' failed ({}); its output:\n{output}", match (exit_code, signal) { (Some(c), _) => format!("exit code {c}"), (None, Some(s)) => format!("killed by signal {s}"), _ => "no exit status".to_string() })]
+    HookFailed {
+        hook: String,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        output: String,
+    },
+    #[error("hook '{hook}' timed out after {timeout_secs} s and was killed (raise timeout_secs if it needs longer); its output:\n{output}")]
+    HookTimeout {
+        hook: String,
+        timeout_secs: u64,
+        output: String,
+    },
+    #[error("sanitize: scratch directory {dir}: {source}")]
+    Scratch {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("sanitize: private mount of '{branch}' for hooks: {source}")]
+    Mount {
+        branch: String,
+        source: Box<MountError>,
+    },
+}
+
+/// Apply the file rules of `profile` to `branch` (a writable branch, normally a
+/// fresh clone nobody can see yet). Files are streamed in chunks; a file in which
+/// nothing is found is not written. Does not commit and does not run hooks.
+pub fn run(
+    pool: &Pool,
+    branch: &str,
+    profile: &Profile,
+    key: &[u8],
+    progress: &mut dyn FnMut(Progress),
+) -> Result<SanitizeReport, SanitizeError> {
+    let pseudo = pseudo::Pseudonymizer::new(key).ok_or(SanitizeError::KeyTooShort)?;
+    let b = pool
+        .branch_id(branch)
+        .map_err(|source| SanitizeError::Branch {
+            branch: branch.to_string(),
+            source,
+        })?;
+    if pool.is_read_only(b).map_err(|e| SanitizeError::Branch {
+        branch: branch.to_string(),
+        source: PoolError::Fs(e),
+    })? {
+        return Err(SanitizeError::Branch {
+            branch: branch.to_string(),
+            source: PoolError::Fs(FsError::Posix(libc::EROFS)),
+        });
+    }
+    let mut w = apply::Walker::new(pool, b, profile, &pseudo, progress);
+    w.run()?;
+    Ok(w.report)
+}
