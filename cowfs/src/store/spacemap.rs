@@ -523,21 +523,47 @@ impl SpaceMap {
         self.pending_free.len()
     }
 
-    /// Visit every count of the committed + running state (fsck). Calls `f(block, count)`
-    /// for each block below capacity.
+    /// Address of leaf page `leaf_no` as its index page records it (0: never written,
+    /// all counts zero), without loading the leaf.
+    fn leaf_ptr(&mut self, dev: &dyn BlockDevice, leaf_no: u64) -> StoreResult<BlockAddr> {
+        if let Some(l) = self.leaves.get(&leaf_no) {
+            return Ok(l.addr);
+        }
+        let idx = leaf_no / PTRS_PER_INDEX;
+        self.load_index(dev, 1, idx)?;
+        Ok(self.index[&(1, idx)].ptrs[(leaf_no % PTRS_PER_INDEX) as usize])
+    }
+
+    /// Visit every non-zero count of the committed + running state (fsck). Calls
+    /// `f(block, count)` for each block in use. Pages are read one at a time and not
+    /// kept, and never-written pages are skipped, so memory and time do not follow
+    /// the capacity (a 1 TiB pool file is mostly unwritten pages).
     pub fn for_each_count(
         &mut self,
         dev: &dyn BlockDevice,
         mut f: impl FnMut(BlockAddr, u32),
     ) -> StoreResult<()> {
         let leaves = self.capacity.div_ceil(COUNTS_PER_LEAF);
+        let cap = self.capacity;
         for leaf_no in 0..leaves {
-            let cap = self.capacity;
-            let leaf = self.load_leaf(dev, leaf_no)?;
-            for (i, c) in leaf.counts.iter().enumerate() {
-                let b = leaf_no * COUNTS_PER_LEAF + i as u64;
-                if b < cap {
-                    f(b, *c);
+            let base = leaf_no * COUNTS_PER_LEAF;
+            let mut visit = |i: usize, c: u32| {
+                let b = base + i as u64;
+                if c > 0 && b < cap {
+                    f(b, c);
+                }
+            };
+            if let Some(l) = self.leaves.get(&leaf_no) {
+                for (i, c) in l.counts.iter().enumerate() {
+                    visit(i, *c);
+                }
+                continue;
+            }
+            let addr = self.leaf_ptr(dev, leaf_no)?;
+            if addr != 0 {
+                let buf = self.read_page(dev, addr, BlockKind::SpaceLeaf, 0)?;
+                for i in 0..COUNTS_PER_LEAF as usize {
+                    visit(i, u32_at(&buf, HEADER_SIZE + i * 4));
                 }
             }
         }
@@ -562,7 +588,7 @@ impl SpaceMap {
             }
         }
         for leaf_no in 0..leaves {
-            let a = self.load_leaf(dev, leaf_no)?.addr;
+            let a = self.leaf_ptr(dev, leaf_no)?;
             if a != 0 {
                 out.push(a);
             }
