@@ -2,6 +2,8 @@
 //! reading a whole branch back, generated personal data and value checks.
 #![allow(dead_code)] // each scenario uses the part it needs
 
+pub mod pg;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;

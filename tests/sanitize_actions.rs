@@ -1,0 +1,244 @@
+//! Sanitize, every file-rule action on one branch: truncate, replace, redact with
+//! mask / drop / pseudonym over IPv4, IPv6, IBAN and a custom regex; binary files
+//! skipped unless a rule names them; hard links rewritten once; inode, mode and
+//! xattrs kept; rule order (a later truncate wins over an earlier redact); errors
+//! that name the branch. Runs on an in-memory pool: no root needed.
+
+#[path = "sanitize_support/mod.rs"]
+mod support;
+
+use std::path::Path;
+
+use cowfs::control::sanitize::{self, SanitizeConfig, SanitizeError};
+use cowfs::fs::ROOT_INO;
+use cowfs::pool::FsckOptions;
+use support::*;
+
+const KEY: &[u8] = b"actions-test-key-0123456789";
+
+const PROFILE: &str = r##"
+[[profiles.t.rules]]
+name = "net"
+paths = ["**/*.log"]
+action = "redact"
+detectors = ["ip", "iban"]
+with = "mask"
+mask_char = "#"
+
+[[profiles.t.rules]]
+name = "tokens"
+paths = ["**/*.log"]
+action = "redact"
+patterns = [{ name = "token", regex = "tok_[A-Za-z0-9]{8}" }]
+with = "drop"
+
+[[profiles.t.rules]]
+name = "emails"
+paths = ["**"]
+action = "redact"
+detectors = ["email"]
+
+[[profiles.t.rules]]
+name = "named dump"
+paths = ["dumps/users.bin"]
+action = "redact"
+detectors = ["email"]
+
+[[profiles.t.rules]]
+name = "keys"
+paths = ["secrets/*.key"]
+action = "truncate"
+
+[[profiles.t.rules]]
+name = "db config"
+paths = ["config/db.yml"]
+action = "replace"
+content = "password: REDACTED\n"
+
+[[profiles.t.rules]]
+name = "employee ids"
+paths = ["hr/*.txt"]
+action = "redact"
+patterns = [{ name = "employee", regex = "EMP-[0-9]{6}" }]
+"##;
+
+#[test]
+fn every_action_on_one_branch() {
+    let pool = mem_pool(256 << 20);
+    let main = pool.branch_id("main").unwrap();
+    let net = b"2026-01-01 GET / from 192.168.10.77 and 2001:db8:85a3::8a2e:370:7334 \
+        iban GB82 WEST 1234 5698 7654 32 token=tok_AbCd1234; version 1.2.3.4.5\n";
+    put(&pool, main, "logs/net.log", net);
+    put(
+        &pool,
+        main,
+        "secrets/api.key",
+        b"-----BEGIN KEY-----\nabc\n",
+    );
+    put(
+        &pool,
+        main,
+        "config/db.yml",
+        b"password: hunter2\nuser: bob@corp.com\n",
+    );
+    let mut bin = b"\0\0\0\x01header".to_vec();
+    bin.extend_from_slice(b" owner=carol@corp.com \0tail");
+    put(&pool, main, "dumps/users.bin", &bin);
+    put(&pool, main, "dumps/other.bin", &bin);
+    put(
+        &pool,
+        main,
+        "hr/staff.txt",
+        b"EMP-004217 dave@corp.com\nEMP-004218\n",
+    );
+    // A file with two names and an xattr.
+    let ino = put(&pool, main, "shared/a.txt", b"contact: erin@corp.com\n");
+    let shared = pool.lookup(main, ROOT_INO, b"shared").unwrap().ino;
+    pool.link(main, ino, shared, b"b.txt").unwrap();
+    pool.setxattr(main, ino, b"user.tag", b"keep", 0).unwrap();
+    pool.setattr(
+        main,
+        ino,
+        &cowfs::fs::SetAttr {
+            mode: Some(libc::S_IFREG | 0o640),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let parent = support::files(&pool, main);
+
+    let cfg = SanitizeConfig::parse(PROFILE, Path::new("/")).unwrap();
+    let t = profile(&cfg, "t");
+    pool.branch_create("c", "main").unwrap();
+    let report = sanitize::run(&pool, "c", t, KEY, &mut |_| {}).unwrap();
+    let c = pool.branch_id("c").unwrap();
+    let got = support::files(&pool, c);
+    let text = |p: &str| String::from_utf8_lossy(&got[p]).into_owned();
+
+    // Masks over IPs and the IBAN, the token dropped, the non-address kept.
+    assert_eq!(
+        text("logs/net.log"),
+        "2026-01-01 GET / from ############# and ############################ \
+        iban ########################### token=; version 1.2.3.4.5\n"
+    );
+    assert_eq!(report.values_replaced["ipv4"], 1);
+    assert_eq!(report.values_replaced["ipv6"], 1);
+    assert_eq!(report.values_replaced["iban"], 1);
+    assert_eq!(report.values_replaced["token"], 1);
+
+    // Truncate and replace; a redact before a replace is moot.
+    assert!(got["secrets/api.key"].is_empty());
+    assert_eq!(text("config/db.yml"), "password: REDACTED\n");
+    assert_eq!(report.files_truncated, 1);
+    assert_eq!(report.files_replaced, 1);
+
+    // Binary: scanned only where a rule names the file.
+    assert!(!text("dumps/users.bin").contains("carol@corp.com"));
+    assert!(got["dumps/users.bin"].starts_with(b"\0\0\0\x01header owner=u"));
+    assert_eq!(got["dumps/other.bin"], bin);
+    assert_eq!(report.binary_files_skipped, 1);
+
+    // Custom pattern pseudonyms keep the shape; the same value maps the same way
+    // in a binary and a text file.
+    let staff = text("hr/staff.txt");
+    let lines: Vec<&str> = staff.lines().collect();
+    assert!(!staff.contains("EMP-004217") && !staff.contains("EMP-004218"));
+    for l in &lines {
+        let id = &l[..10];
+        assert!(
+            id.starts_with(|c: char| c.is_ascii_uppercase())
+                && id[3..4] == *"-"
+                && id[4..].chars().all(|c| c.is_ascii_digit()),
+            "{id}"
+        );
+    }
+    assert!(!staff.contains("dave@corp.com") && lines[0][11..].ends_with(".example"));
+
+    // Hard links: one inode, rewritten once (a second pass would have replaced
+    // the pseudonym by a pseudonym of itself), inode number, mode and xattr kept.
+    assert_eq!(got["shared/a.txt"], got["shared/b.txt"]);
+    let a = pool.lookup(c, shared, b"a.txt").unwrap();
+    assert_eq!(a.ino, ino);
+    assert_eq!(a.mode, libc::S_IFREG | 0o640);
+    assert_eq!(a.nlink, 2);
+    assert_eq!(pool.getxattr(c, ino, b"user.tag").unwrap(), b"keep");
+    let once = pool.branch_create("once", "main").unwrap();
+    pool.unlink(once, shared, b"b.txt").unwrap();
+    sanitize::run(&pool, "once", t, KEY, &mut |_| {}).unwrap();
+    let again = support::files(&pool, once).remove("shared/a.txt").unwrap();
+    assert_eq!(got["shared/a.txt"], again);
+
+    // The parent is unchanged; nothing leaked.
+    assert_eq!(support::files(&pool, main), parent);
+    let r = pool.fsck(&FsckOptions::default()).unwrap();
+    assert!(r.is_clean(), "{r}");
+}
+
+#[test]
+fn rule_order_and_errors() {
+    let pool = mem_pool(64 << 20);
+    let main = pool.branch_id("main").unwrap();
+    put(&pool, main, "a.log", b"mail ann@x.io\n");
+    put(&pool, main, "b.log", b"mail ann@x.io\n");
+    let cfg = SanitizeConfig::parse(
+        r#"
+        [[profiles.o.rules]]
+        paths = ["*.log"]
+        action = "redact"
+        detectors = ["email"]
+        with = "drop"
+        [[profiles.o.rules]]
+        paths = ["b.log"]
+        action = "truncate"
+        [[profiles.o.rules]]
+        paths = ["b.log"]
+        action = "remove"
+        exclude = ["*"]
+        "#,
+        Path::new("/"),
+    )
+    .unwrap();
+    let o = profile(&cfg, "o");
+    pool.branch_create("c", "main").unwrap();
+    let rep = sanitize::run(&pool, "c", o, KEY, &mut |_| {}).unwrap();
+    let got = support::files(&pool, pool.branch_id("c").unwrap());
+    assert_eq!(got["a.log"], b"mail \n");
+    assert!(got["b.log"].is_empty(), "the later truncate wins");
+    assert_eq!(rep.files_removed, 0, "exclude overrides paths");
+
+    // Snapshots are read-only, unknown branches unknown, short keys refused.
+    pool.snapshot_create("snap", "main").unwrap();
+    let e = sanitize::run(&pool, "snap", o, KEY, &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(&e, SanitizeError::Branch { branch, .. } if branch == "snap"),
+        "{e}"
+    );
+    let e = sanitize::run(&pool, "nope", o, KEY, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("'nope'"), "{e}");
+    let e = sanitize::run(&pool, "c", o, b"short", &mut |_| {}).unwrap_err();
+    assert!(matches!(e, SanitizeError::KeyTooShort), "{e}");
+
+    // A write that fails (the pool is full) names the rule and the file: masking
+    // with a 3-byte character triples the file, more than the pool holds.
+    let small = mem_pool(4 << 20);
+    let m = small.branch_id("main").unwrap();
+    let line = b"someone.with.a.long.address@example-mail.com\n";
+    let big: Vec<u8> = line.iter().copied().cycle().take(1 << 20).collect();
+    put(&small, m, "big.log", &big);
+    small.branch_create("c", "main").unwrap();
+    let cfg = SanitizeConfig::parse(
+        "[[profiles.m.rules]]\nname = \"wide\"\npaths = [\"*.log\"]\naction = \"redact\"\ndetectors = [\"email\"]\nwith = \"mask\"\nmask_char = \"•\"\n",
+        Path::new("/"),
+    )
+    .unwrap();
+    match sanitize::run(&small, "c", profile(&cfg, "m"), KEY, &mut |_| {}) {
+        Err(e @ SanitizeError::File { .. }) => {
+            let s = e.to_string();
+            assert!(
+                s.contains("rule 1 ('wide')") && s.contains("big.log"),
+                "{s}"
+            );
+        }
+        other => panic!("expected a write failure on a full pool, got {other:?}"),
+    }
+}

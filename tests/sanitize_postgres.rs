@@ -1,0 +1,125 @@
+//! Sanitize, the example PostgreSQL hook on a real data directory (native
+//! filesystem): a cluster with users (emails, names, phones, cards), orders and
+//! tickets referencing users by email, dead tuples and statistics; its data
+//! directory is copied as a "clone" and the `postgresql` hook of
+//! examples/cowfs.toml runs on it through the hook runner. Before the hook every
+//! original value is found by a byte search of the clone's files (so the search can
+//! see them); after it, none is found in any file (heap, indexes, statistics, WAL);
+//! the clone starts, its joins return the parent's row counts, and its values are
+//! valid pseudonyms. The parent is unchanged.
+//!
+//! Needs root (runs PostgreSQL as user postgres) and PostgreSQL 15 in
+//! /usr/lib/postgresql/15/bin (`.ci/run` installs it).
+
+#[path = "sanitize_support/mod.rs"]
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use cowfs::control::sanitize::{pseudo::derive_hex, run_hook};
+use support::pg::{byte_search, join_counts, load_example_schema, Cluster};
+use support::*;
+
+#[test]
+fn pg_hook_leaves_no_original_value_in_the_data_directory() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-sanitize-pg-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = tmp.path();
+    let ppl = people(200, 11);
+    let originals: Vec<String> = ppl
+        .iter()
+        .flat_map(|p| {
+            [
+                p.email.clone(),
+                p.name.clone(),
+                p.phone.clone(),
+                p.card.clone(),
+            ]
+        })
+        .collect();
+
+    let parent = Cluster::new(&base.join("parent/pg"), &base.join("sock-parent"), true);
+    let server = parent.start();
+    load_example_schema(&parent, &ppl);
+    let counts = join_counts(&parent);
+    let parent_rows = parent.sql(
+        "app",
+        "SELECT string_agg(email || phone || card || name, ',' ORDER BY id) FROM users",
+    );
+    server.stop();
+
+    // The clone: a copy of the stopped cluster, as a cowfs branch would hold it.
+    std::fs::create_dir(base.join("clone")).unwrap();
+    std::fs::set_permissions(base.join("clone"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(base.join("parent/pg"))
+        .arg(base.join("clone/pg"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let before = byte_search(&base.join("clone/pg"), &originals);
+    for v in &originals {
+        assert!(
+            before.iter().any(|(f, _)| f == v),
+            "{v} is not in the data directory before the hook: the search cannot see it"
+        );
+    }
+    assert!(
+        before
+            .iter()
+            .any(|(_, p)| p.to_string_lossy().contains("pg_wal")),
+        "the WAL holds original values before the hook"
+    );
+
+    let cfg = example_config();
+    let hook = profile(&cfg, "pii")
+        .hooks
+        .iter()
+        .find(|h| h.name == "postgresql")
+        .expect("the pii profile has the postgresql hook");
+    let key = derive_hex(b"pool-key-for-the-pg-hook-test", "cowfs-hook-key").unwrap();
+    let report =
+        run_hook(hook, &base.join("clone"), "clone", &key).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.output.contains("sanitized"), "{}", report.output);
+
+    let after = byte_search(&base.join("clone/pg"), &originals);
+    assert!(
+        after.is_empty(),
+        "original values left in the clone's data directory: {:?}",
+        &after[..after.len().min(20)]
+    );
+
+    let clone = Cluster::new(&base.join("clone/pg"), &base.join("sock-clone"), false);
+    let server = clone.start();
+    assert_eq!(join_counts(&clone), counts);
+    let rows = clone.sql(
+        "app",
+        "SELECT email, name, phone, card FROM users ORDER BY id",
+    );
+    let rows: Vec<Vec<&str>> = rows.lines().map(|l| l.split('|').collect()).collect();
+    assert_eq!(rows.len(), ppl.len());
+    for (r, p) in rows.iter().zip(&ppl) {
+        assert!(valid_email(r[0]) && r[0].ends_with(".example"), "{}", r[0]);
+        assert!(r[1].starts_with("Person "), "{}", r[1]);
+        assert_eq!(shape(r[2]), shape(&p.phone), "{} vs {}", r[2], p.phone);
+        assert_eq!(shape(r[3]), shape(&p.card), "{} vs {}", r[3], p.card);
+        assert!(luhn_ok(r[3]), "{} fails Luhn", r[3]);
+    }
+    server.stop();
+
+    let server = parent.start();
+    assert_eq!(
+        parent.sql(
+            "app",
+            "SELECT string_agg(email || phone || card || name, ',' ORDER BY id) FROM users"
+        ),
+        parent_rows
+    );
+    assert_eq!(join_counts(&parent), counts);
+    server.stop();
+}

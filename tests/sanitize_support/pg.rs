@@ -1,0 +1,263 @@
+//! A PostgreSQL 15 cluster for the sanitize tests: initdb, a server started as our
+//! own child (killed on drop), psql, the example schema with generated people, and
+//! a byte search over a data directory. Needs root (to run as user postgres) and
+//! PostgreSQL 15 in /usr/lib/postgresql/15/bin (`.ci/run` installs it).
+#![allow(dead_code)] // each scenario uses the part it needs
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{any_of, Person};
+
+pub const PGBIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub fn postgres_ids() -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("run id");
+        assert!(
+            out.status.success(),
+            "no user postgres: install PostgreSQL 15 (apt-get install postgresql)"
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("numeric id")
+    };
+    (id("-u"), id("-g"))
+}
+
+pub fn chown(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
+}
+
+/// A directory owned by postgres with `mode`.
+pub fn pg_dir(path: &Path, mode: u32) {
+    let (uid, gid) = postgres_ids();
+    fs::create_dir_all(path).expect("mkdir");
+    chown(path, uid, gid);
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+pub struct Cluster {
+    pub data: PathBuf,
+    pub sock: PathBuf,
+    uid: u32,
+    gid: u32,
+}
+
+pub struct Running {
+    child: Child,
+}
+
+impl Running {
+    /// Fast shutdown: checkpoint and exit 0.
+    pub fn stop(mut self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGINT);
+        }
+        let st = self.child.wait().expect("wait for postgres");
+        assert!(st.success(), "postgres fast shutdown exited with {st}");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Cluster {
+    /// A cluster at `data` (created by initdb when `init`), with its socket in
+    /// `sock` (created, owned by postgres).
+    pub fn new(data: &Path, sock: &Path, init: bool) -> Cluster {
+        assert!(
+            Path::new(PGBIN).join("initdb").exists(),
+            "PostgreSQL 15 is needed at {PGBIN} (apt-get install postgresql)"
+        );
+        let (uid, gid) = postgres_ids();
+        pg_dir(sock, 0o700);
+        let c = Cluster {
+            data: data.to_path_buf(),
+            sock: sock.to_path_buf(),
+            uid,
+            gid,
+        };
+        if init {
+            pg_dir(data, 0o700);
+            let out = c
+                .cmd("initdb")
+                .args(["-U", "postgres", "--auth=trust", "-D"])
+                .arg(data)
+                .output()
+                .expect("initdb");
+            assert!(
+                out.status.success(),
+                "initdb: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        c
+    }
+
+    fn cmd(&self, prog: &str) -> Command {
+        let mut c = Command::new(Path::new(PGBIN).join(prog));
+        c.uid(self.uid)
+            .gid(self.gid)
+            .env("PGHOST", &self.sock)
+            .env("PGPORT", "5432")
+            .env("PGUSER", "postgres")
+            .current_dir("/")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn start(&self) -> Running {
+        let log = self.sock.join("postgres.log");
+        let logf = fs::File::create(&log).expect("postgres log");
+        let child = self
+            .cmd("postgres")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-p", "5432", "-c", "listen_addresses=", "-k"])
+            .arg(&self.sock)
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("start postgres");
+        let mut r = Running { child };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if self
+                .cmd("pg_isready")
+                .arg("-q")
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                return r;
+            }
+            if let Ok(Some(st)) = r.child.try_wait() {
+                panic!(
+                    "postgres exited with {st}:\n{}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postgres not ready:\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Run SQL in `db`; the unaligned, tuples-only output.
+    pub fn sql(&self, db: &str, q: &str) -> String {
+        let out = self
+            .cmd("psql")
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                db,
+                "-c",
+                q,
+            ])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql {q}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+/// Database `app` with users (email, name, phone, card), and orders and tickets
+/// referencing users by email; some rows updated (dead tuples) and analyzed
+/// (statistics hold values).
+pub fn load_example_schema(c: &Cluster, people: &[Person]) {
+    c.sql("postgres", "CREATE DATABASE app");
+    let mut q = String::from(
+        "CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE NOT NULL, name text, phone text, card text);
+         CREATE INDEX ON users (phone);
+         CREATE INDEX ON users (card);
+         CREATE TABLE orders (id serial PRIMARY KEY, user_email text NOT NULL REFERENCES users (email), amount int);
+         CREATE INDEX ON orders (user_email);
+         CREATE TABLE tickets (id serial PRIMARY KEY, user_email text NOT NULL REFERENCES users (email), body text);
+         INSERT INTO users VALUES ",
+    );
+    let rows: Vec<String> = people
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                "({i}, '{}', '{}', '{}', '{}')",
+                p.email, p.name, p.phone, p.card
+            )
+        })
+        .collect();
+    q.push_str(&rows.join(",\n"));
+    q.push_str(";\nINSERT INTO orders (user_email, amount) VALUES ");
+    let orders: Vec<String> = (0..people.len() * 3)
+        .map(|k| format!("('{}', {k})", people[(k * 7) % people.len()].email))
+        .collect();
+    q.push_str(&orders.join(",\n"));
+    q.push_str(";\nINSERT INTO tickets (user_email, body) VALUES ");
+    let tickets: Vec<String> = (0..people.len())
+        .filter(|k| k % 2 == 0)
+        .map(|k| format!("('{}', 'printer on fire')", people[k].email))
+        .collect();
+    q.push_str(&tickets.join(",\n"));
+    q.push(';');
+    c.sql("app", &q);
+    c.sql("app", "UPDATE users SET phone = phone WHERE id % 3 = 0");
+    c.sql("app", "ANALYZE");
+    c.sql("app", "CHECKPOINT");
+}
+
+/// Row counts of the joins the sanitized clone must keep.
+pub fn join_counts(c: &Cluster) -> String {
+    c.sql(
+        "app",
+        "SELECT (SELECT count(*) FROM users), \
+                (SELECT count(*) FROM orders o JOIN users u ON u.email = o.user_email), \
+                (SELECT count(*) FROM tickets t JOIN users u ON u.email = t.user_email), \
+                (SELECT count(DISTINCT user_email) FROM orders)",
+    )
+}
+
+/// Every original value found in any file under `dir`: (value, file).
+pub fn byte_search(dir: &Path, values: &[String]) -> Vec<(String, PathBuf)> {
+    let re = any_of(values);
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).expect("read_dir") {
+            let e = e.expect("dir entry");
+            let ft = e.file_type().expect("file type");
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                let data = fs::read(e.path()).expect("read file");
+                for m in re.find_iter(&data) {
+                    found.push((String::from_utf8_lossy(m.as_bytes()).into_owned(), e.path()));
+                }
+            }
+        }
+    }
+    found
+}
