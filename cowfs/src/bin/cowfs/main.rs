@@ -105,7 +105,9 @@ fn init(pool: &std::path::Path, size: Option<u64>) -> Fallible {
     };
     let p = Pool::create(pool, &opts)?;
     p.commit()?;
+    let secret = cowfs::control::tokens::init_admin_token(pool)?;
     println!("created pool {} with branch main", pool.display());
+    println!("admin token secret in {} (mode 0600)", secret.display());
     Ok(ExitCode::SUCCESS)
 }
 
