@@ -9,7 +9,7 @@ use crate::store::BLOCK_SIZE;
 
 /// How long the kernel may cache attributes and entries. The engine is the only
 /// writer of a branch, and every change goes through this mount's kernel cache.
-pub(crate) const TTL: Duration = Duration::from_secs(1);
+pub(crate) const TTL: Duration = Duration::from_secs(30);
 
 pub(crate) fn errno(e: &FsError) -> Errno {
     let n = e.errno();

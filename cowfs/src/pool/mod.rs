@@ -13,7 +13,7 @@ pub mod usage;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use crate::btree::{tree, NodeStore};
 use crate::fs::dir::DirListEntry;
 use crate::fs::file::SeekWhence;
+use crate::fs::readplan::Resolved;
 use crate::fs::{Attr, FsError, FsResult, FsTree, Owner, SetAttr, ROOT_INO};
 use crate::store::device::{BlockDevice, FileDevice};
 use crate::store::spacemap::{depth_for, SpaceMap};
@@ -143,12 +144,25 @@ pub(crate) struct Engine {
     dirty_limit_nodes: usize,
     /// Generation of the running transaction, readable without the pool lock.
     running_gen: Arc<AtomicU64>,
+    /// File reads in progress outside the lock; a commit waits for them before the
+    /// blocks it freed may be reused.
+    reads_in_flight: Arc<AtomicUsize>,
 }
 
 pub struct Pool {
     e: Mutex<Engine>,
     name: PathBuf,
     running_gen: Arc<AtomicU64>,
+    reads_in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts a read in flight outside the lock for as long as it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
 }
 
 fn random_u64() -> u64 {
@@ -350,6 +364,7 @@ impl Pool {
     fn wrap(e: Engine, name: PathBuf) -> Pool {
         Pool {
             running_gen: e.running_gen.clone(),
+            reads_in_flight: e.reads_in_flight.clone(),
             e: Mutex::new(e),
             name,
         }
@@ -578,8 +593,28 @@ impl Pool {
     ) -> FsResult<()> {
         self.write_unlinking(b, |fs| fs.rename(p1, n1, p2, n2, flags))
     }
+    /// Read file data. The blocks are located under the pool lock and, when they are
+    /// committed, read and verified outside it (several readers in parallel); any
+    /// doubt (checksum, I/O) repeats the read under the lock, which reports errors.
     pub fn read_file(&self, b: BranchId, ino: u64, off: u64, len: usize) -> FsResult<Vec<u8>> {
-        self.read(b, |fs| fs.read(ino, off, len))
+        let (plan, dev, guard) = {
+            let mut e = self.e.lock();
+            match e.with_fs(b, false, |fs| fs.plan_read(ino, off, len))? {
+                Resolved::Done(v) => return Ok(v),
+                Resolved::Plan(p) => {
+                    self.reads_in_flight.fetch_add(1, Ordering::AcqRel);
+                    (p, e.st.dev.clone(), InFlight(self.reads_in_flight.clone()))
+                }
+            }
+        };
+        let data = plan.execute(&*dev);
+        // Stop counting before taking the lock again: a commit holding the lock waits
+        // for the count to reach zero.
+        drop(guard);
+        match data {
+            Some(v) => Ok(v),
+            None => self.read(b, |fs| fs.read(ino, off, len)),
+        }
     }
     pub fn write_file(&self, b: BranchId, ino: u64, off: u64, data: &[u8]) -> FsResult<usize> {
         self.write(b, |fs| fs.write_data(ino, off, data))
@@ -719,6 +754,7 @@ impl Engine {
             poisoned: false,
             dirty_limit_nodes: (opts.dirty_limit_bytes / BLOCK_SIZE).max(16),
             running_gen: Arc::new(AtomicU64::new(st_gen)),
+            reads_in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -735,8 +771,7 @@ impl Engine {
                 }
                 .into());
             }
-            let landed =
-                dev.read_at(*addr, &mut buf).is_ok() && crc32fast::hash(&buf) == *crc;
+            let landed = dev.read_at(*addr, &mut buf).is_ok() && crc32fast::hash(&buf) == *crc;
             if !landed {
                 return Err(StoreError::Corrupt {
                     pool: dev.name(),
@@ -983,6 +1018,11 @@ impl Engine {
         let slot = Superblock::slot_for(generation);
         dev.write_at(slot, &sb.encode()).map_err(|e| io(e, slot))?;
         dev.flush().map_err(|e| io(e, slot))?;
+        // Committed blocks freed by this commit become reusable now; reads still in
+        // flight outside the lock may be reading them.
+        while self.reads_in_flight.load(Ordering::Acquire) > 0 {
+            std::thread::yield_now();
+        }
         self.st.commit_done();
         self.running_gen
             .store(self.st.generation(), Ordering::Release);

@@ -1,0 +1,99 @@
+//! Reads resolved to physical blocks under the pool lock and carried out without it,
+//! so that several kernel threads read file data in parallel. Only committed blocks
+//! are read this way: until the next commit they cannot be reused, and a commit waits
+//! for reads in flight before it lets freed blocks go. Blocks born in the running
+//! transaction (which may be rewritten in place) are read under the lock.
+
+use super::items::*;
+use super::{FsResult, FsTree};
+use crate::store::device::BlockDevice;
+
+/// One run of data blocks to read: where it goes in the buffer (in blocks), where it
+/// lies on the device, and the CRC32 of each block.
+#[derive(Clone, Debug)]
+pub struct Piece {
+    pub at: u64,
+    pub phys: u64,
+    pub crcs: Vec<u32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReadPlan {
+    blocks: u64,
+    skip: usize,
+    len: usize,
+    pieces: Vec<Piece>,
+}
+
+pub enum Resolved {
+    /// Already read (inline data, holes only, or blocks of the running transaction).
+    Done(Vec<u8>),
+    /// Committed blocks to read without the lock.
+    Plan(ReadPlan),
+}
+
+impl ReadPlan {
+    /// Read and verify. `None` if anything looks wrong (I/O error, checksum, bounds):
+    /// the caller then repeats the read under the lock, which reports the error.
+    pub fn execute(&self, dev: &dyn BlockDevice) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; (self.blocks * BS) as usize];
+        let end_of_device = dev.len_blocks();
+        for p in &self.pieces {
+            let n = p.crcs.len() as u64;
+            if p.phys + n > end_of_device {
+                return None;
+            }
+            let dst = &mut buf[(p.at * BS) as usize..((p.at + n) * BS) as usize];
+            dev.read_at(p.phys, dst).ok()?;
+            for (block, crc) in dst.chunks(BS as usize).zip(&p.crcs) {
+                if crc32fast::hash(block) != *crc {
+                    return None;
+                }
+            }
+        }
+        buf.drain(..self.skip);
+        buf.truncate(self.len);
+        Some(buf)
+    }
+}
+
+impl FsTree<'_> {
+    /// Resolve a read of up to `len` bytes at `off`.
+    pub fn plan_read(&mut self, ino: u64, off: u64, len: usize) -> FsResult<Resolved> {
+        let i = self.inode(ino)?;
+        if !i.is_reg()
+            || off >= i.size
+            || len == 0
+            || self
+                .get(&crate::btree::Key::new(ino, KIND_INLINE, 0))?
+                .is_some()
+        {
+            return self.read(ino, off, len).map(Resolved::Done);
+        }
+        let end = (off + len as u64).min(i.size);
+        let (b0, b1) = (off / BS, end.div_ceil(BS));
+        let mut pieces = Vec::new();
+        for (start, e) in self.extents_in(ino, b0, b1)? {
+            if e.unwritten() {
+                continue;
+            }
+            let s = start.max(b0);
+            let t = (start + e.len()).min(b1);
+            let phys = e.phys + (s - start);
+            if (phys..phys + (t - s)).any(|b| self.st.space.is_fresh(b)) {
+                return self.read(ino, off, len).map(Resolved::Done);
+            }
+            pieces.push(Piece {
+                at: s - b0,
+                phys,
+                crcs: e.crcs[(s - start) as usize..(t - start) as usize].to_vec(),
+            });
+        }
+        Ok(Resolved::Plan(ReadPlan {
+            blocks: b1 - b0,
+            skip: (off - b0 * BS) as usize,
+            len: (end - off) as usize,
+            pieces,
+        }))
+    }
+}
