@@ -91,15 +91,18 @@ pub fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
         if let Ok(c) = stream.try_clone() {
             shared.conns.lock().insert(id, c);
         }
-        let sh = shared.clone();
+        let guard = Slot {
+            shared: shared.clone(),
+            id,
+        };
         let spawned = std::thread::Builder::new()
             .name(format!("cowfs-ctl-{id}"))
             .spawn(move || {
-                if let Err(e) = serve(&sh, stream) {
+                // The slot is given back when this closure ends, panics included.
+                let slot = guard;
+                if let Err(e) = serve(&slot.shared, stream) {
                     log::debug!("control connection {id} closed: {e}");
                 }
-                sh.conns.lock().remove(&id);
-                sh.active.fetch_sub(1, Ordering::SeqCst);
             });
         match spawned {
             Ok(h) => {
@@ -107,12 +110,22 @@ pub fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
                 threads.retain(|t| !t.is_finished());
                 threads.push(h);
             }
-            Err(e) => {
-                log::error!("control socket: cannot start a connection thread: {e}");
-                shared.conns.lock().remove(&id);
-                shared.active.fetch_sub(1, Ordering::SeqCst);
-            }
+            // The closure (and its slot) was dropped: the slot is free again.
+            Err(e) => log::error!("control socket: cannot start a connection thread: {e}"),
         }
+    }
+}
+
+/// One served connection's place in the table and the count.
+struct Slot {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.conns.lock().remove(&self.id);
+        self.shared.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
