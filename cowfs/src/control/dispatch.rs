@@ -402,6 +402,8 @@ impl Ctx {
                 // dropped again.
                 if let Err(d) = self.pool.branch_delete(name) {
                     log::error!("dropping branch '{name}' after a failed mount: {d}");
+                } else if let Err(t) = self.tokens.forget_branch(id) {
+                    log::warn!("token store: {t}");
                 }
                 return Err(errors::mount(e));
             }

@@ -294,10 +294,14 @@ fn serve(sh: &Shared, stream: UnixStream) -> io::Result<()> {
                 Ok(Request::Hello {
                     version,
                     token: secret,
-                    ..
+                    client,
                 }),
                 None,
             ) => hello(sh, version, secret.as_deref()).map(|(name, v)| {
+                log::debug!(
+                    "control client '{}' authenticated as token '{name}'",
+                    client.as_deref().unwrap_or("?").escape_debug()
+                );
                 token = Some(name);
                 v
             }),
