@@ -1,0 +1,871 @@
+//! POSIX behaviour of a real cowfs mount (the `cowfs` binary on a pool file):
+//! permissions and ownership as root and as an unprivileged user, times, link
+//! counts, every rename case, long names, sparse files, xattrs, locks between
+//! processes, mmap, open-unlinked files, error codes, read-only mounts and fsync
+//! durability across a kill -9 of the daemon.
+
+mod mount;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+use mount::*;
+
+fn write_file(p: &Path, data: &[u8]) {
+    fs::write(p, data).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+}
+
+fn errno(r: std::io::Result<impl std::fmt::Debug>) -> i32 {
+    match r {
+        Ok(v) => panic!("expected an error, got Ok({v:?})"),
+        Err(e) => errno_of(&e),
+    }
+}
+
+#[test]
+fn permissions_and_ownership() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let root = &m.mnt;
+    fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = root.join("secret");
+    write_file(&secret, b"root only");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let public = root.join("public");
+    write_file(&public, b"everyone");
+    fs::set_permissions(&public, fs::Permissions::from_mode(0o644)).unwrap();
+    let shared = root.join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+    write_file(&shared.join("roots"), b"x");
+    let owned = root.join("owned");
+    fs::create_dir(&owned).unwrap();
+    std::os::unix::fs::chown(&owned, Some(NOBODY), Some(NOBODY)).unwrap();
+    assert_eq!(fs::metadata(&owned).unwrap().uid(), NOBODY);
+
+    let r = root.display();
+    // Modes and ownership are enforced by the kernel (default_permissions).
+    let (ok, out) = as_nobody(&format!("cat {r}/secret"));
+    assert!(!ok && out.contains("Permission denied"), "{out}");
+    let (ok, out) = as_nobody(&format!("cat {r}/public"));
+    assert!(ok && out == "everyone", "{out}");
+    let (ok, out) = as_nobody(&format!("echo x >> {r}/public"));
+    assert!(!ok && out.contains("Permission denied"), "{out}");
+    let (ok, out) = as_nobody(&format!("touch {r}/newfile"));
+    assert!(!ok && out.contains("Permission denied"), "{out}");
+    let (ok, out) = as_nobody(&format!("chmod 666 {r}/public"));
+    assert!(!ok && out.contains("not permitted"), "{out}");
+    // Sticky directory: others' files cannot be removed.
+    let (ok, out) = as_nobody(&format!("rm -f {r}/shared/roots"));
+    assert!(!ok && out.contains("not permitted"), "{out}");
+    // A service user owns what it creates, in its own directory and in /tmp-like ones.
+    let (ok, out) = as_nobody(&format!(
+        "echo mine > {r}/owned/f && mkdir {r}/owned/d && echo t > {r}/shared/t && \
+         chmod 600 {r}/owned/f && cat {r}/owned/f"
+    ));
+    assert!(ok && out == "mine\n", "{out}");
+    for p in [owned.join("f"), owned.join("d"), shared.join("t")] {
+        let md = fs::metadata(&p).unwrap();
+        assert_eq!((md.uid(), md.gid()), (NOBODY, NOBODY), "{}", p.display());
+    }
+    assert_eq!(
+        fs::metadata(owned.join("f")).unwrap().mode() & 0o7777,
+        0o600
+    );
+    // Not even the owner may give a file away.
+    let (ok, out) = as_nobody(&format!("chown 0 {r}/owned/f"));
+    assert!(!ok && out.contains("not permitted"), "{out}");
+    // Root may read anything and chown anything.
+    assert_eq!(fs::read(owned.join("f")).unwrap(), b"mine\n");
+    std::os::unix::fs::chown(owned.join("f"), Some(0), Some(0)).unwrap();
+    assert_eq!(fs::metadata(owned.join("f")).unwrap().uid(), 0);
+    // The set-group-ID bit of a directory hands its group down.
+    let sgid = root.join("sgid");
+    fs::create_dir(&sgid).unwrap();
+    std::os::unix::fs::chown(&sgid, None, Some(4242)).unwrap();
+    fs::set_permissions(&sgid, fs::Permissions::from_mode(0o2777)).unwrap();
+    write_file(&sgid.join("f"), b"g");
+    fs::create_dir(sgid.join("sub")).unwrap();
+    assert_eq!(fs::metadata(sgid.join("f")).unwrap().gid(), 4242);
+    let sub = fs::metadata(sgid.join("sub")).unwrap();
+    assert_eq!(sub.gid(), 4242);
+    assert_ne!(
+        sub.mode() & libc::S_ISGID,
+        0,
+        "subdirectory inherits setgid"
+    );
+
+    // Ownership and modes survive a remount.
+    m.stop();
+    let m = fx.mount();
+    let md = fs::metadata(m.mnt.join("secret")).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.uid()), (0o600, 0));
+    assert_eq!(fs::metadata(m.mnt.join("owned")).unwrap().uid(), NOBODY);
+    m.stop();
+    fx.assert_fsck_clean();
+}
+
+#[test]
+fn times() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let f = m.mnt.join("t");
+    write_file(&f, b"one");
+    let md0 = fs::metadata(&f).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(b"two")
+        .unwrap();
+    let md1 = fs::metadata(&f).unwrap();
+    assert!(md1.mtime_nsec() != md0.mtime_nsec() || md1.mtime() > md0.mtime());
+    assert!((md1.ctime(), md1.ctime_nsec()) > (md0.ctime(), md0.ctime_nsec()));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
+    let md2 = fs::metadata(&f).unwrap();
+    assert_eq!(
+        (md2.mtime(), md2.mtime_nsec()),
+        (md1.mtime(), md1.mtime_nsec()),
+        "chmod leaves mtime"
+    );
+    assert!((md2.ctime(), md2.ctime_nsec()) > (md1.ctime(), md1.ctime_nsec()));
+    // A directory's mtime moves when an entry is added.
+    let d0 = fs::metadata(&m.mnt).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    write_file(&m.mnt.join("other"), b"");
+    let d1 = fs::metadata(&m.mnt).unwrap();
+    assert!((d1.mtime(), d1.mtime_nsec()) > (d0.mtime(), d0.mtime_nsec()));
+    // utimensat with explicit times, nanoseconds included.
+    utimens(&f, (1_000_000_000, 5), (1_234_567_890, 123_456_789)).unwrap();
+    let md3 = fs::metadata(&f).unwrap();
+    assert_eq!((md3.atime(), md3.atime_nsec()), (1_000_000_000, 5));
+    assert_eq!(
+        (md3.mtime(), md3.mtime_nsec()),
+        (1_234_567_890, 123_456_789)
+    );
+    m.stop();
+    let m = fx.mount();
+    let md4 = fs::metadata(m.mnt.join("t")).unwrap();
+    assert_eq!(
+        (md4.mtime(), md4.mtime_nsec()),
+        (1_234_567_890, 123_456_789)
+    );
+    assert_eq!((md4.atime(), md4.atime_nsec()), (1_000_000_000, 5));
+    m.stop();
+}
+
+#[test]
+fn link_counts() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let a = m.mnt.join("a");
+    write_file(&a, b"data");
+    assert_eq!(fs::metadata(&a).unwrap().nlink(), 1);
+    fs::hard_link(&a, m.mnt.join("b")).unwrap();
+    fs::create_dir(m.mnt.join("d")).unwrap();
+    fs::hard_link(&a, m.mnt.join("d/c")).unwrap();
+    assert_eq!(fs::metadata(&a).unwrap().nlink(), 3);
+    assert_eq!(
+        fs::metadata(&a).unwrap().ino(),
+        fs::metadata(m.mnt.join("d/c")).unwrap().ino()
+    );
+    fs::remove_file(&a).unwrap();
+    assert_eq!(fs::metadata(m.mnt.join("b")).unwrap().nlink(), 2);
+    assert_eq!(fs::read(m.mnt.join("d/c")).unwrap(), b"data");
+    // Directories: 2 + one per subdirectory.
+    let d = m.mnt.join("d");
+    assert_eq!(fs::metadata(&d).unwrap().nlink(), 2);
+    fs::create_dir(d.join("s1")).unwrap();
+    fs::create_dir(d.join("s2")).unwrap();
+    assert_eq!(fs::metadata(&d).unwrap().nlink(), 4);
+    fs::remove_dir(d.join("s1")).unwrap();
+    assert_eq!(fs::metadata(&d).unwrap().nlink(), 3);
+    fs::rename(d.join("s2"), m.mnt.join("s2")).unwrap();
+    assert_eq!(fs::metadata(&d).unwrap().nlink(), 2);
+    // A hard link to a directory is refused.
+    assert_eq!(errno(fs::hard_link(&d, m.mnt.join("dl"))), libc::EPERM);
+    m.stop();
+    let m = fx.mount();
+    assert_eq!(fs::metadata(m.mnt.join("b")).unwrap().nlink(), 2);
+    m.stop();
+    fx.assert_fsck_clean();
+}
+
+#[test]
+fn renames() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let p = |n: &str| m.mnt.join(n);
+    write_file(&p("a"), b"A");
+    write_file(&p("b"), b"B");
+    // Plain rename over an existing file replaces it.
+    fs::rename(p("a"), p("b")).unwrap();
+    assert_eq!(fs::read(p("b")).unwrap(), b"A");
+    assert_eq!(errno(fs::metadata(p("a"))), libc::ENOENT);
+    // NOREPLACE.
+    write_file(&p("c"), b"C");
+    assert_eq!(
+        errno(renameat2(&p("c"), &p("b"), libc::RENAME_NOREPLACE)),
+        libc::EEXIST
+    );
+    renameat2(&p("c"), &p("c2"), libc::RENAME_NOREPLACE).unwrap();
+    assert_eq!(fs::read(p("c2")).unwrap(), b"C");
+    // EXCHANGE swaps two names, also a file with a directory.
+    renameat2(&p("b"), &p("c2"), libc::RENAME_EXCHANGE).unwrap();
+    assert_eq!(fs::read(p("b")).unwrap(), b"C");
+    assert_eq!(fs::read(p("c2")).unwrap(), b"A");
+    fs::create_dir(p("dir")).unwrap();
+    write_file(&p("dir/inside"), b"I");
+    renameat2(&p("b"), &p("dir"), libc::RENAME_EXCHANGE).unwrap();
+    assert_eq!(fs::read(p("b/inside")).unwrap(), b"I");
+    assert_eq!(fs::read(p("dir")).unwrap(), b"C");
+    assert_eq!(
+        errno(renameat2(&p("b"), &p("missing"), libc::RENAME_EXCHANGE)),
+        libc::ENOENT
+    );
+    // Directories.
+    fs::create_dir_all(p("x/y/z")).unwrap();
+    assert_eq!(errno(fs::rename(p("x"), p("x/y/z/x"))), libc::EINVAL);
+    fs::create_dir(p("full")).unwrap();
+    write_file(&p("full/f"), b"");
+    assert_eq!(errno(fs::rename(p("x"), p("full"))), libc::ENOTEMPTY);
+    fs::create_dir(p("empty")).unwrap();
+    fs::rename(p("x"), p("empty")).unwrap();
+    assert!(p("empty/y/z").is_dir());
+    assert_eq!(errno(fs::rename(p("c2"), p("empty"))), libc::EISDIR);
+    assert_eq!(errno(fs::rename(p("empty"), p("c2"))), libc::ENOTDIR);
+    // Across directories, and onto itself.
+    fs::rename(p("c2"), p("empty/y/moved")).unwrap();
+    assert_eq!(fs::read(p("empty/y/moved")).unwrap(), b"A");
+    fs::rename(p("empty/y/moved"), p("empty/y/moved")).unwrap();
+    // A renamed directory's ".." follows it.
+    fs::rename(p("empty/y"), p("y")).unwrap();
+    assert_eq!(
+        fs::metadata(p("y/..")).unwrap().ino(),
+        fs::metadata(&m.mnt).unwrap().ino()
+    );
+    let mut names: Vec<String> = fs::read_dir(&m.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["b", "dir", "empty", "full", "y"]);
+    m.stop();
+    fx.assert_fsck_clean();
+}
+
+#[test]
+fn long_names() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let ok = "n".repeat(255);
+    write_file(&m.mnt.join(&ok), b"long");
+    assert_eq!(fs::read(m.mnt.join(&ok)).unwrap(), b"long");
+    fs::create_dir(m.mnt.join(format!("d{}", "x".repeat(254)))).unwrap();
+    let bad = "n".repeat(256);
+    assert_eq!(errno(File::create(m.mnt.join(&bad))), libc::ENAMETOOLONG);
+    assert_eq!(errno(fs::create_dir(m.mnt.join(&bad))), libc::ENAMETOOLONG);
+    assert_eq!(errno(fs::metadata(m.mnt.join(&bad))), libc::ENAMETOOLONG);
+    assert_eq!(
+        errno(fs::rename(m.mnt.join(&ok), m.mnt.join(&bad))),
+        libc::ENAMETOOLONG
+    );
+    let found = fs::read_dir(&m.mnt)
+        .unwrap()
+        .any(|e| e.unwrap().file_name().len() == 255);
+    assert!(found);
+    m.stop();
+}
+
+#[test]
+fn sparse_files_and_fallocate() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let path = m.mnt.join("sparse");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    let mib = 1u64 << 20;
+    f.write_all(&[7u8; 4096]).unwrap();
+    f.seek(SeekFrom::Start(10 * mib)).unwrap();
+    f.write_all(&[9u8; 8192]).unwrap();
+    f.sync_all().unwrap();
+    let fd = f.as_raw_fd();
+    let size = 10 * mib + 8192;
+    assert_eq!(f.metadata().unwrap().len(), size);
+    assert_eq!(lseek(fd, 0, libc::SEEK_DATA).unwrap(), 0);
+    assert_eq!(lseek(fd, 0, libc::SEEK_HOLE).unwrap(), 4096);
+    assert_eq!(lseek(fd, 4096, libc::SEEK_DATA).unwrap(), (10 * mib) as i64);
+    assert_eq!(
+        lseek(fd, (10 * mib) as i64, libc::SEEK_HOLE).unwrap(),
+        size as i64
+    );
+    assert_eq!(errno(lseek(fd, size as i64, libc::SEEK_DATA)), libc::ENXIO);
+    let blocks = f.metadata().unwrap().blocks();
+    assert!(
+        blocks * 512 <= 64 * 1024,
+        "sparse file uses {blocks} blocks"
+    );
+    // The hole reads as zeros.
+    let mut buf = vec![1u8; 4096];
+    f.seek(SeekFrom::Start(5 * mib)).unwrap();
+    f.read_exact(&mut buf).unwrap();
+    assert!(buf.iter().all(|b| *b == 0));
+    // Punch a hole in the data: zeros, and SEEK_HOLE finds it.
+    fallocate(
+        fd,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        (10 * mib) as i64,
+        4096,
+    )
+    .unwrap();
+    assert_eq!(f.metadata().unwrap().len(), size);
+    assert_eq!(
+        lseek(fd, 4096, libc::SEEK_DATA).unwrap(),
+        (10 * mib + 4096) as i64
+    );
+    f.seek(SeekFrom::Start(10 * mib)).unwrap();
+    let mut back = vec![1u8; 8192];
+    f.read_exact(&mut back).unwrap();
+    assert!(back[..4096].iter().all(|b| *b == 0));
+    assert!(back[4096..].iter().all(|b| *b == 9));
+    // Preallocation: default mode grows the file, KEEP_SIZE does not.
+    fallocate(fd, 0, 0, (12 * mib) as i64).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 12 * mib);
+    fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, 0, (16 * mib) as i64).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 12 * mib);
+    assert!(f.metadata().unwrap().blocks() * 512 >= 12 * mib);
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut head = vec![0u8; 4096];
+    f.read_exact(&mut head).unwrap();
+    assert!(head.iter().all(|b| *b == 7), "preallocation kept the data");
+    // Unsupported modes are refused, not ignored.
+    assert_eq!(
+        errno(fallocate(fd, libc::FALLOC_FL_COLLAPSE_RANGE, 0, 4096)),
+        libc::EOPNOTSUPP
+    );
+    drop(f);
+    m.stop();
+    fx.assert_fsck_clean();
+}
+
+#[test]
+fn xattrs() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let f = m.mnt.join("x");
+    write_file(&f, b"");
+    setxattr(&f, "user.one", b"1", 0).unwrap();
+    setxattr(&f, "user.two", &[0u8, 1, 2, 255], 0).unwrap();
+    let big = vec![b'v'; 1900];
+    setxattr(&f, "user.big", &big, 0).unwrap();
+    // Values are stored in one tree item: larger ones are refused, as on ext4.
+    assert_eq!(
+        errno(setxattr(&f, "user.huge", &[0u8; 8000], 0)),
+        libc::ENOSPC
+    );
+    assert_eq!(getxattr(&f, "user.one").unwrap(), b"1");
+    assert_eq!(getxattr(&f, "user.two").unwrap(), [0u8, 1, 2, 255]);
+    assert_eq!(getxattr(&f, "user.big").unwrap(), big);
+    let mut names = listxattr(&f).unwrap();
+    names.sort();
+    assert_eq!(names, ["user.big", "user.one", "user.two"]);
+    assert_eq!(
+        errno(setxattr(&f, "user.one", b"x", libc::XATTR_CREATE)),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(setxattr(&f, "user.none", b"x", libc::XATTR_REPLACE)),
+        libc::ENODATA
+    );
+    setxattr(&f, "user.one", b"uno", libc::XATTR_REPLACE).unwrap();
+    assert_eq!(getxattr(&f, "user.one").unwrap(), b"uno");
+    removexattr(&f, "user.two").unwrap();
+    assert_eq!(errno(getxattr(&f, "user.two")), libc::ENODATA);
+    assert_eq!(errno(removexattr(&f, "user.two")), libc::ENODATA);
+    // Directories carry xattrs too; an unprivileged user cannot write trusted.*.
+    setxattr(&m.mnt, "user.dir", b"d", 0).unwrap();
+    assert_eq!(getxattr(&m.mnt, "user.dir").unwrap(), b"d");
+    let (ok, out) = as_nobody(&format!("cat {}/x >/dev/null && echo ok", m.mnt.display()));
+    assert!(ok, "{out}");
+    m.stop();
+    let m = fx.mount();
+    assert_eq!(getxattr(&m.mnt.join("x"), "user.one").unwrap(), b"uno");
+    assert_eq!(getxattr(&m.mnt.join("x"), "user.big").unwrap(), big);
+    m.stop();
+    fx.assert_fsck_clean();
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum LockKind {
+    Fcntl,
+    Flock,
+}
+
+/// A forked child that takes a lock on `path` and holds it until told to go.
+struct LockHolder {
+    pid: libc::pid_t,
+    go: i32,
+}
+
+impl LockHolder {
+    fn start(path: &Path, kind: LockKind) -> LockHolder {
+        let c = cpath(path);
+        let mut ready = [0i32; 2];
+        let mut go = [0i32; 2];
+        // Close-on-exec, so that processes other tests spawn meanwhile do not
+        // hold the pipes open.
+        // SAFETY: pipe2(2) fills two descriptors into the array.
+        assert_eq!(
+            unsafe { libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC) },
+            0
+        );
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: the child only makes async-signal-safe system calls, then _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // SAFETY: child side, raw system calls only.
+            unsafe {
+                libc::close(ready[0]);
+                libc::close(go[1]);
+                let fd = libc::open(c.as_ptr(), libc::O_RDWR);
+                let r = match kind {
+                    LockKind::Fcntl => {
+                        let mut fl: libc::flock = std::mem::zeroed();
+                        fl.l_type = libc::F_WRLCK as i16;
+                        fl.l_whence = libc::SEEK_SET as i16;
+                        fl.l_start = 0;
+                        fl.l_len = 100;
+                        libc::fcntl(fd, libc::F_SETLK, &fl)
+                    }
+                    LockKind::Flock => libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB),
+                };
+                let ok: u8 = u8::from(fd >= 0 && r == 0);
+                libc::write(ready[1], (&ok as *const u8).cast(), 1);
+                let mut b = 0u8;
+                libc::read(go[0], (&mut b as *mut u8).cast(), 1);
+                libc::_exit(0);
+            }
+        }
+        let mut ok = 0u8;
+        // SAFETY: parent side; closing our copies of the child's ends and reading
+        // one byte into a local.
+        unsafe {
+            libc::close(ready[1]);
+            libc::close(go[0]);
+            assert_eq!(libc::read(ready[0], (&mut ok as *mut u8).cast(), 1), 1);
+            libc::close(ready[0]);
+        }
+        assert_eq!(ok, 1, "child could not take the lock");
+        LockHolder { pid, go: go[1] }
+    }
+
+    fn release(self) {
+        let mut st = 0;
+        let b = 1u8;
+        // SAFETY: one byte down the pipe wakes the child; waitpid reaps it.
+        unsafe {
+            libc::write(self.go, (&b as *const u8).cast(), 1);
+            libc::close(self.go);
+            libc::waitpid(self.pid, &mut st, 0);
+        }
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for LockHolder {
+    fn drop(&mut self) {
+        let mut st = 0;
+        // SAFETY: kill and reap our own child.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::close(self.go);
+            libc::waitpid(self.pid, &mut st, 0);
+        }
+    }
+}
+
+fn fcntl_lock(fd: i32, cmd: i32, ty: i32) -> std::io::Result<libc::flock> {
+    // SAFETY: a zeroed flock is a valid value of this plain C struct.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = ty as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = 0;
+    fl.l_len = 100;
+    // SAFETY: fcntl with a pointer to a live flock struct.
+    if unsafe { libc::fcntl(fd, cmd, &mut fl) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fl)
+}
+
+fn flock(fd: i32, op: i32) -> std::io::Result<()> {
+    // SAFETY: flock takes plain integers.
+    if unsafe { libc::flock(fd, op) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[test]
+fn locks_between_processes() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let path = m.mnt.join("locked");
+    write_file(&path, &[0u8; 200]);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let fd = f.as_raw_fd();
+
+    let holder = LockHolder::start(&path, LockKind::Fcntl);
+    let e = errno(fcntl_lock(fd, libc::F_SETLK, libc::F_WRLCK));
+    assert!(e == libc::EAGAIN || e == libc::EACCES, "errno {e}");
+    let seen = fcntl_lock(fd, libc::F_GETLK, libc::F_WRLCK).unwrap();
+    assert_eq!(i32::from(seen.l_type), libc::F_WRLCK);
+    assert_eq!(seen.l_pid, holder.pid);
+    holder.release();
+    fcntl_lock(fd, libc::F_SETLK, libc::F_WRLCK).unwrap();
+    fcntl_lock(fd, libc::F_SETLK, libc::F_UNLCK).unwrap();
+
+    let holder = LockHolder::start(&path, LockKind::Flock);
+    assert_eq!(
+        errno(flock(fd, libc::LOCK_EX | libc::LOCK_NB)),
+        libc::EWOULDBLOCK
+    );
+    holder.release();
+    flock(fd, libc::LOCK_EX | libc::LOCK_NB).unwrap();
+    flock(fd, libc::LOCK_UN).unwrap();
+    drop(f);
+    m.stop();
+}
+
+fn mmap_write(path: &Path, len: usize, fill: impl Fn(usize) -> u8) {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    // SAFETY: a fresh shared mapping of `len` bytes of an open file; we write
+    // only within it, msync it and unmap it before the file is closed.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        let s = std::slice::from_raw_parts_mut(p.cast::<u8>(), len);
+        assert!(s[..4096].iter().all(|b| *b == b'r'), "mmap reads file data");
+        for (i, b) in s.iter_mut().enumerate() {
+            *b = fill(i);
+        }
+        assert_eq!(libc::msync(p, len, libc::MS_SYNC), 0);
+        assert_eq!(libc::munmap(p, len), 0);
+    }
+}
+
+#[test]
+fn mmap_read_write() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let path = m.mnt.join("mapped");
+    let len = 256 * 1024;
+    write_file(&path, &vec![b'r'; len]);
+    let fill = |i: usize| (i % 251) as u8;
+    mmap_write(&path, len, fill);
+    let want: Vec<u8> = (0..len).map(fill).collect();
+    assert_eq!(fs::read(&path).unwrap(), want);
+    m.stop();
+    let m = fx.mount();
+    assert_eq!(fs::read(m.mnt.join("mapped")).unwrap(), want);
+    m.stop();
+    fx.assert_fsck_clean();
+}
+
+#[test]
+fn open_unlinked_file_keeps_its_data() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let path = m.mnt.join("ghost");
+    let data = vec![42u8; 300_000];
+    write_file(&path, &data);
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    fs::remove_file(&path).unwrap();
+    assert_eq!(errno(fs::metadata(&path)), libc::ENOENT);
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    let mut back = Vec::new();
+    f.read_to_end(&mut back).unwrap();
+    assert_eq!(back, data);
+    f.write_all(b"more").unwrap();
+    f.sync_all().unwrap();
+    f.seek(SeekFrom::Start(300_000)).unwrap();
+    let mut tail = [0u8; 4];
+    f.read_exact(&mut tail).unwrap();
+    assert_eq!(&tail, b"more");
+    // A new file with the same name is a different file.
+    write_file(&path, b"new");
+    assert_eq!(f.metadata().unwrap().len(), 300_004);
+    drop(f);
+    m.stop();
+    // Closed and unmounted: nothing leaked.
+    fx.assert_fsck_clean();
+
+    // Crash while an unlinked file is open: the next mount frees the orphan.
+    let m = fx.mount();
+    let path = m.mnt.join("orphan");
+    write_file(&path, &vec![1u8; 1 << 20]);
+    let f = File::open(&path).unwrap();
+    fs::remove_file(&path).unwrap();
+    let dir = File::open(&m.mnt).unwrap();
+    fsync(dir.as_raw_fd()).unwrap();
+    drop(dir);
+    m.crash();
+    drop(f);
+    let m = fx.mount();
+    assert_eq!(fs::read(m.mnt.join("ghost")).unwrap(), b"new");
+    m.stop();
+    fx.assert_fsck_clean();
+}
+
+#[test]
+fn error_codes() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let p = |n: &str| m.mnt.join(n);
+    write_file(&p("file"), b"f");
+    fs::create_dir(p("dir")).unwrap();
+    write_file(&p("dir/inner"), b"i");
+    assert_eq!(errno(File::open(p("missing"))), libc::ENOENT);
+    assert_eq!(errno(fs::remove_file(p("missing"))), libc::ENOENT);
+    assert_eq!(
+        errno(
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(p("file"))
+        ),
+        libc::EEXIST
+    );
+    assert_eq!(errno(fs::create_dir(p("dir"))), libc::EEXIST);
+    assert_eq!(
+        errno(fs::hard_link(p("file"), p("dir/inner"))),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(std::os::unix::fs::symlink("x", p("file"))),
+        libc::EEXIST
+    );
+    assert_eq!(errno(File::open(p("file/x"))), libc::ENOTDIR);
+    assert_eq!(errno(fs::create_dir(p("file/x"))), libc::ENOTDIR);
+    assert_eq!(errno(fs::read_dir(p("file"))), libc::ENOTDIR);
+    assert_eq!(errno(fs::remove_dir(p("file"))), libc::ENOTDIR);
+    assert_eq!(
+        errno(OpenOptions::new().write(true).open(p("dir"))),
+        libc::EISDIR
+    );
+    assert_eq!(errno(fs::remove_file(p("dir"))), libc::EISDIR);
+    assert_eq!(errno(fs::remove_dir(p("dir"))), libc::ENOTEMPTY);
+    assert_eq!(errno(fs::read_link(p("file"))), libc::EINVAL);
+    m.stop();
+
+    // A read-only mount refuses every change with EROFS and still reads.
+    let m = fx.mount_ro();
+    let p = |n: &str| m.mnt.join(n);
+    assert_eq!(fs::read(p("file")).unwrap(), b"f");
+    let rofs = |e: i32, what: &str| assert_eq!(e, libc::EROFS, "{what}");
+    rofs(errno(File::create(p("new"))), "create");
+    rofs(
+        errno(OpenOptions::new().write(true).open(p("file"))),
+        "open for writing",
+    );
+    rofs(errno(fs::create_dir(p("d2"))), "mkdir");
+    rofs(errno(fs::remove_file(p("file"))), "unlink");
+    rofs(errno(fs::rename(p("file"), p("f2"))), "rename");
+    rofs(
+        errno(fs::set_permissions(
+            p("file"),
+            fs::Permissions::from_mode(0o600),
+        )),
+        "chmod",
+    );
+    rofs(errno(setxattr(&p("file"), "user.a", b"1", 0)), "setxattr");
+    rofs(errno(std::os::unix::fs::symlink("file", p("l"))), "symlink");
+    m.stop();
+    fx.assert_fsck_clean();
+}
+
+#[test]
+fn open_flags_copy_range_and_statfs() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let p = |n: &str| m.mnt.join(n);
+    // O_APPEND from two handles interleaves, never overwrites.
+    let mut a = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p("log"))
+        .unwrap();
+    let mut b = OpenOptions::new().append(true).open(p("log")).unwrap();
+    a.write_all(b"one\n").unwrap();
+    b.write_all(b"two\n").unwrap();
+    a.write_all(b"three\n").unwrap();
+    drop((a, b));
+    assert_eq!(fs::read(p("log")).unwrap(), b"one\ntwo\nthree\n");
+    // O_TRUNC.
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(p("log"))
+        .unwrap()
+        .write_all(b"x")
+        .unwrap();
+    assert_eq!(fs::read(p("log")).unwrap(), b"x");
+    // O_DIRECT with aligned buffers.
+    let layout = std::alloc::Layout::from_size_align(8192, 4096).unwrap();
+    let mut d = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(p("direct"))
+        .unwrap();
+    // SAFETY: the layout has a non-zero size; the buffer is freed below.
+    let buf = unsafe { std::alloc::alloc_zeroed(layout) };
+    assert!(!buf.is_null());
+    // SAFETY: `buf` points to 8192 writable bytes owned by this function.
+    let s = unsafe { std::slice::from_raw_parts_mut(buf, 8192) };
+    s.fill(b'd');
+    d.write_all(s).unwrap();
+    s.fill(0);
+    d.seek(SeekFrom::Start(0)).unwrap();
+    d.read_exact(s).unwrap();
+    assert!(s.iter().all(|c| *c == b'd'));
+    // SAFETY: allocated above with the same layout.
+    unsafe { std::alloc::dealloc(buf, layout) };
+    drop(d);
+
+    // copy_file_range shares extents: 32 MiB copied without 32 MiB more space.
+    let mib = 1 << 20;
+    let src_data: Vec<u8> = (0..32 * mib).map(|i| (i / 4096 % 253) as u8).collect();
+    write_file(&p("src"), &src_data);
+    let src = File::open(p("src")).unwrap();
+    src.sync_all().unwrap();
+    let before = statvfs(&m.mnt);
+    let dst = File::create(p("dst")).unwrap();
+    let mut left = src_data.len();
+    while left > 0 {
+        let n = copy_file_range(src.as_raw_fd(), dst.as_raw_fd(), left).unwrap();
+        assert!(n > 0);
+        left -= n;
+    }
+    dst.sync_all().unwrap();
+    drop((src, dst));
+    assert_eq!(fs::read(p("dst")).unwrap(), src_data);
+    let after = statvfs(&m.mnt);
+    let used = (before.f_bfree - after.f_bfree) * before.f_frsize;
+    assert!(used < 4 * mib as u64, "the copy used {used} bytes");
+    // statfs reports the pool: 4 GiB, minus what is used.
+    assert_eq!(after.f_blocks * after.f_frsize, 4 << 30);
+    assert!(after.f_bfree < after.f_blocks);
+    assert_eq!(after.f_namemax, 255);
+    // Writing to the copy leaves the source alone.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(p("dst"))
+        .unwrap()
+        .write_all(b"changed")
+        .unwrap();
+    assert_eq!(fs::read(p("src")).unwrap(), src_data);
+    m.stop();
+    fx.assert_fsck_clean();
+}
+
+fn statvfs(p: &Path) -> libc::statvfs {
+    let c = cpath(p);
+    // SAFETY: a zeroed statvfs is a valid plain C struct; the call fills it.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid path and a pointer to a live struct.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+    s
+}
+
+#[test]
+fn fsync_survives_kill_9() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let p = |n: &str| m.mnt.join(n);
+    fs::create_dir(p("db")).unwrap();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+    let mut f = File::create(p("db/table")).unwrap();
+    f.write_all(&data).unwrap();
+    f.sync_all().unwrap();
+    let dir = File::open(p("db")).unwrap();
+    fsync(dir.as_raw_fd()).unwrap();
+    // Overwrite in place and fdatasync.
+    f.seek(SeekFrom::Start(1000)).unwrap();
+    f.write_all(b"COMMITTED").unwrap();
+    f.sync_data().unwrap();
+    drop((f, dir));
+    m.crash();
+    assert!(!is_mounted(&fx.mnt));
+    fx.assert_fsck_clean();
+    let m = fx.mount();
+    let mut want = data.clone();
+    want[1000..1009].copy_from_slice(b"COMMITTED");
+    assert_eq!(fs::read(m.mnt.join("db/table")).unwrap(), want);
+    m.stop();
+    fx.assert_fsck_clean();
+}
+
+#[test]
+fn second_daemon_is_refused() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let other = fx.native_dir("other");
+    let out = std::process::Command::new(cowfs_bin())
+        .arg("mount")
+        .arg(&fx.pool)
+        .arg("main")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("in use by another cowfs process"), "{msg}");
+    assert!(!is_mounted(&other));
+    let e = fx.fsck();
+    assert_eq!(e.0, 1, "fsck refuses a pool in use: {}", e.1);
+    assert_eq!(
+        fs::read_dir(&m.mnt)
+            .map(|d| d.count())
+            .unwrap_or(usize::MAX),
+        0
+    );
+    m.stop();
+}
