@@ -2,10 +2,11 @@
 //! the pool, commit periodically, wait for SIGTERM/SIGINT, then unmount everything
 //! and commit a last time.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use cowfs::control::ControlServer;
 use cowfs::fuse::MountTable;
 use cowfs::pool::{Pool, PoolOptions};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -66,5 +67,34 @@ pub fn mount(pool_path: &Path, branch: &str, dir: &Path, read_only: bool) -> Fal
         return Err(e.into());
     }
     d.wait_for_signal();
+    d.shutdown()
+}
+
+/// The control socket: `--socket`, else `$COWFS_SOCKET`, else the pool's path with
+/// `.sock` appended.
+fn socket_path(pool: &Path, socket: Option<PathBuf>) -> PathBuf {
+    socket
+        .or_else(|| std::env::var_os("COWFS_SOCKET").map(PathBuf::from))
+        .unwrap_or_else(|| {
+            let mut s = pool.as_os_str().to_owned();
+            s.push(".sock");
+            PathBuf::from(s)
+        })
+}
+
+/// `cowfs serve`: the daemon, driven over the control socket.
+pub fn serve(pool_path: &Path, socket: Option<PathBuf>, config: Option<&Path>) -> Fallible {
+    let mut d = Daemon::open(pool_path)?;
+    let socket = socket_path(pool_path, socket);
+    let server = match ControlServer::start(d.pool.clone(), d.mounts.clone(), &socket, config) {
+        Ok(s) => s,
+        Err(e) => {
+            d.shutdown()?;
+            return Err(e.into());
+        }
+    };
+    log::info!("serving {} on {}", pool_path.display(), socket.display());
+    d.wait_for_signal();
+    server.shutdown();
     d.shutdown()
 }

@@ -44,6 +44,19 @@ enum Cmd {
         #[arg(long, value_parser = parse_size)]
         size: Option<u64>,
     },
+    /// Serve a pool in the foreground: mount branches as asked over the control
+    /// socket; on SIGTERM or SIGINT unmount everything, commit, exit 0.
+    #[command(after_help = EXIT_CODES)]
+    Serve {
+        /// Pool file or block device.
+        pool: PathBuf,
+        /// Control socket [default: $COWFS_SOCKET, else POOL.sock].
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Daemon configuration file (tokens, sanitize profiles).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Mount one branch in the foreground until SIGTERM or SIGINT, then unmount,
     /// commit and exit 0.
     #[command(after_help = EXIT_CODES)]
@@ -130,6 +143,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Init { pool, size } => init(&pool, size),
+        Cmd::Serve {
+            pool,
+            socket,
+            config,
+        } => daemon::serve(&pool, socket, config.as_deref()),
         Cmd::Mount {
             pool,
             branch,
