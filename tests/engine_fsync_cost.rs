@@ -46,7 +46,6 @@ fn fsync_cost(file_mib: u64) -> (usize, usize) {
 
 #[test]
 fn one_fsync_writes_a_bounded_number_of_blocks_and_one_flush() {
-    let (small, _) = fsync_cost(1);
     for mib in [1, 64, 512] {
         let (blocks, flushes) = fsync_cost(mib);
         // 1 data block + the tree paths to the extent and inode leaves + the catalog
