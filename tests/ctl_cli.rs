@@ -156,6 +156,15 @@ fn every_subcommand() {
     assert!(v["capacity_bytes"].as_u64().is_some_and(|c| c > 0));
     assert_eq!(v["branches"].as_array().map(Vec::len), Some(5));
     assert!(admin.ok(&["usage"]).contains("EXCLUSIVE"));
+    let v = admin.json(&["quota", "set", "app", "--max", "1G", "--reserve", "4M"]);
+    assert_eq!(v["max_bytes"], 1u64 << 30);
+    assert_eq!(v["reserve_bytes"], 4u64 << 20);
+    assert!(admin.ok(&["quota", "list"]).contains("1.0 GiB"));
+    admin.ok(&["quota", "set", "app"]);
+    assert_eq!(
+        admin.json(&["quota", "list"]).as_array().map(Vec::len),
+        Some(0)
+    );
 
     // tokens: create, use, list, revoke.
     let v = admin.json(&[

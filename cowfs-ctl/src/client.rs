@@ -227,6 +227,24 @@ impl Client {
         self.call(&Request::Usage {})
     }
 
+    /// Set a branch's quota and reservation; `None` and 0 clear them.
+    pub fn quota_set(
+        &mut self,
+        name: &str,
+        max_bytes: Option<u64>,
+        reserve_bytes: u64,
+    ) -> ClientResult<QuotaInfo> {
+        self.call(&Request::QuotaSet {
+            name: name.into(),
+            max_bytes,
+            reserve_bytes,
+        })
+    }
+
+    pub fn quota_list(&mut self) -> ClientResult<Vec<QuotaInfo>> {
+        Ok(self.call::<QuotaList>(&Request::QuotaList {})?.quotas)
+    }
+
     pub fn token_create(&mut self, name: &str, scopes: Vec<Grant>) -> ClientResult<TokenCreated> {
         self.call(&Request::TokenCreate {
             name: name.into(),

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use cowfs_ctl::proto::{
-    BranchInfo, BranchKind, Change, DiffReply, Grant, GroupMember, MountSpec, TokenInfo, UsageReply,
+    BranchInfo, BranchKind, Change, DiffReply, Grant, GroupMember, MountSpec, QuotaInfo, TokenInfo,
+    UsageReply,
 };
 use cowfs_ctl::{Client, ClientError};
 use serde::Serialize;
@@ -85,9 +86,51 @@ enum Cmd {
     Unprotect { name: String },
     /// Bytes referenced, exclusive (freed by delete) and shared, per branch.
     Usage,
+    /// Quotas and reservations per branch.
+    #[command(subcommand)]
+    Quota(QuotaCmd),
     /// Tokens (admin:* only).
     #[command(subcommand)]
     Token(TokenCmd),
+}
+
+#[derive(Subcommand)]
+enum QuotaCmd {
+    /// Set a branch's quota (EDQUOT past it) and reservation (space no other branch
+    /// may take); without --max and --reserve, clear both. Needs admin on it.
+    Set {
+        branch: String,
+        /// Most bytes the branch may hold alone (suffixes K, M, G, T).
+        #[arg(long, value_parser = parse_size)]
+        max: Option<u64>,
+        /// Bytes of free space kept for the branch (suffixes K, M, G, T).
+        #[arg(long, value_parser = parse_size, default_value = "0")]
+        reserve: u64,
+    },
+    /// Branches with a quota or reservation, and what they use.
+    List,
+}
+
+/// "10G" -> 10737418240.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("unknown size suffix '{c}' (use K, M, G or T)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .map_err(|_| format!("'{s}' is not a size in bytes"))?
+        .checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 #[derive(Subcommand)]
@@ -317,6 +360,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let v = c.usage()?;
             out(json, &v, usage);
         }
+        Cmd::Quota(QuotaCmd::Set {
+            branch,
+            max,
+            reserve,
+        }) => {
+            let v = c.quota_set(&branch, max, reserve)?;
+            out(json, &v, |v| quotas(std::slice::from_ref(v)));
+        }
+        Cmd::Quota(QuotaCmd::List) => {
+            let v = c.quota_list()?;
+            out(json, &v, |v| quotas(v));
+        }
         Cmd::Token(TokenCmd::Create { name, scopes }) => {
             let v = c.token_create(&name, scopes)?;
             out(json, &v, |v| {
@@ -432,6 +487,19 @@ fn usage(u: &UsageReply) {
         bytes(u.used_bytes),
         bytes(u.capacity_bytes)
     );
+}
+
+fn quotas(list: &[QuotaInfo]) {
+    let mut t = Table::new(&["NAME", "MAX", "RESERVE", "USED"]);
+    for q in list {
+        t.row(vec![
+            q.name.clone(),
+            q.max_bytes.map_or_else(|| "-".into(), bytes),
+            bytes(q.reserve_bytes),
+            bytes(q.used_bytes),
+        ]);
+    }
+    t.print();
 }
 
 fn tokens(list: &[TokenInfo]) {

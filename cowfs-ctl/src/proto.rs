@@ -80,6 +80,14 @@ pub enum Request {
         name: String,
     },
     Usage {},
+    QuotaSet {
+        name: String,
+        #[serde(default)]
+        max_bytes: Option<u64>,
+        #[serde(default)]
+        reserve_bytes: u64,
+    },
+    QuotaList {},
     TokenCreate {
         name: String,
         scopes: Vec<Grant>,
@@ -109,6 +117,8 @@ impl Request {
         "protect",
         "unprotect",
         "usage",
+        "quota_set",
+        "quota_list",
         "token_create",
         "token_list",
         "token_revoke",
@@ -133,6 +143,8 @@ impl Request {
             Request::Protect { .. } => "protect",
             Request::Unprotect { .. } => "unprotect",
             Request::Usage {} => "usage",
+            Request::QuotaSet { .. } => "quota_set",
+            Request::QuotaList {} => "quota_list",
             Request::TokenCreate { .. } => "token_create",
             Request::TokenList {} => "token_list",
             Request::TokenRevoke { .. } => "token_revoke",
@@ -523,6 +535,22 @@ pub struct UsageReply {
     pub capacity_bytes: u64,
     pub used_bytes: u64,
     pub branches: Vec<UsageEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaInfo {
+    pub name: String,
+    /// Past it, writes that need new blocks fail with EDQUOT.
+    pub max_bytes: Option<u64>,
+    /// Free space kept for this branch: other branches get ENOSPC first.
+    pub reserve_bytes: u64,
+    /// Bytes it alone references, as counted for the quota.
+    pub used_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaList {
+    pub quotas: Vec<QuotaInfo>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

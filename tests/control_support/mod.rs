@@ -32,6 +32,11 @@ impl Daemon {
 
     /// With a control config file holding `config` (JSON).
     pub fn start_with_config(config: Option<&str>) -> Daemon {
+        Daemon::start_with(config, 8 << 30)
+    }
+
+    /// With a control config and a pool of `capacity` bytes.
+    pub fn start_with(config: Option<&str>, capacity: u64) -> Daemon {
         let tmp = tempfile::Builder::new()
             .prefix("cowfs-ctl-test-")
             .tempdir()
@@ -39,7 +44,7 @@ impl Daemon {
         let base = tmp.path().canonicalize().expect("canonical tmp");
         let pool_path = base.join("pool");
         let opts = PoolOptions {
-            capacity_bytes: Some(8 << 30),
+            capacity_bytes: Some(capacity),
             ..Default::default()
         };
         let pool = Arc::new(Pool::create(&pool_path, &opts).expect("create pool"));

@@ -40,6 +40,18 @@ pub struct NodeStore {
     /// Blocks written in this transaction with the CRC32 of their content, while
     /// they still fit in a superblock manifest (then None).
     written: Option<HashMap<BlockAddr, u32>>,
+    /// Limit on the data blocks the running operation may allocate (branch quotas
+    /// and space reserved for other branches); set by the pool around one call.
+    pub data_budget: Option<DataBudget>,
+}
+
+/// See `NodeStore::data_budget`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataBudget {
+    pub blocks: u64,
+    /// The binding limit is the branch's own quota (EDQUOT), not space reserved
+    /// for other branches (ENOSPC).
+    pub quota: bool,
 }
 
 impl NodeStore {
@@ -60,6 +72,7 @@ impl NodeStore {
             generation,
             refs_of,
             stats: IoStats::default(),
+            data_budget: None,
             written: Some(HashMap::new()),
         }
     }
@@ -313,7 +326,22 @@ impl NodeStore {
                 pool: self.dev.name(),
             });
         }
-        let r = self.space.alloc(&*self.dev, want.min(avail - reserve))?;
+        let mut want = want.min(avail - reserve);
+        if let Some(b) = self.data_budget {
+            if b.blocks == 0 {
+                let pool = self.dev.name();
+                return Err(if b.quota {
+                    StoreError::Quota { pool }
+                } else {
+                    StoreError::NoSpace { pool }
+                });
+            }
+            want = want.min(b.blocks);
+        }
+        let r = self.space.alloc(&*self.dev, want)?;
+        if let Some(b) = &mut self.data_budget {
+            b.blocks -= r.1.min(b.blocks);
+        }
         for a in r.0..r.0 + r.1 {
             self.cache.remove(a);
         }

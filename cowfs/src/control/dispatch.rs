@@ -12,16 +12,19 @@ use serde_json::Value;
 
 use super::auth::{forbidden, has, is_pool_admin, require, require_unprotected};
 use super::errors;
+use super::quotas::QuotaStore;
 use super::tokens::{TokenStore, TokenView};
 use crate::fuse::MountTable;
 use crate::pool::admin::GroupMember as PoolMember;
 use crate::pool::diff::PathChangeKind;
+use crate::pool::quota::{QuotaLimits, QuotaStatus};
 use crate::pool::{BranchId, Pool};
 
 pub struct Ctx {
     pub pool: Arc<Pool>,
     pub mounts: Arc<MountTable>,
     pub tokens: TokenStore,
+    pub quotas: QuotaStore,
     lock: Mutex<()>,
 }
 
@@ -53,11 +56,17 @@ struct Target {
 }
 
 impl Ctx {
-    pub fn new(pool: Arc<Pool>, mounts: Arc<MountTable>, tokens: TokenStore) -> Ctx {
+    pub fn new(
+        pool: Arc<Pool>,
+        mounts: Arc<MountTable>,
+        tokens: TokenStore,
+        quotas: QuotaStore,
+    ) -> Ctx {
         Ctx {
             pool,
             mounts,
             tokens,
+            quotas,
             lock: Mutex::new(()),
         }
     }
@@ -178,6 +187,9 @@ impl Ctx {
                 require_unprotected(token, t.protected, "delete", &t.name, t.id)?;
                 self.refuse_mounted(&name, "delete")?;
                 self.pool.branch_delete(&name).map_err(errors::pool)?;
+                if let Err(e) = self.quotas.set(t.id, QuotaLimits::default()) {
+                    log::warn!("{}: {e}", self.quotas.path().display());
+                }
                 self.tokens.forget_branch(t.id).map_err(errors::token)?;
                 ok(Done {})
             }
@@ -297,6 +309,53 @@ impl Ctx {
                     used_bytes: self.pool.used_blocks() * st.bsize as u64,
                     branches,
                 })
+            }
+            Request::QuotaSet {
+                name,
+                max_bytes,
+                reserve_bytes,
+            } => {
+                let _g = self.lock.lock();
+                let t = self.target(&name)?;
+                require(token, Scope::Admin, &t.name, t.id)?;
+                let limits = QuotaLimits {
+                    max_bytes,
+                    reserve_bytes,
+                };
+                if t.snapshot && !limits.is_none() {
+                    return Err(errors::bad_request(format!(
+                        "'{name}' is a snapshot; snapshots never grow (set quotas on branches)"
+                    ))
+                    .target(name));
+                }
+                let before = self
+                    .pool
+                    .quota_list()
+                    .into_iter()
+                    .find(|q| q.id == t.id)
+                    .map(|q| q.limits)
+                    .unwrap_or_default();
+                let st = self.pool.quota_set(&name, limits).map_err(errors::pool)?;
+                if let Err(e) = self.quotas.set(t.id, limits) {
+                    if let Err(r) = self.pool.quota_set(&name, before) {
+                        log::error!("restoring the quota of '{name}': {r}");
+                    }
+                    return Err(ErrorReply::new(
+                        ErrorKind::Io,
+                        format!("{}: {e}", self.quotas.path().display()),
+                    ));
+                }
+                ok(quota_info(st))
+            }
+            Request::QuotaList {} => {
+                let quotas = self
+                    .pool
+                    .quota_list()
+                    .into_iter()
+                    .filter(|q| has(token, Scope::Read, &q.name, q.id))
+                    .map(quota_info)
+                    .collect();
+                ok(proto::QuotaList { quotas })
             }
             Request::TokenCreate { name, scopes } => {
                 self.pool_admin(token, "create tokens")?;
@@ -475,6 +534,15 @@ impl Ctx {
         require(token, Scope::Admin, &t.name, t.id)?;
         self.pool.set_protected(name, on).map_err(errors::pool)?;
         ok(self.info(name)?)
+    }
+}
+
+fn quota_info(q: QuotaStatus) -> QuotaInfo {
+    QuotaInfo {
+        name: q.name,
+        max_bytes: q.limits.max_bytes,
+        reserve_bytes: q.limits.reserve_bytes,
+        used_bytes: q.used_bytes,
     }
 }
 

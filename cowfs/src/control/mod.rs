@@ -7,12 +7,16 @@
 //! - `auth`: the permission rules
 //! - `tokens`: the hashed token store beside the pool (`POOL.tokens`)
 //! - `config`: limits from the `--config` file
+//! - `quotas`: branch quotas and reservations kept beside the pool (`POOL.quotas`)
+//! - `files`: private files beside the pool, replaced atomically
 //! - `errors`: engine errors as typed protocol errors
 
 mod auth;
 pub mod config;
 mod dispatch;
 mod errors;
+mod files;
+pub mod quotas;
 pub mod sanitize;
 mod server;
 pub mod tokens;
@@ -66,6 +70,7 @@ impl ControlServer {
     ) -> Result<ControlServer, ControlError> {
         let cfg = ServerConfig::load(config)?;
         let tokens = TokenStore::open(pool.name())?;
+        let quotas = quotas::QuotaStore::open(&pool)?;
         let io = |source| ControlError::Io {
             path: socket.to_path_buf(),
             source,
@@ -87,7 +92,7 @@ impl ControlServer {
         let listener = UnixListener::bind(socket).map_err(io)?;
         std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
         let shared = Arc::new(server::Shared::new(
-            dispatch::Ctx::new(pool, mounts, tokens),
+            dispatch::Ctx::new(pool, mounts, tokens, quotas),
             cfg,
         ));
         let sh = shared.clone();

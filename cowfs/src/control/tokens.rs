@@ -7,9 +7,8 @@
 //! The file also records which branches each token created (by branch id, which a
 //! pool never reuses): a token owns what it creates.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use cowfs_ctl::proto::{Grant, Scope};
@@ -18,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::files::{replace_private, with_suffix, write_private};
 use crate::pool::BranchId;
 
 /// Name of the token `cowfs init` creates.
@@ -53,12 +53,6 @@ pub fn secret_path(pool: &Path) -> PathBuf {
     with_suffix(pool, ".token")
 }
 
-fn with_suffix(pool: &Path, suffix: &str) -> PathBuf {
-    let mut s = pool.as_os_str().to_os_string();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
 /// Create the token store of a new pool with one token, `admin` (scope `admin:*`),
 /// and write its secret to `POOL.token` (mode 0600). Called by `cowfs init`.
 /// Returns the path of the secret file.
@@ -82,7 +76,12 @@ pub fn init_admin_token(pool_path: &Path) -> Result<PathBuf, TokenError> {
         }],
     };
     let secret_file = secret_path(pool_path);
-    write_private(&secret_file, format!("{secret}\n").as_bytes())?;
+    write_private(&secret_file, format!("{secret}\n").as_bytes()).map_err(|source| {
+        TokenError::Io {
+            path: secret_file.clone(),
+            source,
+        }
+    })?;
     save(&store, &file)?;
     log::info!(
         "created admin token; its secret is in {}",
@@ -301,39 +300,14 @@ fn new_secret(near: &Path) -> Result<(String, [u8; 32]), TokenError> {
     Ok((secret, hash))
 }
 
-/// Write the store: a temporary file (0600), fsync, rename over, fsync the folder.
+/// Write the store durably and atomically.
 fn save(path: &Path, file: &TokenFile) -> Result<(), TokenError> {
-    let io = |source| TokenError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let text = serde_json::to_vec_pretty(file).map_err(|e| io(std::io::Error::other(e)))?;
-    let tmp = with_suffix(path, ".tmp");
-    write_private(&tmp, &text)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-    }
-    Ok(())
-}
-
-/// Create or truncate `path` with mode 0600 and write `data` durably.
-fn write_private(path: &Path, data: &[u8]) -> Result<(), TokenError> {
-    let io = |source| TokenError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
-    // An existing file keeps its mode on open: make sure it is private.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(io)?;
-    f.write_all(data).and_then(|_| f.sync_all()).map_err(io)
+    let text = serde_json::to_vec_pretty(file).map_err(std::io::Error::other);
+    text.and_then(|t| replace_private(path, &t))
+        .map_err(|source| TokenError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 fn hex(b: &[u8]) -> String {
@@ -363,6 +337,7 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn init_create_authenticate_revoke() {

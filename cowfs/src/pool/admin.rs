@@ -67,7 +67,8 @@ impl Pool {
         }
         e.dirty_branches.insert(id);
         e.commit()?;
-        Ok(())
+        drop(e);
+        self.quota_recount(id)
     }
 
     /// Create several branches or snapshots, each from its own parent, in one

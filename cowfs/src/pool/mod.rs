@@ -8,6 +8,7 @@ pub mod admin;
 pub mod catalog;
 pub mod diff;
 pub mod fsck;
+pub mod quota;
 pub mod scrub;
 pub mod usage;
 
@@ -147,6 +148,8 @@ pub(crate) struct Engine {
     /// File reads in progress outside the lock; a commit waits for them before the
     /// blocks it freed may be reused.
     reads_in_flight: Arc<AtomicUsize>,
+    /// Branch quotas and reservations (see quota.rs).
+    quotas: quota::Quotas,
 }
 
 pub struct Pool {
@@ -755,6 +758,7 @@ impl Engine {
             dirty_limit_nodes: (opts.dirty_limit_bytes / BLOCK_SIZE).max(16),
             running_gen: Arc::new(AtomicU64::new(st_gen)),
             reads_in_flight: Arc::new(AtomicUsize::new(0)),
+            quotas: quota::Quotas::default(),
         }
     }
 
@@ -918,18 +922,30 @@ impl Engine {
             st,
             branches,
             dirty_branches,
+            quotas,
             ..
         } = self;
-        let rec = branches.get_mut(&b).ok_or(FsError::Posix(libc::ESTALE))?;
+        let rec = branches.get(&b).ok_or(FsError::Posix(libc::ESTALE))?;
         if write && rec.is_snapshot() {
             return Err(FsError::Posix(libc::EROFS));
         }
+        st.data_budget = if write {
+            quotas.budget(b, branches, st.space.available())
+        } else {
+            None
+        };
+        let used0 = st.space.used();
+        let rec = branches.get_mut(&b).ok_or(FsError::Posix(libc::ESTALE))?;
         let (root0, ino0) = (rec.root, rec.next_ino);
         let r = f(&mut FsTree {
             st,
             root: &mut rec.root,
             next_ino: &mut rec.next_ino,
         });
+        st.data_budget = None;
+        if write {
+            quotas.charge(b, used0, st.space.used());
+        }
         if rec.root != root0 || rec.next_ino != ino0 {
             dirty_branches.insert(b);
         }

@@ -46,6 +46,13 @@ impl Pool {
     }
 }
 
+/// Blocks only the tree at `root` references (what deleting it would free).
+pub(super) fn exclusive_blocks(e: &mut Engine, root: BlockAddr) -> StoreResult<u64> {
+    let mut t = Tally::default();
+    walk(e, root, true, &mut t)?;
+    Ok(t.exclusive)
+}
+
 /// `alone`: every node above this one has a single reference, so a block with a
 /// single reference here is freed when the branch is deleted.
 fn walk(e: &mut Engine, addr: BlockAddr, alone: bool, t: &mut Tally) -> StoreResult<()> {

@@ -49,6 +49,8 @@ pub enum StoreError {
     },
     #[error("{pool}: no space left in the pool")]
     NoSpace { pool: PathBuf },
+    #[error("{pool}: the branch's quota is used up; delete data in it or raise its quota (`cowfs-ctl quota set`)")]
+    Quota { pool: PathBuf },
     #[error("{pool}: pool is read-only after a failed flush; restart the daemon to recover from the last commit")]
     Poisoned { pool: PathBuf },
 }
@@ -58,6 +60,7 @@ impl StoreError {
     pub fn errno(&self) -> i32 {
         match self {
             StoreError::NoSpace { .. } => libc::ENOSPC,
+            StoreError::Quota { .. } => libc::EDQUOT,
             StoreError::Poisoned { .. } => libc::EROFS,
             _ => libc::EIO,
         }

@@ -1,0 +1,289 @@
+//! Branch quotas and reservations.
+//!
+//! A branch with a quota may hold at most `max_bytes` that it alone references;
+//! past it, data allocations fail with EDQUOT (overwriting blocks it already owns,
+//! deleting and truncating still work). A branch with a reservation keeps
+//! `reserve_bytes` of free space for itself: other branches' data allocations fail
+//! with ENOSPC rather than take it, so an agent filling its clone cannot make
+//! production run out of space.
+//!
+//! What a branch "alone references" is computed exactly when its quota is set (the
+//! blocks deleting it would free) and then follows the pool's block count across
+//! each of its writes. Space that becomes exclusive to it because another branch
+//! or snapshot was deleted is counted again at the next `quota_set` or daemon start.
+//! A single request may overshoot a limit by the blocks it allocates at once (a
+//! FUSE write is at most 1 MiB; fallocate is limited the same way, per extent).
+//! The limits live in memory; the control plane stores them (`POOL.quotas`) and
+//! sets them again when the daemon starts.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::catalog::BranchRecord;
+use super::usage::exclusive_blocks;
+use super::{BranchId, Pool, PoolResult};
+use crate::btree::nodestore::DataBudget;
+use crate::store::{StoreError, BLOCK_SIZE};
+
+const BS: u64 = BLOCK_SIZE as u64;
+
+/// Blocks kept free beyond the reservations of other branches, for the metadata
+/// a write needs besides its data.
+const METADATA_MARGIN: u64 = 64;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuotaLimits {
+    pub max_bytes: Option<u64>,
+    pub reserve_bytes: u64,
+}
+
+impl QuotaLimits {
+    pub fn is_none(&self) -> bool {
+        self.max_bytes.is_none() && self.reserve_bytes == 0
+    }
+}
+
+/// A branch's limits and what it uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaStatus {
+    pub id: BranchId,
+    pub name: String,
+    pub limits: QuotaLimits,
+    /// Bytes it alone references, as counted for the quota.
+    pub used_bytes: u64,
+}
+
+struct Entry {
+    limits: QuotaLimits,
+    /// Blocks it alone references (see the module comment).
+    charged: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Quotas {
+    entries: HashMap<BranchId, Entry>,
+}
+
+impl Quotas {
+    /// The data budget of one write operation on branch `b`.
+    pub(crate) fn budget(
+        &self,
+        b: BranchId,
+        branches: &BTreeMap<BranchId, BranchRecord>,
+        available: u64,
+    ) -> Option<DataBudget> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let reserved_others: u64 = self
+            .entries
+            .iter()
+            .filter(|(id, _)| **id != b && branches.contains_key(id))
+            .map(|(_, e)| (e.limits.reserve_bytes / BS).saturating_sub(e.charged))
+            .sum();
+        let mut out = (reserved_others > 0).then(|| DataBudget {
+            blocks: available.saturating_sub(reserved_others + METADATA_MARGIN),
+            quota: false,
+        });
+        if let Some(e) = self.entries.get(&b) {
+            if let Some(max) = e.limits.max_bytes {
+                let left = (max / BS).saturating_sub(e.charged);
+                if out.is_none_or(|o| left <= o.blocks) {
+                    out = Some(DataBudget {
+                        blocks: left,
+                        quota: true,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Account one write operation on `b`: the pool's used block count went from
+    /// `before` to `after`.
+    pub(crate) fn charge(&mut self, b: BranchId, before: u64, after: u64) {
+        if let Some(e) = self.entries.get_mut(&b) {
+            e.charged = (e.charged + after).saturating_sub(before);
+        }
+    }
+}
+
+impl Pool {
+    /// Set (or, with empty limits, clear) the quota and reservation of a branch.
+    /// Refused with ENOSPC if the reservation does not fit in the free space left
+    /// by the other reservations.
+    pub fn quota_set(&self, name: &str, limits: QuotaLimits) -> PoolResult<QuotaStatus> {
+        let mut e = self.e.lock();
+        let id = e.id_of(name)?;
+        if limits.is_none() {
+            e.quotas.entries.remove(&id);
+            return Ok(QuotaStatus {
+                id,
+                name: name.into(),
+                limits,
+                used_bytes: 0,
+            });
+        }
+        let root = e.branches[&id].root;
+        let charged = exclusive_blocks(&mut e, root)?;
+        let want = (limits.reserve_bytes / BS).saturating_sub(charged);
+        if want > 0 {
+            let room = e
+                .quotas
+                .budget(id, &e.branches, e.st.space.available())
+                .filter(|b| !b.quota)
+                .map_or(e.st.space.available(), |b| b.blocks);
+            if want > room.saturating_sub(METADATA_MARGIN) {
+                return Err(StoreError::NoSpace {
+                    pool: e.st.dev.name(),
+                }
+                .into());
+            }
+        }
+        e.quotas.entries.insert(id, Entry { limits, charged });
+        Ok(QuotaStatus {
+            id,
+            name: name.into(),
+            limits,
+            used_bytes: charged * BS,
+        })
+    }
+
+    /// Every branch with a quota or reservation.
+    pub fn quota_list(&self) -> Vec<QuotaStatus> {
+        let e = self.e.lock();
+        let mut out: Vec<QuotaStatus> = e
+            .quotas
+            .entries
+            .iter()
+            .filter_map(|(id, q)| {
+                e.branches.get(id).map(|r| QuotaStatus {
+                    id: *id,
+                    name: r.name.clone(),
+                    limits: q.limits,
+                    used_bytes: q.charged * BS,
+                })
+            })
+            .collect();
+        out.sort_by_key(|q| q.id);
+        out
+    }
+
+    /// Count again what a branch alone references (after a reset replaced its tree).
+    pub(crate) fn quota_recount(&self, id: BranchId) -> PoolResult<()> {
+        let mut e = self.e.lock();
+        if !e.quotas.entries.contains_key(&id) {
+            return Ok(());
+        }
+        let Some(root) = e.branches.get(&id).map(|r| r.root) else {
+            return Ok(());
+        };
+        let n = exclusive_blocks(&mut e, root)?;
+        if let Some(q) = e.quotas.entries.get_mut(&id) {
+            q.charged = n;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::{FsError, Owner};
+    use crate::pool::{FsckOptions, PoolOptions};
+    use crate::store::device::MemDevice;
+    use std::sync::Arc;
+
+    #[test]
+    fn quota_gives_edquot_and_reservation_protects_others() {
+        let opts = PoolOptions {
+            capacity_bytes: Some(64 << 20),
+            ..Default::default()
+        };
+        let p = Pool::create_on(Arc::new(MemDevice::new()), &opts).unwrap();
+        let main = p.branch_id("main").unwrap();
+        let agent = p.branch_create("agent", "main").unwrap();
+        p.quota_set(
+            "agent",
+            QuotaLimits {
+                max_bytes: Some(4 << 20),
+                reserve_bytes: 0,
+            },
+        )
+        .unwrap();
+        let f = p
+            .mknod(
+                agent,
+                1,
+                b"fill",
+                libc::S_IFREG | 0o644,
+                0,
+                Owner::default(),
+            )
+            .unwrap();
+        let chunk = vec![7u8; 256 << 10];
+        let mut written = 0u64;
+        let err = loop {
+            match p.write_file(agent, f.ino, written, &chunk) {
+                Ok(n) => written += n as u64,
+                Err(e) => break e,
+            }
+            assert!(written < 16 << 20, "quota never enforced");
+        };
+        assert_eq!(err.errno(), libc::EDQUOT);
+        assert!(written >= 3 << 20 && written <= 5 << 20, "{written}");
+        // Overwriting owned blocks and deleting still work.
+        p.write_file(agent, f.ino, 0, &chunk).unwrap();
+        p.unlink(agent, 1, b"fill").unwrap();
+        let g = p
+            .mknod(
+                agent,
+                1,
+                b"again",
+                libc::S_IFREG | 0o644,
+                0,
+                Owner::default(),
+            )
+            .unwrap();
+        p.write_file(agent, g.ino, 0, &chunk).unwrap();
+
+        // A reservation for main: another branch fills the rest, main still writes.
+        p.quota_set(
+            "agent",
+            QuotaLimits {
+                max_bytes: None,
+                reserve_bytes: 0,
+            },
+        )
+        .unwrap();
+        p.quota_set(
+            "main",
+            QuotaLimits {
+                max_bytes: None,
+                reserve_bytes: 8 << 20,
+            },
+        )
+        .unwrap();
+        let mut off = 0u64;
+        let err = loop {
+            match p.write_file(agent, g.ino, off, &chunk) {
+                Ok(n) => off += n as u64,
+                Err(e) => break e,
+            }
+            assert!(off < 128 << 20);
+        };
+        assert_eq!(err.errno(), libc::ENOSPC);
+        let m = p
+            .mknod(main, 1, b"prod", libc::S_IFREG | 0o644, 0, Owner::default())
+            .unwrap();
+        for i in 0..24u64 {
+            p.write_file(main, m.ino, i * (256 << 10), &chunk)
+                .unwrap_or_else(|e: FsError| panic!("main write {i}: {e}"));
+        }
+        let st = p.quota_list();
+        assert_eq!(st.len(), 1);
+        assert!(st[0].used_bytes >= 6 << 20);
+        p.commit().unwrap();
+        let r = p.fsck(&FsckOptions::default()).unwrap();
+        assert!(r.is_clean(), "{r}");
+    }
+}
