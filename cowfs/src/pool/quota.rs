@@ -230,7 +230,7 @@ mod tests {
             assert!(written < 16 << 20, "quota never enforced");
         };
         assert_eq!(err.errno(), libc::EDQUOT);
-        assert!(written >= 3 << 20 && written <= 5 << 20, "{written}");
+        assert!((3 << 20..=5 << 20).contains(&written), "{written}");
         // Overwriting owned blocks and deleting still work.
         p.write_file(agent, f.ino, 0, &chunk).unwrap();
         p.unlink(agent, 1, b"fill").unwrap();
