@@ -89,11 +89,11 @@ done
 PGPID=$!
 
 for _ in $(seq 1 600); do
-  if "$PGBIN/pg_isready" -q -h "$SOCK" -p 5432; then break; fi
+  if "$PGBIN/pg_isready" -q -h "$SOCK" -p 5432 -U "$OWNER" -d postgres; then break; fi
   kill -0 "$PGPID" 2>/dev/null || { echo "the server on the clone did not start"; exit 1; }
   sleep 0.5
 done
-"$PGBIN/pg_isready" -q -h "$SOCK" -p 5432 || { echo "the server on the clone is not ready"; exit 1; }
+"$PGBIN/pg_isready" -q -h "$SOCK" -p 5432 -U "$OWNER" -d postgres || { echo "the server on the clone is not ready"; exit 1; }
 
 psql_as() {
   "${AS[@]}" "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCK" -p 5432 -U "$OWNER" "$@"

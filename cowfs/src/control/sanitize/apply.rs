@@ -214,7 +214,10 @@ impl<'a> Walker<'a> {
             self.truncate(t, 0)?;
             return Ok(t);
         }
-        let name = format!(".cowfs-sanitize-{}", std::process::id());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!(".cowfs-sanitize-{}-{nanos}", std::process::id());
         let owner = Owner { uid: 0, gid: 0 };
         let a = self.pool.mknod(
             self.b,
