@@ -869,3 +869,137 @@ fn second_daemon_is_refused() {
     );
     m.stop();
 }
+
+/// A POSIX ACL xattr blob: version 2, then (tag, perm, id) entries.
+fn acl_blob(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut b = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        b.extend_from_slice(&tag.to_le_bytes());
+        b.extend_from_slice(&perm.to_le_bytes());
+        b.extend_from_slice(&id.to_le_bytes());
+    }
+    b
+}
+
+const ACL_USER_OBJ: u16 = 0x01;
+const ACL_USER: u16 = 0x02;
+const ACL_GROUP_OBJ: u16 = 0x04;
+const ACL_MASK: u16 = 0x10;
+const ACL_OTHER: u16 = 0x20;
+
+#[test]
+fn posix_acls() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let r = m.mnt.display().to_string();
+    let f = m.mnt.join("acl-file");
+    write_file(&f, b"for nobody");
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok, _) = as_nobody(&format!("cat {r}/acl-file"));
+    assert!(!ok, "mode 0600 keeps nobody out");
+    // An access ACL granting nobody read: enforced, and the mode shows the mask.
+    let access = acl_blob(&[
+        (ACL_USER_OBJ, 6, 0),
+        (ACL_USER, 4, NOBODY),
+        (ACL_GROUP_OBJ, 0, 0),
+        (ACL_MASK, 4, 0),
+        (ACL_OTHER, 0, 0),
+    ]);
+    setxattr(&f, "system.posix_acl_access", &access, 0).unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o640);
+    let (ok, out) = as_nobody(&format!("cat {r}/acl-file"));
+    assert!(ok && out == "for nobody", "{out}");
+    let (ok, _) = as_nobody(&format!("echo x >> {r}/acl-file"));
+    assert!(!ok, "the ACL grants read only");
+    // chmod rewrites the mask: nobody is out again.
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok, _) = as_nobody(&format!("cat {r}/acl-file"));
+    assert!(!ok, "chmod 600 masks the named entry");
+    // Malformed ACLs are refused.
+    assert_eq!(
+        errno(setxattr(&f, "system.posix_acl_access", &[2, 0, 0, 0, 1], 0)),
+        libc::EINVAL
+    );
+    // Default ACLs are inherited by new files and directories.
+    let d = m.mnt.join("acl-dir");
+    fs::create_dir(&d).unwrap();
+    // The kernel reports the id of unnamed entries as ACL_UNDEFINED_ID.
+    let undef = u32::MAX;
+    let def = acl_blob(&[
+        (ACL_USER_OBJ, 7, undef),
+        (ACL_USER, 7, NOBODY),
+        (ACL_GROUP_OBJ, 5, undef),
+        (ACL_MASK, 7, undef),
+        (ACL_OTHER, 0, undef),
+    ]);
+    setxattr(&d, "system.posix_acl_default", &def, 0).unwrap();
+    setxattr(&d, "system.posix_acl_access", &def, 0).unwrap();
+    let (ok, out) = as_nobody(&format!(
+        "echo made > {r}/acl-dir/by-nobody && cat {r}/acl-dir/by-nobody"
+    ));
+    assert!(ok && out == "made\n", "{out}");
+    write_file(&d.join("by-root"), b"inherited");
+    assert!(getxattr(&d.join("by-root"), "system.posix_acl_access").is_ok());
+    assert_eq!(fs::metadata(d.join("by-root")).unwrap().mode() & 0o007, 0);
+    let (ok, out) = as_nobody(&format!("cat {r}/acl-dir/by-root"));
+    assert!(ok && out == "inherited", "{out}");
+    fs::create_dir(d.join("sub")).unwrap();
+    assert_eq!(
+        getxattr(&d.join("sub"), "system.posix_acl_default").unwrap(),
+        def
+    );
+    m.stop();
+    let m = fx.mount();
+    let (ok, out) = as_nobody(&format!("cat {}/acl-dir/by-root", m.mnt.display()));
+    assert!(ok && out == "inherited", "after remount: {out}");
+    m.stop();
+    fx.assert_fsck_clean();
+}
+
+fn mknod(p: &Path, mode: u32, dev: u64) -> std::io::Result<()> {
+    let c = cpath(p);
+    // SAFETY: a valid path; mknod takes plain integers otherwise.
+    if unsafe { libc::mknod(c.as_ptr(), mode, dev) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[test]
+fn special_files() {
+    use std::os::unix::fs::FileTypeExt;
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let p = |n: &str| m.mnt.join(n);
+    mknod(&p("fifo"), libc::S_IFIFO | 0o640, 0).unwrap();
+    let null = libc::makedev(1, 3);
+    mknod(&p("null"), libc::S_IFCHR | 0o666, null).unwrap();
+    mknod(&p("blk"), libc::S_IFBLK | 0o600, libc::makedev(7, 42)).unwrap();
+    let sock = std::os::unix::net::UnixListener::bind(p("sock")).unwrap();
+    std::os::unix::fs::symlink("fifo", p("link")).unwrap();
+    let check = |root: &Path| {
+        let md = |n: &str| fs::symlink_metadata(root.join(n)).unwrap();
+        assert!(md("fifo").file_type().is_fifo());
+        assert_eq!(md("fifo").mode() & 0o777, 0o640);
+        assert!(md("null").file_type().is_char_device());
+        assert_eq!(md("null").rdev(), null);
+        assert!(md("blk").file_type().is_block_device());
+        assert_eq!(md("blk").rdev(), libc::makedev(7, 42));
+        assert!(md("sock").file_type().is_socket());
+        assert!(md("link").file_type().is_symlink());
+        assert_eq!(fs::read_link(root.join("link")).unwrap(), Path::new("fifo"));
+    };
+    check(&m.mnt);
+    // A fifo on cowfs works as a pipe; a device node opens the real device.
+    let fifo = p("fifo");
+    let writer = std::thread::spawn(move || fs::write(fifo, b"through the fifo"));
+    assert_eq!(fs::read(p("fifo")).unwrap(), b"through the fifo");
+    writer.join().unwrap().unwrap();
+    assert_eq!(fs::read(p("null")).unwrap(), b"");
+    drop(sock);
+    m.stop();
+    let m = fx.mount();
+    check(&m.mnt);
+    m.stop();
+    fx.assert_fsck_clean();
+}

@@ -20,6 +20,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use super::acl;
 use super::attr::{errno, file_attr, file_type, from_system_time, time_or_now, TTL};
 use super::handles::Handles;
 use super::kernel;
@@ -89,13 +90,16 @@ impl CowFs {
         rdev: u64,
     ) -> FsResult<Attr> {
         let (owner, mode) = self.new_owner(req, parent, mode)?;
+        let (mode, inherited) = acl::inherit(&self.pool, self.branch, parent, mode)?;
         let name = name.as_bytes();
-        if mode & libc::S_IFMT == libc::S_IFDIR {
-            self.pool.mkdir(self.branch, parent, name, mode, owner)
+        let a = if mode & libc::S_IFMT == libc::S_IFDIR {
+            self.pool.mkdir(self.branch, parent, name, mode, owner)?
         } else {
             self.pool
-                .mknod(self.branch, parent, name, mode, rdev, owner)
-        }
+                .mknod(self.branch, parent, name, mode, rdev, owner)?
+        };
+        acl::store_inherited(&self.pool, self.branch, a.ino, inherited)?;
+        Ok(a)
     }
 
     fn entry(reply: ReplyEntry, r: FsResult<Attr>) {
@@ -189,7 +193,14 @@ impl Filesystem for CowFs {
             mtime: mtime.map(time_or_now),
             ctime: ctime.map(from_system_time),
         };
-        match self.pool.setattr(self.branch, ino.0, &s) {
+        let r = self
+            .pool
+            .setattr(self.branch, ino.0, &s)
+            .and_then(|a| match mode {
+                Some(m) => acl::after_chmod(&self.pool, self.branch, ino.0, m).map(|()| a),
+                None => Ok(a),
+            });
+        match r {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -545,9 +556,12 @@ impl Filesystem for CowFs {
         let Ok(flags) = u32::try_from(flags) else {
             return reply.error(Errno::EINVAL);
         };
-        let r = self
-            .pool
-            .setxattr(self.branch, ino.0, name.as_bytes(), value, flags);
+        let name = name.as_bytes();
+        let r = if name == acl::ACCESS || name == acl::DEFAULT {
+            acl::set(&self.pool, self.branch, ino.0, name, value, flags)
+        } else {
+            self.pool.setxattr(self.branch, ino.0, name, value, flags)
+        };
         Self::empty(reply, r);
     }
 

@@ -43,6 +43,9 @@ pub(crate) fn negotiate(cfg: &mut KernelConfig, read_only: bool) {
         ("large requests", InitFlags::FUSE_MAX_PAGES),
         ("asynchronous direct I/O", InitFlags::FUSE_ASYNC_DIO),
         ("cached symlinks", InitFlags::FUSE_CACHE_SYMLINKS),
+        // The kernel enforces ACLs it reads from us (fuse/acl.rs keeps them and
+        // the mode in step). Without FUSE_DONT_MASK it still applies the umask.
+        ("POSIX ACLs", InitFlags::FUSE_POSIX_ACL),
     ];
     if !read_only {
         wanted.push(("writeback cache", InitFlags::FUSE_WRITEBACK_CACHE));
