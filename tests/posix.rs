@@ -1003,3 +1003,25 @@ fn special_files() {
     m.stop();
     fx.assert_fsck_clean();
 }
+
+#[test]
+fn syncfs_is_durable_after_the_periodic_commit() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let f = m.mnt.join("unsynced");
+    write_file(&f, b"no fsync, only syncfs");
+    let file = File::open(&f).unwrap();
+    // SAFETY: syncfs takes an open descriptor.
+    assert_eq!(unsafe { libc::syncfs(file.as_raw_fd()) }, 0);
+    drop(file);
+    // The daemon commits every 5 s; give it one period and some slack.
+    std::thread::sleep(std::time::Duration::from_millis(6500));
+    m.crash();
+    let m = fx.mount();
+    assert_eq!(
+        fs::read(m.mnt.join("unsynced")).unwrap(),
+        b"no fsync, only syncfs"
+    );
+    m.stop();
+    fx.assert_fsck_clean();
+}

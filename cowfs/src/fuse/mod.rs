@@ -7,6 +7,16 @@
 //! - `attr`: attribute, time and error conversions
 //! - `handles`: open file handles (unlinked-but-open files)
 //! - `mounts`: the daemon's mount table (mount, unmount, sync a branch)
+//!
+//! Durability: fsync, fdatasync and fsync on a directory answer only after a pool
+//! commit. syncfs(2) and sync(2) push the kernel's dirty pages to the daemon as
+//! plain writes; no sync request reaches it (fuser 0.18 has no FUSE_SYNCFS
+//! handler), so they become durable at the daemon's next periodic commit (every
+//! 5 s) or through `MountTable::sync_branch`.
+//!
+//! Access times are not updated on read (mounts are `noatime`). Locks (fcntl,
+//! flock) are kept by the kernel, which is exact between the processes of one
+//! machine.
 
 mod acl;
 mod attr;

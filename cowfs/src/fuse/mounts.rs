@@ -182,7 +182,7 @@ impl MountTable {
     }
 
     /// Unmount everything (daemon shutdown). A mount with open files is detached
-    /// lazily: the kernel keeps serving those files until they are closed.
+    /// lazily; once the daemon exits, those files fail with ENOTCONN.
     pub fn unmount_all(&self) {
         let all: Vec<Mounted> = std::mem::take(&mut *self.mounts.lock());
         for m in all {
@@ -195,7 +195,7 @@ impl MountTable {
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => finish(m),
                 Err(e) => {
                     log::warn!(
-                        "{}: {e}; detaching it, open files stay served until closed",
+                        "{}: {e}; detaching it: files still open there fail from now on",
                         dir.display()
                     );
                     if let Err(e) = sys::umount(&dir, true) {
