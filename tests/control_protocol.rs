@@ -171,7 +171,7 @@ fn malformed_requests_get_typed_errors_and_the_connection_stays_usable() {
 
 #[test]
 fn oversized_truncated_and_vanishing_frames_leave_other_clients_served() {
-    let d = Daemon::start_with_config(Some(r#"{"max_frame_bytes": 65536}"#));
+    let d = Daemon::start_with_config(Some("[control]\nmax_frame_bytes = 65536\n"));
     let mut ok = d.admin_client();
     // Oversized: one typed error, then the connection is closed.
     let mut big = Raw::connect(&d);
@@ -224,7 +224,7 @@ fn oversized_truncated_and_vanishing_frames_leave_other_clients_served() {
 
 #[test]
 fn idle_and_surplus_clients_are_closed() {
-    let d = Daemon::start_with_config(Some(r#"{"idle_timeout_secs": 1, "max_clients": 3}"#));
+    let d = Daemon::start_with_config(Some("[control]\nidle_timeout_secs = 1\nmax_clients = 3\n"));
     let mut idle = Raw::connect(&d);
     idle.hello(&d.admin);
     std::thread::sleep(Duration::from_millis(2500));

@@ -30,7 +30,7 @@ impl Daemon {
         Daemon::start_with_config(None)
     }
 
-    /// With a control config file holding `config` (JSON).
+    /// With a daemon config file holding `config` (TOML).
     pub fn start_with_config(config: Option<&str>) -> Daemon {
         Daemon::start_with(config, 8 << 30)
     }
@@ -56,7 +56,7 @@ impl Daemon {
         let mounts = MountTable::new(pool.clone());
         let socket = base.join("pool.sock");
         let cfg_path = config.map(|c| {
-            let p = base.join("control.json");
+            let p = base.join("cowfs.toml");
             std::fs::write(&p, c).expect("write config");
             p
         });

@@ -1,8 +1,14 @@
-//! The daemon's control settings, read from the `--config` file (JSON). Every
-//! field is optional; unknown fields are refused so that a typo is noticed.
+//! The control socket's settings: the `[control]` table of the daemon's TOML config
+//! file (`cowfs serve --config FILE`). Every field is optional; unknown fields in
+//! `[control]` are refused so that a typo is noticed; other top-level tables
+//! (`[profiles.*]`, `[sanitize]`) belong to their own modules.
 //!
-//! ```json
-//! { "max_frame_bytes": 1048576, "idle_timeout_secs": 300, "io_timeout_secs": 30, "max_clients": 256 }
+//! ```toml
+//! [control]
+//! max_frame_bytes = 1048576
+//! idle_timeout_secs = 300
+//! io_timeout_secs = 30
+//! max_clients = 256
 //! ```
 
 use std::path::Path;
@@ -36,6 +42,13 @@ impl Default for ServerConfig {
     }
 }
 
+/// The part of the config file this module reads.
+#[derive(Deserialize, Default)]
+struct ConfigFile {
+    #[serde(default)]
+    control: ServerConfig,
+}
+
 impl ServerConfig {
     pub fn load(path: Option<&Path>) -> Result<ServerConfig, ControlError> {
         let Some(path) = path else {
@@ -45,15 +58,18 @@ impl ServerConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let cfg: ServerConfig = serde_json::from_str(&text).map_err(|e| ControlError::Config {
+        ServerConfig::parse(&text).map_err(|why| ControlError::Config {
             path: path.to_path_buf(),
-            why: e.to_string(),
-        })?;
+            why,
+        })
+    }
+
+    fn parse(text: &str) -> Result<ServerConfig, String> {
+        let cfg = toml::from_str::<ConfigFile>(text)
+            .map_err(|e| e.to_string())?
+            .control;
         if cfg.max_frame_bytes < 1024 || cfg.max_clients == 0 || cfg.idle_timeout_secs == 0 {
-            return Err(ControlError::Config {
-                path: path.to_path_buf(),
-                why: "max_frame_bytes must be at least 1024, max_clients and idle_timeout_secs at least 1".into(),
-            });
+            return Err("[control] max_frame_bytes must be at least 1024, max_clients and idle_timeout_secs at least 1".into());
         }
         Ok(cfg)
     }
@@ -64,5 +80,24 @@ impl ServerConfig {
 
     pub fn io_timeout(&self) -> Duration {
         Duration::from_secs(self.io_timeout_secs.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_table_only() {
+        assert_eq!(ServerConfig::parse("").unwrap(), ServerConfig::default());
+        let c = ServerConfig::parse(
+            "[control]\nmax_clients = 3\n\n[profiles.pii]\nrules = []\n[sanitize]\nx = 1\n",
+        )
+        .unwrap();
+        assert_eq!(c.max_clients, 3);
+        assert_eq!(c.max_frame_bytes, ServerConfig::default().max_frame_bytes);
+        assert!(ServerConfig::parse("[control]\nmax_client = 3\n").is_err());
+        assert!(ServerConfig::parse("[control]\nmax_frame_bytes = 10\n").is_err());
+        assert!(ServerConfig::parse("not toml [").is_err());
     }
 }
