@@ -31,6 +31,7 @@ use std::thread::JoinHandle;
 use crate::fuse::MountTable;
 use crate::pool::Pool;
 use config::ServerConfig;
+pub use server::parse as parse_request;
 use tokens::{TokenError, TokenStore};
 
 #[derive(Debug, thiserror::Error)]

@@ -180,8 +180,9 @@ fn send(w: &mut UnixStream, id: Option<u64>, r: Result<Value, ErrorReply>) -> io
     w.write_all(&line)
 }
 
-/// Parse a line into (id, request), or the typed error to answer with.
-fn parse(line: &[u8]) -> (Option<u64>, Result<Request, ErrorReply>) {
+/// Parse a line into (id, request), or the typed error to answer with. Never
+/// panics, whatever the bytes (public for fuzzing).
+pub fn parse(line: &[u8]) -> (Option<u64>, Result<Request, ErrorReply>) {
     let v: Value = match serde_json::from_slice(line) {
         Ok(v) => v,
         Err(e) => {
@@ -382,5 +383,53 @@ mod tests {
         let (id, r) = parse(br#"{"id":9,"op":"info","args":{"name":"x"}}"#);
         assert_eq!(id, Some(9));
         assert_eq!(r.unwrap(), Request::Info { name: "x".into() });
+    }
+
+    /// Mutations of valid requests (byte flips, truncations, splices) and random
+    /// bytes: every input gets a request or a typed error of the parsing kinds.
+    #[test]
+    fn parse_survives_mutated_and_random_input() {
+        use rand::{Rng, SeedableRng};
+        let seeds: Vec<Vec<u8>> = [
+            r#"{"id":1,"op":"hello","args":{"version":1,"token":"cwt_00"}}"#,
+            r#"{"id":2,"op":"branch_create","args":{"name":"a","from":"main","mount":{"dir":"/m","read_only":true}}}"#,
+            r#"{"id":3,"op":"group_create","args":{"members":[{"name":"x","from":"y","snapshot":true}]}}"#,
+            r#"{"id":4,"op":"token_create","args":{"name":"t","scopes":["read:*","branch:prod"]}}"#,
+            r#"{"id":5,"op":"quota_set","args":{"name":"b","max_bytes":1,"reserve_bytes":2}}"#,
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let mut parsed = 0;
+        for i in 0..20_000 {
+            let mut b = seeds[i % seeds.len()].clone();
+            match i % 4 {
+                0 => {
+                    for _ in 0..rng.gen_range(1..4) {
+                        let at = rng.gen_range(0..b.len());
+                        b[at] = rng.gen();
+                    }
+                }
+                1 => b.truncate(rng.gen_range(0..b.len())),
+                2 => {
+                    let other = &seeds[rng.gen_range(0..seeds.len())];
+                    let at = rng.gen_range(0..b.len());
+                    b.splice(at..at, other.iter().copied());
+                }
+                _ => b = (0..rng.gen_range(0..200)).map(|_| rng.gen()).collect(),
+            }
+            match parse(&b).1 {
+                Ok(_) => parsed += 1,
+                Err(e) => assert!(
+                    matches!(
+                        e.kind,
+                        ErrorKind::BadJson | ErrorKind::BadRequest | ErrorKind::UnknownOp
+                    ),
+                    "{e:?}"
+                ),
+            }
+        }
+        assert!(parsed > 0, "some mutations stay valid requests");
     }
 }
