@@ -1,0 +1,129 @@
+//! The mount table the control plane drives (`cowfs::fuse::MountTable`), used in
+//! process: mount a branch, sync it and branch it while a file is open-unlinked,
+//! mount the branch read-write elsewhere, and check isolation, busy unmounts,
+//! orphans on both sides, and that nothing leaks (fsck clean).
+
+mod mount;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cowfs::fuse::{MountError, MountTable};
+use cowfs::pool::{FsckOptions, Pool, PoolOptions};
+use mount::{is_mounted, lazy_umount};
+
+/// Unmounts everything the table holds, also when the test fails.
+struct Guard {
+    table: Arc<MountTable>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.table.unmount_all();
+        for d in &self.dirs {
+            lazy_umount(d);
+        }
+    }
+}
+
+#[test]
+fn branch_while_mounted_with_an_open_unlinked_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path().canonicalize().expect("canonical");
+    let (a, b) = (base.join("a"), base.join("b"));
+    fs::create_dir(&a).unwrap();
+    fs::create_dir(&b).unwrap();
+    let opts = PoolOptions {
+        capacity_bytes: Some(1 << 30),
+        ..Default::default()
+    };
+    let pool = Arc::new(Pool::create(&base.join("pool"), &opts).unwrap());
+    let table = MountTable::new(pool.clone());
+    let g = Guard {
+        table: table.clone(),
+        dirs: vec![a.clone(), b.clone()],
+    };
+
+    table.mount("main", &a, false).unwrap();
+    assert!(is_mounted(&a));
+    assert!(matches!(
+        table.mount("main", &a, false),
+        Err(MountError::AlreadyMounted(_))
+    ));
+    assert!(matches!(
+        table.mount("nope", &b, false),
+        Err(MountError::Pool(_))
+    ));
+    fs::write(a.join("kept"), b"before the branch").unwrap();
+    let mut ghost = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(a.join("ghost"))
+        .unwrap();
+    ghost.write_all(&vec![5u8; 200_000]).unwrap();
+    fs::remove_file(a.join("ghost")).unwrap();
+
+    // Everything written before sync_branch is in the branch.
+    table.sync_branch("main").unwrap();
+    pool.branch_create("dev", "main").unwrap();
+    table.mount("dev", &b, false).unwrap();
+    assert!(table.is_mounted("dev"));
+    let mut listed: Vec<(String, PathBuf, bool)> = table
+        .list()
+        .into_iter()
+        .map(|m| (m.branch, m.dir, m.read_only))
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            ("dev".to_string(), b.clone(), false),
+            ("main".to_string(), a.clone(), false)
+        ]
+    );
+    assert_eq!(fs::read(b.join("kept")).unwrap(), b"before the branch");
+    assert!(!b.join("ghost").exists());
+
+    // Each mount sees only its own writes.
+    fs::write(a.join("kept"), b"main's").unwrap();
+    fs::write(b.join("kept"), b"dev's").unwrap();
+    fs::write(b.join("only-dev"), b"x").unwrap();
+    assert_eq!(fs::read(a.join("kept")).unwrap(), b"main's");
+    assert_eq!(fs::read(b.join("kept")).unwrap(), b"dev's");
+    assert!(!a.join("only-dev").exists());
+
+    // The open-unlinked file is still whole on main.
+    ghost.seek(SeekFrom::Start(0)).unwrap();
+    let mut back = Vec::new();
+    ghost.read_to_end(&mut back).unwrap();
+    assert_eq!(back, vec![5u8; 200_000]);
+
+    // A busy mount is not unmounted; closing the file frees it.
+    let cwd_holder = File::open(a.join("kept")).unwrap();
+    assert!(matches!(table.unmount(&a), Err(MountError::Busy(_))));
+    assert!(is_mounted(&a));
+    drop((cwd_holder, ghost));
+    table.unmount(&a).unwrap();
+    table.unmount(&b).unwrap();
+    assert!(!is_mounted(&a) && !is_mounted(&b));
+    assert!(matches!(table.unmount(&a), Err(MountError::NotMounted(_))));
+    assert!(table.list().is_empty());
+
+    // Snapshots mount read-only whatever was asked.
+    pool.snapshot_create("snap", "dev").unwrap();
+    table.mount("snap", &a, false).unwrap();
+    assert!(table.list()[0].read_only);
+    assert_eq!(fs::read(a.join("kept")).unwrap(), b"dev's");
+    let e = fs::write(a.join("kept"), b"no").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    drop(g);
+    assert!(!is_mounted(&a) && !is_mounted(&b));
+
+    let r = pool.fsck(&FsckOptions::default()).unwrap();
+    assert!(r.is_clean(), "{r}");
+}
