@@ -1025,3 +1025,27 @@ fn syncfs_is_durable_after_the_periodic_commit() {
     m.stop();
     fx.assert_fsck_clean();
 }
+
+#[test]
+fn umount_from_outside_ends_the_daemon_cleanly() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    write_file(&m.mnt.join("left"), b"written, never fsynced");
+    let st = std::process::Command::new("umount")
+        .arg(&m.mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let exit = m.wait_exit();
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "cowfs mount exits 0 once its mount is gone: {exit:?}"
+    );
+    fx.assert_fsck_clean();
+    let m = fx.mount();
+    assert_eq!(
+        fs::read(m.mnt.join("left")).unwrap(),
+        b"written, never fsynced"
+    );
+    m.stop();
+}

@@ -178,6 +178,17 @@ impl Mounted {
         assert!(!is_mounted(&self.mnt), "still mounted after SIGTERM");
     }
 
+    /// Wait for the daemon to exit on its own; its exit status.
+    pub fn wait_exit(mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take().expect("daemon running");
+        let st = wait_timeout(&mut c, Duration::from_secs(30));
+        if st.is_none() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        st
+    }
+
     /// kill -9 the daemon (a crash), then clear the dead mount.
     pub fn crash(mut self) {
         if let Some(mut c) = self.child.take() {

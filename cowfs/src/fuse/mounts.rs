@@ -81,7 +81,7 @@ impl MountTable {
         if !dir.is_dir() {
             return Err(MountError::NotADirectory(dir));
         }
-        let mut mounts = self.mounts.lock();
+        let mut mounts = self.live();
         if mounts.iter().any(|m| m.info.dir == dir) {
             return Err(MountError::AlreadyMounted(dir));
         }
@@ -123,7 +123,7 @@ impl MountTable {
     /// Unmount `dir`. Refused with `Busy` while files are open on it.
     pub fn unmount(&self, dir: &Path) -> Result<(), MountError> {
         let canonical = dir.canonicalize().ok();
-        let mut mounts = self.mounts.lock();
+        let mut mounts = self.live();
         let Some(idx) = mounts
             .iter()
             .position(|m| m.info.dir == dir || Some(&m.info.dir) == canonical.as_ref())
@@ -154,11 +154,26 @@ impl MountTable {
     }
 
     pub fn list(&self) -> Vec<MountInfo> {
-        self.mounts.lock().iter().map(|m| m.info.clone()).collect()
+        self.live().iter().map(|m| m.info.clone()).collect()
     }
 
     pub fn is_mounted(&self, branch: &str) -> bool {
-        self.mounts.lock().iter().any(|m| m.info.branch == branch)
+        self.live().iter().any(|m| m.info.branch == branch)
+    }
+
+    /// The table, without mounts whose session has ended (unmounted from
+    /// outside, e.g. `umount DIR`); those are reaped here.
+    fn live(&self) -> parking_lot::MutexGuard<'_, Vec<Mounted>> {
+        let mut mounts = self.mounts.lock();
+        let (ended, live): (Vec<Mounted>, Vec<Mounted>) = std::mem::take(&mut *mounts)
+            .into_iter()
+            .partition(|m| m.session.is_finished());
+        *mounts = live;
+        for m in ended {
+            log::warn!("{}: unmounted from outside cowfs", m.info.dir.display());
+            finish(m);
+        }
+        mounts
     }
 
     /// Make everything written to `branch` so far durable: syncfs(2) on each of its
@@ -166,8 +181,7 @@ impl MountTable {
     /// A branch or snapshot taken after this holds every write completed before.
     pub fn sync_branch(&self, branch: &str) -> Result<(), MountError> {
         let dirs: Vec<PathBuf> = self
-            .mounts
-            .lock()
+            .live()
             .iter()
             .filter(|m| m.info.branch == branch && !m.info.read_only)
             .map(|m| m.info.dir.clone())

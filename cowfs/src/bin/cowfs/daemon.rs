@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cowfs::control::ControlServer;
 use cowfs::fuse::MountTable;
@@ -15,6 +16,9 @@ use signal_hook::iterator::Signals;
 use crate::lockfile::{self, PoolLock};
 use crate::timer::CommitTimer;
 use crate::Fallible;
+
+/// How often `cowfs mount` checks that its mount is still there.
+const POLL: Duration = Duration::from_millis(200);
 
 struct Daemon {
     pool: Arc<Pool>,
@@ -66,7 +70,18 @@ pub fn mount(pool_path: &Path, branch: &str, dir: &Path, read_only: bool) -> Fal
         d.shutdown()?;
         return Err(e.into());
     }
-    d.wait_for_signal();
+    // Until a signal, or until the mount goes away (`umount DIR`).
+    loop {
+        if let Some(sig) = d.signals.pending().next() {
+            log::info!("signal {sig} received: unmounting and committing");
+            break;
+        }
+        if d.mounts.list().is_empty() {
+            log::info!("{} was unmounted: committing and exiting", dir.display());
+            break;
+        }
+        std::thread::sleep(POLL);
+    }
     d.shutdown()
 }
 
