@@ -32,7 +32,10 @@ fn torn_small_commit_falls_back_and_complete_one_stands() {
     pool.write_file(b, f.ino, 4096, &vec![2u8; 8192]).unwrap();
     pool.commit().unwrap();
     let log = dev.take_log();
-    let flushes = log.iter().filter(|e| matches!(e, DeviceEvent::Flush)).count();
+    let flushes = log
+        .iter()
+        .filter(|e| matches!(e, DeviceEvent::Flush))
+        .count();
     assert_eq!(flushes, 1, "a small commit needs a single flush");
     let writes: Vec<(u64, Vec<u8>)> = log
         .into_iter()
@@ -44,7 +47,10 @@ fn torn_small_commit_falls_back_and_complete_one_stands() {
     let sb_slot = (g + 1) % 2;
     assert!(writes.iter().any(|(a, _)| *a == sb_slot));
     let others: Vec<&(u64, Vec<u8>)> = writes.iter().filter(|(a, _)| *a != sb_slot).collect();
-    assert!(others.len() >= 3, "data, nodes and space map pages were written");
+    assert!(
+        others.len() >= 3,
+        "data, nodes and space map pages were written"
+    );
 
     // Every block but one landed, with the new superblock: the old commit must win.
     for skip in 0..others.len() {
@@ -57,7 +63,11 @@ fn torn_small_commit_falls_back_and_complete_one_stands() {
         let (_, sb) = writes.iter().find(|(a, _)| *a == sb_slot).unwrap();
         img.apply(sb_slot, sb);
         let p = Pool::open_on(Arc::new(img), &opts()).unwrap();
-        assert_eq!(p.generation(), g, "skip {skip}: torn commit must not be accepted");
+        assert_eq!(
+            p.generation(),
+            g,
+            "skip {skip}: torn commit must not be accepted"
+        );
         let data = p.read_file(b, f.ino, 0, 1 << 20).unwrap();
         assert_eq!(data, vec![1u8; 8192], "skip {skip}");
         let r = p.fsck(&FsckOptions::default()).unwrap();
@@ -88,11 +98,17 @@ fn large_commit_flushes_before_its_superblock() {
     pool.write_file(b, f.ino, 0, &vec![3u8; 4 << 20]).unwrap();
     pool.commit().unwrap();
     let log = dev.take_log();
-    let first_flush = log.iter().position(|e| matches!(e, DeviceEvent::Flush)).unwrap();
+    let first_flush = log
+        .iter()
+        .position(|e| matches!(e, DeviceEvent::Flush))
+        .unwrap();
     let sb_write = log
         .iter()
         .position(|e| matches!(e, DeviceEvent::Write { addr, .. } if *addr < 2))
         .unwrap();
-    assert!(first_flush < sb_write, "blocks must be durable before the superblock");
+    assert!(
+        first_flush < sb_write,
+        "blocks must be durable before the superblock"
+    );
     assert!(matches!(log.last(), Some(DeviceEvent::Flush)));
 }

@@ -124,7 +124,12 @@ impl Superblock {
         }
         let mut sb = sb;
         sb.manifest = (0..n)
-            .map(|i| (u64_at(b, OFF_MANIFEST + i * 12), u32_at(b, OFF_MANIFEST + i * 12 + 8)))
+            .map(|i| {
+                (
+                    u64_at(b, OFF_MANIFEST + i * 12),
+                    u32_at(b, OFF_MANIFEST + i * 12 + 8),
+                )
+            })
             .collect();
         let in_pool = |a: u64| a >= SLOT_COUNT && a < sb.capacity_blocks;
         if sb.capacity_blocks <= SLOT_COUNT
