@@ -129,7 +129,16 @@ impl Node {
                 }
                 items.push((k, buf[off..off + len].to_vec()));
             }
-            Ok(Node::Leaf(items))
+            let node = Node::Leaf(items);
+            // Values may not overlap: a leaf whose items could not be written back
+            // into one block (encode would overflow it) is corrupt.
+            if node.overflows() {
+                return Err(format!(
+                    "leaf items take {} bytes, more than a block holds",
+                    node.used_bytes()
+                ));
+            }
+            Ok(node)
         } else {
             if n == 0 || n > MAX_CHILDREN {
                 return Err(format!("internal node with {n} children"));
