@@ -57,6 +57,13 @@ fn branch_while_mounted_with_an_open_unlinked_file() {
         table.mount("nope", &b, false),
         Err(MountError::Pool(_))
     ));
+    // One writer per branch: no second mount while it is mounted read-write.
+    for ro in [false, true] {
+        assert!(matches!(
+            table.mount("main", &b, ro),
+            Err(MountError::BranchMounted { .. })
+        ));
+    }
     fs::write(a.join("kept"), b"before the branch").unwrap();
     let mut ghost = OpenOptions::new()
         .read(true)
@@ -118,6 +125,14 @@ fn branch_while_mounted_with_an_open_unlinked_file() {
     pool.snapshot_create("snap", "dev").unwrap();
     table.mount("snap", &a, false).unwrap();
     assert!(table.list()[0].read_only);
+    table.mount("snap", &b, true).unwrap();
+    assert_eq!(
+        table.list().len(),
+        2,
+        "read-only mounts of a snapshot share it"
+    );
+    assert_eq!(fs::read(b.join("kept")).unwrap(), b"dev's");
+    table.unmount(&b).unwrap();
     assert_eq!(fs::read(a.join("kept")).unwrap(), b"dev's");
     let e = fs::write(a.join("kept"), b"no").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS));

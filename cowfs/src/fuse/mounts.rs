@@ -31,6 +31,8 @@ pub enum MountError {
     NotADirectory(PathBuf),
     #[error("{0}: a cowfs branch is already mounted there; unmount it first")]
     AlreadyMounted(PathBuf),
+    #[error("branch '{branch}' is already mounted on {dir}; a branch is mounted read-write once or read-only any number of times: unmount it, or branch it and mount the new branch")]
+    BranchMounted { branch: String, dir: PathBuf },
     #[error("{0}: no cowfs branch is mounted there (see the mount list)")]
     NotMounted(PathBuf),
     #[error("{0}: files are open on this mount; close them (stop the service using it) and retry")]
@@ -84,6 +86,17 @@ impl MountTable {
         let mut mounts = self.live();
         if mounts.iter().any(|m| m.info.dir == dir) {
             return Err(MountError::AlreadyMounted(dir));
+        }
+        // A branch has one writer: the kernel caches attributes and data per
+        // mount, so two mounts of a branch agree only when neither writes.
+        if let Some(other) = mounts
+            .iter()
+            .find(|m| m.info.branch == branch && !(read_only && m.info.read_only))
+        {
+            return Err(MountError::BranchMounted {
+                branch: branch.to_string(),
+                dir: other.info.dir.clone(),
+            });
         }
         if !read_only {
             let n = self.pool.cleanup_orphans(id).map_err(PoolError::from)?;
