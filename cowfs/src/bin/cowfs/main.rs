@@ -57,8 +57,9 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Mount one branch in the foreground until SIGTERM or SIGINT, then unmount,
-    /// commit and exit 0.
+    /// Mount one branch in the foreground until SIGTERM or SIGINT (or until the
+    /// mount point is unmounted), then unmount, commit and exit 0. fsync makes
+    /// data durable at once; everything else is committed every 5 s.
     #[command(after_help = EXIT_CODES)]
     Mount {
         /// Pool file or block device.
