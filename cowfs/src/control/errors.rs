@@ -32,6 +32,7 @@ pub fn mount(e: MountError) -> ErrorReply {
         MountError::Pool(p) => return pool_ref(p, e.to_string()),
         MountError::NotADirectory(_) => ErrorKind::NotADirectory,
         MountError::AlreadyMounted(_) => ErrorKind::Exists,
+        MountError::BranchMounted { .. } => ErrorKind::Mounted,
         MountError::NotMounted(_) => ErrorKind::NotMounted,
         MountError::Busy(_) => ErrorKind::Busy,
         _ => ErrorKind::Io,

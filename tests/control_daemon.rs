@@ -1,0 +1,227 @@
+//! The real daemon: `cowfs init` writes the admin token, `cowfs serve` answers the
+//! Rust client on its socket for every operation with real mounts, shuts down on
+//! SIGTERM (everything unmounted, socket removed, exit 0), and a second start keeps
+//! tokens, protection and quotas; `cowfs fsck` is clean.
+
+mod control_support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use control_support::{is_mountpoint, kind, lazy_unmount_under};
+use cowfs_ctl::proto::{ErrorKind, GroupMember, MountSpec};
+use cowfs_ctl::Client;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cowfs");
+
+/// A `cowfs serve` process; dropping it stops it (SIGTERM, then SIGKILL) and
+/// detaches any mount left under the test directory.
+struct Served {
+    child: Option<Child>,
+    base: PathBuf,
+}
+
+impl Served {
+    fn start(pool: &Path, socket: &Path) -> Served {
+        let base = pool.parent().expect("pool dir").to_path_buf();
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg(pool)
+            .arg("--socket")
+            .arg(socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn cowfs serve");
+        Served {
+            child: Some(child),
+            base,
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => return st.code(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.stop();
+        lazy_unmount_under(&self.base);
+    }
+}
+
+fn connect(socket: &Path, secret: &str) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match Client::connect(socket, secret) {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "daemon never answered: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+#[test]
+fn serve_init_token_every_operation_and_restart() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-ctl-test-")
+        .tempdir()
+        .expect("tempdir");
+    let base = tmp.path().canonicalize().expect("canonical");
+    let pool = base.join("pool");
+    let socket = base.join("pool.sock");
+    let out = Command::new(BIN)
+        .args(["init", "--size", "1G"])
+        .arg(&pool)
+        .output()
+        .expect("cowfs init");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret_file = cowfs::control::tokens::secret_path(&pool);
+    let mode = std::fs::metadata(&secret_file)
+        .expect("POOL.token")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let admin_secret = std::fs::read_to_string(&secret_file)
+        .expect("read token")
+        .trim()
+        .to_string();
+    let dirs: Vec<PathBuf> = ["m1", "m2"].iter().map(|d| base.join(d)).collect();
+    for d in &dirs {
+        std::fs::create_dir(d).expect("mkdir");
+    }
+    let (m1, m2) = (&dirs[0], &dirs[1]);
+    let s = |p: &Path| p.to_str().expect("utf-8").to_string();
+
+    let mut served = Served::start(&pool, &socket);
+    let mut admin = connect(&socket, &admin_secret);
+    assert_eq!(admin.server().token, "admin");
+    let mode = std::fs::metadata(&socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660);
+
+    // Every operation through the Rust client, with real mounts.
+    admin.branch_create("prod", "main", None).expect("prod");
+    let b = admin
+        .branch_create(
+            "dev",
+            "prod",
+            Some(MountSpec {
+                dir: s(m1),
+                read_only: false,
+            }),
+        )
+        .expect("dev mounted");
+    assert_eq!(b.mounts.len(), 1);
+    std::fs::write(m1.join("a.txt"), "from dev").expect("write via mount");
+    admin
+        .snapshot_create("dev-1", "dev")
+        .expect("snapshot of a mounted branch");
+    let d = admin.diff("prod", "dev-1").expect("diff");
+    assert_eq!(d.entries.len(), 1);
+    assert_eq!(d.entries[0].path, "/a.txt");
+    let g = admin
+        .group_create(vec![
+            GroupMember {
+                name: "env-code".into(),
+                from: "dev".into(),
+                snapshot: false,
+            },
+            GroupMember {
+                name: "env-db".into(),
+                from: "prod".into(),
+                snapshot: true,
+            },
+        ])
+        .expect("group");
+    assert_eq!(g.len(), 2);
+    admin.mount("dev-1", &s(m2), false).expect("mount snapshot");
+    assert!(is_mountpoint(m2));
+    assert_eq!(admin.mounts().expect("mounts").len(), 2);
+    assert_eq!(
+        std::fs::read_to_string(m2.join("a.txt")).expect("read"),
+        "from dev"
+    );
+    admin.unmount(&s(m2)).expect("unmount");
+    assert_eq!(kind(admin.reset("dev", "dev-1")), ErrorKind::Mounted);
+    admin.unmount(&s(m1)).expect("unmount dev");
+    admin.reset("dev", "prod").expect("reset");
+    assert!(admin.diff("prod", "dev").expect("diff").entries.is_empty());
+    admin.rename("env-code", "code").expect("rename");
+    admin.protect("prod").expect("protect");
+    admin.quota_set("code", Some(64 << 20), 0).expect("quota");
+    assert!(admin.usage().expect("usage").branches.len() >= 6);
+    let agent = admin
+        .token_create("agent", vec!["branch:prod".parse().expect("grant")])
+        .expect("token");
+    let mut a = connect(&socket, &agent.secret);
+    a.branch_create("agent-1", "prod", None)
+        .expect("agent branch");
+    assert_eq!(kind(a.delete("prod")), ErrorKind::Forbidden);
+    assert_eq!(kind(admin.delete("missing")), ErrorKind::NotFound);
+    admin.delete("env-db").expect("delete");
+    assert!(admin.token_list().expect("tokens").len() == 2);
+
+    // SIGTERM: unmounts what is mounted, removes the socket, exits 0.
+    admin.mount("dev", &s(m1), false).expect("mount again");
+    drop((admin, a));
+    assert_eq!(served.stop(), Some(0), "cowfs serve exits 0 on SIGTERM");
+    assert!(!is_mountpoint(m1));
+    assert!(!socket.exists());
+
+    // A second start keeps tokens, protection, ownership and quotas.
+    let mut served = Served::start(&pool, &socket);
+    let mut a = connect(&socket, &agent.secret);
+    assert_eq!(
+        a.info("agent-1").expect("own").owner.as_deref(),
+        Some("agent")
+    );
+    let mut admin = connect(&socket, &admin_secret);
+    assert!(admin.info("prod").expect("prod").protected);
+    let q = admin.quota_list().expect("quotas");
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].max_bytes, Some(64 << 20));
+    admin.token_revoke("agent").expect("revoke");
+    assert_eq!(kind(a.list()), ErrorKind::Unauthenticated);
+    drop((admin, a));
+    assert_eq!(served.stop(), Some(0));
+    let out = Command::new(BIN)
+        .arg("fsck")
+        .arg(&pool)
+        .output()
+        .expect("fsck");
+    assert!(
+        out.status.success(),
+        "fsck: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
