@@ -7,20 +7,51 @@
 --   tickets(id, user_email REFERENCES users(email), ...)
 --
 -- Pseudonyms are keyed by the setting cowfs.key (the hook sets it from
--- $COWFS_HOOK_KEY, derived from the pool's secret key): the same value gets the
--- same pseudonym in every table and every clone, so joins keep their row counts.
+-- $COWFS_HOOK_KEY, the pool's pseudonym sub-key): the same value gets the same
+-- pseudonym in every table and every clone, so joins keep their row counts. Email
+-- pseudonyms are exactly the ones the file rules write (HMAC-SHA256 computed here
+-- in plain SQL, no extension needed), so a database and the logs of one clone
+-- still agree on who is who.
+
+-- HMAC-SHA256 pads of the key, computed once per session.
+DO $$
+DECLARE
+  k bytea := decode(current_setting('cowfs.key'), 'hex');
+  ip bytea;
+  op bytea;
+BEGIN
+  IF length(k) > 64 THEN k := sha256(k); END IF;
+  k := k || decode(repeat('00', 64 - length(k)), 'hex');
+  ip := k;
+  op := k;
+  FOR i IN 0..63 LOOP
+    ip := set_byte(ip, i, get_byte(k, i) # 54);
+    op := set_byte(op, i, get_byte(k, i) # 92);
+  END LOOP;
+  PERFORM set_config('cowfs.ipad', encode(ip, 'hex'), false);
+  PERFORM set_config('cowfs.opad', encode(op, 'hex'), false);
+END $$;
+
+-- hex(HMAC-SHA256(key, label 0x00 value 0x00000000)): the first block of the
+-- keyed stream the file rules use for (label, value).
+CREATE FUNCTION pg_temp.mac(label text, v text) RETURNS text LANGUAGE sql AS
+$$ SELECT encode(sha256(decode(current_setting('cowfs.opad'), 'hex')
+                 || sha256(decode(current_setting('cowfs.ipad'), 'hex')
+                           || convert_to(label, 'UTF8') || '\x00'::bytea
+                           || convert_to(v, 'UTF8') || '\x00000000'::bytea)), 'hex') $$;
 
 CREATE FUNCTION pg_temp.h(v text) RETURNS text LANGUAGE sql AS
-$$ SELECT encode(sha256(convert_to(current_setting('cowfs.key') || ':' || v, 'UTF8')), 'hex') $$;
+$$ SELECT pg_temp.mac('sql', v) $$;
 
 -- 64 pseudo-random digits for v.
 CREATE FUNCTION pg_temp.digits(v text) RETURNS text LANGUAGE sql AS
 $$ SELECT translate(pg_temp.h(v), 'abcdef', '012345') $$;
 
--- u + 11 hex chars @ 8 letters .example (a reserved TLD: nobody gets mail).
+-- u + 11 hex digits @ 8 letters .example (a reserved TLD: nobody gets mail);
+-- the same as the file rules' email pseudonym.
 CREATE FUNCTION pg_temp.pseudo_email(v text) RETURNS text LANGUAGE sql AS
-$$ SELECT 'u' || substr(pg_temp.h('email:' || lower(v)), 1, 11) || '@'
-       || translate(substr(pg_temp.h('domain:' || lower(split_part(v, '@', 2))), 1, 8),
+$$ SELECT 'u' || substr(pg_temp.mac('email-local', lower(v)), 1, 11) || '@'
+       || translate(substr(pg_temp.mac('email-domain', lower(substring(v from '[^@]*$'))), 1, 8),
                     '0123456789', 'ghijklmnop')
        || '.example' $$;
 

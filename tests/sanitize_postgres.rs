@@ -6,7 +6,8 @@
 //! original value is found by a byte search of the clone's files (so the search can
 //! see them); after it, none is found in any file (heap, indexes, statistics, WAL);
 //! the clone starts, its joins return the parent's row counts, and its values are
-//! valid pseudonyms. The parent is unchanged.
+//! valid pseudonyms; its emails are exactly the pseudonyms the file rules give the
+//! same emails under the same pool key. The parent is unchanged.
 //!
 //! Needs root (runs PostgreSQL as user postgres) and PostgreSQL 15 in
 //! /usr/lib/postgresql/15/bin (`.ci/run` installs it).
@@ -17,7 +18,9 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use cowfs::control::sanitize::{pseudo::derive_hex, run_hook};
+use cowfs::control::sanitize::detect::Kind;
+use cowfs::control::sanitize::pseudo::{hook_key_hex, Pseudonymizer};
+use cowfs::control::sanitize::run_hook;
 use support::pg::{byte_search, join_counts, load_example_schema, Cluster};
 use support::*;
 
@@ -82,7 +85,8 @@ fn pg_hook_leaves_no_original_value_in_the_data_directory() {
         .iter()
         .find(|h| h.name == "postgresql")
         .expect("the pii profile has the postgresql hook");
-    let key = derive_hex(b"pool-key-for-the-pg-hook-test", "cowfs-hook-key").unwrap();
+    let pool_key = b"pool-key-for-the-pg-hook-test";
+    let key = hook_key_hex(pool_key).unwrap();
     let report =
         run_hook(hook, &base.join("clone"), "clone", &key).unwrap_or_else(|e| panic!("{e}"));
     assert!(report.output.contains("sanitized"), "{}", report.output);
@@ -102,9 +106,13 @@ fn pg_hook_leaves_no_original_value_in_the_data_directory() {
         "SELECT email, name, phone, card FROM users ORDER BY id",
     );
     let rows: Vec<Vec<&str>> = rows.lines().map(|l| l.split('|').collect()).collect();
+    let pseudo = Pseudonymizer::new(pool_key).unwrap();
     assert_eq!(rows.len(), ppl.len());
     for (r, p) in rows.iter().zip(&ppl) {
         assert!(valid_email(r[0]) && r[0].ends_with(".example"), "{}", r[0]);
+        // The very pseudonym the file rules give this email under the same pool key.
+        let file_pseudonym = pseudo.pseudonym(Kind::Email, "email", p.email.as_bytes());
+        assert_eq!(r[0].as_bytes(), file_pseudonym, "{}", p.email);
         assert!(r[1].starts_with("Person "), "{}", r[1]);
         assert_eq!(shape(r[2]), shape(&p.phone), "{} vs {}", r[2], p.phone);
         assert_eq!(shape(r[3]), shape(&p.card), "{} vs {}", r[3], p.card);

@@ -1,7 +1,7 @@
 //! Hooks: commands run against the clone (for databases: start the server on the
 //! clone's data directory, rewrite the data with SQL, stop it). A hook runs in its
 //! own process group with `$COWFS_CLONE_DIR`, `$COWFS_BRANCH` and `$COWFS_HOOK_KEY`
-//! (a key derived from the pool key, for deterministic pseudonyms in SQL), its
+//! (the pseudonym sub-key of the pool key, for the same pseudonyms in SQL), its
 //! output captured (the last `MAX_OUTPUT` bytes); on timeout the whole group is
 //! killed. `run_hooks` gives the hooks a private read-write mount of the clone.
 
@@ -19,7 +19,7 @@ use crate::fuse::{MountError, MountTable};
 use crate::pool::{BranchId, Pool};
 
 use super::config::{Hook, Profile};
-use super::pseudo::derive_hex;
+use super::pseudo::hook_key_hex;
 use super::SanitizeError;
 
 /// Output kept per hook (the tail: errors come last).
@@ -248,7 +248,7 @@ pub fn run_hooks(
     if todo.is_empty() {
         return Ok(Vec::new());
     }
-    let hook_key = derive_hex(key, "cowfs-hook-key").ok_or(SanitizeError::KeyTooShort)?;
+    let hook_key = hook_key_hex(key).ok_or(SanitizeError::KeyTooShort)?;
     let dir: PathBuf = scratch.join(format!(
         ".cowfs-sanitize-{}-{}",
         std::process::id(),

@@ -63,27 +63,36 @@ impl Stream {
     }
 }
 
-/// Derive a sub-key (for hooks) from the pool key: hex of HMAC(key, label).
-pub fn derive_hex(key: &[u8], label: &str) -> Option<String> {
+/// Every pseudonym is keyed by HMAC(pool key, this label), not by the pool key
+/// itself; hooks get the same sub-key (hex, `$COWFS_HOOK_KEY`), so that SQL can
+/// compute the very same email pseudonyms as the file rules (see
+/// examples/pg-sanitize.sql) without ever seeing the pool key.
+const SUBKEY_LABEL: &[u8] = b"cowfs-pseudonym-key-v1";
+
+fn subkey(key: &[u8]) -> Option<[u8; 32]> {
+    if key.len() < MIN_KEY_LEN {
+        return None;
+    }
     let mut m = HmacSha256::new_from_slice(key).ok()?;
-    m.update(label.as_bytes());
-    Some(
-        m.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-    )
+    m.update(SUBKEY_LABEL);
+    Some(m.finalize().into_bytes().into())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The sub-key handed to hooks as `$COWFS_HOOK_KEY` (64 hex digits); None if the
+/// key is shorter than `MIN_KEY_LEN`.
+pub fn hook_key_hex(key: &[u8]) -> Option<String> {
+    subkey(key).map(|k| hex(&k))
 }
 
 impl Pseudonymizer {
     /// None if the key is shorter than `MIN_KEY_LEN`.
     pub fn new(key: &[u8]) -> Option<Pseudonymizer> {
-        if key.len() < MIN_KEY_LEN {
-            return None;
-        }
         Some(Pseudonymizer {
-            mac: HmacSha256::new_from_slice(key).ok()?,
+            mac: HmacSha256::new_from_slice(&subkey(key)?).ok()?,
         })
     }
 
@@ -113,8 +122,12 @@ impl Pseudonymizer {
         }
     }
 
-    /// `u` + 11 letters/digits `@` 8 letters `.example` (a reserved TLD, so a
-    /// staging system can never mail a real person).
+    /// `u` + 11 hex digits `@` 8 letters `.example` (a reserved TLD, so a staging
+    /// system can never mail a real person). The hex digits are the start of
+    /// HMAC(sub-key, "email-local" 0x00 lower-case email 0x00000000), the letters
+    /// the start of the same over "email-domain" and the domain, digits mapped to
+    /// g..p: plain enough to recompute in SQL (examples/pg-sanitize.sql), so a
+    /// database and the files of one clone agree.
     fn email(&self, v: &[u8]) -> Vec<u8> {
         let lower = v.to_ascii_lowercase();
         let at = lower
@@ -123,16 +136,19 @@ impl Pseudonymizer {
             .unwrap_or(lower.len());
         let domain = lower.get(at + 1..).unwrap_or_default();
         let mut s = self.stream("email-local", &lower);
-        let mut out = vec![b'u'];
-        for _ in 0..11 {
-            let c = s.below(36);
-            out.push(if c < 10 { b'0' + c } else { b'a' + c - 10 });
-        }
+        let local: Vec<u8> = (0..6).map(|_| s.byte()).collect();
+        let mut out = b"u".to_vec();
+        out.extend_from_slice(&hex(&local).as_bytes()[..11]);
         out.push(b'@');
         let mut d = self.stream("email-domain", domain);
-        for _ in 0..8 {
-            out.push(d.lower());
-        }
+        let dom: Vec<u8> = (0..4).map(|_| d.byte()).collect();
+        out.extend(hex(&dom).bytes().map(|c| {
+            if c.is_ascii_digit() {
+                c - b'0' + b'g'
+            } else {
+                c
+            }
+        }));
         out.extend_from_slice(b".example");
         out
     }
@@ -328,6 +344,24 @@ mod tests {
     #[test]
     fn short_keys_are_refused() {
         assert!(Pseudonymizer::new(b"short").is_none());
+        assert!(hook_key_hex(b"short").is_none());
+        assert_eq!(hook_key_hex(b"0123456789abcdef").map(|h| h.len()), Some(64));
+    }
+
+    #[test]
+    fn email_format_is_the_sql_one() {
+        let e = p().pseudonym(Kind::Email, "email", b"Ann@Example.com");
+        let e = String::from_utf8(e).unwrap();
+        let (local, domain) = e.split_once('@').unwrap();
+        assert!(local.len() == 12 && local.starts_with('u'));
+        assert!(local[1..]
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        let name = domain.strip_suffix(".example").unwrap();
+        assert!(
+            name.len() == 8 && name.chars().all(|c| ('a'..='p').contains(&c)),
+            "{e}"
+        );
     }
 
     #[test]
