@@ -190,6 +190,7 @@ impl Ctx {
                 if let Err(e) = self.quotas.set(t.id, QuotaLimits::default()) {
                     log::warn!("{}: {e}", self.quotas.path().display());
                 }
+                self.pool.quota_recount_all().map_err(errors::pool)?;
                 self.tokens.forget_branch(t.id).map_err(errors::token)?;
                 ok(Done {})
             }

@@ -10,7 +10,8 @@
 //! What a branch "alone references" is computed exactly when its quota is set (the
 //! blocks deleting it would free) and then follows the pool's block count across
 //! each of its writes. Space that becomes exclusive to it because another branch
-//! or snapshot was deleted is counted again at the next `quota_set` or daemon start.
+//! or snapshot was deleted is counted by `quota_recount_all` (the control plane
+//! calls it after every delete).
 //! A single request may overshoot a limit by the blocks it allocates at once (a
 //! FUSE write is at most 1 MiB; fallocate is limited the same way, per extent).
 //! The limits live in memory; the control plane stores them (`POOL.quotas`) and
@@ -168,6 +169,17 @@ impl Pool {
         out
     }
 
+    /// Count again what every branch with limits alone references: after a
+    /// branch or snapshot was deleted, blocks it shared may now belong to one of
+    /// them alone.
+    pub fn quota_recount_all(&self) -> PoolResult<()> {
+        let ids: Vec<BranchId> = self.e.lock().quotas.entries.keys().copied().collect();
+        for id in ids {
+            self.quota_recount(id)?;
+        }
+        Ok(())
+    }
+
     /// Count again what a branch alone references (after a reset replaced its tree).
     pub(crate) fn quota_recount(&self, id: BranchId) -> PoolResult<()> {
         let mut e = self.e.lock();
@@ -285,5 +297,34 @@ mod tests {
         p.commit().unwrap();
         let r = p.fsck(&FsckOptions::default()).unwrap();
         assert!(r.is_clean(), "{r}");
+    }
+
+    #[test]
+    fn deleting_a_sharer_is_recounted() {
+        let opts = PoolOptions {
+            capacity_bytes: Some(64 << 20),
+            ..Default::default()
+        };
+        let p = Pool::create_on(Arc::new(MemDevice::new()), &opts).unwrap();
+        let a = p.branch_create("a", "main").unwrap();
+        let f = p
+            .mknod(a, 1, b"f", libc::S_IFREG | 0o644, 0, Owner::default())
+            .unwrap();
+        p.write_file(a, f.ino, 0, &vec![1u8; 2 << 20]).unwrap();
+        p.snapshot_create("s", "a").unwrap();
+        let limits = QuotaLimits {
+            max_bytes: Some(16 << 20),
+            reserve_bytes: 0,
+        };
+        let st = p.quota_set("a", limits).unwrap();
+        assert!(
+            st.used_bytes < 64 << 10,
+            "all shared with s: {}",
+            st.used_bytes
+        );
+        p.branch_delete("s").unwrap();
+        p.quota_recount_all().unwrap();
+        let used = p.quota_list()[0].used_bytes;
+        assert!(used >= 2 << 20, "a alone holds the file now: {used}");
     }
 }
