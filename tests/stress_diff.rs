@@ -1,9 +1,10 @@
 //! Differential stress: the same random operations (create, write at random
-//! offsets, truncate, rename, unlink, mkdir, rmdir, chmod, link, fsync) applied to a
-//! cowfs mount and to a directory on the native filesystem, by several threads at
-//! once, each in its own subtree. Every operation must succeed or fail the same way
-//! on both; at the end, and again after unmount + remount, both trees must hold the
-//! same names, types, sizes, modes, link counts and contents; fsck must be clean.
+//! offsets, truncate, rename, unlink, mkdir, rmdir, chmod, link, fsync, punch hole,
+//! copy_file_range, writes through mmap) applied to a cowfs mount and to a
+//! directory on the native filesystem, by several threads at once, each in its own
+//! subtree. Every operation must succeed or fail the same way on both; at the end,
+//! and again after unmount + remount, both trees must hold the same names, types,
+//! sizes, modes, link counts and contents; fsck must be clean.
 
 mod mount;
 
@@ -11,6 +12,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use mount::*;
@@ -42,6 +44,12 @@ enum Op {
     Chmod(&'static str, u32),
     Link(&'static str, &'static str),
     Fsync(&'static str),
+    /// fallocate(PUNCH_HOLE | KEEP_SIZE).
+    Punch(&'static str, u64, u64),
+    /// copy_file_range(src, src_off, dst, dst_off, len): extent sharing on cowfs.
+    Copy(&'static str, u64, &'static str, u64, u64),
+    /// Overwrite through a shared mapping (within the file), then msync.
+    Mmap(&'static str, u64, Vec<u8>),
 }
 
 fn random_op(rng: &mut SmallRng) -> Op {
@@ -54,7 +62,7 @@ fn random_op(rng: &mut SmallRng) -> Op {
             DIRS[rng.gen_range(0..DIRS.len())]
         }
     };
-    match rng.gen_range(0..100) {
+    match rng.gen_range(0..115) {
         0..=14 => Op::Create(file(rng)),
         15..=44 => {
             let off = rng.gen_range(0..300_000u64);
@@ -77,7 +85,35 @@ fn random_op(rng: &mut SmallRng) -> Op {
             Op::Chmod(any(rng), modes[rng.gen_range(0..modes.len())])
         }
         88..=94 => Op::Link(file(rng), file(rng)),
-        _ => Op::Fsync(file(rng)),
+        95..=99 => Op::Fsync(file(rng)),
+        100..=104 => Op::Punch(
+            file(rng),
+            rng.gen_range(0..300_000),
+            rng.gen_range(1..100_000),
+        ),
+        105..=109 => {
+            // Block-aligned copies share extents; the others take the byte path.
+            let (so, dof, len) = if rng.gen_bool(0.5) {
+                (
+                    rng.gen_range(0..64) * 4096,
+                    rng.gen_range(0..64) * 4096,
+                    rng.gen_range(1..32) * 4096,
+                )
+            } else {
+                (
+                    rng.gen_range(0..300_000),
+                    rng.gen_range(0..300_000),
+                    rng.gen_range(1..100_000),
+                )
+            };
+            Op::Copy(file(rng), so, file(rng), dof, len)
+        }
+        _ => {
+            let seed: u8 = rng.gen();
+            let len = rng.gen_range(1..20_000);
+            let data = (0..len).map(|i| seed ^ (i as u8)).collect();
+            Op::Mmap(file(rng), rng.gen_range(0..200_000), data)
+        }
     }
 }
 
@@ -104,7 +140,74 @@ fn apply(root: &Path, op: &Op) -> Result<(), i32> {
         Op::Chmod(n, mode) => fs::set_permissions(p(n), fs::Permissions::from_mode(*mode)),
         Op::Link(a, b) => fs::hard_link(p(a), p(b)),
         Op::Fsync(n) => fs::File::open(p(n)).and_then(|f| f.sync_all()),
+        Op::Punch(n, off, len) => OpenOptions::new().write(true).open(p(n)).and_then(|f| {
+            fallocate(
+                f.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                *off as i64,
+                *len as i64,
+            )
+        }),
+        Op::Copy(src, so, dst, dof, len) => copy_range(&p(src), *so, &p(dst), *dof, *len),
+        Op::Mmap(n, off, data) => mmap_write(&p(n), *off, data),
     })
+}
+
+/// copy_file_range until `len` bytes are copied or the source ends.
+fn copy_range(src: &Path, so: u64, dst: &Path, dof: u64, len: u64) -> io::Result<()> {
+    let s = fs::File::open(src)?;
+    let d = OpenOptions::new().write(true).open(dst)?;
+    let (mut so, mut dof, mut left) = (so as i64, dof as i64, len as usize);
+    while left > 0 {
+        // SAFETY: both descriptors are open; the offsets are locals the call updates.
+        let n = unsafe {
+            libc::copy_file_range(s.as_raw_fd(), &mut so, d.as_raw_fd(), &mut dof, left, 0)
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            break;
+        }
+        left -= n as usize;
+    }
+    Ok(())
+}
+
+/// Write `data` at `off` through a shared mapping, clipped to the file's size (a
+/// mapping cannot grow a file), then msync.
+fn mmap_write(path: &Path, off: u64, data: &[u8]) -> io::Result<()> {
+    let f = OpenOptions::new().read(true).write(true).open(path)?;
+    let size = f.metadata()?.len();
+    if off >= size {
+        return Ok(());
+    }
+    let n = data.len().min((size - off) as usize);
+    let page = off & !4095;
+    let map_len = (off - page) as usize + n;
+    // SAFETY: a shared mapping of [page, off + n) of an open file, all inside the
+    // file; written only within that range, synced and unmapped before `f` closes.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            map_len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            page as i64,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let dst = p.cast::<u8>().add((off - page) as usize);
+        std::ptr::copy_nonoverlapping(data.as_ptr(), dst, n);
+        let r = libc::msync(p, map_len, libc::MS_SYNC);
+        libc::munmap(p, map_len);
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, PartialEq, Eq)]
