@@ -140,6 +140,28 @@ fn times() {
     write_file(&m.mnt.join("other"), b"");
     let d1 = fs::metadata(&m.mnt).unwrap();
     assert!((d1.mtime(), d1.mtime_nsec()) > (d0.mtime(), d0.mtime_nsec()));
+    // Link, rename and unlink change the inode's ctime; reading leaves atime
+    // alone (noatime).
+    let ct = |p: &Path| {
+        let md = fs::metadata(p).unwrap();
+        (md.ctime(), md.ctime_nsec())
+    };
+    let c0 = ct(&f);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::hard_link(&f, m.mnt.join("t2")).unwrap();
+    let c1 = ct(&f);
+    assert!(c1 > c0, "link updates ctime");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::rename(m.mnt.join("t2"), m.mnt.join("t3")).unwrap();
+    let c2 = ct(&f);
+    assert!(c2 > c1, "rename updates ctime");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::remove_file(m.mnt.join("t3")).unwrap();
+    assert!(ct(&f) > c2, "unlink updates ctime");
+    let a0 = fs::metadata(&f).unwrap();
+    fs::read(&f).unwrap();
+    let a1 = fs::metadata(&f).unwrap();
+    assert_eq!((a0.atime(), a0.atime_nsec()), (a1.atime(), a1.atime_nsec()));
     // utimensat with explicit times, nanoseconds included.
     utimens(&f, (1_000_000_000, 5), (1_234_567_890, 123_456_789)).unwrap();
     let md3 = fs::metadata(&f).unwrap();
