@@ -22,6 +22,7 @@ mod server;
 pub mod tokens;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -56,6 +57,8 @@ pub enum ControlError {
 pub struct ControlServer {
     shared: Arc<server::Shared>,
     socket: PathBuf,
+    /// The listening socket, kept to wake the accept loop at shutdown.
+    listener: UnixListener,
     accept: Option<JoinHandle<()>>,
 }
 
@@ -97,6 +100,7 @@ impl ControlServer {
             cfg,
         ));
         let sh = shared.clone();
+        let kept = listener.try_clone().map_err(io)?;
         let accept = std::thread::Builder::new()
             .name("cowfs-ctl-accept".into())
             .spawn(move || server::accept_loop(sh, listener))
@@ -105,6 +109,7 @@ impl ControlServer {
         Ok(ControlServer {
             shared,
             socket: socket.to_path_buf(),
+            listener: kept,
             accept: Some(accept),
         })
     }
@@ -120,7 +125,10 @@ impl ControlServer {
             return;
         };
         self.shared.stopping.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
+        // Wake the accept loop: shutdown(2) on the listening socket makes a blocked
+        // accept fail; connecting works too while the socket file still exists.
+        // SAFETY: the descriptor belongs to `self.listener`, open until drop.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
         let _ = UnixStream::connect(&self.socket);
         if accept.join().is_err() {
             log::error!("control accept thread panicked");
