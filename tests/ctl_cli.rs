@@ -125,6 +125,10 @@ fn every_subcommand() {
     assert!(out.contains("added") && out.contains("/hello.txt"), "{out}");
     // mount a snapshot read-only elsewhere; unmount.
     admin.ok(&["mount", "dev-snap", s(&m2)]);
+    let v = admin.json(&["mounts"]);
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
+    let out = admin.ok(&["mounts"]);
+    assert!(out.contains("dev-snap") && out.contains(" ro"), "{out}");
     assert_eq!(
         std::fs::read_to_string(m2.join("hello.txt")).expect("read snapshot"),
         "hello from dev"

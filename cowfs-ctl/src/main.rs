@@ -72,6 +72,8 @@ enum Cmd {
     },
     /// Unmount a directory.
     Unmount { dir: PathBuf },
+    /// Every mount (of branches this token may read), with its branch.
+    Mounts,
     /// Paths added, removed and modified from A to B (with changed byte ranges).
     Diff { a: String, b: String },
     /// Make a branch identical to a snapshot again (unmount it first).
@@ -338,6 +340,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
             c.unmount(&d)?;
             out(json, &serde_json::json!({"unmounted": d}), |_| {
                 println!("unmounted {d}")
+            });
+        }
+        Cmd::Mounts => {
+            let v = c.mounts()?;
+            out(json, &v, |v| {
+                let mut t = Table::new(&["DIR", "BRANCH", "MODE"]);
+                for m in v {
+                    let mode = if m.read_only { "ro" } else { "rw" };
+                    t.row(vec![m.dir.clone(), m.branch.clone(), mode.into()]);
+                }
+                t.print();
             });
         }
         Cmd::Diff { a, b } => {
