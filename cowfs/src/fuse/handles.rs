@@ -43,3 +43,43 @@ impl Handles {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::fs::Owner;
+    use crate::pool::PoolOptions;
+    use crate::store::device::MemDevice;
+
+    #[test]
+    fn an_unlinked_file_lives_until_its_last_handle() {
+        let opts = PoolOptions {
+            capacity_bytes: Some(64 << 20),
+            ..Default::default()
+        };
+        let pool = Pool::create_on(Arc::new(MemDevice::new()), &opts).expect("pool");
+        let b = pool.branch_id("main").expect("main");
+        let f = pool
+            .mknod(b, 1, b"f", libc::S_IFREG | 0o644, 0, Owner::default())
+            .expect("mknod");
+        pool.write_file(b, f.ino, 0, b"data").expect("write");
+        let h = Handles::default();
+        let (fh1, fh2) = (h.open(&pool, b, f.ino), h.open(&pool, b, f.ino));
+        assert_ne!(fh1, fh2);
+        pool.unlink(b, 1, b"f").expect("unlink");
+        h.release(&pool, b, fh1);
+        assert_eq!(
+            pool.read_file(b, f.ino, 0, 10).expect("still open"),
+            b"data"
+        );
+        h.release_all(&pool, b);
+        assert!(
+            pool.getattr(b, f.ino).is_err(),
+            "freed with its last handle"
+        );
+        // Releasing an unknown handle is harmless.
+        h.release(&pool, b, fh2);
+    }
+}

@@ -67,3 +67,22 @@ pub(crate) fn negotiate(cfg: &mut KernelConfig, read_only: bool) {
         log::info!("kernel limits background requests to {n}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_options() {
+        let rw = mount_config("pool:main", false);
+        assert!(rw.mount_options.contains(&MountOption::DefaultPermissions));
+        assert!(rw.mount_options.contains(&MountOption::RW));
+        assert!(rw.mount_options.contains(&MountOption::NoAtime));
+        assert_eq!(rw.acl, SessionACL::All, "allow_other");
+        assert_eq!(rw.n_threads, Some(WORKER_THREADS));
+        assert!(rw.clone_fd);
+        let ro = mount_config("pool:snap", true);
+        assert!(ro.mount_options.contains(&MountOption::RO));
+        assert!(!ro.mount_options.contains(&MountOption::RW));
+    }
+}
