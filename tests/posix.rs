@@ -1071,3 +1071,107 @@ fn umount_from_outside_ends_the_daemon_cleanly() {
     );
     m.stop();
 }
+
+/// Run `f` in a forked child that has dropped to uid/gid 65534 (setgroups,
+/// setgid, setuid via libc) and return the errno it reports (0 for success).
+/// `f` runs after fork in a multi-threaded process: it must only make raw
+/// system calls on values prepared before the fork.
+fn errno_as_nobody(f: &dyn Fn() -> i32) -> i32 {
+    let mut pipe = [0i32; 2];
+    // SAFETY: pipe2(2) fills two descriptors into the array.
+    assert_eq!(
+        unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) },
+        0
+    );
+    // SAFETY: the child makes raw system calls only, then _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: child side; raw system calls on prepared values.
+        unsafe {
+            let dropped = libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setgid(NOBODY) == 0
+                && libc::setuid(NOBODY) == 0;
+            let e: i32 = if dropped { f() } else { -1 };
+            libc::write(pipe[1], (&e as *const i32).cast(), 4);
+            libc::_exit(0);
+        }
+    }
+    let mut e = -2i32;
+    let mut st = 0;
+    // SAFETY: parent side: close our write end, read 4 bytes into a local, reap.
+    unsafe {
+        libc::close(pipe[1]);
+        assert_eq!(libc::read(pipe[0], (&mut e as *mut i32).cast(), 4), 4);
+        libc::close(pipe[0]);
+        libc::waitpid(pid, &mut st, 0);
+    }
+    assert_ne!(e, -1, "could not drop privileges");
+    e
+}
+
+/// errno after a libc call that returned `r` (0 when it succeeded).
+fn last_errno(r: i64) -> i32 {
+    if r < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-3)
+    } else {
+        0
+    }
+}
+
+#[test]
+fn unprivileged_error_codes() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let p = |n: &str| m.mnt.join(n);
+    write_file(&p("secret"), b"s");
+    fs::set_permissions(p("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    write_file(&p("public"), b"p");
+    fs::set_permissions(p("public"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::create_dir(p("sticky")).unwrap();
+    fs::set_permissions(p("sticky"), fs::Permissions::from_mode(0o1777)).unwrap();
+    write_file(&p("sticky/roots"), b"r");
+    fs::create_dir(p("mine")).unwrap();
+    std::os::unix::fs::chown(p("mine"), Some(NOBODY), Some(NOBODY)).unwrap();
+    let (secret, public, roots) = (
+        cpath(&p("secret")),
+        cpath(&p("public")),
+        cpath(&p("sticky/roots")),
+    );
+    let (newfile, minefile) = (cpath(&p("newfile")), cpath(&p("mine/f")));
+
+    // SAFETY (all closures below): raw libc calls on CStrings made before the fork.
+    let open_ro = || last_errno(unsafe { libc::open(secret.as_ptr(), libc::O_RDONLY) } as i64);
+    assert_eq!(errno_as_nobody(&open_ro), libc::EACCES);
+    let open_pub = || last_errno(unsafe { libc::open(public.as_ptr(), libc::O_RDONLY) } as i64);
+    assert_eq!(errno_as_nobody(&open_pub), 0);
+    let write_pub = || last_errno(unsafe { libc::open(public.as_ptr(), libc::O_WRONLY) } as i64);
+    assert_eq!(errno_as_nobody(&write_pub), libc::EACCES);
+    let create = || {
+        last_errno(
+            unsafe { libc::open(newfile.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644) } as i64,
+        )
+    };
+    assert_eq!(errno_as_nobody(&create), libc::EACCES);
+    let chmod = || last_errno(unsafe { libc::chmod(public.as_ptr(), 0o666) } as i64);
+    assert_eq!(errno_as_nobody(&chmod), libc::EPERM);
+    let chown = || last_errno(unsafe { libc::chown(public.as_ptr(), NOBODY, NOBODY) } as i64);
+    assert_eq!(errno_as_nobody(&chown), libc::EPERM);
+    let unlink = || last_errno(unsafe { libc::unlink(roots.as_ptr()) } as i64);
+    assert_eq!(errno_as_nobody(&unlink), libc::EPERM, "sticky directory");
+    let own = || {
+        let fd = unsafe { libc::open(minefile.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o600) };
+        if fd < 0 {
+            return last_errno(-1);
+        }
+        unsafe { libc::close(fd) };
+        last_errno(unsafe { libc::chmod(minefile.as_ptr(), 0o640) } as i64)
+    };
+    assert_eq!(errno_as_nobody(&own), 0);
+    let md = fs::metadata(p("mine/f")).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o777),
+        (NOBODY, NOBODY, 0o640)
+    );
+    m.stop();
+}
