@@ -124,8 +124,10 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.shared.conns.lock().remove(&self.id);
+        // Free the slot before the last descriptor closes, so a client that sees
+        // the connection end can count on the slot being free.
         self.shared.active.fetch_sub(1, Ordering::SeqCst);
+        self.shared.conns.lock().remove(&self.id);
     }
 }
 
