@@ -1,9 +1,10 @@
 //! Hooks: commands run against the clone (for databases: start the server on the
 //! clone's data directory, rewrite the data with SQL, stop it). A hook runs in its
-//! own process group with `$COWFS_CLONE_DIR`, `$COWFS_BRANCH` and `$COWFS_HOOK_KEY`
-//! (the pseudonym sub-key of the pool key, for the same pseudonyms in SQL), its
-//! output captured (the last `MAX_OUTPUT` bytes); on timeout the whole group is
-//! killed. `run_hooks` gives the hooks a private read-write mount of the clone.
+//! own process group, in a clean environment: PATH, the hook's `env`,
+//! `$COWFS_CLONE_DIR`, `$COWFS_BRANCH` and `$COWFS_HOOK_KEY` (the pseudonym sub-key
+//! of the pool key, for the same pseudonyms in SQL). Its output is captured (the
+//! last `MAX_OUTPUT` bytes); on timeout the whole group is killed. `run_hooks`
+//! gives the hooks a private read-write mount of the clone.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,8 @@ use super::SanitizeError;
 
 /// Output kept per hook (the tail: errors come last).
 pub const MAX_OUTPUT: usize = 64 << 10;
+/// PATH for hooks when the daemon has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// After the hook exits, how long to wait for its pipes to close (a daemonized
 /// grandchild may keep them open).
 const PIPE_GRACE: Duration = Duration::from_secs(2);
@@ -85,8 +88,13 @@ pub fn run_hook(
 
     let start = Instant::now();
     let mut cmd = Command::new(&hook.argv[0]);
+    // A clean environment: the daemon's own (tokens, credentials) is not the
+    // hook's business. PATH is kept so that scripts find their tools.
+    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
     cmd.args(&hook.argv[1..])
         .current_dir(clone_dir)
+        .env_clear()
+        .env("PATH", path)
         .envs(&hook.env)
         .env("COWFS_CLONE_DIR", clone_dir)
         .env("COWFS_BRANCH", branch)
@@ -320,7 +328,7 @@ mod tests {
         let dir = std::env::temp_dir();
         let r = run_hook(
             &hook(
-                "echo $COWFS_BRANCH $EXTRA $COWFS_HOOK_KEY; pwd; echo err >&2",
+                "echo $COWFS_BRANCH $EXTRA $COWFS_HOOK_KEY ${CARGO_MANIFEST_DIR-clean}; pwd; echo err >&2",
                 10_000,
             ),
             &dir,
@@ -328,7 +336,8 @@ mod tests {
             "k3y",
         )
         .unwrap();
-        assert!(r.output.contains("clone-1 x1 k3y"), "{}", r.output);
+        // cargo sets CARGO_MANIFEST_DIR for this test process; the hook must not see it.
+        assert!(r.output.contains("clone-1 x1 k3y clean"), "{}", r.output);
         assert!(r.output.contains("err"), "{}", r.output);
     }
 
