@@ -38,7 +38,7 @@ fn parallel_reads_see_whole_versions_while_writers_commit() {
             while !stop.load(Ordering::Relaxed) {
                 pool.write_file(b, churn.ino, 0, &vec![v; 256 * 1024])
                     .unwrap();
-                if v % 3 == 0 {
+                if v.is_multiple_of(3) {
                     pool.commit().unwrap();
                 }
                 v = v.wrapping_add(1);
