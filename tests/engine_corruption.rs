@@ -13,11 +13,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use cowfs::btree::Node;
-use cowfs::fs::items::{Extent, KIND_EXTENT};
+use cowfs::fs::items::{Extent, Inode, KIND_EXTENT, KIND_INODE};
 use cowfs::fs::{FsError, Owner, ROOT_INO};
 use cowfs::pool::catalog::BranchRecord;
 use cowfs::pool::{FsckOptions, Pool, PoolError, PoolOptions};
-use cowfs::store::block::{verify, BlockKind, HEADER_SIZE};
+use cowfs::store::block::{seal, verify, BlockKind, HEADER_SIZE};
 use cowfs::store::device::{BlockDevice, MemDevice};
 use cowfs::store::le::u64_at;
 use cowfs::store::spacemap::PTRS_PER_INDEX;
@@ -557,4 +557,98 @@ fn foreign_files_are_refused_by_name() {
         Err(PoolError::Store(StoreError::Corrupt { block, .. })) => assert!(block < 2),
         other => panic!("{:?}", other.err()),
     }
+}
+
+/// Rewrite the inode item of `ino` in branch `branch` of the newest commit with `f`,
+/// keeping the node's checksum valid (a hostile or buggy writer, not bit rot).
+fn patch_inode(dev: &MemDevice, branch: &str, ino: u64, f: impl Fn(&mut Inode)) {
+    let sb = (0..2)
+        .filter_map(|s| Superblock::decode(&read_block(dev, s)).ok())
+        .max_by_key(|s| s.generation)
+        .expect("a valid slot");
+    let mut l = Layout::default();
+    let root = walk_tree(dev, sb.pool_id, sb.catalog_root, "catalog", &mut l)
+        .into_iter()
+        .filter_map(|(_, v)| BranchRecord::decode(&v))
+        .find(|r| r.name == branch)
+        .expect("branch")
+        .root;
+    walk_tree(dev, sb.pool_id, root, branch, &mut l);
+    for (addr, _) in &l.meta {
+        let mut buf = read_block(dev, *addr);
+        let Ok(h) = verify(&buf, *addr, sb.pool_id, BlockKind::TreeNode) else {
+            continue;
+        };
+        let Ok(Node::Leaf(mut items)) = Node::decode(&buf, h.level, h.count) else {
+            continue;
+        };
+        let Some(item) = items
+            .iter_mut()
+            .find(|(k, _)| k.id == ino && k.kind == KIND_INODE)
+        else {
+            continue;
+        };
+        let mut i = Inode::decode(&item.1).expect("inode");
+        f(&mut i);
+        item.1 = i.encode();
+        let n = Node::Leaf(items);
+        n.encode(&mut buf);
+        seal(
+            &mut buf,
+            BlockKind::TreeNode,
+            *addr,
+            h.generation,
+            sb.pool_id,
+            0,
+            n.len() as u16,
+        );
+        dev.apply(*addr, &buf);
+        return;
+    }
+    panic!("inode {ino} not found");
+}
+
+#[test]
+fn hostile_inode_fields_behind_valid_checksums() {
+    let dev = MemDevice::new();
+    let pool = Pool::create_on(Arc::new(dev.clone()), &opts()).expect("create");
+    let b = pool.branch_id("main").expect("main");
+    let o = Owner::default();
+    let ln = pool
+        .symlink(b, ROOT_INO, b"ln", b"target", o)
+        .expect("symlink");
+    let f = pool
+        .mknod(b, ROOT_INO, b"f", libc::S_IFREG | 0o644, 0, o)
+        .expect("mknod");
+    pool.write_file(b, f.ino, 0, &[7u8; 10_000]).expect("write");
+    // A large last commit: two flushes, no manifest, so patched nodes are accepted.
+    let big = pool
+        .mknod(b, ROOT_INO, b"big", libc::S_IFREG | 0o644, 0, o)
+        .expect("mknod");
+    pool.write_file(b, big.ino, 0, &vec![1u8; 4 << 20])
+        .expect("write");
+    drop(pool);
+    patch_inode(&dev, "main", ln.ino, |i| i.size = 1 << 50);
+    patch_inode(&dev, "main", f.ino, |i| i.size = u64::MAX);
+    let pool = Pool::open_on(Arc::new(dev.clone()), &opts()).expect("open");
+    // Refused as corrupt (EIO), not an allocation of 2^50 bytes (an abort).
+    let r = pool.readlink(b, ln.ino).map_err(|e| e.errno());
+    assert_eq!(
+        r,
+        Err(libc::EIO),
+        "readlink of a symlink claiming 2^50 bytes"
+    );
+    // Refused as corrupt, not an overflow in the offset arithmetic (a panic).
+    let r = pool
+        .read_file(b, f.ino, u64::MAX - 10, 4096)
+        .map_err(|e| e.errno());
+    assert_eq!(r, Err(libc::EIO), "read of a file claiming u64::MAX bytes");
+    // The rest of the branch still reads.
+    assert_eq!(
+        pool.read_file(b, big.ino, 0, 10).expect("read"),
+        vec![1u8; 10]
+    );
+    let r = pool.fsck(&FsckOptions::default()).expect("fsck");
+    let flagged = r.errors.iter().filter(|e| e.contains("impossible")).count();
+    assert_eq!(flagged, 2, "fsck must flag both impossible sizes:\n{r}");
 }

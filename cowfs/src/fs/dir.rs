@@ -218,6 +218,11 @@ impl FsTree<'_> {
         if i.file_type() != libc::S_IFLNK {
             return err(libc::EINVAL);
         }
+        // symlink() stores at most 4095 bytes; a larger size is damage, and must not
+        // become an allocation of that size.
+        if i.size >= 4096 {
+            return Err(self.corrupt(ino, "symlink target longer than 4095 bytes"));
+        }
         self.read_data(ino, &i, 0, i.size as usize)
     }
 

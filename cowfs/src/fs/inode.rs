@@ -8,7 +8,13 @@ impl FsTree<'_> {
     pub fn inode(&mut self, ino: u64) -> FsResult<Inode> {
         match self.get(&inode_key(ino))? {
             None => err(libc::ENOENT),
-            Some(v) => Inode::decode(&v).ok_or_else(|| self.corrupt(ino, "undecodable inode item")),
+            Some(v) => match Inode::decode(&v) {
+                // Every size the filesystem can produce is at most MAX_FILE_SIZE; a
+                // larger one is damage and would overflow offset arithmetic.
+                Some(i) if i.size <= super::file::MAX_FILE_SIZE => Ok(i),
+                Some(_) => Err(self.corrupt(ino, "size beyond the largest possible file")),
+                None => Err(self.corrupt(ino, "undecodable inode item")),
+            },
         }
     }
 

@@ -377,6 +377,13 @@ fn check_branch(w: &mut Walk, _id: u64, rec: &BranchRecord, opts: &FsckOptions) 
     }
     for (ino, i) in &f.inodes {
         let names = f.names.get(ino).copied().unwrap_or(0);
+        let link = i.file_type() == libc::S_IFLNK;
+        if i.size > crate::fs::file::MAX_FILE_SIZE || (link && i.size >= 4096) {
+            w.report.error(format!(
+                "branch '{name}': inode {ino}: size {} is impossible for its type",
+                i.size
+            ));
+        }
         if i.is_dir() {
             let want = 2 + f.subdirs.get(ino).copied().unwrap_or(0);
             if i.nlink != want {
