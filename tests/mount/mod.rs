@@ -8,6 +8,7 @@ use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -128,6 +129,17 @@ impl Mounted {
         if ro {
             cmd.arg("--ro");
         }
+        // If the test process dies without running its guards (killed by a
+        // timeout), the daemon gets SIGTERM and unmounts instead of lingering.
+        // SAFETY: prctl(2) is async-signal-safe and touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -231,7 +243,6 @@ pub fn signal(pid: u32, sig: i32) {
 
 /// Run `sh -c script` as uid/gid 65534 (nobody); returns (success, stdout+stderr).
 pub fn as_nobody(script: &str) -> (bool, String) {
-    use std::os::unix::process::CommandExt;
     let out = Command::new("sh")
         .arg("-c")
         .arg(script)
