@@ -79,3 +79,47 @@ fn sync_commits_only_what_is_not_yet_durable() {
     let pool = Pool::open_on(Arc::new(dev), &opts).unwrap();
     assert_eq!(pool.read_file(b, f.ino, 0, 10).unwrap(), b"abc");
 }
+
+/// Regression: deleting a file whose extents sit in leaves the clone still shares
+/// with its parent dropped the shared leaf's references before copying the leaf
+/// ("reference added to a free block").
+#[test]
+fn unlink_of_large_files_in_a_fresh_clone() {
+    let dev = MemDevice::new();
+    let opts = PoolOptions {
+        capacity_bytes: Some(256 << 20),
+        ..Default::default()
+    };
+    let pool = Pool::create_on(Arc::new(dev), &opts).unwrap();
+    let main = pool.branch_id("main").unwrap();
+    let data = vec![0x5Au8; 2 << 20];
+    for i in 0..4u8 {
+        let f = pool
+            .mknod(
+                main,
+                1,
+                &[b'f', b'0' + i],
+                libc::S_IFREG | 0o644,
+                0,
+                Owner::default(),
+            )
+            .unwrap();
+        pool.write_file(main, f.ino, 0, &data).unwrap();
+    }
+    pool.commit().unwrap();
+    let empty_pool_used = pool.used_blocks();
+    let c = pool.branch_create("c", "main").unwrap();
+    for i in 0..4u8 {
+        pool.unlink(c, 1, &[b'f', b'0' + i]).unwrap();
+    }
+    for i in 0..4u8 {
+        let a = pool.lookup(main, 1, &[b'f', b'0' + i]).unwrap();
+        assert_eq!(pool.read_file(main, a.ino, 0, 4 << 20).unwrap(), data);
+    }
+    let r = pool.fsck(&FsckOptions::default()).unwrap();
+    assert!(r.is_clean(), "{r}");
+    pool.branch_delete("c").unwrap();
+    assert!(pool.used_blocks() <= empty_pool_used + 4);
+    let r = pool.fsck(&FsckOptions::default()).unwrap();
+    assert!(r.is_clean(), "{r}");
+}

@@ -120,14 +120,17 @@ impl FsTree<'_> {
     /// Remove an inode and everything it owns (data, xattrs, orphan mark). The caller
     /// has checked that no directory entry and no open file refers to it.
     pub fn free_inode(&mut self, ino: u64) -> FsResult<()> {
-        let items = self.scan(Key::new(ino, 0, 0), Key::new(ino, u8::MAX, u64::MAX))?;
-        for (k, v) in items {
+        let keys = self.scan(Key::new(ino, 0, 0), Key::new(ino, u8::MAX, u64::MAX))?;
+        for (k, _) in keys {
+            // Remove the item first: that makes this tree's leaf its own (a shared leaf
+            // is copied and the copy takes its own references), and only then is the
+            // reference this tree held on the extent's blocks dropped.
+            let removed = self.del(&k)?;
             if k.kind == KIND_EXTENT {
-                if let Some(e) = Extent::decode(&v) {
+                if let Some(e) = removed.as_deref().and_then(Extent::decode) {
                     self.st.space.dec_range(&*self.st.dev, e.phys, e.len())?;
                 }
             }
-            self.del(&k)?;
         }
         self.del(&Key::new(0, KIND_ORPHAN, ino))?;
         Ok(())
