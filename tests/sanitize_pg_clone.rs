@@ -37,9 +37,6 @@ impl Drop for Unmount {
 }
 
 #[test]
-#[ignore = "engine bug: unlinking a large file in a fresh clone fails with \
-            'reference added to a free block' (pg_resetwal in the clone hits it); \
-            run with --ignored once fixed"]
 fn sanitized_clone_of_a_running_cluster() {
     let _ = env_logger::builder().is_test(true).try_init();
     let tmp = tempfile::Builder::new()
