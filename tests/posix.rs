@@ -963,6 +963,24 @@ fn posix_acls() {
     write_file(&d.join("by-root"), b"inherited");
     assert!(getxattr(&d.join("by-root"), "system.posix_acl_access").is_ok());
     assert_eq!(fs::metadata(d.join("by-root")).unwrap().mode() & 0o007, 0);
+    // A default ACL replaces the umask; elsewhere the umask applies.
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 077 && touch {r}/acl-dir/u && touch {r}/plain"
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(
+        fs::metadata(d.join("u")).unwrap().mode() & 0o777,
+        0o660,
+        "default ACL: 0666 narrowed by the ACL, not by umask 077"
+    );
+    assert_eq!(
+        fs::metadata(m.mnt.join("plain")).unwrap().mode() & 0o777,
+        0o600
+    );
     let (ok, out) = as_nobody(&format!("cat {r}/acl-dir/by-root"));
     assert!(ok && out == "inherited", "{out}");
     fs::create_dir(d.join("sub")).unwrap();

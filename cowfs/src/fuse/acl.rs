@@ -160,15 +160,17 @@ pub(crate) struct Inherited {
     default: Option<Vec<u8>>,
 }
 
-/// Narrow a new inode's `mode` by the parent's default ACL, if it has one.
+/// Narrow a new inode's `mode` by the parent's default ACL if it has one, else by
+/// the creating process's umask (POSIX.1e: a default ACL replaces the umask).
 pub(crate) fn inherit(
     pool: &Pool,
     b: BranchId,
     parent: u64,
     mode: u32,
+    umask: u32,
 ) -> FsResult<(u32, Inherited)> {
     let Some(def) = load(pool, b, parent, DEFAULT)? else {
-        return Ok((mode, Inherited::default()));
+        return Ok((mode & !(umask & 0o777), Inherited::default()));
     };
     let mut access = def.clone();
     let (mode, store) = access.create_masq(mode);

@@ -87,10 +87,11 @@ impl CowFs {
         parent: u64,
         name: &OsStr,
         mode: u32,
+        umask: u32,
         rdev: u64,
     ) -> FsResult<Attr> {
         let (owner, mode) = self.new_owner(req, parent, mode)?;
-        let (mode, inherited) = acl::inherit(&self.pool, self.branch, parent, mode)?;
+        let (mode, inherited) = acl::inherit(&self.pool, self.branch, parent, mode, umask)?;
         let name = name.as_bytes();
         let a = if mode & libc::S_IFMT == libc::S_IFDIR {
             self.pool.mkdir(self.branch, parent, name, mode, owner)?
@@ -219,7 +220,7 @@ impl Filesystem for CowFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -228,7 +229,7 @@ impl Filesystem for CowFs {
         }
         Self::entry(
             reply,
-            self.create_node(req, parent.0, name, mode, u64::from(rdev)),
+            self.create_node(req, parent.0, name, mode, umask, u64::from(rdev)),
         );
     }
 
@@ -238,14 +239,14 @@ impl Filesystem for CowFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         if let Err(e) = self.writable() {
             return reply.error(e);
         }
         let mode = libc::S_IFDIR | (mode & 0o7777);
-        Self::entry(reply, self.create_node(req, parent.0, name, mode, 0));
+        Self::entry(reply, self.create_node(req, parent.0, name, mode, umask, 0));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -354,7 +355,7 @@ impl Filesystem for CowFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
@@ -362,7 +363,7 @@ impl Filesystem for CowFs {
             return reply.error(e);
         }
         let mode = libc::S_IFREG | (mode & 0o7777);
-        match self.create_node(req, parent.0, name, mode, 0) {
+        match self.create_node(req, parent.0, name, mode, umask, 0) {
             Ok(a) => {
                 let fh = self.handles.open(&self.pool, self.branch, a.ino);
                 reply.created(

@@ -44,8 +44,10 @@ pub(crate) fn negotiate(cfg: &mut KernelConfig, read_only: bool) {
         ("asynchronous direct I/O", InitFlags::FUSE_ASYNC_DIO),
         ("cached symlinks", InitFlags::FUSE_CACHE_SYMLINKS),
         // The kernel enforces ACLs it reads from us (fuse/acl.rs keeps them and
-        // the mode in step). Without FUSE_DONT_MASK it still applies the umask.
+        // the mode in step) and leaves the umask to us: a directory's default
+        // ACL replaces it. (If refused, the kernel applies the umask itself.)
         ("POSIX ACLs", InitFlags::FUSE_POSIX_ACL),
+        ("umask left to the filesystem", InitFlags::FUSE_DONT_MASK),
     ];
     if !read_only {
         wanted.push(("writeback cache", InitFlags::FUSE_WRITEBACK_CACHE));
