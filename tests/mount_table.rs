@@ -139,6 +139,13 @@ fn branch_while_mounted_with_an_open_unlinked_file() {
     drop(g);
     assert!(!is_mounted(&a) && !is_mounted(&b));
 
+    // Dropping the table unmounts what it still holds.
+    let table = MountTable::new(pool.clone());
+    table.mount("dev", &a, false).unwrap();
+    assert!(is_mounted(&a));
+    drop(table);
+    assert!(!is_mounted(&a));
+
     let r = pool.fsck(&FsckOptions::default()).unwrap();
     assert!(r.is_clean(), "{r}");
 }

@@ -234,6 +234,16 @@ impl MountTable {
     }
 }
 
+impl Drop for MountTable {
+    /// A table dropped with mounts left (an embedding program that did not call
+    /// `unmount_all`) does not leave them served by orphaned threads.
+    fn drop(&mut self) {
+        if !self.mounts.get_mut().is_empty() {
+            self.unmount_all();
+        }
+    }
+}
+
 /// Wait for an unmounted session's threads to end.
 fn finish(m: Mounted) {
     let dir = m.info.dir.display();
