@@ -1193,3 +1193,17 @@ fn unprivileged_error_codes() {
     );
     m.stop();
 }
+
+#[test]
+fn removed_directory_lists_empty_through_an_open_handle() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let d = m.mnt.join("gone");
+    fs::create_dir(&d).unwrap();
+    let rd = fs::read_dir(&d).unwrap();
+    fs::remove_dir(&d).unwrap();
+    let left: Vec<_> = rd.collect::<Result<_, _>>().unwrap();
+    assert!(left.is_empty());
+    m.stop();
+    fx.assert_fsck_clean();
+}
