@@ -25,7 +25,7 @@ use super::attr::{errno, file_attr, file_type, from_system_time, time_or_now, TT
 use super::handles::Handles;
 use super::kernel;
 use crate::fs::file::SeekWhence;
-use crate::fs::{Attr, FsError, FsResult, Owner, SetAttr};
+use crate::fs::{Attr, FsError, FsResult, SetAttr};
 use crate::pool::{BranchId, Pool};
 
 /// Directory entries fetched from the engine per readdir request.
@@ -34,8 +34,8 @@ const READDIR_BATCH: usize = 512;
 const MAX_CLONE: u64 = 1 << 30;
 
 pub(crate) struct CowFs {
-    pool: Arc<Pool>,
-    branch: BranchId,
+    pub(super) pool: Arc<Pool>,
+    pub(super) branch: BranchId,
     read_only: bool,
     handles: Handles,
 }
@@ -56,51 +56,6 @@ impl CowFs {
         } else {
             Ok(())
         }
-    }
-
-    /// Owner of a new inode in `parent`, and the mode adjusted for a set-group-ID
-    /// parent directory (BSD group semantics, inherited by subdirectories).
-    fn new_owner(&self, req: &Request, parent: u64, mode: u32) -> FsResult<(Owner, u32)> {
-        let p = self.pool.getattr(self.branch, parent)?;
-        if p.mode & libc::S_ISGID != 0 {
-            let mode = if mode & libc::S_IFMT == libc::S_IFDIR {
-                mode | libc::S_ISGID
-            } else {
-                mode
-            };
-            let owner = Owner {
-                uid: req.uid(),
-                gid: p.gid,
-            };
-            return Ok((owner, mode));
-        }
-        let owner = Owner {
-            uid: req.uid(),
-            gid: req.gid(),
-        };
-        Ok((owner, mode))
-    }
-
-    fn create_node(
-        &self,
-        req: &Request,
-        parent: u64,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        rdev: u64,
-    ) -> FsResult<Attr> {
-        let (owner, mode) = self.new_owner(req, parent, mode)?;
-        let (mode, inherited) = acl::inherit(&self.pool, self.branch, parent, mode, umask)?;
-        let name = name.as_bytes();
-        let a = if mode & libc::S_IFMT == libc::S_IFDIR {
-            self.pool.mkdir(self.branch, parent, name, mode, owner)?
-        } else {
-            self.pool
-                .mknod(self.branch, parent, name, mode, rdev, owner)?
-        };
-        acl::store_inherited(&self.pool, self.branch, a.ino, inherited)?;
-        Ok(a)
     }
 
     fn entry(reply: ReplyEntry, r: FsResult<Attr>) {

@@ -2,6 +2,7 @@
 //! the translation lives here; the engine holds every semantic.
 //!
 //! - `filesystem`: the fuser `Filesystem` for one mounted branch
+//! - `create`: owner and mode of new inodes (setgid directories, ACLs, umask)
 //! - `kernel`: mount options and capabilities negotiated with the kernel
 //! - `acl`: POSIX ACL inheritance and mode/ACL consistency
 //! - `attr`: attribute, time and error conversions
@@ -20,6 +21,7 @@
 
 mod acl;
 mod attr;
+mod create;
 mod filesystem;
 mod handles;
 mod kernel;
