@@ -1207,3 +1207,50 @@ fn removed_directory_lists_empty_through_an_open_handle() {
     m.stop();
     fx.assert_fsck_clean();
 }
+
+#[test]
+fn large_directory_listing_is_stable_under_changes() {
+    use std::collections::HashMap;
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let d = m.mnt.join("big");
+    fs::create_dir(&d).unwrap();
+    let n = 3000;
+    for i in 0..n {
+        File::create(d.join(format!("entry-{i:05}-{}", "x".repeat(i % 40)))).unwrap();
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut rd = fs::read_dir(&d).unwrap();
+    // Read part of the listing, then change the directory, then read the rest.
+    for e in rd.by_ref().take(1000) {
+        *seen
+            .entry(e.unwrap().file_name().into_string().unwrap())
+            .or_default() += 1;
+    }
+    for i in 0..200 {
+        File::create(d.join(format!("new-{i}"))).unwrap();
+    }
+    let mut removed = Vec::new();
+    for i in (0..n).step_by(15) {
+        let name = format!("entry-{i:05}-{}", "x".repeat(i % 40));
+        fs::remove_file(d.join(&name)).unwrap();
+        removed.push(name);
+    }
+    for e in rd {
+        *seen
+            .entry(e.unwrap().file_name().into_string().unwrap())
+            .or_default() += 1;
+    }
+    assert!(seen.values().all(|c| *c == 1), "an entry was listed twice");
+    for i in 0..n {
+        let name = format!("entry-{i:05}-{}", "x".repeat(i % 40));
+        if !removed.contains(&name) {
+            assert!(seen.contains_key(&name), "{name} was never listed");
+        }
+    }
+    // A fresh listing has exactly what is there.
+    let now = fs::read_dir(&d).unwrap().count();
+    assert_eq!(now, n - removed.len() + 200);
+    m.stop();
+    fx.assert_fsck_clean();
+}
