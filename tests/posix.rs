@@ -854,12 +854,22 @@ fn fsync_survives_kill_9() {
     f.write_all(b"COMMITTED").unwrap();
     f.sync_data().unwrap();
     drop((f, dir));
+    // O_DSYNC: each write is durable when it returns, without an fsync call.
+    let mut w = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DSYNC)
+        .open(p("db/table"))
+        .unwrap();
+    w.seek(SeekFrom::Start(2000)).unwrap();
+    w.write_all(b"DSYNC").unwrap();
     m.crash();
+    drop(w);
     assert!(!is_mounted(&fx.mnt));
     fx.assert_fsck_clean();
     let m = fx.mount();
     let mut want = data.clone();
     want[1000..1009].copy_from_slice(b"COMMITTED");
+    want[2000..2005].copy_from_slice(b"DSYNC");
     assert_eq!(fs::read(m.mnt.join("db/table")).unwrap(), want);
     m.stop();
     fx.assert_fsck_clean();
