@@ -1264,3 +1264,35 @@ fn large_directory_listing_is_stable_under_changes() {
     m.stop();
     fx.assert_fsck_clean();
 }
+
+/// The kernel may write back dirty pages of a file after its last name is gone
+/// (syncfs after unlink): the inode must live until the kernel forgets it, so the
+/// flush succeeds and nothing leaks once it is forgotten.
+#[test]
+fn syncfs_after_unlink_of_written_files() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let dir = File::open(&m.mnt).unwrap();
+    for round in 0..3 {
+        let names: Vec<_> = (0..8)
+            .map(|i| m.mnt.join(format!("tmp-{round}-{i}")))
+            .collect();
+        for n in &names {
+            write_file(n, &vec![round as u8; 256 * 1024]);
+        }
+        for n in &names {
+            fs::remove_file(n).unwrap();
+        }
+        // SAFETY: syncfs takes an open descriptor.
+        let r = unsafe { libc::syncfs(dir.as_raw_fd()) };
+        assert_eq!(
+            r,
+            0,
+            "syncfs after unlink: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    drop(dir);
+    m.stop();
+    fx.assert_fsck_clean();
+}

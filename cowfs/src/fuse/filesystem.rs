@@ -24,6 +24,7 @@ use super::acl;
 use super::attr::{errno, file_attr, file_type, from_system_time, time_or_now, TTL};
 use super::handles::Handles;
 use super::kernel;
+use super::lookups::Lookups;
 use crate::fs::file::SeekWhence;
 use crate::fs::{Attr, FsError, FsResult, SetAttr};
 use crate::pool::{BranchId, Pool};
@@ -38,6 +39,7 @@ pub(crate) struct CowFs {
     pub(super) branch: BranchId,
     read_only: bool,
     handles: Handles,
+    lookups: Lookups,
 }
 
 impl CowFs {
@@ -47,6 +49,7 @@ impl CowFs {
             branch,
             read_only,
             handles: Handles::default(),
+            lookups: Lookups::default(),
         }
     }
 
@@ -58,9 +61,13 @@ impl CowFs {
         }
     }
 
-    fn entry(reply: ReplyEntry, r: FsResult<Attr>) {
+    /// Reply with an entry; the kernel then holds a reference until FORGET.
+    fn entry(&self, reply: ReplyEntry, r: FsResult<Attr>) {
         match r {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => {
+                self.lookups.add(&self.pool, self.branch, a.ino);
+                reply.entry(&TTL, &file_attr(&a), Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -102,14 +109,19 @@ impl Filesystem for CowFs {
 
     fn destroy(&mut self) {
         self.handles.release_all(&self.pool, self.branch);
+        self.lookups.forget_all(&self.pool, self.branch);
         if let Err(e) = self.commit() {
             log::error!("final commit of the mount failed: {e}");
         }
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.lookups.forget(&self.pool, self.branch, ino.0, nlookup);
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let r = self.pool.lookup(self.branch, parent.0, name.as_bytes());
-        Self::entry(reply, r);
+        self.entry(reply, r);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -182,7 +194,7 @@ impl Filesystem for CowFs {
         if let Err(e) = self.writable() {
             return reply.error(e);
         }
-        Self::entry(
+        self.entry(
             reply,
             self.create_node(req, parent.0, name, mode, umask, u64::from(rdev)),
         );
@@ -201,7 +213,7 @@ impl Filesystem for CowFs {
             return reply.error(e);
         }
         let mode = libc::S_IFDIR | (mode & 0o7777);
-        Self::entry(reply, self.create_node(req, parent.0, name, mode, umask, 0));
+        self.entry(reply, self.create_node(req, parent.0, name, mode, umask, 0));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -246,7 +258,7 @@ impl Filesystem for CowFs {
                     owner,
                 )
             });
-        Self::entry(reply, r);
+        self.entry(reply, r);
     }
 
     fn rename(
@@ -290,7 +302,7 @@ impl Filesystem for CowFs {
         let r = self
             .pool
             .link(self.branch, ino.0, newparent.0, newname.as_bytes());
-        Self::entry(reply, r);
+        self.entry(reply, r);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -321,6 +333,7 @@ impl Filesystem for CowFs {
         match self.create_node(req, parent.0, name, mode, umask, 0) {
             Ok(a) => {
                 let fh = self.handles.open(&self.pool, self.branch, a.ino);
+                self.lookups.add(&self.pool, self.branch, a.ino);
                 reply.created(
                     &TTL,
                     &file_attr(&a),
@@ -470,6 +483,10 @@ impl Filesystem for CowFs {
                     );
                     if full {
                         break;
+                    }
+                    // The kernel takes a reference on every entry but "." and "..".
+                    if e.name != b"." && e.name != b".." {
+                        self.lookups.add(&self.pool, self.branch, e.ino);
                     }
                 }
                 reply.ok();

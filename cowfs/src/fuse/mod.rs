@@ -25,6 +25,7 @@ mod create;
 mod filesystem;
 mod handles;
 mod kernel;
+mod lookups;
 pub mod mounts;
 mod sys;
 
