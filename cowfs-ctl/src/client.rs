@@ -84,6 +84,16 @@ impl Client {
 
     /// Send one request and decode its result.
     pub fn call<T: DeserializeOwned>(&mut self, req: &Request) -> ClientResult<T> {
+        self.call_with_progress(req, &mut |_| {})
+    }
+
+    /// Send one request and decode its result; `progress` lines that come before
+    /// the reply (see `branch_create_with`) are handed to `on_progress`.
+    pub fn call_with_progress<T: DeserializeOwned>(
+        &mut self,
+        req: &Request,
+        on_progress: &mut dyn FnMut(&ProgressEvent),
+    ) -> ClientResult<T> {
         let id = self.next_id;
         self.next_id += 1;
         let mut v = serde_json::to_value(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -93,7 +103,25 @@ impl Client {
         let mut line = v.to_string();
         line.push('\n');
         self.writer.write_all(line.as_bytes())?;
-        let reply = self.read_reply()?;
+        let reply = loop {
+            let v = self.read_line()?;
+            let is_progress = v
+                .as_object()
+                .is_some_and(|o| o.contains_key("progress") && !o.contains_key("ok"));
+            if !is_progress {
+                break serde_json::from_value::<Reply>(v)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            }
+            let p: ProgressLine =
+                serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if p.id != Some(id) {
+                return Err(ClientError::Protocol(format!(
+                    "progress id {:?} for request {id}",
+                    p.id
+                )));
+            }
+            on_progress(&p.progress);
+        };
         if reply.id != Some(id) {
             return Err(ClientError::Protocol(format!(
                 "reply id {:?} for request {id}",
@@ -111,7 +139,8 @@ impl Client {
         }
     }
 
-    fn read_reply(&mut self) -> ClientResult<Reply> {
+    /// One line from the daemon, as JSON.
+    fn read_line(&mut self) -> ClientResult<serde_json::Value> {
         let mut buf = Vec::new();
         loop {
             let chunk = self.reader.fill_buf()?;
@@ -145,6 +174,8 @@ impl Client {
     }
 
     /// A writable branch of `from` (a branch or snapshot), optionally mounted.
+    /// If `from` requires a sanitize profile of this token, it runs (see
+    /// `branch_create_with`).
     pub fn branch_create(
         &mut self,
         name: &str,
@@ -155,7 +186,35 @@ impl Client {
             name: name.into(),
             from: from.into(),
             mount,
+            sanitize: None,
+            progress: false,
         })
+    }
+
+    /// A writable branch of `from`, sanitized with profile `sanitize` (or the one
+    /// `from` requires) before the daemon replies: the reply comes once every rule
+    /// and hook succeeded and the branch is ready, or the clone was deleted and the
+    /// error (`sanitize_failed`) says which rule or hook failed. With
+    /// `on_progress`, the daemon's progress events are passed to it meanwhile.
+    pub fn branch_create_with(
+        &mut self,
+        name: &str,
+        from: &str,
+        mount: Option<MountSpec>,
+        sanitize: Option<&str>,
+        on_progress: Option<&mut dyn FnMut(&ProgressEvent)>,
+    ) -> ClientResult<BranchInfo> {
+        let req = Request::BranchCreate {
+            name: name.into(),
+            from: from.into(),
+            mount,
+            sanitize: sanitize.map(str::to_string),
+            progress: on_progress.is_some(),
+        };
+        match on_progress {
+            Some(f) => self.call_with_progress(&req, f),
+            None => self.call(&req),
+        }
     }
 
     pub fn snapshot_create(&mut self, name: &str, from: &str) -> ClientResult<BranchInfo> {
@@ -216,7 +275,20 @@ impl Client {
     }
 
     pub fn protect(&mut self, name: &str) -> ClientResult<BranchInfo> {
-        self.call(&Request::Protect { name: name.into() })
+        self.protect_with(name, None)
+    }
+
+    /// Protect `name`; with `require_sanitize`, every branch a non-admin token
+    /// creates from it runs that profile, and its snapshots are admin-only.
+    pub fn protect_with(
+        &mut self,
+        name: &str,
+        require_sanitize: Option<&str>,
+    ) -> ClientResult<BranchInfo> {
+        self.call(&Request::Protect {
+            name: name.into(),
+            require_sanitize: require_sanitize.map(str::to_string),
+        })
     }
 
     pub fn unprotect(&mut self, name: &str) -> ClientResult<BranchInfo> {

@@ -5,13 +5,15 @@ mod table;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use cowfs_ctl::proto::{
-    BranchInfo, BranchKind, Change, DiffReply, Grant, GroupMember, MountSpec, QuotaInfo, TokenInfo,
-    UsageReply,
+    BranchInfo, BranchKind, BranchState, Change, DiffReply, Grant, GroupMember, MountSpec,
+    ProgressEvent, QuotaInfo, TokenInfo, UsageReply,
 };
 use cowfs_ctl::{Client, ClientError};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use table::{bytes, Table};
 
@@ -83,7 +85,13 @@ enum Cmd {
         to: String,
     },
     /// Protect a branch: only admin tokens may delete, reset, rename or mount it rw.
-    Protect { name: String },
+    Protect {
+        name: String,
+        /// Every branch a non-admin token creates from it is sanitized with this
+        /// profile, whatever it asks; its snapshots become admin-only.
+        #[arg(long, value_name = "PROFILE")]
+        require_sanitize: Option<String>,
+    },
     /// Remove the protection.
     Unprotect { name: String },
     /// Bytes referenced, exclusive (freed by delete) and shared, per branch.
@@ -158,6 +166,11 @@ struct BranchCreate {
     /// NAME=PARENT, repeated: create all of them in one commit (same instant).
     #[arg(long, value_name = "NAME=PARENT", conflicts_with_all = ["name", "from"])]
     group: Vec<String>,
+    /// Sanitize the new branch with this profile of the daemon's config before
+    /// anyone can use it (a progress bar shows on runs over a second; with
+    /// --json, one progress line per event, then the result on one line).
+    #[arg(long, value_name = "PROFILE", conflicts_with = "group")]
+    sanitize: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -305,8 +318,40 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     }),
                     None => None,
                 };
-                let v = c.branch_create(&name, &from, mount)?;
-                out(json, &v, |v| branches(std::slice::from_ref(v)));
+                // Progress is always asked for: the parent may require a profile.
+                let mut shown = Progress::new(json);
+                let r = c.branch_create_with(
+                    &name,
+                    &from,
+                    mount,
+                    a.sanitize.as_deref(),
+                    Some(&mut |ev: &ProgressEvent| shown.event(ev)),
+                );
+                shown.finish();
+                let v = r?;
+                if json {
+                    // One line, after the progress lines: a stream of JSON lines.
+                    match serde_json::to_string(&v) {
+                        Ok(s) => println!("{s}"),
+                        Err(e) => eprintln!("cowfs-ctl: {e}"),
+                    }
+                } else {
+                    branches(std::slice::from_ref(&v));
+                    if let Some(s) = &v.sanitized {
+                        let values: u64 = s.values_replaced.values().sum();
+                        println!(
+                            "sanitized with '{}': {} files ({}) scanned, {} changed, {} removed, {} values replaced, {} hook(s), {:.1} s",
+                            s.profile,
+                            s.files_scanned,
+                            bytes(s.bytes_scanned),
+                            s.files_changed,
+                            s.files_removed,
+                            values,
+                            s.hooks.len(),
+                            s.duration_ms as f64 / 1000.0
+                        );
+                    }
+                }
             }
         }
         Cmd::Snapshot(SnapshotCmd::Create { name, from }) => {
@@ -361,8 +406,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let v = c.reset(&branch, &to)?;
             out(json, &v, |v| branches(std::slice::from_ref(v)));
         }
-        Cmd::Protect { name } => {
-            let v = c.protect(&name)?;
+        Cmd::Protect {
+            name,
+            require_sanitize,
+        } => {
+            let v = c.protect_with(&name, require_sanitize.as_deref())?;
             out(json, &v, |v| branches(std::slice::from_ref(v)));
         }
         Cmd::Unprotect { name } => {
@@ -406,6 +454,61 @@ fn run(cli: Cli) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Sanitize progress: JSON lines with --json, else a progress bar on stderr once
+/// a run has lasted a second.
+struct Progress {
+    json: bool,
+    start: Instant,
+    bar: Option<ProgressBar>,
+}
+
+/// Runs shorter than this show no bar.
+const BAR_AFTER: Duration = Duration::from_secs(1);
+
+impl Progress {
+    fn new(json: bool) -> Progress {
+        Progress {
+            json,
+            start: Instant::now(),
+            bar: None,
+        }
+    }
+
+    fn event(&mut self, ev: &ProgressEvent) {
+        if self.json {
+            println!("{}", serde_json::json!({ "progress": ev }));
+            return;
+        }
+        if self.bar.is_none() && self.start.elapsed() >= BAR_AFTER {
+            let bar = ProgressBar::new_spinner();
+            if let Ok(style) =
+                ProgressStyle::with_template("{spinner} sanitizing [{elapsed}] {pos} files, {msg}")
+            {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(120));
+            self.bar = Some(bar);
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_position(ev.files_scanned);
+            let what = match ev.phase.as_str() {
+                "files" if ev.current.is_empty() => "file rules".to_string(),
+                "files" => ev.current.clone(),
+                "hooks" => "running hooks".to_string(),
+                "commit" => "committing".to_string(),
+                other => other.to_string(),
+            };
+            bar.set_message(format!("{} scanned, {what}", bytes(ev.bytes_scanned)));
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 fn kind(b: &BranchInfo) -> &'static str {
     match b.kind {
         BranchKind::Branch => "branch",
@@ -421,14 +524,30 @@ fn mounts(b: &BranchInfo) -> String {
         .join(", ")
 }
 
+fn protection(b: &BranchInfo) -> String {
+    match (&b.require_sanitize, b.protected) {
+        (Some(p), true) => format!("yes (sanitize: {p})"),
+        (Some(p), false) => format!("no (sanitize: {p})"),
+        (None, true) => "yes".into(),
+        (None, false) => "no".into(),
+    }
+}
+
+fn kind_state(b: &BranchInfo) -> String {
+    match b.state {
+        BranchState::Ready => kind(b).into(),
+        BranchState::Sanitizing => format!("{} (sanitizing)", kind(b)),
+    }
+}
+
 fn branches(list: &[BranchInfo]) {
     let mut t = Table::new(&["NAME", "KIND", "PARENT", "PROTECTED", "OWNER", "MOUNTS"]);
     for b in list {
         t.row(vec![
             b.name.clone(),
-            kind(b).into(),
+            kind_state(b),
             b.parent.clone().unwrap_or_else(|| "-".into()),
-            if b.protected { "yes" } else { "no" }.into(),
+            protection(b),
             b.owner.clone().unwrap_or_else(|| "-".into()),
             mounts(b),
         ]);
@@ -444,7 +563,12 @@ fn info(b: &BranchInfo) {
         ("kind", kind(b).into()),
         ("parent", b.parent.clone().unwrap_or_else(|| "-".into())),
         ("created (unix)", b.created_unix.to_string()),
+        ("state", kind_state(b)),
         ("protected", b.protected.to_string()),
+        (
+            "requires sanitize",
+            b.require_sanitize.clone().unwrap_or_else(|| "-".into()),
+        ),
         ("owner", b.owner.clone().unwrap_or_else(|| "-".into())),
         ("mounts", mounts(b)),
     ] {

@@ -40,6 +40,12 @@ pub enum Request {
         from: String,
         #[serde(default)]
         mount: Option<MountSpec>,
+        /// Sanitize profile to run on the new branch before anyone may use it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sanitize: Option<String>,
+        /// Ask for `progress` lines while the branch is sanitized.
+        #[serde(default, skip_serializing_if = "is_false")]
+        progress: bool,
     },
     SnapshotCreate {
         name: String,
@@ -75,6 +81,9 @@ pub enum Request {
     },
     Protect {
         name: String,
+        /// Every branch a non-admin token creates from it runs this profile.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        require_sanitize: Option<String>,
     },
     Unprotect {
         name: String,
@@ -152,6 +161,10 @@ impl Request {
     }
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// Mount a branch as part of creating it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountSpec {
@@ -192,6 +205,9 @@ pub struct ErrorReply {
     /// The branch, snapshot or path the error is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// `sanitize_failed`: which rule or hook failed and how.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sanitize: Option<Box<SanitizeFailure>>,
 }
 
 impl ErrorReply {
@@ -201,6 +217,7 @@ impl ErrorReply {
             message: message.into(),
             scope: None,
             target: None,
+            sanitize: None,
         }
     }
     pub fn target(mut self, t: impl Into<String>) -> ErrorReply {
@@ -246,6 +263,14 @@ pub enum ErrorKind {
     ReadOnly,
     NoSpace,
     TooManyClients,
+    /// No sanitize profile of that name in the daemon's config (the message lists
+    /// the known ones).
+    UnknownProfile,
+    /// A sanitize rule or hook failed or timed out; the clone was deleted. The
+    /// error's `sanitize` object says which and how.
+    SanitizeFailed,
+    /// The branch is being sanitized: it cannot be used until it is ready.
+    Sanitizing,
     Io,
     Internal,
     /// A kind this client does not know (sent by a newer daemon).
@@ -275,6 +300,9 @@ impl ErrorKind {
             ErrorKind::ReadOnly => "read_only",
             ErrorKind::NoSpace => "no_space",
             ErrorKind::TooManyClients => "too_many_clients",
+            ErrorKind::UnknownProfile => "unknown_profile",
+            ErrorKind::SanitizeFailed => "sanitize_failed",
+            ErrorKind::Sanitizing => "sanitizing",
             ErrorKind::Io => "io",
             ErrorKind::Internal => "internal",
             ErrorKind::Unknown => "unknown",
@@ -460,6 +488,16 @@ pub struct MountInfo {
     pub read_only: bool,
 }
 
+/// Whether a branch can be used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BranchState {
+    #[default]
+    Ready,
+    /// Being sanitized: invisible to non-admin tokens, not mountable, no children.
+    Sanitizing,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BranchInfo {
     pub id: u64,
@@ -472,6 +510,87 @@ pub struct BranchInfo {
     /// Name of the token that created it, if any.
     pub owner: Option<String>,
     pub mounts: Vec<MountInfo>,
+    #[serde(default)]
+    pub state: BranchState,
+    /// The sanitize profile every branch a non-admin token takes from it runs.
+    #[serde(default)]
+    pub require_sanitize: Option<String>,
+    /// `branch_create` with a profile: what sanitizing did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sanitized: Option<SanitizeSummary>,
+}
+
+/// What sanitizing a new branch did (in the result of `branch_create`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SanitizeSummary {
+    pub profile: String,
+    /// Regular files read by `redact` rules.
+    pub files_scanned: u64,
+    pub bytes_scanned: u64,
+    /// Files rewritten because a value was found in them.
+    pub files_changed: u64,
+    pub files_removed: u64,
+    pub files_truncated: u64,
+    pub files_replaced: u64,
+    pub binary_files_skipped: u64,
+    /// Values replaced, by detector or pattern name.
+    pub values_replaced: std::collections::BTreeMap<String, u64>,
+    /// Hooks that ran (skipped ones are not listed).
+    pub hooks: Vec<HookSummary>,
+    pub duration_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookSummary {
+    pub name: String,
+    pub duration_ms: u64,
+}
+
+/// Which part of sanitizing failed (in `error.sanitize` of `sanitize_failed`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SanitizeFailure {
+    pub profile: String,
+    /// "rules", "hook", "commit" or "setup".
+    pub stage: String,
+    /// The file rule being applied, e.g. "rule 2 ('emails')".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The file (relative to the branch root) the rule failed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// The hook ran past its timeout and was killed.
+    #[serde(default)]
+    pub timed_out: bool,
+    /// The hook's output (stdout and stderr, the last 64 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
+
+/// A `progress` line: `{"id": N, "progress": {...}}`, sent before the reply of a
+/// `branch_create` that asked for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressEvent {
+    /// "files" (file rules), "hooks" or "commit".
+    pub phase: String,
+    pub files_scanned: u64,
+    pub bytes_scanned: u64,
+    /// The file being scanned, or the phase's subject.
+    #[serde(default)]
+    pub current: String,
+}
+
+/// A progress line as it travels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressLine {
+    #[serde(default)]
+    pub id: Option<u64>,
+    pub progress: ProgressEvent,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -601,6 +720,8 @@ mod tests {
             name: "dev".into(),
             from: "main".into(),
             mount: None,
+            sanitize: None,
+            progress: false,
         };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(

@@ -57,6 +57,7 @@ pub fn forbidden(t: &TokenView, scope: Scope, target: &str) -> ErrorReply {
         ),
         scope: Some(scope),
         target: Some(target.to_string()),
+        sanitize: None,
     }
 }
 
@@ -78,6 +79,7 @@ pub fn require_unprotected(
         ),
         scope: Some(Scope::Admin),
         target: Some(name.to_string()),
+        sanitize: None,
     })
 }
 

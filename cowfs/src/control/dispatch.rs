@@ -1,9 +1,15 @@
 //! One authenticated request: check names and permissions, then call the pool or
 //! the mount table. Changing operations run one at a time (`Ctx::lock`), so a check
 //! and the change it guards cannot interleave with another client's change.
+//!
+//! Sanitized clones: created (and recorded in `POOL.sanitize-state`) under the
+//! lock, sanitized without it (other requests go on), then published or deleted
+//! under the lock again. While sanitizing, a clone is invisible to tokens that are
+//! not admin on it and refused (`sanitizing`) to everything else.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cowfs_ctl::proto::{self, *};
 use parking_lot::Mutex;
@@ -13,18 +19,30 @@ use serde_json::Value;
 use super::auth::{forbidden, has, is_pool_admin, require, require_unprotected};
 use super::errors;
 use super::quotas::QuotaStore;
+use super::sanitize::{self, Profile, SanitizeConfig, SanitizeError};
+use super::sanitizing::SanitizeState;
 use super::tokens::{TokenStore, TokenView};
+use super::ControlError;
 use crate::fuse::MountTable;
 use crate::pool::admin::GroupMember as PoolMember;
 use crate::pool::diff::PathChangeKind;
 use crate::pool::quota::{QuotaLimits, QuotaStatus};
-use crate::pool::{BranchId, Pool};
+use crate::pool::{BranchId, Pool, PoolError};
+
+/// Progress events of one sanitize run are sent at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
 pub struct Ctx {
     pub pool: Arc<Pool>,
     pub mounts: Arc<MountTable>,
     pub tokens: TokenStore,
     pub quotas: QuotaStore,
+    /// Sanitize profiles of the `--config` file (none without one).
+    pub profiles: SanitizeConfig,
+    /// The pool's pseudonym key (`POOL.sanitize-key`).
+    key: Vec<u8>,
+    /// Clones being sanitized, required profiles (`POOL.sanitize-state`).
+    pub state: SanitizeState,
     lock: Mutex<()>,
 }
 
@@ -61,19 +79,93 @@ impl Ctx {
         mounts: Arc<MountTable>,
         tokens: TokenStore,
         quotas: QuotaStore,
+        profiles: SanitizeConfig,
+        key: Vec<u8>,
+        state: SanitizeState,
     ) -> Ctx {
         Ctx {
             pool,
             mounts,
             tokens,
             quotas,
+            profiles,
+            key,
+            state,
             lock: Mutex::new(()),
         }
     }
 
-    fn target(&self, name: &str) -> Result<Target, ErrorReply> {
+    /// At daemon start: delete every clone a previous daemon left in state
+    /// `sanitizing` (it never finished, so it may hold personal data). A clone
+    /// that cannot be deleted stays recorded, hence invisible and unusable.
+    pub fn delete_unfinished(&self) -> Result<(), ControlError> {
+        let io = |source| ControlError::Io {
+            path: self.state.path().to_path_buf(),
+            source,
+        };
+        let running = self.state.running();
+        for r in &running {
+            let found = match r.id {
+                Some(id) => self
+                    .pool
+                    .list()
+                    .into_iter()
+                    .find(|b| b.id == id)
+                    .map(|b| (b.name, b.id)),
+                None => self.pool.info(&r.name).ok().map(|b| (b.name, b.id)),
+            };
+            match found {
+                Some((name, id)) => {
+                    log::warn!(
+                        "deleting '{name}': its sanitizing never finished (the daemon stopped)"
+                    );
+                    if let Err(e) = self.pool.branch_delete(&name) {
+                        log::error!("deleting unfinished sanitized clone '{name}': {e}; it stays invisible and is retried at the next start");
+                        continue;
+                    }
+                    if let Err(e) = self.tokens.forget_branch(id) {
+                        log::warn!("token store: {e}");
+                    }
+                    self.state.end(&r.name, r.id).map_err(io)?;
+                }
+                None => self.state.end(&r.name, r.id).map_err(io)?,
+            }
+        }
+        if !running.is_empty() {
+            if let Err(e) = self.pool.quota_recount_all() {
+                log::warn!("recounting quotas: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// May `token` see branch `id` at all? Clones being sanitized are visible only
+    /// to tokens that are admin on them.
+    fn visible(&self, token: &TokenView, name: &str, id: BranchId) -> bool {
+        !self.state.is_sanitizing(id) || has(token, Scope::Admin, name, id)
+    }
+
+    /// A branch being sanitized, as `token` may learn of it: `sanitizing` for an
+    /// admin, `not_found` for anyone else.
+    fn sanitizing_error(&self, token: &TokenView, name: &str, id: BranchId) -> ErrorReply {
+        if has(token, Scope::Admin, name, id) {
+            ErrorReply::new(
+                ErrorKind::Sanitizing,
+                format!("branch '{name}' is being sanitized; it can be used once every rule and hook succeeded (`cowfs-ctl info {name}` shows its state)"),
+            )
+            .target(name)
+        } else {
+            errors::pool(PoolError::BranchNotFound(name.to_string())).target(name)
+        }
+    }
+
+    /// A branch `token` names in a request; clones being sanitized are refused.
+    fn target(&self, token: &TokenView, name: &str) -> Result<Target, ErrorReply> {
         name_ok(name)?;
         let i = self.pool.info(name).map_err(errors::pool)?;
+        if self.state.is_sanitizing(i.id) {
+            return Err(self.sanitizing_error(token, &i.name, i.id));
+        }
         let protected = self.pool.is_protected(name).map_err(errors::pool)?;
         Ok(Target {
             name: i.name,
@@ -98,6 +190,13 @@ impl Ctx {
             protected,
             owner: self.tokens.owner_of(i.id),
             mounts: self.mount_list(Some(&i.name)),
+            state: if self.state.is_sanitizing(i.id) {
+                BranchState::Sanitizing
+            } else {
+                BranchState::Ready
+            },
+            require_sanitize: self.state.required(i.id),
+            sanitized: None,
             name: i.name,
         })
     }
@@ -145,8 +244,14 @@ impl Ctx {
         Ok(())
     }
 
-    /// Run one request for the token named `token`.
-    pub fn handle(&self, token: &TokenView, req: Request) -> Res {
+    /// Run one request for the token named `token`. A `branch_create` that
+    /// sanitizes reports its progress to `progress`.
+    pub fn handle(
+        &self,
+        token: &TokenView,
+        req: Request,
+        progress: &mut dyn FnMut(ProgressEvent),
+    ) -> Res {
         match req {
             Request::Hello { .. } => Err(errors::bad_request(
                 "hello is only valid as the first request of a connection",
@@ -154,26 +259,37 @@ impl Ctx {
             Request::List {} => {
                 let mut out = Vec::new();
                 for b in self.pool.list() {
-                    if has(token, Scope::Read, &b.name, b.id) {
+                    if has(token, Scope::Read, &b.name, b.id) && self.visible(token, &b.name, b.id)
+                    {
                         out.push(self.info(&b.name)?);
                     }
                 }
                 ok(BranchList { branches: out })
             }
             Request::Info { name } => {
-                let t = self.target(&name)?;
-                require(token, Scope::Read, &t.name, t.id)?;
+                name_ok(&name)?;
+                let i = self.pool.info(&name).map_err(errors::pool)?;
+                if !self.visible(token, &i.name, i.id) {
+                    return Err(self.sanitizing_error(token, &i.name, i.id));
+                }
+                require(token, Scope::Read, &i.name, i.id)?;
                 ok(self.info(&name)?)
             }
-            Request::BranchCreate { name, from, mount } => {
-                self.create(token, &name, &from, false, mount)
+            Request::BranchCreate {
+                name,
+                from,
+                mount,
+                sanitize,
+                progress: _,
+            } => self.create(token, &name, &from, false, mount, sanitize, progress),
+            Request::SnapshotCreate { name, from } => {
+                self.create(token, &name, &from, true, None, None, progress)
             }
-            Request::SnapshotCreate { name, from } => self.create(token, &name, &from, true, None),
             Request::GroupCreate { members } => self.group(token, members),
             Request::Rename { old, new } => {
                 name_ok(&new)?;
                 let _g = self.lock.lock();
-                let t = self.target(&old)?;
+                let t = self.target(token, &old)?;
                 require(token, Scope::Delete, &t.name, t.id)?;
                 require_unprotected(token, t.protected, "rename", &t.name, t.id)?;
                 self.refuse_mounted(&old, "rename")?;
@@ -182,11 +298,14 @@ impl Ctx {
             }
             Request::Delete { name } => {
                 let _g = self.lock.lock();
-                let t = self.target(&name)?;
+                let t = self.target(token, &name)?;
                 require(token, Scope::Delete, &t.name, t.id)?;
                 require_unprotected(token, t.protected, "delete", &t.name, t.id)?;
                 self.refuse_mounted(&name, "delete")?;
                 self.pool.branch_delete(&name).map_err(errors::pool)?;
+                if let Err(e) = self.state.set_required(t.id, None) {
+                    log::warn!("{}: {e}", self.state.path().display());
+                }
                 if let Err(e) = self.quotas.set(t.id, QuotaLimits::default()) {
                     log::warn!("{}: {e}", self.quotas.path().display());
                 }
@@ -200,7 +319,7 @@ impl Ctx {
                 read_only,
             } => {
                 let _g = self.lock.lock();
-                let t = self.target(&name)?;
+                let t = self.target(token, &name)?;
                 self.mount(token, &t, &dir, read_only)?;
                 ok(self.info(&name)?)
             }
@@ -219,7 +338,7 @@ impl Ctx {
                     )
                     .target(dir));
                 };
-                let t = self.target(&m.branch)?;
+                let t = self.target(token, &m.branch)?;
                 require(token, Scope::Mount, &t.name, t.id)?;
                 self.mounts.unmount(&m.dir).map_err(errors::mount)?;
                 ok(Done {})
@@ -228,7 +347,9 @@ impl Ctx {
                 let mut out = Vec::new();
                 for m in self.mount_list(None) {
                     if let Ok(id) = self.pool.branch_id(&m.branch) {
-                        if has(token, Scope::Read, &m.branch, id) {
+                        if has(token, Scope::Read, &m.branch, id)
+                            && self.visible(token, &m.branch, id)
+                        {
                             out.push(m);
                         }
                     }
@@ -237,7 +358,7 @@ impl Ctx {
             }
             Request::Diff { a, b } => {
                 for n in [&a, &b] {
-                    let t = self.target(n)?;
+                    let t = self.target(token, n)?;
                     require(token, Scope::Read, &t.name, t.id)?;
                     self.sync(n)?;
                 }
@@ -269,10 +390,13 @@ impl Ctx {
             }
             Request::Reset { branch, to } => {
                 let _g = self.lock.lock();
-                let t = self.target(&branch)?;
-                let src = self.target(&to)?;
+                let t = self.target(token, &branch)?;
+                let src = self.target(token, &to)?;
                 require(token, Scope::Write, &t.name, t.id)?;
                 require(token, Scope::Read, &src.name, src.id)?;
+                // A clone of a branch that requires sanitizing must not get its
+                // content back unsanitized.
+                self.refuse_required(token, &src, "reset a branch to")?;
                 require_unprotected(token, t.protected, "reset", &t.name, t.id)?;
                 if t.snapshot {
                     return Err(ErrorReply::new(
@@ -287,8 +411,11 @@ impl Ctx {
                 self.pool.reset_to(&branch, &to).map_err(errors::pool)?;
                 ok(self.info(&branch)?)
             }
-            Request::Protect { name } => self.protect(token, &name, true),
-            Request::Unprotect { name } => self.protect(token, &name, false),
+            Request::Protect {
+                name,
+                require_sanitize,
+            } => self.protect(token, &name, true, require_sanitize),
+            Request::Unprotect { name } => self.protect(token, &name, false, None),
             Request::Usage {} => {
                 let st = self.pool.statfs();
                 let mut branches = Vec::new();
@@ -296,7 +423,7 @@ impl Ctx {
                     let Ok(id) = self.pool.branch_id(&u.name) else {
                         continue;
                     };
-                    if has(token, Scope::Read, &u.name, id) {
+                    if has(token, Scope::Read, &u.name, id) && self.visible(token, &u.name, id) {
                         branches.push(UsageEntry {
                             shared_bytes: u.referenced_bytes - u.exclusive_bytes,
                             name: u.name,
@@ -317,7 +444,7 @@ impl Ctx {
                 reserve_bytes,
             } => {
                 let _g = self.lock.lock();
-                let t = self.target(&name)?;
+                let t = self.target(token, &name)?;
                 require(token, Scope::Admin, &t.name, t.id)?;
                 let limits = QuotaLimits {
                     max_bytes,
@@ -353,7 +480,9 @@ impl Ctx {
                     .pool
                     .quota_list()
                     .into_iter()
-                    .filter(|q| has(token, Scope::Read, &q.name, q.id))
+                    .filter(|q| {
+                        has(token, Scope::Read, &q.name, q.id) && self.visible(token, &q.name, q.id)
+                    })
                     .map(quota_info)
                     .collect();
                 ok(proto::QuotaList { quotas })
@@ -431,6 +560,29 @@ impl Ctx {
         Err(e)
     }
 
+    /// Refuse `what` from a branch that requires a sanitize profile unless `token`
+    /// is admin on it.
+    fn refuse_required(
+        &self,
+        token: &TokenView,
+        src: &Target,
+        what: &str,
+    ) -> Result<(), ErrorReply> {
+        let Some(p) = self.state.required(src.id) else {
+            return Ok(());
+        };
+        if has(token, Scope::Admin, &src.name, src.id) {
+            return Ok(());
+        }
+        let mut e = forbidden(token, Scope::Admin, &src.name);
+        e.message = format!(
+            "branch '{}' requires the sanitize profile '{p}': only an admin token may {what} it; create a branch of it instead (`cowfs-ctl branch create NAME --from {}`), which is sanitized",
+            src.name, src.name
+        );
+        Err(e)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn create(
         &self,
         token: &TokenView,
@@ -438,42 +590,253 @@ impl Ctx {
         from: &str,
         snapshot: bool,
         mount: Option<MountSpec>,
+        sanitize: Option<String>,
+        progress: &mut dyn FnMut(ProgressEvent),
     ) -> Res {
         name_ok(name)?;
-        let _g = self.lock.lock();
-        let src = self.target(from)?;
+        let g = self.lock.lock();
+        let src = self.target(token, from)?;
         require(token, Scope::Branch, &src.name, src.id)?;
+        let profile_name = match self.state.required(src.id) {
+            Some(req) if !has(token, Scope::Admin, &src.name, src.id) => {
+                if snapshot {
+                    self.refuse_required(token, &src, "take a snapshot of")?;
+                }
+                if sanitize.as_deref().is_some_and(|asked| asked != req) {
+                    log::info!(
+                        "branch '{name}' of '{from}': profile '{req}' required by '{from}' runs instead of the one asked for"
+                    );
+                }
+                Some(req)
+            }
+            _ => sanitize,
+        };
+        if snapshot && profile_name.is_some() {
+            return Err(errors::bad_request(
+                "snapshots are read-only and cannot be sanitized; create a sanitized branch",
+            ));
+        }
+        let profile = match &profile_name {
+            Some(p) => Some(self.profiles.profile(p).map_err(|e| {
+                ErrorReply::new(
+                    ErrorKind::UnknownProfile,
+                    format!("{e}; profiles are the [profiles.NAME] tables of the daemon's --config file"),
+                )
+                .target(p.clone())
+            })?),
+            None => None,
+        };
         if let Some(m) = &mount {
             check_dir(&m.dir)?;
         }
         self.sync(from)?;
-        let id = if snapshot {
-            self.pool.snapshot_create(name, from)
-        } else {
-            self.pool.branch_create(name, from)
+        let Some(profile) = profile else {
+            let id = if snapshot {
+                self.pool.snapshot_create(name, from)
+            } else {
+                self.pool.branch_create(name, from)
+            }
+            .map_err(errors::pool)?;
+            self.tokens
+                .add_owned(&token.name, &[id])
+                .map_err(errors::token)?;
+            self.mount_new(name, id, mount)?;
+            log::info!(
+                "{} '{name}' created from '{from}' by token '{}'",
+                if snapshot { "snapshot" } else { "branch" },
+                token.name
+            );
+            return ok(self.info(name)?);
+        };
+
+        // Sanitized: record the clone as `sanitizing` before it exists, so that a
+        // daemon stopping at any point leaves nothing a restart would keep.
+        if self.pool.branch_id(name).is_ok() {
+            return Err(errors::pool(PoolError::BranchExists(name.to_string())));
         }
-        .map_err(errors::pool)?;
+        let state_io = |e: std::io::Error| {
+            ErrorReply::new(
+                ErrorKind::Io,
+                format!("{}: {e}", self.state.path().display()),
+            )
+        };
+        self.state.begin(name).map_err(state_io)?;
+        let id = match self.pool.branch_create(name, from) {
+            Ok(id) => id,
+            Err(e) => {
+                if let Err(s) = self.state.end(name, None) {
+                    log::warn!("{}: {s}", self.state.path().display());
+                }
+                return Err(errors::pool(e));
+            }
+        };
+        if let Err(e) = self.state.created(name, id) {
+            self.discard(name, id);
+            return Err(state_io(e));
+        }
+        drop(g);
+        log::info!(
+            "branch '{name}' created from '{from}' by token '{}'; sanitizing with profile '{}'",
+            token.name,
+            profile.name
+        );
+        let result = self.sanitize(name, profile, progress);
+        let _g = self.lock.lock();
+        let summary = match result {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("sanitizing '{name}' failed: {}", e.message);
+                self.discard(name, id);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.state.end(name, Some(id)) {
+            self.discard(name, id);
+            return Err(state_io(e));
+        }
         self.tokens
             .add_owned(&token.name, &[id])
             .map_err(errors::token)?;
-        if let Some(m) = mount {
-            if let Err(e) = self.mounts.mount(name, Path::new(&m.dir), m.read_only) {
-                // All or nothing: a branch that could not be mounted as asked is
-                // dropped again.
-                if let Err(d) = self.pool.branch_delete(name) {
-                    log::error!("dropping branch '{name}' after a failed mount: {d}");
-                } else if let Err(t) = self.tokens.forget_branch(id) {
-                    log::warn!("token store: {t}");
+        self.mount_new(name, id, mount)?;
+        log::info!(
+            "branch '{name}' sanitized with profile '{}' and ready",
+            profile.name
+        );
+        let mut info = self.info(name)?;
+        info.sanitized = Some(summary);
+        ok(info)
+    }
+
+    /// Mount a branch just created as its request asked; all or nothing: a branch
+    /// that could not be mounted is dropped again.
+    fn mount_new(
+        &self,
+        name: &str,
+        id: BranchId,
+        mount: Option<MountSpec>,
+    ) -> Result<(), ErrorReply> {
+        let Some(m) = mount else {
+            return Ok(());
+        };
+        if let Err(e) = self.mounts.mount(name, Path::new(&m.dir), m.read_only) {
+            if let Err(d) = self.pool.branch_delete(name) {
+                log::error!("dropping branch '{name}' after a failed mount: {d}");
+            } else if let Err(t) = self.tokens.forget_branch(id) {
+                log::warn!("token store: {t}");
+            }
+            return Err(errors::mount(e));
+        }
+        Ok(())
+    }
+
+    /// Run the file rules, then the hooks, then commit. Progress goes to
+    /// `progress` at most every `PROGRESS_EVERY` and at each phase.
+    fn sanitize(
+        &self,
+        name: &str,
+        profile: &Profile,
+        progress: &mut dyn FnMut(ProgressEvent),
+    ) -> Result<SanitizeSummary, ErrorReply> {
+        let start = Instant::now();
+        let fail = |stage: &str, e: SanitizeError| sanitize_failure(name, &profile.name, stage, e);
+        progress(ProgressEvent {
+            phase: "files".into(),
+            ..Default::default()
+        });
+        let mut last = Instant::now();
+        let mut latest = ProgressEvent::default();
+        let report = sanitize::run(&self.pool, name, profile, &self.key, &mut |p| {
+            latest = ProgressEvent {
+                phase: "files".into(),
+                files_scanned: p.files_scanned,
+                bytes_scanned: p.bytes_scanned,
+                current: p.current,
+            };
+            if last.elapsed() >= PROGRESS_EVERY {
+                last = Instant::now();
+                progress(latest.clone());
+            }
+        })
+        .map_err(|e| fail("rules", e))?;
+        let counts = |phase: &str, current: &str| ProgressEvent {
+            phase: phase.into(),
+            files_scanned: report.files_scanned,
+            bytes_scanned: report.bytes_scanned,
+            current: current.into(),
+        };
+        progress(counts("files", ""));
+        let hooks = if profile.hooks.is_empty() {
+            Vec::new()
+        } else {
+            progress(counts("hooks", ""));
+            sanitize::run_hooks(
+                &self.pool,
+                &self.mounts,
+                name,
+                profile,
+                &self.key,
+                &self.profiles.scratch_dir,
+            )
+            .map_err(|e| fail("hook", e))?
+        };
+        progress(counts("commit", ""));
+        self.pool.commit().map_err(|e| {
+            let mut r = errors::pool(e);
+            r.message = format!(
+                "sanitizing '{name}' with profile '{}': the final commit failed, so the clone was deleted: {}",
+                profile.name, r.message
+            );
+            r
+        })?;
+        Ok(SanitizeSummary {
+            profile: profile.name.clone(),
+            files_scanned: report.files_scanned,
+            bytes_scanned: report.bytes_scanned,
+            files_changed: report.files_changed,
+            files_removed: report.files_removed,
+            files_truncated: report.files_truncated,
+            files_replaced: report.files_replaced,
+            binary_files_skipped: report.binary_files_skipped,
+            values_replaced: report.values_replaced,
+            hooks: hooks
+                .into_iter()
+                .map(|h| HookSummary {
+                    name: h.name,
+                    duration_ms: h.duration.as_millis() as u64,
+                })
+                .collect(),
+            duration_ms: start.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Delete a clone whose sanitizing failed (its space is returned) and forget
+    /// it. A clone that cannot be deleted now (files still open: a hook's process
+    /// lingering) stays recorded as `sanitizing`, hence invisible; the next daemon
+    /// start deletes it.
+    fn discard(&self, name: &str, id: BranchId) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.pool.branch_delete(name) {
+                Ok(()) | Err(PoolError::BranchNotFound(_)) => break,
+                Err(PoolError::Busy(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
                 }
-                return Err(errors::mount(e));
+                Err(e) => {
+                    log::error!("deleting the failed clone '{name}': {e}; it stays invisible and the next daemon start deletes it");
+                    return;
+                }
             }
         }
-        log::info!(
-            "{} '{name}' created from '{from}' by token '{}'",
-            if snapshot { "snapshot" } else { "branch" },
-            token.name
-        );
-        ok(self.info(name)?)
+        if let Err(e) = self.pool.quota_recount_all() {
+            log::warn!("recounting quotas: {e}");
+        }
+        if let Err(e) = self.tokens.forget_branch(id) {
+            log::warn!("token store: {e}");
+        }
+        if let Err(e) = self.state.end(name, Some(id)) {
+            log::error!("{}: {e}", self.state.path().display());
+        }
+        log::info!("clone '{name}' deleted");
     }
 
     fn group(&self, token: &TokenView, members: Vec<proto::GroupMember>) -> Res {
@@ -483,8 +846,10 @@ impl Ctx {
         let _g = self.lock.lock();
         for m in &members {
             name_ok(&m.name)?;
-            let src = self.target(&m.from)?;
+            let src = self.target(token, &m.from)?;
             require(token, Scope::Branch, &src.name, src.id)?;
+            // Groups are not sanitized: a parent that requires it is admin-only here.
+            self.refuse_required(token, &src, "take a group member from")?;
         }
         for m in &members {
             self.sync(&m.from)?;
@@ -529,11 +894,41 @@ impl Ctx {
             .map_err(errors::mount)
     }
 
-    fn protect(&self, token: &TokenView, name: &str, on: bool) -> Res {
+    /// Protect (with an optional required profile; without one, a requirement
+    /// set before stays) or unprotect (which drops the requirement too).
+    fn protect(
+        &self,
+        token: &TokenView,
+        name: &str,
+        on: bool,
+        require_profile: Option<String>,
+    ) -> Res {
         let _g = self.lock.lock();
-        let t = self.target(name)?;
+        let t = self.target(token, name)?;
         require(token, Scope::Admin, &t.name, t.id)?;
+        if let Some(p) = &require_profile {
+            self.profiles.profile(p).map_err(|e| {
+                ErrorReply::new(
+                    ErrorKind::UnknownProfile,
+                    format!("{e}; profiles are the [profiles.NAME] tables of the daemon's --config file"),
+                )
+                .target(p.clone())
+            })?;
+        }
         self.pool.set_protected(name, on).map_err(errors::pool)?;
+        let required = if on {
+            require_profile.or_else(|| self.state.required(t.id))
+        } else {
+            None
+        };
+        self.state
+            .set_required(t.id, required.as_deref())
+            .map_err(|e| {
+                ErrorReply::new(
+                    ErrorKind::Io,
+                    format!("{}: {e}", self.state.path().display()),
+                )
+            })?;
         ok(self.info(name)?)
     }
 }
@@ -566,4 +961,54 @@ fn file_type(mode: u32) -> &'static str {
         libc::S_IFLNK => "symlink",
         _ => "other",
     }
+}
+
+/// A failed sanitize run as a `sanitize_failed` error naming the rule and file, or
+/// the hook with its exit code (or timeout) and output.
+fn sanitize_failure(branch: &str, profile: &str, stage: &str, e: SanitizeError) -> ErrorReply {
+    let mut f = SanitizeFailure {
+        profile: profile.to_string(),
+        stage: stage.to_string(),
+        ..Default::default()
+    };
+    match &e {
+        SanitizeError::File { rule, path, .. } => {
+            f.stage = "rules".into();
+            f.rule = (!rule.is_empty()).then(|| rule.clone());
+            f.path = Some(path.clone());
+        }
+        SanitizeError::HookFailed {
+            hook,
+            exit_code,
+            signal,
+            output,
+        } => {
+            f.stage = "hook".into();
+            f.hook = Some(hook.clone());
+            f.exit_code = *exit_code;
+            f.signal = *signal;
+            f.output = Some(output.clone());
+        }
+        SanitizeError::HookTimeout { hook, output, .. } => {
+            f.stage = "hook".into();
+            f.hook = Some(hook.clone());
+            f.timed_out = true;
+            f.output = Some(output.clone());
+        }
+        SanitizeError::HookSpawn { hook, .. } => {
+            f.stage = "hook".into();
+            f.hook = Some(hook.clone());
+        }
+        SanitizeError::Mount { .. } | SanitizeError::Scratch { .. } => f.stage = "setup".into(),
+        _ => {}
+    }
+    let mut r = ErrorReply::new(
+        ErrorKind::SanitizeFailed,
+        format!(
+            "sanitizing '{branch}' with profile '{profile}' failed, so the clone was deleted: {e}"
+        ),
+    )
+    .target(branch);
+    r.sanitize = Some(Box::new(f));
+    r
 }

@@ -8,6 +8,9 @@
 //! - `tokens`: the hashed token store beside the pool (`POOL.tokens`)
 //! - `config`: limits from the `--config` file
 //! - `quotas`: branch quotas and reservations kept beside the pool (`POOL.quotas`)
+//! - `sanitize`: the sanitize engine (profiles from the `--config` file)
+//! - `sanitizing`: clones being sanitized and required profiles
+//!   (`POOL.sanitize-state`)
 //! - `files`: private files beside the pool, replaced atomically
 //! - `errors`: engine errors as typed protocol errors
 
@@ -18,6 +21,7 @@ mod errors;
 mod files;
 pub mod quotas;
 pub mod sanitize;
+pub mod sanitizing;
 mod server;
 pub mod tokens;
 
@@ -51,6 +55,8 @@ pub enum ControlError {
     Config { path: PathBuf, why: String },
     #[error(transparent)]
     Tokens(#[from] TokenError),
+    #[error(transparent)]
+    Sanitize(#[from] sanitize::SanitizeError),
 }
 
 /// A running control socket.
@@ -64,8 +70,10 @@ pub struct ControlServer {
 
 impl ControlServer {
     /// Bind `socket` (mode 0660; a stale socket file is replaced), load the pool's
-    /// tokens (creating the admin token if the pool has none) and serve on
-    /// background threads.
+    /// tokens (creating the admin token if the pool has none), the sanitize
+    /// profiles of `config` and the pool's pseudonym key (created if missing),
+    /// delete clones a previous daemon left unfinished in state `sanitizing`, and
+    /// serve on background threads.
     pub fn start(
         pool: Arc<Pool>,
         mounts: Arc<MountTable>,
@@ -75,6 +83,12 @@ impl ControlServer {
         let cfg = ServerConfig::load(config)?;
         let tokens = TokenStore::open(pool.name())?;
         let quotas = quotas::QuotaStore::open(&pool)?;
+        let profiles = match config {
+            Some(path) => sanitize::SanitizeConfig::load(path)?,
+            None => sanitize::SanitizeConfig::parse("", Path::new("."))?,
+        };
+        let key = sanitize::load_or_create_key(pool.name())?;
+        let state = sanitizing::SanitizeState::open(pool.name())?;
         let io = |source| ControlError::Io {
             path: socket.to_path_buf(),
             source,
@@ -95,10 +109,9 @@ impl ControlServer {
         }
         let listener = UnixListener::bind(socket).map_err(io)?;
         std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
-        let shared = Arc::new(server::Shared::new(
-            dispatch::Ctx::new(pool, mounts, tokens, quotas),
-            cfg,
-        ));
+        let ctx = dispatch::Ctx::new(pool, mounts, tokens, quotas, profiles, key, state);
+        ctx.delete_unfinished()?;
+        let shared = Arc::new(server::Shared::new(ctx, cfg));
         let sh = shared.clone();
         let kept = listener.try_clone().map_err(io)?;
         let accept = std::thread::Builder::new()

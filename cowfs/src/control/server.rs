@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use cowfs_ctl::proto::{ErrorKind, ErrorReply, Reply, Request, PROTOCOL_VERSION};
+use cowfs_ctl::proto::{
+    ErrorKind, ErrorReply, ProgressEvent, ProgressLine, Reply, Request, PROTOCOL_VERSION,
+};
 use parking_lot::Mutex;
 use serde_json::Value;
 
@@ -322,7 +324,28 @@ fn serve(sh: &Shared, stream: UnixStream) -> io::Result<()> {
                 )),
                 Some(t) => {
                     let op = r.op();
-                    let res = sh.ctx.handle(&t, r);
+                    let wants_progress =
+                        matches!(&r, Request::BranchCreate { progress: true, .. });
+                    // Progress lines go out as they come; a client that stops
+                    // reading them gets no more (the request still completes).
+                    let mut sink_ok = true;
+                    let mut sink = |ev: ProgressEvent| {
+                        if !wants_progress || !sink_ok {
+                            return;
+                        }
+                        let line = ProgressLine { id, progress: ev };
+                        let sent = serde_json::to_vec(&line)
+                            .map_err(io::Error::other)
+                            .and_then(|mut l| {
+                                l.push(b'\n');
+                                w.write_all(&l)
+                            });
+                        if let Err(e) = sent {
+                            log::debug!("progress line not sent: {e}");
+                            sink_ok = false;
+                        }
+                    };
+                    let res = sh.ctx.handle(&t, r, &mut sink);
                     if let Err(e) = &res {
                         log::info!("{op} by token '{}' refused: {}", t.name, e.kind.as_str());
                     }

@@ -1,0 +1,718 @@
+//! Sanitize through the real daemon (`cowfs init`, `cowfs serve --config`): a
+//! protected branch that requires a profile gets every non-admin clone sanitized,
+//! whatever the request says; a failing hook and a hook past its timeout delete
+//! the clone (space returned) and the error carries the exit code or timeout and
+//! the output; a clone being sanitized is invisible to non-admin tokens and cannot
+//! be mounted, branched, snapshotted or deleted; a daemon killed while sanitizing
+//! leaves nothing after a restart, and `cowfs fsck` is clean.
+//!
+//! Needs root and /dev/fuse (real mounts, hooks on private mounts).
+
+mod control_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use control_support::{is_mountpoint, kind, lazy_unmount_under};
+use cowfs_ctl::proto::{BranchState, ErrorKind, GroupMember, MountSpec};
+use cowfs_ctl::{Client, ClientError};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cowfs");
+
+/// Personal data in the parent; none of it may appear in a sanitized clone.
+const EMAILS: [&str; 3] = [
+    "alice.martin@example.com",
+    "bob.k@mail.example.org",
+    "carol+ops@corp.example.net",
+];
+const PHONES: [&str; 2] = ["+44 20 7946 0958", "(555) 123-4567"];
+const CARDS: [&str; 2] = ["4111 1111 1111 1111", "5500005555555559"];
+const ENV_SECRET: &str = "DB_PASSWORD=hunter2-prod-only";
+
+fn config(base: &Path) -> String {
+    let gate = base.join("gate");
+    format!(
+        r#"
+[sanitize]
+scratch_dir = "{scratch}"
+
+[[profiles.pii.rules]]
+name = "env files"
+paths = ["**/.env"]
+action = "remove"
+
+[[profiles.pii.rules]]
+name = "personal data"
+paths = ["**"]
+action = "redact"
+detectors = ["email", "phone", "card"]
+with = "pseudonym"
+
+[[profiles.fails.hooks]]
+name = "boom"
+command = "head -c 4194304 /dev/urandom > \"$COWFS_CLONE_DIR/big.bin\" && echo boom; exit 3"
+
+[[profiles.slow.hooks]]
+name = "sleeper"
+command = "echo sleeping; exec sleep 61.25"
+timeout_secs = 2
+
+[[profiles.gate.hooks]]
+name = "gate"
+command = "echo $$ > \"$GATE.pid\"; touch \"$GATE.started\"; while [ ! -e \"$GATE\" ]; do sleep 0.05; done; echo released"
+env = {{ GATE = "{gate}" }}
+timeout_secs = 300
+"#,
+        scratch = base.join("scratch").display(),
+        gate = gate.display(),
+    )
+}
+
+/// A `cowfs serve --config` process; dropping it stops it (SIGTERM, then SIGKILL)
+/// and detaches any mount left under the test directory.
+struct Served {
+    child: Option<Child>,
+    base: PathBuf,
+}
+
+impl Served {
+    fn start(base: &Path) -> Served {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(base.join("daemon.log"))
+            .expect("daemon log");
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg(base.join("pool"))
+            .arg("--socket")
+            .arg(base.join("pool.sock"))
+            .arg("--config")
+            .arg(base.join("cowfs.toml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn cowfs serve");
+        Served {
+            child: Some(child),
+            base: base.to_path_buf(),
+        }
+    }
+
+    fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => return st.code(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// SIGKILL: the daemon gets no chance to clean up.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.stop();
+        lazy_unmount_under(&self.base);
+    }
+}
+
+/// A test's directory: pool (after `cowfs init`), config, scratch dir. Dropped
+/// last: kills a gate hook left running and detaches mounts.
+struct Env {
+    _tmp: tempfile::TempDir,
+    base: PathBuf,
+    admin: String,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::Builder::new()
+            .prefix("cowfs-sanitize-daemon-")
+            .tempdir()
+            .expect("tempdir");
+        let base = tmp.path().canonicalize().expect("canonical");
+        std::fs::create_dir(base.join("scratch")).expect("scratch");
+        std::fs::write(base.join("cowfs.toml"), config(&base)).expect("config");
+        let out = Command::new(BIN)
+            .args(["init", "--size", "1G"])
+            .arg(base.join("pool"))
+            .output()
+            .expect("cowfs init");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let admin =
+            std::fs::read_to_string(cowfs::control::tokens::secret_path(&base.join("pool")))
+                .expect("POOL.token")
+                .trim()
+                .to_string();
+        Env {
+            _tmp: tmp,
+            base,
+            admin,
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.base.join("pool.sock")
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        let d = self.base.join(name);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        d
+    }
+
+    fn connect(&self, secret: &str) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match Client::connect(self.socket(), secret) {
+                Ok(c) => return c,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "daemon never answered: {e}; log:\n{}",
+                        self.log()
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.base.join("daemon.log")).unwrap_or_default()
+    }
+
+    fn gate(&self, suffix: &str) -> PathBuf {
+        let mut p = self.base.join("gate").into_os_string();
+        p.push(suffix);
+        PathBuf::from(p)
+    }
+
+    /// Wait until the gate hook has started (it is then sanitizing).
+    fn wait_gate_started(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.gate(".started").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "gate hook never started; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn fsck_clean(&self) {
+        let out = Command::new(BIN)
+            .arg("fsck")
+            .arg(self.base.join("pool"))
+            .output()
+            .expect("fsck");
+        assert!(
+            out.status.success(),
+            "fsck: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Open the gate and kill the gate hook's process group if it is still there.
+        let _ = std::fs::write(self.gate(""), b"");
+        if let Some(pid) = std::fs::read_to_string(self.gate(".pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) on the hook's process group (it ran with its own).
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+        lazy_unmount_under(&self.base);
+    }
+}
+
+/// Opens the gate when dropped, so that a failing test does not leave the gate
+/// hook (and the daemon's shutdown) waiting.
+struct OpenGate(PathBuf);
+
+impl Drop for OpenGate {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, b"");
+    }
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().expect("utf-8").to_string()
+}
+
+/// The parent's files: (relative path, content).
+fn prod_files() -> Vec<(&'static str, String)> {
+    let mut csv = String::from("id,email,phone,card\n");
+    for i in 0..200 {
+        csv.push_str(&format!(
+            "{i},{},{},{}\n",
+            EMAILS[i % 3],
+            PHONES[i % 2],
+            CARDS[i % 2]
+        ));
+    }
+    vec![
+        ("data/users.csv", csv),
+        (
+            "data/orders.json",
+            format!(
+                "[{{\"customer\":\"{}\",\"total\":12}},{{\"customer\":\"{}\",\"total\":7}}]\n",
+                EMAILS[0], EMAILS[1]
+            ),
+        ),
+        (
+            "logs/app.log",
+            format!(
+                "2026-11-01 login {} from phone {}\n2026-11-02 charge card {} for {}\n",
+                EMAILS[2], PHONES[0], CARDS[1], EMAILS[0]
+            ),
+        ),
+        ("app/.env", format!("{ENV_SECRET}\nADMIN={}\n", EMAILS[1])),
+        ("README.txt", "no personal data here\n".to_string()),
+    ]
+}
+
+/// Every regular file under `dir`, relative path -> bytes.
+fn read_tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let e = e.expect("entry");
+            let ft = e.file_type().expect("file type");
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                let rel = e
+                    .path()
+                    .strip_prefix(dir)
+                    .expect("under dir")
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((rel, std::fs::read(e.path()).expect("read")));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// Admin creates `prod` and writes the personal data through a real mount.
+fn make_prod(env: &Env, admin: &mut Client) {
+    let m = env.dir("prod-setup");
+    admin
+        .branch_create(
+            "prod",
+            "main",
+            Some(MountSpec {
+                dir: s(&m),
+                read_only: false,
+            }),
+        )
+        .expect("prod");
+    for (p, content) in prod_files() {
+        let f = m.join(p);
+        std::fs::create_dir_all(f.parent().expect("parent")).expect("mkdir");
+        std::fs::write(f, content).expect("write");
+    }
+    admin.unmount(&s(&m)).expect("unmount prod");
+}
+
+fn server_error(r: Result<impl std::fmt::Debug, ClientError>) -> cowfs_ctl::proto::ErrorReply {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(ClientError::Server(e)) => e,
+        Err(e) => panic!("expected a server error, got {e}"),
+    }
+}
+
+#[test]
+fn required_profile_is_applied_to_every_agent_clone() {
+    let env = Env::new();
+    let _served = Served::start(&env.base);
+    let mut admin = env.connect(&env.admin);
+    make_prod(&env, &mut admin);
+    let info = admin.protect_with("prod", Some("pii")).expect("protect");
+    assert!(info.protected);
+    assert_eq!(info.require_sanitize.as_deref(), Some("pii"));
+    assert_eq!(
+        kind(admin.protect_with("prod", Some("nope"))),
+        ErrorKind::UnknownProfile
+    );
+    let agent = admin
+        .token_create(
+            "agent",
+            vec![
+                "branch:prod".parse().expect("grant"),
+                "read:prod".parse().expect("grant"),
+            ],
+        )
+        .expect("token")
+        .secret;
+    let mut a = env.connect(&agent);
+
+    // No profile asked, and another profile asked: `pii` runs both times.
+    let c1 = a.branch_create("agent-1", "prod", None).expect("agent-1");
+    let summary = c1.sanitized.as_ref().expect("agent-1 was sanitized");
+    assert_eq!(summary.profile, "pii");
+    assert_eq!(c1.state, BranchState::Ready);
+    assert_eq!(c1.owner.as_deref(), Some("agent"));
+    let c2 = a
+        .branch_create_with("agent-2", "prod", None, Some("fails"), None)
+        .expect("agent-2: the required profile replaces the one asked for");
+    assert_eq!(
+        c2.sanitized.as_ref().map(|s| s.profile.as_str()),
+        Some("pii")
+    );
+    assert!(
+        summary.files_removed >= 1 && summary.files_changed >= 3,
+        "{summary:?}"
+    );
+
+    // Snapshots of prod and groups from it are admin-only now.
+    let e = server_error(a.snapshot_create("agent-snap", "prod"));
+    assert_eq!(e.kind, ErrorKind::Forbidden, "{e}");
+    assert!(e.message.contains("pii"), "{e}");
+    assert_eq!(
+        kind(a.group_create(vec![GroupMember {
+            name: "agent-g".into(),
+            from: "prod".into(),
+            snapshot: false,
+        }])),
+        ErrorKind::Forbidden
+    );
+    // An agent clone cannot be reset to prod's unsanitized content either.
+    assert_eq!(kind(a.reset("agent-1", "prod")), ErrorKind::Forbidden);
+    // The admin may take an unsanitized snapshot.
+    let snap = admin
+        .snapshot_create("prod-snap", "prod")
+        .expect("admin snapshot");
+    assert!(snap.sanitized.is_none());
+
+    // Mount the clones and the parent; byte search every file.
+    let originals = prod_files();
+    for clone in ["agent-1", "agent-2"] {
+        let m = env.dir(&format!("m-{clone}"));
+        a.mount(clone, &s(&m), true)
+            .expect("agent mounts its clone");
+        let files = read_tree(&m);
+        a.unmount(&s(&m)).expect("unmount");
+        assert!(
+            !files.iter().any(|(p, _)| p.ends_with(".env")),
+            "{clone}: .env removed: {:?}",
+            files.iter().map(|f| &f.0).collect::<Vec<_>>()
+        );
+        assert!(files.iter().any(|(p, _)| p == "data/users.csv"));
+        for (p, bytes) in &files {
+            for v in EMAILS
+                .iter()
+                .chain(&PHONES)
+                .chain(&CARDS)
+                .chain([&ENV_SECRET])
+            {
+                assert!(!contains(bytes, v), "{clone}/{p} still holds '{v}'");
+            }
+        }
+        let readme = files
+            .iter()
+            .find(|(p, _)| p == "README.txt")
+            .expect("README");
+        assert_eq!(readme.1, b"no personal data here\n");
+    }
+    let m = env.dir("m-prod");
+    admin.mount("prod", &s(&m), true).expect("mount prod ro");
+    let parent = read_tree(&m);
+    admin.unmount(&s(&m)).expect("unmount");
+    let mut want: Vec<(String, Vec<u8>)> = originals
+        .into_iter()
+        .map(|(p, c)| (p.to_string(), c.into_bytes()))
+        .collect();
+    want.sort();
+    assert_eq!(parent, want, "the parent is byte-for-byte unchanged");
+
+    // Unprotect drops the requirement: an agent branch is then not sanitized.
+    let info = admin.unprotect("prod").expect("unprotect");
+    assert_eq!(info.require_sanitize, None);
+    let plain = a.branch_create("agent-3", "prod", None).expect("agent-3");
+    assert!(plain.sanitized.is_none());
+}
+
+#[test]
+fn failing_and_timed_out_hooks_delete_the_clone() {
+    let env = Env::new();
+    let served = Served::start(&env.base);
+    let mut admin = env.connect(&env.admin);
+    make_prod(&env, &mut admin);
+    let names = |c: &mut Client| -> Vec<String> {
+        c.list()
+            .expect("list")
+            .into_iter()
+            .map(|b| b.name)
+            .collect()
+    };
+    let before = admin.usage().expect("usage").used_bytes;
+    let listed = names(&mut admin);
+
+    // Unknown profile: typed error listing the known ones; nothing created.
+    let e = server_error(admin.branch_create_with("x", "prod", None, Some("nope"), None));
+    assert_eq!(e.kind, ErrorKind::UnknownProfile);
+    assert!(
+        e.message.contains("fails") && e.message.contains("pii"),
+        "{e}"
+    );
+    assert_eq!(names(&mut admin), listed);
+
+    // Exit 3 after writing 4 MiB into the clone.
+    let e = server_error(admin.branch_create_with("bad", "prod", None, Some("fails"), None));
+    assert_eq!(e.kind, ErrorKind::SanitizeFailed, "{e}");
+    let f = e.sanitize.as_ref().expect("failure details");
+    assert_eq!(f.stage, "hook");
+    assert_eq!(f.hook.as_deref(), Some("boom"));
+    assert_eq!(f.exit_code, Some(3));
+    assert!(!f.timed_out);
+    assert!(f.output.as_deref().unwrap_or("").contains("boom"), "{f:?}");
+    assert!(
+        e.message.contains("exit code 3") && e.message.contains("boom"),
+        "{e}"
+    );
+    assert_eq!(kind(admin.info("bad")), ErrorKind::NotFound);
+    assert_eq!(names(&mut admin), listed);
+    // The 4 MiB the hook wrote are freed; what may remain is catalog metadata
+    // the first new entry grew (and it does not grow again, below).
+    let after = admin.usage().expect("usage").used_bytes;
+    eprintln!("used bytes: before {before}, after a failed clone {after}");
+    assert!(
+        after <= before + (64 << 10),
+        "the clone's space is returned: {before} -> {after}"
+    );
+
+    // Past its timeout: killed (with its process group), clone deleted.
+    let start = Instant::now();
+    let e = server_error(admin.branch_create_with("slow", "prod", None, Some("slow"), None));
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(e.kind, ErrorKind::SanitizeFailed, "{e}");
+    let f = e.sanitize.as_ref().expect("failure details");
+    assert!(f.timed_out, "{f:?}");
+    assert_eq!(f.hook.as_deref(), Some("sleeper"));
+    assert!(
+        f.output.as_deref().unwrap_or("").contains("sleeping"),
+        "{f:?}"
+    );
+    assert_eq!(kind(admin.info("slow")), ErrorKind::NotFound);
+    assert_eq!(names(&mut admin), listed);
+    assert_eq!(
+        admin.usage().expect("usage").used_bytes,
+        after,
+        "a second failed clone leaves exactly what the first left"
+    );
+    let sleepers = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|c| contains(c, "61.25"))
+        .count();
+    assert_eq!(sleepers, 0, "the timed-out hook was killed");
+    // No private mount is left in the scratch directory.
+    let left: Vec<_> = std::fs::read_dir(env.base.join("scratch"))
+        .expect("scratch")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    drop(admin);
+    drop(served);
+    env.fsck_clean();
+}
+
+#[test]
+fn sanitizing_clone_is_invisible_and_unusable_until_ready() {
+    let env = Env::new();
+    let _served = Served::start(&env.base);
+    // On failure, open the gate before the daemon is stopped.
+    let _gate = OpenGate(env.gate(""));
+    let mut admin = env.connect(&env.admin);
+    make_prod(&env, &mut admin);
+    let agent = admin
+        .token_create("agent", vec!["branch:prod".parse().expect("grant")])
+        .expect("token")
+        .secret;
+    let socket = env.socket();
+    let secret = agent.clone();
+    let creator = std::thread::spawn(move || {
+        let mut c = Client::connect(&socket, &secret).expect("connect");
+        let mut events = Vec::new();
+        let r = c.branch_create_with(
+            "gated",
+            "prod",
+            None,
+            Some("gate"),
+            Some(&mut |ev: &cowfs_ctl::proto::ProgressEvent| events.push(ev.phase.clone())),
+        );
+        (r, events)
+    });
+    env.wait_gate_started();
+
+    // The agent (its creator) neither sees nor uses it.
+    let mut a = env.connect(&agent);
+    assert!(!a.list().expect("list").iter().any(|b| b.name == "gated"));
+    assert_eq!(kind(a.info("gated")), ErrorKind::NotFound);
+    let m = env.dir("m-gated");
+    assert_eq!(kind(a.mount("gated", &s(&m), true)), ErrorKind::NotFound);
+    assert!(
+        a.mounts().expect("mounts").is_empty(),
+        "the hook's mount is hidden"
+    );
+    assert!(!is_mountpoint(&m));
+    // The admin sees it in state `sanitizing` and cannot use it either.
+    let listed = admin.list().expect("list");
+    let g = listed
+        .iter()
+        .find(|b| b.name == "gated")
+        .expect("admin sees it");
+    assert_eq!(g.state, BranchState::Sanitizing);
+    assert_eq!(
+        kind(admin.mount("gated", &s(&m), true)),
+        ErrorKind::Sanitizing
+    );
+    assert_eq!(
+        kind(admin.mount("gated", &s(&m), false)),
+        ErrorKind::Sanitizing
+    );
+    assert!(!is_mountpoint(&m));
+    assert_eq!(
+        kind(admin.branch_create("child", "gated", None)),
+        ErrorKind::Sanitizing
+    );
+    assert_eq!(
+        kind(admin.snapshot_create("child", "gated")),
+        ErrorKind::Sanitizing
+    );
+    assert_eq!(kind(admin.delete("gated")), ErrorKind::Sanitizing);
+    assert_eq!(kind(admin.rename("gated", "other")), ErrorKind::Sanitizing);
+
+    // Open the gate: the clone becomes ready and usable by its creator.
+    std::fs::write(env.gate(""), b"").expect("open gate");
+    let (r, events) = creator.join().expect("creator thread");
+    let info = r.expect("gated sanitized");
+    assert_eq!(info.state, BranchState::Ready);
+    let summary = info.sanitized.expect("summary");
+    assert_eq!(summary.hooks.len(), 1);
+    assert!(
+        events.iter().any(|p| p == "hooks") && events.iter().any(|p| p == "commit"),
+        "{events:?}"
+    );
+    assert!(a.list().expect("list").iter().any(|b| b.name == "gated"));
+    a.mount("gated", &s(&m), false).expect("mount once ready");
+    assert!(is_mountpoint(&m));
+    assert!(m.join("data/users.csv").exists());
+    a.unmount(&s(&m)).expect("unmount");
+}
+
+#[test]
+fn daemon_killed_while_sanitizing_leaves_no_clone() {
+    let env = Env::new();
+    let mut served = Served::start(&env.base);
+    let _gate = OpenGate(env.gate(""));
+    let mut admin = env.connect(&env.admin);
+    make_prod(&env, &mut admin);
+    let before = admin.usage().expect("usage").used_bytes;
+    let socket = env.socket();
+    let secret = env.admin.clone();
+    let creator = std::thread::spawn(move || {
+        let mut c = Client::connect(&socket, &secret).expect("connect");
+        c.branch_create_with("doomed", "prod", None, Some("gate"), None)
+    });
+    env.wait_gate_started();
+    let state = std::fs::read_to_string(cowfs::control::sanitizing::state_path(
+        &env.base.join("pool"),
+    ))
+    .expect("state file");
+    assert!(state.contains("doomed"), "{state}");
+    served.kill();
+    assert!(
+        matches!(
+            creator.join().expect("creator"),
+            Err(ClientError::Closed | ClientError::Io(_))
+        ),
+        "the client sees the daemon go away"
+    );
+    // The hook and its (now dead) private mount are still there: remove them.
+    let _ = env_cleanup_hook(&env);
+    lazy_unmount_under(&env.base);
+
+    // The killed daemon had committed the clone: it is in the pool on disk.
+    {
+        let pool = cowfs::pool::Pool::open(&env.base.join("pool"), &Default::default())
+            .expect("open pool");
+        assert!(pool.list().iter().any(|b| b.name == "doomed"));
+    }
+
+    let mut served = Served::start(&env.base);
+    let mut admin = env.connect(&env.admin);
+    assert_eq!(kind(admin.info("doomed")), ErrorKind::NotFound);
+    assert!(!admin
+        .list()
+        .expect("list")
+        .iter()
+        .any(|b| b.name == "doomed"));
+    assert_eq!(admin.usage().expect("usage").used_bytes, before);
+    let state = std::fs::read_to_string(cowfs::control::sanitizing::state_path(
+        &env.base.join("pool"),
+    ))
+    .expect("state file");
+    assert!(!state.contains("doomed"), "{state}");
+    // The name is free again.
+    admin
+        .branch_create("doomed", "prod", None)
+        .expect("name reusable");
+    drop(admin);
+    assert_eq!(served.stop(), Some(0));
+    env.fsck_clean();
+}
+
+/// Kill the gate hook's process group (its daemon is gone).
+fn env_cleanup_hook(env: &Env) -> Option<()> {
+    let pid: i32 = std::fs::read_to_string(env.gate(".pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: kill(2) on the hook's own process group.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    Some(())
+}
