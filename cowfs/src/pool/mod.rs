@@ -150,6 +150,10 @@ pub(crate) struct Engine {
     reads_in_flight: Arc<AtomicUsize>,
     /// Branch quotas and reservations (see quota.rs).
     quotas: quota::Quotas,
+    /// The last durable superblock has no manifest. A one-flush commit is sealed by
+    /// the next commit, or by a commit with nothing new (the daemon's timer, close),
+    /// so that only a crash right after a small commit relies on manifest checks.
+    sealed: bool,
 }
 
 pub struct Pool {
@@ -379,7 +383,7 @@ impl Pool {
     pub fn sync(&self) -> PoolResult<()> {
         let want = self.running_gen.load(Ordering::Acquire);
         let mut e = self.e.lock();
-        if e.st.generation() > want {
+        if e.st.generation() > want || !e.has_changes() {
             return Ok(());
         }
         Ok(e.commit()?)
@@ -728,9 +732,12 @@ impl Pool {
 }
 
 impl Drop for Pool {
+    /// Final commit, then a seal if that commit was a one-flush one: a pool closed
+    /// cleanly never depends on manifest verification.
     fn drop(&mut self) {
-        if let Err(e) = self.e.get_mut().commit() {
-            log::error!("{}: final commit failed: {e}", self.name.display());
+        let e = self.e.get_mut();
+        if let Err(err) = e.commit().and_then(|_| e.commit()) {
+            log::error!("{}: final commit failed: {err}", self.name.display());
         }
     }
 }
@@ -758,6 +765,7 @@ impl Engine {
             dirty_limit_nodes: (opts.dirty_limit_bytes / BLOCK_SIZE).max(16),
             running_gen: Arc::new(AtomicU64::new(st_gen)),
             reads_in_flight: Arc::new(AtomicUsize::new(0)),
+            sealed: true,
             quotas: quota::Quotas::default(),
         }
     }
@@ -844,14 +852,16 @@ impl Engine {
         for r in branches.values() {
             st.read(r.root, None)?;
         }
-        Ok(Engine::new(
+        let mut e = Engine::new(
             st,
             sb.catalog_root,
             branches,
             sb.next_branch_id,
             sb.created_unix,
             opts,
-        ))
+        );
+        e.sealed = sb.manifest.is_empty();
+        Ok(e)
     }
 
     fn info(&self, id: BranchId, r: &BranchRecord) -> BranchInfo {
@@ -975,10 +985,12 @@ impl Engine {
                 pool: self.st.dev.name(),
             });
         }
-        if !self.has_changes() {
+        // Nothing new: still seal a one-flush commit (see `sealed`), once.
+        let seal = !self.has_changes();
+        if seal && self.sealed {
             return Ok(());
         }
-        let r = self.commit_inner();
+        let r = self.commit_inner(seal);
         if let Err(e) = &r {
             if !matches!(e, StoreError::NoSpace { .. }) {
                 log::error!(
@@ -991,7 +1003,10 @@ impl Engine {
         r
     }
 
-    fn commit_inner(&mut self) -> Result<(), StoreError> {
+    /// `seal`: write the superblock without a manifest, making the previous one-flush
+    /// commit final (open no longer verifies its blocks, so damage found later is
+    /// reported as damage instead of silently rolling that commit back).
+    fn commit_inner(&mut self, seal: bool) -> Result<(), StoreError> {
         let generation = self.st.generation();
         for id in std::mem::take(&mut self.deleted_branches) {
             self.catalog_root =
@@ -1015,7 +1030,12 @@ impl Engine {
         // A small commit lists every block it wrote in the superblock and needs one
         // flush: open verifies the list and falls back to the previous slot if any
         // block did not land. A large one flushes its blocks before the superblock.
-        let manifest = self.st.manifest(&space_pages);
+        let manifest = if seal {
+            None
+        } else {
+            self.st.manifest(&space_pages)
+        };
+        self.sealed = manifest.is_none();
         if manifest.is_none() {
             dev.flush().map_err(|e| io(e, 0))?;
         }

@@ -12,11 +12,11 @@ use cowfs::pool::{FsckOptions, Pool, PoolOptions};
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  success (fsck: the pool is clean)
+  0  success (fsck, scrub: the pool is clean)
   1  error: the command could not do its work (message on stderr)
   2  usage error (bad arguments)
   3  fsck: leaked blocks only (space is lost, no data is damaged)
-  4  fsck: corruption found";
+  4  fsck: corruption found; scrub: damaged files found";
 
 #[derive(Parser)]
 #[command(
@@ -81,6 +81,13 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Read every live data block of every branch, check it against its checksum and
+    /// list damaged files by path (exit 4 if any).
+    #[command(after_help = EXIT_CODES)]
+    Scrub {
+        /// Pool file or block device (must not be in use by a daemon).
+        pool: PathBuf,
+    },
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -139,6 +146,26 @@ fn fsck(pool: &std::path::Path, verify_data: bool) -> Fallible {
     })
 }
 
+fn scrub(pool: &std::path::Path) -> Fallible {
+    let _lock = lockfile::lock(pool)?;
+    let p = Pool::open(pool, &PoolOptions::default())?;
+    let report = p.scrub()?;
+    for d in &report.damaged {
+        println!("DAMAGED: branch '{}': {}: {}", d.branch, d.path, d.detail);
+    }
+    println!(
+        "{} files, {} data blocks verified, {} damaged",
+        report.files,
+        report.data_blocks,
+        report.damaged.len()
+    );
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(4)
+    })
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(LOG_DEFAULT)).init();
     let cli = Cli::parse();
@@ -156,6 +183,7 @@ fn main() -> ExitCode {
             ro,
         } => daemon::mount(&pool, &branch, &mountpoint, ro),
         Cmd::Fsck { pool, quick } => fsck(&pool, !quick),
+        Cmd::Scrub { pool } => scrub(&pool),
     };
     match r {
         Ok(code) => code,

@@ -1,0 +1,53 @@
+//! `cowfs scrub POOL`: a damaged data block is reported by branch and path with exit
+//! code 4; a clean pool exits 0.
+
+use std::process::Command;
+
+use cowfs::fs::Owner;
+use cowfs::pool::{Pool, PoolOptions};
+
+#[test]
+fn scrub_names_the_damaged_file_and_exits_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool");
+    {
+        let pool = Pool::create(&path, &PoolOptions::default()).unwrap();
+        let b = pool.branch_id("main").unwrap();
+        let own = Owner::default();
+        let d = pool.mkdir(b, 1, b"srv", 0o755, own).unwrap();
+        let f = pool
+            .mknod(b, d.ino, b"db.bin", libc::S_IFREG | 0o644, 0, own)
+            .unwrap();
+        pool.write_file(b, f.ino, 0, &vec![0xEE; 8192]).unwrap();
+        pool.snapshot_create("snap", "main").unwrap();
+        pool.commit().unwrap();
+    }
+    let scrub = || {
+        Command::new(env!("CARGO_BIN_EXE_cowfs"))
+            .arg("scrub")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let clean = scrub();
+    assert_eq!(
+        clean.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&clean.stderr)
+    );
+
+    let mut bytes = std::fs::read(&path).unwrap();
+    let block = bytes
+        .chunks(4096)
+        .position(|b| b.iter().all(|&x| x == 0xEE))
+        .expect("the file's data block");
+    bytes[block * 4096 + 7] ^= 0xFF;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let out = scrub();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(text.contains("/srv/db.bin"), "{text}");
+    assert!(text.contains(&format!("block {block}")), "{text}");
+}
