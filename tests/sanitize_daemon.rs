@@ -4,7 +4,8 @@
 //! the clone (space returned) and the error carries the exit code or timeout and
 //! the output; a clone being sanitized is invisible to non-admin tokens and cannot
 //! be mounted, branched, snapshotted or deleted; a daemon killed while sanitizing
-//! leaves nothing after a restart, and `cowfs fsck` is clean.
+//! leaves nothing after a restart, one stopped with SIGTERM kills the hook and
+//! deletes the clone before it exits, and `cowfs fsck` is clean.
 //!
 //! Needs root and /dev/fuse (real mounts, hooks on private mounts).
 
@@ -715,4 +716,51 @@ fn env_cleanup_hook(env: &Env) -> Option<()> {
     // SAFETY: kill(2) on the hook's own process group.
     unsafe { libc::kill(-pid, libc::SIGKILL) };
     Some(())
+}
+
+#[test]
+fn sigterm_while_sanitizing_kills_the_hook_and_deletes_the_clone() {
+    let env = Env::new();
+    let mut served = Served::start(&env.base);
+    let _gate = OpenGate(env.gate(""));
+    let mut admin = env.connect(&env.admin);
+    make_prod(&env, &mut admin);
+    let socket = env.socket();
+    let secret = env.admin.clone();
+    let creator = std::thread::spawn(move || {
+        let mut c = Client::connect(&socket, &secret).expect("connect");
+        c.branch_create_with("stopped", "prod", None, Some("gate"), None)
+    });
+    env.wait_gate_started();
+    let pid: i32 = std::fs::read_to_string(env.gate(".pid"))
+        .expect("hook pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    drop(admin);
+    // The gate stays closed: the daemon must stop the hook itself, promptly.
+    let start = Instant::now();
+    assert_eq!(served.stop(), Some(0), "log:\n{}", env.log());
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(creator.join().expect("creator").is_err());
+    // SAFETY: kill(2) with signal 0 only checks whether the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    assert!(!alive, "the hook was killed");
+    assert!(!env.gate("").exists(), "the gate was never opened");
+    // The clone was deleted at shutdown: the state file no longer names it.
+    let state = std::fs::read_to_string(cowfs::control::sanitizing::state_path(
+        &env.base.join("pool"),
+    ))
+    .expect("state file");
+    assert!(!state.contains("stopped"), "{state}");
+    {
+        let pool = cowfs::pool::Pool::open(&env.base.join("pool"), &Default::default())
+            .expect("open pool");
+        assert!(!pool.list().iter().any(|b| b.name == "stopped"));
+    }
+    env.fsck_clean();
 }

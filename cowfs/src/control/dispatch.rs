@@ -8,6 +8,7 @@
 //! not admin on it and refused (`sanitizing`) to everything else.
 
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,9 @@ pub struct Ctx {
     key: Vec<u8>,
     /// Clones being sanitized, required profiles (`POOL.sanitize-state`).
     pub state: SanitizeState,
+    /// Set when the daemon stops: running sanitizes end (hooks killed) and their
+    /// clones are deleted.
+    pub cancel: AtomicBool,
     lock: Mutex<()>,
 }
 
@@ -91,6 +95,7 @@ impl Ctx {
             profiles,
             key,
             state,
+            cancel: AtomicBool::new(false),
             lock: Mutex::new(()),
         }
     }
@@ -745,18 +750,25 @@ impl Ctx {
         });
         let mut last = Instant::now();
         let mut latest = ProgressEvent::default();
-        let report = sanitize::run(&self.pool, name, profile, &self.key, &mut |p| {
-            latest = ProgressEvent {
-                phase: "files".into(),
-                files_scanned: p.files_scanned,
-                bytes_scanned: p.bytes_scanned,
-                current: p.current,
-            };
-            if last.elapsed() >= PROGRESS_EVERY {
-                last = Instant::now();
-                progress(latest.clone());
-            }
-        })
+        let report = sanitize::run_cancellable(
+            &self.pool,
+            name,
+            profile,
+            &self.key,
+            &mut |p| {
+                latest = ProgressEvent {
+                    phase: "files".into(),
+                    files_scanned: p.files_scanned,
+                    bytes_scanned: p.bytes_scanned,
+                    current: p.current,
+                };
+                if last.elapsed() >= PROGRESS_EVERY {
+                    last = Instant::now();
+                    progress(latest.clone());
+                }
+            },
+            &self.cancel,
+        )
         .map_err(|e| fail("rules", e))?;
         let counts = |phase: &str, current: &str| ProgressEvent {
             phase: phase.into(),
@@ -769,13 +781,14 @@ impl Ctx {
             Vec::new()
         } else {
             progress(counts("hooks", ""));
-            sanitize::run_hooks(
+            sanitize::run_hooks_cancellable(
                 &self.pool,
                 &self.mounts,
                 name,
                 profile,
                 &self.key,
                 &self.profiles.scratch_dir,
+                &self.cancel,
             )
             .map_err(|e| fail("hook", e))?
         };

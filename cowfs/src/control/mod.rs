@@ -138,6 +138,9 @@ impl ControlServer {
             return;
         };
         self.shared.stopping.store(true, Ordering::SeqCst);
+        // Sanitize runs stop (their hooks killed) and delete their clones, so
+        // that the connection threads joined below end promptly.
+        self.shared.ctx.cancel.store(true, Ordering::SeqCst);
         // Wake the accept loop: shutdown(2) on the listening socket makes a blocked
         // accept fail; connecting works too while the socket file still exists.
         // SAFETY: the descriptor belongs to `self.listener`, open until drop.

@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::fs::{FsError, Owner, SetAttr, ROOT_INO};
 use crate::pool::{BranchId, Pool};
@@ -31,6 +32,8 @@ pub(super) struct Walker<'a> {
     pub profile: &'a Profile,
     pub pseudo: &'a Pseudonymizer,
     pub progress: &'a mut dyn FnMut(Progress),
+    /// Set when the run must stop (the daemon is stopping).
+    cancel: &'a AtomicBool,
     pub report: SanitizeReport,
     /// Hidden scratch file (unlinked, kept alive by an open count).
     tmp: Option<u64>,
@@ -52,6 +55,7 @@ impl<'a> Walker<'a> {
         profile: &'a Profile,
         pseudo: &'a Pseudonymizer,
         progress: &'a mut dyn FnMut(Progress),
+        cancel: &'a AtomicBool,
     ) -> Walker<'a> {
         Walker {
             pool,
@@ -59,6 +63,7 @@ impl<'a> Walker<'a> {
             profile,
             pseudo,
             progress,
+            cancel,
             report: SanitizeReport::default(),
             tmp: None,
             seen: HashSet::new(),
@@ -98,6 +103,7 @@ impl<'a> Walker<'a> {
                         path.push(b'/');
                     }
                     path.extend_from_slice(&ent.name);
+                    self.check_cancel()?;
                     if ent.ftype == libc::S_IFDIR {
                         stack.push((ent.ino, path));
                     } else {
@@ -250,6 +256,7 @@ impl<'a> Walker<'a> {
         let mut out_off = 0u64;
         let mut tmp: Option<u64> = None;
         loop {
+            self.check_cancel()?;
             let want = CHUNK.min(usize::try_from(size - off).unwrap_or(CHUNK));
             let chunk = if want == 0 {
                 Vec::new()
@@ -310,6 +317,13 @@ impl<'a> Walker<'a> {
         self.report.files_scanned += 1;
         let p = self.progress_now(path);
         (self.progress)(p);
+        Ok(())
+    }
+
+    fn check_cancel(&self) -> Result<(), SanitizeError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(SanitizeError::Cancelled);
+        }
         Ok(())
     }
 

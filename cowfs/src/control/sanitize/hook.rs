@@ -9,7 +9,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -84,6 +84,18 @@ pub fn run_hook(
     branch: &str,
     hook_key: &str,
 ) -> Result<HookReport, SanitizeError> {
+    run_hook_cancellable(hook, clone_dir, branch, hook_key, &AtomicBool::new(false))
+}
+
+/// `run_hook`, killing the hook (its whole group) and returning `Cancelled` soon
+/// after `cancel` is set.
+pub fn run_hook_cancellable(
+    hook: &Hook,
+    clone_dir: &Path,
+    branch: &str,
+    hook_key: &str,
+    cancel: &AtomicBool,
+) -> Result<HookReport, SanitizeError> {
     use std::os::unix::process::{CommandExt, ExitStatusExt};
 
     let start = Instant::now();
@@ -154,7 +166,7 @@ pub fn run_hook(
     let status = loop {
         match child.try_wait() {
             Ok(Some(st)) => break Some(st),
-            Ok(None) if Instant::now() >= deadline => break None,
+            Ok(None) if Instant::now() >= deadline || cancel.load(Ordering::Relaxed) => break None,
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(source) => {
                 kill_group(pgid);
@@ -184,6 +196,9 @@ pub fn run_hook(
     }
     let output = tail.lock().text();
     let Some(status) = status else {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(SanitizeError::Cancelled);
+        }
         return Err(SanitizeError::HookTimeout {
             hook: hook.name.clone(),
             timeout_secs: hook.timeout.as_secs(),
@@ -238,6 +253,21 @@ pub fn run_hooks(
     key: &[u8],
     scratch: &Path,
 ) -> Result<Vec<HookReport>, SanitizeError> {
+    let never = AtomicBool::new(false);
+    run_hooks_cancellable(pool, mounts, branch, profile, key, scratch, &never)
+}
+
+/// `run_hooks`, stopping (the running hook killed, the mount removed) with
+/// `Cancelled` soon after `cancel` is set.
+pub fn run_hooks_cancellable(
+    pool: &Pool,
+    mounts: &MountTable,
+    branch: &str,
+    profile: &Profile,
+    key: &[u8],
+    scratch: &Path,
+    cancel: &AtomicBool,
+) -> Result<Vec<HookReport>, SanitizeError> {
     let b = pool
         .branch_id(branch)
         .map_err(|source| SanitizeError::Branch {
@@ -278,8 +308,12 @@ pub fn run_hooks(
     let mut reports = Vec::new();
     let mut result = Ok(());
     for h in todo {
+        if cancel.load(Ordering::Relaxed) {
+            result = Err(SanitizeError::Cancelled);
+            break;
+        }
         log::info!("sanitize '{branch}': running hook '{}'", h.name);
-        match run_hook(h, &dir, branch, &hook_key) {
+        match run_hook_cancellable(h, &dir, branch, &hook_key, cancel) {
             Ok(r) => reports.push(r),
             Err(e) => {
                 result = Err(e);
@@ -372,6 +406,22 @@ mod tests {
             SanitizeError::HookTimeout { output, .. } => assert!(output.contains("started")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn cancel_kills_the_hook() {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let c = cancel.clone();
+        let setter = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            c.store(true, Ordering::Relaxed);
+        });
+        let start = Instant::now();
+        let e = run_hook_cancellable(&hook("sleep 30", 60_000), Path::new("/"), "b", "k", &cancel)
+            .unwrap_err();
+        setter.join().unwrap();
+        assert!(matches!(e, SanitizeError::Cancelled), "{e:?}");
+        assert!(start.elapsed() < Duration::from_secs(10));
     }
 
     #[test]

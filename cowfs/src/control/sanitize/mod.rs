@@ -21,6 +21,7 @@ mod scan;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 
 use crate::fs::FsError;
 use crate::fuse::MountError;
@@ -28,7 +29,7 @@ use crate::pool::{Pool, PoolError};
 
 pub use apply::CHUNK;
 pub use config::{Profile, SanitizeConfig};
-pub use hook::{run_hook, run_hooks, HookReport};
+pub use hook::{run_hook, run_hook_cancellable, run_hooks, run_hooks_cancellable, HookReport};
 pub use key::{key_path, load_or_create_key};
 
 /// Progress of a run, reported after every chunk and every file.
@@ -113,6 +114,8 @@ pub enum SanitizeError {
         branch: String,
         source: Box<MountError>,
     },
+    #[error("sanitize: cancelled (the daemon is stopping)")]
+    Cancelled,
 }
 
 /// Apply the file rules of `profile` to `branch` (a writable branch, normally a
@@ -124,6 +127,26 @@ pub fn run(
     profile: &Profile,
     key: &[u8],
     progress: &mut dyn FnMut(Progress),
+) -> Result<SanitizeReport, SanitizeError> {
+    run_cancellable(
+        pool,
+        branch,
+        profile,
+        key,
+        progress,
+        &AtomicBool::new(false),
+    )
+}
+
+/// `run`, stopping with `Cancelled` soon after `cancel` is set (checked before
+/// every file and every chunk).
+pub fn run_cancellable(
+    pool: &Pool,
+    branch: &str,
+    profile: &Profile,
+    key: &[u8],
+    progress: &mut dyn FnMut(Progress),
+    cancel: &AtomicBool,
 ) -> Result<SanitizeReport, SanitizeError> {
     let pseudo = pseudo::Pseudonymizer::new(key).ok_or(SanitizeError::KeyTooShort)?;
     let b = pool
@@ -141,7 +164,7 @@ pub fn run(
             source: PoolError::Fs(FsError::Posix(libc::EROFS)),
         });
     }
-    let mut w = apply::Walker::new(pool, b, profile, &pseudo, progress);
+    let mut w = apply::Walker::new(pool, b, profile, &pseudo, progress, cancel);
     w.run()?;
     Ok(w.report)
 }
