@@ -57,6 +57,9 @@ pub struct SpaceMap {
     cursor: u64,
     /// Leaf pages known to have no free entry, skipped by the allocator.
     full_leaves: BTreeSet<u64>,
+    /// Leaf pages with `dirty` set: a commit visits these, not every resident page
+    /// (their number follows the pool size, and a commit must not).
+    dirty_leaves: BTreeSet<u64>,
 }
 
 impl SpaceMap {
@@ -74,6 +77,7 @@ impl SpaceMap {
             used: 0,
             cursor: FIRST_USABLE,
             full_leaves: BTreeSet::new(),
+            dirty_leaves: BTreeSet::from([0]),
         };
         m.leaves.insert(
             0,
@@ -106,6 +110,7 @@ impl SpaceMap {
             used,
             cursor: FIRST_USABLE,
             full_leaves: BTreeSet::new(),
+            dirty_leaves: BTreeSet::new(),
         }
     }
 
@@ -132,7 +137,7 @@ impl SpaceMap {
         self.fresh.contains(&b)
     }
     pub fn has_changes(&self) -> bool {
-        self.leaves.values().any(|l| l.dirty) || self.index.values().any(|i| i.dirty)
+        !self.dirty_leaves.is_empty() || self.index.values().any(|i| i.dirty)
     }
 
     fn corrupt(dev: &dyn BlockDevice, block: BlockAddr, why: String) -> StoreError {
@@ -267,6 +272,7 @@ impl SpaceMap {
         let old = *slot;
         *slot = v;
         leaf.dirty = true;
+        self.dirty_leaves.insert(b / COUNTS_PER_LEAF);
         if old == 0 && v > 0 {
             self.used += 1;
         } else if old > 0 && v == 0 {
@@ -418,10 +424,10 @@ impl SpaceMap {
         loop {
             let mut moved = false;
             let dirty_leaves: Vec<u64> = self
-                .leaves
+                .dirty_leaves
                 .iter()
-                .filter(|(_, l)| l.dirty && !self.fresh.contains(&l.addr))
-                .map(|(k, _)| *k)
+                .filter(|n| !self.fresh.contains(&self.leaves[n].addr))
+                .copied()
                 .collect();
             for leaf_no in dirty_leaves {
                 let old = self.leaves[&leaf_no].addr;
@@ -470,7 +476,10 @@ impl SpaceMap {
         };
         let mut buf = vec![0u8; BLOCK_SIZE];
         let mut written = Vec::new();
-        for l in self.leaves.values_mut().filter(|l| l.dirty) {
+        for leaf_no in std::mem::take(&mut self.dirty_leaves) {
+            let Some(l) = self.leaves.get_mut(&leaf_no) else {
+                continue;
+            };
             buf.fill(0);
             for (i, c) in l.counts.iter().enumerate() {
                 put_u32(&mut buf, HEADER_SIZE + i * 4, *c);
