@@ -5,6 +5,8 @@ mod table;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
@@ -13,7 +15,7 @@ use cowfs_ctl::proto::{
     ProgressEvent, QuotaInfo, TokenInfo, UsageReply,
 };
 use cowfs_ctl::{Client, ClientError};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use table::{bytes, Table};
 
@@ -455,11 +457,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 /// Sanitize progress: JSON lines with --json, else a progress bar on stderr once
-/// a run has lasted a second.
+/// a sanitize run has lasted a second (drawn by indicatif's ticker, so it shows
+/// while a long hook runs and no event arrives).
 struct Progress {
     json: bool,
-    start: Instant,
-    bar: Option<ProgressBar>,
+    bar: ProgressBar,
+    /// A progress event arrived (the branch is being sanitized).
+    sanitizing: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    timer: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Runs shorter than this show no bar.
@@ -467,10 +473,34 @@ const BAR_AFTER: Duration = Duration::from_secs(1);
 
 impl Progress {
     fn new(json: bool) -> Progress {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+        if let Ok(style) =
+            ProgressStyle::with_template("{spinner} sanitizing [{elapsed}] {pos} files, {msg}")
+        {
+            bar.set_style(style);
+        }
+        let sanitizing = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let timer = (!json).then(|| {
+            let (bar, sanitizing, done) = (bar.clone(), sanitizing.clone(), done.clone());
+            let start = Instant::now();
+            std::thread::spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    if start.elapsed() >= BAR_AFTER && sanitizing.load(Ordering::SeqCst) {
+                        bar.set_draw_target(ProgressDrawTarget::stderr());
+                        bar.enable_steady_tick(Duration::from_millis(120));
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        });
         Progress {
             json,
-            start: Instant::now(),
-            bar: None,
+            bar,
+            sanitizing,
+            done,
+            timer,
         }
     }
 
@@ -479,33 +509,25 @@ impl Progress {
             println!("{}", serde_json::json!({ "progress": ev }));
             return;
         }
-        if self.bar.is_none() && self.start.elapsed() >= BAR_AFTER {
-            let bar = ProgressBar::new_spinner();
-            if let Ok(style) =
-                ProgressStyle::with_template("{spinner} sanitizing [{elapsed}] {pos} files, {msg}")
-            {
-                bar.set_style(style);
-            }
-            bar.enable_steady_tick(Duration::from_millis(120));
-            self.bar = Some(bar);
-        }
-        if let Some(bar) = &self.bar {
-            bar.set_position(ev.files_scanned);
-            let what = match ev.phase.as_str() {
-                "files" if ev.current.is_empty() => "file rules".to_string(),
-                "files" => ev.current.clone(),
-                "hooks" => "running hooks".to_string(),
-                "commit" => "committing".to_string(),
-                other => other.to_string(),
-            };
-            bar.set_message(format!("{} scanned, {what}", bytes(ev.bytes_scanned)));
-        }
+        self.sanitizing.store(true, Ordering::SeqCst);
+        self.bar.set_position(ev.files_scanned);
+        let what = match ev.phase.as_str() {
+            "files" if ev.current.is_empty() => "file rules".to_string(),
+            "files" => ev.current.clone(),
+            "hooks" => "running hooks".to_string(),
+            "commit" => "committing".to_string(),
+            other => other.to_string(),
+        };
+        self.bar
+            .set_message(format!("{} scanned, {what}", bytes(ev.bytes_scanned)));
     }
 
     fn finish(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
+        self.done.store(true, Ordering::SeqCst);
+        if let Some(t) = self.timer.take() {
+            let _ = t.join();
         }
+        self.bar.finish_and_clear();
     }
 }
 
