@@ -418,11 +418,28 @@ fn required_profile_is_applied_to_every_agent_clone() {
     );
     // An agent clone cannot be reset to prod's unsanitized content either.
     assert_eq!(kind(a.reset("agent-1", "prod")), ErrorKind::Forbidden);
-    // The admin may take an unsanitized snapshot.
+    // The admin may take an unsanitized snapshot; it keeps the requirement, so
+    // a token allowed to branch from it gets its clones sanitized too.
     let snap = admin
         .snapshot_create("prod-snap", "prod")
         .expect("admin snapshot");
     assert!(snap.sanitized.is_none());
+    assert_eq!(snap.require_sanitize.as_deref(), Some("pii"));
+    let agent_snap = admin
+        .token_create(
+            "agent-snap",
+            vec!["branch:prod-snap".parse().expect("grant")],
+        )
+        .expect("token")
+        .secret;
+    let from_snap = env
+        .connect(&agent_snap)
+        .branch_create("agent-from-snap", "prod-snap", None)
+        .expect("clone of the snapshot");
+    assert_eq!(
+        from_snap.sanitized.as_ref().map(|s| s.profile.as_str()),
+        Some("pii")
+    );
 
     // Mount the clones and the parent; byte search every file.
     let originals = prod_files();

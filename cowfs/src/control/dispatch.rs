@@ -642,6 +642,12 @@ impl Ctx {
                 self.pool.branch_create(name, from)
             }
             .map_err(errors::pool)?;
+            // Unsanitized data of a parent that requires a profile keeps the
+            // requirement (only admins get here with such a parent).
+            if let Err(e) = self.inherit_required(src.id, id) {
+                self.drop_new(name, id);
+                return Err(e);
+            }
             self.tokens
                 .add_owned(&token.name, &[id])
                 .map_err(errors::token)?;
@@ -710,6 +716,29 @@ impl Ctx {
         let mut info = self.info(name)?;
         info.sanitized = Some(summary);
         ok(info)
+    }
+
+    /// A child created unsanitized from `parent` requires the parent's profile
+    /// too, so that what an admin copied does not become a way around it.
+    fn inherit_required(&self, parent: BranchId, child: BranchId) -> Result<(), ErrorReply> {
+        let Some(p) = self.state.required(parent) else {
+            return Ok(());
+        };
+        self.state.set_required(child, Some(&p)).map_err(|e| {
+            ErrorReply::new(
+                ErrorKind::Io,
+                format!("{}: {e}", self.state.path().display()),
+            )
+        })
+    }
+
+    /// Drop a branch just created, after a later step of its creation failed.
+    fn drop_new(&self, name: &str, id: BranchId) {
+        if let Err(d) = self.pool.branch_delete(name) {
+            log::error!("dropping branch '{name}' after a failed creation: {d}");
+        } else if let Err(t) = self.tokens.forget_branch(id) {
+            log::warn!("token store: {t}");
+        }
     }
 
     /// Mount a branch just created as its request asked; all or nothing: a branch
@@ -857,12 +886,14 @@ impl Ctx {
             return Err(errors::bad_request("a group needs at least one member"));
         }
         let _g = self.lock.lock();
+        let mut parents = Vec::new();
         for m in &members {
             name_ok(&m.name)?;
             let src = self.target(token, &m.from)?;
             require(token, Scope::Branch, &src.name, src.id)?;
             // Groups are not sanitized: a parent that requires it is admin-only here.
             self.refuse_required(token, &src, "take a group member from")?;
+            parents.push(src.id);
         }
         for m in &members {
             self.sync(&m.from)?;
@@ -876,6 +907,14 @@ impl Ctx {
             })
             .collect();
         let ids = self.pool.group_create(&list).map_err(errors::pool)?;
+        for (parent, id) in parents.iter().zip(&ids) {
+            if let Err(e) = self.inherit_required(*parent, *id) {
+                for (m, id) in members.iter().zip(&ids) {
+                    self.drop_new(&m.name, *id);
+                }
+                return Err(e);
+            }
+        }
         self.tokens
             .add_owned(&token.name, &ids)
             .map_err(errors::token)?;
