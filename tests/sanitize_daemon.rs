@@ -443,6 +443,7 @@ fn required_profile_is_applied_to_every_agent_clone() {
 
     // Mount the clones and the parent; byte search every file.
     let originals = prod_files();
+    let mut pseudonyms_per_clone = Vec::new();
     for clone in ["agent-1", "agent-2"] {
         let m = env.dir(&format!("m-{clone}"));
         a.mount(clone, &s(&m), true)
@@ -470,7 +471,49 @@ fn required_profile_is_applied_to_every_agent_clone() {
             .find(|(p, _)| p == "README.txt")
             .expect("README");
         assert_eq!(readme.1, b"no personal data here\n");
+        // Same value, same pseudonym in every file: users.csv row 0 holds the
+        // pseudonyms of EMAILS[0], PHONES[0] and CARDS[0].
+        let file = |name: &str| {
+            let f = files.iter().find(|(p, _)| p == name).expect(name);
+            String::from_utf8_lossy(&f.1).into_owned()
+        };
+        let csv = file("data/users.csv");
+        let row0: Vec<&str> = csv.lines().nth(1).expect("row 0").split(',').collect();
+        let (email0, phone0, card0) = (row0[1], row0[2], row0[3]);
+        let row3: Vec<&str> = csv.lines().nth(4).expect("row 3").split(',').collect();
+        assert_eq!(row3[1], email0, "rows with the same email agree");
+        assert!(file("data/orders.json").contains(&format!("\"customer\":\"{email0}\"")));
+        let log = file("logs/app.log");
+        assert!(
+            log.contains(&format!("for {email0}")) && log.contains(&format!("phone {phone0}")),
+            "{log}"
+        );
+        // Valid for their kind: an email stays an email, a card 16 Luhn-valid digits.
+        let (local, domain) = email0.split_once('@').expect("an email");
+        assert!(!local.is_empty() && domain.contains('.'), "{email0}");
+        let digits: Vec<u32> = card0.chars().filter_map(|c| c.to_digit(10)).collect();
+        assert_eq!(digits.len(), 16, "{card0}");
+        let luhn: u32 = digits
+            .iter()
+            .rev()
+            .enumerate()
+            .map(|(i, &d)| {
+                if i % 2 == 1 {
+                    if d * 2 > 9 {
+                        d * 2 - 9
+                    } else {
+                        d * 2
+                    }
+                } else {
+                    d
+                }
+            })
+            .sum();
+        assert_eq!(luhn % 10, 0, "{card0} is Luhn-valid");
+        pseudonyms_per_clone.push((email0.to_string(), phone0.to_string(), card0.to_string()));
     }
+    // ...and in every clone of the pool.
+    assert_eq!(pseudonyms_per_clone[0], pseudonyms_per_clone[1]);
     let m = env.dir("m-prod");
     admin.mount("prod", &s(&m), true).expect("mount prod ro");
     let parent = read_tree(&m);

@@ -1,0 +1,228 @@
+//! Issue 5, check 2 through the daemon: `cowfs serve --config examples/cowfs.toml`,
+//! a PostgreSQL cluster running on a mount of the protected branch `prod` (which
+//! requires profile `pii`), and an agent token that creates a branch of it without
+//! naming a profile. The daemon flushes the mount, clones, runs the example
+//! PostgreSQL hook on a private mount of the clone and publishes it. In the clone
+//! (mounted by the agent, server started) the joins return the parent's row counts
+//! and a byte search of every file of its data directory finds none of the
+//! original values; the parent cluster still runs and is unchanged; `cowfs fsck`
+//! is clean after the daemon stops.
+//!
+//! Needs root (FUSE mounts, PostgreSQL as user postgres) and PostgreSQL 15 in
+//! /usr/lib/postgresql/15/bin (`.ci/run` installs it).
+
+mod control_support;
+#[path = "sanitize_support/mod.rs"]
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use control_support::lazy_unmount_under;
+use cowfs_ctl::proto::MountSpec;
+use cowfs_ctl::Client;
+use support::pg::{byte_search, join_counts, load_example_schema, pg_dir, Cluster};
+use support::{people, valid_email};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cowfs");
+
+/// `cowfs serve`; dropping it stops it (SIGTERM, then SIGKILL) and detaches any
+/// mount left under the test directory.
+struct Served {
+    child: Option<Child>,
+    base: PathBuf,
+}
+
+impl Served {
+    fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => return st.code(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.stop();
+        lazy_unmount_under(&self.base);
+    }
+}
+
+fn connect(socket: &Path, secret: &str) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match Client::connect(socket, secret) {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "daemon never answered: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().expect("utf-8").to_string()
+}
+
+#[test]
+fn agent_clone_of_a_running_cluster_is_sanitized_by_the_daemon() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-sanitize-daemon-pg-")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let base = tmp.path().canonicalize().expect("canonical");
+    let pool = base.join("pool");
+    let socket = base.join("pool.sock");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/cowfs.toml")
+        .canonicalize()
+        .expect("examples/cowfs.toml");
+    let out = Command::new(BIN)
+        .args(["init", "--size", "4G"])
+        .arg(&pool)
+        .output()
+        .expect("cowfs init");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let admin_secret = std::fs::read_to_string(cowfs::control::tokens::secret_path(&pool))
+        .expect("POOL.token")
+        .trim()
+        .to_string();
+    let log = std::fs::File::create(base.join("daemon.log")).expect("log");
+    let mut served = Served {
+        child: Some(
+            Command::new(BIN)
+                .arg("serve")
+                .arg(&pool)
+                .arg("--socket")
+                .arg(&socket)
+                .arg("--config")
+                .arg(&config)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("cowfs serve"),
+        ),
+        base: base.clone(),
+    };
+    let mut admin = connect(&socket, &admin_secret);
+
+    // prod, mounted read-write, with a running cluster holding personal data.
+    let m_prod = base.join("prod");
+    std::fs::create_dir(&m_prod).expect("mkdir");
+    admin
+        .branch_create(
+            "prod",
+            "main",
+            Some(MountSpec {
+                dir: s(&m_prod),
+                read_only: false,
+            }),
+        )
+        .expect("prod");
+    let ppl = people(150, 41);
+    let originals: Vec<String> = ppl
+        .iter()
+        .flat_map(|p| {
+            [
+                p.email.clone(),
+                p.name.clone(),
+                p.phone.clone(),
+                p.card.clone(),
+            ]
+        })
+        .collect();
+    pg_dir(&m_prod.join("pg"), 0o700);
+    let parent = Cluster::new(&m_prod.join("pg"), &base.join("sock-parent"), true);
+    let parent_server = parent.start();
+    load_example_schema(&parent, &ppl);
+    let counts = join_counts(&parent);
+    let rows_sql = "SELECT string_agg(email || phone || card || name, ',' ORDER BY id) FROM users";
+    let parent_rows = parent.sql("app", rows_sql);
+
+    admin.protect_with("prod", Some("pii")).expect("protect");
+    let agent = admin
+        .token_create("agent", vec!["branch:prod".parse().expect("grant")])
+        .expect("token")
+        .secret;
+    let mut a = connect(&socket, &agent);
+
+    // The agent names no profile: the daemon applies `pii`, hook included.
+    let info = a
+        .branch_create("agent-1", "prod", None)
+        .unwrap_or_else(|e| panic!("agent clone: {e}"));
+    let summary = info.sanitized.expect("sanitized");
+    assert_eq!(summary.profile, "pii");
+    assert_eq!(
+        summary.hooks.len(),
+        1,
+        "the PostgreSQL hook ran: {summary:?}"
+    );
+    assert_eq!(summary.hooks[0].name, "postgresql");
+
+    // The clone, mounted by the agent: no original value in any file of pg/.
+    let m_clone = base.join("clone");
+    std::fs::create_dir(&m_clone).expect("mkdir");
+    a.mount("agent-1", &s(&m_clone), false)
+        .expect("agent mounts its clone");
+    let left = byte_search(&m_clone.join("pg"), &originals);
+    assert!(
+        left.is_empty(),
+        "original values in the clone: {:?}",
+        &left[..left.len().min(20)]
+    );
+    {
+        let clone = Cluster::new(&m_clone.join("pg"), &base.join("sock-clone"), false);
+        let server = clone.start();
+        assert_eq!(join_counts(&clone), counts, "joins keep their row counts");
+        for e in clone
+            .sql("app", "SELECT email FROM users ORDER BY id")
+            .lines()
+        {
+            assert!(valid_email(e), "{e}");
+        }
+        server.stop();
+    }
+    a.unmount(&s(&m_clone)).expect("unmount clone");
+
+    // The parent kept running, unchanged.
+    assert_eq!(parent.sql("app", rows_sql), parent_rows);
+    assert_eq!(join_counts(&parent), counts);
+    parent_server.stop();
+    admin.unmount(&s(&m_prod)).expect("unmount prod");
+    drop((a, admin));
+    assert_eq!(served.stop(), Some(0));
+    let out = Command::new(BIN)
+        .arg("fsck")
+        .arg(&pool)
+        .output()
+        .expect("fsck");
+    assert!(
+        out.status.success(),
+        "fsck: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
