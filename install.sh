@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build and install cowfs, then bring up a running mount on the embedded default:
-# a pool file at ./data/pool with branch `main` mounted on ./data/main.
+# a pool file at ./data/pool served by `cowfs serve` (control socket
+# ./data/pool.sock, admin token in ./data/pool.token) with branch `main` mounted on
+# ./data/main.
 #
 #   ./install.sh            # install + mount (needs root for FUSE mounts)
 #   ./install.sh --stop     # unmount and stop the daemon started here
@@ -37,9 +39,14 @@ mkdir -p "$DATA/main"
 if mountpoint -q "$DATA/main"; then
   echo "already mounted: $DATA/main"; exit 0
 fi
-RUST_LOG=${RUST_LOG:-info} nohup "$PREFIX/bin/cowfs" mount "$DATA/pool" main "$DATA/main" \
+RUST_LOG=${RUST_LOG:-info} nohup "$PREFIX/bin/cowfs" serve "$DATA/pool" \
   >>"$DATA/cowfs.log" 2>&1 &
 echo $! >"$DATA/cowfs.pid"
-for _ in $(seq 1 100); do mountpoint -q "$DATA/main" && break; sleep 0.1; done
+for _ in $(seq 1 100); do [ -S "$DATA/pool.sock" ] && break; sleep 0.1; done
+[ -S "$DATA/pool.sock" ] || { echo "daemon did not start; see $DATA/cowfs.log" >&2; exit 1; }
+"$PREFIX/bin/cowfs-ctl" --socket "$DATA/pool.sock" --token-file "$DATA/pool.token" \
+  mount main "$DATA/main" >/dev/null
 mountpoint -q "$DATA/main" || { echo "mount failed; see $DATA/cowfs.log" >&2; exit 1; }
-echo "branch main of $DATA/pool is mounted on $DATA/main (stop: ./install.sh --stop)"
+echo "branch main of $DATA/pool is mounted on $DATA/main"
+echo "control: export COWFS_SOCKET=$DATA/pool.sock COWFS_TOKEN=\$(cat $DATA/pool.token)"
+echo "stop:    ./install.sh --stop"
