@@ -281,3 +281,19 @@ fn walk(pool: &Pool, b: u64) {
         }
     }
 }
+
+/// Control protocol: any byte line gets a request or a typed error, never a panic.
+pub fn control_request(data: &[u8]) {
+    let (_, parsed) = cowfs::control::parse_request(data);
+    drop(parsed);
+}
+
+/// Sanitize config (the daemon's TOML file): any text parses or gives a typed error.
+pub fn sanitize_config(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = cowfs::control::sanitize::SanitizeConfig::parse(
+            text,
+            std::path::Path::new("/nonexistent"),
+        );
+    }
+}
