@@ -21,13 +21,15 @@ use cowfs::store::BLOCK_SIZE;
 pub type Target = fn(&[u8]);
 
 /// Every target by name (the directory names under fuzz/regressions/).
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("superblock", superblock),
     ("block_header", block_header),
     ("btree_node", btree_node),
     ("catalog_record", catalog_record),
     ("fs_items", fs_items),
     ("pool_image", pool_image),
+    ("control_request", control_request),
+    ("sanitize_config", sanitize_config),
 ];
 
 /// The input as one 4 KiB block (cut or zero-padded).
