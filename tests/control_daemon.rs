@@ -7,10 +7,10 @@ mod control_support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use control_support::{is_mountpoint, kind, lazy_unmount_under};
+use control_support::{is_mountpoint, kind, Served};
 use cowfs_ctl::proto::{ErrorKind, GroupMember, MountSpec};
 use cowfs_ctl::Client;
 
@@ -18,56 +18,19 @@ const BIN: &str = env!("CARGO_BIN_EXE_cowfs");
 
 /// A `cowfs serve` process; dropping it stops it (SIGTERM, then SIGKILL) and
 /// detaches any mount left under the test directory.
-struct Served {
-    child: Option<Child>,
-    base: PathBuf,
-}
-
-impl Served {
-    fn start(pool: &Path, socket: &Path) -> Served {
-        let base = pool.parent().expect("pool dir").to_path_buf();
-        let child = Command::new(BIN)
-            .arg("serve")
-            .arg(pool)
-            .arg("--socket")
-            .arg(socket)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn cowfs serve");
-        Served {
-            child: Some(child),
-            base,
-        }
-    }
-
-    /// SIGTERM and wait for the exit status.
-    fn stop(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match child.try_wait() {
-                Ok(Some(st)) => return st.code(),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return None;
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.stop();
-        lazy_unmount_under(&self.base);
-    }
+/// `cowfs serve POOL --socket SOCKET`, quiet.
+fn serve(pool: &Path, socket: &Path) -> Served {
+    let base = pool.parent().expect("pool dir").to_path_buf();
+    let child = Command::new(BIN)
+        .arg("serve")
+        .arg(pool)
+        .arg("--socket")
+        .arg(socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn cowfs serve");
+    Served::new(child, &base)
 }
 
 fn connect(socket: &Path, secret: &str) -> Client {
@@ -119,7 +82,7 @@ fn serve_init_token_every_operation_and_restart() {
     let (m1, m2) = (&dirs[0], &dirs[1]);
     let s = |p: &Path| p.to_str().expect("utf-8").to_string();
 
-    let mut served = Served::start(&pool, &socket);
+    let mut served = serve(&pool, &socket);
     let mut admin = connect(&socket, &admin_secret);
     assert_eq!(admin.server().token, "admin");
     let mode = std::fs::metadata(&socket)
@@ -198,7 +161,7 @@ fn serve_init_token_every_operation_and_restart() {
     assert!(!socket.exists());
 
     // A second start keeps tokens, protection, ownership and quotas.
-    let mut served = Served::start(&pool, &socket);
+    let mut served = serve(&pool, &socket);
     let mut a = connect(&socket, &agent.secret);
     assert_eq!(
         a.info("agent-1").expect("own").owner.as_deref(),

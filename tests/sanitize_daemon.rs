@@ -12,10 +12,10 @@
 mod control_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use control_support::{is_mountpoint, kind, lazy_unmount_under};
+use control_support::{is_mountpoint, kind, lazy_unmount_under, Served};
 use cowfs_ctl::proto::{BranchState, ErrorKind, GroupMember, MountSpec};
 use cowfs_ctl::{Client, ClientError};
 
@@ -72,70 +72,26 @@ timeout_secs = 300
 
 /// A `cowfs serve --config` process; dropping it stops it (SIGTERM, then SIGKILL)
 /// and detaches any mount left under the test directory.
-struct Served {
-    child: Option<Child>,
-    base: PathBuf,
-}
-
-impl Served {
-    fn start(base: &Path) -> Served {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(base.join("daemon.log"))
-            .expect("daemon log");
-        let child = Command::new(BIN)
-            .arg("serve")
-            .arg(base.join("pool"))
-            .arg("--socket")
-            .arg(base.join("pool.sock"))
-            .arg("--config")
-            .arg(base.join("cowfs.toml"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn cowfs serve");
-        Served {
-            child: Some(child),
-            base: base.to_path_buf(),
-        }
-    }
-
-    fn stop(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match child.try_wait() {
-                Ok(Some(st)) => return st.code(),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return None;
-                }
-            }
-        }
-    }
-
-    /// SIGKILL: the daemon gets no chance to clean up.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.stop();
-        lazy_unmount_under(&self.base);
-    }
+/// `cowfs serve` on the test's pool with its config, logging to `daemon.log`.
+fn serve(base: &Path) -> Served {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(base.join("daemon.log"))
+        .expect("daemon log");
+    let child = Command::new(BIN)
+        .arg("serve")
+        .arg(base.join("pool"))
+        .arg("--socket")
+        .arg(base.join("pool.sock"))
+        .arg("--config")
+        .arg(base.join("cowfs.toml"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn cowfs serve");
+    Served::new(child, base)
 }
 
 /// A test's directory: pool (after `cowfs init`), config, scratch dir. Dropped
@@ -364,7 +320,7 @@ fn server_error(r: Result<impl std::fmt::Debug, ClientError>) -> cowfs_ctl::prot
 #[test]
 fn required_profile_is_applied_to_every_agent_clone() {
     let env = Env::new();
-    let _served = Served::start(&env.base);
+    let _served = serve(&env.base);
     let mut admin = env.connect(&env.admin);
     make_prod(&env, &mut admin);
     let info = admin.protect_with("prod", Some("pii")).expect("protect");
@@ -535,7 +491,7 @@ fn required_profile_is_applied_to_every_agent_clone() {
 #[test]
 fn failing_and_timed_out_hooks_delete_the_clone() {
     let env = Env::new();
-    let served = Served::start(&env.base);
+    let served = serve(&env.base);
     let mut admin = env.connect(&env.admin);
     make_prod(&env, &mut admin);
     let names = |c: &mut Client| -> Vec<String> {
@@ -623,7 +579,7 @@ fn failing_and_timed_out_hooks_delete_the_clone() {
 #[test]
 fn sanitizing_clone_is_invisible_and_unusable_until_ready() {
     let env = Env::new();
-    let _served = Served::start(&env.base);
+    let _served = serve(&env.base);
     // On failure, open the gate before the daemon is stopped.
     let _gate = OpenGate(env.gate(""));
     let mut admin = env.connect(&env.admin);
@@ -707,7 +663,7 @@ fn sanitizing_clone_is_invisible_and_unusable_until_ready() {
 #[test]
 fn daemon_killed_while_sanitizing_leaves_no_clone() {
     let env = Env::new();
-    let mut served = Served::start(&env.base);
+    let mut served = serve(&env.base);
     let _gate = OpenGate(env.gate(""));
     let mut admin = env.connect(&env.admin);
     make_prod(&env, &mut admin);
@@ -743,7 +699,7 @@ fn daemon_killed_while_sanitizing_leaves_no_clone() {
         assert!(pool.list().iter().any(|b| b.name == "doomed"));
     }
 
-    let mut served = Served::start(&env.base);
+    let mut served = serve(&env.base);
     let mut admin = env.connect(&env.admin);
     assert_eq!(kind(admin.info("doomed")), ErrorKind::NotFound);
     assert!(!admin
@@ -781,7 +737,7 @@ fn env_cleanup_hook(env: &Env) -> Option<()> {
 #[test]
 fn sigterm_while_sanitizing_kills_the_hook_and_deletes_the_clone() {
     let env = Env::new();
-    let mut served = Served::start(&env.base);
+    let mut served = serve(&env.base);
     let _gate = OpenGate(env.gate(""));
     let mut admin = env.connect(&env.admin);
     make_prod(&env, &mut admin);

@@ -16,53 +16,17 @@ mod control_support;
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use control_support::lazy_unmount_under;
+use control_support::Served;
 use cowfs_ctl::proto::MountSpec;
 use cowfs_ctl::Client;
 use support::pg::{byte_search, join_counts, load_example_schema, pg_dir, Cluster};
 use support::{people, valid_email};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cowfs");
-
-/// `cowfs serve`; dropping it stops it (SIGTERM, then SIGKILL) and detaches any
-/// mount left under the test directory.
-struct Served {
-    child: Option<Child>,
-    base: PathBuf,
-}
-
-impl Served {
-    fn stop(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match child.try_wait() {
-                Ok(Some(st)) => return st.code(),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return None;
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.stop();
-        lazy_unmount_under(&self.base);
-    }
-}
 
 fn connect(socket: &Path, secret: &str) -> Client {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -110,23 +74,21 @@ fn agent_clone_of_a_running_cluster_is_sanitized_by_the_daemon() {
         .trim()
         .to_string();
     let log = std::fs::File::create(base.join("daemon.log")).expect("log");
-    let mut served = Served {
-        child: Some(
-            Command::new(BIN)
-                .arg("serve")
-                .arg(&pool)
-                .arg("--socket")
-                .arg(&socket)
-                .arg("--config")
-                .arg(&config)
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("cowfs serve"),
-        ),
-        base: base.clone(),
-    };
+    let mut served = Served::new(
+        Command::new(BIN)
+            .arg("serve")
+            .arg(&pool)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cowfs serve"),
+        &base,
+    );
     let mut admin = connect(&socket, &admin_secret);
 
     // prod, mounted read-write, with a running cluster holding personal data.

@@ -152,3 +152,55 @@ pub fn kind<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorKind {
         Err(e) => panic!("expected an error reply, got {e}"),
     }
 }
+
+/// A `cowfs serve` child process started by a test. `stop` sends SIGTERM and returns
+/// the exit code (SIGKILL after a minute); `kill` is a crash. Dropping it stops the
+/// daemon and lazily unmounts whatever it left under `base`, also when the test fails.
+pub struct Served {
+    child: Option<std::process::Child>,
+    base: PathBuf,
+}
+
+impl Served {
+    pub fn new(child: std::process::Child, base: &Path) -> Served {
+        Served {
+            child: Some(child),
+            base: base.to_path_buf(),
+        }
+    }
+
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => return st.code(),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// SIGKILL: the daemon gets no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.stop();
+        lazy_unmount_under(&self.base);
+    }
+}
