@@ -171,8 +171,11 @@ impl Served {
 
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        // kill(1) rather than libc: this module is shared with cowfs-ctl's tests.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
             match child.try_wait() {
