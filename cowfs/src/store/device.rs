@@ -151,6 +151,11 @@ impl MemDevice {
     pub fn start_recording(&self) {
         self.inner.lock().log = Some(Vec::new());
     }
+    /// Events recorded so far. A test notes it when an fsync returns: every write
+    /// and flush that fsync needed comes before that position in the log.
+    pub fn log_len(&self) -> usize {
+        self.inner.lock().log.as_ref().map_or(0, Vec::len)
+    }
     pub fn take_log(&self) -> Vec<DeviceEvent> {
         self.inner.lock().log.take().unwrap_or_default()
     }
