@@ -28,20 +28,31 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Fixture {
+        Fixture::build(None, "4G")
+    }
+
+    /// A pool of nominal capacity `size` (as `cowfs init --size` takes it) at
+    /// `pool`, e.g. on a small filesystem the test made; the mount point and
+    /// daemon logs stay in the temporary directory.
+    pub fn with_pool_at(pool: &Path, size: &str) -> Fixture {
+        Fixture::build(Some(pool), size)
+    }
+
+    fn build(pool: Option<&Path>, size: &str) -> Fixture {
         let tmp = tempfile::Builder::new()
             .prefix("cowfs-test-")
             .tempdir()
             .expect("tempdir");
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).expect("chmod tmp");
         let base = tmp.path().canonicalize().expect("canonical tmp");
-        let pool = base.join("pool");
+        let pool = pool.map_or_else(|| base.join("pool"), Path::to_path_buf);
         let mnt = base.join("mnt");
         fs::create_dir(&mnt).expect("mkdir mnt");
         let out = Command::new(cowfs_bin())
             .arg("init")
             .arg(&pool)
             .arg("--size")
-            .arg("4G")
+            .arg(size)
             .output()
             .expect("run cowfs init");
         assert!(

@@ -45,6 +45,11 @@ pub struct NodeStore {
     pub data_budget: Option<DataBudget>,
 }
 
+/// Below this many free blocks (64 MiB) on the host filesystem of a pool file, the
+/// allocator reuses free blocks inside the file before it grows the file (see
+/// `NodeStore::available`).
+const HOST_LOW_BLOCKS: u64 = 16384;
+
 /// See `NodeStore::data_budget`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DataBudget {
@@ -314,13 +319,48 @@ impl NodeStore {
 
     // ---- data blocks ----
 
+    /// Blocks that can be allocated *and stored* now. That is the space map's free
+    /// blocks, but for a pool file no more than its host filesystem can still
+    /// store: the host's free space plus the free blocks inside the file (written
+    /// before, so already stored). A sparse pool file's nominal capacity is usually
+    /// far larger than its host; without this limit the host fills first, data
+    /// writes fail one by one and the commit's metadata finds no room on the host,
+    /// which poisons the pool.
+    ///
+    /// When the host is nearly full (`HOST_LOW_BLOCKS`) and the allocator is about
+    /// to grow the file, it is sent back to the start of the pool, so that blocks
+    /// freed inside the file are taken before the file grows: the next-fit cursor
+    /// would otherwise reach them only after wrapping at the nominal capacity, and
+    /// deleting files on a full host would not make room.
+    pub fn available(&mut self) -> u64 {
+        let avail = self.space.available();
+        let Some(host) = self.dev.host_free_bytes() else {
+            return avail;
+        };
+        let host = host / BLOCK_SIZE as u64;
+        let len = self.dev.len_blocks();
+        if host < HOST_LOW_BLOCKS && self.space.cursor() >= len {
+            self.space.rewind();
+        }
+        // Blocks in use beyond the end of the file (allocated, not yet written)
+        // make this an underestimate, which is the safe side.
+        let in_file =
+            len.saturating_sub(self.space.used() + self.space.pending_free_count() as u64);
+        avail.min(host + in_file)
+    }
+
+    /// Blocks data allocation leaves free for the metadata of the next commit.
+    pub fn metadata_reserve(&self) -> u64 {
+        256 + 4 * self.dirty.len() as u64
+    }
+
     /// Allocate up to `want` contiguous data blocks (count 1 each).
     /// Data allocation stops short of a reserve so that the metadata of a commit
     /// (shadowed nodes, space map pages) always finds room: a full pool gives ENOSPC
     /// to writers, never a failed commit.
     pub fn alloc_data(&mut self, want: u64) -> StoreResult<(BlockAddr, u64)> {
-        let reserve = 256 + 4 * self.dirty.len() as u64;
-        let avail = self.space.available();
+        let reserve = self.metadata_reserve();
+        let avail = self.available();
         if avail <= reserve {
             return Err(StoreError::NoSpace {
                 pool: self.dev.name(),

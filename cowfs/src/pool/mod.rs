@@ -464,13 +464,10 @@ impl Pool {
     }
 
     pub fn statfs(&self) -> StatFs {
-        let e = self.e.lock();
+        let mut e = self.e.lock();
+        // Limited by the host filesystem of a pool file, as the allocator is.
+        let avail = e.st.available();
         let space = &e.st.space;
-        let mut avail = space.available();
-        if let Some(host) = e.st.dev.host_free_bytes() {
-            let in_file = e.st.dev.len_blocks().saturating_sub(space.used());
-            avail = avail.min(host / BLOCK_SIZE as u64 + in_file);
-        }
         StatFs {
             blocks: space.capacity(),
             bfree: avail,
@@ -624,7 +621,11 @@ impl Pool {
         }
     }
     pub fn write_file(&self, b: BranchId, ino: u64, off: u64, data: &[u8]) -> FsResult<usize> {
-        self.write(b, |fs| fs.write_data(ino, off, data))
+        let mut e = self.e.lock();
+        e.commit_for_room(b, data.len());
+        let r = e.with_fs(b, true, |fs| fs.write_data(ino, off, data));
+        e.maybe_commit();
+        r
     }
     pub fn readdir(
         &self,
@@ -939,8 +940,9 @@ impl Engine {
         if write && rec.is_snapshot() {
             return Err(FsError::Posix(libc::EROFS));
         }
-        st.data_budget = if write {
-            quotas.budget(b, branches, st.space.available())
+        // (`available` asks the host of a pool file: only when a quota needs it.)
+        st.data_budget = if write && !quotas.is_empty() {
+            quotas.budget(b, branches, st.available())
         } else {
             None
         };
@@ -960,6 +962,37 @@ impl Engine {
             dirty_branches.insert(b);
         }
         r
+    }
+
+    /// Data blocks a write on branch `b` could allocate now: free space (limited by
+    /// the host of a pool file) less the commit's metadata reserve and the space
+    /// reserved for other branches.
+    fn data_room(&mut self, b: BranchId) -> u64 {
+        let avail = self.st.available();
+        let room = avail.saturating_sub(self.st.metadata_reserve());
+        match self.quotas.budget(b, &self.branches, avail) {
+            Some(budget) if !budget.quota => room.min(budget.blocks),
+            _ => room,
+        }
+    }
+
+    /// Blocks freed since the last commit become allocatable only after the next
+    /// one. If a write of `bytes` on `b` may not find room without them (a full
+    /// pool or host, files just deleted or overwritten), commit first, as ext4
+    /// forces a journal commit before it reports ENOSPC: deleting files on a full
+    /// pool then makes room for the very next write. (Without it, the kernel's
+    /// write-back of the next file arrives before any fsync and fails.)
+    fn commit_for_room(&mut self, b: BranchId, bytes: usize) {
+        if self.poisoned || self.st.space.pending_free_count() == 0 {
+            return;
+        }
+        let need = (bytes as u64).div_ceil(BLOCK_SIZE as u64) + 1;
+        if self.data_room(b) >= need {
+            return;
+        }
+        if let Err(e) = self.commit() {
+            log::warn!("commit to release freed blocks failed: {e}");
+        }
     }
 
     fn maybe_commit(&mut self) {

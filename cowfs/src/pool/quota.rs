@@ -5,7 +5,8 @@
 //! deleting and truncating still work). A branch with a reservation keeps
 //! `reserve_bytes` of free space for itself: other branches' data allocations fail
 //! with ENOSPC rather than take it, so an agent filling its clone cannot make
-//! production run out of space.
+//! production run out of space. Free space is `NodeStore::available`: for a pool
+//! file, no more than its host filesystem can still store.
 //!
 //! What a branch "alone references" is computed exactly when its quota is set (the
 //! blocks deleting it would free) and then follows the pool's block count across
@@ -65,6 +66,10 @@ pub(crate) struct Quotas {
 }
 
 impl Quotas {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// The data budget of one write operation on branch `b`.
     pub(crate) fn budget(
         &self,
@@ -128,11 +133,14 @@ impl Pool {
         let charged = exclusive_blocks(&mut e, root)?;
         let want = (limits.reserve_bytes / BS).saturating_sub(charged);
         if want > 0 {
+            // Free space as a write would see it: for a pool file, no more than
+            // its host filesystem can still store.
+            let avail = e.st.available();
             let room = e
                 .quotas
-                .budget(id, &e.branches, e.st.space.available())
+                .budget(id, &e.branches, avail)
                 .filter(|b| !b.quota)
-                .map_or(e.st.space.available(), |b| b.blocks);
+                .map_or(avail, |b| b.blocks);
             if want > room.saturating_sub(METADATA_MARGIN) {
                 return Err(StoreError::NoSpace {
                     pool: e.st.dev.name(),

@@ -527,6 +527,17 @@ impl SpaceMap {
         }
     }
 
+    /// Where the next allocation starts looking (next fit).
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Make the next allocation look from the start of the pool (see
+    /// `NodeStore::available`).
+    pub fn rewind(&mut self) {
+        self.cursor = FIRST_USABLE;
+    }
+
     /// Blocks freed in the running transaction that become reusable at commit.
     pub fn pending_free_count(&self) -> usize {
         self.pending_free.len()
