@@ -1296,3 +1296,92 @@ fn syncfs_after_unlink_of_written_files() {
     m.stop();
     fx.assert_fsck_clean();
 }
+
+/// A `security.capability` value (VFS_CAP_REVISION_2, effective, CAP_NET_RAW
+/// permitted): the kernel validates the format on setxattr.
+fn file_capability() -> Vec<u8> {
+    let mut v = Vec::new();
+    for word in [0x0200_0001u32, 1 << 13, 0, 0, 0] {
+        v.extend_from_slice(&word.to_le_bytes());
+    }
+    v
+}
+
+fn has_xattr(p: &Path, name: &str) -> bool {
+    let (c, n) = (cpath(p), std::ffi::CString::new(name).unwrap());
+    // SAFETY: valid NUL-terminated strings; a zero-sized query writes nothing.
+    unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+}
+
+/// Writing, truncating or chowning a file drops what it grants: set-user-ID always,
+/// set-group-ID when group-executable (by an unprivileged writer; chown always), and
+/// file capabilities on any write, as on Linux's native filesystems.
+#[test]
+fn write_truncate_and_chown_drop_privileges() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let root = &m.mnt;
+    fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+    let setid = |name: &str, bits: u32| {
+        let p = root.join(name);
+        write_file(&p, b"#!/bin/sh\n");
+        fs::set_permissions(&p, fs::Permissions::from_mode(bits)).unwrap();
+        assert_eq!(mode(&p), bits);
+        p
+    };
+    let r = root.display();
+
+    // An unprivileged write.
+    let w = setid("w", 0o6777);
+    let (ok, out) = as_nobody(&format!("echo more >> {r}/w"));
+    assert!(ok, "{out}");
+    assert_eq!(mode(&w), 0o777, "write by nobody keeps set-id bits");
+    // Set-group-ID without group execute is a locking mark, not a privilege.
+    let g = setid("g", 0o2666);
+    let (ok, out) = as_nobody(&format!("echo more >> {r}/g"));
+    assert!(ok, "{out}");
+    assert_eq!(mode(&g), 0o2666);
+    // An unprivileged truncate, and an O_TRUNC open.
+    let t = setid("t", 0o6777);
+    let (ok, out) = as_nobody(&format!("truncate -s 3 {r}/t"));
+    assert!(ok, "{out}");
+    assert_eq!(mode(&t), 0o777, "truncate by nobody keeps set-id bits");
+    let o = setid("o", 0o4777);
+    let (ok, out) = as_nobody(&format!("echo new > {r}/o"));
+    assert!(ok, "{out}");
+    assert_eq!(mode(&o), 0o777, "O_TRUNC open by nobody keeps set-user-ID");
+    // Root writing (CAP_FSETID) keeps the bits.
+    let k = setid("k", 0o6755);
+    OpenOptions::new()
+        .append(true)
+        .open(&k)
+        .unwrap()
+        .write_all(b"root\n")
+        .unwrap();
+    assert_eq!(mode(&k), 0o6755);
+    // chown drops set-user-ID even for root, set-group-ID when group-executable.
+    std::os::unix::fs::chown(&k, Some(NOBODY), None).unwrap();
+    assert_eq!(mode(&k), 0o755);
+    let c = setid("c", 0o2750);
+    std::os::unix::fs::chown(&c, None, Some(NOBODY)).unwrap();
+    assert_eq!(mode(&c), 0o750);
+
+    // File capabilities go with any write, also root's.
+    let cap = root.join("cap");
+    write_file(&cap, b"binary");
+    setxattr(&cap, "security.capability", &file_capability(), 0).unwrap();
+    assert!(has_xattr(&cap, "security.capability"));
+    OpenOptions::new()
+        .append(true)
+        .open(&cap)
+        .unwrap()
+        .write_all(b"patched")
+        .unwrap();
+    assert!(
+        !has_xattr(&cap, "security.capability"),
+        "a written file keeps its capabilities"
+    );
+    drop(m);
+    fx.assert_fsck_clean();
+}

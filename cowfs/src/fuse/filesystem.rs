@@ -10,7 +10,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use fuser::{
@@ -40,6 +40,9 @@ pub(crate) struct CowFs {
     read_only: bool,
     handles: Handles,
     lookups: Lookups,
+    /// Set once the session exists (the session owns this struct); used to tell
+    /// the kernel about attribute changes it did not ask for.
+    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 impl CowFs {
@@ -50,6 +53,22 @@ impl CowFs {
             read_only,
             handles: Handles::default(),
             lookups: Lookups::default(),
+            notifier: Arc::default(),
+        }
+    }
+
+    /// Where the mount puts the session's notifier once the session is created.
+    pub(crate) fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// Make the kernel fetch `ino`'s attributes again.
+    pub(crate) fn invalidate_attributes(&self, ino: u64) {
+        if let Some(n) = self.notifier.get() {
+            // Offset -1: attributes only, the page cache stays.
+            if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
+                log::debug!("inode {ino}: attribute invalidation: {e}");
+            }
         }
     }
 
@@ -133,7 +152,7 @@ impl Filesystem for CowFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -152,7 +171,7 @@ impl Filesystem for CowFs {
         if let Err(e) = self.writable() {
             return reply.error(e);
         }
-        let s = SetAttr {
+        let mut s = SetAttr {
             mode,
             uid,
             gid,
@@ -161,6 +180,9 @@ impl Filesystem for CowFs {
             mtime: mtime.map(time_or_now),
             ctime: ctime.map(from_system_time),
         };
+        if let Err(e) = self.drop_privileges_for_setattr(ino.0, &mut s, req.uid()) {
+            return reply.error(errno(&e));
+        }
         let r = self
             .pool
             .setattr(self.branch, ino.0, &s)
@@ -373,13 +395,17 @@ impl Filesystem for CowFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         if let Err(e) = self.writable() {
             return reply.error(e);
+        }
+        let kill_setid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        if let Err(e) = self.drop_privileges_for_write(ino.0, kill_setid) {
+            return reply.error(errno(&e));
         }
         // The kernel resolves O_APPEND offsets itself; `offset` is final.
         match self.pool.write_file(self.branch, ino.0, offset, data) {
@@ -396,8 +422,11 @@ impl Filesystem for CowFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Data reaches the engine with each write; durability is fsync's job.
-        reply.ok();
+        // Data reaches the engine with each write (the kernel writes a file's dirty
+        // pages back before it would send FLUSH, and reports their errors to close
+        // itself); durability is fsync's job. ENOSYS tells the kernel never to send
+        // FLUSH again, which saves a round trip on every close(2).
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(

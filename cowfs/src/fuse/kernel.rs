@@ -51,6 +51,13 @@ pub(crate) fn negotiate(cfg: &mut KernelConfig, read_only: bool) {
     ];
     if !read_only {
         wanted.push(("writeback cache", InitFlags::FUSE_WRITEBACK_CACHE));
+        // We drop set-id bits and file capabilities ourselves (fuse/privileges.rs);
+        // in exchange the kernel stops asking for security.capability before every
+        // write(2), one round trip each.
+        wanted.push((
+            "privilege dropping by the filesystem",
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+        ));
     }
     for (what, flag) in wanted {
         if let Err(missing) = cfg.add_capabilities(flag) {

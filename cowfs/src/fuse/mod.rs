@@ -7,6 +7,7 @@
 //! - `acl`: POSIX ACL inheritance and mode/ACL consistency
 //! - `attr`: attribute, time and error conversions
 //! - `handles`: open file handles (unlinked-but-open files)
+//! - `privileges`: set-id bits and file capabilities dropped on write, truncate, chown
 //! - `mounts`: the daemon's mount table (mount, unmount, sync a branch)
 //!
 //! Durability: fsync, fdatasync and fsync on a directory answer only after a pool
@@ -27,6 +28,7 @@ mod handles;
 mod kernel;
 mod lookups;
 pub mod mounts;
+mod privileges;
 mod sys;
 
 pub use mounts::{MountError, MountInfo, MountTable};

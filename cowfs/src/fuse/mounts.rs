@@ -112,7 +112,9 @@ impl MountTable {
             dir: dir.clone(),
             source,
         };
+        let notifier = fs.notifier_slot();
         let session = fuser::Session::new(fs, &dir, &config).map_err(mount_err)?;
+        let _ = notifier.set(session.notifier());
         let session = std::thread::Builder::new()
             .name(format!("cowfs-{branch}"))
             .spawn(move || session.run())

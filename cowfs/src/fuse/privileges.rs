@@ -1,0 +1,121 @@
+//! Dropping what a file grants when it changes: set-user-ID, set-group-ID and file
+//! capabilities. cowfs negotiates FUSE_HANDLE_KILLPRIV_V2 (kernel.rs), which makes
+//! this the filesystem's job; in exchange the kernel stops asking for
+//! `security.capability` before every write(2), a round trip per write call.
+//!
+//! The rules are Linux's (`setattr_should_drop_suidgid`, `file_remove_privs`):
+//! - a write by a caller without CAP_FSETID drops set-user-ID, and set-group-ID
+//!   when the file is group-executable (without group execute it marks mandatory
+//!   locking, not a privilege). The kernel flags such writes
+//!   (FUSE_WRITE_KILL_SUIDGID).
+//! - a truncate likewise. The kernel's flag for it (FATTR_KILL_SUIDGID) is not
+//!   passed on by fuser 0.18, so "without CAP_FSETID" is taken as "not uid 0".
+//! - chown of anything but a directory drops them, whoever asks.
+//! - any write, truncate or chown drops file capabilities.
+
+use super::filesystem::CowFs;
+use crate::fs::{FsResult, SetAttr};
+
+const CAPABILITY: &[u8] = b"security.capability";
+
+/// `mode` without the set-id bits a change drops.
+pub(crate) fn without_setid(mode: u32) -> u32 {
+    let mut m = mode & !libc::S_ISUID;
+    if m & libc::S_IXGRP != 0 {
+        m &= !libc::S_ISGID;
+    }
+    m
+}
+
+/// Why `setattr` drops set-id bits: chown, or a truncate by an unprivileged caller.
+pub(crate) fn setattr_drops_setid(s: &SetAttr, caller_uid: u32) -> bool {
+    s.uid.is_some() || s.gid.is_some() || (s.size.is_some() && caller_uid != 0)
+}
+
+impl CowFs {
+    /// Before a write to `ino`: drop set-id bits when the kernel says the writer
+    /// lacks CAP_FSETID, and file capabilities always. When anything was dropped,
+    /// the kernel's cached mode is invalidated so that exec sees it at once.
+    pub(crate) fn drop_privileges_for_write(&self, ino: u64, kill_setid: bool) -> FsResult<()> {
+        let mut changed = false;
+        if kill_setid {
+            let a = self.pool.getattr(self.branch, ino)?;
+            let m = without_setid(a.mode);
+            if m != a.mode && !a.is_dir() {
+                let s = SetAttr {
+                    mode: Some(m & 0o7777),
+                    ..SetAttr::default()
+                };
+                self.pool.setattr(self.branch, ino, &s)?;
+                changed = true;
+            }
+        }
+        changed |= self.drop_capabilities(ino)?;
+        if changed {
+            self.invalidate_attributes(ino);
+        }
+        Ok(())
+    }
+
+    /// Before a setattr: a chown, or a truncate by an unprivileged caller, also
+    /// drops set-id bits (unless the request sets the mode itself); either drops
+    /// file capabilities.
+    pub(crate) fn drop_privileges_for_setattr(
+        &self,
+        ino: u64,
+        s: &mut SetAttr,
+        caller_uid: u32,
+    ) -> FsResult<()> {
+        let changes_content_or_owner = s.size.is_some() || s.uid.is_some() || s.gid.is_some();
+        if !changes_content_or_owner {
+            return Ok(());
+        }
+        let a = self.pool.getattr(self.branch, ino)?;
+        if a.is_dir() {
+            return Ok(());
+        }
+        if s.mode.is_none() && setattr_drops_setid(s, caller_uid) {
+            let m = without_setid(a.mode);
+            if m != a.mode {
+                s.mode = Some(m & 0o7777);
+            }
+        }
+        self.drop_capabilities(ino)?;
+        Ok(())
+    }
+
+    /// Remove `security.capability` from `ino`; true if it was there.
+    pub(crate) fn drop_capabilities(&self, ino: u64) -> FsResult<bool> {
+        match self.pool.removexattr(self.branch, ino, CAPABILITY) {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno() == libc::ENODATA => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setid_rules() {
+        let reg = libc::S_IFREG;
+        assert_eq!(without_setid(reg | 0o6755), reg | 0o755);
+        // Set-group-ID without group execute stays (mandatory locking mark).
+        assert_eq!(without_setid(reg | 0o6745), reg | 0o2745);
+        assert_eq!(without_setid(reg | 0o644), reg | 0o644);
+        let chown = SetAttr {
+            uid: Some(1),
+            ..SetAttr::default()
+        };
+        assert!(setattr_drops_setid(&chown, 0));
+        let truncate = SetAttr {
+            size: Some(0),
+            ..SetAttr::default()
+        };
+        assert!(setattr_drops_setid(&truncate, 1000));
+        assert!(!setattr_drops_setid(&truncate, 0));
+        assert!(!setattr_drops_setid(&SetAttr::default(), 1000));
+    }
+}
