@@ -193,7 +193,7 @@ fn garbage_torn_or_truncated_log_tail_is_ignored_and_reopen_is_idempotent() {
         }
         // A new commit on the recovered pool supersedes the torn record.
         let p = Pool::open_on(Arc::new(img.clone()), &opts()).unwrap();
-        p.write_file(b, f.ino, 0, &vec![3u8; 100]).unwrap();
+        p.write_file(b, f.ino, 0, &[3u8; 100]).unwrap();
         p.commit().unwrap();
         drop(p);
         let p = Pool::open_on(Arc::new(img), &opts()).unwrap();
