@@ -491,7 +491,10 @@ impl Progress {
                         bar.enable_steady_tick(Duration::from_millis(120));
                         return;
                     }
-                    std::thread::sleep(Duration::from_millis(50));
+                    // Parked, not slept: `finish` unparks, so a create that ends
+                    // does not wait out the rest of the interval (it did: 50 ms
+                    // added to every `branch create`).
+                    std::thread::park_timeout(Duration::from_millis(50));
                 }
             })
         });
@@ -525,6 +528,7 @@ impl Progress {
     fn finish(&mut self) {
         self.done.store(true, Ordering::SeqCst);
         if let Some(t) = self.timer.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
         self.bar.finish_and_clear();
