@@ -10,6 +10,7 @@ use super::node::Node;
 use crate::store::block::{seal, verify, BlockKind};
 use crate::store::cache::NodeCache;
 use crate::store::device::BlockDevice;
+use crate::store::runs::RunWriter;
 use crate::store::spacemap::SpaceMap;
 use crate::store::superblock::MANIFEST_MAX;
 use crate::store::{BlockAddr, StoreError, StoreResult, BLOCK_SIZE};
@@ -258,17 +259,19 @@ impl NodeStore {
 
     /// Write every dirty node to its (fresh) address and move it to the cache.
     pub fn write_dirty_nodes(&mut self) -> StoreResult<()> {
-        let mut buf = vec![0u8; BLOCK_SIZE];
         let mut addrs: Vec<BlockAddr> = self.dirty.keys().copied().collect();
         addrs.sort_unstable();
+        let dev = self.dev.clone();
+        let mut out = RunWriter::new(&*dev);
         for addr in addrs {
             let node = match self.dirty.remove(&addr) {
                 Some(n) => n,
                 None => continue,
             };
-            node.encode(&mut buf);
+            let buf = out.block(addr)?;
+            node.encode(buf);
             seal(
-                &mut buf,
+                buf,
                 BlockKind::TreeNode,
                 addr,
                 self.generation,
@@ -276,21 +279,21 @@ impl NodeStore {
                 node.level(),
                 node.len() as u16,
             );
-            self.dev.write_at(addr, &buf).map_err(|e| StoreError::Io {
-                pool: self.dev.name(),
-                block: addr,
-                source: e,
-            })?;
+            let crc = crc32fast::hash(buf);
             self.stats.nodes_written += 1;
-            self.note_written(addr, &buf);
+            self.note_written_crc(addr, crc);
             self.cache.insert(addr, node);
         }
-        Ok(())
+        out.finish()
     }
 
     fn note_written(&mut self, addr: BlockAddr, block: &[u8]) {
+        self.note_written_crc(addr, crc32fast::hash(block));
+    }
+
+    fn note_written_crc(&mut self, addr: BlockAddr, crc: u32) {
         if let Some(w) = self.written.as_mut() {
-            w.insert(addr, crc32fast::hash(block));
+            w.insert(addr, crc);
             if w.len() > MANIFEST_MAX {
                 self.written = None;
             }

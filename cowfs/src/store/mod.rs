@@ -4,6 +4,7 @@
 pub mod block;
 pub mod cache;
 pub mod device;
+pub mod runs;
 pub mod spacemap;
 pub mod superblock;
 

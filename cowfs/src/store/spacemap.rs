@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use super::block::{seal, verify, BlockKind, HEADER_SIZE, PAYLOAD_SIZE};
 use super::device::BlockDevice;
 use super::le::*;
+use super::runs::RunWriter;
 use super::{BlockAddr, StoreError, StoreResult, BLOCK_SIZE};
 
 /// Reference counts per leaf page.
@@ -21,6 +22,12 @@ pub const FIRST_USABLE: u64 = 2;
 /// How far (in blocks, 256 MiB) the allocation cursor may run past twice the blocks
 /// in use before it wraps to the start (see `SpaceMap::commit_done`).
 const WRAP_SLACK: u64 = 65536;
+
+/// A dirty space-map page to write at commit.
+enum Page {
+    Leaf(u64),
+    Index((u8, u64)),
+}
 
 struct Leaf {
     addr: BlockAddr,
@@ -473,52 +480,61 @@ impl SpaceMap {
                 break;
             }
         }
-        let io = |e: std::io::Error, b: BlockAddr| StoreError::Io {
-            pool: dev.name(),
-            block: b,
-            source: e,
-        };
-        let mut buf = vec![0u8; BLOCK_SIZE];
-        let mut written = Vec::new();
-        for leaf_no in std::mem::take(&mut self.dirty_leaves) {
-            let Some(l) = self.leaves.get_mut(&leaf_no) else {
-                continue;
-            };
-            buf.fill(0);
-            for (i, c) in l.counts.iter().enumerate() {
-                put_u32(&mut buf, HEADER_SIZE + i * 4, *c);
+        // Pages in address order, so consecutive ones go out in one write.
+        let mut pages: Vec<(BlockAddr, Page)> = self
+            .dirty_leaves
+            .iter()
+            .filter_map(|n| self.leaves.get(n).map(|l| (l.addr, Page::Leaf(*n))))
+            .chain(
+                self.index
+                    .iter()
+                    .filter(|(_, p)| p.dirty)
+                    .map(|(k, p)| (p.addr, Page::Index(*k))),
+            )
+            .collect();
+        pages.sort_unstable_by_key(|(a, _)| *a);
+        let mut out = RunWriter::new(dev);
+        let mut written = Vec::with_capacity(pages.len());
+        for (addr, page) in pages {
+            let buf = out.block(addr)?;
+            match page {
+                Page::Leaf(n) => {
+                    let l = self.leaves.get_mut(&n).expect("listed above");
+                    for (i, c) in l.counts.iter().enumerate() {
+                        put_u32(buf, HEADER_SIZE + i * 4, *c);
+                    }
+                    seal(
+                        buf,
+                        BlockKind::SpaceLeaf,
+                        addr,
+                        generation,
+                        self.pool_id,
+                        0,
+                        0,
+                    );
+                    l.dirty = false;
+                }
+                Page::Index((level, i)) => {
+                    let p = self.index.get_mut(&(level, i)).expect("listed above");
+                    for (j, a) in p.ptrs.iter().enumerate() {
+                        put_u64(buf, HEADER_SIZE + j * 8, *a);
+                    }
+                    seal(
+                        buf,
+                        BlockKind::SpaceIndex,
+                        addr,
+                        generation,
+                        self.pool_id,
+                        level,
+                        0,
+                    );
+                    p.dirty = false;
+                }
             }
-            seal(
-                &mut buf,
-                BlockKind::SpaceLeaf,
-                l.addr,
-                generation,
-                self.pool_id,
-                0,
-                0,
-            );
-            dev.write_at(l.addr, &buf).map_err(|e| io(e, l.addr))?;
-            written.push((l.addr, crc32fast::hash(&buf)));
-            l.dirty = false;
+            written.push((addr, crc32fast::hash(buf)));
         }
-        for ((level, _), p) in self.index.iter_mut().filter(|(_, p)| p.dirty) {
-            buf.fill(0);
-            for (i, a) in p.ptrs.iter().enumerate() {
-                put_u64(&mut buf, HEADER_SIZE + i * 8, *a);
-            }
-            seal(
-                &mut buf,
-                BlockKind::SpaceIndex,
-                p.addr,
-                generation,
-                self.pool_id,
-                *level,
-                0,
-            );
-            dev.write_at(p.addr, &buf).map_err(|e| io(e, p.addr))?;
-            written.push((p.addr, crc32fast::hash(&buf)));
-            p.dirty = false;
-        }
+        self.dirty_leaves.clear();
+        out.finish()?;
         Ok((self.root, written))
     }
 
