@@ -169,6 +169,11 @@ impl Served {
         }
     }
 
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
         // kill(1) rather than libc: this module is shared with cowfs-ctl's tests.
