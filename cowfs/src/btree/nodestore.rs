@@ -361,6 +361,25 @@ impl NodeStore {
     /// Data allocation stops short of a reserve so that the metadata of a commit
     /// (shadowed nodes, space map pages) always finds room: a full pool gives ENOSPC
     /// to writers, never a failed commit.
+    /// Fail now, as `alloc_data` would, unless `blocks` data blocks can be
+    /// allocated: an operation that needs several calls checks before it changes
+    /// anything, so ENOSPC leaves it undone rather than half done.
+    pub fn ensure_data_room(&mut self, blocks: u64) -> StoreResult<()> {
+        // Each block written also dirties the tree path to its extent, and every
+        // dirty node raises the reserve by 4: allow for a path of 8 nodes per block.
+        let reserve = self.metadata_reserve() + blocks * 4 * 8;
+        let avail = self.available();
+        let pool = || self.dev.name();
+        if avail < reserve + blocks {
+            return Err(StoreError::NoSpace { pool: pool() });
+        }
+        match self.data_budget {
+            Some(b) if b.blocks < blocks && b.quota => Err(StoreError::Quota { pool: pool() }),
+            Some(b) if b.blocks < blocks => Err(StoreError::NoSpace { pool: pool() }),
+            _ => Ok(()),
+        }
+    }
+
     pub fn alloc_data(&mut self, want: u64) -> StoreResult<(BlockAddr, u64)> {
         let reserve = self.metadata_reserve();
         let avail = self.available();

@@ -362,12 +362,19 @@ impl FsTree<'_> {
         } else {
             // Partial blocks first (they may need new blocks and fail with ENOSPC),
             // then the whole blocks are unmapped (which cannot run out of space).
+            // With two partial blocks, room for both is checked before the first is
+            // rewritten, so that ENOSPC leaves the file as it was.
             let (hb, tb) = (off / BS, end / BS);
-            if !off.is_multiple_of(BS) {
+            let head = !off.is_multiple_of(BS);
+            let tail = !end.is_multiple_of(BS) && (tb != hb || off.is_multiple_of(BS));
+            if head && tail {
+                self.st.ensure_data_room(2)?;
+            }
+            if head {
                 let to = if hb == tb { end % BS } else { BS };
                 self.zero_in_block(ino, &mut i, hb, off % BS, to)?;
             }
-            if !end.is_multiple_of(BS) && (tb != hb || off.is_multiple_of(BS)) {
+            if tail {
                 self.zero_in_block(ino, &mut i, tb, 0, end % BS)?;
             }
             let (fb0, fb1) = (off.div_ceil(BS), end / BS);

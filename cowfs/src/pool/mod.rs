@@ -145,9 +145,10 @@ pub(crate) struct Engine {
     dirty_limit_nodes: usize,
     /// Generation of the running transaction, readable without the pool lock.
     running_gen: Arc<AtomicU64>,
-    /// File reads in progress outside the lock; a commit waits for them before the
-    /// blocks it freed may be reused.
-    reads_in_flight: Arc<AtomicUsize>,
+    /// File reads in progress outside the lock, counted in two slots; new reads
+    /// join `read_slot`. See `release_quarantine`.
+    reads: Arc<ReadCounts>,
+    read_slot: usize,
     /// Branch quotas and reservations (see quota.rs).
     quotas: quota::Quotas,
     /// The last durable superblock has no manifest. A one-flush commit is sealed by
@@ -160,15 +161,23 @@ pub struct Pool {
     e: Mutex<Engine>,
     name: PathBuf,
     running_gen: Arc<AtomicU64>,
-    reads_in_flight: Arc<AtomicUsize>,
+    reads: Arc<ReadCounts>,
+}
+
+/// Reads in flight outside the pool lock, by slot. Every commit flips the slot new
+/// reads join, so the reads that may still use the blocks a commit freed are
+/// exactly those of the slot it flipped away from.
+#[derive(Default)]
+struct ReadCounts {
+    slots: [AtomicUsize; 2],
 }
 
 /// Counts a read in flight outside the lock for as long as it lives.
-struct InFlight(Arc<AtomicUsize>);
+struct InFlight(Arc<ReadCounts>, usize);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Release);
+        self.0.slots[self.1].fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -371,7 +380,7 @@ impl Pool {
     fn wrap(e: Engine, name: PathBuf) -> Pool {
         Pool {
             running_gen: e.running_gen.clone(),
-            reads_in_flight: e.reads_in_flight.clone(),
+            reads: e.reads.clone(),
             e: Mutex::new(e),
             name,
         }
@@ -606,14 +615,15 @@ impl Pool {
             match e.with_fs(b, false, |fs| fs.plan_read(ino, off, len))? {
                 Resolved::Done(v) => return Ok(v),
                 Resolved::Plan(p) => {
-                    self.reads_in_flight.fetch_add(1, Ordering::AcqRel);
-                    (p, e.st.dev.clone(), InFlight(self.reads_in_flight.clone()))
+                    let slot = e.read_slot;
+                    self.reads.slots[slot].fetch_add(1, Ordering::AcqRel);
+                    (p, e.st.dev.clone(), InFlight(self.reads.clone(), slot))
                 }
             }
         };
         let data = plan.execute(&*dev);
-        // Stop counting before taking the lock again: a commit holding the lock waits
-        // for the count to reach zero.
+        // Stop counting before taking the lock again: a commit holding the lock may
+        // wait for this slot's count to reach zero.
         drop(guard);
         match data {
             Some(v) => Ok(v),
@@ -765,7 +775,8 @@ impl Engine {
             poisoned: false,
             dirty_limit_nodes: (opts.dirty_limit_bytes / BLOCK_SIZE).max(16),
             running_gen: Arc::new(AtomicU64::new(st_gen)),
-            reads_in_flight: Arc::new(AtomicUsize::new(0)),
+            reads: Arc::default(),
+            read_slot: 0,
             sealed: true,
             quotas: quota::Quotas::default(),
         }
@@ -992,6 +1003,20 @@ impl Engine {
         }
         if let Err(e) = self.commit() {
             log::warn!("commit to release freed blocks failed: {e}");
+            return;
+        }
+        // What this commit freed is in quarantine: wait for every read in flight
+        // so that it is allocatable now (a full pool is rare; this is its path).
+        self.wait_for_reads(0);
+        self.wait_for_reads(1);
+        self.st.space.release_quarantine();
+    }
+
+    /// Wait (holding the pool lock, so no read can start) until the reads of
+    /// `slot` are over.
+    fn wait_for_reads(&self, slot: usize) {
+        while self.reads.slots[slot].load(Ordering::Acquire) > 0 {
+            std::thread::yield_now();
         }
     }
 
@@ -1087,12 +1112,17 @@ impl Engine {
         let slot = Superblock::slot_for(generation);
         dev.write_at(slot, &sb.encode()).map_err(|e| io(e, slot))?;
         dev.flush().map_err(|e| io(e, slot))?;
-        // Committed blocks freed by this commit become reusable now; reads still in
-        // flight outside the lock may be reading them.
-        while self.reads_in_flight.load(Ordering::Acquire) > 0 {
-            std::thread::yield_now();
-        }
+        // Blocks freed by the previous commit become allocatable once the reads that
+        // started before it are over (the other slot; almost always already done),
+        // and those this commit freed go to quarantine, where reads started before
+        // now may still be using them: new reads go to the drained slot. So a
+        // commit never waits for reads that started after the previous one (it
+        // used to wait for every read in flight, holding the lock).
+        let older = self.read_slot ^ 1;
+        self.wait_for_reads(older);
+        self.st.space.release_quarantine();
         self.st.commit_done();
+        self.read_slot = older;
         self.running_gen
             .store(self.st.generation(), Ordering::Release);
         Ok(())

@@ -64,6 +64,11 @@ pub struct SpaceMap {
     fresh: HashSet<BlockAddr>,
     /// Blocks freed in the running transaction that are live in the last commit.
     pending_free: HashSet<BlockAddr>,
+    /// Freed by the last commit: nothing durable refers to them any more, but a
+    /// file read that started before that commit may still be reading them outside
+    /// the pool lock. Allocatable once the pool has seen those reads finish
+    /// (`release_quarantine`).
+    quarantine: HashSet<BlockAddr>,
     used: u64,
     cursor: u64,
     /// Leaf pages known to have no free entry, skipped by the allocator.
@@ -85,6 +90,7 @@ impl SpaceMap {
             index: HashMap::new(),
             fresh: HashSet::new(),
             pending_free: HashSet::new(),
+            quarantine: HashSet::new(),
             used: 0,
             cursor: FIRST_USABLE,
             full_leaves: BTreeSet::new(),
@@ -118,6 +124,7 @@ impl SpaceMap {
             index: HashMap::new(),
             fresh: HashSet::new(),
             pending_free: HashSet::new(),
+            quarantine: HashSet::new(),
             used,
             cursor: FIRST_USABLE,
             full_leaves: BTreeSet::new(),
@@ -142,7 +149,7 @@ impl SpaceMap {
     pub fn available(&self) -> u64 {
         self.capacity
             .saturating_sub(self.used)
-            .saturating_sub(self.pending_free.len() as u64)
+            .saturating_sub(self.pending_free_count() as u64)
     }
     pub fn is_fresh(&self, b: BlockAddr) -> bool {
         self.fresh.contains(&b)
@@ -346,6 +353,7 @@ impl SpaceMap {
         Ok(b >= FIRST_USABLE
             && b < self.capacity
             && !self.pending_free.contains(&b)
+            && !self.quarantine.contains(&b)
             && self.get(dev, b)? == 0)
     }
 
@@ -538,10 +546,12 @@ impl SpaceMap {
         Ok((self.root, written))
     }
 
-    /// The commit is durable: blocks freed in it become allocatable, nothing is fresh.
+    /// The commit is durable: nothing is fresh, and blocks freed in it go to
+    /// quarantine (see `quarantine`); call `release_quarantine` first.
     pub fn commit_done(&mut self) {
         self.fresh.clear();
-        self.pending_free.clear();
+        debug_assert!(self.quarantine.is_empty(), "quarantine not released");
+        self.quarantine.extend(self.pending_free.drain());
         // Next fit makes copy-on-write writes sequential on the medium (measured:
         // 4 KiB random writes with fsync ran at about twice the rate of first fit,
         // whose reuse of scattered holes makes the host's writes random). But a pool
@@ -567,9 +577,15 @@ impl SpaceMap {
         self.cursor = FIRST_USABLE;
     }
 
-    /// Blocks freed in the running transaction that become reusable at commit.
+    /// Reads that could use the quarantined blocks are over: they are allocatable.
+    pub fn release_quarantine(&mut self) {
+        self.quarantine.clear();
+    }
+
+    /// Blocks freed but not allocatable yet: in the running transaction (reusable
+    /// after its commit) or in quarantine.
     pub fn pending_free_count(&self) -> usize {
-        self.pending_free.len()
+        self.pending_free.len() + self.quarantine.len()
     }
 
     /// Address of leaf page `leaf_no` as its index page records it (0: never written,
@@ -668,6 +684,7 @@ mod tests {
         let mut m = SpaceMap::create(cap, 1);
         let mut live: Vec<BlockAddr> = (0..1000).map(|_| m.alloc(&dev, 1).unwrap().0).collect();
         m.write_dirty(&dev, 1).unwrap();
+        m.release_quarantine();
         m.commit_done();
         let mut highest = 0;
         for round in 0..400u64 {
@@ -678,7 +695,8 @@ mod tests {
                 highest = highest.max(*slot);
             }
             m.write_dirty(&dev, round + 2).unwrap();
-            m.commit_done();
+            m.release_quarantine();
+        m.commit_done();
         }
         // 200,000 allocations: without wrapping they would have reached block 200,000.
         assert!(
@@ -702,6 +720,7 @@ mod tests {
         m.dec(&dev, a + 9).unwrap();
         assert!(m.allocatable(&dev, a + 9).unwrap());
         let (root, _) = m.write_dirty(&dev, 1).unwrap();
+        m.release_quarantine();
         m.commit_done();
         let used = m.used();
         let mut r = SpaceMap::open(cap, m.depth(), root, used, 1);
