@@ -6,7 +6,9 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -35,7 +37,19 @@ pub struct FileDevice {
     file: File,
     path: PathBuf,
     is_blockdev: bool,
+    /// Length in bytes, kept here: the allocator asks on every data allocation,
+    /// and nothing but this device changes the file (the pool is locked).
+    len: AtomicU64,
+    /// The host's free space as last asked (see `host_free_bytes`).
+    host_free: Mutex<(u64, Instant)>,
+    /// Bytes written since then.
+    written_since: AtomicU64,
 }
+
+/// How long an answer of the host's free space is reused...
+const HOST_FREE_TTL: Duration = Duration::from_millis(100);
+/// ...unless the estimate is this low, where it is asked every time.
+const HOST_FREE_EXACT_BELOW: u64 = 1 << 30;
 
 impl FileDevice {
     pub fn open(path: &Path, create: bool) -> std::io::Result<FileDevice> {
@@ -46,25 +60,43 @@ impl FileDevice {
             .truncate(false)
             .open(path)?;
         use std::os::unix::fs::FileTypeExt;
-        let is_blockdev = file.metadata()?.file_type().is_block_device();
-        Ok(FileDevice {
+        let meta = file.metadata()?;
+        let is_blockdev = meta.file_type().is_block_device();
+        let len = if is_blockdev {
+            use std::io::{Seek, SeekFrom};
+            // Seeking a cloned handle to the end gives a block device's size.
+            file.try_clone()?.seek(SeekFrom::End(0))?
+        } else {
+            meta.len()
+        };
+        let dev = FileDevice {
             file,
             path: path.to_path_buf(),
             is_blockdev,
-        })
+            len: AtomicU64::new(len),
+            host_free: Mutex::new((0, Instant::now())),
+            written_since: AtomicU64::new(0),
+        };
+        if !is_blockdev {
+            dev.query_host_free();
+        }
+        Ok(dev)
     }
 
-    fn byte_len(&self) -> u64 {
-        if self.is_blockdev {
-            use std::io::{Seek, SeekFrom};
-            // Seeking a cloned handle to the end gives a block device's size.
-            self.file
-                .try_clone()
-                .and_then(|mut f| f.seek(SeekFrom::End(0)))
-                .unwrap_or(0)
-        } else {
-            self.file.metadata().map(|m| m.len()).unwrap_or(0)
-        }
+    /// fstatvfs of the host filesystem; remembers the answer.
+    fn query_host_free(&self) -> Option<u64> {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: fstatvfs writes into a zeroed, properly sized struct; fd is valid.
+        let free = unsafe {
+            let mut st: libc::statvfs = std::mem::zeroed();
+            if libc::fstatvfs(self.file.as_raw_fd(), &mut st) != 0 {
+                return None;
+            }
+            st.f_bavail as u64 * st.f_frsize as u64
+        };
+        *self.host_free.lock() = (free, Instant::now());
+        self.written_since.store(0, Ordering::Relaxed);
+        Some(free)
     }
 }
 
@@ -83,31 +115,35 @@ impl BlockDevice for FileDevice {
         Ok(())
     }
     fn write_at(&self, addr: BlockAddr, buf: &[u8]) -> std::io::Result<()> {
-        self.file.write_all_at(buf, addr * BLOCK_SIZE as u64)
+        let at = addr * BLOCK_SIZE as u64;
+        self.file.write_all_at(buf, at)?;
+        self.len.fetch_max(at + buf.len() as u64, Ordering::Relaxed);
+        self.written_since
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
     fn flush(&self) -> std::io::Result<()> {
         self.file.sync_data()
     }
     fn len_blocks(&self) -> u64 {
-        self.byte_len() / BLOCK_SIZE as u64
+        self.len.load(Ordering::Relaxed) / BLOCK_SIZE as u64
     }
     fn fixed_capacity(&self) -> Option<u64> {
         self.is_blockdev.then(|| self.len_blocks())
     }
+    /// Asked on every data allocation, so answered from the last fstatvfs (at most
+    /// `HOST_FREE_TTL` old) minus every byte written since, which can only
+    /// underestimate; near full it asks every time.
     fn host_free_bytes(&self) -> Option<u64> {
         if self.is_blockdev {
             return None;
         }
-        use std::os::unix::io::AsRawFd;
-        // SAFETY: fstatvfs writes into a zeroed, properly sized struct; fd is valid.
-        unsafe {
-            let mut st: libc::statvfs = std::mem::zeroed();
-            if libc::fstatvfs(self.file.as_raw_fd(), &mut st) == 0 {
-                Some(st.f_bavail as u64 * st.f_frsize as u64)
-            } else {
-                None
-            }
+        let (free, at) = *self.host_free.lock();
+        let estimate = free.saturating_sub(self.written_since.load(Ordering::Relaxed));
+        if at.elapsed() < HOST_FREE_TTL && estimate >= HOST_FREE_EXACT_BELOW {
+            return Some(estimate);
         }
+        self.query_host_free()
     }
     fn name(&self) -> PathBuf {
         self.path.clone()
