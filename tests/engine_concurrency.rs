@@ -3,11 +3,12 @@
 //! write, never a spurious checksum error.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use cowfs::fs::Owner;
 use cowfs::pool::{FsckOptions, Pool, PoolOptions};
-use cowfs::store::device::MemDevice;
+use cowfs::store::device::{BlockDevice, MemDevice};
 
 #[test]
 fn parallel_reads_see_whole_versions_while_writers_commit() {
@@ -72,4 +73,124 @@ fn parallel_reads_see_whole_versions_while_writers_commit() {
     assert!(versions > 3, "readers saw the data change");
     let r = pool.fsck(&FsckOptions::default()).unwrap();
     assert!(r.is_clean(), "{r}");
+}
+
+/// A device whose first flush after `arm` waits until the test lets it go.
+struct GatedFlush {
+    inner: MemDevice,
+    armed: AtomicBool,
+    entered: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    release: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl BlockDevice for GatedFlush {
+    fn read_at(&self, addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_at(addr, buf)
+    }
+    fn write_at(&self, addr: u64, buf: &[u8]) -> std::io::Result<()> {
+        self.inner.write_at(addr, buf)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            if let Some(tx) = self.entered.lock().unwrap().take() {
+                tx.send(()).unwrap();
+            }
+            if let Some(rx) = self.release.lock().unwrap().take() {
+                rx.recv().unwrap();
+            }
+        }
+        self.inner.flush()
+    }
+    fn len_blocks(&self) -> u64 {
+        self.inner.len_blocks()
+    }
+    fn fixed_capacity(&self) -> Option<u64> {
+        self.inner.fixed_capacity()
+    }
+    fn host_free_bytes(&self) -> Option<u64> {
+        None
+    }
+    fn name(&self) -> std::path::PathBuf {
+        "<gated>".into()
+    }
+}
+
+/// fsync's flush runs without the pool lock: while one sync waits for the device,
+/// other writes, reads and a second sync proceed; when the flush completes, both
+/// syncs' changes are durable.
+#[test]
+fn sync_flushes_without_holding_the_pool_lock() {
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let mem = MemDevice::new();
+    let dev = Arc::new(GatedFlush {
+        inner: mem.clone(),
+        armed: AtomicBool::new(false),
+        entered: Mutex::new(Some(entered_tx)),
+        release: Mutex::new(Some(release_rx)),
+    });
+    let opts = PoolOptions {
+        capacity_bytes: Some(64 << 20),
+        ..Default::default()
+    };
+    let pool = Arc::new(Pool::create_on(dev.clone(), &opts).unwrap());
+    let b = pool.branch_id("main").unwrap();
+    let mk = |name: &[u8]| {
+        pool.mknod(b, 1, name, libc::S_IFREG | 0o644, 0, Owner::default())
+            .unwrap()
+            .ino
+    };
+    let (f1, f2) = (mk(b"one"), mk(b"two"));
+    pool.commit().unwrap();
+    let g0 = pool.generation();
+
+    pool.write_file(b, f1, 0, b"first").unwrap();
+    dev.armed.store(true, Ordering::SeqCst);
+    let first = {
+        let pool = pool.clone();
+        std::thread::spawn(move || pool.sync())
+    };
+    entered_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the first sync reached its flush");
+    // The first sync is inside its flush: the pool is not locked (checked from
+    // another thread, so that a regression fails here instead of hanging).
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    {
+        let pool = pool.clone();
+        std::thread::spawn(move || {
+            pool.write_file(b, f2, 0, b"second").unwrap();
+            done_tx
+                .send(pool.read_file(b, f1, 0, 100).unwrap())
+                .unwrap();
+        });
+    }
+    let read = done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the pool stayed locked while a sync was flushing");
+    assert_eq!(read, b"first");
+    assert_eq!(
+        pool.generation(),
+        g0,
+        "not durable before its flush returns"
+    );
+    let second = {
+        let pool = pool.clone();
+        std::thread::spawn(move || pool.sync())
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        !first.is_finished(),
+        "the first sync returned before its flush"
+    );
+    release_tx.send(()).unwrap();
+    first.join().unwrap().unwrap();
+    second.join().unwrap().unwrap();
+    assert_eq!(pool.generation(), g0 + 2);
+
+    // What the device holds now opens with both writes.
+    let reopened = Pool::open_on(Arc::new(mem.snapshot()), &opts).unwrap();
+    assert_eq!(reopened.read_file(b, f1, 0, 100).unwrap(), b"first");
+    assert_eq!(reopened.read_file(b, f2, 0, 100).unwrap(), b"second");
+    assert!(reopened.fsck(&FsckOptions::default()).unwrap().is_clean());
 }

@@ -313,10 +313,11 @@ impl NodeStore {
         Some(m)
     }
 
-    /// Called once the commit of `generation` is durable.
-    pub fn commit_done(&mut self) {
+    /// Called once every block of the commit of `generation`, superblock included,
+    /// is written (the flush may still be running): the next transaction starts.
+    pub fn commit_written(&mut self) {
         self.written = Some(HashMap::new());
-        self.space.commit_done();
+        self.space.commit_written();
         self.generation += 1;
     }
 

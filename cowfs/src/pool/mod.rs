@@ -149,6 +149,10 @@ pub(crate) struct Engine {
     /// join `read_slot`. See `release_quarantine`.
     reads: Arc<ReadCounts>,
     read_slot: usize,
+    /// A commit whose blocks and superblock are written and whose flush runs
+    /// outside the lock (`Pool::sync`); no other commit may write until it is
+    /// durable.
+    flushing: Option<u64>,
     /// Branch quotas and reservations (see quota.rs).
     quotas: quota::Quotas,
     /// The last durable superblock has no manifest. A one-flush commit is sealed by
@@ -389,13 +393,25 @@ impl Pool {
     /// Make every change completed before this call durable (fsync, syncfs). Calls
     /// that arrive while a commit is running share the next one (group commit), and a
     /// call whose changes a finished commit already covers returns at once.
+    ///
+    /// The flush, the slow part, runs without the pool lock, so other requests
+    /// (reads, writes, the next transaction) go on meanwhile; a sync that finds a
+    /// commit being flushed flushes too (that covers it) and finishes it.
     pub fn sync(&self) -> PoolResult<()> {
         let want = self.running_gen.load(Ordering::Acquire);
         let mut e = self.e.lock();
-        if e.st.generation() > want || !e.has_changes() {
-            return Ok(());
+        loop {
+            let g = match e.flushing {
+                Some(g) => g,
+                None if e.st.generation() > want || !e.has_changes() => return Ok(()),
+                None => e.commit_write_checked()?,
+            };
+            let dev = e.st.dev.clone();
+            drop(e);
+            let flushed = dev.flush();
+            e = self.e.lock();
+            e.flush_done(g, flushed)?;
         }
-        Ok(e.commit()?)
     }
 
     /// The pool's path (or device name).
@@ -410,7 +426,8 @@ impl Pool {
 
     /// Generation of the last durable commit.
     pub fn generation(&self) -> u64 {
-        self.e.lock().st.generation() - 1
+        let e = self.e.lock();
+        e.st.generation() - 1 - u64::from(e.flushing.is_some())
     }
 
     pub fn list(&self) -> Vec<BranchInfo> {
@@ -777,6 +794,7 @@ impl Engine {
             running_gen: Arc::new(AtomicU64::new(st_gen)),
             reads: Arc::default(),
             read_slot: 0,
+            flushing: None,
             sealed: true,
             quotas: quota::Quotas::default(),
         }
@@ -1038,33 +1056,97 @@ impl Engine {
     /// Dirty nodes to fresh blocks, space map pages to fresh blocks, flush, next
     /// superblock slot, flush. On an I/O error the pool is poisoned (read-only).
     pub(crate) fn commit(&mut self) -> Result<(), StoreError> {
+        self.finish_flush()?;
         if self.poisoned {
             return Err(StoreError::Poisoned {
                 pool: self.st.dev.name(),
             });
         }
         // Nothing new: still seal a one-flush commit (see `sealed`), once.
-        let seal = !self.has_changes();
-        if seal && self.sealed {
+        if !self.has_changes() && self.sealed {
             return Ok(());
         }
-        let r = self.commit_inner(seal);
+        self.commit_write_checked()?;
+        self.finish_flush()
+    }
+
+    /// Write the running transaction as a commit, all but the final flush (see
+    /// `flushing`); its generation. On an I/O error the pool is poisoned.
+    fn commit_write_checked(&mut self) -> Result<u64, StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned {
+                pool: self.st.dev.name(),
+            });
+        }
+        let seal = !self.has_changes();
+        let r = self.commit_write(seal);
         if let Err(e) = &r {
             if !matches!(e, StoreError::NoSpace { .. }) {
-                log::error!(
-                    "{}: commit failed, pool is now read-only: {e}",
-                    self.st.dev.name().display()
-                );
-                self.poisoned = true;
+                self.poison(e);
             }
         }
         r
     }
 
+    fn poison(&mut self, e: &StoreError) {
+        log::error!(
+            "{}: commit failed, pool is now read-only: {e}",
+            self.st.dev.name().display()
+        );
+        self.poisoned = true;
+    }
+
+    /// Flush, under the lock, a commit whose flush is still outstanding.
+    fn finish_flush(&mut self) -> Result<(), StoreError> {
+        match self.flushing {
+            Some(g) => {
+                let r = self.st.dev.flush();
+                self.flush_done(g, r)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The flush of commit `g` returned `r` (it ran after g's last write, so it
+    /// covers g). Nothing to do if g was finished meanwhile.
+    fn flush_done(&mut self, g: u64, r: std::io::Result<()>) -> Result<(), StoreError> {
+        if self.flushing != Some(g) {
+            return if self.poisoned {
+                Err(StoreError::Poisoned {
+                    pool: self.st.dev.name(),
+                })
+            } else {
+                Ok(())
+            };
+        }
+        self.flushing = None;
+        if let Err(source) = r {
+            let e = StoreError::Io {
+                pool: self.st.dev.name(),
+                block: Superblock::slot_for(g),
+                source,
+            };
+            self.poison(&e);
+            return Err(e);
+        }
+        // Blocks freed by the previous commit become allocatable once the reads that
+        // started before it are over (the other slot; almost always already done),
+        // and those this commit freed go to quarantine, where reads started before
+        // now may still be using them: new reads go to the drained slot. So a
+        // commit never waits for reads that started after the previous one.
+        let older = self.read_slot ^ 1;
+        self.wait_for_reads(older);
+        self.st.space.release_quarantine();
+        self.st.space.commit_durable();
+        self.read_slot = older;
+        Ok(())
+    }
+
     /// `seal`: write the superblock without a manifest, making the previous one-flush
     /// commit final (open no longer verifies its blocks, so damage found later is
     /// reported as damage instead of silently rolling that commit back).
-    fn commit_inner(&mut self, seal: bool) -> Result<(), StoreError> {
+    fn commit_write(&mut self, seal: bool) -> Result<u64, StoreError> {
+        debug_assert!(self.flushing.is_none(), "a commit is still being flushed");
         let generation = self.st.generation();
         for id in std::mem::take(&mut self.deleted_branches) {
             self.catalog_root =
@@ -1111,20 +1193,11 @@ impl Engine {
         };
         let slot = Superblock::slot_for(generation);
         dev.write_at(slot, &sb.encode()).map_err(|e| io(e, slot))?;
-        dev.flush().map_err(|e| io(e, slot))?;
-        // Blocks freed by the previous commit become allocatable once the reads that
-        // started before it are over (the other slot; almost always already done),
-        // and those this commit freed go to quarantine, where reads started before
-        // now may still be using them: new reads go to the drained slot. So a
-        // commit never waits for reads that started after the previous one (it
-        // used to wait for every read in flight, holding the lock).
-        let older = self.read_slot ^ 1;
-        self.wait_for_reads(older);
-        self.st.space.release_quarantine();
-        self.st.commit_done();
-        self.read_slot = older;
+        // The next transaction starts now; this one is durable after a flush.
+        self.st.commit_written();
+        self.flushing = Some(generation);
         self.running_gen
             .store(self.st.generation(), Ordering::Release);
-        Ok(())
+        Ok(generation)
     }
 }

@@ -20,7 +20,7 @@ pub const PTRS_PER_INDEX: u64 = (PAYLOAD_SIZE / 8) as u64;
 pub const FIRST_USABLE: u64 = 2;
 
 /// How far (in blocks, 256 MiB) the allocation cursor may run past twice the blocks
-/// in use before it wraps to the start (see `SpaceMap::commit_done`).
+/// in use before it wraps to the start (see `SpaceMap::commit_written`).
 const WRAP_SLACK: u64 = 65536;
 
 /// A dirty space-map page to write at commit.
@@ -64,7 +64,10 @@ pub struct SpaceMap {
     fresh: HashSet<BlockAddr>,
     /// Blocks freed in the running transaction that are live in the last commit.
     pending_free: HashSet<BlockAddr>,
-    /// Freed by the last commit: nothing durable refers to them any more, but a
+    /// Freed by a commit that is written but not yet flushed: the durable state
+    /// may still refer to them.
+    in_flight: HashSet<BlockAddr>,
+    /// Freed by the last durable commit: nothing durable refers to them, but a
     /// file read that started before that commit may still be reading them outside
     /// the pool lock. Allocatable once the pool has seen those reads finish
     /// (`release_quarantine`).
@@ -90,6 +93,7 @@ impl SpaceMap {
             index: HashMap::new(),
             fresh: HashSet::new(),
             pending_free: HashSet::new(),
+            in_flight: HashSet::new(),
             quarantine: HashSet::new(),
             used: 0,
             cursor: FIRST_USABLE,
@@ -124,6 +128,7 @@ impl SpaceMap {
             index: HashMap::new(),
             fresh: HashSet::new(),
             pending_free: HashSet::new(),
+            in_flight: HashSet::new(),
             quarantine: HashSet::new(),
             used,
             cursor: FIRST_USABLE,
@@ -353,6 +358,7 @@ impl SpaceMap {
         Ok(b >= FIRST_USABLE
             && b < self.capacity
             && !self.pending_free.contains(&b)
+            && !self.in_flight.contains(&b)
             && !self.quarantine.contains(&b)
             && self.get(dev, b)? == 0)
     }
@@ -546,12 +552,13 @@ impl SpaceMap {
         Ok((self.root, written))
     }
 
-    /// The commit is durable: nothing is fresh, and blocks freed in it go to
-    /// quarantine (see `quarantine`); call `release_quarantine` first.
-    pub fn commit_done(&mut self) {
+    /// The commit is written (its flush may still be running): nothing is fresh
+    /// any more, so the next transaction copies what this one wrote, and the
+    /// blocks it freed wait for its flush.
+    pub fn commit_written(&mut self) {
         self.fresh.clear();
-        debug_assert!(self.quarantine.is_empty(), "quarantine not released");
-        self.quarantine.extend(self.pending_free.drain());
+        debug_assert!(self.in_flight.is_empty(), "previous commit not durable");
+        self.in_flight.extend(self.pending_free.drain());
         // Next fit makes copy-on-write writes sequential on the medium (measured:
         // 4 KiB random writes with fsync ran at about twice the rate of first fit,
         // whose reuse of scattered holes makes the host's writes random). But a pool
@@ -577,15 +584,22 @@ impl SpaceMap {
         self.cursor = FIRST_USABLE;
     }
 
+    /// The written commit is durable: the blocks it freed go to quarantine (see
+    /// `quarantine`); call `release_quarantine` first.
+    pub fn commit_durable(&mut self) {
+        debug_assert!(self.quarantine.is_empty(), "quarantine not released");
+        self.quarantine.extend(self.in_flight.drain());
+    }
+
     /// Reads that could use the quarantined blocks are over: they are allocatable.
     pub fn release_quarantine(&mut self) {
         self.quarantine.clear();
     }
 
-    /// Blocks freed but not allocatable yet: in the running transaction (reusable
-    /// after its commit) or in quarantine.
+    /// Blocks freed but not allocatable yet: in the running transaction, in a
+    /// commit being flushed, or in quarantine.
     pub fn pending_free_count(&self) -> usize {
-        self.pending_free.len() + self.quarantine.len()
+        self.pending_free.len() + self.in_flight.len() + self.quarantine.len()
     }
 
     /// Address of leaf page `leaf_no` as its index page records it (0: never written,
@@ -684,8 +698,9 @@ mod tests {
         let mut m = SpaceMap::create(cap, 1);
         let mut live: Vec<BlockAddr> = (0..1000).map(|_| m.alloc(&dev, 1).unwrap().0).collect();
         m.write_dirty(&dev, 1).unwrap();
+        m.commit_written();
         m.release_quarantine();
-        m.commit_done();
+        m.commit_durable();
         let mut highest = 0;
         for round in 0..400u64 {
             // Rewrite 500 of the 1000 live blocks elsewhere, then commit.
@@ -695,8 +710,9 @@ mod tests {
                 highest = highest.max(*slot);
             }
             m.write_dirty(&dev, round + 2).unwrap();
-            m.release_quarantine();
-        m.commit_done();
+            m.commit_written();
+        m.release_quarantine();
+        m.commit_durable();
         }
         // 200,000 allocations: without wrapping they would have reached block 200,000.
         assert!(
@@ -720,8 +736,9 @@ mod tests {
         m.dec(&dev, a + 9).unwrap();
         assert!(m.allocatable(&dev, a + 9).unwrap());
         let (root, _) = m.write_dirty(&dev, 1).unwrap();
+        m.commit_written();
         m.release_quarantine();
-        m.commit_done();
+        m.commit_durable();
         let used = m.used();
         let mut r = SpaceMap::open(cap, m.depth(), root, used, 1);
         assert_eq!(r.get(&dev, a).unwrap(), 2);
