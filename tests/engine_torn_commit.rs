@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use cowfs::fs::Owner;
-use cowfs::pool::{FsckOptions, Pool, PoolOptions};
+use cowfs::pool::{BranchId, FsckOptions, Pool, PoolOptions};
 use cowfs::store::device::{DeviceEvent, MemDevice};
 
 fn opts() -> PoolOptions {
@@ -15,35 +15,66 @@ fn opts() -> PoolOptions {
     }
 }
 
-#[test]
-fn torn_small_commit_falls_back_and_complete_one_stands() {
+/// A pool holding file `f` (8 KiB of 1s, committed), then one small commit that
+/// writes `data` at `off`, recorded.
+struct SmallCommit {
+    /// The image before that commit, and its generation.
+    before: MemDevice,
+    g: u64,
+    b: BranchId,
+    ino: u64,
+    writes: Vec<(u64, Vec<u8>)>,
+    flushes: usize,
+}
+
+fn record_small_commit(off: u64, data: &[u8]) -> SmallCommit {
     let dev = MemDevice::new();
     let pool = Pool::create_on(Arc::new(dev.clone()), &opts()).unwrap();
     let b = pool.branch_id("main").unwrap();
-    let f = pool
+    let ino = pool
         .mknod(b, 1, b"f", libc::S_IFREG | 0o644, 0, Owner::default())
-        .unwrap();
-    pool.write_file(b, f.ino, 0, &vec![1u8; 8192]).unwrap();
+        .unwrap()
+        .ino;
+    pool.write_file(b, ino, 0, &[1u8; 8192]).unwrap();
     pool.commit().unwrap();
     let before = dev.snapshot();
     let g = pool.generation();
-
     dev.start_recording();
-    pool.write_file(b, f.ino, 4096, &vec![2u8; 8192]).unwrap();
+    pool.write_file(b, ino, off, data).unwrap();
     pool.commit().unwrap();
     let log = dev.take_log();
     let flushes = log
         .iter()
         .filter(|e| matches!(e, DeviceEvent::Flush))
         .count();
-    assert_eq!(flushes, 1, "a small commit needs a single flush");
-    let writes: Vec<(u64, Vec<u8>)> = log
+    let writes = log
         .into_iter()
         .filter_map(|e| match e {
             DeviceEvent::Write { addr, data } => Some((addr, data)),
             DeviceEvent::Flush => None,
         })
         .collect();
+    SmallCommit {
+        before,
+        g,
+        b,
+        ino,
+        writes,
+        flushes,
+    }
+}
+
+#[test]
+fn torn_small_commit_falls_back_and_complete_one_stands() {
+    let SmallCommit {
+        before,
+        g,
+        b,
+        ino,
+        writes,
+        flushes,
+    } = record_small_commit(4096, &[2u8; 8192]);
+    assert_eq!(flushes, 1, "a small commit needs a single flush");
     let sb_slot = (g + 1) % 2;
     assert!(writes.iter().any(|(a, _)| *a == sb_slot));
     let others: Vec<&(u64, Vec<u8>)> = writes.iter().filter(|(a, _)| *a != sb_slot).collect();
@@ -68,7 +99,7 @@ fn torn_small_commit_falls_back_and_complete_one_stands() {
             g,
             "skip {skip}: torn commit must not be accepted"
         );
-        let data = p.read_file(b, f.ino, 0, 1 << 20).unwrap();
+        let data = p.read_file(b, ino, 0, 1 << 20).unwrap();
         assert_eq!(data, vec![1u8; 8192], "skip {skip}");
         let r = p.fsck(&FsckOptions::default()).unwrap();
         assert!(r.is_clean(), "skip {skip}: {r}");
@@ -83,7 +114,7 @@ fn torn_small_commit_falls_back_and_complete_one_stands() {
     assert_eq!(p.generation(), g + 1);
     let mut want = vec![1u8; 4096];
     want.extend(vec![2u8; 8192]);
-    assert_eq!(p.read_file(b, f.ino, 0, 1 << 20).unwrap(), want);
+    assert_eq!(p.read_file(b, ino, 0, 1 << 20).unwrap(), want);
 }
 
 #[test]
@@ -120,27 +151,14 @@ fn large_commit_flushes_before_its_superblock() {
 /// (nothing is replayed twice), and the next commit supersedes the torn record.
 #[test]
 fn garbage_torn_or_truncated_log_tail_is_ignored_and_reopen_is_idempotent() {
-    let dev = MemDevice::new();
-    let pool = Pool::create_on(Arc::new(dev.clone()), &opts()).unwrap();
-    let b = pool.branch_id("main").unwrap();
-    let f = pool
-        .mknod(b, 1, b"f", libc::S_IFREG | 0o644, 0, Owner::default())
-        .unwrap();
-    pool.write_file(b, f.ino, 0, &vec![1u8; 8192]).unwrap();
-    pool.commit().unwrap();
-    let before = dev.snapshot();
-    let g = pool.generation();
-    dev.start_recording();
-    pool.write_file(b, f.ino, 0, &vec![2u8; 8192]).unwrap();
-    pool.commit().unwrap();
-    let writes: Vec<(u64, Vec<u8>)> = dev
-        .take_log()
-        .into_iter()
-        .filter_map(|e| match e {
-            DeviceEvent::Write { addr, data } => Some((addr, data)),
-            DeviceEvent::Flush => None,
-        })
-        .collect();
+    let SmallCommit {
+        before,
+        g,
+        b,
+        ino,
+        writes,
+        ..
+    } = record_small_commit(0, &[2u8; 8192]);
     let slot = (g + 1) % 2;
     let sb = writes.iter().find(|(a, _)| *a == slot).unwrap().1.clone();
     let others: Vec<&(u64, Vec<u8>)> = writes.iter().filter(|(a, _)| *a != slot).collect();
@@ -184,7 +202,7 @@ fn garbage_torn_or_truncated_log_tail_is_ignored_and_reopen_is_idempotent() {
                 .unwrap_or_else(|e| panic!("{what}, open {attempt}: {e}"));
             assert_eq!(p.generation(), g, "{what}, open {attempt}");
             assert_eq!(
-                p.read_file(b, f.ino, 0, 1 << 20).unwrap(),
+                p.read_file(b, ino, 0, 1 << 20).unwrap(),
                 vec![1u8; 8192],
                 "{what}, open {attempt}"
             );
@@ -193,14 +211,14 @@ fn garbage_torn_or_truncated_log_tail_is_ignored_and_reopen_is_idempotent() {
         }
         // A new commit on the recovered pool supersedes the torn record.
         let p = Pool::open_on(Arc::new(img.clone()), &opts()).unwrap();
-        p.write_file(b, f.ino, 0, &[3u8; 100]).unwrap();
+        p.write_file(b, ino, 0, &[3u8; 100]).unwrap();
         p.commit().unwrap();
         drop(p);
         let p = Pool::open_on(Arc::new(img), &opts()).unwrap();
         assert!(p.generation() > g, "{what}: the next commit");
         let mut want = vec![3u8; 100];
         want.extend(vec![1u8; 8092]);
-        assert_eq!(p.read_file(b, f.ino, 0, 1 << 20).unwrap(), want, "{what}");
+        assert_eq!(p.read_file(b, ino, 0, 1 << 20).unwrap(), want, "{what}");
         assert!(
             p.fsck(&FsckOptions::default()).unwrap().is_clean(),
             "{what}"
