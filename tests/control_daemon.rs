@@ -8,11 +8,9 @@ mod control_support;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use control_support::{is_mountpoint, kind, Served};
+use control_support::{connect, is_mountpoint, kind, Served};
 use cowfs_ctl::proto::{ErrorKind, GroupMember, MountSpec};
-use cowfs_ctl::Client;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cowfs");
 
@@ -31,19 +29,6 @@ fn serve(pool: &Path, socket: &Path) -> Served {
         .spawn()
         .expect("spawn cowfs serve");
     Served::new(child, &base)
-}
-
-fn connect(socket: &Path, secret: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match Client::connect(socket, secret) {
-            Ok(c) => return c,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "daemon never answered: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
 }
 
 #[test]

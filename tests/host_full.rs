@@ -22,9 +22,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use control_support::{kind, Served};
+use control_support::{connect, kind, Served};
 use cowfs_ctl::proto::{ErrorKind, MountSpec};
-use cowfs_ctl::Client;
 use mount::{cpath, errno_of, is_mounted, Fixture};
 
 const MIB: u64 = 1 << 20;
@@ -367,19 +366,6 @@ fn host_fs_full_gives_enospc_and_keeps_acknowledged_data() {
 
 // ---------------------------------------------------------------------------
 // Reservation of a protected branch when the host is the limit.
-
-fn connect(socket: &Path, secret: &str) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match Client::connect(socket, secret) {
-            Ok(c) => return c,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "daemon never answered: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
 
 #[test]
 fn reservation_of_a_protected_branch_holds_when_the_host_is_full() {

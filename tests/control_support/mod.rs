@@ -143,6 +143,23 @@ pub fn is_mountpoint(dir: &Path) -> bool {
         .any(|l| l.split_whitespace().nth(1) == Some(d.as_ref()))
 }
 
+/// A client of a `cowfs serve` that may still be starting: retries for 20 s.
+pub fn connect(socket: &Path, secret: &str) -> Client {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match Client::connect(socket, secret) {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "daemon never answered: {e}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+}
+
 /// The server's error kind of a failed call (panics on success or a transport
 /// error, which would be a different bug).
 pub fn kind<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorKind {
