@@ -1385,3 +1385,20 @@ fn write_truncate_and_chown_drop_privileges() {
     drop(m);
     fx.assert_fsck_clean();
 }
+
+/// Terminal ioctls on a file fail with ENOTTY, as on any regular file (isatty).
+#[test]
+fn terminal_ioctl_on_a_file_is_enotty() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let p = m.mnt.join("f");
+    write_file(&p, b"x");
+    let f = File::open(&p).unwrap();
+    // SAFETY: TCGETS writes a termios into the zeroed buffer we pass.
+    let (r, e) = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        let r = libc::ioctl(f.as_raw_fd(), libc::TCGETS, &mut t);
+        (r, std::io::Error::last_os_error().raw_os_error())
+    };
+    assert_eq!((r, e), (-1, Some(libc::ENOTTY)));
+}

@@ -443,6 +443,23 @@ impl Filesystem for CowFs {
         reply.ok();
     }
 
+    /// No ioctls are supported. ENOTTY is the answer a regular file gives to
+    /// terminal ioctls: Python's open() asks TCGETS (isatty) of every file it
+    /// opens, and fuser's default would log a warning for each.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     fn fsync(
         &self,
         _req: &Request,

@@ -112,9 +112,12 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is too large"))
 }
 
-/// Info by default; fuser's complaint when the kernel already tore a mount down at
-/// unmount is noise.
-const LOG_DEFAULT: &str = "info,fuser::session=error";
+/// Info by default. Two of fuser's messages are noise: its complaint when the kernel
+/// already tore a mount down at unmount, and "Failed to send FUSE reply: ENOENT",
+/// which is the kernel refusing the reply to a request it already answered because
+/// the caller was interrupted (fuser 0.18 cannot act on FUSE_INTERRUPT; PostgreSQL's
+/// signals made about 1,000 of these in a 20-minute soak).
+const LOG_DEFAULT: &str = "info,fuser::session=error,fuser::reply=off";
 
 type Fallible = Result<ExitCode, Box<dyn std::error::Error>>;
 
@@ -178,13 +181,24 @@ const MMAP_THRESHOLD: usize = 4 << 20;
 /// kept (52 MiB after unmounting them). A fixed threshold keeps those buffers
 /// mmapped: untouched pages stay unbacked and unmount returns them. Smaller blocks
 /// (1 MiB read and write buffers) stay in the arenas, as before.
+///
+/// And cap the number of malloc arenas: glibc gives busy threads arenas of their
+/// own, up to 8 per core, and the daemon runs 4 FUSE workers per mount plus the
+/// control server and hooks. The soak (benches/soak.sh) measured about 15 arenas of
+/// 16-32 MiB each and 290-430 MiB resident by default; with 2 arenas the same run
+/// peaked at 116-130 MiB. The daemon's threads mostly wait for the kernel or the
+/// pool lock, so they gain little from private arenas.
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets a malloc parameter; no pointers are involved.
+    // SAFETY: mallopt only sets malloc parameters; no pointers are involved.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
+        libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
     }
 }
+
+/// See `tune_malloc`.
+const MALLOC_ARENAS: libc::c_int = 2;
 
 fn main() -> ExitCode {
     tune_malloc();
