@@ -556,9 +556,9 @@ impl SpaceMap {
     /// any more, so the next transaction copies what this one wrote, and the
     /// blocks it freed wait for its flush.
     pub fn commit_written(&mut self) {
-        self.fresh.clear();
+        empty(&mut self.fresh);
         debug_assert!(self.in_flight.is_empty(), "previous commit not durable");
-        self.in_flight.extend(self.pending_free.drain());
+        hand_over(&mut self.pending_free, &mut self.in_flight);
         // Next fit makes copy-on-write writes sequential on the medium (measured:
         // 4 KiB random writes with fsync ran at about twice the rate of first fit,
         // whose reuse of scattered holes makes the host's writes random). But a pool
@@ -588,12 +588,12 @@ impl SpaceMap {
     /// `quarantine`); call `release_quarantine` first.
     pub fn commit_durable(&mut self) {
         debug_assert!(self.quarantine.is_empty(), "quarantine not released");
-        self.quarantine.extend(self.in_flight.drain());
+        hand_over(&mut self.in_flight, &mut self.quarantine);
     }
 
     /// Reads that could use the quarantined blocks are over: they are allocatable.
     pub fn release_quarantine(&mut self) {
-        self.quarantine.clear();
+        empty(&mut self.quarantine);
     }
 
     /// Blocks freed but not allocatable yet: in the running transaction, in a
@@ -676,10 +676,86 @@ impl SpaceMap {
     }
 }
 
+/// A block set keeps at most this capacity once emptied (see `empty`).
+const KEEP_CAPACITY: usize = 1 << 14;
+
+/// Empty a block set. Clearing (and draining) a hash set costs its capacity, not its
+/// length, and the capacity never shrinks: after one commit that freed or allocated
+/// millions of blocks (deleting 8 GiB of files frees 2 million) every later commit
+/// paid for it, about 1 ms of CPU per fsync (measured with `cowfs serve`: 220 us per
+/// fsync before such a delete, 1,100-2,000 us after). A set grown that large is
+/// dropped instead.
+fn empty(s: &mut HashSet<BlockAddr>) {
+    if s.capacity() > KEEP_CAPACITY {
+        *s = HashSet::new();
+    } else {
+        s.clear();
+    }
+}
+
+/// Move every block of `from` into `to`: by swapping the sets when `to` is empty (as
+/// it is at each step of pending_free -> in_flight -> quarantine), so a commit does
+/// not walk its freed blocks once per step.
+fn hand_over(from: &mut HashSet<BlockAddr>, to: &mut HashSet<BlockAddr>) {
+    if to.is_empty() {
+        std::mem::swap(from, to);
+    } else {
+        to.extend(from.drain());
+    }
+    empty(from);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::device::MemDevice;
+
+    /// One commit that frees many blocks must not leave large (empty) sets behind:
+    /// emptying them costs their capacity at every later commit.
+    #[test]
+    fn a_big_free_leaves_no_big_sets_behind() {
+        let dev = MemDevice::new();
+        let mut m = SpaceMap::create(1 << 20, 1);
+        let n = 4 * KEEP_CAPACITY as u64;
+        let mut blocks = Vec::new();
+        while (blocks.len() as u64) < n {
+            let (a, got) = m.alloc(&dev, n - blocks.len() as u64).unwrap();
+            blocks.extend(a..a + got);
+        }
+        m.write_dirty(&dev, 1).unwrap();
+        m.commit_written();
+        m.release_quarantine();
+        m.commit_durable();
+        for &b in &blocks {
+            m.dec(&dev, b).unwrap();
+        }
+        m.write_dirty(&dev, 2).unwrap();
+        m.commit_written();
+        m.release_quarantine();
+        m.commit_durable();
+        // Freed by a durable commit (with the map's own old pages): in quarantine,
+        // not allocatable yet.
+        assert!(m.pending_free_count() as u64 >= n);
+        assert!(!m.allocatable(&dev, blocks[0]).unwrap());
+        m.write_dirty(&dev, 3).unwrap();
+        m.commit_written();
+        m.release_quarantine();
+        m.commit_durable();
+        assert_eq!(m.pending_free_count(), 0);
+        assert!(m.allocatable(&dev, blocks[0]).unwrap());
+        for (name, s) in [
+            ("fresh", &m.fresh),
+            ("pending_free", &m.pending_free),
+            ("in_flight", &m.in_flight),
+            ("quarantine", &m.quarantine),
+        ] {
+            assert!(
+                s.capacity() <= KEEP_CAPACITY,
+                "{name} kept a capacity of {}",
+                s.capacity()
+            );
+        }
+    }
 
     #[test]
     fn depth_grows_with_capacity() {
@@ -711,8 +787,8 @@ mod tests {
             }
             m.write_dirty(&dev, round + 2).unwrap();
             m.commit_written();
-        m.release_quarantine();
-        m.commit_durable();
+            m.release_quarantine();
+            m.commit_durable();
         }
         // 200,000 allocations: without wrapping they would have reached block 200,000.
         assert!(
