@@ -2,9 +2,9 @@
 //! see one whole version of the data — never a mix, never blocks reused by a later
 //! write, never a spurious checksum error.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cowfs::fs::Owner;
 use cowfs::pool::{FsckOptions, Pool, PoolOptions};
@@ -32,8 +32,11 @@ fn parallel_reads_see_whole_versions_while_writers_commit() {
     pool.commit().unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Versions written so far: readers keep going until the writer has made a few,
+    // however the scheduler shares the two cores.
+    let written = Arc::new(AtomicUsize::new(0));
     let writer = {
-        let (pool, stop) = (pool.clone(), stop.clone());
+        let (pool, stop, written) = (pool.clone(), stop.clone(), written.clone());
         std::thread::spawn(move || {
             let mut v = 1u8;
             while !stop.load(Ordering::Relaxed) {
@@ -43,16 +46,20 @@ fn parallel_reads_see_whole_versions_while_writers_commit() {
                     pool.commit().unwrap();
                 }
                 v = v.wrapping_add(1);
+                written.fetch_add(1, Ordering::Relaxed);
             }
-            v
         })
     };
     let readers: Vec<_> = (0..3)
         .map(|_| {
-            let (pool, fixed_data) = (pool.clone(), fixed_data.clone());
+            let (pool, fixed_data, written) = (pool.clone(), fixed_data.clone(), written.clone());
             std::thread::spawn(move || {
                 let mut seen = std::collections::HashSet::new();
-                for _ in 0..400 {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut n = 0;
+                while n < 400 || (written.load(Ordering::Relaxed) < 6 && Instant::now() < deadline)
+                {
+                    n += 1;
                     assert_eq!(
                         pool.read_file(b, fixed.ino, 0, 1 << 20).unwrap(),
                         fixed_data
@@ -68,8 +75,11 @@ fn parallel_reads_see_whole_versions_while_writers_commit() {
         .collect();
     let versions: usize = readers.into_iter().map(|r| r.join().unwrap()).sum();
     stop.store(true, Ordering::Relaxed);
-    let written = writer.join().unwrap();
-    assert!(written > 3, "the writer made progress");
+    writer.join().unwrap();
+    assert!(
+        written.load(Ordering::Relaxed) > 3,
+        "the writer made progress"
+    );
     assert!(versions > 3, "readers saw the data change");
     let r = pool.fsck(&FsckOptions::default()).unwrap();
     assert!(r.is_clean(), "{r}");
