@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use control_support::{connect, is_mountpoint, kind, Served};
+use control_support::{connect, init_pool, is_mountpoint, kind, Served};
 use cowfs_ctl::proto::{ErrorKind, GroupMember, MountSpec};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cowfs");
@@ -40,26 +40,13 @@ fn serve_init_token_every_operation_and_restart() {
     let base = tmp.path().canonicalize().expect("canonical");
     let pool = base.join("pool");
     let socket = base.join("pool.sock");
-    let out = Command::new(BIN)
-        .args(["init", "--size", "1G"])
-        .arg(&pool)
-        .output()
-        .expect("cowfs init");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let admin_secret = init_pool(BIN, &pool);
     let secret_file = cowfs::control::tokens::secret_path(&pool);
     let mode = std::fs::metadata(&secret_file)
         .expect("POOL.token")
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
-    let admin_secret = std::fs::read_to_string(&secret_file)
-        .expect("read token")
-        .trim()
-        .to_string();
     let dirs: Vec<PathBuf> = ["m1", "m2"].iter().map(|d| base.join(d)).collect();
     for d in &dirs {
         std::fs::create_dir(d).expect("mkdir");
@@ -199,16 +186,7 @@ fn mounts_do_not_cost_megabytes_each() {
     let base = tmp.path().canonicalize().expect("canonical");
     let pool = base.join("pool");
     let socket = base.join("pool.sock");
-    let out = Command::new(BIN)
-        .args(["init", "--size", "1G"])
-        .arg(&pool)
-        .output()
-        .expect("cowfs init");
-    assert!(out.status.success());
-    let secret = std::fs::read_to_string(cowfs::control::tokens::secret_path(&pool))
-        .expect("read token")
-        .trim()
-        .to_string();
+    let secret = init_pool(BIN, &pool);
     let mut served = serve(&pool, &socket);
     let pid = served.pid().expect("pid");
     let mut admin = connect(&socket, &secret);

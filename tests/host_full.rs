@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use control_support::{connect, kind, Served};
+use control_support::{connect, init_pool, kind, Served};
 use cowfs_ctl::proto::{ErrorKind, MountSpec};
 use mount::{cpath, errno_of, is_mounted, Fixture};
 
@@ -379,20 +379,7 @@ fn reservation_of_a_protected_branch_holds_when_the_host_is_full() {
         .expect("tempdir");
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
     let base = tmp.path().canonicalize().expect("canonical");
-    let out = Command::new(mount::cowfs_bin())
-        .args(["init", "--size", "1G"])
-        .arg(&pool)
-        .output()
-        .expect("cowfs init");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let secret = fs::read_to_string(cowfs::control::tokens::secret_path(&pool))
-        .expect("POOL.token")
-        .trim()
-        .to_string();
+    let secret = init_pool(mount::cowfs_bin(), &pool);
     let socket = base.join("pool.sock");
     let (m_main, m_agent) = (base.join("main"), base.join("agent"));
     fs::create_dir(&m_main).expect("mkdir");

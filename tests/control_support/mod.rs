@@ -143,6 +143,25 @@ pub fn is_mountpoint(dir: &Path) -> bool {
         .any(|l| l.split_whitespace().nth(1) == Some(d.as_ref()))
 }
 
+/// `cowfs init --size 1G POOL` with the `cowfs` binary `bin`; the admin token's
+/// secret it wrote.
+pub fn init_pool(bin: &str, pool: &Path) -> String {
+    let out = Command::new(bin)
+        .args(["init", "--size", "1G"])
+        .arg(pool)
+        .output()
+        .expect("cowfs init");
+    assert!(
+        out.status.success(),
+        "cowfs init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(tokens::secret_path(pool))
+        .expect("POOL.token")
+        .trim()
+        .to_string()
+}
+
 /// A client of a `cowfs serve` that may still be starting: retries for 20 s.
 pub fn connect(socket: &Path, secret: &str) -> Client {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
