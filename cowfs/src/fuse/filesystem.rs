@@ -403,9 +403,10 @@ impl Filesystem for CowFs {
         if let Err(e) = self.writable() {
             return reply.error(e);
         }
-        let kill_setid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        if let Err(e) = self.drop_privileges_for_write(ino.0, kill_setid) {
-            return reply.error(errno(&e));
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            if let Err(e) = self.drop_privileges_for_write(ino.0) {
+                return reply.error(errno(&e));
+            }
         }
         // The kernel resolves O_APPEND offsets itself; `offset` is final.
         match self.pool.write_file(self.branch, ino.0, offset, data) {

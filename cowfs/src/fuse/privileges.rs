@@ -11,7 +11,10 @@
 //! - a truncate likewise. The kernel's flag for it (FATTR_KILL_SUIDGID) is not
 //!   passed on by fuser 0.18, so "without CAP_FSETID" is taken as "not uid 0".
 //! - chown of anything but a directory drops them, whoever asks.
-//! - any write, truncate or chown drops file capabilities.
+//! - any write, truncate or chown drops file capabilities. The kernel still does
+//!   this itself on write (it checks `security.capability` once per inode, then
+//!   remembers the inode has none), so ordinary writes cost nothing here; we drop
+//!   them too on the rarer paths that also drop set-id bits.
 
 use super::filesystem::CowFs;
 use crate::fs::{FsResult, SetAttr};
@@ -33,22 +36,20 @@ pub(crate) fn setattr_drops_setid(s: &SetAttr, caller_uid: u32) -> bool {
 }
 
 impl CowFs {
-    /// Before a write to `ino`: drop set-id bits when the kernel says the writer
-    /// lacks CAP_FSETID, and file capabilities always. When anything was dropped,
-    /// the kernel's cached mode is invalidated so that exec sees it at once.
-    pub(crate) fn drop_privileges_for_write(&self, ino: u64, kill_setid: bool) -> FsResult<()> {
+    /// Before a write the kernel flagged (the writer lacks CAP_FSETID): drop set-id
+    /// bits and file capabilities, and invalidate the kernel's cached mode so that
+    /// exec sees the change at once. Other writes need nothing (see above).
+    pub(crate) fn drop_privileges_for_write(&self, ino: u64) -> FsResult<()> {
         let mut changed = false;
-        if kill_setid {
-            let a = self.pool.getattr(self.branch, ino)?;
-            let m = without_setid(a.mode);
-            if m != a.mode && !a.is_dir() {
-                let s = SetAttr {
-                    mode: Some(m & 0o7777),
-                    ..SetAttr::default()
-                };
-                self.pool.setattr(self.branch, ino, &s)?;
-                changed = true;
-            }
+        let a = self.pool.getattr(self.branch, ino)?;
+        let m = without_setid(a.mode);
+        if m != a.mode && !a.is_dir() {
+            let s = SetAttr {
+                mode: Some(m & 0o7777),
+                ..SetAttr::default()
+            };
+            self.pool.setattr(self.branch, ino, &s)?;
+            changed = true;
         }
         changed |= self.drop_capabilities(ino)?;
         if changed {
