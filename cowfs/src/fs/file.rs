@@ -5,7 +5,7 @@
 
 use super::items::*;
 use super::{err, FsResult, FsTree};
-use crate::btree::Key;
+use crate::btree::{tree, Key};
 
 /// Largest file offset accepted (s_maxbytes).
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
@@ -45,24 +45,53 @@ impl FsTree<'_> {
         }
         let from = b0.saturating_sub(MAX_EXTENT_BLOCKS - 1) * BS;
         let to = (b1 * BS).saturating_sub(1);
+        // Visit the items in place: an extent's length follows from its item size,
+        // so only overlapping extents are decoded and nothing else is copied (a
+        // fragmented file has up to MAX_EXTENT_BLOCKS items before `b0`).
         let mut out = Vec::new();
-        for (k, v) in self.scan(
-            Key::new(ino, KIND_EXTENT, from),
-            Key::new(ino, KIND_EXTENT, to),
-        )? {
-            let e =
-                Extent::decode(&v).ok_or_else(|| self.corrupt(ino, "undecodable extent item"))?;
-            let start = k.off / BS;
-            if start + e.len() > b0 && start < b1 {
-                out.push((start, e));
-            }
+        let mut bad = false;
+        tree::range(
+            self.st,
+            *self.root,
+            &Key::new(ino, KIND_EXTENT, from),
+            &Key::new(ino, KIND_EXTENT, to),
+            &mut |k, v| {
+                let start = k.off / BS;
+                let len = (v.len().saturating_sub(16) / 4) as u64;
+                if start + len > b0 && start < b1 {
+                    match Extent::decode(v) {
+                        Some(e) => out.push((start, e)),
+                        None => {
+                            bad = true;
+                            return false;
+                        }
+                    }
+                }
+                true
+            },
+        )?;
+        if bad {
+            return Err(self.corrupt(ino, "undecodable extent item"));
         }
         Ok(out)
     }
 
     /// Remove the mapping of blocks [b0, b1), releasing the blocks it referenced.
     fn unmap(&mut self, ino: u64, i: &mut Inode, b0: u64, b1: u64) -> FsResult<()> {
-        for (start, e) in self.extents_in(ino, b0, b1)? {
+        let exts = self.extents_in(ino, b0, b1)?;
+        self.unmap_extents(ino, i, b0, b1, exts)
+    }
+
+    /// `unmap` with the overlapping extents already looked up (`extents_in`).
+    fn unmap_extents(
+        &mut self,
+        ino: u64,
+        i: &mut Inode,
+        b0: u64,
+        b1: u64,
+        exts: Vec<(u64, Extent)>,
+    ) -> FsResult<()> {
+        for (start, e) in exts {
             let end = start + e.len();
             self.del(&Key::new(ino, KIND_EXTENT, start * BS))?;
             if start < b0 {
@@ -111,7 +140,10 @@ impl FsTree<'_> {
     /// Replace blocks [b0, ..) with `data` (a whole number of blocks).
     fn write_blocks(&mut self, ino: u64, i: &mut Inode, b0: u64, data: &[u8]) -> FsResult<()> {
         let n = data.len() as u64 / BS;
-        if self.rewrite_in_place(ino, b0, data)? {
+        // One lookup serves both paths: allocating and writing data blocks below does
+        // not change the tree, so the list is still current when they are unmapped.
+        let exts = self.extents_in(ino, b0, b0 + n)?;
+        if self.rewrite_in_place(ino, b0, data, &exts)? {
             return Ok(());
         }
         // New blocks are allocated and written before the old ones are unmapped, so a
@@ -135,7 +167,7 @@ impl FsTree<'_> {
                 }
             }
         }
-        self.unmap(ino, i, b0, b0 + n)?;
+        self.unmap_extents(ino, i, b0, b0 + n, exts)?;
         let mut at = 0u64;
         for (phys, got) in runs {
             let chunk = &data[(at * BS) as usize..((at + got) * BS) as usize];
@@ -157,11 +189,16 @@ impl FsTree<'_> {
 
     /// If every target block was written in this transaction and only this file
     /// references it, overwrite it where it is (nothing committed can point at it).
-    fn rewrite_in_place(&mut self, ino: u64, b0: u64, data: &[u8]) -> FsResult<bool> {
+    fn rewrite_in_place(
+        &mut self,
+        ino: u64,
+        b0: u64,
+        data: &[u8],
+        exts: &[(u64, Extent)],
+    ) -> FsResult<bool> {
         let n = data.len() as u64 / BS;
-        let exts = self.extents_in(ino, b0, b0 + n)?;
         let mut covered = 0;
-        for (start, e) in &exts {
+        for (start, e) in exts {
             if e.unwritten() {
                 return Ok(false);
             }
@@ -178,7 +215,8 @@ impl FsTree<'_> {
         if covered != n {
             return Ok(false);
         }
-        for (start, mut e) in exts {
+        for (start, e) in exts {
+            let (start, mut e) = (*start, e.clone());
             let s = start.max(b0);
             let t = (start + e.len()).min(b0 + n);
             let chunk = &data[((s - b0) * BS) as usize..((t - b0) * BS) as usize];

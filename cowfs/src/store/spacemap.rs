@@ -384,14 +384,22 @@ impl SpaceMap {
                 let leaf_end = ((leaf_no + 1) * COUNTS_PER_LEAF).min(self.capacity);
                 let mut found = None;
                 let mut any_zero = false;
+                // Walk the page's counts directly: after the cursor wraps, free blocks
+                // are sparse among live ones and a lookup per block would dominate.
+                let base = leaf_no * COUNTS_PER_LEAF;
                 let mut x = b;
                 while x < leaf_end {
-                    if self.get(dev, x)? == 0 {
-                        any_zero = true;
-                        if self.allocatable(dev, x)? {
-                            found = Some(x);
-                            break;
-                        }
+                    let counts = &self.load_leaf(dev, leaf_no)?.counts;
+                    let from = (x - base) as usize;
+                    let to = (leaf_end - base) as usize;
+                    match counts[from..to].iter().position(|c| *c == 0) {
+                        Some(i) => x = base + (from + i) as u64,
+                        None => break,
+                    }
+                    any_zero = true;
+                    if self.allocatable(dev, x)? {
+                        found = Some(x);
+                        break;
                     }
                     x += 1;
                 }
