@@ -2,7 +2,7 @@
 //! pinned until commit, clean ones in a bounded cache), the space map, and the
 //! copy-on-write and reference-count rules every tree change goes through.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use super::key::Key;
@@ -33,14 +33,14 @@ pub struct NodeStore {
     pub dev: Arc<dyn BlockDevice>,
     pub space: SpaceMap,
     cache: NodeCache<Node>,
-    dirty: HashMap<BlockAddr, Arc<Node>>,
+    dirty: FxHashMap<BlockAddr, Arc<Node>>,
     pool_id: u64,
     generation: u64,
     refs_of: RefsFn,
     pub stats: IoStats,
     /// Blocks written in this transaction with the CRC32 of their content, while
     /// they still fit in a superblock manifest (then None).
-    written: Option<HashMap<BlockAddr, u32>>,
+    written: Option<FxHashMap<BlockAddr, u32>>,
     /// Limit on the data blocks the running operation may allocate (branch quotas
     /// and space reserved for other branches); set by the pool around one call.
     pub data_budget: Option<DataBudget>,
@@ -73,13 +73,13 @@ impl NodeStore {
             dev,
             space,
             cache: NodeCache::new(cache_bytes),
-            dirty: HashMap::new(),
+            dirty: FxHashMap::default(),
             pool_id,
             generation,
             refs_of,
             stats: IoStats::default(),
             data_budget: None,
-            written: Some(HashMap::new()),
+            written: Some(FxHashMap::default()),
         }
     }
 
@@ -316,7 +316,7 @@ impl NodeStore {
     /// Called once every block of the commit of `generation`, superblock included,
     /// is written (the flush may still be running): the next transaction starts.
     pub fn commit_written(&mut self) {
-        self.written = Some(HashMap::new());
+        self.written = Some(FxHashMap::default());
         self.space.commit_written();
         self.generation += 1;
     }

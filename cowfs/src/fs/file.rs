@@ -234,6 +234,10 @@ impl FsTree<'_> {
         let end = off + data.len() as u64;
         let b0 = off / BS;
         let b1 = end.div_ceil(BS);
+        if off.is_multiple_of(BS) && end.is_multiple_of(BS) {
+            // Whole blocks (every large sequential write): no staging copy.
+            return self.write_blocks(ino, i, b0, data);
+        }
         let mut buf = vec![0u8; ((b1 - b0) * BS) as usize];
         if !off.is_multiple_of(BS) {
             let old = self.read_blocks(ino, b0, 1)?;

@@ -4,7 +4,9 @@
 //! overwritten. A block is free when its count is zero; a block freed in the running
 //! transaction stays unusable until the commit that freed it is durable.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::block::{seal, verify, BlockKind, HEADER_SIZE, PAYLOAD_SIZE};
 use super::device::BlockDevice;
@@ -58,20 +60,20 @@ pub struct SpaceMap {
     depth: u8,
     root: BlockAddr,
     pool_id: u64,
-    leaves: HashMap<u64, Leaf>,
-    index: HashMap<(u8, u64), Index>,
+    leaves: FxHashMap<u64, Leaf>,
+    index: FxHashMap<(u8, u64), Index>,
     /// Blocks allocated in the running transaction (safe to overwrite in place).
-    fresh: HashSet<BlockAddr>,
+    fresh: FxHashSet<BlockAddr>,
     /// Blocks freed in the running transaction that are live in the last commit.
-    pending_free: HashSet<BlockAddr>,
+    pending_free: FxHashSet<BlockAddr>,
     /// Freed by a commit that is written but not yet flushed: the durable state
     /// may still refer to them.
-    in_flight: HashSet<BlockAddr>,
+    in_flight: FxHashSet<BlockAddr>,
     /// Freed by the last durable commit: nothing durable refers to them, but a
     /// file read that started before that commit may still be reading them outside
     /// the pool lock. Allocatable once the pool has seen those reads finish
     /// (`release_quarantine`).
-    quarantine: HashSet<BlockAddr>,
+    quarantine: FxHashSet<BlockAddr>,
     used: u64,
     cursor: u64,
     /// Leaf pages known to have no free entry, skipped by the allocator.
@@ -89,12 +91,12 @@ impl SpaceMap {
             depth: depth_for(capacity),
             root: 0,
             pool_id,
-            leaves: HashMap::new(),
-            index: HashMap::new(),
-            fresh: HashSet::new(),
-            pending_free: HashSet::new(),
-            in_flight: HashSet::new(),
-            quarantine: HashSet::new(),
+            leaves: FxHashMap::default(),
+            index: FxHashMap::default(),
+            fresh: FxHashSet::default(),
+            pending_free: FxHashSet::default(),
+            in_flight: FxHashSet::default(),
+            quarantine: FxHashSet::default(),
             used: 0,
             cursor: FIRST_USABLE,
             full_leaves: BTreeSet::new(),
@@ -124,12 +126,12 @@ impl SpaceMap {
             depth,
             root,
             pool_id,
-            leaves: HashMap::new(),
-            index: HashMap::new(),
-            fresh: HashSet::new(),
-            pending_free: HashSet::new(),
-            in_flight: HashSet::new(),
-            quarantine: HashSet::new(),
+            leaves: FxHashMap::default(),
+            index: FxHashMap::default(),
+            fresh: FxHashSet::default(),
+            pending_free: FxHashSet::default(),
+            in_flight: FxHashSet::default(),
+            quarantine: FxHashSet::default(),
             used,
             cursor: FIRST_USABLE,
             full_leaves: BTreeSet::new(),
@@ -693,9 +695,9 @@ const KEEP_CAPACITY: usize = 1 << 14;
 /// paid for it, about 1 ms of CPU per fsync (measured with `cowfs serve`: 220 us per
 /// fsync before such a delete, 1,100-2,000 us after). A set grown that large is
 /// dropped instead.
-fn empty(s: &mut HashSet<BlockAddr>) {
+fn empty(s: &mut FxHashSet<BlockAddr>) {
     if s.capacity() > KEEP_CAPACITY {
-        *s = HashSet::new();
+        *s = FxHashSet::default();
     } else {
         s.clear();
     }
@@ -704,7 +706,7 @@ fn empty(s: &mut HashSet<BlockAddr>) {
 /// Move every block of `from` into `to`: by swapping the sets when `to` is empty (as
 /// it is at each step of pending_free -> in_flight -> quarantine), so a commit does
 /// not walk its freed blocks once per step.
-fn hand_over(from: &mut HashSet<BlockAddr>, to: &mut HashSet<BlockAddr>) {
+fn hand_over(from: &mut FxHashSet<BlockAddr>, to: &mut FxHashSet<BlockAddr>) {
     if to.is_empty() {
         std::mem::swap(from, to);
     } else {
