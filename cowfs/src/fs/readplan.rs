@@ -32,28 +32,63 @@ pub enum Resolved {
     Plan(ReadPlan),
 }
 
+/// Bytes read from a file: a block-aligned buffer and the requested range of it.
+pub struct FileBytes {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl FileBytes {
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
+    pub fn into_vec(mut self) -> Vec<u8> {
+        if self.start == 0 {
+            self.buf.truncate(self.len);
+            self.buf
+        } else {
+            self.as_slice().to_vec()
+        }
+    }
+}
+
+impl From<Vec<u8>> for FileBytes {
+    fn from(buf: Vec<u8>) -> FileBytes {
+        let len = buf.len();
+        FileBytes { buf, start: 0, len }
+    }
+}
+
 impl ReadPlan {
     /// Read and verify. `None` if anything looks wrong (I/O error, checksum, bounds):
     /// the caller then repeats the read under the lock, which reports the error.
-    pub fn execute(&self, dev: &dyn BlockDevice) -> Option<Vec<u8>> {
-        let mut buf = vec![0u8; (self.blocks * BS) as usize];
+    pub fn execute(&self, dev: &dyn BlockDevice) -> Option<FileBytes> {
+        // One spare block so that the blocks start at a block-aligned address, which
+        // lets the device read them directly (`BlockDevice::read_data_at`).
+        let size = (self.blocks * BS) as usize;
+        let mut buf = vec![0u8; size + BS as usize];
+        let pad = buf.as_ptr().align_offset(BS as usize);
         let end_of_device = dev.len_blocks();
         for p in &self.pieces {
             let n = p.crcs.len() as u64;
             if p.phys + n > end_of_device {
                 return None;
             }
-            let dst = &mut buf[(p.at * BS) as usize..((p.at + n) * BS) as usize];
-            dev.read_at(p.phys, dst).ok()?;
+            let dst = &mut buf[pad + (p.at * BS) as usize..pad + ((p.at + n) * BS) as usize];
+            dev.read_data_at(p.phys, dst).ok()?;
             for (block, crc) in dst.chunks(BS as usize).zip(&p.crcs) {
                 if crc32fast::hash(block) != *crc {
                     return None;
                 }
             }
         }
-        buf.drain(..self.skip);
-        buf.truncate(self.len);
-        Some(buf)
+        Some(FileBytes {
+            buf,
+            start: pad + self.skip,
+            len: self.len,
+        })
     }
 }
 
@@ -72,7 +107,7 @@ impl FsTree<'_> {
         }
         let end = (off + len as u64).min(i.size);
         let (b0, b1) = (off / BS, end.div_ceil(BS));
-        let mut pieces = Vec::new();
+        let mut pieces: Vec<Piece> = Vec::new();
         for (start, e) in self.extents_in(ino, b0, b1)? {
             if e.unwritten() {
                 continue;
@@ -83,11 +118,23 @@ impl FsTree<'_> {
             if (phys..phys + (t - s)).any(|b| self.st.space.is_fresh(b)) {
                 return self.read(ino, off, len).map(Resolved::Done);
             }
-            pieces.push(Piece {
-                at: s - b0,
-                phys,
-                crcs: e.crcs[(s - start) as usize..(t - start) as usize].to_vec(),
-            });
+            let crcs = &e.crcs[(s - start) as usize..(t - start) as usize];
+            // Extents that continue each other on the device are read as one run:
+            // a sequential write lays consecutive extents out back to back, and one
+            // large direct read beats several small ones.
+            match pieces.last_mut() {
+                Some(p)
+                    if p.at + p.crcs.len() as u64 == s - b0
+                        && p.phys + p.crcs.len() as u64 == phys =>
+                {
+                    p.crcs.extend_from_slice(crcs)
+                }
+                _ => pieces.push(Piece {
+                    at: s - b0,
+                    phys,
+                    crcs: crcs.to_vec(),
+                }),
+            }
         }
         Ok(Resolved::Plan(ReadPlan {
             blocks: b1 - b0,

@@ -34,6 +34,13 @@ const READDIR_BATCH: usize = 512;
 /// Largest range shared by one copy_file_range request (the kernel loops for more).
 const MAX_CLONE: u64 = 1 << 30;
 
+/// Files keep their page cache across opens. Without FOPEN_KEEP_CACHE the kernel
+/// drops a file's cached pages at every open and reads them from the daemon again.
+/// Keeping them is safe because a mounted branch changes only through its one
+/// mount (a branch mounts once; reset refuses mounted branches), so the kernel's
+/// cache is never stale.
+const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
+
 pub(crate) struct CowFs {
     pub(super) pool: Arc<Pool>,
     pub(super) branch: BranchId,
@@ -335,7 +342,7 @@ impl Filesystem for CowFs {
             return reply.error(errno(&e));
         }
         let fh = self.handles.open(&self.pool, self.branch, ino.0);
-        reply.opened(FileHandle(fh), FopenFlags::empty());
+        reply.opened(FileHandle(fh), OPEN_FLAGS);
     }
 
     fn create(
@@ -361,7 +368,7 @@ impl Filesystem for CowFs {
                     &file_attr(&a),
                     Generation(0),
                     FileHandle(fh),
-                    FopenFlags::empty(),
+                    OPEN_FLAGS,
                 );
             }
             Err(e) => reply.error(errno(&e)),
@@ -381,9 +388,9 @@ impl Filesystem for CowFs {
     ) {
         match self
             .pool
-            .read_file(self.branch, ino.0, offset, size as usize)
+            .read_file_bytes(self.branch, ino.0, offset, size as usize)
         {
-            Ok(d) => reply.data(&d),
+            Ok(d) => reply.data(d.as_slice()),
             Err(e) => reply.error(errno(&e)),
         }
     }

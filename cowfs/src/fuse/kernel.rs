@@ -1,6 +1,8 @@
 //! What a mount asks of the kernel: mount options, worker threads and the
 //! capabilities negotiated at FUSE_INIT.
 
+use std::path::Path;
+
 use fuser::{Config, InitFlags, KernelConfig, MountOption, SessionACL};
 
 /// Largest read or write request: 1 MiB.
@@ -74,6 +76,36 @@ pub(crate) fn negotiate(cfg: &mut KernelConfig, read_only: bool) {
     }
     if let Err(n) = cfg.set_max_background(64) {
         log::info!("kernel limits background requests to {n}");
+    }
+}
+
+/// Readahead of a mounted branch, in KiB. The kernel starts a FUSE mount at 128 KiB
+/// (what it offers at FUSE_INIT, so `set_max_readahead` cannot ask for more).
+/// Measured on a cold 2 GiB sequential read: 128 KiB -> ~740 MiB/s, 1 MiB -> ~890,
+/// 4 MiB -> ~990, with the daemon reading data blocks directly: a wider window
+/// keeps several 1 MiB READ requests in flight, one per worker thread.
+const READAHEAD_KB: u32 = 4096;
+
+/// Widen the mount's readahead through its backing-device entry in sysfs. Needs
+/// root; without it the mount keeps the kernel's default, which is only slower.
+/// Must run after FUSE_INIT (which lowers the window to what the reply allows):
+/// stat on the mount point waits for it.
+pub(crate) fn widen_readahead(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = match std::fs::metadata(dir) {
+        Ok(m) => m.dev(),
+        Err(e) => {
+            log::info!("{}: {e}; readahead left at the default", dir.display());
+            return;
+        }
+    };
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    if let Err(e) = std::fs::write(&knob, READAHEAD_KB.to_string()) {
+        log::info!("{knob}: {e}; readahead left at the default");
     }
 }
 

@@ -119,6 +119,7 @@ impl MountTable {
             .name(format!("cowfs-{branch}"))
             .spawn(move || session.run())
             .map_err(mount_err)?;
+        kernel::widen_readahead(&dir);
         log::info!(
             "mounted branch '{branch}' on {}{}",
             dir.display(),

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::btree::{tree, NodeStore};
 use crate::fs::dir::DirListEntry;
 use crate::fs::file::SeekWhence;
-use crate::fs::readplan::Resolved;
+use crate::fs::readplan::{FileBytes, Resolved};
 use crate::fs::{Attr, FsError, FsResult, FsTree, Owner, SetAttr, ROOT_INO};
 use crate::store::device::{BlockDevice, FileDevice};
 use crate::store::spacemap::{depth_for, SpaceMap};
@@ -646,10 +646,23 @@ impl Pool {
     /// committed, read and verified outside it (several readers in parallel); any
     /// doubt (checksum, I/O) repeats the read under the lock, which reports errors.
     pub fn read_file(&self, b: BranchId, ino: u64, off: u64, len: usize) -> FsResult<Vec<u8>> {
+        self.read_file_bytes(b, ino, off, len)
+            .map(FileBytes::into_vec)
+    }
+
+    /// `read_file` without the final copy into a `Vec` of its own (the FUSE reply
+    /// takes a slice).
+    pub fn read_file_bytes(
+        &self,
+        b: BranchId,
+        ino: u64,
+        off: u64,
+        len: usize,
+    ) -> FsResult<FileBytes> {
         let (plan, dev, guard) = {
             let mut e = self.e.lock();
             match e.with_fs(b, false, |fs| fs.plan_read(ino, off, len))? {
-                Resolved::Done(v) => return Ok(v),
+                Resolved::Done(v) => return Ok(v.into()),
                 Resolved::Plan(p) => {
                     let slot = e.read_slot;
                     self.reads.slots[slot].fetch_add(1, Ordering::AcqRel);
@@ -663,7 +676,9 @@ impl Pool {
         drop(guard);
         match data {
             Some(v) => Ok(v),
-            None => self.read(b, |fs| fs.read(ino, off, len)),
+            None => self
+                .read(b, |fs| fs.read(ino, off, len))
+                .map(FileBytes::from),
         }
     }
     pub fn write_file(&self, b: BranchId, ino: u64, off: u64, data: &[u8]) -> FsResult<usize> {

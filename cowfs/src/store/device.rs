@@ -20,6 +20,12 @@ pub trait BlockDevice: Send + Sync {
     fn read_at(&self, addr: BlockAddr, buf: &mut [u8]) -> std::io::Result<()>;
     /// Write whole blocks starting at `addr`.
     fn write_at(&self, addr: BlockAddr, buf: &[u8]) -> std::io::Result<()>;
+    /// Read file data blocks (`read_at` semantics). A device may bypass its host's
+    /// page cache here when `buf` is block-aligned in memory: the caller verifies
+    /// every block's checksum and the FUSE page cache keeps what readers reuse.
+    fn read_data_at(&self, addr: BlockAddr, buf: &mut [u8]) -> std::io::Result<()> {
+        self.read_at(addr, buf)
+    }
     /// Make every completed write durable.
     fn flush(&self) -> std::io::Result<()>;
     /// Current length in blocks (a pool file grows as blocks are written).
@@ -35,6 +41,14 @@ pub trait BlockDevice: Send + Sync {
 /// A regular file (sparse, grows as needed) or a block device.
 pub struct FileDevice {
     file: File,
+    /// The same file opened with O_DIRECT for file data reads, when the host
+    /// filesystem supports it (tmpfs does not). Buffered reads copied every byte
+    /// from the host page cache into the daemon (perf: 62% of the daemon's CPU in a
+    /// cold sequential read; direct reads of this VM's disk ran 2.2 vs 0.83 GB/s)
+    /// and kept a second copy of file data in the host page cache. Linux writes
+    /// back dirty cached pages of a range before a direct read of it, so data
+    /// written through `file` reads back correctly.
+    direct: Option<File>,
     path: PathBuf,
     is_blockdev: bool,
     /// Length in bytes, kept here: the allocator asks on every data allocation,
@@ -69,8 +83,17 @@ impl FileDevice {
         } else {
             meta.len()
         };
+        let direct = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path)
+                .ok()
+        };
         let dev = FileDevice {
             file,
+            direct,
             path: path.to_path_buf(),
             is_blockdev,
             len: AtomicU64::new(len),
@@ -111,6 +134,31 @@ impl BlockDevice for FileDevice {
                 break;
             }
             done += n;
+        }
+        Ok(())
+    }
+    fn read_data_at(&self, addr: BlockAddr, buf: &mut [u8]) -> std::io::Result<()> {
+        let aligned = (buf.as_ptr() as usize).is_multiple_of(BLOCK_SIZE)
+            && buf.len().is_multiple_of(BLOCK_SIZE);
+        let Some(direct) = self.direct.as_ref().filter(|_| aligned) else {
+            return self.read_at(addr, buf);
+        };
+        let base = addr * BLOCK_SIZE as u64;
+        let mut done = 0;
+        while done < buf.len() {
+            match direct.read_at(&mut buf[done..], base + done as u64) {
+                Ok(0) => {
+                    buf[done..].fill(0);
+                    break;
+                }
+                // A direct read returns whole blocks short only at the end of the file.
+                Ok(n) => done += n,
+                // Some filesystems refuse direct I/O only at read time.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    return self.read_at(addr, buf);
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
