@@ -143,7 +143,9 @@ impl FsTree<'_> {
         // One lookup serves both paths: allocating and writing data blocks below does
         // not change the tree, so the list is still current when they are unmapped.
         let exts = self.extents_in(ino, b0, b0 + n)?;
-        if self.rewrite_in_place(ino, b0, data, &exts)? {
+        if self.rewrite_in_place(ino, b0, data, &exts)?
+            || self.fill_unwritten(ino, b0, data, &exts)?
+        {
             return Ok(());
         }
         // New blocks are allocated and written before the old ones are unmapped, so a
@@ -225,6 +227,73 @@ impl FsTree<'_> {
                 e.crcs[(s - start) as usize + j] = crc32fast::hash(c);
             }
             self.put(Key::new(ino, KIND_EXTENT, start * BS), e.encode())?;
+        }
+        Ok(true)
+    }
+
+    /// If every target block lies in an unwritten (fallocated) extent that only this
+    /// file references, write the data into those blocks where they are and mark
+    /// them written, as a native filesystem converts unwritten extents. Crash-safe
+    /// without copy-on-write: until the commit, the durable tree still calls the
+    /// blocks unwritten, and unwritten blocks read as zeros whatever they hold.
+    /// Saves an allocation and a free per block (fio, for one, fallocates every file
+    /// before writing it) and keeps the file where fallocate laid it out.
+    fn fill_unwritten(
+        &mut self,
+        ino: u64,
+        b0: u64,
+        data: &[u8],
+        exts: &[(u64, Extent)],
+    ) -> FsResult<bool> {
+        let n = data.len() as u64 / BS;
+        let mut covered = 0;
+        for (start, e) in exts {
+            if !e.unwritten() {
+                return Ok(false);
+            }
+            let s = (*start).max(b0);
+            let t = (start + e.len()).min(b0 + n);
+            for b in s..t {
+                if self.st.space.get(&*self.st.dev, e.phys + (b - start))? != 1 {
+                    return Ok(false);
+                }
+            }
+            covered += t - s;
+        }
+        if covered != n {
+            return Ok(false);
+        }
+        // All data first: a failed write leaves every extent unwritten, as it was.
+        for (start, e) in exts {
+            let s = (*start).max(b0);
+            let t = (start + e.len()).min(b0 + n);
+            let chunk = &data[((s - b0) * BS) as usize..((t - b0) * BS) as usize];
+            self.st.write_data(e.phys + (s - start), chunk)?;
+        }
+        for (start, e) in exts {
+            let start = *start;
+            let s = start.max(b0);
+            let t = (start + e.len()).min(b0 + n);
+            let chunk = &data[((s - b0) * BS) as usize..((t - b0) * BS) as usize];
+            self.del(&Key::new(ino, KIND_EXTENT, start * BS))?;
+            if s > start {
+                self.put(
+                    Key::new(ino, KIND_EXTENT, start * BS),
+                    e.slice(0, s - start).encode(),
+                )?;
+            }
+            let written = Extent {
+                phys: e.phys + (s - start),
+                flags: e.flags & !EXTENT_UNWRITTEN,
+                crcs: chunk.chunks(BS as usize).map(crc32fast::hash).collect(),
+            };
+            self.put(Key::new(ino, KIND_EXTENT, s * BS), written.encode())?;
+            if t < start + e.len() {
+                self.put(
+                    Key::new(ino, KIND_EXTENT, t * BS),
+                    e.slice(t - start, e.len()).encode(),
+                )?;
+            }
         }
         Ok(true)
     }
@@ -630,6 +699,73 @@ mod tests {
         assert_eq!(got[0], b'x', "the first byte was lost");
         assert!(got[1..].iter().all(|c| *c == 2));
         p.commit().unwrap();
+        let r = p.fsck(&FsckOptions::default()).unwrap();
+        assert!(r.is_clean(), "{r}");
+    }
+
+    #[test]
+    fn writes_into_fallocated_blocks_need_no_free_space() {
+        // Writes fill unwritten blocks in place, so a range that fallocate reserved
+        // can be written on a full pool (as posix_fallocate promises), and a branch
+        // that shares the blocks with a snapshot still copies on write.
+        let opts = PoolOptions {
+            capacity_bytes: Some(1400 * 4096),
+            ..Default::default()
+        };
+        let p = Pool::create_on(Arc::new(MemDevice::new()), &opts).unwrap();
+        let b = p.branch_id("main").unwrap();
+        let mk = |name: &[u8]| {
+            p.mknod(
+                b,
+                ROOT_INO,
+                name,
+                libc::S_IFREG | 0o644,
+                0,
+                Owner::default(),
+            )
+            .unwrap()
+            .ino
+        };
+        let f = mk(b"reserved");
+        p.fallocate(b, f, 0, 160 * 4096, false).unwrap();
+        p.commit().unwrap();
+        p.snapshot_create("before", "main").unwrap();
+        let snap = p.branch_id("before").unwrap();
+        // Shared with the snapshot: the first write copies, the snapshot keeps zeros.
+        p.write_file(b, f, 0, &[5u8; 4096]).unwrap();
+        p.commit().unwrap();
+        assert_eq!(p.read_file(snap, f, 0, 4096).unwrap(), vec![0u8; 4096]);
+        assert_eq!(p.read_file(b, f, 0, 4096).unwrap(), vec![5u8; 4096]);
+        p.branch_delete("before").unwrap();
+        p.commit().unwrap();
+        // Fill the pool.
+        let filler = mk(b"filler");
+        let mut off = 0u64;
+        for chunk in [64 * 1024, 4096] {
+            while let Ok(n) = p.write_file(b, filler, off, &vec![9u8; chunk]) {
+                off += n as u64;
+            }
+        }
+        p.commit().unwrap();
+        assert_eq!(
+            p.write_file(b, filler, off, &[9u8; 4096])
+                .unwrap_err()
+                .errno(),
+            libc::ENOSPC
+        );
+        // Whole blocks across an extent boundary (extents hold 64 blocks), a single
+        // block, and a partial block: all land in the reserved blocks.
+        p.write_file(b, f, 60 * 4096, &[1u8; 8 * 4096]).unwrap();
+        p.write_file(b, f, 100 * 4096, &[2u8; 4096]).unwrap();
+        p.write_file(b, f, 130 * 4096 + 100, &[3u8; 50]).unwrap();
+        p.commit().unwrap();
+        let got = p.read_file(b, f, 0, 160 * 4096).unwrap();
+        let mut want = vec![0u8; 160 * 4096];
+        want[..4096].fill(5);
+        want[60 * 4096..68 * 4096].fill(1);
+        want[100 * 4096..101 * 4096].fill(2);
+        want[130 * 4096 + 100..130 * 4096 + 150].fill(3);
+        assert!(got == want, "file content differs after in-place writes");
         let r = p.fsck(&FsckOptions::default()).unwrap();
         assert!(r.is_clean(), "{r}");
     }
