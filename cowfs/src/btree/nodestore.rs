@@ -416,7 +416,7 @@ impl NodeStore {
         for (i, block) in buf.chunks(BLOCK_SIZE).enumerate() {
             self.note_written(start + i as u64, block);
         }
-        self.dev.write_at(start, buf).map_err(|e| {
+        self.dev.write_data_at(start, buf).map_err(|e| {
             if e.raw_os_error() == Some(libc::ENOSPC) {
                 StoreError::NoSpace {
                     pool: self.dev.name(),
