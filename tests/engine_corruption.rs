@@ -129,7 +129,7 @@ fn walk_tree(
     root: u64,
     what: &str,
     l: &mut Layout,
-) -> Vec<(cowfs::btree::Key, Vec<u8>)> {
+) -> Vec<(cowfs::btree::Key, cowfs::btree::node::Value)> {
     let mut items = Vec::new();
     let mut stack = vec![root];
     while let Some(a) = stack.pop() {
@@ -591,7 +591,7 @@ fn patch_inode(dev: &MemDevice, branch: &str, ino: u64, f: impl Fn(&mut Inode)) 
         };
         let mut i = Inode::decode(&item.1).expect("inode");
         f(&mut i);
-        item.1 = i.encode();
+        item.1 = i.encode().into();
         let n = Node::Leaf(items);
         n.encode(&mut buf);
         seal(

@@ -56,7 +56,7 @@ impl Cursor {
 fn item(p: &Pending) -> Option<(&Key, &[u8])> {
     match p {
         Pending::Item(n, i) => match &**n {
-            Node::Leaf(items) => items.get(*i).map(|(k, v)| (k, v.as_slice())),
+            Node::Leaf(items) => items.get(*i).map(|(k, v)| (k, &v[..])),
             Node::Internal(..) => None,
         },
         Pending::Node(..) => None,

@@ -18,7 +18,7 @@ pub fn get(st: &mut NodeStore, root: BlockAddr, key: &Key) -> StoreResult<Option
                 return Ok(items
                     .binary_search_by(|(k, _)| k.cmp(key))
                     .ok()
-                    .map(|i| items[i].1.clone()));
+                    .map(|i| items[i].1.to_vec()));
             }
             Node::Internal(level, kids) => {
                 addr = kids[Node::child_index(kids, key)].1;
@@ -119,8 +119,8 @@ fn insert_rec(
         match node {
             Node::Leaf(items) => {
                 match items.binary_search_by(|(k, _)| k.cmp(&key)) {
-                    Ok(i) => items[i].1 = val,
-                    Err(i) => items.insert(i, (key, val)),
+                    Ok(i) => items[i].1 = val.into(),
+                    Err(i) => items.insert(i, (key, val.into())),
                 }
                 return split_if_needed(st, addr);
             }
