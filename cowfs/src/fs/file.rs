@@ -648,8 +648,43 @@ mod tests {
     use std::sync::Arc;
 
     use crate::fs::{Owner, ROOT_INO};
-    use crate::pool::{FsckOptions, Pool, PoolOptions};
+    use crate::pool::{BranchId, FsckOptions, Pool, PoolOptions};
     use crate::store::device::MemDevice;
+
+    /// A pool of 1,400 blocks and its `main` branch.
+    fn small_pool() -> (Pool, BranchId) {
+        let opts = PoolOptions {
+            capacity_bytes: Some(1400 * 4096),
+            ..Default::default()
+        };
+        let p = Pool::create_on(Arc::new(MemDevice::new()), &opts).unwrap();
+        let b = p.branch_id("main").unwrap();
+        (p, b)
+    }
+
+    fn mk(p: &Pool, b: BranchId, name: &[u8]) -> u64 {
+        p.mknod(
+            b,
+            ROOT_INO,
+            name,
+            libc::S_IFREG | 0o644,
+            0,
+            Owner::default(),
+        )
+        .unwrap()
+        .ino
+    }
+
+    /// Append to `filler` until the pool is full; returns its size.
+    fn fill_pool(p: &Pool, b: BranchId, filler: u64) -> u64 {
+        let mut off = 0u64;
+        for chunk in [64 * 1024, 4096] {
+            while let Ok(n) = p.write_file(b, filler, off, &vec![9u8; chunk]) {
+                off += n as u64;
+            }
+        }
+        off
+    }
 
     #[test]
     fn enospc_after_uninline_keeps_the_inline_bytes() {
@@ -658,36 +693,15 @@ mod tests {
         // for the next write (found by the model test on a full pool: the inode kept
         // saying "no blocks", so the next small write took the file for an empty
         // inline one and zeroed its first byte).
-        let opts = PoolOptions {
-            capacity_bytes: Some(1400 * 4096),
-            ..Default::default()
-        };
-        let p = Pool::create_on(Arc::new(MemDevice::new()), &opts).unwrap();
-        let b = p.branch_id("main").unwrap();
-        let mk = |name: &[u8]| {
-            p.mknod(
-                b,
-                ROOT_INO,
-                name,
-                libc::S_IFREG | 0o644,
-                0,
-                Owner::default(),
-            )
-            .unwrap()
-            .ino
-        };
+        let (p, b) = small_pool();
+        let mk = |name: &[u8]| mk(&p, b, name);
         let small = mk(b"small");
         p.write_file(b, small, 0, b"x").unwrap();
         // Fill the pool, then free 64 blocks: room for the un-inline, not the write.
         let spare = mk(b"spare");
         p.write_file(b, spare, 0, &[7u8; 64 * 4096]).unwrap();
         let filler = mk(b"filler");
-        let mut off = 0u64;
-        for chunk in [64 * 1024, 4096] {
-            while let Ok(n) = p.write_file(b, filler, off, &vec![9u8; chunk]) {
-                off += n as u64;
-            }
-        }
+        fill_pool(&p, b, filler);
         p.unlink(b, ROOT_INO, b"spare").unwrap();
         p.commit().unwrap();
         let e = p.write_file(b, small, 0, &[1u8; 1 << 20]).unwrap_err();
@@ -708,24 +722,8 @@ mod tests {
         // Writes fill unwritten blocks in place, so a range that fallocate reserved
         // can be written on a full pool (as posix_fallocate promises), and a branch
         // that shares the blocks with a snapshot still copies on write.
-        let opts = PoolOptions {
-            capacity_bytes: Some(1400 * 4096),
-            ..Default::default()
-        };
-        let p = Pool::create_on(Arc::new(MemDevice::new()), &opts).unwrap();
-        let b = p.branch_id("main").unwrap();
-        let mk = |name: &[u8]| {
-            p.mknod(
-                b,
-                ROOT_INO,
-                name,
-                libc::S_IFREG | 0o644,
-                0,
-                Owner::default(),
-            )
-            .unwrap()
-            .ino
-        };
+        let (p, b) = small_pool();
+        let mk = |name: &[u8]| mk(&p, b, name);
         let f = mk(b"reserved");
         p.fallocate(b, f, 0, 160 * 4096, false).unwrap();
         p.commit().unwrap();
@@ -740,12 +738,7 @@ mod tests {
         p.commit().unwrap();
         // Fill the pool.
         let filler = mk(b"filler");
-        let mut off = 0u64;
-        for chunk in [64 * 1024, 4096] {
-            while let Ok(n) = p.write_file(b, filler, off, &vec![9u8; chunk]) {
-                off += n as u64;
-            }
-        }
+        let off = fill_pool(&p, b, filler);
         p.commit().unwrap();
         assert_eq!(
             p.write_file(b, filler, off, &[9u8; 4096])
