@@ -189,6 +189,29 @@ impl FsTree<'_> {
         Ok(())
     }
 
+    /// Whether `exts` map every block of [b0, b0 + n) and `ok` accepts each of those
+    /// blocks (given its extent and physical address).
+    fn every_block(
+        &mut self,
+        b0: u64,
+        n: u64,
+        exts: &[(u64, Extent)],
+        mut ok: impl FnMut(&mut Self, &Extent, u64) -> FsResult<bool>,
+    ) -> FsResult<bool> {
+        let mut covered = 0;
+        for (start, e) in exts {
+            let s = (*start).max(b0);
+            let t = (start + e.len()).min(b0 + n);
+            for b in s..t {
+                if !ok(self, e, e.phys + (b - start))? {
+                    return Ok(false);
+                }
+            }
+            covered += t - s;
+        }
+        Ok(covered == n)
+    }
+
     /// If every target block was written in this transaction and only this file
     /// references it, overwrite it where it is (nothing committed can point at it).
     fn rewrite_in_place(
@@ -199,22 +222,10 @@ impl FsTree<'_> {
         exts: &[(u64, Extent)],
     ) -> FsResult<bool> {
         let n = data.len() as u64 / BS;
-        let mut covered = 0;
-        for (start, e) in exts {
-            if e.unwritten() {
-                return Ok(false);
-            }
-            let s = (*start).max(b0);
-            let t = (start + e.len()).min(b0 + n);
-            for b in s..t {
-                let p = e.phys + (b - start);
-                if !self.st.space.is_fresh(p) || self.st.space.get(&*self.st.dev, p)? != 1 {
-                    return Ok(false);
-                }
-            }
-            covered += t - s;
-        }
-        if covered != n {
+        let mine = self.every_block(b0, n, exts, |fs, e, p| {
+            Ok(!e.unwritten() && fs.st.space.is_fresh(p) && fs.st.space.get(&*fs.st.dev, p)? == 1)
+        })?;
+        if !mine {
             return Ok(false);
         }
         for (start, e) in exts {
@@ -246,21 +257,10 @@ impl FsTree<'_> {
         exts: &[(u64, Extent)],
     ) -> FsResult<bool> {
         let n = data.len() as u64 / BS;
-        let mut covered = 0;
-        for (start, e) in exts {
-            if !e.unwritten() {
-                return Ok(false);
-            }
-            let s = (*start).max(b0);
-            let t = (start + e.len()).min(b0 + n);
-            for b in s..t {
-                if self.st.space.get(&*self.st.dev, e.phys + (b - start))? != 1 {
-                    return Ok(false);
-                }
-            }
-            covered += t - s;
-        }
-        if covered != n {
+        let reserved = self.every_block(b0, n, exts, |fs, e, p| {
+            Ok(e.unwritten() && fs.st.space.get(&*fs.st.dev, p)? == 1)
+        })?;
+        if !reserved {
             return Ok(false);
         }
         // All data first: a failed write leaves every extent unwritten, as it was.
