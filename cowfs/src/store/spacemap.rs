@@ -86,36 +86,20 @@ pub struct SpaceMap {
 impl SpaceMap {
     /// A brand-new map for an empty pool: only the superblock slots are in use.
     pub fn create(capacity: u64, pool_id: u64) -> SpaceMap {
-        let mut m = SpaceMap {
-            capacity,
-            depth: depth_for(capacity),
-            root: 0,
-            pool_id,
-            leaves: FxHashMap::default(),
-            index: FxHashMap::default(),
-            fresh: FxHashSet::default(),
-            pending_free: FxHashSet::default(),
-            in_flight: FxHashSet::default(),
-            quarantine: FxHashSet::default(),
-            used: 0,
-            cursor: FIRST_USABLE,
-            full_leaves: BTreeSet::new(),
-            dirty_leaves: BTreeSet::from([0]),
-        };
+        // An empty committed map (root 0: every page reads as zeros), plus leaf page 0
+        // with the superblock slots counted, to be written by the first commit.
+        let mut m = SpaceMap::open(capacity, depth_for(capacity), 0, FIRST_USABLE, pool_id);
+        let mut counts = vec![0u32; COUNTS_PER_LEAF as usize].into_boxed_slice();
+        counts[..FIRST_USABLE as usize].fill(1);
         m.leaves.insert(
             0,
             Leaf {
                 addr: 0,
-                counts: vec![0u32; COUNTS_PER_LEAF as usize].into_boxed_slice(),
+                counts,
                 dirty: true,
             },
         );
-        for b in 0..FIRST_USABLE {
-            if let Some(l) = m.leaves.get_mut(&0) {
-                l.counts[b as usize] = 1;
-            }
-        }
-        m.used = FIRST_USABLE;
+        m.dirty_leaves.insert(0);
         m
     }
 
