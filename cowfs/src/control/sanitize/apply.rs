@@ -11,6 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::fs::readplan::FileBytes;
 use crate::fs::{FsError, Owner, SetAttr, ROOT_INO};
 use crate::pool::{BranchId, Pool};
 
@@ -258,13 +259,15 @@ impl<'a> Walker<'a> {
         loop {
             self.check_cancel()?;
             let want = CHUNK.min(usize::try_from(size - off).unwrap_or(CHUNK));
-            let chunk = if want == 0 {
-                Vec::new()
+            // The pool's own buffer: a `Vec` of its own would copy every chunk again.
+            let bytes = if want == 0 {
+                FileBytes::from(Vec::new())
             } else {
                 self.pool
-                    .read_file(self.b, ino, off, want)
+                    .read_file_bytes(self.b, ino, off, want)
                     .map_err(|e| err("reading", e))?
             };
+            let chunk = bytes.as_slice();
             if off == 0 && !binary_ok && chunk[..chunk.len().min(BINARY_SNIFF)].contains(&0) {
                 self.report.binary_files_skipped += 1;
                 self.report.files_scanned += 1;
@@ -275,7 +278,7 @@ impl<'a> Walker<'a> {
             off += chunk.len() as u64;
             let eof = chunk.is_empty() || off >= size;
             out.clear();
-            let changed = scanner.feed(&chunk, eof, &mut out);
+            let changed = scanner.feed(chunk, eof, &mut out);
             if changed && tmp.is_none() {
                 // Everything before this output was unchanged input: share it.
                 let t = self.scratch().map_err(|e| err("writing", e))?;
