@@ -1,7 +1,9 @@
 //! Upgrade safety: a pool written by the first format version is kept in the repo
 //! (tests/fixtures/format-v1.pool) and must open, read back and pass fsck with every
-//! later build. Regenerate it only when the format version changes:
-//! `cargo test --test format_fixture -- --ignored regenerate_fixture`.
+//! later build, which upgrades it to the current version at its first commit. It
+//! was made by `regenerate_fixture` with the version-1 build (`cargo test --test
+//! format_fixture -- --ignored regenerate_fixture`); do not regenerate it with a
+//! later build, which would write the later version.
 
 use std::path::PathBuf;
 
@@ -88,6 +90,23 @@ fn first_format_pool_opens_and_reads() {
     assert_eq!(pool.readlink(main, link.ino).unwrap(), b"docs/hello.txt");
     let report = pool.fsck(&FsckOptions::default()).unwrap();
     assert!(report.is_clean(), "{report}");
+    // The first commit with a change writes the current version, with an intent
+    // log region.
+    pool.write_file(main, hello.ino, 0, b"hello").unwrap();
+    pool.commit().unwrap();
+    drop(pool);
+    let bytes = std::fs::read(&copy).unwrap();
+    let slot = |s: usize| &bytes[s * 4096..(s + 1) * 4096];
+    let generation = |s: usize| u64::from_le_bytes(slot(s)[16..24].try_into().unwrap());
+    let newest = if generation(0) > generation(1) { 0 } else { 1 };
+    assert_eq!(slot(newest)[8..12], 2u32.to_le_bytes());
+    let pool = Pool::open(&copy, &PoolOptions::default()).unwrap();
+    assert_eq!(
+        pool.read_file(main, hello.ino, 0, 100).unwrap(),
+        b"hello from format 1\n"
+    );
+    let report = pool.fsck(&FsckOptions::default()).unwrap();
+    assert!(report.is_clean(), "{report}");
 }
 
 #[test]
@@ -95,24 +114,24 @@ fn newer_format_version_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("pool");
     std::fs::copy(fixture(), &copy).unwrap();
-    // Rewrite both slots as format version 2 with valid checksums.
+    // Rewrite both slots as format version 3 with valid checksums.
     let mut bytes = std::fs::read(&copy).unwrap();
     for slot in 0..2 {
         let b = &mut bytes[slot * 4096..(slot + 1) * 4096];
         if b.iter().all(|&x| x == 0) {
             continue;
         }
-        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        b[8..12].copy_from_slice(&3u32.to_le_bytes());
         let crc = crc32fast::hash(&b[..4092]);
         b[4092..].copy_from_slice(&crc.to_le_bytes());
     }
     std::fs::write(&copy, &bytes).unwrap();
     let err = Pool::open(&copy, &PoolOptions::default())
         .err()
-        .expect("version 2 must be refused");
+        .expect("version 3 must be refused");
     let msg = err.to_string();
     assert!(
-        msg.contains("version 2") && msg.contains("version 1"),
+        msg.contains("version 3") && msg.contains("versions 1 to 2"),
         "{msg}"
     );
 }

@@ -17,7 +17,7 @@ pub enum SeekWhence {
     Hole,
 }
 
-fn inline_key(ino: u64) -> Key {
+pub(super) fn inline_key(ino: u64) -> Key {
     Key::new(ino, KIND_INLINE, 0)
 }
 
@@ -77,7 +77,7 @@ impl FsTree<'_> {
     }
 
     /// Remove the mapping of blocks [b0, b1), releasing the blocks it referenced.
-    fn unmap(&mut self, ino: u64, i: &mut Inode, b0: u64, b1: u64) -> FsResult<()> {
+    pub(super) fn unmap(&mut self, ino: u64, i: &mut Inode, b0: u64, b1: u64) -> FsResult<()> {
         let exts = self.extents_in(ino, b0, b1)?;
         self.unmap_extents(ino, i, b0, b1, exts)
     }
@@ -116,7 +116,7 @@ impl FsTree<'_> {
         Ok(())
     }
 
-    fn map(&mut self, ino: u64, i: &mut Inode, b: u64, e: &Extent) -> FsResult<()> {
+    pub(super) fn map(&mut self, ino: u64, i: &mut Inode, b: u64, e: &Extent) -> FsResult<()> {
         i.blocks += e.len();
         self.put(Key::new(ino, KIND_EXTENT, b * BS), e.encode())
     }
@@ -336,9 +336,21 @@ impl FsTree<'_> {
 
     /// Write bytes at an offset (regular files and symlink targets).
     pub fn write_data(&mut self, ino: u64, off: u64, data: &[u8]) -> FsResult<usize> {
+        self.write_data_for_log(ino, off, data).map(|(n, _)| n)
+    }
+
+    /// `write_data`, also saying whether an intent log record can describe the
+    /// change: the bytes went to extents of a file that had and has no inline bytes
+    /// (moving inline bytes to extents deletes an item no record names).
+    pub(crate) fn write_data_for_log(
+        &mut self,
+        ino: u64,
+        off: u64,
+        data: &[u8],
+    ) -> FsResult<(usize, bool)> {
         let mut i = self.file_inode(ino)?;
         if data.is_empty() {
-            return Ok(0);
+            return Ok((0, true));
         }
         let end = match off.checked_add(data.len() as u64) {
             Some(e) if e <= MAX_FILE_SIZE => e,
@@ -346,7 +358,9 @@ impl FsTree<'_> {
         };
         let inline = self.get(&inline_key(ino))?;
         let small = end <= INLINE_MAX as u64;
-        if small && (inline.is_some() || (i.blocks == 0 && i.size <= INLINE_MAX as u64)) {
+        let had_inline = inline.is_some();
+        let stays_inline = small && (had_inline || (i.blocks == 0 && i.size <= INLINE_MAX as u64));
+        if stays_inline {
             let mut buf = inline.unwrap_or_default();
             buf.resize(i.size.max(end) as usize, 0);
             buf[off as usize..end as usize].copy_from_slice(data);
@@ -373,7 +387,7 @@ impl FsTree<'_> {
         i.mtime = now;
         i.ctime = now;
         self.put_inode(ino, &i)?;
-        Ok(data.len())
+        Ok((data.len(), !stays_inline && !had_inline))
     }
 
     /// Read up to `len` bytes at `off` (short at end of file).

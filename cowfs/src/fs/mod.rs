@@ -6,6 +6,7 @@ pub mod dir;
 pub mod file;
 pub mod inode;
 pub mod items;
+mod logged;
 pub mod readplan;
 pub mod xattr;
 

@@ -471,14 +471,19 @@ impl Filesystem for CowFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // The kernel has written back this file's dirty pages before asking; a
-        // commit makes them (and everything else) durable before we answer.
-        Self::empty(reply, self.commit());
+        // The kernel has written back this file's dirty pages (and sent the times
+        // it kept) before asking: an intent log record or a commit makes them
+        // durable before we answer.
+        let r = self.pool.sync_file(self.branch, ino.0).map_err(|e| {
+            log::error!("fsync failed: {e}");
+            FsError::Posix(e.errno())
+        });
+        Self::empty(reply, r);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

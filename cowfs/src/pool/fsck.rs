@@ -190,6 +190,11 @@ pub(crate) fn run(e: &mut Engine, opts: &FsckOptions) -> FsckReport {
         }
         Err(err) => w.report.error(format!("space map: {err}")),
     }
+    if let Some((start, blocks)) = w.e.log.region {
+        for b in start..start + u64::from(blocks) {
+            w.expect(b, 1);
+        }
+    }
     w.expect(catalog_root, 1);
     w.walk(catalog_root, None, Key::MIN, None, "catalog");
     for (id, rec) in &branches {

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod catalog;
 pub mod diff;
 pub mod fsck;
+mod fsync_log;
 pub mod quota;
 pub mod scrub;
 pub mod usage;
@@ -178,6 +179,8 @@ pub(crate) struct Engine {
     /// the next commit, or by a commit with nothing new (the daemon's timer, close),
     /// so that only a crash right after a small commit relies on manifest checks.
     sealed: bool,
+    /// Fast fsync: the intent log (fsync_log.rs).
+    pub(crate) log: fsync_log::IntentLog,
 }
 
 pub struct Pool {
@@ -433,6 +436,25 @@ impl Pool {
         }
     }
 
+    /// Make file `ino` durable (fsync): with one intent log record and a flush when
+    /// its changes since the last commit are data writes a record can name
+    /// (fsync_log.rs), else by a commit (`sync`).
+    pub fn sync_file(&self, b: BranchId, ino: u64) -> PoolResult<()> {
+        let mut e = self.e.lock();
+        let upto = match e.log_fsync(b, ino)? {
+            fsync_log::LogStep::Clean => return Ok(()),
+            fsync_log::LogStep::Commit => {
+                drop(e);
+                return self.sync();
+            }
+            fsync_log::LogStep::Flush(n) => n,
+        };
+        let dev = e.st.dev.clone();
+        drop(e);
+        let r = dev.flush();
+        self.e.lock().log_flushed(upto, r)
+    }
+
     /// The pool's path (or device name).
     pub fn name(&self) -> &Path {
         &self.name
@@ -586,7 +608,16 @@ impl Pool {
         self.read(b, |fs| fs.getattr(ino))
     }
     pub fn setattr(&self, b: BranchId, ino: u64, s: &SetAttr) -> FsResult<Attr> {
-        self.write(b, |fs| fs.setattr(ino, s))
+        let times_only = s.size.is_none() && s.mode.is_none() && s.uid.is_none() && s.gid.is_none();
+        if !times_only {
+            return self.write(b, |fs| fs.setattr(ino, s));
+        }
+        // The kernel sends the times it kept while writing back before an fsync;
+        // a log record carries them.
+        let mut e = self.e.lock();
+        let r = e.logged_change(b, ino, None, |fs| fs.setattr(ino, s).map(|a| (a, true)));
+        e.maybe_commit();
+        r
     }
     pub fn mknod(
         &self,
@@ -684,7 +715,8 @@ impl Pool {
     pub fn write_file(&self, b: BranchId, ino: u64, off: u64, data: &[u8]) -> FsResult<usize> {
         let mut e = self.e.lock();
         e.commit_for_room(b, data.len());
-        let r = e.with_fs(b, true, |fs| fs.write_data(ino, off, data));
+        let blocks = Engine::write_blocks_of(off, data.len());
+        let r = e.logged_change(b, ino, blocks, |fs| fs.write_data_for_log(ino, off, data));
         e.maybe_commit();
         r
     }
@@ -831,6 +863,7 @@ impl Engine {
             flushing: None,
             sealed: true,
             quotas: quota::Quotas::default(),
+            log: fsync_log::IntentLog::default(),
         }
     }
 
@@ -925,6 +958,19 @@ impl Engine {
             opts,
         );
         e.sealed = sb.manifest.is_empty();
+        e.log.region = sb.log;
+        // Records for this commit that replay did not apply (after a torn one) may
+        // still verify: no new record may join them, so the first fsync commits.
+        e.log.taint();
+        let replayed = e.replay_log(sb.generation)?;
+        if replayed > 0 {
+            log::info!(
+                "{}: applied {replayed} intent log records (fsyncs after commit {})",
+                e.st.dev.name().display(),
+                sb.generation
+            );
+            e.commit()?;
+        }
         Ok(e)
     }
 
@@ -991,6 +1037,10 @@ impl Engine {
     ) -> FsResult<T> {
         if write && self.poisoned {
             return Err(FsError::Posix(libc::EROFS));
+        }
+        if write {
+            // Callers whose change a log record describes undo this (logged_change).
+            self.log.taint();
         }
         let Engine {
             st,
@@ -1181,6 +1231,10 @@ impl Engine {
     /// reported as damage instead of silently rolling that commit back).
     fn commit_write(&mut self, seal: bool) -> Result<u64, StoreError> {
         debug_assert!(self.flushing.is_none(), "a commit is still being flushed");
+        // Until this commit is written, fsync must not log (a failed commit leaves
+        // changes no record describes).
+        self.log.taint();
+        self.ensure_log_region()?;
         let generation = self.st.generation();
         for id in std::mem::take(&mut self.deleted_branches) {
             self.catalog_root =
@@ -1224,11 +1278,13 @@ impl Engine {
             created_unix: self.created_unix,
             used_blocks: self.st.space.used(),
             manifest: manifest.unwrap_or_default(),
+            log: self.log.region,
         };
         let slot = Superblock::slot_for(generation);
         dev.write_at(slot, &sb.encode()).map_err(|e| io(e, slot))?;
         // The next transaction starts now; this one is durable after a flush.
         self.st.commit_written();
+        self.log.committed();
         self.flushing = Some(generation);
         self.running_gen
             .store(self.st.generation(), Ordering::Release);

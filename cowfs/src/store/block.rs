@@ -25,6 +25,8 @@ pub enum BlockKind {
     TreeNode = 1,
     SpaceLeaf = 2,
     SpaceIndex = 3,
+    /// An intent log record (`intent_log.rs`).
+    LogRecord = 4,
 }
 
 #[derive(Clone, Copy, Debug)]

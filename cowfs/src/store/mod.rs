@@ -4,6 +4,7 @@
 pub mod block;
 pub mod cache;
 pub mod device;
+pub mod intent_log;
 pub mod runs;
 pub mod spacemap;
 pub mod superblock;
@@ -42,7 +43,7 @@ pub enum StoreError {
     },
     #[error("{pool}: not a cowfs pool ({why})")]
     Foreign { pool: PathBuf, why: String },
-    #[error("{pool}: pool format version {found} is not supported (this build reads version {supported})")]
+    #[error("{pool}: pool format version {found} is not supported (this build reads versions 1 to {supported})")]
     Version {
         pool: PathBuf,
         found: u32,

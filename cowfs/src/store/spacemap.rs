@@ -340,6 +340,30 @@ impl SpaceMap {
         Ok(())
     }
 
+    /// Blocks an intent log record now names (format-spec §8.1): they must not be
+    /// overwritten in place any more, and once freed they wait for a commit like
+    /// blocks of a durable commit, because replay may still map them.
+    pub fn settle(&mut self, start: BlockAddr, len: u64) {
+        for b in start..start + len {
+            self.fresh.remove(&b);
+        }
+    }
+
+    /// Replay takes one reference to each block of a logged extent: a free block
+    /// (written after the durable commit) gets count 1, a referenced one (an
+    /// unwritten extent filled in place) one more.
+    pub fn claim(&mut self, dev: &dyn BlockDevice, start: BlockAddr, len: u64) -> StoreResult<()> {
+        for b in start..start + len {
+            self.check_range(dev, b)?;
+            if b < FIRST_USABLE {
+                return Err(Self::corrupt(dev, b, "log names a superblock slot".into()));
+            }
+            let c = self.get(dev, b)?;
+            self.set(dev, b, c.saturating_add(1))?;
+        }
+        Ok(())
+    }
+
     fn allocatable(&mut self, dev: &dyn BlockDevice, b: BlockAddr) -> StoreResult<bool> {
         Ok(b >= FIRST_USABLE
             && b < self.capacity

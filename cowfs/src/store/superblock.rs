@@ -6,7 +6,11 @@ use super::le::*;
 use super::BLOCK_SIZE;
 
 pub const SB_MAGIC: [u8; 8] = *b"COWFSPL\0";
-pub const FORMAT_VERSION: u32 = 1;
+/// The version this build writes. Version 1 (no intent log) is read as well and
+/// becomes version 2 at the next commit.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version this build reads.
+pub const OLDEST_VERSION: u32 = 1;
 pub const SLOT_COUNT: u64 = 2;
 
 const OFF_MAGIC: usize = 0;
@@ -23,9 +27,15 @@ const OFF_CREATED: usize = 72;
 const OFF_USED: usize = 80;
 const OFF_MANIFEST_LEN: usize = 88;
 const OFF_MANIFEST: usize = 96;
+const OFF_LOG_START: usize = BLOCK_SIZE - 16;
+const OFF_LOG_BLOCKS: usize = BLOCK_SIZE - 8;
 const OFF_CRC: usize = BLOCK_SIZE - 4;
-/// Entries of (block address u64, CRC32 u32) that fit in a slot.
-pub const MANIFEST_MAX: usize = (OFF_CRC - OFF_MANIFEST) / 12;
+/// Entries of (block address u64, CRC32 u32) that fit in a slot before the log fields.
+pub const MANIFEST_MAX: usize = (OFF_LOG_START - OFF_MANIFEST) / 12;
+/// Version 1 had no log fields: its manifest could run up to the CRC.
+const MANIFEST_MAX_V1: usize = (OFF_CRC - OFF_MANIFEST) / 12;
+/// The largest intent log region a slot may name (format-spec §8.1).
+pub const LOG_MAX_BLOCKS: u32 = 4096;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Superblock {
@@ -44,6 +54,9 @@ pub struct Superblock {
     /// open accepts it only if every listed block reads back with its CRC (a torn
     /// commit falls back to the previous slot). Empty for two-flush commits.
     pub manifest: Vec<(u64, u32)>,
+    /// The intent log region `(first block, blocks)`, if the pool has one (every
+    /// pool from version 2 on; a version-1 pool gets one at its next commit).
+    pub log: Option<(u64, u32)>,
 }
 
 /// Why a slot was rejected.
@@ -81,6 +94,10 @@ impl Superblock {
             put_u64(&mut b, OFF_MANIFEST + i * 12, *addr);
             put_u32(&mut b, OFF_MANIFEST + i * 12 + 8, *crc);
         }
+        if let Some((start, blocks)) = self.log {
+            put_u64(&mut b, OFF_LOG_START, start);
+            put_u32(&mut b, OFF_LOG_BLOCKS, blocks);
+        }
         let crc = crc32fast::hash(&b[..OFF_CRC]);
         put_u32(&mut b, OFF_CRC, crc);
         b
@@ -100,7 +117,7 @@ impl Superblock {
             return Err(SlotError::Checksum);
         }
         let version = u32_at(b, OFF_VERSION);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(SlotError::Version(version));
         }
         if u32_at(b, OFF_BLOCK_SIZE) as usize != BLOCK_SIZE {
@@ -117,9 +134,15 @@ impl Superblock {
             created_unix: u64_at(b, OFF_CREATED),
             used_blocks: u64_at(b, OFF_USED),
             manifest: Vec::new(),
+            log: None,
         };
         let n = u32_at(b, OFF_MANIFEST_LEN) as usize;
-        if n > MANIFEST_MAX {
+        let max = if version == 1 {
+            MANIFEST_MAX_V1
+        } else {
+            MANIFEST_MAX
+        };
+        if n > max {
             return Err(SlotError::Invalid("commit manifest too long"));
         }
         let mut sb = sb;
@@ -132,6 +155,18 @@ impl Superblock {
             })
             .collect();
         let in_pool = |a: u64| a >= SLOT_COUNT && a < sb.capacity_blocks;
+        if version >= 2 {
+            let (start, blocks) = (u64_at(b, OFF_LOG_START), u32_at(b, OFF_LOG_BLOCKS));
+            if blocks > 0 {
+                let fits = blocks <= LOG_MAX_BLOCKS
+                    && in_pool(start)
+                    && start + u64::from(blocks) <= sb.capacity_blocks;
+                if !fits {
+                    return Err(SlotError::Invalid("intent log region out of range"));
+                }
+                sb.log = Some((start, blocks));
+            }
+        }
         if sb.capacity_blocks <= SLOT_COUNT
             || !in_pool(sb.catalog_root)
             || !in_pool(sb.space_root)
@@ -161,6 +196,7 @@ mod tests {
             created_unix: 1,
             used_blocks: 9,
             manifest: vec![(5, 0xdead), (6, 7)],
+            log: Some((10, 16)),
         }
     }
 
@@ -179,5 +215,38 @@ mod tests {
         let mut d = b.clone();
         d[0] = b'X';
         assert_eq!(Superblock::decode(&d), Err(SlotError::NotCowfs));
+        // A log region past the capacity is refused.
+        let far = Superblock {
+            log: Some((995, 16)),
+            ..sb.clone()
+        };
+        assert_eq!(
+            Superblock::decode(&far.encode()),
+            Err(SlotError::Invalid("intent log region out of range"))
+        );
+    }
+
+    /// Version 1 slots have no log fields and a manifest of up to 333 entries.
+    #[test]
+    fn version_1_slots_still_decode() {
+        let mut sb = sample();
+        sb.log = None;
+        sb.manifest = (0..MANIFEST_MAX_V1 as u64).map(|a| (a + 2, 1)).collect();
+        let mut b = vec![0u8; BLOCK_SIZE];
+        let full = Superblock {
+            manifest: Vec::new(),
+            ..sb.clone()
+        }
+        .encode();
+        b[..OFF_MANIFEST].copy_from_slice(&full[..OFF_MANIFEST]);
+        put_u32(&mut b, OFF_VERSION, 1);
+        put_u32(&mut b, OFF_MANIFEST_LEN, MANIFEST_MAX_V1 as u32);
+        for (i, (addr, crc)) in sb.manifest.iter().enumerate() {
+            put_u64(&mut b, OFF_MANIFEST + i * 12, *addr);
+            put_u32(&mut b, OFF_MANIFEST + i * 12 + 8, *crc);
+        }
+        let crc = crc32fast::hash(&b[..OFF_CRC]);
+        put_u32(&mut b, OFF_CRC, crc);
+        assert_eq!(Superblock::decode(&b), Ok(sb));
     }
 }
