@@ -28,6 +28,37 @@ pub fn get(st: &mut NodeStore, root: BlockAddr, key: &Key) -> StoreResult<Option
     }
 }
 
+/// The greatest key `<= key` in the tree, if any (where a scan for the item that
+/// covers `key` should start: an extent that begins before an offset).
+pub fn floor(st: &mut NodeStore, root: BlockAddr, key: &Key) -> StoreResult<Option<Key>> {
+    floor_rec(st, root, None, key)
+}
+
+fn floor_rec(
+    st: &mut NodeStore,
+    addr: BlockAddr,
+    expect: Option<u8>,
+    key: &Key,
+) -> StoreResult<Option<Key>> {
+    let node = st.read(addr, expect)?;
+    match &*node {
+        Node::Leaf(items) => {
+            let i = items.partition_point(|(k, _)| k <= key);
+            Ok(i.checked_sub(1).map(|i| items[i].0))
+        }
+        Node::Internal(level, kids) => {
+            // The child that covers `key`, else the ones before it (a separator
+            // can be below its subtree's first key after deletes).
+            for i in (0..=Node::child_index(kids, key)).rev() {
+                if let Some(k) = floor_rec(st, kids[i].1, Some(level - 1), key)? {
+                    return Ok(Some(k));
+                }
+            }
+            Ok(None)
+        }
+    }
+}
+
 /// Visit items with `from <= key <= to` in order until `f` returns false.
 pub fn range(
     st: &mut NodeStore,
@@ -276,6 +307,25 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (*k, v.clone()))
                 .collect::<Vec<_>>()
+        );
+        // floor: the greatest key <= a probe, across leaves and after deletes
+        // (multi-level: thousands of items).
+        for _ in 0..3000 {
+            let probe = Key::new(
+                rng.gen_range(0..3100),
+                rng.gen_range(0..4),
+                rng.gen_range(0..5),
+            );
+            let want = model.range(..=probe).next_back().map(|(k, _)| *k);
+            assert_eq!(
+                floor(&mut st, a, &probe).unwrap(),
+                want,
+                "floor of {probe:?}"
+            );
+        }
+        assert_eq!(
+            floor(&mut st, a, &Key::MIN).unwrap(),
+            model.keys().next().filter(|k| **k == Key::MIN).copied()
         );
         // Share the root (a branch), change one side, the other is untouched.
         st.inc_node(a).unwrap();

@@ -43,17 +43,29 @@ impl FsTree<'_> {
         if b1 <= b0 {
             return Ok(Vec::new());
         }
-        let from = b0.saturating_sub(MAX_EXTENT_BLOCKS - 1) * BS;
+        // Only the last extent starting at or before `b0` can reach into the range
+        // from before it (extents do not overlap), and none starting more than
+        // MAX_EXTENT_BLOCKS before: start the scan there rather than visiting every
+        // item of that window (a fragmented file has one per block).
+        let lowest = Key::new(
+            ino,
+            KIND_EXTENT,
+            b0.saturating_sub(MAX_EXTENT_BLOCKS - 1) * BS,
+        );
+        let at_b0 = Key::new(ino, KIND_EXTENT, b0 * BS);
+        let from = match tree::floor(self.st, *self.root, &at_b0)? {
+            Some(k) if k >= lowest => k,
+            _ => at_b0,
+        };
         let to = (b1 * BS).saturating_sub(1);
         // Visit the items in place: an extent's length follows from its item size,
-        // so only overlapping extents are decoded and nothing else is copied (a
-        // fragmented file has up to MAX_EXTENT_BLOCKS items before `b0`).
+        // so only overlapping extents are decoded and nothing else is copied.
         let mut out = Vec::new();
         let mut bad = false;
         tree::range(
             self.st,
             *self.root,
-            &Key::new(ino, KIND_EXTENT, from),
+            &from,
             &Key::new(ino, KIND_EXTENT, to),
             &mut |k, v| {
                 let start = k.off / BS;
