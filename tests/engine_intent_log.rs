@@ -636,6 +636,32 @@ fn changes_a_record_cannot_describe_commit() {
 }
 
 #[test]
+fn more_writes_than_a_record_holds_commit() {
+    // One record names at most MAX_RECORD_BLOCKS blocks: a file with more written
+    // since its last record (here 4 MiB, in 4 KiB writes) is made durable by a
+    // commit; one block more than that in a fresh round is logged again.
+    let mut fx = Fx::new(&opts());
+    let (b, f) = (fx.b, fx.f);
+    fx.dev.start_recording();
+    let n = cowfs::store::intent_log::MAX_RECORD_BLOCKS + 33;
+    for i in 0..n {
+        fx.write(f, i * BS, &pattern(i as u8, BS));
+    }
+    assert!(
+        touches_superblock(&fx.sync_file(f)),
+        "{n} blocks were logged"
+    );
+    fx.write(f, 3 * BS, &pattern(77, BS));
+    assert!(
+        !touches_superblock(&fx.sync_file(f)),
+        "one block was not logged"
+    );
+    let p = open(&fx.dev.snapshot(), &opts());
+    assert_file(&p, b, f, &fx.model(f), "after crash");
+    assert_clean(&p, "after crash");
+}
+
+#[test]
 fn a_full_log_falls_back_to_a_commit() {
     let mut fx = Fx::new(&small_opts());
     let (b, f) = (fx.b, fx.f);

@@ -42,7 +42,8 @@ pub(crate) struct IntentLog {
     flushed: u64,
 }
 
-/// A file's written block ranges since its last record (merged at record time).
+/// A file's written block ranges since its last record (merged at record time),
+/// kept while they may fit in one record.
 #[derive(Default)]
 struct Pending {
     runs: Vec<(u64, u64)>,
@@ -75,8 +76,14 @@ impl IntentLog {
     fn note(&mut self, b: BranchId, ino: u64, blocks: Option<(u64, u64)>) {
         let p = self.pending.entry((b, ino)).or_default();
         if let Some((b0, b1)) = blocks {
-            p.runs.push((b0, b1));
+            // Counted with overlaps (a bound, not a size). Past what one record holds
+            // the file's fsync commits, so its runs need not be kept.
             p.blocks += b1 - b0;
+            if p.blocks <= MAX_RECORD_BLOCKS as u64 {
+                p.runs.push((b0, b1));
+            } else if !p.runs.is_empty() {
+                p.runs = Vec::new();
+            }
         }
     }
 }
