@@ -10,10 +10,19 @@
 #   benches/compare.sh                 # native vs cowfs
 #   benches/compare.sh --peer          # also fuse-overlayfs
 #   SIZE=512M RUNTIME=5 NFILES=2000 PGTIME=10 REPS=1 benches/compare.sh   # quick run
+#   HALT_POLL_NS=200000 benches/compare.sh --peer   # with guest halt polling, see below
 #
 # Env: SIZE RUNTIME NFILES PGSCALE PGTIME as below; REPS repetitions (default 3; with
 # an even count the median is the mean of the two middle values); PGPORT base port
 # for the PostgreSQL servers (each target and repetition gets its own port above it).
+#
+# HALT_POLL_NS: in a KVM guest with the haltpoll cpuidle driver, how long an idle vCPU
+# polls before it halts (/sys/module/haltpoll/parameters/guest_halt_poll_ns; the
+# upstream default is 200000, some VM images set 0). Every FUSE request wakes the
+# daemon and every reply wakes the caller; on a halted vCPU each wake-up is a VM exit
+# and an IPI, which is most of a metadata round trip. When set, the value applies to
+# every target of the run (native too) and the previous value is restored at exit.
+# The header line prints the value in effect either way.
 #
 # Needs root (mounts, drop_caches), fio, python3, PostgreSQL 15 binaries; .ci/run and
 # the README list how to install them. Wall-clock figures on a shared 2-core VM are
@@ -32,10 +41,18 @@ PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 REPS=${REPS:-3}
 PGPORT=${PGPORT:-55400}
 RESULTS=$WORK/results.tsv
+HALT_POLL=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+HALT_POLL_NS=${HALT_POLL_NS:-}
+HALT_POLL_SAVED=
 PEER=0
 [ "${1:-}" = "--peer" ] && PEER=1
 case $REPS in '' | *[!0-9]* | 0) echo "REPS must be a positive integer, not '$REPS'" >&2; exit 2 ;; esac
 case $PGPORT in '' | *[!0-9]*) echo "PGPORT must be a number, not '$PGPORT'" >&2; exit 2 ;; esac
+case $HALT_POLL_NS in *[!0-9]*) echo "HALT_POLL_NS must be a number of nanoseconds, not '$HALT_POLL_NS'" >&2; exit 2 ;; esac
+if [ -n "$HALT_POLL_NS" ] && [ ! -w $HALT_POLL ]; then
+  echo "HALT_POLL_NS is set but $HALT_POLL is not there (not a KVM guest with the haltpoll driver)" >&2
+  exit 2
+fi
 
 # Stop a PostgreSQL server left running in data directory $1, if any.
 pg_stop() {
@@ -58,6 +75,7 @@ cleanup() {
   DAEMON_PID='' PEER_PID=''
   # a peer daemon left over by an earlier run of this script on the same $WORK
   pkill -f "fuse-overlayfs.*lowerdir=$WORK/lower," 2>/dev/null
+  [ -n "$HALT_POLL_SAVED" ] && echo "$HALT_POLL_SAVED" >$HALT_POLL
   return 0
 }
 trap cleanup EXIT
@@ -271,6 +289,10 @@ PY
 }
 
 setup
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB RAM, host fs $(stat -f -c %T "$WORK"), size=$SIZE runtime=${RUNTIME}s files=$NFILES pgbench scale=$PGSCALE ${PGTIME}s reps=$REPS"
+if [ -n "$HALT_POLL_NS" ]; then
+  HALT_POLL_SAVED=$(cat $HALT_POLL)
+  echo "$HALT_POLL_NS" >$HALT_POLL
+fi
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB RAM, host fs $(stat -f -c %T "$WORK"), size=$SIZE runtime=${RUNTIME}s files=$NFILES pgbench scale=$PGSCALE ${PGTIME}s reps=$REPS, guest_halt_poll_ns=$(cat $HALT_POLL 2>/dev/null || echo n/a)"
 run_all
 report

@@ -10,11 +10,13 @@
 //! - `privileges`: set-id bits and file capabilities dropped on write, truncate, chown
 //! - `mounts`: the daemon's mount table (mount, unmount, sync a branch)
 //!
-//! Durability: fsync, fdatasync and fsync on a directory answer only after a pool
-//! commit. syncfs(2) and sync(2) push the kernel's dirty pages to the daemon as
-//! plain writes; no sync request reaches it (fuser 0.18 has no FUSE_SYNCFS
-//! handler), so they become durable at the daemon's next periodic commit (every
-//! 5 s) or through `MountTable::sync_branch`.
+//! Durability: fsync, fdatasync and fsync on a directory answer only once what they
+//! cover is durable: a pool commit, or for a file whose changes are all data writes
+//! an intent log record and its flush (format-spec §8.1). syncfs(2) and sync(2)
+//! push the kernel's dirty pages to the daemon as plain writes; no sync request
+//! reaches it (fuser 0.18 has no FUSE_SYNCFS handler), so they become durable at
+//! the daemon's next periodic commit (every 5 s) or through
+//! `MountTable::sync_branch`.
 //!
 //! Access times are not updated on read (mounts are `noatime`). Locks (fcntl,
 //! flock) are kept by the kernel, which is exact between the processes of one

@@ -66,6 +66,7 @@ pub struct MountTable {
 
 impl MountTable {
     pub fn new(pool: Arc<Pool>) -> Arc<MountTable> {
+        kernel::note_vcpu_halt_polling();
         Arc::new(MountTable {
             pool,
             mounts: Mutex::new(Vec::new()),
