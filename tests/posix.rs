@@ -1402,3 +1402,94 @@ fn terminal_ioctl_on_a_file_is_enotty() {
     };
     assert_eq!((r, e), (-1, Some(libc::ENOTTY)));
 }
+
+/// Lookups of missing names are cached by the kernel (negative entries): a name
+/// probed (twice, so the second answer comes from the cache) and then made by any
+/// call is seen at once, and so is its removal, in the name's directory and across
+/// a rename from another one.
+#[test]
+fn probed_missing_names_appear_when_made() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let d = m.mnt.join("d");
+    let other = m.mnt.join("other");
+    fs::create_dir(&d).unwrap();
+    fs::create_dir(&other).unwrap();
+    write_file(&other.join("src"), b"moved");
+    let p = d.join("name");
+    let probe_missing = |why: &str| {
+        for _ in 0..2 {
+            let e = fs::symlink_metadata(&p).expect_err(why);
+            assert_eq!(errno_of(&e), libc::ENOENT, "{why}");
+        }
+    };
+    let listed = || {
+        fs::read_dir(&d)
+            .unwrap()
+            .any(|e| e.unwrap().file_name() == "name")
+    };
+    type Make<'a> = (&'a str, Box<dyn Fn() + 'a>, Box<dyn Fn() + 'a>);
+    let makes: Vec<Make> = vec![
+        (
+            "create",
+            Box::new(|| write_file(&p, b"created")),
+            Box::new(|| fs::remove_file(&p).unwrap()),
+        ),
+        (
+            "O_EXCL create",
+            Box::new(|| {
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&p)
+                    .unwrap();
+            }),
+            Box::new(|| fs::remove_file(&p).unwrap()),
+        ),
+        (
+            "mkdir",
+            Box::new(|| fs::create_dir(&p).unwrap()),
+            Box::new(|| fs::remove_dir(&p).unwrap()),
+        ),
+        (
+            "symlink",
+            Box::new(|| std::os::unix::fs::symlink("target", &p).unwrap()),
+            Box::new(|| fs::remove_file(&p).unwrap()),
+        ),
+        (
+            "hard link",
+            Box::new(|| fs::hard_link(other.join("src"), &p).unwrap()),
+            Box::new(|| fs::remove_file(&p).unwrap()),
+        ),
+        (
+            "fifo",
+            Box::new(|| mknod(&p, libc::S_IFIFO | 0o644, 0).unwrap()),
+            Box::new(|| fs::remove_file(&p).unwrap()),
+        ),
+        (
+            "rename from another directory",
+            Box::new(|| fs::rename(other.join("src"), &p).unwrap()),
+            Box::new(|| fs::rename(&p, other.join("src")).unwrap()),
+        ),
+    ];
+    for (what, make, remove) in &makes {
+        probe_missing(&format!("before {what}"));
+        make();
+        assert!(
+            fs::symlink_metadata(&p).is_ok(),
+            "{what}: the new name is not seen"
+        );
+        assert!(listed(), "{what}: the new name is not listed");
+        remove();
+        probe_missing(&format!("after {what} was undone"));
+        assert!(!listed(), "{what}: the removed name is still listed");
+    }
+    assert_eq!(fs::read(other.join("src")).unwrap(), b"moved");
+    drop(m);
+    // The same answers from the pool itself, through a fresh mount.
+    let m = fx.mount();
+    assert!(fs::symlink_metadata(m.mnt.join("d/name")).is_err());
+    assert_eq!(fs::read(m.mnt.join("other/src")).unwrap(), b"moved");
+    drop(m);
+    fx.assert_fsck_clean();
+}

@@ -21,7 +21,9 @@ use fuser::{
 };
 
 use super::acl;
-use super::attr::{errno, file_attr, file_type, from_system_time, time_or_now, TTL};
+use super::attr::{
+    errno, file_attr, file_type, from_system_time, negative_entry, time_or_now, TTL,
+};
 use super::handles::Handles;
 use super::kernel;
 use super::lookups::Lookups;
@@ -146,8 +148,12 @@ impl Filesystem for CowFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r = self.pool.lookup(self.branch, parent.0, name.as_bytes());
-        self.entry(reply, r);
+        match self.pool.lookup(self.branch, parent.0, name.as_bytes()) {
+            Err(e) if e.errno() == libc::ENOENT => {
+                reply.entry(&TTL, &negative_entry(), Generation(0))
+            }
+            r => self.entry(reply, r),
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
