@@ -1485,11 +1485,11 @@ fn probed_missing_names_appear_when_made() {
         assert!(!listed(), "{what}: the removed name is still listed");
     }
     assert_eq!(fs::read(other.join("src")).unwrap(), b"moved");
-    drop(m);
-    // The same answers from the pool itself, through a fresh mount.
+    // The same answers from the pool itself, through a fresh mount (SIGTERM commits).
+    m.stop();
     let m = fx.mount();
     assert!(fs::symlink_metadata(m.mnt.join("d/name")).is_err());
     assert_eq!(fs::read(m.mnt.join("other/src")).unwrap(), b"moved");
-    drop(m);
+    m.stop();
     fx.assert_fsck_clean();
 }
