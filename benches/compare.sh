@@ -285,6 +285,17 @@ for f, unit in figs:
             c += f" (n={len(xs)})"
         row += f" {c:>21}"
     print(row)
+
+# A ratio against a native figure that itself swung is not a property of cowfs: say so
+# (README, Performance: ext4 without a journal slows creates after mass deletes).
+swung = []
+for f, _ in figs:
+    xs = [float(x) for x in vals.get(("native", f), [])]
+    if len(xs) > 1 and min(xs) > 0 and max(xs) / min(xs) >= 2:
+        swung.append(f"{f} {max(xs) / min(xs):.1f}x")
+if swung:
+    print("\nnative varied 2x or more between repetitions: " + ", ".join(swung)
+          + "; the ratios of these figures hold for this run's medians only")
 PY
 }
 
