@@ -1,7 +1,7 @@
 //! A PostgreSQL 15 server for the scenario tests that run one on a cowfs mount:
-//! initdb, a postmaster started as the test's own child (killed on drop, so a
-//! failing test leaves no postgres behind), psql, pgbench and pg_amcheck, all as user
-//! postgres. Needs root and PostgreSQL 15 in /usr/lib/postgresql/15/bin (`.ci/run`
+//! initdb, a postmaster started as the test's own child (its process group killed
+//! on drop, so a failing test leaves no postgres behind), psql, pgbench and
+//! pg_amcheck, all as user postgres. Needs root and PostgreSQL 15 in /usr/lib/postgresql/15/bin (`.ci/run`
 //! installs it).
 #![allow(dead_code)] // each scenario uses the part it needs
 
@@ -39,8 +39,12 @@ impl Running {
 }
 
 impl Drop for Running {
+    /// SIGKILL to the postmaster's whole process group: a backend waiting on a lock
+    /// whose holder died (a crash test) never notices its postmaster is gone, and
+    /// would stay behind holding files of a detached mount.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: kill(2) on the process group our child leads (process_group(0)).
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
@@ -129,6 +133,8 @@ impl Postgres {
             ])
             .stdout(Stdio::null())
             .stderr(logf)
+            // Its own process group, which Drop kills whole.
+            .process_group(0)
             .spawn()
             .expect("start postgres");
         let mut running = Running { child };
