@@ -377,6 +377,38 @@ pub(crate) fn serve_queue<FS: Filesystem>(
     params: RingParams,
 ) -> io::Result<()> {
     pin_to_cpu(usize::from(qid));
+    // A queue whose entries are all gone would leave its CPU's callers waiting
+    // forever once the ring is in use: an entry the kernel refuses a commit for
+    // (no known cause but a kernel fault) is replaced, a few times at most.
+    for _ in 0..MAX_LOST_ENTRIES {
+        match serve_entry(se, qid, params)? {
+            Outcome::Ended => return Ok(()),
+            Outcome::EntryLost(e) => {
+                error!("ring {qid}: the kernel refused a commit ({e}); registering a new entry")
+            }
+        }
+    }
+    Err(io::Error::other(format!(
+        "ring {qid}: {MAX_LOST_ENTRIES} entries lost"
+    )))
+}
+
+const MAX_LOST_ENTRIES: usize = 8;
+
+enum Outcome {
+    /// The connection ended: unmount or abort.
+    Ended,
+    /// A commit failed: the entry is no longer the kernel's to fill, nor ours to
+    /// free (its buffers are leaked).
+    EntryLost(io::Error),
+}
+
+/// Register one entry on a ring of its own and serve it until it ends.
+fn serve_entry<FS: Filesystem>(
+    se: &SessionEventLoop<FS>,
+    qid: u16,
+    params: RingParams,
+) -> io::Result<Outcome> {
     let fd = se.ch.as_fd().as_raw_fd();
     // Single issuer with deferred task work: the kernel hands a request to this
     // thread only when it waits in io_uring_enter, with a plain wake-up (no
@@ -406,6 +438,7 @@ pub(crate) fn serve_queue<FS: Filesystem>(
         sq.push(&entry_command(fd, CMD_REGISTER, qid, 0, buf))
             .expect("ring has room");
     }
+    let mut registered = false;
     loop {
         match ring.submit_and_wait(1) {
             Ok(_) => {}
@@ -433,13 +466,21 @@ pub(crate) fn serve_queue<FS: Filesystem>(
                 continue;
             }
             if res < 0 {
+                let err = io::Error::from_raw_os_error(-res);
                 return match -res {
                     // The connection ended (unmount, abort) or the ring is being
                     // torn down: the kernel has released the entry.
-                    libc::ENOTCONN | libc::ECANCELED | libc::ENODEV => Ok(()),
-                    errno => Err(io::Error::from_raw_os_error(errno)),
+                    libc::ENOTCONN | libc::ECANCELED | libc::ENODEV => Ok(Outcome::Ended),
+                    // The REGISTER itself was refused.
+                    _ if !registered => Err(err),
+                    _ => {
+                        std::mem::forget(shared.clone());
+                        Ok(Outcome::EntryLost(err))
+                    }
                 };
             }
+            // A request arrived: the REGISTER was accepted.
+            registered = true;
             // SAFETY: the kernel handed the entry over (this completion) and it
             // stays ours until the commit; the reply, if any, comes after the
             // request is made and is written only where the request does not
