@@ -1,6 +1,6 @@
 //! A PostgreSQL 15 server for the scenario tests that run one on a cowfs mount:
-//! initdb, a postmaster started as the test's own child (its process group killed
-//! on drop, so a failing test leaves no postgres behind), psql, pgbench and
+//! initdb, a postmaster started as the test's own child (it and every backend
+//! killed on drop, so a failing test leaves no postgres behind), psql, pgbench and
 //! pg_amcheck, all as user postgres. Needs root and PostgreSQL 15 in /usr/lib/postgresql/15/bin (`.ci/run`
 //! installs it).
 #![allow(dead_code)] // each scenario uses the part it needs
@@ -26,6 +26,8 @@ pub struct Postgres {
 /// kills it, so a failing test leaves no postgres behind.
 pub struct Running {
     child: Child,
+    /// The server's log, every server process's stderr.
+    log: PathBuf,
 }
 
 impl Running {
@@ -39,14 +41,42 @@ impl Running {
 }
 
 impl Drop for Running {
-    /// SIGKILL to the postmaster's whole process group: a backend waiting on a lock
-    /// whose holder died (a crash test) never notices its postmaster is gone, and
-    /// would stay behind holding files of a detached mount.
+    /// SIGKILL to the postmaster's process group and to every process whose stderr
+    /// is this server's log. Backends leave the postmaster's group (each calls
+    /// setsid), and one waiting on a lock whose holder died (a crash test) never
+    /// notices its postmaster is gone: it would stay behind, holding files of a
+    /// detached mount. Backends are forked from the postmaster and keep its
+    /// stderr (their environment and cwd are no help: the process title
+    /// overwrites the one, and a crash test has detached the other).
     fn drop(&mut self) {
         // SAFETY: kill(2) on the process group our child leads (process_group(0)).
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = processes_writing_to(&self.log);
+            if left.is_empty() || Instant::now() > deadline {
+                return;
+            }
+            for pid in left {
+                // SAFETY: kill(2) on a process whose stderr is our server's log.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
+}
+
+/// Live processes (zombies have no descriptors) whose stderr is `log`.
+fn processes_writing_to(log: &Path) -> Vec<i32> {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| fs::read_link(format!("/proc/{pid}/fd/2")).is_ok_and(|p| p == log))
+        .collect()
 }
 
 pub fn postgres_ids() -> (u32, u32) {
@@ -137,7 +167,10 @@ impl Postgres {
             .process_group(0)
             .spawn()
             .expect("start postgres");
-        let mut running = Running { child };
+        let mut running = Running {
+            child,
+            log: log.clone(),
+        };
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             let ready = self
