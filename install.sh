@@ -34,14 +34,6 @@ install -d "$PREFIX/bin"
 install -m 0755 "$ROOT/target/release/cowfs" "$ROOT/target/release/cowfs-ctl" "$PREFIX/bin/"
 echo "installed cowfs and cowfs-ctl in $PREFIX/bin"
 
-# FUSE over io_uring (Linux 6.14+): the kernel offers it to new mounts only while
-# this is on; cowfs then serves each request on the caller's CPU (README,
-# "Performance"). Other FUSE servers are unaffected unless they ask for it.
-URING=/sys/module/fuse/parameters/enable_uring
-if [ -w "$URING" ] && [ "$(cat "$URING")" != Y ]; then
-  echo Y >"$URING" && echo "enabled FUSE over io_uring ($URING)"
-fi
-
 mkdir -p "$DATA/main"
 [ -e "$DATA/pool" ] || "$PREFIX/bin/cowfs" init "$DATA/pool"
 if mountpoint -q "$DATA/main"; then

@@ -11,7 +11,6 @@
 #   benches/compare.sh --peer          # also fuse-overlayfs
 #   SIZE=512M RUNTIME=5 NFILES=2000 PGTIME=10 REPS=1 benches/compare.sh   # quick run
 #   HALT_POLL_NS=200000 benches/compare.sh --peer   # with guest halt polling, see below
-#   URING=N benches/compare.sh         # cowfs over /dev/fuse only, see below
 #
 # Env: SIZE RUNTIME NFILES PGSCALE PGTIME as below; REPS repetitions (default 3; with
 # an even count the median is the mean of the two middle values); PGPORT base port
@@ -24,12 +23,6 @@
 # and an IPI, which is most of a metadata round trip. When set, the value applies to
 # every target of the run (native too) and the previous value is restored at exit.
 # The header line prints the value in effect either way.
-#
-# URING=Y|N: whether the fuse module offers FUSE over io_uring to the cowfs mount
-# (/sys/module/fuse/parameters/enable_uring, Linux 6.14+; install.sh turns it on).
-# With it, cowfs serves each request on the caller's CPU. Unset, the machine's value
-# is used; set, it applies for the run and the previous value is restored at exit.
-# fuse-overlayfs does not use io_uring either way. The header prints the value.
 #
 # Needs root (mounts, drop_caches), fio, python3, PostgreSQL 15 binaries; .ci/run and
 # the README list how to install them. Wall-clock figures on a shared 2-core VM are
@@ -51,19 +44,11 @@ RESULTS=$WORK/results.tsv
 HALT_POLL=/sys/module/haltpoll/parameters/guest_halt_poll_ns
 HALT_POLL_NS=${HALT_POLL_NS:-}
 HALT_POLL_SAVED=
-URING_PARAM=/sys/module/fuse/parameters/enable_uring
-URING=${URING:-}
-URING_SAVED=
 PEER=0
 [ "${1:-}" = "--peer" ] && PEER=1
 case $REPS in '' | *[!0-9]* | 0) echo "REPS must be a positive integer, not '$REPS'" >&2; exit 2 ;; esac
 case $PGPORT in '' | *[!0-9]*) echo "PGPORT must be a number, not '$PGPORT'" >&2; exit 2 ;; esac
 case $HALT_POLL_NS in *[!0-9]*) echo "HALT_POLL_NS must be a number of nanoseconds, not '$HALT_POLL_NS'" >&2; exit 2 ;; esac
-case $URING in '' | Y | N) ;; *) echo "URING must be Y or N, not '$URING'" >&2; exit 2 ;; esac
-if [ -n "$URING" ] && [ ! -w $URING_PARAM ]; then
-  echo "URING is set but $URING_PARAM is not there (FUSE over io_uring needs Linux 6.14+)" >&2
-  exit 2
-fi
 if [ -n "$HALT_POLL_NS" ] && [ ! -w $HALT_POLL ]; then
   echo "HALT_POLL_NS is set but $HALT_POLL is not there (not a KVM guest with the haltpoll driver)" >&2
   exit 2
@@ -91,7 +76,6 @@ cleanup() {
   # a peer daemon left over by an earlier run of this script on the same $WORK
   pkill -f "fuse-overlayfs.*lowerdir=$WORK/lower," 2>/dev/null
   [ -n "$HALT_POLL_SAVED" ] && echo "$HALT_POLL_SAVED" >$HALT_POLL
-  [ -n "$URING_SAVED" ] && echo "$URING_SAVED" >$URING_PARAM
   return 0
 }
 trap cleanup EXIT
@@ -315,16 +299,11 @@ if swung:
 PY
 }
 
-# before setup: the kernel decides at the mount's FUSE_INIT
-if [ -n "$URING" ]; then
-  URING_SAVED=$(cat $URING_PARAM)
-  echo "$URING" >$URING_PARAM
-fi
 setup
 if [ -n "$HALT_POLL_NS" ]; then
   HALT_POLL_SAVED=$(cat $HALT_POLL)
   echo "$HALT_POLL_NS" >$HALT_POLL
 fi
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB RAM, host fs $(stat -f -c %T "$WORK"), size=$SIZE runtime=${RUNTIME}s files=$NFILES pgbench scale=$PGSCALE ${PGTIME}s reps=$REPS, guest_halt_poll_ns=$(cat $HALT_POLL 2>/dev/null || echo n/a), fuse enable_uring=$(cat $URING_PARAM 2>/dev/null || echo n/a)"
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB RAM, host fs $(stat -f -c %T "$WORK"), size=$SIZE runtime=${RUNTIME}s files=$NFILES pgbench scale=$PGSCALE ${PGTIME}s reps=$REPS, guest_halt_poll_ns=$(cat $HALT_POLL 2>/dev/null || echo n/a)"
 run_all
 report

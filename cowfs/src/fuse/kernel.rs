@@ -66,16 +66,6 @@ pub(crate) fn negotiate(cfg: &mut KernelConfig, read_only: bool) {
             log::warn!("kernel refused {what} ({missing:?}); continuing without it");
         }
     }
-    // FUSE over io_uring (Linux 6.14+; offered only while the fuse module's
-    // `enable_uring` parameter is on): each request is served by a thread pinned
-    // to the caller's CPU (vendor/fuser/src/uring.rs). Without it, the /dev/fuse
-    // readers serve everything, as before.
-    if cfg.add_capabilities(InitFlags::FUSE_OVER_IO_URING).is_err() {
-        log::info!(
-            "FUSE over io_uring not offered (/sys/module/fuse/parameters/enable_uring); \
-             serving /dev/fuse only"
-        );
-    }
     if let Err(max) = cfg.set_max_write(MAX_REQUEST) {
         log::warn!("kernel limits writes to {max} bytes");
         let _ = cfg.set_max_write(max);
