@@ -41,16 +41,15 @@ impl Running {
 }
 
 impl Drop for Running {
-    /// SIGKILL to the postmaster's process group and to every process whose stderr
-    /// is this server's log. Backends leave the postmaster's group (each calls
-    /// setsid), and one waiting on a lock whose holder died (a crash test) never
-    /// notices its postmaster is gone: it would stay behind, holding files of a
-    /// detached mount. Backends are forked from the postmaster and keep its
-    /// stderr (their environment and cwd are no help: the process title
-    /// overwrites the one, and a crash test has detached the other).
+    /// SIGKILL to the postmaster, then to every process whose stderr is this
+    /// server's log. A backend waiting on a lock whose holder died (a crash test)
+    /// never notices its postmaster is gone: it would stay behind, holding files
+    /// of a detached mount. Backends are forked from the postmaster and keep its
+    /// stderr; nothing else finds them (each calls setsid, so no process group
+    /// holds them; the process title overwrites their environment; a crash test
+    /// has detached their cwd).
     fn drop(&mut self) {
-        // SAFETY: kill(2) on the process group our child leads (process_group(0)).
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.kill();
         let _ = self.child.wait();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -163,8 +162,6 @@ impl Postgres {
             ])
             .stdout(Stdio::null())
             .stderr(logf)
-            // Its own process group, which Drop kills whole.
-            .process_group(0)
             .spawn()
             .expect("start postgres");
         let mut running = Running {
