@@ -670,6 +670,15 @@ impl Filesystem for CowFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        // With the writeback cache the kernel holds written pages that have not
+        // reached us yet, and it sends LSEEK without writing them back first: our
+        // extents would report fresh data as a hole, and sparse-aware copies would
+        // skip it. ENOSYS makes the kernel answer from its own size for the rest of
+        // the mount (all data, one hole at the end). A read-only mount has no
+        // writeback cache, so the engine's extents are the whole truth there.
+        if !self.read_only {
+            return reply.error(Errno::ENOSYS);
+        }
         let whence = match whence {
             libc::SEEK_DATA => SeekWhence::Data,
             libc::SEEK_HOLE => SeekWhence::Hole,
