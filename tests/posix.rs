@@ -304,6 +304,39 @@ fn long_names() {
     m.stop();
 }
 
+/// A write the kernel accepts is one the engine keeps: the kernel takes writes up
+/// to its own size limit (2^63-1 for FUSE) into the page cache, so a lower limit
+/// in the engine turned them into a failed writeback after write(2) had succeeded.
+#[test]
+fn writes_at_huge_offsets_are_kept() {
+    let fx = Fixture::new();
+    let offsets = [1u64 << 51, 1u64 << 62];
+    {
+        let m = fx.mount();
+        for (n, off) in offsets.iter().enumerate() {
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(m.mnt.join(format!("huge{n}")))
+                .unwrap();
+            f.write_all_at(b"0123456789", *off).unwrap();
+            f.sync_all().unwrap();
+        }
+        m.stop();
+    }
+    let m = fx.mount();
+    for (n, off) in offsets.iter().enumerate() {
+        let f = File::open(m.mnt.join(format!("huge{n}"))).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), off + 10, "size after remount");
+        let mut back = [0u8; 10];
+        f.read_exact_at(&mut back, *off).unwrap();
+        assert_eq!(&back, b"0123456789");
+    }
+    m.stop();
+    fx.assert_fsck_clean();
+}
+
 /// On a writable mount, written pages the kernel has not yet handed to the daemon
 /// are data to SEEK_DATA and SEEK_HOLE too: the kernel asks without writing them
 /// back first, so the daemon must not answer from its extents (a sparse-aware copy

@@ -7,8 +7,11 @@ use super::items::*;
 use super::{err, FsResult, FsTree};
 use crate::btree::{tree, Key};
 
-/// Largest file offset accepted (s_maxbytes).
-pub const MAX_FILE_SIZE: u64 = 1 << 50;
+/// Largest file size: the kernel's own limit for FUSE (MAX_LFS_FILESIZE). It must
+/// not be lower: with the writeback cache the kernel accepts writes up to its
+/// limit into the page cache and hears our refusal only at writeback, when the
+/// write(2) has already succeeded and the data is lost.
+pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 const END_BLOCK: u64 = u64::MAX / BS;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
