@@ -505,6 +505,15 @@ fn xattrs() {
     removexattr(&f, "user.two").unwrap();
     assert_eq!(errno(getxattr(&f, "user.two")), libc::ENODATA);
     assert_eq!(errno(removexattr(&f, "user.two")), libc::ENODATA);
+    // Names outside the four namespaces are refused, as on ext4.
+    for name in ["foo", "bogus.foo", "user"] {
+        assert_eq!(
+            errno(setxattr(&f, name, b"v", 0)),
+            libc::EOPNOTSUPP,
+            "{name}"
+        );
+        assert_eq!(errno(getxattr(&f, name)), libc::EOPNOTSUPP, "{name}");
+    }
     // Directories carry xattrs too; an unprivileged user cannot write trusted.*.
     setxattr(&m.mnt, "user.dir", b"d", 0).unwrap();
     assert_eq!(getxattr(&m.mnt, "user.dir").unwrap(), b"d");

@@ -32,6 +32,12 @@ impl FsTree<'_> {
         if name.is_empty() || name.len() > MAX_NAME_LEN {
             return err(libc::ERANGE);
         }
+        // The kernel hands FUSE every name (its handler's prefix is empty); Linux
+        // filesystems know only these namespaces and refuse the rest.
+        const NAMESPACES: [&[u8]; 4] = [b"user.", b"trusted.", b"security.", b"system."];
+        if !NAMESPACES.iter().any(|ns| name.starts_with(ns)) {
+            return err(libc::EOPNOTSUPP);
+        }
         Ok(())
     }
 
