@@ -1304,16 +1304,33 @@ fn unprivileged_error_codes() {
     m.stop();
 }
 
+/// A directory removed (by rmdir, or replaced by a rename) while open stays valid
+/// through its descriptor, as on Linux filesystems: it lists empty and fstat shows
+/// no links. The engine keeps it as an orphan until the kernel lets go.
 #[test]
-fn removed_directory_lists_empty_through_an_open_handle() {
+fn removed_directory_stays_valid_through_an_open_handle() {
     let fx = Fixture::new();
     let m = fx.mount();
     let d = m.mnt.join("gone");
     fs::create_dir(&d).unwrap();
     let rd = fs::read_dir(&d).unwrap();
+    let held = File::open(&d).unwrap();
     fs::remove_dir(&d).unwrap();
     let left: Vec<_> = rd.collect::<Result<_, _>>().unwrap();
     assert!(left.is_empty());
+    let md = held.metadata().expect("fstat of a removed directory");
+    assert!(md.is_dir());
+    assert_eq!(md.nlink(), 0);
+    // Replaced by a rename: the old directory lives on the same way.
+    let (a, b) = (m.mnt.join("a"), m.mnt.join("b"));
+    fs::create_dir(&a).unwrap();
+    fs::create_dir(&b).unwrap();
+    let old_b = File::open(&b).unwrap();
+    fs::rename(&a, &b).unwrap();
+    let md = old_b.metadata().expect("fstat of a replaced directory");
+    assert_eq!(md.nlink(), 0);
+    assert_eq!(fs::metadata(&b).unwrap().nlink(), 2);
+    drop((held, old_b));
     m.stop();
     fx.assert_fsck_clean();
 }

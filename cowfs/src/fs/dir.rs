@@ -301,7 +301,10 @@ impl FsTree<'_> {
         Ok(empty)
     }
 
-    pub fn rmdir(&mut self, parent: u64, name: &[u8]) -> FsResult<()> {
+    /// Remove an empty directory. Returns its inode number: like an unlinked file it
+    /// stays on the orphan list, with no links, until no one has it open (fstat of an
+    /// open descriptor still works); the caller frees it then.
+    pub fn rmdir(&mut self, parent: u64, name: &[u8]) -> FsResult<Option<u64>> {
         let mut p = self.dir_inode(parent)?;
         if name == b"." {
             return err(libc::EINVAL);
@@ -322,7 +325,17 @@ impl FsTree<'_> {
         }
         self.remove_entry(parent, &mut p, slot, &e)?;
         self.put_inode(parent, &p)?;
-        self.free_inode(e.ino)
+        self.orphan_dir(e.ino)?;
+        Ok(Some(e.ino))
+    }
+
+    /// A removed directory loses its links and joins the orphan list.
+    fn orphan_dir(&mut self, ino: u64) -> FsResult<()> {
+        let mut i = self.inode(ino)?;
+        i.nlink = 0;
+        i.ctime = Timespec::now();
+        self.put_inode(ino, &i)?;
+        self.mark_orphan(ino)
     }
 
     /// Is `anc` the directory `d` or one of its ancestors?
@@ -452,7 +465,8 @@ impl FsTree<'_> {
             self.remove_entry(p2, &mut pi, d_slot, &dst)?;
             self.put_inode(p2, &pi)?;
             if dst_dir {
-                self.free_inode(dst.ino)?;
+                self.orphan_dir(dst.ino)?;
+                freed = Some(dst.ino);
             } else {
                 freed = self.drop_link(dst.ino)?;
             }

@@ -389,7 +389,15 @@ fn check_branch(w: &mut Walk, _id: u64, rec: &BranchRecord, opts: &FsckOptions) 
                 i.size
             ));
         }
-        if i.is_dir() {
+        if i.is_dir() && f.orphans.contains(ino) {
+            // Removed while open: no links, no name, no entries (rmdir needs it empty).
+            if i.nlink != 0 || names != 0 || f.subdirs.contains_key(ino) {
+                w.report.error(format!(
+                    "branch '{name}': orphan dir {ino}: nlink {}, named {names} times",
+                    i.nlink
+                ));
+            }
+        } else if i.is_dir() {
             let want = 2 + f.subdirs.get(ino).copied().unwrap_or(0);
             if i.nlink != want {
                 w.report.error(format!(

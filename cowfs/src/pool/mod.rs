@@ -660,7 +660,7 @@ impl Pool {
         self.write_unlinking(b, |fs| fs.unlink(parent, name))
     }
     pub fn rmdir(&self, b: BranchId, parent: u64, name: &[u8]) -> FsResult<()> {
-        self.write(b, |fs| fs.rmdir(parent, name))
+        self.write_unlinking(b, |fs| fs.rmdir(parent, name))
     }
     pub fn rename(
         &self,
