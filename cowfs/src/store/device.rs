@@ -80,11 +80,15 @@ const HOST_FREE_EXACT_BELOW: u64 = 1 << 30;
 
 impl FileDevice {
     pub fn open(path: &Path, create: bool) -> std::io::Result<FileDevice> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // A new pool file is the owner's alone: it holds every branch's data, personal
+        // data of production included, whatever the files' own modes say.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(create)
             .truncate(false)
+            .mode(0o600)
             .open(path)?;
         use std::os::unix::fs::FileTypeExt;
         let meta = file.metadata()?;
@@ -97,7 +101,6 @@ impl FileDevice {
             meta.len()
         };
         let direct = {
-            use std::os::unix::fs::OpenOptionsExt;
             OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -405,6 +408,22 @@ mod tests {
         dev.read_data_at(addr, &mut buf[pad..pad + blocks * BLOCK_SIZE])
             .unwrap();
         buf[pad..pad + blocks * BLOCK_SIZE].to_vec()
+    }
+
+    /// A pool file is created readable by its owner only (mode 0600, whatever the
+    /// umask allows), and an existing file's mode is left alone.
+    #[test]
+    fn new_pool_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool");
+        FileDevice::open(&path, true).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        FileDevice::open(&path, false).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
     }
 
     /// Direct (large) and buffered (small) writes of the same blocks, read both
