@@ -170,8 +170,16 @@ fn times() {
         (md3.mtime(), md3.mtime_nsec()),
         (1_234_567_890, 123_456_789)
     );
+    // Before 1970 with a fraction of a second (timespec (-3, 999999999) is
+    // 2.000000001 s before the epoch).
+    let old = m.mnt.join("old");
+    write_file(&old, b"");
+    utimens(&old, (-2, 500_000_000), (-3, 999_999_999)).unwrap();
     m.stop();
     let m = fx.mount();
+    let md5 = fs::metadata(m.mnt.join("old")).unwrap();
+    assert_eq!((md5.atime(), md5.atime_nsec()), (-2, 500_000_000));
+    assert_eq!((md5.mtime(), md5.mtime_nsec()), (-3, 999_999_999));
     let md4 = fs::metadata(m.mnt.join("t")).unwrap();
     assert_eq!(
         (md4.mtime(), md4.mtime_nsec()),

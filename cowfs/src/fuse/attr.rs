@@ -40,7 +40,13 @@ pub(crate) fn to_system_time(t: Timespec) -> SystemTime {
     }
 }
 
-pub(crate) fn from_system_time(t: SystemTime) -> Timespec {
+/// A time from a SETATTR request. The kernel sends (sec, nsec) with nsec in
+/// 0..1e9; for sec < 0 fuser 0.18 builds `EPOCH - Duration::new(-sec, nsec)`, one
+/// second and 2*nsec off (its own TODO: it should subtract 1e9 - nsec). Both
+/// fields are read back from the distance to the epoch as they came. Cargo.toml
+/// pins fuser so that a fixed release is taken on purpose (tests/posix.rs `times`
+/// checks a pre-1970 time end to end).
+pub(crate) fn from_request_time(t: SystemTime) -> Timespec {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => Timespec {
             sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
@@ -48,20 +54,17 @@ pub(crate) fn from_system_time(t: SystemTime) -> Timespec {
         },
         Err(before) => {
             let d = before.duration();
-            let mut sec = -i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-            let mut nsec = d.subsec_nanos();
-            if nsec > 0 {
-                sec -= 1;
-                nsec = 1_000_000_000 - nsec;
+            Timespec {
+                sec: -i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                nsec: d.subsec_nanos(),
             }
-            Timespec { sec, nsec }
         }
     }
 }
 
 pub(crate) fn time_or_now(t: TimeOrNow) -> Timespec {
     match t {
-        TimeOrNow::SpecificTime(t) => from_system_time(t),
+        TimeOrNow::SpecificTime(t) => from_request_time(t),
         TimeOrNow::Now => Timespec::now(),
     }
 }
@@ -116,20 +119,35 @@ pub(crate) fn negative_entry() -> FileAttr {
 mod tests {
     use super::*;
 
+    /// What fuser 0.18 makes of the kernel's (sec, nsec) in a SETATTR request.
+    fn as_fuser_hands_it_over(sec: i64, nsec: u32) -> SystemTime {
+        if sec >= 0 {
+            UNIX_EPOCH + Duration::new(sec.unsigned_abs(), nsec)
+        } else {
+            UNIX_EPOCH - Duration::new(sec.unsigned_abs(), nsec)
+        }
+    }
+
     #[test]
-    fn times_round_trip() {
-        for t in [
-            Timespec { sec: 0, nsec: 0 },
-            Timespec {
-                sec: 1_700_000_000,
-                nsec: 123_456_789,
-            },
-            Timespec {
-                sec: -5,
-                nsec: 250_000_000,
-            },
+    fn request_times_keep_their_fields() {
+        for (sec, nsec) in [
+            (0, 0),
+            (1_700_000_000, 123_456_789),
+            (-5, 250_000_000),
+            (-2, 999_999_999),
+            (-1, 0),
         ] {
-            assert_eq!(from_system_time(to_system_time(t)), t);
+            let t = from_request_time(as_fuser_hands_it_over(sec, nsec));
+            assert_eq!(t, Timespec { sec, nsec });
+            // And the reply carries the same instant back.
+            let back = to_system_time(t);
+            let want = if sec >= 0 {
+                UNIX_EPOCH + Duration::new(sec.unsigned_abs(), nsec)
+            } else {
+                UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs())
+                    + Duration::from_nanos(nsec.into())
+            };
+            assert_eq!(back, want);
         }
     }
 

@@ -22,7 +22,7 @@ use fuser::{
 
 use super::acl;
 use super::attr::{
-    errno, file_attr, file_type, from_system_time, negative_entry, time_or_now, TTL,
+    errno, file_attr, file_type, from_request_time, negative_entry, time_or_now, TTL,
 };
 use super::handles::Handles;
 use super::kernel;
@@ -191,7 +191,7 @@ impl Filesystem for CowFs {
             size,
             atime: atime.map(time_or_now),
             mtime: mtime.map(time_or_now),
-            ctime: ctime.map(from_system_time),
+            ctime: ctime.map(from_request_time),
         };
         if let Err(e) = self.drop_privileges_for_setattr(ino.0, &mut s, req.uid()) {
             return reply.error(errno(&e));
