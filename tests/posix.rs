@@ -1055,6 +1055,32 @@ fn posix_acls() {
     fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
     let (ok, _) = as_nobody(&format!("cat {r}/acl-file"));
     assert!(!ok, "chmod 600 masks the named entry");
+    // Setting an access ACL drops set-group-ID when the caller is outside the
+    // file's group and lacks CAP_FSETID (Linux's posix_acl_update_mode); root keeps it.
+    let acl = acl_blob(&[
+        (ACL_USER_OBJ, 7, 0),
+        (ACL_USER, 5, 0),
+        (ACL_GROUP_OBJ, 5, 0),
+        (ACL_MASK, 5, 0),
+        (ACL_OTHER, 5, 0),
+    ]);
+    let hex: String = acl.iter().map(|b| format!("{b:02x}")).collect();
+    for (name, by_nobody, want) in [("sgid-nobody", true, 0o0755), ("sgid-root", false, 0o2755)] {
+        let p = m.mnt.join(name);
+        write_file(&p, b"");
+        std::os::unix::fs::chown(&p, Some(NOBODY), Some(0)).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o2775)).unwrap();
+        if by_nobody {
+            let (ok, out) = as_nobody(&format!(
+                "python3 -c \"import os; os.setxattr('{}', 'system.posix_acl_access', bytes.fromhex('{hex}'))\"",
+                p.display()
+            ));
+            assert!(ok, "{out}");
+        } else {
+            setxattr(&p, "system.posix_acl_access", &acl, 0).unwrap();
+        }
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, want, "{name}");
+    }
     // Malformed ACLs are refused.
     assert_eq!(
         errno(setxattr(&f, "system.posix_acl_access", &[2, 0, 0, 0, 1], 0)),

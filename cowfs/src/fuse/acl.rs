@@ -204,8 +204,10 @@ pub(crate) fn after_chmod(pool: &Pool, b: BranchId, ino: u64, mode: u32) -> FsRe
     Ok(())
 }
 
-/// setxattr of an ACL. An access ACL sets the mode's permission bits; one that
-/// says no more than the mode is not stored (as on ext4).
+/// setxattr of an ACL. An access ACL sets the mode's permission bits, and drops
+/// set-group-ID unless `keeps_setgid(file's gid)` says the caller keeps it
+/// (privileges.rs `acl_keeps_setgid`); one that says no more than the mode is not
+/// stored (as on ext4).
 pub(crate) fn set(
     pool: &Pool,
     b: BranchId,
@@ -213,6 +215,7 @@ pub(crate) fn set(
     name: &[u8],
     value: &[u8],
     flags: u32,
+    keeps_setgid: impl FnOnce(u32) -> bool,
 ) -> FsResult<()> {
     let Some(a) = Acl::parse(value) else {
         return Err(FsError::Posix(libc::EINVAL));
@@ -222,8 +225,12 @@ pub(crate) fn set(
     }
     let (bits, equiv) = a.mode_bits();
     let old = pool.getattr(b, ino)?;
+    let mut special = old.mode & 0o7000;
+    if special & libc::S_ISGID != 0 && !keeps_setgid(old.gid) {
+        special &= !libc::S_ISGID;
+    }
     let s = SetAttr {
-        mode: Some((old.mode & 0o7000) | bits),
+        mode: Some(special | bits),
         ..Default::default()
     };
     pool.setattr(b, ino, &s)?;

@@ -27,6 +27,7 @@ use super::attr::{
 use super::handles::Handles;
 use super::kernel;
 use super::lookups::Lookups;
+use super::privileges::acl_keeps_setgid;
 use crate::fs::file::SeekWhence;
 use crate::fs::{Attr, FsError, FsResult, SetAttr};
 use crate::pool::{BranchId, Pool};
@@ -580,7 +581,7 @@ impl Filesystem for CowFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -596,7 +597,8 @@ impl Filesystem for CowFs {
         };
         let name = name.as_bytes();
         let r = if name == acl::ACCESS || name == acl::DEFAULT {
-            acl::set(&self.pool, self.branch, ino.0, name, value, flags)
+            let keeps = |file_gid| acl_keeps_setgid(req.pid(), req.uid(), req.gid(), file_gid);
+            acl::set(&self.pool, self.branch, ino.0, name, value, flags, keeps)
         } else {
             self.pool.setxattr(self.branch, ino.0, name, value, flags)
         };

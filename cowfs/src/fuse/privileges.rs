@@ -21,6 +21,38 @@ use crate::fs::{FsResult, SetAttr};
 
 const CAPABILITY: &[u8] = b"security.capability";
 
+/// The capability bit (linux/capability.h) that lets a caller keep set-id bits.
+const CAP_FSETID: u32 = 4;
+
+/// Does a caller keep a file's set-group-ID bit when it sets the file's access ACL?
+/// Linux (`posix_acl_update_mode`) keeps it for a member of the file's group and for
+/// a holder of CAP_FSETID. The kernel's own verdict (FUSE_SETXATTR_ACL_KILL_SGID)
+/// comes only with FUSE_SETXATTR_EXT, whose request layout fuser 0.18 does not
+/// parse, so it is worked out here from the caller's /proc status; a caller that is
+/// gone already counts as uid 0 or not.
+pub(crate) fn acl_keeps_setgid(pid: u32, uid: u32, gid: u32, file_gid: u32) -> bool {
+    if gid == file_gid {
+        return true;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return uid == 0;
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let in_group = field("Groups:").is_some_and(|g| {
+        g.split_whitespace()
+            .any(|x| x.parse::<u32>() == Ok(file_gid))
+    });
+    let cap_fsetid = field("CapEff:")
+        .and_then(|c| u64::from_str_radix(c, 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_FSETID) != 0);
+    in_group || cap_fsetid
+}
+
 /// `mode` without the set-id bits a change drops.
 pub(crate) fn without_setid(mode: u32) -> u32 {
     let mut m = mode & !libc::S_ISUID;
