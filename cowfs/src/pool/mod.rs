@@ -1261,7 +1261,7 @@ impl Engine {
         let manifest = if seal {
             None
         } else {
-            self.st.manifest(&space_pages)
+            self.st.manifest(&space_pages)?
         };
         self.sealed = manifest.is_none();
         if manifest.is_none() {
