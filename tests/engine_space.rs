@@ -350,3 +350,54 @@ fn fsck_of_a_default_size_pool_does_not_load_every_space_map_page() {
     );
     assert!(peak < 400 * 1024, "peak RSS {} MiB", peak / 1024);
 }
+
+/// ENOSPC on a metadata change leaves every other file as it was. A B-tree leaf
+/// split that found no block for its right half used to drop that half: one
+/// failed setxattr on a full pool made the names and xattrs of other files vanish.
+#[test]
+fn metadata_enospc_loses_no_other_files_items() {
+    let small = PoolOptions {
+        capacity_bytes: Some(256 * 4096),
+        ..Default::default()
+    };
+    let pool = Pool::create_on(Arc::new(MemDevice::new()), &small).unwrap();
+    let b = pool.branch_id("main").unwrap();
+    let o = Owner::default();
+    let mut made = Vec::new();
+    for i in 0..60 {
+        let name = format!("file-{i:05}");
+        let a = pool
+            .mknod(b, ROOT_INO, name.as_bytes(), libc::S_IFREG | 0o644, 0, o)
+            .unwrap();
+        pool.setxattr(b, a.ino, b"user.s", &[1u8; 100], 0).unwrap();
+        made.push((name, a.ino));
+    }
+    pool.commit().unwrap();
+    // The leaf holding file-00000 is dirty in this transaction.
+    pool.setxattr(b, made[0].1, b"user.t", &[2u8; 10], 0)
+        .unwrap();
+    // Fill the pool with other metadata (higher inode numbers).
+    let d = pool.mkdir(b, ROOT_INO, b"other", 0o755, o).unwrap().ino;
+    for i in 0.. {
+        let Ok(a) = pool.mknod(
+            b,
+            d,
+            format!("g{i}").as_bytes(),
+            libc::S_IFREG | 0o644,
+            0,
+            o,
+        ) else {
+            break;
+        };
+        if pool.setxattr(b, a.ino, b"user.x", &[7u8; 1900], 0).is_err() {
+            break;
+        }
+    }
+    // One more xattr on file-00000: its leaf must split, with no block free.
+    let r = pool.setxattr(b, made[0].1, b"user.big", &[9u8; 1900], 0);
+    assert_eq!(r.map_err(|e| e.errno()), Err(libc::ENOSPC));
+    for (name, ino) in &made {
+        assert_eq!(pool.lookup(b, ROOT_INO, name.as_bytes()).unwrap().ino, *ino);
+        assert_eq!(pool.getxattr(b, *ino, b"user.s").unwrap(), [1u8; 100]);
+    }
+}

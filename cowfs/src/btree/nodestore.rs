@@ -163,6 +163,18 @@ impl NodeStore {
         Ok(addr)
     }
 
+    /// Fail with ENOSPC unless `blocks` nodes can be allocated now: a tree change
+    /// that needs several checks first, so that running out of blocks leaves the
+    /// tree as it was.
+    pub fn ensure_node_room(&mut self, blocks: u64) -> StoreResult<()> {
+        if self.available() < blocks {
+            return Err(StoreError::NoSpace {
+                pool: self.dev.name(),
+            });
+        }
+        Ok(())
+    }
+
     /// A node that may be changed in place: the node itself if this transaction made
     /// it and nothing else references it, otherwise a fresh copy (shadowing).
     pub fn cow(&mut self, addr: BlockAddr) -> StoreResult<BlockAddr> {
