@@ -44,6 +44,14 @@ pub struct NodeStore {
     /// Limit on the data blocks the running operation may allocate (branch quotas
     /// and space reserved for other branches); set by the pool around one call.
     pub data_budget: Option<DataBudget>,
+    /// Blocks the catalog changes of the next commit may need (set by the pool;
+    /// part of `commit_reserve`).
+    pub catalog_reserve: u64,
+    /// A commit is allocating: it may use `commit_reserve`.
+    pub committing: bool,
+    /// The running operation frees space (unlink, rmdir, removexattr, branch
+    /// delete): it may use `delete_slop`.
+    pub freeing: bool,
 }
 
 /// Below this many free blocks (64 MiB) on the host filesystem of a pool file, the
@@ -79,6 +87,9 @@ impl NodeStore {
             refs_of,
             stats: IoStats::default(),
             data_budget: None,
+            catalog_reserve: 0,
+            committing: false,
+            freeing: false,
             written: Some(FxHashMap::default()),
         }
     }
@@ -157,17 +168,51 @@ impl NodeStore {
 
     /// Store a new node at a fresh address.
     pub fn alloc_node(&mut self, node: Node) -> StoreResult<BlockAddr> {
+        self.ensure_node_room(1)?;
         let (addr, _) = self.space.alloc(&*self.dev, 1)?;
         self.cache.remove(addr);
         self.dirty.insert(addr, Arc::new(node));
         Ok(addr)
     }
 
-    /// Fail with ENOSPC unless `blocks` nodes can be allocated now: a tree change
-    /// that needs several checks first, so that running out of blocks leaves the
-    /// tree as it was.
+    /// Blocks every change but a commit leaves free, so that the commit which
+    /// makes the change durable always finds room: a commit allocates only for
+    /// the catalog records it writes (`catalog_reserve`) and for the space-map
+    /// pages it relocates (`SpaceMap::commit_pages_bound`); the tree nodes it
+    /// writes already have their blocks. Without it a full pool failed the commit
+    /// itself, after file creates and xattrs had taken the last blocks.
+    pub fn commit_reserve(&self) -> u64 {
+        if self.committing {
+            return 0;
+        }
+        self.catalog_reserve + self.space.commit_pages_bound(self.catalog_reserve)
+    }
+
+    /// Blocks above the commit reserve that only operations freeing space may use:
+    /// removing a name copies the tree nodes it changes before anything is freed,
+    /// so on a pool filled by creates, deletes need room of their own (about a
+    /// dozen blocks each; the freed blocks are allocatable two commits later).
+    pub fn delete_slop(&self) -> u64 {
+        (self.space.capacity() / 1024).clamp(32, 1024)
+    }
+
+    /// What a tree change must leave free: the commit reserve, and the delete slop
+    /// unless the change frees space.
+    fn change_reserve(&self) -> u64 {
+        let slop = if self.freeing || self.committing {
+            0
+        } else {
+            self.delete_slop()
+        };
+        self.commit_reserve() + slop
+    }
+
+    /// Fail with ENOSPC unless `blocks` nodes can be allocated now and leave the
+    /// reserve: a tree change checks first, so that running out of blocks leaves
+    /// the tree as it was.
     pub fn ensure_node_room(&mut self, blocks: u64) -> StoreResult<()> {
-        if self.available() < blocks {
+        let reserve = self.change_reserve();
+        if self.available() < blocks + reserve {
             return Err(StoreError::NoSpace {
                 pool: self.dev.name(),
             });
@@ -385,9 +430,10 @@ impl NodeStore {
         avail.min(host + in_file)
     }
 
-    /// Blocks data allocation leaves free for the metadata of the next commit.
+    /// Blocks data allocation leaves free: for the tree changes that map the data
+    /// and for the commit reserve.
     pub fn metadata_reserve(&self) -> u64 {
-        256 + 4 * self.dirty.len() as u64
+        self.commit_reserve() + self.delete_slop() + 256 + 4 * self.dirty.len() as u64
     }
 
     /// Allocate up to `want` contiguous data blocks (count 1 each).

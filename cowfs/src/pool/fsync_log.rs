@@ -216,6 +216,10 @@ impl Engine {
         }
         let dev = self.st.dev.clone();
         let want = region_blocks(self.st.space.capacity());
+        // Never from the commit reserve: this runs as a commit starts.
+        if self.st.available() < want + self.st.commit_reserve() {
+            return Ok(());
+        }
         let Ok((start, got)) = self.st.space.alloc(&*dev, want) else {
             return Ok(());
         };
