@@ -281,6 +281,13 @@ impl NodeStore {
     /// Drop one reference to a node; when none remain, free it and everything below
     /// it that it alone referenced. Cost follows what is freed, not the tree size.
     pub fn drop_ref(&mut self, addr: BlockAddr) -> StoreResult<()> {
+        self.drop_ref_at(addr, None)
+    }
+
+    /// `drop_ref` of a node at level `expect` (known below the root): children are
+    /// read with the level their parent implies, as every tree walk does, so a
+    /// corrupt pointer cycle is an error instead of unbounded recursion.
+    fn drop_ref_at(&mut self, addr: BlockAddr, expect: Option<u8>) -> StoreResult<()> {
         let rc = self.space.get(&*self.dev, addr)?;
         if rc == 0 {
             return Err(self.corrupt(addr, "reference dropped from a free node".into()));
@@ -289,11 +296,11 @@ impl NodeStore {
             self.space.dec(&*self.dev, addr)?;
             return Ok(());
         }
-        let node = self.read(addr, None)?;
+        let node = self.read(addr, expect)?;
         match &*node {
-            Node::Internal(_, kids) => {
+            Node::Internal(level, kids) => {
                 for (_, c) in kids {
-                    self.drop_ref(*c)?;
+                    self.drop_ref_at(*c, Some(level - 1))?;
                 }
             }
             Node::Leaf(items) => {
@@ -568,5 +575,18 @@ mod tests {
         let m = st.manifest(&extra).unwrap().unwrap();
         let one = crc32fast::hash(&[1u8; BLOCK_SIZE]);
         assert_eq!(m, vec![(a + 1, extra[0].1), (a + 2, one)]);
+    }
+
+    /// A corrupt internal node that points at itself: dropping it must fail with a
+    /// level mismatch. It recursed without bound (stack overflow) when children
+    /// were read without the level their parent implies.
+    #[test]
+    fn drop_ref_of_a_pointer_cycle_is_an_error() {
+        let mut st = store();
+        let a = st.alloc_node(Node::Leaf(vec![])).unwrap();
+        *st.node_mut(a).unwrap() = Node::Internal(1, vec![(super::Key::MIN, a)]);
+        st.write_dirty_nodes().unwrap();
+        let e = st.drop_ref(a).unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
     }
 }
