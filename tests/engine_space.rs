@@ -350,3 +350,158 @@ fn fsck_of_a_default_size_pool_does_not_load_every_space_map_page() {
     );
     assert!(peak < 400 * 1024, "peak RSS {} MiB", peak / 1024);
 }
+
+/// ENOSPC on a metadata change leaves every other file as it was. A B-tree leaf
+/// split that found no block for its right half used to drop that half: one
+/// failed setxattr on a full pool made the names and xattrs of other files vanish.
+#[test]
+fn metadata_enospc_loses_no_other_files_items() {
+    let small = PoolOptions {
+        capacity_bytes: Some(256 * 4096),
+        ..Default::default()
+    };
+    let pool = Pool::create_on(Arc::new(MemDevice::new()), &small).unwrap();
+    let b = pool.branch_id("main").unwrap();
+    let o = Owner::default();
+    let mut made = Vec::new();
+    for i in 0..60 {
+        let name = format!("file-{i:05}");
+        let a = pool
+            .mknod(b, ROOT_INO, name.as_bytes(), libc::S_IFREG | 0o644, 0, o)
+            .unwrap();
+        pool.setxattr(b, a.ino, b"user.s", &[1u8; 100], 0).unwrap();
+        made.push((name, a.ino));
+    }
+    pool.commit().unwrap();
+    // The leaf holding file-00000 is dirty in this transaction.
+    pool.setxattr(b, made[0].1, b"user.t", &[2u8; 10], 0)
+        .unwrap();
+    // Fill the pool with other metadata (higher inode numbers).
+    let d = pool.mkdir(b, ROOT_INO, b"other", 0o755, o).unwrap().ino;
+    for i in 0.. {
+        let Ok(a) = pool.mknod(
+            b,
+            d,
+            format!("g{i}").as_bytes(),
+            libc::S_IFREG | 0o644,
+            0,
+            o,
+        ) else {
+            break;
+        };
+        if pool.setxattr(b, a.ino, b"user.x", &[7u8; 1900], 0).is_err() {
+            break;
+        }
+    }
+    // One more xattr on file-00000: its leaf must split, with no block free.
+    let r = pool.setxattr(b, made[0].1, b"user.big", &[9u8; 1900], 0);
+    assert_eq!(r.map_err(|e| e.errno()), Err(libc::ENOSPC));
+    for (name, ino) in &made {
+        assert_eq!(pool.lookup(b, ROOT_INO, name.as_bytes()).unwrap().ino, *ino);
+        assert_eq!(pool.getxattr(b, *ino, b"user.s").unwrap(), [1u8; 100]);
+    }
+}
+
+/// File creates and xattrs on a nearly full pool stop with ENOSPC while the commit
+/// that makes them durable still finds room (the commit reserve). They used to
+/// take the last blocks: the commit failed with ENOSPC after it had already
+/// forgotten which catalog records to write, and the next successful commit left
+/// the branch pointing at its old root, whose blocks were by then free.
+#[test]
+fn metadata_on_a_full_pool_leaves_room_for_its_commit() {
+    let dev = MemDevice::new();
+    let small = PoolOptions {
+        capacity_bytes: Some(256 * 4096),
+        ..Default::default()
+    };
+    let pool = Pool::create_on(Arc::new(dev.clone()), &small).unwrap();
+    let b = pool.branch_id("main").unwrap();
+    let o = Owner::default();
+    pool.commit().unwrap();
+    let mut made = Vec::new();
+    let err = loop {
+        let name = format!("file-{:05}", made.len());
+        let a = match pool.mknod(b, ROOT_INO, name.as_bytes(), libc::S_IFREG | 0o644, 0, o) {
+            Ok(a) => a,
+            Err(e) => break e,
+        };
+        made.push(name);
+        if let Err(e) = pool.setxattr(b, a.ino, b"user.x", &[7u8; 1900], 0) {
+            break e;
+        }
+    };
+    assert_eq!(err.errno(), libc::ENOSPC);
+    assert!(made.len() > 100, "only {} files fit", made.len());
+    pool.commit().unwrap();
+    // Deleting makes room (what it frees is allocatable two commits later).
+    for name in made.iter().take(40) {
+        pool.unlink(b, ROOT_INO, name.as_bytes()).unwrap();
+        pool.commit().unwrap();
+    }
+    let listed = pool.readdir(b, ROOT_INO, 0, 100000).unwrap().len();
+    assert_eq!(listed, made.len() - 40 + 2);
+    drop(pool);
+    let p2 = Pool::open_on(Arc::new(dev), &PoolOptions::default()).unwrap();
+    assert_eq!(p2.readdir(b, ROOT_INO, 0, 100000).unwrap().len(), listed);
+    let r = p2.fsck(&FsckOptions::default()).unwrap();
+    assert!(r.is_clean(), "{r}");
+}
+
+/// A branch taken on a full pool is either committed or not there at all. It used
+/// to stay in memory after its commit failed with ENOSPC, sharing a root born in
+/// the running transaction with its parent: the parent's next write changed that
+/// root in place and the clone read EIO.
+#[test]
+fn branch_create_on_a_full_pool_is_all_or_nothing() {
+    let small = PoolOptions {
+        capacity_bytes: Some(512 * 4096),
+        ..Default::default()
+    };
+    let pool = Pool::create_on(Arc::new(MemDevice::new()), &small).unwrap();
+    let b = pool.branch_id("main").unwrap();
+    let o = Owner::default();
+    pool.commit().unwrap();
+    let f = pool
+        .mknod(b, ROOT_INO, b"data", libc::S_IFREG | 0o644, 0, o)
+        .unwrap()
+        .ino;
+    pool.write_file(b, f, 0, &[0x41; 8192]).unwrap();
+    let mut made = Vec::new();
+    loop {
+        let name = format!("m{}", made.len());
+        let Ok(a) = pool.mknod(b, ROOT_INO, name.as_bytes(), libc::S_IFREG | 0o644, 0, o) else {
+            break;
+        };
+        made.push(name);
+        if pool.setxattr(b, a.ino, b"user.x", &[7u8; 1900], 0).is_err() {
+            break;
+        }
+    }
+    let created = pool.branch_create("clone", "main");
+    match &created {
+        Ok(_) => assert!(pool.branch_id("clone").is_ok()),
+        Err(e) => {
+            assert_eq!(e.errno(), libc::ENOSPC);
+            assert!(
+                pool.branch_id("clone").is_err(),
+                "a failed create left the branch"
+            );
+        }
+    }
+    // Make room for a data write on main (the data reserve is half this pool):
+    // the files go from both trees, `data` stays.
+    let clone = pool.branch_id("clone").ok();
+    for name in made.iter() {
+        for t in [Some(b), clone].into_iter().flatten() {
+            pool.unlink(t, ROOT_INO, name.as_bytes()).unwrap();
+            pool.commit().unwrap();
+        }
+    }
+    if let Some(c) = clone {
+        assert_eq!(pool.read_file(c, f, 0, 8).unwrap(), [0x41; 8]);
+        pool.write_file(b, f, 0, &[0x42; 8192]).unwrap();
+        assert_eq!(pool.read_file(c, f, 0, 8).unwrap(), [0x41; 8]);
+    }
+    let r = pool.fsck(&FsckOptions::default()).unwrap();
+    assert!(r.is_clean(), "{r}");
+}

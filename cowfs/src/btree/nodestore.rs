@@ -44,6 +44,14 @@ pub struct NodeStore {
     /// Limit on the data blocks the running operation may allocate (branch quotas
     /// and space reserved for other branches); set by the pool around one call.
     pub data_budget: Option<DataBudget>,
+    /// Blocks the catalog changes of the next commit may need (set by the pool;
+    /// part of `commit_reserve`).
+    pub catalog_reserve: u64,
+    /// A commit is allocating: it may use `commit_reserve`.
+    pub committing: bool,
+    /// The running operation frees space (unlink, rmdir, removexattr, branch
+    /// delete): it may use `delete_slop`.
+    pub freeing: bool,
 }
 
 /// Below this many free blocks (64 MiB) on the host filesystem of a pool file, the
@@ -79,6 +87,9 @@ impl NodeStore {
             refs_of,
             stats: IoStats::default(),
             data_budget: None,
+            catalog_reserve: 0,
+            committing: false,
+            freeing: false,
             written: Some(FxHashMap::default()),
         }
     }
@@ -157,10 +168,56 @@ impl NodeStore {
 
     /// Store a new node at a fresh address.
     pub fn alloc_node(&mut self, node: Node) -> StoreResult<BlockAddr> {
+        self.ensure_node_room(1)?;
         let (addr, _) = self.space.alloc(&*self.dev, 1)?;
         self.cache.remove(addr);
         self.dirty.insert(addr, Arc::new(node));
         Ok(addr)
+    }
+
+    /// Blocks every change but a commit leaves free, so that the commit which
+    /// makes the change durable always finds room: a commit allocates only for
+    /// the catalog records it writes (`catalog_reserve`) and for the space-map
+    /// pages it relocates (`SpaceMap::commit_pages_bound`); the tree nodes it
+    /// writes already have their blocks. Without it a full pool failed the commit
+    /// itself, after file creates and xattrs had taken the last blocks.
+    pub fn commit_reserve(&self) -> u64 {
+        if self.committing {
+            return 0;
+        }
+        self.catalog_reserve + self.space.commit_pages_bound(self.catalog_reserve)
+    }
+
+    /// Blocks above the commit reserve that only operations freeing space may use:
+    /// removing a name copies the tree nodes it changes before anything is freed,
+    /// so on a pool filled by creates, deletes need room of their own (about a
+    /// dozen blocks each; the freed blocks are allocatable two commits later).
+    pub fn delete_slop(&self) -> u64 {
+        (self.space.capacity() / 1024).clamp(32, 1024)
+    }
+
+    /// What a tree change must leave free: the commit reserve, and the delete slop
+    /// unless the change frees space.
+    fn change_reserve(&self) -> u64 {
+        let slop = if self.freeing || self.committing {
+            0
+        } else {
+            self.delete_slop()
+        };
+        self.commit_reserve() + slop
+    }
+
+    /// Fail with ENOSPC unless `blocks` nodes can be allocated now and leave the
+    /// reserve: a tree change checks first, so that running out of blocks leaves
+    /// the tree as it was.
+    pub fn ensure_node_room(&mut self, blocks: u64) -> StoreResult<()> {
+        let reserve = self.change_reserve();
+        if self.available() < blocks + reserve {
+            return Err(StoreError::NoSpace {
+                pool: self.dev.name(),
+            });
+        }
+        Ok(())
     }
 
     /// A node that may be changed in place: the node itself if this transaction made
@@ -224,6 +281,13 @@ impl NodeStore {
     /// Drop one reference to a node; when none remain, free it and everything below
     /// it that it alone referenced. Cost follows what is freed, not the tree size.
     pub fn drop_ref(&mut self, addr: BlockAddr) -> StoreResult<()> {
+        self.drop_ref_at(addr, None)
+    }
+
+    /// `drop_ref` of a node at level `expect` (known below the root): children are
+    /// read with the level their parent implies, as every tree walk does, so a
+    /// corrupt pointer cycle is an error instead of unbounded recursion.
+    fn drop_ref_at(&mut self, addr: BlockAddr, expect: Option<u8>) -> StoreResult<()> {
         let rc = self.space.get(&*self.dev, addr)?;
         if rc == 0 {
             return Err(self.corrupt(addr, "reference dropped from a free node".into()));
@@ -232,11 +296,11 @@ impl NodeStore {
             self.space.dec(&*self.dev, addr)?;
             return Ok(());
         }
-        let node = self.read(addr, None)?;
+        let node = self.read(addr, expect)?;
         match &*node {
-            Node::Internal(_, kids) => {
+            Node::Internal(level, kids) => {
                 for (_, c) in kids {
-                    self.drop_ref(*c)?;
+                    self.drop_ref_at(*c, Some(level - 1))?;
                 }
             }
             Node::Leaf(items) => {
@@ -300,17 +364,37 @@ impl NodeStore {
         }
     }
 
-    /// The blocks written in this transaction plus `extra`, if they fit in a
-    /// superblock manifest.
-    pub fn manifest(&self, extra: &[(BlockAddr, u32)]) -> Option<Vec<(BlockAddr, u32)>> {
-        let w = self.written.as_ref()?;
-        if w.len() + extra.len() > MANIFEST_MAX {
-            return None;
+    /// The blocks written in this transaction that the commit still references,
+    /// plus `extra` (the space-map pages, written last), if they fit in a
+    /// superblock manifest; one entry per address.
+    ///
+    /// A block written and freed again in the same transaction (a temporary file's
+    /// data) is free in this commit, so the next transaction may overwrite it before
+    /// its own commit; listed, it would make open reject this commit after a crash
+    /// in that window (and drop the intent log on top of it). A block freed and
+    /// reused in the transaction (data, then a space-map page) has only its last
+    /// content in the commit: `extra` wins over what `written` noted for it.
+    pub fn manifest(
+        &mut self,
+        extra: &[(BlockAddr, u32)],
+    ) -> StoreResult<Option<Vec<(BlockAddr, u32)>>> {
+        let Some(w) = self.written.take() else {
+            return Ok(None);
+        };
+        let mut m: FxHashMap<BlockAddr, u32> = FxHashMap::default();
+        for (&a, &c) in &w {
+            if self.space.get(&*self.dev, a)? > 0 {
+                m.insert(a, c);
+            }
         }
-        let mut m: Vec<(BlockAddr, u32)> = w.iter().map(|(a, c)| (*a, *c)).collect();
-        m.extend_from_slice(extra);
+        self.written = Some(w);
+        m.extend(extra.iter().copied());
+        if m.len() > MANIFEST_MAX {
+            return Ok(None);
+        }
+        let mut m: Vec<(BlockAddr, u32)> = m.into_iter().collect();
         m.sort_unstable();
-        Some(m)
+        Ok(Some(m))
     }
 
     /// Called once every block of the commit of `generation`, superblock included,
@@ -353,9 +437,10 @@ impl NodeStore {
         avail.min(host + in_file)
     }
 
-    /// Blocks data allocation leaves free for the metadata of the next commit.
+    /// Blocks data allocation leaves free: for the tree changes that map the data
+    /// and for the commit reserve.
     pub fn metadata_reserve(&self) -> u64 {
-        256 + 4 * self.dirty.len() as u64
+        self.commit_reserve() + self.delete_slop() + 256 + 4 * self.dirty.len() as u64
     }
 
     /// Allocate up to `want` contiguous data blocks (count 1 each).
@@ -458,5 +543,50 @@ impl NodeStore {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::device::MemDevice;
+
+    fn store() -> NodeStore {
+        let dev = Arc::new(MemDevice::new());
+        let no_refs: RefsFn = |_, _| None;
+        NodeStore::new(dev, SpaceMap::create(1 << 16, 7), 7, 1, 1 << 20, no_refs)
+    }
+
+    /// The manifest is what open verifies to accept a one-flush commit, so it may
+    /// name only blocks that commit references, each once with its final content:
+    /// a block freed in the transaction may be overwritten before the next commit,
+    /// and one reused as a space-map page must not appear with its old CRC too.
+    #[test]
+    fn manifest_lists_live_blocks_once_with_their_last_content() {
+        let mut st = store();
+        let (a, n) = st.alloc_data(3).unwrap();
+        assert_eq!(n, 3);
+        st.write_data(a, &[1u8; 3 * BLOCK_SIZE]).unwrap();
+        // Freed in the same transaction: free in this commit.
+        st.space.dec(&*st.dev.clone(), a).unwrap();
+        // Freed and reused as a space-map page with new content.
+        let page = [2u8; BLOCK_SIZE];
+        let extra = [(a + 1, crc32fast::hash(&page))];
+        let m = st.manifest(&extra).unwrap().unwrap();
+        let one = crc32fast::hash(&[1u8; BLOCK_SIZE]);
+        assert_eq!(m, vec![(a + 1, extra[0].1), (a + 2, one)]);
+    }
+
+    /// A corrupt internal node that points at itself: dropping it must fail with a
+    /// level mismatch. It recursed without bound (stack overflow) when children
+    /// were read without the level their parent implies.
+    #[test]
+    fn drop_ref_of_a_pointer_cycle_is_an_error() {
+        let mut st = store();
+        let a = st.alloc_node(Node::Leaf(vec![])).unwrap();
+        *st.node_mut(a).unwrap() = Node::Internal(1, vec![(super::Key::MIN, a)]);
+        st.write_dirty_nodes().unwrap();
+        let e = st.drop_ref(a).unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
     }
 }

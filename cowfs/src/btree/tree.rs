@@ -129,6 +129,12 @@ pub fn insert(
     key: Key,
     val: Vec<u8>,
 ) -> StoreResult<BlockAddr> {
+    // Fail before changing anything: an insert that ran out of blocks halfway
+    // would leave a shadowed root the caller never learns of, or an overflowing
+    // node with nowhere to put its right half. At most one copy and one split per
+    // level, and a new root.
+    let levels = u64::from(st.read(root, None)?.level()) + 1;
+    st.ensure_node_room(2 * levels + 1)?;
     let root = st.cow(root)?;
     if let Some((sep, right)) = insert_rec(st, root, key, val)? {
         let level = st.read(root, None)?.level() + 1;
@@ -181,13 +187,14 @@ fn insert_rec(
 }
 
 fn split_if_needed(st: &mut NodeStore, addr: BlockAddr) -> StoreResult<Option<(Key, BlockAddr)>> {
-    let node = st.node_mut(addr)?;
-    if !node.overflows() {
+    if !st.node_mut(addr)?.overflows() {
         return Ok(None);
     }
-    let right = node.split();
+    // The right half's block first: the node is cut only once it has one.
+    let r = st.alloc_node(Node::Leaf(Vec::new()))?;
+    let right = st.node_mut(addr)?.split();
     let sep = right.first_key().unwrap_or(Key::MAX);
-    let r = st.alloc_node(right)?;
+    *st.node_mut(r)? = right;
     Ok(Some((sep, r)))
 }
 
@@ -202,6 +209,9 @@ pub fn remove(
         None => return Ok((root, None)),
         Some(v) => v,
     };
+    // As in `insert`: one copy per level, and a new empty leaf.
+    let levels = u64::from(st.read(root, None)?.level()) + 1;
+    st.ensure_node_room(levels + 1)?;
     let mut root = st.cow(root)?;
     remove_rec(st, root, key)?;
     // Collapse internal roots with a single child, so the tree shrinks as it empties.
@@ -276,6 +286,33 @@ mod tests {
     fn store() -> NodeStore {
         let dev = Arc::new(MemDevice::new());
         NodeStore::new(dev, SpaceMap::create(1 << 20, 7), 7, 1, 1 << 20, no_refs)
+    }
+
+    /// An insert that finds no block for a split fails with ENOSPC and leaves the
+    /// tree as it was. The split used to cut the node before allocating the block
+    /// for its right half, so the error dropped that half: items of other keys
+    /// (other files) vanished.
+    #[test]
+    fn insert_out_of_space_loses_nothing() {
+        let dev = Arc::new(MemDevice::new());
+        let mut st = NodeStore::new(dev, SpaceMap::create(40, 7), 7, 1, 1 << 20, no_refs);
+        let mut root = create_empty(&mut st).unwrap();
+        let mut model = BTreeMap::new();
+        let err = loop {
+            let k = Key::new(model.len() as u64 * 7 % 1000, 0, 0);
+            match insert(&mut st, root, k, vec![1; 300]) {
+                Ok(r) => {
+                    root = r;
+                    model.insert(k, vec![1; 300]);
+                }
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, crate::store::StoreError::NoSpace { .. }));
+        let all = collect(&mut st, root, &Key::MIN, &Key::MAX).unwrap();
+        let keys: Vec<u64> = all.iter().map(|(k, _)| k.id).collect();
+        assert_eq!(keys, model.keys().map(|k| k.id).collect::<Vec<_>>());
+        assert!(all.iter().all(|(_, v)| *v == [1; 300]));
     }
 
     #[test]

@@ -75,8 +75,10 @@ impl FsTree<'_> {
             Err(_) => return Ok(false),
         };
         let in_range = r.extents.iter().all(|e| {
-            (e.file_block + e.crcs.len() as u64)
-                .checked_mul(BS)
+            // Checked: a record read from disk may name any file block.
+            e.file_block
+                .checked_add(e.crcs.len() as u64)
+                .and_then(|end| end.checked_mul(BS))
                 .is_some_and(|end| end <= MAX_FILE_SIZE)
         });
         Ok(i.is_reg()

@@ -31,6 +31,9 @@ impl Pool {
             if r.is_protected() == protected {
                 return Ok(());
             }
+        }
+        e.ensure_commit_room(1)?;
+        if let Some(r) = e.branches.get_mut(&id) {
             r.flags ^= FLAG_PROTECTED;
         }
         e.dirty_branches.insert(id);
@@ -58,6 +61,7 @@ impl Pool {
             return Ok(());
         }
         let from = e.branches[&src].clone();
+        e.ensure_commit_room(1)?;
         e.st.inc_node(from.root)?;
         e.st.drop_ref(target.root)?;
         if let Some(r) = e.branches.get_mut(&id) {
@@ -86,6 +90,7 @@ impl Pool {
             }
             parents.push(e.id_of(&m.from)?);
         }
+        e.ensure_commit_room(members.len() as u64)?;
         let mut ids = Vec::with_capacity(members.len());
         for (m, parent) in members.iter().zip(parents) {
             let p = e.branches[&parent].clone();

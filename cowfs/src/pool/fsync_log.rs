@@ -216,6 +216,10 @@ impl Engine {
         }
         let dev = self.st.dev.clone();
         let want = region_blocks(self.st.space.capacity());
+        // Never from the commit reserve: this runs as a commit starts.
+        if self.st.available() < want + self.st.commit_reserve() {
+            return Ok(());
+        }
         let Ok((start, got)) = self.st.space.alloc(&*dev, want) else {
             return Ok(());
         };
@@ -305,5 +309,46 @@ impl Engine {
             self.with_fs(r.branch, true, |fs| fs.replay(r))?;
         }
         Ok(records.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::fs::Owner;
+    use crate::pool::{Pool, PoolOptions};
+    use crate::store::device::MemDevice;
+    use crate::store::intent_log::{LogExtent, LogRecord};
+    use std::sync::Arc;
+
+    /// A record read from disk may name any file block: one whose range ends past
+    /// u64::MAX is rejected. The range check added without overflow checks, so it
+    /// wrapped (release builds) and accepted the record, or panicked (debug).
+    #[test]
+    fn a_record_past_the_largest_file_block_is_rejected() {
+        let opts = PoolOptions {
+            capacity_bytes: Some(64 << 20),
+            ..Default::default()
+        };
+        let pool = Pool::create_on(Arc::new(MemDevice::new()), &opts).unwrap();
+        let b = pool.branch_id("main").unwrap();
+        let f = pool
+            .mknod(b, 1, b"f", libc::S_IFREG | 0o644, 0, Owner::default())
+            .unwrap()
+            .ino;
+        let rec = LogRecord {
+            branch: b,
+            ino: f,
+            size: 0,
+            atime: (0, 0),
+            mtime: (0, 0),
+            ctime: (0, 0),
+            extents: vec![LogExtent {
+                file_block: u64::MAX,
+                phys: 100,
+                crcs: vec![0, 0],
+            }],
+        };
+        let mut e = pool.e.lock();
+        assert!(!e.with_fs(b, false, |fs| fs.can_replay(&rec)).unwrap());
     }
 }

@@ -503,6 +503,7 @@ impl Pool {
         if e.id_of(new).is_ok() {
             return Err(PoolError::BranchExists(new.into()));
         }
+        e.ensure_commit_room(1)?;
         if let Some(r) = e.branches.get_mut(&id) {
             r.name = new.into();
         }
@@ -519,6 +520,11 @@ impl Pool {
             return Err(PoolError::Busy(name.into()));
         }
         e.writable()?;
+        // Deleting makes room: it may use the delete slop, not the commit reserve.
+        e.st.freeing = true;
+        let room = e.ensure_commit_room(1);
+        e.st.freeing = false;
+        room?;
         let rec = e
             .branches
             .remove(&id)
@@ -576,6 +582,22 @@ impl Pool {
         r
     }
 
+    /// A change that frees space (removing names, xattrs, inodes): it may use the
+    /// delete slop (`NodeStore::delete_slop`), so that a pool filled by creates
+    /// can still be emptied.
+    fn write_freeing<T>(
+        &self,
+        b: BranchId,
+        f: impl FnOnce(&mut FsTree) -> FsResult<T>,
+    ) -> FsResult<T> {
+        let mut e = self.e.lock();
+        e.st.freeing = true;
+        let r = e.with_fs(b, true, f);
+        e.st.freeing = false;
+        e.maybe_commit();
+        r
+    }
+
     /// Free an inode whose last link went away, unless a file handle still has it.
     fn write_unlinking(
         &self,
@@ -583,12 +605,14 @@ impl Pool {
         f: impl FnOnce(&mut FsTree) -> FsResult<Option<u64>>,
     ) -> FsResult<()> {
         let mut e = self.e.lock();
+        e.st.freeing = true;
         let r = e.with_fs(b, true, f).and_then(|gone| match gone {
             Some(ino) if !e.open.contains_key(&(b, ino)) => {
                 e.with_fs(b, true, |fs| fs.free_inode(ino))
             }
             _ => Ok(()),
         });
+        e.st.freeing = false;
         e.maybe_commit();
         r
     }
@@ -746,7 +770,7 @@ impl Pool {
         self.read(b, |fs| fs.listxattr(ino))
     }
     pub fn removexattr(&self, b: BranchId, ino: u64, name: &[u8]) -> FsResult<()> {
-        self.write(b, |fs| fs.removexattr(ino, name))
+        self.write_freeing(b, |fs| fs.removexattr(ino, name))
     }
     pub fn punch_hole(&self, b: BranchId, ino: u64, off: u64, len: u64) -> FsResult<()> {
         self.write(b, |fs| fs.punch_hole(ino, off, len))
@@ -796,10 +820,12 @@ impl Pool {
             None => false,
         };
         if last && !e.branches.get(&b).is_none_or(|r| r.is_snapshot()) {
+            e.st.freeing = true;
             let r = e.with_fs(b, true, |fs| match fs.inode(ino) {
                 Ok(i) if i.nlink == 0 => fs.free_inode(ino),
                 _ => Ok(()),
             });
+            e.st.freeing = false;
             e.maybe_commit();
             return r;
         }
@@ -1002,6 +1028,29 @@ impl Engine {
         Ok(())
     }
 
+    /// Set the catalog part of the commit reserve (`NodeStore::commit_reserve`)
+    /// for the records changed so far and `more` records about to change: per
+    /// record one insert or remove, at most a copy and a split per level and a new
+    /// root, counted with one level more than the catalog has now (inserts may
+    /// raise it).
+    fn reserve_catalog(&mut self, more: u64) -> Result<(), StoreError> {
+        let levels = u64::from(self.st.read(self.catalog_root, None)?.level()) + 2;
+        let records = (self.dirty_branches.len() + self.deleted_branches.len()) as u64 + more;
+        self.st.catalog_reserve = records * (2 * levels + 1);
+        Ok(())
+    }
+
+    /// Fail with ENOSPC, before changing anything, unless the commit of a catalog
+    /// operation that changes `records` records is sure to find room: such an
+    /// operation changes the catalog in memory and then commits, and must not be
+    /// left half applied by a commit that fails (a branch created in memory but
+    /// not committed shares blocks born in the running transaction).
+    fn ensure_commit_room(&mut self, records: u64) -> PoolResult<()> {
+        self.reserve_catalog(records)?;
+        self.st.ensure_node_room(0)?;
+        Ok(())
+    }
+
     fn create_child(&mut self, name: &str, from: &str, snapshot: bool) -> PoolResult<BranchId> {
         check_branch_name(name)?;
         self.writable()?;
@@ -1009,6 +1058,7 @@ impl Engine {
             return Err(PoolError::BranchExists(name.into()));
         }
         let parent = self.id_of(from)?;
+        self.ensure_commit_room(1)?;
         let p = self.branches[&parent].clone();
         self.st.inc_node(p.root)?;
         let id = self.next_branch_id;
@@ -1041,6 +1091,8 @@ impl Engine {
         if write {
             // Callers whose change a log record describes undo this (logged_change).
             self.log.taint();
+            // This change may add the branch's record to the next commit.
+            self.reserve_catalog(1)?;
         }
         let Engine {
             st,
@@ -1229,18 +1281,29 @@ impl Engine {
     /// `seal`: write the superblock without a manifest, making the previous one-flush
     /// commit final (open no longer verifies its blocks, so damage found later is
     /// reported as damage instead of silently rolling that commit back).
+    ///
+    /// A commit that fails with ENOSPC (not poisoned) leaves the transaction whole
+    /// for the next attempt: the changed and deleted catalog records are forgotten
+    /// only once the superblock naming them is written.
     fn commit_write(&mut self, seal: bool) -> Result<u64, StoreError> {
         debug_assert!(self.flushing.is_none(), "a commit is still being flushed");
         // Until this commit is written, fsync must not log (a failed commit leaves
         // changes no record describes).
         self.log.taint();
         self.ensure_log_region()?;
+        self.st.committing = true;
+        let r = self.write_commit(seal);
+        self.st.committing = false;
+        r
+    }
+
+    fn write_commit(&mut self, seal: bool) -> Result<u64, StoreError> {
         let generation = self.st.generation();
-        for id in std::mem::take(&mut self.deleted_branches) {
+        for id in self.deleted_branches.clone() {
             self.catalog_root =
                 tree::remove(&mut self.st, self.catalog_root, &BranchRecord::key(id))?.0;
         }
-        for id in std::mem::take(&mut self.dirty_branches) {
+        for id in self.dirty_branches.clone() {
             if let Some(r) = self.branches.get(&id) {
                 let v = r.encode();
                 self.catalog_root =
@@ -1261,7 +1324,7 @@ impl Engine {
         let manifest = if seal {
             None
         } else {
-            self.st.manifest(&space_pages)
+            self.st.manifest(&space_pages)?
         };
         self.sealed = manifest.is_none();
         if manifest.is_none() {
@@ -1282,6 +1345,8 @@ impl Engine {
         };
         let slot = Superblock::slot_for(generation);
         dev.write_at(slot, &sb.encode()).map_err(|e| io(e, slot))?;
+        self.deleted_branches.clear();
+        self.dirty_branches.clear();
         // The next transaction starts now; this one is durable after a flush.
         self.st.commit_written();
         self.log.committed();

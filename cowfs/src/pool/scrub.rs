@@ -51,7 +51,18 @@ impl Pool {
                 })
             };
             let mut stack = vec![(ROOT_INO, "/".to_string())];
+            // A directory has one name, so one reached twice (a corrupt entry naming
+            // an ancestor) is damage, and is not walked again: without this a
+            // cycle kept scrub going forever.
+            let mut dirs_seen = HashSet::new();
             while let Some((dir, path)) = stack.pop() {
+                if !dirs_seen.insert(dir) {
+                    damage(
+                        &path,
+                        format!("directory inode {dir} reached a second time (cycle)"),
+                    );
+                    continue;
+                }
                 let entries = match tree::collect(
                     st,
                     root,
@@ -113,5 +124,44 @@ impl Pool {
             }
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::btree::{tree, Key};
+    use crate::fs::items::{DirEntry, KIND_DIRINDEX};
+    use crate::fs::Owner;
+    use crate::pool::{Pool, PoolOptions};
+    use crate::store::device::MemDevice;
+    use std::sync::Arc;
+
+    /// A directory entry that names the root directory (a corrupt pool): scrub
+    /// reports it and finishes. It walked the cycle forever.
+    #[test]
+    fn scrub_reports_a_directory_cycle_and_finishes() {
+        let opts = PoolOptions {
+            capacity_bytes: Some(64 << 20),
+            ..Default::default()
+        };
+        let pool = Pool::create_on(Arc::new(MemDevice::new()), &opts).unwrap();
+        let b = pool.branch_id("main").unwrap();
+        pool.mkdir(b, 1, b"d", 0o755, Owner::default()).unwrap();
+        pool.commit().unwrap();
+        {
+            let mut e = pool.e.lock();
+            let root = e.branches[&b].root;
+            let from = Key::new(1, KIND_DIRINDEX, 0);
+            let to = Key::new(1, KIND_DIRINDEX, u64::MAX);
+            let (k, v) = tree::collect(&mut e.st, root, &from, &to).unwrap()[0].clone();
+            let mut d = DirEntry::decode(&v).unwrap();
+            d.ino = 1;
+            let root = tree::insert(&mut e.st, root, k, d.encode()).unwrap();
+            e.branches.get_mut(&b).unwrap().root = root;
+            e.dirty_branches.insert(b);
+        }
+        let r = pool.scrub().unwrap();
+        assert_eq!(r.damaged.len(), 1, "{:?}", r.damaged);
+        assert_eq!(r.damaged[0].path, "/d");
     }
 }

@@ -142,6 +142,27 @@ impl SpaceMap {
             .saturating_sub(self.used)
             .saturating_sub(self.pending_free_count() as u64)
     }
+    /// Blocks the relocation step of the next commit (`write_dirty`) may allocate:
+    /// every page moves at most once per transaction, so never more than the map's
+    /// page count. That hard bound is about 0.1% of the capacity, far too much to
+    /// hold back in a sparse 1 TiB pool file, so it is capped by what a commit moves
+    /// in practice: the dirty leaves and every index page above them, and for each
+    /// move the leaf where its new block lands and the leaf of its old block, plus
+    /// the same for `extra_allocs` other blocks the commit allocates (the catalog).
+    /// If the cap is ever short, the commit fails with ENOSPC and can be retried
+    /// (it drops nothing), it does not corrupt the pool.
+    pub fn commit_pages_bound(&self, extra_allocs: u64) -> u64 {
+        let levels = u64::from(self.depth) + 1;
+        let leaves = self.capacity.div_ceil(COUNTS_PER_LEAF).max(1);
+        let mut all = leaves;
+        let mut pages = leaves;
+        for _ in 0..self.depth {
+            pages = pages.div_ceil(PTRS_PER_INDEX);
+            all += pages;
+        }
+        let dirty = self.dirty_leaves.len() as u64 + extra_allocs;
+        all.min(3 * dirty * levels + 2 * levels)
+    }
     pub fn is_fresh(&self, b: BlockAddr) -> bool {
         self.fresh.contains(&b)
     }
