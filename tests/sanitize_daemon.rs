@@ -137,8 +137,9 @@ impl Env {
         self.base.join("pool.sock")
     }
 
+    /// A directory under the default mount root (`POOL.mnt`).
     fn dir(&self, name: &str) -> PathBuf {
-        let d = self.base.join(name);
+        let d = self.base.join("pool.mnt").join(name);
         std::fs::create_dir_all(&d).expect("mkdir");
         d
     }
