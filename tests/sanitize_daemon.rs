@@ -781,3 +781,67 @@ fn sigterm_while_sanitizing_kills_the_hook_and_deletes_the_clone() {
     }
     env.fsck_clean();
 }
+
+/// Start a gated sanitize of `victim` from `prod` by the admin; returns the
+/// creator thread and the hooks' private directory once the hook runs.
+fn gated_victim(
+    env: &Env,
+) -> (
+    std::thread::JoinHandle<Result<cowfs_ctl::proto::BranchInfo, ClientError>>,
+    PathBuf,
+) {
+    let socket = env.socket();
+    let secret = env.admin.clone();
+    let creator = std::thread::spawn(move || {
+        let mut c = Client::connect(&socket, &secret).expect("connect");
+        c.branch_create_with("victim", "prod", None, Some("gate"), None)
+    });
+    env.wait_gate_started();
+    let private = std::fs::read_dir(env.base.join("scratch"))
+        .expect("scratch")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.to_string_lossy().contains(".cowfs-sanitize-"))
+        .expect("the hooks' directory");
+    (creator, private)
+}
+
+/// The mount point of the clone in the hooks' directory.
+fn hook_mount(private: &Path) -> PathBuf {
+    if is_mountpoint(private) {
+        private.to_path_buf()
+    } else {
+        private.join("clone")
+    }
+}
+
+/// The hooks' private mount of a clone (mounted `allow_other`, personal data
+/// still in it) is in a directory other local users cannot enter.
+#[test]
+fn hook_mount_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let _served = serve(&env.base);
+    let _gate = OpenGate(env.gate(""));
+    let mut admin = env.connect(&env.admin);
+    make_prod(&env, &mut admin);
+    let (creator, private) = gated_victim(&env);
+    let mode = std::fs::metadata(&private)
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "{private:?} is private: {mode:o}");
+    let csv = hook_mount(&private).join("data/users.csv");
+    assert!(csv.exists());
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--", "cat"])
+        .arg(&csv)
+        .output()
+        .expect("runuser");
+    assert!(
+        !out.status.success() && !contains(&out.stdout, EMAILS[0]),
+        "another user read the unsanitized clone"
+    );
+    std::fs::write(env.gate(""), b"").expect("open gate");
+    creator.join().expect("creator").expect("sanitized");
+}
+

@@ -20,6 +20,7 @@ use crate::fuse::{MountError, MountTable};
 use crate::pool::{BranchId, Pool};
 
 use super::config::{Hook, Profile};
+use super::private_dir;
 use super::pseudo::hook_key_hex;
 use super::SanitizeError;
 
@@ -243,8 +244,9 @@ fn exists(pool: &Pool, b: BranchId, path: &str) -> Result<bool, SanitizeError> {
 static MOUNT_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Run the profile's hooks whose `when_exists` holds, against one private
-/// read-write mount of `branch` on a fresh directory under `scratch` (unmounted
-/// and removed afterwards, also on failure). Stops at the first failing hook.
+/// read-write mount of `branch` in a fresh private directory under `scratch`
+/// (see `private_dir`; unmounted and removed afterwards, also on failure). Stops
+/// at the first failing hook.
 pub fn run_hooks(
     pool: &Pool,
     mounts: &MountTable,
@@ -287,27 +289,44 @@ pub fn run_hooks_cancellable(
         return Ok(Vec::new());
     }
     let hook_key = hook_key_hex(key).ok_or(SanitizeError::KeyTooShort)?;
-    let dir: PathBuf = scratch.join(format!(
+    let private: PathBuf = scratch.join(format!(
         ".cowfs-sanitize-{}-{}",
         std::process::id(),
         MOUNT_SEQ.fetch_add(1, Ordering::Relaxed)
     ));
+    let dir = private.join("clone");
     let io = |source| SanitizeError::Scratch {
-        dir: dir.clone(),
+        dir: private.clone(),
         source,
     };
-    std::fs::create_dir(&dir).map_err(io)?;
+    private_dir::create(&private).map_err(io)?;
+    let cleanup = || {
+        let _ = std::fs::remove_dir(&dir);
+        let _ = std::fs::remove_dir(&private);
+    };
+    if let Err(e) = std::fs::create_dir(&dir) {
+        cleanup();
+        return Err(io(e));
+    }
     let mount_err = |source: MountError| SanitizeError::Mount {
         branch: branch.to_string(),
         source: Box::new(source),
     };
     if let Err(e) = mounts.mount(branch, &dir, false) {
-        let _ = std::fs::remove_dir(&dir);
+        cleanup();
         return Err(mount_err(e));
     }
+    let watched: Vec<&str> = todo
+        .iter()
+        .filter_map(|h| h.when_exists.as_deref())
+        .collect();
+    let mut result =
+        private_dir::allow_search(&private, &private_dir::owners(&dir, &watched)).map_err(io);
     let mut reports = Vec::new();
-    let mut result = Ok(());
     for h in todo {
+        if result.is_err() {
+            break;
+        }
         if cancel.load(Ordering::Relaxed) {
             result = Err(SanitizeError::Cancelled);
             break;
@@ -315,10 +334,7 @@ pub fn run_hooks_cancellable(
         log::info!("sanitize '{branch}': running hook '{}'", h.name);
         match run_hook_cancellable(h, &dir, branch, &hook_key, cancel) {
             Ok(r) => reports.push(r),
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
+            Err(e) => result = Err(e),
         }
     }
     // Processes killed a moment ago may still hold files open: retry briefly.
@@ -333,9 +349,7 @@ pub fn run_hooks_cancellable(
         }
     }
     match unmounted {
-        Ok(()) => {
-            let _ = std::fs::remove_dir(&dir);
-        }
+        Ok(()) => cleanup(),
         Err(e) if result.is_ok() => result = Err(mount_err(e)),
         Err(e) => log::error!("sanitize '{branch}': unmounting {}: {e}", dir.display()),
     }

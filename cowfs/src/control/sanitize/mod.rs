@@ -6,6 +6,7 @@
 //! - `scan`: streaming redaction of one file with a carry between chunks
 //! - `apply`: the tree walk applying file rules through the pool API
 //! - `hook`: hook commands, with a private mount of the clone
+//! - `private_dir`: the directory of that mount, reachable by the daemon alone
 //! - `key`: the per-pool pseudonym key beside the pool
 //!
 //! The control plane calls `run` (file rules) and then `run_hooks` on a clone in
@@ -16,6 +17,7 @@ pub mod config;
 pub mod detect;
 pub mod hook;
 pub mod key;
+mod private_dir;
 pub mod pseudo;
 mod scan;
 
