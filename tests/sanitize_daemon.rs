@@ -845,3 +845,54 @@ fn hook_mount_is_private() {
     creator.join().expect("creator").expect("sanitized");
 }
 
+/// No token can mount inside the hooks' mount, and a clone whose hook mount had
+/// anything mounted inside it (so the hooks may have scrubbed something else) is
+/// never published, even if that mount goes away before the daemon unmounts.
+#[test]
+fn hook_mount_cannot_be_shadowed() {
+    let env = Env::new();
+    let _served = serve(&env.base);
+    let _gate = OpenGate(env.gate(""));
+    let mut admin = env.connect(&env.admin);
+    make_prod(&env, &mut admin);
+    let agent = admin
+        .token_create("agent", vec!["branch:main".parse().expect("grant")])
+        .expect("token")
+        .secret;
+    let mut a = env.connect(&agent);
+    a.branch_create("a1", "main", None).expect("a1");
+    admin.branch_create("a2", "main", None).expect("a2");
+    let (creator, private) = gated_victim(&env);
+    let clone = hook_mount(&private);
+    for (who, c, b) in [("agent", &mut a, "a1"), ("admin", &mut admin, "a2")] {
+        let r = c.mount(b, &s(&clone.join("data")), false);
+        let _ = Command::new("umount").arg(clone.join("data")).status();
+        let e = server_error(r);
+        assert_eq!(e.kind, ErrorKind::Forbidden, "{who}: {e}");
+    }
+
+    // Root on the host shadows a directory of the clone while the hook runs and
+    // takes it away a moment after the hook ended.
+    let logs = clone.join("logs");
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&logs)
+        .status()
+        .expect("mount tmpfs");
+    assert!(st.success());
+    std::fs::write(env.gate(""), b"").expect("open gate");
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = Command::new("umount").arg(&logs).status();
+    let e = server_error(creator.join().expect("creator thread"));
+    assert_eq!(e.kind, ErrorKind::SanitizeFailed, "{e}");
+    assert!(e.message.contains("mounted inside"), "{e}");
+    assert!(
+        !admin
+            .list()
+            .expect("list")
+            .iter()
+            .any(|b| b.name == "victim"),
+        "the clone is not published"
+    );
+}
+

@@ -1,6 +1,6 @@
 //! The daemon's view of the host's mounts (`/proc/self/mountinfo`): which mount a
-//! path lives on. The mount checks use it because a path's own string says
-//! nothing about what is mounted along it.
+//! path lives on, and what is mounted below a directory. The mount checks use it
+//! because a path's own string says nothing about what is mounted along it.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -66,6 +66,15 @@ pub fn holding(mounts: &[Mount], path: &Path) -> Option<u64> {
     best.map(|m| m.id)
 }
 
+/// Mount points strictly below `dir` (canonical).
+pub fn below(mounts: &[Mount], dir: &Path) -> Vec<PathBuf> {
+    mounts
+        .iter()
+        .filter(|m| m.point != dir && m.point.starts_with(dir))
+        .map(|m| m.point.clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +98,7 @@ mod tests {
         assert_eq!(holding(&m, Path::new("/tmp/a")), Some(30));
         // The mount stacked last on /tmp/x is the one a path there reaches.
         assert_eq!(holding(&m, Path::new("/tmp/x/y")), Some(43));
+        assert_eq!(below(&m, Path::new("/tmp")).len(), 3);
+        assert!(below(&m, Path::new("/tmp/x")).is_empty());
     }
 }

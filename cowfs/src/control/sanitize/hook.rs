@@ -19,6 +19,7 @@ use crate::fs::ROOT_INO;
 use crate::fuse::{MountError, MountTable};
 use crate::pool::{BranchId, Pool};
 
+use super::super::mountinfo;
 use super::config::{Hook, Profile};
 use super::private_dir;
 use super::pseudo::hook_key_hex;
@@ -246,7 +247,8 @@ static MOUNT_SEQ: AtomicU64 = AtomicU64::new(0);
 /// Run the profile's hooks whose `when_exists` holds, against one private
 /// read-write mount of `branch` in a fresh private directory under `scratch`
 /// (see `private_dir`; unmounted and removed afterwards, also on failure). Stops
-/// at the first failing hook.
+/// at the first failing hook. Fails if anything was mounted inside the clone's
+/// mount when the hooks end: they did not see (only) the clone.
 pub fn run_hooks(
     pool: &Pool,
     mounts: &MountTable,
@@ -337,16 +339,38 @@ pub fn run_hooks_cancellable(
             Err(e) => result = Err(e),
         }
     }
+    // Anything mounted inside the clone's mount hid part of the clone from the
+    // hooks: what they scrubbed was not (all) the clone. Never publish then.
+    let shadowed = match mountinfo::read() {
+        Ok(m) => mountinfo::below(&m, &dir),
+        Err(e) => {
+            log::error!("sanitize '{branch}': reading /proc/self/mountinfo: {e}");
+            vec![dir.clone()]
+        }
+    };
+    if !shadowed.is_empty() {
+        log::error!(
+            "sanitize '{branch}': something was mounted inside the hooks' mount of the clone: {shadowed:?}"
+        );
+        result = Err(SanitizeError::Shadowed { mounts: shadowed });
+    }
     // Processes killed a moment ago may still hold files open: retry briefly.
+    // A mount inside is the other reason for a busy unmount; one seen while
+    // retrying fails the run too, even if it goes away before the unmount works.
     let mut unmounted = mounts.unmount(&dir);
     for _ in 0..50 {
-        match unmounted {
-            Err(MountError::Busy(_)) => {
-                std::thread::sleep(Duration::from_millis(100));
-                unmounted = mounts.unmount(&dir);
+        let Err(MountError::Busy(_)) = unmounted else {
+            break;
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        if result.is_ok() {
+            if let Some(below) = mountinfo::read().ok().map(|m| mountinfo::below(&m, &dir)) {
+                if !below.is_empty() {
+                    result = Err(SanitizeError::Shadowed { mounts: below });
+                }
             }
-            _ => break,
         }
+        unmounted = mounts.unmount(&dir);
     }
     match unmounted {
         Ok(()) => cleanup(),

@@ -116,6 +116,8 @@ pub enum SanitizeError {
         branch: String,
         source: Box<MountError>,
     },
+    #[error("sanitize: something was mounted inside the hooks' private mount of the clone ({}), so the hooks did not see the clone; it is not published", mounts.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", "))]
+    Shadowed { mounts: Vec<PathBuf> },
     #[error("sanitize: cancelled (the daemon is stopping)")]
     Cancelled,
 }
