@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use super::config::ServerConfig;
 use super::dispatch::Ctx;
+use super::tokens::Authenticated;
 
 pub struct Shared {
     pub ctx: Ctx,
@@ -269,7 +270,7 @@ fn serve(sh: &Shared, stream: UnixStream) -> io::Result<()> {
     stream.set_write_timeout(Some(sh.cfg.io_timeout()))?;
     let mut w = stream.try_clone()?;
     let mut r = BufReader::new(stream);
-    let mut token: Option<String> = None;
+    let mut token: Option<Authenticated> = None;
     loop {
         let line = match read_frame(&mut r, sh.cfg.max_frame_bytes)? {
             Frame::Line(l) => l,
@@ -302,12 +303,13 @@ fn serve(sh: &Shared, stream: UnixStream) -> io::Result<()> {
                     client,
                 }),
                 None,
-            ) => hello(sh, version, secret.as_deref()).map(|(name, v)| {
+            ) => hello(sh, version, secret.as_deref()).map(|(who, v)| {
                 log::debug!(
-                    "control client '{}' authenticated as token '{name}'",
-                    client.as_deref().unwrap_or("?").escape_debug()
+                    "control client '{}' authenticated as token '{}'",
+                    client.as_deref().unwrap_or("?").escape_debug(),
+                    who.name
                 );
-                token = Some(name);
+                token = Some(who);
                 v
             }),
             (Ok(r), None) => Err(ErrorReply::new(
@@ -317,10 +319,13 @@ fn serve(sh: &Shared, stream: UnixStream) -> io::Result<()> {
                     r.op()
                 ),
             )),
-            (Ok(r), Some(name)) => match sh.ctx.tokens.get(name) {
+            (Ok(r), Some(who)) => match sh.ctx.tokens.current(who) {
                 None => Err(ErrorReply::new(
                     ErrorKind::Unauthenticated,
-                    format!("token '{name}' has been revoked; connect again with a valid token"),
+                    format!(
+                        "token '{}' has been revoked; connect again with a valid token",
+                        who.name
+                    ),
                 )),
                 Some(t) => {
                     let op = r.op();
@@ -357,7 +362,11 @@ fn serve(sh: &Shared, stream: UnixStream) -> io::Result<()> {
     }
 }
 
-fn hello(sh: &Shared, version: u32, secret: Option<&str>) -> Result<(String, Value), ErrorReply> {
+fn hello(
+    sh: &Shared,
+    version: u32,
+    secret: Option<&str>,
+) -> Result<(Authenticated, Value), ErrorReply> {
     if version != PROTOCOL_VERSION {
         return Err(ErrorReply::new(
             ErrorKind::UnsupportedVersion,
@@ -370,7 +379,7 @@ fn hello(sh: &Shared, version: u32, secret: Option<&str>) -> Result<(String, Val
             "no token: pass one (cowfs-ctl --token, --token-file or $COWFS_TOKEN; the first admin token is in POOL.token)",
         ));
     };
-    let Some(name) = sh.ctx.tokens.authenticate(secret) else {
+    let Some(who) = sh.ctx.tokens.authenticate(secret) else {
         log::info!("control: a client presented an unknown token");
         return Err(ErrorReply::new(
             ErrorKind::Unauthenticated,
@@ -380,9 +389,9 @@ fn hello(sh: &Shared, version: u32, secret: Option<&str>) -> Result<(String, Val
     let v = serde_json::json!({
         "version": PROTOCOL_VERSION,
         "server": format!("cowfs {}", env!("CARGO_PKG_VERSION")),
-        "token": name,
+        "token": who.name,
     });
-    Ok((name, v))
+    Ok((who, v))
 }
 
 #[cfg(test)]
