@@ -896,3 +896,34 @@ fn hook_mount_cannot_be_shadowed() {
     );
 }
 
+/// A failing hook's output shows the parent's data: a token that may not read the
+/// parent gets the exit status and a pointer to the daemon's log, not the output;
+/// one that may read it gets the output; the log has it either way.
+#[test]
+fn hook_output_only_for_tokens_that_read_the_parent() {
+    let env = Env::new();
+    let _served = serve(&env.base);
+    let mut admin = env.connect(&env.admin);
+    make_prod(&env, &mut admin);
+    let mut client = |name: &str, scopes: &[&str]| {
+        let grants = scopes.iter().map(|g| g.parse().expect("grant")).collect();
+        let secret = admin.token_create(name, grants).expect("token").secret;
+        env.connect(&secret)
+    };
+    let mut blind = client("blind", &["branch:prod"]);
+    let mut reader = client("reader", &["branch:prod", "read:prod"]);
+
+    let e = server_error(blind.branch_create_with("b1", "prod", None, Some("fails"), None));
+    assert_eq!(e.kind, ErrorKind::SanitizeFailed, "{e}");
+    let f = e.sanitize.as_ref().expect("failure details");
+    assert_eq!((f.hook.as_deref(), f.exit_code), (Some("boom"), Some(3)));
+    assert_eq!(f.output, None, "{f:?}");
+    assert!(!e.message.contains("boom\n"), "{e}");
+    assert!(e.message.contains("daemon's log"), "{e}");
+
+    let e = server_error(reader.branch_create_with("r1", "prod", None, Some("fails"), None));
+    let f = e.sanitize.as_ref().expect("failure details");
+    assert!(f.output.as_deref().unwrap_or("").contains("boom"), "{f:?}");
+    assert!(e.message.contains("boom\n"), "{e}");
+    assert!(env.log().matches("boom\n").count() >= 2, "{}", env.log());
+}

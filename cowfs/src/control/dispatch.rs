@@ -697,7 +697,10 @@ impl Ctx {
             token.name,
             profile.name
         );
-        let result = self.sanitize(name, profile, progress);
+        // The hooks' output shows the parent's data (a failing hook often prints
+        // the rows it choked on): only tokens that may read the parent get it.
+        let show_output = has(token, Scope::Read, &src.name, src.id);
+        let result = self.sanitize(name, profile, progress, show_output);
         let _g = self.lock.lock();
         let summary = match result {
             Ok(s) => s,
@@ -793,9 +796,13 @@ impl Ctx {
         name: &str,
         profile: &Profile,
         progress: &mut dyn FnMut(ProgressEvent),
+        show_output: bool,
     ) -> Result<SanitizeSummary, ErrorReply> {
         let start = Instant::now();
-        let fail = |stage: &str, e: SanitizeError| sanitize_failure(name, &profile.name, stage, e);
+        let fail = |stage: &str, e: SanitizeError| {
+            log::warn!("sanitizing '{name}' with profile '{}': {e}", profile.name);
+            sanitize_failure(name, &profile.name, stage, e, show_output)
+        };
         progress(ProgressEvent {
             phase: "files".into(),
             ..Default::default()
@@ -1027,8 +1034,14 @@ fn file_type(mode: u32) -> &'static str {
 }
 
 /// A failed sanitize run as a `sanitize_failed` error naming the rule and file, or
-/// the hook with its exit code (or timeout) and output.
-fn sanitize_failure(branch: &str, profile: &str, stage: &str, e: SanitizeError) -> ErrorReply {
+/// the hook with its exit code (or timeout) and, if `show_output`, its output.
+fn sanitize_failure(
+    branch: &str,
+    profile: &str,
+    stage: &str,
+    e: SanitizeError,
+    show_output: bool,
+) -> ErrorReply {
     let mut f = SanitizeFailure {
         profile: profile.to_string(),
         stage: stage.to_string(),
@@ -1065,10 +1078,16 @@ fn sanitize_failure(branch: &str, profile: &str, stage: &str, e: SanitizeError) 
         SanitizeError::Mount { .. } | SanitizeError::Scratch { .. } => f.stage = "setup".into(),
         _ => {}
     }
+    let why = if show_output {
+        e.to_string()
+    } else {
+        f.output = None;
+        e.without_output()
+    };
     let mut r = ErrorReply::new(
         ErrorKind::SanitizeFailed,
         format!(
-            "sanitizing '{branch}' with profile '{profile}' failed, so the clone was deleted: {e}"
+            "sanitizing '{branch}' with profile '{profile}' failed, so the clone was deleted: {why}"
         ),
     )
     .target(branch);

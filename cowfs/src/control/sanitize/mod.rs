@@ -122,6 +122,27 @@ pub enum SanitizeError {
     Cancelled,
 }
 
+impl SanitizeError {
+    /// The error without a hook's output, for clients that may not read the
+    /// parent (the output shows its data); the daemon's log has the whole error.
+    pub fn without_output(&self) -> String {
+        match self {
+            SanitizeError::HookFailed { hook, exit_code, signal, .. } => format!(
+                "hook '{hook}' failed ({}); its output is in the daemon's log (only tokens that may read the parent get it)",
+                match (exit_code, signal) {
+                    (Some(c), _) => format!("exit code {c}"),
+                    (None, Some(s)) => format!("killed by signal {s}"),
+                    _ => "no exit status".to_string(),
+                }
+            ),
+            SanitizeError::HookTimeout { hook, timeout_secs, .. } => format!(
+                "hook '{hook}' timed out after {timeout_secs} s and was killed (raise timeout_secs if it needs longer); its output is in the daemon's log (only tokens that may read the parent get it)"
+            ),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Apply the file rules of `profile` to `branch` (a writable branch, normally a
 /// fresh clone nobody can see yet). Files are streamed in chunks; a file in which
 /// nothing is found is not written. Does not commit and does not run hooks.
