@@ -256,6 +256,39 @@ fn idle_and_surplus_clients_are_closed() {
     }
 }
 
+/// The idle timeout bounds a whole request line (and, before a successful hello,
+/// the whole connection), not each read: clients that trickle a byte at a time,
+/// or send blank lines, lose their slot at the deadline.
+#[test]
+fn trickling_clients_are_closed_at_the_deadline() {
+    let d = Daemon::start_with_config(Some("[control]\nidle_timeout_secs = 1\nmax_clients = 4\n"));
+    let mut partial = Raw::connect(&d);
+    let mut blank = Raw::connect(&d);
+    let mut authed = Raw::connect(&d);
+    authed.hello(&d.admin);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(3000) {
+        for (c, b) in [
+            (&mut partial, b" "),
+            (&mut blank, b"\n"),
+            (&mut authed, b" "),
+        ] {
+            // Writes fail once the daemon has closed the connection.
+            let _ = c.w.write_all(b);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (name, c) in [
+        ("partial", &mut partial),
+        ("blank", &mut blank),
+        ("authed", &mut authed),
+    ] {
+        c.w.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        assert!(c.closed(), "{name}: still open after 3 s of trickling");
+    }
+}
+
 #[test]
 fn a_hundred_concurrent_clients() {
     let d = Daemon::start();

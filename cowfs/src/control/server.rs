@@ -10,6 +10,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use cowfs_ctl::proto::{
     ErrorKind, ErrorReply, ProgressEvent, ProgressLine, Reply, Request, PROTOCOL_VERSION,
@@ -138,13 +139,33 @@ enum Frame {
     Line(Vec<u8>),
     Eof,
     TooLarge,
+    /// The line was not complete by its deadline.
+    Late,
 }
 
-/// One request line, at most `limit` bytes including the newline.
-fn read_frame(r: &mut BufReader<UnixStream>, limit: usize) -> io::Result<Frame> {
+/// One request line, at most `limit` bytes including the newline, complete by
+/// `deadline`. The deadline bounds the whole line, not each read: a client that
+/// trickles a byte now and then would otherwise hold its slot forever.
+fn read_frame(r: &mut BufReader<UnixStream>, limit: usize, deadline: Instant) -> io::Result<Frame> {
     let mut buf = Vec::new();
     loop {
-        let chunk = r.fill_buf()?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Frame::Late);
+        }
+        r.get_ref().set_read_timeout(Some(left))?;
+        let chunk = match r.fill_buf() {
+            Ok(c) => c,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(Frame::Late)
+            }
+            Err(e) => return Err(e),
+        };
         if chunk.is_empty() {
             // End of stream; a partial frame means the client vanished mid-request:
             // there is nobody to answer.
@@ -266,15 +287,17 @@ pub fn parse(line: &[u8]) -> (Option<u64>, Result<Request, ErrorReply>) {
 }
 
 fn serve(sh: &Shared, stream: UnixStream) -> io::Result<()> {
-    stream.set_read_timeout(Some(sh.cfg.idle_timeout()))?;
     stream.set_write_timeout(Some(sh.cfg.io_timeout()))?;
     let mut w = stream.try_clone()?;
     let mut r = BufReader::new(stream);
     let mut token: Option<Authenticated> = None;
+    // Until a hello succeeds, one deadline for the whole connection; then one per
+    // request line, from the previous reply. Blank lines do not move it.
+    let mut deadline = Instant::now() + sh.cfg.idle_timeout();
     loop {
-        let line = match read_frame(&mut r, sh.cfg.max_frame_bytes)? {
+        let line = match read_frame(&mut r, sh.cfg.max_frame_bytes, deadline)? {
             Frame::Line(l) => l,
-            Frame::Eof => return Ok(()),
+            Frame::Eof | Frame::Late => return Ok(()),
             Frame::TooLarge => {
                 send(
                     &mut w,
@@ -359,6 +382,9 @@ fn serve(sh: &Shared, stream: UnixStream) -> io::Result<()> {
             },
         };
         send(&mut w, id, result)?;
+        if token.is_some() {
+            deadline = Instant::now() + sh.cfg.idle_timeout();
+        }
     }
 }
 
