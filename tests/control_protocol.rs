@@ -289,6 +289,24 @@ fn trickling_clients_are_closed_at_the_deadline() {
     }
 }
 
+/// Before a successful hello only a short line is read: a stranger cannot make
+/// the daemon buffer and parse big requests.
+#[test]
+fn lines_before_hello_are_short() {
+    let d = Daemon::start();
+    let mut c = Raw::connect(&d);
+    let big = format!("{{\"op\":\"list\",\"pad\":[{}0]}}\n", "0,".repeat(32 << 10));
+    c.send(big.as_bytes());
+    let v = c.reply();
+    assert_eq!(v["error"]["kind"], json!("frame_too_large"), "{v}");
+    assert!(c.closed());
+    // After hello the configured limit applies.
+    let mut c = Raw::connect(&d);
+    c.hello(&d.admin);
+    c.send(big.as_bytes());
+    assert_eq!(c.reply()["ok"], json!(true));
+}
+
 #[test]
 fn a_hundred_concurrent_clients() {
     let d = Daemon::start();

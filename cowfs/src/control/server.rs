@@ -16,11 +16,17 @@ use cowfs_ctl::proto::{
     ErrorKind, ErrorReply, ProgressEvent, ProgressLine, Reply, Request, PROTOCOL_VERSION,
 };
 use parking_lot::Mutex;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::config::ServerConfig;
 use super::dispatch::Ctx;
 use super::tokens::Authenticated;
+
+/// Longest line read before a successful hello (a hello is about 150 bytes).
+const PREAUTH_FRAME_BYTES: usize = 4096;
 
 pub struct Shared {
     pub ctx: Ctx,
@@ -206,11 +212,42 @@ fn send(w: &mut UnixStream, id: Option<u64>, r: Result<Value, ErrorReply>) -> io
     w.write_all(&line)
 }
 
+/// The top level of a request, fields kept as raw JSON text borrowed from the
+/// line: nothing is built for fields that are not read (unknown ones are skipped),
+/// and `args` goes straight into the typed `Request`. A `serde_json::Value` of a
+/// line costs many times the line's size.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    op: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    args: Option<&'a RawValue>,
+}
+
 /// Parse a line into (id, request), or the typed error to answer with. Never
 /// panics, whatever the bytes (public for fuzzing).
 pub fn parse(line: &[u8]) -> (Option<u64>, Result<Request, ErrorReply>) {
-    let v: Value = match serde_json::from_slice(line) {
-        Ok(v) => v,
+    // A struct also deserializes from an array: only an object is a request.
+    let object = line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let parsed = if object {
+        serde_json::from_slice::<Envelope>(line)
+    } else {
+        serde_json::from_slice::<IgnoredAny>(line)
+            .and_then(|_| Err(serde::de::Error::custom("not an object")))
+    };
+    let env = match parsed {
+        Ok(e) => e,
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            return (
+                None,
+                Err(ErrorReply::new(
+                    ErrorKind::BadJson,
+                    format!("a request must be a JSON object (with distinct keys): {e}"),
+                )),
+            )
+        }
         Err(e) => {
             return (
                 None,
@@ -221,39 +258,32 @@ pub fn parse(line: &[u8]) -> (Option<u64>, Result<Request, ErrorReply>) {
             )
         }
     };
-    let Value::Object(mut o) = v else {
+    let id = match env.id {
+        None => None,
+        Some(raw) => match serde_json::from_str::<u64>(raw.get()) {
+            Ok(id) => Some(id),
+            Err(_) => {
+                return (
+                    None,
+                    Err(ErrorReply::new(
+                        ErrorKind::BadRequest,
+                        "'id' must be a non-negative integer",
+                    )),
+                )
+            }
+        },
+    };
+    let Some(op) = env
+        .op
+        .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+    else {
         return (
-            None,
+            id,
             Err(ErrorReply::new(
-                ErrorKind::BadJson,
-                "a request must be a JSON object",
+                ErrorKind::BadRequest,
+                "missing 'op' (a string naming the operation)",
             )),
         );
-    };
-    let id = match o.remove("id") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
-        Some(_) => {
-            return (
-                None,
-                Err(ErrorReply::new(
-                    ErrorKind::BadRequest,
-                    "'id' must be a non-negative integer",
-                )),
-            )
-        }
-    };
-    let op = match o.get("op") {
-        Some(Value::String(s)) => s.clone(),
-        _ => {
-            return (
-                id,
-                Err(ErrorReply::new(
-                    ErrorKind::BadRequest,
-                    "missing 'op' (a string naming the operation)",
-                )),
-            )
-        }
     };
     if !Request::OPS.contains(&op.as_str()) {
         let shown: String = op.chars().take(64).collect();
@@ -269,12 +299,11 @@ pub fn parse(line: &[u8]) -> (Option<u64>, Result<Request, ErrorReply>) {
             )),
         );
     }
-    let args = o
-        .remove("args")
-        .filter(|a| !a.is_null())
-        .unwrap_or_else(|| Value::Object(Default::default()));
-    let req = serde_json::json!({ "op": op, "args": args });
-    match serde_json::from_value::<Request>(req) {
+    // `null` arrives as `None` here: missing or null means `{}`.
+    let args = env.args.map_or("{}", |a| a.get());
+    // `op` is one of the known names: plain ASCII, no escaping needed.
+    let req = format!("{{\"op\":\"{op}\",\"args\":{args}}}");
+    match serde_json::from_str::<Request>(&req) {
         Ok(r) => (id, Ok(r)),
         Err(e) => (
             id,
@@ -295,7 +324,14 @@ fn serve(sh: &Shared, stream: UnixStream) -> io::Result<()> {
     // request line, from the previous reply. Blank lines do not move it.
     let mut deadline = Instant::now() + sh.cfg.idle_timeout();
     loop {
-        let line = match read_frame(&mut r, sh.cfg.max_frame_bytes, deadline)? {
+        // Before authentication only a hello is worth reading: a small limit
+        // keeps strangers from making the daemon buffer and parse big lines.
+        let limit = if token.is_some() {
+            sh.cfg.max_frame_bytes
+        } else {
+            PREAUTH_FRAME_BYTES.min(sh.cfg.max_frame_bytes)
+        };
+        let line = match read_frame(&mut r, limit, deadline)? {
             Frame::Line(l) => l,
             Frame::Eof | Frame::Late => return Ok(()),
             Frame::TooLarge => {
@@ -305,8 +341,12 @@ fn serve(sh: &Shared, stream: UnixStream) -> io::Result<()> {
                     Err(ErrorReply::new(
                         ErrorKind::FrameTooLarge,
                         format!(
-                            "request longer than {} bytes; the connection is closed",
-                            sh.cfg.max_frame_bytes
+                            "request longer than {limit} bytes{}; the connection is closed",
+                            if token.is_some() {
+                                ""
+                            } else {
+                                " before a successful hello"
+                            }
                         ),
                     )),
                 )?;
@@ -440,6 +480,16 @@ mod tests {
             Some(ErrorKind::BadRequest)
         );
         assert_eq!(kind(r#"{"op":"list"}"#), None);
+        assert_eq!(kind(r#"{"op":"list","id":null,"args":null}"#), None);
+        assert_eq!(kind(r#"{"op":"list","extra":[0,0,{"a":1}]}"#), None);
+        assert_eq!(
+            kind(r#"{"op":"list","id":1.5}"#),
+            Some(ErrorKind::BadRequest)
+        );
+        assert_eq!(
+            kind(r#"{"op":"info","args":[0,0]}"#),
+            Some(ErrorKind::BadRequest)
+        );
         let (id, r) = parse(br#"{"id":9,"op":"info","args":{"name":"x"}}"#);
         assert_eq!(id, Some(9));
         assert_eq!(r.unwrap(), Request::Info { name: "x".into() });
