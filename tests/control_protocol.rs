@@ -239,6 +239,15 @@ fn idle_and_surplus_clients_are_closed() {
     let v = extra.reply();
     assert_eq!(v["error"]["kind"], json!("too_many_clients"), "{v}");
     assert!(extra.closed());
+    // The Rust client shows the daemon's error, not a broken pipe.
+    match cowfs_ctl::Client::connect(&d.socket, &d.admin) {
+        Err(cowfs_ctl::ClientError::Server(e)) => {
+            assert_eq!(e.kind, ErrorKind::TooManyClients, "{e}");
+            assert!(e.to_string().contains("retry later"), "{e}");
+        }
+        Err(e) => panic!("expected the daemon's too_many_clients, got {e}"),
+        Ok(_) => panic!("a surplus client was served"),
+    }
     drop(held);
     // Slots free up again.
     let deadline = Instant::now() + Duration::from_secs(5);
