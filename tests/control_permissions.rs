@@ -385,4 +385,10 @@ fn permission_matrix() {
         ErrorKind::BadRequest,
         "the last admin:* token cannot be revoked"
     );
+    // A new token under a revoked one's name does not revive connections opened
+    // with the old secret, whatever it may do.
+    allowed("revoke other", admin.token_revoke("other-agent"));
+    let _ = d.token("other-agent", &["admin:*"]);
+    assert_eq!(kind(other.list()), ErrorKind::Unauthenticated);
+    assert_eq!(kind(other.token_list()), ErrorKind::Unauthenticated);
 }

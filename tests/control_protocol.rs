@@ -239,6 +239,15 @@ fn idle_and_surplus_clients_are_closed() {
     let v = extra.reply();
     assert_eq!(v["error"]["kind"], json!("too_many_clients"), "{v}");
     assert!(extra.closed());
+    // The Rust client shows the daemon's error, not a broken pipe.
+    match cowfs_ctl::Client::connect(&d.socket, &d.admin) {
+        Err(cowfs_ctl::ClientError::Server(e)) => {
+            assert_eq!(e.kind, ErrorKind::TooManyClients, "{e}");
+            assert!(e.to_string().contains("retry later"), "{e}");
+        }
+        Err(e) => panic!("expected the daemon's too_many_clients, got {e}"),
+        Ok(_) => panic!("a surplus client was served"),
+    }
     drop(held);
     // Slots free up again.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -254,6 +263,57 @@ fn idle_and_surplus_clients_are_closed() {
             }
         }
     }
+}
+
+/// The idle timeout bounds a whole request line (and, before a successful hello,
+/// the whole connection), not each read: clients that trickle a byte at a time,
+/// or send blank lines, lose their slot at the deadline.
+#[test]
+fn trickling_clients_are_closed_at_the_deadline() {
+    let d = Daemon::start_with_config(Some("[control]\nidle_timeout_secs = 1\nmax_clients = 4\n"));
+    let mut partial = Raw::connect(&d);
+    let mut blank = Raw::connect(&d);
+    let mut authed = Raw::connect(&d);
+    authed.hello(&d.admin);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(3000) {
+        for (c, b) in [
+            (&mut partial, b" "),
+            (&mut blank, b"\n"),
+            (&mut authed, b" "),
+        ] {
+            // Writes fail once the daemon has closed the connection.
+            let _ = c.w.write_all(b);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (name, c) in [
+        ("partial", &mut partial),
+        ("blank", &mut blank),
+        ("authed", &mut authed),
+    ] {
+        c.w.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        assert!(c.closed(), "{name}: still open after 3 s of trickling");
+    }
+}
+
+/// Before a successful hello only a short line is read: a stranger cannot make
+/// the daemon buffer and parse big requests.
+#[test]
+fn lines_before_hello_are_short() {
+    let d = Daemon::start();
+    let mut c = Raw::connect(&d);
+    let big = format!("{{\"op\":\"list\",\"pad\":[{}0]}}\n", "0,".repeat(32 << 10));
+    c.send(big.as_bytes());
+    let v = c.reply();
+    assert_eq!(v["error"]["kind"], json!("frame_too_large"), "{v}");
+    assert!(c.closed());
+    // After hello the configured limit applies.
+    let mut c = Raw::connect(&d);
+    c.hello(&d.admin);
+    c.send(big.as_bytes());
+    assert_eq!(c.reply()["ok"], json!(true));
 }
 
 #[test]

@@ -137,8 +137,9 @@ impl Env {
         self.base.join("pool.sock")
     }
 
+    /// A directory under the default mount root (`POOL.mnt`).
     fn dir(&self, name: &str) -> PathBuf {
-        let d = self.base.join(name);
+        let d = self.base.join("pool.mnt").join(name);
         std::fs::create_dir_all(&d).expect("mkdir");
         d
     }
@@ -779,4 +780,150 @@ fn sigterm_while_sanitizing_kills_the_hook_and_deletes_the_clone() {
         assert!(!pool.list().iter().any(|b| b.name == "stopped"));
     }
     env.fsck_clean();
+}
+
+/// Start a gated sanitize of `victim` from `prod` by the admin; returns the
+/// creator thread and the hooks' private directory once the hook runs.
+fn gated_victim(
+    env: &Env,
+) -> (
+    std::thread::JoinHandle<Result<cowfs_ctl::proto::BranchInfo, ClientError>>,
+    PathBuf,
+) {
+    let socket = env.socket();
+    let secret = env.admin.clone();
+    let creator = std::thread::spawn(move || {
+        let mut c = Client::connect(&socket, &secret).expect("connect");
+        c.branch_create_with("victim", "prod", None, Some("gate"), None)
+    });
+    env.wait_gate_started();
+    let private = std::fs::read_dir(env.base.join("scratch"))
+        .expect("scratch")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.to_string_lossy().contains(".cowfs-sanitize-"))
+        .expect("the hooks' directory");
+    (creator, private)
+}
+
+/// The mount point of the clone in the hooks' directory.
+fn hook_mount(private: &Path) -> PathBuf {
+    if is_mountpoint(private) {
+        private.to_path_buf()
+    } else {
+        private.join("clone")
+    }
+}
+
+/// The hooks' private mount of a clone (mounted `allow_other`, personal data
+/// still in it) is in a directory other local users cannot enter.
+#[test]
+fn hook_mount_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let _served = serve(&env.base);
+    let _gate = OpenGate(env.gate(""));
+    let mut admin = env.connect(&env.admin);
+    make_prod(&env, &mut admin);
+    let (creator, private) = gated_victim(&env);
+    let mode = std::fs::metadata(&private)
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "{private:?} is private: {mode:o}");
+    let csv = hook_mount(&private).join("data/users.csv");
+    assert!(csv.exists());
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--", "cat"])
+        .arg(&csv)
+        .output()
+        .expect("runuser");
+    assert!(
+        !out.status.success() && !contains(&out.stdout, EMAILS[0]),
+        "another user read the unsanitized clone"
+    );
+    std::fs::write(env.gate(""), b"").expect("open gate");
+    creator.join().expect("creator").expect("sanitized");
+}
+
+/// No token can mount inside the hooks' mount, and a clone whose hook mount had
+/// anything mounted inside it (so the hooks may have scrubbed something else) is
+/// never published, even if that mount goes away before the daemon unmounts.
+#[test]
+fn hook_mount_cannot_be_shadowed() {
+    let env = Env::new();
+    let _served = serve(&env.base);
+    let _gate = OpenGate(env.gate(""));
+    let mut admin = env.connect(&env.admin);
+    make_prod(&env, &mut admin);
+    let agent = admin
+        .token_create("agent", vec!["branch:main".parse().expect("grant")])
+        .expect("token")
+        .secret;
+    let mut a = env.connect(&agent);
+    a.branch_create("a1", "main", None).expect("a1");
+    admin.branch_create("a2", "main", None).expect("a2");
+    let (creator, private) = gated_victim(&env);
+    let clone = hook_mount(&private);
+    for (who, c, b) in [("agent", &mut a, "a1"), ("admin", &mut admin, "a2")] {
+        let r = c.mount(b, &s(&clone.join("data")), false);
+        let _ = Command::new("umount").arg(clone.join("data")).status();
+        let e = server_error(r);
+        assert_eq!(e.kind, ErrorKind::Forbidden, "{who}: {e}");
+    }
+
+    // Root on the host shadows a directory of the clone while the hook runs and
+    // takes it away a moment after the hook ended.
+    let logs = clone.join("logs");
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&logs)
+        .status()
+        .expect("mount tmpfs");
+    assert!(st.success());
+    std::fs::write(env.gate(""), b"").expect("open gate");
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = Command::new("umount").arg(&logs).status();
+    let e = server_error(creator.join().expect("creator thread"));
+    assert_eq!(e.kind, ErrorKind::SanitizeFailed, "{e}");
+    assert!(e.message.contains("mounted inside"), "{e}");
+    assert!(
+        !admin
+            .list()
+            .expect("list")
+            .iter()
+            .any(|b| b.name == "victim"),
+        "the clone is not published"
+    );
+}
+
+/// A failing hook's output shows the parent's data: a token that may not read the
+/// parent gets the exit status and a pointer to the daemon's log, not the output;
+/// one that may read it gets the output; the log has it either way.
+#[test]
+fn hook_output_only_for_tokens_that_read_the_parent() {
+    let env = Env::new();
+    let _served = serve(&env.base);
+    let mut admin = env.connect(&env.admin);
+    make_prod(&env, &mut admin);
+    let mut client = |name: &str, scopes: &[&str]| {
+        let grants = scopes.iter().map(|g| g.parse().expect("grant")).collect();
+        let secret = admin.token_create(name, grants).expect("token").secret;
+        env.connect(&secret)
+    };
+    let mut blind = client("blind", &["branch:prod"]);
+    let mut reader = client("reader", &["branch:prod", "read:prod"]);
+
+    let e = server_error(blind.branch_create_with("b1", "prod", None, Some("fails"), None));
+    assert_eq!(e.kind, ErrorKind::SanitizeFailed, "{e}");
+    let f = e.sanitize.as_ref().expect("failure details");
+    assert_eq!((f.hook.as_deref(), f.exit_code), (Some("boom"), Some(3)));
+    assert_eq!(f.output, None, "{f:?}");
+    assert!(!e.message.contains("boom\n"), "{e}");
+    assert!(e.message.contains("daemon's log"), "{e}");
+
+    let e = server_error(reader.branch_create_with("r1", "prod", None, Some("fails"), None));
+    let f = e.sanitize.as_ref().expect("failure details");
+    assert!(f.output.as_deref().unwrap_or("").contains("boom"), "{f:?}");
+    assert!(e.message.contains("boom\n"), "{e}");
+    assert!(env.log().matches("boom\n").count() >= 2, "{}", env.log());
 }

@@ -102,7 +102,19 @@ impl Client {
         }
         let mut line = v.to_string();
         line.push('\n');
-        self.writer.write_all(line.as_bytes())?;
+        if let Err(e) = self.writer.write_all(line.as_bytes()) {
+            // A daemon that refuses the connection (too_many_clients) sends its
+            // error and closes: that error, already waiting to be read, says
+            // more than the broken pipe.
+            return Err(
+                match self.read_line().map(serde_json::from_value::<Reply>) {
+                    Ok(Ok(Reply {
+                        error: Some(err), ..
+                    })) => ClientError::Server(err),
+                    _ => ClientError::Io(e),
+                },
+            );
+        }
         let reply = loop {
             let v = self.read_line()?;
             let is_progress = v
@@ -122,6 +134,11 @@ impl Client {
             }
             on_progress(&p.progress);
         };
+        // An error without id is about the connection, not a request (the
+        // daemon could not read the id, or refused the connection).
+        if let (None, false, Some(e)) = (reply.id, reply.ok, &reply.error) {
+            return Err(ClientError::Server(e.clone()));
+        }
         if reply.id != Some(id) {
             return Err(ClientError::Protocol(format!(
                 "reply id {:?} for request {id}",

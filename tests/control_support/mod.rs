@@ -74,10 +74,19 @@ impl Daemon {
         }
     }
 
+    /// A directory under the daemon's default mount root (`POOL.mnt`), where
+    /// every token may mount.
     pub fn dir(&self, name: &str) -> PathBuf {
-        let d = self.tmp.path().canonicalize().expect("tmp").join(name);
+        let d = self.mount_root().join(name);
         std::fs::create_dir_all(&d).expect("mkdir");
         d
+    }
+
+    /// The default mount root, `POOL.mnt`.
+    pub fn mount_root(&self) -> PathBuf {
+        let mut p = self.pool_path.clone().into_os_string();
+        p.push(".mnt");
+        PathBuf::from(p)
     }
 
     pub fn admin_client(&self) -> Client {

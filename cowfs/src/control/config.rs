@@ -9,9 +9,10 @@
 //! idle_timeout_secs = 300
 //! io_timeout_secs = 30
 //! max_clients = 256
+//! mount_roots = ["/srv/cowfs"]   # default: POOL.mnt beside the pool
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -29,6 +30,9 @@ pub struct ServerConfig {
     pub io_timeout_secs: u64,
     /// Connections served at once; more are answered `too_many_clients`.
     pub max_clients: usize,
+    /// Directories below which tokens without `admin:*` may mount; empty means the
+    /// default, `POOL.mnt` (see `mount_roots`).
+    pub mount_roots: Vec<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -38,6 +42,7 @@ impl Default for ServerConfig {
             idle_timeout_secs: 300,
             io_timeout_secs: 30,
             max_clients: 256,
+            mount_roots: Vec::new(),
         }
     }
 }
@@ -68,10 +73,48 @@ impl ServerConfig {
         let cfg = toml::from_str::<ConfigFile>(text)
             .map_err(|e| e.to_string())?
             .control;
+        if let Some(r) = cfg.mount_roots.iter().find(|r| !r.is_absolute()) {
+            return Err(format!(
+                "[control] mount_roots: '{}' must be an absolute path",
+                r.display()
+            ));
+        }
         if cfg.max_frame_bytes < 1024 || cfg.max_clients == 0 || cfg.idle_timeout_secs == 0 {
             return Err("[control] max_frame_bytes must be at least 1024, max_clients and idle_timeout_secs at least 1".into());
         }
         Ok(cfg)
+    }
+
+    /// The mount roots, resolved (symlinks followed). Without configured ones:
+    /// `POOL.mnt` beside the pool, created (mode 0755, owned by the daemon) if
+    /// missing, so that only the daemon's user decides what directories exist
+    /// there.
+    pub fn mount_roots(&self, pool: &Path) -> Result<Vec<PathBuf>, ControlError> {
+        let default = [super::files::with_suffix(pool, ".mnt")];
+        let roots = if self.mount_roots.is_empty() {
+            use std::os::unix::fs::DirBuilderExt;
+            let made = std::fs::DirBuilder::new().mode(0o755).create(&default[0]);
+            if let Err(source) = made {
+                if source.kind() != std::io::ErrorKind::AlreadyExists {
+                    return Err(ControlError::Io {
+                        path: default[0].clone(),
+                        source,
+                    });
+                }
+            }
+            &default[..]
+        } else {
+            &self.mount_roots[..]
+        };
+        roots
+            .iter()
+            .map(|r| {
+                r.canonicalize().map_err(|source| ControlError::Io {
+                    path: r.clone(),
+                    source,
+                })
+            })
+            .collect()
     }
 
     pub fn idle_timeout(&self) -> Duration {
@@ -99,5 +142,8 @@ mod tests {
         assert!(ServerConfig::parse("[control]\nmax_client = 3\n").is_err());
         assert!(ServerConfig::parse("[control]\nmax_frame_bytes = 10\n").is_err());
         assert!(ServerConfig::parse("not toml [").is_err());
+        let c = ServerConfig::parse("[control]\nmount_roots = [\"/srv/a\"]\n").unwrap();
+        assert_eq!(c.mount_roots, [PathBuf::from("/srv/a")]);
+        assert!(ServerConfig::parse("[control]\nmount_roots = [\"rel\"]\n").is_err());
     }
 }

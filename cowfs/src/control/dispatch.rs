@@ -7,7 +7,7 @@
 //! under the lock again. While sanitizing, a clone is invisible to tokens that are
 //! not admin on it and refused (`sanitizing`) to everything else.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use super::auth::{forbidden, has, is_pool_admin, require, require_unprotected};
 use super::errors;
+use super::mount_points;
 use super::quotas::QuotaStore;
 use super::sanitize::{self, Profile, SanitizeConfig, SanitizeError};
 use super::sanitizing::SanitizeState;
@@ -44,6 +45,8 @@ pub struct Ctx {
     key: Vec<u8>,
     /// Clones being sanitized, required profiles (`POOL.sanitize-state`).
     pub state: SanitizeState,
+    /// Where tokens without `admin:*` may mount (resolved).
+    mount_roots: Vec<PathBuf>,
     /// Set when the daemon stops: running sanitizes end (hooks killed) and their
     /// clones are deleted.
     pub cancel: AtomicBool,
@@ -78,6 +81,7 @@ struct Target {
 }
 
 impl Ctx {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: Arc<Pool>,
         mounts: Arc<MountTable>,
@@ -86,6 +90,7 @@ impl Ctx {
         profiles: SanitizeConfig,
         key: Vec<u8>,
         state: SanitizeState,
+        mount_roots: Vec<PathBuf>,
     ) -> Ctx {
         Ctx {
             pool,
@@ -95,6 +100,7 @@ impl Ctx {
             profiles,
             key,
             state,
+            mount_roots,
             cancel: AtomicBool::new(false),
             lock: Mutex::new(()),
         }
@@ -632,7 +638,7 @@ impl Ctx {
             None => None,
         };
         if let Some(m) = &mount {
-            check_dir(&m.dir)?;
+            self.mount_point(token, &m.dir)?;
         }
         self.sync(from)?;
         let Some(profile) = profile else {
@@ -651,7 +657,7 @@ impl Ctx {
             self.tokens
                 .add_owned(&token.name, &[id])
                 .map_err(errors::token)?;
-            self.mount_new(name, id, mount)?;
+            self.mount_new(token, name, id, mount)?;
             log::info!(
                 "{} '{name}' created from '{from}' by token '{}'",
                 if snapshot { "snapshot" } else { "branch" },
@@ -691,7 +697,10 @@ impl Ctx {
             token.name,
             profile.name
         );
-        let result = self.sanitize(name, profile, progress);
+        // The hooks' output shows the parent's data (a failing hook often prints
+        // the rows it choked on): only tokens that may read the parent get it.
+        let show_output = has(token, Scope::Read, &src.name, src.id);
+        let result = self.sanitize(name, profile, progress, show_output);
         let _g = self.lock.lock();
         let summary = match result {
             Ok(s) => s,
@@ -708,7 +717,7 @@ impl Ctx {
         self.tokens
             .add_owned(&token.name, &[id])
             .map_err(errors::token)?;
-        self.mount_new(name, id, mount)?;
+        self.mount_new(token, name, id, mount)?;
         log::info!(
             "branch '{name}' sanitized with profile '{}' and ready",
             profile.name
@@ -745,6 +754,7 @@ impl Ctx {
     /// that could not be mounted is dropped again.
     fn mount_new(
         &self,
+        token: &TokenView,
         name: &str,
         id: BranchId,
         mount: Option<MountSpec>,
@@ -752,15 +762,31 @@ impl Ctx {
         let Some(m) = mount else {
             return Ok(());
         };
-        if let Err(e) = self.mounts.mount(name, Path::new(&m.dir), m.read_only) {
+        // Checked again: mounts may have changed while the clone was sanitized.
+        let mounted = self.mount_point(token, &m.dir).and_then(|dir| {
+            self.mounts
+                .mount(name, &dir, m.read_only)
+                .map_err(errors::mount)
+        });
+        if let Err(e) = mounted {
             if let Err(d) = self.pool.branch_delete(name) {
                 log::error!("dropping branch '{name}' after a failed mount: {d}");
             } else if let Err(t) = self.tokens.forget_branch(id) {
                 log::warn!("token store: {t}");
             }
-            return Err(errors::mount(e));
+            return Err(e);
         }
         Ok(())
+    }
+
+    /// The directory `token` may mount on for `dir` (see `mount_points`).
+    fn mount_point(&self, token: &TokenView, dir: &str) -> Result<PathBuf, ErrorReply> {
+        mount_points::check(
+            dir,
+            is_pool_admin(token),
+            &self.mount_roots,
+            &self.mounts.list(),
+        )
     }
 
     /// Run the file rules, then the hooks, then commit. Progress goes to
@@ -770,9 +796,13 @@ impl Ctx {
         name: &str,
         profile: &Profile,
         progress: &mut dyn FnMut(ProgressEvent),
+        show_output: bool,
     ) -> Result<SanitizeSummary, ErrorReply> {
         let start = Instant::now();
-        let fail = |stage: &str, e: SanitizeError| sanitize_failure(name, &profile.name, stage, e);
+        let fail = |stage: &str, e: SanitizeError| {
+            log::warn!("sanitizing '{name}' with profile '{}': {e}", profile.name);
+            sanitize_failure(name, &profile.name, stage, e, show_output)
+        };
         progress(ProgressEvent {
             phase: "files".into(),
             ..Default::default()
@@ -940,9 +970,9 @@ impl Ctx {
             require(token, Scope::Write, &t.name, t.id)?;
             require_unprotected(token, t.protected, "mount read-write", &t.name, t.id)?;
         }
-        check_dir(dir)?;
+        let dir = self.mount_point(token, dir)?;
         self.mounts
-            .mount(&t.name, Path::new(dir), read_only)
+            .mount(&t.name, &dir, read_only)
             .map_err(errors::mount)
     }
 
@@ -994,18 +1024,6 @@ fn quota_info(q: QuotaStatus) -> QuotaInfo {
     }
 }
 
-/// Mount points travel as absolute paths (the daemon's working directory is not
-/// the client's).
-fn check_dir(dir: &str) -> Result<(), ErrorReply> {
-    if !Path::new(dir).is_absolute() || dir.contains('\0') {
-        return Err(errors::bad_request(format!(
-            "mount point '{}' must be an absolute path",
-            dir.escape_debug()
-        )));
-    }
-    Ok(())
-}
-
 fn file_type(mode: u32) -> &'static str {
     match mode & libc::S_IFMT {
         libc::S_IFREG => "file",
@@ -1016,8 +1034,14 @@ fn file_type(mode: u32) -> &'static str {
 }
 
 /// A failed sanitize run as a `sanitize_failed` error naming the rule and file, or
-/// the hook with its exit code (or timeout) and output.
-fn sanitize_failure(branch: &str, profile: &str, stage: &str, e: SanitizeError) -> ErrorReply {
+/// the hook with its exit code (or timeout) and, if `show_output`, its output.
+fn sanitize_failure(
+    branch: &str,
+    profile: &str,
+    stage: &str,
+    e: SanitizeError,
+    show_output: bool,
+) -> ErrorReply {
     let mut f = SanitizeFailure {
         profile: profile.to_string(),
         stage: stage.to_string(),
@@ -1054,10 +1078,16 @@ fn sanitize_failure(branch: &str, profile: &str, stage: &str, e: SanitizeError) 
         SanitizeError::Mount { .. } | SanitizeError::Scratch { .. } => f.stage = "setup".into(),
         _ => {}
     }
+    let why = if show_output {
+        e.to_string()
+    } else {
+        f.output = None;
+        e.without_output()
+    };
     let mut r = ErrorReply::new(
         ErrorKind::SanitizeFailed,
         format!(
-            "sanitizing '{branch}' with profile '{profile}' failed, so the clone was deleted: {e}"
+            "sanitizing '{branch}' with profile '{profile}' failed, so the clone was deleted: {why}"
         ),
     )
     .target(branch);

@@ -6,7 +6,9 @@
 //! - `dispatch`: one request -> permission checks -> pool / mount calls
 //! - `auth`: the permission rules
 //! - `tokens`: the hashed token store beside the pool (`POOL.tokens`)
-//! - `config`: limits from the `--config` file
+//! - `config`: limits and mount roots from the `--config` file
+//! - `mount_points`: where a token may mount (mount roots, never inside a mount)
+//! - `mountinfo`: the host's mounts, from `/proc/self/mountinfo`
 //! - `quotas`: branch quotas and reservations kept beside the pool (`POOL.quotas`)
 //! - `sanitize`: the sanitize engine (profiles from the `--config` file)
 //! - `sanitizing`: clones being sanitized and required profiles
@@ -19,6 +21,8 @@ pub mod config;
 mod dispatch;
 mod errors;
 mod files;
+mod mount_points;
+mod mountinfo;
 pub mod quotas;
 pub mod sanitize;
 pub mod sanitizing;
@@ -81,6 +85,7 @@ impl ControlServer {
         config: Option<&Path>,
     ) -> Result<ControlServer, ControlError> {
         let cfg = ServerConfig::load(config)?;
+        let mount_roots = cfg.mount_roots(pool.name())?;
         let tokens = TokenStore::open(pool.name())?;
         let quotas = quotas::QuotaStore::open(&pool)?;
         let profiles = match config {
@@ -109,7 +114,16 @@ impl ControlServer {
         }
         let listener = UnixListener::bind(socket).map_err(io)?;
         std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
-        let ctx = dispatch::Ctx::new(pool, mounts, tokens, quotas, profiles, key, state);
+        let ctx = dispatch::Ctx::new(
+            pool,
+            mounts,
+            tokens,
+            quotas,
+            profiles,
+            key,
+            state,
+            mount_roots,
+        );
         ctx.delete_unfinished()?;
         let shared = Arc::new(server::Shared::new(ctx, cfg));
         let sh = shared.clone();

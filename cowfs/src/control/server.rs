@@ -10,15 +10,23 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use cowfs_ctl::proto::{
     ErrorKind, ErrorReply, ProgressEvent, ProgressLine, Reply, Request, PROTOCOL_VERSION,
 };
 use parking_lot::Mutex;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::config::ServerConfig;
 use super::dispatch::Ctx;
+use super::tokens::Authenticated;
+
+/// Longest line read before a successful hello (a hello is about 150 bytes).
+const PREAUTH_FRAME_BYTES: usize = 4096;
 
 pub struct Shared {
     pub ctx: Ctx,
@@ -137,13 +145,33 @@ enum Frame {
     Line(Vec<u8>),
     Eof,
     TooLarge,
+    /// The line was not complete by its deadline.
+    Late,
 }
 
-/// One request line, at most `limit` bytes including the newline.
-fn read_frame(r: &mut BufReader<UnixStream>, limit: usize) -> io::Result<Frame> {
+/// One request line, at most `limit` bytes including the newline, complete by
+/// `deadline`. The deadline bounds the whole line, not each read: a client that
+/// trickles a byte now and then would otherwise hold its slot forever.
+fn read_frame(r: &mut BufReader<UnixStream>, limit: usize, deadline: Instant) -> io::Result<Frame> {
     let mut buf = Vec::new();
     loop {
-        let chunk = r.fill_buf()?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Frame::Late);
+        }
+        r.get_ref().set_read_timeout(Some(left))?;
+        let chunk = match r.fill_buf() {
+            Ok(c) => c,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(Frame::Late)
+            }
+            Err(e) => return Err(e),
+        };
         if chunk.is_empty() {
             // End of stream; a partial frame means the client vanished mid-request:
             // there is nobody to answer.
@@ -184,11 +212,42 @@ fn send(w: &mut UnixStream, id: Option<u64>, r: Result<Value, ErrorReply>) -> io
     w.write_all(&line)
 }
 
+/// The top level of a request, fields kept as raw JSON text borrowed from the
+/// line: nothing is built for fields that are not read (unknown ones are skipped),
+/// and `args` goes straight into the typed `Request`. A `serde_json::Value` of a
+/// line costs many times the line's size.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    op: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    args: Option<&'a RawValue>,
+}
+
 /// Parse a line into (id, request), or the typed error to answer with. Never
 /// panics, whatever the bytes (public for fuzzing).
 pub fn parse(line: &[u8]) -> (Option<u64>, Result<Request, ErrorReply>) {
-    let v: Value = match serde_json::from_slice(line) {
-        Ok(v) => v,
+    // A struct also deserializes from an array: only an object is a request.
+    let object = line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let parsed = if object {
+        serde_json::from_slice::<Envelope>(line)
+    } else {
+        serde_json::from_slice::<IgnoredAny>(line)
+            .and_then(|_| Err(serde::de::Error::custom("not an object")))
+    };
+    let env = match parsed {
+        Ok(e) => e,
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            return (
+                None,
+                Err(ErrorReply::new(
+                    ErrorKind::BadJson,
+                    format!("a request must be a JSON object (with distinct keys): {e}"),
+                )),
+            )
+        }
         Err(e) => {
             return (
                 None,
@@ -199,39 +258,32 @@ pub fn parse(line: &[u8]) -> (Option<u64>, Result<Request, ErrorReply>) {
             )
         }
     };
-    let Value::Object(mut o) = v else {
+    let id = match env.id {
+        None => None,
+        Some(raw) => match serde_json::from_str::<u64>(raw.get()) {
+            Ok(id) => Some(id),
+            Err(_) => {
+                return (
+                    None,
+                    Err(ErrorReply::new(
+                        ErrorKind::BadRequest,
+                        "'id' must be a non-negative integer",
+                    )),
+                )
+            }
+        },
+    };
+    let Some(op) = env
+        .op
+        .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+    else {
         return (
-            None,
+            id,
             Err(ErrorReply::new(
-                ErrorKind::BadJson,
-                "a request must be a JSON object",
+                ErrorKind::BadRequest,
+                "missing 'op' (a string naming the operation)",
             )),
         );
-    };
-    let id = match o.remove("id") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
-        Some(_) => {
-            return (
-                None,
-                Err(ErrorReply::new(
-                    ErrorKind::BadRequest,
-                    "'id' must be a non-negative integer",
-                )),
-            )
-        }
-    };
-    let op = match o.get("op") {
-        Some(Value::String(s)) => s.clone(),
-        _ => {
-            return (
-                id,
-                Err(ErrorReply::new(
-                    ErrorKind::BadRequest,
-                    "missing 'op' (a string naming the operation)",
-                )),
-            )
-        }
     };
     if !Request::OPS.contains(&op.as_str()) {
         let shown: String = op.chars().take(64).collect();
@@ -247,12 +299,11 @@ pub fn parse(line: &[u8]) -> (Option<u64>, Result<Request, ErrorReply>) {
             )),
         );
     }
-    let args = o
-        .remove("args")
-        .filter(|a| !a.is_null())
-        .unwrap_or_else(|| Value::Object(Default::default()));
-    let req = serde_json::json!({ "op": op, "args": args });
-    match serde_json::from_value::<Request>(req) {
+    // `null` arrives as `None` here: missing or null means `{}`.
+    let args = env.args.map_or("{}", |a| a.get());
+    // `op` is one of the known names: plain ASCII, no escaping needed.
+    let req = format!("{{\"op\":\"{op}\",\"args\":{args}}}");
+    match serde_json::from_str::<Request>(&req) {
         Ok(r) => (id, Ok(r)),
         Err(e) => (
             id,
@@ -265,15 +316,24 @@ pub fn parse(line: &[u8]) -> (Option<u64>, Result<Request, ErrorReply>) {
 }
 
 fn serve(sh: &Shared, stream: UnixStream) -> io::Result<()> {
-    stream.set_read_timeout(Some(sh.cfg.idle_timeout()))?;
     stream.set_write_timeout(Some(sh.cfg.io_timeout()))?;
     let mut w = stream.try_clone()?;
     let mut r = BufReader::new(stream);
-    let mut token: Option<String> = None;
+    let mut token: Option<Authenticated> = None;
+    // Until a hello succeeds, one deadline for the whole connection; then one per
+    // request line, from the previous reply. Blank lines do not move it.
+    let mut deadline = Instant::now() + sh.cfg.idle_timeout();
     loop {
-        let line = match read_frame(&mut r, sh.cfg.max_frame_bytes)? {
+        // Before authentication only a hello is worth reading: a small limit
+        // keeps strangers from making the daemon buffer and parse big lines.
+        let limit = if token.is_some() {
+            sh.cfg.max_frame_bytes
+        } else {
+            PREAUTH_FRAME_BYTES.min(sh.cfg.max_frame_bytes)
+        };
+        let line = match read_frame(&mut r, limit, deadline)? {
             Frame::Line(l) => l,
-            Frame::Eof => return Ok(()),
+            Frame::Eof | Frame::Late => return Ok(()),
             Frame::TooLarge => {
                 send(
                     &mut w,
@@ -281,8 +341,12 @@ fn serve(sh: &Shared, stream: UnixStream) -> io::Result<()> {
                     Err(ErrorReply::new(
                         ErrorKind::FrameTooLarge,
                         format!(
-                            "request longer than {} bytes; the connection is closed",
-                            sh.cfg.max_frame_bytes
+                            "request longer than {limit} bytes{}; the connection is closed",
+                            if token.is_some() {
+                                ""
+                            } else {
+                                " before a successful hello"
+                            }
                         ),
                     )),
                 )?;
@@ -302,12 +366,13 @@ fn serve(sh: &Shared, stream: UnixStream) -> io::Result<()> {
                     client,
                 }),
                 None,
-            ) => hello(sh, version, secret.as_deref()).map(|(name, v)| {
+            ) => hello(sh, version, secret.as_deref()).map(|(who, v)| {
                 log::debug!(
-                    "control client '{}' authenticated as token '{name}'",
-                    client.as_deref().unwrap_or("?").escape_debug()
+                    "control client '{}' authenticated as token '{}'",
+                    client.as_deref().unwrap_or("?").escape_debug(),
+                    who.name
                 );
-                token = Some(name);
+                token = Some(who);
                 v
             }),
             (Ok(r), None) => Err(ErrorReply::new(
@@ -317,10 +382,13 @@ fn serve(sh: &Shared, stream: UnixStream) -> io::Result<()> {
                     r.op()
                 ),
             )),
-            (Ok(r), Some(name)) => match sh.ctx.tokens.get(name) {
+            (Ok(r), Some(who)) => match sh.ctx.tokens.current(who) {
                 None => Err(ErrorReply::new(
                     ErrorKind::Unauthenticated,
-                    format!("token '{name}' has been revoked; connect again with a valid token"),
+                    format!(
+                        "token '{}' has been revoked; connect again with a valid token",
+                        who.name
+                    ),
                 )),
                 Some(t) => {
                     let op = r.op();
@@ -354,10 +422,17 @@ fn serve(sh: &Shared, stream: UnixStream) -> io::Result<()> {
             },
         };
         send(&mut w, id, result)?;
+        if token.is_some() {
+            deadline = Instant::now() + sh.cfg.idle_timeout();
+        }
     }
 }
 
-fn hello(sh: &Shared, version: u32, secret: Option<&str>) -> Result<(String, Value), ErrorReply> {
+fn hello(
+    sh: &Shared,
+    version: u32,
+    secret: Option<&str>,
+) -> Result<(Authenticated, Value), ErrorReply> {
     if version != PROTOCOL_VERSION {
         return Err(ErrorReply::new(
             ErrorKind::UnsupportedVersion,
@@ -370,7 +445,7 @@ fn hello(sh: &Shared, version: u32, secret: Option<&str>) -> Result<(String, Val
             "no token: pass one (cowfs-ctl --token, --token-file or $COWFS_TOKEN; the first admin token is in POOL.token)",
         ));
     };
-    let Some(name) = sh.ctx.tokens.authenticate(secret) else {
+    let Some(who) = sh.ctx.tokens.authenticate(secret) else {
         log::info!("control: a client presented an unknown token");
         return Err(ErrorReply::new(
             ErrorKind::Unauthenticated,
@@ -380,9 +455,9 @@ fn hello(sh: &Shared, version: u32, secret: Option<&str>) -> Result<(String, Val
     let v = serde_json::json!({
         "version": PROTOCOL_VERSION,
         "server": format!("cowfs {}", env!("CARGO_PKG_VERSION")),
-        "token": name,
+        "token": who.name,
     });
-    Ok((name, v))
+    Ok((who, v))
 }
 
 #[cfg(test)]
@@ -405,6 +480,16 @@ mod tests {
             Some(ErrorKind::BadRequest)
         );
         assert_eq!(kind(r#"{"op":"list"}"#), None);
+        assert_eq!(kind(r#"{"op":"list","id":null,"args":null}"#), None);
+        assert_eq!(kind(r#"{"op":"list","extra":[0,0,{"a":1}]}"#), None);
+        assert_eq!(
+            kind(r#"{"op":"list","id":1.5}"#),
+            Some(ErrorKind::BadRequest)
+        );
+        assert_eq!(
+            kind(r#"{"op":"info","args":[0,0]}"#),
+            Some(ErrorKind::BadRequest)
+        );
         let (id, r) = parse(br#"{"id":9,"op":"info","args":{"name":"x"}}"#);
         assert_eq!(id, Some(9));
         assert_eq!(r.unwrap(), Request::Info { name: "x".into() });

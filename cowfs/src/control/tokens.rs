@@ -117,6 +117,13 @@ pub struct TokenView {
     pub owns: Vec<BranchId>,
 }
 
+/// Who a connection authenticated as: the token's name and its secret's hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authenticated {
+    pub name: String,
+    sha256: [u8; 32],
+}
+
 /// The daemon's token store.
 pub struct TokenStore {
     path: PathBuf,
@@ -170,29 +177,34 @@ impl TokenStore {
         })
     }
 
-    /// The name of the token whose secret this is. Every stored hash is compared,
-    /// each in constant time.
-    pub fn authenticate(&self, secret: &str) -> Option<String> {
+    /// The token whose secret this is. Every stored hash is compared, each in
+    /// constant time.
+    pub fn authenticate(&self, secret: &str) -> Option<Authenticated> {
         let h: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         let f = self.file.lock();
         let mut found = None;
         for t in &f.tokens {
             if let Some(stored) = unhex(&t.sha256) {
                 if bool::from(stored.ct_eq(&h)) {
-                    found = Some(t.name.clone());
+                    found = Some(Authenticated {
+                        name: t.name.clone(),
+                        sha256: h,
+                    });
                 }
             }
         }
         found
     }
 
-    /// The token named `name`, if it still exists (it may be revoked meanwhile).
-    pub fn get(&self, name: &str) -> Option<TokenView> {
+    /// The token a connection authenticated as, if it still exists: the same
+    /// name *and* secret, so that a token revoked and created again under its
+    /// name is a different token to connections opened with the old secret.
+    pub fn current(&self, a: &Authenticated) -> Option<TokenView> {
         self.file
             .lock()
             .tokens
             .iter()
-            .find(|t| t.name == name)
+            .find(|t| t.name == a.name && unhex(&t.sha256).is_some_and(|h| h == a.sha256))
             .map(view)
     }
 
@@ -361,7 +373,11 @@ mod tests {
         let secret = std::fs::read_to_string(&secret_file).unwrap();
         let secret = secret.trim();
         let store = TokenStore::open(&pool).unwrap();
-        assert_eq!(store.authenticate(secret).as_deref(), Some(ADMIN_TOKEN));
+        let name = |a: Option<Authenticated>| a.map(|a| a.name);
+        assert_eq!(
+            name(store.authenticate(secret)).as_deref(),
+            Some(ADMIN_TOKEN)
+        );
         assert_eq!(store.authenticate("cwt_wrong"), None);
         let text = std::fs::read_to_string(store_path(&pool)).unwrap();
         assert!(!text.contains(secret), "the secret is stored only hashed");
@@ -371,7 +387,9 @@ mod tests {
         store.add_owned("agent", &[7]).unwrap();
         // Reopen: everything was saved.
         let store = TokenStore::open(&pool).unwrap();
-        assert_eq!(store.authenticate(&agent).as_deref(), Some("agent"));
+        let session = store.authenticate(&agent).expect("agent");
+        assert_eq!(session.name, "agent");
+        assert!(store.current(&session).is_some());
         assert_eq!(store.owner_of(7).as_deref(), Some("agent"));
         store.forget_branch(7).unwrap();
         assert_eq!(store.owner_of(7), None);
@@ -381,5 +399,10 @@ mod tests {
             store.revoke("agent"),
             Err(TokenError::NotFound(_))
         ));
+        // The same name again is another token for the old session.
+        store
+            .create("agent", vec!["admin:*".parse().unwrap()])
+            .unwrap();
+        assert_eq!(store.current(&session), None);
     }
 }

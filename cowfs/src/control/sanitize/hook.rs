@@ -19,7 +19,9 @@ use crate::fs::ROOT_INO;
 use crate::fuse::{MountError, MountTable};
 use crate::pool::{BranchId, Pool};
 
+use super::super::mountinfo;
 use super::config::{Hook, Profile};
+use super::private_dir;
 use super::pseudo::hook_key_hex;
 use super::SanitizeError;
 
@@ -243,8 +245,10 @@ fn exists(pool: &Pool, b: BranchId, path: &str) -> Result<bool, SanitizeError> {
 static MOUNT_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Run the profile's hooks whose `when_exists` holds, against one private
-/// read-write mount of `branch` on a fresh directory under `scratch` (unmounted
-/// and removed afterwards, also on failure). Stops at the first failing hook.
+/// read-write mount of `branch` in a fresh private directory under `scratch`
+/// (see `private_dir`; unmounted and removed afterwards, also on failure). Stops
+/// at the first failing hook. Fails if anything was mounted inside the clone's
+/// mount when the hooks end: they did not see (only) the clone.
 pub fn run_hooks(
     pool: &Pool,
     mounts: &MountTable,
@@ -287,27 +291,44 @@ pub fn run_hooks_cancellable(
         return Ok(Vec::new());
     }
     let hook_key = hook_key_hex(key).ok_or(SanitizeError::KeyTooShort)?;
-    let dir: PathBuf = scratch.join(format!(
+    let private: PathBuf = scratch.join(format!(
         ".cowfs-sanitize-{}-{}",
         std::process::id(),
         MOUNT_SEQ.fetch_add(1, Ordering::Relaxed)
     ));
+    let dir = private.join("clone");
     let io = |source| SanitizeError::Scratch {
-        dir: dir.clone(),
+        dir: private.clone(),
         source,
     };
-    std::fs::create_dir(&dir).map_err(io)?;
+    private_dir::create(&private).map_err(io)?;
+    let cleanup = || {
+        let _ = std::fs::remove_dir(&dir);
+        let _ = std::fs::remove_dir(&private);
+    };
+    if let Err(e) = std::fs::create_dir(&dir) {
+        cleanup();
+        return Err(io(e));
+    }
     let mount_err = |source: MountError| SanitizeError::Mount {
         branch: branch.to_string(),
         source: Box::new(source),
     };
     if let Err(e) = mounts.mount(branch, &dir, false) {
-        let _ = std::fs::remove_dir(&dir);
+        cleanup();
         return Err(mount_err(e));
     }
+    let watched: Vec<&str> = todo
+        .iter()
+        .filter_map(|h| h.when_exists.as_deref())
+        .collect();
+    let mut result =
+        private_dir::allow_search(&private, &private_dir::owners(&dir, &watched)).map_err(io);
     let mut reports = Vec::new();
-    let mut result = Ok(());
     for h in todo {
+        if result.is_err() {
+            break;
+        }
         if cancel.load(Ordering::Relaxed) {
             result = Err(SanitizeError::Cancelled);
             break;
@@ -315,27 +336,44 @@ pub fn run_hooks_cancellable(
         log::info!("sanitize '{branch}': running hook '{}'", h.name);
         match run_hook_cancellable(h, &dir, branch, &hook_key, cancel) {
             Ok(r) => reports.push(r),
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
+            Err(e) => result = Err(e),
         }
+    }
+    // Anything mounted inside the clone's mount hid part of the clone from the
+    // hooks: what they scrubbed was not (all) the clone. Never publish then.
+    let shadowed = match mountinfo::read() {
+        Ok(m) => mountinfo::below(&m, &dir),
+        Err(e) => {
+            log::error!("sanitize '{branch}': reading /proc/self/mountinfo: {e}");
+            vec![dir.clone()]
+        }
+    };
+    if !shadowed.is_empty() {
+        log::error!(
+            "sanitize '{branch}': something was mounted inside the hooks' mount of the clone: {shadowed:?}"
+        );
+        result = Err(SanitizeError::Shadowed { mounts: shadowed });
     }
     // Processes killed a moment ago may still hold files open: retry briefly.
+    // A mount inside is the other reason for a busy unmount; one seen while
+    // retrying fails the run too, even if it goes away before the unmount works.
     let mut unmounted = mounts.unmount(&dir);
     for _ in 0..50 {
-        match unmounted {
-            Err(MountError::Busy(_)) => {
-                std::thread::sleep(Duration::from_millis(100));
-                unmounted = mounts.unmount(&dir);
+        let Err(MountError::Busy(_)) = unmounted else {
+            break;
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        if result.is_ok() {
+            if let Some(below) = mountinfo::read().ok().map(|m| mountinfo::below(&m, &dir)) {
+                if !below.is_empty() {
+                    result = Err(SanitizeError::Shadowed { mounts: below });
+                }
             }
-            _ => break,
         }
+        unmounted = mounts.unmount(&dir);
     }
     match unmounted {
-        Ok(()) => {
-            let _ = std::fs::remove_dir(&dir);
-        }
+        Ok(()) => cleanup(),
         Err(e) if result.is_ok() => result = Err(mount_err(e)),
         Err(e) => log::error!("sanitize '{branch}': unmounting {}: {e}", dir.display()),
     }

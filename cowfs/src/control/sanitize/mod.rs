@@ -6,6 +6,7 @@
 //! - `scan`: streaming redaction of one file with a carry between chunks
 //! - `apply`: the tree walk applying file rules through the pool API
 //! - `hook`: hook commands, with a private mount of the clone
+//! - `private_dir`: the directory of that mount, reachable by the daemon alone
 //! - `key`: the per-pool pseudonym key beside the pool
 //!
 //! The control plane calls `run` (file rules) and then `run_hooks` on a clone in
@@ -16,6 +17,7 @@ pub mod config;
 pub mod detect;
 pub mod hook;
 pub mod key;
+mod private_dir;
 pub mod pseudo;
 mod scan;
 
@@ -114,8 +116,31 @@ pub enum SanitizeError {
         branch: String,
         source: Box<MountError>,
     },
+    #[error("sanitize: something was mounted inside the hooks' private mount of the clone ({}), so the hooks did not see the clone; it is not published", mounts.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", "))]
+    Shadowed { mounts: Vec<PathBuf> },
     #[error("sanitize: cancelled (the daemon is stopping)")]
     Cancelled,
+}
+
+impl SanitizeError {
+    /// The error without a hook's output, for clients that may not read the
+    /// parent (the output shows its data); the daemon's log has the whole error.
+    pub fn without_output(&self) -> String {
+        match self {
+            SanitizeError::HookFailed { hook, exit_code, signal, .. } => format!(
+                "hook '{hook}' failed ({}); its output is in the daemon's log (only tokens that may read the parent get it)",
+                match (exit_code, signal) {
+                    (Some(c), _) => format!("exit code {c}"),
+                    (None, Some(s)) => format!("killed by signal {s}"),
+                    _ => "no exit status".to_string(),
+                }
+            ),
+            SanitizeError::HookTimeout { hook, timeout_secs, .. } => format!(
+                "hook '{hook}' timed out after {timeout_secs} s and was killed (raise timeout_secs if it needs longer); its output is in the daemon's log (only tokens that may read the parent get it)"
+            ),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// Apply the file rules of `profile` to `branch` (a writable branch, normally a

@@ -1,0 +1,104 @@
+//! The daemon's view of the host's mounts (`/proc/self/mountinfo`): which mount a
+//! path lives on, and what is mounted below a directory. The mount checks use it
+//! because a path's own string says nothing about what is mounted along it.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// One line of mountinfo: the mount's id and where it is mounted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    pub id: u64,
+    pub point: PathBuf,
+}
+
+/// The mounts of the daemon's namespace, in mountinfo order (a mount stacked on
+/// the same point as an earlier one comes after it).
+pub fn read() -> io::Result<Vec<Mount>> {
+    Ok(parse(&std::fs::read_to_string("/proc/self/mountinfo")?))
+}
+
+fn parse(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let id = f.next()?.parse().ok()?;
+            let point = unescape(f.nth(3)?);
+            Some(Mount { id, point })
+        })
+        .collect()
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as `\ooo`.
+fn unescape(s: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], oct) {
+            (b'\\', Some(d)) => {
+                out.push(d.iter().fold(0u8, |a, c| a.wrapping_mul(8) + (c - b'0')));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+/// The id of the mount that holds `path` (canonical): the last-listed mount whose
+/// point is the longest prefix of it.
+pub fn holding(mounts: &[Mount], path: &Path) -> Option<u64> {
+    let mut best: Option<&Mount> = None;
+    for m in mounts {
+        let longer = best.is_none_or(|b| m.point.as_os_str().len() >= b.point.as_os_str().len());
+        if path.starts_with(&m.point) && longer {
+            best = Some(m);
+        }
+    }
+    best.map(|m| m.id)
+}
+
+/// Mount points strictly below `dir` (canonical).
+pub fn below(mounts: &[Mount], dir: &Path) -> Vec<PathBuf> {
+    mounts
+        .iter()
+        .filter(|m| m.point != dir && m.point.starts_with(dir))
+        .map(|m| m.point.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+22 1 0:21 / / rw - ext4 /dev/sda1 rw
+30 22 0:25 / /tmp rw - tmpfs tmpfs rw
+41 30 0:40 / /tmp/a\\040b rw - fuse cowfs rw
+42 30 0:41 / /tmp/x rw - fuse cowfs rw
+43 30 0:42 / /tmp/x rw - fuse cowfs rw
+";
+
+    #[test]
+    fn longest_prefix_and_stacking() {
+        let m = parse(SAMPLE);
+        assert_eq!(m[2].point, Path::new("/tmp/a b"));
+        assert_eq!(holding(&m, Path::new("/etc")), Some(22));
+        assert_eq!(holding(&m, Path::new("/tmp")), Some(30));
+        assert_eq!(holding(&m, Path::new("/tmp/a b/c")), Some(41));
+        // "/tmp/a" is not inside "/tmp/a b".
+        assert_eq!(holding(&m, Path::new("/tmp/a")), Some(30));
+        // The mount stacked last on /tmp/x is the one a path there reaches.
+        assert_eq!(holding(&m, Path::new("/tmp/x/y")), Some(43));
+        assert_eq!(below(&m, Path::new("/tmp")).len(), 3);
+        assert!(below(&m, Path::new("/tmp/x")).is_empty());
+    }
+}

@@ -1,0 +1,151 @@
+//! Where a branch may be mounted (the daemon mounts as root with `allow_other`):
+//! a token without `admin:*` only strictly below a mount root (default
+//! `POOL.mnt`), symlinks resolved, never on or inside another mount; no token,
+//! admin included, inside a cowfs mount of the pool. Every refusal is `forbidden`
+//! and leaves the host directory and the pool as they were.
+//!
+//! Needs root and /dev/fuse.
+
+mod control_support;
+
+use std::path::Path;
+use std::process::Command;
+
+use control_support::*;
+use cowfs_ctl::proto::{ErrorKind, MountSpec};
+use cowfs_ctl::ClientError;
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8")
+}
+
+fn forbidden<T: std::fmt::Debug>(what: &str, r: Result<T, ClientError>, says: &str) {
+    match r {
+        Err(ClientError::Server(e)) => {
+            assert_eq!(e.kind, ErrorKind::Forbidden, "{what}: {e}");
+            assert!(e.message.contains(says), "{what}: {e}");
+        }
+        other => panic!("{what}: expected forbidden, got {other:?}"),
+    }
+}
+
+/// A tmpfs mounted by the test, unmounted on drop.
+struct Tmpfs<'a>(&'a Path);
+
+impl Drop for Tmpfs<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0).status();
+    }
+}
+
+#[test]
+fn mounts_stay_under_the_mount_roots_and_outside_other_mounts() {
+    let d = Daemon::start();
+    let root = d.mount_root();
+    let mut admin = d.admin_client();
+    let agent_s = d.token("agent", &["branch:main"]);
+    let mut agent = d.client(&agent_s);
+    let owned = |c: &mut cowfs_ctl::Client, n: &str| {
+        c.branch_create(n, "main", None).expect("branch create");
+    };
+
+    // A host directory outside the roots: its files must stay visible.
+    let victim = d.tmp.path().canonicalize().expect("tmp").join("victim");
+    std::fs::create_dir(&victim).expect("victim");
+    std::fs::write(victim.join("keep"), "host file").expect("host file");
+    forbidden(
+        "create --mount on a host directory",
+        agent.branch_create_with(
+            "a1",
+            "main",
+            Some(MountSpec {
+                dir: s(&victim).into(),
+                read_only: false,
+            }),
+            None,
+            None,
+        ),
+        &format!("must be under {}", root.display()),
+    );
+    assert_eq!(
+        kind(agent.info("a1")),
+        ErrorKind::NotFound,
+        "nothing created"
+    );
+    owned(&mut agent, "a1");
+    forbidden(
+        "mount on a host directory",
+        agent.mount("a1", s(&victim), false),
+        "must be under",
+    );
+    // The root itself, and a symlink under the root that leads outside.
+    forbidden(
+        "mount on the root",
+        agent.mount("a1", s(&root), false),
+        "must be under",
+    );
+    let link = root.join("link");
+    std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+    forbidden(
+        "mount through a symlink",
+        agent.mount("a1", s(&link), false),
+        "must be under",
+    );
+    assert!(!is_mountpoint(&victim) && victim.join("keep").exists());
+
+    // Another filesystem mounted under the root: neither on it nor inside it.
+    let other = d.dir("other-fs");
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&other)
+        .status()
+        .expect("mount tmpfs");
+    assert!(st.success());
+    let _tmpfs = Tmpfs(&other);
+    std::fs::create_dir(other.join("in")).expect("mkdir");
+    forbidden(
+        "mount on another mount",
+        agent.mount("a1", s(&other), false),
+        "another mount",
+    );
+    forbidden(
+        "mount inside another mount",
+        agent.mount("a1", s(&other.join("in")), false),
+        "another mount",
+    );
+
+    // Inside a cowfs mount of the pool: refused to everyone, admin included, and
+    // the admin's unmount of main is not pinned.
+    let main_mnt = d.dir("main");
+    admin
+        .mount("main", s(&main_mnt), false)
+        .expect("mount main");
+    std::fs::create_dir(main_mnt.join("etc")).expect("mkdir in main");
+    forbidden(
+        "agent mounts inside main's mount",
+        agent.mount("a1", s(&main_mnt.join("etc")), false),
+        "inside the mount of branch 'main'",
+    );
+    admin.branch_create("a2", "main", None).expect("a2");
+    forbidden(
+        "admin mounts inside main's mount",
+        admin.mount("a2", s(&main_mnt.join("etc")), false),
+        "inside the mount of branch 'main'",
+    );
+    admin
+        .unmount(s(&main_mnt))
+        .expect("unmount main is not busy");
+
+    // Below the root: allowed. An admin may still mount outside the roots.
+    let ok = d.dir("a1");
+    agent
+        .mount("a1", s(&ok), false)
+        .expect("mount under the root");
+    agent.unmount(s(&ok)).expect("unmount");
+    let elsewhere = d.tmp.path().canonicalize().expect("tmp").join("admin-dir");
+    std::fs::create_dir(&elsewhere).expect("mkdir");
+    admin
+        .mount("a2", s(&elsewhere), false)
+        .expect("admin mounts anywhere");
+    admin.unmount(s(&elsewhere)).expect("unmount");
+}
