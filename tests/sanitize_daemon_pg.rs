@@ -144,8 +144,9 @@ fn agent_clone_of_a_running_cluster_is_sanitized_by_the_daemon() {
     );
     assert_eq!(summary.hooks[0].name, "postgresql");
 
-    // The clone, mounted by the agent: no original value in any file of pg/.
-    let m_clone = base.join("clone");
+    // The clone, mounted by the agent (under the daemon's default mount root,
+    // POOL.mnt): no original value in any file of pg/.
+    let m_clone = base.join("pool.mnt/clone");
     std::fs::create_dir(&m_clone).expect("mkdir");
     a.mount("agent-1", &s(&m_clone), false)
         .expect("agent mounts its clone");
