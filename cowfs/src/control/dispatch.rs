@@ -63,14 +63,30 @@ fn ok<T: Serialize>(v: T) -> Res {
     serde_json::to_value(v).map_err(|e| ErrorReply::new(ErrorKind::Internal, e.to_string()))
 }
 
+/// A name given to something new: created, or the new name of a rename.
 fn name_ok(name: &str) -> Result<(), ErrorReply> {
-    proto::check_name(name).map_err(|why| {
+    invalid_name(
+        name,
+        proto::check_name(name),
+        "names are 1..=255 bytes of ASCII letters, digits, '-', '_' and '.'",
+    )
+}
+
+/// A name that refers to an existing branch: looser, so that names given before
+/// `name_ok`'s rule can still be renamed or deleted.
+fn lookup_name_ok(name: &str) -> Result<(), ErrorReply> {
+    invalid_name(
+        name,
+        proto::check_lookup_name(name),
+        "names are 1..=255 bytes without '/', NUL or control characters",
+    )
+}
+
+fn invalid_name(name: &str, check: Result<(), String>, rule: &str) -> Result<(), ErrorReply> {
+    check.map_err(|why| {
         ErrorReply::new(
             ErrorKind::InvalidName,
-            format!(
-                "invalid name '{}': {why} (names are 1..=255 bytes without '/', NUL or control characters)",
-                name.escape_debug()
-            ),
+            format!("invalid name '{}': {why} ({rule})", name.escape_debug()),
         )
         .target(name.escape_debug().to_string())
     })
@@ -177,7 +193,7 @@ impl Ctx {
     /// Branch `name` as `token` may know it: one it cannot see is `not_found`,
     /// exactly like a missing one.
     fn lookup(&self, token: &TokenView, name: &str) -> Result<pool::BranchInfo, ErrorReply> {
-        name_ok(name)?;
+        lookup_name_ok(name)?;
         match self.pool.info(name) {
             Ok(i) if self.visible(token, &i.name, i.id) => Ok(i),
             Ok(_) | Err(PoolError::BranchNotFound(_)) => Err(not_found(name)),
