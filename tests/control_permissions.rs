@@ -1,16 +1,18 @@
 //! The permission matrix: for each token kind (admin, agent, read-only, a token with
 //! only `delete:*`) and each operation on its own branch, a protected parent and
 //! another agent's branch: allowed or refused exactly as specified; every refusal
-//! names the missing scope and leaves the pool and the tokens unchanged.
+//! names the missing scope (or, for a branch the token may not see, answers as
+//! for a missing one) and leaves the pool and the tokens unchanged.
 //!
 //! Mount permissions are checked with a mount point that does not exist: a call
 //! that passes the permission check then fails with `not_a_directory`, a refused
-//! one with `forbidden`, so no FUSE mount is needed here.
+//! one with `forbidden`, so the matrix needs no FUSE mount (only `unmount` of a
+//! hidden branch's mount does, in its own test).
 
 mod control_support;
 
 use control_support::*;
-use cowfs_ctl::proto::{ErrorKind, GroupMember, Scope};
+use cowfs_ctl::proto::{ErrorKind, ErrorReply, GroupMember, Scope};
 use cowfs_ctl::{Client, ClientError};
 
 /// What must not change when a request is refused.
@@ -59,6 +61,26 @@ fn refused<T: std::fmt::Debug>(
             assert!(e.message.contains(scope.as_str()), "{what}: {e}");
         }
         other => panic!("{what}: expected {kind:?}, got {other:?}"),
+    }
+    assert_eq!(state(d), before, "{what}: a refusal changed the pool");
+}
+
+/// Expect the reply for a branch that does not exist (`not_found` naming
+/// `name`, no scope), and no change: the token may not see the branch.
+fn hidden<T: std::fmt::Debug>(
+    d: &Daemon,
+    what: &str,
+    name: &str,
+    f: impl FnOnce() -> Result<T, ClientError>,
+) {
+    let before = state(d);
+    match f() {
+        Err(ClientError::Server(e)) => assert_eq!(
+            (e.kind, e.scope, e.target.as_deref()),
+            (ErrorKind::NotFound, None, Some(name)),
+            "{what}: {e}"
+        ),
+        other => panic!("{what}: expected not_found, got {other:?}"),
     }
     assert_eq!(state(d), before, "{what}: a refusal changed the pool");
 }
@@ -189,90 +211,42 @@ fn permission_matrix() {
         || agent.protect("a1"),
     );
 
-    // ---- agent on another agent's branch: nothing ----
-    refused(
-        &d,
-        "agent reads b1",
-        ErrorKind::Forbidden,
-        Scope::Read,
-        || agent.info("b1"),
-    );
-    refused(
-        &d,
-        "agent diffs b1",
-        ErrorKind::Forbidden,
-        Scope::Read,
-        || agent.diff("a1", "b1"),
-    );
-    refused(
-        &d,
-        "agent branches b1",
-        ErrorKind::Forbidden,
-        Scope::Branch,
-        || agent.branch_create("steal", "b1", None),
-    );
-    refused(
-        &d,
-        "agent snapshots b1",
-        ErrorKind::Forbidden,
-        Scope::Branch,
-        || agent.snapshot_create("steal", "b1"),
-    );
-    refused(
-        &d,
-        "agent group with b1",
-        ErrorKind::Forbidden,
-        Scope::Branch,
-        || {
-            agent.group_create(vec![
-                GroupMember {
-                    name: "ok".into(),
-                    from: "a1".into(),
-                    snapshot: false,
-                },
-                GroupMember {
-                    name: "steal".into(),
-                    from: "b1".into(),
-                    snapshot: false,
-                },
-            ])
-        },
-    );
-    refused(
-        &d,
-        "agent deletes b1",
-        ErrorKind::Forbidden,
-        Scope::Delete,
-        || agent.delete("b1"),
-    );
-    refused(
-        &d,
-        "agent renames b1",
-        ErrorKind::Forbidden,
-        Scope::Delete,
-        || agent.rename("b1", "x"),
-    );
-    refused(
-        &d,
-        "agent mounts b1",
-        ErrorKind::Forbidden,
-        Scope::Mount,
-        || agent.mount("b1", NOWHERE, true),
-    );
-    refused(
-        &d,
-        "agent resets b1",
-        ErrorKind::Forbidden,
-        Scope::Write,
-        || agent.reset("b1", "a1-snap"),
-    );
-    refused(
-        &d,
-        "agent resets own to b1",
-        ErrorKind::Forbidden,
-        Scope::Read,
-        || agent.reset("a1", "b1"),
-    );
+    // ---- agent on another agent's branch: nothing, not even its existence ----
+    hidden(&d, "agent reads b1", "b1", || agent.info("b1"));
+    hidden(&d, "agent diffs b1", "b1", || agent.diff("a1", "b1"));
+    hidden(&d, "agent branches b1", "b1", || {
+        agent.branch_create("steal", "b1", None)
+    });
+    hidden(&d, "agent snapshots b1", "b1", || {
+        agent.snapshot_create("steal", "b1")
+    });
+    hidden(&d, "agent group with b1", "b1", || {
+        agent.group_create(vec![
+            GroupMember {
+                name: "ok".into(),
+                from: "a1".into(),
+                snapshot: false,
+            },
+            GroupMember {
+                name: "steal".into(),
+                from: "b1".into(),
+                snapshot: false,
+            },
+        ])
+    });
+    hidden(&d, "agent deletes b1", "b1", || agent.delete("b1"));
+    hidden(&d, "agent renames b1", "b1", || agent.rename("b1", "x"));
+    hidden(&d, "agent mounts b1", "b1", || {
+        agent.mount("b1", NOWHERE, true)
+    });
+    hidden(&d, "agent resets b1", "b1", || agent.reset("b1", "a1-snap"));
+    hidden(&d, "agent resets own to b1", "b1", || {
+        agent.reset("a1", "b1")
+    });
+    hidden(&d, "agent protects b1", "b1", || agent.protect("b1"));
+    hidden(&d, "agent sets b1's quota", "b1", || {
+        agent.quota_set("b1", Some(1 << 20), 0)
+    });
     refused(
         &d,
         "agent lists tokens",
@@ -391,4 +365,167 @@ fn permission_matrix() {
     let _ = d.token("other-agent", &["admin:*"]);
     assert_eq!(kind(other.list()), ErrorKind::Unauthenticated);
     assert_eq!(kind(other.token_list()), ErrorKind::Unauthenticated);
+}
+
+/// The daemon's error reply to a request, `None` if it succeeded.
+fn reply<T>(r: Result<T, ClientError>) -> Option<ErrorReply> {
+    match r {
+        Ok(_) => None,
+        Err(ClientError::Server(e)) => Some(e),
+        Err(e) => panic!("not a daemon reply: {e}"),
+    }
+}
+
+/// What `c` (owner of branch `mine` and snapshot `mine-snap`) gets for each
+/// operation on branch `name`, and for `unmount` of `mnt`.
+fn replies(c: &mut Client, name: &str, mnt: &str) -> Vec<(&'static str, Option<ErrorReply>)> {
+    vec![
+        ("info", reply(c.info(name))),
+        ("delete", reply(c.delete(name))),
+        ("rename", reply(c.rename(name, "renamed"))),
+        ("reset", reply(c.reset(name, "mine-snap"))),
+        ("reset to", reply(c.reset("mine", name))),
+        ("mount", reply(c.mount(name, NOWHERE, true))),
+        ("unmount", reply(c.unmount(mnt))),
+        ("diff a", reply(c.diff(name, "mine"))),
+        ("diff b", reply(c.diff("mine", name))),
+        ("snapshot", reply(c.snapshot_create("snap", name))),
+        ("branch", reply(c.branch_create("child", name, None))),
+        (
+            "group",
+            reply(c.group_create(vec![GroupMember {
+                name: "member".into(),
+                from: name.into(),
+                snapshot: false,
+            }])),
+        ),
+        ("quota", reply(c.quota_set(name, Some(1 << 20), 0))),
+        ("protect", reply(c.protect(name))),
+        ("unprotect", reply(c.unprotect(name))),
+    ]
+}
+
+/// Review finding: `agent3` (`branch:prod` only) got `forbidden` for another
+/// agent's branch but `not_found` for a missing one. Now every reply about a
+/// branch it may not see equals, in every field, the reply for the same name once
+/// the branch is gone, and the reply for a name that never existed.
+#[test]
+fn hidden_branches_answer_like_missing_ones() {
+    let d = Daemon::start();
+    let mut admin = d.admin_client();
+    allowed("prod", admin.branch_create("prod", "main", None));
+    let agent1_s = d.token("agent1", &["branch:prod"]);
+    let agent3_s = d.token("agent3", &["branch:prod"]);
+    let mut agent1 = d.client(&agent1_s);
+    let mut agent3 = d.client(&agent3_s);
+    allowed("a1", agent1.branch_create("a1", "prod", None));
+    allowed("mine", agent3.branch_create("mine", "prod", None));
+    allowed("mine-snap", agent3.snapshot_create("mine-snap", "mine"));
+    let mnt = d.dir("a1");
+    let mnt = mnt.to_str().expect("utf-8");
+    allowed("agent1 mounts a1", agent1.mount("a1", mnt, false));
+    // Nor is a1 named where it shows indirectly: in a refusal to mount inside
+    // its mount, or as the parent of a branch the token may read.
+    let inside = std::path::Path::new(mnt).join("sub");
+    std::fs::create_dir(&inside).expect("mkdir in a1");
+    let e = reply(agent3.mount("mine", inside.to_str().expect("utf-8"), false))
+        .expect("mount inside a1 refused");
+    assert_eq!(e.kind, ErrorKind::Forbidden, "{e}");
+    assert!(!e.message.contains("'a1'"), "{e}");
+    allowed("child of a1", admin.branch_create("a1-child", "a1", None));
+    let viewer_s = d.token("viewer", &["read:a1-child"]);
+    let child = allowed("viewer info", d.client(&viewer_s).info("a1-child"));
+    assert_eq!(child.parent, None, "a hidden parent is named");
+    assert_eq!(
+        admin
+            .info("a1-child")
+            .expect("admin info")
+            .parent
+            .as_deref(),
+        Some("a1")
+    );
+
+    let before = state(&d);
+    let hidden = replies(&mut agent3, "a1", mnt);
+    let never = replies(&mut agent3, "nosuch", mnt);
+    assert_eq!(state(&d), before, "a refusal changed the pool");
+    allowed("unmount a1", admin.unmount(mnt));
+    allowed("delete a1", admin.delete("a1"));
+    let gone = replies(&mut agent3, "a1", mnt);
+
+    for ((op, h), ((_, g), (_, n))) in hidden.iter().zip(gone.iter().zip(&never)) {
+        let h = h
+            .as_ref()
+            .unwrap_or_else(|| panic!("{op}: a hidden branch was served"));
+        let expected = if *op == "unmount" {
+            ErrorKind::NotMounted
+        } else {
+            ErrorKind::NotFound
+        };
+        assert_eq!(h.kind, expected, "{op}: {h}");
+        let g = g.as_ref().expect("refused once gone");
+        assert_eq!(
+            (h.kind, &h.message, &h.target, h.scope),
+            (g.kind, &g.message, &g.target, g.scope),
+            "{op}: hidden and deleted branch differ"
+        );
+        let n = n.as_ref().expect("refused when missing");
+        let renamed = |s: &str| s.replace("nosuch", "a1");
+        assert_eq!(
+            (h.kind, h.message.clone(), h.target.clone(), h.scope),
+            (
+                n.kind,
+                renamed(&n.message),
+                n.target.as_deref().map(renamed),
+                n.scope
+            ),
+            "{op}: hidden and never existing branch differ"
+        );
+    }
+}
+
+/// A name taken by a branch the token may not see cannot be used (one namespace
+/// per pool), and the refusal is the one for a name taken by its own branch: it
+/// tells only that the name is taken, which creating it would tell anyway.
+#[test]
+fn names_of_hidden_branches_are_taken_like_any_other() {
+    let d = Daemon::start();
+    let agent1_s = d.token("agent1", &["branch:main"]);
+    let agent3_s = d.token("agent3", &["branch:main"]);
+    let mut agent1 = d.client(&agent1_s);
+    let mut agent3 = d.client(&agent3_s);
+    allowed("a1", agent1.branch_create("a1", "main", None));
+    allowed("mine", agent3.branch_create("mine", "main", None));
+    allowed("mine-snap", agent3.snapshot_create("mine-snap", "mine"));
+    let before = state(&d);
+    let taken = |c: &mut Client, name: &str| {
+        vec![
+            reply(c.branch_create(name, "main", None)),
+            reply(c.snapshot_create(name, "main")),
+            reply(c.rename("mine-snap", name)),
+            reply(c.group_create(vec![GroupMember {
+                name: name.into(),
+                from: "main".into(),
+                snapshot: false,
+            }])),
+        ]
+    };
+    let hidden = taken(&mut agent3, "a1");
+    let own = taken(&mut agent3, "mine");
+    assert_eq!(state(&d), before, "a refusal changed the pool");
+    for (h, o) in hidden.iter().zip(&own) {
+        let h = h.as_ref().expect("a hidden branch's name was reused");
+        let o = o.as_ref().expect("an own branch's name was reused");
+        assert_eq!(h.kind, ErrorKind::Exists, "{h}");
+        let renamed = |s: &str| s.replace("mine", "a1");
+        assert_eq!(
+            (h.kind, h.message.clone(), h.target.clone(), h.scope),
+            (
+                o.kind,
+                renamed(&o.message),
+                o.target.as_deref().map(renamed),
+                o.scope
+            ),
+        );
+    }
 }

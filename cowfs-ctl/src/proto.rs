@@ -443,25 +443,57 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     true
 }
 
-/// Check a branch, snapshot or token name: 1..=255 bytes, no '/', no NUL, no control
-/// characters, not "." or "..". Returns why not.
-pub fn check_name(name: &str) -> Result<(), &'static str> {
+/// Check a name given to something new (a branch, snapshot or token created, the
+/// new name of a rename): `check_lookup_name`, and only ASCII letters, digits,
+/// '-', '_' and '.'. Names are shown in `list`, matched by grants and typed into
+/// shells, so one must never look like another: a wider set lets "prod\u{200b}",
+/// "main\u{202e}", " prod" or a Cyrillic "рrod" pass for "prod"/"main", and telling
+/// scripts and confusables apart would take Unicode tables the protocol should
+/// not depend on. Returns why not, naming the first offending character.
+pub fn check_name(name: &str) -> Result<(), String> {
+    check_lookup_name(name)?;
+    let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    else {
+        return Ok(());
+    };
+    let what = if c.is_whitespace() {
+        "whitespace"
+    } else if c.is_ascii() {
+        "not a letter, digit, '-', '_' or '.'"
+    } else {
+        "not ASCII (invisible and lookalike characters are refused)"
+    };
+    Err(format!("{} is {what}", shown(c)))
+}
+
+/// Check a name that refers to an existing branch, snapshot or token: 1..=255
+/// bytes, no '/', NUL or control characters, not "." or "..". Looser than
+/// `check_name` because names given before its rule stay usable: a lookalike
+/// created by an older daemon must still be renamed or deleted.
+pub fn check_lookup_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
-        return Err("empty");
+        return Err("empty".into());
     }
     if name.len() > MAX_NAME_BYTES {
-        return Err("longer than 255 bytes");
+        return Err("longer than 255 bytes".into());
     }
-    if name.contains(['/', '\0']) {
-        return Err("contains '/' or NUL");
-    }
-    if name.chars().any(char::is_control) {
-        return Err("contains control characters");
+    if let Some(c) = name.chars().find(|&c| c == '/' || c.is_control()) {
+        return Err(format!(
+            "{} is not allowed ('/', NUL or a control character)",
+            shown(c)
+        ));
     }
     if name == "." || name == ".." {
-        return Err("reserved");
+        return Err("reserved".into());
     }
     Ok(())
+}
+
+/// A character for a message: escaped, with its code point.
+fn shown(c: char) -> String {
+    format!("character '{}' (U+{:04X})", c.escape_debug(), c as u32)
 }
 
 // ---- results ----
@@ -701,6 +733,52 @@ pub struct Done {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["prod", "agent-7_b.2", "A", "...", "x".repeat(255).as_str()] {
+            assert_eq!(check_name(ok), Ok(()), "{ok}");
+        }
+        // Lookalikes of prod/main, each refused naming its character, escaped.
+        for (bad, shown) in [
+            ("prod\u{200b}", "'\\u{200b}' (U+200B)"), // zero-width space (Cf)
+            ("main\u{202e}", "'\\u{202e}' (U+202E)"), // right-to-left override
+            ("\u{feff}prod", "'\\u{feff}' (U+FEFF)"), // byte order mark
+            ("pro\u{2060}d", "'\\u{2060}' (U+2060)"), // word joiner
+            ("\u{440}rod", "'\u{440}' (U+0440)"),     // Cyrillic er
+            ("m\u{430}in", "'\u{430}' (U+0430)"),     // Cyrillic a
+            ("prod\u{301}", "'\\u{301}' (U+0301)"),   // combining acute
+            (" prod", "' ' (U+0020)"),
+            ("prod ", "' ' (U+0020)"),
+            ("my branch", "' ' (U+0020)"),
+            ("prod\u{a0}", "'\\u{a0}' (U+00A0)"), // no-break space
+            ("prod\u{3000}", "'\\u{3000}' (U+3000)"), // ideographic space
+            ("agent-*", "'*' (U+002A)"),
+            ("a=b", "'=' (U+003D)"),
+        ] {
+            let why = check_name(bad).expect_err(bad);
+            assert!(why.contains(shown), "{bad:?}: {why}");
+            // Existing branches with such names stay addressable.
+            assert_eq!(check_lookup_name(bad), Ok(()), "{bad:?}");
+        }
+        assert!(check_name(" prod").unwrap_err().contains("whitespace"));
+        assert!(check_name("\u{440}rod").unwrap_err().contains("not ASCII"));
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a\0b",
+            "tab\there",
+            "x".repeat(256).as_str(),
+        ] {
+            assert!(check_lookup_name(bad).is_err(), "{bad:?}");
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_lookup_name("tab\there")
+            .unwrap_err()
+            .contains("'\\t' (U+0009)"));
+    }
 
     #[test]
     fn glob() {

@@ -7,6 +7,8 @@
 //!   mount, write, branch and delete (not admin).
 //! - Anything else needs a grant whose scope is the one asked and whose pattern
 //!   matches the branch name.
+//! - A token sees a branch (may learn that it exists) only through a grant of
+//!   any scope matching its name, or by owning it.
 
 use cowfs_ctl::proto::{ErrorKind, ErrorReply, Scope};
 
@@ -30,6 +32,13 @@ pub fn has(t: &TokenView, scope: Scope, name: &str, id: BranchId) -> bool {
     t.scopes.iter().any(|g| {
         g.matches(name) && (g.scope == scope || (scope == Scope::Read && g.scope == Scope::Write))
     })
+}
+
+/// May `t` learn that branch `name` (id `id`) exists? Other agents' branches
+/// must look exactly like missing ones, so only a grant matching the name (any
+/// scope: `branch:prod` tells that prod exists) or ownership shows a branch.
+pub fn sees(t: &TokenView, name: &str, id: BranchId) -> bool {
+    t.owns.contains(&id) || t.scopes.iter().any(|g| g.matches(name))
 }
 
 /// `admin:*`: may manage tokens.
@@ -127,6 +136,9 @@ mod tests {
             (ErrorKind::Forbidden, Some(Scope::Write))
         );
         assert!(require_unprotected(&agent, true, "delete", "mine", 5).is_err());
+        assert!(sees(&agent, "prod", 1) && sees(&agent, "renamed", 5));
+        assert!(!sees(&agent, "other", 6));
+        assert!(sees(&w, "dev-1", 2) && !sees(&w, "prod", 1));
         assert!(require_unprotected(&admin, true, "delete", "prod", 1).is_ok());
     }
 }

@@ -6,6 +6,10 @@
 //! lock, sanitized without it (other requests go on), then published or deleted
 //! under the lock again. While sanitizing, a clone is invisible to tokens that are
 //! not admin on it and refused (`sanitizing`) to everything else.
+//!
+//! A branch a token cannot see (`auth::sees`, or a clone being sanitized) gets
+//! exactly the reply of a name no branch has (`not_found`), so that replies never
+//! tell another agent's branch from a missing one.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -17,7 +21,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::auth::{forbidden, has, is_pool_admin, require, require_unprotected};
+use super::auth::{forbidden, has, is_pool_admin, require, require_unprotected, sees};
 use super::errors;
 use super::mount_points;
 use super::quotas::QuotaStore;
@@ -29,7 +33,7 @@ use crate::fuse::MountTable;
 use crate::pool::admin::GroupMember as PoolMember;
 use crate::pool::diff::PathChangeKind;
 use crate::pool::quota::{QuotaLimits, QuotaStatus};
-use crate::pool::{BranchId, Pool, PoolError};
+use crate::pool::{self as pool, BranchId, Pool, PoolError};
 
 /// Progress events of one sanitize run are sent at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
@@ -59,17 +63,39 @@ fn ok<T: Serialize>(v: T) -> Res {
     serde_json::to_value(v).map_err(|e| ErrorReply::new(ErrorKind::Internal, e.to_string()))
 }
 
+/// A name given to something new: created, or the new name of a rename.
 fn name_ok(name: &str) -> Result<(), ErrorReply> {
-    proto::check_name(name).map_err(|why| {
+    invalid_name(
+        name,
+        proto::check_name(name),
+        "names are 1..=255 bytes of ASCII letters, digits, '-', '_' and '.'",
+    )
+}
+
+/// A name that refers to an existing branch: looser, so that names given before
+/// `name_ok`'s rule can still be renamed or deleted.
+fn lookup_name_ok(name: &str) -> Result<(), ErrorReply> {
+    invalid_name(
+        name,
+        proto::check_lookup_name(name),
+        "names are 1..=255 bytes without '/', NUL or control characters",
+    )
+}
+
+fn invalid_name(name: &str, check: Result<(), String>, rule: &str) -> Result<(), ErrorReply> {
+    check.map_err(|why| {
         ErrorReply::new(
             ErrorKind::InvalidName,
-            format!(
-                "invalid name '{}': {why} (names are 1..=255 bytes without '/', NUL or control characters)",
-                name.escape_debug()
-            ),
+            format!("invalid name '{}': {why} ({rule})", name.escape_debug()),
         )
         .target(name.escape_debug().to_string())
     })
+}
+
+/// The reply for a branch name that does not exist, and for one the token may not
+/// see: the two must not differ in any field.
+fn not_found(name: &str) -> ErrorReply {
+    errors::pool(PoolError::BranchNotFound(name.to_string())).target(name)
 }
 
 /// A branch looked up for a permission check.
@@ -150,32 +176,41 @@ impl Ctx {
         Ok(())
     }
 
-    /// May `token` see branch `id` at all? Clones being sanitized are visible only
-    /// to tokens that are admin on them.
+    /// May `token` see branch `id` at all? Only through a grant matching its name
+    /// or ownership (`sees`); a clone being sanitized only with `admin` on it.
     fn visible(&self, token: &TokenView, name: &str, id: BranchId) -> bool {
-        !self.state.is_sanitizing(id) || has(token, Scope::Admin, name, id)
+        sees(token, name, id)
+            && (!self.state.is_sanitizing(id) || has(token, Scope::Admin, name, id))
     }
 
-    /// A branch being sanitized, as `token` may learn of it: `sanitizing` for an
-    /// admin, `not_found` for anyone else.
-    fn sanitizing_error(&self, token: &TokenView, name: &str, id: BranchId) -> ErrorReply {
-        if has(token, Scope::Admin, name, id) {
-            ErrorReply::new(
-                ErrorKind::Sanitizing,
-                format!("branch '{name}' is being sanitized; it can be used once every rule and hook succeeded (`cowfs-ctl info {name}` shows its state)"),
-            )
-            .target(name)
-        } else {
-            errors::pool(PoolError::BranchNotFound(name.to_string())).target(name)
+    /// `visible` for a branch known by its name only (a mount's, a parent's).
+    fn visible_name(&self, token: &TokenView, name: &str) -> bool {
+        self.pool
+            .branch_id(name)
+            .is_ok_and(|id| self.visible(token, name, id))
+    }
+
+    /// Branch `name` as `token` may know it: one it cannot see is `not_found`,
+    /// exactly like a missing one.
+    fn lookup(&self, token: &TokenView, name: &str) -> Result<pool::BranchInfo, ErrorReply> {
+        lookup_name_ok(name)?;
+        match self.pool.info(name) {
+            Ok(i) if self.visible(token, &i.name, i.id) => Ok(i),
+            Ok(_) | Err(PoolError::BranchNotFound(_)) => Err(not_found(name)),
+            Err(e) => Err(errors::pool(e)),
         }
     }
 
-    /// A branch `token` names in a request; clones being sanitized are refused.
+    /// A branch `token` names in a request; clones being sanitized are refused
+    /// (only admins on them get this far, see `lookup`).
     fn target(&self, token: &TokenView, name: &str) -> Result<Target, ErrorReply> {
-        name_ok(name)?;
-        let i = self.pool.info(name).map_err(errors::pool)?;
+        let i = self.lookup(token, name)?;
         if self.state.is_sanitizing(i.id) {
-            return Err(self.sanitizing_error(token, &i.name, i.id));
+            return Err(ErrorReply::new(
+                ErrorKind::Sanitizing,
+                format!("branch '{name}' is being sanitized; it can be used once every rule and hook succeeded (`cowfs-ctl info {name}` shows its state)"),
+            )
+            .target(name));
         }
         let protected = self.pool.is_protected(name).map_err(errors::pool)?;
         Ok(Target {
@@ -186,7 +221,8 @@ impl Ctx {
         })
     }
 
-    fn info(&self, name: &str) -> Result<BranchInfo, ErrorReply> {
+    /// `name`'s BranchInfo as `token` may see it.
+    fn info(&self, token: &TokenView, name: &str) -> Result<BranchInfo, ErrorReply> {
         let i = self.pool.info(name).map_err(errors::pool)?;
         let protected = self.pool.is_protected(name).map_err(errors::pool)?;
         Ok(BranchInfo {
@@ -196,7 +232,8 @@ impl Ctx {
             } else {
                 BranchKind::Branch
             },
-            parent: i.parent,
+            // A parent the token cannot see (another agent's branch) is not named.
+            parent: i.parent.filter(|p| self.visible_name(token, p)),
             created_unix: i.created_unix,
             protected,
             owner: self.tokens.owner_of(i.id),
@@ -272,19 +309,15 @@ impl Ctx {
                 for b in self.pool.list() {
                     if has(token, Scope::Read, &b.name, b.id) && self.visible(token, &b.name, b.id)
                     {
-                        out.push(self.info(&b.name)?);
+                        out.push(self.info(token, &b.name)?);
                     }
                 }
                 ok(BranchList { branches: out })
             }
             Request::Info { name } => {
-                name_ok(&name)?;
-                let i = self.pool.info(&name).map_err(errors::pool)?;
-                if !self.visible(token, &i.name, i.id) {
-                    return Err(self.sanitizing_error(token, &i.name, i.id));
-                }
+                let i = self.lookup(token, &name)?;
                 require(token, Scope::Read, &i.name, i.id)?;
-                ok(self.info(&name)?)
+                ok(self.info(token, &name)?)
             }
             Request::BranchCreate {
                 name,
@@ -305,7 +338,7 @@ impl Ctx {
                 require_unprotected(token, t.protected, "rename", &t.name, t.id)?;
                 self.refuse_mounted(&old, "rename")?;
                 self.pool.branch_rename(&old, &new).map_err(errors::pool)?;
-                ok(self.info(&new)?)
+                ok(self.info(token, &new)?)
             }
             Request::Delete { name } => {
                 let _g = self.lock.lock();
@@ -332,16 +365,18 @@ impl Ctx {
                 let _g = self.lock.lock();
                 let t = self.target(token, &name)?;
                 self.mount(token, &t, &dir, read_only)?;
-                ok(self.info(&name)?)
+                ok(self.info(token, &name)?)
             }
             Request::Unmount { dir } => {
                 let _g = self.lock.lock();
                 let canonical = Path::new(&dir).canonicalize().ok();
+                // A mount of a branch the token cannot see is no mount to it.
                 let m = self
                     .mounts
                     .list()
                     .into_iter()
-                    .find(|m| m.dir == Path::new(&dir) || Some(&m.dir) == canonical.as_ref());
+                    .find(|m| m.dir == Path::new(&dir) || Some(&m.dir) == canonical.as_ref())
+                    .filter(|m| self.visible_name(token, &m.branch));
                 let Some(m) = m else {
                     return Err(ErrorReply::new(
                         ErrorKind::NotMounted,
@@ -420,7 +455,7 @@ impl Ctx {
                 }
                 self.refuse_mounted(&branch, "reset")?;
                 self.pool.reset_to(&branch, &to).map_err(errors::pool)?;
-                ok(self.info(&branch)?)
+                ok(self.info(token, &branch)?)
             }
             Request::Protect {
                 name,
@@ -663,7 +698,7 @@ impl Ctx {
                 if snapshot { "snapshot" } else { "branch" },
                 token.name
             );
-            return ok(self.info(name)?);
+            return ok(self.info(token, name)?);
         };
 
         // Sanitized: record the clone as `sanitizing` before it exists, so that a
@@ -722,7 +757,7 @@ impl Ctx {
             "branch '{name}' sanitized with profile '{}' and ready",
             profile.name
         );
-        let mut info = self.info(name)?;
+        let mut info = self.info(token, name)?;
         info.sanitized = Some(summary);
         ok(info)
     }
@@ -786,6 +821,7 @@ impl Ctx {
             is_pool_admin(token),
             &self.mount_roots,
             &self.mounts.list(),
+            &|b| self.visible_name(token, b),
         )
     }
 
@@ -950,7 +986,7 @@ impl Ctx {
             .map_err(errors::token)?;
         let mut out = Vec::new();
         for m in &members {
-            out.push(self.info(&m.name)?);
+            out.push(self.info(token, &m.name)?);
         }
         ok(BranchList { branches: out })
     }
@@ -1011,7 +1047,7 @@ impl Ctx {
                     format!("{}: {e}", self.state.path().display()),
                 )
             })?;
-        ok(self.info(name)?)
+        ok(self.info(token, name)?)
     }
 }
 

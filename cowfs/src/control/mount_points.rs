@@ -17,12 +17,14 @@ use super::mountinfo;
 use crate::fuse::MountInfo;
 
 /// Check `dir` (as the client sent it) for a mount by a token that is (`pool_admin`)
-/// or is not `admin:*`; returns the resolved directory to mount on.
+/// or is not `admin:*`; returns the resolved directory to mount on. Refusals
+/// name a mounted branch only if `visible` says the token may see it.
 pub fn check(
     dir: &str,
     pool_admin: bool,
     roots: &[PathBuf],
     cowfs: &[MountInfo],
+    visible: &dyn Fn(&str) -> bool,
 ) -> Result<PathBuf, ErrorReply> {
     // Absolute: the daemon's working directory is not the client's.
     if !Path::new(dir).is_absolute() || dir.contains('\0') {
@@ -46,13 +48,17 @@ pub fn check(
         .iter()
         .find(|m| real != m.dir && real.starts_with(&m.dir))
     {
+        let of = if visible(&m.branch) {
+            format!(" of branch '{}'", m.branch)
+        } else {
+            String::new()
+        };
         return Err(refused(
             dir,
             None,
             format!(
-                "mount point {} is inside the mount of branch '{}' on {}; mount on a directory outside cowfs mounts",
+                "mount point {} is inside the mount{of} on {}; mount on a directory outside cowfs mounts",
                 real.display(),
-                m.branch,
                 m.dir.display()
             ),
         ));

@@ -107,7 +107,7 @@ pub enum PoolError {
     #[error("a branch or snapshot named '{0}' already exists")]
     BranchExists(String),
     #[error("invalid branch name '{0}': {1}")]
-    InvalidName(String, &'static str),
+    InvalidName(String, String),
     #[error("branch '{0}' has open files; close them (unmount) first")]
     Busy(String),
 }
@@ -227,25 +227,12 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Branch and snapshot names: 1..=255 bytes, no '/', no NUL, not "." or "..".
+/// Names a new branch or snapshot may get: the control protocol's rule
+/// (`cowfs_ctl::proto::check_name`: ASCII letters, digits, '-', '_' and '.'), kept
+/// in one place so that the engine and the daemon never disagree on it.
 pub fn check_branch_name(name: &str) -> PoolResult<()> {
-    let bad = |why| Err(PoolError::InvalidName(name.escape_debug().to_string(), why));
-    if name.is_empty() {
-        return bad("empty");
-    }
-    if name.len() > 255 {
-        return bad("longer than 255 bytes");
-    }
-    if name.contains('/') || name.contains('\0') {
-        return bad("contains '/' or NUL");
-    }
-    if name == "." || name == ".." {
-        return bad("reserved");
-    }
-    if name.chars().any(|c| c.is_control()) {
-        return bad("contains control characters");
-    }
-    Ok(())
+    cowfs_ctl::proto::check_name(name)
+        .map_err(|why| PoolError::InvalidName(name.escape_debug().to_string(), why))
 }
 
 impl Pool {
