@@ -547,11 +547,14 @@ impl Pool {
         let mut e = self.e.lock();
         // Limited by the host filesystem of a pool file, as the allocator is.
         let avail = e.st.available();
+        // Blocks held back for commits and for deletes are free but not usable by
+        // a writer: `df` and applications see the room they really have.
+        let held = e.st.commit_reserve() + e.st.delete_slop();
         let space = &e.st.space;
         StatFs {
             blocks: space.capacity(),
             bfree: avail,
-            bavail: avail,
+            bavail: avail.saturating_sub(held),
             files: u32::MAX as u64,
             ffree: (u32::MAX as u64).saturating_sub(space.used()),
             bsize: BLOCK_SIZE as u32,
