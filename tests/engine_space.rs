@@ -505,3 +505,32 @@ fn branch_create_on_a_full_pool_is_all_or_nothing() {
     let r = pool.fsck(&FsckOptions::default()).unwrap();
     assert!(r.is_clean(), "{r}");
 }
+
+/// statfs's available blocks leave out the commit reserve and the delete slop: on a
+/// pool filled by creates until ENOSPC, `df` shows (about) no room left while some
+/// blocks are still free. It used to report every free block as available.
+#[test]
+fn statfs_does_not_promise_the_reserved_blocks() {
+    let small = PoolOptions {
+        capacity_bytes: Some(256 * 4096),
+        ..Default::default()
+    };
+    let pool = Pool::create_on(Arc::new(MemDevice::new()), &small).unwrap();
+    let b = pool.branch_id("main").unwrap();
+    let o = Owner::default();
+    let fresh = pool.statfs();
+    assert!(fresh.bavail < fresh.bfree);
+    for i in 0.. {
+        let name = format!("file-{i:05}");
+        let Ok(a) = pool.mknod(b, ROOT_INO, name.as_bytes(), libc::S_IFREG | 0o644, 0, o) else {
+            break;
+        };
+        if pool.setxattr(b, a.ino, b"user.x", &[7u8; 1900], 0).is_err() {
+            break;
+        }
+    }
+    let full = pool.statfs();
+    assert!(full.bfree >= 32, "{full:?}");
+    // What is left is less than one more tree change needs.
+    assert!(full.bavail < 8, "{full:?}");
+}

@@ -15,6 +15,8 @@ use crate::store::spacemap::SpaceMap;
 use crate::store::superblock::MANIFEST_MAX;
 use crate::store::{BlockAddr, StoreError, StoreResult, BLOCK_SIZE};
 
+mod undo;
+
 /// Which blocks an item's value references (a data extent, a branch root): the tree
 /// adds a reference to them when it copies a shared leaf and drops one when it frees
 /// a leaf. Returns (first block, block count).
@@ -52,6 +54,10 @@ pub struct NodeStore {
     /// The running operation frees space (unlink, rmdir, removexattr, branch
     /// delete): it may use `delete_slop`.
     pub freeing: bool,
+    /// The running filesystem operation's journal (undo.rs), and the buffers of
+    /// the last one, reused.
+    op: Option<undo::OpJournal>,
+    op_spare: Option<undo::OpJournal>,
 }
 
 /// Below this many free blocks (64 MiB) on the host filesystem of a pool file, the
@@ -90,6 +96,8 @@ impl NodeStore {
             catalog_reserve: 0,
             committing: false,
             freeing: false,
+            op: None,
+            op_spare: None,
             written: Some(FxHashMap::default()),
         }
     }
@@ -172,6 +180,7 @@ impl NodeStore {
         let (addr, _) = self.space.alloc(&*self.dev, 1)?;
         self.cache.remove(addr);
         self.dirty.insert(addr, Arc::new(node));
+        self.journal_alloc(addr);
         Ok(addr)
     }
 
@@ -205,6 +214,27 @@ impl NodeStore {
             self.delete_slop()
         };
         self.commit_reserve() + slop
+    }
+
+    /// Whether an operation of at most `changes` tree changes on a tree of `levels`
+    /// levels and `data` data blocks is sure to find room for all of them: every
+    /// change within its own bound (a copy and a split per level, one level more,
+    /// a new root), each new dirty node raising the data reserve by 4, the commit
+    /// reserve at its hard bound (every space-map page moved), and data within the
+    /// data reserve (plus the 64 blocks `ensure_data_room` asks of a punched hole).
+    pub fn room_for_op(&mut self, changes: u64, data: u64, levels: u64) -> bool {
+        let nodes = changes.saturating_mul(2 * (levels + 1) + 1);
+        let pages_growth = self
+            .space
+            .page_count()
+            .saturating_sub(self.space.commit_pages_bound(self.catalog_reserve));
+        let need = nodes
+            .saturating_mul(5)
+            .saturating_add(data)
+            .saturating_add(64)
+            .saturating_add(pages_growth)
+            .saturating_add(self.metadata_reserve());
+        self.available() >= need
     }
 
     /// Fail with ENOSPC unless `blocks` nodes can be allocated now and leave the
@@ -245,6 +275,7 @@ impl NodeStore {
 
     /// Mutable access to a node made writable by `cow` or `alloc_node`.
     pub fn node_mut(&mut self, addr: BlockAddr) -> StoreResult<&mut Node> {
+        self.journal_change(addr);
         match self.dirty.get_mut(&addr) {
             Some(n) => Ok(Arc::make_mut(n)),
             None => Err(StoreError::Corrupt {
@@ -317,7 +348,9 @@ impl NodeStore {
     }
 
     fn forget(&mut self, addr: BlockAddr) {
-        self.dirty.remove(&addr);
+        if let Some(n) = self.dirty.remove(&addr) {
+            self.journal_drop(addr, n);
+        }
         self.cache.remove(addr);
     }
 
@@ -356,6 +389,7 @@ impl NodeStore {
     }
 
     fn note_written_crc(&mut self, addr: BlockAddr, crc: u32) {
+        self.journal_written(addr);
         if let Some(w) = self.written.as_mut() {
             w.insert(addr, crc);
             if w.len() > MANIFEST_MAX {

@@ -249,6 +249,9 @@ impl FsTree<'_> {
             let s = start.max(b0);
             let t = (start + e.len()).min(b0 + n);
             let chunk = &data[((s - b0) * BS) as usize..((t - b0) * BS) as usize];
+            // The tree before this operation maps these blocks: if the operation
+            // fails later, undo writes their old content back.
+            self.st.keep_for_undo(e.phys + (s - start), t - s)?;
             self.st.write_data(e.phys + (s - start), chunk)?;
             for (j, c) in chunk.chunks(BS as usize).enumerate() {
                 e.crcs[(s - start) as usize + j] = crc32fast::hash(c);
@@ -389,20 +392,12 @@ impl FsTree<'_> {
             i.size = buf.len() as u64;
             self.put(inline_key(ino), buf)?;
         } else {
-            let r = match inline {
-                Some(_) => self.uninline(ino, &mut i),
-                None => Ok(()),
+            // A failure after the inline bytes moved to an extent is undone with
+            // the rest of the operation (the pool's journal).
+            if inline.is_some() {
+                self.uninline(ino, &mut i)?;
             }
-            .and_then(|()| self.write_extents(ino, &mut i, off, data));
-            if let Err(e) = r {
-                // The bytes may be in an extent now and the write failed after that
-                // (ENOSPC): the inode must count the extent's block, or the next
-                // small write takes the file for an empty inline one and loses them.
-                if inline.is_some() {
-                    self.put_inode(ino, &i)?;
-                }
-                return Err(e);
-            }
+            self.write_extents(ino, &mut i, off, data)?;
             i.size = i.size.max(end);
         }
         let now = Timespec::now();

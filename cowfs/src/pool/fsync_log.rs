@@ -111,10 +111,11 @@ impl Engine {
         b: BranchId,
         ino: u64,
         blocks: Option<(u64, u64)>,
+        size: super::opsize::OpSize,
         f: impl FnOnce(&mut crate::fs::FsTree) -> FsResult<(T, bool)>,
     ) -> FsResult<T> {
         let before = self.log.unlogged;
-        let r = self.with_fs(b, true, f);
+        let r = self.with_fs_sized(b, Some(size), f);
         self.log.unlogged = before;
         match r {
             Ok((v, true)) => {

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod diff;
 pub mod fsck;
 mod fsync_log;
+mod opsize;
 pub mod quota;
 pub mod scrub;
 pub mod usage;
@@ -28,8 +29,14 @@ use crate::store::spacemap::{depth_for, SpaceMap};
 use crate::store::superblock::{SlotError, Superblock, SLOT_COUNT};
 use crate::store::{BlockAddr, StoreError, BLOCK_SIZE};
 use catalog::{BranchRecord, FLAG_SNAPSHOT};
+use opsize::OpSize;
 
 pub use fsck::{FsckOptions, FsckReport};
+
+/// A create: the inode, two directory items, the parent's inode.
+const MKNOD: OpSize = OpSize::changes(4);
+/// Removing a name: two directory items, the parent, the inode, the orphan item.
+const UNLINK: OpSize = OpSize::changes(5);
 
 /// Id of a branch or snapshot inside its pool.
 pub type BranchId = u64;
@@ -527,11 +534,14 @@ impl Pool {
         let mut e = self.e.lock();
         // Limited by the host filesystem of a pool file, as the allocator is.
         let avail = e.st.available();
+        // Blocks held back for commits and for deletes are free but not usable by
+        // a writer: `df` and applications see the room they really have.
+        let held = e.st.commit_reserve() + e.st.delete_slop();
         let space = &e.st.space;
         StatFs {
             blocks: space.capacity(),
             bfree: avail,
-            bavail: avail,
+            bavail: avail.saturating_sub(held),
             files: u32::MAX as u64,
             ffree: (u32::MAX as u64).saturating_sub(space.used()),
             bsize: BLOCK_SIZE as u32,
@@ -562,9 +572,15 @@ impl Pool {
         self.e.lock().with_fs(b, false, f)
     }
 
-    fn write<T>(&self, b: BranchId, f: impl FnOnce(&mut FsTree) -> FsResult<T>) -> FsResult<T> {
+    /// A change of at most `size` (None: no bound known).
+    fn write<T>(
+        &self,
+        b: BranchId,
+        size: Option<OpSize>,
+        f: impl FnOnce(&mut FsTree) -> FsResult<T>,
+    ) -> FsResult<T> {
         let mut e = self.e.lock();
-        let r = e.with_fs(b, true, f);
+        let r = e.with_fs_sized(b, size, f);
         e.maybe_commit();
         r
     }
@@ -575,29 +591,35 @@ impl Pool {
     fn write_freeing<T>(
         &self,
         b: BranchId,
+        size: OpSize,
         f: impl FnOnce(&mut FsTree) -> FsResult<T>,
     ) -> FsResult<T> {
         let mut e = self.e.lock();
         e.st.freeing = true;
-        let r = e.with_fs(b, true, f);
+        let r = e.with_fs_sized(b, Some(size), f);
         e.st.freeing = false;
         e.maybe_commit();
         r
     }
 
     /// Free an inode whose last link went away, unless a file handle still has it.
+    /// The name is gone once `f` succeeds, so the call succeeds: if freeing the
+    /// inode fails (ENOSPC on a full pool), that operation is undone on its own and
+    /// the inode stays on the orphan list, whole, for the next cleanup.
     fn write_unlinking(
         &self,
         b: BranchId,
+        size: OpSize,
         f: impl FnOnce(&mut FsTree) -> FsResult<Option<u64>>,
     ) -> FsResult<()> {
         let mut e = self.e.lock();
         e.st.freeing = true;
-        let r = e.with_fs(b, true, f).and_then(|gone| match gone {
-            Some(ino) if !e.open.contains_key(&(b, ino)) => {
-                e.with_fs(b, true, |fs| fs.free_inode(ino))
+        let r = e.with_fs_sized(b, Some(size), f).map(|gone| {
+            if let Some(ino) = gone.filter(|ino| !e.open.contains_key(&(b, *ino))) {
+                if let Err(err) = e.with_fs(b, true, |fs| fs.free_inode(ino)) {
+                    log::warn!("inode {ino} stays an orphan, freeing it failed: {err}");
+                }
             }
-            _ => Ok(()),
         });
         e.st.freeing = false;
         e.maybe_commit();
@@ -621,12 +643,14 @@ impl Pool {
     pub fn setattr(&self, b: BranchId, ino: u64, s: &SetAttr) -> FsResult<Attr> {
         let times_only = s.size.is_none() && s.mode.is_none() && s.uid.is_none() && s.gid.is_none();
         if !times_only {
-            return self.write(b, |fs| fs.setattr(ino, s));
+            return self.write(b, None, |fs| fs.setattr(ino, s));
         }
         // The kernel sends the times it kept while writing back before an fsync;
         // a log record carries them.
         let mut e = self.e.lock();
-        let r = e.logged_change(b, ino, None, |fs| fs.setattr(ino, s).map(|a| (a, true)));
+        let r = e.logged_change(b, ino, None, OpSize::changes(1), |fs| {
+            fs.setattr(ino, s).map(|a| (a, true))
+        });
         e.maybe_commit();
         r
     }
@@ -639,7 +663,9 @@ impl Pool {
         rdev: u64,
         owner: Owner,
     ) -> FsResult<Attr> {
-        self.write(b, |fs| fs.mknod(parent, name, mode, rdev, owner))
+        self.write(b, Some(MKNOD), |fs| {
+            fs.mknod(parent, name, mode, rdev, owner)
+        })
     }
     pub fn mkdir(
         &self,
@@ -649,7 +675,7 @@ impl Pool {
         mode: u32,
         owner: Owner,
     ) -> FsResult<Attr> {
-        self.write(b, |fs| fs.mkdir(parent, name, mode, owner))
+        self.write(b, Some(MKNOD), |fs| fs.mkdir(parent, name, mode, owner))
     }
     pub fn symlink(
         &self,
@@ -659,19 +685,23 @@ impl Pool {
         target: &[u8],
         owner: Owner,
     ) -> FsResult<Attr> {
-        self.write(b, |fs| fs.symlink(parent, name, target, owner))
+        // The target goes inline or to one extent.
+        let size = OpSize::bytes(target.len() as u64, 6);
+        self.write(b, Some(size), |fs| fs.symlink(parent, name, target, owner))
     }
     pub fn readlink(&self, b: BranchId, ino: u64) -> FsResult<Vec<u8>> {
         self.read(b, |fs| fs.readlink(ino))
     }
     pub fn link(&self, b: BranchId, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
-        self.write(b, |fs| fs.link(ino, newparent, newname))
+        // Two directory items, the parent, the inode, the orphan item.
+        let size = OpSize::changes(5);
+        self.write(b, Some(size), |fs| fs.link(ino, newparent, newname))
     }
     pub fn unlink(&self, b: BranchId, parent: u64, name: &[u8]) -> FsResult<()> {
-        self.write_unlinking(b, |fs| fs.unlink(parent, name))
+        self.write_unlinking(b, UNLINK, |fs| fs.unlink(parent, name))
     }
     pub fn rmdir(&self, b: BranchId, parent: u64, name: &[u8]) -> FsResult<()> {
-        self.write_unlinking(b, |fs| fs.rmdir(parent, name))
+        self.write_unlinking(b, UNLINK, |fs| fs.rmdir(parent, name))
     }
     pub fn rename(
         &self,
@@ -682,7 +712,9 @@ impl Pool {
         n2: &[u8],
         flags: u32,
     ) -> FsResult<()> {
-        self.write_unlinking(b, |fs| fs.rename(p1, n1, p2, n2, flags))
+        // Target removed (5), source removed (3), added (3), the inode.
+        let size = OpSize::changes(13);
+        self.write_unlinking(b, size, |fs| fs.rename(p1, n1, p2, n2, flags))
     }
     /// Read file data. The blocks are located under the pool lock and, when they are
     /// committed, read and verified outside it (several readers in parallel); any
@@ -727,7 +759,11 @@ impl Pool {
         let mut e = self.e.lock();
         e.commit_for_room(b, data.len());
         let blocks = Engine::write_blocks_of(off, data.len());
-        let r = e.logged_change(b, ino, blocks, |fs| fs.write_data_for_log(ino, off, data));
+        // Inline bytes moved to an extent, removed; the inode.
+        let size = OpSize::bytes(data.len() as u64, 4);
+        let r = e.logged_change(b, ino, blocks, size, |fs| {
+            fs.write_data_for_log(ino, off, data)
+        });
         e.maybe_commit();
         r
     }
@@ -748,7 +784,9 @@ impl Pool {
         value: &[u8],
         flags: u32,
     ) -> FsResult<()> {
-        self.write(b, |fs| fs.setxattr(ino, name, value, flags))
+        // The new item, the old one removed, the inode.
+        let size = OpSize::changes(3);
+        self.write(b, Some(size), |fs| fs.setxattr(ino, name, value, flags))
     }
     pub fn getxattr(&self, b: BranchId, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
         self.read(b, |fs| fs.getxattr(ino, name))
@@ -757,10 +795,12 @@ impl Pool {
         self.read(b, |fs| fs.listxattr(ino))
     }
     pub fn removexattr(&self, b: BranchId, ino: u64, name: &[u8]) -> FsResult<()> {
-        self.write_freeing(b, |fs| fs.removexattr(ino, name))
+        self.write_freeing(b, OpSize::changes(2), |fs| fs.removexattr(ino, name))
     }
     pub fn punch_hole(&self, b: BranchId, ino: u64, off: u64, len: u64) -> FsResult<()> {
-        self.write(b, |fs| fs.punch_hole(ino, off, len))
+        // Two partial blocks rewritten, the inode.
+        let size = OpSize::bytes(len, 6);
+        self.write(b, Some(size), |fs| fs.punch_hole(ino, off, len))
     }
     pub fn fallocate(
         &self,
@@ -770,7 +810,9 @@ impl Pool {
         len: u64,
         keep_size: bool,
     ) -> FsResult<()> {
-        self.write(b, |fs| fs.fallocate(ino, off, len, keep_size))
+        // Inline bytes moved to an extent; the inode.
+        let size = OpSize::bytes(len, 4);
+        self.write(b, Some(size), |fs| fs.fallocate(ino, off, len, keep_size))
     }
     pub fn seek(&self, b: BranchId, ino: u64, off: u64, whence: SeekWhence) -> FsResult<u64> {
         self.read(b, |fs| fs.seek(ino, off, whence))
@@ -785,7 +827,11 @@ impl Pool {
         doff: u64,
         len: u64,
     ) -> FsResult<u64> {
-        self.write(b, |fs| fs.clone_range(src, soff, dst, doff, len))
+        // Copied or shared; inline bytes of the target moved; the inode.
+        let size = OpSize::bytes(len, 4);
+        self.write(b, Some(size), |fs| {
+            fs.clone_range(src, soff, dst, doff, len)
+        })
     }
     /// A file handle was opened on `ino`: keep it alive past its last unlink.
     pub fn open_inode(&self, b: BranchId, ino: u64) {
@@ -1066,10 +1112,31 @@ impl Engine {
         Ok(id)
     }
 
+    /// Run `f` on branch `b`'s tree; a change (`write`) is all or nothing.
     pub(crate) fn with_fs<T>(
         &mut self,
         b: BranchId,
         write: bool,
+        f: impl FnOnce(&mut FsTree) -> FsResult<T>,
+    ) -> FsResult<T> {
+        self.run_fs(b, write, None, f)
+    }
+
+    /// A change of at most `size` (None: no bound known), all or nothing.
+    pub(crate) fn with_fs_sized<T>(
+        &mut self,
+        b: BranchId,
+        size: Option<OpSize>,
+        f: impl FnOnce(&mut FsTree) -> FsResult<T>,
+    ) -> FsResult<T> {
+        self.run_fs(b, true, size, f)
+    }
+
+    fn run_fs<T>(
+        &mut self,
+        b: BranchId,
+        write: bool,
+        size: Option<OpSize>,
         f: impl FnOnce(&mut FsTree) -> FsResult<T>,
     ) -> FsResult<T> {
         if write && self.poisoned {
@@ -1084,7 +1151,6 @@ impl Engine {
         let Engine {
             st,
             branches,
-            dirty_branches,
             quotas,
             ..
         } = self;
@@ -1099,14 +1165,42 @@ impl Engine {
             None
         };
         let used0 = st.space.used();
+        let journal = write && self.needs_journal(b, size);
+        let Engine {
+            st,
+            branches,
+            dirty_branches,
+            quotas,
+            poisoned,
+            ..
+        } = self;
         let rec = branches.get_mut(&b).ok_or(FsError::Posix(libc::ESTALE))?;
         let (root0, ino0) = (rec.root, rec.next_ino);
+        if journal {
+            st.begin_op();
+        }
         let r = f(&mut FsTree {
             st,
             root: &mut rec.root,
             next_ino: &mut rec.next_ino,
         });
         st.data_budget = None;
+        if journal {
+            // All or nothing: an operation makes several tree changes, and ENOSPC
+            // (or EDQUOT, or an I/O error) may stop it after some of them.
+            if r.is_ok() {
+                st.end_op();
+            } else if let Err(e) = st.undo_op() {
+                log::error!(
+                    "{}: undoing a failed operation failed, pool is now read-only: {e}",
+                    st.dev.name().display()
+                );
+                *poisoned = true;
+            } else {
+                rec.root = root0;
+                rec.next_ino = ino0;
+            }
+        }
         if write {
             quotas.charge(b, used0, st.space.used());
         }

@@ -14,6 +14,9 @@ use super::le::*;
 use super::runs::RunWriter;
 use super::{BlockAddr, StoreError, StoreResult, BLOCK_SIZE};
 
+mod undo;
+use undo::{Change, Journal};
+
 /// Reference counts per leaf page.
 pub const COUNTS_PER_LEAF: u64 = (PAYLOAD_SIZE / 4) as u64;
 /// Child pointers per index page.
@@ -81,6 +84,8 @@ pub struct SpaceMap {
     /// Leaf pages with `dirty` set: a commit visits these, not every resident page
     /// (their number follows the pool size, and a commit must not).
     dirty_leaves: BTreeSet<u64>,
+    /// The running filesystem operation's changes, to undo it as a whole.
+    journal: Journal,
 }
 
 impl SpaceMap {
@@ -120,6 +125,7 @@ impl SpaceMap {
             cursor: FIRST_USABLE,
             full_leaves: BTreeSet::new(),
             dirty_leaves: BTreeSet::new(),
+            journal: Journal::default(),
         }
     }
 
@@ -153,6 +159,12 @@ impl SpaceMap {
     /// (it drops nothing), it does not corrupt the pool.
     pub fn commit_pages_bound(&self, extra_allocs: u64) -> u64 {
         let levels = u64::from(self.depth) + 1;
+        let dirty = self.dirty_leaves.len() as u64 + extra_allocs;
+        self.page_count().min(3 * dirty * levels + 2 * levels)
+    }
+
+    /// Pages of the whole map (leaves and index pages): the most a commit can move.
+    pub fn page_count(&self) -> u64 {
         let leaves = self.capacity.div_ceil(COUNTS_PER_LEAF).max(1);
         let mut all = leaves;
         let mut pages = leaves;
@@ -160,8 +172,7 @@ impl SpaceMap {
             pages = pages.div_ceil(PTRS_PER_INDEX);
             all += pages;
         }
-        let dirty = self.dirty_leaves.len() as u64 + extra_allocs;
-        all.min(3 * dirty * levels + 2 * levels)
+        all
     }
     pub fn is_fresh(&self, b: BlockAddr) -> bool {
         self.fresh.contains(&b)
@@ -325,6 +336,7 @@ impl SpaceMap {
                 ));
             }
             self.set(dev, b, c.saturating_add(1))?;
+            self.note(Change::Inc(b, 1));
         }
         Ok(())
     }
@@ -342,6 +354,7 @@ impl SpaceMap {
             ));
         }
         self.set(dev, b, c - 1)?;
+        self.note(Change::Dec(b, 1));
         // Born in this transaction: nothing durable refers to it, reuse at once.
         if c == 1 && !self.fresh.remove(&b) {
             self.pending_free.insert(b);
@@ -381,6 +394,7 @@ impl SpaceMap {
             }
             let c = self.get(dev, b)?;
             self.set(dev, b, c.saturating_add(1))?;
+            self.note(Change::Inc(b, 1));
         }
         Ok(())
     }
@@ -455,6 +469,7 @@ impl SpaceMap {
             self.set(dev, x, 1)?;
             self.fresh.insert(x);
         }
+        self.note(Change::Alloc(start, len));
         self.cursor = start + len;
         Ok((start, len))
     }
