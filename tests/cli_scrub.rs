@@ -51,3 +51,42 @@ fn scrub_names_the_damaged_file_and_exits_4() {
     assert!(text.contains("/srv/db.bin"), "{text}");
     assert!(text.contains(&format!("block {block}")), "{text}");
 }
+
+/// `cowfs init --preallocate` writes the whole capacity of a pool file, and the
+/// pool is as usable as a sparse one.
+#[test]
+fn init_preallocate_writes_the_whole_capacity() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = dir.path().join("pool");
+    let out = Command::new(env!("CARGO_BIN_EXE_cowfs"))
+        .args(["init", "--size", "64M", "--preallocate"])
+        .arg(&pool)
+        .output()
+        .expect("cowfs init");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = std::fs::metadata(&pool).expect("stat pool");
+    assert_eq!(md.len(), 64 << 20);
+    assert!(md.blocks() * 512 >= 64 << 20, "{} blocks", md.blocks());
+    let p = Pool::open(&pool, &PoolOptions::default()).expect("open");
+    let b = p.branch_id("main").expect("main");
+    let f = p
+        .mknod(b, 1, b"f", libc::S_IFREG | 0o644, 0, Owner::default())
+        .expect("mknod");
+    p.write_file(b, f.ino, 0, &[5u8; 100_000]).expect("write");
+    drop(p);
+    let out = Command::new(env!("CARGO_BIN_EXE_cowfs"))
+        .arg("fsck")
+        .arg(&pool)
+        .output()
+        .expect("cowfs fsck");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

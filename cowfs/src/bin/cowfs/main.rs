@@ -43,6 +43,11 @@ enum Cmd {
         /// grows as it is written. Default: the device size, or 1T for a file.
         #[arg(long, value_parser = parse_size)]
         size: Option<u64>,
+        /// Write zeros over the whole capacity of a pool file now, so that the host
+        /// never allocates blocks under a running pool (fsyncs into fresh space
+        /// then also write the host's metadata). Takes the capacity on the host.
+        #[arg(long)]
+        preallocate: bool,
     },
     /// Serve a pool in the foreground: mount branches as asked over the control
     /// socket; on SIGTERM or SIGINT unmount everything, commit, exit 0.
@@ -121,7 +126,7 @@ const LOG_DEFAULT: &str = "info,fuser::session=error,fuser::reply=off";
 
 type Fallible = Result<ExitCode, Box<dyn std::error::Error>>;
 
-fn init(pool: &std::path::Path, size: Option<u64>) -> Fallible {
+fn init(pool: &std::path::Path, size: Option<u64>, preallocate: bool) -> Fallible {
     let _lock = lockfile::lock(pool)?;
     let opts = PoolOptions {
         capacity_bytes: size,
@@ -129,6 +134,13 @@ fn init(pool: &std::path::Path, size: Option<u64>) -> Fallible {
     };
     let p = Pool::create(pool, &opts)?;
     p.commit()?;
+    let capacity = p.statfs().blocks * cowfs::store::BLOCK_SIZE as u64;
+    drop(p);
+    if preallocate {
+        let n = cowfs::store::device::preallocate_file(pool, capacity)
+            .map_err(|e| format!("preallocating {}: {e}", pool.display()))?;
+        println!("preallocated {} MiB of {}", n >> 20, pool.display());
+    }
     let secret = cowfs::control::tokens::init_admin_token(pool)?;
     println!("created pool {} with branch main", pool.display());
     println!("admin token secret in {} (mode 0600)", secret.display());
@@ -214,7 +226,11 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(LOG_DEFAULT)).init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Init { pool, size } => init(&pool, size),
+        Cmd::Init {
+            pool,
+            size,
+            preallocate,
+        } => init(&pool, size, preallocate),
         Cmd::Serve {
             pool,
             socket,
