@@ -54,6 +54,11 @@ pub struct NodeStore {
     /// The running operation frees space (unlink, rmdir, removexattr, branch
     /// delete): it may use `delete_slop`.
     pub freeing: bool,
+    /// The running operation only removes (unlink, rmdir, removexattr, freeing an
+    /// inode; not rename, which may lengthen a name): the nodes it copies before it
+    /// frees anything are not held against `data_budget`, so that a branch at its
+    /// quota can still delete (`check_op_budget`).
+    pub removing: bool,
     /// The running filesystem operation's journal (undo.rs), and the buffers of
     /// the last one, reused.
     op: Option<undo::OpJournal>,
@@ -96,6 +101,7 @@ impl NodeStore {
             catalog_reserve: 0,
             committing: false,
             freeing: false,
+            removing: false,
             op: None,
             op_spare: None,
             written: Some(FxHashMap::default()),
@@ -498,6 +504,29 @@ impl NodeStore {
             Some(b) if b.blocks < blocks => Err(StoreError::NoSpace { pool: pool() }),
             _ => Ok(()),
         }
+    }
+
+    /// After an operation that ran under `budget` (its `data_budget` at the start,
+    /// when `used` was `used0`): fail as `alloc_data` would if it made the pool use
+    /// more blocks than the budget allowed. `alloc_data` holds only data blocks to
+    /// the budget; this adds the tree nodes (inline files, names, xattrs), counted
+    /// net as the quota is charged (`Quotas::charge`): copying a node the branch
+    /// alone references frees the original, and a node split or a copy of a node
+    /// shared with a snapshot adds one. The operation is journaled (a budget always
+    /// is), so the caller undoes it whole.
+    pub fn check_op_budget(&self, budget: Option<DataBudget>, used0: u64) -> StoreResult<()> {
+        let Some(b) = budget else {
+            return Ok(());
+        };
+        if self.removing || self.space.used() <= used0.saturating_add(b.blocks) {
+            return Ok(());
+        }
+        let pool = self.dev.name();
+        Err(if b.quota {
+            StoreError::Quota { pool }
+        } else {
+            StoreError::NoSpace { pool }
+        })
     }
 
     pub fn alloc_data(&mut self, want: u64) -> StoreResult<(BlockAddr, u64)> {

@@ -596,8 +596,10 @@ impl Pool {
     ) -> FsResult<T> {
         let mut e = self.e.lock();
         e.st.freeing = true;
+        e.st.removing = true;
         let r = e.with_fs_sized(b, Some(size), f);
         e.st.freeing = false;
+        e.st.removing = false;
         e.maybe_commit();
         r
     }
@@ -605,23 +607,28 @@ impl Pool {
     /// Free an inode whose last link went away, unless a file handle still has it.
     /// The name is gone once `f` succeeds, so the call succeeds: if freeing the
     /// inode fails (ENOSPC on a full pool), that operation is undone on its own and
-    /// the inode stays on the orphan list, whole, for the next cleanup.
+    /// the inode stays on the orphan list, whole, for the next cleanup. `removes`:
+    /// `f` only removes names (see `NodeStore::removing`).
     fn write_unlinking(
         &self,
         b: BranchId,
         size: OpSize,
+        removes: bool,
         f: impl FnOnce(&mut FsTree) -> FsResult<Option<u64>>,
     ) -> FsResult<()> {
         let mut e = self.e.lock();
         e.st.freeing = true;
+        e.st.removing = removes;
         let r = e.with_fs_sized(b, Some(size), f).map(|gone| {
             if let Some(ino) = gone.filter(|ino| !e.open.contains_key(&(b, *ino))) {
+                e.st.removing = true;
                 if let Err(err) = e.with_fs(b, true, |fs| fs.free_inode(ino)) {
                     log::warn!("inode {ino} stays an orphan, freeing it failed: {err}");
                 }
             }
         });
         e.st.freeing = false;
+        e.st.removing = false;
         e.maybe_commit();
         r
     }
@@ -698,10 +705,10 @@ impl Pool {
         self.write(b, Some(size), |fs| fs.link(ino, newparent, newname))
     }
     pub fn unlink(&self, b: BranchId, parent: u64, name: &[u8]) -> FsResult<()> {
-        self.write_unlinking(b, UNLINK, |fs| fs.unlink(parent, name))
+        self.write_unlinking(b, UNLINK, true, |fs| fs.unlink(parent, name))
     }
     pub fn rmdir(&self, b: BranchId, parent: u64, name: &[u8]) -> FsResult<()> {
-        self.write_unlinking(b, UNLINK, |fs| fs.rmdir(parent, name))
+        self.write_unlinking(b, UNLINK, true, |fs| fs.rmdir(parent, name))
     }
     pub fn rename(
         &self,
@@ -714,7 +721,7 @@ impl Pool {
     ) -> FsResult<()> {
         // Target removed (5), source removed (3), added (3), the inode.
         let size = OpSize::changes(13);
-        self.write_unlinking(b, size, |fs| fs.rename(p1, n1, p2, n2, flags))
+        self.write_unlinking(b, size, false, |fs| fs.rename(p1, n1, p2, n2, flags))
     }
     /// Read file data. The blocks are located under the pool lock and, when they are
     /// committed, read and verified outside it (several readers in parallel); any
@@ -854,11 +861,13 @@ impl Pool {
         };
         if last && !e.branches.get(&b).is_none_or(|r| r.is_snapshot()) {
             e.st.freeing = true;
+            e.st.removing = true;
             let r = e.with_fs(b, true, |fs| match fs.inode(ino) {
                 Ok(i) if i.nlink == 0 => fs.free_inode(ino),
                 _ => Ok(()),
             });
             e.st.freeing = false;
+            e.st.removing = false;
             e.maybe_commit();
             return r;
         }
@@ -876,7 +885,13 @@ impl Pool {
         let mut n = 0;
         for ino in orphans {
             if !e.open.contains_key(&(b, ino)) {
-                e.with_fs(b, true, |fs| fs.free_inode(ino))?;
+                // Freeing space: as release_inode, even at the branch's quota.
+                e.st.freeing = true;
+                e.st.removing = true;
+                let r = e.with_fs(b, true, |fs| fs.free_inode(ino));
+                e.st.freeing = false;
+                e.st.removing = false;
+                r?;
                 n += 1;
             }
         }
@@ -1179,11 +1194,13 @@ impl Engine {
         if journal {
             st.begin_op();
         }
+        let budget = st.data_budget;
         let r = f(&mut FsTree {
             st,
             root: &mut rec.root,
             next_ino: &mut rec.next_ino,
-        });
+        })
+        .and_then(|v| Ok(st.check_op_budget(budget, used0).map(|_| v)?));
         st.data_budget = None;
         if journal {
             // All or nothing: an operation makes several tree changes, and ENOSPC

@@ -1,11 +1,14 @@
 //! Branch quotas and reservations.
 //!
-//! A branch with a quota may hold at most `max_bytes` that it alone references;
-//! past it, data allocations fail with EDQUOT (overwriting blocks it already owns,
-//! deleting and truncating still work). A branch with a reservation keeps
-//! `reserve_bytes` of free space for itself: other branches' data allocations fail
-//! with ENOSPC rather than take it, so an agent filling its clone cannot make
-//! production run out of space. Free space is `NodeStore::available`: for a pool
+//! A branch with a quota may hold at most `max_bytes` that it alone references,
+//! data and tree nodes alike (inline files, names and xattrs take only nodes); an
+//! operation that would pass it fails with EDQUOT and is undone (deleting still
+//! works: see `NodeStore::removing`). A branch with a reservation keeps
+//! `reserve_bytes` of free space for itself: other branches' operations fail with
+//! ENOSPC rather than take it, so an agent filling its clone cannot make
+//! production run out of space. Data blocks are held to the budget as they are
+//! allocated (`alloc_data`), everything an operation adds when it ends
+//! (`NodeStore::check_op_budget`). Free space is `NodeStore::available`: for a pool
 //! file, no more than its host filesystem can still store.
 //!
 //! What a branch "alone references" is computed exactly when its quota is set (the
@@ -13,8 +16,8 @@
 //! each of its writes. Space that becomes exclusive to it because another branch
 //! or snapshot was deleted is counted by `quota_recount_all` (the control plane
 //! calls it after every delete).
-//! A single request may overshoot a limit by the blocks it allocates at once (a
-//! FUSE write is at most 1 MiB; fallocate is limited the same way, per extent).
+//! Only an operation that removes (unlink, rmdir, removexattr, freeing an inode)
+//! may pass a limit, by the nodes it copies before it frees anything.
 //! The limits live in memory; the control plane stores them (`POOL.quotas`) and
 //! sets them again when the daemon starts.
 
@@ -28,8 +31,8 @@ use crate::store::{StoreError, BLOCK_SIZE};
 
 const BS: u64 = BLOCK_SIZE as u64;
 
-/// Blocks kept free beyond the reservations of other branches, for the metadata
-/// a write needs besides its data.
+/// Blocks kept free beyond the reservations of other branches, for the nodes
+/// that deletes copy (they are not held to the budget) and the commit's catalog.
 const METADATA_MARGIN: u64 = 64;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -70,7 +73,7 @@ impl Quotas {
         self.entries.is_empty()
     }
 
-    /// The data budget of one write operation on branch `b`.
+    /// The budget of one write operation on branch `b` (blocks it may add).
     pub(crate) fn budget(
         &self,
         b: BranchId,

@@ -667,18 +667,60 @@ impl SpaceMap {
         Ok(self.index[&(1, idx)].ptrs[(leaf_no % PTRS_PER_INDEX) as usize])
     }
 
+    /// The pages that exist, found from the root down. A page exists if a commit wrote it (its pointer
+    /// is not 0) or it is resident; a subtree with neither was
+    /// never written and holds only zero counts, so it is skipped unread. The cost
+    /// follows the pages in use, not the capacity: walking every index number
+    /// loaded each absent level-1 page (4 KiB each), and fsck of an empty 1 PiB
+    /// pool took 2.19 GB and 6.8 s. The pages found stay resident, as `get` keeps
+    /// them; leaves are only listed.
+    fn existing_pages(&mut self, dev: &dyn BlockDevice) -> StoreResult<Existing> {
+        let leaves = self.capacity.div_ceil(COUNTS_PER_LEAF);
+        let (mut index, mut leaf_nos) = (Vec::new(), Vec::new());
+        let top = (self.depth, 0);
+        let mut stack = Vec::new();
+        if self.root != 0 || self.index.contains_key(&top) {
+            stack.push(top);
+        }
+        while let Some((level, idx)) = stack.pop() {
+            self.load_index(dev, level, idx)?;
+            index.push((level, idx));
+            let first = idx * PTRS_PER_INDEX;
+            let ptrs = &self.index[&(level, idx)].ptrs;
+            for (i, &p) in ptrs.iter().enumerate() {
+                let child = first + i as u64;
+                if level == 1 {
+                    if child < leaves && p != 0 {
+                        leaf_nos.push(child);
+                    }
+                } else if p != 0 || self.index.contains_key(&(level - 1, child)) {
+                    stack.push((level - 1, child));
+                }
+            }
+        }
+        // Resident leaves, also those a new map holds before any index page
+        // exists (`create`).
+        leaf_nos.extend(self.leaves.keys().copied());
+        leaf_nos.sort_unstable();
+        leaf_nos.dedup();
+        Ok(Existing {
+            index,
+            leaves: leaf_nos,
+        })
+    }
+
     /// Visit every non-zero count of the committed + running state (fsck). Calls
-    /// `f(block, count)` for each block in use. Pages are read one at a time and not
-    /// kept, and never-written pages are skipped, so memory and time do not follow
-    /// the capacity (a 1 TiB pool file is mostly unwritten pages).
+    /// `f(block, count)` for each block in use. Leaf pages are read one at a time
+    /// and not kept, and never-written pages are skipped (`existing_pages`), so
+    /// memory and time do not follow the capacity (a 1 TiB pool file is mostly
+    /// unwritten pages).
     pub fn for_each_count(
         &mut self,
         dev: &dyn BlockDevice,
         mut f: impl FnMut(BlockAddr, u32),
     ) -> StoreResult<()> {
-        let leaves = self.capacity.div_ceil(COUNTS_PER_LEAF);
         let cap = self.capacity;
-        for leaf_no in 0..leaves {
+        for leaf_no in self.existing_pages(dev)?.leaves {
             let base = leaf_no * COUNTS_PER_LEAF;
             let mut visit = |i: usize, c: u32| {
                 let b = base + i as u64;
@@ -693,11 +735,9 @@ impl SpaceMap {
                 continue;
             }
             let addr = self.leaf_ptr(dev, leaf_no)?;
-            if addr != 0 {
-                let buf = self.read_page(dev, addr, BlockKind::SpaceLeaf, 0)?;
-                for i in 0..COUNTS_PER_LEAF as usize {
-                    visit(i, u32_at(&buf, HEADER_SIZE + i * 4));
-                }
+            let buf = self.read_page(dev, addr, BlockKind::SpaceLeaf, 0)?;
+            for i in 0..COUNTS_PER_LEAF as usize {
+                visit(i, u32_at(&buf, HEADER_SIZE + i * 4));
             }
         }
         Ok(())
@@ -706,28 +746,22 @@ impl SpaceMap {
     /// Addresses of every space-map page reachable from the root (fsck counts them as
     /// referenced once each).
     pub fn page_addrs(&mut self, dev: &dyn BlockDevice) -> StoreResult<Vec<BlockAddr>> {
-        let mut out = Vec::new();
-        let leaves = self.capacity.div_ceil(COUNTS_PER_LEAF);
-        // Index pages: walk every level.
-        for level in (1..=self.depth).rev() {
-            let span = PTRS_PER_INDEX.pow(level as u32 - 1);
-            let pages = leaves.div_ceil(span).div_ceil(PTRS_PER_INDEX).max(1);
-            for idx in 0..pages {
-                self.load_index(dev, level, idx)?;
-                let a = self.index[&(level, idx)].addr;
-                if a != 0 {
-                    out.push(a);
-                }
-            }
+        let pages = self.existing_pages(dev)?;
+        let mut out: Vec<BlockAddr> = pages.index.iter().map(|k| self.index[k].addr).collect();
+        for leaf_no in pages.leaves {
+            out.push(self.leaf_ptr(dev, leaf_no)?);
         }
-        for leaf_no in 0..leaves {
-            let a = self.leaf_ptr(dev, leaf_no)?;
-            if a != 0 {
-                out.push(a);
-            }
-        }
+        out.retain(|&a| a != 0);
         Ok(out)
     }
+}
+
+/// Pages of the map that exist (`SpaceMap::existing_pages`).
+struct Existing {
+    /// Index pages as (level, number).
+    index: Vec<(u8, u64)>,
+    /// Leaf numbers, ascending.
+    leaves: Vec<u64>,
 }
 
 /// A block set keeps at most this capacity once emptied (see `empty`).
@@ -809,6 +843,37 @@ mod tests {
                 s.capacity()
             );
         }
+    }
+
+    /// fsck's view of a huge, nearly empty map reads and keeps only the pages that
+    /// were written: every absent level-1 index page used to be made resident
+    /// (4 KiB each; 2.19 GB for a 1 PiB pool).
+    #[test]
+    fn page_walks_of_a_huge_empty_map_load_no_absent_pages() {
+        for cap in [1u64 << 32, 1 << 42] {
+            let dev = MemDevice::new();
+            let mut m = SpaceMap::create(cap, 1);
+            let a = m.alloc(&dev, 3).unwrap().0;
+            let (root, written) = m.write_dirty(&dev, 1).unwrap();
+            m.commit_written();
+            let mut r = SpaceMap::open(cap, m.depth(), root, m.used(), 1);
+            let mut pages = r.page_addrs(&dev).unwrap();
+            pages.sort_unstable();
+            let mut want: Vec<BlockAddr> = written.iter().map(|(a, _)| *a).collect();
+            want.sort_unstable();
+            assert_eq!(pages, want, "capacity {cap}");
+            let mut counted = Vec::new();
+            r.for_each_count(&dev, |b, _| counted.push(b)).unwrap();
+            assert!(counted.contains(&a) && counted.len() as u64 == r.used());
+            // The index pages on the path to leaf 0, nothing else.
+            assert_eq!(r.index.len(), r.depth() as usize, "capacity {cap}");
+        }
+        // Before its first commit a map has leaf 0 and no index page.
+        let mut m = SpaceMap::create(1 << 42, 1);
+        assert!(m.page_addrs(&MemDevice::new()).unwrap().is_empty());
+        let mut n = 0;
+        m.for_each_count(&MemDevice::new(), |_, _| n += 1).unwrap();
+        assert_eq!(n, FIRST_USABLE);
     }
 
     #[test]
