@@ -392,12 +392,22 @@ impl FsTree<'_> {
             i.size = buf.len() as u64;
             self.put(inline_key(ino), buf)?;
         } else {
-            // A failure after the inline bytes moved to an extent is undone with
-            // the rest of the operation (the pool's journal).
-            if inline.is_some() {
-                self.uninline(ino, &mut i)?;
+            let r = match inline {
+                Some(_) => self.uninline(ino, &mut i),
+                None => Ok(()),
             }
-            self.write_extents(ino, &mut i, off, data)?;
+            .and_then(|()| self.write_extents(ino, &mut i, off, data));
+            if let Err(e) = r {
+                // The bytes may be in an extent now and the write failed after that.
+                // A journaled write is undone whole, but one the pool ran without a
+                // journal (it had room) can still fail on the device (EIO, a full
+                // host): the inode must count the extent's block, or the next small
+                // write takes the file for an empty inline one and loses them.
+                if inline.is_some() {
+                    self.put_inode(ino, &i)?;
+                }
+                return Err(e);
+            }
             i.size = i.size.max(end);
         }
         let now = Timespec::now();

@@ -37,6 +37,12 @@ pub use fsck::{FsckOptions, FsckReport};
 const MKNOD: OpSize = OpSize::changes(4);
 /// Removing a name: two directory items, the parent, the inode, the orphan item.
 const UNLINK: OpSize = OpSize::changes(5);
+/// symlink (the link, then its target's block), punch_hole (the head's partial block
+/// rewritten before the tail's) and clone_range (1 MiB at a time) write data blocks
+/// after changing the tree, and a data write can fail on the device (EIO, a full
+/// host under a pool file) whatever room the pool has: always journaled, so such a
+/// failure leaves no half-made link or copy. (`write_file` keeps its own repair.)
+const DATA_AFTER_TREE: Option<OpSize> = None;
 
 /// Id of a branch or snapshot inside its pool.
 pub type BranchId = u64;
@@ -692,9 +698,11 @@ impl Pool {
         target: &[u8],
         owner: Owner,
     ) -> FsResult<Attr> {
-        // The target goes inline or to one extent.
-        let size = OpSize::bytes(target.len() as u64, 6);
-        self.write(b, Some(size), |fs| fs.symlink(parent, name, target, owner))
+        // Always journaled, as every operation that writes data blocks after it
+        // changed the tree (`DATA_AFTER_TREE`).
+        self.write(b, DATA_AFTER_TREE, |fs| {
+            fs.symlink(parent, name, target, owner)
+        })
     }
     pub fn readlink(&self, b: BranchId, ino: u64) -> FsResult<Vec<u8>> {
         self.read(b, |fs| fs.readlink(ino))
@@ -805,9 +813,7 @@ impl Pool {
         self.write_freeing(b, OpSize::changes(2), |fs| fs.removexattr(ino, name))
     }
     pub fn punch_hole(&self, b: BranchId, ino: u64, off: u64, len: u64) -> FsResult<()> {
-        // Two partial blocks rewritten, the inode.
-        let size = OpSize::bytes(len, 6);
-        self.write(b, Some(size), |fs| fs.punch_hole(ino, off, len))
+        self.write(b, DATA_AFTER_TREE, |fs| fs.punch_hole(ino, off, len))
     }
     pub fn fallocate(
         &self,
@@ -834,9 +840,7 @@ impl Pool {
         doff: u64,
         len: u64,
     ) -> FsResult<u64> {
-        // Copied or shared; inline bytes of the target moved; the inode.
-        let size = OpSize::bytes(len, 4);
-        self.write(b, Some(size), |fs| {
+        self.write(b, DATA_AFTER_TREE, |fs| {
             fs.clone_range(src, soff, dst, doff, len)
         })
     }

@@ -355,9 +355,14 @@ impl SpaceMap {
         }
         self.set(dev, b, c - 1)?;
         self.note(Change::Dec(b, 1));
-        // Born in this transaction: nothing durable refers to it, reuse at once.
-        if c == 1 && !self.fresh.remove(&b) {
-            self.pending_free.insert(b);
+        // Born in this transaction: nothing durable refers to it, reuse at once
+        // (after the running operation, which an undo may still map it back into).
+        if c == 1 {
+            if self.fresh.remove(&b) {
+                self.hold_for_undo(b);
+            } else {
+                self.pending_free.insert(b);
+            }
         }
         Ok(c - 1)
     }
@@ -405,6 +410,7 @@ impl SpaceMap {
             && !self.pending_free.contains(&b)
             && !self.in_flight.contains(&b)
             && !self.quarantine.contains(&b)
+            && !self.held_for_undo(b)
             && self.get(dev, b)? == 0)
     }
 

@@ -4,6 +4,8 @@
 //! operation (format-spec §8.3). Changes are journaled by range, not by block, so a
 //! journal follows the number of calls (one per extent freed), not the blocks.
 
+use rustc_hash::FxHashSet;
+
 use super::{SpaceMap, COUNTS_PER_LEAF};
 use crate::store::device::BlockDevice;
 use crate::store::{BlockAddr, StoreResult};
@@ -42,6 +44,11 @@ pub(super) struct Journal {
     on: bool,
     changes: Vec<Change>,
     cursor: u64,
+    /// Blocks of this transaction the operation freed: not allocatable until it
+    /// ends. An undo maps them again, so their content must still be theirs (a data
+    /// block reused and overwritten within the operation came back with someone
+    /// else's bytes under its old checksum).
+    held: FxHashSet<BlockAddr>,
 }
 
 impl SpaceMap {
@@ -52,9 +59,21 @@ impl SpaceMap {
         self.journal.cursor = self.cursor;
     }
 
+    /// A fresh block the running operation freed (see `Journal::held`).
+    pub(super) fn hold_for_undo(&mut self, b: BlockAddr) {
+        if self.journal.on {
+            self.journal.held.insert(b);
+        }
+    }
+
+    pub(super) fn held_for_undo(&self, b: BlockAddr) -> bool {
+        self.journal.on && self.journal.held.contains(&b)
+    }
+
     /// The operation completed: forget its journal.
     pub fn end_op(&mut self) {
         self.journal.on = false;
+        self.journal.held.clear();
         if self.journal.changes.capacity() > 1 << 12 {
             self.journal.changes = Vec::new();
         } else {
@@ -128,8 +147,9 @@ mod tests {
     use crate::store::device::MemDevice;
 
     /// Allocations, references added and dropped (to zero, of a fresh and of a
-    /// committed block, and a fresh block freed then allocated again) are all
-    /// reversed: counts, availability and what is fresh are as before.
+    /// committed block) are all reversed: counts, availability and what is fresh are
+    /// as before; a fresh block freed is not handed out again within the operation,
+    /// and is once it has ended.
     #[test]
     fn undo_restores_counts_fresh_and_pending() {
         let dev = MemDevice::new();
@@ -147,7 +167,10 @@ mod tests {
         m.inc(&dev, young + 1, 1).unwrap();
         m.rewind();
         let (again, _) = m.alloc(&dev, 1).unwrap();
-        assert_eq!(again, young, "the fresh block freed is reused at once");
+        assert_ne!(
+            again, young,
+            "a fresh block the operation freed waits for its end"
+        );
         m.undo_op(&dev).unwrap();
         let after: Vec<u32> = (0..64).map(|b| m.get(&dev, b).unwrap()).collect();
         assert_eq!(after, before);
@@ -156,5 +179,13 @@ mod tests {
         assert!(!m.is_fresh(old + 1));
         assert_eq!(m.pending_free_count(), 0);
         assert_eq!(m.cursor(), young + 2);
+        // Outside an operation's journal (or after it), a freed fresh block is
+        // reused at once.
+        m.begin_op();
+        m.dec(&dev, young).unwrap();
+        m.end_op();
+        m.rewind();
+        let (again, _) = m.alloc(&dev, 1).unwrap();
+        assert_eq!(again, young);
     }
 }
