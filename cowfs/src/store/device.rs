@@ -125,18 +125,23 @@ impl FileDevice {
 
     /// fstatvfs of the host filesystem; remembers the answer.
     fn query_host_free(&self) -> Option<u64> {
-        use std::os::unix::io::AsRawFd;
-        // SAFETY: fstatvfs writes into a zeroed, properly sized struct; fd is valid.
-        let free = unsafe {
-            let mut st: libc::statvfs = std::mem::zeroed();
-            if libc::fstatvfs(self.file.as_raw_fd(), &mut st) != 0 {
-                return None;
-            }
-            st.f_bavail as u64 * st.f_frsize as u64
-        };
+        let free = host_free(&self.file).ok()?;
         *self.host_free.lock() = (free, Instant::now());
         self.written_since.store(0, Ordering::Relaxed);
         Some(free)
+    }
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `file`.
+fn host_free(file: &File) -> std::io::Result<u64> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: fstatvfs writes into a zeroed, properly sized struct; fd is valid.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::fstatvfs(file.as_raw_fd(), &mut st) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(st.f_bavail as u64 * st.f_frsize as u64)
     }
 }
 
@@ -189,14 +194,7 @@ pub fn preallocate_file(path: &Path, bytes: u64) -> std::io::Result<u64> {
         off = end;
     }
     let need: u64 = holes.iter().map(|(a, b)| b - a).sum();
-    // SAFETY: fstatvfs writes into a zeroed, properly sized struct; fd is valid.
-    let free = unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::fstatvfs(fd, &mut st) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        st.f_bavail as u64 * st.f_frsize as u64
-    };
+    let free = host_free(&file)?;
     if need > free {
         return Err(std::io::Error::other(format!(
             "preallocating needs {} MiB, the host filesystem has {} MiB free",
