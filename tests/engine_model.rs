@@ -81,6 +81,19 @@ impl Model {
             _ => panic!("model: {ino} is not a directory"),
         }
     }
+    /// Every inode, the directories, the regular files: what random operations
+    /// pick from.
+    fn inodes_dirs_files(&self) -> (Vec<u64>, Vec<u64>, Vec<u64>) {
+        let all: Vec<u64> = self.nodes.keys().copied().collect();
+        let dirs = all.iter().copied().filter(|i| self.is_dir(*i)).collect();
+        let files = all
+            .iter()
+            .copied()
+            .filter(|i| matches!(self.nodes[i].kind, Kind::Reg(_)))
+            .collect();
+        (all, dirs, files)
+    }
+
     fn is_dir(&self, ino: u64) -> bool {
         matches!(self.nodes.get(&ino).map(|n| &n.kind), Some(Kind::Dir(_)))
     }
@@ -759,13 +772,7 @@ impl Gen<'_> {
 
     /// A random operation on `m`, mostly on things that exist.
     fn op(&mut self, m: &Model, big: bool) -> Op {
-        let all: Vec<u64> = m.nodes.keys().copied().collect();
-        let dirs: Vec<u64> = all.iter().copied().filter(|i| m.is_dir(*i)).collect();
-        let files: Vec<u64> = all
-            .iter()
-            .copied()
-            .filter(|i| matches!(m.nodes[i].kind, Kind::Reg(_)))
-            .collect();
+        let (all, dirs, files) = m.inodes_dirs_files();
         let rng = &mut *self.rng;
         let any = all[rng.gen_range(0..all.len())];
         let dir = dirs[rng.gen_range(0..dirs.len())];
@@ -1276,13 +1283,7 @@ fn random_ops_on_a_full_pool() {
 /// Operations that fill a pool's metadata: creates with long names, large xattrs,
 /// long symlink targets, links and renames across directories.
 fn metadata_op(rng: &mut SmallRng, m: &Model, seq: &mut u64) -> Op {
-    let all: Vec<u64> = m.nodes.keys().copied().collect();
-    let dirs: Vec<u64> = all.iter().copied().filter(|i| m.is_dir(*i)).collect();
-    let files: Vec<u64> = all
-        .iter()
-        .copied()
-        .filter(|i| matches!(m.nodes[i].kind, Kind::Reg(_)))
-        .collect();
+    let (all, dirs, files) = m.inodes_dirs_files();
     let dir = dirs[rng.gen_range(0..dirs.len())];
     let dir2 = dirs[rng.gen_range(0..dirs.len())];
     *seq += 1;

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use cowfs::fs::{Owner, SetAttr, ROOT_INO};
+use cowfs::fs::{FsError, Owner, SetAttr, ROOT_INO};
 use cowfs::pool::{FsckOptions, Pool, PoolOptions};
 use cowfs::store::block::HEADER_SIZE;
 use cowfs::store::device::{BlockDevice, MemDevice};
@@ -402,6 +402,25 @@ fn metadata_enospc_loses_no_other_files_items() {
     }
 }
 
+/// Create files with a 1900-byte xattr each in the root of `b` until an operation
+/// fails: the names made (the last one may lack its xattr) and the error.
+fn fill_with_xattr_files(pool: &Pool, b: u64) -> (Vec<String>, FsError) {
+    let mut made = Vec::new();
+    let err = loop {
+        let name = format!("file-{:05}", made.len());
+        let mode = libc::S_IFREG | 0o644;
+        let a = match pool.mknod(b, ROOT_INO, name.as_bytes(), mode, 0, Owner::default()) {
+            Ok(a) => a,
+            Err(e) => break e,
+        };
+        made.push(name);
+        if let Err(e) = pool.setxattr(b, a.ino, b"user.x", &[7u8; 1900], 0) {
+            break e;
+        }
+    };
+    (made, err)
+}
+
 /// File creates and xattrs on a nearly full pool stop with ENOSPC while the commit
 /// that makes them durable still finds room (the commit reserve). They used to
 /// take the last blocks: the commit failed with ENOSPC after it had already
@@ -416,20 +435,8 @@ fn metadata_on_a_full_pool_leaves_room_for_its_commit() {
     };
     let pool = Pool::create_on(Arc::new(dev.clone()), &small).unwrap();
     let b = pool.branch_id("main").unwrap();
-    let o = Owner::default();
     pool.commit().unwrap();
-    let mut made = Vec::new();
-    let err = loop {
-        let name = format!("file-{:05}", made.len());
-        let a = match pool.mknod(b, ROOT_INO, name.as_bytes(), libc::S_IFREG | 0o644, 0, o) {
-            Ok(a) => a,
-            Err(e) => break e,
-        };
-        made.push(name);
-        if let Err(e) = pool.setxattr(b, a.ino, b"user.x", &[7u8; 1900], 0) {
-            break e;
-        }
-    };
+    let (made, err) = fill_with_xattr_files(&pool, b);
     assert_eq!(err.errno(), libc::ENOSPC);
     assert!(made.len() > 100, "only {} files fit", made.len());
     pool.commit().unwrap();
@@ -466,17 +473,7 @@ fn branch_create_on_a_full_pool_is_all_or_nothing() {
         .unwrap()
         .ino;
     pool.write_file(b, f, 0, &[0x41; 8192]).unwrap();
-    let mut made = Vec::new();
-    loop {
-        let name = format!("m{}", made.len());
-        let Ok(a) = pool.mknod(b, ROOT_INO, name.as_bytes(), libc::S_IFREG | 0o644, 0, o) else {
-            break;
-        };
-        made.push(name);
-        if pool.setxattr(b, a.ino, b"user.x", &[7u8; 1900], 0).is_err() {
-            break;
-        }
-    }
+    let (made, _) = fill_with_xattr_files(&pool, b);
     let created = pool.branch_create("clone", "main");
     match &created {
         Ok(_) => assert!(pool.branch_id("clone").is_ok()),
@@ -517,18 +514,9 @@ fn statfs_does_not_promise_the_reserved_blocks() {
     };
     let pool = Pool::create_on(Arc::new(MemDevice::new()), &small).unwrap();
     let b = pool.branch_id("main").unwrap();
-    let o = Owner::default();
     let fresh = pool.statfs();
     assert!(fresh.bavail < fresh.bfree);
-    for i in 0.. {
-        let name = format!("file-{i:05}");
-        let Ok(a) = pool.mknod(b, ROOT_INO, name.as_bytes(), libc::S_IFREG | 0o644, 0, o) else {
-            break;
-        };
-        if pool.setxattr(b, a.ino, b"user.x", &[7u8; 1900], 0).is_err() {
-            break;
-        }
-    }
+    fill_with_xattr_files(&pool, b);
     let full = pool.statfs();
     assert!(full.bfree >= 32, "{full:?}");
     // What is left is less than one more tree change needs.
