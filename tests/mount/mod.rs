@@ -78,6 +78,18 @@ impl Fixture {
         Mounted::start(&self.pool, "main", &self.mnt, true)
     }
 
+    /// Mount `main` with every FUSE request the kernel sends logged (fuser's
+    /// debug log, one line per request; see `Mounted::requests`).
+    pub fn mount_logging_requests(&self) -> Mounted {
+        Mounted::start_with_log(
+            &self.pool,
+            "main",
+            &self.mnt,
+            false,
+            "info,fuser::request=debug",
+        )
+    }
+
     /// `cowfs fsck POOL`: returns (exit code, output).
     pub fn fsck(&self) -> (i32, String) {
         let out = Command::new(cowfs_bin())
@@ -127,6 +139,17 @@ pub struct Mounted {
 
 impl Mounted {
     pub fn start(pool: &Path, branch: &str, mnt: &Path, ro: bool) -> Mounted {
+        Mounted::start_with_log(pool, branch, mnt, ro, "info")
+    }
+
+    /// `start` with the daemon's `RUST_LOG` set to `log_filter`.
+    pub fn start_with_log(
+        pool: &Path,
+        branch: &str,
+        mnt: &Path,
+        ro: bool,
+        log_filter: &str,
+    ) -> Mounted {
         static STARTS: AtomicU32 = AtomicU32::new(0);
         let n = STARTS.fetch_add(1, Ordering::Relaxed);
         let log = mnt.with_extension(format!("daemon-{n}.log"));
@@ -155,7 +178,7 @@ impl Mounted {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log_filter)
             .spawn()
             .expect("spawn cowfs mount");
         let mut m = Mounted {
@@ -182,6 +205,22 @@ impl Mounted {
 
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The requests logged so far by a `mount_logging_requests` daemon, as
+    /// (inode, opcode name) in arrival order, from fuser's lines
+    /// `FUSE( 16) ino 0x0000000000000002 SETATTR ...`.
+    pub fn requests(&self) -> Vec<(u64, String)> {
+        self.log_text()
+            .lines()
+            .filter_map(|line| {
+                let rest = &line[line.find("FUSE(")?..];
+                let rest = &rest[rest.find(" ino 0x")? + 7..];
+                let (hex, rest) = rest.split_once(' ')?;
+                let op = rest.split_whitespace().next()?;
+                Some((u64::from_str_radix(hex, 16).ok()?, op.to_string()))
+            })
+            .collect()
     }
 
     pub fn pid(&self) -> u32 {
