@@ -56,7 +56,10 @@ impl Timespec {
     /// It also saves a round trip per small file: a new inode stamped with it
     /// has mtime and ctime already "now" when a write follows within the tick,
     /// so the kernel does not dirty them, and with the writeback cache it would
-    /// otherwise send them in a SETATTR at close (tests/fuse_requests.rs).
+    /// otherwise send them in a SETATTR at close (tests/fuse_requests.rs). Only
+    /// while no other filesystem hands out fine-grained timestamps: since Linux
+    /// 6.13 `current_time()` never reads earlier than the last of those, and
+    /// userspace cannot read that floor.
     pub fn now() -> Timespec {
         let mut ts = libc::timespec {
             tv_sec: 0,
