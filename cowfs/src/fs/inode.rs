@@ -61,7 +61,7 @@ impl FsTree<'_> {
     ) -> FsResult<(u64, Inode)> {
         let ino = *self.next_ino;
         *self.next_ino += 1;
-        let now = Timespec::now();
+        let now = Timespec::now_coarse();
         let dir = mode & libc::S_IFMT == libc::S_IFDIR;
         let i = Inode {
             mode,

@@ -50,24 +50,34 @@ pub struct Timespec {
 }
 
 impl Timespec {
-    /// The time the kernel stamps file times with (`current_time()`: the coarse
-    /// realtime clock, one tick of resolution), so that every time on a mount
-    /// comes from one clock and a later change never gets an earlier time.
-    /// It also saves a round trip per small file: a new inode stamped with it
-    /// has mtime and ctime already "now" when a write follows within the tick,
-    /// so the kernel does not dirty them, and with the writeback cache it would
-    /// otherwise send them in a SETATTR at close (tests/fuse_requests.rs). Only
-    /// while no other filesystem hands out fine-grained timestamps: since Linux
-    /// 6.13 `current_time()` never reads earlier than the last of those, and
-    /// userspace cannot read that floor.
     pub fn now() -> Timespec {
+        match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => Timespec {
+                sec: d.as_secs() as i64,
+                nsec: d.subsec_nanos(),
+            },
+            Err(_) => Timespec::default(),
+        }
+    }
+
+    /// The clock the kernel stamps file times with (`current_time()`: the coarse
+    /// realtime clock, one tick of resolution), for the times of a new inode: a
+    /// write right after the create then finds mtime and ctime already "now" and
+    /// does not dirty them, where with the writeback cache the kernel would send
+    /// them in a SETATTR at close, one more round trip per small file
+    /// (tests/fuse_requests.rs). Only while no other filesystem hands out
+    /// fine-grained timestamps: since Linux 6.13 `current_time()` never reads
+    /// earlier than the last of those, and userspace cannot read that floor. So
+    /// only new inodes get it: a change of an existing inode is stamped with the
+    /// fine clock, which is never earlier than a time the kernel stamped before.
+    pub fn now_coarse() -> Timespec {
         let mut ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
         // SAFETY: `ts` is a valid, writable timespec.
         if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } != 0 {
-            return Timespec::default();
+            return Timespec::now();
         }
         Timespec {
             sec: ts.tv_sec,
