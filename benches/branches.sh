@@ -126,6 +126,7 @@ log "building (release)"
 NOTE=
 avail_mib=$(( $(df -P -k "$WORK_BASE" | awk 'NR == 2 { print $4 }') / 1024 ))
 PREALLOCATE=${PREALLOCATE:-0}
+case $PREALLOCATE in 0|1) ;; *) die "PREALLOCATE must be 0 or 1, not '$PREALLOCATE'" ;; esac
 extra_mib=$(( PREALLOCATE == 1 ? 5120 : 2048 ))
 need_mib=$(( 2 * BIG_MIB + extra_mib ))
 if [ "$avail_mib" -lt "$need_mib" ]; then
