@@ -7,7 +7,8 @@
 #   ./install.sh            # install + mount (needs root for FUSE mounts)
 #   ./install.sh --stop     # unmount and stop the daemon started here
 #
-# Binaries go to $PREFIX/bin (default /usr/local/bin). The daemon logs to
+# Binaries go to $PREFIX/bin (default /usr/local/bin); cargo builds them in
+# $CARGO_TARGET_DIR if set. The daemon logs to
 # ./data/cowfs.log; its pid is in ./data/cowfs.pid.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")" && pwd)
@@ -31,7 +32,8 @@ if [ "${1:-}" = "--stop" ]; then stop; exit 0; fi
 echo "building (release)…"
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin cowfs --bin cowfs-ctl
 install -d "$PREFIX/bin"
-install -m 0755 "$ROOT/target/release/cowfs" "$ROOT/target/release/cowfs-ctl" "$PREFIX/bin/"
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+install -m 0755 "$TARGET/release/cowfs" "$TARGET/release/cowfs-ctl" "$PREFIX/bin/"
 echo "installed cowfs and cowfs-ctl in $PREFIX/bin"
 
 mkdir -p "$DATA/main"
