@@ -131,7 +131,7 @@ extra_mib=$(( PREALLOCATE == 1 ? 5120 : 2048 ))
 need_mib=$(( 2 * BIG_MIB + extra_mib ))
 if [ "$avail_mib" -lt "$need_mib" ]; then
   fit=$(( (avail_mib - extra_mib) / 2 / 1024 * 1024 ))
-  [ "$fit" -ge 1024 ] || die "$WORK_BASE has $avail_mib MiB free; need at least 4 GiB"
+  [ "$fit" -ge 1024 ] || die "$WORK_BASE has $avail_mib MiB free; need at least $(( 2048 + extra_mib )) MiB"
   NOTE="only $avail_mib MiB free on $WORK_BASE: big parent reduced from $BIG_MIB to $fit MiB"
   log "$NOTE"
   BIG_MIB=$fit
@@ -142,7 +142,8 @@ W=$(mktemp -d "$WORK_BASE/cowfs-branches.XXXXXX")
 chmod 755 "$W"
 mkdir -p "$W/bin" "$W/main" "$W/m"
 # Own copies: other builds may replace target/release while this runs.
-cp "$ROOT/target/release/cowfs" "$ROOT/target/release/cowfs-ctl" "$W/bin/"
+REL=${CARGO_TARGET_DIR:-$ROOT/target}/release
+cp "$REL/cowfs" "$REL/cowfs-ctl" "$W/bin/"
 COWFS=$W/bin/cowfs CTL=$W/bin/cowfs-ctl
 POOL=$W/pool SOCK=$W/pool.sock
 ctl() { timeout 120 "$CTL" --socket "$SOCK" --token-file "$W/pool.token" "$@"; }

@@ -30,7 +30,7 @@
 # the spread table before trusting a difference.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-COWFS=${COWFS:-$ROOT/target/release/cowfs}
+COWFS=${COWFS:-${CARGO_TARGET_DIR:-$ROOT/target}/release/cowfs}
 WORK=${WORK:-$ROOT/target/bench-work}
 SIZE=${SIZE:-2G}
 RUNTIME=${RUNTIME:-20}

@@ -498,7 +498,8 @@ log "soak: $MINUTES min = $NROUNDS rounds of ${ROUND_SECS}s; restarts: $(for k i
 log "building (release)"
 (cd "$ROOT" && cargo build --release -q --bin cowfs --bin cowfs-ctl)
 # Private copies: others may rebuild target/release while the soak runs.
-cp "$ROOT/target/release/cowfs" "$ROOT/target/release/cowfs-ctl" "$W/bin/"
+REL=${CARGO_TARGET_DIR:-$ROOT/target}/release
+cp "$REL/cowfs" "$REL/cowfs-ctl" "$W/bin/"
 "$W/bin/cowfs" init "$POOL" ${POOL_SIZE:+--size "$POOL_SIZE"} >/dev/null
 start_daemon
 ctl mount main "$W/main" >/dev/null
