@@ -521,10 +521,7 @@ impl Pool {
         }
         e.writable()?;
         // Deleting makes room: it may use the delete slop, not the commit reserve.
-        e.st.freeing = true;
-        let room = e.ensure_commit_room(1);
-        e.st.freeing = false;
-        room?;
+        e.freeing(false, |e| e.ensure_commit_room(1))?;
         let rec = e
             .branches
             .remove(&id)
@@ -601,11 +598,7 @@ impl Pool {
         f: impl FnOnce(&mut FsTree) -> FsResult<T>,
     ) -> FsResult<T> {
         let mut e = self.e.lock();
-        e.st.freeing = true;
-        e.st.removing = true;
-        let r = e.with_fs_sized(b, Some(size), f);
-        e.st.freeing = false;
-        e.st.removing = false;
+        let r = e.freeing(true, |e| e.with_fs_sized(b, Some(size), f));
         e.maybe_commit();
         r
     }
@@ -623,18 +616,16 @@ impl Pool {
         f: impl FnOnce(&mut FsTree) -> FsResult<Option<u64>>,
     ) -> FsResult<()> {
         let mut e = self.e.lock();
-        e.st.freeing = true;
-        e.st.removing = removes;
-        let r = e.with_fs_sized(b, Some(size), f).map(|gone| {
-            if let Some(ino) = gone.filter(|ino| !e.open.contains_key(&(b, *ino))) {
-                e.st.removing = true;
-                if let Err(err) = e.with_fs(b, true, |fs| fs.free_inode(ino)) {
-                    log::warn!("inode {ino} stays an orphan, freeing it failed: {err}");
+        let r = e.freeing(removes, |e| {
+            e.with_fs_sized(b, Some(size), f).map(|gone| {
+                if let Some(ino) = gone.filter(|ino| !e.open.contains_key(&(b, *ino))) {
+                    e.st.removing = true;
+                    if let Err(err) = e.with_fs(b, true, |fs| fs.free_inode(ino)) {
+                        log::warn!("inode {ino} stays an orphan, freeing it failed: {err}");
+                    }
                 }
-            }
+            })
         });
-        e.st.freeing = false;
-        e.st.removing = false;
         e.maybe_commit();
         r
     }
@@ -864,14 +855,12 @@ impl Pool {
             None => false,
         };
         if last && !e.branches.get(&b).is_none_or(|r| r.is_snapshot()) {
-            e.st.freeing = true;
-            e.st.removing = true;
-            let r = e.with_fs(b, true, |fs| match fs.inode(ino) {
-                Ok(i) if i.nlink == 0 => fs.free_inode(ino),
-                _ => Ok(()),
+            let r = e.freeing(true, |e| {
+                e.with_fs(b, true, |fs| match fs.inode(ino) {
+                    Ok(i) if i.nlink == 0 => fs.free_inode(ino),
+                    _ => Ok(()),
+                })
             });
-            e.st.freeing = false;
-            e.st.removing = false;
             e.maybe_commit();
             return r;
         }
@@ -890,12 +879,7 @@ impl Pool {
         for ino in orphans {
             if !e.open.contains_key(&(b, ino)) {
                 // Freeing space: as release_inode, even at the branch's quota.
-                e.st.freeing = true;
-                e.st.removing = true;
-                let r = e.with_fs(b, true, |fs| fs.free_inode(ino));
-                e.st.freeing = false;
-                e.st.removing = false;
-                r?;
+                e.freeing(true, |e| e.with_fs(b, true, |fs| fs.free_inode(ino)))?;
                 n += 1;
             }
         }
@@ -1080,6 +1064,18 @@ impl Engine {
         Ok(())
     }
 
+    /// Run `f` as an operation that frees space: it may use the delete slop
+    /// (`NodeStore::freeing`), and with `removing` it only removes tree items
+    /// (`NodeStore::removing`).
+    fn freeing<T>(&mut self, removing: bool, f: impl FnOnce(&mut Engine) -> T) -> T {
+        self.st.freeing = true;
+        self.st.removing = removing;
+        let r = f(self);
+        self.st.freeing = false;
+        self.st.removing = false;
+        r
+    }
+
     /// Set the catalog part of the commit reserve (`NodeStore::commit_reserve`)
     /// for the records changed so far and `more` records about to change: per
     /// record one insert or remove, at most a copy and a split per level and a new
@@ -1164,8 +1160,11 @@ impl Engine {
         if write {
             // Callers whose change a log record describes undo this (logged_change).
             self.log.taint();
-            // This change may add the branch's record to the next commit.
-            self.reserve_catalog(1)?;
+            // This change may add the branch's record to the next commit (once
+            // it is there, the reserve counts it already).
+            if !self.dirty_branches.contains(&b) {
+                self.reserve_catalog(1)?;
+            }
         }
         let Engine {
             st,
