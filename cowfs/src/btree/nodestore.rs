@@ -63,12 +63,28 @@ pub struct NodeStore {
     /// the last one, reused.
     op: Option<undo::OpJournal>,
     op_spare: Option<undo::OpJournal>,
+    /// The file length (blocks) at which `back_ahead` last found nothing to do or
+    /// was refused: not asked again until the file has grown.
+    back_tried_at: u64,
 }
 
 /// Below this many free blocks (64 MiB) on the host filesystem of a pool file, the
 /// allocator reuses free blocks inside the file before it grows the file (see
 /// `NodeStore::available`).
 const HOST_LOW_BLOCKS: u64 = 16384;
+
+/// How far ahead of the allocator a pool file's blocks are backed (2 MiB), and how
+/// close the allocator may come to the end of what is backed (1 MiB) before the next
+/// piece is (`NodeStore::back_ahead`).
+const BACK_AHEAD_BLOCKS: u64 = 512;
+const BACK_AHEAD_MARGIN: u64 = 256;
+
+/// Only small data allocations (below 128 KiB) back ahead: they are the small writes
+/// whose fsyncs the host's allocation slows. A large write's blocks go to the
+/// device directly and a fallocate's are not written at all, so backing ahead of
+/// them (or of the tree nodes they split, allocated one at a time) would write
+/// blocks for nothing.
+const BACK_AHEAD_MAX_WANT: u64 = 32;
 
 /// See `NodeStore::data_budget`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +120,7 @@ impl NodeStore {
             removing: false,
             op: None,
             op_spare: None,
+            back_tried_at: u64::MAX,
             written: Some(FxHashMap::default()),
         }
     }
@@ -178,6 +195,32 @@ impl NodeStore {
             }
         }
         Ok(node)
+    }
+
+    /// Next fit hands out a young pool file's blocks in order, at its end: when the
+    /// allocator comes within `BACK_AHEAD_MARGIN` of the end of the file, the next
+    /// `BACK_AHEAD_BLOCKS` are given host storage in one piece (`BlockDevice::back`),
+    /// so that small writes and their fsyncs do not each make the host allocate.
+    /// Only blocks past the end of the file (never written, so holding nothing) that
+    /// the space map has free: nothing a commit, a log record or a reader refers to.
+    fn back_ahead(&mut self) -> StoreResult<()> {
+        if !self.dev.is_sparse() {
+            return Ok(());
+        }
+        let len = self.dev.len_blocks();
+        let cursor = self.space.cursor();
+        if cursor + BACK_AHEAD_MARGIN < len || len == self.back_tried_at {
+            return Ok(());
+        }
+        let from = len.max(cursor);
+        let to = (from + BACK_AHEAD_BLOCKS).min(self.space.capacity());
+        let backed = from < to
+            && self.space.all_allocatable(&*self.dev, from, to)?
+            && self.dev.back(from, to - from);
+        if !backed {
+            self.back_tried_at = len;
+        }
+        Ok(())
     }
 
     /// Store a new node at a fresh address.
@@ -550,6 +593,9 @@ impl NodeStore {
             want = want.min(b.blocks);
         }
         let r = self.space.alloc(&*self.dev, want)?;
+        if want < BACK_AHEAD_MAX_WANT {
+            self.back_ahead()?;
+        }
         if let Some(b) = &mut self.data_budget {
             b.blocks -= r.1.min(b.blocks);
         }
@@ -660,6 +706,59 @@ mod tests {
         assert_eq!(again, a);
         let m = st.manifest(&[]).unwrap().unwrap();
         assert!(m.iter().all(|(b, _)| *b != a), "{m:?}");
+    }
+
+    /// In a pool file, a small data allocation near the end of the file gives the
+    /// next `BACK_AHEAD_BLOCKS` past the allocator host storage (written zeros),
+    /// never a block already allocated; a large allocation backs nothing, and an
+    /// allocation inside the backed range backs no more.
+    #[test]
+    fn small_allocations_back_the_pool_file_ahead() {
+        use crate::store::device::FileDevice;
+        use std::os::unix::io::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool");
+        let dev = Arc::new(FileDevice::open(&path, true).unwrap());
+        let no_refs: RefsFn = |_, _| None;
+        let mut st = NodeStore::new(
+            dev.clone(),
+            SpaceMap::create(1 << 16, 7),
+            7,
+            1,
+            1 << 20,
+            no_refs,
+        );
+        let (big, n) = st.alloc_data(64).unwrap();
+        assert_eq!(
+            (n, dev.len_blocks()),
+            (64, 0),
+            "a large allocation backed blocks"
+        );
+        let (small, n) = st.alloc_data(2).unwrap();
+        let cursor = small + n;
+        assert_eq!(
+            dev.len_blocks(),
+            cursor + BACK_AHEAD_BLOCKS,
+            "not backed ahead (the host needs 1 GiB free)"
+        );
+        // The allocated blocks, not yet written, are still holes: the zeros start
+        // at the cursor.
+        let f = std::fs::File::open(&path).unwrap();
+        let bs = BLOCK_SIZE as i64;
+        // SAFETY: lseek takes plain integers; f stays open for the call.
+        let data = unsafe { libc::lseek(f.as_raw_fd(), big as i64 * bs, libc::SEEK_DATA) };
+        assert_eq!(data, cursor as i64 * bs);
+        // Data written to them reads back; an allocation in the backed range backs
+        // nothing more.
+        st.write_data(small, &[5u8; 2 * BLOCK_SIZE]).unwrap();
+        let (next, _) = st.alloc_data(1).unwrap();
+        assert_eq!(
+            (next, dev.len_blocks()),
+            (cursor, cursor + BACK_AHEAD_BLOCKS)
+        );
+        let mut back = vec![0u8; 2 * BLOCK_SIZE];
+        dev.read_at(small, &mut back).unwrap();
+        assert_eq!(back, [5u8; 2 * BLOCK_SIZE]);
     }
 
     /// A corrupt internal node that points at itself: dropping it must fail with a

@@ -31,6 +31,18 @@ pub trait BlockDevice: Send + Sync {
     fn write_data_at(&self, addr: BlockAddr, buf: &[u8]) -> std::io::Result<()> {
         self.write_at(addr, buf)
     }
+    /// Have the host give blocks `[from, from + blocks)` (free, past the end of a
+    /// pool file) their storage now, before the allocator hands them out (see
+    /// `NodeStore::back_ahead`). Returns whether it did. Only a sparse pool file has
+    /// anything to do (`is_sparse`); the contents of those blocks are not part of
+    /// any state.
+    fn back(&self, _from: BlockAddr, _blocks: u64) -> bool {
+        false
+    }
+    /// Whether blocks past the end have no storage yet (a pool file).
+    fn is_sparse(&self) -> bool {
+        false
+    }
     /// Make every completed write durable.
     fn flush(&self) -> std::io::Result<()>;
     /// Current length in blocks (a pool file grows as blocks are written).
@@ -72,6 +84,10 @@ pub struct FileDevice {
 /// 4 KiB writes) stay buffered: a direct write waits for the disk under the pool
 /// lock, while buffered ones reach the disk together at the next flush.
 const DIRECT_WRITE_MIN: usize = 128 << 10;
+
+/// A pool file backs blocks ahead of the allocator (`BlockDevice::back`) only while
+/// the host keeps this much free beyond them: near full, the room is the writers'.
+const BACK_HOST_MIN: u64 = 1 << 30;
 
 /// How long an answer of the host's free space is reused...
 const HOST_FREE_TTL: Duration = Duration::from_millis(100);
@@ -283,6 +299,41 @@ impl BlockDevice for FileDevice {
         self.written_since
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+    /// Zeros, buffered, so that the host allocates the blocks now and in one piece
+    /// (as PostgreSQL zero-fills a WAL segment before using it). An `fsync` that
+    /// lands in blocks the host already holds writes no allocation metadata:
+    /// measured on a fresh 2 GiB pool, an 8 KiB write + `fdatasync` loop ran at
+    /// 2,979-3,129/s in a sparse file, 5,057-5,482/s in a preallocated one.
+    /// Writeback starts at once, so the next flush finds little left to write.
+    fn back(&self, from: BlockAddr, blocks: u64) -> bool {
+        let bytes = blocks * BLOCK_SIZE as u64;
+        if !self.is_sparse()
+            || self
+                .host_free_bytes()
+                .is_none_or(|f| f < bytes + BACK_HOST_MIN)
+        {
+            return false;
+        }
+        let zeros = vec![0u8; bytes as usize];
+        if let Err(e) = self.write_at(from, &zeros) {
+            log::debug!("{}: backing blocks ahead: {e}", self.path.display());
+            return false;
+        }
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: sync_file_range takes plain integers; the fd stays open for the call.
+        unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                (from * BLOCK_SIZE as u64) as i64,
+                bytes as i64,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        true
+    }
+    fn is_sparse(&self) -> bool {
+        !self.is_blockdev
     }
     fn flush(&self) -> std::io::Result<()> {
         self.file.sync_data()

@@ -414,6 +414,22 @@ impl SpaceMap {
             && self.get(dev, b)? == 0)
     }
 
+    /// Could every block of `from..to` be allocated now (free, and not held for a
+    /// commit's flush or an undo)?
+    pub fn all_allocatable(
+        &mut self,
+        dev: &dyn BlockDevice,
+        from: BlockAddr,
+        to: BlockAddr,
+    ) -> StoreResult<bool> {
+        for b in from..to {
+            if !self.allocatable(dev, b)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Allocate up to `want` contiguous blocks (at least one), each with count 1.
     pub fn alloc(&mut self, dev: &dyn BlockDevice, want: u64) -> StoreResult<(BlockAddr, u64)> {
         if self.available() == 0 {
