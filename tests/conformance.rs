@@ -7,7 +7,8 @@
 //!   close/open on one file, with every read checked against fsx's own model.
 //!
 //! Both are crates.io binaries; `.ci/run` installs them
-//! (`cargo install --locked pjdfstest@0.2.2 fsx@0.3.2`).
+//! (`cargo install --locked pjdfstest@0.2.2 fsx@0.3.2`). Each run is bounded by
+//! `timeout`, so a daemon that stops answering fails the test instead of hanging it.
 
 mod mount;
 
@@ -18,10 +19,18 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+/// The versions these tests were written against (fsx ignores configuration keys
+/// it does not know, so another version could run a different mix unnoticed).
+const PJDFSTEST: (&str, &str) = ("pjdfstest", "0.2.2");
+const FSX: (&str, &str) = ("fsx", "0.3.2");
+
+/// Longest a suite may run before the test fails (each takes seconds here).
+const SUITE_TIMEOUT: &str = "600";
+
 use mount::*;
 
-/// `name` on `$PATH`, else where `cargo install` puts it.
-fn tool(name: &str) -> PathBuf {
+/// `name` on `$PATH`, else where `cargo install` puts it; it must be `version`.
+fn tool((name, version): (&str, &str)) -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
@@ -31,15 +40,27 @@ fn tool(name: &str) -> PathBuf {
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(PathBuf::from(home).join(".cargo/bin"));
     }
-    dirs.into_iter()
+    let install = "cargo install --locked pjdfstest@0.2.2 fsx@0.3.2 (.ci/run does)";
+    let path = dirs
+        .into_iter()
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} is not installed: cargo install --locked pjdfstest@0.2.2 fsx@0.3.2 \
-                 (.ci/run does)"
-            )
-        })
+        .unwrap_or_else(|| panic!("{name} is not installed: {install}"));
+    let (_, said) = run(Command::new(&path).arg("--version"));
+    assert_eq!(
+        said.trim(),
+        format!("{name} {version}"),
+        "{} is not {name} {version}: {install}",
+        path.display()
+    );
+    path
+}
+
+/// `tool ARGS...` under `timeout`.
+fn suite(tool: &Path) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.arg(SUITE_TIMEOUT).arg(tool);
+    cmd
 }
 
 fn run(cmd: &mut Command) -> (bool, String) {
@@ -90,7 +111,10 @@ fn pjdfstest_passes() {
     let other = fx.native_dir("other-fs");
     fs::set_permissions(&other, fs::Permissions::from_mode(0o777)).expect("chmod other");
 
-    let (ok, text) = run(Command::new(tool("pjdfstest"))
+    // Plain output: the summary line is parsed below.
+    let (ok, text) = run(suite(&tool(PJDFSTEST))
+        .env("NO_COLOR", "1")
+        .env_remove("CLICOLOR_FORCE")
         .arg("-c")
         .arg(&config)
         .arg("-p")
@@ -110,10 +134,13 @@ fn pjdfstest_passes() {
 }
 
 /// fsx's operation mix: everything it can do to a file, at equal weights (fsync
-/// and fdatasync half as often). posix_fallocate is left out: fsx 0.3.2 can ask
-/// for a zero-length one, which Linux refuses with EINVAL on every filesystem
-/// (seed 13 fails at its operation 1714 on the host's ext4 too).
+/// and fdatasync half as often), operations up to 256 KiB (so that some writes
+/// reach the daemon in runs that go to the pool directly). posix_fallocate is left
+/// out: fsx 0.3.2 can ask for a zero-length one, which Linux refuses with EINVAL on
+/// every filesystem (seed 13 fails at its operation 1714 on the host's ext4 too).
 const FSX_CONFIG: &str = "flen = 4194304\n\
+    [opsize]\n\
+    max = 262144\n\
     [weights]\n\
     close_open = 1.0\n\
     invalidate = 1.0\n\
@@ -130,12 +157,12 @@ const FSX_CONFIG: &str = "flen = 4194304\n\
     posix_fadvise = 1.0\n\
     copy_file_range = 1.0\n";
 
-fn fsx(config: &Path, artifacts: &Path, file: &Path, seed: u32, ops: u32) -> (bool, String) {
-    run(Command::new(tool("fsx"))
+fn fsx(fsx: &Path, config: &Path, artifacts: &Path, file: &Path, seed: u32) -> (bool, String) {
+    run(suite(fsx)
         .arg("-f")
         .arg(config)
         .arg("-N")
-        .arg(ops.to_string())
+        .arg("10000")
         .arg("-S")
         .arg(seed.to_string())
         .arg("-P")
@@ -150,15 +177,18 @@ fn fsx_with_every_operation() {
     let dir = fx.native_dir("fsx");
     let config = dir.join("fsx.toml");
     fs::write(&config, FSX_CONFIG).expect("write fsx config");
+    let fsx_bin = tool(FSX);
 
     // Without this most reads would be answered by the kernel's page cache and
     // never reach the daemon: drop clean pages every 50 ms while fsx runs, so reads
     // come from the pool (dirty pages stay until written back).
+    const DROP: &str = "/proc/sys/vm/drop_caches";
+    fs::write(DROP, "1").expect("drop caches (needs root)");
     let stop = AtomicBool::new(false);
     let results = std::thread::scope(|s| {
         s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
-                let _ = fs::write("/proc/sys/vm/drop_caches", "1");
+                let _ = fs::write(DROP, "1");
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
@@ -166,22 +196,24 @@ fn fsx_with_every_operation() {
         let runs: Vec<_> = [(1, 2), (3, 4)]
             .into_iter()
             .map(|(a, b)| {
-                let (config, dir, mnt) = (&config, &dir, &m.mnt);
+                let (fsx_bin, config, dir, mnt) = (&fsx_bin, &config, &dir, &m.mnt);
                 s.spawn(move || {
                     [a, b].map(|seed| {
                         let file = mnt.join(format!("fsx-{seed}"));
-                        (seed, fsx(config, dir, &file, seed, 10_000))
+                        (seed, fsx(fsx_bin, config, dir, &file, seed))
                     })
                 })
             })
             .collect();
-        let results: Vec<_> = runs
-            .into_iter()
-            .flat_map(|r| r.join().expect("fsx thread"))
-            .collect();
+        // Join all before anything can panic, so the cache dropper always stops.
+        let joined: Vec<_> = runs.into_iter().map(|r| r.join()).collect();
         stop.store(true, Ordering::Relaxed);
-        results
+        joined
     });
+    let results: Vec<_> = results
+        .into_iter()
+        .flat_map(|r| r.expect("fsx thread"))
+        .collect();
     for (seed, (ok, text)) in &results {
         assert!(
             *ok && text.contains("All operations completed A-OK!"),

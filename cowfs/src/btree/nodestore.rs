@@ -63,9 +63,9 @@ pub struct NodeStore {
     /// the last one, reused.
     op: Option<undo::OpJournal>,
     op_spare: Option<undo::OpJournal>,
-    /// The file length (blocks) at which `back_ahead` last found nothing to do or
-    /// was refused: not asked again until the file has grown.
-    back_tried_at: u64,
+    /// After `back_ahead` was refused (or found an allocated block in the way), it
+    /// waits until the file has grown to this length before it looks again.
+    back_retry_at: u64,
 }
 
 /// Below this many free blocks (64 MiB) on the host filesystem of a pool file, the
@@ -79,12 +79,12 @@ const HOST_LOW_BLOCKS: u64 = 16384;
 const BACK_AHEAD_BLOCKS: u64 = 512;
 const BACK_AHEAD_MARGIN: u64 = 256;
 
-/// Only small data allocations (below 128 KiB) back ahead: they are the small writes
-/// whose fsyncs the host's allocation slows. A large write's blocks go to the
+/// Only writes of fewer blocks than this (128 KiB) back ahead: they are the small
+/// writes whose fsyncs the host's allocation slows. A large write's blocks go to the
 /// device directly and a fallocate's are not written at all, so backing ahead of
 /// them (or of the tree nodes they split, allocated one at a time) would write
 /// blocks for nothing.
-const BACK_AHEAD_MAX_WANT: u64 = 32;
+const BACK_AHEAD_MAX_WRITE: u64 = 32;
 
 /// See `NodeStore::data_budget`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,7 +120,7 @@ impl NodeStore {
             removing: false,
             op: None,
             op_spare: None,
-            back_tried_at: u64::MAX,
+            back_retry_at: 0,
             written: Some(FxHashMap::default()),
         }
     }
@@ -197,30 +197,35 @@ impl NodeStore {
         Ok(node)
     }
 
-    /// Next fit hands out a young pool file's blocks in order, at its end: when the
-    /// allocator comes within `BACK_AHEAD_MARGIN` of the end of the file, the next
-    /// `BACK_AHEAD_BLOCKS` are given host storage in one piece (`BlockDevice::back`),
-    /// so that small writes and their fsyncs do not each make the host allocate.
-    /// Only blocks past the end of the file (never written, so holding nothing) that
-    /// the space map has free: nothing a commit, a log record or a reader refers to.
-    fn back_ahead(&mut self) -> StoreResult<()> {
-        if !self.dev.is_sparse() {
-            return Ok(());
+    /// Called after a data write of `blocks` new blocks. Next fit hands out a young
+    /// pool file's blocks in order, at its end: when a small write leaves the
+    /// allocator within `BACK_AHEAD_MARGIN` of the end of the file, the blocks up to
+    /// `BACK_AHEAD_BLOCKS` past the allocator are given host storage in one piece
+    /// (`BlockDevice::back`), so that small writes and their fsyncs do not each make
+    /// the host allocate. Only blocks past the end of the file (never written, so
+    /// reading as zeros already) that the space map could allocate now: nothing a
+    /// commit, a log record or a reader refers to. Best effort: it never fails the
+    /// write (a space-map page it cannot read just means no backing).
+    pub fn back_ahead(&mut self, blocks: u64) {
+        if blocks >= BACK_AHEAD_MAX_WRITE || !self.dev.is_sparse() {
+            return;
         }
         let len = self.dev.len_blocks();
         let cursor = self.space.cursor();
-        if cursor + BACK_AHEAD_MARGIN < len || len == self.back_tried_at {
-            return Ok(());
+        if cursor + BACK_AHEAD_MARGIN < len || len < self.back_retry_at {
+            return;
         }
         let from = len.max(cursor);
-        let to = (from + BACK_AHEAD_BLOCKS).min(self.space.capacity());
+        let to = (cursor + BACK_AHEAD_BLOCKS).min(self.space.capacity());
         let backed = from < to
-            && self.space.all_allocatable(&*self.dev, from, to)?
+            && self
+                .space
+                .all_allocatable(&*self.dev, from, to)
+                .unwrap_or(false)
             && self.dev.back(from, to - from);
         if !backed {
-            self.back_tried_at = len;
+            self.back_retry_at = len + BACK_AHEAD_MARGIN;
         }
-        Ok(())
     }
 
     /// Store a new node at a fresh address.
@@ -593,9 +598,6 @@ impl NodeStore {
             want = want.min(b.blocks);
         }
         let r = self.space.alloc(&*self.dev, want)?;
-        if want < BACK_AHEAD_MAX_WANT {
-            self.back_ahead()?;
-        }
         if let Some(b) = &mut self.data_budget {
             b.blocks -= r.1.min(b.blocks);
         }
@@ -708,19 +710,10 @@ mod tests {
         assert!(m.iter().all(|(b, _)| *b != a), "{m:?}");
     }
 
-    /// In a pool file, a small data allocation near the end of the file gives the
-    /// next `BACK_AHEAD_BLOCKS` past the allocator host storage (written zeros),
-    /// never a block already allocated; a large allocation backs nothing, and an
-    /// allocation inside the backed range backs no more.
-    #[test]
-    fn small_allocations_back_the_pool_file_ahead() {
-        use crate::store::device::FileDevice;
-        use std::os::unix::io::AsRawFd;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pool");
-        let dev = Arc::new(FileDevice::open(&path, true).unwrap());
+    fn file_store(path: &std::path::Path) -> (NodeStore, Arc<crate::store::device::FileDevice>) {
+        let dev = Arc::new(crate::store::device::FileDevice::open(path, true).unwrap());
         let no_refs: RefsFn = |_, _| None;
-        let mut st = NodeStore::new(
+        let st = NodeStore::new(
             dev.clone(),
             SpaceMap::create(1 << 16, 7),
             7,
@@ -728,37 +721,76 @@ mod tests {
             1 << 20,
             no_refs,
         );
+        (st, dev)
+    }
+
+    /// In a pool file, a small write near the end of the file gives the blocks up to
+    /// `BACK_AHEAD_BLOCKS` past the allocator host storage (written zeros), starting
+    /// at the end of the file or the allocator, whichever is further; a large write
+    /// backs nothing, and a write inside the backed range backs no more. (The host
+    /// must have 1 GiB free beyond, as for any backing.)
+    #[test]
+    fn small_writes_back_the_pool_file_ahead() {
+        use std::os::unix::io::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool");
+        let (mut st, dev) = file_store(&path);
         let (big, n) = st.alloc_data(64).unwrap();
-        assert_eq!(
-            (n, dev.len_blocks()),
-            (64, 0),
-            "a large allocation backed blocks"
-        );
+        st.back_ahead(n);
+        assert_eq!(dev.len_blocks(), 0, "a large write backed blocks");
         let (small, n) = st.alloc_data(2).unwrap();
+        st.back_ahead(n);
         let cursor = small + n;
         assert_eq!(
             dev.len_blocks(),
             cursor + BACK_AHEAD_BLOCKS,
-            "not backed ahead (the host needs 1 GiB free)"
+            "not backed ahead"
         );
-        // The allocated blocks, not yet written, are still holes: the zeros start
-        // at the cursor.
+        // The allocated blocks, not yet written, are still holes: the zeros start at
+        // the cursor.
         let f = std::fs::File::open(&path).unwrap();
         let bs = BLOCK_SIZE as i64;
         // SAFETY: lseek takes plain integers; f stays open for the call.
         let data = unsafe { libc::lseek(f.as_raw_fd(), big as i64 * bs, libc::SEEK_DATA) };
         assert_eq!(data, cursor as i64 * bs);
-        // Data written to them reads back; an allocation in the backed range backs
-        // nothing more.
         st.write_data(small, &[5u8; 2 * BLOCK_SIZE]).unwrap();
+        // Inside the backed range: nothing more.
         let (next, _) = st.alloc_data(1).unwrap();
+        st.back_ahead(1);
         assert_eq!(
             (next, dev.len_blocks()),
             (cursor, cursor + BACK_AHEAD_BLOCKS)
         );
+        // A large write brings the allocator near the end; the next small one backs
+        // from the end of the file to `BACK_AHEAD_BLOCKS` past the allocator.
+        let (_, n) = st.alloc_data(300).unwrap();
+        st.back_ahead(n);
+        let (last, n) = st.alloc_data(1).unwrap();
+        st.back_ahead(n);
+        assert_eq!(dev.len_blocks(), last + 1 + BACK_AHEAD_BLOCKS);
         let mut back = vec![0u8; 2 * BLOCK_SIZE];
         dev.read_at(small, &mut back).unwrap();
         assert_eq!(back, [5u8; 2 * BLOCK_SIZE]);
+    }
+
+    /// Backing ahead never writes over a block the space map has allocated: with
+    /// allocated (unwritten) blocks past the allocator, nothing is backed, and the
+    /// next attempt waits until the file has grown by `BACK_AHEAD_MARGIN`.
+    #[test]
+    fn backing_ahead_skips_allocated_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut st, dev) = file_store(&dir.path().join("pool"));
+        let (a, n) = st.alloc_data(64).unwrap();
+        assert_eq!(n, 64);
+        // Free the first two in this transaction and take them again: the allocator
+        // is then at a + 2, below 62 allocated blocks.
+        st.space.dec_range(&*st.dev.clone(), a, 2).unwrap();
+        st.space.rewind();
+        let (again, n) = st.alloc_data(2).unwrap();
+        assert_eq!((again, n), (a, 2));
+        st.back_ahead(n);
+        assert_eq!(dev.len_blocks(), 0, "backed over allocated blocks");
+        assert_eq!(st.back_retry_at, BACK_AHEAD_MARGIN);
     }
 
     /// A corrupt internal node that points at itself: dropping it must fail with a

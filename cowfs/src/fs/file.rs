@@ -185,6 +185,7 @@ impl FsTree<'_> {
                 }
             }
         }
+        self.st.back_ahead(n);
         self.unmap_extents(ino, i, b0, b0 + n, exts)?;
         let mut at = 0u64;
         for (phys, got) in runs {
