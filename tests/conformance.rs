@@ -64,13 +64,8 @@ fn suite(tool: &Path) -> Command {
 }
 
 fn run(cmd: &mut Command) -> (bool, String) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let (st, text) = run_text(cmd);
+    (st.success(), text)
 }
 
 /// The number before `word` in pjdfstest's summary line

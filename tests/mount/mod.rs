@@ -92,17 +92,8 @@ impl Fixture {
 
     /// `cowfs fsck POOL`: returns (exit code, output).
     pub fn fsck(&self) -> (i32, String) {
-        let out = Command::new(cowfs_bin())
-            .arg("fsck")
-            .arg(&self.pool)
-            .output()
-            .expect("run cowfs fsck");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code().unwrap_or(-1), text)
+        let (st, text) = run_text(Command::new(cowfs_bin()).arg("fsck").arg(&self.pool));
+        (st.code().unwrap_or(-1), text)
     }
 
     pub fn assert_fsck_clean(&self) {
@@ -293,20 +284,26 @@ pub fn signal(pid: u32, sig: i32) {
 
 /// Run `sh -c script` as uid/gid 65534 (nobody); returns (success, stdout+stderr).
 pub fn as_nobody(script: &str) -> (bool, String) {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .env("LC_ALL", "C")
-        .output()
-        .expect("run sh as nobody");
+    let (st, text) = run_text(
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .env("LC_ALL", "C"),
+    );
+    (st.success(), text)
+}
+
+/// Run `cmd` to completion: its exit status and its stdout followed by its stderr.
+pub fn run_text(cmd: &mut Command) -> (std::process::ExitStatus, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (out.status.success(), text)
+    (out.status, text)
 }
 
 pub const NOBODY: u32 = 65534;
