@@ -99,7 +99,7 @@ fn first_format_pool_opens_and_reads() {
     let slot = |s: usize| &bytes[s * 4096..(s + 1) * 4096];
     let generation = |s: usize| u64::from_le_bytes(slot(s)[16..24].try_into().unwrap());
     let newest = if generation(0) > generation(1) { 0 } else { 1 };
-    assert_eq!(slot(newest)[8..12], 2u32.to_le_bytes());
+    assert_eq!(slot(newest)[8..12], 3u32.to_le_bytes());
     let pool = Pool::open(&copy, &PoolOptions::default()).unwrap();
     assert_eq!(
         pool.read_file(main, hello.ino, 0, 100).unwrap(),
@@ -114,24 +114,24 @@ fn newer_format_version_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("pool");
     std::fs::copy(fixture(), &copy).unwrap();
-    // Rewrite both slots as format version 3 with valid checksums.
+    // Rewrite both slots as format version 4 with valid checksums.
     let mut bytes = std::fs::read(&copy).unwrap();
     for slot in 0..2 {
         let b = &mut bytes[slot * 4096..(slot + 1) * 4096];
         if b.iter().all(|&x| x == 0) {
             continue;
         }
-        b[8..12].copy_from_slice(&3u32.to_le_bytes());
+        b[8..12].copy_from_slice(&4u32.to_le_bytes());
         let crc = crc32fast::hash(&b[..4092]);
         b[4092..].copy_from_slice(&crc.to_le_bytes());
     }
     std::fs::write(&copy, &bytes).unwrap();
     let err = Pool::open(&copy, &PoolOptions::default())
         .err()
-        .expect("version 3 must be refused");
+        .expect("version 4 must be refused");
     let msg = err.to_string();
     assert!(
-        msg.contains("version 3") && msg.contains("versions 1 to 2"),
+        msg.contains("version 4") && msg.contains("versions 1 to 3"),
         "{msg}"
     );
 }

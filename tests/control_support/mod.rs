@@ -113,6 +113,16 @@ impl Daemon {
         }
         self.mounts.unmount_all();
     }
+
+    /// Stop the server and start a new one on the same pool, as a daemon
+    /// restart would (the pool stays open).
+    pub fn restart(&mut self) {
+        self.stop();
+        let server =
+            ControlServer::start(self.pool.clone(), self.mounts.clone(), &self.socket, None)
+                .expect("restart control server");
+        self.server = Some(server);
+    }
 }
 
 impl Drop for Daemon {

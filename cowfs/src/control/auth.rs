@@ -99,6 +99,7 @@ mod tests {
     fn token(scopes: &[&str], owns: &[BranchId]) -> TokenView {
         TokenView {
             name: "t".into(),
+            id: 1,
             scopes: scopes.iter().map(|s| s.parse().unwrap()).collect(),
             created_unix: 0,
             owns: owns.to_vec(),

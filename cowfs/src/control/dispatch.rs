@@ -27,7 +27,7 @@ use super::mount_points;
 use super::quotas::QuotaStore;
 use super::sanitize::{self, Profile, SanitizeConfig, SanitizeError};
 use super::sanitizing::SanitizeState;
-use super::tokens::{TokenStore, TokenView};
+use super::tokens::{Authenticated, TokenStore, TokenView};
 use super::ControlError;
 use crate::fuse::MountTable;
 use crate::pool::admin::GroupMember as PoolMember;
@@ -148,20 +148,17 @@ impl Ctx {
                     .list()
                     .into_iter()
                     .find(|b| b.id == id)
-                    .map(|b| (b.name, b.id)),
-                None => self.pool.info(&r.name).ok().map(|b| (b.name, b.id)),
+                    .map(|b| b.name),
+                None => self.pool.info(&r.name).ok().map(|b| b.name),
             };
             match found {
-                Some((name, id)) => {
+                Some(name) => {
                     log::warn!(
                         "deleting '{name}': its sanitizing never finished (the daemon stopped)"
                     );
                     if let Err(e) = self.pool.branch_delete(&name) {
                         log::error!("deleting unfinished sanitized clone '{name}': {e}; it stays invisible and is retried at the next start");
                         continue;
-                    }
-                    if let Err(e) = self.tokens.forget_branch(id) {
-                        log::warn!("token store: {e}");
                     }
                     self.state.end(&r.name, r.id).map_err(io)?;
                 }
@@ -174,6 +171,14 @@ impl Ctx {
             }
         }
         Ok(())
+    }
+
+    /// The token a connection authenticated as, if it still exists, with the
+    /// branches it owns (the catalog records who created each).
+    pub fn session(&self, who: &Authenticated) -> Option<TokenView> {
+        let mut t = self.tokens.current(who)?;
+        t.owns = self.pool.owned_by(t.id);
+        Some(t)
     }
 
     /// May `token` see branch `id` at all? Only through a grant matching its name
@@ -236,7 +241,7 @@ impl Ctx {
             parent: i.parent.filter(|p| self.visible_name(token, p)),
             created_unix: i.created_unix,
             protected,
-            owner: self.tokens.owner_of(i.id),
+            owner: self.tokens.name_of(i.owner),
             mounts: self.mount_list(Some(&i.name)),
             state: if self.state.is_sanitizing(i.id) {
                 BranchState::Sanitizing
@@ -354,7 +359,6 @@ impl Ctx {
                     log::warn!("{}: {e}", self.quotas.path().display());
                 }
                 self.pool.quota_recount_all().map_err(errors::pool)?;
-                self.tokens.forget_branch(t.id).map_err(errors::token)?;
                 ok(Done {})
             }
             Request::Mount {
@@ -543,7 +547,9 @@ impl Ctx {
                 }
                 let secret = self
                     .tokens
-                    .create(&name, scopes.clone())
+                    .create(&name, scopes.clone(), |id| {
+                        !self.pool.owned_by(id).is_empty()
+                    })
                     .map_err(errors::token)?;
                 log::info!("token '{name}' created by '{}'", token.name);
                 ok(TokenCreated {
@@ -563,7 +569,7 @@ impl Ctx {
                             .pool
                             .list()
                             .into_iter()
-                            .filter(|b| t.owns.contains(&b.id))
+                            .filter(|b| b.owner == t.id)
                             .map(|b| b.name)
                             .collect(),
                         name: t.name,
@@ -678,21 +684,18 @@ impl Ctx {
         self.sync(from)?;
         let Some(profile) = profile else {
             let id = if snapshot {
-                self.pool.snapshot_create(name, from)
+                self.pool.snapshot_create_owned(name, from, token.id)
             } else {
-                self.pool.branch_create(name, from)
+                self.pool.branch_create_owned(name, from, token.id)
             }
             .map_err(errors::pool)?;
             // Unsanitized data of a parent that requires a profile keeps the
             // requirement (only admins get here with such a parent).
             if let Err(e) = self.inherit_required(src.id, id) {
-                self.drop_new(name, id);
+                self.drop_new(name);
                 return Err(e);
             }
-            self.tokens
-                .add_owned(&token.name, &[id])
-                .map_err(errors::token)?;
-            self.mount_new(token, name, id, mount)?;
+            self.mount_new(token, name, mount)?;
             log::info!(
                 "{} '{name}' created from '{from}' by token '{}'",
                 if snapshot { "snapshot" } else { "branch" },
@@ -713,7 +716,7 @@ impl Ctx {
             )
         };
         self.state.begin(name).map_err(state_io)?;
-        let id = match self.pool.branch_create(name, from) {
+        let id = match self.pool.branch_create_owned(name, from, token.id) {
             Ok(id) => id,
             Err(e) => {
                 if let Err(s) = self.state.end(name, None) {
@@ -749,10 +752,7 @@ impl Ctx {
             self.discard(name, id);
             return Err(state_io(e));
         }
-        self.tokens
-            .add_owned(&token.name, &[id])
-            .map_err(errors::token)?;
-        self.mount_new(token, name, id, mount)?;
+        self.mount_new(token, name, mount)?;
         log::info!(
             "branch '{name}' sanitized with profile '{}' and ready",
             profile.name
@@ -777,11 +777,9 @@ impl Ctx {
     }
 
     /// Drop a branch just created, after a later step of its creation failed.
-    fn drop_new(&self, name: &str, id: BranchId) {
+    fn drop_new(&self, name: &str) {
         if let Err(d) = self.pool.branch_delete(name) {
             log::error!("dropping branch '{name}' after a failed creation: {d}");
-        } else if let Err(t) = self.tokens.forget_branch(id) {
-            log::warn!("token store: {t}");
         }
     }
 
@@ -791,7 +789,6 @@ impl Ctx {
         &self,
         token: &TokenView,
         name: &str,
-        id: BranchId,
         mount: Option<MountSpec>,
     ) -> Result<(), ErrorReply> {
         let Some(m) = mount else {
@@ -806,8 +803,6 @@ impl Ctx {
         if let Err(e) = mounted {
             if let Err(d) = self.pool.branch_delete(name) {
                 log::error!("dropping branch '{name}' after a failed mount: {d}");
-            } else if let Err(t) = self.tokens.forget_branch(id) {
-                log::warn!("token store: {t}");
             }
             return Err(e);
         }
@@ -938,9 +933,6 @@ impl Ctx {
         if let Err(e) = self.pool.quota_recount_all() {
             log::warn!("recounting quotas: {e}");
         }
-        if let Err(e) = self.tokens.forget_branch(id) {
-            log::warn!("token store: {e}");
-        }
         if let Err(e) = self.state.end(name, Some(id)) {
             log::error!("{}: {e}", self.state.path().display());
         }
@@ -972,18 +964,18 @@ impl Ctx {
                 snapshot: m.snapshot,
             })
             .collect();
-        let ids = self.pool.group_create(&list).map_err(errors::pool)?;
+        let ids = self
+            .pool
+            .group_create(&list, token.id)
+            .map_err(errors::pool)?;
         for (parent, id) in parents.iter().zip(&ids) {
             if let Err(e) = self.inherit_required(*parent, *id) {
-                for (m, id) in members.iter().zip(&ids) {
-                    self.drop_new(&m.name, *id);
+                for m in &members {
+                    self.drop_new(&m.name);
                 }
                 return Err(e);
             }
         }
-        self.tokens
-            .add_owned(&token.name, &ids)
-            .map_err(errors::token)?;
         let mut out = Vec::new();
         for m in &members {
             out.push(self.info(token, &m.name)?);

@@ -60,6 +60,8 @@ pub enum ControlError {
     #[error(transparent)]
     Tokens(#[from] TokenError),
     #[error(transparent)]
+    Pool(#[from] crate::pool::PoolError),
+    #[error(transparent)]
     Sanitize(#[from] sanitize::SanitizeError),
 }
 
@@ -87,6 +89,9 @@ impl ControlServer {
         let cfg = ServerConfig::load(config)?;
         let mount_roots = cfg.mount_roots(pool.name())?;
         let tokens = TokenStore::open(pool.name())?;
+        // A token file from before the catalog recorded owners: move them there.
+        pool.set_owners(&tokens.legacy_owners())?;
+        tokens.finish_upgrade()?;
         let quotas = quotas::QuotaStore::open(&pool)?;
         let profiles = match config {
             Some(path) => sanitize::SanitizeConfig::load(path)?,

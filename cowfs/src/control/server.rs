@@ -382,7 +382,7 @@ fn serve(sh: &Shared, stream: UnixStream) -> io::Result<()> {
                     r.op()
                 ),
             )),
-            (Ok(r), Some(who)) => match sh.ctx.tokens.current(who) {
+            (Ok(r), Some(who)) => match sh.ctx.session(who) {
                 None => Err(ErrorReply::new(
                     ErrorKind::Unauthenticated,
                     format!(

@@ -4,8 +4,11 @@
 //! and never stored or logged; a presented secret is hashed with SHA-256 and
 //! compared in constant time with every stored hash.
 //!
-//! The file also records which branches each token created (by branch id, which a
-//! pool never reuses): a token owns what it creates.
+//! Each token has a random id, never reused. A token owns what it creates: the
+//! pool's catalog records the creator's id in the branch's own record, in the
+//! commit that creates it (pool/catalog.rs). Token files written before that kept
+//! the owned branch ids here (`owns`); the daemon moves them into the catalog at
+//! start (`legacy_owners`, `finish_upgrade`) and never writes them again.
 
 use std::fs::File;
 use std::io::Read;
@@ -18,7 +21,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::files::{replace_private, with_suffix, write_private};
-use crate::pool::BranchId;
+use crate::pool::{BranchId, TokenId, NO_OWNER};
 
 /// Name of the token `cowfs init` creates.
 pub const ADMIN_TOKEN: &str = "admin";
@@ -66,6 +69,7 @@ pub fn init_admin_token(pool_path: &Path) -> Result<PathBuf, TokenError> {
         version: FILE_VERSION,
         tokens: vec![StoredToken {
             name: ADMIN_TOKEN.into(),
+            id: new_id(&store, |_| false)?,
             sha256: hex(&hash),
             scopes: vec![Grant {
                 scope: Scope::Admin,
@@ -99,12 +103,17 @@ struct TokenFile {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct StoredToken {
     name: String,
+    /// Random, non-zero; 0 in files written before ids existed (one is given at
+    /// the next start).
+    #[serde(default)]
+    id: TokenId,
     /// Hex SHA-256 of the secret.
     sha256: String,
     scopes: Vec<Grant>,
     created_unix: u64,
-    /// Ids of the branches and snapshots it created.
-    #[serde(default)]
+    /// Ids of the branches and snapshots it created, in files written before
+    /// the catalog recorded owners: read for the upgrade, never written.
+    #[serde(default, skip_serializing)]
     owns: Vec<BranchId>,
 }
 
@@ -112,8 +121,11 @@ struct StoredToken {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenView {
     pub name: String,
+    pub id: TokenId,
     pub scopes: Vec<Grant>,
     pub created_unix: u64,
+    /// The branches it created, from the pool's catalog: the store leaves this
+    /// empty and the dispatcher fills it for each request.
     pub owns: Vec<BranchId>,
 }
 
@@ -128,6 +140,8 @@ pub struct Authenticated {
 pub struct TokenStore {
     path: PathBuf,
     file: Mutex<TokenFile>,
+    /// Ids were given or legacy `owns` lists read at open: `finish_upgrade` saves.
+    upgrade_pending: Mutex<bool>,
 }
 
 impl TokenStore {
@@ -163,6 +177,8 @@ impl TokenStore {
                 ),
             });
         }
+        let mut file = file;
+        let mut ids = std::collections::HashSet::new();
         for t in &file.tokens {
             if unhex(&t.sha256).is_none() {
                 return Err(TokenError::Corrupt {
@@ -170,11 +186,54 @@ impl TokenStore {
                     why: format!("token '{}' has no valid hash", t.name),
                 });
             }
+            if t.id != NO_OWNER && !ids.insert(t.id) {
+                return Err(TokenError::Corrupt {
+                    path,
+                    why: format!("token '{}' has the id of another token", t.name),
+                });
+            }
+        }
+        let mut upgrade = false;
+        for i in 0..file.tokens.len() {
+            if file.tokens[i].id == NO_OWNER {
+                let taken = |id| file.tokens.iter().any(|t| t.id == id);
+                file.tokens[i].id = new_id(&path, taken)?;
+                upgrade = true;
+            }
+            upgrade |= !file.tokens[i].owns.is_empty();
         }
         Ok(TokenStore {
             path,
             file: Mutex::new(file),
+            upgrade_pending: Mutex::new(upgrade),
         })
+    }
+
+    /// Owners a token file written before the catalog recorded them still
+    /// holds: (branch, token) pairs for `Pool::set_owners`.
+    pub fn legacy_owners(&self) -> Vec<(BranchId, TokenId)> {
+        let f = self.file.lock();
+        f.tokens
+            .iter()
+            .flat_map(|t| t.owns.iter().map(move |b| (*b, t.id)))
+            .collect()
+    }
+
+    /// After the legacy owners are committed to the catalog: save the file with
+    /// every token's id and without `owns`. Until then a restart redoes the
+    /// upgrade from the old file (ids given again, owners set again).
+    pub fn finish_upgrade(&self) -> Result<(), TokenError> {
+        let mut pending = self.upgrade_pending.lock();
+        if *pending {
+            self.update(|f| {
+                for t in &mut f.tokens {
+                    t.owns.clear();
+                }
+                Ok(())
+            })?;
+            *pending = false;
+        }
+        Ok(())
     }
 
     /// The token whose secret this is. Every stored hash is compared, each in
@@ -212,16 +271,33 @@ impl TokenStore {
         self.file.lock().tokens.iter().map(view).collect()
     }
 
-    /// A new token; returns its secret (shown once).
-    pub fn create(&self, name: &str, scopes: Vec<Grant>) -> Result<String, TokenError> {
+    /// The name of the token with id `id`, if it still exists.
+    pub fn name_of(&self, id: TokenId) -> Option<String> {
+        let f = self.file.lock();
+        f.tokens.iter().find(|t| t.id == id).map(|t| t.name.clone())
+    }
+
+    /// A new token; returns its secret (shown once). Its id is none of the
+    /// current tokens' and none `in_use` says the pool still records (a revoked
+    /// token's branches must not pass to a new token).
+    pub fn create(
+        &self,
+        name: &str,
+        scopes: Vec<Grant>,
+        in_use: impl Fn(TokenId) -> bool,
+    ) -> Result<String, TokenError> {
         let mut f = self.file.lock();
         if f.tokens.iter().any(|t| t.name == name) {
             return Err(TokenError::Exists(name.into()));
         }
         let (secret, hash) = new_secret(&self.path)?;
+        let id = new_id(&self.path, |id| {
+            in_use(id) || f.tokens.iter().any(|t| t.id == id)
+        })?;
         let mut next = f.clone();
         next.tokens.push(StoredToken {
             name: name.into(),
+            id,
             sha256: hex(&hash),
             scopes,
             created_unix: unix_now(),
@@ -243,38 +319,6 @@ impl TokenStore {
         })
     }
 
-    /// Record that `token` created branch `id`.
-    pub fn add_owned(&self, token: &str, ids: &[BranchId]) -> Result<(), TokenError> {
-        self.update(|f| {
-            if let Some(t) = f.tokens.iter_mut().find(|t| t.name == token) {
-                t.owns.extend_from_slice(ids);
-            }
-            Ok(())
-        })
-    }
-
-    /// Forget a deleted branch.
-    pub fn forget_branch(&self, id: BranchId) -> Result<(), TokenError> {
-        if self.owner_of(id).is_none() {
-            return Ok(());
-        }
-        self.update(|f| {
-            for t in &mut f.tokens {
-                t.owns.retain(|x| *x != id);
-            }
-            Ok(())
-        })
-    }
-
-    pub fn owner_of(&self, id: BranchId) -> Option<String> {
-        self.file
-            .lock()
-            .tokens
-            .iter()
-            .find(|t| t.owns.contains(&id))
-            .map(|t| t.name.clone())
-    }
-
     /// Change a copy, write it durably, then make it current.
     fn update(
         &self,
@@ -292,24 +336,41 @@ impl TokenStore {
 fn view(t: &StoredToken) -> TokenView {
     TokenView {
         name: t.name.clone(),
+        id: t.id,
         scopes: t.scopes.clone(),
         created_unix: t.created_unix,
-        owns: t.owns.clone(),
+        owns: Vec::new(),
     }
 }
 
 /// 32 random bytes from the kernel, as `cwt_<64 hex digits>`, and their SHA-256.
 fn new_secret(near: &Path) -> Result<(String, [u8; 32]), TokenError> {
-    let mut raw = [0u8; 32];
+    let raw: [u8; 32] = random_bytes(near)?;
+    let secret = format!("{SECRET_PREFIX}{}", hex(&raw));
+    let hash = Sha256::digest(secret.as_bytes()).into();
+    Ok((secret, hash))
+}
+
+/// `N` bytes from the kernel's random source (errors name the token store `near`).
+fn random_bytes<const N: usize>(near: &Path) -> Result<[u8; N], TokenError> {
+    let mut raw = [0u8; N];
     File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut raw))
         .map_err(|source| TokenError::Io {
             path: near.to_path_buf(),
             source,
         })?;
-    let secret = format!("{SECRET_PREFIX}{}", hex(&raw));
-    let hash = Sha256::digest(secret.as_bytes()).into();
-    Ok((secret, hash))
+    Ok(raw)
+}
+
+/// A random non-zero token id that `taken` does not refuse.
+fn new_id(near: &Path, taken: impl Fn(TokenId) -> bool) -> Result<TokenId, TokenError> {
+    loop {
+        let id = u64::from_le_bytes(random_bytes(near)?);
+        if id != NO_OWNER && !taken(id) {
+            return Ok(id);
+        }
+    }
 }
 
 /// Write the store durably and atomically.
@@ -382,27 +443,77 @@ mod tests {
         let text = std::fs::read_to_string(store_path(&pool)).unwrap();
         assert!(!text.contains(secret), "the secret is stored only hashed");
         let agent = store
-            .create("agent", vec!["branch:prod".parse().unwrap()])
+            .create("agent", vec!["branch:prod".parse().unwrap()], |_| false)
             .unwrap();
-        store.add_owned("agent", &[7]).unwrap();
-        // Reopen: everything was saved.
+        let agent_id = store.list()[1].id;
+        assert_ne!(agent_id, NO_OWNER);
+        assert_ne!(agent_id, store.list()[0].id);
+        // Reopen: everything was saved, ids included.
         let store = TokenStore::open(&pool).unwrap();
+        assert!(store.legacy_owners().is_empty());
         let session = store.authenticate(&agent).expect("agent");
         assert_eq!(session.name, "agent");
-        assert!(store.current(&session).is_some());
-        assert_eq!(store.owner_of(7).as_deref(), Some("agent"));
-        store.forget_branch(7).unwrap();
-        assert_eq!(store.owner_of(7), None);
+        let view = store.current(&session).unwrap();
+        assert_eq!(view.id, agent_id);
+        assert_eq!(store.name_of(agent_id).as_deref(), Some("agent"));
         store.revoke("agent").unwrap();
+        assert_eq!(store.name_of(agent_id), None);
         assert_eq!(store.authenticate(&agent), None);
         assert!(matches!(
             store.revoke("agent"),
             Err(TokenError::NotFound(_))
         ));
-        // The same name again is another token for the old session.
+        // The same name again is another token for the old session, with
+        // another id (here: the pool still records the old one).
         store
-            .create("agent", vec!["admin:*".parse().unwrap()])
+            .create("agent", vec!["admin:*".parse().unwrap()], |id| {
+                id == agent_id
+            })
             .unwrap();
         assert_eq!(store.current(&session), None);
+        assert_ne!(store.list()[1].id, agent_id);
+    }
+
+    #[test]
+    fn a_file_from_before_ids_is_upgraded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = dir.path().join("p.cowfs");
+        // As written before tokens had ids and the catalog had owners.
+        let old = r#"{"version": 1, "tokens": [
+            {"name": "admin", "sha256": "HASH", "scopes": [], "created_unix": 1, "owns": []},
+            {"name": "agent", "sha256": "HASH", "scopes": [], "created_unix": 2, "owns": [4, 9]}
+        ]}"#;
+        std::fs::write(store_path(&pool), old.replace("HASH", &"ab".repeat(32))).unwrap();
+        let store = TokenStore::open(&pool).unwrap();
+        let ids: Vec<TokenId> = store.list().iter().map(|t| t.id).collect();
+        assert!(ids.iter().all(|id| *id != NO_OWNER) && ids[0] != ids[1]);
+        assert_eq!(store.legacy_owners(), vec![(4, ids[1]), (9, ids[1])]);
+        // Not finished: a restart starts over from the old file.
+        drop(store);
+        let store = TokenStore::open(&pool).unwrap();
+        assert_eq!(store.legacy_owners().len(), 2);
+        store.finish_upgrade().unwrap();
+        let text = std::fs::read_to_string(store_path(&pool)).unwrap();
+        assert!(!text.contains("owns"), "{text}");
+        let ids: Vec<TokenId> = store.list().iter().map(|t| t.id).collect();
+        let store = TokenStore::open(&pool).unwrap();
+        assert!(store.legacy_owners().is_empty());
+        assert_eq!(store.list().iter().map(|t| t.id).collect::<Vec<_>>(), ids);
+        assert!(!*store.upgrade_pending.lock());
+    }
+
+    #[test]
+    fn two_tokens_with_one_id_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = dir.path().join("p.cowfs");
+        let t = r#"{"name": "N", "id": 5, "sha256": "HASH", "scopes": [], "created_unix": 1}"#;
+        let file = format!(
+            r#"{{"version": 1, "tokens": [{}, {}]}}"#,
+            t.replace("N", "a"),
+            t.replace("N", "b")
+        );
+        std::fs::write(store_path(&pool), file.replace("HASH", &"ab".repeat(32))).unwrap();
+        let e = TokenStore::open(&pool).err().unwrap().to_string();
+        assert!(e.contains("token 'b' has the id of another token"), "{e}");
     }
 }

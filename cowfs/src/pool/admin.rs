@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use super::catalog::{BranchRecord, FLAG_PROTECTED, FLAG_SNAPSHOT};
+use super::catalog::{BranchRecord, TokenId, FLAG_PROTECTED, FLAG_SNAPSHOT};
 use super::{check_branch_name, unix_now, BranchId, Pool, PoolError, PoolResult};
 
 /// One new branch (or snapshot) of an atomic group.
@@ -27,13 +27,13 @@ impl Pool {
         let mut e = self.e.lock();
         e.writable()?;
         let id = e.id_of(name)?;
-        if let Some(r) = e.branches.get_mut(&id) {
+        if let Some(r) = e.branches.get_mut(id) {
             if r.is_protected() == protected {
                 return Ok(());
             }
         }
         e.ensure_commit_room(1)?;
-        if let Some(r) = e.branches.get_mut(&id) {
+        if let Some(r) = e.branches.get_mut(id) {
             r.flags ^= FLAG_PROTECTED;
         }
         e.dirty_branches.insert(id);
@@ -64,7 +64,7 @@ impl Pool {
         e.ensure_commit_room(1)?;
         e.st.inc_node(from.root)?;
         e.st.drop_ref(target.root)?;
-        if let Some(r) = e.branches.get_mut(&id) {
+        if let Some(r) = e.branches.get_mut(id) {
             r.root = from.root;
             // Never hand out an inode number again that the branch used before.
             r.next_ino = target.next_ino.max(from.next_ino);
@@ -77,8 +77,13 @@ impl Pool {
 
     /// Create several branches or snapshots, each from its own parent, in one
     /// commit: all exist afterwards or none does. Parents must exist before the
-    /// call (a member cannot be taken from another member).
-    pub fn group_create(&self, members: &[GroupMember]) -> PoolResult<Vec<BranchId>> {
+    /// call (a member cannot be taken from another member). Token `owner`
+    /// (`NO_OWNER` for none) is recorded as their creator in the same commit.
+    pub fn group_create(
+        &self,
+        members: &[GroupMember],
+        owner: TokenId,
+    ) -> PoolResult<Vec<BranchId>> {
         let mut e = self.e.lock();
         e.writable()?;
         let mut names = BTreeSet::new();
@@ -97,17 +102,18 @@ impl Pool {
             e.st.inc_node(p.root)?;
             let id = e.next_branch_id;
             e.next_branch_id += 1;
-            e.branches.insert(
-                id,
-                BranchRecord {
-                    root: p.root,
-                    next_ino: p.next_ino,
-                    flags: if m.snapshot { FLAG_SNAPSHOT } else { 0 },
-                    created_unix: unix_now(),
-                    parent,
-                    name: m.name.clone(),
-                },
-            );
+            let rec = BranchRecord {
+                root: p.root,
+                next_ino: p.next_ino,
+                flags: if m.snapshot { FLAG_SNAPSHOT } else { 0 },
+                created_unix: unix_now(),
+                parent,
+                name: m.name.clone(),
+                owner,
+            };
+            e.branches
+                .insert(id, rec)
+                .map_err(|_| PoolError::BranchExists(m.name.clone()))?;
             e.dirty_branches.insert(id);
             ids.push(id);
         }
@@ -120,16 +126,19 @@ impl Pool {
 mod tests {
     use super::*;
     use crate::fs::Owner;
-    use crate::pool::{FsckOptions, PoolOptions};
+    use crate::pool::{FsckOptions, PoolOptions, NO_OWNER};
     use crate::store::device::MemDevice;
     use std::sync::Arc;
 
-    fn pool() -> Pool {
-        let opts = PoolOptions {
+    fn opts() -> PoolOptions {
+        PoolOptions {
             capacity_bytes: Some(64 << 20),
             ..Default::default()
-        };
-        Pool::create_on(Arc::new(MemDevice::new()), &opts).unwrap()
+        }
+    }
+
+    fn pool() -> Pool {
+        Pool::create_on(Arc::new(MemDevice::new()), &opts()).unwrap()
     }
 
     #[test]
@@ -149,33 +158,40 @@ mod tests {
             Err(PoolError::Fs(crate::fs::FsError::Posix(libc::EROFS)))
         ));
         let ids = p
-            .group_create(&[
+            .group_create(
+                &[
+                    GroupMember {
+                        name: "a".into(),
+                        from: "main".into(),
+                        snapshot: false,
+                    },
+                    GroupMember {
+                        name: "b".into(),
+                        from: "s1".into(),
+                        snapshot: true,
+                    },
+                ],
+                77,
+            )
+            .unwrap();
+        assert_eq!(ids.len(), 2);
+        assert_eq!(p.owned_by(77), ids, "the group's token owns every member");
+        let gen = p.generation();
+        let bad = p.group_create(
+            &[
                 GroupMember {
-                    name: "a".into(),
+                    name: "c".into(),
                     from: "main".into(),
                     snapshot: false,
                 },
                 GroupMember {
-                    name: "b".into(),
-                    from: "s1".into(),
-                    snapshot: true,
+                    name: "c".into(),
+                    from: "main".into(),
+                    snapshot: false,
                 },
-            ])
-            .unwrap();
-        assert_eq!(ids.len(), 2);
-        let gen = p.generation();
-        let bad = p.group_create(&[
-            GroupMember {
-                name: "c".into(),
-                from: "main".into(),
-                snapshot: false,
-            },
-            GroupMember {
-                name: "c".into(),
-                from: "main".into(),
-                snapshot: false,
-            },
-        ]);
+            ],
+            NO_OWNER,
+        );
         assert!(matches!(bad, Err(PoolError::BranchExists(_))));
         assert!(p.branch_id("c").is_err());
         assert_eq!(p.generation(), gen, "a refused group commits nothing");
@@ -184,6 +200,34 @@ mod tests {
         assert!(p.is_protected("main").unwrap());
         p.set_protected("main", false).unwrap();
         assert!(!p.is_protected("main").unwrap());
+        let r = p.fsck(&FsckOptions::default()).unwrap();
+        assert!(r.is_clean(), "{r}");
+    }
+
+    #[test]
+    fn owners_survive_reopen_rename_and_reset() {
+        let mem = MemDevice::new();
+        let p = Pool::create_on(Arc::new(mem.clone()), &opts()).unwrap();
+        let a = p.branch_create_owned("a", "main", 5).unwrap();
+        let s = p.snapshot_create_owned("s", "a", 5).unwrap();
+        let c = p.branch_create("c", "main").unwrap();
+        p.branch_rename("a", "b").unwrap();
+        p.reset_to("b", "s").unwrap();
+        assert_eq!(p.owned_by(5), [a, s]);
+        assert!(p.owned_by(NO_OWNER).is_empty(), "no owner is nobody's");
+        drop(p);
+        let p = Pool::open_on(Arc::new(mem.clone()), &opts()).unwrap();
+        assert_eq!(p.owned_by(5), [a, s]);
+        assert_eq!(p.info("b").unwrap().owner, 5);
+        assert_eq!(p.info("c").unwrap().owner, NO_OWNER);
+        // Setting owners commits once; ids that are gone are skipped; setting the
+        // same owners again commits nothing.
+        let gen = p.generation();
+        p.set_owners(&[(c, 6), (a, 6), (999, 6)]).unwrap();
+        assert_eq!(p.generation(), gen + 1);
+        p.set_owners(&[(c, 6), (a, 6)]).unwrap();
+        assert_eq!(p.generation(), gen + 1);
+        assert_eq!((p.owned_by(5), p.owned_by(6)), (vec![s], vec![a, c]));
         let r = p.fsck(&FsckOptions::default()).unwrap();
         assert!(r.is_clean(), "{r}");
     }

@@ -1,6 +1,7 @@
 //! The catalog: one item per branch or snapshot in the catalog tree, keyed
 //! (branch id, KIND_BRANCH, 0). The item's root pointer holds one reference on the
-//! branch's tree root.
+//! branch's tree root. The record also names the control-plane token that created
+//! the branch (its owner), so that ownership commits with the branch itself.
 
 use crate::btree::Key;
 use crate::store::le::*;
@@ -11,6 +12,11 @@ pub const FLAG_SNAPSHOT: u32 = 1;
 /// Protected: only an admin token may delete, reset, rename or mount it read-write.
 pub const FLAG_PROTECTED: u32 = 2;
 
+/// A control-plane token's id (random, never reused; see control/tokens.rs).
+pub type TokenId = u64;
+/// The owner of a branch no token created (the library, `main`, older pools).
+pub const NO_OWNER: TokenId = 0;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BranchRecord {
     pub root: BlockAddr,
@@ -20,9 +26,13 @@ pub struct BranchRecord {
     /// Id of the branch or snapshot it was taken from (0 for none).
     pub parent: u64,
     pub name: String,
+    /// The token that created it, or `NO_OWNER`.
+    pub owner: TokenId,
 }
 
 const FIXED: usize = 38;
+/// The owner follows the name (format version 3); older records end at the name.
+const OWNER_LEN: usize = 8;
 
 impl BranchRecord {
     pub fn key(id: u64) -> Key {
@@ -39,14 +49,15 @@ impl BranchRecord {
 
     pub fn encode(&self) -> Vec<u8> {
         let name = self.name.as_bytes();
-        let mut b = vec![0u8; FIXED + name.len()];
+        let mut b = vec![0u8; FIXED + name.len() + OWNER_LEN];
         put_u64(&mut b, 0, self.root);
         put_u64(&mut b, 8, self.next_ino);
         put_u32(&mut b, 16, self.flags);
         put_u64(&mut b, 20, self.created_unix);
         put_u64(&mut b, 28, self.parent);
         put_u16(&mut b, 36, name.len() as u16);
-        b[FIXED..].copy_from_slice(name);
+        b[FIXED..FIXED + name.len()].copy_from_slice(name);
+        put_u64(&mut b, FIXED + name.len(), self.owner);
         b
     }
 
@@ -55,16 +66,21 @@ impl BranchRecord {
             return None;
         }
         let n = u16_at(b, 36) as usize;
-        if b.len() != FIXED + n {
+        let owner = if b.len() == FIXED + n {
+            NO_OWNER
+        } else if b.len() == FIXED + n + OWNER_LEN {
+            u64_at(b, FIXED + n)
+        } else {
             return None;
-        }
+        };
         Some(BranchRecord {
             root: u64_at(b, 0),
             next_ino: u64_at(b, 8),
             flags: u32_at(b, 16),
             created_unix: u64_at(b, 20),
             parent: u64_at(b, 28),
-            name: String::from_utf8(b[FIXED..].to_vec()).ok()?,
+            name: String::from_utf8(b[FIXED..FIXED + n].to_vec()).ok()?,
+            owner,
         })
     }
 }
@@ -91,8 +107,20 @@ mod tests {
             created_unix: 5,
             parent: 1,
             name: "prod-2026".into(),
+            owner: 0x1234_5678_9abc_def0,
         };
-        assert_eq!(BranchRecord::decode(&r.encode()), Some(r));
+        let b = r.encode();
+        assert_eq!(BranchRecord::decode(&b), Some(r.clone()));
         assert_eq!(BranchRecord::decode(&[1, 2, 3]), None);
+        // A version-2 record (no owner) still decodes, as owned by no token.
+        let old = &b[..b.len() - OWNER_LEN];
+        let unowned = BranchRecord {
+            owner: NO_OWNER,
+            ..r
+        };
+        assert_eq!(BranchRecord::decode(old), Some(unowned));
+        // Any other length is not a record.
+        assert_eq!(BranchRecord::decode(&b[..b.len() - 1]), None);
+        assert_eq!(BranchRecord::decode(&[b.as_slice(), &[0]].concat()), None);
     }
 }

@@ -5,6 +5,7 @@
 //! the pool lock; a commit makes everything before it durable and atomic.
 
 pub mod admin;
+mod branches;
 pub mod catalog;
 pub mod diff;
 pub mod fsck;
@@ -14,7 +15,7 @@ pub mod quota;
 pub mod scrub;
 pub mod usage;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -28,7 +29,9 @@ use crate::store::device::{BlockDevice, FileDevice};
 use crate::store::spacemap::{depth_for, SpaceMap};
 use crate::store::superblock::{SlotError, Superblock, SLOT_COUNT};
 use crate::store::{BlockAddr, StoreError, BLOCK_SIZE};
+use branches::Branches;
 use catalog::{BranchRecord, FLAG_SNAPSHOT};
+pub use catalog::{TokenId, NO_OWNER};
 use opsize::OpSize;
 
 pub use fsck::{FsckOptions, FsckReport};
@@ -151,6 +154,8 @@ pub struct BranchInfo {
     /// Name of the branch or snapshot it was taken from, if that still exists.
     pub parent: Option<String>,
     pub created_unix: u64,
+    /// The token that created it (`NO_OWNER`: none did).
+    pub owner: TokenId,
 }
 
 /// statfs figures, in 4 KiB blocks.
@@ -168,7 +173,7 @@ pub struct StatFs {
 pub(crate) struct Engine {
     pub(crate) st: NodeStore,
     pub(crate) catalog_root: BlockAddr,
-    pub(crate) branches: BTreeMap<BranchId, BranchRecord>,
+    pub(crate) branches: Branches,
     dirty_branches: BTreeSet<BranchId>,
     deleted_branches: BTreeSet<BranchId>,
     next_branch_id: u64,
@@ -296,18 +301,20 @@ impl Pool {
         }
         .init_root(0o755, opts.root_uid, opts.root_gid)?;
         let created = unix_now();
-        let mut e = Engine::new(st, catalog_root, BTreeMap::new(), 2, created, opts);
-        e.branches.insert(
-            1,
-            BranchRecord {
-                root,
-                next_ino,
-                flags: 0,
-                created_unix: created,
-                parent: 0,
-                name: "main".into(),
-            },
-        );
+        let mut branches = Branches::default();
+        let main = BranchRecord {
+            root,
+            next_ino,
+            flags: 0,
+            created_unix: created,
+            parent: 0,
+            name: "main".into(),
+            owner: NO_OWNER,
+        };
+        branches
+            .insert(1, main)
+            .map_err(|_| PoolError::BranchExists("main".into()))?;
+        let mut e = Engine::new(st, catalog_root, branches, 2, created, opts);
         e.dirty_branches.insert(1);
         e.commit()?;
         log::info!(
@@ -488,12 +495,70 @@ impl Pool {
 
     /// A writable branch of a branch or snapshot: O(1), and committed.
     pub fn branch_create(&self, name: &str, from: &str) -> PoolResult<BranchId> {
-        self.e.lock().create_child(name, from, false)
+        self.branch_create_owned(name, from, NO_OWNER)
     }
 
     /// A read-only snapshot of a branch or snapshot: O(1), and committed.
     pub fn snapshot_create(&self, name: &str, from: &str) -> PoolResult<BranchId> {
-        self.e.lock().create_child(name, from, true)
+        self.snapshot_create_owned(name, from, NO_OWNER)
+    }
+
+    /// `branch_create`, recording in the same commit that token `owner` created it.
+    pub fn branch_create_owned(
+        &self,
+        name: &str,
+        from: &str,
+        owner: TokenId,
+    ) -> PoolResult<BranchId> {
+        self.e.lock().create_child(name, from, false, owner)
+    }
+
+    /// `snapshot_create`, recording in the same commit that token `owner` created it.
+    pub fn snapshot_create_owned(
+        &self,
+        name: &str,
+        from: &str,
+        owner: TokenId,
+    ) -> PoolResult<BranchId> {
+        self.e.lock().create_child(name, from, true, owner)
+    }
+
+    /// The branches and snapshots token `owner` created.
+    pub fn owned_by(&self, owner: TokenId) -> Vec<BranchId> {
+        if owner == NO_OWNER {
+            return Vec::new();
+        }
+        let e = self.e.lock();
+        e.branches
+            .iter()
+            .filter(|(_, r)| r.owner == owner)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Record owners of existing branches, in one commit; ids that no longer
+    /// exist are skipped. For token stores written before owners moved into the
+    /// catalog (control/tokens.rs).
+    pub fn set_owners(&self, owners: &[(BranchId, TokenId)]) -> PoolResult<()> {
+        let mut e = self.e.lock();
+        e.writable()?;
+        let changed: Vec<(BranchId, TokenId)> = owners
+            .iter()
+            .copied()
+            .filter(|(id, o)| e.branches.get(id).is_some_and(|r| r.owner != *o))
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        e.ensure_commit_room(changed.len() as u64)?;
+        for (id, owner) in changed {
+            if let Some(r) = e.branches.get_mut(id) {
+                r.owner = owner;
+            }
+            e.dirty_branches.insert(id);
+        }
+        e.commit()?;
+        Ok(())
     }
 
     pub fn branch_rename(&self, old: &str, new: &str) -> PoolResult<()> {
@@ -504,9 +569,7 @@ impl Pool {
             return Err(PoolError::BranchExists(new.into()));
         }
         e.ensure_commit_room(1)?;
-        if let Some(r) = e.branches.get_mut(&id) {
-            r.name = new.into();
-        }
+        e.branches.rename(id, new);
         e.dirty_branches.insert(id);
         e.commit()?;
         Ok(())
@@ -524,7 +587,7 @@ impl Pool {
         e.freeing(false, |e| e.ensure_commit_room(1))?;
         let rec = e
             .branches
-            .remove(&id)
+            .remove(id)
             .ok_or_else(|| PoolError::BranchNotFound(name.into()))?;
         e.st.drop_ref(rec.root)?;
         e.dirty_branches.remove(&id);
@@ -902,7 +965,7 @@ impl Engine {
     fn new(
         st: NodeStore,
         catalog_root: BlockAddr,
-        branches: BTreeMap<BranchId, BranchRecord>,
+        branches: Branches,
         next_branch_id: u64,
         created_unix: u64,
         opts: &PoolOptions,
@@ -993,7 +1056,7 @@ impl Engine {
             opts.cache_bytes,
             catalog::item_refs,
         );
-        let mut branches = BTreeMap::new();
+        let mut branches = Branches::default();
         for (k, v) in tree::collect(
             &mut st,
             sb.catalog_root,
@@ -1005,7 +1068,14 @@ impl Engine {
                 block: sb.catalog_root,
                 why: format!("undecodable catalog record for branch id {}", k.id),
             })?;
-            branches.insert(k.id, rec);
+            let name = rec.name.clone();
+            branches
+                .insert(k.id, rec)
+                .map_err(|other| StoreError::Corrupt {
+                    pool: st.dev.name(),
+                    block: sb.catalog_root,
+                    why: format!("branches {other} and {} are both named '{name}'", k.id),
+                })?;
         }
         // The superblock's root pointers must lead to readable nodes.
         for r in branches.values() {
@@ -1043,14 +1113,13 @@ impl Engine {
             snapshot: r.is_snapshot(),
             parent: self.branches.get(&r.parent).map(|p| p.name.clone()),
             created_unix: r.created_unix,
+            owner: r.owner,
         }
     }
 
     fn id_of(&self, name: &str) -> PoolResult<BranchId> {
         self.branches
-            .iter()
-            .find(|(_, r)| r.name == name)
-            .map(|(id, _)| *id)
+            .id_of(name)
             .ok_or_else(|| PoolError::BranchNotFound(name.into()))
     }
 
@@ -1099,7 +1168,13 @@ impl Engine {
         Ok(())
     }
 
-    fn create_child(&mut self, name: &str, from: &str, snapshot: bool) -> PoolResult<BranchId> {
+    fn create_child(
+        &mut self,
+        name: &str,
+        from: &str,
+        snapshot: bool,
+        owner: TokenId,
+    ) -> PoolResult<BranchId> {
         check_branch_name(name)?;
         self.writable()?;
         if self.id_of(name).is_ok() {
@@ -1111,17 +1186,18 @@ impl Engine {
         self.st.inc_node(p.root)?;
         let id = self.next_branch_id;
         self.next_branch_id += 1;
-        self.branches.insert(
-            id,
-            BranchRecord {
-                root: p.root,
-                next_ino: p.next_ino,
-                flags: if snapshot { FLAG_SNAPSHOT } else { 0 },
-                created_unix: unix_now(),
-                parent,
-                name: name.into(),
-            },
-        );
+        let rec = BranchRecord {
+            root: p.root,
+            next_ino: p.next_ino,
+            flags: if snapshot { FLAG_SNAPSHOT } else { 0 },
+            created_unix: unix_now(),
+            parent,
+            name: name.into(),
+            owner,
+        };
+        self.branches
+            .insert(id, rec)
+            .map_err(|_| PoolError::BranchExists(name.into()))?;
         self.dirty_branches.insert(id);
         self.commit()?;
         Ok(id)
@@ -1192,7 +1268,7 @@ impl Engine {
             poisoned,
             ..
         } = self;
-        let rec = branches.get_mut(&b).ok_or(FsError::Posix(libc::ESTALE))?;
+        let rec = branches.get_mut(b).ok_or(FsError::Posix(libc::ESTALE))?;
         let (root0, ino0) = (rec.root, rec.next_ino);
         if journal {
             st.begin_op();

@@ -157,7 +157,7 @@ mod tests {
             let mut d = DirEntry::decode(&v).unwrap();
             d.ino = 1;
             let root = tree::insert(&mut e.st, root, k, d.encode()).unwrap();
-            e.branches.get_mut(&b).unwrap().root = root;
+            e.branches.get_mut(b).unwrap().root = root;
             e.dirty_branches.insert(b);
         }
         let r = pool.scrub().unwrap();
