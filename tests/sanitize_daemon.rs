@@ -708,7 +708,13 @@ fn daemon_killed_while_sanitizing_leaves_no_clone() {
         .expect("list")
         .iter()
         .any(|b| b.name == "doomed"));
-    assert_eq!(admin.usage().expect("usage").used_bytes, before);
+    // Everything the clone held is free again; only space-map pages may differ (a
+    // restarted daemon sets aside other leaves for metadata: a page or two).
+    let after = admin.usage().expect("usage").used_bytes;
+    assert!(
+        after.abs_diff(before) <= 2 * 4096,
+        "used bytes {before} before the clone, {after} after its deletion"
+    );
     let state = std::fs::read_to_string(cowfs::control::sanitizing::state_path(
         &env.base.join("pool"),
     ))

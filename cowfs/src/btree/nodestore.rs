@@ -216,7 +216,11 @@ impl NodeStore {
             return;
         }
         let from = len.max(cursor);
-        let to = (cursor + BACK_AHEAD_BLOCKS).min(self.space.capacity());
+        let mut to = (cursor + BACK_AHEAD_BLOCKS).min(self.space.capacity());
+        // Metadata leaves are backed when they are set aside (spacemap/meta_area.rs).
+        if let Some(meta) = self.space.next_meta_leaf(from) {
+            to = to.min(meta);
+        }
         let backed = from < to
             && self
                 .space
@@ -231,7 +235,7 @@ impl NodeStore {
     /// Store a new node at a fresh address.
     pub fn alloc_node(&mut self, node: Node) -> StoreResult<BlockAddr> {
         self.ensure_node_room(1)?;
-        let (addr, _) = self.space.alloc(&*self.dev, 1)?;
+        let addr = self.space.alloc_meta(&*self.dev)?;
         self.cache.remove(addr);
         self.dirty.insert(addr, Arc::new(node));
         self.journal_alloc(addr);

@@ -87,7 +87,7 @@ const DIRECT_WRITE_MIN: usize = 128 << 10;
 
 /// A pool file backs blocks ahead of the allocator (`BlockDevice::back`) only while
 /// the host keeps this much free beyond them: near full, the room is the writers'.
-const BACK_HOST_MIN: u64 = 1 << 30;
+pub(crate) const BACK_HOST_MIN: u64 = 1 << 30;
 
 /// How long an answer of the host's free space is reused...
 const HOST_FREE_TTL: Duration = Duration::from_millis(100);

@@ -14,7 +14,9 @@ use super::le::*;
 use super::runs::RunWriter;
 use super::{BlockAddr, StoreError, StoreResult, BLOCK_SIZE};
 
+mod meta_area;
 mod undo;
+use meta_area::MetaArea;
 use undo::{Change, Journal};
 
 /// Reference counts per leaf page.
@@ -86,6 +88,8 @@ pub struct SpaceMap {
     dirty_leaves: BTreeSet<u64>,
     /// The running filesystem operation's changes, to undo it as a whole.
     journal: Journal,
+    /// Leaves set aside for tree nodes and space-map pages (meta_area.rs).
+    meta: MetaArea,
 }
 
 impl SpaceMap {
@@ -126,6 +130,7 @@ impl SpaceMap {
             full_leaves: BTreeSet::new(),
             dirty_leaves: BTreeSet::new(),
             journal: Journal::default(),
+            meta: MetaArea::default(),
         }
     }
 
@@ -430,8 +435,24 @@ impl SpaceMap {
         Ok(true)
     }
 
-    /// Allocate up to `want` contiguous blocks (at least one), each with count 1.
+    /// Allocate up to `want` contiguous blocks (at least one), each with count 1,
+    /// for file data (or the intent log): next fit from the cursor, past the
+    /// leaves set aside for metadata unless only they have room.
     pub fn alloc(&mut self, dev: &dyn BlockDevice, want: u64) -> StoreResult<(BlockAddr, u64)> {
+        match self.alloc_blocks(dev, want, true) {
+            Err(StoreError::NoSpace { .. }) if self.meta.any() => {
+                self.alloc_blocks(dev, want, false)
+            }
+            r => r,
+        }
+    }
+
+    fn alloc_blocks(
+        &mut self,
+        dev: &dyn BlockDevice,
+        want: u64,
+        skip_meta: bool,
+    ) -> StoreResult<(BlockAddr, u64)> {
         if self.available() == 0 {
             return Err(StoreError::NoSpace { pool: dev.name() });
         }
@@ -442,34 +463,12 @@ impl SpaceMap {
                 b = FIRST_USABLE;
             }
             let leaf_no = b / COUNTS_PER_LEAF;
-            if self.full_leaves.contains(&leaf_no) {
-                let next = (leaf_no + 1) * COUNTS_PER_LEAF;
-                scanned += next - b;
-                b = next;
+            let leaf_end = ((leaf_no + 1) * COUNTS_PER_LEAF).min(self.capacity);
+            if self.full_leaves.contains(&leaf_no) || (skip_meta && self.meta.holds(leaf_no)) {
+                scanned += leaf_end - b;
+                b = leaf_end;
             } else {
-                // Scan this leaf for a free slot.
-                let leaf_end = ((leaf_no + 1) * COUNTS_PER_LEAF).min(self.capacity);
-                let mut found = None;
-                let mut any_zero = false;
-                // Walk the page's counts directly: after the cursor wraps, free blocks
-                // are sparse among live ones and a lookup per block would dominate.
-                let base = leaf_no * COUNTS_PER_LEAF;
-                let mut x = b;
-                while x < leaf_end {
-                    let counts = &self.load_leaf(dev, leaf_no)?.counts;
-                    let from = (x - base) as usize;
-                    let to = (leaf_end - base) as usize;
-                    match counts[from..to].iter().position(|c| *c == 0) {
-                        Some(i) => x = base + (from + i) as u64,
-                        None => break,
-                    }
-                    any_zero = true;
-                    if self.allocatable(dev, x)? {
-                        found = Some(x);
-                        break;
-                    }
-                    x += 1;
-                }
+                let (found, any_zero) = self.first_allocatable(dev, leaf_no, b)?;
                 if let Some(f) = found {
                     break f;
                 }
@@ -484,16 +483,57 @@ impl SpaceMap {
             }
         };
         let mut len = 1;
-        while len < want && self.allocatable(dev, start + len)? {
+        while len < want
+            && !(skip_meta && self.meta.holds((start + len) / COUNTS_PER_LEAF))
+            && self.allocatable(dev, start + len)?
+        {
             len += 1;
         }
+        self.take(dev, start, len)?;
+        self.cursor = start + len;
+        Ok((start, len))
+    }
+
+    /// The first allocatable block of leaf `leaf_no` at or after `from`, and
+    /// whether the scan saw any zero count (a leaf without one is full).
+    fn first_allocatable(
+        &mut self,
+        dev: &dyn BlockDevice,
+        leaf_no: u64,
+        from: BlockAddr,
+    ) -> StoreResult<(Option<BlockAddr>, bool)> {
+        let base = leaf_no * COUNTS_PER_LEAF;
+        let leaf_end = (base + COUNTS_PER_LEAF).min(self.capacity);
+        let mut any_zero = false;
+        // Walk the page's counts directly: after the cursor wraps, free blocks are
+        // sparse among live ones and a lookup per block would dominate.
+        let mut x = from.max(base);
+        while x < leaf_end {
+            let counts = &self.load_leaf(dev, leaf_no)?.counts;
+            let lo = (x - base) as usize;
+            let hi = (leaf_end - base) as usize;
+            match counts[lo..hi].iter().position(|c| *c == 0) {
+                Some(i) => x = base + (lo + i) as u64,
+                None => break,
+            }
+            any_zero = true;
+            if self.allocatable(dev, x)? {
+                return Ok((Some(x), true));
+            }
+            x += 1;
+        }
+        Ok((None, any_zero))
+    }
+
+    /// Give blocks `start..start+len` (all allocatable) count 1 in the running
+    /// transaction.
+    fn take(&mut self, dev: &dyn BlockDevice, start: BlockAddr, len: u64) -> StoreResult<()> {
         for x in start..start + len {
             self.set(dev, x, 1)?;
             self.fresh.insert(x);
         }
         self.note(Change::Alloc(start, len));
-        self.cursor = start + len;
-        Ok((start, len))
+        Ok(())
     }
 
     fn set_ptr(
@@ -532,7 +572,7 @@ impl SpaceMap {
                 .collect();
             for leaf_no in dirty_leaves {
                 let old = self.leaves[&leaf_no].addr;
-                let (new, _) = self.alloc(dev, 1)?;
+                let new = self.alloc_meta(dev)?;
                 if old != 0 {
                     self.dec(dev, old)?;
                 }
@@ -551,7 +591,7 @@ impl SpaceMap {
                     .collect();
                 for idx in dirty_index {
                     let old = self.index[&(level, idx)].addr;
-                    let (new, _) = self.alloc(dev, 1)?;
+                    let new = self.alloc_meta(dev)?;
                     if old != 0 {
                         self.dec(dev, old)?;
                     }
