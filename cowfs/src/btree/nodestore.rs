@@ -519,6 +519,7 @@ impl NodeStore {
         };
         let host = host / BLOCK_SIZE as u64;
         let len = self.dev.len_blocks();
+        self.space.set_host_low(host < HOST_LOW_BLOCKS);
         if host < HOST_LOW_BLOCKS && self.space.cursor() >= len {
             self.space.rewind();
         }

@@ -716,7 +716,9 @@ impl Ctx {
             )
         };
         self.state.begin(name).map_err(state_io)?;
-        let id = match self.pool.branch_create_owned(name, from, token.id) {
+        // No owner yet: ownership would let the token see the clone before the
+        // state file names it (`created` below), and keep it if that never happens.
+        let id = match self.pool.branch_create(name, from) {
             Ok(id) => id,
             Err(e) => {
                 if let Err(s) = self.state.end(name, None) {
@@ -748,6 +750,12 @@ impl Ctx {
                 return Err(e);
             }
         };
+        // Owned before it leaves state `sanitizing`: a daemon stopping in between
+        // deletes it at the next start.
+        if let Err(e) = self.pool.set_owners(&[(id, token.id)]) {
+            self.discard(name, id);
+            return Err(errors::pool(e));
+        }
         if let Err(e) = self.state.end(name, Some(id)) {
             self.discard(name, id);
             return Err(state_io(e));

@@ -59,8 +59,8 @@ pub enum ControlError {
     Config { path: PathBuf, why: String },
     #[error(transparent)]
     Tokens(#[from] TokenError),
-    #[error(transparent)]
-    Pool(#[from] crate::pool::PoolError),
+    #[error("moving branch owners from the token file into the pool (retried at the next start; the token file is unchanged): {0}")]
+    OwnerUpgrade(crate::pool::PoolError),
     #[error(transparent)]
     Sanitize(#[from] sanitize::SanitizeError),
 }
@@ -90,7 +90,8 @@ impl ControlServer {
         let mount_roots = cfg.mount_roots(pool.name())?;
         let tokens = TokenStore::open(pool.name())?;
         // A token file from before the catalog recorded owners: move them there.
-        pool.set_owners(&tokens.legacy_owners())?;
+        pool.set_owners(&tokens.legacy_owners())
+            .map_err(ControlError::OwnerUpgrade)?;
         tokens.finish_upgrade()?;
         let quotas = quotas::QuotaStore::open(&pool)?;
         let profiles = match config {

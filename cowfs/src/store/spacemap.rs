@@ -437,10 +437,12 @@ impl SpaceMap {
 
     /// Allocate up to `want` contiguous blocks (at least one), each with count 1,
     /// for file data (or the intent log): next fit from the cursor, past the
-    /// leaves set aside for metadata unless only they have room.
+    /// leaves set aside for metadata unless only they have room or the host of
+    /// the pool file is nearly full.
     pub fn alloc(&mut self, dev: &dyn BlockDevice, want: u64) -> StoreResult<(BlockAddr, u64)> {
-        match self.alloc_blocks(dev, want, true) {
-            Err(StoreError::NoSpace { .. }) if self.meta.any() => {
+        let skip_meta = self.meta.kept_from_data();
+        match self.alloc_blocks(dev, want, skip_meta) {
+            Err(StoreError::NoSpace { .. }) if skip_meta && self.meta.any() => {
                 self.alloc_blocks(dev, want, false)
             }
             r => r,
@@ -672,6 +674,7 @@ impl SpaceMap {
     /// any more, so the next transaction copies what this one wrote, and the
     /// blocks it freed wait for its flush.
     pub fn commit_written(&mut self) {
+        self.meta_commit_written();
         empty(&mut self.fresh);
         debug_assert!(self.in_flight.is_empty(), "previous commit not durable");
         hand_over(&mut self.pending_free, &mut self.in_flight);

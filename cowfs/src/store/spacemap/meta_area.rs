@@ -34,6 +34,12 @@ pub(super) struct MetaArea {
     /// Since the last allocation, the cursor went past the last leaf once and
     /// started over: the next time it gets there, a leaf is added instead.
     wrapped: bool,
+    /// A search for a free leaf found none in this transaction: until the next
+    /// commit, metadata that finds no room in its leaves goes among the data
+    /// without searching again.
+    dry: bool,
+    /// The host of the pool file is nearly full (`SpaceMap::set_host_low`).
+    host_low: bool,
 }
 
 impl MetaArea {
@@ -44,18 +50,35 @@ impl MetaArea {
     pub fn holds(&self, leaf_no: u64) -> bool {
         self.leaves.contains(&leaf_no)
     }
+
+    /// Whether data keeps out of these leaves (not near a full host).
+    pub fn kept_from_data(&self) -> bool {
+        !self.host_low
+    }
 }
 
 impl SpaceMap {
-    /// The first block of the first metadata leaf that starts at or after `b`:
-    /// where zeros written ahead of the data cursor must stop.
+    /// A commit was written: blocks it freed become allocatable soon, so a leaf
+    /// may be free again.
+    pub(super) fn meta_commit_written(&mut self) {
+        self.meta.dry = false;
+    }
+
+    /// Where zeros written ahead of the data cursor from `b` must stop: the start
+    /// of the first metadata leaf after `b`, or `b` itself if it lies in one.
     pub fn next_meta_leaf(&self, b: BlockAddr) -> Option<BlockAddr> {
-        let leaf = b.div_ceil(COUNTS_PER_LEAF);
         self.meta
             .leaves
-            .range(leaf..)
+            .range(b / COUNTS_PER_LEAF..)
             .next()
-            .map(|l| l * COUNTS_PER_LEAF)
+            .map(|l| (l * COUNTS_PER_LEAF).max(b))
+    }
+
+    /// Near a full host the data allocator may fill holes in metadata leaves
+    /// before it grows the pool file (`NodeStore::available`, which counts them
+    /// as room inside the file).
+    pub fn set_host_low(&mut self, low: bool) {
+        self.meta.host_low = low;
     }
 
     /// One block, count 1, for a tree node or a space-map page: next fit through
@@ -83,21 +106,31 @@ impl SpaceMap {
                 continue;
             }
             let first = self.meta.leaves.first().copied();
-            match first {
-                Some(first) if !self.meta.wrapped => {
-                    self.meta.wrapped = true;
-                    self.meta.cursor = first * COUNTS_PER_LEAF;
-                }
-                _ => match self.free_leaf(dev)? {
-                    Some(leaf) => {
+            if let Some(first) = first.filter(|_| !self.meta.wrapped) {
+                self.meta.wrapped = true;
+                self.meta.cursor = first * COUNTS_PER_LEAF;
+                continue;
+            }
+            // A whole pass found nothing: a new leaf, unless a search in this
+            // transaction already found none.
+            if !self.meta.dry {
+                match self.free_leaf(dev)? {
+                    Some(leaf) if self.back_leaf(dev, leaf) => {
                         self.meta.leaves.insert(leaf);
                         self.meta.wrapped = false;
                         self.meta.cursor = leaf * COUNTS_PER_LEAF;
-                        self.back_leaf(dev, leaf);
+                        continue;
                     }
-                    None => return Ok(self.alloc(dev, 1)?.0),
-                },
+                    _ => self.meta.dry = true,
+                }
             }
+            // Among the data, as before metadata leaves; the next call makes one
+            // pass over the leaves again (blocks freed in them become allocatable
+            // as commits complete).
+            if let Some(first) = first {
+                self.meta.cursor = first * COUNTS_PER_LEAF;
+            }
+            return Ok(self.alloc(dev, 1)?.0);
         }
     }
 
@@ -143,16 +176,17 @@ impl SpaceMap {
     /// A new metadata leaf past the end of a sparse pool file gets its storage
     /// now, with the free blocks between the end and it (format-spec §8.2): nodes
     /// written there one by one would otherwise make every commit's flush also
-    /// write the host's allocation metadata. Best effort, like all backing.
-    fn back_leaf(&mut self, dev: &dyn BlockDevice, leaf: u64) {
+    /// write the host's allocation metadata. False if the host refused: the leaf is
+    /// not taken then, since its nodes would need host space nobody checked.
+    fn back_leaf(&mut self, dev: &dyn BlockDevice, leaf: u64) -> bool {
         let len = dev.len_blocks();
         let (start, end) = (leaf * COUNTS_PER_LEAF, (leaf + 1) * COUNTS_PER_LEAF);
         if !dev.is_sparse() || end <= len {
-            return;
+            return true;
         }
         let gap_free = len < start && self.all_allocatable(dev, len, start).unwrap_or(false);
         let from = if gap_free { len } else { start.max(len) };
-        dev.back(from, end - from);
+        dev.back(from, end - from)
     }
 }
 
@@ -245,5 +279,80 @@ mod tests {
         m.commit_durable();
         m.release_quarantine();
         assert_eq!(m.alloc_meta(&dev).unwrap(), 5);
+        assert!(
+            m.meta.dry,
+            "the failed search is remembered until the commit"
+        );
+        m.commit_written();
+        assert!(!m.meta.dry);
+    }
+
+    /// Let blocks freed since the last commit be allocated (two commits later
+    /// in the engine; here at once).
+    fn settle_commits(m: &mut SpaceMap) {
+        m.commit_written();
+        m.commit_durable();
+        m.release_quarantine();
+    }
+
+    #[test]
+    fn after_going_among_the_data_metadata_comes_back_to_its_leaves() {
+        let dev = MemDevice::new();
+        let mut m = map(8 * COUNTS_PER_LEAF);
+        let metas: Vec<BlockAddr> = (0..COUNTS_PER_LEAF)
+            .map(|_| m.alloc_meta(&dev).unwrap())
+            .collect();
+        let leaf = metas[0] / COUNTS_PER_LEAF;
+        let mut data = Vec::new();
+        while let Ok((a, n)) = m.alloc(&dev, 64) {
+            data.extend(a..a + n);
+        }
+        settle_commits(&mut m);
+        // Its leaf full, no free leaf: a node goes into a hole among the data.
+        for b in &data[..5] {
+            m.dec(&dev, *b).unwrap();
+        }
+        settle_commits(&mut m);
+        let among = m.alloc_meta(&dev).unwrap();
+        assert_ne!(among / COUNTS_PER_LEAF, leaf);
+        // Once nodes in the leaf are freed, the next ones go there again.
+        for b in &metas[..5] {
+            m.dec(&dev, *b).unwrap();
+        }
+        settle_commits(&mut m);
+        for _ in 0..5 {
+            assert_eq!(m.alloc_meta(&dev).unwrap() / COUNTS_PER_LEAF, leaf);
+        }
+    }
+
+    #[test]
+    fn near_a_full_host_data_fills_holes_in_metadata_leaves() {
+        let dev = MemDevice::new();
+        let mut m = map(8 * COUNTS_PER_LEAF);
+        // A leaf of nodes, everything else data; then ten of each freed.
+        let metas: Vec<BlockAddr> = (0..COUNTS_PER_LEAF)
+            .map(|_| m.alloc_meta(&dev).unwrap())
+            .collect();
+        let mut data = Vec::new();
+        while let Ok((a, n)) = m.alloc(&dev, 64) {
+            data.extend(a..a + n);
+        }
+        let late = &data[data.len() - 10..];
+        for b in metas[..10].iter().chain(late) {
+            m.dec(&dev, *b).unwrap();
+        }
+        settle_commits(&mut m);
+        m.rewind();
+        assert!(
+            late.contains(&m.alloc(&dev, 1).unwrap().0),
+            "data keeps out"
+        );
+        m.set_host_low(true);
+        m.rewind();
+        assert_eq!(
+            m.alloc(&dev, 1).unwrap().0,
+            metas[0],
+            "the first hole, in the leaf"
+        );
     }
 }
