@@ -200,6 +200,30 @@ mod tests {
         SpaceMap::create(blocks, 1)
     }
 
+    /// Let blocks freed since the last commit be allocated (two commits later
+    /// in the engine; here at once).
+    fn settle_commits(m: &mut SpaceMap) {
+        m.commit_written();
+        m.commit_durable();
+        m.release_quarantine();
+    }
+
+    /// A whole leaf's worth of nodes: one metadata leaf, full.
+    fn a_leaf_of_nodes(m: &mut SpaceMap, dev: &MemDevice) -> Vec<BlockAddr> {
+        (0..COUNTS_PER_LEAF)
+            .map(|_| m.alloc_meta(dev).unwrap())
+            .collect()
+    }
+
+    /// Every block data can still get, in order.
+    fn all_the_rest_as_data(m: &mut SpaceMap, dev: &MemDevice) -> Vec<BlockAddr> {
+        let mut data = Vec::new();
+        while let Ok((a, n)) = m.alloc(dev, 64) {
+            data.extend(a..a + n);
+        }
+        data
+    }
+
     #[test]
     fn metadata_gathers_in_its_own_leaves_and_data_keeps_out() {
         let dev = MemDevice::new();
@@ -228,18 +252,13 @@ mod tests {
     fn freed_metadata_blocks_are_reused_before_a_new_leaf() {
         let dev = MemDevice::new();
         let mut m = map(16 * COUNTS_PER_LEAF);
-        let first: Vec<BlockAddr> = (0..COUNTS_PER_LEAF)
-            .map(|_| m.alloc_meta(&dev).unwrap())
-            .collect();
-        m.commit_written();
-        m.commit_durable();
+        let first = a_leaf_of_nodes(&mut m, &dev);
+        settle_commits(&mut m);
         for b in &first[..500] {
             m.dec(&dev, *b).unwrap();
         }
         // Freed blocks wait for the commit that frees them to be durable.
-        m.commit_written();
-        m.commit_durable();
-        m.release_quarantine();
+        settle_commits(&mut m);
         let leaf = first[0] / COUNTS_PER_LEAF;
         for _ in 0..500 {
             assert_eq!(m.alloc_meta(&dev).unwrap() / COUNTS_PER_LEAF, leaf);
@@ -275,9 +294,7 @@ mod tests {
         let mut m = map(cap);
         while m.alloc(&dev, 100).is_ok() {}
         m.dec(&dev, 5).unwrap();
-        m.commit_written();
-        m.commit_durable();
-        m.release_quarantine();
+        settle_commits(&mut m);
         assert_eq!(m.alloc_meta(&dev).unwrap(), 5);
         assert!(
             m.meta.dry,
@@ -287,26 +304,13 @@ mod tests {
         assert!(!m.meta.dry);
     }
 
-    /// Let blocks freed since the last commit be allocated (two commits later
-    /// in the engine; here at once).
-    fn settle_commits(m: &mut SpaceMap) {
-        m.commit_written();
-        m.commit_durable();
-        m.release_quarantine();
-    }
-
     #[test]
     fn after_going_among_the_data_metadata_comes_back_to_its_leaves() {
         let dev = MemDevice::new();
         let mut m = map(8 * COUNTS_PER_LEAF);
-        let metas: Vec<BlockAddr> = (0..COUNTS_PER_LEAF)
-            .map(|_| m.alloc_meta(&dev).unwrap())
-            .collect();
+        let metas = a_leaf_of_nodes(&mut m, &dev);
         let leaf = metas[0] / COUNTS_PER_LEAF;
-        let mut data = Vec::new();
-        while let Ok((a, n)) = m.alloc(&dev, 64) {
-            data.extend(a..a + n);
-        }
+        let data = all_the_rest_as_data(&mut m, &dev);
         settle_commits(&mut m);
         // Its leaf full, no free leaf: a node goes into a hole among the data.
         for b in &data[..5] {
@@ -330,13 +334,8 @@ mod tests {
         let dev = MemDevice::new();
         let mut m = map(8 * COUNTS_PER_LEAF);
         // A leaf of nodes, everything else data; then ten of each freed.
-        let metas: Vec<BlockAddr> = (0..COUNTS_PER_LEAF)
-            .map(|_| m.alloc_meta(&dev).unwrap())
-            .collect();
-        let mut data = Vec::new();
-        while let Ok((a, n)) = m.alloc(&dev, 64) {
-            data.extend(a..a + n);
-        }
+        let metas = a_leaf_of_nodes(&mut m, &dev);
+        let data = all_the_rest_as_data(&mut m, &dev);
         let late = &data[data.len() - 10..];
         for b in metas[..10].iter().chain(late) {
             m.dec(&dev, *b).unwrap();
