@@ -1,8 +1,9 @@
 //! Sanitize, every file-rule action on one branch: truncate, replace, redact with
 //! mask / drop / pseudonym over IPv4, IPv6, IBAN and a custom regex; binary files
-//! skipped unless a rule names them; hard links rewritten once; inode, mode and
-//! xattrs kept; rule order (a later truncate wins over an earlier redact); errors
-//! that name the branch. Runs on an in-memory pool: no root needed.
+//! skipped unless a rule names them; hard links rewritten once, with the rules of
+//! every name; inode, mode and xattrs kept;
+//! rule order (a later truncate wins over an earlier redact); errors that name
+//! the branch. Runs on an in-memory pool: no root needed.
 
 #[path = "sanitize_support/mod.rs"]
 mod support;
@@ -240,5 +241,49 @@ fn rule_order_and_errors() {
             );
         }
         other => panic!("expected a write failure on a full pool, got {other:?}"),
+    }
+}
+
+/// One file with two names, each name matched by a different `redact` rule: the
+/// file holds the values of both rules' detectors, so both must be replaced,
+/// whichever name the walk meets first (it rewrites the inode only once).
+#[test]
+fn hard_links_get_the_rules_of_every_name() {
+    let cfg = SanitizeConfig::parse(
+        r#"
+        [[profiles.h.rules]]
+        paths = ["**/*.log"]
+        action = "redact"
+        detectors = ["ipv4"]
+        with = "mask"
+        [[profiles.h.rules]]
+        paths = ["**/*.txt"]
+        action = "redact"
+        detectors = ["email"]
+        with = "mask"
+        "#,
+        Path::new("/"),
+    )
+    .unwrap();
+    let h = profile(&cfg, "h");
+    for (first, second) in [("a.log", "b.txt"), ("a.txt", "b.log")] {
+        let pool = mem_pool(64 << 20);
+        let main = pool.branch_id("main").unwrap();
+        let path = format!("x/{first}");
+        let ino = put(&pool, main, &path, b"from 192.168.10.77 by erin@corp.com\n");
+        let x = pool.lookup(main, ROOT_INO, b"x").unwrap().ino;
+        pool.link(main, ino, x, second.as_bytes()).unwrap();
+        pool.branch_create("c", "main").unwrap();
+        let rep = sanitize::run(&pool, "c", h, KEY, &mut |_| {}).unwrap();
+        let got = support::files(&pool, pool.branch_id("c").unwrap());
+        let text = String::from_utf8_lossy(&got[&path]).into_owned();
+        assert_eq!(
+            text, "from ************* by *************\n",
+            "names {first} and {second}"
+        );
+        assert_eq!(got[&path], got[&format!("x/{second}")]);
+        assert_eq!(rep.files_changed, 1, "rewritten once");
+        assert_eq!(rep.values_replaced["ipv4"], 1);
+        assert_eq!(rep.values_replaced["email"], 1);
     }
 }

@@ -3,9 +3,10 @@
 //! place through a hidden temporary inode (the rewritten bytes are shared back into
 //! the file with `clone_range`, so inode number, owner, mode, xattrs and hard
 //! links stay). Files in which nothing was found are not written at all and keep
-//! sharing their blocks with the parent.
+//! sharing their blocks with the parent. A file with several names is rewritten
+//! once, after the walk, with the rules of all its names.
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -38,8 +39,18 @@ pub(super) struct Walker<'a> {
     pub report: SanitizeReport,
     /// Hidden scratch file (unlinked, kept alive by an open count).
     tmp: Option<u64>,
-    /// Inodes with several links already processed.
-    seen: HashSet<u64>,
+    /// Files with several names met so far, by inode: redacted after the walk,
+    /// once, with the rules of every name.
+    linked: BTreeMap<u64, Linked<'a>>,
+}
+
+/// The `redact` rules gathered from the names of one file with several names.
+struct Linked<'a> {
+    redactors: Vec<&'a Redactor>,
+    rules: Vec<&'a str>,
+    binary_ok: bool,
+    /// The first name met, for progress and errors.
+    path: Vec<u8>,
 }
 
 enum Fate<'r> {
@@ -67,13 +78,13 @@ impl<'a> Walker<'a> {
             cancel,
             report: SanitizeReport::default(),
             tmp: None,
-            seen: HashSet::new(),
+            linked: BTreeMap::new(),
         }
     }
 
     /// Walk the whole branch; the scratch inode is freed whatever happens.
     pub fn run(&mut self) -> Result<(), SanitizeError> {
-        let r = self.walk();
+        let r = self.walk().and_then(|()| self.redact_linked());
         if let Some(t) = self.tmp.take() {
             if let Err(e) = self.pool.release_inode(self.b, t) {
                 log::warn!("sanitize: freeing the scratch inode {t}: {e}");
@@ -188,10 +199,46 @@ impl<'a> Walker<'a> {
             .pool
             .getattr(self.b, ino)
             .map_err(|e| fs_err(&rules, path, "reading", e))?;
-        if attr.nlink > 1 && !self.seen.insert(ino) {
+        if attr.nlink > 1 {
+            // Another name of this file may match other rules (other detectors):
+            // redacting it now with this name's rules alone and skipping it under
+            // its other names would leave their values in it.
+            let l = self.linked.entry(ino).or_insert_with(|| Linked {
+                redactors: Vec::new(),
+                rules: Vec::new(),
+                binary_ok: false,
+                path: path.to_vec(),
+            });
+            for r in redact {
+                if !l.redactors.iter().any(|have| std::ptr::eq(*have, r)) {
+                    l.redactors.push(r);
+                }
+            }
+            for r in redact_rules {
+                if !l.rules.contains(&r) {
+                    l.rules.push(r);
+                }
+            }
+            l.binary_ok |= binary_ok;
             return Ok(());
         }
         self.redact_file(ino, attr.size, &redact, binary_ok, path, &rules)
+    }
+
+    /// Redact every file with several names, once each, with the rules of all the
+    /// names the walk met (one pass: a second one would pseudonymize pseudonyms).
+    fn redact_linked(&mut self) -> Result<(), SanitizeError> {
+        for (ino, l) in std::mem::take(&mut self.linked) {
+            self.check_cancel()?;
+            let rules = l.rules.join(", ");
+            let size = self
+                .pool
+                .getattr(self.b, ino)
+                .map_err(|e| fs_err(&rules, &l.path, "reading", e))?
+                .size;
+            self.redact_file(ino, size, &l.redactors, l.binary_ok, &l.path, &rules)?;
+        }
+        Ok(())
     }
 
     fn truncate(&self, ino: u64, size: u64) -> Result<(), FsError> {
