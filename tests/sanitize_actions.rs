@@ -1,7 +1,7 @@
 //! Sanitize, every file-rule action on one branch: truncate, replace, redact with
 //! mask / drop / pseudonym over IPv4, IPv6, IBAN and a custom regex; binary files
-//! skipped unless a rule names them; hard links rewritten once, with the rules of
-//! every name; inode, mode and xattrs kept;
+//! skipped unless a rule names them, a leading hole no sign of binary; hard links
+//! rewritten once, with the rules of every name; inode, mode and xattrs kept;
 //! rule order (a later truncate wins over an earlier redact); errors that name
 //! the branch. Runs on an in-memory pool: no root needed.
 
@@ -287,3 +287,42 @@ fn hard_links_get_the_rules_of_every_name() {
         assert_eq!(rep.values_replaced["email"], 1);
     }
 }
+
+/// A text file that starts with a hole (a log rotated with `copytruncate` while
+/// its writer keeps its offset) is not binary: the zeros of a hole are not the
+/// file's content. A file whose data holds a NUL still is.
+#[test]
+fn a_leading_hole_does_not_make_a_file_binary() {
+    let pool = mem_pool(64 << 20);
+    let main = pool.branch_id("main").unwrap();
+    let line = b"login erin@corp.com\n";
+    for (path, hole) in [
+        ("big-hole.log", 2 * CHUNK_U64 + 100),
+        ("block-hole.log", 4096),
+    ] {
+        let ino = put(&pool, main, path, b"");
+        pool.write_file(main, ino, hole, line).unwrap();
+    }
+    let ino = put(&pool, main, "hole-then-binary.log", b"");
+    pool.write_file(main, ino, 4096, b"\x01\0bin erin@corp.com\n")
+        .unwrap();
+    let cfg = SanitizeConfig::parse(
+        "[[profiles.s.rules]]\npaths = [\"*.log\"]\naction = \"redact\"\ndetectors = [\"email\"]\nwith = \"mask\"\n",
+        Path::new("/"),
+    )
+    .unwrap();
+    pool.branch_create("c", "main").unwrap();
+    let rep = sanitize::run(&pool, "c", profile(&cfg, "s"), KEY, &mut |_| {}).unwrap();
+    let got = support::files(&pool, pool.branch_id("c").unwrap());
+    for path in ["big-hole.log", "block-hole.log"] {
+        assert!(
+            got[path].ends_with(b"login *************\n"),
+            "{path} was not scanned"
+        );
+    }
+    assert!(got["hole-then-binary.log"].ends_with(b"erin@corp.com\n"));
+    assert_eq!(rep.binary_files_skipped, 1);
+    assert_eq!(rep.values_replaced["email"], 2);
+}
+
+const CHUNK_U64: u64 = sanitize::CHUNK as u64;

@@ -12,6 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::fs::file::SeekWhence;
 use crate::fs::readplan::FileBytes;
 use crate::fs::{FsError, Owner, SetAttr, ROOT_INO};
 use crate::pool::{BranchId, Pool};
@@ -23,8 +24,9 @@ use super::{Progress, SanitizeError, SanitizeReport};
 
 /// Bytes read from a file at a time.
 pub const CHUNK: usize = 1 << 20;
-/// A file with a NUL byte in its first 8 KiB is binary: text detectors skip it
-/// unless a rule names it explicitly (or sets `binary = true`).
+/// A file with a NUL byte in its first 8 KiB (after any leading zeros: a hole
+/// is no sign of binary) is binary: text detectors skip it unless a rule names
+/// it explicitly (or sets `binary = true`).
 const BINARY_SNIFF: usize = 8 << 10;
 const READDIR_BATCH: usize = 256;
 
@@ -241,6 +243,35 @@ impl<'a> Walker<'a> {
         Ok(())
     }
 
+    /// Does the file hold a NUL in the `BINARY_SNIFF` bytes after its leading
+    /// zeros? Those are skipped (holes by `SEEK_DATA`): a log rotated with
+    /// `copytruncate` while its writer keeps its offset starts with a hole, and
+    /// a hole ending inside a block reads as written zeros up to the text.
+    fn looks_binary(&self, ino: u64, size: u64) -> Result<bool, FsError> {
+        let mut off = 0;
+        let start = loop {
+            off = match self.pool.seek(self.b, ino, off, SeekWhence::Data) {
+                Ok(d) => d,
+                // Nothing but holes: no content to call binary.
+                Err(e) if e.errno() == libc::ENXIO => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            let want = CHUNK.min(usize::try_from(size - off).unwrap_or(CHUNK));
+            let bytes = self.pool.read_file_bytes(self.b, ino, off, want)?;
+            match bytes.as_slice().iter().position(|&c| c != 0) {
+                Some(i) => break off + i as u64,
+                None if bytes.as_slice().is_empty() => return Ok(false),
+                None => off += bytes.as_slice().len() as u64,
+            }
+            if off >= size {
+                return Ok(false);
+            }
+        };
+        let want = BINARY_SNIFF.min(usize::try_from(size - start).unwrap_or(BINARY_SNIFF));
+        let sniff = self.pool.read_file_bytes(self.b, ino, start, want)?;
+        Ok(sniff.as_slice().contains(&0))
+    }
+
     fn truncate(&self, ino: u64, size: u64) -> Result<(), FsError> {
         let s = SetAttr {
             size: Some(size),
@@ -315,7 +346,15 @@ impl<'a> Walker<'a> {
                     .map_err(|e| err("reading", e))?
             };
             let chunk = bytes.as_slice();
-            if off == 0 && !binary_ok && chunk[..chunk.len().min(BINARY_SNIFF)].contains(&0) {
+            // The first chunk decides; a NUL there may be a hole's zeros, so only
+            // then are the file's data extents looked at.
+            if off == 0
+                && !binary_ok
+                && chunk[..chunk.len().min(BINARY_SNIFF)].contains(&0)
+                && self
+                    .looks_binary(ino, size)
+                    .map_err(|e| err("reading", e))?
+            {
                 self.report.binary_files_skipped += 1;
                 self.report.files_scanned += 1;
                 let p = self.progress_now(path);
