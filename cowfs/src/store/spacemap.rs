@@ -291,6 +291,25 @@ impl SpaceMap {
         }
     }
 
+    /// The end of `start..start + len`, all of it inside the pool: `start` and
+    /// `len` may come from a corrupt item or node (a child pointer of u64::MAX
+    /// made `start + len` overflow).
+    fn range_end(&self, dev: &dyn BlockDevice, start: BlockAddr, len: u64) -> StoreResult<u64> {
+        start
+            .checked_add(len)
+            .filter(|&end| end <= self.capacity)
+            .ok_or_else(|| {
+                Self::corrupt(
+                    dev,
+                    start,
+                    format!(
+                        "reference to {len} blocks at {start}, beyond pool capacity {}",
+                        self.capacity
+                    ),
+                )
+            })
+    }
+
     fn check_range(&self, dev: &dyn BlockDevice, b: BlockAddr) -> StoreResult<()> {
         if b >= self.capacity {
             return Err(Self::corrupt(
@@ -330,7 +349,7 @@ impl SpaceMap {
 
     /// Add one reference to each block of `start..start+len`.
     pub fn inc(&mut self, dev: &dyn BlockDevice, start: BlockAddr, len: u64) -> StoreResult<()> {
-        for b in start..start + len {
+        for b in start..self.range_end(dev, start, len)? {
             self.check_range(dev, b)?;
             let c = self.get(dev, b)?;
             if c == 0 {
@@ -378,7 +397,7 @@ impl SpaceMap {
         start: BlockAddr,
         len: u64,
     ) -> StoreResult<()> {
-        for b in start..start + len {
+        for b in start..self.range_end(dev, start, len)? {
             self.dec(dev, b)?;
         }
         Ok(())
@@ -397,7 +416,7 @@ impl SpaceMap {
     /// (written after the durable commit) gets count 1, a referenced one (an
     /// unwritten extent filled in place) one more.
     pub fn claim(&mut self, dev: &dyn BlockDevice, start: BlockAddr, len: u64) -> StoreResult<()> {
-        for b in start..start + len {
+        for b in start..self.range_end(dev, start, len)? {
             self.check_range(dev, b)?;
             if b < FIRST_USABLE {
                 return Err(Self::corrupt(dev, b, "log names a superblock slot".into()));
