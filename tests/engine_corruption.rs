@@ -757,3 +757,52 @@ fn block_addresses_near_u64_max_behind_valid_checksums() {
     assert!(!report.is_clean(), "fsck must flag the pointer");
     std::mem::forget(pool);
 }
+
+/// A superblock whose used-block figure is below the blocks the space map counts,
+/// behind a valid checksum: freeing blocks must not take the figure below zero (a
+/// panic in debug builds; u64::MAX in release ones, after which every allocation
+/// failed with ENOSPC). fsck reports the wrong figure.
+#[test]
+fn a_used_block_figure_too_low_behind_a_valid_checksum() {
+    let dev = MemDevice::new();
+    let pool = Pool::create_on(Arc::new(dev.clone()), &opts()).expect("create");
+    let b = pool.branch_id("main").expect("main");
+    let f = pool
+        .mknod(
+            b,
+            ROOT_INO,
+            b"f",
+            libc::S_IFREG | 0o644,
+            0,
+            Owner::default(),
+        )
+        .expect("mknod");
+    pool.write_file(b, f.ino, 0, &[7u8; 10_000]).expect("write");
+    drop(pool);
+    for slot in 0..2 {
+        if let Ok(mut sb) = Superblock::decode(&read_block(&dev, slot)) {
+            sb.used_blocks = 0;
+            dev.apply(slot, &sb.encode());
+        }
+    }
+    let pool = Pool::open_on(Arc::new(dev.clone()), &opts()).expect("open");
+    pool.write_file(b, f.ino, 0, &[8u8; 10_000])
+        .expect("an overwrite frees the old blocks");
+    pool.unlink(b, ROOT_INO, b"f").expect("unlink");
+    pool.commit().expect("commit");
+    let g = pool
+        .mknod(
+            b,
+            ROOT_INO,
+            b"g",
+            libc::S_IFREG | 0o644,
+            0,
+            Owner::default(),
+        )
+        .expect("mknod");
+    pool.write_file(b, g.ino, 0, &[9u8; 10_000])
+        .expect("room is left");
+    let r = pool.fsck(&FsckOptions::default()).expect("fsck");
+    assert!(!r.is_clean(), "fsck must flag the used-block figure");
+    std::mem::forget(pool);
+}

@@ -338,10 +338,12 @@ impl SpaceMap {
         *slot = v;
         leaf.dirty = true;
         self.dirty_leaves.insert(b / COUNTS_PER_LEAF);
+        // Saturating: `used` starts from the superblock, which may be wrong (fsck
+        // reports it); below zero it wrapped and every allocation failed.
         if old == 0 && v > 0 {
-            self.used += 1;
+            self.used = self.used.saturating_add(1);
         } else if old > 0 && v == 0 {
-            self.used -= 1;
+            self.used = self.used.saturating_sub(1);
             self.full_leaves.remove(&(b / COUNTS_PER_LEAF));
         }
         Ok(old)
