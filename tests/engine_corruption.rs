@@ -563,6 +563,15 @@ fn foreign_files_are_refused_by_name() {
 /// Rewrite the inode item of `ino` in branch `branch` of the newest commit with `f`,
 /// keeping the node's checksum valid (a hostile or buggy writer, not bit rot).
 fn patch_inode(dev: &MemDevice, branch: &str, ino: u64, f: impl Fn(&mut Inode)) {
+    patch_item(dev, branch, ino, KIND_INODE, |v| {
+        let mut i = Inode::decode(v).expect("inode");
+        f(&mut i);
+        i.encode()
+    });
+}
+
+/// The newest valid superblock and the root of branch `branch` in it.
+fn branch_root(dev: &MemDevice, branch: &str) -> (Superblock, u64) {
     let sb = (0..2)
         .filter_map(|s| Superblock::decode(&read_block(dev, s)).ok())
         .max_by_key(|s| s.generation)
@@ -574,39 +583,61 @@ fn patch_inode(dev: &MemDevice, branch: &str, ino: u64, f: impl Fn(&mut Inode)) 
         .find(|r| r.name == branch)
         .expect("branch")
         .root;
+    (sb, root)
+}
+
+/// Rewrite tree node `addr` with `f` (which says whether it changed it), keeping
+/// its checksum valid.
+fn patch_node(dev: &MemDevice, pool_id: u64, addr: u64, f: impl FnOnce(&mut Node) -> bool) -> bool {
+    let mut buf = read_block(dev, addr);
+    let Ok(h) = verify(&buf, addr, pool_id, BlockKind::TreeNode) else {
+        return false;
+    };
+    let Ok(mut n) = Node::decode(&buf, h.level, h.count) else {
+        return false;
+    };
+    if !f(&mut n) {
+        return false;
+    }
+    n.encode(&mut buf);
+    seal(
+        &mut buf,
+        BlockKind::TreeNode,
+        addr,
+        h.generation,
+        pool_id,
+        h.level,
+        n.len() as u16,
+    );
+    dev.apply(addr, &buf);
+    true
+}
+
+/// Rewrite the first item of kind `kind` of `ino` in branch `branch` of the newest
+/// commit with `f`, keeping the node's checksum valid.
+fn patch_item(dev: &MemDevice, branch: &str, ino: u64, kind: u8, f: impl Fn(&[u8]) -> Vec<u8>) {
+    let (sb, root) = branch_root(dev, branch);
+    let mut l = Layout::default();
     walk_tree(dev, sb.pool_id, root, branch, &mut l);
     for (addr, _) in &l.meta {
-        let mut buf = read_block(dev, *addr);
-        let Ok(h) = verify(&buf, *addr, sb.pool_id, BlockKind::TreeNode) else {
-            continue;
-        };
-        let Ok(Node::Leaf(mut items)) = Node::decode(&buf, h.level, h.count) else {
-            continue;
-        };
-        let Some(item) = items
-            .iter_mut()
-            .find(|(k, _)| k.id == ino && k.kind == KIND_INODE)
-        else {
-            continue;
-        };
-        let mut i = Inode::decode(&item.1).expect("inode");
-        f(&mut i);
-        item.1 = i.encode().into();
-        let n = Node::Leaf(items);
-        n.encode(&mut buf);
-        seal(
-            &mut buf,
-            BlockKind::TreeNode,
-            *addr,
-            h.generation,
-            sb.pool_id,
-            0,
-            n.len() as u16,
-        );
-        dev.apply(*addr, &buf);
-        return;
+        let patched = patch_node(dev, sb.pool_id, *addr, |n| {
+            let Node::Leaf(items) = n else {
+                return false;
+            };
+            let Some(item) = items
+                .iter_mut()
+                .find(|(k, _)| k.id == ino && k.kind == kind)
+            else {
+                return false;
+            };
+            item.1 = f(&item.1).into();
+            true
+        });
+        if patched {
+            return;
+        }
     }
-    panic!("inode {ino} not found");
+    panic!("no item of kind {kind} for inode {ino}");
 }
 
 #[test]
@@ -652,4 +683,126 @@ fn hostile_inode_fields_behind_valid_checksums() {
     let r = pool.fsck(&FsckOptions::default()).expect("fsck");
     let flagged = r.errors.iter().filter(|e| e.contains("impossible")).count();
     assert_eq!(flagged, 2, "fsck must flag both impossible sizes:\n{r}");
+}
+
+/// Block addresses near u64::MAX behind valid checksums (a hostile image): an extent
+/// whose last block is past u64::MAX, an internal node pointing at block u64::MAX.
+/// Reads, fsck, an unlink that frees the extent and a copy of a shared node that
+/// adds references to its children must report the damage (EIO, fsck) and never
+/// overflow in `start + len` (a panic in debug builds; a wrapped, empty range in
+/// release ones, which silently skipped the reference counting).
+#[test]
+fn block_addresses_near_u64_max_behind_valid_checksums() {
+    let dev = MemDevice::new();
+    let pool = Pool::create_on(Arc::new(dev.clone()), &opts()).expect("create");
+    let b = pool.branch_id("main").expect("main");
+    let o = Owner::default();
+    let f = pool
+        .mknod(b, ROOT_INO, b"f", libc::S_IFREG | 0o644, 0, o)
+        .expect("mknod");
+    pool.write_file(b, f.ino, 0, &[7u8; 10_000]).expect("write");
+    let small = pool
+        .mknod(b, ROOT_INO, b"small", libc::S_IFREG | 0o644, 0, o)
+        .expect("mknod");
+    pool.write_file(b, small.ino, 0, &[3u8; 8192])
+        .expect("write");
+    // Enough extent items for a root above two leaves.
+    let big = pool
+        .mknod(b, ROOT_INO, b"big", libc::S_IFREG | 0o644, 0, o)
+        .expect("mknod");
+    pool.write_file(b, big.ino, 0, &vec![1u8; 4 << 20])
+        .expect("write");
+    // Shares main's root: the next change in main copies it (references to its
+    // children are added).
+    pool.branch_create("other", "main").expect("branch");
+    drop(pool);
+    let pristine = dev.snapshot();
+
+    // 1. An extent of f mapping blocks [u64::MAX - 2, u64::MAX + 1).
+    patch_item(&dev, "main", f.ino, KIND_EXTENT, |v| {
+        let mut e = Extent::decode(v).expect("extent");
+        assert_eq!(e.len(), 3);
+        e.phys = u64::MAX - 2;
+        e.encode()
+    });
+    let pool = Pool::open_on(Arc::new(dev.clone()), &opts()).expect("open");
+    let r = pool.read_file(b, f.ino, 0, 4096).map_err(|e| e.errno());
+    assert_eq!(r, Err(libc::EIO), "read of the extent");
+    let report = pool.fsck(&FsckOptions::default()).expect("fsck");
+    assert!(!report.is_clean(), "fsck must flag the extent");
+    // Removing the file drops the item (it references no block it could name);
+    // an error would do too. What it must not do is overflow.
+    let r = pool.unlink(b, ROOT_INO, b"f").map_err(|e| e.errno());
+    assert!(matches!(r, Ok(()) | Err(libc::EIO)), "unlink: {r:?}");
+    std::mem::forget(pool);
+
+    // 2. main's root points at block u64::MAX.
+    let dev = pristine;
+    let (sb, root) = branch_root(&dev, "main");
+    let patched = patch_node(&dev, sb.pool_id, root, |n| match n {
+        Node::Internal(_, kids) if kids.len() > 1 => {
+            kids.last_mut().expect("kids").1 = u64::MAX;
+            true
+        }
+        _ => false,
+    });
+    assert!(patched, "main's root is an internal node");
+    let pool = Pool::open_on(Arc::new(dev.clone()), &opts()).expect("open");
+    // small's items are in the first leaf: its path is intact, the root is copied.
+    let r = pool
+        .write_file(b, small.ino, 0, b"changed")
+        .map_err(|e| e.errno());
+    assert_eq!(r, Err(libc::EIO), "copy of the shared root");
+    let report = pool.fsck(&FsckOptions::default()).expect("fsck");
+    assert!(!report.is_clean(), "fsck must flag the pointer");
+    std::mem::forget(pool);
+}
+
+/// A superblock whose used-block figure is below the blocks the space map counts,
+/// behind a valid checksum: freeing blocks must not take the figure below zero (a
+/// panic in debug builds; u64::MAX in release ones, after which every allocation
+/// failed with ENOSPC). fsck reports the wrong figure.
+#[test]
+fn a_used_block_figure_too_low_behind_a_valid_checksum() {
+    let dev = MemDevice::new();
+    let pool = Pool::create_on(Arc::new(dev.clone()), &opts()).expect("create");
+    let b = pool.branch_id("main").expect("main");
+    let f = pool
+        .mknod(
+            b,
+            ROOT_INO,
+            b"f",
+            libc::S_IFREG | 0o644,
+            0,
+            Owner::default(),
+        )
+        .expect("mknod");
+    pool.write_file(b, f.ino, 0, &[7u8; 10_000]).expect("write");
+    drop(pool);
+    for slot in 0..2 {
+        if let Ok(mut sb) = Superblock::decode(&read_block(&dev, slot)) {
+            sb.used_blocks = 0;
+            dev.apply(slot, &sb.encode());
+        }
+    }
+    let pool = Pool::open_on(Arc::new(dev.clone()), &opts()).expect("open");
+    pool.write_file(b, f.ino, 0, &[8u8; 10_000])
+        .expect("an overwrite frees the old blocks");
+    pool.unlink(b, ROOT_INO, b"f").expect("unlink");
+    pool.commit().expect("commit");
+    let g = pool
+        .mknod(
+            b,
+            ROOT_INO,
+            b"g",
+            libc::S_IFREG | 0o644,
+            0,
+            Owner::default(),
+        )
+        .expect("mknod");
+    pool.write_file(b, g.ino, 0, &[9u8; 10_000])
+        .expect("room is left");
+    let r = pool.fsck(&FsckOptions::default()).expect("fsck");
+    assert!(!r.is_clean(), "fsck must flag the used-block figure");
+    std::mem::forget(pool);
 }

@@ -2,11 +2,12 @@
 //! read-only (poisoned) with a clear error instead of carrying on, and reopening the
 //! device must give the last completed commit, fsck clean.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use cowfs::fs::Owner;
 use cowfs::pool::{FsckOptions, Pool, PoolOptions};
-use cowfs::store::device::MemDevice;
+use cowfs::store::device::{BlockDevice, MemDevice};
 
 #[test]
 fn failed_flush_poisons_the_pool_and_reopen_keeps_the_last_commit() {
@@ -54,4 +55,136 @@ fn failed_flush_poisons_the_pool_and_reopen_keeps_the_last_commit() {
     }
     let r = pool.fsck(&FsckOptions::default()).unwrap();
     assert!(r.is_clean(), "{r}");
+}
+
+/// fsync-gate (PostgreSQL, 2018): after a commit's flush failed, the commit was
+/// never durable, so no later sync may report success for it. The second sync found
+/// the failed commit already "written" (its generation passed, nothing new changed)
+/// and returned Ok: an application retrying fsync, or fsyncing a directory after a
+/// failed fsync, was told its data was safe while a restart rolls it back.
+#[test]
+fn a_failed_flush_is_not_forgotten_by_the_next_sync() {
+    let dev = MemDevice::new();
+    let opts = PoolOptions {
+        capacity_bytes: Some(64 << 20),
+        ..Default::default()
+    };
+    let pool = Pool::create_on(Arc::new(dev.clone()), &opts).unwrap();
+    let b = pool.branch_id("main").unwrap();
+    let f = pool
+        .mknod(b, 1, b"f", libc::S_IFREG | 0o644, 0, Owner::default())
+        .unwrap();
+    pool.write_file(b, f.ino, 0, b"committed").unwrap();
+    pool.commit().unwrap();
+
+    dev.set_fail_flush(true);
+    pool.mknod(b, 1, b"g", libc::S_IFREG | 0o644, 0, Owner::default())
+        .unwrap();
+    pool.sync().expect_err("a failed flush must fail the sync");
+    // Retried while the disk still fails, and after it recovered: still an error.
+    let again = pool.sync().expect_err("a retried sync must not succeed");
+    assert!(again.to_string().contains("read-only"), "{again}");
+    dev.set_fail_flush(false);
+    pool.sync()
+        .expect_err("a sync after the disk recovered must not succeed");
+    let fsync = pool.sync_file(b, f.ino).expect_err("fsync of a file");
+    assert_eq!(fsync.errno(), libc::EROFS);
+    std::mem::forget(pool);
+}
+
+/// A device whose first flush, once armed, blocks until the test releases it and
+/// then returns EIO, while other flushes succeed. That is what two threads calling
+/// fdatasync on one file may see on Linux when write-back fails: the error is
+/// reported to one caller only (errseq), the other gets 0.
+struct RacingFlushes {
+    inner: MemDevice,
+    armed: AtomicBool,
+    state: Mutex<(u32, bool)>,
+    cv: Condvar,
+}
+
+impl BlockDevice for RacingFlushes {
+    fn read_at(&self, addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_at(addr, buf)
+    }
+    fn write_at(&self, addr: u64, buf: &[u8]) -> std::io::Result<()> {
+        self.inner.write_at(addr, buf)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        if !self.armed.load(Ordering::SeqCst) {
+            return self.inner.flush();
+        }
+        let mut s = self.state.lock().unwrap();
+        s.0 += 1;
+        self.cv.notify_all();
+        if s.0 == 1 {
+            while !s.1 {
+                s = self.cv.wait(s).unwrap();
+            }
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.inner.flush()
+    }
+    fn len_blocks(&self) -> u64 {
+        self.inner.len_blocks()
+    }
+    fn fixed_capacity(&self) -> Option<u64> {
+        self.inner.fixed_capacity()
+    }
+    fn host_free_bytes(&self) -> Option<u64> {
+        None
+    }
+    fn name(&self) -> std::path::PathBuf {
+        "<racing flushes>".into()
+    }
+}
+
+/// A commit's flush that fails must fail its sync and poison the pool even when
+/// another sync's flush of the same commit returned first and finished the commit:
+/// the failed sync returned Ok (the commit was no longer "flushing"), and the pool
+/// went on accepting changes and acknowledging fsyncs.
+#[test]
+fn a_flush_error_after_another_sync_finished_the_commit_still_counts() {
+    let dev = Arc::new(RacingFlushes {
+        inner: MemDevice::new(),
+        armed: AtomicBool::new(false),
+        state: Mutex::new((0, false)),
+        cv: Condvar::new(),
+    });
+    let opts = PoolOptions {
+        capacity_bytes: Some(64 << 20),
+        ..Default::default()
+    };
+    let pool = Arc::new(Pool::create_on(dev.clone(), &opts).unwrap());
+    let b = pool.branch_id("main").unwrap();
+    pool.commit().unwrap();
+    pool.mknod(b, 1, b"f", libc::S_IFREG | 0o644, 0, Owner::default())
+        .unwrap();
+    dev.armed.store(true, Ordering::SeqCst);
+    // First sync: writes the (small, one-flush) commit, then flushes outside the
+    // pool lock, and that flush fails.
+    let first = {
+        let pool = pool.clone();
+        std::thread::spawn(move || pool.sync())
+    };
+    {
+        let mut s = dev.state.lock().unwrap();
+        while s.0 == 0 {
+            s = dev.cv.wait(s).unwrap();
+        }
+    }
+    // Second sync: finds the commit flushing, flushes too (successfully) and
+    // finishes it.
+    let second = pool.sync();
+    dev.state.lock().unwrap().1 = true;
+    dev.cv.notify_all();
+    let first = first.join().unwrap();
+    assert!(second.is_ok(), "{second:?}");
+    let err = first.expect_err("the sync whose flush failed must fail");
+    assert!(err.to_string().contains("I/O error"), "{err}");
+    // And the pool is read-only from then on.
+    let w = pool.mknod(b, 1, b"g", libc::S_IFREG | 0o644, 0, Owner::default());
+    assert_eq!(w.unwrap_err().errno(), libc::EROFS);
+    pool.sync().expect_err("a later sync");
+    std::mem::forget(Arc::try_unwrap(pool).ok());
 }

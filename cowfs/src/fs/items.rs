@@ -240,6 +240,9 @@ impl Extent {
         if n == 0 || n as u64 > MAX_EXTENT_BLOCKS || b.len() != 16 + 4 * n {
             return None;
         }
+        // Blocks [phys, phys + n) must be addressable: every user adds to phys
+        // (ranges, reads, reference counts), which overflowed on a crafted item.
+        u64_at(b, 0).checked_add(n as u64)?;
         Some(Extent {
             phys: u64_at(b, 0),
             flags: u32_at(b, 12),

@@ -95,7 +95,8 @@ struct Walk<'a> {
 
 impl Walk<'_> {
     fn expect(&mut self, start: BlockAddr, len: u64) {
-        for b in start..start + len {
+        // Checked: a corrupt internal node may point at block u64::MAX.
+        for b in (0..len).map_while(|i| start.checked_add(i)) {
             *self.expected.entry(b).or_insert(0) += 1;
         }
     }

@@ -430,6 +430,10 @@ impl Pool {
         let want = self.running_gen.load(Ordering::Acquire);
         let mut e = self.e.lock();
         loop {
+            // After a failed flush no sync may succeed (fsync-gate): the commit
+            // whose flush failed is not durable, yet it is no longer flushing and
+            // its generation has passed, so the checks below would say "covered".
+            e.writable()?;
             let g = match e.flushing {
                 Some(g) => g,
                 None if e.st.generation() > want || !e.has_changes() => return Ok(()),
@@ -1423,6 +1427,21 @@ impl Engine {
     /// The flush of commit `g` returned `r` (it ran after g's last write, so it
     /// covers g). Nothing to do if g was finished meanwhile.
     fn flush_done(&mut self, g: u64, r: std::io::Result<()>) -> Result<(), StoreError> {
+        // A failed flush counts even if another sync's flush finished g first:
+        // Linux reports a write-back error to one fdatasync caller only, so the
+        // other's success does not prove the blocks landed (fsync-gate).
+        if let Err(source) = r {
+            if self.flushing == Some(g) {
+                self.flushing = None;
+            }
+            let e = StoreError::Io {
+                pool: self.st.dev.name(),
+                block: Superblock::slot_for(g),
+                source,
+            };
+            self.poison(&e);
+            return Err(e);
+        }
         if self.flushing != Some(g) {
             return if self.poisoned {
                 Err(StoreError::Poisoned {
@@ -1433,15 +1452,6 @@ impl Engine {
             };
         }
         self.flushing = None;
-        if let Err(source) = r {
-            let e = StoreError::Io {
-                pool: self.st.dev.name(),
-                block: Superblock::slot_for(g),
-                source,
-            };
-            self.poison(&e);
-            return Err(e);
-        }
         // Blocks freed by the previous commit become allocatable once the reads that
         // started before it are over (the other slot; almost always already done),
         // and those this commit freed go to quarantine, where reads started before

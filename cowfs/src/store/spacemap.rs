@@ -291,6 +291,25 @@ impl SpaceMap {
         }
     }
 
+    /// The end of `start..start + len`, all of it inside the pool: `start` and
+    /// `len` may come from a corrupt item or node (a child pointer of u64::MAX
+    /// made `start + len` overflow).
+    fn range_end(&self, dev: &dyn BlockDevice, start: BlockAddr, len: u64) -> StoreResult<u64> {
+        start
+            .checked_add(len)
+            .filter(|&end| end <= self.capacity)
+            .ok_or_else(|| {
+                Self::corrupt(
+                    dev,
+                    start,
+                    format!(
+                        "reference to {len} blocks at {start}, beyond pool capacity {}",
+                        self.capacity
+                    ),
+                )
+            })
+    }
+
     fn check_range(&self, dev: &dyn BlockDevice, b: BlockAddr) -> StoreResult<()> {
         if b >= self.capacity {
             return Err(Self::corrupt(
@@ -319,10 +338,12 @@ impl SpaceMap {
         *slot = v;
         leaf.dirty = true;
         self.dirty_leaves.insert(b / COUNTS_PER_LEAF);
+        // Saturating: `used` starts from the superblock, which may be wrong (fsck
+        // reports it); below zero it wrapped and every allocation failed.
         if old == 0 && v > 0 {
-            self.used += 1;
+            self.used = self.used.saturating_add(1);
         } else if old > 0 && v == 0 {
-            self.used -= 1;
+            self.used = self.used.saturating_sub(1);
             self.full_leaves.remove(&(b / COUNTS_PER_LEAF));
         }
         Ok(old)
@@ -330,7 +351,7 @@ impl SpaceMap {
 
     /// Add one reference to each block of `start..start+len`.
     pub fn inc(&mut self, dev: &dyn BlockDevice, start: BlockAddr, len: u64) -> StoreResult<()> {
-        for b in start..start + len {
+        for b in start..self.range_end(dev, start, len)? {
             self.check_range(dev, b)?;
             let c = self.get(dev, b)?;
             if c == 0 {
@@ -378,7 +399,7 @@ impl SpaceMap {
         start: BlockAddr,
         len: u64,
     ) -> StoreResult<()> {
-        for b in start..start + len {
+        for b in start..self.range_end(dev, start, len)? {
             self.dec(dev, b)?;
         }
         Ok(())
@@ -397,7 +418,7 @@ impl SpaceMap {
     /// (written after the durable commit) gets count 1, a referenced one (an
     /// unwritten extent filled in place) one more.
     pub fn claim(&mut self, dev: &dyn BlockDevice, start: BlockAddr, len: u64) -> StoreResult<()> {
-        for b in start..start + len {
+        for b in start..self.range_end(dev, start, len)? {
             self.check_range(dev, b)?;
             if b < FIRST_USABLE {
                 return Err(Self::corrupt(dev, b, "log names a superblock slot".into()));

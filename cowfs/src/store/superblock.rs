@@ -159,9 +159,12 @@ impl Superblock {
         if version >= 2 {
             let (start, blocks) = (u64_at(b, OFF_LOG_START), u32_at(b, OFF_LOG_BLOCKS));
             if blocks > 0 {
+                // Checked: a crafted slot may put the region's start near u64::MAX.
                 let fits = blocks <= LOG_MAX_BLOCKS
                     && in_pool(start)
-                    && start + u64::from(blocks) <= sb.capacity_blocks;
+                    && start
+                        .checked_add(u64::from(blocks))
+                        .is_some_and(|end| end <= sb.capacity_blocks);
                 if !fits {
                     return Err(SlotError::Invalid("intent log region out of range"));
                 }
