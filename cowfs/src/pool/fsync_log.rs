@@ -9,6 +9,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use super::BranchId;
 use super::{Engine, PoolResult};
 use crate::fs::FsResult;
+use crate::store::device::BlockDevice;
 use crate::store::intent_log::{LogRecord, MAX_RECORD_BLOCKS};
 use crate::store::spacemap::FIRST_USABLE;
 use crate::store::superblock::LOG_MAX_BLOCKS;
@@ -253,9 +254,13 @@ impl Engine {
         let mut buf = vec![0u8; BLOCK_SIZE];
         'scan: for seq in 0..u64::from(blocks) {
             let addr = start + seq;
-            if addr >= dev.len_blocks() || dev.read_at(addr, &mut buf).is_err() {
+            if addr >= dev.len_blocks() {
                 break;
             }
+            // An unreadable block is no torn tail: ending replay there would drop
+            // acknowledged fsyncs for good (the next commit makes them stale).
+            dev.read_at(addr, &mut buf)
+                .map_err(|e| io_error(&*dev, addr, e))?;
             let Some(r) = LogRecord::decode(&buf, addr, base, self.st.pool_id()) else {
                 break;
             };
@@ -281,9 +286,8 @@ impl Engine {
                     break 'scan;
                 }
                 let mut data = vec![0u8; (n * BS) as usize];
-                if dev.read_at(e.phys, &mut data).is_err() {
-                    break 'scan;
-                }
+                dev.read_at(e.phys, &mut data)
+                    .map_err(|err| io_error(&*dev, e.phys, err))?;
                 let landed = data
                     .chunks(BLOCK_SIZE)
                     .zip(&e.crcs)
@@ -310,6 +314,14 @@ impl Engine {
             self.with_fs(r.branch, true, |fs| fs.replay(r))?;
         }
         Ok(records.len())
+    }
+}
+
+fn io_error(dev: &dyn BlockDevice, block: u64, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        pool: dev.name(),
+        block,
+        source,
     }
 }
 

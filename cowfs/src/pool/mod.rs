@@ -356,9 +356,17 @@ impl Pool {
             }
         }
         slots.sort_by_key(|s| std::cmp::Reverse(s.generation));
-        let mut last_err = None;
+        let mut torn = None;
         for sb in slots {
-            match Engine::load(dev.clone(), &sb, opts) {
+            if let Some(why) = Engine::torn(&*dev, &sb)? {
+                log::warn!("{}: {why}; opening the commit before it", name.display());
+                torn = Some(why);
+                continue;
+            }
+            // A complete commit: any error from here on is reported, never answered
+            // with the older slot. The next commit would reuse this one's generation
+            // and overwrite its slot, losing it (and its logged fsyncs) for good.
+            return match Engine::load(dev.clone(), &sb, opts) {
                 Ok(e) => {
                     log::info!(
                         "{}: opened pool at generation {} ({} branches)",
@@ -366,20 +374,20 @@ impl Pool {
                         sb.generation,
                         e.branches.len()
                     );
-                    return Ok(Pool::wrap(e, name));
+                    Ok(Pool::wrap(e, name))
                 }
                 Err(err) => {
                     log::error!(
-                        "{}: generation {} unusable: {err}",
+                        "{}: cannot open generation {}, the last complete commit: {err}",
                         name.display(),
                         sb.generation
                     );
-                    last_err = Some(err);
+                    Err(err)
                 }
-            }
+            };
         }
-        if let Some(e) = last_err {
-            return Err(e);
+        if let Some(e) = torn {
+            return Err(e.into());
         }
         // No valid slot: say why as precisely as the slots allow.
         for (slot, p) in &problems {
@@ -997,36 +1005,42 @@ impl Engine {
     }
 
     /// A one-flush commit counts only if every block it listed reads back intact.
-    fn verify_manifest(dev: &dyn BlockDevice, sb: &Superblock) -> PoolResult<()> {
+    /// Why the commit of `sb` is torn (a block its manifest lists is past the end
+    /// of the device or does not hold what was written), or None if it is complete.
+    /// A block that cannot be read proves nothing either way: that is an error.
+    fn torn(dev: &dyn BlockDevice, sb: &Superblock) -> Result<Option<StoreError>, StoreError> {
         let mut buf = vec![0u8; BLOCK_SIZE];
         for (addr, crc) in &sb.manifest {
             // Past the end: a truncated pool (or a file whose growth did not land).
             if *addr >= dev.len_blocks() {
-                return Err(StoreError::Truncated {
+                return Ok(Some(StoreError::Truncated {
                     pool: dev.name(),
                     block: *addr,
                     len: dev.len_blocks(),
-                }
-                .into());
+                }));
             }
-            let landed = dev.read_at(*addr, &mut buf).is_ok() && crc32fast::hash(&buf) == *crc;
-            if !landed {
-                return Err(StoreError::Corrupt {
+            dev.read_at(*addr, &mut buf)
+                .map_err(|source| StoreError::Io {
+                    pool: dev.name(),
+                    block: *addr,
+                    source,
+                })?;
+            if crc32fast::hash(&buf) != *crc {
+                return Ok(Some(StoreError::Corrupt {
                     pool: dev.name(),
                     block: *addr,
                     why: format!(
                         "commit {} is incomplete (torn by a crash before its flush)",
                         sb.generation
                     ),
-                }
-                .into());
+                }));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
+    /// Open the complete commit `sb` (see `torn`) and replay its intent log.
     fn load(dev: Arc<dyn BlockDevice>, sb: &Superblock, opts: &PoolOptions) -> PoolResult<Engine> {
-        Engine::verify_manifest(&*dev, sb)?;
         if let Some(fixed) = dev.fixed_capacity() {
             if sb.capacity_blocks > fixed {
                 return Err(StoreError::Truncated {
