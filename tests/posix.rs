@@ -1388,6 +1388,33 @@ fn system_namespace_holds_only_acls() {
     fx.assert_fsck_clean();
 }
 
+/// Removing an ACL that is not there succeeds, as on ext4, xfs and tmpfs (the
+/// kernel makes it "set no ACL"); other absent attributes are still ENODATA.
+#[test]
+fn removing_an_absent_acl_succeeds() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let d = m.mnt.join("dir");
+    fs::create_dir(&d).unwrap();
+    let undef = u32::MAX;
+    let def = acl_blob(&[
+        (ACL_USER_OBJ, 7, undef),
+        (ACL_GROUP_OBJ, 5, undef),
+        (ACL_OTHER, 5, undef),
+    ]);
+    setxattr(&d, "system.posix_acl_default", &def, 0).unwrap();
+    removexattr(&d, "system.posix_acl_default").unwrap();
+    assert_eq!(
+        errno(getxattr(&d, "system.posix_acl_default")),
+        libc::ENODATA
+    );
+    removexattr(&d, "system.posix_acl_default").unwrap();
+    removexattr(&d, "system.posix_acl_access").unwrap();
+    assert_eq!(errno(removexattr(&d, "user.absent")), libc::ENODATA);
+    m.stop();
+    fx.assert_fsck_clean();
+}
+
 /// A directory removed (by rmdir, or replaced by a rename) while open stays valid
 /// through its descriptor, as on Linux filesystems: it lists empty and fstat shows
 /// no links. The engine keeps it as an orphan until the kernel lets go.
