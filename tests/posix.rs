@@ -1338,6 +1338,83 @@ fn unprivileged_error_codes() {
     m.stop();
 }
 
+/// The system.* namespace holds only POSIX ACLs here. The kernel leaves every
+/// other system.* name to the filesystem without a permission check, so storing
+/// them let any user attach and remove attributes (and bump the ctime) of files
+/// it may not write; ext4 and tmpfs refuse such names with EOPNOTSUPP.
+#[test]
+fn system_namespace_holds_only_acls() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let f = m.mnt.join("roots");
+    write_file(&f, b"r");
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+    for name in ["system.foo", "system.posix_acl", "system.posix_acl_accessx"] {
+        assert_eq!(
+            errno(setxattr(&f, name, b"v", 0)),
+            libc::EOPNOTSUPP,
+            "{name}"
+        );
+        assert_eq!(errno(getxattr(&f, name)), libc::EOPNOTSUPP, "{name}");
+        assert_eq!(errno(removexattr(&f, name)), libc::EOPNOTSUPP, "{name}");
+    }
+    let ctime = fs::metadata(&f).unwrap().ctime_nsec();
+    let (path, name) = (cpath(&f), std::ffi::CString::new("system.foo").unwrap());
+    // SAFETY: a raw libc call on CStrings made before the fork.
+    let set = || {
+        last_errno(unsafe {
+            libc::setxattr(path.as_ptr(), name.as_ptr(), c"v".as_ptr().cast(), 1, 0)
+        } as i64)
+    };
+    assert_eq!(
+        errno_as_nobody(&set),
+        libc::EOPNOTSUPP,
+        "nobody on root's file"
+    );
+    assert!(listxattr(&f).unwrap().is_empty());
+    assert_eq!(fs::metadata(&f).unwrap().ctime_nsec(), ctime);
+    // The ACL names still work (unnamed entries carry ACL_UNDEFINED_ID).
+    let undef = u32::MAX;
+    let acl = acl_blob(&[
+        (ACL_USER_OBJ, 6, undef),
+        (ACL_USER, 4, 0),
+        (ACL_GROUP_OBJ, 4, undef),
+        (ACL_MASK, 4, undef),
+        (ACL_OTHER, 4, undef),
+    ]);
+    setxattr(&f, "system.posix_acl_access", &acl, 0).unwrap();
+    assert_eq!(getxattr(&f, "system.posix_acl_access").unwrap(), acl);
+    m.stop();
+    fx.assert_fsck_clean();
+}
+
+/// Removing an ACL that is not there succeeds, as on ext4, xfs and tmpfs (the
+/// kernel makes it "set no ACL"); other absent attributes are still ENODATA.
+#[test]
+fn removing_an_absent_acl_succeeds() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let d = m.mnt.join("dir");
+    fs::create_dir(&d).unwrap();
+    let undef = u32::MAX;
+    let def = acl_blob(&[
+        (ACL_USER_OBJ, 7, undef),
+        (ACL_GROUP_OBJ, 5, undef),
+        (ACL_OTHER, 5, undef),
+    ]);
+    setxattr(&d, "system.posix_acl_default", &def, 0).unwrap();
+    removexattr(&d, "system.posix_acl_default").unwrap();
+    assert_eq!(
+        errno(getxattr(&d, "system.posix_acl_default")),
+        libc::ENODATA
+    );
+    removexattr(&d, "system.posix_acl_default").unwrap();
+    removexattr(&d, "system.posix_acl_access").unwrap();
+    assert_eq!(errno(removexattr(&d, "user.absent")), libc::ENODATA);
+    m.stop();
+    fx.assert_fsck_clean();
+}
+
 /// A directory removed (by rmdir, or replaced by a rename) while open stays valid
 /// through its descriptor, as on Linux filesystems: it lists empty and fstat shows
 /// no links. The engine keeps it as an orphan until the kernel lets go.

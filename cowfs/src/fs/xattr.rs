@@ -7,6 +7,12 @@ use crate::btree::{Key, MAX_VALUE_LEN};
 pub const XATTR_CREATE: u32 = 1;
 pub const XATTR_REPLACE: u32 = 2;
 
+/// The only system.* names kept: POSIX ACLs (the kernel checks ownership before
+/// it sends them). The VFS hands every other system.* name to the filesystem
+/// without any permission check, so storing those would let any user change any
+/// file's attributes; like ext4 and tmpfs, they are refused.
+const SYSTEM_NAMES: [&[u8]; 2] = [b"system.posix_acl_access", b"system.posix_acl_default"];
+
 /// An existing attribute (slot, value) and, if absent, a free slot for it.
 type XattrLookup = (Option<(u64, Vec<u8>)>, Option<u64>);
 
@@ -34,8 +40,8 @@ impl FsTree<'_> {
         }
         // The kernel hands FUSE every name (its handler's prefix is empty); Linux
         // filesystems know only these namespaces and refuse the rest.
-        const NAMESPACES: [&[u8]; 4] = [b"user.", b"trusted.", b"security.", b"system."];
-        if !NAMESPACES.iter().any(|ns| name.starts_with(ns)) {
+        const NAMESPACES: [&[u8]; 3] = [b"user.", b"trusted.", b"security."];
+        if !NAMESPACES.iter().any(|ns| name.starts_with(ns)) && !SYSTEM_NAMES.contains(&name) {
             return err(libc::EOPNOTSUPP);
         }
         Ok(())

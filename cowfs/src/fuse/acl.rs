@@ -243,6 +243,16 @@ pub(crate) fn set(
     }
 }
 
+/// removexattr of an ACL. The kernel turns it into "set no ACL", which Linux
+/// filesystems (ext4, xfs, tmpfs) grant also when there is none; ENODATA here
+/// made `removexattr` of an absent ACL fail only on cowfs.
+pub(crate) fn remove(pool: &Pool, b: BranchId, ino: u64, name: &[u8]) -> FsResult<()> {
+    match pool.removexattr(b, ino, name) {
+        Err(e) if e.errno() == libc::ENODATA => pool.getattr(b, ino).map(|_| ()),
+        r => r,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

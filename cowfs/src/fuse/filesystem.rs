@@ -619,7 +619,12 @@ impl Filesystem for CowFs {
         if let Err(e) = self.writable() {
             return reply.error(e);
         }
-        let r = self.pool.removexattr(self.branch, ino.0, name.as_bytes());
+        let name = name.as_bytes();
+        let r = if name == acl::ACCESS || name == acl::DEFAULT {
+            acl::remove(&self.pool, self.branch, ino.0, name)
+        } else {
+            self.pool.removexattr(self.branch, ino.0, name)
+        };
         Self::empty(reply, r);
     }
 
