@@ -608,14 +608,21 @@ impl NodeStore {
         }
         for a in r.0..r.0 + r.1 {
             self.cache.remove(a);
-            // A block written and freed earlier in this transaction: its manifest
-            // note describes bytes it no longer stands for (fallocate hands it out
-            // unwritten); a write notes it again.
-            if let Some(w) = self.written.as_mut() {
+        }
+        // Fallocate hands these out unwritten; a write notes them again.
+        self.forget_written(r.0, r.1);
+        Ok(r)
+    }
+
+    /// Blocks allocated anew: if they were written and freed earlier in this
+    /// transaction, the manifest note of that write describes bytes they no longer
+    /// stand for, and a commit listing it would be rejected as torn after a crash.
+    pub fn forget_written(&mut self, start: BlockAddr, n: u64) {
+        if let Some(w) = self.written.as_mut() {
+            for a in start..start + n {
                 w.remove(&a);
             }
         }
-        Ok(r)
     }
 
     pub fn write_data(&mut self, start: BlockAddr, buf: &[u8]) -> StoreResult<()> {

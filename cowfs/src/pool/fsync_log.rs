@@ -235,6 +235,10 @@ impl Engine {
         dev.flush().map_err(|e| io(e, start))?;
         // Not fresh: nothing may overwrite the region in place but a record.
         self.st.space.settle(start, got);
+        // Zeroed and flushed above, outside the manifest: a note of bytes written
+        // there earlier in this transaction must not reach it (open would find the
+        // zeros and call the commit torn).
+        self.st.forget_written(start, got);
         self.log.region = Some((start, got as u32));
         Ok(())
     }
