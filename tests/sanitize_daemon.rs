@@ -699,6 +699,12 @@ fn daemon_killed_while_sanitizing_leaves_no_clone() {
             .expect("open pool");
         assert!(pool.list().iter().any(|b| b.name == "doomed"));
     }
+    // Nor does `cowfs mount`, run on the pool file without the daemon, serve it.
+    let refusal = mount_without_daemon(&env, "doomed");
+    assert!(
+        refusal.contains("did not finish") && refusal.contains("sanitize-state"),
+        "{refusal}"
+    );
 
     let mut served = serve(&env.base);
     let mut admin = env.connect(&env.admin);
@@ -727,6 +733,38 @@ fn daemon_killed_while_sanitizing_leaves_no_clone() {
     drop(admin);
     assert_eq!(served.stop(), Some(0));
     env.fsck_clean();
+}
+
+/// Run `cowfs mount POOL BRANCH DIR` (in the foreground, as a user would without
+/// the daemon) and return what it printed when it refused; a mount that comes up
+/// instead is taken down and fails the test.
+fn mount_without_daemon(env: &Env, branch: &str) -> String {
+    let dir = env.dir("direct");
+    std::fs::create_dir_all(&dir).expect("mount point");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cowfs"))
+        .arg("mount")
+        .arg(env.base.join("pool"))
+        .arg(branch)
+        .arg(&dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cowfs mount");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&dir)
+                .status();
+            panic!("cowfs mount served '{branch}' (still running after 20 s)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(!out.status.success(), "cowfs mount of '{branch}' succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Kill the gate hook's process group (its daemon is gone).

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cowfs::control::sanitizing::SanitizeState;
 use cowfs::control::ControlServer;
 use cowfs::fuse::MountTable;
 use cowfs::pool::{Pool, PoolOptions};
@@ -66,9 +67,11 @@ impl Daemon {
 /// `cowfs mount`: one branch, in the foreground.
 pub fn mount(pool_path: &Path, branch: &str, dir: &Path, read_only: bool) -> Fallible {
     let mut d = Daemon::open(pool_path)?;
-    if let Err(e) = d.mounts.mount(branch, dir, read_only) {
+    let mounted = refuse_unfinished_clone(&d.pool, branch)
+        .and_then(|()| Ok(d.mounts.mount(branch, dir, read_only)?));
+    if let Err(e) = mounted {
         d.shutdown()?;
-        return Err(e.into());
+        return Err(e);
     }
     // Until a signal, or until the mount goes away (`umount DIR`).
     loop {
@@ -83,6 +86,30 @@ pub fn mount(pool_path: &Path, branch: &str, dir: &Path, read_only: bool) -> Fal
         std::thread::sleep(POLL);
     }
     d.shutdown()
+}
+
+/// A clone whose sanitize did not finish (its daemon stopped) may still hold its
+/// parent's personal data. `cowfs serve` deletes it at start; until then nothing
+/// mounts it, `cowfs mount` included (which does not read the daemon's state
+/// otherwise).
+fn refuse_unfinished_clone(pool: &Pool, branch: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let state = SanitizeState::open(pool.name())?;
+    let id = pool.branch_id(branch).ok();
+    let unfinished = state.running().into_iter().any(|r| match r.id {
+        Some(running) => Some(running) == id,
+        // Recorded before the branch was created: known by name only.
+        None => r.name == branch,
+    });
+    if unfinished {
+        return Err(format!(
+            "branch '{branch}' is a clone whose sanitize did not finish ({} lists it), so it \
+             may hold unsanitized data; `cowfs serve {}` deletes it when it starts",
+            state.path().display(),
+            pool.name().display()
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// The control socket: `--socket`, else `$COWFS_SOCKET`, else the pool's path with
