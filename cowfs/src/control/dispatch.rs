@@ -1084,7 +1084,7 @@ fn sanitize_failure(
         ..Default::default()
     };
     match &e {
-        SanitizeError::File { rule, path, .. } => {
+        SanitizeError::File { rule, path, .. } | SanitizeError::Name { rule, path, .. } => {
             f.stage = "rules".into();
             f.rule = (!rule.is_empty()).then(|| rule.clone());
             f.path = Some(path.clone());
