@@ -909,6 +909,9 @@ impl Ctx {
             files_replaced: report.files_replaced,
             binary_files_skipped: report.binary_files_skipped,
             values_replaced: report.values_replaced,
+            names_changed: report.names_changed,
+            symlinks_changed: report.symlinks_changed,
+            xattrs_changed: report.xattrs_changed,
             hooks: hooks
                 .into_iter()
                 .map(|h| HookSummary {
