@@ -156,6 +156,10 @@ fn branch_create_sanitize_from_the_cli() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.starts_with("NAME"), "{stdout}");
     assert!(stdout.contains("sanitized with 'slowish'"), "{stdout}");
+    assert!(
+        stdout.contains("0 names, 0 symlinks and 0 xattrs changed"),
+        "{stdout}"
+    );
 
     // Unknown profile: exit 1, typed, lists the known profiles; nothing created.
     let before = names(&d);

@@ -11,7 +11,7 @@ mod support;
 use std::path::Path;
 
 use cowfs::control::sanitize::{self, SanitizeConfig, SanitizeError};
-use cowfs::fs::ROOT_INO;
+use cowfs::fs::{Owner, ROOT_INO};
 use cowfs::pool::FsckOptions;
 use support::*;
 
@@ -326,3 +326,180 @@ fn a_leading_hole_does_not_make_a_file_binary() {
 }
 
 const CHUNK_U64: u64 = sanitize::CHUNK as u64;
+
+/// `redact` rules also cover what sits beside the contents: the names of files,
+/// directories and symlinks, symlink targets and `user.*` xattr values (files and
+/// directories; other namespaces stay). One email gets one pseudonym in all of
+/// them; a file with two names gets its xattrs redacted once; an excluded path
+/// keeps its name; a truncated file still gets its name redacted.
+#[test]
+fn names_targets_and_xattrs_are_redacted() {
+    const ERIN: &str = "erin@corp.com";
+    let pool = mem_pool(64 << 20);
+    let main = pool.branch_id("main").unwrap();
+    let dir = |b, path: &str| {
+        path.split('/').fold(ROOT_INO, |d, n| {
+            pool.lookup(b, d, n.as_bytes()).unwrap().ino
+        })
+    };
+    put(
+        &pool,
+        main,
+        "users/erin@corp.com/notes.txt",
+        b"mail erin@corp.com\n",
+    );
+    put(&pool, main, "mail/erin@corp.com", b"nothing here\n");
+    put(&pool, main, "secrets/erin@corp.com", b"key\n");
+    let report = put(&pool, main, "docs/report.txt", b"text\n");
+    pool.setxattr(main, report, b"user.owner", ERIN.as_bytes(), 0)
+        .unwrap();
+    pool.setxattr(main, report, b"trusted.owner", ERIN.as_bytes(), 0)
+        .unwrap();
+    let users = dir(main, "users");
+    pool.setxattr(main, users, b"user.owner", b"owner erin@corp.com", 0)
+        .unwrap();
+    let shared = put(&pool, main, "shared/a.txt", b"x\n");
+    pool.link(main, shared, dir(main, "shared"), b"b.txt")
+        .unwrap();
+    pool.setxattr(main, shared, b"user.owner", ERIN.as_bytes(), 0)
+        .unwrap();
+    let kept = put(&pool, main, "keep/erin@corp.com", b"erin@corp.com\n");
+    pool.setxattr(main, kept, b"user.owner", ERIN.as_bytes(), 0)
+        .unwrap();
+    let links = pool
+        .mkdir(main, ROOT_INO, b"links", 0o755, Owner::default())
+        .unwrap()
+        .ino;
+    let owner = Owner {
+        uid: 1000,
+        gid: 1001,
+    };
+    pool.symlink(
+        main,
+        links,
+        b"me",
+        b"../users/erin@corp.com/notes.txt",
+        owner,
+    )
+    .unwrap();
+    let renamed = pool
+        .symlink(main, links, ERIN.as_bytes(), b"notes", owner)
+        .unwrap()
+        .ino;
+    pool.symlink(main, links, b"bob@corp.com", b"/home/bob@corp.com", owner)
+        .unwrap();
+    pool.setxattr(main, ROOT_INO, b"user.owner", ERIN.as_bytes(), 0)
+        .unwrap();
+    let parent = support::files(&pool, main);
+
+    let cfg = SanitizeConfig::parse(
+        r#"
+        [[profiles.n.rules]]
+        name = "emails"
+        paths = ["**"]
+        exclude = ["keep/**"]
+        action = "redact"
+        detectors = ["email"]
+        [[profiles.n.rules]]
+        name = "keys"
+        paths = ["secrets/*"]
+        action = "truncate"
+        "#,
+        Path::new("/"),
+    )
+    .unwrap();
+    pool.branch_create("c", "main").unwrap();
+    let rep = sanitize::run(&pool, "c", profile(&cfg, "n"), KEY, &mut |_| {}).unwrap();
+    let c = pool.branch_id("c").unwrap();
+    let got = support::files(&pool, c);
+
+    // The pseudonym the contents got is the one in every name, target and xattr.
+    let notes = got.keys().find(|p| p.starts_with("users/")).unwrap();
+    let p = notes["users/".len()..].strip_suffix("/notes.txt").unwrap();
+    assert!(valid_email(p) && p != ERIN, "{p}");
+    assert_eq!(got[notes], format!("mail {p}\n").as_bytes());
+    assert_eq!(got[&format!("mail/{p}")], b"nothing here\n");
+    assert!(
+        got[&format!("secrets/{p}")].is_empty(),
+        "truncated, renamed"
+    );
+    let link = |name: &str| pool.readlink(c, pool.lookup(c, links, name.as_bytes()).unwrap().ino);
+    assert_eq!(
+        link("me").unwrap(),
+        format!("../users/{p}/notes.txt").as_bytes()
+    );
+    assert_eq!(link(p).unwrap(), b"notes");
+    assert_eq!(pool.lookup(c, links, p.as_bytes()).unwrap().ino, renamed);
+    let bob = pool.readdir(c, links, 2, 16).unwrap();
+    let bob: Vec<&[u8]> = bob.iter().map(|e| e.name.as_slice()).collect();
+    assert!(
+        !bob.iter().any(|n| n.windows(7).any(|w| w == b"@corp.c")),
+        "{bob:?}"
+    );
+    let me = pool.lookup(c, links, b"me").unwrap();
+    assert_eq!(
+        (me.uid, me.gid),
+        (1000, 1001),
+        "the new symlink keeps its owner"
+    );
+    let xattr = |ino, name: &[u8]| pool.getxattr(c, ino, name).unwrap();
+    assert_eq!(xattr(report, b"user.owner"), p.as_bytes());
+    assert_eq!(xattr(report, b"trusted.owner"), ERIN.as_bytes());
+    assert_eq!(xattr(users, b"user.owner"), format!("owner {p}").as_bytes());
+    assert_eq!(xattr(shared, b"user.owner"), p.as_bytes(), "redacted once");
+    assert_eq!(
+        xattr(ROOT_INO, b"user.owner"),
+        p.as_bytes(),
+        "the root, as \"\""
+    );
+
+    // Excluded: name, contents and xattr as they were.
+    assert_eq!(got["keep/erin@corp.com"], b"erin@corp.com\n");
+    assert_eq!(xattr(kept, b"user.owner"), ERIN.as_bytes());
+
+    // Five names (a directory, two files, two symlinks), two targets, four
+    // xattrs and one file's contents: every value once.
+    assert_eq!(rep.names_changed, 5);
+    assert_eq!(rep.symlinks_changed, 2);
+    assert_eq!(rep.xattrs_changed, 4);
+    assert_eq!(rep.files_changed, 1);
+    assert_eq!(rep.values_replaced["email"], 12);
+    assert_eq!(support::files(&pool, main), parent);
+    let r = pool.fsck(&FsckOptions::default()).unwrap();
+    assert!(r.is_clean(), "{r}");
+}
+
+/// A redacted name that cannot be stored fails the run and names the entry and
+/// the rule: two names that mask to one, a '/' mask, a name that was all value
+/// and is dropped.
+#[test]
+fn names_that_cannot_be_stored_fail_the_run() {
+    let pool = mem_pool(64 << 20);
+    let main = pool.branch_id("main").unwrap();
+    put(&pool, main, "d/a1@x.io", b"");
+    put(&pool, main, "d/b2@x.io", b"");
+    for (i, (with, why)) in [
+        ("with = \"mask\"", "is taken by another entry"),
+        ("with = \"mask\"\nmask_char = \"/\"", "holds '/' or NUL"),
+        ("with = \"drop\"", "is empty"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cfg = SanitizeConfig::parse(
+            &format!("[[profiles.m.rules]]\nname = \"names\"\npaths = [\"d/*\"]\naction = \"redact\"\ndetectors = [\"email\"]\n{with}\n"),
+            Path::new("/"),
+        )
+        .unwrap();
+        let name = format!("c{i}");
+        pool.branch_create(&name, "main").unwrap();
+        let e = sanitize::run(&pool, &name, profile(&cfg, "m"), KEY, &mut |_| {}).unwrap_err();
+        let s = e.to_string();
+        assert!(
+            matches!(&e, SanitizeError::Name { rule, path, what: "name", .. }
+                if rule == "rule 1 ('names')" && path.starts_with("d/") && path.ends_with("@x.io"))
+                && s.contains(why),
+            "{s}"
+        );
+    }
+}

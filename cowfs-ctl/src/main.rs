@@ -342,12 +342,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     if let Some(s) = &v.sanitized {
                         let values: u64 = s.values_replaced.values().sum();
                         println!(
-                            "sanitized with '{}': {} files ({}) scanned, {} changed, {} removed, {} values replaced, {} hook(s), {:.1} s",
+                            "sanitized with '{}': {} files ({}) scanned, {} changed, {} removed, {} names, {} symlinks and {} xattrs changed, {} values replaced, {} hook(s), {:.1} s",
                             s.profile,
                             s.files_scanned,
                             bytes(s.bytes_scanned),
                             s.files_changed,
                             s.files_removed,
+                            s.names_changed,
+                            s.symlinks_changed,
+                            s.xattrs_changed,
                             values,
                             s.hooks.len(),
                             s.duration_ms as f64 / 1000.0

@@ -567,6 +567,15 @@ pub struct SanitizeSummary {
     pub binary_files_skipped: u64,
     /// Values replaced, by detector or pattern name.
     pub values_replaced: std::collections::BTreeMap<String, u64>,
+    /// Entries renamed because their name held a value (absent from older daemons).
+    #[serde(default)]
+    pub names_changed: u64,
+    /// Symlinks recreated because their target held a value.
+    #[serde(default)]
+    pub symlinks_changed: u64,
+    /// `user.*` xattr values rewritten because they held a value.
+    #[serde(default)]
+    pub xattrs_changed: u64,
     /// Hooks that ran (skipped ones are not listed).
     pub hooks: Vec<HookSummary>,
     pub duration_ms: u64,
@@ -790,6 +799,21 @@ mod tests {
         assert!(glob_match("a*b*c", "a--b--c"));
         assert!(!glob_match("a*b*c", "a--c--b"));
         assert!(!glob_match("ab*ba", "aba"));
+    }
+
+    /// A daemon older than the name, symlink and xattr counts leaves them out.
+    #[test]
+    fn sanitize_summary_of_an_older_daemon() {
+        let old = r#"{"profile": "pii", "files_scanned": 1, "bytes_scanned": 2, "files_changed": 1,
+            "files_removed": 0, "files_truncated": 0, "files_replaced": 0,
+            "binary_files_skipped": 0, "values_replaced": {"email": 1}, "hooks": [],
+            "duration_ms": 3}"#;
+        let s: SanitizeSummary = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (s.names_changed, s.symlinks_changed, s.xattrs_changed),
+            (0, 0, 0)
+        );
+        assert_eq!(s.values_replaced["email"], 1);
     }
 
     #[test]

@@ -909,6 +909,9 @@ impl Ctx {
             files_replaced: report.files_replaced,
             binary_files_skipped: report.binary_files_skipped,
             values_replaced: report.values_replaced,
+            names_changed: report.names_changed,
+            symlinks_changed: report.symlinks_changed,
+            xattrs_changed: report.xattrs_changed,
             hooks: hooks
                 .into_iter()
                 .map(|h| HookSummary {
@@ -1084,7 +1087,7 @@ fn sanitize_failure(
         ..Default::default()
     };
     match &e {
-        SanitizeError::File { rule, path, .. } => {
+        SanitizeError::File { rule, path, .. } | SanitizeError::Name { rule, path, .. } => {
             f.stage = "rules".into();
             f.rule = (!rule.is_empty()).then(|| rule.clone());
             f.path = Some(path.clone());

@@ -5,6 +5,11 @@
 //! links stay). Files in which nothing was found are not written at all and keep
 //! sharing their blocks with the parent. A file with several names is rewritten
 //! once, after the walk, with the rules of all its names.
+//!
+//! `redact` rules also apply to what sits beside the contents: every matching
+//! entry's name (directories included), a symlink's target and the values of
+//! `user.*` xattrs. Renames and rewritten symlinks of one directory wait until
+//! its listing is complete, so no entry is met (and redacted) twice.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -13,6 +18,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::fs::file::SeekWhence;
+use crate::fs::items::MAX_NAME_LEN;
 use crate::fs::readplan::FileBytes;
 use crate::fs::{FsError, Owner, SetAttr, ROOT_INO};
 use crate::pool::{BranchId, Pool};
@@ -29,6 +35,8 @@ pub const CHUNK: usize = 1 << 20;
 /// it explicitly (or sets `binary = true`).
 const BINARY_SNIFF: usize = 8 << 10;
 const READDIR_BATCH: usize = 256;
+/// A symlink target the pool stores is shorter than this.
+const MAX_TARGET: usize = 4096;
 
 pub(super) struct Walker<'a> {
     pub pool: &'a Pool,
@@ -51,6 +59,9 @@ struct Linked<'a> {
     redactors: Vec<&'a Redactor>,
     rules: Vec<&'a str>,
     binary_ok: bool,
+    /// For the `user.*` xattrs (see `Matched::meta`).
+    meta: Vec<&'a Redactor>,
+    meta_rules: Vec<&'a str>,
     /// The first name met, for progress and errors.
     path: Vec<u8>,
 }
@@ -60,6 +71,33 @@ enum Fate<'r> {
     Remove(&'r str),
     Truncate(&'r str),
     Replace(&'r str, &'r [u8]),
+}
+
+/// What the rules say about one entry.
+struct Matched<'r> {
+    fate: Fate<'r>,
+    /// For the contents: a later `truncate` or `replace` makes earlier ones moot.
+    content: Vec<&'r Redactor>,
+    content_rules: Vec<&'r str>,
+    binary_ok: bool,
+    /// For the name, a symlink's target and `user.*` xattrs: every matching
+    /// `redact` rule, since a truncated or replaced file keeps all three.
+    meta: Vec<&'r Redactor>,
+    meta_rules: Vec<&'r str>,
+}
+
+/// A change to an entry's name or symlink target, made once its directory's
+/// listing is complete.
+struct Move {
+    name: Vec<u8>,
+    ino: u64,
+    /// The redacted name, if it differs.
+    new_name: Option<Vec<u8>>,
+    /// A symlink's redacted target, if it differs.
+    target: Option<Vec<u8>>,
+    /// The original path and the rules, for errors.
+    path: Vec<u8>,
+    rules: String,
 }
 
 impl<'a> Walker<'a> {
@@ -96,8 +134,12 @@ impl<'a> Walker<'a> {
     }
 
     fn walk(&mut self) -> Result<(), SanitizeError> {
+        self.root()?;
+        // Subdirectories are walked by inode with their original paths: rules are
+        // written against the parent's names, and a directory may be renamed.
         let mut stack: Vec<(u64, Vec<u8>)> = vec![(ROOT_INO, Vec::new())];
         while let Some((dir, dpath)) = stack.pop() {
+            let mut moves = Vec::new();
             let mut cookie = 2;
             loop {
                 let entries = self
@@ -118,15 +160,76 @@ impl<'a> Walker<'a> {
                     }
                     path.extend_from_slice(&ent.name);
                     self.check_cancel()?;
+                    self.entry(dir, &ent.name, ent.ino, ent.ftype, &path, &mut moves)?;
                     if ent.ftype == libc::S_IFDIR {
                         stack.push((ent.ino, path));
-                    } else {
-                        self.entry(dir, &ent.name, ent.ino, ent.ftype, &path)?;
                     }
                 }
             }
+            // Made during the listing, a rename could show the entry again under
+            // its new name, to be redacted twice (a pseudonym of a pseudonym).
+            for m in moves {
+                self.check_cancel()?;
+                self.apply_move(dir, m)?;
+            }
         }
         Ok(())
+    }
+
+    /// The root has no name to redact, but `user.*` xattrs like any directory;
+    /// its path is "" (which `**` matches).
+    fn root(&mut self) -> Result<(), SanitizeError> {
+        let m = self.matched(Path::new(""), true);
+        if m.meta.is_empty() {
+            return Ok(());
+        }
+        self.redact_xattrs(ROOT_INO, &m.meta, b"", &m.meta_rules.join(", "))
+    }
+
+    /// The rules that apply to `path`, in order. Directories are matched by
+    /// `redact` rules only: removing, truncating or replacing is for files.
+    fn matched(&self, path: &Path, is_dir: bool) -> Matched<'a> {
+        let mut m = Matched {
+            fate: Fate::Keep,
+            content: Vec::new(),
+            content_rules: Vec::new(),
+            binary_ok: false,
+            meta: Vec::new(),
+            meta_rules: Vec::new(),
+        };
+        let profile = self.profile;
+        for rule in &profile.rules {
+            if !rule.matches(path) {
+                continue;
+            }
+            match &rule.action {
+                Action::Redact(rs) => {
+                    m.content.extend(rs.iter());
+                    m.content_rules.push(&rule.label);
+                    m.binary_ok |= rule.scans_binary(path);
+                    m.meta.extend(rs.iter());
+                    m.meta_rules.push(&rule.label);
+                }
+                _ if is_dir => {}
+                Action::Remove => {
+                    m.fate = Fate::Remove(&rule.label);
+                    m.content.clear();
+                    m.meta.clear();
+                    break;
+                }
+                Action::Truncate => {
+                    m.fate = Fate::Truncate(&rule.label);
+                    m.content.clear();
+                    m.content_rules.clear();
+                }
+                Action::Replace(c) => {
+                    m.fate = Fate::Replace(&rule.label, c);
+                    m.content.clear();
+                    m.content_rules.clear();
+                }
+            }
+        }
+        m
     }
 
     fn entry(
@@ -136,42 +239,12 @@ impl<'a> Walker<'a> {
         ino: u64,
         ftype: u32,
         path: &[u8],
+        moves: &mut Vec<Move>,
     ) -> Result<(), SanitizeError> {
         let p = Path::new(OsStr::from_bytes(path));
-        let mut fate = Fate::Keep;
-        let mut redact: Vec<&Redactor> = Vec::new();
-        let mut redact_rules: Vec<&str> = Vec::new();
-        let mut binary_ok = false;
-        let profile = self.profile;
-        for rule in &profile.rules {
-            if !rule.matches(p) {
-                continue;
-            }
-            match &rule.action {
-                Action::Remove => {
-                    fate = Fate::Remove(&rule.label);
-                    redact.clear();
-                    break;
-                }
-                Action::Truncate => {
-                    fate = Fate::Truncate(&rule.label);
-                    redact.clear();
-                    redact_rules.clear();
-                }
-                Action::Replace(c) => {
-                    fate = Fate::Replace(&rule.label, c);
-                    redact.clear();
-                    redact_rules.clear();
-                }
-                Action::Redact(rs) => {
-                    redact.extend(rs.iter());
-                    redact_rules.push(&rule.label);
-                    binary_ok |= rule.scans_binary(p);
-                }
-            }
-        }
+        let m = self.matched(p, ftype == libc::S_IFDIR);
         let regular = ftype == libc::S_IFREG;
-        match fate {
+        match m.fate {
             Fate::Keep => {}
             Fate::Remove(rule) => {
                 self.pool
@@ -193,14 +266,29 @@ impl<'a> Walker<'a> {
             }
             Fate::Truncate(_) | Fate::Replace(..) => {}
         }
-        if !regular || redact.is_empty() {
+        if m.meta.is_empty() {
             return Ok(());
         }
-        let rules = redact_rules.join(", ");
+        let meta_rules = m.meta_rules.join(", ");
+        match ftype {
+            libc::S_IFREG => self.file(ino, path, &m)?,
+            libc::S_IFDIR => self.redact_xattrs(ino, &m.meta, path, &meta_rules)?,
+            _ => {}
+        }
+        let planned = self.plan_move(name, ino, ftype, path, &m.meta, &meta_rules)?;
+        moves.extend(planned);
+        Ok(())
+    }
+
+    /// Redact a regular file's contents and xattrs now, or after the walk if it
+    /// has several names.
+    fn file(&mut self, ino: u64, path: &[u8], m: &Matched<'a>) -> Result<(), SanitizeError> {
+        let rules = m.content_rules.join(", ");
+        let meta_rules = m.meta_rules.join(", ");
         let attr = self
             .pool
             .getattr(self.b, ino)
-            .map_err(|e| fs_err(&rules, path, "reading", e))?;
+            .map_err(|e| fs_err(&meta_rules, path, "reading", e))?;
         if attr.nlink > 1 {
             // Another name of this file may match other rules (other detectors):
             // redacting it now with this name's rules alone and skipping it under
@@ -209,22 +297,21 @@ impl<'a> Walker<'a> {
                 redactors: Vec::new(),
                 rules: Vec::new(),
                 binary_ok: false,
+                meta: Vec::new(),
+                meta_rules: Vec::new(),
                 path: path.to_vec(),
             });
-            for r in redact {
-                if !l.redactors.iter().any(|have| std::ptr::eq(*have, r)) {
-                    l.redactors.push(r);
-                }
-            }
-            for r in redact_rules {
-                if !l.rules.contains(&r) {
-                    l.rules.push(r);
-                }
-            }
-            l.binary_ok |= binary_ok;
+            merge_redactors(&mut l.redactors, &m.content);
+            merge_rules(&mut l.rules, &m.content_rules);
+            merge_redactors(&mut l.meta, &m.meta);
+            merge_rules(&mut l.meta_rules, &m.meta_rules);
+            l.binary_ok |= m.binary_ok;
             return Ok(());
         }
-        self.redact_file(ino, attr.size, &redact, binary_ok, path, &rules)
+        if !m.content.is_empty() {
+            self.redact_file(ino, attr.size, &m.content, m.binary_ok, path, &rules)?;
+        }
+        self.redact_xattrs(ino, &m.meta, path, &meta_rules)
     }
 
     /// Redact every file with several names, once each, with the rules of all the
@@ -233,12 +320,142 @@ impl<'a> Walker<'a> {
         for (ino, l) in std::mem::take(&mut self.linked) {
             self.check_cancel()?;
             let rules = l.rules.join(", ");
-            let size = self
+            let meta_rules = l.meta_rules.join(", ");
+            if !l.redactors.is_empty() {
+                let size = self
+                    .pool
+                    .getattr(self.b, ino)
+                    .map_err(|e| fs_err(&rules, &l.path, "reading", e))?
+                    .size;
+                self.redact_file(ino, size, &l.redactors, l.binary_ok, &l.path, &rules)?;
+            }
+            self.redact_xattrs(ino, &l.meta, &l.path, &meta_rules)?;
+        }
+        Ok(())
+    }
+
+    /// Redact the values of the inode's `user.*` xattrs. Other namespaces are the
+    /// system's (security labels, ACLs, trusted data), not the user's.
+    fn redact_xattrs(
+        &mut self,
+        ino: u64,
+        redactors: &[&Redactor],
+        path: &[u8],
+        rules: &str,
+    ) -> Result<(), SanitizeError> {
+        let err = |e| fs_err(rules, path, "redacting the xattrs of", e);
+        let names = self.pool.listxattr(self.b, ino).map_err(err)?;
+        for name in names.split(|&c| c == 0).filter(|n| n.starts_with(b"user.")) {
+            let value = self.pool.getxattr(self.b, ino, name).map_err(err)?;
+            if let Some(new) = self.redact_value(redactors, &value) {
+                self.pool
+                    .setxattr(self.b, ino, name, &new, libc::XATTR_REPLACE as u32)
+                    .map_err(err)?;
+                self.report.xattrs_changed += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Redact a short value (a name, a symlink target, an xattr) whole; `None` if
+    /// nothing was found. Never sniffed for binary: it is no file's contents.
+    fn redact_value(&mut self, redactors: &[&Redactor], value: &[u8]) -> Option<Vec<u8>> {
+        let mut scanner = Scanner::new(redactors, self.pseudo);
+        let mut out = Vec::with_capacity(value.len());
+        if !scanner.feed(value, true, &mut out) {
+            return None;
+        }
+        for (k, n) in scanner.counts {
+            *self.report.values_replaced.entry(k).or_insert(0) += n;
+        }
+        Some(out)
+    }
+
+    /// The entry's redacted name and, for a symlink, its redacted target, if
+    /// they differ. Both are checked now, before anything of the directory
+    /// changes.
+    fn plan_move(
+        &mut self,
+        name: &[u8],
+        ino: u64,
+        ftype: u32,
+        path: &[u8],
+        redactors: &[&Redactor],
+        rules: &str,
+    ) -> Result<Option<Move>, SanitizeError> {
+        let new_name = self.redact_value(redactors, name);
+        if let Some(n) = &new_name {
+            check_name(n).map_err(|why| name_err(rules, path, "name", n, why))?;
+        }
+        let mut target = None;
+        if ftype == libc::S_IFLNK {
+            let t = self
                 .pool
-                .getattr(self.b, ino)
-                .map_err(|e| fs_err(&rules, &l.path, "reading", e))?
-                .size;
-            self.redact_file(ino, size, &l.redactors, l.binary_ok, &l.path, &rules)?;
+                .readlink(self.b, ino)
+                .map_err(|e| fs_err(rules, path, "reading the symlink", e))?;
+            target = self.redact_value(redactors, &t);
+        }
+        if let Some(t) = &target {
+            check_target(t).map_err(|why| name_err(rules, path, "symlink target", t, why))?;
+        }
+        if new_name.is_none() && target.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Move {
+            name: name.to_vec(),
+            ino,
+            new_name,
+            target,
+            path: path.to_vec(),
+            rules: rules.to_string(),
+        }))
+    }
+
+    /// Rename the entry (never over another one) or, for a new target, replace
+    /// the symlink: a symlink's target cannot change in place.
+    fn apply_move(&mut self, dir: u64, m: Move) -> Result<(), SanitizeError> {
+        let to = m.new_name.as_deref().unwrap_or(&m.name);
+        let what = match m.target {
+            Some(_) => "rewriting the symlink",
+            None => "renaming",
+        };
+        let err = |e: FsError| match e.errno() {
+            libc::EEXIST => name_err(&m.rules, &m.path, "name", to, "is taken by another entry"),
+            _ => fs_err(&m.rules, &m.path, what, e),
+        };
+        match &m.target {
+            Some(t) => self.replace_symlink(dir, &m, to, t).map_err(err)?,
+            None => self
+                .pool
+                .rename(self.b, dir, &m.name, dir, to, libc::RENAME_NOREPLACE)
+                .map_err(err)?,
+        }
+        self.report.names_changed += u64::from(m.new_name.is_some());
+        self.report.symlinks_changed += u64::from(m.target.is_some());
+        Ok(())
+    }
+
+    /// A new symlink named `to` with `target`, in place of `m`'s: same owner and
+    /// non-`user.*` xattrs (`user.*` cannot be set on a symlink through the kernel).
+    fn replace_symlink(&self, dir: u64, m: &Move, to: &[u8], target: &[u8]) -> Result<(), FsError> {
+        let attr = self.pool.getattr(self.b, m.ino)?;
+        let mut xattrs = Vec::new();
+        for name in self.pool.listxattr(self.b, m.ino)?.split(|&c| c == 0) {
+            if !name.is_empty() && !name.starts_with(b"user.") {
+                xattrs.push((name.to_vec(), self.pool.getxattr(self.b, m.ino, name)?));
+            }
+        }
+        if to != m.name.as_slice() && self.pool.lookup(self.b, dir, to).is_ok() {
+            return Err(FsError::Posix(libc::EEXIST));
+        }
+        self.pool.unlink(self.b, dir, &m.name)?;
+        let owner = Owner {
+            uid: attr.uid,
+            gid: attr.gid,
+        };
+        let new = self.pool.symlink(self.b, dir, to, target, owner)?;
+        for (name, value) in xattrs {
+            self.pool.setxattr(self.b, new.ino, &name, &value, 0)?;
         }
         Ok(())
     }
@@ -422,6 +639,53 @@ impl<'a> Walker<'a> {
             bytes_scanned: self.report.bytes_scanned,
             current: String::from_utf8_lossy(path).into_owned(),
         }
+    }
+}
+
+fn merge_redactors<'r>(into: &mut Vec<&'r Redactor>, from: &[&'r Redactor]) {
+    for r in from {
+        if !into.iter().any(|have| std::ptr::eq(*have, *r)) {
+            into.push(r);
+        }
+    }
+}
+
+fn merge_rules<'r>(into: &mut Vec<&'r str>, from: &[&'r str]) {
+    for r in from {
+        if !into.contains(r) {
+            into.push(r);
+        }
+    }
+}
+
+/// Why a redacted name cannot be a directory entry (a mask of '/' or NUL, a
+/// dropped value that was the whole name, a longer pseudonym...).
+fn check_name(name: &[u8]) -> Result<(), &'static str> {
+    match name {
+        b"" => Err("is empty"),
+        b"." | b".." => Err("is '.' or '..'"),
+        _ if name.contains(&b'/') || name.contains(&0) => Err("holds '/' or NUL"),
+        _ if name.len() > MAX_NAME_LEN => Err("is longer than 255 bytes"),
+        _ => Ok(()),
+    }
+}
+
+/// Why a redacted symlink target cannot be stored.
+fn check_target(target: &[u8]) -> Result<(), &'static str> {
+    match target {
+        b"" => Err("is empty"),
+        _ if target.contains(&0) => Err("holds NUL"),
+        _ if target.len() >= MAX_TARGET => Err("is 4096 bytes or longer"),
+        _ => Ok(()),
+    }
+}
+
+fn name_err(rule: &str, path: &[u8], what: &'static str, new: &[u8], why: &str) -> SanitizeError {
+    SanitizeError::Name {
+        rule: rule.to_string(),
+        path: String::from_utf8_lossy(path).into_owned(),
+        what,
+        why: format!("'{}' {why}", String::from_utf8_lossy(new)),
     }
 }
 

@@ -56,8 +56,15 @@ pub struct SanitizeReport {
     pub files_replaced: u64,
     /// Files a `redact` rule skipped because they look binary.
     pub binary_files_skipped: u64,
-    /// Values replaced, by detector name ("email", "card", a pattern's name...).
+    /// Values replaced, by detector name ("email", "card", a pattern's name...),
+    /// in contents, names, symlink targets and xattrs.
     pub values_replaced: BTreeMap<String, u64>,
+    /// Entries (files, directories, symlinks...) renamed because their name held a value.
+    pub names_changed: u64,
+    /// Symlinks recreated because their target held a value.
+    pub symlinks_changed: u64,
+    /// `user.*` xattr values rewritten because they held a value.
+    pub xattrs_changed: u64,
 }
 
 /// Errors of the sanitize engine; each names what failed and what to do.
@@ -77,6 +84,16 @@ pub enum SanitizeError {
         path: String,
         what: &'static str,
         source: FsError,
+    },
+    /// Redacting an entry's name or symlink target gave one that cannot be stored.
+    #[error("sanitize: {rule}: '{path}': the redacted {what} {why}")]
+    Name {
+        rule: String,
+        /// The entry's original path.
+        path: String,
+        /// "name" or "symlink target".
+        what: &'static str,
+        why: String,
     },
     #[error("sanitize key {path}: {source}")]
     Key {
