@@ -1073,7 +1073,8 @@ fn file_type(mode: u32) -> &'static str {
 }
 
 /// A failed sanitize run as a `sanitize_failed` error naming the rule and file, or
-/// the hook with its exit code (or timeout) and, if `show_output`, its output.
+/// the hook with its exit code (or timeout) and, if `show_output`, its output and
+/// the file's path.
 fn sanitize_failure(
     branch: &str,
     profile: &str,
@@ -1121,6 +1122,7 @@ fn sanitize_failure(
         e.to_string()
     } else {
         f.output = None;
+        f.path = None;
         e.without_output()
     };
     let mut r = ErrorReply::new(
@@ -1132,4 +1134,45 @@ fn sanitize_failure(
     .target(branch);
     r.sanitize = Some(Box::new(f));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::FsError;
+
+    /// A rule's failure names the parent's path, whose names may hold the values
+    /// the rules redact in the clone: only tokens that may read the parent see it,
+    /// in `sanitize.path` and in the message.
+    #[test]
+    fn rule_failures_show_the_path_only_to_readers_of_the_parent() {
+        const PATH: &str = "users/erin@corp.com/notes.txt";
+        let errors = || {
+            [
+                SanitizeError::File {
+                    rule: "rule 1 ('personal data')".into(),
+                    path: PATH.into(),
+                    what: "reading",
+                    source: FsError::Posix(libc::EIO),
+                },
+                SanitizeError::Name {
+                    rule: "rule 1 ('personal data')".into(),
+                    path: PATH.into(),
+                    what: "name",
+                    why: "'x' is taken by another entry".into(),
+                },
+            ]
+        };
+        for (e, reader) in errors().into_iter().zip(errors()) {
+            let hidden = sanitize_failure("a1", "pii", "files", e, false);
+            assert!(!hidden.message.contains("erin"), "{}", hidden.message);
+            assert!(hidden.message.contains("rule 1"), "{}", hidden.message);
+            let f = hidden.sanitize.expect("details");
+            assert_eq!((f.stage.as_str(), f.path), ("rules", None));
+
+            let shown = sanitize_failure("a1", "pii", "files", reader, true);
+            assert!(shown.message.contains(PATH), "{}", shown.message);
+            assert_eq!(shown.sanitize.expect("details").path.as_deref(), Some(PATH));
+        }
+    }
 }

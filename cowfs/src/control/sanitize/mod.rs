@@ -139,9 +139,21 @@ pub enum SanitizeError {
     Cancelled,
 }
 
+/// Stands for a path in errors to tokens that may not read the parent.
+const PATH_HIDDEN: &str =
+    "(a path shown only to tokens that may read the parent, and in the daemon's log)";
+
+fn rule_prefix(rule: &str) -> String {
+    if rule.is_empty() {
+        String::new()
+    } else {
+        format!("{rule}: ")
+    }
+}
+
 impl SanitizeError {
-    /// The error without a hook's output, for clients that may not read the
-    /// parent (the output shows its data); the daemon's log has the whole error.
+    /// The error without a hook's output or a path, for clients that may not read
+    /// the parent (both show its data); the daemon's log has the whole error.
     pub fn without_output(&self) -> String {
         match self {
             SanitizeError::HookFailed { hook, exit_code, signal, .. } => format!(
@@ -154,6 +166,16 @@ impl SanitizeError {
             ),
             SanitizeError::HookTimeout { hook, timeout_secs, .. } => format!(
                 "hook '{hook}' timed out after {timeout_secs} s and was killed (raise timeout_secs if it needs longer); its output is in the daemon's log (only tokens that may read the parent get it)"
+            ),
+            // The path is the parent's: its names may hold the very values the
+            // rules redact in the clone.
+            SanitizeError::File { rule, what, source, .. } => format!(
+                "sanitize: {}{what} {PATH_HIDDEN}: {source}",
+                rule_prefix(rule)
+            ),
+            SanitizeError::Name { rule, what, why, .. } => format!(
+                "sanitize: {}{PATH_HIDDEN}: the redacted {what} {why}",
+                rule_prefix(rule)
             ),
             other => other.to_string(),
         }
