@@ -806,3 +806,51 @@ fn a_used_block_figure_too_low_behind_a_valid_checksum() {
     assert!(!r.is_clean(), "fsck must flag the used-block figure");
     std::mem::forget(pool);
 }
+
+/// Space-map index pages behind valid checksums whose entries past the pool's
+/// capacity point at real pages (a hostile image): each entry on the path to leaf
+/// 0 points at the page below it. fsck walked every position such pages name and
+/// kept each page it read: PTRS_PER_INDEX^2 (256,036) reads and about 1 GiB for a
+/// 1 TiB pool, PTRS_PER_INDEX^3 for a larger one. Such an entry is damage now.
+#[test]
+fn space_map_index_entries_past_the_capacity_are_damage() {
+    let dev = MemDevice::new();
+    let o = PoolOptions {
+        capacity_bytes: Some(1 << 40),
+        ..opts()
+    };
+    drop(Pool::create_on(Arc::new(dev.clone()), &o).unwrap());
+    let (sb, _) = branch_root(&dev, "main");
+    assert!(sb.space_depth >= 3, "depth {}", sb.space_depth);
+    let mut addr = sb.space_root;
+    for _ in 1..sb.space_depth {
+        let mut buf = read_block(&dev, addr);
+        let h = verify(&buf, addr, sb.pool_id, BlockKind::SpaceIndex).unwrap();
+        let child = u64_at(&buf, HEADER_SIZE);
+        assert_ne!(child, 0, "the path to leaf 0 exists");
+        for i in 0..PTRS_PER_INDEX as usize {
+            let at = HEADER_SIZE + 8 * i;
+            buf[at..at + 8].copy_from_slice(&child.to_le_bytes());
+        }
+        seal(
+            &mut buf,
+            BlockKind::SpaceIndex,
+            addr,
+            h.generation,
+            sb.pool_id,
+            h.level,
+            0,
+        );
+        dev.apply(addr, &buf);
+        addr = child;
+    }
+    let pool = Pool::open_on(Arc::new(dev.snapshot()), &o).expect("open");
+    let report = pool
+        .fsck(&FsckOptions::default())
+        .expect("fsck")
+        .to_string();
+    assert!(
+        report.contains("points past the pool's capacity"),
+        "{report}"
+    );
+}

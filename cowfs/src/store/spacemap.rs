@@ -772,11 +772,26 @@ impl SpaceMap {
             self.load_index(dev, level, idx)?;
             index.push((level, idx));
             let first = idx * PTRS_PER_INDEX;
-            let ptrs = &self.index[&(level, idx)].ptrs;
-            for (i, &p) in ptrs.iter().enumerate() {
+            let page = &self.index[&(level, idx)];
+            // Leaves one child of this page covers.
+            let span = PTRS_PER_INDEX.pow(u32::from(level) - 1);
+            for (i, &p) in page.ptrs.iter().enumerate() {
                 let child = first + i as u64;
+                if child.saturating_mul(span) >= leaves {
+                    // No such page in a map of this capacity. Followed, a crafted
+                    // page pointing there at each level made the walk visit (and
+                    // keep) PTRS_PER_INDEX^depth pages.
+                    if p != 0 {
+                        return Err(Self::corrupt(
+                            dev,
+                            page.addr,
+                            format!("index entry {i} points past the pool's capacity"),
+                        ));
+                    }
+                    continue;
+                }
                 if level == 1 {
-                    if child < leaves && p != 0 {
+                    if p != 0 {
                         leaf_nos.push(child);
                     }
                 } else if p != 0 || self.index.contains_key(&(level - 1, child)) {
