@@ -529,3 +529,46 @@ fn names_of_hidden_branches_are_taken_like_any_other() {
         );
     }
 }
+
+/// Review finding: `rename` needed `delete` on the old name only, so a token
+/// could move a branch it may delete (but not read) onto a name its other grants
+/// cover and so gain them: with `delete:tmp-*` and `write:work-*`, another
+/// token's `tmp-secret` became a readable and writable `work-secret`. A rename
+/// now gives the token no scope it lacks on the branch under its old name.
+#[test]
+fn rename_gives_the_token_no_scope_it_lacks() {
+    let d = Daemon::start();
+    let mut admin = d.admin_client();
+    allowed(
+        "tmp-secret",
+        admin.branch_create("tmp-secret", "main", None),
+    );
+    let janitor_s = d.token("janitor", &["delete:tmp-*", "write:work-*", "mount:work-*"]);
+    let mut janitor = d.client(&janitor_s);
+    refused(
+        &d,
+        "janitor reads tmp-secret",
+        ErrorKind::Forbidden,
+        Scope::Read,
+        || janitor.info("tmp-secret"),
+    );
+    refused(
+        &d,
+        "janitor renames tmp-secret into write:work-*",
+        ErrorKind::Forbidden,
+        Scope::Read,
+        || janitor.rename("tmp-secret", "work-secret"),
+    );
+    assert_eq!(
+        kind(janitor.info("work-secret")),
+        ErrorKind::NotFound,
+        "the branch must not have moved"
+    );
+    // Renames that give nothing still work: within the pattern, and away from
+    // it (the token loses the branch, as deleting it would). Own branches go
+    // anywhere: ownership follows them (see the matrix).
+    allowed("within tmp-*", janitor.rename("tmp-secret", "tmp-old"));
+    allowed("away from tmp-*", janitor.rename("tmp-old", "archived"));
+    assert_eq!(kind(janitor.info("archived")), ErrorKind::NotFound);
+    allowed("admin still sees it", admin.info("archived"));
+}

@@ -341,6 +341,7 @@ impl Ctx {
                 let t = self.target(token, &old)?;
                 require(token, Scope::Delete, &t.name, t.id)?;
                 require_unprotected(token, t.protected, "rename", &t.name, t.id)?;
+                refuse_scope_gain(token, &t, &new)?;
                 self.refuse_mounted(&old, "rename")?;
                 self.pool.branch_rename(&old, &new).map_err(errors::pool)?;
                 ok(self.info(token, &new)?)
@@ -1052,6 +1053,26 @@ impl Ctx {
             })?;
         ok(self.info(token, name)?)
     }
+}
+
+/// Grants follow names, so a rename could hand the token scopes it lacks on the
+/// branch: `delete:tmp-*` plus `write:work-*` would make someone else's
+/// `tmp-secret` readable and writable as `work-secret`. Refuse a rename that
+/// gives `token` any scope on the branch it does not already have; it depends
+/// only on the token's grants and the two names, never on what `new` holds.
+fn refuse_scope_gain(token: &TokenView, t: &Target, new: &str) -> Result<(), ErrorReply> {
+    let gained = Scope::ALL
+        .into_iter()
+        .find(|s| has(token, *s, new, t.id) && !has(token, *s, &t.name, t.id));
+    let Some(scope) = gained else {
+        return Ok(());
+    };
+    let mut e = forbidden(token, scope, &t.name);
+    e.message = format!(
+        "token '{}' lacks the '{scope}' scope on '{}', and renaming it to '{new}' would give it that; use a token with {scope}:{} (or admin), or another name",
+        token.name, t.name, t.name
+    );
+    Err(e)
 }
 
 fn quota_info(q: QuotaStatus) -> QuotaInfo {
