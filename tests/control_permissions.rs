@@ -572,3 +572,53 @@ fn rename_gives_the_token_no_scope_it_lacks() {
     assert_eq!(kind(janitor.info("archived")), ErrorKind::NotFound);
     allowed("admin still sees it", admin.info("archived"));
 }
+
+/// A profile of rules only: sanitizing it needs no mount.
+const RULES_ONLY: &str = r#"
+[[profiles.pii.rules]]
+name = "env files"
+paths = ["**/.env"]
+action = "remove"
+"#;
+
+/// Review finding: a branch reset to one that requires a sanitize profile got its
+/// unsanitized content but not the requirement (only `branch_create`,
+/// `snapshot_create` and `group_create` passed it on), so tokens allowed to branch
+/// from the reset branch got unsanitized clones of the protected data. A reset
+/// (admin-only on such a `to`) now passes the requirement on like they do.
+#[test]
+fn reset_to_a_branch_that_requires_sanitizing_passes_the_requirement_on() {
+    let d = Daemon::start_with_config(Some(RULES_ONLY));
+    let mut admin = d.admin_client();
+    allowed("prod", admin.branch_create("prod", "main", None));
+    allowed("require pii", admin.protect_with("prod", Some("pii")));
+    allowed("staging", admin.branch_create("staging", "main", None));
+    let ops_s = d.token("ops", &["admin:prod", "write:staging"]);
+    let agent_s = d.token("agent", &["branch:staging"]);
+    let mut agent = d.client(&agent_s);
+    let plain = allowed(
+        "clone of staging",
+        agent.branch_create("a0", "staging", None),
+    );
+    assert!(plain.sanitized.is_none(), "staging requires nothing yet");
+
+    let reset = allowed(
+        "ops resets staging to prod",
+        d.client(&ops_s).reset("staging", "prod"),
+    );
+    assert_eq!(reset.require_sanitize.as_deref(), Some("pii"));
+    let clone = allowed(
+        "clone of the reset staging",
+        agent.branch_create("a1", "staging", None),
+    );
+    assert_eq!(
+        clone.sanitized.as_ref().map(|s| s.profile.as_str()),
+        Some("pii"),
+        "a clone of prod's content went unsanitized"
+    );
+    assert_eq!(
+        kind(agent.snapshot_create("a-snap", "staging")),
+        ErrorKind::Forbidden,
+        "an unsanitized snapshot of prod's content"
+    );
+}

@@ -459,7 +459,20 @@ impl Ctx {
                     .target(branch));
                 }
                 self.refuse_mounted(&branch, "reset")?;
-                self.pool.reset_to(&branch, &to).map_err(errors::pool)?;
+                // The branch now holds `to`'s content unsanitized (only an admin
+                // on `to` gets here if `to` requires a profile): it requires the
+                // profile too, as a branch taken from `to` without sanitizing
+                // would, or tokens that may branch from it would get unsanitized
+                // clones. Set before the reset, so that the content is never
+                // without it; put back if the reset fails.
+                let before = self.state.required(t.id);
+                self.inherit_required(src.id, t.id)?;
+                if let Err(e) = self.pool.reset_to(&branch, &to) {
+                    if let Err(s) = self.state.set_required(t.id, before.as_deref()) {
+                        log::error!("{}: {s}", self.state.path().display());
+                    }
+                    return Err(errors::pool(e));
+                }
                 ok(self.info(token, &branch)?)
             }
             Request::Protect {
