@@ -622,3 +622,71 @@ fn reset_to_a_branch_that_requires_sanitizing_passes_the_requirement_on() {
         "an unsanitized snapshot of prod's content"
     );
 }
+
+/// Review finding: `diff` checked `read` on each name, then diffed whatever the
+/// names held by then, without the operation lock: a token that may rename a
+/// branch it cannot read (`delete` on both names gives it no scope, so the
+/// rename is allowed) swapped it under an own branch's name between the check
+/// and the walk, and got the unreadable branch's paths. The diff now walks the
+/// branches the checks saw (by id), or fails as for a deleted branch.
+#[test]
+fn diff_walks_the_branches_it_checked() {
+    use cowfs::fs::Owner;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let d = Daemon::start();
+    let mut admin = d.admin_client();
+    allowed("tmp-x", admin.branch_create("tmp-x", "main", None));
+    let x = d.pool.branch_id("tmp-x").expect("tmp-x");
+    d.pool
+        .mknod(
+            x,
+            1,
+            b"secret.txt",
+            libc::S_IFREG | 0o644,
+            0,
+            Owner::default(),
+        )
+        .expect("mknod");
+    d.pool.commit().expect("commit");
+    let s = d.token("janitor", &["delete:tmp-*", "delete:mine*", "branch:main"]);
+    let mut c = d.client(&s);
+    allowed("base", c.branch_create("base", "main", None));
+    // A mounted side is flushed (syncfs) between the checks and the walk.
+    let mnt = d.dir("base");
+    allowed(
+        "mount base",
+        c.mount("base", mnt.to_str().expect("utf-8"), false),
+    );
+    allowed("mine", c.branch_create("mine", "main", None));
+    // A refusal flushes nothing either (the mounted side was flushed, and so
+    // the pool committed, before the other side was checked).
+    refused(&d, "diff tmp-x", ErrorKind::Forbidden, Scope::Read, || {
+        c.diff("base", "tmp-x")
+    });
+    let stop = AtomicBool::new(false);
+    let leaked = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let mut c = d.client(&s);
+            while !stop.load(Ordering::SeqCst) {
+                // "mine" is the own branch, then the unreadable one, then back.
+                allowed("away", c.rename("mine", "mine-own"));
+                allowed("x in", c.rename("tmp-x", "mine"));
+                allowed("x out", c.rename("mine", "tmp-x"));
+                allowed("back", c.rename("mine-own", "mine"));
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut leaked = false;
+        while std::time::Instant::now() < deadline && !leaked {
+            if let Ok(r) = c.diff("mine", "base") {
+                leaked = r.entries.iter().any(|e| e.path.contains("secret"));
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        leaked
+    });
+    assert!(
+        !leaked,
+        "diff showed the paths of a branch the token may not read"
+    );
+}

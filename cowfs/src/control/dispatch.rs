@@ -408,12 +408,22 @@ impl Ctx {
                 ok(MountList { mounts: out })
             }
             Request::Diff { a, b } => {
-                for n in [&a, &b] {
-                    let t = self.target(token, n)?;
-                    require(token, Scope::Read, &t.name, t.id)?;
-                    self.sync(n)?;
-                }
-                let d = self.pool.diff(&a, &b).map_err(errors::pool)?;
+                // Both checked before anything is flushed: a refusal changes
+                // nothing (a flush commits).
+                let ta = self.target(token, &a)?;
+                require(token, Scope::Read, &ta.name, ta.id)?;
+                let tb = self.target(token, &b)?;
+                require(token, Scope::Read, &tb.name, tb.id)?;
+                self.sync(&a)?;
+                self.sync(&b)?;
+                // Without the operation lock (a diff may take long), a rename or
+                // delete may change what the names hold after the checks: walk
+                // only the branches checked, by id, or answer as for a deleted
+                // one.
+                let d = self
+                    .pool
+                    .diff_ids(&a, ta.id, &b, tb.id)
+                    .map_err(errors::pool)?;
                 let entries = d
                     .entries
                     .into_iter()
