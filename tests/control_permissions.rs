@@ -529,3 +529,164 @@ fn names_of_hidden_branches_are_taken_like_any_other() {
         );
     }
 }
+
+/// Review finding: `rename` needed `delete` on the old name only, so a token
+/// could move a branch it may delete (but not read) onto a name its other grants
+/// cover and so gain them: with `delete:tmp-*` and `write:work-*`, another
+/// token's `tmp-secret` became a readable and writable `work-secret`. A rename
+/// now gives the token no scope it lacks on the branch under its old name.
+#[test]
+fn rename_gives_the_token_no_scope_it_lacks() {
+    let d = Daemon::start();
+    let mut admin = d.admin_client();
+    allowed(
+        "tmp-secret",
+        admin.branch_create("tmp-secret", "main", None),
+    );
+    let janitor_s = d.token("janitor", &["delete:tmp-*", "write:work-*", "mount:work-*"]);
+    let mut janitor = d.client(&janitor_s);
+    refused(
+        &d,
+        "janitor reads tmp-secret",
+        ErrorKind::Forbidden,
+        Scope::Read,
+        || janitor.info("tmp-secret"),
+    );
+    refused(
+        &d,
+        "janitor renames tmp-secret into write:work-*",
+        ErrorKind::Forbidden,
+        Scope::Read,
+        || janitor.rename("tmp-secret", "work-secret"),
+    );
+    assert_eq!(
+        kind(janitor.info("work-secret")),
+        ErrorKind::NotFound,
+        "the branch must not have moved"
+    );
+    // Renames that give nothing still work: within the pattern, and away from
+    // it (the token loses the branch, as deleting it would). Own branches go
+    // anywhere: ownership follows them (see the matrix).
+    allowed("within tmp-*", janitor.rename("tmp-secret", "tmp-old"));
+    allowed("away from tmp-*", janitor.rename("tmp-old", "archived"));
+    assert_eq!(kind(janitor.info("archived")), ErrorKind::NotFound);
+    allowed("admin still sees it", admin.info("archived"));
+}
+
+/// A profile of rules only: sanitizing it needs no mount.
+const RULES_ONLY: &str = r#"
+[[profiles.pii.rules]]
+name = "env files"
+paths = ["**/.env"]
+action = "remove"
+"#;
+
+/// Review finding: a branch reset to one that requires a sanitize profile got its
+/// unsanitized content but not the requirement (only `branch_create`,
+/// `snapshot_create` and `group_create` passed it on), so tokens allowed to branch
+/// from the reset branch got unsanitized clones of the protected data. A reset
+/// (admin-only on such a `to`) now passes the requirement on like they do.
+#[test]
+fn reset_to_a_branch_that_requires_sanitizing_passes_the_requirement_on() {
+    let d = Daemon::start_with_config(Some(RULES_ONLY));
+    let mut admin = d.admin_client();
+    allowed("prod", admin.branch_create("prod", "main", None));
+    allowed("require pii", admin.protect_with("prod", Some("pii")));
+    allowed("staging", admin.branch_create("staging", "main", None));
+    let ops_s = d.token("ops", &["admin:prod", "write:staging"]);
+    let agent_s = d.token("agent", &["branch:staging"]);
+    let mut agent = d.client(&agent_s);
+    let plain = allowed(
+        "clone of staging",
+        agent.branch_create("a0", "staging", None),
+    );
+    assert!(plain.sanitized.is_none(), "staging requires nothing yet");
+
+    let reset = allowed(
+        "ops resets staging to prod",
+        d.client(&ops_s).reset("staging", "prod"),
+    );
+    assert_eq!(reset.require_sanitize.as_deref(), Some("pii"));
+    let clone = allowed(
+        "clone of the reset staging",
+        agent.branch_create("a1", "staging", None),
+    );
+    assert_eq!(
+        clone.sanitized.as_ref().map(|s| s.profile.as_str()),
+        Some("pii"),
+        "a clone of prod's content went unsanitized"
+    );
+    assert_eq!(
+        kind(agent.snapshot_create("a-snap", "staging")),
+        ErrorKind::Forbidden,
+        "an unsanitized snapshot of prod's content"
+    );
+}
+
+/// Review finding: `diff` checked `read` on each name, then diffed whatever the
+/// names held by then, without the operation lock: a token that may rename a
+/// branch it cannot read (`delete` on both names gives it no scope, so the
+/// rename is allowed) swapped it under an own branch's name between the check
+/// and the walk, and got the unreadable branch's paths. The diff now walks the
+/// branches the checks saw (by id), or fails as for a deleted branch.
+#[test]
+fn diff_walks_the_branches_it_checked() {
+    use cowfs::fs::Owner;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let d = Daemon::start();
+    let mut admin = d.admin_client();
+    allowed("tmp-x", admin.branch_create("tmp-x", "main", None));
+    let x = d.pool.branch_id("tmp-x").expect("tmp-x");
+    d.pool
+        .mknod(
+            x,
+            1,
+            b"secret.txt",
+            libc::S_IFREG | 0o644,
+            0,
+            Owner::default(),
+        )
+        .expect("mknod");
+    d.pool.commit().expect("commit");
+    let s = d.token("janitor", &["delete:tmp-*", "delete:mine*", "branch:main"]);
+    let mut c = d.client(&s);
+    allowed("base", c.branch_create("base", "main", None));
+    // A mounted side is flushed (syncfs) between the checks and the walk.
+    let mnt = d.dir("base");
+    allowed(
+        "mount base",
+        c.mount("base", mnt.to_str().expect("utf-8"), false),
+    );
+    allowed("mine", c.branch_create("mine", "main", None));
+    // A refusal flushes nothing either (the mounted side was flushed, and so
+    // the pool committed, before the other side was checked).
+    refused(&d, "diff tmp-x", ErrorKind::Forbidden, Scope::Read, || {
+        c.diff("base", "tmp-x")
+    });
+    let stop = AtomicBool::new(false);
+    let leaked = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let mut c = d.client(&s);
+            while !stop.load(Ordering::SeqCst) {
+                // "mine" is the own branch, then the unreadable one, then back.
+                allowed("away", c.rename("mine", "mine-own"));
+                allowed("x in", c.rename("tmp-x", "mine"));
+                allowed("x out", c.rename("mine", "tmp-x"));
+                allowed("back", c.rename("mine-own", "mine"));
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut leaked = false;
+        while std::time::Instant::now() < deadline && !leaked {
+            if let Ok(r) = c.diff("mine", "base") {
+                leaked = r.entries.iter().any(|e| e.path.contains("secret"));
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        leaked
+    });
+    assert!(
+        !leaked,
+        "diff showed the paths of a branch the token may not read"
+    );
+}

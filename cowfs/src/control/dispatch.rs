@@ -341,6 +341,7 @@ impl Ctx {
                 let t = self.target(token, &old)?;
                 require(token, Scope::Delete, &t.name, t.id)?;
                 require_unprotected(token, t.protected, "rename", &t.name, t.id)?;
+                refuse_scope_gain(token, &t, &new)?;
                 self.refuse_mounted(&old, "rename")?;
                 self.pool.branch_rename(&old, &new).map_err(errors::pool)?;
                 ok(self.info(token, &new)?)
@@ -407,12 +408,22 @@ impl Ctx {
                 ok(MountList { mounts: out })
             }
             Request::Diff { a, b } => {
-                for n in [&a, &b] {
-                    let t = self.target(token, n)?;
-                    require(token, Scope::Read, &t.name, t.id)?;
-                    self.sync(n)?;
-                }
-                let d = self.pool.diff(&a, &b).map_err(errors::pool)?;
+                // Both checked before anything is flushed: a refusal changes
+                // nothing (a flush commits).
+                let ta = self.target(token, &a)?;
+                require(token, Scope::Read, &ta.name, ta.id)?;
+                let tb = self.target(token, &b)?;
+                require(token, Scope::Read, &tb.name, tb.id)?;
+                self.sync(&a)?;
+                self.sync(&b)?;
+                // Without the operation lock (a diff may take long), a rename or
+                // delete may change what the names hold after the checks: walk
+                // only the branches checked, by id, or answer as for a deleted
+                // one.
+                let d = self
+                    .pool
+                    .diff_ids(&a, ta.id, &b, tb.id)
+                    .map_err(errors::pool)?;
                 let entries = d
                     .entries
                     .into_iter()
@@ -458,7 +469,20 @@ impl Ctx {
                     .target(branch));
                 }
                 self.refuse_mounted(&branch, "reset")?;
-                self.pool.reset_to(&branch, &to).map_err(errors::pool)?;
+                // The branch now holds `to`'s content unsanitized (only an admin
+                // on `to` gets here if `to` requires a profile): it requires the
+                // profile too, as a branch taken from `to` without sanitizing
+                // would, or tokens that may branch from it would get unsanitized
+                // clones. Set before the reset, so that the content is never
+                // without it; put back if the reset fails.
+                let before = self.state.required(t.id);
+                self.inherit_required(src.id, t.id)?;
+                if let Err(e) = self.pool.reset_to(&branch, &to) {
+                    if let Err(s) = self.state.set_required(t.id, before.as_deref()) {
+                        log::error!("{}: {s}", self.state.path().display());
+                    }
+                    return Err(errors::pool(e));
+                }
                 ok(self.info(token, &branch)?)
             }
             Request::Protect {
@@ -1052,6 +1076,26 @@ impl Ctx {
             })?;
         ok(self.info(token, name)?)
     }
+}
+
+/// Grants follow names, so a rename could hand the token scopes it lacks on the
+/// branch: `delete:tmp-*` plus `write:work-*` would make someone else's
+/// `tmp-secret` readable and writable as `work-secret`. Refuse a rename that
+/// gives `token` any scope on the branch it does not already have; it depends
+/// only on the token's grants and the two names, never on what `new` holds.
+fn refuse_scope_gain(token: &TokenView, t: &Target, new: &str) -> Result<(), ErrorReply> {
+    let gained = Scope::ALL
+        .into_iter()
+        .find(|s| has(token, *s, new, t.id) && !has(token, *s, &t.name, t.id));
+    let Some(scope) = gained else {
+        return Ok(());
+    };
+    let mut e = forbidden(token, scope, &t.name);
+    e.message = format!(
+        "token '{}' lacks the '{scope}' scope on '{}', and renaming it to '{new}' would give it that; use a token with {scope}:{} (or admin), or another name",
+        token.name, t.name, t.name
+    );
+    Err(e)
 }
 
 fn quota_info(q: QuotaStatus) -> QuotaInfo {

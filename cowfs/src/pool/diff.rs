@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use super::{Engine, Pool, PoolResult};
+use super::{BranchId, Engine, Pool, PoolError, PoolResult};
 use crate::btree::{diff as tree_diff, tree, Key};
 use crate::fs::items::{
     DirEntry, Extent, Inode, KIND_DIRENT, KIND_EXTENT, KIND_INLINE, KIND_INODE, KIND_XATTR,
@@ -79,10 +79,35 @@ impl Pool {
     /// The difference between branches or snapshots `a` and `b` (what turns `a`
     /// into `b`), sorted by path.
     pub fn diff(&self, a: &str, b: &str) -> PoolResult<DiffResult> {
+        self.diff_expecting(a, None, b, None)
+    }
+
+    /// `diff`, only if `a` and `b` still name the branches `ia` and `ib`
+    /// (`BranchNotFound` naming the one that does not). For callers that checked
+    /// permissions on those branches by name: a rename or delete in between must
+    /// not make the walk read another branch than the one checked.
+    pub fn diff_ids(&self, a: &str, ia: BranchId, b: &str, ib: BranchId) -> PoolResult<DiffResult> {
+        self.diff_expecting(a, Some(ia), b, Some(ib))
+    }
+
+    fn diff_expecting(
+        &self,
+        a: &str,
+        want_a: Option<BranchId>,
+        b: &str,
+        want_b: Option<BranchId>,
+    ) -> PoolResult<DiffResult> {
         let mut e = self.e.lock();
         let (ra, rb) = {
-            let ia = e.id_of(a)?;
-            let ib = e.id_of(b)?;
+            let id = |e: &Engine, name: &str, want: Option<BranchId>| {
+                let id = e.id_of(name)?;
+                if want.is_some_and(|w| w != id) {
+                    return Err(PoolError::BranchNotFound(name.into()));
+                }
+                Ok(id)
+            };
+            let ia = id(&e, a, want_a)?;
+            let ib = id(&e, b, want_b)?;
             (e.branches[&ia].root, e.branches[&ib].root)
         };
         let mut inodes: BTreeMap<u64, InodeDelta> = BTreeMap::new();
