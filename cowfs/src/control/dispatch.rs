@@ -217,20 +217,26 @@ impl Ctx {
             )
             .target(name));
         }
-        let protected = self.pool.is_protected(name).map_err(errors::pool)?;
         Ok(Target {
             name: i.name,
             id: i.id,
             snapshot: i.snapshot,
-            protected,
+            protected: i.protected,
         })
     }
 
-    /// `name`'s BranchInfo as `token` may see it.
+    /// `name`'s BranchInfo as `token` may see it (after a change this request
+    /// made under the operation lock).
     fn info(&self, token: &TokenView, name: &str) -> Result<BranchInfo, ErrorReply> {
         let i = self.pool.info(name).map_err(errors::pool)?;
-        let protected = self.pool.is_protected(name).map_err(errors::pool)?;
-        Ok(BranchInfo {
+        Ok(self.describe(token, i))
+    }
+
+    /// The BranchInfo of `i`, read once and checked: `list` and `info` run without
+    /// the operation lock, so reading a name again could describe whatever a
+    /// rename put under it meanwhile (a branch the token may not see).
+    fn describe(&self, token: &TokenView, i: pool::BranchInfo) -> BranchInfo {
+        BranchInfo {
             id: i.id,
             kind: if i.snapshot {
                 BranchKind::Snapshot
@@ -240,7 +246,7 @@ impl Ctx {
             // A parent the token cannot see (another agent's branch) is not named.
             parent: i.parent.filter(|p| self.visible_name(token, p)),
             created_unix: i.created_unix,
-            protected,
+            protected: i.protected,
             owner: self.tokens.name_of(i.owner),
             mounts: self.mount_list(Some(&i.name)),
             state: if self.state.is_sanitizing(i.id) {
@@ -251,7 +257,7 @@ impl Ctx {
             require_sanitize: self.state.required(i.id),
             sanitized: None,
             name: i.name,
-        })
+        }
     }
 
     fn mount_list(&self, branch: Option<&str>) -> Vec<proto::MountInfo> {
@@ -314,7 +320,7 @@ impl Ctx {
                 for b in self.pool.list() {
                     if has(token, Scope::Read, &b.name, b.id) && self.visible(token, &b.name, b.id)
                     {
-                        out.push(self.info(token, &b.name)?);
+                        out.push(self.describe(token, b));
                     }
                 }
                 ok(BranchList { branches: out })
@@ -322,7 +328,7 @@ impl Ctx {
             Request::Info { name } => {
                 let i = self.lookup(token, &name)?;
                 require(token, Scope::Read, &i.name, i.id)?;
-                ok(self.info(token, &name)?)
+                ok(self.describe(token, i))
             }
             Request::BranchCreate {
                 name,

@@ -156,6 +156,8 @@ pub struct BranchInfo {
     pub created_unix: u64,
     /// The token that created it (`NO_OWNER`: none did).
     pub owner: TokenId,
+    /// Only admin tokens may delete, reset, rename or mount it read-write.
+    pub protected: bool,
 }
 
 /// statfs figures, in 4 KiB blocks.
@@ -1132,6 +1134,7 @@ impl Engine {
             parent: self.branches.get(&r.parent).map(|p| p.name.clone()),
             created_unix: r.created_unix,
             owner: r.owner,
+            protected: r.is_protected(),
         }
     }
 
