@@ -149,3 +149,83 @@ fn inline_files_and_xattrs_stop_at_the_quota_and_deleting_gives_it_back() {
     );
     clean(&pool, "end");
 }
+
+/// A snapshot (or a branch, or a reset to it) of a branch with a reservation
+/// shares every block the branch held: it then alone references nothing, so its
+/// whole reservation must be kept free again (a copy-on-write overwrite of its
+/// files needs new blocks). The figure stayed at what it held before the
+/// snapshot, the reservation counted as used, and an agent could fill the pool
+/// and give production ENOSPC on its next overwrite.
+#[test]
+fn a_snapshot_of_a_reserved_branch_keeps_its_reservation() {
+    const MIB: u64 = 1 << 20;
+    let opts = PoolOptions {
+        capacity_bytes: Some(64 * MIB),
+        ..Default::default()
+    };
+    let pool = Pool::create_on(Arc::new(MemDevice::new()), &opts).expect("create");
+    let main = pool.branch_id("main").expect("main");
+    let agent = pool.branch_create("agent", "main").expect("agent");
+    let reserve = QuotaLimits {
+        max_bytes: None,
+        reserve_bytes: 8 * MIB,
+    };
+    pool.quota_set("main", reserve).expect("reserve");
+    let chunk = vec![3u8; 256 << 10];
+    let db = pool
+        .mknod(
+            main,
+            ROOT_INO,
+            b"db",
+            libc::S_IFREG | 0o644,
+            0,
+            Owner::default(),
+        )
+        .expect("db");
+    for i in 0..32u64 {
+        pool.write_file(main, db.ino, i * chunk.len() as u64, &chunk)
+            .expect("main fills its reservation");
+    }
+    pool.commit().expect("commit");
+    assert!(
+        used(&pool) >= 8 * MIB,
+        "main holds its data: {}",
+        used(&pool)
+    );
+
+    pool.snapshot_create("before", "main").expect("snapshot");
+    assert!(
+        used(&pool) < 16 * KIB,
+        "everything main holds is shared with the snapshot: {}",
+        used(&pool)
+    );
+    pool.quota_recount_all().expect("recount");
+    assert!(used(&pool) < 16 * KIB, "recount: {}", used(&pool));
+
+    // The agent fills the pool: it stops short of main's reservation.
+    let f = pool
+        .mknod(
+            agent,
+            ROOT_INO,
+            b"fill",
+            libc::S_IFREG | 0o644,
+            0,
+            Owner::default(),
+        )
+        .expect("fill");
+    let mut off = 0u64;
+    let err = loop {
+        match pool.write_file(agent, f.ino, off, &chunk) {
+            Ok(n) => off += n as u64,
+            Err(e) => break e,
+        }
+        assert!(off < 128 * MIB, "never stopped");
+    };
+    assert_eq!(err.errno(), libc::ENOSPC, "agent: {err}");
+    // Main overwrites its database (every block shared with the snapshot).
+    for i in 0..24u64 {
+        pool.write_file(main, db.ino, i * chunk.len() as u64, &chunk)
+            .unwrap_or_else(|e| panic!("main overwrite {i}: {e}"));
+    }
+    clean(&pool, "end");
+}

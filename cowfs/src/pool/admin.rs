@@ -63,6 +63,7 @@ impl Pool {
         let from = e.branches[&src].clone();
         e.ensure_commit_room(1)?;
         e.st.inc_node(from.root)?;
+        e.quotas.root_shared(src);
         e.st.drop_ref(target.root)?;
         if let Some(r) = e.branches.get_mut(id) {
             r.root = from.root;
@@ -100,6 +101,7 @@ impl Pool {
         for (m, parent) in members.iter().zip(parents) {
             let p = e.branches[&parent].clone();
             e.st.inc_node(p.root)?;
+            e.quotas.root_shared(parent);
             let id = e.next_branch_id;
             e.next_branch_id += 1;
             let rec = BranchRecord {

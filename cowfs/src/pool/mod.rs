@@ -1205,6 +1205,7 @@ impl Engine {
         self.ensure_commit_room(1)?;
         let p = self.branches[&parent].clone();
         self.st.inc_node(p.root)?;
+        self.quotas.root_shared(parent);
         let id = self.next_branch_id;
         self.next_branch_id += 1;
         let rec = BranchRecord {

@@ -13,7 +13,9 @@
 //!
 //! What a branch "alone references" is computed exactly when its quota is set (the
 //! blocks deleting it would free) and then follows the pool's block count across
-//! each of its writes. Space that becomes exclusive to it because another branch
+//! each of its writes. A branch or snapshot made of it (or a reset of another
+//! branch to it) shares all of it: the figure drops to 0 (`Quotas::root_shared`).
+//! Space that becomes exclusive to it because another branch
 //! or snapshot was deleted is counted by `quota_recount_all` (the control plane
 //! calls it after every delete).
 //! Only an operation that removes (unlink, rmdir, removexattr, freeing an inode)
@@ -105,6 +107,18 @@ impl Quotas {
             }
         }
         out
+    }
+
+    /// Branch `b`'s root gained a reference (a branch or snapshot was made of it,
+    /// or another branch was reset to it): every block it referenced is shared
+    /// now, so it alone references nothing (what a recount finds, at no cost).
+    /// Without this the figure kept what it held before, a reservation counted
+    /// as used although every overwrite needs new blocks, and other branches
+    /// could take the room it was meant to keep.
+    pub(crate) fn root_shared(&mut self, b: BranchId) {
+        if let Some(e) = self.entries.get_mut(&b) {
+            e.charged = 0;
+        }
     }
 
     /// Account one write operation on `b`: the pool's used block count went from

@@ -48,6 +48,11 @@ impl Pool {
 
 /// Blocks only the tree at `root` references (what deleting it would free).
 pub(super) fn exclusive_blocks(e: &mut Engine, root: BlockAddr) -> StoreResult<u64> {
+    // A root with several references (a branch or snapshot of it) frees nothing
+    // when deleted: no need to walk the tree to find that.
+    if e.st.space.get(&*e.st.dev.clone(), root)? > 1 {
+        return Ok(0);
+    }
     let mut t = Tally::default();
     walk(e, root, true, &mut t)?;
     Ok(t.exclusive)
