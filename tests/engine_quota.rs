@@ -229,3 +229,65 @@ fn a_snapshot_of_a_reserved_branch_keeps_its_reservation() {
     }
     clean(&pool, "end");
 }
+
+/// Blocks shared between two files of the branch (`clone_range`, as
+/// `copy_file_range` does) are not "its alone" to a recount, which the control
+/// plane runs after every delete of any branch: the figure dropped by the clone,
+/// and deleting one of the two files made the blocks the branch's alone again
+/// without charging them. Clone, have any branch deleted, unlink the clone:
+/// each round let the branch write its quota once more.
+#[test]
+fn a_clone_and_a_recount_do_not_lift_the_quota() {
+    const MIB: u64 = 1 << 20;
+    let opts = PoolOptions {
+        capacity_bytes: Some(64 * MIB),
+        ..Default::default()
+    };
+    let pool = Pool::create_on(Arc::new(MemDevice::new()), &opts).expect("create");
+    let b = pool.branch_create("agent", "main").expect("agent");
+    let quota = 4 * MIB;
+    let limits = QuotaLimits {
+        max_bytes: Some(quota),
+        reserve_bytes: 0,
+    };
+    pool.quota_set("agent", limits).expect("quota");
+    let file = |n: &[u8]| {
+        pool.mknod(b, ROOT_INO, n, libc::S_IFREG | 0o644, 0, Owner::default())
+            .expect("mknod")
+            .ino
+    };
+    let chunk = vec![9u8; 256 << 10];
+    let mut written = 0u64;
+    for round in 0..4u64 {
+        let f = file(format!("data{round}").as_bytes());
+        let mut off = 0;
+        while off < 3 * MIB {
+            match pool.write_file(b, f, off, &chunk) {
+                Ok(n) => off += n as u64,
+                Err(e) => {
+                    assert_eq!(e.errno(), libc::EDQUOT, "round {round}: {e}");
+                    break;
+                }
+            }
+        }
+        written += off;
+        if off < 3 * MIB {
+            break;
+        }
+        let g = file(format!("copy{round}").as_bytes());
+        pool.clone_range(b, f, 0, g, 0, 3 * MIB).expect("clone");
+        // Any delete recounts every quota (the control plane's `delete`).
+        pool.snapshot_create("other", "main").expect("snapshot");
+        pool.branch_delete("other").expect("delete");
+        pool.quota_recount_all().expect("recount");
+        pool.unlink(b, ROOT_INO, format!("copy{round}").as_bytes())
+            .expect("unlink clone");
+    }
+    assert!(
+        written <= quota + MIB,
+        "{written} bytes written with a quota of {quota}"
+    );
+    pool.quota_recount_all().expect("recount");
+    assert!(used(&pool) <= quota + MIB, "holds {}", used(&pool));
+    clean(&pool, "end");
+}

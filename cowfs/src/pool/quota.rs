@@ -17,7 +17,7 @@
 //! branch to it) shares all of it: the figure drops to 0 (`Quotas::root_shared`).
 //! Space that becomes exclusive to it because another branch
 //! or snapshot was deleted is counted by `quota_recount_all` (the control plane
-//! calls it after every delete).
+//! calls it after every delete), which only raises the figure.
 //! Only an operation that removes (unlink, rmdir, removexattr, freeing an inode)
 //! may pass a limit, by the nodes it copies before it frees anything.
 //! The limits live in memory; the control plane stores them (`POOL.quotas`) and
@@ -196,17 +196,28 @@ impl Pool {
 
     /// Count again what every branch with limits alone references: after a
     /// branch or snapshot was deleted, blocks it shared may now belong to one of
-    /// them alone.
+    /// them alone. A delete only ever adds to what the others alone reference, so
+    /// a figure is only raised here, never lowered: the recount sees blocks shared
+    /// between two files of the branch (`clone_range`) as not its alone, while
+    /// the figure followed their allocation. Lowering it to the recount let a
+    /// branch clone its files, have any branch deleted, unlink the clones (which
+    /// makes their blocks its alone again, at no charge) and write its quota once
+    /// more, as often as it liked.
     pub fn quota_recount_all(&self) -> PoolResult<()> {
         let ids: Vec<BranchId> = self.e.lock().quotas.entries.keys().copied().collect();
         for id in ids {
-            self.quota_recount(id)?;
+            self.recount(id, true)?;
         }
         Ok(())
     }
 
     /// Count again what a branch alone references (after a reset replaced its tree).
     pub(crate) fn quota_recount(&self, id: BranchId) -> PoolResult<()> {
+        self.recount(id, false)
+    }
+
+    /// `raise_only`: keep the figure if the recount finds less.
+    fn recount(&self, id: BranchId, raise_only: bool) -> PoolResult<()> {
         let mut e = self.e.lock();
         if !e.quotas.entries.contains_key(&id) {
             return Ok(());
@@ -216,7 +227,7 @@ impl Pool {
         };
         let n = exclusive_blocks(&mut e, root)?;
         if let Some(q) = e.quotas.entries.get_mut(&id) {
-            q.charged = n;
+            q.charged = if raise_only { q.charged.max(n) } else { n };
         }
         Ok(())
     }
