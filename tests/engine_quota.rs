@@ -291,3 +291,40 @@ fn a_clone_and_a_recount_do_not_lift_the_quota() {
     assert!(used(&pool) <= quota + MIB, "holds {}", used(&pool));
     clean(&pool, "end");
 }
+
+/// A reservation must fit in the free space the other reservations leave. The
+/// check asked for the branch's write budget and ignored it when the branch's
+/// own (old) quota was the tighter limit: then it compared with all the free
+/// space, and reservations summed past it (a branch with a 4 MiB quota was
+/// given a 24 MiB reservation next to one of 48 MiB in a 64 MiB pool).
+#[test]
+fn reservations_never_sum_past_the_free_space() {
+    const MIB: u64 = 1 << 20;
+    let opts = PoolOptions {
+        capacity_bytes: Some(64 * MIB),
+        ..Default::default()
+    };
+    let pool = Pool::create_on(Arc::new(MemDevice::new()), &opts).expect("create");
+    pool.branch_create("a", "main").expect("a");
+    pool.branch_create("b", "main").expect("b");
+    let limits = |max: Option<u64>, reserve: u64| QuotaLimits {
+        max_bytes: max,
+        reserve_bytes: reserve,
+    };
+    pool.quota_set("b", limits(None, 48 * MIB))
+        .expect("b's reservation fits");
+    pool.quota_set("a", limits(Some(4 * MIB), 0))
+        .expect("a quota");
+    let e = pool.quota_set("a", limits(Some(32 * MIB), 24 * MIB));
+    assert!(
+        e.is_err(),
+        "24 MiB reserved for a beside 48 MiB for b in a 64 MiB pool"
+    );
+    assert_eq!(
+        pool.quota_list()
+            .iter()
+            .map(|q| q.limits.reserve_bytes)
+            .sum::<u64>(),
+        48 * MIB
+    );
+}

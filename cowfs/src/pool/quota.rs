@@ -85,12 +85,7 @@ impl Quotas {
         if self.entries.is_empty() {
             return None;
         }
-        let reserved_others: u64 = self
-            .entries
-            .iter()
-            .filter(|(id, _)| **id != b && branches.contains_key(id))
-            .map(|(_, e)| (e.limits.reserve_bytes / BS).saturating_sub(e.charged))
-            .sum();
+        let reserved_others = self.reserved_for_others(b, branches);
         let mut out = (reserved_others > 0).then(|| DataBudget {
             blocks: available.saturating_sub(reserved_others + METADATA_MARGIN),
             quota: false,
@@ -119,6 +114,15 @@ impl Quotas {
         if let Some(e) = self.entries.get_mut(&b) {
             e.charged = 0;
         }
+    }
+
+    /// Free blocks the reservations of branches other than `b` keep.
+    fn reserved_for_others(&self, b: BranchId, branches: &BTreeMap<BranchId, BranchRecord>) -> u64 {
+        self.entries
+            .iter()
+            .filter(|(id, _)| **id != b && branches.contains_key(id))
+            .map(|(_, e)| (e.limits.reserve_bytes / BS).saturating_sub(e.charged))
+            .fold(0, u64::saturating_add)
     }
 
     /// Account one write operation on `b`: the pool's used block count went from
@@ -152,12 +156,12 @@ impl Pool {
         if want > 0 {
             // Free space as a write would see it: for a pool file, no more than
             // its host filesystem can still store.
+            // What the other reservations leave of it (not the branch's write
+            // budget: when its own old quota was the tighter limit, that budget
+            // said nothing of the others, and reservations summed past the free
+            // space).
             let avail = e.st.available();
-            let room = e
-                .quotas
-                .budget(id, &e.branches, avail)
-                .filter(|b| !b.quota)
-                .map_or(avail, |b| b.blocks);
+            let room = avail.saturating_sub(e.quotas.reserved_for_others(id, &e.branches));
             if want > room.saturating_sub(METADATA_MARGIN) {
                 return Err(StoreError::NoSpace {
                     pool: e.st.dev.name(),
