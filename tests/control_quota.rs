@@ -31,6 +31,16 @@ fn fill(path: &Path, limit: u64) -> (u64, Option<i32>) {
     (done, None)
 }
 
+/// `df DIR`: (size, room for an unprivileged writer), in bytes.
+fn df(dir: &Path) -> (u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("path");
+    // SAFETY: statvfs fills the zeroed struct it is given; the path is NUL-ended.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0, "statvfs");
+    (s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize)
+}
+
 #[test]
 fn quota_and_reservation_on_mounts() {
     let d = Daemon::start_with(None, 256 * MIB);
@@ -66,13 +76,23 @@ fn quota_and_reservation_on_mounts() {
         .mount("prod", mp.to_str().expect("utf-8"), false)
         .expect("mount prod");
 
+    // `df` in a1 shows its quota as the size, not the pool's 256 MiB.
+    let (size, room) = df(&m1);
+    assert_eq!(size, 32 * MIB, "a1's df size");
+    assert!(room <= 32 * MIB, "a1's df room {room}");
     let (n, e) = fill(&m1.join("fill"), 200 * MIB);
     assert_eq!(e, Some(libc::EDQUOT), "a1 stopped after {n} bytes");
+    let (_, room) = df(&m1);
+    assert!(room < 4 * MIB, "a1's df room at its quota: {room}");
     assert!((28 * MIB..=33 * MIB).contains(&n), "a1 wrote {n} bytes");
     let used = admin.quota_list().expect("list");
     let a1 = used.iter().find(|q| q.name == "a1").expect("a1 listed");
     assert!(a1.used_bytes >= 28 * MIB, "{a1:?}");
 
+    // a2 has no quota, but prod's reservation is not room for it.
+    let (pool_size, a2_room) = df(&m2);
+    assert_eq!(pool_size, 256 * MIB);
+    assert!(a2_room + 64 * MIB <= pool_size, "a2's df room {a2_room}");
     let (n, e) = fill(&m2.join("fill"), 400 * MIB);
     assert_eq!(e, Some(libc::ENOSPC), "a2 stopped after {n} bytes");
     assert!(

@@ -328,3 +328,74 @@ fn reservations_never_sum_past_the_free_space() {
         48 * MIB
     );
 }
+
+/// `df` in a branch shows the room its writes get: its quota as the size (used:
+/// what it alone references), and never another branch's reservation as free.
+/// It showed the pool's figures, so a branch at its quota saw gigabytes free.
+#[test]
+fn statfs_of_a_branch_shows_its_quota_and_the_others_reservations() {
+    const MIB: u64 = 1 << 20;
+    const BLOCKS_PER_MIB: u64 = MIB / 4096;
+    let opts = PoolOptions {
+        capacity_bytes: Some(64 * MIB),
+        ..Default::default()
+    };
+    let pool = Pool::create_on(Arc::new(MemDevice::new()), &opts).expect("create");
+    let main = pool.branch_id("main").expect("main");
+    let agent = pool.branch_create("agent", "main").expect("agent");
+    pool.branch_create("prod", "main").expect("prod");
+    assert_eq!(
+        pool.statfs_of(agent),
+        pool.statfs(),
+        "no quotas: the pool's"
+    );
+
+    pool.quota_set(
+        "agent",
+        QuotaLimits {
+            max_bytes: Some(8 * MIB),
+            reserve_bytes: 0,
+        },
+    )
+    .expect("agent quota");
+    let f = pool
+        .mknod(
+            agent,
+            ROOT_INO,
+            b"f",
+            libc::S_IFREG | 0o644,
+            0,
+            Owner::default(),
+        )
+        .expect("mknod");
+    pool.write_file(agent, f.ino, 0, &vec![1u8; 2 * MIB as usize])
+        .expect("write");
+    let charged = used(&pool) / 4096;
+    let s = pool.statfs_of(agent);
+    assert_eq!(s.blocks, 8 * BLOCKS_PER_MIB, "the quota is the size");
+    assert_eq!(s.blocks - s.bfree, charged, "used: what it alone holds");
+    assert!(
+        (2 * BLOCKS_PER_MIB..=2 * BLOCKS_PER_MIB + 16).contains(&charged),
+        "{charged} blocks for 2 MiB"
+    );
+    assert!(s.bavail <= s.bfree);
+
+    // A reservation elsewhere is not room for main.
+    let before = pool.statfs_of(main);
+    pool.quota_set(
+        "prod",
+        QuotaLimits {
+            max_bytes: None,
+            reserve_bytes: 16 * MIB,
+        },
+    )
+    .expect("prod reservation");
+    let after = pool.statfs_of(main);
+    assert_eq!(after.blocks, before.blocks);
+    assert!(
+        after.bavail + 16 * BLOCKS_PER_MIB <= before.bavail,
+        "main's room {} -> {} blocks beside a 16 MiB reservation",
+        before.bavail,
+        after.bavail
+    );
+}

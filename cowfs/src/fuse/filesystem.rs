@@ -573,7 +573,7 @@ impl Filesystem for CowFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let s = self.pool.statfs();
+        let s = self.pool.statfs_of(self.branch);
         reply.statfs(
             s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
         );

@@ -611,7 +611,29 @@ impl Pool {
     }
 
     pub fn statfs(&self) -> StatFs {
+        Self::statfs_locked(&mut self.e.lock())
+    }
+
+    /// `statfs` as branch `b` sees it: its quota is its size (used: what it alone
+    /// references), and other branches' reservations are not room it has. A
+    /// service that checks `df` before a large write then sees the room its
+    /// writes will get, not the pool's.
+    pub fn statfs_of(&self, b: BranchId) -> StatFs {
         let mut e = self.e.lock();
+        let mut s = Self::statfs_locked(&mut e);
+        let Some(budget) = e.quotas.budget(b, &e.branches, s.bfree) else {
+            return s;
+        };
+        if let Some((max, charged)) = e.quotas.limit_blocks(b) {
+            s.blocks = max.max(charged);
+            s.bfree = s.bfree.min(max.saturating_sub(charged));
+        }
+        s.bfree = s.bfree.min(budget.blocks);
+        s.bavail = s.bavail.min(budget.blocks);
+        s
+    }
+
+    fn statfs_locked(e: &mut Engine) -> StatFs {
         // Limited by the host filesystem of a pool file, as the allocator is.
         let avail = e.st.available();
         // Blocks held back for commits and for deletes are free but not usable by

@@ -104,6 +104,13 @@ impl Quotas {
         out
     }
 
+    /// Branch `b`'s quota and what it alone references, in blocks, if it has a
+    /// quota.
+    pub(crate) fn limit_blocks(&self, b: BranchId) -> Option<(u64, u64)> {
+        let e = self.entries.get(&b)?;
+        Some((e.limits.max_bytes? / BS, e.charged))
+    }
+
     /// Branch `b`'s root gained a reference (a branch or snapshot was made of it,
     /// or another branch was reset to it): every block it referenced is shared
     /// now, so it alone references nothing (what a recount finds, at no cost).
