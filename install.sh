@@ -15,13 +15,34 @@ ROOT=$(cd "$(dirname "$0")" && pwd)
 PREFIX=${PREFIX:-/usr/local}
 DATA=${DATA:-$PWD/data}
 
+# The pid of the daemon started here, if it still runs. A pid file outlives a
+# daemon killed with -9 (or a reboot), and its pid may be another program's by now.
+daemon_pid() {
+  local pid
+  pid=$(cat "$DATA/cowfs.pid" 2>/dev/null) || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "cowfs serve $DATA/pool " || return 1
+  echo "$pid"
+}
+# Is anything (even a dead FUSE mount, on which stat and mountpoint(1) can fail)
+# mounted on $DATA/main?
+main_mounted() { awk -v d="$DATA/main" '$2 == d { f = 1 } END { exit !f }' /proc/mounts; }
+
 stop() {
-  if [ -f "$DATA/cowfs.pid" ]; then
-    kill -TERM "$(cat "$DATA/cowfs.pid")" 2>/dev/null || true
-    for _ in $(seq 1 100); do mountpoint -q "$DATA/main" || break; sleep 0.1; done
-    rm -f "$DATA/cowfs.pid"
+  local pid
+  if pid=$(daemon_pid); then
+    kill -TERM "$pid"
+    # Wait for the process, not for main's unmount: it unmounts every branch
+    # mounted through it, then commits, then exits.
+    for _ in $(seq 1 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "error: cowfs serve (pid $pid) is still running after 60 s; see $DATA/cowfs.log" >&2
+      exit 1
+    fi
   fi
-  mountpoint -q "$DATA/main" && umount -l "$DATA/main"
+  rm -f "$DATA/cowfs.pid"
+  # Left by a daemon that was killed (-9): dead, nothing serves it.
+  if main_mounted; then umount -l "$DATA/main"; fi
   echo "cowfs stopped"
 }
 if [ "${1:-}" = "--stop" ]; then stop; exit 0; fi
@@ -36,19 +57,23 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 install -m 0755 "$TARGET/release/cowfs" "$TARGET/release/cowfs-ctl" "$PREFIX/bin/"
 echo "installed cowfs and cowfs-ctl in $PREFIX/bin"
 
-mkdir -p "$DATA/main"
+mkdir -p "$DATA"
 [ -e "$DATA/pool" ] || "$PREFIX/bin/cowfs" init "$DATA/pool"
-if mountpoint -q "$DATA/main"; then
-  echo "already mounted: $DATA/main"; exit 0
+ctl() { "$PREFIX/bin/cowfs-ctl" --socket "$DATA/pool.sock" --token-file "$DATA/pool.token" "$@"; }
+if daemon_pid >/dev/null; then
+  if main_mounted; then echo "already mounted: $DATA/main"; exit 0; fi
+else
+  # The daemon detaches the dead mounts a killed one left (on $DATA/main too).
+  RUST_LOG=${RUST_LOG:-info} nohup "$PREFIX/bin/cowfs" serve "$DATA/pool" \
+    >>"$DATA/cowfs.log" 2>&1 &
+  echo $! >"$DATA/cowfs.pid"
 fi
-RUST_LOG=${RUST_LOG:-info} nohup "$PREFIX/bin/cowfs" serve "$DATA/pool" \
-  >>"$DATA/cowfs.log" 2>&1 &
-echo $! >"$DATA/cowfs.pid"
-for _ in $(seq 1 100); do [ -S "$DATA/pool.sock" ] && break; sleep 0.1; done
-[ -S "$DATA/pool.sock" ] || { echo "daemon did not start; see $DATA/cowfs.log" >&2; exit 1; }
-"$PREFIX/bin/cowfs-ctl" --socket "$DATA/pool.sock" --token-file "$DATA/pool.token" \
-  mount main "$DATA/main" >/dev/null
-mountpoint -q "$DATA/main" || { echo "mount failed; see $DATA/cowfs.log" >&2; exit 1; }
+# Wait for an answer, not for the socket file: a killed daemon leaves its socket.
+for _ in $(seq 1 100); do ctl list >/dev/null 2>&1 && break; sleep 0.1; done
+ctl list >/dev/null || { echo "daemon did not start; see $DATA/cowfs.log" >&2; exit 1; }
+mkdir -p "$DATA/main"
+ctl mount main "$DATA/main" >/dev/null
+main_mounted || { echo "mount failed; see $DATA/cowfs.log" >&2; exit 1; }
 echo "branch main of $DATA/pool is mounted on $DATA/main"
 echo "control: export COWFS_SOCKET=$DATA/pool.sock COWFS_TOKEN=\$(cat $DATA/pool.token)"
 echo "stop:    ./install.sh --stop"

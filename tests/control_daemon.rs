@@ -232,3 +232,54 @@ fn mounts_do_not_cost_megabytes_each() {
         "after unmounting {N} mounts the daemon holds {after} MiB ({before} before)"
     );
 }
+
+/// `kill -9` leaves the daemon's mounts in the kernel, dead (ENOTCONN). The next
+/// daemon on the pool detaches them when it starts: the branch mounts again on the
+/// same directory (before: "Transport endpoint is not connected ... is /dev/fuse
+/// available and are you root?", until someone ran `umount` by hand), and nothing
+/// is stacked there.
+#[test]
+fn a_restart_after_kill_9_replaces_the_dead_mounts() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-ctl-test-")
+        .tempdir()
+        .expect("tempdir");
+    let base = tmp.path().canonicalize().expect("canonical");
+    let pool = base.join("pool");
+    let socket = base.join("pool.sock");
+    let secret = init_pool(BIN, &pool);
+    let m1 = base.join("m1");
+    std::fs::create_dir(&m1).expect("mkdir");
+    let m1s = m1.to_str().expect("utf-8").to_string();
+    let on_m1 = || {
+        std::fs::read_to_string("/proc/mounts")
+            .expect("/proc/mounts")
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some(m1s.as_str()))
+            .count()
+    };
+
+    let mut served = serve(&pool, &socket);
+    let mut admin = connect(&socket, &secret);
+    admin.mount("main", &m1s, false).expect("mount");
+    let mut f = std::fs::File::create(m1.join("a.txt")).expect("create");
+    std::io::Write::write_all(&mut f, b"acknowledged").expect("write");
+    f.sync_all().expect("fsync");
+    drop((f, admin));
+    served.kill();
+    assert_eq!(on_m1(), 1, "kill -9 leaves the dead mount in the kernel");
+
+    let mut served = serve(&pool, &socket);
+    let mut admin = connect(&socket, &secret);
+    admin
+        .mount("main", &m1s, false)
+        .expect("mount again where the dead mount was");
+    assert_eq!(on_m1(), 1, "the dead mount is gone, not stacked under");
+    assert_eq!(
+        std::fs::read_to_string(m1.join("a.txt")).expect("read"),
+        "acknowledged"
+    );
+    drop(admin);
+    assert_eq!(served.stop(), Some(0));
+    assert_eq!(on_m1(), 0, "nothing left mounted");
+}

@@ -149,3 +149,56 @@ fn branch_while_mounted_with_an_open_unlinked_file() {
     let r = pool.fsck(&FsckOptions::default()).unwrap();
     assert!(r.is_clean(), "{r}");
 }
+
+/// Runs `f` on a thread; its result if it returns within `secs`, else None (the
+/// thread is left blocked: the caller's guard must unblock it).
+fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs)).ok()
+}
+
+/// `umount -l DIR` from outside while a file is open there only detaches the mount:
+/// its session serves that file until it is closed. Unmounting it (cowfs-ctl
+/// unmount, a sanitize hook's cleanup) and the daemon's shutdown then waited for
+/// that session, i.e. for the file to be closed: an unmount request hung with the
+/// control plane's lock held, and SIGTERM did not stop the daemon. Now the unmount
+/// is refused at once (`Detached`, the mount stays listed until its files are closed)
+/// and shutdown leaves the detached mount to die with the daemon.
+#[test]
+fn a_mount_detached_from_outside_with_open_files_blocks_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path().canonicalize().expect("canonical");
+    let a = base.join("a");
+    fs::create_dir(&a).unwrap();
+    let opts = PoolOptions {
+        capacity_bytes: Some(1 << 30),
+        ..Default::default()
+    };
+    let pool = Arc::new(Pool::create(&base.join("pool"), &opts).unwrap());
+    let table = MountTable::new(pool.clone());
+    let g = Guard {
+        table: table.clone(),
+        dirs: vec![a.clone()],
+    };
+    table.mount("main", &a, false).unwrap();
+    let mut held = File::create(a.join("held")).unwrap();
+    held.write_all(b"x").unwrap();
+    lazy_umount(&a);
+    assert!(!is_mounted(&a), "detached from the namespace");
+
+    let t = table.clone();
+    let dir = a.clone();
+    let r = within(10, move || t.unmount(&dir)).expect("unmount returns");
+    assert!(matches!(r, Err(MountError::Detached(_))), "{r:?}");
+    assert_eq!(table.list().len(), 1, "still served, so still listed");
+    let t = table.clone();
+    assert!(
+        within(10, move || t.unmount_all()).is_some(),
+        "shutdown does not wait for the detached mount's files"
+    );
+    drop(held);
+    drop(g);
+}

@@ -22,7 +22,7 @@ mod dispatch;
 mod errors;
 mod files;
 mod mount_points;
-mod mountinfo;
+pub(crate) mod mountinfo;
 pub mod quotas;
 pub mod sanitize;
 pub mod sanitizing;

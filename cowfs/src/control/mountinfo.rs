@@ -5,11 +5,14 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// One line of mountinfo: the mount's id and where it is mounted.
+/// One line of mountinfo: the mount's id, where it is mounted, its filesystem
+/// type and source (for a cowfs mount, `POOL:BRANCH`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
     pub id: u64,
     pub point: PathBuf,
+    pub fstype: String,
+    pub source: PathBuf,
 }
 
 /// The mounts of the daemon's namespace, in mountinfo order (a mount stacked on
@@ -24,7 +27,16 @@ fn parse(text: &str) -> Vec<Mount> {
             let mut f = l.split(' ');
             let id = f.next()?.parse().ok()?;
             let point = unescape(f.nth(3)?);
-            Some(Mount { id, point })
+            // Optional fields (any number) end with a lone "-"; then type, source.
+            let mut rest = f.skip_while(|x| *x != "-").skip(1);
+            let fstype = rest.next().unwrap_or_default().to_string();
+            let source = unescape(rest.next().unwrap_or_default());
+            Some(Mount {
+                id,
+                point,
+                fstype,
+                source,
+            })
         })
         .collect()
 }
@@ -82,7 +94,7 @@ mod tests {
     const SAMPLE: &str = "\
 22 1 0:21 / / rw - ext4 /dev/sda1 rw
 30 22 0:25 / /tmp rw - tmpfs tmpfs rw
-41 30 0:40 / /tmp/a\\040b rw - fuse cowfs rw
+41 30 0:40 / /tmp/a\\040b rw shared:5 master:2 - fuse /p\\040q:main rw
 42 30 0:41 / /tmp/x rw - fuse cowfs rw
 43 30 0:42 / /tmp/x rw - fuse cowfs rw
 ";
@@ -91,6 +103,9 @@ mod tests {
     fn longest_prefix_and_stacking() {
         let m = parse(SAMPLE);
         assert_eq!(m[2].point, Path::new("/tmp/a b"));
+        assert_eq!(m[2].fstype, "fuse");
+        assert_eq!(m[2].source, Path::new("/p q:main"));
+        assert_eq!(m[0].source, Path::new("/dev/sda1"));
         assert_eq!(holding(&m, Path::new("/etc")), Some(22));
         assert_eq!(holding(&m, Path::new("/tmp")), Some(30));
         assert_eq!(holding(&m, Path::new("/tmp/a b/c")), Some(41));

@@ -5,12 +5,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use super::filesystem::CowFs;
 use super::kernel;
 use super::sys;
+use crate::control::mountinfo;
 use crate::pool::{Pool, PoolError};
 
 /// One mounted branch, as listed.
@@ -37,6 +39,8 @@ pub enum MountError {
     NotMounted(PathBuf),
     #[error("{0}: files are open on this mount; close them (stop the service using it) and retry")]
     Busy(PathBuf),
+    #[error("{0}: was unmounted lazily from outside cowfs while files were open there; the detached mount is served until they are closed: close them (stop the service using it) and retry")]
+    Detached(PathBuf),
     #[error(
         "mounting branch '{branch}' on {dir}: {source} (is /dev/fuse available and are you root?)"
     )]
@@ -67,6 +71,7 @@ pub struct MountTable {
 impl MountTable {
     pub fn new(pool: Arc<Pool>) -> Arc<MountTable> {
         kernel::note_vcpu_halt_polling();
+        detach_dead_mounts(&pool);
         Arc::new(MountTable {
             pool,
             mounts: Mutex::new(Vec::new()),
@@ -153,8 +158,14 @@ impl MountTable {
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                 return Err(MountError::Busy(target));
             }
-            // Already gone (unmounted from outside): forget it below.
+            // Already gone (unmounted from outside): forget it below. Unless
+            // it was only detached (`umount -l` with files open there): its
+            // session serves them until they are closed, and joining it below
+            // would wait that long (with the control plane's lock held).
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                if !ends_soon(&mounts[idx].session) {
+                    return Err(MountError::Detached(target));
+                }
                 log::warn!("{}: was no longer mounted", target.display());
             }
             Err(source) => {
@@ -223,7 +234,16 @@ impl MountTable {
             }
             match sys::umount(&dir, false) {
                 Ok(()) => finish(m),
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => finish(m),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && ends_soon(&m.session) => {
+                    finish(m)
+                }
+                // Detached from outside (`umount -l`) with files open there:
+                // joining would wait until they are closed, so SIGTERM would not
+                // stop the daemon. Left to end with the process, as below.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => log::warn!(
+                    "{}: unmounted lazily from outside with files still open there; they fail once the daemon exits",
+                    dir.display()
+                ),
                 Err(e) => {
                     log::warn!(
                         "{}: {e}; detaching it: files still open there fail from now on",
@@ -244,6 +264,63 @@ impl Drop for MountTable {
     fn drop(&mut self) {
         if !self.mounts.get_mut().is_empty() {
             self.unmount_all();
+        }
+    }
+}
+
+/// Whether a session whose mount is gone from the namespace ends within a moment
+/// (it does once the kernel tears the mount down; a mount only detached with
+/// files open lives on).
+fn ends_soon(session: &JoinHandle<io::Result<()>>) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !session.is_finished() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// Detach the mounts of this pool that a dead daemon left (`kill -9`, a crash):
+/// the kernel keeps them, answering ENOTCONN, until someone unmounts them, so the
+/// branch could not be mounted on the same directory again, and they never went
+/// away. A mount is this pool's if its source is `POOL:` (see `mount`) and dead if
+/// statfs(2), which always asks the server, fails with ENOTCONN; a live one (of
+/// another process using the pool as a library) is left alone. Lazily: processes
+/// may still hold files there, which fail either way.
+fn detach_dead_mounts(pool: &Pool) {
+    use std::os::unix::ffi::OsStrExt;
+    let prefix = format!("{}:", pool.name().display());
+    let Ok(mounts) = mountinfo::read() else {
+        return;
+    };
+    // Last listed first: mounts stacked or nested on a dead one come after it.
+    for m in mounts.iter().rev() {
+        if !m.fstype.starts_with("fuse")
+            || !m
+                .source
+                .as_os_str()
+                .as_bytes()
+                .starts_with(prefix.as_bytes())
+        {
+            continue;
+        }
+        match sys::statfs(&m.point) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+            _ => continue,
+        }
+        match sys::umount(&m.point, true) {
+            Ok(()) => log::warn!(
+                "{}: detached the dead mount of {} left by a previous daemon",
+                m.point.display(),
+                m.source.display()
+            ),
+            Err(e) => log::warn!(
+                "{}: dead mount of {} left by a previous daemon: unmounting it: {e}",
+                m.point.display(),
+                m.source.display()
+            ),
         }
     }
 }

@@ -31,3 +31,16 @@ pub(crate) fn syncfs(dir: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// statfs(2) on `path`. On a FUSE mount it always reaches the server (nothing is
+/// cached), so a mount whose daemon died fails with ENOTCONN.
+pub(crate) fn statfs(path: &Path) -> io::Result<()> {
+    let c = c_path(path)?;
+    // SAFETY: `c` is NUL-terminated and outlives the call; `buf` is written by it.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statfs(c.as_ptr(), &mut buf) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
