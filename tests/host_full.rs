@@ -110,6 +110,17 @@ impl Drop for HostFs {
     }
 }
 
+/// What `df` reports as used: size minus free.
+fn statvfs_used(p: &Path) -> u64 {
+    let c = cpath(p);
+    // SAFETY: a valid path and a zeroed struct of the right type to fill.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        assert_eq!(libc::statvfs(c.as_ptr(), &mut st), 0, "statvfs {p:?}");
+        (st.f_blocks - st.f_bfree) as u64 * st.f_frsize as u64
+    }
+}
+
 fn statvfs_free(p: &Path) -> u64 {
     let c = cpath(p);
     // SAFETY: a valid path and a zeroed struct of the right type to fill.
@@ -278,6 +289,10 @@ fn host_fs_full_gives_enospc_and_keeps_acknowledged_data() {
 
     // 1. Two writers fill the host through the daemon.
     let m = fx.mount();
+    // df of the new pool: what it holds is used, not the capacity its host
+    // cannot store.
+    let used0 = statvfs_used(&fx.mnt);
+    assert!(used0 < 16 * MIB, "df of a new pool: {used0} bytes used");
     let dirs: Vec<PathBuf> = (0..2).map(|n| fx.mnt.join(format!("w{n}"))).collect();
     let mut acked = fill_parallel(&dirs, 1, Duration::from_secs(40));
     let filled = total_bytes(&acked);

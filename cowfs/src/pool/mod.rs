@@ -634,14 +634,23 @@ impl Pool {
     }
 
     fn statfs_locked(e: &mut Engine) -> StatFs {
+        let in_pool = e.st.space.available();
         // Limited by the host filesystem of a pool file, as the allocator is.
         let avail = e.st.available();
         // Blocks held back for commits and for deletes are free but not usable by
         // a writer: `df` and applications see the room they really have.
         let held = e.st.commit_reserve() + e.st.delete_slop();
         let space = &e.st.space;
+        // A sparse pool file larger than what its host can still store: sized as
+        // what it holds plus that room, or `df` counts the capacity the host
+        // cannot store as used (a new 1 TiB pool on a 100 GiB disk, "95% used").
+        let blocks = if avail < in_pool {
+            space.used() + avail
+        } else {
+            space.capacity()
+        };
         StatFs {
-            blocks: space.capacity(),
+            blocks,
             bfree: avail,
             bavail: avail.saturating_sub(held),
             files: u32::MAX as u64,
