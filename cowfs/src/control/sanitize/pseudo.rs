@@ -292,14 +292,17 @@ impl Pseudonymizer {
     }
 
     /// Custom patterns: digits stay digits, letters stay letters of the same case
-    /// (other letters become lower-case ASCII), everything else is kept.
+    /// (other letters become lower-case ASCII), everything else is kept. Every
+    /// numeric character counts as a digit, not only ASCII ones: a custom regex is
+    /// Unicode (`\d` matches "١٢٣" and "１２３"), and a digit kept as it was would
+    /// survive in the clone (for a value of such digits alone, `out == v` forever).
     fn shaped(&self, name: &str, v: &[u8]) -> Vec<u8> {
         let text = String::from_utf8_lossy(v);
         let mut s = self.stream(&format!("custom:{name}"), v);
         loop {
             let mut out = Vec::with_capacity(v.len());
             for c in text.chars() {
-                if c.is_ascii_digit() {
+                if c.is_numeric() {
                     out.push(s.digit());
                 } else if c.is_ascii_uppercase() {
                     out.push(s.lower().to_ascii_uppercase());
@@ -419,6 +422,33 @@ mod tests {
         let c = p.pseudonym(Kind::Custom, "emp", b"EMP-123456");
         assert!(c.len() == 10 && c[3] == b'-' && c != b"EMP-123456");
         assert!(c[..3].iter().all(u8::is_ascii_uppercase));
+    }
+
+    /// A custom `\d` is Unicode: values of non-ASCII digits must not survive,
+    /// and their pseudonym must not loop forever.
+    #[test]
+    fn custom_values_of_non_ascii_digits() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let p = p();
+            let all = p.pseudonym(Kind::Custom, "id", "١٢٣٤٥٦".as_bytes());
+            let mixed = p.pseudonym(Kind::Custom, "emp", "EMP-１２３４５６".as_bytes());
+            let _ = tx.send((all, mixed));
+        });
+        let (all, mixed) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the pseudonym of \"١٢٣٤٥٦\" never returns");
+        assert!(
+            all.len() == 6 && all.iter().all(u8::is_ascii_digit),
+            "{}",
+            String::from_utf8_lossy(&all)
+        );
+        let mixed = String::from_utf8(mixed).unwrap();
+        assert!(!mixed.contains("１２３４５６"), "{mixed}");
+        assert!(
+            mixed.len() == 10 && mixed[4..].bytes().all(|b| b.is_ascii_digit()),
+            "{mixed}"
+        );
     }
 
     #[test]
