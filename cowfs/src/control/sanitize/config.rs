@@ -387,7 +387,12 @@ fn compile_hook(h: RawHook, base: &Path) -> Result<Hook, String> {
         RawCommand::Argv(v) => v,
     };
     if argv[0].contains('/') && Path::new(&argv[0]).is_relative() {
-        let p: PathBuf = base.join(&argv[0]);
+        // Absolute, against the daemon's working directory now: `base` is itself
+        // relative for `--config examples/cowfs.toml`, and a hook runs with the
+        // clone as its working directory, so a relative program would be looked up
+        // in the clone (its data, not the site's hook).
+        let p: PathBuf = std::path::absolute(base.join(&argv[0]))
+            .map_err(|e| format!("resolving the program '{}': {e}", argv[0]))?;
         argv[0] = p.to_string_lossy().into_owned();
     }
     let timeout = match h.timeout_secs {

@@ -462,6 +462,39 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(10));
     }
 
+    /// `cowfs serve --config examples/cowfs.toml` (README): the config's directory
+    /// is relative, and the hook runs in the clone, so a program path left relative
+    /// names a file of the clone (production data) instead of the site's hook.
+    #[test]
+    fn relative_config_dir_does_not_run_the_clones_program() {
+        use super::super::config::SanitizeConfig;
+        let clone = tempfile::tempdir().unwrap();
+        let planted = clone.path().join("examples");
+        std::fs::create_dir(&planted).unwrap();
+        std::fs::write(planted.join("hook.sh"), "#!/bin/sh\necho planted\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            planted.join("hook.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let cfg = SanitizeConfig::parse(
+            "[[profiles.p.hooks]]\nname = \"h\"\ncommand = [\"./hook.sh\"]\n",
+            Path::new("examples"),
+        )
+        .unwrap();
+        let h = &cfg.profiles["p"].hooks[0];
+        if let Ok(r) = run_hook(h, clone.path(), "b", "k") {
+            assert!(!r.output.contains("planted"), "ran the clone's program");
+        }
+        let expected = std::env::current_dir().unwrap().join("examples/hook.sh");
+        assert!(Path::new(&h.argv[0]).is_absolute(), "{}", h.argv[0]);
+        assert_eq!(
+            Path::new(&h.argv[0]).components().collect::<Vec<_>>(),
+            expected.components().collect::<Vec<_>>()
+        );
+    }
+
     #[test]
     fn output_is_bounded() {
         let r = run_hook(
