@@ -36,6 +36,20 @@ case "$SQL" in /*) ;; *) SQL="$HERE/$SQL" ;; esac
 [ -r "$SQL" ] || { echo "sanitize SQL $SQL is not readable"; exit 1; }
 [ -x "$PGBIN/postgres" ] || { echo "no PostgreSQL server at $PGBIN"; exit 1; }
 
+# pg_wal (initdb --waldir) and tablespaces (pg_tblspc/OID) may be symlinks out of
+# the data directory: in the clone they still point at the parent's own WAL and
+# tablespaces, so a server started here would write into them and pg_resetwal
+# would delete the parent's WAL. Refuse unless they resolve inside the clone.
+CLONE_REAL=$(realpath -e "$COWFS_CLONE_DIR")
+for l in "$DATA/pg_wal" "$DATA"/pg_tblspc/*; do
+  [ -L "$l" ] || continue
+  t=$(realpath -m "$l")
+  case "$t/" in
+    "$CLONE_REAL"/*) ;;
+    *) echo "$l points outside the clone ($t): it is the parent's, refusing"; exit 1 ;;
+  esac
+done
+
 # Run PostgreSQL as the owner of the data directory.
 OWNER=$(stat -c %U "$DATA")
 if [ "$(id -u)" = 0 ] && [ "$OWNER" != root ]; then

@@ -131,3 +131,79 @@ fn pg_hook_leaves_no_original_value_in_the_data_directory() {
     assert_eq!(join_counts(&parent), counts);
     server.stop();
 }
+
+/// `initdb --waldir` (and every tablespace) leaves a symlink in the data directory
+/// to a directory outside it: in a clone it still points at the parent's own WAL.
+/// The hook must refuse such a clone rather than start a server writing into the
+/// parent's WAL and `pg_resetwal` deleting it.
+#[test]
+fn pg_hook_refuses_a_wal_directory_outside_the_clone() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-sanitize-pgwal-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = tmp.path();
+    let parent = Cluster::new(&base.join("parent/pg"), &base.join("sock-parent"), true);
+    // What initdb --waldir=parent-wal makes: pg_wal a symlink to an absolute path.
+    let wal = base.join("parent-wal");
+    std::fs::rename(parent.data.join("pg_wal"), &wal).unwrap();
+    std::os::unix::fs::symlink(&wal, parent.data.join("pg_wal")).unwrap();
+    let server = parent.start();
+    parent.sql("postgres", "CREATE TABLE t AS SELECT 1 AS x");
+    server.stop();
+    let listing = |d: &std::path::Path| {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    let names_before = listing(&wal);
+
+    std::fs::create_dir(base.join("clone")).unwrap();
+    std::fs::set_permissions(base.join("clone"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(&parent.data)
+        .arg(base.join("clone/pg"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let sql = base.join("noop.sql");
+    std::fs::write(&sql, "SELECT 1;\n").unwrap();
+    let hook = cowfs::control::sanitize::config::Hook {
+        name: "postgresql".into(),
+        argv: vec![concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/pg-sanitize-hook.sh"
+        )
+        .into()],
+        timeout: std::time::Duration::from_secs(300),
+        env: [
+            (
+                "PG_SANITIZE_SQL".to_string(),
+                sql.to_string_lossy().into_owned(),
+            ),
+            ("PG_SANITIZE_DB".to_string(), "postgres".to_string()),
+        ]
+        .into(),
+        when_exists: None,
+    };
+    let r = run_hook(
+        &hook,
+        &base.join("clone"),
+        "clone",
+        &hook_key_hex(b"0123456789abcdef").unwrap(),
+    );
+    assert_eq!(
+        listing(&wal),
+        names_before,
+        "the parent's WAL directory changed"
+    );
+    let e = r.expect_err("the hook ran on a clone whose pg_wal is the parent's");
+    assert!(e.to_string().contains("outside the clone"), "{e}");
+    // The parent still starts.
+    parent.start().stop();
+}
