@@ -137,3 +137,38 @@ fn hooks_run_on_a_private_mount_of_the_clone() {
     let r = pool.fsck(&FsckOptions::default()).unwrap();
     assert!(r.is_clean(), "{r}");
 }
+
+/// `when_exists = "pg/PG_VERSION"` with pg/ a symlink in the clone (`pg -> data/pg15`):
+/// the hook must not be skipped silently (the database would reach the clone
+/// unsanitized); the run fails instead.
+#[test]
+fn when_exists_through_a_symlink_is_not_skipped() {
+    let pool = Arc::new(mem_pool(256 << 20));
+    let mounts = MountTable::new(pool.clone());
+    let main = pool.branch_id("main").unwrap();
+    put(&pool, main, "data/pg15/PG_VERSION", b"15\n");
+    pool.symlink(
+        main,
+        cowfs::fs::ROOT_INO,
+        b"pg",
+        b"data/pg15",
+        Default::default(),
+    )
+    .unwrap();
+    pool.branch_create("c", "main").unwrap();
+    let cfg = SanitizeConfig::parse(
+        "[[profiles.p.hooks]]\nname = \"pg\"\ncommand = \"exit 7\"\nwhen_exists = \"pg/PG_VERSION\"\n",
+        Path::new("/"),
+    )
+    .unwrap();
+    let r = run_hooks(
+        &pool,
+        &mounts,
+        "c",
+        profile(&cfg, "p"),
+        KEY,
+        Path::new("/nonexistent"),
+    );
+    assert!(r.is_err(), "the hook was skipped: {r:?}");
+    assert!(mounts.list().is_empty());
+}

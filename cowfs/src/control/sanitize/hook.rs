@@ -225,8 +225,24 @@ pub fn run_hook_cancellable(
 /// Does `path` (relative, '/'-separated) exist in branch `b`?
 fn exists(pool: &Pool, b: BranchId, path: &str) -> Result<bool, SanitizeError> {
     let mut ino = ROOT_INO;
-    for c in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    for (i, c) in parts.iter().enumerate() {
         match pool.lookup(b, ino, c.as_bytes()) {
+            // A symlink on the way (`pg -> data/pg15`): lookup would say ENOTDIR
+            // and the hook be skipped, leaving what it scrubs as it is. Following
+            // it is no answer (an absolute target names the host, not the clone):
+            // fail the run, the clone is not what the profile expects.
+            Ok(a) if i + 1 < parts.len() && a.mode & libc::S_IFMT == libc::S_IFLNK => {
+                return Err(SanitizeError::File {
+                    rule: String::new(),
+                    path: path.to_string(),
+                    what: "when_exists goes through a symlink at",
+                    source: crate::fs::FsError::Posix(libc::ELOOP),
+                })
+            }
             Ok(a) => ino = a.ino,
             Err(e) if e.errno() == libc::ENOENT || e.errno() == libc::ENOTDIR => return Ok(false),
             Err(source) => {
