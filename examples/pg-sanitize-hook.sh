@@ -16,7 +16,8 @@
 #    - CHECKPOINT, clean shutdown, then pg_resetwal: every WAL segment, the ones
 #      in use and the recycled ones, is deleted and replaced by one new, zero-filled
 #      segment holding only a checkpoint record;
-#    - server logs copied from the parent are deleted.
+#    - server logs copied from the parent are deleted, and so are the query texts
+#      pg_stat_statements saved at the parent's last clean shutdown.
 #
 # Environment: COWFS_CLONE_DIR, COWFS_HOOK_KEY (from cowfs); PG_SANITIZE_SQL (path,
 # relative to this script's directory if not absolute; default pg-sanitize.sql);
@@ -92,6 +93,9 @@ rm -f "$DATA/postmaster.pid" "$DATA/standby.signal" "$DATA/recovery.signal"
 for d in log pg_log; do
   [ -d "$DATA/$d" ] && find "$DATA/$d" -type f -delete
 done
+# pg_stat_statements keeps query texts (utility statements with their literals)
+# across a clean shutdown; the server here would load them from these files.
+rm -f "$DATA/pg_stat/pg_stat_statements.stat" "$DATA/pg_stat_tmp/pgss_query_texts.stat"
 
 # Started directly (not through pg_ctl, which detaches it into its own session),
 # so that a timeout kill of the hook's process group stops the server too.

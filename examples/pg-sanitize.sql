@@ -56,7 +56,8 @@ $$ SELECT 'u' || substr(pg_temp.mac('email-local', lower(v)), 1, 11) || '@'
        || '.example' $$;
 
 -- Same format: every digit replaced, separators kept; a leading +CC is kept.
-CREATE FUNCTION pg_temp.pseudo_phone(v text) RETURNS text LANGUAGE plpgsql AS $$
+-- STRICT (as the card one): NULL stays NULL; the loop bound would fail on it.
+CREATE FUNCTION pg_temp.pseudo_phone(v text) RETURNS text LANGUAGE plpgsql STRICT AS $$
 DECLARE
   d text := pg_temp.digits('phone:' || regexp_replace(v, '\D', '', 'g'));
   cc text := coalesce(substring(v from '^\+\d{1,3}[ .-]'), '');
@@ -78,7 +79,7 @@ BEGIN
 END $$;
 
 -- Same length and separators, same first digit, valid Luhn check digit.
-CREATE FUNCTION pg_temp.pseudo_card(v text) RETURNS text LANGUAGE plpgsql AS $$
+CREATE FUNCTION pg_temp.pseudo_card(v text) RETURNS text LANGUAGE plpgsql STRICT AS $$
 DECLARE
   ds text := regexp_replace(v, '\D', '', 'g');
   n int := length(ds);
