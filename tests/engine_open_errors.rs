@@ -95,17 +95,8 @@ fn assert_open_fails_with_io(dev: Arc<FailingReads>, what: &str) {
     }
 }
 
-fn read_all(p: &Pool, b: BranchId, ino: u64, len: usize) -> Vec<u8> {
-    p.read_file(b, ino, 0, len).unwrap()
-}
-
-/// A pool with file "f" holding `old`, committed (generation g - 1), then `new`
-/// written over it by a large (two-flush) commit g, whose superblock has an empty
-/// manifest: nothing of g is torn, so the older slot must never be used. g's
-/// catalog root, which g - 1 does not reference, cannot be read at open.
-#[test]
-fn an_unreadable_block_of_a_complete_commit_fails_open_instead_of_falling_back() {
-    const LEN: usize = 2 << 20;
+/// A pool on a MemDevice with file "f" of `len` bytes of 1s in `main`, committed.
+fn committed_file(len: usize) -> (MemDevice, Pool, BranchId, u64) {
     let dev = MemDevice::new();
     let pool = Pool::create_on(Arc::new(dev.clone()), &opts()).unwrap();
     let b = pool.branch_id("main").unwrap();
@@ -120,8 +111,23 @@ fn an_unreadable_block_of_a_complete_commit_fails_open_instead_of_falling_back()
         )
         .unwrap()
         .ino;
-    pool.write_file(b, ino, 0, &vec![1u8; LEN]).unwrap();
+    pool.write_file(b, ino, 0, &vec![1u8; len]).unwrap();
     pool.commit().unwrap();
+    (dev, pool, b, ino)
+}
+
+fn read_all(p: &Pool, b: BranchId, ino: u64, len: usize) -> Vec<u8> {
+    p.read_file(b, ino, 0, len).unwrap()
+}
+
+/// A pool with file "f" holding `old`, committed (generation g - 1), then `new`
+/// written over it by a large (two-flush) commit g, whose superblock has an empty
+/// manifest: nothing of g is torn, so the older slot must never be used. g's
+/// catalog root, which g - 1 does not reference, cannot be read at open.
+#[test]
+fn an_unreadable_block_of_a_complete_commit_fails_open_instead_of_falling_back() {
+    const LEN: usize = 2 << 20;
+    let (dev, pool, b, ino) = committed_file(LEN);
     let older = newest_superblock(&dev);
     pool.write_file(b, ino, 0, &vec![2u8; LEN]).unwrap();
     pool.commit().unwrap();
@@ -148,22 +154,7 @@ fn an_unreadable_block_of_a_complete_commit_fails_open_instead_of_falling_back()
 #[test]
 fn a_read_error_in_the_intent_log_fails_open_instead_of_dropping_fsyncs() {
     const LEN: usize = 64 << 10;
-    let dev = MemDevice::new();
-    let pool = Pool::create_on(Arc::new(dev.clone()), &opts()).unwrap();
-    let b = pool.branch_id("main").unwrap();
-    let ino = pool
-        .mknod(
-            b,
-            ROOT_INO,
-            b"f",
-            libc::S_IFREG | 0o644,
-            0,
-            Owner::default(),
-        )
-        .unwrap()
-        .ino;
-    pool.write_file(b, ino, 0, &vec![1u8; LEN]).unwrap();
-    pool.commit().unwrap();
+    let (dev, pool, b, ino) = committed_file(LEN);
     let g = pool.generation();
     dev.start_recording();
     pool.write_file(b, ino, 4 * BS as u64, &[3u8; BS]).unwrap();
