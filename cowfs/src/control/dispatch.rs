@@ -500,9 +500,9 @@ impl Ctx {
                 let st = self.pool.statfs();
                 let mut branches = Vec::new();
                 for u in self.pool.usage().map_err(errors::pool)? {
-                    let Ok(id) = self.pool.branch_id(&u.name) else {
-                        continue;
-                    };
+                    // The id read with the name: looked up again by name, a
+                    // rename since could put another branch's sizes under it.
+                    let id = u.id;
                     if has(token, Scope::Read, &u.name, id) && self.visible(token, &u.name, id) {
                         branches.push(UsageEntry {
                             shared_bytes: u.referenced_bytes - u.exclusive_bytes,

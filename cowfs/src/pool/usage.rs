@@ -10,6 +10,9 @@ use crate::store::{BlockAddr, StoreResult, BLOCK_SIZE};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BranchUsage {
+    /// Read with the name, under one lock: a caller checking permissions must
+    /// check this branch, not whatever a rename put under the name since.
+    pub id: super::BranchId,
     pub name: String,
     pub referenced_bytes: u64,
     pub exclusive_bytes: u64,
@@ -27,16 +30,17 @@ impl Pool {
     /// proportion to the pool's metadata.
     pub fn usage(&self) -> PoolResult<Vec<BranchUsage>> {
         let mut e = self.e.lock();
-        let roots: Vec<(String, BlockAddr)> = e
+        let roots: Vec<(super::BranchId, String, BlockAddr)> = e
             .branches
-            .values()
-            .map(|r| (r.name.clone(), r.root))
+            .iter()
+            .map(|(id, r)| (*id, r.name.clone(), r.root))
             .collect();
         let mut out = Vec::with_capacity(roots.len());
-        for (name, root) in roots {
+        for (id, name, root) in roots {
             let mut t = Tally::default();
             walk(&mut e, root, true, &mut t)?;
             out.push(BranchUsage {
+                id,
                 name,
                 referenced_bytes: t.referenced * BLOCK_SIZE as u64,
                 exclusive_bytes: t.exclusive * BLOCK_SIZE as u64,
