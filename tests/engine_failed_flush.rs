@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use cowfs::fs::Owner;
-use cowfs::pool::{FsckOptions, Pool, PoolOptions};
+use cowfs::pool::{BranchId, FsckOptions, Pool, PoolOptions};
 use cowfs::store::device::{BlockDevice, MemDevice};
 
-#[test]
-fn failed_flush_poisons_the_pool_and_reopen_keeps_the_last_commit() {
+/// A 64 MiB pool in memory with file "f" holding "committed", committed.
+fn committed_file() -> (MemDevice, PoolOptions, Pool, BranchId, u64) {
     let dev = MemDevice::new();
     let opts = PoolOptions {
         capacity_bytes: Some(64 << 20),
@@ -18,21 +18,28 @@ fn failed_flush_poisons_the_pool_and_reopen_keeps_the_last_commit() {
     };
     let pool = Pool::create_on(Arc::new(dev.clone()), &opts).unwrap();
     let b = pool.branch_id("main").unwrap();
-    let f = pool
+    let ino = pool
         .mknod(b, 1, b"f", libc::S_IFREG | 0o644, 0, Owner::default())
-        .unwrap();
-    pool.write_file(b, f.ino, 0, b"committed").unwrap();
+        .unwrap()
+        .ino;
+    pool.write_file(b, ino, 0, b"committed").unwrap();
     pool.commit().unwrap();
+    (dev, opts, pool, b, ino)
+}
+
+#[test]
+fn failed_flush_poisons_the_pool_and_reopen_keeps_the_last_commit() {
+    let (dev, opts, pool, b, ino) = committed_file();
     let good = pool.generation();
 
     dev.set_fail_flush(true);
-    pool.write_file(b, f.ino, 0, b"lost-data").unwrap();
+    pool.write_file(b, ino, 0, b"lost-data").unwrap();
     let err = pool
         .sync()
         .expect_err("a failed flush must fail the commit");
     assert!(err.to_string().contains("I/O error"), "{err}");
     // Poisoned: no more changes, a clear reason, reads still served.
-    let w = pool.write_file(b, f.ino, 0, b"x").unwrap_err();
+    let w = pool.write_file(b, ino, 0, b"x").unwrap_err();
     assert_eq!(w.errno(), libc::EROFS);
     assert!(pool.is_read_only(b).unwrap());
     let e = pool.commit().unwrap_err();
@@ -46,7 +53,7 @@ fn failed_flush_poisons_the_pool_and_reopen_keeps_the_last_commit() {
     dev.set_fail_flush(false);
     let pool = Pool::open_on(Arc::new(dev.snapshot()), &opts).unwrap();
     assert!(pool.generation() == good || pool.generation() == good + 1);
-    let data = pool.read_file(b, f.ino, 0, 100).unwrap();
+    let data = pool.read_file(b, ino, 0, 100).unwrap();
     if pool.generation() == good {
         assert_eq!(data, b"committed");
     } else {
@@ -64,18 +71,7 @@ fn failed_flush_poisons_the_pool_and_reopen_keeps_the_last_commit() {
 /// failed fsync, was told its data was safe while a restart rolls it back.
 #[test]
 fn a_failed_flush_is_not_forgotten_by_the_next_sync() {
-    let dev = MemDevice::new();
-    let opts = PoolOptions {
-        capacity_bytes: Some(64 << 20),
-        ..Default::default()
-    };
-    let pool = Pool::create_on(Arc::new(dev.clone()), &opts).unwrap();
-    let b = pool.branch_id("main").unwrap();
-    let f = pool
-        .mknod(b, 1, b"f", libc::S_IFREG | 0o644, 0, Owner::default())
-        .unwrap();
-    pool.write_file(b, f.ino, 0, b"committed").unwrap();
-    pool.commit().unwrap();
+    let (dev, _, pool, b, ino) = committed_file();
 
     dev.set_fail_flush(true);
     pool.mknod(b, 1, b"g", libc::S_IFREG | 0o644, 0, Owner::default())
@@ -87,7 +83,7 @@ fn a_failed_flush_is_not_forgotten_by_the_next_sync() {
     dev.set_fail_flush(false);
     pool.sync()
         .expect_err("a sync after the disk recovered must not succeed");
-    let fsync = pool.sync_file(b, f.ino).expect_err("fsync of a file");
+    let fsync = pool.sync_file(b, ino).expect_err("fsync of a file");
     assert_eq!(fsync.errno(), libc::EROFS);
     std::mem::forget(pool);
 }

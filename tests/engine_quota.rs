@@ -16,6 +16,16 @@ use cowfs::store::device::MemDevice;
 const KIB: u64 = 1 << 10;
 const QUOTA: u64 = 256 * KIB;
 const FILES: usize = 3000;
+const MIB: u64 = 1 << 20;
+
+/// A new 64 MiB pool in memory.
+fn pool_of_64_mib() -> Pool {
+    let opts = PoolOptions {
+        capacity_bytes: Some(64 * MIB),
+        ..Default::default()
+    };
+    Pool::create_on(Arc::new(MemDevice::new()), &opts).expect("create")
+}
 
 fn clean(pool: &Pool, stage: &str) {
     let r = pool.fsck(&FsckOptions::default()).expect("fsck");
@@ -158,12 +168,7 @@ fn inline_files_and_xattrs_stop_at_the_quota_and_deleting_gives_it_back() {
 /// and give production ENOSPC on its next overwrite.
 #[test]
 fn a_snapshot_of_a_reserved_branch_keeps_its_reservation() {
-    const MIB: u64 = 1 << 20;
-    let opts = PoolOptions {
-        capacity_bytes: Some(64 * MIB),
-        ..Default::default()
-    };
-    let pool = Pool::create_on(Arc::new(MemDevice::new()), &opts).expect("create");
+    let pool = pool_of_64_mib();
     let main = pool.branch_id("main").expect("main");
     let agent = pool.branch_create("agent", "main").expect("agent");
     let reserve = QuotaLimits {
@@ -238,12 +243,7 @@ fn a_snapshot_of_a_reserved_branch_keeps_its_reservation() {
 /// each round let the branch write its quota once more.
 #[test]
 fn a_clone_and_a_recount_do_not_lift_the_quota() {
-    const MIB: u64 = 1 << 20;
-    let opts = PoolOptions {
-        capacity_bytes: Some(64 * MIB),
-        ..Default::default()
-    };
-    let pool = Pool::create_on(Arc::new(MemDevice::new()), &opts).expect("create");
+    let pool = pool_of_64_mib();
     let b = pool.branch_create("agent", "main").expect("agent");
     let quota = 4 * MIB;
     let limits = QuotaLimits {
@@ -299,12 +299,7 @@ fn a_clone_and_a_recount_do_not_lift_the_quota() {
 /// given a 24 MiB reservation next to one of 48 MiB in a 64 MiB pool).
 #[test]
 fn reservations_never_sum_past_the_free_space() {
-    const MIB: u64 = 1 << 20;
-    let opts = PoolOptions {
-        capacity_bytes: Some(64 * MIB),
-        ..Default::default()
-    };
-    let pool = Pool::create_on(Arc::new(MemDevice::new()), &opts).expect("create");
+    let pool = pool_of_64_mib();
     pool.branch_create("a", "main").expect("a");
     pool.branch_create("b", "main").expect("b");
     let limits = |max: Option<u64>, reserve: u64| QuotaLimits {
@@ -334,13 +329,8 @@ fn reservations_never_sum_past_the_free_space() {
 /// It showed the pool's figures, so a branch at its quota saw gigabytes free.
 #[test]
 fn statfs_of_a_branch_shows_its_quota_and_the_others_reservations() {
-    const MIB: u64 = 1 << 20;
     const BLOCKS_PER_MIB: u64 = MIB / 4096;
-    let opts = PoolOptions {
-        capacity_bytes: Some(64 * MIB),
-        ..Default::default()
-    };
-    let pool = Pool::create_on(Arc::new(MemDevice::new()), &opts).expect("create");
+    let pool = pool_of_64_mib();
     let main = pool.branch_id("main").expect("main");
     let agent = pool.branch_create("agent", "main").expect("agent");
     pool.branch_create("prod", "main").expect("prod");
