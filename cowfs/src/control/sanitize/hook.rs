@@ -3,8 +3,10 @@
 //! own process group, in a clean environment: PATH, the hook's `env`,
 //! `$COWFS_CLONE_DIR`, `$COWFS_BRANCH` and `$COWFS_HOOK_KEY` (the pseudonym sub-key
 //! of the pool key, for the same pseudonyms in SQL). Its output is captured (the
-//! last `MAX_OUTPUT` bytes); on timeout the whole group is killed. `run_hooks`
-//! gives the hooks a private read-write mount of the clone.
+//! last `MAX_OUTPUT` bytes); on timeout the whole group is killed. If the daemon
+//! dies without cleaning up (SIGKILL), the kernel kills the hook's process (see
+//! `die_with_parent`). `run_hooks` gives the hooks a private read-write mount of
+//! the clone.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -79,6 +81,33 @@ fn kill_group(pgid: u32) {
     }
 }
 
+/// In the forked hook, before exec: ask the kernel to SIGKILL it when its parent
+/// dies, so that a daemon killed without cleanup (SIGKILL, OOM killer) does not
+/// leave a hook running as root against a clone nobody will publish. `parent` is
+/// the daemon's pid: if it already died between fork and prctl, the signal will
+/// never come, so the hook is not started (spawn fails).
+///
+/// The kernel sends the signal when the *thread* that forked exits, not the
+/// process: `run_hook_cancellable` spawns on the calling thread and does not
+/// return before it has waited for the hook, so that thread outlives the hook.
+/// Only the hook's own process is covered: processes it starts (a database
+/// server) do not inherit the setting; they lose the clone's mount with the
+/// daemon, and the next daemon deletes the unfinished clone.
+fn die_with_parent(parent: libc::pid_t) -> std::io::Result<()> {
+    // SAFETY: prctl and getppid are async-signal-safe system calls (this runs
+    // between fork and exec); neither touches our memory, and building the
+    // io::Error from errno does not allocate.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::getppid() != parent {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    Ok(())
+}
+
 /// Run one hook against `clone_dir` (any directory holding the clone's files).
 pub fn run_hook(
     hook: &Hook,
@@ -90,7 +119,8 @@ pub fn run_hook(
 }
 
 /// `run_hook`, killing the hook (its whole group) and returning `Cancelled` soon
-/// after `cancel` is set.
+/// after `cancel` is set. Returns only once the hook's process was waited for
+/// (`die_with_parent` relies on it).
 pub fn run_hook_cancellable(
     hook: &Hook,
     clone_dir: &Path,
@@ -117,6 +147,13 @@ pub fn run_hook_cancellable(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    // SAFETY: getpid cannot fail and touches no memory.
+    let daemon = unsafe { libc::getpid() };
+    // SAFETY: the closure runs in the forked child and only makes the
+    // async-signal-safe calls of `die_with_parent`.
+    unsafe {
+        cmd.pre_exec(move || die_with_parent(daemon));
+    }
     let mut child = cmd.spawn().map_err(|source| SanitizeError::HookSpawn {
         hook: hook.name.clone(),
         program: hook.argv[0].clone(),
@@ -509,6 +546,79 @@ mod tests {
             Path::new(&h.argv[0]).components().collect::<Vec<_>>(),
             expected.components().collect::<Vec<_>>()
         );
+    }
+
+    /// A daemon killed by SIGKILL runs no cleanup: its hook kept running (as root,
+    /// on a clone that will never be published) until its own timeout. This test
+    /// runs `hook_of_a_daemon_about_to_be_killed` in a child process standing in
+    /// for the daemon, kills that child once the hook runs, and expects the hook
+    /// to die with it.
+    #[test]
+    fn a_killed_daemon_takes_its_hook_along() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("hook.pid");
+        let mut daemon = Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "--test-threads=1"])
+            .arg("control::sanitize::hook::tests::hook_of_a_daemon_about_to_be_killed")
+            .env(PID_FILE_VAR, &pid_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let hook_pid = loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+            {
+                break pid;
+            }
+            if Instant::now() > deadline {
+                let _ = daemon.kill();
+                let _ = daemon.wait();
+                panic!("the hook did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while running(hook_pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let survived = running(hook_pid);
+        // Leave nothing behind, whatever the outcome (the hook leads its group).
+        kill_group(hook_pid);
+        assert!(!survived, "the hook outlived the daemon that started it");
+    }
+
+    const PID_FILE_VAR: &str = "COWFS_TEST_HOOK_PID_FILE";
+
+    /// Is `pid` a live process (not gone, not a zombie waiting for its reaper)?
+    fn running(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().to_string())
+            })
+            .is_some_and(|rest| !rest.starts_with('Z'))
+    }
+
+    /// The "daemon" of `a_killed_daemon_takes_its_hook_along`: runs a hook that
+    /// publishes its pid and sleeps. Does nothing unless that test runs it.
+    #[test]
+    #[ignore = "run by a_killed_daemon_takes_its_hook_along in a process it kills"]
+    fn hook_of_a_daemon_about_to_be_killed() {
+        let Some(pid_file) = std::env::var(PID_FILE_VAR).ok() else {
+            return;
+        };
+        let mut h = hook(
+            r#"echo $$ > "$PID_FILE.new" && mv "$PID_FILE.new" "$PID_FILE" && exec sleep 60"#,
+            120_000,
+        );
+        h.env.insert("PID_FILE".into(), pid_file);
+        let _ = run_hook(&h, Path::new("/"), "b", "k");
     }
 
     #[test]
