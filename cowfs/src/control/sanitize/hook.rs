@@ -1,6 +1,7 @@
 //! Hooks: commands run against the clone (for databases: start the server on the
 //! clone's data directory, rewrite the data with SQL, stop it). A hook runs in its
-//! own process group, in a clean environment: PATH, the hook's `env`,
+//! own process group, in a clean environment: PATH (absolute entries only, see
+//! `hook_search_path`), the hook's `env`,
 //! `$COWFS_CLONE_DIR`, `$COWFS_BRANCH` and `$COWFS_HOOK_KEY` (the pseudonym sub-key
 //! of the pool key, for the same pseudonyms in SQL). Its output is captured (the
 //! last `MAX_OUTPUT` bytes); on timeout the whole group is killed. If the daemon
@@ -8,7 +9,9 @@
 //! `die_with_parent`). `run_hooks` gives the hooks a private read-write mount of
 //! the clone.
 
+use std::ffi::{OsStr, OsString};
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -68,6 +71,37 @@ impl Tail {
             t.into_owned()
         }
     }
+}
+
+/// The hooks' PATH: the daemon's (`DEFAULT_PATH` if it has none) without its
+/// relative and empty entries. A hook runs with the clone as its working
+/// directory, so `.`, an empty entry or `bin` would make a command name (the
+/// hook's program, or one its script runs) name a file of the clone: production
+/// data, run as the daemon's user.
+pub fn hook_search_path() -> OsString {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    absolute_entries(&path)
+}
+
+/// The absolute entries of the search path `path`, `DEFAULT_PATH` if none.
+fn absolute_entries(path: &OsStr) -> OsString {
+    let kept: Vec<PathBuf> = std::env::split_paths(path)
+        .filter(|p| p.is_absolute())
+        .collect();
+    match std::env::join_paths(kept) {
+        Ok(p) if !p.is_empty() => p,
+        _ => DEFAULT_PATH.into(),
+    }
+}
+
+/// The first `DIR/name` of the search path `path` that is an executable file,
+/// as exec would pick it.
+pub fn find_program(name: &str, path: &OsStr) -> Option<PathBuf> {
+    std::env::split_paths(path)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// Kill every process of the group `pgid` (ignoring a group already gone).
@@ -133,12 +167,12 @@ pub fn run_hook_cancellable(
     let start = Instant::now();
     let mut cmd = Command::new(&hook.argv[0]);
     // A clean environment: the daemon's own (tokens, credentials) is not the
-    // hook's business. PATH is kept so that scripts find their tools.
-    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    // hook's business. PATH is kept so that scripts find their tools, without
+    // the entries that would find them in the clone.
     cmd.args(&hook.argv[1..])
         .current_dir(clone_dir)
         .env_clear()
-        .env("PATH", path)
+        .env("PATH", hook_search_path())
         .envs(&hook.env)
         .env("COWFS_CLONE_DIR", clone_dir)
         .env("COWFS_BRANCH", branch)
@@ -619,6 +653,97 @@ mod tests {
         );
         h.env.insert("PID_FILE".into(), pid_file);
         let _ = run_hook(&h, Path::new("/"), "b", "k");
+    }
+
+    /// The hooks' PATH keeps the daemon's absolute entries, in order.
+    #[test]
+    fn relative_and_empty_path_entries_are_dropped() {
+        let p = absolute_entries(OsStr::new(".:/usr/bin::bin:/opt/x/bin:"));
+        assert_eq!(p, "/usr/bin:/opt/x/bin");
+        assert_eq!(absolute_entries(OsStr::new(".::")), DEFAULT_PATH);
+        assert_eq!(absolute_entries(OsStr::new("")), DEFAULT_PATH);
+    }
+
+    /// Lookup skips what exec would skip: missing names, non-executable files and
+    /// directories.
+    #[test]
+    fn find_program_takes_the_first_executable() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b, c) = (d.path().join("a"), d.path().join("b"), d.path().join("c"));
+        for dir in [&a, &b, &c] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        std::fs::write(a.join("prog"), "").unwrap();
+        std::fs::create_dir(b.join("prog")).unwrap();
+        std::fs::write(c.join("prog"), "").unwrap();
+        std::fs::set_permissions(c.join("prog"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = std::env::join_paths([&a, &b, &c]).unwrap();
+        assert_eq!(find_program("prog", &path), Some(c.join("prog")));
+        assert_eq!(find_program("other", &path), None);
+    }
+
+    const PLANTED: &str = "cowfs-test-planted-program";
+    /// What the planted program prints.
+    const PLANTED_RAN: &str = "the clone's program ran";
+    const CLONE_VAR: &str = "COWFS_TEST_PLANTED_CLONE";
+
+    /// A daemon whose PATH holds `.` or an empty entry (both: the working
+    /// directory, for hooks the clone) ran a program planted in the clone's data,
+    /// as root, for a hook program given by bare name and for a command its
+    /// shell string runs. The daemon's PATH is process-wide, so the stand-in
+    /// daemon is this test binary run again with that PATH
+    /// (`hooks_of_a_daemon_with_a_relative_path_entry`).
+    #[test]
+    fn a_relative_path_entry_does_not_run_the_clones_program() {
+        let clone = tempfile::tempdir().unwrap();
+        let planted = clone.path().join(PLANTED);
+        std::fs::write(&planted, format!("#!/bin/sh\necho \"{PLANTED_RAN}\"\n")).unwrap();
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for path in [".:/usr/bin:/bin", "/usr/bin:/bin:"] {
+            let out = Command::new(std::env::current_exe().unwrap())
+                .args(["--ignored", "--exact", "--test-threads=1"])
+                .arg("control::sanitize::hook::tests::hooks_of_a_daemon_with_a_relative_path_entry")
+                .env("PATH", path)
+                .env(CLONE_VAR, clone.path())
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "PATH={path}:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+
+    /// The stand-in daemon of `a_relative_path_entry_does_not_run_the_clones_program`.
+    /// Does nothing unless that test runs it.
+    #[test]
+    #[ignore = "run by a_relative_path_entry_does_not_run_the_clones_program with its own PATH"]
+    fn hooks_of_a_daemon_with_a_relative_path_entry() {
+        use super::super::config::SanitizeConfig;
+        let Ok(clone) = std::env::var(CLONE_VAR) else {
+            return;
+        };
+        let clone = Path::new(&clone);
+        let output = |r: Result<HookReport, SanitizeError>| match r {
+            Ok(r) => r.output,
+            Err(SanitizeError::HookFailed { output, .. }) => output,
+            Err(e) => e.to_string(),
+        };
+        let text = format!("[[profiles.p.hooks]]\nname = \"h\"\ncommand = [\"{PLANTED}\"]\n");
+        match SanitizeConfig::parse(&text, Path::new("/etc/cowfs")) {
+            Ok(cfg) => panic!(
+                "a bare name found only in the clone was accepted; the hook said: {}",
+                output(run_hook(&cfg.profiles["p"].hooks[0], clone, "b", "k"))
+            ),
+            Err(e) => assert!(e.to_string().contains("not in the daemon's PATH"), "{e}"),
+        }
+        let out = output(run_hook(&hook(PLANTED, 10_000), clone, "b", "k"));
+        assert!(
+            !out.contains(PLANTED_RAN),
+            "the shell ran the clone's program: {out}"
+        );
     }
 
     #[test]
