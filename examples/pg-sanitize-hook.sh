@@ -16,8 +16,9 @@
 #    - CHECKPOINT, clean shutdown, then pg_resetwal: every WAL segment, the ones
 #      in use and the recycled ones, is deleted and replaced by one new, zero-filled
 #      segment holding only a checkpoint record;
-#    - server logs copied from the parent are deleted, and so are the query texts
-#      pg_stat_statements saved at the parent's last clean shutdown.
+#    - server logs copied from the parent are deleted (log/, pg_log/ and the
+#      configured log_directory when it is inside the clone), and so are the query
+#      texts pg_stat_statements saved at the parent's last clean shutdown.
 #
 # Environment: COWFS_CLONE_DIR, COWFS_HOOK_KEY (from cowfs); PG_SANITIZE_SQL (path,
 # relative to this script's directory if not absolute; default pg-sanitize.sql);
@@ -90,8 +91,31 @@ trap cleanup EXIT
 # the same machine) and so did its logs; a replica's signal files would keep the
 # clone read-only.
 rm -f "$DATA/postmaster.pid" "$DATA/standby.signal" "$DATA/recovery.signal"
-for d in log pg_log; do
-  [ -d "$DATA/$d" ] && find "$DATA/$d" -type f -delete
+
+# Delete the files under the log directory $1 (relative to the data directory or
+# absolute) if it is in the clone; one outside is not the clone's (the parent's
+# own, or the host's): leave it. One that holds the data directory (`.`) mixes
+# logs with the cluster's files: refuse rather than publish its logs.
+DATA_REAL=$(realpath -e "$DATA")
+clean_logs() {
+  local d=$1 t
+  case "$d" in /*) ;; *) d="$DATA/$d" ;; esac
+  [ -d "$d" ] || return 0
+  t=$(realpath -e "$d")
+  case "$t/" in
+    "$CLONE_REAL"/*) ;;
+    *) echo "log directory $d is outside the clone ($t): left alone"; return 0 ;;
+  esac
+  case "$DATA_REAL/" in
+    "$t"/*) echo "log directory $d holds the data directory: its logs cannot be told from the cluster's files, refusing"; exit 1 ;;
+  esac
+  find "$t" -type f -delete
+}
+# The effective log_directory, as the server reads it (postgresql.conf, then
+# postgresql.auto.conf, includes; last assignment wins).
+LOGDIR=$("${AS[@]}" "$PGBIN/postgres" -D "$DATA" -C log_directory)
+for d in log pg_log "$LOGDIR"; do
+  clean_logs "$d"
 done
 # pg_stat_statements keeps query texts (utility statements with their literals)
 # across a clean shutdown; the server here would load them from these files.

@@ -16,12 +16,13 @@
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Command;
 
 use cowfs::control::sanitize::detect::Kind;
 use cowfs::control::sanitize::pseudo::{hook_key_hex, Pseudonymizer};
-use cowfs::control::sanitize::run_hook;
-use support::pg::{byte_search, join_counts, load_example_schema, Cluster};
+use cowfs::control::sanitize::{run_hook, HookReport, SanitizeError};
+use support::pg::{byte_search, join_counts, load_example_schema, pg_dir, Cluster};
 use support::*;
 
 #[test]
@@ -162,15 +163,129 @@ fn pg_hook_refuses_a_wal_directory_outside_the_clone() {
     };
     let names_before = listing(&wal);
 
-    std::fs::create_dir(base.join("clone")).unwrap();
-    std::fs::set_permissions(base.join("clone"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    copy_clone(&parent.data, &base.join("clone"));
+    let r = run_noop_hook(base, &base.join("clone"));
+    assert_eq!(
+        listing(&wal),
+        names_before,
+        "the parent's WAL directory changed"
+    );
+    let e = r.expect_err("the hook ran on a clone whose pg_wal is the parent's");
+    assert!(e.to_string().contains("outside the clone"), "{e}");
+    // The parent still starts.
+    parent.start().stop();
+}
+
+/// A `log_directory` other than log/ and pg_log/ kept the parent's server logs
+/// (the statements and values they logged) in the sanitized clone. The hook
+/// takes the effective setting as PostgreSQL reads it (postgresql.auto.conf over
+/// postgresql.conf, last assignment, quoted, with a comment) and empties it when
+/// it is in the clone; one outside the clone is left alone, and one that holds
+/// the data directory makes the hook refuse.
+#[test]
+fn pg_hook_cleans_the_configured_log_directory() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-sanitize-pglog-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = tmp.path();
+    let parent = Cluster::new(&base.join("parent/pg"), &base.join("sock-parent"), true);
+    let logged =
+        "ERROR:  duplicate key value violates unique constraint: (email)=(ann@example.com)\n";
+    let log_files = |dir: &Path| {
+        pg_dir(&dir.join("2024"), 0o700);
+        let files = [
+            dir.join("postgresql-2024-05-01_000000.log"),
+            dir.join("2024/postgresql-2024-05-02_000000.csv"),
+        ];
+        for f in &files {
+            std::fs::write(f, logged).unwrap();
+        }
+        files
+    };
+
+    // In the clone: deleted.
+    let clone = base.join("clone-in");
+    copy_clone(&parent.data, &clone);
+    let data = clone.join("pg");
+    append(
+        &data.join("postgresql.conf"),
+        "log_directory = 'conf_logs'\n",
+    );
+    append(
+        &data.join("postgresql.auto.conf"),
+        "log_directory = 'old_logs'\nlog_directory = 'audit logs'   # kept for the auditors\n",
+    );
+    let files = log_files(&data.join("audit logs"));
+    let report = run_noop_hook(base, &clone).unwrap_or_else(|e| panic!("{e}"));
+    for f in &files {
+        assert!(
+            !f.exists(),
+            "{} is still in the clone\n{}",
+            f.display(),
+            report.output
+        );
+    }
+
+    // Outside the clone: left alone.
+    let outside = base.join("host-logs");
+    let files = log_files(&outside);
+    let clone = base.join("clone-out");
+    copy_clone(&parent.data, &clone);
+    append(
+        &clone.join("pg/postgresql.auto.conf"),
+        &format!("log_directory = '{}'\n", outside.display()),
+    );
+    let report = run_noop_hook(base, &clone).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.output.contains("left alone"), "{}", report.output);
+    for f in &files {
+        assert_eq!(
+            std::fs::read_to_string(f).unwrap(),
+            logged,
+            "{}",
+            f.display()
+        );
+    }
+
+    // The data directory itself: its logs cannot be told apart, the hook refuses.
+    let clone = base.join("clone-dot");
+    copy_clone(&parent.data, &clone);
+    append(
+        &clone.join("pg/postgresql.auto.conf"),
+        "log_directory = '.'\n",
+    );
+    let e = run_noop_hook(base, &clone).expect_err("the hook accepted log_directory = '.'");
+    assert!(e.to_string().contains("holds the data directory"), "{e}");
+    assert!(
+        clone.join("pg/PG_VERSION").exists(),
+        "the hook deleted the cluster's files"
+    );
+}
+
+/// `clone` (mode 0755) holding a copy of the stopped cluster `data` at pg/, as a
+/// cowfs branch would.
+fn copy_clone(data: &Path, clone: &Path) {
+    std::fs::create_dir(clone).unwrap();
+    std::fs::set_permissions(clone, std::fs::Permissions::from_mode(0o755)).unwrap();
     let st = Command::new("cp")
         .arg("-a")
-        .arg(&parent.data)
-        .arg(base.join("clone/pg"))
+        .arg(data)
+        .arg(clone.join("pg"))
         .status()
         .unwrap();
     assert!(st.success());
+}
+
+fn append(file: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(file).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+/// Run the example PostgreSQL hook on `clone` with SQL that changes nothing
+/// (written to `base`), in database postgres.
+fn run_noop_hook(base: &Path, clone: &Path) -> Result<HookReport, SanitizeError> {
     let sql = base.join("noop.sql");
     std::fs::write(&sql, "SELECT 1;\n").unwrap();
     let hook = cowfs::control::sanitize::config::Hook {
@@ -191,19 +306,10 @@ fn pg_hook_refuses_a_wal_directory_outside_the_clone() {
         .into(),
         when_exists: None,
     };
-    let r = run_hook(
+    run_hook(
         &hook,
-        &base.join("clone"),
+        clone,
         "clone",
         &hook_key_hex(b"0123456789abcdef").unwrap(),
-    );
-    assert_eq!(
-        listing(&wal),
-        names_before,
-        "the parent's WAL directory changed"
-    );
-    let e = r.expect_err("the hook ran on a clone whose pg_wal is the parent's");
-    assert!(e.to_string().contains("outside the clone"), "{e}");
-    // The parent still starts.
-    parent.start().stop();
+    )
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::files::{replace_private, with_suffix, write_private};
+use super::files::{replace_private, with_suffix};
 use crate::pool::{BranchId, TokenId, NO_OWNER};
 
 /// Name of the token `cowfs init` creates.
@@ -57,8 +57,9 @@ pub fn secret_path(pool: &Path) -> PathBuf {
 }
 
 /// Create the token store of a new pool with one token, `admin` (scope `admin:*`),
-/// and write its secret to `POOL.token` (mode 0600). Called by `cowfs init`.
-/// Returns the path of the secret file.
+/// and write its secret to `POOL.token` (mode 0600, a new file renamed into
+/// place: a symlink or someone else's file already at that name never receives
+/// the secret). Called by `cowfs init`. Returns the path of the secret file.
 pub fn init_admin_token(pool_path: &Path) -> Result<PathBuf, TokenError> {
     let store = store_path(pool_path);
     if store.exists() {
@@ -80,7 +81,7 @@ pub fn init_admin_token(pool_path: &Path) -> Result<PathBuf, TokenError> {
         }],
     };
     let secret_file = secret_path(pool_path);
-    write_private(&secret_file, format!("{secret}\n").as_bytes()).map_err(|source| {
+    replace_private(&secret_file, format!("{secret}\n").as_bytes()).map_err(|source| {
         TokenError::Io {
             path: secret_file.clone(),
             source,
@@ -411,6 +412,34 @@ fn unix_now() -> u64 {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// `POOL.token` was opened with create+truncate: a symlink planted there (the
+    /// pool's directory may be shared) made `cowfs init` overwrite the file it
+    /// names with the admin secret, and a file someone else created there (and
+    /// holds open) received the secret.
+    #[test]
+    fn init_does_not_write_through_a_planted_secret_file() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let pool = dir.path().join("p.cowfs");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        std::os::unix::fs::symlink(&victim, secret_path(&pool)).unwrap();
+        init_admin_token(&pool).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+
+        let pool = dir.path().join("q.cowfs");
+        std::fs::write(secret_path(&pool), "").unwrap();
+        std::fs::set_permissions(secret_path(&pool), std::fs::Permissions::from_mode(0o666))
+            .unwrap();
+        let mut held = File::open(secret_path(&pool)).unwrap();
+        init_admin_token(&pool).unwrap();
+        let mut seen = String::new();
+        held.read_to_string(&mut seen).unwrap();
+        assert_eq!(seen, "", "the secret reached a file opened before init");
+        let secret = std::fs::read_to_string(secret_path(&pool)).unwrap();
+        assert!(secret.starts_with(SECRET_PREFIX), "{secret}");
+    }
 
     #[test]
     fn init_create_authenticate_revoke() {

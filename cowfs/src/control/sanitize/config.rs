@@ -12,6 +12,7 @@ use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
 use super::detect::Detector;
+use super::hook::{find_program, hook_search_path};
 use super::SanitizeError;
 
 /// Hooks that do not say otherwise are killed after this long.
@@ -79,8 +80,9 @@ pub enum Replacement {
 #[derive(Clone, Debug)]
 pub struct Hook {
     pub name: String,
-    /// Program and arguments; a relative program path was resolved against the
-    /// config file's directory.
+    /// Program and arguments; the program path is absolute: a relative one was
+    /// resolved against the config file's directory, a bare name against the
+    /// absolute entries of the daemon's PATH.
     pub argv: Vec<String>,
     pub timeout: Duration,
     pub env: BTreeMap<String, String>,
@@ -102,7 +104,7 @@ impl Rule {
 
 impl SanitizeConfig {
     /// Read the profiles of a daemon config file. Relative hook programs are
-    /// resolved against the file's directory.
+    /// resolved against the file's directory, bare names in the daemon's PATH.
     pub fn load(path: &Path) -> Result<SanitizeConfig, SanitizeError> {
         let text = std::fs::read_to_string(path).map_err(|e| SanitizeError::Config {
             file: Some(path.to_path_buf()),
@@ -118,7 +120,7 @@ impl SanitizeConfig {
         })
     }
 
-    /// Parse config text; `base` resolves relative hook programs.
+    /// Parse config text; `base` resolves relative hook programs (with a '/').
     pub fn parse(text: &str, base: &Path) -> Result<SanitizeConfig, SanitizeError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| config_err(e.to_string()))?;
         let mut profiles = BTreeMap::new();
@@ -394,6 +396,19 @@ fn compile_hook(h: RawHook, base: &Path) -> Result<Hook, String> {
         let p: PathBuf = std::path::absolute(base.join(&argv[0]))
             .map_err(|e| format!("resolving the program '{}': {e}", argv[0]))?;
         argv[0] = p.to_string_lossy().into_owned();
+    } else if !argv[0].contains('/') {
+        // A bare name, looked up now rather than by exec in the hook: exec would
+        // search with the clone as working directory, where a relative or empty
+        // PATH entry names the clone's files. Only absolute entries count.
+        let path = hook_search_path();
+        let found = find_program(&argv[0], &path).ok_or_else(|| {
+            format!(
+                "program '{}' is not in the daemon's PATH (searched its absolute entries: {}); give the program's path",
+                argv[0],
+                path.to_string_lossy()
+            )
+        })?;
+        argv[0] = found.to_string_lossy().into_owned();
     }
     let timeout = match h.timeout_secs {
         Some(0) => return Err("`timeout_secs` must be at least 1".into()),
@@ -532,6 +547,29 @@ mod tests {
 
         let e = parse("[profiles.empty]\n").unwrap_err();
         assert!(e.contains("profile 'empty'"), "{e}");
+    }
+
+    /// A bare program name is resolved at load, in the absolute entries of PATH
+    /// (a hook runs in the clone, where exec would resolve relative ones).
+    #[test]
+    fn bare_program_names_are_resolved_at_load() {
+        let cfg =
+            parse("[[profiles.p.hooks]]\nname = \"x\"\ncommand = [\"sh\", \"-c\", \"true\"]\n")
+                .unwrap();
+        let argv = &cfg.profile("p").unwrap().hooks[0].argv;
+        assert!(
+            Path::new(&argv[0]).is_absolute() && argv[0].ends_with("/sh"),
+            "{argv:?}"
+        );
+        assert_eq!(argv[1..], ["-c", "true"]);
+        let e =
+            parse("[[profiles.p.hooks]]\nname = \"x\"\ncommand = [\"cowfs-no-such-program\"]\n")
+                .unwrap_err();
+        assert!(
+            e.contains("hook 1 ('x')")
+                && e.contains("'cowfs-no-such-program' is not in the daemon's PATH"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,12 +1,17 @@
 //! Hooks: commands run against the clone (for databases: start the server on the
 //! clone's data directory, rewrite the data with SQL, stop it). A hook runs in its
-//! own process group, in a clean environment: PATH, the hook's `env`,
+//! own process group, in a clean environment: PATH (absolute entries only, see
+//! `hook_search_path`), the hook's `env`,
 //! `$COWFS_CLONE_DIR`, `$COWFS_BRANCH` and `$COWFS_HOOK_KEY` (the pseudonym sub-key
 //! of the pool key, for the same pseudonyms in SQL). Its output is captured (the
-//! last `MAX_OUTPUT` bytes); on timeout the whole group is killed. `run_hooks`
-//! gives the hooks a private read-write mount of the clone.
+//! last `MAX_OUTPUT` bytes); on timeout the whole group is killed. If the daemon
+//! dies without cleaning up (SIGKILL), the kernel kills the hook's process (see
+//! `die_with_parent`). `run_hooks` gives the hooks a private read-write mount of
+//! the clone.
 
+use std::ffi::{OsStr, OsString};
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -68,6 +73,37 @@ impl Tail {
     }
 }
 
+/// The hooks' PATH: the daemon's (`DEFAULT_PATH` if it has none) without its
+/// relative and empty entries. A hook runs with the clone as its working
+/// directory, so `.`, an empty entry or `bin` would make a command name (the
+/// hook's program, or one its script runs) name a file of the clone: production
+/// data, run as the daemon's user.
+pub fn hook_search_path() -> OsString {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    absolute_entries(&path)
+}
+
+/// The absolute entries of the search path `path`, `DEFAULT_PATH` if none.
+fn absolute_entries(path: &OsStr) -> OsString {
+    let kept: Vec<PathBuf> = std::env::split_paths(path)
+        .filter(|p| p.is_absolute())
+        .collect();
+    match std::env::join_paths(kept) {
+        Ok(p) if !p.is_empty() => p,
+        _ => DEFAULT_PATH.into(),
+    }
+}
+
+/// The first `DIR/name` of the search path `path` that is an executable file,
+/// as exec would pick it.
+pub fn find_program(name: &str, path: &OsStr) -> Option<PathBuf> {
+    std::env::split_paths(path)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 /// Kill every process of the group `pgid` (ignoring a group already gone).
 fn kill_group(pgid: u32) {
     if let Ok(pgid) = i32::try_from(pgid) {
@@ -77,6 +113,33 @@ fn kill_group(pgid: u32) {
             libc::kill(-pgid, libc::SIGKILL);
         }
     }
+}
+
+/// In the forked hook, before exec: ask the kernel to SIGKILL it when its parent
+/// dies, so that a daemon killed without cleanup (SIGKILL, OOM killer) does not
+/// leave a hook running as root against a clone nobody will publish. `parent` is
+/// the daemon's pid: if it already died between fork and prctl, the signal will
+/// never come, so the hook is not started (spawn fails).
+///
+/// The kernel sends the signal when the *thread* that forked exits, not the
+/// process: `run_hook_cancellable` spawns on the calling thread and does not
+/// return before it has waited for the hook, so that thread outlives the hook.
+/// Only the hook's own process is covered: processes it starts (a database
+/// server) do not inherit the setting; they lose the clone's mount with the
+/// daemon, and the next daemon deletes the unfinished clone.
+fn die_with_parent(parent: libc::pid_t) -> std::io::Result<()> {
+    // SAFETY: prctl and getppid are async-signal-safe system calls (this runs
+    // between fork and exec); neither touches our memory, and building the
+    // io::Error from errno does not allocate.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::getppid() != parent {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    Ok(())
 }
 
 /// Run one hook against `clone_dir` (any directory holding the clone's files).
@@ -90,7 +153,8 @@ pub fn run_hook(
 }
 
 /// `run_hook`, killing the hook (its whole group) and returning `Cancelled` soon
-/// after `cancel` is set.
+/// after `cancel` is set. Returns only once the hook's process was waited for
+/// (`die_with_parent` relies on it).
 pub fn run_hook_cancellable(
     hook: &Hook,
     clone_dir: &Path,
@@ -103,12 +167,12 @@ pub fn run_hook_cancellable(
     let start = Instant::now();
     let mut cmd = Command::new(&hook.argv[0]);
     // A clean environment: the daemon's own (tokens, credentials) is not the
-    // hook's business. PATH is kept so that scripts find their tools.
-    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    // hook's business. PATH is kept so that scripts find their tools, without
+    // the entries that would find them in the clone.
     cmd.args(&hook.argv[1..])
         .current_dir(clone_dir)
         .env_clear()
-        .env("PATH", path)
+        .env("PATH", hook_search_path())
         .envs(&hook.env)
         .env("COWFS_CLONE_DIR", clone_dir)
         .env("COWFS_BRANCH", branch)
@@ -117,6 +181,13 @@ pub fn run_hook_cancellable(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    // SAFETY: getpid cannot fail and touches no memory.
+    let daemon = unsafe { libc::getpid() };
+    // SAFETY: the closure runs in the forked child and only makes the
+    // async-signal-safe calls of `die_with_parent`.
+    unsafe {
+        cmd.pre_exec(move || die_with_parent(daemon));
+    }
     let mut child = cmd.spawn().map_err(|source| SanitizeError::HookSpawn {
         hook: hook.name.clone(),
         program: hook.argv[0].clone(),
@@ -508,6 +579,170 @@ mod tests {
         assert_eq!(
             Path::new(&h.argv[0]).components().collect::<Vec<_>>(),
             expected.components().collect::<Vec<_>>()
+        );
+    }
+
+    /// A daemon killed by SIGKILL runs no cleanup: its hook kept running (as root,
+    /// on a clone that will never be published) until its own timeout. This test
+    /// runs `hook_of_a_daemon_about_to_be_killed` in a child process standing in
+    /// for the daemon, kills that child once the hook runs, and expects the hook
+    /// to die with it.
+    #[test]
+    fn a_killed_daemon_takes_its_hook_along() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("hook.pid");
+        let mut daemon = Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "--test-threads=1"])
+            .arg("control::sanitize::hook::tests::hook_of_a_daemon_about_to_be_killed")
+            .env(PID_FILE_VAR, &pid_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let hook_pid = loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+            {
+                break pid;
+            }
+            if Instant::now() > deadline {
+                let _ = daemon.kill();
+                let _ = daemon.wait();
+                panic!("the hook did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while running(hook_pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let survived = running(hook_pid);
+        // Leave nothing behind, whatever the outcome (the hook leads its group).
+        kill_group(hook_pid);
+        assert!(!survived, "the hook outlived the daemon that started it");
+    }
+
+    const PID_FILE_VAR: &str = "COWFS_TEST_HOOK_PID_FILE";
+
+    /// Is `pid` a live process (not gone, not a zombie waiting for its reaper)?
+    fn running(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().to_string())
+            })
+            .is_some_and(|rest| !rest.starts_with('Z'))
+    }
+
+    /// The "daemon" of `a_killed_daemon_takes_its_hook_along`: runs a hook that
+    /// publishes its pid and sleeps. Does nothing unless that test runs it.
+    #[test]
+    #[ignore = "run by a_killed_daemon_takes_its_hook_along in a process it kills"]
+    fn hook_of_a_daemon_about_to_be_killed() {
+        let Some(pid_file) = std::env::var(PID_FILE_VAR).ok() else {
+            return;
+        };
+        let mut h = hook(
+            r#"echo $$ > "$PID_FILE.new" && mv "$PID_FILE.new" "$PID_FILE" && exec sleep 60"#,
+            120_000,
+        );
+        h.env.insert("PID_FILE".into(), pid_file);
+        let _ = run_hook(&h, Path::new("/"), "b", "k");
+    }
+
+    /// The hooks' PATH keeps the daemon's absolute entries, in order.
+    #[test]
+    fn relative_and_empty_path_entries_are_dropped() {
+        let p = absolute_entries(OsStr::new(".:/usr/bin::bin:/opt/x/bin:"));
+        assert_eq!(p, "/usr/bin:/opt/x/bin");
+        assert_eq!(absolute_entries(OsStr::new(".::")), DEFAULT_PATH);
+        assert_eq!(absolute_entries(OsStr::new("")), DEFAULT_PATH);
+    }
+
+    /// Lookup skips what exec would skip: missing names, non-executable files and
+    /// directories.
+    #[test]
+    fn find_program_takes_the_first_executable() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b, c) = (d.path().join("a"), d.path().join("b"), d.path().join("c"));
+        for dir in [&a, &b, &c] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        std::fs::write(a.join("prog"), "").unwrap();
+        std::fs::create_dir(b.join("prog")).unwrap();
+        std::fs::write(c.join("prog"), "").unwrap();
+        std::fs::set_permissions(c.join("prog"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = std::env::join_paths([&a, &b, &c]).unwrap();
+        assert_eq!(find_program("prog", &path), Some(c.join("prog")));
+        assert_eq!(find_program("other", &path), None);
+    }
+
+    const PLANTED: &str = "cowfs-test-planted-program";
+    /// What the planted program prints.
+    const PLANTED_RAN: &str = "the clone's program ran";
+    const CLONE_VAR: &str = "COWFS_TEST_PLANTED_CLONE";
+
+    /// A daemon whose PATH holds `.` or an empty entry (both: the working
+    /// directory, for hooks the clone) ran a program planted in the clone's data,
+    /// as root, for a hook program given by bare name and for a command its
+    /// shell string runs. The daemon's PATH is process-wide, so the stand-in
+    /// daemon is this test binary run again with that PATH
+    /// (`hooks_of_a_daemon_with_a_relative_path_entry`).
+    #[test]
+    fn a_relative_path_entry_does_not_run_the_clones_program() {
+        let clone = tempfile::tempdir().unwrap();
+        let planted = clone.path().join(PLANTED);
+        std::fs::write(&planted, format!("#!/bin/sh\necho \"{PLANTED_RAN}\"\n")).unwrap();
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for path in [".:/usr/bin:/bin", "/usr/bin:/bin:"] {
+            let out = Command::new(std::env::current_exe().unwrap())
+                .args(["--ignored", "--exact", "--test-threads=1"])
+                .arg("control::sanitize::hook::tests::hooks_of_a_daemon_with_a_relative_path_entry")
+                .env("PATH", path)
+                .env(CLONE_VAR, clone.path())
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "PATH={path}:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+
+    /// The stand-in daemon of `a_relative_path_entry_does_not_run_the_clones_program`.
+    /// Does nothing unless that test runs it.
+    #[test]
+    #[ignore = "run by a_relative_path_entry_does_not_run_the_clones_program with its own PATH"]
+    fn hooks_of_a_daemon_with_a_relative_path_entry() {
+        use super::super::config::SanitizeConfig;
+        let Ok(clone) = std::env::var(CLONE_VAR) else {
+            return;
+        };
+        let clone = Path::new(&clone);
+        let output = |r: Result<HookReport, SanitizeError>| match r {
+            Ok(r) => r.output,
+            Err(SanitizeError::HookFailed { output, .. }) => output,
+            Err(e) => e.to_string(),
+        };
+        let text = format!("[[profiles.p.hooks]]\nname = \"h\"\ncommand = [\"{PLANTED}\"]\n");
+        match SanitizeConfig::parse(&text, Path::new("/etc/cowfs")) {
+            Ok(cfg) => panic!(
+                "a bare name found only in the clone was accepted; the hook said: {}",
+                output(run_hook(&cfg.profiles["p"].hooks[0], clone, "b", "k"))
+            ),
+            Err(e) => assert!(e.to_string().contains("not in the daemon's PATH"), "{e}"),
+        }
+        let out = output(run_hook(&hook(PLANTED, 10_000), clone, "b", "k"));
+        assert!(
+            !out.contains(PLANTED_RAN),
+            "the shell ran the clone's program: {out}"
         );
     }
 

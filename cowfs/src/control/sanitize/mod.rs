@@ -100,7 +100,7 @@ pub enum SanitizeError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("sanitize key {0}: not a hex key of at least 16 bytes; restore the pool's key file (pseudonyms depend on it) or remove it to start a new one")]
+    #[error("sanitize key {0}: not a key of 64 hex digits (32 bytes): damaged or cut short; restore the pool's key file (pseudonyms depend on it) or remove it to start a new one")]
     KeyInvalid(PathBuf),
     #[error("sanitize key is shorter than 16 bytes")]
     KeyTooShort,
