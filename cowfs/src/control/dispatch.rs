@@ -806,12 +806,7 @@ impl Ctx {
         let Some(p) = self.state.required(parent) else {
             return Ok(());
         };
-        self.state.set_required(child, Some(&p)).map_err(|e| {
-            ErrorReply::new(
-                ErrorKind::Io,
-                format!("{}: {e}", self.state.path().display()),
-            )
-        })
+        self.set_required(child, Some(&p))
     }
 
     /// Drop a branch just created, after a later step of its creation failed.
@@ -1046,7 +1041,8 @@ impl Ctx {
     }
 
     /// Protect (with an optional required profile; without one, a requirement
-    /// set before stays) or unprotect (which drops the requirement too).
+    /// set before stays) or unprotect (which drops the requirement too). All or
+    /// nothing: a step that fails undoes the one before it.
     fn protect(
         &self,
         token: &TokenView,
@@ -1066,21 +1062,56 @@ impl Ctx {
                 .target(p.clone())
             })?;
         }
-        self.pool.set_protected(name, on).map_err(errors::pool)?;
-        let required = if on {
-            require_profile.or_else(|| self.state.required(t.id))
+        // By name: renames take the operation lock held here, so `t.name` is
+        // still branch `t.id`.
+        if on {
+            self.protect_on(&t, require_profile)?;
         } else {
-            None
-        };
-        self.state
-            .set_required(t.id, required.as_deref())
-            .map_err(|e| {
-                ErrorReply::new(
-                    ErrorKind::Io,
-                    format!("{}: {e}", self.state.path().display()),
-                )
-            })?;
-        ok(self.info(token, name)?)
+            self.protect_off(&t)?;
+        }
+        ok(self.info(token, &t.name)?)
+    }
+
+    /// The requirement is written before the flag: stopped in between, the
+    /// branch requires the profile unprotected (as inherited requirements do),
+    /// never protected without it.
+    fn protect_on(&self, t: &Target, require_profile: Option<String>) -> Result<(), ErrorReply> {
+        let before = self.state.required(t.id);
+        let required = require_profile.or_else(|| before.clone());
+        self.set_required(t.id, required.as_deref())?;
+        if let Err(e) = self.pool.set_protected(&t.name, true) {
+            if let Err(s) = self.state.set_required(t.id, before.as_deref()) {
+                log::error!("{}: {s}", self.state.path().display());
+            }
+            return Err(errors::pool(e));
+        }
+        Ok(())
+    }
+
+    /// The flag is cleared before the requirement: stopped in between, the
+    /// branch still requires its profile. A requirement that cannot be dropped
+    /// puts the flag back.
+    fn protect_off(&self, t: &Target) -> Result<(), ErrorReply> {
+        self.pool
+            .set_protected(&t.name, false)
+            .map_err(errors::pool)?;
+        if let Err(e) = self.set_required(t.id, None) {
+            if let Err(p) = self.pool.set_protected(&t.name, t.protected) {
+                log::error!("protecting '{}' again: {p}", t.name);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `SanitizeState::set_required`, with an `io` error naming the state file.
+    fn set_required(&self, id: BranchId, profile: Option<&str>) -> Result<(), ErrorReply> {
+        self.state.set_required(id, profile).map_err(|e| {
+            ErrorReply::new(
+                ErrorKind::Io,
+                format!("{}: {e}", self.state.path().display()),
+            )
+        })
     }
 }
 
