@@ -35,7 +35,7 @@ pub fn mount(e: MountError) -> ErrorReply {
         MountError::BranchMounted { .. } => ErrorKind::Mounted,
         MountError::NotMounted(_) => ErrorKind::NotMounted,
         MountError::Busy(_) => ErrorKind::Busy,
-        MountError::Detached(_) => ErrorKind::Busy,
+        MountError::Detached(_) | MountError::Covered(_) => ErrorKind::Busy,
         _ => ErrorKind::Io,
     };
     ErrorReply::new(kind, e.to_string())
