@@ -430,6 +430,8 @@ impl Ctx {
                     .pool
                     .diff_ids(&a, ta.id, &b, tb.id)
                     .map_err(errors::pool)?;
+                // A long diff answers only a token that still exists.
+                self.still_current(token)?;
                 let entries = d
                     .entries
                     .into_iter()
@@ -630,6 +632,18 @@ impl Ctx {
         }
     }
 
+    /// Is `token` still there (not revoked since its request started)? For
+    /// requests that run long: checked before they publish or answer. Under the
+    /// operation lock, which `token_revoke` takes too, the answer holds until the
+    /// lock is released.
+    fn still_current(&self, token: &TokenView) -> Result<(), ErrorReply> {
+        // Ids are never reused: a token created again under the name has another.
+        match self.tokens.name_of(token.id) {
+            Some(_) => Ok(()),
+            None => Err(errors::revoked(&token.name)),
+        }
+    }
+
     fn pool_admin(&self, token: &TokenView, what: &str) -> Result<(), ErrorReply> {
         if is_pool_admin(token) {
             return Ok(());
@@ -780,6 +794,16 @@ impl Ctx {
                 return Err(e);
             }
         };
+        // Revoked while sanitizing: the clone is not owned by, mounted for or
+        // shown to a token that no longer exists.
+        if let Err(e) = self.still_current(token) {
+            log::info!(
+                "token '{}' was revoked while '{name}' was sanitized; deleting it",
+                token.name
+            );
+            self.discard(name, id);
+            return Err(e);
+        }
         // Owned before it leaves state `sanitizing`: a daemon stopping in between
         // deletes it at the next start.
         if let Err(e) = self.pool.set_owners(&[(id, token.id)]) {

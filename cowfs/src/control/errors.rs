@@ -59,6 +59,14 @@ pub fn token(e: TokenError) -> ErrorReply {
     ErrorReply::new(kind, e.to_string())
 }
 
+/// The reply to a request of a token revoked since its connection said hello.
+pub fn revoked(token: &str) -> ErrorReply {
+    ErrorReply::new(
+        ErrorKind::Unauthenticated,
+        format!("token '{token}' has been revoked; connect again with a valid token"),
+    )
+}
+
 pub fn bad_request(message: impl Into<String>) -> ErrorReply {
     ErrorReply::new(ErrorKind::BadRequest, message)
 }
