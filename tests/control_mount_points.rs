@@ -149,3 +149,55 @@ fn mounts_stay_under_the_mount_roots_and_outside_other_mounts() {
         .expect("admin mounts anywhere");
     admin.unmount(s(&elsewhere)).expect("unmount");
 }
+
+/// Review finding: `unmount` after an outside `umount -l` (files still open on
+/// the detached mount) unmounted whatever had been mounted on the directory
+/// since. Now it answers `busy` and leaves that mount alone, also once the files
+/// are closed and the detached mount is forgotten.
+#[test]
+fn unmount_after_an_outside_lazy_unmount_leaves_the_new_mount_alone() {
+    let d = Daemon::start();
+    let mut admin = d.admin_client();
+    let dir = d.dir("a");
+    admin.mount("main", s(&dir), false).expect("mount");
+    let held = std::fs::File::create(dir.join("held")).expect("open a file there");
+    let st = Command::new("umount").arg("-l").arg(&dir).status();
+    assert!(st.expect("umount -l").success());
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .expect("mount tmpfs");
+    assert!(st.success());
+    let _tmpfs = Tmpfs(&dir);
+    std::fs::write(dir.join("tmpfs-file"), b"x").expect("write to the tmpfs");
+
+    // On a thread: the unmount used to wait for the held file (its session).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (mut c, d2) = (d.admin_client(), dir.clone());
+    std::thread::spawn(move || {
+        let _ = tx.send(c.unmount(s(&d2)).map_err(|e| match e {
+            ClientError::Server(e) => Some(e.kind),
+            _ => None,
+        }));
+    });
+    let r = rx.recv_timeout(std::time::Duration::from_secs(10));
+    assert!(dir.join("tmpfs-file").exists(), "unmount took the tmpfs");
+    let r = r.expect("unmount answers");
+    assert_eq!(r, Err(Some(ErrorKind::Busy)));
+    drop(held);
+    // Once its files are closed, the detached mount ends and is forgotten
+    // (by this unmount, or already when its session ended).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match admin.unmount(s(&dir)) {
+            Ok(_) => break,
+            Err(ClientError::Server(e)) if e.kind == ErrorKind::NotMounted => break,
+            Err(ClientError::Server(e)) if e.kind == ErrorKind::Busy => {}
+            other => panic!("unmount once the files are closed: {other:?}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "still served");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(dir.join("tmpfs-file").exists(), "the tmpfs is gone");
+}

@@ -690,3 +690,45 @@ fn diff_walks_the_branches_it_checked() {
         "diff showed the paths of a branch the token may not read"
     );
 }
+
+/// Review finding: `protect` set the pool's flag first and wrote the required
+/// profile to `POOL.sanitize-state` after, so a failing state write left half an
+/// operation behind an error: `protect --require-sanitize` protected the branch
+/// without the requirement, and `unprotect` cleared the flag but kept it. Now a
+/// failure changes neither (a directory in place of the state file's temporary
+/// file makes every state write fail).
+#[test]
+fn protect_and_unprotect_change_nothing_when_the_state_write_fails() {
+    let d = Daemon::start_with_config(Some(RULES_ONLY));
+    let mut admin = d.admin_client();
+    allowed("prod", admin.branch_create("prod", "main", None));
+    let mut tmp = cowfs::control::sanitizing::state_path(&d.pool_path).into_os_string();
+    tmp.push(".tmp");
+    let block_state_writes = || std::fs::create_dir(&tmp).expect("mkdir state tmp");
+    let unblock_state_writes = || std::fs::remove_dir(&tmp).expect("rmdir state tmp");
+    let shown = |admin: &mut Client| {
+        let i = allowed("info prod", admin.info("prod"));
+        (i.protected, i.require_sanitize)
+    };
+
+    block_state_writes();
+    assert_eq!(kind(admin.protect_with("prod", Some("pii"))), ErrorKind::Io);
+    assert_eq!(
+        shown(&mut admin),
+        (false, None),
+        "a failed protect changed prod"
+    );
+    unblock_state_writes();
+
+    allowed("require pii", admin.protect_with("prod", Some("pii")));
+    block_state_writes();
+    assert_eq!(kind(admin.unprotect("prod")), ErrorKind::Io);
+    assert_eq!(
+        shown(&mut admin),
+        (true, Some("pii".to_string())),
+        "a failed unprotect changed prod"
+    );
+    unblock_state_writes();
+    allowed("unprotect", admin.unprotect("prod"));
+    assert_eq!(shown(&mut admin), (false, None));
+}

@@ -7,7 +7,8 @@ mod mount;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 
 use cowfs::fuse::{MountError, MountTable};
@@ -23,8 +24,11 @@ struct Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         self.table.unmount_all();
+        // Mounts may be stacked on a directory (a test's tmpfs on a branch).
         for d in &self.dirs {
-            lazy_umount(d);
+            for _ in 0..4 {
+                lazy_umount(d);
+            }
         }
     }
 }
@@ -200,5 +204,109 @@ fn a_mount_detached_from_outside_with_open_files_blocks_nothing() {
         "shutdown does not wait for the detached mount's files"
     );
     drop(held);
+    drop(g);
+}
+
+/// A tmpfs mounted on `dir`, as an admin might mount something on a directory a
+/// branch was mounted on.
+fn mount_tmpfs(dir: &Path) {
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "cowfs-test-tmpfs"])
+        .arg(dir)
+        .status()
+        .expect("mount tmpfs");
+    assert!(st.success(), "mount tmpfs on {}", dir.display());
+}
+
+/// Is the mount on top of `dir` the tmpfs of `mount_tmpfs`?
+fn tmpfs_on_top(dir: &Path) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let top = info
+        .lines()
+        .rev()
+        .find(|l| l.split(' ').nth(4) == dir.to_str())
+        .map(|l| l.contains(" - tmpfs cowfs-test-tmpfs "));
+    top == Some(true)
+}
+
+/// Waits until the table no longer lists `dir`: its session ended (and was reaped).
+fn wait_unlisted(table: &MountTable, dir: &Path) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while table.list().iter().any(|m| m.dir == dir) {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
+/// Review finding: unmounting was `umount2(DIR)`, whatever was mounted on DIR by
+/// then, and fuser's session did the same by path when it ended. After an outside
+/// `umount -l DIR` (files still open on the detached mount) and another
+/// filesystem mounted on DIR, `cowfs-ctl unmount DIR`, the daemon's shutdown and
+/// the session ending once the files were closed each unmounted that other
+/// filesystem; so did an unmount while another filesystem covered the branch's
+/// mount. Now the mount is made by cowfs (fuser never unmounts) and unmounted only
+/// while the mount on top of DIR is the one it made (mount id and device).
+#[test]
+fn unmount_touches_only_the_mount_it_made() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path().canonicalize().expect("canonical");
+    let (a, b, c) = (base.join("a"), base.join("b"), base.join("c"));
+    for d in [&a, &b, &c] {
+        fs::create_dir(d).unwrap();
+    }
+    let opts = PoolOptions {
+        capacity_bytes: Some(1 << 30),
+        ..Default::default()
+    };
+    let pool = Arc::new(Pool::create(&base.join("pool"), &opts).unwrap());
+    pool.branch_create("dev", "main").unwrap();
+    pool.branch_create("ops", "main").unwrap();
+    let table = MountTable::new(pool.clone());
+    let g = Guard {
+        table: table.clone(),
+        dirs: vec![a.clone(), b.clone(), c.clone()],
+    };
+
+    // Detached from outside, with a file open, then a tmpfs on the directory.
+    table.mount("main", &a, false).unwrap();
+    let held = File::create(a.join("held")).unwrap();
+    lazy_umount(&a);
+    mount_tmpfs(&a);
+    let t = table.clone();
+    let dir = a.clone();
+    let r = within(10, move || t.unmount(&dir));
+    assert!(tmpfs_on_top(&a), "unmount took the tmpfs mounted since");
+    let r = r.expect("unmount returns");
+    assert!(matches!(r, Err(MountError::Detached(_))), "{r:?}");
+    // Closing the file ends the detached mount's session.
+    drop(held);
+    assert!(wait_unlisted(&table, &a), "the session ends with its files");
+    assert!(tmpfs_on_top(&a), "the ending session took the tmpfs");
+
+    // The same at shutdown.
+    table.mount("dev", &b, false).unwrap();
+    let held = File::create(b.join("held")).unwrap();
+    lazy_umount(&b);
+    mount_tmpfs(&b);
+    let t = table.clone();
+    assert!(within(10, move || t.unmount_all()).is_some(), "shutdown");
+    assert!(tmpfs_on_top(&b), "shutdown took the tmpfs mounted since");
+    drop(held);
+
+    // A tmpfs over a live mount: refused, both stay.
+    table.mount("ops", &c, false).unwrap();
+    mount_tmpfs(&c);
+    let t = table.clone();
+    let dir = c.clone();
+    let r = within(10, move || t.unmount(&dir));
+    assert!(tmpfs_on_top(&c), "unmount took the tmpfs on top");
+    let r = r.expect("unmount returns");
+    assert!(matches!(r, Err(MountError::Covered(_))), "{r:?}");
+    lazy_umount(&c);
+    table.unmount(&c).expect("unmount once uncovered");
+    assert!(!is_mounted(&c));
     drop(g);
 }

@@ -661,6 +661,68 @@ fn sanitizing_clone_is_invisible_and_unusable_until_ready() {
     a.unmount(&s(&m)).expect("unmount");
 }
 
+/// Review finding: a token revoked while its clone was being sanitized still got
+/// the clone when the run ended: owned by the revoked token's id, mounted where
+/// it asked, described in the reply, with progress lines (naming the parent's
+/// files) until then. Now the daemon checks the token again once the clone is
+/// ready: revoked, the clone is deleted and the reply is `unauthenticated`; and
+/// progress lines stop once the token is revoked.
+#[test]
+fn token_revoked_while_sanitizing_gets_no_clone() {
+    let env = Env::new();
+    let _served = serve(&env.base);
+    let _gate = OpenGate(env.gate(""));
+    let mut admin = env.connect(&env.admin);
+    make_prod(&env, &mut admin);
+    let agent = admin
+        .token_create("agent", vec!["branch:prod".parse().expect("grant")])
+        .expect("token")
+        .secret;
+    let m = env.dir("m-revoked");
+    let (socket, dir) = (env.socket(), s(&m));
+    let creator = std::thread::spawn(move || {
+        let mut c = Client::connect(&socket, &agent).expect("connect");
+        let mut phases = Vec::new();
+        let mount = MountSpec {
+            dir,
+            read_only: false,
+        };
+        let r = c.branch_create_with(
+            "gated",
+            "prod",
+            Some(mount),
+            Some("gate"),
+            Some(&mut |ev: &cowfs_ctl::proto::ProgressEvent| phases.push(ev.phase.clone())),
+        );
+        let kind = match r {
+            Ok(_) => None,
+            Err(ClientError::Server(e)) => Some(e.kind),
+            Err(e) => panic!("expected a server error, got {e}"),
+        };
+        (kind, phases)
+    });
+    env.wait_gate_started();
+    admin.token_revoke("agent").expect("revoke");
+    std::fs::write(env.gate(""), b"").expect("open gate");
+    let (kind, phases) = creator.join().expect("creator thread");
+
+    assert_eq!(kind, Some(ErrorKind::Unauthenticated));
+    assert!(!is_mountpoint(&m), "mounted for a revoked token");
+    assert!(
+        !admin
+            .list()
+            .expect("list")
+            .iter()
+            .any(|b| b.name == "gated"),
+        "the clone is kept"
+    );
+    assert!(phases.iter().any(|p| p == "hooks"), "{phases:?}");
+    assert!(
+        !phases.iter().any(|p| p == "commit"),
+        "progress after the revocation: {phases:?}"
+    );
+}
+
 #[test]
 fn daemon_killed_while_sanitizing_leaves_no_clone() {
     let env = Env::new();

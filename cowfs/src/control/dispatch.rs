@@ -430,6 +430,8 @@ impl Ctx {
                     .pool
                     .diff_ids(&a, ta.id, &b, tb.id)
                     .map_err(errors::pool)?;
+                // A long diff answers only a token that still exists.
+                self.still_current(token)?;
                 let entries = d
                     .entries
                     .into_iter()
@@ -630,6 +632,18 @@ impl Ctx {
         }
     }
 
+    /// Is `token` still there (not revoked since its request started)? For
+    /// requests that run long: checked before they publish or answer. Under the
+    /// operation lock, which `token_revoke` takes too, the answer holds until the
+    /// lock is released.
+    fn still_current(&self, token: &TokenView) -> Result<(), ErrorReply> {
+        // Ids are never reused: a token created again under the name has another.
+        match self.tokens.name_of(token.id) {
+            Some(_) => Ok(()),
+            None => Err(errors::revoked(&token.name)),
+        }
+    }
+
     fn pool_admin(&self, token: &TokenView, what: &str) -> Result<(), ErrorReply> {
         if is_pool_admin(token) {
             return Ok(());
@@ -780,6 +794,16 @@ impl Ctx {
                 return Err(e);
             }
         };
+        // Revoked while sanitizing: the clone is not owned by, mounted for or
+        // shown to a token that no longer exists.
+        if let Err(e) = self.still_current(token) {
+            log::info!(
+                "token '{}' was revoked while '{name}' was sanitized; deleting it",
+                token.name
+            );
+            self.discard(name, id);
+            return Err(e);
+        }
         // Owned before it leaves state `sanitizing`: a daemon stopping in between
         // deletes it at the next start.
         if let Err(e) = self.pool.set_owners(&[(id, token.id)]) {
@@ -806,12 +830,7 @@ impl Ctx {
         let Some(p) = self.state.required(parent) else {
             return Ok(());
         };
-        self.state.set_required(child, Some(&p)).map_err(|e| {
-            ErrorReply::new(
-                ErrorKind::Io,
-                format!("{}: {e}", self.state.path().display()),
-            )
-        })
+        self.set_required(child, Some(&p))
     }
 
     /// Drop a branch just created, after a later step of its creation failed.
@@ -1046,7 +1065,8 @@ impl Ctx {
     }
 
     /// Protect (with an optional required profile; without one, a requirement
-    /// set before stays) or unprotect (which drops the requirement too).
+    /// set before stays) or unprotect (which drops the requirement too). All or
+    /// nothing: a step that fails undoes the one before it.
     fn protect(
         &self,
         token: &TokenView,
@@ -1066,21 +1086,56 @@ impl Ctx {
                 .target(p.clone())
             })?;
         }
-        self.pool.set_protected(name, on).map_err(errors::pool)?;
-        let required = if on {
-            require_profile.or_else(|| self.state.required(t.id))
+        // By name: renames take the operation lock held here, so `t.name` is
+        // still branch `t.id`.
+        if on {
+            self.protect_on(&t, require_profile)?;
         } else {
-            None
-        };
-        self.state
-            .set_required(t.id, required.as_deref())
-            .map_err(|e| {
-                ErrorReply::new(
-                    ErrorKind::Io,
-                    format!("{}: {e}", self.state.path().display()),
-                )
-            })?;
-        ok(self.info(token, name)?)
+            self.protect_off(&t)?;
+        }
+        ok(self.info(token, &t.name)?)
+    }
+
+    /// The requirement is written before the flag: stopped in between, the
+    /// branch requires the profile unprotected (as inherited requirements do),
+    /// never protected without it.
+    fn protect_on(&self, t: &Target, require_profile: Option<String>) -> Result<(), ErrorReply> {
+        let before = self.state.required(t.id);
+        let required = require_profile.or_else(|| before.clone());
+        self.set_required(t.id, required.as_deref())?;
+        if let Err(e) = self.pool.set_protected(&t.name, true) {
+            if let Err(s) = self.state.set_required(t.id, before.as_deref()) {
+                log::error!("{}: {s}", self.state.path().display());
+            }
+            return Err(errors::pool(e));
+        }
+        Ok(())
+    }
+
+    /// The flag is cleared before the requirement: stopped in between, the
+    /// branch still requires its profile. A requirement that cannot be dropped
+    /// puts the flag back.
+    fn protect_off(&self, t: &Target) -> Result<(), ErrorReply> {
+        self.pool
+            .set_protected(&t.name, false)
+            .map_err(errors::pool)?;
+        if let Err(e) = self.set_required(t.id, None) {
+            if let Err(p) = self.pool.set_protected(&t.name, t.protected) {
+                log::error!("protecting '{}' again: {p}", t.name);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `SanitizeState::set_required`, with an `io` error naming the state file.
+    fn set_required(&self, id: BranchId, profile: Option<&str>) -> Result<(), ErrorReply> {
+        self.state.set_required(id, profile).map_err(|e| {
+            ErrorReply::new(
+                ErrorKind::Io,
+                format!("{}: {e}", self.state.path().display()),
+            )
+        })
     }
 }
 

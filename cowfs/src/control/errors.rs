@@ -35,7 +35,7 @@ pub fn mount(e: MountError) -> ErrorReply {
         MountError::BranchMounted { .. } => ErrorKind::Mounted,
         MountError::NotMounted(_) => ErrorKind::NotMounted,
         MountError::Busy(_) => ErrorKind::Busy,
-        MountError::Detached(_) => ErrorKind::Busy,
+        MountError::Detached(_) | MountError::Covered(_) => ErrorKind::Busy,
         _ => ErrorKind::Io,
     };
     ErrorReply::new(kind, e.to_string())
@@ -57,6 +57,14 @@ pub fn token(e: TokenError) -> ErrorReply {
         _ => ErrorKind::Io,
     };
     ErrorReply::new(kind, e.to_string())
+}
+
+/// The reply to a request of a token revoked since its connection said hello.
+pub fn revoked(token: &str) -> ErrorReply {
+    ErrorReply::new(
+        ErrorKind::Unauthenticated,
+        format!("token '{token}' has been revoked; connect again with a valid token"),
+    )
 }
 
 pub fn bad_request(message: impl Into<String>) -> ErrorReply {

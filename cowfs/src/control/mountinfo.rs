@@ -5,11 +5,15 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// One line of mountinfo: the mount's id, where it is mounted, its filesystem
-/// type and source (for a cowfs mount, `POOL:BRANCH`).
+/// One line of mountinfo: the mount's id, its parent's id (for a mount stacked
+/// on another's point: that one), the device of its filesystem (`MAJOR:MINOR`; a
+/// FUSE connection's own), where it is mounted, its filesystem type and source
+/// (for a cowfs mount, `POOL:BRANCH`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
     pub id: u64,
+    pub parent: u64,
+    pub dev: String,
     pub point: PathBuf,
     pub fstype: String,
     pub source: PathBuf,
@@ -26,13 +30,17 @@ fn parse(text: &str) -> Vec<Mount> {
         .filter_map(|l| {
             let mut f = l.split(' ');
             let id = f.next()?.parse().ok()?;
-            let point = unescape(f.nth(3)?);
+            let parent = f.next()?.parse().ok()?;
+            let dev = f.next()?.to_string();
+            let point = unescape(f.nth(1)?);
             // Optional fields (any number) end with a lone "-"; then type, source.
             let mut rest = f.skip_while(|x| *x != "-").skip(1);
             let fstype = rest.next().unwrap_or_default().to_string();
             let source = unescape(rest.next().unwrap_or_default());
             Some(Mount {
                 id,
+                parent,
+                dev,
                 point,
                 fstype,
                 source,
@@ -103,6 +111,7 @@ mod tests {
     fn longest_prefix_and_stacking() {
         let m = parse(SAMPLE);
         assert_eq!(m[2].point, Path::new("/tmp/a b"));
+        assert_eq!((m[2].parent, m[2].dev.as_str()), (30, "0:40"));
         assert_eq!(m[2].fstype, "fuse");
         assert_eq!(m[2].source, Path::new("/p q:main"));
         assert_eq!(m[0].source, Path::new("/dev/sda1"));

@@ -23,6 +23,7 @@ use serde_json::Value;
 
 use super::config::ServerConfig;
 use super::dispatch::Ctx;
+use super::errors;
 use super::tokens::Authenticated;
 
 /// Longest line read before a successful hello (a hello is about 150 bytes).
@@ -383,22 +384,22 @@ fn serve(sh: &Shared, stream: UnixStream) -> io::Result<()> {
                 ),
             )),
             (Ok(r), Some(who)) => match sh.ctx.session(who) {
-                None => Err(ErrorReply::new(
-                    ErrorKind::Unauthenticated,
-                    format!(
-                        "token '{}' has been revoked; connect again with a valid token",
-                        who.name
-                    ),
-                )),
+                None => Err(errors::revoked(&who.name)),
                 Some(t) => {
                     let op = r.op();
                     let wants_progress =
                         matches!(&r, Request::BranchCreate { progress: true, .. });
                     // Progress lines go out as they come; a client that stops
-                    // reading them gets no more (the request still completes).
+                    // reading them gets no more (the request still completes),
+                    // nor does one whose token is revoked meanwhile (they name
+                    // the files being sanitized).
                     let mut sink_ok = true;
                     let mut sink = |ev: ProgressEvent| {
                         if !wants_progress || !sink_ok {
+                            return;
+                        }
+                        if sh.ctx.tokens.current(who).is_none() {
+                            sink_ok = false;
                             return;
                         }
                         let line = ProgressLine { id, progress: ev };

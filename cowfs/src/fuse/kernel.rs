@@ -1,9 +1,14 @@
-//! What a mount asks of the kernel: mount options, worker threads and the
-//! capabilities negotiated at FUSE_INIT.
+//! What a mount asks of the kernel: the mount itself, mount options, worker
+//! threads and the capabilities negotiated at FUSE_INIT.
 
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-use fuser::{Config, InitFlags, KernelConfig, MountOption, SessionACL};
+use fuser::{Config, InitFlags, KernelConfig, SessionACL};
+
+use super::sys;
 
 /// Largest read or write request: 1 MiB.
 pub(crate) const MAX_REQUEST: u32 = 1 << 20;
@@ -11,25 +16,48 @@ pub(crate) const MAX_REQUEST: u32 = 1 << 20;
 /// Threads reading requests from the kernel, each on its own cloned /dev/fuse fd.
 const WORKER_THREADS: usize = 4;
 
-/// Mount options for one branch. `default_permissions`: the kernel checks modes
-/// and ownership (the engine does not); `allow_other` (SessionACL::All): services
-/// running as their own user can use the mount. Access times are not updated on
-/// read (noatime).
-pub(crate) fn mount_config(source: &str, read_only: bool) -> Config {
+/// Mount a new FUSE connection for `source` (`POOL:BRANCH`, what mount lists show)
+/// on `dir`; its /dev/fuse descriptor, for `fuser::Session::from_fd`.
+///
+/// Mounted here rather than by `fuser::Session::new`: fuser's session unmounts
+/// its mount point by path when it ends, even when the mount was detached from
+/// outside meanwhile (fuser 0.18 takes a dead connection for a live one), and so
+/// unmounted whatever had been mounted on the directory since. A session made
+/// from a descriptor never unmounts; `MountTable` does, once it has checked that
+/// the mount on the directory is still this one.
+pub(crate) fn mount(source: &str, dir: &Path, read_only: bool) -> io::Result<OwnedFd> {
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    let (flags, data) = mount_options(dev.as_raw_fd(), read_only);
+    sys::mount(source, dir, "fuse", flags, &data)?;
+    Ok(dev.into())
+}
+
+/// mount(2) flags and options for one branch on connection `fd`.
+/// `default_permissions`: the kernel checks modes and ownership (the engine does
+/// not); `allow_other`: services running as their own user can use the mount.
+/// Access times are not updated on read (noatime); device files and set-id bits
+/// work as on a local filesystem (no nodev, nosuid).
+fn mount_options(fd: RawFd, read_only: bool) -> (libc::c_ulong, String) {
+    let mut flags = libc::MS_NOATIME;
+    if read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    // SAFETY: getuid(2) and getgid(2) always succeed.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let data = format!(
+        "fd={fd},rootmode={:o},user_id={uid},group_id={gid},default_permissions,allow_other",
+        libc::S_IFDIR
+    );
+    (flags, data)
+}
+
+/// How fuser serves a mounted connection: requests of every user are answered
+/// (the mount is `allow_other`), on worker threads with a descriptor each.
+pub(crate) fn session_config() -> Config {
     let mut c = Config::default();
-    c.mount_options = vec![
-        MountOption::FSName(source.to_string()),
-        MountOption::Subtype("cowfs".into()),
-        MountOption::DefaultPermissions,
-        MountOption::NoAtime,
-        MountOption::Dev,
-        MountOption::Suid,
-        if read_only {
-            MountOption::RO
-        } else {
-            MountOption::RW
-        },
-    ];
     c.acl = SessionACL::All;
     c.n_threads = Some(WORKER_THREADS);
     c.clone_fd = true;
@@ -133,16 +161,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mount_options() {
-        let rw = mount_config("pool:main", false);
-        assert!(rw.mount_options.contains(&MountOption::DefaultPermissions));
-        assert!(rw.mount_options.contains(&MountOption::RW));
-        assert!(rw.mount_options.contains(&MountOption::NoAtime));
-        assert_eq!(rw.acl, SessionACL::All, "allow_other");
-        assert_eq!(rw.n_threads, Some(WORKER_THREADS));
-        assert!(rw.clone_fd);
-        let ro = mount_config("pool:snap", true);
-        assert!(ro.mount_options.contains(&MountOption::RO));
-        assert!(!ro.mount_options.contains(&MountOption::RW));
+    fn mount_options_and_session() {
+        let (rw, data) = mount_options(9, false);
+        assert_eq!(rw, libc::MS_NOATIME);
+        assert!(data.starts_with("fd=9,rootmode=40000,"), "{data}");
+        assert!(data.ends_with(",default_permissions,allow_other"), "{data}");
+        let (ro, _) = mount_options(9, true);
+        assert_eq!(ro, libc::MS_NOATIME | libc::MS_RDONLY);
+        let c = session_config();
+        assert_eq!(c.acl, SessionACL::All, "allow_other");
+        assert_eq!(c.n_threads, Some(WORKER_THREADS));
+        assert!(c.clone_fd);
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! - `filesystem`: the fuser `Filesystem` for one mounted branch
 //! - `create`: owner and mode of new inodes (setgid directories, ACLs, umask)
-//! - `kernel`: mount options and capabilities negotiated with the kernel
+//! - `kernel`: the mount, its options and the capabilities negotiated with the kernel
 //! - `acl`: POSIX ACL inheritance and mode/ACL consistency
 //! - `attr`: attribute, time and error conversions
 //! - `handles`: open file handles (unlinked-but-open files)

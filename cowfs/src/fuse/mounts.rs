@@ -41,6 +41,8 @@ pub enum MountError {
     Busy(PathBuf),
     #[error("{0}: was unmounted lazily from outside cowfs while files were open there; the detached mount is served until they are closed: close them (stop the service using it) and retry")]
     Detached(PathBuf),
+    #[error("{0}: another filesystem is mounted over the branch's mount; unmount it first (cowfs unmounts only its own mount), then retry")]
+    Covered(PathBuf),
     #[error(
         "mounting branch '{branch}' on {dir}: {source} (is /dev/fuse available and are you root?)"
     )]
@@ -59,7 +61,31 @@ pub enum MountError {
 
 struct Mounted {
     info: MountInfo,
+    /// Which mount on `info.dir` is this one.
+    ours: MountId,
     session: JoinHandle<io::Result<()>>,
+}
+
+/// A mount as /proc/self/mountinfo names it: its id and its device (the FUSE
+/// connection's). Either may be reused once the mount is gone; both at once
+/// while its session still runs, practically never.
+#[derive(Debug)]
+struct MountId {
+    id: u64,
+    dev: String,
+}
+
+/// Where a mount of the table is now, seen from its directory.
+#[derive(Debug)]
+enum Place {
+    /// On top of the directory: unmounting the directory unmounts it.
+    Top,
+    /// Another mount is stacked on it: unmounting the directory would
+    /// unmount that one.
+    Covered,
+    /// Not on the directory (detached or unmounted from outside): whatever is
+    /// mounted there is someone else's.
+    Gone,
 }
 
 /// Every mount of one pool.
@@ -112,19 +138,38 @@ impl MountTable {
         }
         let fs = CowFs::new(self.pool.clone(), id, read_only);
         let source = format!("{}:{branch}", self.pool.name().display());
-        let config = kernel::mount_config(&source, read_only);
         let mount_err = |source| MountError::Mount {
             branch: branch.to_string(),
             dir: dir.clone(),
             source,
         };
+        let fd = kernel::mount(&source, &dir, read_only).map_err(mount_err)?;
+        let ours = match identify(&dir, &source) {
+            Ok(ours) => ours,
+            Err(e) => {
+                // Just mounted by this call: nothing else can be on top yet.
+                if let Err(u) = sys::umount(&dir, true) {
+                    log::error!("{}: detaching the new mount: {u}", dir.display());
+                }
+                return Err(mount_err(e));
+            }
+        };
         let notifier = fs.notifier_slot();
-        let session = fuser::Session::new(fs, &dir, &config).map_err(mount_err)?;
-        let _ = notifier.set(session.notifier());
-        let session = std::thread::Builder::new()
-            .name(format!("cowfs-{branch}"))
-            .spawn(move || session.run())
-            .map_err(mount_err)?;
+        let config = kernel::session_config();
+        let served = fuser::Session::from_fd(fs, fd, config.acl, config).and_then(|session| {
+            let _ = notifier.set(session.notifier());
+            std::thread::Builder::new()
+                .name(format!("cowfs-{branch}"))
+                .spawn(move || session.run())
+        });
+        let session = match served {
+            Ok(session) => session,
+            Err(e) => {
+                // Its connection is closed: detach the dead mount.
+                detach_if_ours(&dir, &ours);
+                return Err(mount_err(e));
+            }
+        };
         kernel::widen_readahead(&dir);
         log::info!(
             "mounted branch '{branch}' on {}{}",
@@ -137,12 +182,16 @@ impl MountTable {
                 dir,
                 read_only,
             },
+            ours,
             session,
         });
         Ok(())
     }
 
-    /// Unmount `dir`. Refused with `Busy` while files are open on it.
+    /// Unmount `dir`. Refused with `Busy` while files are open on it, and with
+    /// `Covered` while another filesystem is mounted over it. A mount detached
+    /// from outside is forgotten once its session ends (`Detached` until then);
+    /// whatever is mounted on `dir` since is left alone.
     pub fn unmount(&self, dir: &Path) -> Result<(), MountError> {
         let canonical = dir.canonicalize().ok();
         let mut mounts = self.live();
@@ -153,27 +202,32 @@ impl MountTable {
             return Err(MountError::NotMounted(dir.to_path_buf()));
         };
         let target = mounts[idx].info.dir.clone();
-        match sys::umount(&target, false) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                return Err(MountError::Busy(target));
-            }
-            // Already gone (unmounted from outside): forget it below. Unless
-            // it was only detached (`umount -l` with files open there): its
-            // session serves them until they are closed, and joining it below
-            // would wait that long (with the control plane's lock held).
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                if !ends_soon(&mounts[idx].session) {
-                    return Err(MountError::Detached(target));
+        let unmount_err = |source| MountError::Unmount {
+            dir: target.clone(),
+            source,
+        };
+        let gone = match place(&target, &mounts[idx].ours).map_err(unmount_err)? {
+            Place::Top => match sys::umount(&target, false) {
+                Ok(()) => false,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    return Err(MountError::Busy(target));
                 }
-                log::warn!("{}: was no longer mounted", target.display());
+                // Unmounted from outside since `place` looked.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => true,
+                Err(source) => return Err(unmount_err(source)),
+            },
+            Place::Covered => return Err(MountError::Covered(target)),
+            Place::Gone => true,
+        };
+        // Gone from outside: forget it below. Unless it was only detached
+        // (`umount -l` with files open there): its session serves them until
+        // they are closed, and joining it below would wait that long (with the
+        // control plane's lock held).
+        if gone {
+            if !ends_soon(&mounts[idx].session) {
+                return Err(MountError::Detached(target));
             }
-            Err(source) => {
-                return Err(MountError::Unmount {
-                    dir: target,
-                    source,
-                })
-            }
+            log::warn!("{}: was no longer mounted", target.display());
         }
         let m = mounts.remove(idx);
         drop(mounts);
@@ -228,33 +282,106 @@ impl MountTable {
     pub fn unmount_all(&self) {
         let all: Vec<Mounted> = std::mem::take(&mut *self.mounts.lock());
         for m in all {
-            let dir = m.info.dir.clone();
-            if let Err(e) = sys::syncfs(&dir) {
-                log::warn!("{}: syncfs before unmount: {e}", dir.display());
-            }
-            match sys::umount(&dir, false) {
-                Ok(()) => finish(m),
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && ends_soon(&m.session) => {
-                    finish(m)
-                }
-                // Detached from outside (`umount -l`) with files open there:
-                // joining would wait until they are closed, so SIGTERM would not
-                // stop the daemon. Left to end with the process, as below.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => log::warn!(
-                    "{}: unmounted lazily from outside with files still open there; they fail once the daemon exits",
-                    dir.display()
-                ),
-                Err(e) => {
-                    log::warn!(
-                        "{}: {e}; detaching it: files still open there fail from now on",
-                        dir.display()
-                    );
-                    if let Err(e) = sys::umount(&dir, true) {
-                        log::error!("{}: lazy unmount failed: {e}", dir.display());
-                    }
-                }
+            release(m);
+        }
+    }
+}
+
+/// Unmount one mount at shutdown, touching its directory only while the mount
+/// on top of it is this one.
+fn release(m: Mounted) {
+    let dir = m.info.dir.clone();
+    match place(&dir, &m.ours) {
+        Ok(Place::Top) => {}
+        Ok(Place::Covered) => {
+            log::warn!(
+                "{}: another filesystem is mounted over branch '{}'; left mounted under it, where files fail once the daemon exits",
+                dir.display(),
+                m.info.branch
+            );
+            return;
+        }
+        Ok(Place::Gone) => return forget_gone(m),
+        Err(e) => {
+            log::error!(
+                "{}: not unmounted: reading /proc/self/mountinfo: {e}",
+                dir.display()
+            );
+            return;
+        }
+    }
+    if let Err(e) = sys::syncfs(&dir) {
+        log::warn!("{}: syncfs before unmount: {e}", dir.display());
+    }
+    match sys::umount(&dir, false) {
+        Ok(()) => finish(m),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => forget_gone(m),
+        Err(e) => {
+            log::warn!(
+                "{}: {e}; detaching it: files still open there fail from now on",
+                dir.display()
+            );
+            if let Err(e) = sys::umount(&dir, true) {
+                log::error!("{}: lazy unmount failed: {e}", dir.display());
             }
         }
+    }
+}
+
+/// At shutdown, a mount gone from its directory (unmounted or detached from
+/// outside). Detached with files open there, its session would be joined only
+/// once they are closed, so SIGTERM would not stop the daemon: it is left to
+/// end with the process.
+fn forget_gone(m: Mounted) {
+    if ends_soon(&m.session) {
+        return finish(m);
+    }
+    log::warn!(
+        "{}: unmounted lazily from outside with files still open there; they fail once the daemon exits",
+        m.info.dir.display()
+    );
+}
+
+/// The mount just made on `dir` for `source`: the last listed there (mounts
+/// stacked on a point are listed in the order they were made).
+fn identify(dir: &Path, source: &str) -> io::Result<MountId> {
+    mountinfo::read()?
+        .into_iter()
+        .rev()
+        .find(|m| m.point == dir)
+        .filter(|m| m.source == Path::new(source))
+        .map(|m| MountId {
+            id: m.id,
+            dev: m.dev,
+        })
+        .ok_or_else(|| io::Error::other("the new mount is not in /proc/self/mountinfo"))
+}
+
+/// Where mount `ours` of `dir` is now. (A mount made on `dir` between this look
+/// and the umount2(2) that follows would still be taken: umount2 takes a path,
+/// so that window, two system calls wide, cannot be closed.)
+fn place(dir: &Path, ours: &MountId) -> io::Result<Place> {
+    let all = mountinfo::read()?;
+    if !all
+        .iter()
+        .any(|m| m.id == ours.id && m.dev == ours.dev && m.point == dir)
+    {
+        return Ok(Place::Gone);
+    }
+    // A mount stacked on ours has ours as its parent and the same point.
+    if all.iter().any(|m| m.parent == ours.id && m.point == dir) {
+        return Ok(Place::Covered);
+    }
+    Ok(Place::Top)
+}
+
+/// Detach a mount just made whose session could not start.
+fn detach_if_ours(dir: &Path, ours: &MountId) {
+    if !matches!(place(dir, ours), Ok(Place::Top)) {
+        return;
+    }
+    if let Err(e) = sys::umount(dir, true) {
+        log::error!("{}: detaching the new mount: {e}", dir.display());
     }
 }
 

@@ -11,6 +11,33 @@ fn c_path(p: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
 }
 
+/// mount(2) of `source` on `dir`.
+pub(crate) fn mount(
+    source: &str,
+    dir: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
+    let c = |s: &str| c_path(Path::new(s));
+    let (source, dir, fstype, data) = (c(source)?, c_path(dir)?, c(fstype)?, c(data)?);
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives the
+    // call; `data` is the string options fuse(5) takes.
+    let r = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            dir.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// umount2(2); `lazy` detaches the mount even while files are open (MNT_DETACH).
 pub(crate) fn umount(dir: &Path, lazy: bool) -> io::Result<()> {
     let c = c_path(dir)?;
