@@ -695,17 +695,30 @@ fn diff_walks_the_branches_it_checked() {
 /// profile to `POOL.sanitize-state` after, so a failing state write left half an
 /// operation behind an error: `protect --require-sanitize` protected the branch
 /// without the requirement, and `unprotect` cleared the flag but kept it. Now a
-/// failure changes neither (a directory in place of the state file's temporary
-/// file makes every state write fail).
+/// failure changes neither (a directory in place of the state file makes every
+/// state write fail).
 #[test]
 fn protect_and_unprotect_change_nothing_when_the_state_write_fails() {
     let d = Daemon::start_with_config(Some(RULES_ONLY));
     let mut admin = d.admin_client();
     allowed("prod", admin.branch_create("prod", "main", None));
-    let mut tmp = cowfs::control::sanitizing::state_path(&d.pool_path).into_os_string();
-    tmp.push(".tmp");
-    let block_state_writes = || std::fs::create_dir(&tmp).expect("mkdir state tmp");
-    let unblock_state_writes = || std::fs::remove_dir(&tmp).expect("rmdir state tmp");
+    let state = cowfs::control::sanitizing::state_path(&d.pool_path);
+    let mut saved = state.clone().into_os_string();
+    saved.push(".saved");
+    // The file is replaced by renaming a new one over it, which fails on a
+    // directory; the daemon reads it only at start.
+    let block_state_writes = || {
+        if state.exists() {
+            std::fs::rename(&state, &saved).expect("set the state file aside");
+        }
+        std::fs::create_dir(&state).expect("mkdir in place of the state file");
+    };
+    let unblock_state_writes = || {
+        std::fs::remove_dir(&state).expect("rmdir the state file's place");
+        if std::path::Path::new(&saved).exists() {
+            std::fs::rename(&saved, &state).expect("put the state file back");
+        }
+    };
     let shown = |admin: &mut Client| {
         let i = allowed("info prod", admin.info("prod"));
         (i.protected, i.require_sanitize)
