@@ -1033,3 +1033,45 @@ fn hook_output_only_for_tokens_that_read_the_parent() {
     assert!(e.message.contains("boom\n"), "{e}");
     assert!(env.log().matches("boom\n").count() >= 2, "{}", env.log());
 }
+
+/// Progress lines name the file being scanned: a path of the parent, names not
+/// yet redacted. A token that may not read the parent got them all the same
+/// (failure replies already hid paths from it); now its lines carry counts only.
+/// The first file scanned is shown at once, so each run has a line with a path.
+#[test]
+fn progress_names_files_only_for_tokens_that_read_the_parent() {
+    let env = Env::new();
+    let _served = serve(&env.base);
+    let mut admin = env.connect(&env.admin);
+    make_prod(&env, &mut admin);
+    let mut client = |name: &str, scopes: &[&str]| {
+        let grants = scopes.iter().map(|g| g.parse().expect("grant")).collect();
+        let secret = admin.token_create(name, grants).expect("token").secret;
+        env.connect(&secret)
+    };
+    let mut blind = client("blind", &["branch:prod"]);
+    let mut reader = client("reader", &["branch:prod", "read:prod"]);
+    let currents = |c: &mut Client, name: &str| {
+        let mut seen = Vec::new();
+        c.branch_create_with(
+            name,
+            "prod",
+            None,
+            Some("pii"),
+            Some(&mut |ev: &cowfs_ctl::proto::ProgressEvent| seen.push(ev.current.clone())),
+        )
+        .expect("sanitized clone");
+        seen
+    };
+
+    let shown = currents(&mut reader, "r1");
+    assert!(
+        shown.iter().any(|c| !c.is_empty()),
+        "the reader saw no path: {shown:?}"
+    );
+    let shown = currents(&mut blind, "b1");
+    assert!(
+        shown.iter().all(String::is_empty),
+        "a token that may not read prod saw its paths: {shown:?}"
+    );
+}

@@ -782,9 +782,10 @@ impl Ctx {
             profile.name
         );
         // The hooks' output shows the parent's data (a failing hook often prints
-        // the rows it choked on): only tokens that may read the parent get it.
-        let show_output = has(token, Scope::Read, &src.name, src.id);
-        let result = self.sanitize(name, profile, progress, show_output);
+        // the rows it choked on), and so do the paths in progress lines and
+        // errors: only tokens that may read the parent get them.
+        let reads_parent = has(token, Scope::Read, &src.name, src.id);
+        let result = self.sanitize(name, profile, progress, reads_parent);
         let _g = self.lock.lock();
         let summary = match result {
             Ok(s) => s,
@@ -884,18 +885,19 @@ impl Ctx {
         name: &str,
         profile: &Profile,
         progress: &mut dyn FnMut(ProgressEvent),
-        show_output: bool,
+        reads_parent: bool,
     ) -> Result<SanitizeSummary, ErrorReply> {
         let start = Instant::now();
         let fail = |stage: &str, e: SanitizeError| {
             log::warn!("sanitizing '{name}' with profile '{}': {e}", profile.name);
-            sanitize_failure(name, &profile.name, stage, e, show_output)
+            sanitize_failure(name, &profile.name, stage, e, reads_parent)
         };
         progress(ProgressEvent {
             phase: "files".into(),
             ..Default::default()
         });
-        let mut last = Instant::now();
+        // The first file is shown at once, then one line per `PROGRESS_EVERY`.
+        let mut last: Option<Instant> = None;
         let mut latest = ProgressEvent::default();
         let report = sanitize::run_cancellable(
             &self.pool,
@@ -907,10 +909,16 @@ impl Ctx {
                     phase: "files".into(),
                     files_scanned: p.files_scanned,
                     bytes_scanned: p.bytes_scanned,
-                    current: p.current,
+                    // The path being scanned is the parent's (names not yet
+                    // redacted): only for a token that may read the parent.
+                    current: if reads_parent {
+                        p.current
+                    } else {
+                        String::new()
+                    },
                 };
-                if last.elapsed() >= PROGRESS_EVERY {
-                    last = Instant::now();
+                if last.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+                    last = Some(Instant::now());
                     progress(latest.clone());
                 }
             },
@@ -1178,14 +1186,14 @@ fn file_type(mode: u32) -> &'static str {
 }
 
 /// A failed sanitize run as a `sanitize_failed` error naming the rule and file, or
-/// the hook with its exit code (or timeout) and, if `show_output`, its output and
+/// the hook with its exit code (or timeout) and, if `reads_parent`, its output and
 /// the file's path.
 fn sanitize_failure(
     branch: &str,
     profile: &str,
     stage: &str,
     e: SanitizeError,
-    show_output: bool,
+    reads_parent: bool,
 ) -> ErrorReply {
     let mut f = SanitizeFailure {
         profile: profile.to_string(),
@@ -1223,7 +1231,7 @@ fn sanitize_failure(
         SanitizeError::Mount { .. } | SanitizeError::Scratch { .. } => f.stage = "setup".into(),
         _ => {}
     }
-    let why = if show_output {
+    let why = if reads_parent {
         e.to_string()
     } else {
         f.output = None;
