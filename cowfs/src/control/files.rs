@@ -8,10 +8,16 @@
 //! someone planted at the target or at a predictable temporary name is replaced
 //! (or avoided), never written through, and a file someone else created at the
 //! target (and may hold open) never receives the secrets.
+//!
+//! For the same reason a file is read only if it is what cowfs writes: a regular
+//! file (not a symlink) of the daemon's user that no one else may read or write.
+//! One planted before cowfs first wrote the name (a token store granting its
+//! author admin, a pseudonym key its author knows, a sanitize state without the
+//! required profiles) is refused, not trusted.
 
-use std::fs::File;
-use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// `POOL` + `suffix`, e.g. `pool.cowfs.tokens`.
@@ -64,6 +70,48 @@ pub fn replace_private(path: &Path, data: &[u8]) -> io::Result<()> {
     sync_parent(path)
 }
 
+/// The contents of the private file `path` (NotFound if there is none), refused
+/// with PermissionDenied unless it is a regular file owned by the daemon's user
+/// with no permission bits for group or others.
+pub fn read_private(path: &Path) -> io::Result<String> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => untrusted("is a symlink"),
+            _ => e,
+        })?;
+    let m = f.metadata()?;
+    // SAFETY: geteuid(2) always succeeds.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_file() {
+        return Err(untrusted("is not a regular file"));
+    }
+    if m.uid() != me {
+        return Err(untrusted(&format!(
+            "belongs to uid {}, not to the daemon's user (uid {me})",
+            m.uid()
+        )));
+    }
+    if m.mode() & 0o077 != 0 {
+        return Err(untrusted(&format!(
+            "has mode {:04o}: group and others may read or change it (chmod 600 it if it is yours)",
+            m.mode() & 0o7777
+        )));
+    }
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+fn untrusted(why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!("{why}; cowfs writes its private files itself (mode 0600) and reads no other"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +156,32 @@ mod tests {
             names(dir.path()),
             ["pool.token", "pool.tokens", "pool.tokens.tmp", "victim"]
         );
+    }
+
+    /// Only what `replace_private` writes is read back: a file planted by someone
+    /// else, readable or writable by others, or a symlink is refused.
+    #[test]
+    fn only_private_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.tokens");
+        let refused =
+            |p: &Path| read_private(p).unwrap_err().kind() == io::ErrorKind::PermissionDenied;
+        assert_eq!(
+            read_private(&path).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        replace_private(&path, b"mine").unwrap();
+        assert_eq!(read_private(&path).unwrap(), "mine");
+        for mode in [0o640, 0o604, 0o620, 0o602] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert!(refused(&path), "mode {mode:o}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("pool.quotas");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(refused(&link), "symlink");
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        assert!(refused(&path), "owned by nobody");
     }
 
     /// A failed rename (here: the target is a directory) removes the temporary file.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::files::{replace_private, with_suffix};
+use super::files::{read_private, replace_private, with_suffix};
 use super::ControlError;
 use crate::pool::quota::QuotaLimits;
 use crate::pool::{BranchId, Pool};
@@ -40,7 +40,7 @@ impl QuotaStore {
     /// is logged and not applied (it stays in the file until changed).
     pub fn open(pool: &Pool) -> Result<QuotaStore, ControlError> {
         let path = with_suffix(pool.name(), ".quotas");
-        let mut file = match std::fs::read_to_string(&path) {
+        let mut file = match read_private(&path) {
             Ok(text) => {
                 serde_json::from_str::<QuotaFile>(&text).map_err(|e| ControlError::Config {
                     path: path.clone(),

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::files::{replace_private, with_suffix};
+use super::files::{read_private, replace_private, with_suffix};
 use super::ControlError;
 use crate::pool::BranchId;
 
@@ -63,7 +63,7 @@ impl SanitizeState {
     /// Load `POOL.sanitize-state` (missing: empty).
     pub fn open(pool: &Path) -> Result<SanitizeState, ControlError> {
         let path = state_path(pool);
-        let file = match std::fs::read_to_string(&path) {
+        let file = match read_private(&path) {
             Ok(text) => {
                 let f: StateFile =
                     serde_json::from_str(&text).map_err(|e| ControlError::Config {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::files::{replace_private, with_suffix};
+use super::files::{read_private, replace_private, with_suffix};
 use crate::pool::{BranchId, TokenId, NO_OWNER};
 
 /// Name of the token `cowfs init` creates.
@@ -161,10 +161,7 @@ impl TokenStore {
             path: path.clone(),
             source,
         };
-        let mut text = String::new();
-        File::open(&path)
-            .and_then(|mut f| f.read_to_string(&mut text))
-            .map_err(io)?;
+        let text = read_private(&path).map_err(io)?;
         let file: TokenFile = serde_json::from_str(&text).map_err(|e| TokenError::Corrupt {
             path: path.clone(),
             why: e.to_string(),
@@ -512,7 +509,8 @@ mod tests {
             {"name": "admin", "sha256": "HASH", "scopes": [], "created_unix": 1, "owns": []},
             {"name": "agent", "sha256": "HASH", "scopes": [], "created_unix": 2, "owns": [4, 9]}
         ]}"#;
-        std::fs::write(store_path(&pool), old.replace("HASH", &"ab".repeat(32))).unwrap();
+        let old = old.replace("HASH", &"ab".repeat(32));
+        replace_private(&store_path(&pool), old.as_bytes()).unwrap();
         let store = TokenStore::open(&pool).unwrap();
         let ids: Vec<TokenId> = store.list().iter().map(|t| t.id).collect();
         assert!(ids.iter().all(|id| *id != NO_OWNER) && ids[0] != ids[1]);
@@ -541,7 +539,8 @@ mod tests {
             t.replace("N", "a"),
             t.replace("N", "b")
         );
-        std::fs::write(store_path(&pool), file.replace("HASH", &"ab".repeat(32))).unwrap();
+        let file = file.replace("HASH", &"ab".repeat(32));
+        replace_private(&store_path(&pool), file.as_bytes()).unwrap();
         let e = TokenStore::open(&pool).err().unwrap().to_string();
         assert!(e.contains("token 'b' has the id of another token"), "{e}");
     }

@@ -5,7 +5,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::super::files::{private_temp, sync_parent};
+use super::super::files::{private_temp, read_private, sync_parent};
 use super::SanitizeError;
 
 /// Bytes in a key: every key cowfs creates has exactly this many, so a file
@@ -49,7 +49,7 @@ fn key_io(path: &Path, source: std::io::Error) -> SanitizeError {
 
 /// The key in `path`, None if there is no such file.
 fn read_key(path: &Path) -> Result<Option<Vec<u8>>, SanitizeError> {
-    match std::fs::read_to_string(path) {
+    match read_private(path) {
         Ok(text) => parse_hex(text.trim())
             .map(Some)
             .ok_or(SanitizeError::KeyInvalid(path.to_path_buf())),
