@@ -703,10 +703,10 @@ impl Pool {
         &self,
         b: BranchId,
         size: OpSize,
-        f: impl FnOnce(&mut FsTree) -> FsResult<T>,
+        f: impl Fn(&mut FsTree) -> FsResult<T>,
     ) -> FsResult<T> {
         let mut e = self.e.lock();
-        let r = e.freeing(true, |e| e.with_fs_sized(b, Some(size), f));
+        let r = e.retry_freeing(|e| e.freeing(true, |e| e.with_fs_sized(b, Some(size), &f)));
         e.maybe_commit();
         r
     }
@@ -721,19 +721,28 @@ impl Pool {
         b: BranchId,
         size: OpSize,
         removes: bool,
-        f: impl FnOnce(&mut FsTree) -> FsResult<Option<u64>>,
+        f: impl Fn(&mut FsTree) -> FsResult<Option<u64>>,
     ) -> FsResult<()> {
         let mut e = self.e.lock();
-        let r = e.freeing(removes, |e| {
-            e.with_fs_sized(b, Some(size), f).map(|gone| {
-                if let Some(ino) = gone.filter(|ino| !e.open.contains_key(&(b, *ino))) {
-                    e.st.removing = true;
-                    if let Err(err) = e.with_fs(b, true, |fs| fs.free_inode(ino)) {
-                        log::warn!("inode {ino} stays an orphan, freeing it failed: {err}");
+        let run = |e: &mut Engine| {
+            e.freeing(removes, |e| {
+                e.with_fs_sized(b, Some(size), &f).map(|gone| {
+                    if let Some(ino) = gone.filter(|ino| !e.open.contains_key(&(b, *ino))) {
+                        e.st.removing = true;
+                        if let Err(err) = e.with_fs(b, true, |fs| fs.free_inode(ino)) {
+                            log::warn!("inode {ino} stays an orphan, freeing it failed: {err}");
+                        }
                     }
-                }
+                })
             })
-        });
+        };
+        // Not a rename: it may lengthen a name, and a second try after a commit
+        // would let it take more of the slop.
+        let r = if removes {
+            e.retry_freeing(run)
+        } else {
+            run(&mut e)
+        };
         e.maybe_commit();
         r
     }
@@ -1197,6 +1206,21 @@ impl Engine {
         r
     }
 
+    /// Run `op`, an operation that only removes (on the delete slop, `freeing`),
+    /// and if it ran out of room while blocks freed earlier in this transaction
+    /// wait for a commit, commit and run it once more (a failed operation was
+    /// undone whole). On a full pool every delete and rename copies nodes on the
+    /// slop, and what they free is allocatable only after the next commit: a series
+    /// of renames in one transaction used the slop up, and the next unlink failed
+    /// with ENOSPC until a commit came. As a write does (`commit_for_room`), commit
+    /// rather than report ENOSPC.
+    fn retry_freeing<T>(&mut self, mut op: impl FnMut(&mut Engine) -> FsResult<T>) -> FsResult<T> {
+        match op(self) {
+            Err(e) if e.errno() == libc::ENOSPC && self.release_frees() => op(self),
+            r => r,
+        }
+    }
+
     /// Set the catalog part of the commit reserve (`NodeStore::commit_reserve`)
     /// for the records changed so far and `more` records about to change: per
     /// record one insert or remove, at most a copy and a split per level and a new
@@ -1378,22 +1402,37 @@ impl Engine {
     /// pool then makes room for the very next write. (Without it, the kernel's
     /// write-back of the next file arrives before any fsync and fails.)
     fn commit_for_room(&mut self, b: BranchId, bytes: usize) {
-        if self.poisoned || self.st.space.pending_free_count() == 0 {
+        if !self.frees_wait() {
             return;
         }
         let need = (bytes as u64).div_ceil(BLOCK_SIZE as u64) + 1;
         if self.data_room(b) >= need {
             return;
         }
+        self.release_frees();
+    }
+
+    /// Whether blocks freed since the last commit wait to become allocatable.
+    fn frees_wait(&self) -> bool {
+        !self.poisoned && self.st.space.pending_free_count() > 0
+    }
+
+    /// Commit so that the blocks freed since the last one are allocatable now.
+    /// False if none wait or the commit failed.
+    fn release_frees(&mut self) -> bool {
+        if !self.frees_wait() {
+            return false;
+        }
         if let Err(e) = self.commit() {
             log::warn!("commit to release freed blocks failed: {e}");
-            return;
+            return false;
         }
         // What this commit freed is in quarantine: wait for every read in flight
         // so that it is allocatable now (a full pool is rare; this is its path).
         self.wait_for_reads(0);
         self.wait_for_reads(1);
         self.st.space.release_quarantine();
+        true
     }
 
     /// Wait (holding the pool lock, so no read can start) until the reads of
