@@ -522,3 +522,42 @@ fn statfs_does_not_promise_the_reserved_blocks() {
     // What is left is less than one more tree change needs.
     assert!(full.bavail < 8, "{full:?}");
 }
+
+/// Renames and deletes on a full pool copy tree nodes on the delete slop before
+/// anything they free is allocatable (after the next commit), and a rename may
+/// lengthen a name: a series of renames in one transaction used the slop up, and
+/// the next unlink failed with ENOSPC until a commit came. Such a delete now
+/// commits (as a write on a full pool does) and runs again.
+#[test]
+fn deletes_after_renames_on_a_full_pool_commit_rather_than_fail() {
+    let small = PoolOptions {
+        capacity_bytes: Some(2048 * 4096),
+        ..Default::default()
+    };
+    let pool = Pool::create_on(Arc::new(MemDevice::new()), &small).unwrap();
+    let b = pool.branch_id("main").unwrap();
+    pool.commit().unwrap();
+    let (mut names, err) = fill_with_xattr_files(&pool, b);
+    assert_eq!(err.errno(), libc::ENOSPC);
+    pool.commit().unwrap();
+    let mut renamed = 0;
+    for (i, name) in names.iter_mut().enumerate() {
+        let long = format!("{i}-{}", "L".repeat(240));
+        if pool
+            .rename(b, ROOT_INO, name.as_bytes(), ROOT_INO, long.as_bytes(), 0)
+            .is_err()
+        {
+            break;
+        }
+        *name = long;
+        renamed += 1;
+    }
+    assert!(renamed > 0 && renamed < names.len(), "{renamed} renames");
+    for name in &names {
+        pool.unlink(b, ROOT_INO, name.as_bytes())
+            .unwrap_or_else(|e| panic!("unlink after {renamed} renames: {e}"));
+    }
+    assert_eq!(pool.readdir(b, ROOT_INO, 0, 100).unwrap().len(), 2);
+    let r = pool.fsck(&FsckOptions::default()).unwrap();
+    assert!(r.is_clean(), "{r}");
+}

@@ -31,6 +31,12 @@ impl Fixture {
         Fixture::build(None, "4G")
     }
 
+    /// A fresh pool of nominal capacity `size` (as `cowfs init --size` takes it),
+    /// e.g. a small one to fill.
+    pub fn with_size(size: &str) -> Fixture {
+        Fixture::build(None, size)
+    }
+
     /// A pool of nominal capacity `size` (as `cowfs init --size` takes it) at
     /// `pool`, e.g. on a small filesystem the test made; the mount point and
     /// daemon logs stay in the temporary directory.

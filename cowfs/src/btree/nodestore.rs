@@ -52,13 +52,23 @@ pub struct NodeStore {
     /// A commit is allocating: it may use `commit_reserve`.
     pub committing: bool,
     /// The running operation frees space (unlink, rmdir, removexattr, branch
-    /// delete): it may use `delete_slop`.
+    /// delete, a truncate or punch that unmaps blocks): it may use `delete_slop`.
     pub freeing: bool,
     /// The running operation only removes (unlink, rmdir, removexattr, freeing an
     /// inode; not rename, which may lengthen a name): the nodes it copies before it
     /// frees anything are not held against `data_budget`, so that a branch at its
     /// quota can still delete (`check_op_budget`).
     pub removing: bool,
+    /// The running operation is a truncate or punch hole that unmaps blocks (with
+    /// `freeing` and `removing`, as unlink): the partial blocks it rewrites at the
+    /// ends of the range may also come from the delete slop and past `data_budget`
+    /// when nothing else is left, but then it must end with fewer blocks in use
+    /// than it began (`check_op_budget`). Without that condition, truncating a file
+    /// a snapshot shares, a block at a time, would drain the slop for nothing.
+    pub shrinking: bool,
+    /// Why a data block that `shrinking` granted was refused first (ENOSPC or
+    /// EDQUOT): the operation fails with it unless it freed more than it took.
+    pub borrowed: Option<StoreError>,
     /// The running filesystem operation's journal (undo.rs), and the buffers of
     /// the last one, reused.
     op: Option<undo::OpJournal>,
@@ -118,6 +128,8 @@ impl NodeStore {
             committing: false,
             freeing: false,
             removing: false,
+            shrinking: false,
+            borrowed: None,
             op: None,
             op_spare: None,
             back_retry_at: 0,
@@ -544,6 +556,14 @@ impl NodeStore {
     /// allocated: an operation that needs several calls checks before it changes
     /// anything, so ENOSPC leaves it undone rather than half done.
     pub fn ensure_data_room(&mut self, blocks: u64) -> StoreResult<()> {
+        match self.data_room_for(blocks) {
+            Err(_) if self.may_borrow(blocks) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// `ensure_data_room` within the metadata reserve and `data_budget`.
+    fn data_room_for(&mut self, blocks: u64) -> StoreResult<()> {
         // Each block written also dirties the tree path to its extent, and every
         // dirty node raises the reserve by 4: allow for a path of 8 nodes per block.
         let reserve = self.metadata_reserve() + blocks * 4 * 8;
@@ -567,7 +587,16 @@ impl NodeStore {
     /// alone references frees the original, and a node split or a copy of a node
     /// shared with a snapshot adds one. The operation is journaled (a budget always
     /// is), so the caller undoes it whole.
-    pub fn check_op_budget(&self, budget: Option<DataBudget>, used0: u64) -> StoreResult<()> {
+    ///
+    /// Data blocks `shrinking` borrowed are held to a stricter rule: the operation
+    /// must have freed more blocks than it allocated, nodes included, so that the
+    /// slop it took is back once its frees are allocatable (after the commit).
+    pub fn check_op_budget(&mut self, budget: Option<DataBudget>, used0: u64) -> StoreResult<()> {
+        if let Some(refused) = self.borrowed.take() {
+            if self.space.used() >= used0 {
+                return Err(refused);
+            }
+        }
         let Some(b) = budget else {
             return Ok(());
         };
@@ -583,6 +612,37 @@ impl NodeStore {
     }
 
     pub fn alloc_data(&mut self, want: u64) -> StoreResult<(BlockAddr, u64)> {
+        let want = match self.data_grant(want) {
+            Ok(n) => n,
+            // One block at a time: a shrink rewrites at most two partial blocks.
+            Err(e) if self.may_borrow(1) => {
+                self.borrowed.get_or_insert(e);
+                1
+            }
+            Err(e) => return Err(e),
+        };
+        let r = self.space.alloc(&*self.dev, want)?;
+        if let Some(b) = &mut self.data_budget {
+            b.blocks -= r.1.min(b.blocks);
+        }
+        for a in r.0..r.0 + r.1 {
+            self.cache.remove(a);
+        }
+        // Fallocate hands these out unwritten; a write notes them again.
+        self.forget_written(r.0, r.1);
+        Ok(r)
+    }
+
+    /// Whether a `shrinking` operation may take `blocks` data blocks past the
+    /// metadata reserve and `data_budget`: it leaves what its own tree changes
+    /// must (the commit reserve, `change_reserve`), so its commit still has room.
+    fn may_borrow(&mut self, blocks: u64) -> bool {
+        self.shrinking && self.available() >= self.change_reserve() + blocks
+    }
+
+    /// How many of `want` data blocks (at least one) may be allocated now, within
+    /// the metadata reserve and `data_budget`.
+    fn data_grant(&mut self, want: u64) -> StoreResult<u64> {
         let reserve = self.metadata_reserve();
         let avail = self.available();
         if avail <= reserve {
@@ -602,16 +662,7 @@ impl NodeStore {
             }
             want = want.min(b.blocks);
         }
-        let r = self.space.alloc(&*self.dev, want)?;
-        if let Some(b) = &mut self.data_budget {
-            b.blocks -= r.1.min(b.blocks);
-        }
-        for a in r.0..r.0 + r.1 {
-            self.cache.remove(a);
-        }
-        // Fallocate hands these out unwritten; a write notes them again.
-        self.forget_written(r.0, r.1);
-        Ok(r)
+        Ok(want)
     }
 
     /// Blocks allocated anew: if they were written and freed earlier in this

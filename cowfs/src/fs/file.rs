@@ -43,8 +43,47 @@ impl FsTree<'_> {
         b0: u64,
         b1: u64,
     ) -> FsResult<Vec<(u64, Extent)>> {
+        let mut out = Vec::new();
+        let mut bad = false;
+        self.visit_extents(ino, b0, b1, &mut |start, v| match Extent::decode(v) {
+            Some(e) => {
+                out.push((start, e));
+                true
+            }
+            None => {
+                bad = true;
+                false
+            }
+        })?;
+        if bad {
+            return Err(self.corrupt(ino, "undecodable extent item"));
+        }
+        Ok(out)
+    }
+
+    /// Whether an extent (written or unwritten) maps a block of [b0, b1): whether
+    /// unmapping that range drops block references. Stops at the first one, so
+    /// it costs a lookup however large the file.
+    fn maps_any(&mut self, ino: u64, b0: u64, b1: u64) -> FsResult<bool> {
+        let mut found = false;
+        self.visit_extents(ino, b0, b1, &mut |_, _| {
+            found = true;
+            false
+        })?;
+        Ok(found)
+    }
+
+    /// Call `f` with (first file block, encoded extent) for the extent items
+    /// overlapping blocks [b0, b1), in order, while it returns true.
+    fn visit_extents(
+        &mut self,
+        ino: u64,
+        b0: u64,
+        b1: u64,
+        f: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> FsResult<()> {
         if b1 <= b0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         // Only the last extent starting at or before `b0` can reach into the range
         // from before it (extents do not overlap), and none starting more than
@@ -63,8 +102,6 @@ impl FsTree<'_> {
         let to = (b1 * BS).saturating_sub(1);
         // Visit the items in place: an extent's length follows from its item size,
         // so only overlapping extents are decoded and nothing else is copied.
-        let mut out = Vec::new();
-        let mut bad = false;
         tree::range(
             self.st,
             *self.root,
@@ -73,22 +110,11 @@ impl FsTree<'_> {
             &mut |k, v| {
                 let start = k.off / BS;
                 let len = (v.len().saturating_sub(16) / 4) as u64;
-                if start + len > b0 && start < b1 {
-                    match Extent::decode(v) {
-                        Some(e) => out.push((start, e)),
-                        None => {
-                            bad = true;
-                            return false;
-                        }
-                    }
-                }
-                true
+                let overlaps = start + len > b0 && start < b1;
+                !overlaps || f(start, v)
             },
         )?;
-        if bad {
-            return Err(self.corrupt(ino, "undecodable extent item"));
-        }
-        Ok(out)
+        Ok(())
     }
 
     /// Remove the mapping of blocks [b0, b1), releasing the blocks it referenced.
@@ -498,6 +524,24 @@ impl FsTree<'_> {
         i.mtime = now;
         i.ctime = now;
         self.put_inode(ino, &i)
+    }
+
+    /// Whether `truncate(ino, size)` unmaps blocks (it frees space then, unless
+    /// another tree shares them): it shrinks the file and an extent lies past
+    /// the new end (blocks fallocated past the old end count too).
+    pub(crate) fn truncate_unmaps(&mut self, ino: u64, size: u64) -> FsResult<bool> {
+        let i = self.inode(ino)?;
+        if !i.is_reg() || size >= i.size {
+            return Ok(false);
+        }
+        self.maps_any(ino, size.div_ceil(BS), END_BLOCK)
+    }
+
+    /// Whether `punch_hole(ino, off, len)` unmaps blocks: only the whole blocks of
+    /// the range are unmapped (the partial ones at its ends are zeroed).
+    pub(crate) fn punch_unmaps(&mut self, ino: u64, off: u64, len: u64) -> FsResult<bool> {
+        let end = off.saturating_add(len).min(MAX_FILE_SIZE);
+        self.maps_any(ino, off.div_ceil(BS), end / BS)
     }
 
     /// Deallocate [off, off+len) keeping the size (FALLOC_FL_PUNCH_HOLE).

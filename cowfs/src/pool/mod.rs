@@ -703,10 +703,35 @@ impl Pool {
         &self,
         b: BranchId,
         size: OpSize,
-        f: impl FnOnce(&mut FsTree) -> FsResult<T>,
+        f: impl Fn(&mut FsTree) -> FsResult<T>,
     ) -> FsResult<T> {
         let mut e = self.e.lock();
-        let r = e.freeing(true, |e| e.with_fs_sized(b, Some(size), f));
+        let r = e.retry_freeing(|e| e.freeing(true, |e| e.with_fs_sized(b, Some(size), &f)));
+        e.maybe_commit();
+        r
+    }
+
+    /// A truncate or punch hole (`f`, always journaled). One that unmaps blocks
+    /// (`unmaps` says) frees space as a delete does and runs as unlink does: on the
+    /// delete slop, not held to the quota for the nodes it copies, once more after
+    /// a commit if the slop ran out. So `truncate -s 0 big.log` makes room on a
+    /// full pool, as `rm` does. The partial blocks it rewrites may take the slop
+    /// too, if it frees more than it takes (`NodeStore::shrinking`). One that
+    /// unmaps nothing (a grow, a cut inside the last block or inside a hole) frees
+    /// nothing and is an ordinary change.
+    fn write_shrinking<T>(
+        &self,
+        b: BranchId,
+        unmaps: impl FnOnce(&mut FsTree) -> FsResult<bool>,
+        f: impl Fn(&mut FsTree) -> FsResult<T>,
+    ) -> FsResult<T> {
+        let mut e = self.e.lock();
+        // An error here (a missing inode): `f` meets it too and reports it.
+        let r = if e.with_fs(b, false, unmaps).unwrap_or(false) {
+            e.retry_freeing(|e| e.shrinking(|e| e.with_fs_sized(b, None, &f)))
+        } else {
+            e.with_fs_sized(b, None, f)
+        };
         e.maybe_commit();
         r
     }
@@ -721,19 +746,28 @@ impl Pool {
         b: BranchId,
         size: OpSize,
         removes: bool,
-        f: impl FnOnce(&mut FsTree) -> FsResult<Option<u64>>,
+        f: impl Fn(&mut FsTree) -> FsResult<Option<u64>>,
     ) -> FsResult<()> {
         let mut e = self.e.lock();
-        let r = e.freeing(removes, |e| {
-            e.with_fs_sized(b, Some(size), f).map(|gone| {
-                if let Some(ino) = gone.filter(|ino| !e.open.contains_key(&(b, *ino))) {
-                    e.st.removing = true;
-                    if let Err(err) = e.with_fs(b, true, |fs| fs.free_inode(ino)) {
-                        log::warn!("inode {ino} stays an orphan, freeing it failed: {err}");
+        let run = |e: &mut Engine| {
+            e.freeing(removes, |e| {
+                e.with_fs_sized(b, Some(size), &f).map(|gone| {
+                    if let Some(ino) = gone.filter(|ino| !e.open.contains_key(&(b, *ino))) {
+                        e.st.removing = true;
+                        if let Err(err) = e.with_fs(b, true, |fs| fs.free_inode(ino)) {
+                            log::warn!("inode {ino} stays an orphan, freeing it failed: {err}");
+                        }
                     }
-                }
+                })
             })
-        });
+        };
+        // Not a rename: it may lengthen a name, and a second try after a commit
+        // would let it take more of the slop.
+        let r = if removes {
+            e.retry_freeing(run)
+        } else {
+            run(&mut e)
+        };
         e.maybe_commit();
         r
     }
@@ -753,7 +787,14 @@ impl Pool {
         self.read(b, |fs| fs.getattr(ino))
     }
     pub fn setattr(&self, b: BranchId, ino: u64, s: &SetAttr) -> FsResult<Attr> {
-        let times_only = s.size.is_none() && s.mode.is_none() && s.uid.is_none() && s.gid.is_none();
+        if let Some(size) = s.size {
+            return self.write_shrinking(
+                b,
+                |fs| fs.truncate_unmaps(ino, size),
+                |fs| fs.setattr(ino, s),
+            );
+        }
+        let times_only = s.mode.is_none() && s.uid.is_none() && s.gid.is_none();
         if !times_only {
             return self.write(b, None, |fs| fs.setattr(ino, s));
         }
@@ -912,7 +953,12 @@ impl Pool {
         self.write_freeing(b, OpSize::changes(2), |fs| fs.removexattr(ino, name))
     }
     pub fn punch_hole(&self, b: BranchId, ino: u64, off: u64, len: u64) -> FsResult<()> {
-        self.write(b, DATA_AFTER_TREE, |fs| fs.punch_hole(ino, off, len))
+        // Always journaled (DATA_AFTER_TREE), as write_shrinking's operations are.
+        self.write_shrinking(
+            b,
+            |fs| fs.punch_unmaps(ino, off, len),
+            |fs| fs.punch_hole(ino, off, len),
+        )
     }
     pub fn fallocate(
         &self,
@@ -1197,6 +1243,32 @@ impl Engine {
         r
     }
 
+    /// Run `op`, an operation that only removes (on the delete slop, `freeing`:
+    /// a delete, or a truncate or punch that unmaps blocks), and if it ran out of
+    /// room while blocks freed earlier in this transaction wait for a commit,
+    /// commit and run it once more (a failed operation was undone whole). On a
+    /// full pool every delete and rename copies nodes on the slop, and what they
+    /// free is allocatable only after the next commit: a series of renames in one
+    /// transaction used the slop up, and the next unlink failed with ENOSPC until
+    /// a commit came. As a write does (`commit_for_room`), commit rather than
+    /// report ENOSPC.
+    fn retry_freeing<T>(&mut self, mut op: impl FnMut(&mut Engine) -> FsResult<T>) -> FsResult<T> {
+        match op(self) {
+            Err(e) if e.errno() == libc::ENOSPC && self.release_frees() => op(self),
+            r => r,
+        }
+    }
+
+    /// Run `f` as a truncate or punch hole that unmaps blocks: `freeing` with
+    /// `removing`, as unlink, and `NodeStore::shrinking`.
+    fn shrinking<T>(&mut self, f: impl FnOnce(&mut Engine) -> T) -> T {
+        self.st.shrinking = true;
+        let r = self.freeing(true, f);
+        self.st.shrinking = false;
+        self.st.borrowed = None;
+        r
+    }
+
     /// Set the catalog part of the commit reserve (`NodeStore::commit_reserve`)
     /// for the records changed so far and `more` records about to change: per
     /// record one insert or remove, at most a copy and a split per level and a new
@@ -1378,22 +1450,37 @@ impl Engine {
     /// pool then makes room for the very next write. (Without it, the kernel's
     /// write-back of the next file arrives before any fsync and fails.)
     fn commit_for_room(&mut self, b: BranchId, bytes: usize) {
-        if self.poisoned || self.st.space.pending_free_count() == 0 {
+        if !self.frees_wait() {
             return;
         }
         let need = (bytes as u64).div_ceil(BLOCK_SIZE as u64) + 1;
         if self.data_room(b) >= need {
             return;
         }
+        self.release_frees();
+    }
+
+    /// Whether blocks freed since the last commit wait to become allocatable.
+    fn frees_wait(&self) -> bool {
+        !self.poisoned && self.st.space.pending_free_count() > 0
+    }
+
+    /// Commit so that the blocks freed since the last one are allocatable now.
+    /// False if none wait or the commit failed.
+    fn release_frees(&mut self) -> bool {
+        if !self.frees_wait() {
+            return false;
+        }
         if let Err(e) = self.commit() {
             log::warn!("commit to release freed blocks failed: {e}");
-            return;
+            return false;
         }
         // What this commit freed is in quarantine: wait for every read in flight
         // so that it is allocatable now (a full pool is rare; this is its path).
         self.wait_for_reads(0);
         self.wait_for_reads(1);
         self.st.space.release_quarantine();
+        true
     }
 
     /// Wait (holding the pool lock, so no read can start) until the reads of

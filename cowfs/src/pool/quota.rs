@@ -18,8 +18,10 @@
 //! Space that becomes exclusive to it because another branch
 //! or snapshot was deleted is counted by `quota_recount_all` (the control plane
 //! calls it after every delete), which only raises the figure.
-//! Only an operation that removes (unlink, rmdir, removexattr, freeing an inode)
-//! may pass a limit, by the nodes it copies before it frees anything.
+//! Only an operation that removes (unlink, rmdir, removexattr, freeing an inode,
+//! a truncate or punch that unmaps blocks) may pass a limit, by the nodes it
+//! copies before it frees anything; a truncate or punch also by the partial
+//! blocks it rewrites, if it frees more than it takes (`NodeStore::shrinking`).
 //! The limits live in memory; the control plane stores them (`POOL.quotas`) and
 //! sets them again when the daemon starts.
 
