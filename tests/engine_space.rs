@@ -393,9 +393,18 @@ fn metadata_enospc_loses_no_other_files_items() {
             break;
         }
     }
-    // One more xattr on file-00000: its leaf must split, with no block free.
+    // One more xattr on file-00000: its leaf must split, with no block free. It
+    // fails, is undone, and (as any change that finds no room while freed blocks
+    // wait) runs again after a commit, which may or may not make room for it:
+    // either way no item of another file is lost.
     let r = pool.setxattr(b, made[0].1, b"user.big", &[9u8; 1900], 0);
-    assert_eq!(r.map_err(|e| e.errno()), Err(libc::ENOSPC));
+    assert!(
+        matches!(
+            r.as_ref().map_err(|e| e.errno()),
+            Ok(()) | Err(libc::ENOSPC)
+        ),
+        "{r:?}"
+    );
     for (name, ino) in &made {
         assert_eq!(pool.lookup(b, ROOT_INO, name.as_bytes()).unwrap().ino, *ino);
         assert_eq!(pool.getxattr(b, *ino, b"user.s").unwrap(), [1u8; 100]);
@@ -519,8 +528,12 @@ fn statfs_does_not_promise_the_reserved_blocks() {
     fill_with_xattr_files(&pool, b);
     let full = pool.statfs();
     assert!(full.bfree >= 32, "{full:?}");
-    // What is left is less than one more tree change needs.
-    assert!(full.bavail < 8, "{full:?}");
+    // The delete slop alone (at least 32 blocks) is left out, and what is left
+    // is about nothing: under 64 KiB of the 1 MiB pool. (The last create failed
+    // after a commit had released what the changes before it freed, so those
+    // few blocks are less than it needed.)
+    assert!(full.bavail + 32 <= full.bfree, "{full:?}");
+    assert!(full.bavail < 16, "{full:?}");
 }
 
 /// Renames and deletes on a full pool copy tree nodes on the delete slop before

@@ -151,17 +151,20 @@ fn shrinking_a_file_on_a_full_mounted_pool_makes_room() {
         }
         let free0 = free_bytes(&m.mnt);
         shrink(&big).unwrap_or_else(|e| panic!("{what} on a full pool: {e}"));
-        // The next write finds the room: a write on a full pool commits first, so
-        // that what the commit before freed is allocatable. (No fsync: after a
-        // punch the kernel sends the file's new times on its own when the
-        // descriptor closes, a tree change that a pool whose frees are not
-        // allocatable yet refuses, and the next fsync of the file reports that.)
+        // The next write finds the room, and its fsync succeeds: a change on a
+        // full pool commits first if it finds no room, so that what the shrink
+        // freed is allocatable. (After a punch the kernel sends the file's new
+        // times on its own when the descriptor closes; refused, the next fsync
+        // of the file reported ENOSPC.)
         commit(&m.mnt);
         OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_DIRECT)
             .open(&big)
-            .and_then(|mut f| f.write_all(&[1u8; 64 << 10]))
+            .and_then(|mut f| {
+                f.write_all(&[1u8; 64 << 10])?;
+                f.sync_all()
+            })
             .unwrap_or_else(|e| panic!("{what}: a write after the shrink: {e}"));
         commit(&m.mnt);
         let free = free_bytes(&m.mnt);

@@ -683,15 +683,18 @@ impl Pool {
         self.e.lock().with_fs(b, false, f)
     }
 
-    /// A change of at most `size` (None: no bound known).
+    /// A change of at most `size` (None: no bound known). Run once more after a
+    /// commit if it found no room while blocks freed since the last commit wait
+    /// (`Engine::retry_after_commit`): a create or chmod right after `rm` on a full
+    /// pool succeeds, as it would on ext4.
     fn write<T>(
         &self,
         b: BranchId,
         size: Option<OpSize>,
-        f: impl FnOnce(&mut FsTree) -> FsResult<T>,
+        f: impl Fn(&mut FsTree) -> FsResult<T>,
     ) -> FsResult<T> {
         let mut e = self.e.lock();
-        let r = e.with_fs_sized(b, size, f);
+        let r = e.retry_after_commit(|e| e.with_fs_sized(b, size, &f));
         e.maybe_commit();
         r
     }
@@ -706,7 +709,7 @@ impl Pool {
         f: impl Fn(&mut FsTree) -> FsResult<T>,
     ) -> FsResult<T> {
         let mut e = self.e.lock();
-        let r = e.retry_freeing(|e| e.freeing(true, |e| e.with_fs_sized(b, Some(size), &f)));
+        let r = e.retry_after_commit(|e| e.freeing(true, |e| e.with_fs_sized(b, Some(size), &f)));
         e.maybe_commit();
         r
     }
@@ -727,11 +730,14 @@ impl Pool {
     ) -> FsResult<T> {
         let mut e = self.e.lock();
         // An error here (a missing inode): `f` meets it too and reports it.
-        let r = if e.with_fs(b, false, unmaps).unwrap_or(false) {
-            e.retry_freeing(|e| e.shrinking(|e| e.with_fs_sized(b, None, &f)))
-        } else {
-            e.with_fs_sized(b, None, f)
-        };
+        let unmapping = e.with_fs(b, false, unmaps).unwrap_or(false);
+        let r = e.retry_after_commit(|e| {
+            if unmapping {
+                e.shrinking(|e| e.with_fs_sized(b, None, &f))
+            } else {
+                e.with_fs_sized(b, None, &f)
+            }
+        });
         e.maybe_commit();
         r
     }
@@ -764,7 +770,7 @@ impl Pool {
         // Not a rename: it may lengthen a name, and a second try after a commit
         // would let it take more of the slop.
         let r = if removes {
-            e.retry_freeing(run)
+            e.retry_after_commit(run)
         } else {
             run(&mut e)
         };
@@ -799,10 +805,13 @@ impl Pool {
             return self.write(b, None, |fs| fs.setattr(ino, s));
         }
         // The kernel sends the times it kept while writing back before an fsync;
-        // a log record carries them.
+        // a log record carries them. (On a full pool, after a commit if need be:
+        // refused, the fsync that follows would fail.)
         let mut e = self.e.lock();
-        let r = e.logged_change(b, ino, None, OpSize::changes(1), |fs| {
-            fs.setattr(ino, s).map(|a| (a, true))
+        let r = e.retry_after_commit(|e| {
+            e.logged_change(b, ino, None, OpSize::changes(1), |fs| {
+                fs.setattr(ino, s).map(|a| (a, true))
+            })
         });
         e.maybe_commit();
         r
@@ -1243,16 +1252,20 @@ impl Engine {
         r
     }
 
-    /// Run `op`, an operation that only removes (on the delete slop, `freeing`:
-    /// a delete, or a truncate or punch that unmaps blocks), and if it ran out of
+    /// Run `op` (a tree change that is all or nothing) and, if it ran out of
     /// room while blocks freed earlier in this transaction wait for a commit,
-    /// commit and run it once more (a failed operation was undone whole). On a
-    /// full pool every delete and rename copies nodes on the slop, and what they
-    /// free is allocatable only after the next commit: a series of renames in one
-    /// transaction used the slop up, and the next unlink failed with ENOSPC until
-    /// a commit came. As a write does (`commit_for_room`), commit rather than
-    /// report ENOSPC.
-    fn retry_freeing<T>(&mut self, mut op: impl FnMut(&mut Engine) -> FsResult<T>) -> FsResult<T> {
+    /// commit and run it once more. What a delete, a shrink or an overwrite frees
+    /// is allocatable only after the next commit: on a full pool a series of
+    /// renames in one transaction used the delete slop up and the next unlink
+    /// failed, and a create or chmod right after `rm` failed, with ENOSPC until
+    /// the commit timer came. As a write does (`commit_for_room`), and as ext4
+    /// forces a journal commit, commit rather than report ENOSPC. (Not for a
+    /// rename: it may lengthen a name, and a second try would let it take more of
+    /// the slop.)
+    fn retry_after_commit<T>(
+        &mut self,
+        mut op: impl FnMut(&mut Engine) -> FsResult<T>,
+    ) -> FsResult<T> {
         match op(self) {
             Err(e) if e.errno() == libc::ENOSPC && self.release_frees() => op(self),
             r => r,
