@@ -248,7 +248,9 @@ fn wait_unlisted(table: &MountTable, dir: &Path) -> bool {
 /// the session ending once the files were closed each unmounted that other
 /// filesystem; so did an unmount while another filesystem covered the branch's
 /// mount. Now the mount is made by cowfs (fuser never unmounts) and unmounted only
-/// while the mount on top of DIR is the one it made (mount id and device).
+/// while the mount on top of DIR is the one it made (mount id and device). The
+/// syncfs before a branch is taken of a mounted branch has the same rule: it
+/// synced whatever was on DIR.
 #[test]
 fn unmount_touches_only_the_mount_it_made() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -281,6 +283,10 @@ fn unmount_touches_only_the_mount_it_made() {
     assert!(tmpfs_on_top(&a), "unmount took the tmpfs mounted since");
     let r = r.expect("unmount returns");
     assert!(matches!(r, Err(MountError::Detached(_))), "{r:?}");
+    // Nor is the branch synced through the tmpfs (a branch taken of it would
+    // miss the detached mount's dirty pages).
+    let r = table.sync_branch("main");
+    assert!(matches!(r, Err(MountError::Detached(_))), "sync: {r:?}");
     // Closing the file ends the detached mount's session.
     drop(held);
     assert!(wait_unlisted(&table, &a), "the session ends with its files");
@@ -305,7 +311,10 @@ fn unmount_touches_only_the_mount_it_made() {
     assert!(tmpfs_on_top(&c), "unmount took the tmpfs on top");
     let r = r.expect("unmount returns");
     assert!(matches!(r, Err(MountError::Covered(_))), "{r:?}");
+    let r = table.sync_branch("ops");
+    assert!(matches!(r, Err(MountError::Covered(_))), "sync: {r:?}");
     lazy_umount(&c);
+    table.sync_branch("ops").expect("sync once uncovered");
     table.unmount(&c).expect("unmount once uncovered");
     assert!(!is_mounted(&c));
     drop(g);

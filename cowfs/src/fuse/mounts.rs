@@ -69,7 +69,7 @@ struct Mounted {
 /// A mount as /proc/self/mountinfo names it: its id and its device (the FUSE
 /// connection's). Either may be reused once the mount is gone; both at once
 /// while its session still runs, practically never.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct MountId {
     id: u64,
     dev: String,
@@ -261,14 +261,25 @@ impl MountTable {
     /// Make everything written to `branch` so far durable: syncfs(2) on each of its
     /// mounts pushes the kernel's dirty pages to the engine, then the pool commits.
     /// A branch or snapshot taken after this holds every write completed before.
+    /// syncfs(2) reaches a mount through its directory only while it is on top
+    /// there: one covered by another filesystem or detached from outside (with
+    /// files still open, so its session runs) would sync whatever is there now
+    /// and leave this branch's dirty pages out of what follows, so it is refused
+    /// (`Covered`, `Detached`).
     pub fn sync_branch(&self, branch: &str) -> Result<(), MountError> {
-        let dirs: Vec<PathBuf> = self
+        let mounts: Vec<(PathBuf, MountId)> = self
             .live()
             .iter()
             .filter(|m| m.info.branch == branch && !m.info.read_only)
-            .map(|m| m.info.dir.clone())
+            .map(|m| (m.info.dir.clone(), m.ours.clone()))
             .collect();
-        for dir in dirs {
+        for (dir, ours) in mounts {
+            match place(&dir, &ours) {
+                Ok(Place::Top) => {}
+                Ok(Place::Covered) => return Err(MountError::Covered(dir)),
+                Ok(Place::Gone) => return Err(MountError::Detached(dir)),
+                Err(source) => return Err(MountError::Sync { dir, source }),
+            }
             sys::syncfs(&dir).map_err(|source| MountError::Sync { dir, source })?;
         }
         self.pool.commit().map_err(|source| MountError::Commit {
