@@ -574,3 +574,38 @@ fn deletes_after_renames_on_a_full_pool_commit_rather_than_fail() {
     let r = pool.fsck(&FsckOptions::default()).unwrap();
     assert!(r.is_clean(), "{r}");
 }
+
+/// `df` after `rm`: what a delete frees shows as free at once. Those blocks become
+/// allocatable at the next commit, which a change that needs them forces; `df`
+/// showed them only two commits later.
+#[test]
+fn statfs_shows_what_a_delete_frees_at_once() {
+    let opts = PoolOptions {
+        capacity_bytes: Some(64 << 20),
+        ..Default::default()
+    };
+    let pool = Pool::create_on(Arc::new(MemDevice::new()), &opts).unwrap();
+    let b = pool.branch_id("main").unwrap();
+    let f = pool
+        .mknod(
+            b,
+            ROOT_INO,
+            b"big",
+            libc::S_IFREG | 0o644,
+            0,
+            Owner::default(),
+        )
+        .unwrap();
+    pool.write_file(b, f.ino, 0, &vec![7u8; 8 << 20]).unwrap();
+    pool.commit().unwrap();
+    let before = pool.statfs();
+    pool.unlink(b, ROOT_INO, b"big").unwrap();
+    let after = pool.statfs();
+    let freed = after.bfree.saturating_sub(before.bfree);
+    assert!(freed >= 2048, "{before:?} -> {after:?}");
+    assert_eq!(after.blocks - after.bfree, pool.used_blocks(), "{after:?}");
+    assert!(
+        after.bavail > before.bavail + 2000,
+        "{before:?} -> {after:?}"
+    );
+}

@@ -635,8 +635,14 @@ impl Pool {
 
     fn statfs_locked(e: &mut Engine) -> StatFs {
         let in_pool = e.st.space.available();
+        // Blocks freed since the last commit are allocatable after the next one,
+        // which any change that needs them forces (`Engine::retry_after_commit`,
+        // `commit_for_room`): free for `df` at once, as ext4 shows them, rather
+        // than two commits after the `rm`. They are in the pool file already, so
+        // the host's room does not limit them.
+        let freed = e.st.space.pending_free_count() as u64;
         // Limited by the host filesystem of a pool file, as the allocator is.
-        let avail = e.st.available();
+        let avail = e.st.available() + freed;
         // Blocks held back for commits and for deletes are free but not usable by
         // a writer: `df` and applications see the room they really have.
         let held = e.st.commit_reserve() + e.st.delete_slop();
@@ -644,7 +650,7 @@ impl Pool {
         // A sparse pool file larger than what its host can still store: sized as
         // what it holds plus that room, or `df` counts the capacity the host
         // cannot store as used (a new 1 TiB pool on a 100 GiB disk, "95% used").
-        let blocks = if avail < in_pool {
+        let blocks = if avail < in_pool + freed {
             space.used() + avail
         } else {
             space.capacity()
