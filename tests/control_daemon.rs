@@ -31,15 +31,21 @@ fn serve(pool: &Path, socket: &Path) -> Served {
     Served::new(child, &base)
 }
 
-#[test]
-fn serve_init_token_every_operation_and_restart() {
+/// A fresh directory for one test's pool (kept while the returned guard lives),
+/// and its canonical path.
+fn test_dir() -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::Builder::new()
         .prefix("cowfs-ctl-test-")
         .tempdir()
         .expect("tempdir");
     let base = tmp.path().canonicalize().expect("canonical");
-    let pool = base.join("pool");
-    let socket = base.join("pool.sock");
+    (tmp, base)
+}
+
+#[test]
+fn serve_init_token_every_operation_and_restart() {
+    let (_tmp, base) = test_dir();
+    let (pool, socket) = (base.join("pool"), base.join("pool.sock"));
     let admin_secret = init_pool(BIN, &pool);
     let secret_file = cowfs::control::tokens::secret_path(&pool);
     let mode = std::fs::metadata(&secret_file)
@@ -179,13 +185,8 @@ fn rss_mib(pid: u32) -> u64 {
 /// stayed after unmounting them. `cowfs` fixes the threshold at startup (main.rs).
 #[test]
 fn mounts_do_not_cost_megabytes_each() {
-    let tmp = tempfile::Builder::new()
-        .prefix("cowfs-ctl-test-")
-        .tempdir()
-        .expect("tempdir");
-    let base = tmp.path().canonicalize().expect("canonical");
-    let pool = base.join("pool");
-    let socket = base.join("pool.sock");
+    let (_tmp, base) = test_dir();
+    let (pool, socket) = (base.join("pool"), base.join("pool.sock"));
     let secret = init_pool(BIN, &pool);
     let mut served = serve(&pool, &socket);
     let pid = served.pid().expect("pid");
@@ -240,13 +241,8 @@ fn mounts_do_not_cost_megabytes_each() {
 /// is stacked there.
 #[test]
 fn a_restart_after_kill_9_replaces_the_dead_mounts() {
-    let tmp = tempfile::Builder::new()
-        .prefix("cowfs-ctl-test-")
-        .tempdir()
-        .expect("tempdir");
-    let base = tmp.path().canonicalize().expect("canonical");
-    let pool = base.join("pool");
-    let socket = base.join("pool.sock");
+    let (_tmp, base) = test_dir();
+    let (pool, socket) = (base.join("pool"), base.join("pool.sock"));
     let secret = init_pool(BIN, &pool);
     let m1 = base.join("m1");
     std::fs::create_dir(&m1).expect("mkdir");

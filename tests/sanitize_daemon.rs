@@ -310,6 +310,13 @@ fn make_prod(env: &Env, admin: &mut Client) {
     admin.unmount(&s(&m)).expect("unmount prod");
 }
 
+/// A new token `name` with `scopes`, created by `admin`, and a client using it.
+fn token_client(env: &Env, admin: &mut Client, name: &str, scopes: &[&str]) -> Client {
+    let grants = scopes.iter().map(|g| g.parse().expect("grant")).collect();
+    let secret = admin.token_create(name, grants).expect("token").secret;
+    env.connect(&secret)
+}
+
 fn server_error(r: Result<impl std::fmt::Debug, ClientError>) -> cowfs_ctl::proto::ErrorReply {
     match r {
         Ok(v) => panic!("expected an error, got {v:?}"),
@@ -1011,13 +1018,8 @@ fn hook_output_only_for_tokens_that_read_the_parent() {
     let _served = serve(&env.base);
     let mut admin = env.connect(&env.admin);
     make_prod(&env, &mut admin);
-    let mut client = |name: &str, scopes: &[&str]| {
-        let grants = scopes.iter().map(|g| g.parse().expect("grant")).collect();
-        let secret = admin.token_create(name, grants).expect("token").secret;
-        env.connect(&secret)
-    };
-    let mut blind = client("blind", &["branch:prod"]);
-    let mut reader = client("reader", &["branch:prod", "read:prod"]);
+    let mut blind = token_client(&env, &mut admin, "blind", &["branch:prod"]);
+    let mut reader = token_client(&env, &mut admin, "reader", &["branch:prod", "read:prod"]);
 
     let e = server_error(blind.branch_create_with("b1", "prod", None, Some("fails"), None));
     assert_eq!(e.kind, ErrorKind::SanitizeFailed, "{e}");
@@ -1044,13 +1046,8 @@ fn progress_names_files_only_for_tokens_that_read_the_parent() {
     let _served = serve(&env.base);
     let mut admin = env.connect(&env.admin);
     make_prod(&env, &mut admin);
-    let mut client = |name: &str, scopes: &[&str]| {
-        let grants = scopes.iter().map(|g| g.parse().expect("grant")).collect();
-        let secret = admin.token_create(name, grants).expect("token").secret;
-        env.connect(&secret)
-    };
-    let mut blind = client("blind", &["branch:prod"]);
-    let mut reader = client("reader", &["branch:prod", "read:prod"]);
+    let mut blind = token_client(&env, &mut admin, "blind", &["branch:prod"]);
+    let mut reader = token_client(&env, &mut admin, "reader", &["branch:prod", "read:prod"]);
     let currents = |c: &mut Client, name: &str| {
         let mut seen = Vec::new();
         c.branch_create_with(
