@@ -69,6 +69,13 @@ pub struct NodeStore {
     /// Why a data block that `shrinking` granted was refused first (ENOSPC or
     /// EDQUOT): the operation fails with it unless it freed more than it took.
     pub borrowed: Option<StoreError>,
+    /// The running operation is a rename on the delete slop (with `freeing`, not
+    /// `removing`): it must end with no more blocks in use than it began
+    /// (`check_op_budget`), so that the copies it took of the slop are free again
+    /// after the commit. A longer name can split a directory's leaf, a block no
+    /// commit gives back: renames to ever longer names, one commit each, kept
+    /// the slop for good until unlink failed with ENOSPC.
+    pub slop_on_loan: bool,
     /// The running filesystem operation's journal (undo.rs), and the buffers of
     /// the last one, reused.
     op: Option<undo::OpJournal>,
@@ -130,6 +137,7 @@ impl NodeStore {
             removing: false,
             shrinking: false,
             borrowed: None,
+            slop_on_loan: false,
             op: None,
             op_spare: None,
             back_retry_at: 0,
@@ -591,11 +599,18 @@ impl NodeStore {
     /// Data blocks `shrinking` borrowed are held to a stricter rule: the operation
     /// must have freed more blocks than it allocated, nodes included, so that the
     /// slop it took is back once its frees are allocatable (after the commit).
+    /// A rename on the slop (`slop_on_loan`) must not have added any (it runs
+    /// journaled, as an operation of unknown size).
     pub fn check_op_budget(&mut self, budget: Option<DataBudget>, used0: u64) -> StoreResult<()> {
         if let Some(refused) = self.borrowed.take() {
             if self.space.used() >= used0 {
                 return Err(refused);
             }
+        }
+        if self.slop_on_loan && self.space.used() > used0 {
+            return Err(StoreError::NoSpace {
+                pool: self.dev.name(),
+            });
         }
         let Some(b) = budget else {
             return Ok(());

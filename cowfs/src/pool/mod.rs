@@ -748,38 +748,16 @@ impl Pool {
         r
     }
 
-    /// Free an inode whose last link went away, unless a file handle still has it.
-    /// The name is gone once `f` succeeds, so the call succeeds: if freeing the
-    /// inode fails (ENOSPC on a full pool), that operation is undone on its own and
-    /// the inode stays on the orphan list, whole, for the next cleanup. `removes`:
-    /// `f` only removes names (see `NodeStore::removing`).
+    /// Remove a name (`f`, unlink or rmdir) on the delete slop, and free the
+    /// inode whose last link went away (`Engine::free_unlinked`).
     fn write_unlinking(
         &self,
         b: BranchId,
-        size: OpSize,
-        removes: bool,
         f: impl Fn(&mut FsTree) -> FsResult<Option<u64>>,
     ) -> FsResult<()> {
         let mut e = self.e.lock();
-        let run = |e: &mut Engine| {
-            e.freeing(removes, |e| {
-                e.with_fs_sized(b, Some(size), &f).map(|gone| {
-                    if let Some(ino) = gone.filter(|ino| !e.open.contains_key(&(b, *ino))) {
-                        e.st.removing = true;
-                        if let Err(err) = e.with_fs(b, true, |fs| fs.free_inode(ino)) {
-                            log::warn!("inode {ino} stays an orphan, freeing it failed: {err}");
-                        }
-                    }
-                })
-            })
-        };
-        // Not a rename: it may lengthen a name, and a second try after a commit
-        // would let it take more of the slop.
-        let r = if removes {
-            e.retry_after_commit(run)
-        } else {
-            run(&mut e)
-        };
+        let r = e.retry_after_commit(|e| e.freeing(true, |e| e.with_fs_sized(b, Some(UNLINK), &f)));
+        let r = r.map(|gone| e.free_unlinked(b, gone));
         e.maybe_commit();
         r
     }
@@ -868,11 +846,17 @@ impl Pool {
         self.write(b, Some(size), |fs| fs.link(ino, newparent, newname))
     }
     pub fn unlink(&self, b: BranchId, parent: u64, name: &[u8]) -> FsResult<()> {
-        self.write_unlinking(b, UNLINK, true, |fs| fs.unlink(parent, name))
+        self.write_unlinking(b, |fs| fs.unlink(parent, name))
     }
     pub fn rmdir(&self, b: BranchId, parent: u64, name: &[u8]) -> FsResult<()> {
-        self.write_unlinking(b, UNLINK, true, |fs| fs.rmdir(parent, name))
+        self.write_unlinking(b, |fs| fs.rmdir(parent, name))
     }
+    /// A rename is an ordinary change: a longer name can need a new block for
+    /// good, so it may not keep any of the delete slop. Only when it finds no
+    /// room outside the slop does it run on it, as a loan (`Engine::rename_on_slop`):
+    /// it must end with no more blocks in use than it began, counting the inode
+    /// of a file it replaces, freed in the same operation. Otherwise ENOSPC, as
+    /// ext4 gives when a directory must grow, and nothing changed.
     pub fn rename(
         &self,
         b: BranchId,
@@ -884,7 +868,16 @@ impl Pool {
     ) -> FsResult<()> {
         // Target removed (5), source removed (3), added (3), the inode.
         let size = OpSize::changes(13);
-        self.write_unlinking(b, size, false, |fs| fs.rename(p1, n1, p2, n2, flags))
+        let rename = |fs: &mut FsTree| fs.rename(p1, n1, p2, n2, flags);
+        let mut e = self.e.lock();
+        // A second try after a commit takes nothing of the slop for good either.
+        let r = e.retry_after_commit(|e| match e.with_fs_sized(b, Some(size), rename) {
+            Err(err) if err.errno() == libc::ENOSPC => e.rename_on_slop(b, p2, n2, rename),
+            r => r,
+        });
+        let r = r.map(|gone| e.free_unlinked(b, gone));
+        e.maybe_commit();
+        r
     }
     /// Read file data. The blocks are located under the pool lock and, when they are
     /// committed, read and verified outside it (several readers in parallel); any
@@ -1265,9 +1258,7 @@ impl Engine {
     /// renames in one transaction used the delete slop up and the next unlink
     /// failed, and a create or chmod right after `rm` failed, with ENOSPC until
     /// the commit timer came. As a write does (`commit_for_room`), and as ext4
-    /// forces a journal commit, commit rather than report ENOSPC. (Not for a
-    /// rename: it may lengthen a name, and a second try would let it take more of
-    /// the slop.)
+    /// forces a journal commit, commit rather than report ENOSPC.
     fn retry_after_commit<T>(
         &mut self,
         mut op: impl FnMut(&mut Engine) -> FsResult<T>,
@@ -1275,6 +1266,51 @@ impl Engine {
         match op(self) {
             Err(e) if e.errno() == libc::ENOSPC && self.release_frees() => op(self),
             r => r,
+        }
+    }
+
+    /// A rename (`rename`, of `n2` in `p2`) that found no room outside the delete
+    /// slop, once more on the slop as a loan (`NodeStore::slop_on_loan`): undone
+    /// with ENOSPC if it ends with more blocks in use than it began. The inode of
+    /// a file it replaces is freed in the same operation, so that what freeing it
+    /// gives back counts (and a failure undoes the rename too), unless a handle
+    /// still holds it: returned then, as `FsTree::rename` returns it.
+    fn rename_on_slop(
+        &mut self,
+        b: BranchId,
+        p2: u64,
+        n2: &[u8],
+        rename: impl FnOnce(&mut FsTree) -> FsResult<Option<u64>>,
+    ) -> FsResult<Option<u64>> {
+        // An error here (no such name): the rename meets it or replaces nothing.
+        let held = self
+            .with_fs(b, false, |fs| fs.lookup(p2, n2))
+            .ok()
+            .map(|a| a.ino)
+            .filter(|ino| self.open.contains_key(&(b, *ino)));
+        self.st.slop_on_loan = true;
+        let r = self.freeing(false, |e| {
+            e.with_fs(b, true, |fs| match rename(fs)? {
+                Some(ino) if Some(ino) != held => fs.free_inode(ino).map(|_| None),
+                gone => Ok(gone),
+            })
+        });
+        self.st.slop_on_loan = false;
+        r
+    }
+
+    /// Free inode `gone`, whose last link a change just removed, unless a file
+    /// handle still has it. The name is gone, so this cannot fail the change: if
+    /// freeing fails (ENOSPC on a full pool), that operation is undone on its own
+    /// and the inode stays on the orphan list, whole, for the next cleanup. Runs
+    /// as a removal on the delete slop (`freeing`): it frees space, even at a
+    /// quota.
+    fn free_unlinked(&mut self, b: BranchId, gone: Option<u64>) {
+        let Some(ino) = gone.filter(|ino| !self.open.contains_key(&(b, *ino))) else {
+            return;
+        };
+        if let Err(err) = self.freeing(true, |e| e.with_fs(b, true, |fs| fs.free_inode(ino))) {
+            log::warn!("inode {ino} stays an orphan, freeing it failed: {err}");
         }
     }
 
