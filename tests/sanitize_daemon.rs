@@ -4,8 +4,10 @@
 //! the clone (space returned) and the error carries the exit code or timeout and
 //! the output; a clone being sanitized is invisible to non-admin tokens and cannot
 //! be mounted, branched, snapshotted or deleted; a daemon killed while sanitizing
-//! leaves nothing after a restart, one stopped with SIGTERM kills the hook and
-//! deletes the clone before it exits, and `cowfs fsck` is clean.
+//! takes every process its hook started along (daemonized ones included) and
+//! leaves nothing after a restart (no clone, no dead mount, no hooks' directory),
+//! one stopped with SIGTERM kills the hook and deletes the clone before it exits,
+//! and `cowfs fsck` is clean.
 //!
 //! Needs root and /dev/fuse (real mounts, hooks on private mounts).
 
@@ -61,14 +63,25 @@ timeout_secs = 2
 
 [[profiles.gate.hooks]]
 name = "gate"
-command = "echo $$ > \"$GATE.pid\"; touch \"$GATE.started\"; while [ ! -e \"$GATE\" ]; do sleep 0.05; done; echo released"
+command = "{publish_pid}; touch \"$GATE.started\"; while [ ! -e \"$GATE\" ]; do sleep 0.05; done; echo released"
+env = {{ GATE = "{gate}" }}
+timeout_secs = 300
+
+[[profiles.daemonizes.hooks]]
+name = "daemonizes"
+command = "setsid sh -c 'read -r pid rest < /proc/self/stat; echo $pid > \"$GATE.sleeper\"; exec sleep 1000' </dev/null >/dev/null 2>&1 & while [ ! -s \"$GATE.sleeper\" ]; do sleep 0.05; done; {publish_pid}; touch \"$GATE.started\"; while [ ! -e \"$GATE\" ]; do sleep 0.05; done"
 env = {{ GATE = "{gate}" }}
 timeout_secs = 300
 "#,
         scratch = base.join("scratch").display(),
         gate = gate.display(),
+        publish_pid = PUBLISH_PID,
     )
 }
+
+/// Shell (in a TOML string): write the hook's pid to `$GATE.pid`, as the test
+/// sees it. A hook's `$$` is its PID namespace's; /proc is the test's.
+const PUBLISH_PID: &str = r#"read -r pid rest < /proc/self/stat; echo $pid > \"$GATE.pid\""#;
 
 /// A `cowfs serve --config` process; dropping it stops it (SIGTERM, then SIGKILL)
 /// and detaches any mount left under the test directory.
@@ -201,17 +214,44 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        // Open the gate and kill the gate hook's process group if it is still there.
+        // Open the gate and kill a gate hook and what it daemonized if they are
+        // still there (killing the hook ends its PID namespace, so whatever else
+        // it started too).
         let _ = std::fs::write(self.gate(""), b"");
-        if let Some(pid) = std::fs::read_to_string(self.gate(".pid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        {
-            // SAFETY: kill(2) on the hook's process group (it ran with its own).
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        for file in [".pid", ".sleeper"] {
+            let pid = read_pid(&self.gate(file)).filter(|p| !gone_within(*p, 0));
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                // SAFETY: kill(2) on a process the test's hook started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
         }
         lazy_unmount_under(&self.base);
     }
+}
+
+fn read_pid(file: &Path) -> Option<u32> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// Whether process `pid` is gone (or a zombie) within `secs` seconds.
+fn gone_within(pid: u32, secs: u64) -> bool {
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().to_string())
+            })
+            .is_some_and(|rest| !rest.starts_with('Z'))
+    };
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while running() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }
 
 /// Opens the gate when dropped, so that a failing test does not leave the gate
@@ -758,10 +798,6 @@ fn daemon_killed_while_sanitizing_leaves_no_clone() {
         ),
         "the client sees the daemon go away"
     );
-    // The hook and its (now dead) private mount are still there: remove them.
-    let _ = env_cleanup_hook(&env);
-    lazy_unmount_under(&env.base);
-
     // The killed daemon had committed the clone: it is in the pool on disk.
     {
         let pool = cowfs::pool::Pool::open(&env.base.join("pool"), &Default::default())
@@ -836,16 +872,68 @@ fn mount_without_daemon(env: &Env, branch: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Kill the gate hook's process group (its daemon is gone).
-fn env_cleanup_hook(env: &Env) -> Option<()> {
-    let pid: i32 = std::fs::read_to_string(env.gate(".pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    // SAFETY: kill(2) on the hook's own process group.
-    unsafe { libc::kill(-pid, libc::SIGKILL) };
-    Some(())
+/// A daemon killed (SIGKILL) while a hook ran: the hook died with it, but what
+/// the hook had daemonized (as `pg_ctl start` does a server: setsid, out of the
+/// hook's process group) ran on, in the clone's mount, as root.
+#[test]
+fn daemon_killed_during_a_hook_takes_what_the_hook_started_along() {
+    let env = Env::new();
+    let mut served = serve(&env.base);
+    let _gate = OpenGate(env.gate(""));
+    let mut admin = env.connect(&env.admin);
+    make_prod(&env, &mut admin);
+    let socket = env.socket();
+    let secret = env.admin.clone();
+    let creator = std::thread::spawn(move || {
+        let mut c = Client::connect(&socket, &secret).expect("connect");
+        c.branch_create_with("doomed", "prod", None, Some("daemonizes"), None)
+    });
+    env.wait_gate_started();
+    let hook = read_pid(&env.gate(".pid")).expect("hook pid");
+    let sleeper = read_pid(&env.gate(".sleeper")).expect("sleeper pid");
+    served.kill();
+    assert!(creator.join().expect("creator").is_err());
+    assert!(
+        gone_within(hook, 5),
+        "the hook outlived the daemon that started it"
+    );
+    assert!(
+        gone_within(sleeper, 5),
+        "what the hook daemonized outlived the daemon"
+    );
+}
+
+/// After a daemon killed while a hook ran, the next `cowfs serve` on the pool
+/// detaches the hook's dead mount of the clone, removes the hooks' directory in
+/// the scratch directory and deletes the unfinished clone.
+#[test]
+fn next_daemon_removes_what_a_killed_daemons_hook_left() {
+    let env = Env::new();
+    let mut served = serve(&env.base);
+    let _gate = OpenGate(env.gate(""));
+    let mut admin = env.connect(&env.admin);
+    make_prod(&env, &mut admin);
+    let (creator, private) = gated_victim(&env);
+    let mount = private.join("clone");
+    served.kill();
+    assert!(creator.join().expect("creator").is_err());
+    assert!(
+        is_mountpoint(&mount),
+        "the killed daemon left its dead mount"
+    );
+
+    let mut served = serve(&env.base);
+    let mut admin = env.connect(&env.admin);
+    assert!(!is_mountpoint(&mount), "the dead mount is still there");
+    let left: Vec<_> = std::fs::read_dir(env.base.join("scratch"))
+        .expect("scratch")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert!(left.is_empty(), "left in the scratch directory: {left:?}");
+    assert_eq!(kind(admin.info("victim")), ErrorKind::NotFound);
+    drop(admin);
+    assert_eq!(served.stop(), Some(0));
+    env.fsck_clean();
 }
 
 #[test]
@@ -862,11 +950,7 @@ fn sigterm_while_sanitizing_kills_the_hook_and_deletes_the_clone() {
         c.branch_create_with("stopped", "prod", None, Some("gate"), None)
     });
     env.wait_gate_started();
-    let pid: i32 = std::fs::read_to_string(env.gate(".pid"))
-        .expect("hook pid")
-        .trim()
-        .parse()
-        .expect("pid");
+    let pid = read_pid(&env.gate(".pid")).expect("hook pid");
     drop(admin);
     // The gate stays closed: the daemon must stop the hook itself, promptly.
     let start = Instant::now();
@@ -877,9 +961,7 @@ fn sigterm_while_sanitizing_kills_the_hook_and_deletes_the_clone() {
         start.elapsed()
     );
     assert!(creator.join().expect("creator").is_err());
-    // SAFETY: kill(2) with signal 0 only checks whether the process exists.
-    let alive = unsafe { libc::kill(pid, 0) } == 0;
-    assert!(!alive, "the hook was killed");
+    assert!(gone_within(pid, 5), "the hook was killed");
     assert!(!env.gate("").exists(), "the gate was never opened");
     // The clone was deleted at shutdown: the state file no longer names it.
     let state = std::fs::read_to_string(cowfs::control::sanitizing::state_path(

@@ -78,8 +78,9 @@ impl ControlServer {
     /// Bind `socket` (mode 0660; a stale socket file is replaced), load the pool's
     /// tokens (creating the admin token if the pool has none), the sanitize
     /// profiles of `config` and the pool's pseudonym key (created if missing),
-    /// delete clones a previous daemon left unfinished in state `sanitizing`, and
-    /// serve on background threads.
+    /// delete clones a previous daemon left unfinished in state `sanitizing` and
+    /// the directories its hooks left in the scratch directory, and serve on
+    /// background threads.
     pub fn start(
         pool: Arc<Pool>,
         mounts: Arc<MountTable>,
@@ -100,6 +101,9 @@ impl ControlServer {
         };
         let key = sanitize::load_or_create_key(pool.name())?;
         let state = sanitizing::SanitizeState::open(pool.name())?;
+        // A daemon killed while a hook ran left the hooks' directory; its dead
+        // mount there was detached by `MountTable::new` (`mounts` exists).
+        sanitize::private_dir::remove_stale(&profiles.scratch_dir, pool.id());
         let io = |source| ControlError::Io {
             path: socket.to_path_buf(),
             source,

@@ -481,6 +481,12 @@ impl Pool {
         &self.name
     }
 
+    /// The pool's identity: a random number chosen when it was created, the same
+    /// whatever path it is opened by.
+    pub fn id(&self) -> u64 {
+        self.e.lock().st.pool_id()
+    }
+
     /// Make everything done so far durable and atomic.
     pub fn commit(&self) -> PoolResult<()> {
         Ok(self.e.lock().commit()?)

@@ -1,20 +1,20 @@
 //! Hooks: commands run against the clone (for databases: start the server on the
 //! clone's data directory, rewrite the data with SQL, stop it). A hook runs in its
-//! own process group, in a clean environment: PATH (absolute entries only, see
-//! `hook_search_path`), the hook's `env`,
+//! own process group and PID namespace (see `pid_ns`), in a clean environment:
+//! PATH (absolute entries only, see `hook_search_path`), the hook's `env`,
 //! `$COWFS_CLONE_DIR`, `$COWFS_BRANCH` and `$COWFS_HOOK_KEY` (the pseudonym sub-key
 //! of the pool key, for the same pseudonyms in SQL). Its output is captured (the
-//! last `MAX_OUTPUT` bytes); on timeout the whole group is killed. If the daemon
-//! dies without cleaning up (SIGKILL), the kernel kills the hook's process (see
-//! `die_with_parent`). `run_hooks` gives the hooks a private read-write mount of
-//! the clone.
+//! last `MAX_OUTPUT` bytes). Every process it starts, daemonized or not, ends
+//! when the hook ends, when it is killed at its timeout, and when the daemon dies
+//! in any way (SIGKILL included). `run_hooks` gives the hooks a private
+//! read-write mount of the clone.
 
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use crate::pool::{BranchId, Pool};
 
 use super::super::mountinfo;
 use super::config::{Hook, Profile};
+use super::pid_ns;
 use super::private_dir;
 use super::pseudo::hook_key_hex;
 use super::SanitizeError;
@@ -34,8 +35,8 @@ use super::SanitizeError;
 pub const MAX_OUTPUT: usize = 64 << 10;
 /// PATH for hooks when the daemon has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// After the hook exits, how long to wait for its pipes to close (a daemonized
-/// grandchild may keep them open).
+/// After the hook ends, how long to wait for its pipes to close: processes of its
+/// namespace that were killed with it (at a timeout) may take a moment to go.
 const PIPE_GRACE: Duration = Duration::from_secs(2);
 
 /// What a successful hook did.
@@ -115,33 +116,6 @@ fn kill_group(pgid: u32) {
     }
 }
 
-/// In the forked hook, before exec: ask the kernel to SIGKILL it when its parent
-/// dies, so that a daemon killed without cleanup (SIGKILL, OOM killer) does not
-/// leave a hook running as root against a clone nobody will publish. `parent` is
-/// the daemon's pid: if it already died between fork and prctl, the signal will
-/// never come, so the hook is not started (spawn fails).
-///
-/// The kernel sends the signal when the *thread* that forked exits, not the
-/// process: `run_hook_cancellable` spawns on the calling thread and does not
-/// return before it has waited for the hook, so that thread outlives the hook.
-/// Only the hook's own process is covered: processes it starts (a database
-/// server) do not inherit the setting; they lose the clone's mount with the
-/// daemon, and the next daemon deletes the unfinished clone.
-fn die_with_parent(parent: libc::pid_t) -> std::io::Result<()> {
-    // SAFETY: prctl and getppid are async-signal-safe system calls (this runs
-    // between fork and exec); neither touches our memory, and building the
-    // io::Error from errno does not allocate.
-    unsafe {
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::getppid() != parent {
-            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-        }
-    }
-    Ok(())
-}
-
 /// Run one hook against `clone_dir` (any directory holding the clone's files).
 pub fn run_hook(
     hook: &Hook,
@@ -152,9 +126,9 @@ pub fn run_hook(
     run_hook_cancellable(hook, clone_dir, branch, hook_key, &AtomicBool::new(false))
 }
 
-/// `run_hook`, killing the hook (its whole group) and returning `Cancelled` soon
-/// after `cancel` is set. Returns only once the hook's process was waited for
-/// (`die_with_parent` relies on it).
+/// `run_hook`, killing the hook (with every process it started) and returning
+/// `Cancelled` soon after `cancel` is set. Returns only once the hook's process
+/// was waited for (`pid_ns::enter` relies on it).
 pub fn run_hook_cancellable(
     hook: &Hook,
     clone_dir: &Path,
@@ -183,16 +157,17 @@ pub fn run_hook_cancellable(
         .process_group(0);
     // SAFETY: getpid cannot fail and touches no memory.
     let daemon = unsafe { libc::getpid() };
-    // SAFETY: the closure runs in the forked child and only makes the
-    // async-signal-safe calls of `die_with_parent`.
+    // SAFETY: the closure runs in the forked child and only makes the system
+    // calls of `pid_ns::enter`, without allocating.
     unsafe {
-        cmd.pre_exec(move || die_with_parent(daemon));
+        cmd.pre_exec(move || pid_ns::enter(daemon));
     }
     let mut child = cmd.spawn().map_err(|source| SanitizeError::HookSpawn {
         hook: hook.name.clone(),
         program: hook.argv[0].clone(),
         source,
     })?;
+    // The relay (see `pid_ns`): it leads the group, and the namespace ends with it.
     let pgid = child.id();
     let tail = Arc::new(Mutex::new(Tail::default()));
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -252,10 +227,12 @@ pub fn run_hook_cancellable(
             }
         }
     };
-    // Whatever the hook left running in its group goes too: it would hold the
-    // clone's mount busy.
-    kill_group(pgid);
+    // A relay that ended by itself did so after the init, whose end took every
+    // process left in the namespace: nothing of the hook runs any more. Timed
+    // out or cancelled: its group goes (the relay, the init, and the hook unless
+    // it left the group), and with the init the whole namespace.
     if status.is_none() {
+        kill_group(pgid);
         let _ = child.wait();
     }
     let grace = Instant::now() + PIPE_GRACE;
@@ -263,7 +240,7 @@ pub fn run_hook_cancellable(
         let left = grace.saturating_duration_since(Instant::now());
         if done_rx.recv_timeout(left).is_err() {
             tail.lock()
-                .push(b"\n[a process outside the hook's group still holds its output open]\n");
+                .push(b"\n[the hook's output was still held open after it ended]\n");
             break;
         }
     }
@@ -329,8 +306,6 @@ fn exists(pool: &Pool, b: BranchId, path: &str) -> Result<bool, SanitizeError> {
     Ok(true)
 }
 
-static MOUNT_SEQ: AtomicU64 = AtomicU64::new(0);
-
 /// Run the profile's hooks whose `when_exists` holds, against one private
 /// read-write mount of `branch` in a fresh private directory under `scratch`
 /// (see `private_dir`; unmounted and removed afterwards, also on failure). Stops
@@ -378,12 +353,8 @@ pub fn run_hooks_cancellable(
         return Ok(Vec::new());
     }
     let hook_key = hook_key_hex(key).ok_or(SanitizeError::KeyTooShort)?;
-    let private: PathBuf = scratch.join(format!(
-        ".cowfs-sanitize-{}-{}",
-        std::process::id(),
-        MOUNT_SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let dir = private.join("clone");
+    let private: PathBuf = private_dir::new_path(scratch, pool.id());
+    let dir = private.join(private_dir::MOUNT_POINT);
     let io = |source| SanitizeError::Scratch {
         dir: private.clone(),
         source,
@@ -582,29 +553,148 @@ mod tests {
         );
     }
 
-    /// A daemon killed by SIGKILL runs no cleanup: its hook kept running (as root,
-    /// on a clone that will never be published) until its own timeout. This test
-    /// runs `hook_of_a_daemon_about_to_be_killed` in a child process standing in
-    /// for the daemon, kills that child once the hook runs, and expects the hook
-    /// to die with it.
+    /// Shell for a hook: start `sleep 1000` in a session of its own, out of the
+    /// hook's process group as a daemonizing server (`pg_ctl start`) is, and wait
+    /// until its pid is in the file `$SLEEPER`. The pid is read from /proc/self,
+    /// which is the test's view: `$!` would be the hook's namespace's pid.
+    const DAEMONIZE: &str = r#"setsid sh -c 'read -r pid rest < /proc/self/stat; echo $pid > "$SLEEPER.new"; mv "$SLEEPER.new" "$SLEEPER"; exec sleep 1000' </dev/null >/dev/null 2>&1 &
+while [ ! -e "$SLEEPER" ]; do sleep 0.02; done
+"#;
+
+    /// `hook(cmd)` with `$SLEEPER` set to `sleeper` (see `DAEMONIZE`).
+    fn daemonizing_hook(cmd: &str, timeout_ms: u64, sleeper: &Path) -> Hook {
+        let mut h = hook(&format!("{DAEMONIZE}{cmd}"), timeout_ms);
+        h.env
+            .insert("SLEEPER".into(), sleeper.to_string_lossy().into_owned());
+        h
+    }
+
+    fn read_pid(file: &Path) -> Option<u32> {
+        std::fs::read_to_string(file).ok()?.trim().parse().ok()
+    }
+
+    /// Whether `pid` is gone (or a zombie) within `secs` seconds.
+    fn gone_within(pid: u32, secs: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while running(pid) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// Kills, when dropped, the processes whose pids these files hold: whatever
+    /// a test's hooks left running, also when the test fails.
+    struct KillPids(Vec<PathBuf>);
+
+    impl Drop for KillPids {
+        fn drop(&mut self) {
+            for pid in self.0.iter().filter_map(|f| read_pid(f)) {
+                if running(pid) {
+                    if let Ok(pid) = i32::try_from(pid) {
+                        // SAFETY: kill(2) on a process this test's hook started.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
+        }
+    }
+
+    /// A process the hook daemonized (setsid) left the hook's process group, so
+    /// the group kill at the timeout missed it and it ran on, holding the clone.
     #[test]
-    fn a_killed_daemon_takes_its_hook_along() {
+    fn timeout_kills_what_the_hook_daemonized() {
+        let dir = tempfile::tempdir().unwrap();
+        let sleeper = dir.path().join("sleeper");
+        let _kill = KillPids(vec![sleeper.clone()]);
+        let e = run_hook(
+            &daemonizing_hook("echo started; sleep 30", 2_000, &sleeper),
+            dir.path(),
+            "b",
+            "k",
+        )
+        .unwrap_err();
+        assert!(matches!(e, SanitizeError::HookTimeout { .. }), "{e:?}");
+        let pid = read_pid(&sleeper).expect("the hook started its sleeper");
+        assert!(gone_within(pid, 5), "the daemonized sleeper survived");
+    }
+
+    /// A hook that ends by itself takes what it started along: by the time
+    /// `run_hook` returns, even a daemonized process is gone.
+    #[test]
+    fn what_a_hook_leaves_running_ends_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let sleeper = dir.path().join("sleeper");
+        let _kill = KillPids(vec![sleeper.clone()]);
+        let r = run_hook(
+            &daemonizing_hook("echo done", 30_000, &sleeper),
+            dir.path(),
+            "b",
+            "k",
+        )
+        .unwrap();
+        assert_eq!(r.output, "done\n");
+        let pid = read_pid(&sleeper).expect("the hook started its sleeper");
+        assert!(!running(pid), "the daemonized sleeper outlived its hook");
+    }
+
+    /// The daemon sees the hook's own end through the relay (see `pid_ns`): a
+    /// signal stays a signal, and the relay, a copy of the daemon's memory,
+    /// leaves no core file for a core-dumping one.
+    #[test]
+    fn a_hook_killed_by_a_signal_is_reported_so() {
+        let dir = tempfile::tempdir().unwrap();
+        for sig in [libc::SIGTERM, libc::SIGSEGV] {
+            let e = run_hook(
+                &hook(&format!("echo dying; kill -{sig} $$"), 10_000),
+                dir.path(),
+                "b",
+                "k",
+            )
+            .unwrap_err();
+            match e {
+                SanitizeError::HookFailed {
+                    exit_code,
+                    signal,
+                    output,
+                    ..
+                } => {
+                    assert_eq!((exit_code, signal), (None, Some(sig)));
+                    assert_eq!(output, "dying\n");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// A daemon killed by SIGKILL runs no cleanup: its hook kept running (as root,
+    /// on a clone that will never be published) until its own timeout, and what
+    /// the hook had daemonized (a database server) ran on even once the hook was
+    /// made to die with the daemon. This test runs
+    /// `hook_of_a_daemon_about_to_be_killed` in a child process standing in for
+    /// the daemon, kills that child once the hook runs, and expects the hook and
+    /// its daemonized sleeper to die with it.
+    #[test]
+    fn a_killed_daemon_takes_its_hook_and_what_it_started_along() {
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("hook.pid");
+        let sleeper = dir.path().join("sleeper");
+        let _kill = KillPids(vec![pid_file.clone(), sleeper.clone()]);
         let mut daemon = Command::new(std::env::current_exe().unwrap())
             .args(["--ignored", "--exact", "--test-threads=1"])
             .arg("control::sanitize::hook::tests::hook_of_a_daemon_about_to_be_killed")
             .env(PID_FILE_VAR, &pid_file)
+            .env(SLEEPER_VAR, &sleeper)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         let hook_pid = loop {
-            if let Some(pid) = std::fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|s| s.trim().parse::<u32>().ok())
-            {
+            if let Some(pid) = read_pid(&pid_file) {
                 break pid;
             }
             if Instant::now() > deadline {
@@ -614,19 +704,21 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
+        let sleeper_pid = read_pid(&sleeper).expect("the hook started its sleeper first");
         daemon.kill().unwrap();
         daemon.wait().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while running(hook_pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let survived = running(hook_pid);
-        // Leave nothing behind, whatever the outcome (the hook leads its group).
-        kill_group(hook_pid);
-        assert!(!survived, "the hook outlived the daemon that started it");
+        assert!(
+            gone_within(hook_pid, 5),
+            "the hook outlived the daemon that started it"
+        );
+        assert!(
+            gone_within(sleeper_pid, 5),
+            "what the hook daemonized outlived the daemon"
+        );
     }
 
     const PID_FILE_VAR: &str = "COWFS_TEST_HOOK_PID_FILE";
+    const SLEEPER_VAR: &str = "COWFS_TEST_HOOK_SLEEPER_FILE";
 
     /// Is `pid` a live process (not gone, not a zombie waiting for its reaper)?
     fn running(pid: u32) -> bool {
@@ -639,19 +731,25 @@ mod tests {
             .is_some_and(|rest| !rest.starts_with('Z'))
     }
 
-    /// The "daemon" of `a_killed_daemon_takes_its_hook_along`: runs a hook that
-    /// publishes its pid and sleeps. Does nothing unless that test runs it.
+    /// The "daemon" of `a_killed_daemon_takes_its_hook_and_what_it_started_along`:
+    /// runs a hook that daemonizes a sleeper, publishes its own pid (as the test
+    /// sees it) and sleeps. Does nothing unless that test runs it.
     #[test]
-    #[ignore = "run by a_killed_daemon_takes_its_hook_along in a process it kills"]
+    #[ignore = "run by a_killed_daemon_takes_its_hook_and_what_it_started_along in a process it kills"]
     fn hook_of_a_daemon_about_to_be_killed() {
-        let Some(pid_file) = std::env::var(PID_FILE_VAR).ok() else {
+        let (Some(pid_file), Some(sleeper)) = (
+            std::env::var_os(PID_FILE_VAR),
+            std::env::var_os(SLEEPER_VAR),
+        ) else {
             return;
         };
-        let mut h = hook(
-            r#"echo $$ > "$PID_FILE.new" && mv "$PID_FILE.new" "$PID_FILE" && exec sleep 60"#,
+        let mut h = daemonizing_hook(
+            r#"read -r pid rest < /proc/self/stat; echo $pid > "$PID_FILE.new" && mv "$PID_FILE.new" "$PID_FILE" && exec sleep 60"#,
             120_000,
+            Path::new(&sleeper),
         );
-        h.env.insert("PID_FILE".into(), pid_file);
+        h.env
+            .insert("PID_FILE".into(), pid_file.to_string_lossy().into_owned());
         let _ = run_hook(&h, Path::new("/"), "b", "k");
     }
 

@@ -6,6 +6,7 @@
 //! - `scan`: streaming redaction of one file with a carry between chunks
 //! - `apply`: the tree walk applying file rules through the pool API
 //! - `hook`: hook commands, with a private mount of the clone
+//! - `pid_ns`: the PID namespace a hook and everything it starts run in
 //! - `private_dir`: the directory of that mount, reachable by the daemon alone
 //! - `key`: the per-pool pseudonym key beside the pool
 //!
@@ -17,7 +18,8 @@ pub mod config;
 pub mod detect;
 pub mod hook;
 pub mod key;
-mod private_dir;
+mod pid_ns;
+pub(crate) mod private_dir;
 pub mod pseudo;
 mod scan;
 

@@ -1,6 +1,6 @@
-//! The hooks' private directory: `SCRATCH/.cowfs-sanitize-PID-N/`, mode 0700 and
-//! owned by the daemon, holding the mount point `clone/` of the clone being
-//! sanitized. The clone is mounted `allow_other` and still holds personal data,
+//! The hooks' private directory: `SCRATCH/.cowfs-sanitize-POOL-PID-N/` (POOL the
+//! pool's id in hex, PID the daemon's), mode 0700 and owned by the daemon,
+//! holding the mount point `clone/` of the clone being sanitized. The clone is mounted `allow_other` and still holds personal data,
 //! so nobody else may reach it: not other local users (no path through the
 //! directory), and not tokens (the daemon refuses mounts inside it, see
 //! `control::mount_points`). A hook that runs a server as the owner of its data
@@ -11,6 +11,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// ACL tags and permissions of the kernel's `system.posix_acl_access` format
 /// (linux/posix_acl_xattr.h).
@@ -21,6 +22,83 @@ const ACL_GROUP_OBJ: u16 = 0x04;
 const ACL_MASK: u16 = 0x10;
 const ACL_OTHER: u16 = 0x20;
 const ACL_UNDEFINED_ID: u32 = u32::MAX;
+
+const PREFIX: &str = ".cowfs-sanitize-";
+/// The mount point inside the private directory.
+pub const MOUNT_POINT: &str = "clone";
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A name for a new private directory under `scratch` for the pool `pool_id`.
+pub fn new_path(scratch: &Path, pool_id: u64) -> PathBuf {
+    scratch.join(format!(
+        "{PREFIX}{pool_id:016x}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// At daemon start, after the pool's dead mounts were detached (`MountTable::new`):
+/// remove the private directories under `scratch` that a daemon of this pool
+/// killed while a hook ran left behind. Only this pool's (the scratch directory
+/// may be shared), only those of a process that is gone (or of this one: no hook
+/// ran here yet, and a pid is reused), and only empty ones: rmdir refuses a
+/// mount point still in use (EBUSY) and a directory with anything in it.
+pub fn remove_stale(scratch: &Path, pool_id: u64) {
+    let Ok(entries) = std::fs::read_dir(scratch) else {
+        return;
+    };
+    let ours = format!("{PREFIX}{pool_id:016x}-");
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&ours)) else {
+            continue;
+        };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if pid.is_none_or(|p| p != std::process::id() && alive(p)) {
+            continue;
+        }
+        let dir = entry.path();
+        let clone = dir.join(MOUNT_POINT);
+        match std::fs::remove_dir(&clone) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                log::warn!(
+                    "{}: left by a previous daemon, not removed: {e}",
+                    clone.display()
+                );
+                continue;
+            }
+        }
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => log::warn!(
+                "{}: removed the hooks' directory a previous daemon of this pool left",
+                dir.display()
+            ),
+            Err(e) => log::warn!(
+                "{}: left by a previous daemon, not removed: {e}",
+                dir.display()
+            ),
+        }
+    }
+}
+
+/// Is process `pid` there (a zombie included)? Not a pid (0, or beyond
+/// pid_t): taken as there, so that nothing is removed for it.
+fn alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    if pid == 0 {
+        return true;
+    }
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    if unsafe { libc::kill(pid, 0) } == 0 {
+        return true;
+    }
+    io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
 
 /// Create `dir` with mode 0700 (it must not exist: a directory someone else
 /// prepared could be theirs).
@@ -130,5 +208,37 @@ mod tests {
             std::fs::metadata(&d).unwrap().permissions().mode() & 0o777,
             0o710
         );
+    }
+
+    /// At start, a daemon removes what a killed daemon of its pool left, and
+    /// nothing another pool's daemon, a live process or a hook still uses.
+    #[test]
+    fn only_this_pools_empty_directories_of_gone_processes_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let scratch = tmp.path();
+        let (pool, other) = (0x2149_d1ab_01f9_ba95_u64, 7_u64);
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let live = std::os::unix::process::parent_id();
+        let dir = |pool: u64, pid: u32, n: u32| {
+            let d = scratch.join(format!("{PREFIX}{pool:016x}-{pid}-{n}"));
+            std::fs::create_dir_all(d.join(MOUNT_POINT)).unwrap();
+            d
+        };
+        let stale = dir(pool, gone, 0);
+        let own_pid = dir(pool, std::process::id(), 3);
+        let live_pid = dir(pool, live, 0);
+        let other_pool = dir(other, gone, 0);
+        let in_use = dir(pool, gone, 1);
+        std::fs::write(in_use.join(MOUNT_POINT).join("f"), b"").unwrap();
+        let unrelated = scratch.join(".cowfs-sanitize-x");
+        std::fs::create_dir(&unrelated).unwrap();
+        remove_stale(scratch, pool);
+        assert!(!stale.exists() && !own_pid.exists());
+        for kept in [&live_pid, &other_pool, &in_use, &unrelated] {
+            assert!(kept.exists(), "{kept:?} was removed");
+        }
+        assert!(in_use.join(MOUNT_POINT).join("f").exists());
     }
 }

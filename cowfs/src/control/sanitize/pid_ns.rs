@@ -1,0 +1,286 @@
+//! A hook and every process it starts live in a PID namespace of their own, so
+//! that none of them outlives the hook or the daemon. PR_SET_PDEATHSIG covers
+//! one process and is not inherited, and a process group is left by whatever
+//! calls setsid (a server that daemonizes, `pg_ctl start`); such a process kept
+//! the clone's files open after the daemon was killed. A PID namespace cannot be
+//! left, and when its first process (its init) ends, the kernel SIGKILLs every
+//! process still in it.
+//!
+//! `enter` runs between fork and exec of the process the daemon spawns, and
+//! makes three processes of it:
+//!
+//! - the relay: the daemon's child and the leader of the hook's process group.
+//!   It dies with the daemon (`die_with_parent`), waits for the init, and ends
+//!   as the hook ended (its exit code, or the signal that killed it), so the
+//!   daemon sees the hook's status. It never execs.
+//! - the init: pid 1 of the new namespace. It dies with the relay (SIGKILL on
+//!   parent death again), reaps the orphans the kernel hands it, and ends as
+//!   soon as the hook does, taking every process left in the namespace along.
+//! - the hook: pid 2, the init's child; `enter` returns in it alone, and it
+//!   execs the hook's program.
+//!
+//! The daemon dying in any way (SIGKILL, OOM killer) thus kills the relay, which
+//! kills the init and with it the whole namespace; a timeout or cancel kills the
+//! process group (the relay, the init, the hook), to the same end. Inside, pids
+//! are the namespace's (`$$`, `$!`, a postmaster.pid agree with each other and
+//! with kill), but /proc is still the daemon's: `/proc/self` is right,
+//! `/proc/$$` is not. The new namespace needs CAP_SYS_ADMIN, as the clone's
+//! mount does.
+//!
+//! Everything here runs in a child forked from the multi-threaded daemon, before
+//! exec: system calls only, no allocation, no locks.
+
+use std::io;
+
+use libc::{c_int, c_uint};
+
+/// The relay's exit code when the init ended without a status of the hook
+/// (it failed to start it, or was killed).
+const NO_STATUS: c_int = 127;
+
+/// Turn the process just forked for a hook into the relay, the init and the
+/// hook described above; returns `Ok` in the hook only, which then execs.
+/// `daemon` is the daemon's pid. An error before the relay forks, or in the
+/// init before the hook forks, is returned there and fails the spawn with it;
+/// otherwise the relay and the init end with `_exit`.
+///
+/// Only for `pre_exec`.
+pub(super) fn enter(daemon: libc::pid_t) -> io::Result<()> {
+    die_with_parent(daemon)?;
+    let mut fds: [c_int; 2] = [-1; 2];
+    // SAFETY: unshare and pipe2 are system calls; `fds` is a valid array of two.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWPID) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // The init reports the hook's status through this pipe; while the relay
+    // lives, the pipe has a reader, which is how the init tells that it does.
+    let [status_r, status_w] = fds;
+    // SAFETY: fork in a single-threaded child; each side goes on with system
+    // calls only, and closes the end of the pipe it does not use.
+    match unsafe { libc::fork() } {
+        -1 => {
+            let e = io::Error::last_os_error();
+            close(status_r);
+            close(status_w);
+            Err(e)
+        }
+        0 => {
+            close(status_r);
+            init(status_w)
+        }
+        init_pid => {
+            close(status_w);
+            relay(init_pid, status_r)
+        }
+    }
+}
+
+/// In the relay: ask the kernel to SIGKILL it when its parent, the daemon,
+/// dies. `parent` is the daemon's pid: if it already died between fork and
+/// prctl, the signal will never come, so the hook is not started (spawn fails).
+/// The kernel sends the signal when the *thread* that forked exits, not the
+/// process: `run_hook_cancellable` spawns on the calling thread and does not
+/// return before it has waited for the relay, so that thread outlives it.
+fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
+    // SAFETY: prctl and getppid are system calls that touch none of our memory;
+    // building the io::Error from errno does not allocate.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::getppid() != parent {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    Ok(())
+}
+
+/// The init, pid 1 of the new namespace: starts the hook (returning in it) and
+/// waits for it; never returns otherwise.
+fn init(status_w: c_int) -> io::Result<()> {
+    // SAFETY: prctl and poll are system calls; `p` is a valid pollfd.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // getppid says 0 here (the relay is outside the namespace), so whether
+        // the relay died before the prctl shows on the pipe: no reader left. A
+        // dying process closes its files before the kernel signals its
+        // children, so either this poll sees the relay gone or the signal comes.
+        let mut p = libc::pollfd {
+            fd: status_w,
+            events: 0,
+            revents: 0,
+        };
+        if libc::poll(&mut p, 1, 0) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if p.revents & libc::POLLERR != 0 {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    // SAFETY: fork in the single-threaded init; see `enter`.
+    let hook = unsafe { libc::fork() };
+    match hook {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            close(status_w);
+            Ok(())
+        }
+        _ => {
+            // The hook holds what it needs (its stdio and spawn's error pipe);
+            // kept here, they would stay open after it ends.
+            close_all_but(status_w);
+            let status = wait_for(hook);
+            if let Some(st) = status {
+                let bytes = st.to_ne_bytes();
+                // SAFETY: write from a live 4-byte buffer; a pipe write this
+                // small is atomic.
+                unsafe { libc::write(status_w, bytes.as_ptr().cast(), bytes.len()) };
+            }
+            // Exiting ends the namespace: the kernel kills what the hook left.
+            exit(if status.is_some() { 0 } else { NO_STATUS })
+        }
+    }
+}
+
+/// In the init: reap every child until `hook` ends; its wait status.
+fn wait_for(hook: libc::pid_t) -> Option<c_int> {
+    loop {
+        let mut st: c_int = 0;
+        // SAFETY: waitpid writes the status into `st`.
+        let pid = unsafe { libc::waitpid(-1, &mut st, 0) };
+        if pid == hook {
+            return Some(st);
+        }
+        if pid < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return None;
+        }
+    }
+}
+
+/// The relay: wait for the init, then end as the hook did.
+fn relay(init: libc::pid_t, status_r: c_int) -> ! {
+    // Its copies of the daemon's descriptors (its FUSE connections, sockets, the
+    // pipe spawn waits on to see the exec) are not the relay's to keep open.
+    close_all_but(status_r);
+    let mut bytes = [0u8; 4];
+    let mut got = 0;
+    while got < bytes.len() {
+        // SAFETY: read into the unfilled rest of `bytes`.
+        let n = unsafe {
+            libc::read(
+                status_r,
+                bytes[got..].as_mut_ptr().cast(),
+                bytes.len() - got,
+            )
+        };
+        match n {
+            n if n > 0 => got += n as usize,
+            0 => break,
+            _ if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+            _ => break,
+        }
+    }
+    let mut init_status: c_int = 0;
+    loop {
+        // SAFETY: waitpid writes the status into `init_status`.
+        let r = unsafe { libc::waitpid(init, &mut init_status, 0) };
+        if r >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break;
+        }
+    }
+    // Without a report, the init's own end stands for the hook's (SIGKILL from
+    // the daemon's group kill, or its failure to start the hook).
+    let st = if got == bytes.len() {
+        c_int::from_ne_bytes(bytes)
+    } else {
+        init_status
+    };
+    if libc::WIFSIGNALED(st) {
+        die_by(libc::WTERMSIG(st));
+    }
+    exit(if libc::WIFEXITED(st) {
+        libc::WEXITSTATUS(st)
+    } else {
+        NO_STATUS
+    })
+}
+
+/// End the relay by the signal `sig`, as the hook ended.
+fn die_by(sig: c_int) -> ! {
+    // SAFETY: system calls on this process only; `dfl` and `set` are valid
+    // structures initialised by sigemptyset before use.
+    unsafe {
+        // The relay is a copy of the daemon's memory (keys, token secrets): a
+        // core-dumping signal must not write it out.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong);
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut dfl.sa_mask);
+        libc::sigaction(sig, &dfl, std::ptr::null_mut());
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::kill(libc::getpid(), sig);
+    }
+    // A signal whose default is not to end the process: the shell's convention.
+    exit(128 + sig)
+}
+
+fn exit(code: c_int) -> ! {
+    // SAFETY: _exit ends the process without running anything of the daemon's
+    // (no atexit handlers, no destructors of its state).
+    unsafe { libc::_exit(code) }
+}
+
+fn close(fd: c_int) {
+    // SAFETY: closes a descriptor this process owns.
+    unsafe { libc::close(fd) };
+}
+
+/// Close every descriptor but `keep`.
+fn close_all_but(keep: c_int) {
+    let keep = keep as c_uint;
+    if keep > 0 {
+        close_range(0, keep - 1);
+    }
+    close_range(keep + 1, c_uint::MAX);
+}
+
+/// Close descriptors `first..=last`.
+fn close_range(first: c_uint, last: c_uint) {
+    // SAFETY: close_range only closes descriptors, none of which this process
+    // uses any more.
+    if unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as c_uint) } == 0 {
+        return;
+    }
+    // Linux before 5.9: one by one, up to the descriptor limit.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into `lim`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    // The kernel's default ceiling (fs.nr_open): an unlimited limit is not a
+    // loop bound.
+    let end = u64::from(last)
+        .min(lim.rlim_cur.saturating_sub(1))
+        .min((1 << 20) - 1);
+    for fd in u64::from(first)..=end {
+        close(fd as c_int);
+    }
+}
