@@ -1224,7 +1224,7 @@ fn sanitize_failure(
             f.timed_out = true;
             f.output = Some(output.clone());
         }
-        SanitizeError::HookSpawn { hook, .. } => {
+        SanitizeError::HookSpawn { hook, .. } | SanitizeError::HookNamespace { hook, .. } => {
             f.stage = "hook".into();
             f.hook = Some(hook.clone());
         }

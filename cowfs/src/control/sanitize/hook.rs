@@ -162,11 +162,21 @@ pub fn run_hook_cancellable(
     unsafe {
         cmd.pre_exec(move || pid_ns::enter(daemon));
     }
-    let mut child = cmd.spawn().map_err(|source| SanitizeError::HookSpawn {
-        hook: hook.name.clone(),
-        program: hook.argv[0].clone(),
-        source,
-    })?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|source| match pid_ns::setup_failure(&source) {
+            Some(f) => SanitizeError::HookNamespace {
+                hook: hook.name.clone(),
+                step: f.step,
+                hint: f.hint,
+                source: f.source,
+            },
+            None => SanitizeError::HookSpawn {
+                hook: hook.name.clone(),
+                program: hook.argv[0].clone(),
+                source,
+            },
+        })?;
     // The relay (see `pid_ns`): it leads the group, and the namespace ends with it.
     let pgid = child.id();
     let tail = Arc::new(Mutex::new(Tail::default()));
@@ -842,6 +852,109 @@ while [ ! -e "$SLEEPER" ]; do sleep 0.02; done
             !out.contains(PLANTED_RAN),
             "the shell ran the clone's program: {out}"
         );
+    }
+
+    /// CAP_SYS_ADMIN out of this thread's effective capabilities until dropped
+    /// (capabilities are per thread, and a child gets its forking thread's): a
+    /// daemon that may not create PID namespaces, as in a container that
+    /// refuses them.
+    struct WithoutSysAdmin([CapData; 2]);
+
+    /// `struct __user_cap_data_struct` (linux/capability.h).
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+
+    /// `struct __user_cap_header_struct`, version 3, this thread.
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: libc::c_int,
+    }
+
+    const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    const CAP_SYS_ADMIN: u32 = 21;
+
+    fn set_caps(data: &[CapData; 2]) {
+        let mut h = CapHeader {
+            version: CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        // SAFETY: capset reads the header and two data structs, all live.
+        let r = unsafe { libc::syscall(libc::SYS_capset, &mut h, data.as_ptr()) };
+        assert_eq!(r, 0, "capset: {}", std::io::Error::last_os_error());
+    }
+
+    impl WithoutSysAdmin {
+        fn new() -> WithoutSysAdmin {
+            let mut h = CapHeader {
+                version: CAPABILITY_VERSION_3,
+                pid: 0,
+            };
+            let mut saved = [CapData::default(); 2];
+            // SAFETY: capget writes the header and two data structs, all live.
+            let r = unsafe { libc::syscall(libc::SYS_capget, &mut h, saved.as_mut_ptr()) };
+            assert_eq!(r, 0, "capget: {}", std::io::Error::last_os_error());
+            let mut less = saved;
+            less[0].effective &= !(1 << CAP_SYS_ADMIN);
+            set_caps(&less);
+            WithoutSysAdmin(saved)
+        }
+    }
+
+    impl Drop for WithoutSysAdmin {
+        fn drop(&mut self) {
+            set_caps(&self.0);
+        }
+    }
+
+    /// Where the kernel refuses a PID namespace (no CAP_SYS_ADMIN; a container's
+    /// seccomp policy; /proc/sys/user/max_pid_namespaces reached) the hook
+    /// cannot run, and the error must say so: it said "cannot run /bin/sh:
+    /// Operation not permitted", blaming the hook's program.
+    #[test]
+    fn a_refused_pid_namespace_is_named_as_the_cause() {
+        let e = {
+            let _no_admin = WithoutSysAdmin::new();
+            run_hook(&hook("echo ran", 10_000), Path::new("/"), "b", "k").unwrap_err()
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains("PID namespace")
+                && msg.contains("unshare(CLONE_NEWPID)")
+                && msg.contains("CAP_SYS_ADMIN")
+                && msg.contains("max_pid_namespaces"),
+            "{msg}"
+        );
+        assert!(!msg.contains("cannot run"), "{msg}");
+        // The thread's capabilities are back: hooks run again.
+        run_hook(&hook("echo ran", 10_000), Path::new("/"), "b", "k").unwrap();
+    }
+
+    /// The program's own exec error comes from the hook's process, two forks
+    /// below the daemon's child: it still fails the spawn, at once, naming the
+    /// program and not the namespace.
+    #[test]
+    fn a_program_that_cannot_run_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = hook("", 10_000);
+        h.argv = vec![dir.path().join("gone").to_string_lossy().into_owned()];
+        let start = Instant::now();
+        let e = run_hook(&h, dir.path(), "b", "k").unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(5));
+        match &e {
+            SanitizeError::HookSpawn {
+                program, source, ..
+            } => {
+                assert_eq!(program, &h.argv[0]);
+                assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -112,6 +112,16 @@ pub enum SanitizeError {
         program: String,
         source: std::io::Error,
     },
+    /// The hook's PID namespace (see `pid_ns`) could not be set up.
+    #[error(
+        "hook '{hook}': cannot start it in a PID namespace of its own: {step}: {source}{hint}"
+    )]
+    HookNamespace {
+        hook: String,
+        step: &'static str,
+        hint: &'static str,
+        source: std::io::Error,
+    },
     #[error("hook '{hook}' failed ({}); its output:\n{output}", match (exit_code, signal) { (Some(c), _) => format!("exit code {c}"), (None, Some(s)) => format!("killed by signal {s}"), _ => "no exit status".to_string() })]
     HookFailed {
         hook: String,

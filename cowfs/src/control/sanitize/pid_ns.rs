@@ -38,11 +38,77 @@ use libc::{c_int, c_uint};
 /// (it failed to start it, or was killed).
 const NO_STATUS: c_int = 127;
 
+/// A failed step of the setup reaches the daemon as spawn's error, which
+/// carries an errno value and nothing else, as does the hook program's own
+/// exec failure. Unmarked, a refused unshare read "cannot run /bin/sh:
+/// Operation not permitted". So the step's errors carry this bit (errno values
+/// stay below 4096) and the step's number from `STEP_SHIFT` up.
+const SETUP_FAILED: c_int = 1 << 30;
+const STEP_SHIFT: u32 = 16;
+const ERRNO_MASK: c_int = (1 << STEP_SHIFT) - 1;
+
+/// The steps of the setup whose failure `setup_failure` tells apart.
+#[derive(Clone, Copy)]
+enum Step {
+    /// unshare(CLONE_NEWPID) in the relay.
+    Unshare = 1,
+    /// The relay's pipe and fork of the init.
+    Init = 2,
+    /// The init's checks and its fork of the hook.
+    Hook = 3,
+}
+
+/// `Step`'s error, errno taken from the failed call, marked for
+/// `setup_failure`. Builds the io::Error from a number: no allocation.
+fn failed(step: Step) -> io::Error {
+    let errno = io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO);
+    failed_with(step, errno)
+}
+
+fn failed_with(step: Step, errno: c_int) -> io::Error {
+    io::Error::from_raw_os_error(SETUP_FAILED | (step as c_int) << STEP_SHIFT | errno & ERRNO_MASK)
+}
+
+/// A setup step of `enter` that failed, as the daemon learns it from spawn.
+#[derive(Debug)]
+pub(super) struct SetupFailure {
+    /// What failed.
+    pub step: &'static str,
+    /// What the daemon may need for it (empty if nothing in particular).
+    pub hint: &'static str,
+    /// The step's own error.
+    pub source: io::Error,
+}
+
+/// In the daemon, for an error of `Command::spawn`: the step of `enter` that
+/// failed, or `None` when the error is not one of them (the hook's program
+/// could not be executed, its working directory entered, ...).
+pub(super) fn setup_failure(e: &io::Error) -> Option<SetupFailure> {
+    let raw = e.raw_os_error()?;
+    if raw & SETUP_FAILED == 0 {
+        return None;
+    }
+    let source = io::Error::from_raw_os_error(raw & ERRNO_MASK);
+    let (step, hint) = match (raw & !SETUP_FAILED) >> STEP_SHIFT {
+        s if s == Step::Unshare as c_int => (
+            "unshare(CLONE_NEWPID)",
+            " (the daemon needs CAP_SYS_ADMIN, a kernel with PID namespaces, and room \
+             for one more: /proc/sys/user/max_pid_namespaces, at most 32 levels deep)",
+        ),
+        s if s == Step::Init as c_int => ("starting the namespace's init", ""),
+        s if s == Step::Hook as c_int => ("starting the hook in the namespace", ""),
+        _ => return None,
+    };
+    Some(SetupFailure { step, hint, source })
+}
+
 /// Turn the process just forked for a hook into the relay, the init and the
 /// hook described above; returns `Ok` in the hook only, which then execs.
 /// `daemon` is the daemon's pid. An error before the relay forks, or in the
-/// init before the hook forks, is returned there and fails the spawn with it;
-/// otherwise the relay and the init end with `_exit`.
+/// init before the hook forks, is returned there and fails the spawn with it
+/// (see `setup_failure`); otherwise the relay and the init end with `_exit`.
 ///
 /// Only for `pre_exec`.
 pub(super) fn enter(daemon: libc::pid_t) -> io::Result<()> {
@@ -51,10 +117,10 @@ pub(super) fn enter(daemon: libc::pid_t) -> io::Result<()> {
     // SAFETY: unshare and pipe2 are system calls; `fds` is a valid array of two.
     unsafe {
         if libc::unshare(libc::CLONE_NEWPID) != 0 {
-            return Err(io::Error::last_os_error());
+            return Err(failed(Step::Unshare));
         }
         if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
-            return Err(io::Error::last_os_error());
+            return Err(failed(Step::Init));
         }
     }
     // The init reports the hook's status through this pipe; while the relay
@@ -64,7 +130,7 @@ pub(super) fn enter(daemon: libc::pid_t) -> io::Result<()> {
     // calls only, and closes the end of the pipe it does not use.
     match unsafe { libc::fork() } {
         -1 => {
-            let e = io::Error::last_os_error();
+            let e = failed(Step::Init);
             close(status_r);
             close(status_w);
             Err(e)
@@ -106,7 +172,7 @@ fn init(status_w: c_int) -> io::Result<()> {
     // SAFETY: prctl and poll are system calls; `p` is a valid pollfd.
     unsafe {
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-            return Err(io::Error::last_os_error());
+            return Err(failed(Step::Hook));
         }
         // getppid says 0 here (the relay is outside the namespace), so whether
         // the relay died before the prctl shows on the pipe: no reader left. A
@@ -118,16 +184,16 @@ fn init(status_w: c_int) -> io::Result<()> {
             revents: 0,
         };
         if libc::poll(&mut p, 1, 0) < 0 {
-            return Err(io::Error::last_os_error());
+            return Err(failed(Step::Hook));
         }
         if p.revents & libc::POLLERR != 0 {
-            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            return Err(failed_with(Step::Hook, libc::ESRCH));
         }
     }
     // SAFETY: fork in the single-threaded init; see `enter`.
     let hook = unsafe { libc::fork() };
     match hook {
-        -1 => Err(io::Error::last_os_error()),
+        -1 => Err(failed(Step::Hook)),
         0 => {
             close(status_w);
             Ok(())

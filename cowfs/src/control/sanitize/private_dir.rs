@@ -8,6 +8,7 @@
 //! search permission alone, by a POSIX ACL entry.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -42,8 +43,9 @@ pub fn new_path(scratch: &Path, pool_id: u64) -> PathBuf {
 /// remove the private directories under `scratch` that a daemon of this pool
 /// killed while a hook ran left behind. Only this pool's (the scratch directory
 /// may be shared), only those of a process that is gone (or of this one: no hook
-/// ran here yet, and a pid is reused), and only empty ones: rmdir refuses a
-/// mount point still in use (EBUSY) and a directory with anything in it.
+/// ran here yet, and a pid is reused), only directories of this daemon's user
+/// (see `remove_left`), and only empty ones: rmdir refuses a mount point still
+/// in use (EBUSY) and a directory with anything in it.
 pub fn remove_stale(scratch: &Path, pool_id: u64) {
     let Ok(entries) = std::fs::read_dir(scratch) else {
         return;
@@ -59,29 +61,56 @@ pub fn remove_stale(scratch: &Path, pool_id: u64) {
             continue;
         }
         let dir = entry.path();
-        let clone = dir.join(MOUNT_POINT);
-        match std::fs::remove_dir(&clone) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                log::warn!(
-                    "{}: left by a previous daemon, not removed: {e}",
-                    clone.display()
-                );
-                continue;
-            }
-        }
-        match std::fs::remove_dir(&dir) {
+        match remove_left(&dir) {
             Ok(()) => log::warn!(
                 "{}: removed the hooks' directory a previous daemon of this pool left",
                 dir.display()
             ),
-            Err(e) => log::warn!(
-                "{}: left by a previous daemon, not removed: {e}",
-                dir.display()
-            ),
+            Err(e) => log::warn!("{}: not removed: {e}", dir.display()),
         }
     }
+}
+
+/// Remove `dir/clone` and then `dir`, if `dir` is a directory (not a symlink)
+/// of this daemon's user. The scratch directory may be writable by others
+/// (/tmp): a name proves nothing, and a symlink by that name would have had
+/// root remove a `clone` directory wherever it pointed. `clone` is removed
+/// through the directory opened without following symlinks, so nothing can be
+/// swapped in between the check and the removal.
+fn remove_left(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::ENOTDIR) => io::Error::new(
+                e.kind(),
+                "not a directory (a symlink?), so not one the daemon made",
+            ),
+            _ => e,
+        })?;
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    let owner = opened.metadata()?.uid();
+    if owner != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("owned by uid {owner}, not by the daemon's user ({me})"),
+        ));
+    }
+    let clone = std::ffi::CString::new(MOUNT_POINT).map_err(io::Error::other)?;
+    // SAFETY: unlinkat on a directory descriptor we hold, with a NUL-terminated
+    // name; AT_REMOVEDIR removes only an empty directory, never a symlink's target.
+    let r = unsafe { libc::unlinkat(opened.as_raw_fd(), clone.as_ptr(), libc::AT_REMOVEDIR) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::NotFound {
+            return Err(io::Error::new(e.kind(), format!("{MOUNT_POINT}/: {e}")));
+        }
+    }
+    // rmdir does not follow a symlink in its last component.
+    std::fs::remove_dir(dir)
 }
 
 /// Is process `pid` there (a zombie included)? Not a pid (0, or beyond
@@ -240,5 +269,52 @@ mod tests {
             assert!(kept.exists(), "{kept:?} was removed");
         }
         assert!(in_use.join(MOUNT_POINT).join("f").exists());
+    }
+
+    /// The scratch directory may be writable by others (the README's example is
+    /// /tmp), and a directory's name is no proof of whose it is: a symlink by
+    /// that name made the daemon (root) remove an empty `clone` directory
+    /// wherever it pointed, and another user's directory went too. Only real
+    /// directories of the daemon's own user are removed.
+    #[test]
+    fn symlinks_and_other_users_directories_are_left_alone() {
+        use std::os::unix::fs::{chown, symlink};
+        let tmp = tempfile::tempdir().unwrap();
+        let scratch = tmp.path().join("scratch");
+        std::fs::create_dir(&scratch).unwrap();
+        let pool = 0x2149_d1ab_01f9_ba95_u64;
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let name = |n: u32| scratch.join(format!("{PREFIX}{pool:016x}-{gone}-{n}"));
+
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir_all(elsewhere.join(MOUNT_POINT)).unwrap();
+        symlink(&elsewhere, name(0)).unwrap();
+        let theirs = name(1);
+        std::fs::create_dir_all(theirs.join(MOUNT_POINT)).unwrap();
+        // SAFETY: geteuid cannot fail and touches no memory.
+        let me = unsafe { libc::geteuid() };
+        let other = if me == 4242 { 4243 } else { 4242 };
+        // Only root may give a directory away; elsewhere the case cannot arise
+        // from this test's hands.
+        let chowned = chown(&theirs, Some(other), None)
+            .and_then(|()| chown(theirs.join(MOUNT_POINT), Some(other), None));
+        let ours = name(2);
+        std::fs::create_dir_all(ours.join(MOUNT_POINT)).unwrap();
+
+        remove_stale(&scratch, pool);
+        assert!(
+            elsewhere.join(MOUNT_POINT).exists(),
+            "removed a directory through a symlink"
+        );
+        assert!(std::fs::symlink_metadata(name(0)).is_ok());
+        if chowned.is_ok() {
+            assert!(
+                theirs.join(MOUNT_POINT).exists(),
+                "removed another user's directory"
+            );
+        }
+        assert!(!ours.exists(), "the daemon's own stale directory stayed");
     }
 }
