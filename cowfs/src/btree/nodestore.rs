@@ -51,8 +51,9 @@ pub struct NodeStore {
     pub catalog_reserve: u64,
     /// A commit is allocating: it may use `commit_reserve`.
     pub committing: bool,
-    /// The running operation frees space (unlink, rmdir, removexattr, branch
-    /// delete, a truncate or punch that unmaps blocks): it may use `delete_slop`.
+    /// The running operation frees space (unlink, rmdir, removexattr, freeing an
+    /// inode, a truncate or punch that unmaps blocks): it may use `delete_slop`
+    /// down to `loan_slop`.
     pub freeing: bool,
     /// The running operation only removes (unlink, rmdir, removexattr, freeing an
     /// inode; not rename, which may lengthen a name): the nodes it copies before it
@@ -69,12 +70,15 @@ pub struct NodeStore {
     /// Why a data block that `shrinking` granted was refused first (ENOSPC or
     /// EDQUOT): the operation fails with it unless it freed more than it took.
     pub borrowed: Option<StoreError>,
-    /// The running operation is a rename on the delete slop (with `freeing`, not
-    /// `removing`): it must end with no more blocks in use than it began
-    /// (`check_op_budget`), so that the copies it took of the slop are free again
-    /// after the commit. A longer name can split a directory's leaf, a block no
-    /// commit gives back: renames to ever longer names, one commit each, kept
-    /// the slop for good until unlink failed with ENOSPC.
+    /// The running operation may use the whole delete slop, `loan_slop`
+    /// included, as a loan: it must end with no more blocks in use than it
+    /// began (`check_op_budget`), so that the copies it took of the slop are
+    /// free again after the commit. A rename on the slop, and a change that
+    /// frees space which found no room above `loan_slop`. Without the rule the
+    /// slop went for good: a longer name can split a directory's leaf, and an
+    /// unlink, removexattr or truncate in a tree a snapshot shares copies the
+    /// leaves it changes and frees nothing; one commit each, they kept the slop
+    /// until unlink failed with ENOSPC even for files no other tree shares.
     pub slop_on_loan: bool,
     /// The running filesystem operation's journal (undo.rs), and the buffers of
     /// the last one, reused.
@@ -283,11 +287,23 @@ impl NodeStore {
         (self.space.capacity() / 1024).clamp(32, 1024)
     }
 
-    /// What a tree change must leave free: the commit reserve, and the delete slop
-    /// unless the change frees space.
+    /// The part of the delete slop that only a loan (`slop_on_loan`) may use:
+    /// half of it, as ZFS lets a delete use half its slop space. A change that
+    /// frees space may keep blocks of the other half for good (an unlink in a
+    /// tree a snapshot shares copies leaves and frees nothing), so this half is
+    /// what is sure to be there for deletes that do free space.
+    pub fn loan_slop(&self) -> u64 {
+        self.delete_slop() / 2
+    }
+
+    /// What a tree change must leave free: the commit reserve, and the delete
+    /// slop, but only `loan_slop` of it for a change that frees space and none
+    /// for a loan.
     fn change_reserve(&self) -> u64 {
-        let slop = if self.freeing || self.committing {
+        let slop = if self.committing || self.slop_on_loan {
             0
+        } else if self.freeing {
+            self.loan_slop()
         } else {
             self.delete_slop()
         };
@@ -599,8 +615,8 @@ impl NodeStore {
     /// Data blocks `shrinking` borrowed are held to a stricter rule: the operation
     /// must have freed more blocks than it allocated, nodes included, so that the
     /// slop it took is back once its frees are allocatable (after the commit).
-    /// A rename on the slop (`slop_on_loan`) must not have added any (it runs
-    /// journaled, as an operation of unknown size).
+    /// A loan of the slop (`slop_on_loan`) must not have added any (it runs
+    /// journaled, `Engine::run_fs`).
     pub fn check_op_budget(&mut self, budget: Option<DataBudget>, used0: u64) -> StoreResult<()> {
         if let Some(refused) = self.borrowed.take() {
             if self.space.used() >= used0 {

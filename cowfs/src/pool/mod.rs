@@ -603,8 +603,9 @@ impl Pool {
             return Err(PoolError::Busy(name.into()));
         }
         e.writable()?;
-        // Deleting makes room: it may use the delete slop, not the commit reserve.
-        e.freeing(false, |e| e.ensure_commit_room(1))?;
+        // Deleting makes room: it may use the whole delete slop, not the commit
+        // reserve. It keeps none of it: only its commit allocates.
+        e.on_loan(|e| e.ensure_commit_room(1))?;
         let rec = e
             .branches
             .remove(id)
@@ -711,9 +712,9 @@ impl Pool {
         r
     }
 
-    /// A change that frees space (removing names, xattrs, inodes): it may use the
-    /// delete slop (`NodeStore::delete_slop`), so that a pool filled by creates
-    /// can still be emptied.
+    /// A change that frees space (removing xattrs): it may use the delete slop
+    /// (`Engine::on_slop`), so that a pool filled by creates can still be
+    /// emptied.
     fn write_freeing<T>(
         &self,
         b: BranchId,
@@ -721,7 +722,7 @@ impl Pool {
         f: impl Fn(&mut FsTree) -> FsResult<T>,
     ) -> FsResult<T> {
         let mut e = self.e.lock();
-        let r = e.retry_after_commit(|e| e.freeing(true, |e| e.with_fs_sized(b, Some(size), &f)));
+        let r = e.retry_after_commit(|e| e.on_slop(true, |e| e.with_fs_sized(b, Some(size), &f)));
         e.maybe_commit();
         r
     }
@@ -754,15 +755,27 @@ impl Pool {
         r
     }
 
-    /// Remove a name (`f`, unlink or rmdir) on the delete slop, and free the
-    /// inode whose last link went away (`Engine::free_unlinked`).
+    /// Remove the name `name` in `parent` (`f`, unlink or rmdir) on the delete
+    /// slop, and free the inode whose last link went away
+    /// (`Engine::free_unlinked`). Where the part of the slop a change may keep
+    /// is used up (`NodeStore::loan_slop`), only as a loan, with the inode freed
+    /// in the same operation (`Engine::remove_on_loan`): an unlink in a tree a
+    /// snapshot shares, which frees nothing, then gets ENOSPC, and one that
+    /// frees what it copies still works.
     fn write_unlinking(
         &self,
         b: BranchId,
+        parent: u64,
+        name: &[u8],
         f: impl Fn(&mut FsTree) -> FsResult<Option<u64>>,
     ) -> FsResult<()> {
         let mut e = self.e.lock();
-        let r = e.retry_after_commit(|e| e.freeing(true, |e| e.with_fs_sized(b, Some(UNLINK), &f)));
+        let r = e.retry_after_commit(|e| {
+            match e.freeing(true, |e| e.with_fs_sized(b, Some(UNLINK), &f)) {
+                Err(err) if err.errno() == libc::ENOSPC => e.remove_on_loan(b, parent, name, &f),
+                r => r,
+            }
+        });
         let r = r.map(|gone| e.free_unlinked(b, gone));
         e.maybe_commit();
         r
@@ -852,14 +865,14 @@ impl Pool {
         self.write(b, Some(size), |fs| fs.link(ino, newparent, newname))
     }
     pub fn unlink(&self, b: BranchId, parent: u64, name: &[u8]) -> FsResult<()> {
-        self.write_unlinking(b, |fs| fs.unlink(parent, name))
+        self.write_unlinking(b, parent, name, |fs| fs.unlink(parent, name))
     }
     pub fn rmdir(&self, b: BranchId, parent: u64, name: &[u8]) -> FsResult<()> {
-        self.write_unlinking(b, |fs| fs.rmdir(parent, name))
+        self.write_unlinking(b, parent, name, |fs| fs.rmdir(parent, name))
     }
     /// A rename is an ordinary change: a longer name can need a new block for
     /// good, so it may not keep any of the delete slop. Only when it finds no
-    /// room outside the slop does it run on it, as a loan (`Engine::rename_on_slop`):
+    /// room outside the slop does it run on it, as a loan (`Engine::remove_on_loan`):
     /// it must end with no more blocks in use than it began, counting the inode
     /// of a file it replaces, freed in the same operation. Otherwise ENOSPC, as
     /// ext4 gives when a directory must grow, and nothing changed.
@@ -878,7 +891,7 @@ impl Pool {
         let mut e = self.e.lock();
         // A second try after a commit takes nothing of the slop for good either.
         let r = e.retry_after_commit(|e| match e.with_fs_sized(b, Some(size), rename) {
-            Err(err) if err.errno() == libc::ENOSPC => e.rename_on_slop(b, p2, n2, rename),
+            Err(err) if err.errno() == libc::ENOSPC => e.remove_on_loan(b, p2, n2, rename),
             r => r,
         });
         let r = r.map(|gone| e.free_unlinked(b, gone));
@@ -1023,7 +1036,7 @@ impl Pool {
             None => false,
         };
         if last && !e.branches.get(&b).is_none_or(|r| r.is_snapshot()) {
-            let r = e.freeing(true, |e| {
+            let r = e.on_slop(true, |e| {
                 e.with_fs(b, true, |fs| match fs.inode(ino) {
                     Ok(i) if i.nlink == 0 => fs.free_inode(ino),
                     _ => Ok(()),
@@ -1037,6 +1050,9 @@ impl Pool {
 
     /// Free every orphan of a branch that no handle has open (at mount, after a
     /// restart or on a branch taken while files were open). Returns how many.
+    /// One that finds no room (a full pool, and freeing it would free nothing:
+    /// a snapshot shares it) stays on the orphan list, whole, for a later
+    /// cleanup, rather than failing the mount.
     pub fn cleanup_orphans(&self, b: BranchId) -> FsResult<usize> {
         let mut e = self.e.lock();
         if e.branches.get(&b).is_some_and(|r| r.is_snapshot()) {
@@ -1047,8 +1063,13 @@ impl Pool {
         for ino in orphans {
             if !e.open.contains_key(&(b, ino)) {
                 // Freeing space: as release_inode, even at the branch's quota.
-                e.freeing(true, |e| e.with_fs(b, true, |fs| fs.free_inode(ino)))?;
-                n += 1;
+                match e.on_slop(true, |e| e.with_fs(b, true, |fs| fs.free_inode(ino))) {
+                    Ok(()) => n += 1,
+                    Err(err) if err.errno() == libc::ENOSPC => {
+                        log::warn!("inode {ino} stays an orphan, no room to free it: {err}");
+                    }
+                    Err(err) => return Err(err),
+                }
             }
         }
         Ok(n)
@@ -1246,8 +1267,8 @@ impl Engine {
     }
 
     /// Run `f` as an operation that frees space: it may use the delete slop
-    /// (`NodeStore::freeing`), and with `removing` it only removes tree items
-    /// (`NodeStore::removing`).
+    /// above `NodeStore::loan_slop` (`NodeStore::freeing`), and with `removing`
+    /// it only removes tree items (`NodeStore::removing`).
     fn freeing<T>(&mut self, removing: bool, f: impl FnOnce(&mut Engine) -> T) -> T {
         self.st.freeing = true;
         self.st.removing = removing;
@@ -1255,6 +1276,35 @@ impl Engine {
         self.st.freeing = false;
         self.st.removing = false;
         r
+    }
+
+    /// Run `f` on the whole delete slop as a loan (`NodeStore::slop_on_loan`):
+    /// a change it makes runs journaled and is undone with ENOSPC if it ends
+    /// with more blocks in use than it began.
+    fn on_loan<T>(&mut self, f: impl FnOnce(&mut Engine) -> T) -> T {
+        self.st.slop_on_loan = true;
+        let r = f(self);
+        self.st.slop_on_loan = false;
+        r
+    }
+
+    /// Run `op`, a change that frees space (`freeing`), on the delete slop: first
+    /// on the part of it a change may keep for good, and if that has no room,
+    /// once more on the whole slop as a loan (`on_loan`). A change in a tree a
+    /// snapshot or another branch shares copies the nodes it changes and frees
+    /// nothing, and the copies stay: one commit after each, such changes used
+    /// the slop up, until even an unlink that frees space failed with ENOSPC.
+    /// Now they can keep at most the slop above `NodeStore::loan_slop`, and a
+    /// change that gives back what it copies always finds the rest.
+    fn on_slop<T>(
+        &mut self,
+        removing: bool,
+        mut op: impl FnMut(&mut Engine) -> FsResult<T>,
+    ) -> FsResult<T> {
+        match self.freeing(removing, &mut op) {
+            Err(e) if e.errno() == libc::ENOSPC => self.on_loan(|e| e.freeing(removing, op)),
+            r => r,
+        }
     }
 
     /// Run `op` (a tree change that is all or nothing) and, if it ran out of
@@ -1275,58 +1325,57 @@ impl Engine {
         }
     }
 
-    /// A rename (`rename`, of `n2` in `p2`) that found no room outside the delete
-    /// slop, once more on the slop as a loan (`NodeStore::slop_on_loan`): undone
-    /// with ENOSPC if it ends with more blocks in use than it began. The inode of
-    /// a file it replaces is freed in the same operation, so that what freeing it
-    /// gives back counts (and a failure undoes the rename too), unless a handle
-    /// still holds it: returned then, as `FsTree::rename` returns it.
-    fn rename_on_slop(
+    /// A change (`op`) that removes the name `name` in `parent` (unlink, rmdir,
+    /// or a rename over it) and found no room on the part of the delete slop it
+    /// may use, once more on the whole slop as a loan (`on_loan`): undone with
+    /// ENOSPC if it ends with more blocks in use than it began. The inode whose
+    /// last link it removes is freed in the same operation, so that what freeing
+    /// it gives back counts (and a failure undoes the change too), unless a
+    /// handle still holds it: returned then, as `op` returns it.
+    fn remove_on_loan(
         &mut self,
         b: BranchId,
-        p2: u64,
-        n2: &[u8],
-        rename: impl FnOnce(&mut FsTree) -> FsResult<Option<u64>>,
+        parent: u64,
+        name: &[u8],
+        op: impl FnOnce(&mut FsTree) -> FsResult<Option<u64>>,
     ) -> FsResult<Option<u64>> {
-        // An error here (no such name): the rename meets it or replaces nothing.
+        // An error here (no such name): `op` meets it or replaces nothing.
         let held = self
-            .with_fs(b, false, |fs| fs.lookup(p2, n2))
+            .with_fs(b, false, |fs| fs.lookup(parent, name))
             .ok()
             .map(|a| a.ino)
             .filter(|ino| self.open.contains_key(&(b, *ino)));
-        self.st.slop_on_loan = true;
-        let r = self.freeing(false, |e| {
-            e.with_fs(b, true, |fs| match rename(fs)? {
-                Some(ino) if Some(ino) != held => fs.free_inode(ino).map(|_| None),
-                gone => Ok(gone),
+        self.on_loan(|e| {
+            e.freeing(false, |e| {
+                e.with_fs(b, true, |fs| match op(fs)? {
+                    Some(ino) if Some(ino) != held => fs.free_inode(ino).map(|_| None),
+                    gone => Ok(gone),
+                })
             })
-        });
-        self.st.slop_on_loan = false;
-        r
+        })
     }
 
     /// Free inode `gone`, whose last link a change just removed, unless a file
     /// handle still has it. The name is gone, so this cannot fail the change: if
     /// freeing fails (ENOSPC on a full pool), that operation is undone on its own
     /// and the inode stays on the orphan list, whole, for the next cleanup. Runs
-    /// as a removal on the delete slop (`freeing`): it frees space, even at a
+    /// as a removal on the delete slop (`on_slop`): it frees space, even at a
     /// quota.
     fn free_unlinked(&mut self, b: BranchId, gone: Option<u64>) {
         let Some(ino) = gone.filter(|ino| !self.open.contains_key(&(b, *ino))) else {
             return;
         };
-        if let Err(err) = self.freeing(true, |e| e.with_fs(b, true, |fs| fs.free_inode(ino))) {
+        if let Err(err) = self.on_slop(true, |e| e.with_fs(b, true, |fs| fs.free_inode(ino))) {
             log::warn!("inode {ino} stays an orphan, freeing it failed: {err}");
         }
     }
 
-    /// Run `f` as a truncate or punch hole that unmaps blocks: `freeing` with
-    /// `removing`, as unlink, and `NodeStore::shrinking`.
-    fn shrinking<T>(&mut self, f: impl FnOnce(&mut Engine) -> T) -> T {
+    /// Run `op` as a truncate or punch hole that unmaps blocks: on the delete
+    /// slop with `removing`, as unlink (`on_slop`), and `NodeStore::shrinking`.
+    fn shrinking<T>(&mut self, op: impl FnMut(&mut Engine) -> FsResult<T>) -> FsResult<T> {
         self.st.shrinking = true;
-        let r = self.freeing(true, f);
+        let r = self.on_slop(true, op);
         self.st.shrinking = false;
-        self.st.borrowed = None;
         r
     }
 
@@ -1445,7 +1494,8 @@ impl Engine {
             None
         };
         let used0 = st.space.used();
-        let journal = write && self.needs_journal(b, size);
+        // A loan of the slop is undone if it ends with more blocks in use.
+        let journal = write && (st.slop_on_loan || self.needs_journal(b, size));
         let Engine {
             st,
             branches,
@@ -1459,6 +1509,9 @@ impl Engine {
         if journal {
             st.begin_op();
         }
+        // What `shrinking` borrowed belongs to the operation that borrowed it,
+        // also when it failed before `check_op_budget`.
+        st.borrowed = None;
         let budget = st.data_budget;
         let r = f(&mut FsTree {
             st,
