@@ -624,6 +624,43 @@ fn failing_and_timed_out_hooks_delete_the_clone() {
     env.fsck_clean();
 }
 
+/// A hook that exits 0 without waiting for what it started (a scrubber in the
+/// background) had it killed midway by the end of its PID namespace, and the
+/// half-scrubbed clone was published as sanitized.
+#[test]
+fn a_hook_that_leaves_a_process_running_fails_and_deletes_the_clone() {
+    let env = Env::new();
+    let served = serve(&env.base);
+    // Open from the start: the hook daemonizes its sleeper and exits 0.
+    std::fs::write(env.gate(""), b"").expect("open the gate");
+    let mut admin = env.connect(&env.admin);
+    make_prod(&env, &mut admin);
+    let e = server_error(admin.branch_create_with("left", "prod", None, Some("daemonizes"), None));
+    assert_eq!(e.kind, ErrorKind::SanitizeFailed, "{e}");
+    assert!(
+        e.message.contains(
+            "failed, so the clone was deleted: hook 'daemonizes' exited but left 1 process running; wait for them before exiting"
+        ),
+        "{e}"
+    );
+    let f = e.sanitize.as_ref().expect("failure details");
+    assert_eq!(
+        (f.stage.as_str(), f.hook.as_deref()),
+        ("hook", Some("daemonizes"))
+    );
+    assert_eq!((f.exit_code, f.signal, f.timed_out), (None, None, false));
+    let sleeper = read_pid(&env.gate(".sleeper")).expect("sleeper pid");
+    assert!(gone_within(sleeper, 5), "the hook's sleeper outlived it");
+    assert_eq!(kind(admin.info("left")), ErrorKind::NotFound);
+    let left: Vec<_> = std::fs::read_dir(env.base.join("scratch"))
+        .expect("scratch")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    drop(admin);
+    drop(served);
+    env.fsck_clean();
+}
+
 #[test]
 fn sanitizing_clone_is_invisible_and_unusable_until_ready() {
     let env = Env::new();

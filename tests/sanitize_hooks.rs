@@ -35,6 +35,10 @@ command = "exit 7"
 when_exists = "pg/PG_VERSION"
 
 [[profiles.edit.hooks]]
+name = "waits for its job"
+command = "(sleep 0.1; echo job done) & wait $!; echo waited"
+
+[[profiles.leaves.hooks]]
 name = "leaves a process"
 command = "sleep 30 & echo left"
 
@@ -89,8 +93,9 @@ fn hooks_run_on_a_private_mount_of_the_clone() {
     let reports = run_hooks(&pool, &mounts, "c", profile(&cfg, "edit"), KEY, &scratch)
         .unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<&str> = reports.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["edit", "leaves a process"]);
+    assert_eq!(names, ["edit", "waits for its job"]);
     assert_eq!(reports[0].output, "edited hello\n");
+    assert_eq!(reports[1].output, "job done\nwaited\n");
     assert_eq!(
         support::files(&pool, c)["data/people.txt"],
         b"the public list\n"
@@ -116,6 +121,22 @@ fn hooks_run_on_a_private_mount_of_the_clone() {
         other => panic!("{other}"),
     }
     clean("failure");
+
+    // A process still running when its hook exited would have been killed
+    // midway through whatever it did to the clone.
+    let e = run_hooks(&pool, &mounts, "c", profile(&cfg, "leaves"), KEY, &scratch).unwrap_err();
+    match &e {
+        SanitizeError::HookLeftProcesses {
+            hook,
+            processes,
+            output,
+        } => assert_eq!(
+            (hook.as_str(), *processes, output.as_str()),
+            ("leaves a process", 1, "left\n")
+        ),
+        other => panic!("{other}"),
+    }
+    clean("leftovers");
 
     let start = Instant::now();
     let e = run_hooks(&pool, &mounts, "c", profile(&cfg, "slow"), KEY, &scratch).unwrap_err();

@@ -1224,6 +1224,11 @@ fn sanitize_failure(
             f.timed_out = true;
             f.output = Some(output.clone());
         }
+        SanitizeError::HookLeftProcesses { hook, output, .. } => {
+            f.stage = "hook".into();
+            f.hook = Some(hook.clone());
+            f.output = Some(output.clone());
+        }
         SanitizeError::HookSpawn { hook, .. } | SanitizeError::HookNamespace { hook, .. } => {
             f.stage = "hook".into();
             f.hook = Some(hook.clone());

@@ -6,8 +6,9 @@
 //! of the pool key, for the same pseudonyms in SQL). Its output is captured (the
 //! last `MAX_OUTPUT` bytes). Every process it starts, daemonized or not, ends
 //! when the hook ends, when it is killed at its timeout, and when the daemon dies
-//! in any way (SIGKILL included). `run_hooks` gives the hooks a private
-//! read-write mount of the clone.
+//! in any way (SIGKILL included). One the hook did not wait for fails the hook:
+//! killed midway, it may have left the clone half scrubbed. `run_hooks` gives
+//! the hooks a private read-write mount of the clone.
 
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
@@ -136,6 +137,7 @@ pub fn run_hook_cancellable(
     hook_key: &str,
     cancel: &AtomicBool,
 ) -> Result<HookReport, SanitizeError> {
+    use std::os::fd::AsRawFd;
     use std::os::unix::process::{CommandExt, ExitStatusExt};
 
     let start = Instant::now();
@@ -155,28 +157,32 @@ pub fn run_hook_cancellable(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    let spawn_error = |source| SanitizeError::HookSpawn {
+        hook: hook.name.clone(),
+        program: hook.argv[0].clone(),
+        source,
+    };
+    let (report, report_w) = pid_ns::Report::new().map_err(spawn_error)?;
+    let relay_end = report_w.as_raw_fd();
     // SAFETY: getpid cannot fail and touches no memory.
     let daemon = unsafe { libc::getpid() };
     // SAFETY: the closure runs in the forked child and only makes the system
     // calls of `pid_ns::enter`, without allocating.
     unsafe {
-        cmd.pre_exec(move || pid_ns::enter(daemon));
+        cmd.pre_exec(move || pid_ns::enter(daemon, relay_end));
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|source| match pid_ns::setup_failure(&source) {
-            Some(f) => SanitizeError::HookNamespace {
-                hook: hook.name.clone(),
-                step: f.step,
-                hint: f.hint,
-                source: f.source,
-            },
-            None => SanitizeError::HookSpawn {
-                hook: hook.name.clone(),
-                program: hook.argv[0].clone(),
-                source,
-            },
-        })?;
+    let spawned = cmd.spawn();
+    // The relay has its copy; the daemon's would keep the pipe open for nothing.
+    drop(report_w);
+    let mut child = spawned.map_err(|source| match pid_ns::setup_failure(&source) {
+        Some(f) => SanitizeError::HookNamespace {
+            hook: hook.name.clone(),
+            step: f.step,
+            hint: f.hint,
+            source: f.source,
+        },
+        None => spawn_error(source),
+    })?;
     // The relay (see `pid_ns`): it leads the group, and the namespace ends with it.
     let pgid = child.id();
     let tail = Arc::new(Mutex::new(Tail::default()));
@@ -211,11 +217,7 @@ pub fn run_hook_cancellable(
         if let Err(source) = spawned {
             kill_group(pgid);
             let _ = child.wait();
-            return Err(SanitizeError::HookSpawn {
-                hook: hook.name.clone(),
-                program: hook.argv[0].clone(),
-                source,
-            });
+            return Err(spawn_error(source));
         }
     }
     drop(done_tx);
@@ -229,11 +231,7 @@ pub fn run_hook_cancellable(
             Err(source) => {
                 kill_group(pgid);
                 let _ = child.wait();
-                return Err(SanitizeError::HookSpawn {
-                    hook: hook.name.clone(),
-                    program: hook.argv[0].clone(),
-                    source,
-                });
+                return Err(spawn_error(source));
             }
         }
     };
@@ -270,6 +268,15 @@ pub fn run_hook_cancellable(
             hook: hook.name.clone(),
             exit_code: status.code(),
             signal: status.signal(),
+            output,
+        });
+    }
+    // Read only now: the relay wrote it, if at all, before it ended.
+    let processes = report.leftovers();
+    if processes > 0 {
+        return Err(SanitizeError::HookLeftProcesses {
+            hook: hook.name.clone(),
+            processes,
             output,
         });
     }
@@ -631,23 +638,76 @@ while [ ! -e "$SLEEPER" ]; do sleep 0.02; done
         assert!(gone_within(pid, 5), "the daemonized sleeper survived");
     }
 
-    /// A hook that ends by itself takes what it started along: by the time
-    /// `run_hook` returns, even a daemonized process is gone.
+    /// A hook that exits without waiting for what it started (a scrubber in
+    /// the background) had it killed midway, and the half-scrubbed clone was
+    /// published: the hook fails instead, and by the time `run_hook` returns
+    /// what it left is gone, daemonized (setsid) or not.
     #[test]
-    fn what_a_hook_leaves_running_ends_with_it() {
+    fn a_hook_that_leaves_processes_running_fails() {
         let dir = tempfile::tempdir().unwrap();
         let sleeper = dir.path().join("sleeper");
         let _kill = KillPids(vec![sleeper.clone()]);
-        let r = run_hook(
+        let e = run_hook(
             &daemonizing_hook("echo done", 30_000, &sleeper),
             dir.path(),
             "b",
             "k",
         )
-        .unwrap();
-        assert_eq!(r.output, "done\n");
+        .unwrap_err();
+        match &e {
+            SanitizeError::HookLeftProcesses {
+                hook,
+                processes,
+                output,
+            } => assert_eq!(
+                (hook.as_str(), *processes, output.as_str()),
+                ("t", 1, "done\n")
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            e.to_string()
+                .starts_with("hook 't' exited but left 1 process running; wait for them"),
+            "{e}"
+        );
         let pid = read_pid(&sleeper).expect("the hook started its sleeper");
         assert!(!running(pid), "the daemonized sleeper outlived its hook");
+
+        // In the hook's own process group, two of them.
+        let pids = dir.path().join("pids");
+        let _kill = KillPids(vec![pids.clone()]);
+        let mut h = hook(
+            r#"sleep 1000 & sh -c 'read -r pid rest < /proc/self/stat; echo $pid > "$PIDS"; exec sleep 1000' &
+while [ ! -s "$PIDS" ]; do sleep 0.02; done"#,
+            30_000,
+        );
+        h.env
+            .insert("PIDS".into(), pids.to_string_lossy().into_owned());
+        let e = run_hook(&h, dir.path(), "b", "k").unwrap_err();
+        assert!(
+            matches!(e, SanitizeError::HookLeftProcesses { processes: 2, .. }),
+            "{e:?}"
+        );
+        let pid = read_pid(&pids).expect("the hook started its sleeper");
+        assert!(!running(pid), "the sleeper outlived its hook");
+    }
+
+    /// What a hook starts in the background and waits for is not left over,
+    /// nor is what ends by itself just after the hook (a server it stopped
+    /// without waiting for its very end).
+    #[test]
+    fn a_hook_that_waits_for_its_processes_succeeds() {
+        let r = run_hook(
+            &hook(
+                "(sleep 0.2; echo scrubbed) & wait $!; (sleep 0.3; echo late) & echo done",
+                30_000,
+            ),
+            Path::new("/"),
+            "b",
+            "k",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.output, "scrubbed\ndone\nlate\n");
     }
 
     /// The daemon sees the hook's own end through the relay (see `pid_ns`): a

@@ -129,6 +129,14 @@ pub enum SanitizeError {
         signal: Option<i32>,
         output: String,
     },
+    /// The hook exited 0 but processes it started still ran (killed since):
+    /// whatever they were doing to the clone was cut short.
+    #[error("hook '{hook}' exited but left {} running; wait for them before exiting (they were killed); its output:\n{output}", processes_left(*processes))]
+    HookLeftProcesses {
+        hook: String,
+        processes: u32,
+        output: String,
+    },
     #[error("hook '{hook}' timed out after {timeout_secs} s and was killed (raise timeout_secs if it needs longer); its output:\n{output}")]
     HookTimeout {
         hook: String,
@@ -155,6 +163,14 @@ pub enum SanitizeError {
 const PATH_HIDDEN: &str =
     "(a path shown only to tokens that may read the parent, and in the daemon's log)";
 
+fn processes_left(n: u32) -> String {
+    if n == 1 {
+        "1 process".to_string()
+    } else {
+        format!("{n} processes")
+    }
+}
+
 fn rule_prefix(rule: &str) -> String {
     if rule.is_empty() {
         String::new()
@@ -175,6 +191,10 @@ impl SanitizeError {
                     (None, Some(s)) => format!("killed by signal {s}"),
                     _ => "no exit status".to_string(),
                 }
+            ),
+            SanitizeError::HookLeftProcesses { hook, processes, .. } => format!(
+                "hook '{hook}' exited but left {} running; wait for them before exiting (they were killed); its output is in the daemon's log (only tokens that may read the parent get it)",
+                processes_left(*processes)
             ),
             SanitizeError::HookTimeout { hook, timeout_secs, .. } => format!(
                 "hook '{hook}' timed out after {timeout_secs} s and was killed (raise timeout_secs if it needs longer); its output is in the daemon's log (only tokens that may read the parent get it)"

@@ -12,10 +12,16 @@
 //! - the relay: the daemon's child and the leader of the hook's process group.
 //!   It dies with the daemon (`die_with_parent`), waits for the init, and ends
 //!   as the hook ended (its exit code, or the signal that killed it), so the
-//!   daemon sees the hook's status. It never execs.
+//!   daemon sees the hook's status. What an exit status cannot carry, that the
+//!   hook left processes running, it writes to the daemon's `Report` pipe. It
+//!   never execs.
 //! - the init: pid 1 of the new namespace. It dies with the relay (SIGKILL on
 //!   parent death again), reaps the orphans the kernel hands it, and ends as
 //!   soon as the hook does, taking every process left in the namespace along.
+//!   Those it counts first (`leftovers`): a hook that exits without waiting for
+//!   what it started (a scrubber in the background) would otherwise have it
+//!   killed midway and a half-scrubbed clone published, so the daemon fails the
+//!   hook instead.
 //! - the hook: pid 2, the init's child; `enter` returns in it alone, and it
 //!   execs the hook's program.
 //!
@@ -31,12 +37,24 @@
 //! exec: system calls only, no allocation, no locks.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use libc::{c_int, c_uint};
 
 /// The relay's exit code when the init ended without a status of the hook
-/// (it failed to start it, or was killed).
+/// (it failed to start it, or was killed), or when the relay could not pass on
+/// the init's count of leftovers.
 const NO_STATUS: c_int = 127;
+
+/// How long the init lets processes left by the hook end by themselves before
+/// it counts and kills them, in `LEFTOVER_TICK`s (one second): a process already
+/// on its way out (a server whose pid file `pg_ctl stop -w` saw removed, one the
+/// hook just killed) is not yet reaped the instant the hook exits.
+const LEFTOVER_TICKS: u32 = 100;
+const LEFTOVER_TICK: libc::timespec = libc::timespec {
+    tv_sec: 0,
+    tv_nsec: 10_000_000,
+};
 
 /// A failed step of the setup reaches the daemon as spawn's error, which
 /// carries an errno value and nothing else, as does the hook program's own
@@ -104,14 +122,61 @@ pub(super) fn setup_failure(e: &io::Error) -> Option<SetupFailure> {
     Some(SetupFailure { step, hint, source })
 }
 
+/// The pipe on which the relay tells the daemon how many processes the hook
+/// left running. The relay's exit status is the hook's, every value of which a
+/// hook can produce itself, so this cannot travel in it; the daemon makes the
+/// pipe, the relay keeps its write end (`enter`), and the daemon reads it once
+/// it has waited for the relay.
+pub(super) struct Report(OwnedFd);
+
+impl Report {
+    /// The daemon's read end, and the write end to pass to `enter` and close
+    /// once the relay is spawned.
+    pub(super) fn new() -> io::Result<(Report, OwnedFd)> {
+        let mut fds: [c_int; 2] = [-1; 2];
+        // Non-blocking: a relay killed before it wrote leaves nothing to wait
+        // for, and other children of the daemon may hold the write end for the
+        // moment between their fork and their exec (or close_all_but).
+        // SAFETY: pipe2 writes two descriptors into `fds`.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors are new and owned by nothing else.
+        let [read, write] = fds.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+        Ok((Report(read), write))
+    }
+
+    /// Once the relay was waited for: how many processes the hook left running
+    /// (killed since), 0 if none.
+    pub(super) fn leftovers(&self) -> u32 {
+        let mut bytes = [0u8; 4];
+        // SAFETY: read into a live 4-byte buffer; the relay's one write of 4
+        // bytes is atomic, so this gets all of it or nothing.
+        let n = unsafe { libc::read(self.0.as_raw_fd(), bytes.as_mut_ptr().cast(), 4) };
+        if n == 4 {
+            u32::from_ne_bytes(bytes)
+        } else {
+            0
+        }
+    }
+}
+
 /// Turn the process just forked for a hook into the relay, the init and the
 /// hook described above; returns `Ok` in the hook only, which then execs.
-/// `daemon` is the daemon's pid. An error before the relay forks, or in the
-/// init before the hook forks, is returned there and fails the spawn with it
-/// (see `setup_failure`); otherwise the relay and the init end with `_exit`.
+/// `daemon` is the daemon's pid, `report` the write end of its `Report`. An
+/// error before the relay forks, or in the init before the hook forks, is
+/// returned there and fails the spawn with it (see `setup_failure`); otherwise
+/// the relay and the init end with `_exit`.
 ///
 /// Only for `pre_exec`.
-pub(super) fn enter(daemon: libc::pid_t) -> io::Result<()> {
+pub(super) fn enter(daemon: libc::pid_t, report: c_int) -> io::Result<()> {
+    // The relay and the init are copies of the daemon's memory (keys, token
+    // secrets): no core dump of them, no ptrace by other users' processes. The
+    // hook's exec makes it dumpable again.
+    // SAFETY: prctl is a system call that touches none of our memory.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
     die_with_parent(daemon)?;
     let mut fds: [c_int; 2] = [-1; 2];
     // SAFETY: unshare and pipe2 are system calls; `fds` is a valid array of two.
@@ -141,7 +206,7 @@ pub(super) fn enter(daemon: libc::pid_t) -> io::Result<()> {
         }
         init_pid => {
             close(status_w);
-            relay(init_pid, status_r)
+            relay(init_pid, status_r, report)
         }
     }
 }
@@ -201,15 +266,18 @@ fn init(status_w: c_int) -> io::Result<()> {
         _ => {
             // The hook holds what it needs (its stdio and spawn's error pipe);
             // kept here, they would stay open after it ends.
-            close_all_but(status_w);
+            close_all_but(&[status_w]);
             let status = wait_for(hook);
             if let Some(st) = status {
-                let bytes = st.to_ne_bytes();
-                // SAFETY: write from a live 4-byte buffer; a pipe write this
+                let left = leftovers();
+                let mut bytes = [0u8; 8];
+                bytes[..4].copy_from_slice(&st.to_ne_bytes());
+                bytes[4..].copy_from_slice(&left.to_ne_bytes());
+                // SAFETY: write from a live 8-byte buffer; a pipe write this
                 // small is atomic.
                 unsafe { libc::write(status_w, bytes.as_ptr().cast(), bytes.len()) };
             }
-            // Exiting ends the namespace: the kernel kills what the hook left.
+            // Exiting ends the namespace: the kernel kills whatever is left.
             exit(if status.is_some() { 0 } else { NO_STATUS })
         }
     }
@@ -230,12 +298,49 @@ fn wait_for(hook: libc::pid_t) -> Option<c_int> {
     }
 }
 
-/// The relay: wait for the init, then end as the hook did.
-fn relay(init: libc::pid_t, status_r: c_int) -> ! {
+/// In the init, once the hook has ended: how many processes it left running,
+/// killed (and reaped) now. Every process of the namespace descends from the
+/// init or was handed to it as an orphan, so while any runs, the init has a
+/// child that is not yet a zombie: waitpid(WNOHANG) says 0 instead of ECHILD.
+fn leftovers() -> u32 {
+    let mut ticks = 0;
+    loop {
+        // SAFETY: waitpid with a null status pointer writes nothing.
+        match unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } {
+            0 if ticks < LEFTOVER_TICKS => {
+                ticks += 1;
+                // SAFETY: nanosleep reads the live `LEFTOVER_TICK`.
+                unsafe { libc::nanosleep(&LEFTOVER_TICK, std::ptr::null_mut()) };
+            }
+            0 => break,
+            pid if pid > 0 => {}
+            _ if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+            _ => return 0,
+        }
+    }
+    // kill(-1) from a namespace's init signals every other process in it (and
+    // in namespaces below it). Their orphaned children come to the init, so it
+    // reaps all of them, which counts them.
+    // SAFETY: kill and waitpid are system calls; no memory is written.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    let mut killed = 0;
+    loop {
+        // SAFETY: as above.
+        match unsafe { libc::waitpid(-1, std::ptr::null_mut(), 0) } {
+            pid if pid > 0 => killed += 1,
+            _ if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+            _ => return killed,
+        }
+    }
+}
+
+/// The relay: wait for the init, pass on to the daemon (on `report`) how many
+/// processes the hook left, then end as the hook did.
+fn relay(init: libc::pid_t, status_r: c_int, report: c_int) -> ! {
     // Its copies of the daemon's descriptors (its FUSE connections, sockets, the
     // pipe spawn waits on to see the exec) are not the relay's to keep open.
-    close_all_but(status_r);
-    let mut bytes = [0u8; 4];
+    close_all_but(&[status_r.min(report), status_r.max(report)]);
+    let mut bytes = [0u8; 8];
     let mut got = 0;
     while got < bytes.len() {
         // SAFETY: read into the unfilled rest of `bytes`.
@@ -263,11 +368,21 @@ fn relay(init: libc::pid_t, status_r: c_int) -> ! {
     }
     // Without a report, the init's own end stands for the hook's (SIGKILL from
     // the daemon's group kill, or its failure to start the hook).
-    let st = if got == bytes.len() {
-        c_int::from_ne_bytes(bytes)
+    let (st, left) = if got == bytes.len() {
+        let [a, b, c, d, e, f, g, h] = bytes;
+        (c_int::from_ne_bytes([a, b, c, d]), [e, f, g, h])
     } else {
-        init_status
+        (init_status, [0; 4])
     };
+    if left != [0; 4] {
+        // SAFETY: write from a live 4-byte buffer to the daemon's pipe, empty
+        // and with its reader alive (the relay dies with the daemon).
+        let n = unsafe { libc::write(report, left.as_ptr().cast(), left.len()) };
+        if n != 4 {
+            // Unreported, the leftovers would pass for none: fail instead.
+            exit(NO_STATUS);
+        }
+    }
     if libc::WIFSIGNALED(st) {
         die_by(libc::WTERMSIG(st));
     }
@@ -284,8 +399,8 @@ fn die_by(sig: c_int) -> ! {
     // structures initialised by sigemptyset before use.
     unsafe {
         // The relay is a copy of the daemon's memory (keys, token secrets): a
-        // core-dumping signal must not write it out.
-        libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong);
+        // core-dumping signal must not write it out. `enter` made it
+        // undumpable; fs.suid_dumpable=2 dumps such processes all the same.
         let no_core = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
@@ -316,13 +431,17 @@ fn close(fd: c_int) {
     unsafe { libc::close(fd) };
 }
 
-/// Close every descriptor but `keep`.
-fn close_all_but(keep: c_int) {
-    let keep = keep as c_uint;
-    if keep > 0 {
-        close_range(0, keep - 1);
+/// Close every descriptor but those of `keep` (in ascending order).
+fn close_all_but(keep: &[c_int]) {
+    let mut first: c_uint = 0;
+    for &k in keep {
+        let k = k as c_uint;
+        if k > first {
+            close_range(first, k - 1);
+        }
+        first = first.max(k + 1);
     }
-    close_range(keep + 1, c_uint::MAX);
+    close_range(first, c_uint::MAX);
 }
 
 /// Close descriptors `first..=last`.
