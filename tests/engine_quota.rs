@@ -382,8 +382,11 @@ fn statfs_of_a_branch_shows_its_quota_and_the_others_reservations() {
     .expect("prod reservation");
     let after = pool.statfs_of(main);
     assert_eq!(after.blocks, before.blocks);
+    // Up to the quota's 64-block metadata margin of the 16 MiB may overlap what
+    // `df` already held back for commits and deletes (the delete slop of this
+    // 64 MiB pool is 52 blocks, twice the space map's pages and a bit).
     assert!(
-        after.bavail + 16 * BLOCKS_PER_MIB <= before.bavail,
+        after.bavail + 16 * BLOCKS_PER_MIB <= before.bavail + 64,
         "main's room {} -> {} blocks beside a 16 MiB reservation",
         before.bavail,
         after.bavail

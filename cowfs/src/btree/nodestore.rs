@@ -279,12 +279,37 @@ impl NodeStore {
         self.catalog_reserve + self.space.commit_pages_bound(self.catalog_reserve)
     }
 
+    /// The commit reserve at its hard bound: every space-map page moved, which no
+    /// commit exceeds (`SpaceMap::page_count`). `commit_reserve` caps it by what a
+    /// commit moves in practice; a change that leaves only the commit reserve
+    /// free (a loan of the slop, a branch delete) must leave this instead, or a
+    /// commit whose frees touch pages all over a big pool finds no room, fails
+    /// and keeps failing.
+    pub fn commit_reserve_bound(&self) -> u64 {
+        if self.committing {
+            return 0;
+        }
+        self.catalog_reserve + self.space.page_count()
+    }
+
     /// Blocks above the commit reserve that only operations freeing space may use:
     /// removing a name copies the tree nodes it changes before anything is freed,
     /// so on a pool filled by creates, deletes need room of their own (about a
     /// dozen blocks each; the freed blocks are allocatable two commits later).
+    ///
+    /// A delete's commit also rewrites every space-map page whose counts it
+    /// changed, and a big rm or a snapshot delete touches pages all over the
+    /// pool: each half of the slop covers the commit's hard bound (every map
+    /// page moved, `commit_reserve_bound`) plus a quarter of the old figure for
+    /// the delete's own node copies. That is about 0.2% of the capacity (a map
+    /// page counts 1012 blocks; ext4 reserves 5%, ZFS's slop is 1/32). The old
+    /// figure, capacity / 1024 clamped to 32..=1024 blocks, is kept where it is
+    /// larger (pools under about 28 MiB, so 2,048-block pools keep 32): capped at
+    /// 1,024 it was smaller than the ~1,300 pages of a 5 GiB pool, and such a
+    /// delete's commit failed.
     pub fn delete_slop(&self) -> u64 {
-        (self.space.capacity() / 1024).clamp(32, 1024)
+        let old = (self.space.capacity() / 1024).clamp(32, 1024);
+        old.max(2 * self.space.page_count() + old / 2)
     }
 
     /// The part of the delete slop that only a loan (`slop_on_loan`) may use:
@@ -297,10 +322,15 @@ impl NodeStore {
     }
 
     /// What a tree change must leave free: the commit reserve, and the delete
-    /// slop, but only `loan_slop` of it for a change that frees space and none
-    /// for a loan.
+    /// slop, but only `loan_slop` of it for a change that frees space, and for a
+    /// loan the commit reserve at its hard bound (what the slop's halves are
+    /// sized to cover): loans end with no more blocks in use, but the blocks
+    /// they free wait for the commit while their copies are taken now.
     fn change_reserve(&self) -> u64 {
-        let slop = if self.committing || self.slop_on_loan {
+        if self.slop_on_loan {
+            return self.commit_reserve().max(self.commit_reserve_bound());
+        }
+        let slop = if self.committing {
             0
         } else if self.freeing {
             self.loan_slop()

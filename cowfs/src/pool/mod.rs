@@ -604,7 +604,11 @@ impl Pool {
         }
         e.writable()?;
         // Deleting makes room: it may use the whole delete slop, not the commit
-        // reserve. It keeps none of it: only its commit allocates.
+        // reserve. It keeps none of it: only its commit allocates. On the loan the
+        // check asks for the commit reserve at its hard bound (every space-map
+        // page moved): the record is removed in memory before the commit, and a
+        // snapshot spread over a big full pool touches every page, so a commit
+        // that then found no room failed, and so did every commit after it.
         e.on_loan(|e| e.ensure_commit_room(1))?;
         let rec = e
             .branches
