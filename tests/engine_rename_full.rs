@@ -7,66 +7,16 @@
 //! made on the slop are free again after the commit), or gets ENOSPC and changes
 //! nothing; one that replaces a file counts what freeing that file gives back.
 
+mod pool_filling;
+
 use std::sync::Arc;
 
-use cowfs::fs::{FsError, Owner, ROOT_INO};
-use cowfs::pool::{FsckOptions, Pool, PoolOptions};
+use cowfs::fs::{Owner, ROOT_INO};
+use cowfs::pool::{Pool, PoolOptions};
 use cowfs::store::device::MemDevice;
+use pool_filling::{clean, fill_metadata, free_after_commits, mk, write_until_full};
 
 const BS: u64 = 4096;
-
-fn clean(pool: &Pool, stage: &str) {
-    let r = pool.fsck(&FsckOptions::default()).expect("fsck");
-    assert!(r.is_clean(), "{stage}: fsck:\n{r}");
-    assert_eq!(r.leaked_blocks, 0, "{stage}");
-}
-
-fn mk(pool: &Pool, b: u64, parent: u64, name: &str) -> u64 {
-    let mode = libc::S_IFREG | 0o644;
-    pool.mknod(b, parent, name.as_bytes(), mode, 0, Owner::default())
-        .expect("mknod")
-        .ino
-}
-
-/// Append 64 KiB to `ino` until a write fails with ENOSPC: the size reached.
-fn write_until_full(pool: &Pool, b: u64, ino: u64) -> u64 {
-    let data = vec![0x5a; 64 * 1024];
-    let mut off = 0;
-    loop {
-        match pool.write_file(b, ino, off, &data) {
-            Ok(n) => off += n as u64,
-            Err(e) => {
-                assert_eq!(e.errno(), libc::ENOSPC, "data fill stopped at {off}: {e}");
-                return off;
-            }
-        }
-    }
-}
-
-/// Files with a 1900-byte xattr each until an operation fails, after each commit
-/// again until not even one more fits. The names made; the last error.
-fn fill_metadata(pool: &Pool, b: u64) -> (Vec<String>, FsError) {
-    let mut made: Vec<String> = Vec::new();
-    loop {
-        let before = made.len();
-        let err = loop {
-            let name = format!("x{}", made.len());
-            let mode = libc::S_IFREG | 0o644;
-            let a = match pool.mknod(b, ROOT_INO, name.as_bytes(), mode, 0, Owner::default()) {
-                Ok(a) => a,
-                Err(e) => break e,
-            };
-            made.push(name);
-            if let Err(e) = pool.setxattr(b, a.ino, b"user.x", &[7u8; 1900], 0) {
-                break e;
-            }
-        };
-        pool.commit().expect("commit on a full pool");
-        if made.len() == before {
-            return (made, err);
-        }
-    }
-}
 
 /// A pool of 2048 blocks whose `main` holds what `before` makes, then "big"
 /// written until the pool is full for data, then files with xattrs in the root
@@ -80,19 +30,12 @@ fn full_pool(before: impl FnOnce(&Pool, u64)) -> (Pool, u64, Vec<String>) {
     let b = pool.branch_id("main").expect("main");
     before(&pool, b);
     let big = mk(&pool, b, ROOT_INO, "big");
-    let len = write_until_full(&pool, b, big);
+    let len = write_until_full(&pool, b, big, &[0x5a; 64 * 1024], libc::ENOSPC);
     assert!(len >= 4 << 20, "only {len} bytes fit");
     pool.commit().expect("commit");
     let (names, err) = fill_metadata(&pool, b);
     assert_eq!(err.errno(), libc::ENOSPC, "{err}");
     (pool, b, names)
-}
-
-/// Free blocks once what the running transaction freed is allocatable.
-fn free_after_commits(pool: &Pool) -> u64 {
-    pool.commit().expect("commit");
-    pool.commit().expect("commit");
-    pool.statfs().bfree
 }
 
 fn exists(pool: &Pool, b: u64, parent: u64, name: &str) -> bool {

@@ -9,12 +9,15 @@
 //! snapshot shares) stays out of the slop, and repeating shrinks does not drain
 //! it.
 
+mod pool_filling;
+
 use std::sync::Arc;
 
-use cowfs::fs::{FsError, FsResult, Owner, SetAttr, ROOT_INO};
+use cowfs::fs::{FsResult, Owner, SetAttr, ROOT_INO};
 use cowfs::pool::quota::QuotaLimits;
-use cowfs::pool::{FsckOptions, Pool, PoolOptions};
+use cowfs::pool::{Pool, PoolOptions};
 use cowfs::store::device::MemDevice;
+use pool_filling::{clean, fill_metadata, write_until_full};
 
 const BS: u64 = 4096;
 const MIB: u64 = 1 << 20;
@@ -23,11 +26,6 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| ((i as u64).wrapping_mul(2654435761) ^ seed) as u8)
         .collect()
-}
-
-fn clean(pool: &Pool, stage: &str) {
-    let r = pool.fsck(&FsckOptions::default()).expect("fsck");
-    assert!(r.is_clean(), "{stage}: fsck:\n{r}");
 }
 
 fn mk(pool: &Pool, b: u64, name: &str) -> u64 {
@@ -43,47 +41,6 @@ fn truncate(pool: &Pool, b: u64, ino: u64, size: u64) -> FsResult<()> {
         ..Default::default()
     };
     pool.setattr(b, ino, &s).map(|_| ())
-}
-
-/// Append 64 KiB chunks of `pattern(seed)` to `ino` until a write fails: the size
-/// reached, checked to stop with `errno`.
-fn write_until_full(pool: &Pool, b: u64, ino: u64, seed: u64, errno: i32) -> u64 {
-    let data = pattern(seed, 64 * 1024);
-    let mut off = 0;
-    loop {
-        match pool.write_file(b, ino, off, &data) {
-            Ok(n) => off += n as u64,
-            Err(e) => {
-                assert_eq!(e.errno(), errno, "data fill stopped at {off}: {e}");
-                return off;
-            }
-        }
-    }
-}
-
-/// Files with a 1900-byte xattr each until an operation fails, after each commit
-/// again until not even one more fits. The names made; the last error.
-fn fill_metadata(pool: &Pool, b: u64) -> (Vec<String>, FsError) {
-    let mut made: Vec<String> = Vec::new();
-    loop {
-        let before = made.len();
-        let err = loop {
-            let name = format!("x{}", made.len());
-            let mode = libc::S_IFREG | 0o644;
-            let a = match pool.mknod(b, ROOT_INO, name.as_bytes(), mode, 0, Owner::default()) {
-                Ok(a) => a,
-                Err(e) => break e,
-            };
-            made.push(name);
-            if let Err(e) = pool.setxattr(b, a.ino, b"user.x", &[7u8; 1900], 0) {
-                break e;
-            }
-        };
-        pool.commit().expect("commit on a full pool");
-        if made.len() == before {
-            return (made, err);
-        }
-    }
 }
 
 /// A pool of 2048 blocks whose `main` holds "big", written until the pool is full
@@ -107,7 +64,7 @@ fn full_pool(before: impl FnOnce(&Pool, u64)) -> Full {
     let b = pool.branch_id("main").expect("main");
     before(&pool, b);
     let big = mk(&pool, b, "big");
-    let len = write_until_full(&pool, b, big, 1, libc::ENOSPC);
+    let len = write_until_full(&pool, b, big, &pattern(1, 64 * 1024), libc::ENOSPC);
     assert!(len >= 4 * MIB, "only {len} bytes fit");
     pool.commit().expect("commit");
     let (names, err) = fill_metadata(&pool, b);
@@ -353,7 +310,7 @@ fn a_branch_at_its_quota_can_shrink_a_file() {
     pool.quota_set("agent", limits).expect("quota");
     let used = |pool: &Pool| pool.quota_list()[0].used_bytes;
     let big = mk(&pool, b, "big");
-    let len = write_until_full(&pool, b, big, 1, libc::EDQUOT);
+    let len = write_until_full(&pool, b, big, &pattern(1, 64 * 1024), libc::EDQUOT);
     pool.commit().expect("commit");
     let (_, err) = fill_metadata(&pool, b);
     assert_eq!(err.errno(), libc::EDQUOT, "{err}");

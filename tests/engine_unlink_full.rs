@@ -9,11 +9,14 @@
 //! what they copy, so removing a file that frees space, and deleting the
 //! snapshot or branch that holds the space, keep working.
 
+mod pool_filling;
+
 use std::sync::Arc;
 
-use cowfs::fs::{FsError, Owner, SetAttr, ROOT_INO};
-use cowfs::pool::{FsckOptions, Pool, PoolOptions};
+use cowfs::fs::{Owner, SetAttr, ROOT_INO};
+use cowfs::pool::{Pool, PoolOptions};
 use cowfs::store::device::MemDevice;
+use pool_filling::{clean, fill_metadata, free_after_commits, mk, write_until_full};
 
 const BS: u64 = 4096;
 /// Directories of shared files, and files in each: 288 files, whose inodes (with
@@ -22,66 +25,6 @@ const DIRS: usize = 24;
 const FILES: usize = 12;
 /// The delete slop of a 2048-block pool (capacity / 1024, at least 32).
 const SLOP: u64 = 32;
-
-fn clean(pool: &Pool, stage: &str) {
-    let r = pool.fsck(&FsckOptions::default()).expect("fsck");
-    assert!(r.is_clean(), "{stage}: fsck:\n{r}");
-    assert_eq!(r.leaked_blocks, 0, "{stage}");
-}
-
-fn mk(pool: &Pool, b: u64, parent: u64, name: &str) -> u64 {
-    let mode = libc::S_IFREG | 0o644;
-    pool.mknod(b, parent, name.as_bytes(), mode, 0, Owner::default())
-        .expect("mknod")
-        .ino
-}
-
-/// Append 64 KiB to `ino` until a write fails with ENOSPC: the size reached.
-fn write_until_full(pool: &Pool, b: u64, ino: u64) -> u64 {
-    let data = vec![0x5a; 64 * 1024];
-    let mut off = 0;
-    loop {
-        match pool.write_file(b, ino, off, &data) {
-            Ok(n) => off += n as u64,
-            Err(e) => {
-                assert_eq!(e.errno(), libc::ENOSPC, "data fill stopped at {off}: {e}");
-                return off;
-            }
-        }
-    }
-}
-
-/// Files with a 1900-byte xattr each until an operation fails, after each commit
-/// again until not even one more fits. The names made; the last error.
-fn fill_metadata(pool: &Pool, b: u64) -> (Vec<String>, FsError) {
-    let mut made: Vec<String> = Vec::new();
-    loop {
-        let before = made.len();
-        let err = loop {
-            let name = format!("x{}", made.len());
-            let mode = libc::S_IFREG | 0o644;
-            let a = match pool.mknod(b, ROOT_INO, name.as_bytes(), mode, 0, Owner::default()) {
-                Ok(a) => a,
-                Err(e) => break e,
-            };
-            made.push(name);
-            if let Err(e) = pool.setxattr(b, a.ino, b"user.x", &[7u8; 1900], 0) {
-                break e;
-            }
-        };
-        pool.commit().expect("commit on a full pool");
-        if made.len() == before {
-            return (made, err);
-        }
-    }
-}
-
-/// Free blocks once what the running transaction freed is allocatable.
-fn free_after_commits(pool: &Pool) -> u64 {
-    pool.commit().expect("commit");
-    pool.commit().expect("commit");
-    pool.statfs().bfree
-}
 
 /// A pool of 2048 blocks whose `main` holds `DIRS` directories of `FILES` files
 /// (two data blocks and a 1000-byte xattr each), shared with "keep", a snapshot
@@ -115,7 +58,7 @@ fn full_shared_pool(snapshot: bool) -> (Pool, u64, Vec<u64>, Vec<String>) {
         pool.branch_create("keep", "main").expect("branch");
     }
     let big = mk(&pool, b, ROOT_INO, "big");
-    let len = write_until_full(&pool, b, big);
+    let len = write_until_full(&pool, b, big, &[0x5a; 64 * 1024], libc::ENOSPC);
     assert!(len >= 2 << 20, "only {len} bytes fit");
     pool.commit().expect("commit");
     let (names, err) = fill_metadata(&pool, b);
