@@ -116,6 +116,21 @@ struct Env {
 }
 
 impl Env {
+    /// `branch create NAME --from prod --sanitize PROFILE` as admin, on a thread
+    /// of its own: the test goes on while the daemon sanitizes.
+    fn create_in_background(
+        &self,
+        name: &'static str,
+        profile: &'static str,
+    ) -> std::thread::JoinHandle<Result<cowfs_ctl::proto::BranchInfo, ClientError>> {
+        let socket = self.socket();
+        let secret = self.admin.clone();
+        std::thread::spawn(move || {
+            let mut c = Client::connect(&socket, &secret).expect("connect");
+            c.branch_create_with(name, "prod", None, Some(profile), None)
+        })
+    }
+
     fn new() -> Env {
         let tmp = tempfile::Builder::new()
             .prefix("cowfs-sanitize-daemon-")
@@ -815,12 +830,7 @@ fn daemon_killed_while_sanitizing_leaves_no_clone() {
     let mut admin = env.connect(&env.admin);
     make_prod(&env, &mut admin);
     let before = admin.usage().expect("usage").used_bytes;
-    let socket = env.socket();
-    let secret = env.admin.clone();
-    let creator = std::thread::spawn(move || {
-        let mut c = Client::connect(&socket, &secret).expect("connect");
-        c.branch_create_with("doomed", "prod", None, Some("gate"), None)
-    });
+    let creator = env.create_in_background("doomed", "gate");
     env.wait_gate_started();
     let state = std::fs::read_to_string(cowfs::control::sanitizing::state_path(
         &env.base.join("pool"),
@@ -919,12 +929,7 @@ fn daemon_killed_during_a_hook_takes_what_the_hook_started_along() {
     let _gate = OpenGate(env.gate(""));
     let mut admin = env.connect(&env.admin);
     make_prod(&env, &mut admin);
-    let socket = env.socket();
-    let secret = env.admin.clone();
-    let creator = std::thread::spawn(move || {
-        let mut c = Client::connect(&socket, &secret).expect("connect");
-        c.branch_create_with("doomed", "prod", None, Some("daemonizes"), None)
-    });
+    let creator = env.create_in_background("doomed", "daemonizes");
     env.wait_gate_started();
     let hook = read_pid(&env.gate(".pid")).expect("hook pid");
     let sleeper = read_pid(&env.gate(".sleeper")).expect("sleeper pid");
@@ -980,12 +985,7 @@ fn sigterm_while_sanitizing_kills_the_hook_and_deletes_the_clone() {
     let _gate = OpenGate(env.gate(""));
     let mut admin = env.connect(&env.admin);
     make_prod(&env, &mut admin);
-    let socket = env.socket();
-    let secret = env.admin.clone();
-    let creator = std::thread::spawn(move || {
-        let mut c = Client::connect(&socket, &secret).expect("connect");
-        c.branch_create_with("stopped", "prod", None, Some("gate"), None)
-    });
+    let creator = env.create_in_background("stopped", "gate");
     env.wait_gate_started();
     let pid = read_pid(&env.gate(".pid")).expect("hook pid");
     drop(admin);
@@ -1022,12 +1022,7 @@ fn gated_victim(
     std::thread::JoinHandle<Result<cowfs_ctl::proto::BranchInfo, ClientError>>,
     PathBuf,
 ) {
-    let socket = env.socket();
-    let secret = env.admin.clone();
-    let creator = std::thread::spawn(move || {
-        let mut c = Client::connect(&socket, &secret).expect("connect");
-        c.branch_create_with("victim", "prod", None, Some("gate"), None)
-    });
+    let creator = env.create_in_background("victim", "gate");
     env.wait_gate_started();
     let private = std::fs::read_dir(env.base.join("scratch"))
         .expect("scratch")
