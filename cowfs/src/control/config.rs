@@ -90,7 +90,7 @@ impl ServerConfig {
     /// missing, so that only the daemon's user decides what directories exist
     /// there.
     pub fn mount_roots(&self, pool: &Path) -> Result<Vec<PathBuf>, ControlError> {
-        let default = [super::files::with_suffix(pool, ".mnt")];
+        let default = [super::files::side_file(pool, ".mnt")];
         let roots = if self.mount_roots.is_empty() {
             use std::os::unix::fs::DirBuilderExt;
             let made = std::fs::DirBuilder::new().mode(0o755).create(&default[0]);

@@ -1,5 +1,6 @@
 //! Private files beside the pool (`POOL.token`, `POOL.tokens`, `POOL.quotas`,
-//! `POOL.sanitize-state`): mode 0600, written durably, replaced atomically.
+//! `POOL.sanitize-state`; for a pool on a block device under `/var/lib/cowfs`, see
+//! `side_file`): mode 0600, written durably, replaced atomically.
 //!
 //! The pool's directory may be shared with other users, so nothing here opens an
 //! existing name for writing: the data goes to a new file with a random name,
@@ -25,6 +26,54 @@ pub fn with_suffix(pool: &Path, suffix: &str) -> PathBuf {
     let mut s = pool.as_os_str().to_os_string();
     s.push(suffix);
     PathBuf::from(s)
+}
+
+/// Where the side files of pools on block devices live (`$COWFS_STATE_DIR`
+/// overrides it).
+pub const STATE_DIR: &str = "/var/lib/cowfs";
+
+/// A side file of the pool at `pool` (`suffix` `.tokens`, `.token`, `.quotas`,
+/// `.sanitize-key`, `.sanitize-state`, `.lock`, `.sock`, `.mnt`): beside a pool
+/// file; for a pool on a block device, under the state directory at the device's
+/// path as given (`/dev/disk/by-id/X` -> `/var/lib/cowfs/dev/disk/by-id/X.tokens`).
+/// Beside the device they would land in `/dev`, a memory filesystem: after a
+/// reboot the tokens, the pseudonym key and the record of unfinished sanitizes
+/// (clones that must not be mounted) would be gone.
+pub fn side_file(pool: &Path, suffix: &str) -> PathBuf {
+    match blockdev_state_base(pool) {
+        Some(base) => with_suffix(&base, suffix),
+        None => with_suffix(pool, suffix),
+    }
+}
+
+/// Creates the directory of a block-device pool's side files if missing; nothing
+/// to do for a pool file. Mode 0755, as a pool file's directory usually is: the
+/// secrets are in 0600 files, and services running as their own users must reach
+/// mounts under the default mount root (`POOL.mnt`) there.
+pub fn make_side_dir(pool: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match blockdev_state_base(pool) {
+        Some(base) => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent_dir(&base)),
+        None => Ok(()),
+    }
+}
+
+/// For a pool on a block device, the state directory joined with the device's
+/// absolute path (not resolved: a stable name such as `/dev/disk/by-id/X` keeps
+/// naming the same files when the kernel numbers devices differently).
+fn blockdev_state_base(pool: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(pool).ok()?;
+    if !meta.file_type().is_block_device() {
+        return None;
+    }
+    let abs = std::path::absolute(pool).ok()?;
+    let dir =
+        std::env::var_os("COWFS_STATE_DIR").map_or_else(|| PathBuf::from(STATE_DIR), PathBuf::from);
+    Some(dir.join(abs.strip_prefix("/").unwrap_or(&abs)))
 }
 
 /// The directory holding `path` ("." for a bare file name).

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::files::{read_private, replace_private, with_suffix};
+use super::files::{read_private, replace_private, side_file};
 use super::ControlError;
 use crate::pool::quota::QuotaLimits;
 use crate::pool::{BranchId, Pool};
@@ -39,7 +39,7 @@ impl QuotaStore {
     /// of branches deleted meanwhile are dropped; a reservation that no longer fits
     /// is logged and not applied (it stays in the file until changed).
     pub fn open(pool: &Pool) -> Result<QuotaStore, ControlError> {
-        let path = with_suffix(pool.name(), ".quotas");
+        let path = side_file(pool.name(), ".quotas");
         let mut file = match read_private(&path) {
             Ok(text) => {
                 serde_json::from_str::<QuotaFile>(&text).map_err(|e| ControlError::Config {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::files::{read_private, replace_private, with_suffix};
+use super::files::{read_private, replace_private, side_file};
 use super::ControlError;
 use crate::pool::BranchId;
 
@@ -27,7 +27,7 @@ const FILE_VERSION: u32 = 1;
 
 /// `POOL.sanitize-state`.
 pub fn state_path(pool: &Path) -> PathBuf {
-    with_suffix(pool, ".sanitize-state")
+    side_file(pool, ".sanitize-state")
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::files::{read_private, replace_private, with_suffix};
+use super::files::{make_side_dir, read_private, replace_private, side_file};
 use crate::pool::{BranchId, TokenId, NO_OWNER};
 
 /// Name of the token `cowfs init` creates.
@@ -48,12 +48,12 @@ pub enum TokenError {
 
 /// `POOL.tokens`: the hashed token store.
 pub fn store_path(pool: &Path) -> PathBuf {
-    with_suffix(pool, ".tokens")
+    side_file(pool, ".tokens")
 }
 
 /// `POOL.token`: the first admin token's secret, written by `cowfs init`.
 pub fn secret_path(pool: &Path) -> PathBuf {
-    with_suffix(pool, ".token")
+    side_file(pool, ".token")
 }
 
 /// Create the token store of a new pool with one token, `admin` (scope `admin:*`),
@@ -65,6 +65,10 @@ pub fn init_admin_token(pool_path: &Path) -> Result<PathBuf, TokenError> {
     if store.exists() {
         return Err(TokenError::AlreadyInitialized(store));
     }
+    make_side_dir(pool_path).map_err(|source| TokenError::Io {
+        path: store.clone(),
+        source,
+    })?;
     let (secret, hash) = new_secret(&store)?;
     let file = TokenFile {
         version: FILE_VERSION,

@@ -116,6 +116,11 @@ pub enum PoolError {
     },
     #[error("{0}: file exists and is not empty; refusing to overwrite it with a new pool")]
     NotEmpty(PathBuf),
+    #[error(
+        "{0}: the device holds {1}; refusing to overwrite it with a new pool (if it is \
+         the right device, zero its first MiB first: `dd if=/dev/zero of={0} bs=1M count=1`)"
+    )]
+    DeviceNotBlank(PathBuf, &'static str),
     #[error("pool too small: {0} blocks (at least 64 blocks of 4 KiB are needed)")]
     TooSmall(u64),
     #[error("no branch or snapshot named '{0}' (see `cowfs-ctl list`)")]
@@ -134,7 +139,9 @@ impl PoolError {
             PoolError::Store(s) => s.errno(),
             PoolError::Fs(f) => f.errno(),
             PoolError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            PoolError::NotEmpty(_) | PoolError::BranchExists(_) => libc::EEXIST,
+            PoolError::NotEmpty(_) | PoolError::DeviceNotBlank(..) | PoolError::BranchExists(_) => {
+                libc::EEXIST
+            }
             PoolError::TooSmall(_) => libc::ENOSPC,
             PoolError::BranchNotFound(_) => libc::ENOENT,
             PoolError::InvalidName(..) => libc::EINVAL,
@@ -265,6 +272,15 @@ impl Pool {
         })?;
         if dev.fixed_capacity().is_none() && dev.len_blocks() > 0 {
             return Err(PoolError::NotEmpty(path.to_path_buf()));
+        }
+        if dev.fixed_capacity().is_some() {
+            let io = |source| PoolError::Io {
+                path: path.to_path_buf(),
+                source,
+            };
+            if let Some(what) = crate::store::blank::what_is_on(&dev).map_err(io)? {
+                return Err(PoolError::DeviceNotBlank(path.to_path_buf(), what));
+            }
         }
         Pool::create_on(Arc::new(dev), opts)
     }

@@ -99,14 +99,32 @@ impl FileDevice {
         use std::os::unix::fs::OpenOptionsExt;
         // A new pool file is the owner's alone: it holds every branch's data, personal
         // data of production included, whatever the files' own modes say.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)?;
         use std::os::unix::fs::FileTypeExt;
+        let on_blockdev = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
+        let mut open = OpenOptions::new();
+        open.read(true).write(true);
+        if on_blockdev {
+            // O_EXCL claims a block device: the open fails with EBUSY while a
+            // filesystem is mounted from it or another process has claimed it, such
+            // as a cowfs daemon that opened it under another name (a lock file,
+            // named after the path, would not see /dev/disk/by-id/X and /dev/sdb as
+            // one pool). The O_DIRECT handle below is opened without: the claim is
+            // per open file, so it would conflict with this one.
+            open.custom_flags(libc::O_EXCL);
+        } else {
+            open.create(create).truncate(false).mode(0o600);
+        }
+        let file = open.open(path).map_err(|e| {
+            if on_blockdev && e.raw_os_error() == Some(libc::EBUSY) {
+                std::io::Error::new(
+                    e.kind(),
+                    "the device is in use (a filesystem is mounted from it, or another \
+                     process such as a cowfs daemon has it open exclusively)",
+                )
+            } else {
+                e
+            }
+        })?;
         let meta = file.metadata()?;
         let is_blockdev = meta.file_type().is_block_device();
         let len = if is_blockdev {

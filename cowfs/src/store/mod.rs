@@ -1,6 +1,7 @@
 //! Block storage: devices, checksummed block headers, superblock slots, the node
 //! cache and the space map (allocator + per-block reference counts).
 
+pub mod blank;
 pub mod block;
 pub mod cache;
 pub mod device;

@@ -112,16 +112,12 @@ fn refuse_unfinished_clone(pool: &Pool, branch: &str) -> Result<(), Box<dyn std:
     Ok(())
 }
 
-/// The control socket: `--socket`, else `$COWFS_SOCKET`, else the pool's path with
-/// `.sock` appended.
+/// The control socket: `--socket`, else `$COWFS_SOCKET`, else `POOL.sock`
+/// (`side_file`).
 fn socket_path(pool: &Path, socket: Option<PathBuf>) -> PathBuf {
     socket
         .or_else(|| std::env::var_os("COWFS_SOCKET").map(PathBuf::from))
-        .unwrap_or_else(|| {
-            let mut s = pool.as_os_str().to_owned();
-            s.push(".sock");
-            PathBuf::from(s)
-        })
+        .unwrap_or_else(|| cowfs::control::side_file(pool, ".sock"))
 }
 
 /// `cowfs serve`: the daemon, driven over the control socket.

@@ -23,19 +23,20 @@ pub enum LockError {
     Io { lock: PathBuf, source: io::Error },
 }
 
-/// The lock file of a pool: the pool's path with `.lock` appended.
+/// The lock file of a pool: `POOL.lock` (`side_file`).
 pub fn lock_path(pool: &Path) -> PathBuf {
-    let mut s = pool.as_os_str().to_owned();
-    s.push(".lock");
-    PathBuf::from(s)
+    cowfs::control::side_file(pool, ".lock")
 }
 
+/// Every command that opens the pool takes this lock first, so it is also where
+/// the side-file directory of a block-device pool is made.
 pub fn lock(pool: &Path) -> Result<PoolLock, LockError> {
     let lock = lock_path(pool);
     let io_err = |source| LockError::Io {
         lock: lock.clone(),
         source,
     };
+    cowfs::control::make_side_dir(pool).map_err(io_err)?;
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)

@@ -127,6 +127,16 @@ const LOG_DEFAULT: &str = "info,fuser::session=error,fuser::reply=off";
 type Fallible = Result<ExitCode, Box<dyn std::error::Error>>;
 
 fn init(pool: &std::path::Path, size: Option<u64>, preallocate: bool) -> Fallible {
+    use std::os::unix::fs::FileTypeExt;
+    // Refused before anything is written: a pool made and then left without its
+    // admin token would need a second init, which it refuses.
+    if preallocate && std::fs::metadata(pool).is_ok_and(|m| m.file_type().is_block_device()) {
+        return Err(format!(
+            "{}: --preallocate is for pool files; a block device has all its blocks",
+            pool.display()
+        )
+        .into());
+    }
     let _lock = lockfile::lock(pool)?;
     let opts = PoolOptions {
         capacity_bytes: size,

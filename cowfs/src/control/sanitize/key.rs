@@ -15,9 +15,7 @@ const KEY_LEN: usize = 32;
 
 /// `POOL.sanitize-key`.
 pub fn key_path(pool: &Path) -> PathBuf {
-    let mut s = pool.as_os_str().to_os_string();
-    s.push(".sanitize-key");
-    PathBuf::from(s)
+    crate::control::side_file(pool, ".sanitize-key")
 }
 
 /// Read the pool's key, creating it (from /dev/urandom) if there is none.

@@ -1,0 +1,164 @@
+//! A pool on a block device (a loop device here), through the `cowfs` binary:
+//! - `cowfs init` refuses a device that holds a filesystem or a pool, and leaves
+//!   it intact; it creates a pool on a zeroed one;
+//! - the side files (tokens, lock, ...) go to the state directory, not to `/dev`
+//!   (a memory filesystem, emptied at every boot);
+//! - the device is claimed while open: a second cowfs through another name of the
+//!   same device (a symlink, as `/dev/disk/by-id/...` is) is refused;
+//! - what a mount wrote is there after a refused re-init, and fsck is clean.
+//!
+//! Needs root, loop devices and e2fsprogs (`.ci/run` installs them).
+
+#[path = "mount/mod.rs"]
+mod mount;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use mount::{cowfs_bin, Mounted};
+
+/// A loop device over a sparse file, detached on drop.
+struct LoopDevice {
+    dev: PathBuf,
+}
+
+impl LoopDevice {
+    fn new(image: &Path, bytes: u64) -> LoopDevice {
+        fs::File::create(image)
+            .and_then(|f| f.set_len(bytes))
+            .expect("image file");
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(image)
+            .output()
+            .expect("run losetup");
+        assert!(out.status.success(), "losetup: {out:?}");
+        let dev = String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string();
+        assert!(dev.starts_with("/dev/loop"), "losetup printed {dev:?}");
+        LoopDevice { dev: dev.into() }
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+/// Runs `cowfs ARGS` with the test's state directory; (success, stdout + stderr).
+fn cowfs(state: &Path, args: &[&Path]) -> (bool, String) {
+    let out = Command::new(cowfs_bin())
+        .args(args)
+        .env("COWFS_STATE_DIR", state)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run cowfs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn run(cmd: &mut Command) {
+    let st = cmd.status().expect("run");
+    assert!(st.success(), "{cmd:?}: {st}");
+}
+
+fn zero_first_mib(dev: &Path) {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(dev)
+        .expect("open device");
+    std::io::Write::write_all(&mut f, &vec![0u8; 1 << 20]).expect("zero");
+    f.sync_all().expect("sync device");
+}
+
+/// The side files cowfs could have put beside the device.
+fn beside(dev: &Path) -> Vec<PathBuf> {
+    let name = dev
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    fs::read_dir(dev.parent().expect("/dev"))
+        .expect("read /dev")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            let n = p.file_name().expect("name").to_string_lossy();
+            n.starts_with(&format!("{name}.")) && n.len() > name.len() + 1
+        })
+        .collect()
+}
+
+#[test]
+fn a_pool_on_a_block_device() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-blockdev-")
+        .tempdir()
+        .expect("tempdir");
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).expect("chmod tmp");
+    let base = tmp.path().canonicalize().expect("canonical tmp");
+    let state = base.join("state");
+    let lo = LoopDevice::new(&base.join("image"), 256 << 20);
+    let dev = lo.dev.as_path();
+
+    // A device holding a filesystem is refused and left as it was.
+    run(Command::new("mkfs.ext4").arg("-q").arg(dev));
+    let (ok, text) = cowfs(&state, &[Path::new("init"), dev]);
+    assert!(!ok, "init over ext4 succeeded: {text}");
+    assert!(
+        text.contains("holds an ext2/ext3/ext4 filesystem"),
+        "{text}"
+    );
+    run(Command::new("e2fsck")
+        .args(["-n", "-f"])
+        .arg(dev)
+        .stdout(std::process::Stdio::null()));
+
+    // A zeroed one takes a pool; its side files land in the state directory.
+    zero_first_mib(dev);
+    let (ok, text) = cowfs(&state, &[Path::new("init"), dev]);
+    assert!(ok, "init on a zeroed device: {text}");
+    let mut token = state
+        .join(dev.strip_prefix("/").expect("absolute"))
+        .into_os_string();
+    token.push(".token");
+    let mode = fs::metadata(&token)
+        .expect("token in the state dir")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", Path::new(&token).display());
+    assert_eq!(beside(dev), Vec::<PathBuf>::new(), "side files in /dev");
+
+    // Mounted, the device is claimed: another name for it is refused.
+    std::env::set_var("COWFS_STATE_DIR", &state);
+    let mnt = base.join("mnt");
+    fs::create_dir(&mnt).expect("mkdir mnt");
+    let m = Mounted::start(dev, "main", &mnt, false);
+    fs::write(mnt.join("kept"), b"on the device").expect("write on the mount");
+    let alias = base.join("alias");
+    std::os::unix::fs::symlink(dev, &alias).expect("symlink");
+    let (ok, text) = cowfs(&state, &[Path::new("fsck"), &alias]);
+    assert!(!ok, "fsck through an alias of a device in use ran: {text}");
+    assert!(text.contains("the device is in use"), "{text}");
+    m.stop();
+
+    // Unmounted, a second init is refused: the device holds a pool.
+    let (ok, text) = cowfs(&state, &[Path::new("init"), &alias]);
+    assert!(!ok, "init over a pool succeeded: {text}");
+    assert!(text.contains("holds a cowfs pool"), "{text}");
+    let m = Mounted::start(dev, "main", &mnt, false);
+    assert_eq!(
+        fs::read(mnt.join("kept")).expect("read back"),
+        b"on the device"
+    );
+    m.stop();
+    let (ok, text) = cowfs(&state, &[Path::new("fsck"), dev]);
+    assert!(ok, "fsck: {text}");
+    assert!(text.contains("clean"), "{text}");
+    assert_eq!(beside(dev), Vec::<PathBuf>::new(), "side files in /dev");
+}
