@@ -123,3 +123,26 @@ fn unlink_of_large_files_in_a_fresh_clone() {
     let r = pool.fsck(&FsckOptions::default()).unwrap();
     assert!(r.is_clean(), "{r}");
 }
+
+#[test]
+fn create_refuses_a_size_too_small_or_a_file_in_use_and_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool");
+    let tiny = PoolOptions {
+        capacity_bytes: Some(100 << 10),
+        ..Default::default()
+    };
+    let err = Pool::create(&path, &tiny).err().expect("a 25-block pool");
+    assert!(
+        err.to_string().contains("pool too small: 25 blocks"),
+        "{err}"
+    );
+    assert!(!path.exists(), "a refused size left a pool file behind");
+
+    std::fs::write(&path, b"someone's data").unwrap();
+    let err = Pool::create(&path, &PoolOptions::default())
+        .err()
+        .expect("a non-empty file");
+    assert!(err.to_string().contains("refusing to overwrite"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"someone's data");
+}

@@ -102,6 +102,9 @@ impl Default for PoolOptions {
 }
 
 /// Errors of pool-level operations.
+/// The smallest pool `create` makes, in blocks.
+const MIN_POOL_BLOCKS: u64 = 64;
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PoolError {
@@ -266,11 +269,17 @@ impl Pool {
     /// Create a new pool in a regular file (created if missing, must be empty) or on
     /// a block device.
     pub fn create(path: &Path, opts: &PoolOptions) -> PoolResult<Pool> {
+        // Checked before the pool file is created, so a refused size leaves no file.
+        if let Some(blocks) = opts.capacity_bytes.map(|b| b / BLOCK_SIZE as u64) {
+            if blocks < MIN_POOL_BLOCKS {
+                return Err(PoolError::TooSmall(blocks));
+            }
+        }
         let dev = FileDevice::open(path, true).map_err(|e| PoolError::Io {
             path: path.to_path_buf(),
             source: e,
         })?;
-        if dev.fixed_capacity().is_none() && dev.len_blocks() > 0 {
+        if dev.fixed_capacity().is_none() && !dev.is_empty() {
             return Err(PoolError::NotEmpty(path.to_path_buf()));
         }
         if dev.fixed_capacity().is_some() {
@@ -302,7 +311,7 @@ impl Pool {
             (None, Some(fixed)) => fixed,
             (None, None) => DEFAULT_FILE_CAPACITY / BLOCK_SIZE as u64,
         };
-        if capacity < 64 {
+        if capacity < MIN_POOL_BLOCKS {
             return Err(PoolError::TooSmall(capacity));
         }
         let pool_id = random_u64();

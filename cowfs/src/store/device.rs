@@ -157,6 +157,12 @@ impl FileDevice {
         Ok(dev)
     }
 
+    /// Whether the file or device holds no bytes at all (`len_blocks` rounds a
+    /// file shorter than a block down to 0).
+    pub fn is_empty(&self) -> bool {
+        self.len.load(Ordering::Relaxed) == 0
+    }
+
     /// fstatvfs of the host filesystem; remembers the answer.
     fn query_host_free(&self) -> Option<u64> {
         let free = host_free(&self.file).ok()?;
