@@ -1,5 +1,6 @@
-//! `cowfs scrub POOL`: a damaged data block is reported by branch and path with exit
-//! code 4; a clean pool exits 0.
+//! The `cowfs` command on pool files: `scrub` reports a damaged data block by
+//! branch and path with exit code 4 and exits 0 on a clean pool; `init
+//! --preallocate`; `init` refusing an earlier pool's side files.
 
 use std::process::Command;
 
@@ -89,4 +90,35 @@ fn init_preallocate_writes_the_whole_capacity() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// `cowfs init` where an earlier pool's side files are left (its pool file was
+/// deleted): refused before anything is written, since its tokens would be
+/// accepted by the new pool; with them moved away, init works.
+#[test]
+fn init_refuses_the_side_files_of_an_earlier_pool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = dir.path().join("pool");
+    let init = || {
+        Command::new(env!("CARGO_BIN_EXE_cowfs"))
+            .args(["init", "--size", "64M"])
+            .arg(&pool)
+            .output()
+            .expect("cowfs init")
+    };
+    assert!(init().status.success());
+    std::fs::remove_file(&pool).expect("rm pool");
+    let out = init();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "second init succeeded");
+    assert!(
+        err.contains("files of an earlier pool are in the way"),
+        "{err}"
+    );
+    assert!(err.contains("pool.tokens"), "{err}");
+    assert!(!pool.exists(), "the refused init created a pool file");
+    for suffix in ["token", "tokens"] {
+        std::fs::remove_file(dir.path().join(format!("pool.{suffix}"))).expect("rm");
+    }
+    assert!(init().status.success());
 }

@@ -138,6 +138,7 @@ fn init(pool: &std::path::Path, size: Option<u64>, preallocate: bool) -> Fallibl
         .into());
     }
     let _lock = lockfile::lock(pool)?;
+    refuse_earlier_side_files(pool)?;
     let opts = PoolOptions {
         capacity_bytes: size,
         ..Default::default()
@@ -155,6 +156,35 @@ fn init(pool: &std::path::Path, size: Option<u64>, preallocate: bool) -> Fallibl
     println!("created pool {} with branch main", pool.display());
     println!("admin token secret in {} (mode 0600)", secret.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The side files of an earlier pool at this path (its pool file deleted, its
+/// device zeroed) would apply to the new one: its tokens would be honoured, its
+/// quotas and sanitize records would name branches the new pool may get. Init
+/// refuses them before anything is written; the lock file and the socket are
+/// harmless (the socket is replaced at start).
+fn refuse_earlier_side_files(pool: &std::path::Path) -> Result<(), String> {
+    let found: Vec<String> = [
+        ".token",
+        ".tokens",
+        ".quotas",
+        ".sanitize-key",
+        ".sanitize-state",
+    ]
+    .iter()
+    .map(|suffix| cowfs::control::side_file(pool, suffix))
+    .filter(|p| p.symlink_metadata().is_ok())
+    .map(|p| p.display().to_string())
+    .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{}: files of an earlier pool are in the way: {}; they would apply to the new \
+         pool (its tokens would be accepted): move or remove them first",
+        pool.display(),
+        found.join(", ")
+    ))
 }
 
 fn fsck(pool: &std::path::Path, verify_data: bool) -> Fallible {
