@@ -1224,9 +1224,14 @@ fn sanitize_failure(
             f.timed_out = true;
             f.output = Some(output.clone());
         }
-        SanitizeError::HookLeftProcesses { hook, output, .. } => {
+        SanitizeError::HookLeftProcesses {
+            hook,
+            processes,
+            output,
+        } => {
             f.stage = "hook".into();
             f.hook = Some(hook.clone());
+            f.processes_left = Some(*processes);
             f.output = Some(output.clone());
         }
         SanitizeError::HookSpawn { hook, .. } | SanitizeError::HookNamespace { hook, .. } => {
