@@ -7,8 +7,9 @@
 //! last `MAX_OUTPUT` bytes). Every process it starts, daemonized or not, ends
 //! when the hook ends, when it is killed at its timeout, and when the daemon dies
 //! in any way (SIGKILL included). One the hook did not wait for fails the hook:
-//! killed midway, it may have left the clone half scrubbed. `run_hooks` gives
-//! the hooks a private read-write mount of the clone.
+//! killed midway, or failing right after it with nobody to see, it may have
+//! left the clone half scrubbed. `run_hooks` gives the hooks a private
+//! read-write mount of the clone.
 
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
@@ -271,12 +272,23 @@ pub fn run_hook_cancellable(
             output,
         });
     }
-    // Read only now: the relay wrote it, if at all, before it ended.
-    let processes = report.leftovers();
-    if processes > 0 {
+    // Read only now: the relay wrote it, if at all, before it ended. Processes
+    // still running are named first: they were cut short for certain.
+    let left = report.leftovers();
+    if left.killed > 0 {
         return Err(SanitizeError::HookLeftProcesses {
             hook: hook.name.clone(),
-            processes,
+            processes: left.killed,
+            output,
+        });
+    }
+    if left.failed > 0 {
+        let first = std::process::ExitStatus::from_raw(left.first_failure);
+        return Err(SanitizeError::HookLeftoverFailed {
+            hook: hook.name.clone(),
+            processes: left.failed,
+            exit_code: first.code(),
+            signal: first.signal(),
             output,
         });
     }
@@ -708,6 +720,25 @@ while [ ! -s "$PIDS" ]; do sleep 0.02; done"#,
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.output, "scrubbed\ndone\nlate\n");
+    }
+
+    /// A process the hook left that ended by itself within the grace was taken
+    /// as a server just exiting, whatever its status: a background scrubber
+    /// that failed (or was killed) right after its hook exited 0 had the clone
+    /// published half scrubbed. Ending with 0 is still fine (see above).
+    #[test]
+    fn a_leftover_that_fails_after_its_hook_fails_the_hook() {
+        for (job, status) in [("exit 4", "exit code 4"), ("kill -TERM $$", "signal 15")] {
+            let cmd =
+                format!("setsid sh -c 'sleep 0.3; {job}' </dev/null >/dev/null 2>&1 & echo done");
+            let e = run_hook(&hook(&cmd, 30_000), Path::new("/"), "b", "k")
+                .expect_err("a hook whose leftover failed succeeded");
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with("hook 't' ") && msg.contains(status) && msg.ends_with("done\n"),
+                "{msg}"
+            );
+        }
     }
 
     /// The daemon sees the hook's own end through the relay (see `pid_ns`): a
