@@ -14,7 +14,8 @@
 //!   as the hook ended (its exit code, or the signal that killed it), so the
 //!   daemon sees the hook's status. What an exit status cannot carry, what the
 //!   hook left behind (`Leftovers`), it writes to the daemon's `Report` pipe.
-//!   It never execs.
+//!   Asked to on its `Stop` pipe (a timeout, a cancel), it kills the init and
+//!   reaps it before it ends. It never execs.
 //! - the init: pid 1 of the new namespace. It dies with the relay (SIGKILL on
 //!   parent death again), reaps the orphans the kernel hands it, and ends as
 //!   soon as the hook does, taking every process left in the namespace along.
@@ -26,8 +27,11 @@
 //!   execs the hook's program.
 //!
 //! The daemon dying in any way (SIGKILL, OOM killer) thus kills the relay, which
-//! kills the init and with it the whole namespace; a timeout or cancel kills the
-//! process group (the relay, the init, the hook), to the same end. Inside, pids
+//! kills the init and with it the whole namespace. A timeout or cancel has the
+//! relay kill the init (`Stop`) rather than killing the relay: a relay killed
+//! before it reaped the init hands the init to the daemon's reaper, and where
+//! that is the daemon itself (a container's pid 1, a child subreaper) nothing
+//! waited for it: one zombie per killed hook. Inside, pids
 //! are the namespace's (`$$`, `$!`, a postmaster.pid agree with each other and
 //! with kill), but /proc is still the daemon's: `/proc/self` is right,
 //! `/proc/$$` is not. The new namespace needs CAP_SYS_ADMIN, as the clone's
@@ -218,15 +222,44 @@ impl Report {
     }
 }
 
+/// The pipe on which the daemon asks the relay to end the hook (a timeout, a
+/// cancel): the relay then SIGKILLs the init, which ends the namespace, and
+/// reaps it before it ends itself. The daemon keeps the write end; the relay
+/// gets the read end (`enter`).
+pub(super) struct Stop(OwnedFd);
+
+impl Stop {
+    /// The daemon's write end, and the read end to pass to `enter` and close
+    /// once the relay is spawned.
+    pub(super) fn new() -> io::Result<(Stop, OwnedFd)> {
+        let mut fds: [c_int; 2] = [-1; 2];
+        // SAFETY: pipe2 writes two descriptors into `fds`.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors are new and owned by nothing else.
+        let [read, write] = fds.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+        Ok((Stop(write), read))
+    }
+
+    /// Ask the relay to end the hook; the relay then ends by itself.
+    pub(super) fn request(&self) {
+        // SAFETY: write of one byte from a live buffer into an empty pipe, which
+        // neither blocks nor fails short.
+        unsafe { libc::write(self.0.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+    }
+}
+
 /// Turn the process just forked for a hook into the relay, the init and the
 /// hook described above; returns `Ok` in the hook only, which then execs.
-/// `daemon` is the daemon's pid, `report` the write end of its `Report`. An
+/// `daemon` is the daemon's pid, `report` the write end of its `Report`, `stop`
+/// the read end of its `Stop`. An
 /// error before the relay forks, or in the init before the hook forks, is
 /// returned there and fails the spawn with it (see `setup_failure`); otherwise
 /// the relay and the init end with `_exit`.
 ///
 /// Only for `pre_exec`.
-pub(super) fn enter(daemon: libc::pid_t, report: c_int) -> io::Result<()> {
+pub(super) fn enter(daemon: libc::pid_t, report: c_int, stop: c_int) -> io::Result<()> {
     // The relay and the init are copies of the daemon's memory (keys, token
     // secrets): no core dump of them, no ptrace by other users' processes. The
     // hook's exec makes it dumpable again.
@@ -263,7 +296,7 @@ pub(super) fn enter(daemon: libc::pid_t, report: c_int) -> io::Result<()> {
         }
         init_pid => {
             close(status_w);
-            relay(init_pid, status_r, report)
+            relay(init_pid, status_r, report, stop)
         }
     }
 }
@@ -398,15 +431,50 @@ fn leftovers() -> Leftovers {
     }
 }
 
-/// The relay: wait for the init, pass on to the daemon (on `report`) what the
-/// hook left behind, then end as the hook did.
-fn relay(init: libc::pid_t, status_r: c_int, report: c_int) -> ! {
+/// The relay: wait for the init (killing it first if the daemon asks on
+/// `stop`), pass on to the daemon (on `report`) what the hook left behind, then
+/// end as the hook did.
+fn relay(init: libc::pid_t, status_r: c_int, report: c_int, stop: c_int) -> ! {
     // Its copies of the daemon's descriptors (its FUSE connections, sockets, the
     // pipe spawn waits on to see the exec) are not the relay's to keep open.
-    close_all_but(&[status_r.min(report), status_r.max(report)]);
+    let mut keep = [status_r, report, stop];
+    keep.sort_unstable();
+    close_all_but(&keep);
     let mut bytes = [0u8; INIT_REPORT_LEN];
     let mut got = 0;
+    let mut polled = [
+        libc::pollfd {
+            fd: status_r,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // Both until the daemon asks to stop, then the init's pipe alone.
+    let mut watched: libc::nfds_t = 2;
     while got < bytes.len() {
+        // SAFETY: poll reads and writes the first `watched` entries of `polled`.
+        if unsafe { libc::poll(polled.as_mut_ptr(), watched, -1) } < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            break;
+        }
+        if watched == 2 && polled[1].revents != 0 {
+            // The init is not reaped before this loop ends, so its pid is still
+            // its own. Its end takes the namespace along; the loop then reads
+            // its pipe's end and the wait below reaps it.
+            // SAFETY: kill is a system call; no memory is involved.
+            unsafe { libc::kill(init, libc::SIGKILL) };
+            watched = 1;
+        }
+        if polled[0].revents == 0 {
+            continue;
+        }
         // SAFETY: read into the unfilled rest of `bytes`.
         let n = unsafe {
             libc::read(
@@ -430,8 +498,8 @@ fn relay(init: libc::pid_t, status_r: c_int, report: c_int) -> ! {
             break;
         }
     }
-    // Without a report, the init's own end stands for the hook's (SIGKILL from
-    // the daemon's group kill, or its failure to start the hook).
+    // Without a report, the init's own end stands for the hook's (SIGKILL at the
+    // daemon's request, or its failure to start the hook).
     let (st, left) = if got == bytes.len() {
         let [a, b, c, d, rest @ ..] = bytes;
         (
