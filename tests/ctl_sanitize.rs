@@ -4,7 +4,8 @@
 //! unknown profile and a failing hook are typed errors (exit 1) naming the known
 //! profiles or carrying the hook's exit code and output, and leave no branch;
 //! `protect --require-sanitize` shows in `info` and applies to a non-admin token
-//! that names no profile.
+//! that names no profile. A hook that leaves processes running fails with
+//! their number in `error.sanitize.processes_left`.
 //!
 //! Needs root and /dev/fuse (hooks run on a private mount of the clone).
 
@@ -31,6 +32,10 @@ command = "sleep 1.2; echo paused"
 [[profiles.boom.hooks]]
 name = "boom"
 command = "echo boom; exit 3"
+
+[[profiles.leaves.hooks]]
+name = "leaves"
+command = "sleep 30 & sleep 30 & echo left"
 "#;
 
 const EMAIL: &str = "dora.explorer@example.com";
@@ -257,4 +262,35 @@ fn branch_create_sanitize_from_the_cli() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("forbidden"));
+}
+
+/// How many processes a hook left running was only in the message: a client
+/// had to parse English to learn it. It travels as `processes_left`; the
+/// message, which `cowfs-ctl` prints without `--json`, still says it.
+#[test]
+fn a_hook_that_leaves_processes_reports_how_many() {
+    let d = Daemon::start_with_config(Some(CONFIG));
+    let before = names(&d);
+    let create = [
+        "branch",
+        "create",
+        "c",
+        "--from",
+        "main",
+        "--sanitize",
+        "leaves",
+    ];
+    let out = ctl(&d, &d.admin, &[&["--json"], &create[..]].concat());
+    assert_eq!(out.status.code(), Some(1));
+    let v = lines(&out);
+    let e = &v.last().expect("error line")["error"];
+    assert_eq!(e["kind"], "sanitize_failed");
+    assert_eq!(e["sanitize"]["hook"], "leaves");
+    assert_eq!(e["sanitize"]["processes_left"], 2, "{e}");
+    assert!(e["sanitize"].get("exit_code").is_none(), "{e}");
+    let out = ctl(&d, &d.admin, &create);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("left 2 processes running"), "{stderr}");
+    assert_eq!(names(&d), before);
 }

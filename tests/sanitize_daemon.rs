@@ -664,6 +664,7 @@ fn a_hook_that_leaves_a_process_running_fails_and_deletes_the_clone() {
         ("hook", Some("daemonizes"))
     );
     assert_eq!((f.exit_code, f.signal, f.timed_out), (None, None, false));
+    assert_eq!(f.processes_left, Some(1));
     let sleeper = read_pid(&env.gate(".sleeper")).expect("sleeper pid");
     assert!(gone_within(sleeper, 5), "the hook's sleeper outlived it");
     assert_eq!(kind(admin.info("left")), ErrorKind::NotFound);

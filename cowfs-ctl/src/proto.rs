@@ -608,6 +608,10 @@ pub struct SanitizeFailure {
     /// The hook ran past its timeout and was killed.
     #[serde(default)]
     pub timed_out: bool,
+    /// The hook exited 0 but left this many processes running, killed since
+    /// (absent otherwise, and from daemons older than the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes_left: Option<u32>,
     /// The hook's output (stdout and stderr, the last 64 KiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
@@ -814,6 +818,24 @@ mod tests {
             (0, 0, 0)
         );
         assert_eq!(s.values_replaced["email"], 1);
+    }
+
+    /// `processes_left` is left out when there is none, and a daemon older
+    /// than the field sends none.
+    #[test]
+    fn sanitize_failure_without_processes_left() {
+        let old = r#"{"profile": "pii", "stage": "hook", "hook": "h", "timed_out": false}"#;
+        let f: SanitizeFailure = serde_json::from_str(old).unwrap();
+        assert_eq!(f.processes_left, None);
+        let s = serde_json::to_string(&f).unwrap();
+        assert!(!s.contains("processes_left"), "{s}");
+        let left = SanitizeFailure {
+            processes_left: Some(2),
+            ..f
+        };
+        let s = serde_json::to_string(&left).unwrap();
+        assert!(s.contains(r#""processes_left":2"#), "{s}");
+        assert_eq!(serde_json::from_str::<SanitizeFailure>(&s).unwrap(), left);
     }
 
     #[test]

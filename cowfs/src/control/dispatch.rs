@@ -1224,7 +1224,18 @@ fn sanitize_failure(
             f.timed_out = true;
             f.output = Some(output.clone());
         }
-        SanitizeError::HookLeftProcesses { hook, output, .. } => {
+        SanitizeError::HookLeftProcesses {
+            hook,
+            processes,
+            output,
+        } => {
+            f.stage = "hook".into();
+            f.hook = Some(hook.clone());
+            f.processes_left = Some(*processes);
+            f.output = Some(output.clone());
+        }
+        // The exit status is the leftover's, not the hook's: only in the message.
+        SanitizeError::HookLeftoverFailed { hook, output, .. } => {
             f.stage = "hook".into();
             f.hook = Some(hook.clone());
             f.output = Some(output.clone());
@@ -1292,5 +1303,37 @@ mod tests {
             assert!(shown.message.contains(PATH), "{}", shown.message);
             assert_eq!(shown.sanitize.expect("details").path.as_deref(), Some(PATH));
         }
+    }
+
+    /// A process a hook left that failed right after it fails the hook's
+    /// stage; its status is not the hook's, so it is in the message only, and
+    /// the output only for readers of the parent.
+    #[test]
+    fn a_failed_leftover_is_a_hook_failure_without_the_hooks_status() {
+        let e = SanitizeError::HookLeftoverFailed {
+            hook: "h".into(),
+            processes: 1,
+            exit_code: Some(4),
+            signal: None,
+            output: "row of erin@corp.com".into(),
+        };
+        let r = sanitize_failure("a1", "pii", "hooks", e, false);
+        assert!(
+            r.message.contains(
+                "hook 'h' exited but a process it left running failed right after it (exit code 4)"
+            ),
+            "{}",
+            r.message
+        );
+        assert!(!r.message.contains("erin"), "{}", r.message);
+        let f = r.sanitize.expect("details");
+        assert_eq!(
+            (f.stage.as_str(), f.hook.as_deref(), f.output),
+            ("hook", Some("h"), None)
+        );
+        assert_eq!(
+            (f.exit_code, f.signal, f.processes_left),
+            (None, None, None)
+        );
     }
 }

@@ -7,14 +7,15 @@
 //! last `MAX_OUTPUT` bytes). Every process it starts, daemonized or not, ends
 //! when the hook ends, when it is killed at its timeout, and when the daemon dies
 //! in any way (SIGKILL included). One the hook did not wait for fails the hook:
-//! killed midway, it may have left the clone half scrubbed. `run_hooks` gives
-//! the hooks a private read-write mount of the clone.
+//! killed midway, or failing right after it with nobody to see, it may have
+//! left the clone half scrubbed. `run_hooks` gives the hooks a private
+//! read-write mount of the clone.
 
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -39,6 +40,9 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// After the hook ends, how long to wait for its pipes to close: processes of its
 /// namespace that were killed with it (at a timeout) may take a moment to go.
 const PIPE_GRACE: Duration = Duration::from_secs(2);
+/// How long a relay asked to stop (`pid_ns::Stop`) may take to end, having
+/// reaped the init: the kernel ends the namespace's processes first.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// What a successful hook did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,6 +110,31 @@ pub fn find_program(name: &str, path: &OsStr) -> Option<PathBuf> {
         })
 }
 
+/// End a hook still running: its relay kills the init, reaps it and ends, and
+/// is waited for here. Killing the relay instead handed the init, unreaped, to
+/// the daemon's reaper, the daemon itself when it is a container's pid 1 or a
+/// child subreaper, which never waited for it. Only a relay that does not end
+/// within `STOP_GRACE` (a process of the namespace stuck in the kernel) has its
+/// group killed, the relay with it, so that the daemon can go on.
+fn stop(child: &mut Child, stop: &pid_ns::Stop) {
+    stop.request();
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(_)) => return,
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => break,
+        }
+    }
+    log::error!(
+        "hook process {} did not end within {STOP_GRACE:?} of being stopped: killing its process group",
+        child.id()
+    );
+    // The relay leads the hook's process group (`process_group(0)`).
+    kill_group(child.id());
+    let _ = child.wait();
+}
+
 /// Kill every process of the group `pgid` (ignoring a group already gone).
 fn kill_group(pgid: u32) {
     if let Ok(pgid) = i32::try_from(pgid) {
@@ -163,17 +192,19 @@ pub fn run_hook_cancellable(
         source,
     };
     let (report, report_w) = pid_ns::Report::new().map_err(spawn_error)?;
-    let relay_end = report_w.as_raw_fd();
+    let (stopper, stop_r) = pid_ns::Stop::new().map_err(spawn_error)?;
+    let (relay_report, relay_stop) = (report_w.as_raw_fd(), stop_r.as_raw_fd());
     // SAFETY: getpid cannot fail and touches no memory.
     let daemon = unsafe { libc::getpid() };
     // SAFETY: the closure runs in the forked child and only makes the system
     // calls of `pid_ns::enter`, without allocating.
     unsafe {
-        cmd.pre_exec(move || pid_ns::enter(daemon, relay_end));
+        cmd.pre_exec(move || pid_ns::enter(daemon, relay_report, relay_stop));
     }
     let spawned = cmd.spawn();
-    // The relay has its copy; the daemon's would keep the pipe open for nothing.
+    // The relay has its copies; the daemon's would keep the pipes open for nothing.
     drop(report_w);
+    drop(stop_r);
     let mut child = spawned.map_err(|source| match pid_ns::setup_failure(&source) {
         Some(f) => SanitizeError::HookNamespace {
             hook: hook.name.clone(),
@@ -183,8 +214,6 @@ pub fn run_hook_cancellable(
         },
         None => spawn_error(source),
     })?;
-    // The relay (see `pid_ns`): it leads the group, and the namespace ends with it.
-    let pgid = child.id();
     let tail = Arc::new(Mutex::new(Tail::default()));
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let mut readers = 0;
@@ -215,8 +244,7 @@ pub fn run_hook_cancellable(
                 let _ = tx.send(());
             });
         if let Err(source) = spawned {
-            kill_group(pgid);
-            let _ = child.wait();
+            stop(&mut child, &stopper);
             return Err(spawn_error(source));
         }
     }
@@ -229,19 +257,16 @@ pub fn run_hook_cancellable(
             Ok(None) if Instant::now() >= deadline || cancel.load(Ordering::Relaxed) => break None,
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(source) => {
-                kill_group(pgid);
-                let _ = child.wait();
+                stop(&mut child, &stopper);
                 return Err(spawn_error(source));
             }
         }
     };
     // A relay that ended by itself did so after the init, whose end took every
     // process left in the namespace: nothing of the hook runs any more. Timed
-    // out or cancelled: its group goes (the relay, the init, and the hook unless
-    // it left the group), and with the init the whole namespace.
+    // out or cancelled: the relay ends the init, and with it the namespace.
     if status.is_none() {
-        kill_group(pgid);
-        let _ = child.wait();
+        stop(&mut child, &stopper);
     }
     let grace = Instant::now() + PIPE_GRACE;
     for _ in 0..readers {
@@ -271,12 +296,23 @@ pub fn run_hook_cancellable(
             output,
         });
     }
-    // Read only now: the relay wrote it, if at all, before it ended.
-    let processes = report.leftovers();
-    if processes > 0 {
+    // Read only now: the relay wrote it, if at all, before it ended. Processes
+    // still running are named first: they were cut short for certain.
+    let left = report.leftovers();
+    if left.killed > 0 {
         return Err(SanitizeError::HookLeftProcesses {
             hook: hook.name.clone(),
-            processes,
+            processes: left.killed,
+            output,
+        });
+    }
+    if left.failed > 0 {
+        let first = std::process::ExitStatus::from_raw(left.first_failure);
+        return Err(SanitizeError::HookLeftoverFailed {
+            hook: hook.name.clone(),
+            processes: left.failed,
+            exit_code: first.code(),
+            signal: first.signal(),
             output,
         });
     }
@@ -710,6 +746,25 @@ while [ ! -s "$PIDS" ]; do sleep 0.02; done"#,
         assert_eq!(r.output, "scrubbed\ndone\nlate\n");
     }
 
+    /// A process the hook left that ended by itself within the grace was taken
+    /// as a server just exiting, whatever its status: a background scrubber
+    /// that failed (or was killed) right after its hook exited 0 had the clone
+    /// published half scrubbed. Ending with 0 is still fine (see above).
+    #[test]
+    fn a_leftover_that_fails_after_its_hook_fails_the_hook() {
+        for (job, status) in [("exit 4", "exit code 4"), ("kill -TERM $$", "signal 15")] {
+            let cmd =
+                format!("setsid sh -c 'sleep 0.3; {job}' </dev/null >/dev/null 2>&1 & echo done");
+            let e = run_hook(&hook(&cmd, 30_000), Path::new("/"), "b", "k")
+                .expect_err("a hook whose leftover failed succeeded");
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with("hook 't' ") && msg.contains(status) && msg.ends_with("done\n"),
+                "{msg}"
+            );
+        }
+    }
+
     /// The daemon sees the hook's own end through the relay (see `pid_ns`): a
     /// signal stays a signal, and the relay, a copy of the daemon's memory,
     /// leaves no core file for a core-dumping one.
@@ -821,6 +876,93 @@ while [ ! -s "$PIDS" ]; do sleep 0.02; done"#,
         h.env
             .insert("PID_FILE".into(), pid_file.to_string_lossy().into_owned());
         let _ = run_hook(&h, Path::new("/"), "b", "k");
+    }
+
+    const SUBREAPER_VAR: &str = "COWFS_TEST_SUBREAPER_DAEMON";
+
+    /// A daemon that is a container's pid 1 or a child subreaper becomes the
+    /// parent of whatever its children orphan. The timeout and cancel kill of a
+    /// hook's process group took the relay before it reaped the namespace's
+    /// init, which then stayed a zombie of the daemon, one per killed hook.
+    /// PR_SET_CHILD_SUBREAPER is per process and would catch the orphans of the
+    /// other tests of this binary, so the stand-in daemon
+    /// (`hooks_of_a_subreaper_daemon`) is this binary run again.
+    #[test]
+    fn a_killed_hook_leaves_no_zombie_to_a_subreaper_daemon() {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "--test-threads=1", "--nocapture"])
+            .arg("control::sanitize::hook::tests::hooks_of_a_subreaper_daemon")
+            .env(SUBREAPER_VAR, "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "the stand-in daemon did not run"
+        );
+    }
+
+    /// The stand-in daemon of `a_killed_hook_leaves_no_zombie_to_a_subreaper_daemon`:
+    /// a child subreaper that has a hook time out and another cancelled, and
+    /// then must have no child left, zombie or not. Does nothing unless that
+    /// test runs it.
+    #[test]
+    #[ignore = "run by a_killed_hook_leaves_no_zombie_to_a_subreaper_daemon in a process of its own"]
+    fn hooks_of_a_subreaper_daemon() {
+        if std::env::var_os(SUBREAPER_VAR).is_none() {
+            return;
+        }
+        // SAFETY: prctl on this process only, which runs this test alone.
+        let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        let e = run_hook(&hook("sleep 30", 300), Path::new("/"), "b", "k").unwrap_err();
+        assert!(matches!(e, SanitizeError::HookTimeout { .. }), "{e:?}");
+        assert_no_child_within("the timeout", Duration::from_secs(2));
+        let cancel = AtomicBool::new(false);
+        let e = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(300));
+                cancel.store(true, Ordering::Relaxed);
+            });
+            run_hook_cancellable(&hook("sleep 30", 60_000), Path::new("/"), "b", "k", &cancel)
+                .unwrap_err()
+        });
+        assert!(matches!(e, SanitizeError::Cancelled), "{e:?}");
+        assert_no_child_within("the cancel", Duration::from_secs(2));
+    }
+
+    /// Fails if a child of this process ends (or has ended) unreaped within
+    /// `wait`: an orphan handed to it that nobody waits for.
+    fn assert_no_child_within(after: &str, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        loop {
+            // SAFETY: waitid writes into the zeroed `info`; WNOWAIT leaves a
+            // zombie as it is.
+            let (r, pid) = unsafe {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                let r = libc::waitid(
+                    libc::P_ALL,
+                    0,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                );
+                (r, info.si_pid())
+            };
+            assert!(
+                r != 0 || pid == 0,
+                "after {after}: process {pid} was left a zombie of this subreaper"
+            );
+            if Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The hooks' PATH keeps the daemon's absolute entries, in order.

@@ -122,7 +122,7 @@ pub enum SanitizeError {
         hint: &'static str,
         source: std::io::Error,
     },
-    #[error("hook '{hook}' failed ({}); its output:\n{output}", match (exit_code, signal) { (Some(c), _) => format!("exit code {c}"), (None, Some(s)) => format!("killed by signal {s}"), _ => "no exit status".to_string() })]
+    #[error("hook '{hook}' failed ({}); its output:\n{output}", exit_status(*exit_code, *signal))]
     HookFailed {
         hook: String,
         exit_code: Option<i32>,
@@ -135,6 +135,18 @@ pub enum SanitizeError {
     HookLeftProcesses {
         hook: String,
         processes: u32,
+        output: String,
+    },
+    /// The hook exited 0 but processes it left running ended within the grace
+    /// (see `pid_ns::Leftovers`) other than with exit code 0: whatever they
+    /// were doing to the clone may be undone. `exit_code` and `signal` are the
+    /// first one's.
+    #[error("hook '{hook}' exited but {}; wait for what it starts and check that it succeeded; its output:\n{output}", leftovers_failed(*processes, *exit_code, *signal))]
+    HookLeftoverFailed {
+        hook: String,
+        processes: u32,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
         output: String,
     },
     #[error("hook '{hook}' timed out after {timeout_secs} s and was killed (raise timeout_secs if it needs longer); its output:\n{output}")]
@@ -163,6 +175,25 @@ pub enum SanitizeError {
 const PATH_HIDDEN: &str =
     "(a path shown only to tokens that may read the parent, and in the daemon's log)";
 
+/// A process's end, from its exit code or the signal that killed it.
+fn exit_status(exit_code: Option<i32>, signal: Option<i32>) -> String {
+    match (exit_code, signal) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => "no exit status".to_string(),
+    }
+}
+
+/// What `HookLeftoverFailed` says of the processes.
+fn leftovers_failed(n: u32, exit_code: Option<i32>, signal: Option<i32>) -> String {
+    let status = exit_status(exit_code, signal);
+    if n == 1 {
+        format!("a process it left running failed right after it ({status})")
+    } else {
+        format!("{n} processes it left running failed right after it (the first: {status})")
+    }
+}
+
 fn processes_left(n: u32) -> String {
     if n == 1 {
         "1 process".to_string()
@@ -186,11 +217,11 @@ impl SanitizeError {
         match self {
             SanitizeError::HookFailed { hook, exit_code, signal, .. } => format!(
                 "hook '{hook}' failed ({}); its output is in the daemon's log (only tokens that may read the parent get it)",
-                match (exit_code, signal) {
-                    (Some(c), _) => format!("exit code {c}"),
-                    (None, Some(s)) => format!("killed by signal {s}"),
-                    _ => "no exit status".to_string(),
-                }
+                exit_status(*exit_code, *signal)
+            ),
+            SanitizeError::HookLeftoverFailed { hook, processes, exit_code, signal, .. } => format!(
+                "hook '{hook}' exited but {}; wait for what it starts and check that it succeeded; its output is in the daemon's log (only tokens that may read the parent get it)",
+                leftovers_failed(*processes, *exit_code, *signal)
             ),
             SanitizeError::HookLeftProcesses { hook, processes, .. } => format!(
                 "hook '{hook}' exited but left {} running; wait for them before exiting (they were killed); its output is in the daemon's log (only tokens that may read the parent get it)",

@@ -12,22 +12,26 @@
 //! - the relay: the daemon's child and the leader of the hook's process group.
 //!   It dies with the daemon (`die_with_parent`), waits for the init, and ends
 //!   as the hook ended (its exit code, or the signal that killed it), so the
-//!   daemon sees the hook's status. What an exit status cannot carry, that the
-//!   hook left processes running, it writes to the daemon's `Report` pipe. It
-//!   never execs.
+//!   daemon sees the hook's status. What an exit status cannot carry, what the
+//!   hook left behind (`Leftovers`), it writes to the daemon's `Report` pipe.
+//!   Asked to on its `Stop` pipe (a timeout, a cancel), it kills the init and
+//!   reaps it before it ends. It never execs.
 //! - the init: pid 1 of the new namespace. It dies with the relay (SIGKILL on
 //!   parent death again), reaps the orphans the kernel hands it, and ends as
 //!   soon as the hook does, taking every process left in the namespace along.
-//!   Those it counts first (`leftovers`): a hook that exits without waiting for
+//!   Those it checks first (`leftovers`): a hook that exits without waiting for
 //!   what it started (a scrubber in the background) would otherwise have it
-//!   killed midway and a half-scrubbed clone published, so the daemon fails the
-//!   hook instead.
+//!   killed midway, or failing unseen, and a half-scrubbed clone published, so
+//!   the daemon fails the hook instead.
 //! - the hook: pid 2, the init's child; `enter` returns in it alone, and it
 //!   execs the hook's program.
 //!
 //! The daemon dying in any way (SIGKILL, OOM killer) thus kills the relay, which
-//! kills the init and with it the whole namespace; a timeout or cancel kills the
-//! process group (the relay, the init, the hook), to the same end. Inside, pids
+//! kills the init and with it the whole namespace. A timeout or cancel has the
+//! relay kill the init (`Stop`) rather than killing the relay: a relay killed
+//! before it reaped the init hands the init to the daemon's reaper, and where
+//! that is the daemon itself (a container's pid 1, a child subreaper) nothing
+//! waited for it: one zombie per killed hook. Inside, pids
 //! are the namespace's (`$$`, `$!`, a postmaster.pid agree with each other and
 //! with kill), but /proc is still the daemon's: `/proc/self` is right,
 //! `/proc/$$` is not. The new namespace needs CAP_SYS_ADMIN, as the clone's
@@ -48,8 +52,10 @@ const NO_STATUS: c_int = 127;
 
 /// How long the init lets processes left by the hook end by themselves before
 /// it counts and kills them, in `LEFTOVER_TICK`s (one second): a process already
-/// on its way out (a server whose pid file `pg_ctl stop -w` saw removed, one the
-/// hook just killed) is not yet reaped the instant the hook exits.
+/// on its way out (a server whose pid file `pg_ctl stop -w` saw removed) is not
+/// yet reaped the instant the hook exits. Only an exit code of 0 makes such a
+/// process a server that was done: one that exits otherwise or is killed by a
+/// signal within the grace fails the hook (see `Leftovers`).
 const LEFTOVER_TICKS: u32 = 100;
 const LEFTOVER_TICK: libc::timespec = libc::timespec {
     tv_sec: 0,
@@ -122,8 +128,63 @@ pub(super) fn setup_failure(e: &io::Error) -> Option<SetupFailure> {
     Some(SetupFailure { step, hint, source })
 }
 
-/// The pipe on which the relay tells the daemon how many processes the hook
-/// left running. The relay's exit status is the hook's, every value of which a
+/// What the hook left behind when it exited, as the init found it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Leftovers {
+    /// Processes still running at the end of the grace (`LEFTOVER_TICKS`),
+    /// killed since.
+    pub killed: u32,
+    /// Processes that ended by themselves within the grace, but not with exit
+    /// code 0. Nobody else could see how they ended (the init reaped them) and
+    /// the hook did not wait for them: a background scrubber that failed or was
+    /// killed (the OOM killer, or the hook's own kill that it did not wait out)
+    /// left its work undone, which no status tells apart from a clean end. So
+    /// they fail the hook, as `killed` ones do: fail closed.
+    pub failed: u32,
+    /// The wait status of the first of `failed` (0 if none).
+    pub first_failure: c_int,
+}
+
+/// `Leftovers` as the init and the relay pass them on: three native-endian
+/// 32-bit numbers, in one write no larger than PIPE_BUF (atomic).
+const LEFTOVERS_LEN: usize = 12;
+
+impl Leftovers {
+    fn any(&self) -> bool {
+        self.killed != 0 || self.failed != 0
+    }
+
+    /// In the init: `status` is the wait status of a process reaped in the grace.
+    fn ended(&mut self, status: c_int) {
+        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+            return;
+        }
+        if self.failed == 0 {
+            self.first_failure = status;
+        }
+        self.failed = self.failed.saturating_add(1);
+    }
+
+    fn to_bytes(self) -> [u8; LEFTOVERS_LEN] {
+        let mut b = [0u8; LEFTOVERS_LEN];
+        b[..4].copy_from_slice(&self.killed.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.failed.to_ne_bytes());
+        b[8..].copy_from_slice(&self.first_failure.to_ne_bytes());
+        b
+    }
+
+    fn from_bytes(b: [u8; LEFTOVERS_LEN]) -> Leftovers {
+        let [k0, k1, k2, k3, f0, f1, f2, f3, s0, s1, s2, s3] = b;
+        Leftovers {
+            killed: u32::from_ne_bytes([k0, k1, k2, k3]),
+            failed: u32::from_ne_bytes([f0, f1, f2, f3]),
+            first_failure: c_int::from_ne_bytes([s0, s1, s2, s3]),
+        }
+    }
+}
+
+/// The pipe on which the relay tells the daemon what the hook left behind
+/// (`Leftovers`). The relay's exit status is the hook's, every value of which a
 /// hook can produce itself, so this cannot travel in it; the daemon makes the
 /// pipe, the relay keeps its write end (`enter`), and the daemon reads it once
 /// it has waited for the relay.
@@ -146,30 +207,59 @@ impl Report {
         Ok((Report(read), write))
     }
 
-    /// Once the relay was waited for: how many processes the hook left running
-    /// (killed since), 0 if none.
-    pub(super) fn leftovers(&self) -> u32 {
-        let mut bytes = [0u8; 4];
-        // SAFETY: read into a live 4-byte buffer; the relay's one write of 4
-        // bytes is atomic, so this gets all of it or nothing.
-        let n = unsafe { libc::read(self.0.as_raw_fd(), bytes.as_mut_ptr().cast(), 4) };
-        if n == 4 {
-            u32::from_ne_bytes(bytes)
+    /// Once the relay was waited for: what the hook left behind (nothing if
+    /// the relay wrote nothing).
+    pub(super) fn leftovers(&self) -> Leftovers {
+        let mut bytes = [0u8; LEFTOVERS_LEN];
+        // SAFETY: read into a live buffer of LEFTOVERS_LEN bytes; the relay's
+        // one write of as many is atomic, so this gets all of it or nothing.
+        let n = unsafe { libc::read(self.0.as_raw_fd(), bytes.as_mut_ptr().cast(), bytes.len()) };
+        if n == LEFTOVERS_LEN as isize {
+            Leftovers::from_bytes(bytes)
         } else {
-            0
+            Leftovers::default()
         }
+    }
+}
+
+/// The pipe on which the daemon asks the relay to end the hook (a timeout, a
+/// cancel): the relay then SIGKILLs the init, which ends the namespace, and
+/// reaps it before it ends itself. The daemon keeps the write end; the relay
+/// gets the read end (`enter`).
+pub(super) struct Stop(OwnedFd);
+
+impl Stop {
+    /// The daemon's write end, and the read end to pass to `enter` and close
+    /// once the relay is spawned.
+    pub(super) fn new() -> io::Result<(Stop, OwnedFd)> {
+        let mut fds: [c_int; 2] = [-1; 2];
+        // SAFETY: pipe2 writes two descriptors into `fds`.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors are new and owned by nothing else.
+        let [read, write] = fds.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+        Ok((Stop(write), read))
+    }
+
+    /// Ask the relay to end the hook; the relay then ends by itself.
+    pub(super) fn request(&self) {
+        // SAFETY: write of one byte from a live buffer into an empty pipe, which
+        // neither blocks nor fails short.
+        unsafe { libc::write(self.0.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
     }
 }
 
 /// Turn the process just forked for a hook into the relay, the init and the
 /// hook described above; returns `Ok` in the hook only, which then execs.
-/// `daemon` is the daemon's pid, `report` the write end of its `Report`. An
+/// `daemon` is the daemon's pid, `report` the write end of its `Report`, `stop`
+/// the read end of its `Stop`. An
 /// error before the relay forks, or in the init before the hook forks, is
 /// returned there and fails the spawn with it (see `setup_failure`); otherwise
 /// the relay and the init end with `_exit`.
 ///
 /// Only for `pre_exec`.
-pub(super) fn enter(daemon: libc::pid_t, report: c_int) -> io::Result<()> {
+pub(super) fn enter(daemon: libc::pid_t, report: c_int, stop: c_int) -> io::Result<()> {
     // The relay and the init are copies of the daemon's memory (keys, token
     // secrets): no core dump of them, no ptrace by other users' processes. The
     // hook's exec makes it dumpable again.
@@ -206,7 +296,7 @@ pub(super) fn enter(daemon: libc::pid_t, report: c_int) -> io::Result<()> {
         }
         init_pid => {
             close(status_w);
-            relay(init_pid, status_r, report)
+            relay(init_pid, status_r, report, stop)
         }
     }
 }
@@ -269,12 +359,11 @@ fn init(status_w: c_int) -> io::Result<()> {
             close_all_but(&[status_w]);
             let status = wait_for(hook);
             if let Some(st) = status {
-                let left = leftovers();
-                let mut bytes = [0u8; 8];
+                let mut bytes = [0u8; INIT_REPORT_LEN];
                 bytes[..4].copy_from_slice(&st.to_ne_bytes());
-                bytes[4..].copy_from_slice(&left.to_ne_bytes());
-                // SAFETY: write from a live 8-byte buffer; a pipe write this
-                // small is atomic.
+                bytes[4..].copy_from_slice(&leftovers().to_bytes());
+                // SAFETY: write from a live buffer of INIT_REPORT_LEN bytes; a
+                // pipe write this small is atomic.
                 unsafe { libc::write(status_w, bytes.as_ptr().cast(), bytes.len()) };
             }
             // Exiting ends the namespace: the kernel kills whatever is left.
@@ -298,24 +387,33 @@ fn wait_for(hook: libc::pid_t) -> Option<c_int> {
     }
 }
 
-/// In the init, once the hook has ended: how many processes it left running,
-/// killed (and reaped) now. Every process of the namespace descends from the
-/// init or was handed to it as an orphan, so while any runs, the init has a
-/// child that is not yet a zombie: waitpid(WNOHANG) says 0 instead of ECHILD.
-fn leftovers() -> u32 {
+/// What the init writes to the relay once the hook ended: the hook's wait
+/// status, then `Leftovers`.
+const INIT_REPORT_LEN: usize = 4 + LEFTOVERS_LEN;
+
+/// In the init, once the hook has ended: what it left behind, the processes
+/// still running killed (and reaped) now. Every process of the namespace
+/// descends from the init or was handed to it as an orphan, so while any runs,
+/// the init has a child that is not yet a zombie: waitpid(WNOHANG) says 0
+/// instead of ECHILD. Those that end within the grace are checked (`ended`);
+/// those that ended while the hook ran are not: the hook was there to wait for
+/// them and check their work.
+fn leftovers() -> Leftovers {
+    let mut found = Leftovers::default();
     let mut ticks = 0;
     loop {
-        // SAFETY: waitpid with a null status pointer writes nothing.
-        match unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } {
+        let mut st: c_int = 0;
+        // SAFETY: waitpid writes the status into `st`.
+        match unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) } {
             0 if ticks < LEFTOVER_TICKS => {
                 ticks += 1;
                 // SAFETY: nanosleep reads the live `LEFTOVER_TICK`.
                 unsafe { libc::nanosleep(&LEFTOVER_TICK, std::ptr::null_mut()) };
             }
             0 => break,
-            pid if pid > 0 => {}
+            pid if pid > 0 => found.ended(st),
             _ if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
-            _ => return 0,
+            _ => return found,
         }
     }
     // kill(-1) from a namespace's init signals every other process in it (and
@@ -323,26 +421,60 @@ fn leftovers() -> u32 {
     // reaps all of them, which counts them.
     // SAFETY: kill and waitpid are system calls; no memory is written.
     unsafe { libc::kill(-1, libc::SIGKILL) };
-    let mut killed = 0;
     loop {
-        // SAFETY: as above.
+        // SAFETY: waitpid with a null status pointer writes nothing.
         match unsafe { libc::waitpid(-1, std::ptr::null_mut(), 0) } {
-            pid if pid > 0 => killed += 1,
+            pid if pid > 0 => found.killed = found.killed.saturating_add(1),
             _ if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
-            _ => return killed,
+            _ => return found,
         }
     }
 }
 
-/// The relay: wait for the init, pass on to the daemon (on `report`) how many
-/// processes the hook left, then end as the hook did.
-fn relay(init: libc::pid_t, status_r: c_int, report: c_int) -> ! {
+/// The relay: wait for the init (killing it first if the daemon asks on
+/// `stop`), pass on to the daemon (on `report`) what the hook left behind, then
+/// end as the hook did.
+fn relay(init: libc::pid_t, status_r: c_int, report: c_int, stop: c_int) -> ! {
     // Its copies of the daemon's descriptors (its FUSE connections, sockets, the
     // pipe spawn waits on to see the exec) are not the relay's to keep open.
-    close_all_but(&[status_r.min(report), status_r.max(report)]);
-    let mut bytes = [0u8; 8];
+    let mut keep = [status_r, report, stop];
+    keep.sort_unstable();
+    close_all_but(&keep);
+    let mut bytes = [0u8; INIT_REPORT_LEN];
     let mut got = 0;
+    let mut polled = [
+        libc::pollfd {
+            fd: status_r,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // Both until the daemon asks to stop, then the init's pipe alone.
+    let mut watched: libc::nfds_t = 2;
     while got < bytes.len() {
+        // SAFETY: poll reads and writes the first `watched` entries of `polled`.
+        if unsafe { libc::poll(polled.as_mut_ptr(), watched, -1) } < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            break;
+        }
+        if watched == 2 && polled[1].revents != 0 {
+            // The init is not reaped before this loop ends, so its pid is still
+            // its own. Its end takes the namespace along; the loop then reads
+            // its pipe's end and the wait below reaps it.
+            // SAFETY: kill is a system call; no memory is involved.
+            unsafe { libc::kill(init, libc::SIGKILL) };
+            watched = 1;
+        }
+        if polled[0].revents == 0 {
+            continue;
+        }
         // SAFETY: read into the unfilled rest of `bytes`.
         let n = unsafe {
             libc::read(
@@ -366,19 +498,23 @@ fn relay(init: libc::pid_t, status_r: c_int, report: c_int) -> ! {
             break;
         }
     }
-    // Without a report, the init's own end stands for the hook's (SIGKILL from
-    // the daemon's group kill, or its failure to start the hook).
+    // Without a report, the init's own end stands for the hook's (SIGKILL at the
+    // daemon's request, or its failure to start the hook).
     let (st, left) = if got == bytes.len() {
-        let [a, b, c, d, e, f, g, h] = bytes;
-        (c_int::from_ne_bytes([a, b, c, d]), [e, f, g, h])
+        let [a, b, c, d, rest @ ..] = bytes;
+        (
+            c_int::from_ne_bytes([a, b, c, d]),
+            Leftovers::from_bytes(rest),
+        )
     } else {
-        (init_status, [0; 4])
+        (init_status, Leftovers::default())
     };
-    if left != [0; 4] {
-        // SAFETY: write from a live 4-byte buffer to the daemon's pipe, empty
-        // and with its reader alive (the relay dies with the daemon).
+    if left.any() {
+        let left = left.to_bytes();
+        // SAFETY: write from a live buffer to the daemon's pipe, empty and with
+        // its reader alive (the relay dies with the daemon).
         let n = unsafe { libc::write(report, left.as_ptr().cast(), left.len()) };
-        if n != 4 {
+        if n != LEFTOVERS_LEN as isize {
             // Unreported, the leftovers would pass for none: fail instead.
             exit(NO_STATUS);
         }
