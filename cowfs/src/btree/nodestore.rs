@@ -336,6 +336,13 @@ impl NodeStore {
         old.max(2 * pages + old / 2)
     }
 
+    /// What an allocation of one run of `blocks` outside any tree change (the
+    /// intent log's region) must leave free: the commit reserve and the delete
+    /// slop, as they are once the leaves the run can span count.
+    pub fn reserve_after_run(&self, blocks: u64) -> u64 {
+        self.commit_reserve() + self.delete_slop_after(run_leaves(blocks))
+    }
+
     /// The part of the delete slop that only a loan (`slop_on_loan`) may use:
     /// half of it, as ZFS lets a delete use half its slop space. A change that
     /// frees space may keep blocks of the other half for good (an unlink in a
