@@ -6,8 +6,9 @@
 //! in memory and then its commit failed with ENOSPC, and every later commit,
 //! write, rm and fsck failed too until a restart; the rm returned Ok but freeing
 //! the inode failed ("stays an orphan") and nothing was freed. Now the slop
-//! covers a commit that moves every map page, and a branch delete checks that
-//! room before it changes anything.
+//! covers a commit that moves every map page it can change (every page of a
+//! pool filled to the brim), and a branch delete checks that room before it
+//! changes anything.
 
 use std::sync::Arc;
 
@@ -51,7 +52,8 @@ fn mkfile(pool: &Pool, name: &str) -> u64 {
 
 /// Fill the pool: data until fallocate gives ENOSPC, then files with an xattr
 /// each until creates do, committing between rounds so that nothing waits.
-fn fill(pool: &Pool) {
+/// Returns how many such files (`x0`, `x1`, ...) it made.
+fn fill(pool: &Pool) -> u64 {
     let b = pool.branch_id("main").unwrap();
     let f = mkfile(pool, "fill");
     let mut end = 0;
@@ -87,6 +89,7 @@ fn fill(pool: &Pool) {
         }
     }
     pool.commit().unwrap();
+    made
 }
 
 #[test]
@@ -150,7 +153,7 @@ fn rm_of_a_big_file_on_a_full_pool() {
         pool.fallocate(b, a, off * BS, 4096 * BS, false).unwrap();
         off += 4096;
     }
-    fill(&pool);
+    let made = fill(&pool);
     let used0 = pool.used_blocks();
 
     pool.unlink(b, ROOT_INO, b"a").expect("rm a");
@@ -162,4 +165,20 @@ fn rm_of_a_big_file_on_a_full_pool() {
         "the file's blocks are freed: used {used0} -> {used1}"
     );
     clean(&pool, "after rm");
+
+    // Everything else too, the files one commit each: the pool ends as empty as
+    // it began. The delete slop follows the map leaves in use, and on a pool
+    // filled to the brim that is every leaf, as when it covered every page.
+    pool.unlink(b, ROOT_INO, b"fill").expect("rm fill");
+    pool.commit().unwrap();
+    for i in 0..made {
+        let name = format!("x{i}");
+        pool.unlink(b, ROOT_INO, name.as_bytes()).expect("rm x");
+        pool.commit().unwrap();
+    }
+    pool.commit().unwrap();
+    pool.commit().unwrap();
+    let used2 = pool.used_blocks();
+    assert!(used2 < 4096, "everything deleted: used {used0} -> {used2}");
+    clean(&pool, "after deleting everything");
 }

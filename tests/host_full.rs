@@ -488,3 +488,62 @@ fn reservation_of_a_protected_branch_holds_when_the_host_is_full() {
     drop(served);
     drop(host);
 }
+
+/// A pool file of the default nominal size (1 TiB) on a host of 192 MiB: the
+/// delete slop follows the space-map leaves in use, not the capacity, so the
+/// pool stores about what the host holds (it held back 2 GiB, more than such a
+/// host has: creating the pool failed with ENOSPC).
+/// Filled to the host's brim with files of 1 MiB, one commit each, then emptied
+/// a file and a commit at a time: every delete and every commit finds room
+/// although the slop is far smaller than the map, and fsck is clean after a
+/// reopen.
+#[test]
+fn a_default_size_pool_file_fills_a_small_host_and_empties_it() {
+    use cowfs::fs::{Owner, ROOT_INO};
+    use cowfs::pool::{Pool, PoolOptions};
+
+    let host = HostFs::ext4(192);
+    let path = host.dir.join("pool");
+    let pool = Pool::create(&path, &PoolOptions::default()).expect("create");
+    let b = pool.branch_id("main").expect("main");
+    let chunk = pattern(1, (MIB / 4) as usize);
+    let mut names = Vec::new();
+    'fill: for i in 0.. {
+        let name = format!("f{i}");
+        let mode = libc::S_IFREG | 0o644;
+        let Ok(at) = pool.mknod(b, ROOT_INO, name.as_bytes(), mode, 0, Owner::default()) else {
+            break;
+        };
+        names.push(name);
+        for j in 0..4 {
+            let off = j * chunk.len() as u64;
+            if pool.write_file(b, at.ino, off, &chunk).is_err() {
+                break 'fill;
+            }
+        }
+        pool.commit().expect("commit while filling");
+    }
+    pool.commit().expect("commit when full");
+    let stored = pool.used_blocks() * 4096;
+    let s = pool.statfs();
+    println!(
+        "1 TiB pool file on a 192 MiB host: {} MiB stored in {} files, {} blocks held back, host free {} KiB",
+        stored / MIB,
+        names.len(),
+        s.bfree - s.bavail,
+        host.free_bytes() / 1024
+    );
+    assert!(stored > 120 * MIB, "only {} MiB stored", stored / MIB);
+    for name in &names {
+        pool.unlink(b, ROOT_INO, name.as_bytes())
+            .unwrap_or_else(|e| panic!("rm {name} on a full host: {e}"));
+        pool.commit().expect("commit after rm");
+    }
+    pool.commit().expect("commit");
+    pool.commit().expect("commit");
+    assert!(pool.used_blocks() < 2048, "used {}", pool.used_blocks());
+    drop(pool);
+    let pool = Pool::open(&path, &PoolOptions::default()).expect("reopen");
+    let r = pool.fsck(&Default::default()).expect("fsck");
+    assert!(r.is_clean(), "fsck after emptying:\n{r}");
+}

@@ -11,7 +11,7 @@ use crate::store::block::{seal, verify, BlockKind};
 use crate::store::cache::NodeCache;
 use crate::store::device::BlockDevice;
 use crate::store::runs::RunWriter;
-use crate::store::spacemap::SpaceMap;
+use crate::store::spacemap::{SpaceMap, COUNTS_PER_LEAF};
 use crate::store::superblock::MANIFEST_MAX;
 use crate::store::{BlockAddr, StoreError, StoreResult, BLOCK_SIZE};
 
@@ -106,6 +106,14 @@ const BACK_AHEAD_MARGIN: u64 = 256;
 /// them (or of the tree nodes they split, allocated one at a time) would write
 /// blocks for nothing.
 const BACK_AHEAD_MAX_WRITE: u64 = 32;
+
+/// Space-map leaves a run of `blocks` contiguous blocks can lie in.
+fn run_leaves(blocks: u64) -> u64 {
+    match blocks {
+        0 => 0,
+        n => (n - 1).div_ceil(COUNTS_PER_LEAF) + 1,
+    }
+}
 
 /// See `NodeStore::data_budget`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -279,17 +287,22 @@ impl NodeStore {
         self.catalog_reserve + self.space.commit_pages_bound(self.catalog_reserve)
     }
 
-    /// The commit reserve at its hard bound: every space-map page moved, which no
-    /// commit exceeds (`SpaceMap::page_count`). `commit_reserve` caps it by what a
-    /// commit moves in practice; a change that leaves only the commit reserve
-    /// free (a loan of the slop, a branch delete) must leave this instead, or a
-    /// commit whose frees touch pages all over a big pool finds no room, fails
-    /// and keeps failing.
-    pub fn commit_reserve_bound(&self) -> u64 {
+    /// The commit reserve at its hard bound, if allocations before the commit
+    /// reach `new_leaves` space-map leaves not touched yet: every map page the
+    /// commit can move (`SpaceMap::commit_pages_max`: the leaves that may hold a
+    /// count and those allocations reach, not every page of a big, nearly empty
+    /// pool). `commit_reserve` caps it by what a commit moves in practice; a
+    /// change that leaves only the commit reserve free (a loan of the slop, a
+    /// branch delete) must leave this instead, or a commit whose frees touch
+    /// pages all over a big pool finds no room, fails and keeps failing.
+    fn commit_reserve_bound(&self, new_leaves: u64) -> u64 {
         if self.committing {
             return 0;
         }
-        self.catalog_reserve + self.space.page_count()
+        let pages = self
+            .space
+            .commit_pages_max(self.catalog_reserve, new_leaves);
+        self.catalog_reserve + pages
     }
 
     /// Blocks above the commit reserve that only operations freeing space may use:
@@ -300,16 +313,34 @@ impl NodeStore {
     /// A delete's commit also rewrites every space-map page whose counts it
     /// changed, and a big rm or a snapshot delete touches pages all over the
     /// pool: each half of the slop covers the commit's hard bound (every map
-    /// page moved, `commit_reserve_bound`) plus a quarter of the old figure for
-    /// the delete's own node copies. That is about 0.2% of the capacity (a map
-    /// page counts 1012 blocks; ext4 reserves 5%, ZFS's slop is 1/32). The old
-    /// figure, capacity / 1024 clamped to 32..=1024 blocks, is kept where it is
-    /// larger (pools under about 28 MiB, so 2,048-block pools keep 32): capped at
-    /// 1,024 it was smaller than the ~1,300 pages of a 5 GiB pool, and such a
-    /// delete's commit failed.
+    /// page it can move, `commit_reserve_bound`) plus a quarter of the old figure
+    /// for the delete's own node copies. On a full pool that is every map page,
+    /// about 0.2% of the capacity (a map page counts 1012 blocks; ext4 reserves
+    /// 5%, ZFS's slop is 1/32); a big pool that holds little holds back far less
+    /// (about two blocks per map leaf a commit ever wrote, 1012 blocks each), not
+    /// 2 GiB of a sparse 1 TiB pool file. The old figure, capacity / 1024
+    /// clamped to 32..=1024 blocks, is kept where it is larger (pools under about
+    /// 28 MiB, so 2,048-block pools keep 32): capped at 1,024 it was smaller than
+    /// the ~1,300 pages of a full 5 GiB pool, and such a delete's commit failed.
     pub fn delete_slop(&self) -> u64 {
+        self.delete_slop_after(0)
+    }
+
+    /// The delete slop once allocations reach `new_leaves` leaves not touched
+    /// yet: what a change must leave after it allocated (see `change_reserve`).
+    fn delete_slop_after(&self, new_leaves: u64) -> u64 {
         let old = (self.space.capacity() / 1024).clamp(32, 1024);
-        old.max(2 * self.space.page_count() + old / 2)
+        let pages = self
+            .space
+            .commit_pages_max(self.catalog_reserve, new_leaves);
+        old.max(2 * pages + old / 2)
+    }
+
+    /// What an allocation of one run of `blocks` outside any tree change (the
+    /// intent log's region) must leave free: the commit reserve and the delete
+    /// slop, as they are once the leaves the run can span count.
+    pub fn reserve_after_run(&self, blocks: u64) -> u64 {
+        self.commit_reserve() + self.delete_slop_after(run_leaves(blocks))
     }
 
     /// The part of the delete slop that only a loan (`slop_on_loan`) may use:
@@ -321,21 +352,24 @@ impl NodeStore {
         self.delete_slop() / 2
     }
 
-    /// What a tree change must leave free: the commit reserve, and the delete
-    /// slop, but only `loan_slop` of it for a change that frees space, and for a
-    /// loan the commit reserve at its hard bound (what the slop's halves are
-    /// sized to cover): loans end with no more blocks in use, but the blocks
-    /// they free wait for the commit while their copies are taken now.
-    fn change_reserve(&self) -> u64 {
+    /// What a tree change must leave free once it allocated `blocks` nodes: the
+    /// commit reserve, and the delete slop, but only half of it (`loan_slop`) for
+    /// a change that frees space, and for a loan the commit reserve at its hard
+    /// bound (what the slop's halves are sized to cover): loans end with no more
+    /// blocks in use, but the blocks they free wait for the commit while their
+    /// copies are taken now. The slop and the hard bound grow with the map leaves
+    /// in use, and each node may land in a leaf not touched yet: they are taken
+    /// as after the allocation, so that what is left covers them then too.
+    fn change_reserve(&self, blocks: u64) -> u64 {
         if self.slop_on_loan {
-            return self.commit_reserve().max(self.commit_reserve_bound());
+            return self.commit_reserve().max(self.commit_reserve_bound(blocks));
         }
         let slop = if self.committing {
             0
         } else if self.freeing {
-            self.loan_slop()
+            self.delete_slop_after(blocks) / 2
         } else {
-            self.delete_slop()
+            self.delete_slop_after(blocks)
         };
         self.commit_reserve() + slop
     }
@@ -344,20 +378,21 @@ impl NodeStore {
     /// levels and `data` data blocks is sure to find room for all of them: every
     /// change within its own bound (a copy and a split per level, one level more,
     /// a new root), each new dirty node raising the data reserve by 4, the commit
-    /// reserve at its hard bound (every space-map page moved), and data within the
-    /// data reserve (plus the 64 blocks `ensure_data_room` asks of a punched hole).
+    /// reserve at its hard bound (every space-map page it can move), and data
+    /// within the data reserve (plus the 64 blocks `ensure_data_room` asks of a
+    /// punched hole); the reserves as after the operation, every block of it in a
+    /// map leaf not touched yet.
     pub fn room_for_op(&mut self, changes: u64, data: u64, levels: u64) -> bool {
         let nodes = changes.saturating_mul(2 * (levels + 1) + 1);
+        let blocks = nodes.saturating_add(data).saturating_add(64);
         let pages_growth = self
-            .space
-            .page_count()
-            .saturating_sub(self.space.commit_pages_bound(self.catalog_reserve));
+            .commit_reserve_bound(blocks)
+            .saturating_sub(self.commit_reserve());
         let need = nodes
-            .saturating_mul(5)
-            .saturating_add(data)
-            .saturating_add(64)
+            .saturating_mul(4)
+            .saturating_add(blocks)
             .saturating_add(pages_growth)
-            .saturating_add(self.metadata_reserve());
+            .saturating_add(self.metadata_reserve_after(blocks));
         self.available() >= need
     }
 
@@ -365,7 +400,7 @@ impl NodeStore {
     /// reserve: a tree change checks first, so that running out of blocks leaves
     /// the tree as it was.
     pub fn ensure_node_room(&mut self, blocks: u64) -> StoreResult<()> {
-        let reserve = self.change_reserve();
+        let reserve = self.change_reserve(blocks);
         if self.available() < blocks + reserve {
             return Err(StoreError::NoSpace {
                 pool: self.dev.name(),
@@ -599,7 +634,14 @@ impl NodeStore {
     /// Blocks data allocation leaves free: for the tree changes that map the data
     /// and for the commit reserve.
     pub fn metadata_reserve(&self) -> u64 {
-        self.commit_reserve() + self.delete_slop() + 256 + 4 * self.dirty.len() as u64
+        self.metadata_reserve_after(0)
+    }
+
+    /// `metadata_reserve` once allocations reach `new_leaves` map leaves not
+    /// touched yet (the delete slop grows with them).
+    fn metadata_reserve_after(&self, new_leaves: u64) -> u64 {
+        let slop = self.delete_slop_after(new_leaves);
+        self.commit_reserve() + slop + 256 + 4 * self.dirty.len() as u64
     }
 
     /// Allocate up to `want` contiguous data blocks (count 1 each).
@@ -620,7 +662,9 @@ impl NodeStore {
     fn data_room_for(&mut self, blocks: u64) -> StoreResult<()> {
         // Each block written also dirties the tree path to its extent, and every
         // dirty node raises the reserve by 4: allow for a path of 8 nodes per block.
-        let reserve = self.metadata_reserve() + blocks * 4 * 8;
+        // Data and nodes may each land in a map leaf not touched yet.
+        let new_leaves = blocks.saturating_mul(9);
+        let reserve = self.metadata_reserve_after(new_leaves) + blocks * 4 * 8;
         let avail = self.available();
         let pool = || self.dev.name();
         if avail < reserve + blocks {
@@ -698,20 +742,26 @@ impl NodeStore {
     /// metadata reserve and `data_budget`: it leaves what its own tree changes
     /// must (the commit reserve, `change_reserve`), so its commit still has room.
     fn may_borrow(&mut self, blocks: u64) -> bool {
-        self.shrinking && self.available() >= self.change_reserve() + blocks
+        self.shrinking && self.available() >= self.change_reserve(blocks) + blocks
     }
 
     /// How many of `want` data blocks (at least one) may be allocated now, within
     /// the metadata reserve and `data_budget`.
+    ///
+    /// The reserve is taken as after the allocation (its run may reach map leaves
+    /// not touched yet, which grows the delete slop): a grant of `n` leaves the
+    /// reserve for `n`, or for one block if only one fits.
     fn data_grant(&mut self, want: u64) -> StoreResult<u64> {
-        let reserve = self.metadata_reserve();
+        let reserve = |st: &Self, n: u64| st.metadata_reserve_after(run_leaves(n));
         let avail = self.available();
-        if avail <= reserve {
+        let one = reserve(self, 1);
+        if avail <= one {
             return Err(StoreError::NoSpace {
                 pool: self.dev.name(),
             });
         }
-        let mut want = want.min(avail - reserve);
+        let most = want.min(avail - one);
+        let mut want = most.min(avail.saturating_sub(reserve(self, most))).max(1);
         if let Some(b) = self.data_budget {
             if b.blocks == 0 {
                 let pool = self.dev.name();

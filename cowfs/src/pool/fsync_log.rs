@@ -218,8 +218,9 @@ impl Engine {
         }
         let dev = self.st.dev.clone();
         let want = region_blocks(self.st.space.capacity());
-        // Never from the commit reserve: this runs as a commit starts.
-        if self.st.available() < want + self.st.commit_reserve() {
+        // Never from the commit reserve (this runs as a commit starts) nor from
+        // the delete slop, as it will be once the region's leaves count.
+        if self.st.available() < want + self.st.reserve_after_run(want) {
             return Ok(());
         }
         let Ok((start, got)) = self.st.space.alloc(&*dev, want) else {

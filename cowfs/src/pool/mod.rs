@@ -1217,6 +1217,9 @@ impl Engine {
             opts.cache_bytes,
             catalog::item_refs,
         );
+        // The delete slop follows the map leaves in use (format-spec §8.2).
+        let dev = st.dev.clone();
+        st.space.count_touched_leaves(&*dev);
         let mut branches = Branches::default();
         for (k, v) in tree::collect(
             &mut st,

@@ -90,6 +90,13 @@ pub struct SpaceMap {
     journal: Journal,
     /// Leaves set aside for tree nodes and space-map pages (meta_area.rs).
     meta: MetaArea,
+    /// How many leaf pages a commit wrote (their index pointer is not 0) or are
+    /// dirty now: every leaf that may hold a non-zero count, so the most a commit
+    /// can move besides the leaves allocations reach first (`commit_pages_max`).
+    /// It only grows (a leaf once written keeps its pointer), by one when a leaf
+    /// never written is first changed (`set`). None until counted at open
+    /// (`count_touched_leaves`): the bound is then every page of the map.
+    touched_leaves: Option<u64>,
 }
 
 impl SpaceMap {
@@ -109,6 +116,7 @@ impl SpaceMap {
             },
         );
         m.dirty_leaves.insert(0);
+        m.touched_leaves = Some(1);
         m
     }
 
@@ -131,6 +139,7 @@ impl SpaceMap {
             dirty_leaves: BTreeSet::new(),
             journal: Journal::default(),
             meta: MetaArea::default(),
+            touched_leaves: None,
         }
     }
 
@@ -170,15 +179,83 @@ impl SpaceMap {
 
     /// Pages of the whole map (leaves and index pages): the most a commit can move.
     pub fn page_count(&self) -> u64 {
-        let leaves = self.capacity.div_ceil(COUNTS_PER_LEAF).max(1);
-        let mut all = leaves;
-        let mut pages = leaves;
+        self.leaf_count() + self.index_page_count()
+    }
+
+    fn leaf_count(&self) -> u64 {
+        self.capacity.div_ceil(COUNTS_PER_LEAF).max(1)
+    }
+
+    fn index_page_count(&self) -> u64 {
+        let mut all = 0;
+        let mut pages = self.leaf_count();
         for _ in 0..self.depth {
             pages = pages.div_ceil(PTRS_PER_INDEX);
             all += pages;
         }
         all
     }
+
+    /// The most pages the next commit can move (its hard bound, never more than
+    /// `page_count`), if allocations before it reach up to `new_leaves` leaves not
+    /// touched yet and the commit itself allocates `extra_allocs` blocks besides
+    /// the pages (the catalog). On a big pool that holds little, far below
+    /// `page_count`: it follows the leaves in use, not the capacity.
+    ///
+    /// Why it holds (format-spec §8.2): a commit moves each page at most once,
+    /// only pages whose counts or pointers changed. A count changes only in a leaf
+    /// that holds a non-zero count (a reference dropped or added) or where a block
+    /// is allocated, so the leaves moved are the touched ones (`touched_leaves`),
+    /// those allocations before the commit reach (`new_leaves`), and those the
+    /// commit's own allocations reach; an index page moves only above a moved leaf,
+    /// so at most `depth` per leaf. A leaf never touched has every block free and
+    /// allocatable, and both allocators fill it in order once they enter it (the
+    /// data allocator's next fit enters a leaf at its start and goes on from where
+    /// it stopped; the metadata allocator takes a new leaf only when its leaves are
+    /// full, at its start): its k allocations reach at most 4 + k / 1012 such
+    /// leaves (a first leaf entered part way, the short last leaf, one per cursor),
+    /// counted here as 4 + k / 506. With k <= extra_allocs + (depth + 1) * L for L
+    /// leaves moved, L = before + 4 + k / 506 solves to the figure below.
+    pub fn commit_pages_max(&self, extra_allocs: u64, new_leaves: u64) -> u64 {
+        let all = self.page_count();
+        let Some(touched) = self.touched_leaves else {
+            return all;
+        };
+        let levels = u64::from(self.depth) + 1;
+        // Never for a map of a valid depth (at most 7): the figure needs it.
+        let Some(per) = (COUNTS_PER_LEAF / 2).checked_sub(levels).filter(|p| *p > 0) else {
+            return all;
+        };
+        let before = touched.saturating_add(new_leaves).saturating_add(5);
+        // Leaves the commit's own allocations reach: with L = before + y and
+        // y = ceil((extra + levels * before) / (506 - levels)), the k <= extra +
+        // levels * L allocations give k / 506 <= y, so L covers touched +
+        // new_leaves + 4 + k / 506.
+        let own = extra_allocs
+            .saturating_add(levels.saturating_mul(before))
+            .div_ceil(per);
+        let leaves = before.saturating_add(own);
+        let index = self
+            .index_page_count()
+            .min(leaves.saturating_mul(u64::from(self.depth)));
+        all.min(leaves.saturating_add(index))
+    }
+
+    /// Count the leaves a commit wrote (`touched_leaves`), when a pool is opened:
+    /// one walk of the index pages that exist, not of the leaves. Until this ran
+    /// the bound is every page, which is safe, so a walk that fails (a damaged
+    /// index page, which fsck reports) leaves it at that.
+    pub fn count_touched_leaves(&mut self, dev: &dyn BlockDevice) {
+        let mut written = 0u64;
+        match self.walk_existing(dev, &mut |_| written += 1) {
+            Ok(_) => {
+                let fresh = self.leaves.values().filter(|l| l.addr == 0 && l.dirty);
+                self.touched_leaves = Some(written + fresh.count() as u64);
+            }
+            Err(e) => log::warn!("space map: leaves in use not counted: {e}"),
+        }
+    }
+
     pub fn is_fresh(&self, b: BlockAddr) -> bool {
         self.fresh.contains(&b)
     }
@@ -336,7 +413,15 @@ impl SpaceMap {
         let slot = &mut leaf.counts[(b % COUNTS_PER_LEAF) as usize];
         let old = *slot;
         *slot = v;
+        // Never written and not dirty yet: a leaf the next commit moves that
+        // `touched_leaves` did not count.
+        let first_touch = leaf.addr == 0 && !leaf.dirty;
         leaf.dirty = true;
+        if first_touch {
+            if let Some(n) = self.touched_leaves.as_mut() {
+                *n = n.saturating_add(1);
+            }
+        }
         self.dirty_leaves.insert(b / COUNTS_PER_LEAF);
         // Saturating: `used` starts from the superblock, which may be wrong (fsck
         // reports it); below zero it wrapped and every allocation failed.
@@ -761,8 +846,28 @@ impl SpaceMap {
     /// pool took 2.19 GB and 6.8 s. The pages found stay resident, as `get` keeps
     /// them; leaves are only listed.
     fn existing_pages(&mut self, dev: &dyn BlockDevice) -> StoreResult<Existing> {
+        let mut leaf_nos = Vec::new();
+        let index = self.walk_existing(dev, &mut |leaf| leaf_nos.push(leaf))?;
+        // Resident leaves, also those a new map holds before any index page
+        // exists (`create`).
+        leaf_nos.extend(self.leaves.keys().copied());
+        leaf_nos.sort_unstable();
+        leaf_nos.dedup();
+        Ok(Existing {
+            index,
+            leaves: leaf_nos,
+        })
+    }
+
+    /// The walk of `existing_pages`: returns the index pages that exist and calls
+    /// `written` with each leaf an index page points to.
+    fn walk_existing(
+        &mut self,
+        dev: &dyn BlockDevice,
+        written: &mut dyn FnMut(u64),
+    ) -> StoreResult<Vec<(u8, u64)>> {
         let leaves = self.capacity.div_ceil(COUNTS_PER_LEAF);
-        let (mut index, mut leaf_nos) = (Vec::new(), Vec::new());
+        let mut index = Vec::new();
         let top = (self.depth, 0);
         let mut stack = Vec::new();
         if self.root != 0 || self.index.contains_key(&top) {
@@ -792,22 +897,14 @@ impl SpaceMap {
                 }
                 if level == 1 {
                     if p != 0 {
-                        leaf_nos.push(child);
+                        written(child);
                     }
                 } else if p != 0 || self.index.contains_key(&(level - 1, child)) {
                     stack.push((level - 1, child));
                 }
             }
         }
-        // Resident leaves, also those a new map holds before any index page
-        // exists (`create`).
-        leaf_nos.extend(self.leaves.keys().copied());
-        leaf_nos.sort_unstable();
-        leaf_nos.dedup();
-        Ok(Existing {
-            index,
-            leaves: leaf_nos,
-        })
+        Ok(index)
     }
 
     /// Visit every non-zero count of the committed + running state (fsck). Calls
@@ -975,6 +1072,43 @@ mod tests {
         let mut n = 0;
         m.for_each_count(&MemDevice::new(), |_, _| n += 1).unwrap();
         assert_eq!(n, FIRST_USABLE);
+    }
+
+    /// The hard bound of a commit follows the leaves that hold counts, not the
+    /// capacity: small on a huge map that holds little, counted again at open,
+    /// growing by one leaf at most per leaf an allocation first reaches, and every
+    /// page once every leaf holds a count.
+    #[test]
+    fn commit_bound_follows_the_leaves_in_use() {
+        let dev = MemDevice::new();
+        let cap = 1u64 << 28; // 1 TiB
+        let mut m = SpaceMap::create(cap, 1);
+        assert!(m.page_count() > 265_000);
+        let small = m.commit_pages_max(0, 0);
+        assert!(small < 64, "{small}");
+        // 3 leaves more, one a block in it and two a run across their border.
+        m.alloc(&dev, 3).unwrap();
+        let far = 40 * COUNTS_PER_LEAF;
+        m.cursor = far - 1;
+        m.alloc(&dev, 2).unwrap();
+        m.cursor = 90 * COUNTS_PER_LEAF;
+        m.alloc(&dev, 1).unwrap();
+        assert_eq!(m.touched_leaves, Some(4));
+        let (root, _) = m.write_dirty(&dev, 1).unwrap();
+        m.commit_written();
+        let written = m.touched_leaves.unwrap();
+        // Plus the leaves the relocated pages landed in.
+        assert!((4..=6).contains(&written), "{written}");
+        let mut r = SpaceMap::open(cap, m.depth(), root, m.used(), 1);
+        assert_eq!(r.commit_pages_max(0, 0), r.page_count(), "not counted yet");
+        r.count_touched_leaves(&dev);
+        assert_eq!(r.touched_leaves, Some(written));
+        assert_eq!(r.commit_pages_max(0, 0), m.commit_pages_max(0, 0));
+        assert!(r.commit_pages_max(0, 10) > r.commit_pages_max(0, 0));
+        // Every leaf holding a count: every page, as before.
+        let mut full = SpaceMap::create(8 * COUNTS_PER_LEAF, 1);
+        while full.alloc(&dev, 4096).is_ok() {}
+        assert_eq!(full.commit_pages_max(0, 0), full.page_count());
     }
 
     #[test]
