@@ -1388,6 +1388,54 @@ fn system_namespace_holds_only_acls() {
     fx.assert_fsck_clean();
 }
 
+/// trusted.* names are listed only to callers with CAP_SYS_ADMIN, as on ext4, xfs,
+/// btrfs and tmpfs: the kernel already hides their values (getxattr is ENODATA for
+/// others), but FUSE hands listxattr the whole list, so an unprivileged `cp -a` or
+/// `rsync -X` saw names it could not read.
+#[test]
+fn trusted_xattrs_are_listed_only_to_privileged_callers() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let f = m.mnt.join("labelled");
+    write_file(&f, b"x");
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+    setxattr(&f, "trusted.secret", b"t", 0).unwrap();
+    setxattr(&f, "user.pub", b"u", 0).unwrap();
+    let mut names = listxattr(&f).unwrap();
+    names.sort();
+    assert_eq!(names, ["trusted.secret", "user.pub"], "root sees both");
+
+    let path = cpath(&f);
+    let want = b"user.pub\0";
+    let mut buf = [0u8; 64];
+    let buf_ptr = buf.as_mut_ptr();
+    // SAFETY: raw libc calls on a CString and a buffer made before the fork (the
+    // child writes only into its own copy of `buf`). Returns 0 when both the size
+    // query and the listing are exactly `want`, else the size seen or the errno.
+    let list = || unsafe {
+        let size = libc::listxattr(path.as_ptr(), std::ptr::null_mut(), 0);
+        if size != want.len() as isize {
+            return if size < 0 {
+                last_errno(-1)
+            } else {
+                size as i32
+            };
+        }
+        let n = libc::listxattr(path.as_ptr(), buf_ptr.cast(), buf.len());
+        if n < 0 {
+            return last_errno(-1);
+        }
+        let got = std::slice::from_raw_parts(buf_ptr, n as usize);
+        if got == want {
+            0
+        } else {
+            n as i32
+        }
+    };
+    assert_eq!(errno_as_nobody(&list), 0, "nobody lists only user.pub");
+    m.stop();
+}
+
 /// Removing an ACL that is not there succeeds, as on ext4, xfs and tmpfs (the
 /// kernel makes it "set no ACL"); other absent attributes are still ENODATA.
 #[test]

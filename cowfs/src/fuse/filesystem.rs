@@ -27,7 +27,7 @@ use super::attr::{
 use super::handles::Handles;
 use super::kernel;
 use super::lookups::Lookups;
-use super::privileges::acl_keeps_setgid;
+use super::privileges::{acl_keeps_setgid, has_sys_admin, without_trusted_names};
 use crate::fs::file::SeekWhence;
 use crate::fs::{Attr, FsError, FsResult, SetAttr};
 use crate::pool::{BranchId, Pool};
@@ -610,8 +610,11 @@ impl Filesystem for CowFs {
         Self::xattr(reply, size, r);
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let r = self.pool.listxattr(self.branch, ino.0);
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let mut r = self.pool.listxattr(self.branch, ino.0);
+        if !has_sys_admin(req.pid(), req.uid()) {
+            r = r.map(|list| without_trusted_names(&list));
+        }
         Self::xattr(reply, size, r);
     }
 

@@ -15,6 +15,10 @@
 //!   this itself on write (it checks `security.capability` once per inode, then
 //!   remembers the inode has none), so ordinary writes cost nothing here; we drop
 //!   them too on the rarer paths that also drop set-id bits.
+//!
+//! Also what the kernel leaves to FUSE about privileged names: listxattr shows
+//! trusted.* names only to callers with CAP_SYS_ADMIN (Linux's
+//! `xattr_trusted_list`), as the kernel already hides their values from others.
 
 use super::filesystem::CowFs;
 use crate::fs::{FsResult, SetAttr};
@@ -23,6 +27,8 @@ const CAPABILITY: &[u8] = b"security.capability";
 
 /// The capability bit (linux/capability.h) that lets a caller keep set-id bits.
 const CAP_FSETID: u32 = 4;
+/// The capability bit (linux/capability.h) that lets a caller see trusted.* names.
+const CAP_SYS_ADMIN: u32 = 21;
 
 /// Does a caller keep a file's set-group-ID bit when it sets the file's access ACL?
 /// Linux (`posix_acl_update_mode`) keeps it for a member of the file's group and for
@@ -47,10 +53,43 @@ pub(crate) fn acl_keeps_setgid(pid: u32, uid: u32, gid: u32, file_gid: u32) -> b
         g.split_whitespace()
             .any(|x| x.parse::<u32>() == Ok(file_gid))
     });
-    let cap_fsetid = field("CapEff:")
-        .and_then(|c| u64::from_str_radix(c, 16).ok())
-        .is_some_and(|caps| caps & (1 << CAP_FSETID) != 0);
-    in_group || cap_fsetid
+    in_group || effective_caps(&status) & (1 << CAP_FSETID) != 0
+}
+
+/// The effective capability set in a /proc status text (none if it has no field).
+fn effective_caps(status: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|c| u64::from_str_radix(c.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+/// Does the caller hold CAP_SYS_ADMIN? Needed to list trusted.* names, which the
+/// kernel leaves to the filesystem for FUSE.
+pub(crate) fn has_sys_admin(pid: u32, uid: u32) -> bool {
+    has_capability(pid, uid, CAP_SYS_ADMIN)
+}
+
+/// Does the caller hold capability `cap` in the daemon's user namespace (as
+/// `capable()` asks: a container's root holds it only in its own)? A caller that
+/// is gone already counts as uid 0 or not.
+fn has_capability(pid: u32, uid: u32, cap: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return uid == 0;
+    };
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/user")).ok();
+    let same_namespace = ns(&pid.to_string()).is_some_and(|n| Some(n) == ns("self"));
+    same_namespace && effective_caps(&status) & (1 << cap) != 0
+}
+
+/// A listxattr list (names, each followed by a NUL) without its trusted.* names.
+pub(crate) fn without_trusted_names(list: &[u8]) -> Vec<u8> {
+    list.split_inclusive(|b| *b == 0)
+        .filter(|name| !name.starts_with(b"trusted."))
+        .flatten()
+        .copied()
+        .collect()
 }
 
 /// `mode` without the set-id bits a change drops.
@@ -150,5 +189,24 @@ mod tests {
         assert!(setattr_drops_setid(&truncate, 1000));
         assert!(!setattr_drops_setid(&truncate, 0));
         assert!(!setattr_drops_setid(&SetAttr::default(), 1000));
+    }
+
+    #[test]
+    fn trusted_names_filtered_out() {
+        let list = b"user.a\0trusted.b\0security.c\0trusted.\0user.trusted.d\0";
+        assert_eq!(
+            without_trusted_names(list),
+            b"user.a\0security.c\0user.trusted.d\0"
+        );
+        assert!(without_trusted_names(b"").is_empty());
+    }
+
+    #[test]
+    fn capabilities_from_status() {
+        let status = "Name:\tx\nCapEff:\t0000000000200010\nCapBnd:\tffffffffff\n";
+        let caps = effective_caps(status);
+        assert_ne!(caps & (1 << CAP_SYS_ADMIN), 0);
+        assert_ne!(caps & (1 << CAP_FSETID), 0);
+        assert_eq!(effective_caps("Name:\tx\n"), 0);
     }
 }
