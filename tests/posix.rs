@@ -1662,6 +1662,79 @@ fn write_truncate_and_chown_drop_privileges() {
     fx.assert_fsck_clean();
 }
 
+/// fallocate (every mode) and copy_file_range change a file as a write does: by a
+/// caller without CAP_FSETID they drop set-user-ID, and set-group-ID when
+/// group-executable, as ext4 does (`file_modified`). With
+/// FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to the filesystem, and these
+/// requests carry no flag for it; a caller with CAP_FSETID keeps the bits.
+#[test]
+fn fallocate_and_copy_range_drop_privileges() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let root = &m.mnt;
+    fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+    let setid = |name: &str, bits: u32| {
+        let p = root.join(name);
+        write_file(&p, &[b'x'; 8192]);
+        fs::set_permissions(&p, fs::Permissions::from_mode(bits)).unwrap();
+        p
+    };
+    write_file(&root.join("src"), &[b's'; 8192]);
+    let src = File::open(root.join("src")).unwrap();
+    let src_fd = src.as_raw_fd();
+    // SAFETY (all closures below): raw libc calls on descriptors of the child.
+    let falloc = |mode: i32| {
+        move |fd: i32| last_errno(unsafe { libc::fallocate(fd, mode, 0, 16384) } as i64)
+    };
+    let copy = |fd: i32| {
+        last_errno(unsafe {
+            libc::copy_file_range(
+                src_fd,
+                std::ptr::null_mut(),
+                fd,
+                std::ptr::null_mut(),
+                4096,
+                0,
+            )
+        } as i64)
+    };
+    let cases: [(&str, &dyn Fn(i32) -> i32); 4] = [
+        ("allocate", &falloc(0)),
+        ("keep size", &falloc(libc::FALLOC_FL_KEEP_SIZE)),
+        (
+            "punch hole",
+            &falloc(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE),
+        ),
+        ("copy_file_range", &copy),
+    ];
+    for (n, (what, op)) in cases.iter().enumerate() {
+        let p = setid(&format!("f{n}"), 0o6777);
+        let c = cpath(&p);
+        // SAFETY: open and close on a CString made before the fork.
+        let run = || unsafe {
+            let fd = libc::open(c.as_ptr(), libc::O_RDWR);
+            if fd < 0 {
+                return last_errno(-1);
+            }
+            let e = op(fd);
+            libc::close(fd);
+            e
+        };
+        assert_eq!(errno_as_nobody(&run), 0, "{what} by nobody");
+        assert_eq!(mode(&p), 0o777, "{what} by nobody keeps set-id bits");
+    }
+    // Root (CAP_FSETID) keeps them.
+    let k = setid("k", 0o6755);
+    let f = OpenOptions::new().write(true).open(&k).unwrap();
+    fallocate(f.as_raw_fd(), 0, 0, 16384).unwrap();
+    copy_file_range(src_fd, f.as_raw_fd(), 4096).unwrap();
+    assert_eq!(mode(&k), 0o6755);
+    drop((f, src));
+    drop(m);
+    fx.assert_fsck_clean();
+}
+
 /// Terminal ioctls on a file fail with ENOTTY, as on any regular file (isatty).
 #[test]
 fn terminal_ioctl_on_a_file_is_enotty() {

@@ -645,7 +645,7 @@ impl Filesystem for CowFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -655,6 +655,9 @@ impl Filesystem for CowFs {
     ) {
         if let Err(e) = self.writable() {
             return reply.error(e);
+        }
+        if let Err(e) = self.drop_privileges_for_change(req.pid(), req.uid(), ino.0) {
+            return reply.error(errno(&e));
         }
         const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
         let r = match mode {
@@ -709,7 +712,7 @@ impl Filesystem for CowFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         ino_in: INodeNo,
         _fh_in: FileHandle,
         offset_in: u64,
@@ -722,6 +725,9 @@ impl Filesystem for CowFs {
     ) {
         if let Err(e) = self.writable() {
             return reply.error(e);
+        }
+        if let Err(e) = self.drop_privileges_for_change(req.pid(), req.uid(), ino_out.0) {
+            return reply.error(errno(&e));
         }
         // Extents are shared, not copied: O(1) per extent.
         let len = len.min(MAX_CLONE);

@@ -15,6 +15,8 @@
 //!   this itself on write (it checks `security.capability` once per inode, then
 //!   remembers the inode has none), so ordinary writes cost nothing here; we drop
 //!   them too on the rarer paths that also drop set-id bits.
+//! - fallocate and copy_file_range change content like a write, but their requests
+//!   carry no kill flag: the caller's CAP_FSETID is read from its /proc status.
 //!
 //! Also what the kernel leaves to FUSE about privileged names: listxattr shows
 //! trusted.* names only to callers with CAP_SYS_ADMIN (Linux's
@@ -127,6 +129,20 @@ impl CowFs {
             self.invalidate_attributes(ino);
         }
         Ok(())
+    }
+
+    /// Before a change of content whose request carries no kill flag (fallocate,
+    /// copy_file_range): Linux drops the set-id bits a write by the same caller
+    /// would (`file_modified`), and with FUSE_HANDLE_KILLPRIV_V2 the kernel leaves
+    /// that to us (file capabilities it still drops itself). Whether the caller
+    /// holds CAP_FSETID is read from its /proc status, only when there is a bit to
+    /// drop.
+    pub(crate) fn drop_privileges_for_change(&self, pid: u32, uid: u32, ino: u64) -> FsResult<()> {
+        let a = self.pool.getattr(self.branch, ino)?;
+        if without_setid(a.mode) == a.mode || has_capability(pid, uid, CAP_FSETID) {
+            return Ok(());
+        }
+        self.drop_privileges_for_write(ino)
     }
 
     /// Before a setattr: a chown, or a truncate by an unprivileged caller, also
