@@ -1735,6 +1735,55 @@ fn fallocate_and_copy_range_drop_privileges() {
     fx.assert_fsck_clean();
 }
 
+/// A truncate drops set-id bits unless the caller holds CAP_FSETID, whatever its
+/// uid: root without the capability (a container or service that dropped it)
+/// loses them as on ext4, root with it keeps them. The kernel's kill flag for
+/// truncates does not reach the daemon (fuser 0.18), so it asks the caller.
+#[test]
+fn truncate_without_cap_fsetid_drops_setid_even_for_root() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+    let setid = |name: &str| {
+        let p = m.mnt.join(name);
+        write_file(&p, b"#!/bin/sh\n");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o6777)).unwrap();
+        p
+    };
+    let dropped = setid("dropped");
+    let (st, out) = run_text(
+        std::process::Command::new("setpriv")
+            .args([
+                "--inh-caps=-fsetid",
+                "--bounding-set=-fsetid",
+                "truncate",
+                "-s",
+                "3",
+            ])
+            .arg(&dropped),
+    );
+    assert!(st.success(), "{out}");
+    assert_eq!(fs::metadata(&dropped).unwrap().len(), 3);
+    assert_eq!(
+        mode(&dropped),
+        0o777,
+        "root without CAP_FSETID keeps set-id bits"
+    );
+    let kept = setid("kept");
+    OpenOptions::new()
+        .write(true)
+        .open(&kept)
+        .unwrap()
+        .set_len(3)
+        .unwrap();
+    assert_eq!(
+        mode(&kept),
+        0o6777,
+        "root with CAP_FSETID loses set-id bits"
+    );
+    m.stop();
+}
+
 /// Terminal ioctls on a file fail with ENOTTY, as on any regular file (isatty).
 #[test]
 fn terminal_ioctl_on_a_file_is_enotty() {

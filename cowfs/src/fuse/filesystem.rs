@@ -194,7 +194,7 @@ impl Filesystem for CowFs {
             mtime: mtime.map(time_or_now),
             ctime: ctime.map(from_request_time),
         };
-        if let Err(e) = self.drop_privileges_for_setattr(ino.0, &mut s, req.uid()) {
+        if let Err(e) = self.drop_privileges_for_setattr(ino.0, &mut s, req.pid(), req.uid()) {
             return reply.error(errno(&e));
         }
         let r = self

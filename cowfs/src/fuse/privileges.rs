@@ -9,7 +9,8 @@
 //!   locking, not a privilege). The kernel flags such writes
 //!   (FUSE_WRITE_KILL_SUIDGID).
 //! - a truncate likewise. The kernel's flag for it (FATTR_KILL_SUIDGID) is not
-//!   passed on by fuser 0.18, so "without CAP_FSETID" is taken as "not uid 0".
+//!   passed on by fuser 0.18, so the caller's CAP_FSETID is read from its /proc
+//!   status (uid 0 is not enough: root may have dropped the capability).
 //! - chown of anything but a directory drops them, whoever asks.
 //! - any write, truncate or chown drops file capabilities. The kernel still does
 //!   this itself on write (it checks `security.capability` once per inode, then
@@ -103,9 +104,10 @@ pub(crate) fn without_setid(mode: u32) -> u32 {
     m
 }
 
-/// Why `setattr` drops set-id bits: chown, or a truncate by an unprivileged caller.
-pub(crate) fn setattr_drops_setid(s: &SetAttr, caller_uid: u32) -> bool {
-    s.uid.is_some() || s.gid.is_some() || (s.size.is_some() && caller_uid != 0)
+/// Why `setattr` drops set-id bits: chown, or a truncate by a caller without
+/// CAP_FSETID (`has_fsetid` is asked only for a truncate).
+pub(crate) fn setattr_drops_setid(s: &SetAttr, has_fsetid: impl FnOnce() -> bool) -> bool {
+    s.uid.is_some() || s.gid.is_some() || (s.size.is_some() && !has_fsetid())
 }
 
 impl CowFs {
@@ -145,14 +147,15 @@ impl CowFs {
         self.drop_privileges_for_write(ino)
     }
 
-    /// Before a setattr: a chown, or a truncate by an unprivileged caller, also
-    /// drops set-id bits (unless the request sets the mode itself); either drops
-    /// file capabilities.
+    /// Before a setattr: a chown, or a truncate by a caller (`pid`, `uid`) without
+    /// CAP_FSETID, also drops set-id bits (unless the request sets the mode
+    /// itself); either drops file capabilities.
     pub(crate) fn drop_privileges_for_setattr(
         &self,
         ino: u64,
         s: &mut SetAttr,
-        caller_uid: u32,
+        pid: u32,
+        uid: u32,
     ) -> FsResult<()> {
         let changes_content_or_owner = s.size.is_some() || s.uid.is_some() || s.gid.is_some();
         if !changes_content_or_owner {
@@ -162,11 +165,10 @@ impl CowFs {
         if a.is_dir() {
             return Ok(());
         }
-        if s.mode.is_none() && setattr_drops_setid(s, caller_uid) {
-            let m = without_setid(a.mode);
-            if m != a.mode {
-                s.mode = Some(m & 0o7777);
-            }
+        let m = without_setid(a.mode);
+        let has_fsetid = || has_capability(pid, uid, CAP_FSETID);
+        if s.mode.is_none() && m != a.mode && setattr_drops_setid(s, has_fsetid) {
+            s.mode = Some(m & 0o7777);
         }
         self.drop_capabilities(ino)?;
         Ok(())
@@ -197,14 +199,14 @@ mod tests {
             uid: Some(1),
             ..SetAttr::default()
         };
-        assert!(setattr_drops_setid(&chown, 0));
+        assert!(setattr_drops_setid(&chown, || true));
         let truncate = SetAttr {
             size: Some(0),
             ..SetAttr::default()
         };
-        assert!(setattr_drops_setid(&truncate, 1000));
-        assert!(!setattr_drops_setid(&truncate, 0));
-        assert!(!setattr_drops_setid(&SetAttr::default(), 1000));
+        assert!(setattr_drops_setid(&truncate, || false));
+        assert!(!setattr_drops_setid(&truncate, || true));
+        assert!(!setattr_drops_setid(&SetAttr::default(), || false));
     }
 
     #[test]
