@@ -27,7 +27,7 @@ use super::attr::{
 use super::handles::Handles;
 use super::kernel;
 use super::lookups::Lookups;
-use super::privileges::{acl_keeps_setgid, has_sys_admin, without_trusted_names};
+use super::privileges::{acl_keeps_setgid, names_visible_to};
 use crate::fs::file::SeekWhence;
 use crate::fs::{Attr, FsError, FsResult, SetAttr};
 use crate::pool::{BranchId, Pool};
@@ -611,10 +611,8 @@ impl Filesystem for CowFs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let mut r = self.pool.listxattr(self.branch, ino.0);
-        if !has_sys_admin(req.pid(), req.uid()) {
-            r = r.map(|list| without_trusted_names(&list));
-        }
+        let r = self.pool.listxattr(self.branch, ino.0);
+        let r = r.map(|list| names_visible_to(req.pid(), req.uid(), list));
         Self::xattr(reply, size, r);
     }
 

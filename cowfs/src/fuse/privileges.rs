@@ -68,10 +68,17 @@ fn effective_caps(status: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Does the caller hold CAP_SYS_ADMIN? Needed to list trusted.* names, which the
-/// kernel leaves to the filesystem for FUSE.
-pub(crate) fn has_sys_admin(pid: u32, uid: u32) -> bool {
-    has_capability(pid, uid, CAP_SYS_ADMIN)
+/// The names of a listxattr list (each followed by a NUL) that caller `pid`, `uid`
+/// may see: trusted.* ones only with CAP_SYS_ADMIN, which the kernel leaves to the
+/// filesystem for FUSE. The caller's /proc status is read only when the list holds
+/// such a name (`ls -l` lists every file's names).
+pub(crate) fn names_visible_to(pid: u32, uid: u32, list: Vec<u8>) -> Vec<u8> {
+    let trusted = list.split(|b| *b == 0).any(|n| n.starts_with(b"trusted."));
+    if trusted && !has_capability(pid, uid, CAP_SYS_ADMIN) {
+        without_trusted_names(&list)
+    } else {
+        list
+    }
 }
 
 /// Does the caller hold capability `cap` in the daemon's user namespace (as
@@ -87,7 +94,7 @@ fn has_capability(pid: u32, uid: u32, cap: u32) -> bool {
 }
 
 /// A listxattr list (names, each followed by a NUL) without its trusted.* names.
-pub(crate) fn without_trusted_names(list: &[u8]) -> Vec<u8> {
+fn without_trusted_names(list: &[u8]) -> Vec<u8> {
     list.split_inclusive(|b| *b == 0)
         .filter(|name| !name.starts_with(b"trusted."))
         .flatten()
@@ -217,6 +224,11 @@ mod tests {
             b"user.a\0security.c\0user.trusted.d\0"
         );
         assert!(without_trusted_names(b"").is_empty());
+        // A caller that is gone counts as uid 0 or not.
+        let gone = u32::MAX;
+        let both = b"user.a\0trusted.b\0".to_vec();
+        assert_eq!(names_visible_to(gone, 1000, both.clone()), b"user.a\0");
+        assert_eq!(names_visible_to(gone, 0, both.clone()), both);
     }
 
     #[test]
