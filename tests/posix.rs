@@ -1784,6 +1784,42 @@ fn truncate_without_cap_fsetid_drops_setid_even_for_root() {
     m.stop();
 }
 
+/// With the writeback cache the kernel keeps a file's mtime and ctime and sends
+/// them itself (SETATTR) when it changes them. The daemon stamped its own clock on
+/// every page written back as well, a little later than the kernel's time, so a
+/// file written right after its create (the kernel's times left clean) showed one
+/// mtime, and another once the kernel had forgotten the inode (remount, memory
+/// pressure) although nothing had changed it.
+#[test]
+fn times_of_written_files_survive_a_remount() {
+    let fx = Fixture::new();
+    let times = |p: &Path| {
+        let md = fs::metadata(p).unwrap();
+        (md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec())
+    };
+    let m = fx.mount();
+    // Inline bytes and extents, written right after the create; and a rewrite
+    // later, whose times the kernel changes and sends.
+    let mut files = Vec::new();
+    for n in 0..8 {
+        let p = m.mnt.join(format!("f{n}"));
+        write_file(&p, &vec![b'x'; if n % 2 == 0 { 100 } else { 10_000 }]);
+        files.push(p);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let rewritten = &files[1];
+    let f = OpenOptions::new().write(true).open(rewritten).unwrap();
+    f.write_all_at(b"again", 4096).unwrap();
+    drop(f);
+    let before: Vec<_> = files.iter().map(|p| times(p)).collect();
+    m.stop();
+    let m = fx.mount();
+    for (p, want) in files.iter().zip(&before) {
+        assert_eq!(times(p), *want, "{}: times after a remount", p.display());
+    }
+    m.stop();
+}
+
 /// Terminal ioctls on a file fail with ENOTTY, as on any regular file (isatty).
 #[test]
 fn terminal_ioctl_on_a_file_is_enotty() {

@@ -14,6 +14,18 @@ use crate::btree::{tree, Key};
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 const END_BLOCK: u64 = u64::MAX / BS;
 
+/// What a write does to the file's mtime and ctime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteTimes {
+    /// Sets them to now: a change made here.
+    Stamp,
+    /// Leaves them: pages the kernel's writeback cache writes back. The kernel
+    /// keeps those times itself and sends them (SETATTR) when it changes them; a
+    /// stamp of ours, later than the kernel's, would show up as a different mtime
+    /// once the kernel forgets the inode.
+    Keep,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SeekWhence {
     Data,
@@ -388,7 +400,8 @@ impl FsTree<'_> {
 
     /// Write bytes at an offset (regular files and symlink targets).
     pub fn write_data(&mut self, ino: u64, off: u64, data: &[u8]) -> FsResult<usize> {
-        self.write_data_for_log(ino, off, data).map(|(n, _)| n)
+        self.write_data_for_log(ino, off, data, WriteTimes::Stamp)
+            .map(|(n, _)| n)
     }
 
     /// `write_data`, also saying whether an intent log record can describe the
@@ -399,6 +412,7 @@ impl FsTree<'_> {
         ino: u64,
         off: u64,
         data: &[u8],
+        times: WriteTimes,
     ) -> FsResult<(usize, bool)> {
         let mut i = self.file_inode(ino)?;
         if data.is_empty() {
@@ -437,9 +451,11 @@ impl FsTree<'_> {
             }
             i.size = i.size.max(end);
         }
-        let now = Timespec::now();
-        i.mtime = now;
-        i.ctime = now;
+        if times == WriteTimes::Stamp {
+            let now = Timespec::now();
+            i.mtime = now;
+            i.ctime = now;
+        }
         self.put_inode(ino, &i)?;
         Ok((data.len(), !stays_inline && !had_inline))
     }

@@ -28,7 +28,7 @@ use super::handles::Handles;
 use super::kernel;
 use super::lookups::Lookups;
 use super::privileges::{acl_keeps_setgid, names_visible_to};
-use crate::fs::file::SeekWhence;
+use crate::fs::file::{SeekWhence, WriteTimes};
 use crate::fs::{Attr, FsError, FsResult, SetAttr};
 use crate::pool::{BranchId, Pool};
 
@@ -422,8 +422,19 @@ impl Filesystem for CowFs {
                 return reply.error(errno(&e));
             }
         }
+        // Pages written back from the page cache keep the file's times: the kernel
+        // keeps those and sends them itself (SETATTR) when it changes them. Other
+        // writes (O_DIRECT, write-through) are stamped here.
+        let times = if write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) {
+            WriteTimes::Keep
+        } else {
+            WriteTimes::Stamp
+        };
         // The kernel resolves O_APPEND offsets itself; `offset` is final.
-        match self.pool.write_file(self.branch, ino.0, offset, data) {
+        match self
+            .pool
+            .write_file_with(self.branch, ino.0, offset, data, times)
+        {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => reply.error(errno(&e)),
         }

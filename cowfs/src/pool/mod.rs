@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use crate::btree::{tree, NodeStore};
 use crate::fs::dir::DirListEntry;
-use crate::fs::file::SeekWhence;
+use crate::fs::file::{SeekWhence, WriteTimes};
 use crate::fs::readplan::{FileBytes, Resolved};
 use crate::fs::{Attr, FsError, FsResult, FsTree, Owner, SetAttr, ROOT_INO};
 use crate::store::device::{BlockDevice, FileDevice};
@@ -942,13 +942,24 @@ impl Pool {
         }
     }
     pub fn write_file(&self, b: BranchId, ino: u64, off: u64, data: &[u8]) -> FsResult<usize> {
+        self.write_file_with(b, ino, off, data, WriteTimes::Stamp)
+    }
+    /// `write_file`, with what it does to the file's times.
+    pub fn write_file_with(
+        &self,
+        b: BranchId,
+        ino: u64,
+        off: u64,
+        data: &[u8],
+        times: WriteTimes,
+    ) -> FsResult<usize> {
         let mut e = self.e.lock();
         e.commit_for_room(b, data.len());
         let blocks = Engine::write_blocks_of(off, data.len());
         // Inline bytes moved to an extent, removed; the inode.
         let size = OpSize::bytes(data.len() as u64, 4);
         let r = e.logged_change(b, ino, blocks, size, |fs| {
-            fs.write_data_for_log(ino, off, data)
+            fs.write_data_for_log(ino, off, data, times)
         });
         e.maybe_commit();
         r
