@@ -1820,6 +1820,51 @@ fn times_of_written_files_survive_a_remount() {
     m.stop();
 }
 
+/// truncate(2) to the file's own size changes nothing, times included (POSIX: "if
+/// the file size is changed"; xfs and btrfs). The kernel sends such a SETATTR
+/// without times and keeps the ones it has cached, while the engine stamped new
+/// ones: `stat` showed the old mtime until a remount showed the new one.
+/// (ftruncate(2) always asks for new times, and gets them.)
+#[test]
+fn truncate_to_the_same_size_keeps_the_times() {
+    let fx = Fixture::new();
+    let times = |p: &Path| {
+        let md = fs::metadata(p).unwrap();
+        (md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec())
+    };
+    // Inline bytes and extents.
+    let files = [("inline", 100usize), ("extents", 10_000)];
+    let mut before = Vec::new();
+    let m = fx.mount();
+    for (name, len) in files {
+        let p = m.mnt.join(name);
+        write_file(&p, &vec![b'x'; len]);
+        before.push(times(&p));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    for ((name, len), want) in files.iter().zip(&before) {
+        let p = m.mnt.join(name);
+        let c = cpath(&p);
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(
+            unsafe { libc::truncate(c.as_ptr(), *len as libc::off_t) },
+            0
+        );
+        assert_eq!(fs::metadata(&p).unwrap().len(), *len as u64);
+        assert_eq!(times(&p), *want, "{name}: times after the truncate");
+    }
+    m.stop();
+    let m = fx.mount();
+    for ((name, _), want) in files.iter().zip(&before) {
+        assert_eq!(
+            times(&m.mnt.join(name)),
+            *want,
+            "{name}: times after a remount"
+        );
+    }
+    m.stop();
+}
+
 /// Terminal ioctls on a file fail with ENOTTY, as on any regular file (isatty).
 #[test]
 fn terminal_ioctl_on_a_file_is_enotty() {

@@ -535,10 +535,15 @@ impl FsTree<'_> {
             }
             self.unmap(ino, &mut i, size.div_ceil(BS), END_BLOCK)?;
         }
+        // A truncate to the current size changes nothing, times included (POSIX:
+        // "if the file size is changed"). The kernel keeps its cached times then;
+        // stamping ours would show up only after a remount.
+        if size != i.size {
+            let now = Timespec::now();
+            i.mtime = now;
+            i.ctime = now;
+        }
         i.size = size;
-        let now = Timespec::now();
-        i.mtime = now;
-        i.ctime = now;
         self.put_inode(ino, &i)
     }
 
