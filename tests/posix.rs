@@ -1820,6 +1820,56 @@ fn times_of_written_files_survive_a_remount() {
     m.stop();
 }
 
+/// fallocate and copy_file_range leave the times to the kernel too: with the
+/// writeback cache it stamps them itself (`file_modified`) and sends them, so a
+/// stamp of the daemon's, later than the kernel's, showed up as a new mtime after
+/// a remount (`cp` creates a file and copy_file_range's into it at once).
+#[test]
+fn times_after_fallocate_and_copy_range_survive_a_remount() {
+    let fx = Fixture::new();
+    let times = |p: &Path| {
+        let md = fs::metadata(p).unwrap();
+        (md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec())
+    };
+    let m = fx.mount();
+    write_file(&m.mnt.join("src"), &[b's'; 65536]);
+    let src = File::open(m.mnt.join("src")).unwrap();
+    type Op<'a> = &'a dyn Fn(i32) -> std::io::Result<()>;
+    let cases: [(&str, Op); 5] = [
+        ("copy bytes", &|fd| {
+            copy_file_range(src.as_raw_fd(), fd, 100).map(drop)
+        }),
+        ("copy extents", &|fd| {
+            copy_file_range(src.as_raw_fd(), fd, 65536).map(drop)
+        }),
+        ("allocate", &|fd| fallocate(fd, 0, 0, 8192)),
+        ("keep size", &|fd| {
+            fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, 0, 8192)
+        }),
+        ("punch hole", &|fd| {
+            let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            fallocate(fd, punch, 0, 4096)
+        }),
+    ];
+    let mut before = Vec::new();
+    for (n, (what, op)) in cases.iter().enumerate() {
+        let p = m.mnt.join(format!("f{n}"));
+        let f = File::create(&p).unwrap();
+        // SAFETY: lseek on a descriptor of ours: each copy starts at the source's start.
+        unsafe { libc::lseek(src.as_raw_fd(), 0, libc::SEEK_SET) };
+        op(f.as_raw_fd()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        drop(f);
+        before.push((p.clone(), *what, times(&p)));
+    }
+    drop(src);
+    m.stop();
+    let m = fx.mount();
+    for (p, what, want) in &before {
+        assert_eq!(times(p), *want, "{what}: times after a remount");
+    }
+    m.stop();
+}
+
 /// truncate(2) to the file's own size changes nothing, times included (POSIX: "if
 /// the file size is changed"; xfs and btrfs). The kernel sends such a SETATTR
 /// without times and keeps the ones it has cached, while the engine stamped new

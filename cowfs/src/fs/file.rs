@@ -26,6 +26,17 @@ pub enum WriteTimes {
     Keep,
 }
 
+impl WriteTimes {
+    /// Record a change of `i`'s content in its times (mtime and ctime), or not.
+    fn apply(self, i: &mut Inode) {
+        if self == WriteTimes::Stamp {
+            let now = Timespec::now();
+            i.mtime = now;
+            i.ctime = now;
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SeekWhence {
     Data,
@@ -451,11 +462,7 @@ impl FsTree<'_> {
             }
             i.size = i.size.max(end);
         }
-        if times == WriteTimes::Stamp {
-            let now = Timespec::now();
-            i.mtime = now;
-            i.ctime = now;
-        }
+        times.apply(&mut i);
         self.put_inode(ino, &i)?;
         Ok((data.len(), !stays_inline && !had_inline))
     }
@@ -566,7 +573,7 @@ impl FsTree<'_> {
     }
 
     /// Deallocate [off, off+len) keeping the size (FALLOC_FL_PUNCH_HOLE).
-    pub fn punch_hole(&mut self, ino: u64, off: u64, len: u64) -> FsResult<()> {
+    pub fn punch_hole(&mut self, ino: u64, off: u64, len: u64, times: WriteTimes) -> FsResult<()> {
         let mut i = self.file_inode(ino)?;
         let end = off.saturating_add(len).min(MAX_FILE_SIZE);
         if len == 0 || off >= end {
@@ -600,14 +607,19 @@ impl FsTree<'_> {
                 self.unmap(ino, &mut i, fb0, fb1)?;
             }
         }
-        let now = Timespec::now();
-        i.mtime = now;
-        i.ctime = now;
+        times.apply(&mut i);
         self.put_inode(ino, &i)
     }
 
     /// Reserve blocks for [off, off+len) (fallocate mode 0 or KEEP_SIZE).
-    pub fn fallocate(&mut self, ino: u64, off: u64, len: u64, keep_size: bool) -> FsResult<()> {
+    pub fn fallocate(
+        &mut self,
+        ino: u64,
+        off: u64,
+        len: u64,
+        keep_size: bool,
+        times: WriteTimes,
+    ) -> FsResult<()> {
         let mut i = self.file_inode(ino)?;
         let end = match off.checked_add(len) {
             Some(e) if e <= MAX_FILE_SIZE && len > 0 => e,
@@ -641,11 +653,18 @@ impl FsTree<'_> {
                 h0 += got;
             }
         }
-        if !keep_size && end > i.size {
+        let grows = !keep_size && end > i.size;
+        if grows {
             i.size = end;
-            i.mtime = Timespec::now();
         }
-        i.ctime = Timespec::now();
+        // The content changes only if the file grows: otherwise only ctime.
+        if times == WriteTimes::Stamp {
+            let now = Timespec::now();
+            if grows {
+                i.mtime = now;
+            }
+            i.ctime = now;
+        }
         self.put_inode(ino, &i)
     }
 
@@ -695,6 +714,7 @@ impl FsTree<'_> {
         dst: u64,
         doff: u64,
         len: u64,
+        times: WriteTimes,
     ) -> FsResult<u64> {
         let si = self.file_inode(src)?;
         let mut di = self.file_inode(dst)?;
@@ -722,7 +742,7 @@ impl FsTree<'_> {
                 if chunk.is_empty() {
                     break;
                 }
-                self.write_data(dst, doff + done, &chunk)?;
+                self.write_data_for_log(dst, doff + done, &chunk, times)?;
                 done += chunk.len() as u64;
             }
             return Ok(done);
@@ -742,9 +762,7 @@ impl FsTree<'_> {
             self.map(dst, &mut di, db0 + (s - sb0), &part)?;
         }
         di.size = di.size.max(doff + len);
-        let now = Timespec::now();
-        di.mtime = now;
-        di.ctime = now;
+        times.apply(&mut di);
         self.put_inode(dst, &di)?;
         Ok(len)
     }

@@ -50,6 +50,9 @@ pub(crate) struct CowFs {
     read_only: bool,
     handles: Handles,
     lookups: Lookups,
+    /// The kernel keeps regular files' mtime and ctime (it took the writeback
+    /// cache at FUSE_INIT).
+    kernel_keeps_times: bool,
     /// Set once the session exists (the session owns this struct); used to tell
     /// the kernel about attribute changes it did not ask for.
     notifier: Arc<OnceLock<fuser::Notifier>>,
@@ -63,6 +66,7 @@ impl CowFs {
             read_only,
             handles: Handles::default(),
             lookups: Lookups::default(),
+            kernel_keeps_times: false,
             notifier: Arc::default(),
         }
     }
@@ -79,6 +83,18 @@ impl CowFs {
             if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
                 log::debug!("inode {ino}: attribute invalidation: {e}");
             }
+        }
+    }
+
+    /// What fallocate and copy_file_range do to a file's times. With the writeback
+    /// cache the kernel stamps them itself (`file_modified`) and sends them in a
+    /// SETATTR; a stamp of ours, later than the kernel's, would show up as a
+    /// different mtime once the kernel forgets the inode.
+    fn content_times(&self) -> WriteTimes {
+        if self.kernel_keeps_times {
+            WriteTimes::Keep
+        } else {
+            WriteTimes::Stamp
         }
     }
 
@@ -132,7 +148,7 @@ impl CowFs {
 
 impl Filesystem for CowFs {
     fn init(&mut self, _req: &Request, cfg: &mut KernelConfig) -> io::Result<()> {
-        kernel::negotiate(cfg, self.read_only);
+        self.kernel_keeps_times = kernel::negotiate(cfg, self.read_only);
         Ok(())
     }
 
@@ -669,15 +685,15 @@ impl Filesystem for CowFs {
             return reply.error(errno(&e));
         }
         const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        let (b, ino, times) = (self.branch, ino.0, self.content_times());
         let r = match mode {
             0 => self
                 .pool
-                .fallocate(self.branch, ino.0, offset, length, false),
-            libc::FALLOC_FL_KEEP_SIZE => {
-                self.pool
-                    .fallocate(self.branch, ino.0, offset, length, true)
-            }
-            PUNCH => self.pool.punch_hole(self.branch, ino.0, offset, length),
+                .fallocate_with(b, ino, offset, length, false, times),
+            libc::FALLOC_FL_KEEP_SIZE => self
+                .pool
+                .fallocate_with(b, ino, offset, length, true, times),
+            PUNCH => self.pool.punch_hole_with(b, ino, offset, length, times),
             _ => Err(FsError::Posix(libc::EOPNOTSUPP)),
         };
         Self::empty(reply, r);
@@ -739,10 +755,16 @@ impl Filesystem for CowFs {
             return reply.error(errno(&e));
         }
         // Extents are shared, not copied: O(1) per extent.
-        let len = len.min(MAX_CLONE);
+        let range = (
+            ino_in.0,
+            offset_in,
+            ino_out.0,
+            offset_out,
+            len.min(MAX_CLONE),
+        );
         match self
             .pool
-            .clone_range(self.branch, ino_in.0, offset_in, ino_out.0, offset_out, len)
+            .clone_range_with(self.branch, range, self.content_times())
         {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => reply.error(errno(&e)),

@@ -995,11 +995,22 @@ impl Pool {
         self.write_freeing(b, OpSize::changes(2), |fs| fs.removexattr(ino, name))
     }
     pub fn punch_hole(&self, b: BranchId, ino: u64, off: u64, len: u64) -> FsResult<()> {
+        self.punch_hole_with(b, ino, off, len, WriteTimes::Stamp)
+    }
+    /// `punch_hole`, with what it does to the file's times.
+    pub fn punch_hole_with(
+        &self,
+        b: BranchId,
+        ino: u64,
+        off: u64,
+        len: u64,
+        times: WriteTimes,
+    ) -> FsResult<()> {
         // Always journaled (DATA_AFTER_TREE), as write_shrinking's operations are.
         self.write_shrinking(
             b,
             |fs| fs.punch_unmaps(ino, off, len),
-            |fs| fs.punch_hole(ino, off, len),
+            |fs| fs.punch_hole(ino, off, len, times),
         )
     }
     pub fn fallocate(
@@ -1010,9 +1021,23 @@ impl Pool {
         len: u64,
         keep_size: bool,
     ) -> FsResult<()> {
+        self.fallocate_with(b, ino, off, len, keep_size, WriteTimes::Stamp)
+    }
+    /// `fallocate`, with what it does to the file's times.
+    pub fn fallocate_with(
+        &self,
+        b: BranchId,
+        ino: u64,
+        off: u64,
+        len: u64,
+        keep_size: bool,
+        times: WriteTimes,
+    ) -> FsResult<()> {
         // Inline bytes moved to an extent; the inode.
         let size = OpSize::bytes(len, 4);
-        self.write(b, Some(size), |fs| fs.fallocate(ino, off, len, keep_size))
+        self.write(b, Some(size), |fs| {
+            fs.fallocate(ino, off, len, keep_size, times)
+        })
     }
     pub fn seek(&self, b: BranchId, ino: u64, off: u64, whence: SeekWhence) -> FsResult<u64> {
         self.read(b, |fs| fs.seek(ino, off, whence))
@@ -1027,8 +1052,19 @@ impl Pool {
         doff: u64,
         len: u64,
     ) -> FsResult<u64> {
+        let range = (src, soff, dst, doff, len);
+        self.clone_range_with(b, range, WriteTimes::Stamp)
+    }
+    /// `clone_range` of (src, soff, dst, doff, len), with what it does to the
+    /// destination's times.
+    pub fn clone_range_with(
+        &self,
+        b: BranchId,
+        (src, soff, dst, doff, len): (u64, u64, u64, u64, u64),
+        times: WriteTimes,
+    ) -> FsResult<u64> {
         self.write(b, DATA_AFTER_TREE, |fs| {
-            fs.clone_range(src, soff, dst, doff, len)
+            fs.clone_range(src, soff, dst, doff, len, times)
         })
     }
     /// A file handle was opened on `ino`: keep it alive past its last unlink.
