@@ -1388,6 +1388,54 @@ fn system_namespace_holds_only_acls() {
     fx.assert_fsck_clean();
 }
 
+/// trusted.* names are listed only to callers with CAP_SYS_ADMIN, as on ext4, xfs,
+/// btrfs and tmpfs: the kernel already hides their values (getxattr is ENODATA for
+/// others), but FUSE hands listxattr the whole list, so an unprivileged `cp -a` or
+/// `rsync -X` saw names it could not read.
+#[test]
+fn trusted_xattrs_are_listed_only_to_privileged_callers() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let f = m.mnt.join("labelled");
+    write_file(&f, b"x");
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+    setxattr(&f, "trusted.secret", b"t", 0).unwrap();
+    setxattr(&f, "user.pub", b"u", 0).unwrap();
+    let mut names = listxattr(&f).unwrap();
+    names.sort();
+    assert_eq!(names, ["trusted.secret", "user.pub"], "root sees both");
+
+    let path = cpath(&f);
+    let want = b"user.pub\0";
+    let mut buf = [0u8; 64];
+    let buf_ptr = buf.as_mut_ptr();
+    // SAFETY: raw libc calls on a CString and a buffer made before the fork (the
+    // child writes only into its own copy of `buf`). Returns 0 when both the size
+    // query and the listing are exactly `want`, else the size seen or the errno.
+    let list = || unsafe {
+        let size = libc::listxattr(path.as_ptr(), std::ptr::null_mut(), 0);
+        if size != want.len() as isize {
+            return if size < 0 {
+                last_errno(-1)
+            } else {
+                size as i32
+            };
+        }
+        let n = libc::listxattr(path.as_ptr(), buf_ptr.cast(), buf.len());
+        if n < 0 {
+            return last_errno(-1);
+        }
+        let got = std::slice::from_raw_parts(buf_ptr, n as usize);
+        if got == want {
+            0
+        } else {
+            n as i32
+        }
+    };
+    assert_eq!(errno_as_nobody(&list), 0, "nobody lists only user.pub");
+    m.stop();
+}
+
 /// Removing an ACL that is not there succeeds, as on ext4, xfs and tmpfs (the
 /// kernel makes it "set no ACL"); other absent attributes are still ENODATA.
 #[test]
@@ -1612,6 +1660,259 @@ fn write_truncate_and_chown_drop_privileges() {
     );
     drop(m);
     fx.assert_fsck_clean();
+}
+
+/// fallocate (every mode) and copy_file_range change a file as a write does: by a
+/// caller without CAP_FSETID they drop set-user-ID, and set-group-ID when
+/// group-executable, as ext4 does (`file_modified`). With
+/// FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to the filesystem, and these
+/// requests carry no flag for it; a caller with CAP_FSETID keeps the bits.
+#[test]
+fn fallocate_and_copy_range_drop_privileges() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let root = &m.mnt;
+    fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+    let setid = |name: &str, bits: u32| {
+        let p = root.join(name);
+        write_file(&p, &[b'x'; 8192]);
+        fs::set_permissions(&p, fs::Permissions::from_mode(bits)).unwrap();
+        p
+    };
+    write_file(&root.join("src"), &[b's'; 8192]);
+    let src = File::open(root.join("src")).unwrap();
+    let src_fd = src.as_raw_fd();
+    // SAFETY (all closures below): raw libc calls on descriptors of the child.
+    let falloc = |mode: i32| {
+        move |fd: i32| last_errno(unsafe { libc::fallocate(fd, mode, 0, 16384) } as i64)
+    };
+    let copy = |fd: i32| {
+        last_errno(unsafe {
+            libc::copy_file_range(
+                src_fd,
+                std::ptr::null_mut(),
+                fd,
+                std::ptr::null_mut(),
+                4096,
+                0,
+            )
+        } as i64)
+    };
+    let cases: [(&str, &dyn Fn(i32) -> i32); 4] = [
+        ("allocate", &falloc(0)),
+        ("keep size", &falloc(libc::FALLOC_FL_KEEP_SIZE)),
+        (
+            "punch hole",
+            &falloc(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE),
+        ),
+        ("copy_file_range", &copy),
+    ];
+    for (n, (what, op)) in cases.iter().enumerate() {
+        let p = setid(&format!("f{n}"), 0o6777);
+        let c = cpath(&p);
+        // SAFETY: open and close on a CString made before the fork.
+        let run = || unsafe {
+            let fd = libc::open(c.as_ptr(), libc::O_RDWR);
+            if fd < 0 {
+                return last_errno(-1);
+            }
+            let e = op(fd);
+            libc::close(fd);
+            e
+        };
+        assert_eq!(errno_as_nobody(&run), 0, "{what} by nobody");
+        assert_eq!(mode(&p), 0o777, "{what} by nobody keeps set-id bits");
+    }
+    // Root (CAP_FSETID) keeps them.
+    let k = setid("k", 0o6755);
+    let f = OpenOptions::new().write(true).open(&k).unwrap();
+    fallocate(f.as_raw_fd(), 0, 0, 16384).unwrap();
+    copy_file_range(src_fd, f.as_raw_fd(), 4096).unwrap();
+    assert_eq!(mode(&k), 0o6755);
+    drop((f, src));
+    drop(m);
+    fx.assert_fsck_clean();
+}
+
+/// A truncate drops set-id bits unless the caller holds CAP_FSETID, whatever its
+/// uid: root without the capability (a container or service that dropped it)
+/// loses them as on ext4, root with it keeps them. The kernel's kill flag for
+/// truncates does not reach the daemon (fuser 0.18), so it asks the caller.
+#[test]
+fn truncate_without_cap_fsetid_drops_setid_even_for_root() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+    let setid = |name: &str| {
+        let p = m.mnt.join(name);
+        write_file(&p, b"#!/bin/sh\n");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o6777)).unwrap();
+        p
+    };
+    let dropped = setid("dropped");
+    let (st, out) = run_text(
+        std::process::Command::new("setpriv")
+            .args([
+                "--inh-caps=-fsetid",
+                "--bounding-set=-fsetid",
+                "truncate",
+                "-s",
+                "3",
+            ])
+            .arg(&dropped),
+    );
+    assert!(st.success(), "{out}");
+    assert_eq!(fs::metadata(&dropped).unwrap().len(), 3);
+    assert_eq!(
+        mode(&dropped),
+        0o777,
+        "root without CAP_FSETID keeps set-id bits"
+    );
+    let kept = setid("kept");
+    OpenOptions::new()
+        .write(true)
+        .open(&kept)
+        .unwrap()
+        .set_len(3)
+        .unwrap();
+    assert_eq!(
+        mode(&kept),
+        0o6777,
+        "root with CAP_FSETID loses set-id bits"
+    );
+    m.stop();
+}
+
+/// With the writeback cache the kernel keeps a file's mtime and ctime and sends
+/// them itself (SETATTR) when it changes them. The daemon stamped its own clock on
+/// every page written back as well, a little later than the kernel's time, so a
+/// file written right after its create (the kernel's times left clean) showed one
+/// mtime, and another once the kernel had forgotten the inode (remount, memory
+/// pressure) although nothing had changed it.
+#[test]
+fn times_of_written_files_survive_a_remount() {
+    let fx = Fixture::new();
+    let times = |p: &Path| {
+        let md = fs::metadata(p).unwrap();
+        (md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec())
+    };
+    let m = fx.mount();
+    // Inline bytes and extents, written right after the create; and a rewrite
+    // later, whose times the kernel changes and sends.
+    let mut files = Vec::new();
+    for n in 0..8 {
+        let p = m.mnt.join(format!("f{n}"));
+        write_file(&p, &vec![b'x'; if n % 2 == 0 { 100 } else { 10_000 }]);
+        files.push(p);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let rewritten = &files[1];
+    let f = OpenOptions::new().write(true).open(rewritten).unwrap();
+    f.write_all_at(b"again", 4096).unwrap();
+    drop(f);
+    let before: Vec<_> = files.iter().map(|p| times(p)).collect();
+    m.stop();
+    let m = fx.mount();
+    for (p, want) in files.iter().zip(&before) {
+        assert_eq!(times(p), *want, "{}: times after a remount", p.display());
+    }
+    m.stop();
+}
+
+/// fallocate and copy_file_range leave the times to the kernel too: with the
+/// writeback cache it stamps them itself (`file_modified`) and sends them, so a
+/// stamp of the daemon's, later than the kernel's, showed up as a new mtime after
+/// a remount (`cp` creates a file and copy_file_range's into it at once).
+#[test]
+fn times_after_fallocate_and_copy_range_survive_a_remount() {
+    let fx = Fixture::new();
+    let times = |p: &Path| {
+        let md = fs::metadata(p).unwrap();
+        (md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec())
+    };
+    let m = fx.mount();
+    write_file(&m.mnt.join("src"), &[b's'; 65536]);
+    let src = File::open(m.mnt.join("src")).unwrap();
+    type Op<'a> = &'a dyn Fn(i32) -> std::io::Result<()>;
+    let cases: [(&str, Op); 5] = [
+        ("copy bytes", &|fd| {
+            copy_file_range(src.as_raw_fd(), fd, 100).map(drop)
+        }),
+        ("copy extents", &|fd| {
+            copy_file_range(src.as_raw_fd(), fd, 65536).map(drop)
+        }),
+        ("allocate", &|fd| fallocate(fd, 0, 0, 8192)),
+        ("keep size", &|fd| {
+            fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, 0, 8192)
+        }),
+        ("punch hole", &|fd| {
+            let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            fallocate(fd, punch, 0, 4096)
+        }),
+    ];
+    let mut before = Vec::new();
+    for (n, (what, op)) in cases.iter().enumerate() {
+        let p = m.mnt.join(format!("f{n}"));
+        let f = File::create(&p).unwrap();
+        // SAFETY: lseek on a descriptor of ours: each copy starts at the source's start.
+        unsafe { libc::lseek(src.as_raw_fd(), 0, libc::SEEK_SET) };
+        op(f.as_raw_fd()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        drop(f);
+        before.push((p.clone(), *what, times(&p)));
+    }
+    drop(src);
+    m.stop();
+    let m = fx.mount();
+    for (p, what, want) in &before {
+        assert_eq!(times(p), *want, "{what}: times after a remount");
+    }
+    m.stop();
+}
+
+/// truncate(2) to the file's own size changes nothing, times included (POSIX: "if
+/// the file size is changed"; xfs and btrfs). The kernel sends such a SETATTR
+/// without times and keeps the ones it has cached, while the engine stamped new
+/// ones: `stat` showed the old mtime until a remount showed the new one.
+/// (ftruncate(2) always asks for new times, and gets them.)
+#[test]
+fn truncate_to_the_same_size_keeps_the_times() {
+    let fx = Fixture::new();
+    let times = |p: &Path| {
+        let md = fs::metadata(p).unwrap();
+        (md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec())
+    };
+    // Inline bytes and extents.
+    let files = [("inline", 100usize), ("extents", 10_000)];
+    let mut before = Vec::new();
+    let m = fx.mount();
+    for (name, len) in files {
+        let p = m.mnt.join(name);
+        write_file(&p, &vec![b'x'; len]);
+        before.push(times(&p));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    for ((name, len), want) in files.iter().zip(&before) {
+        let p = m.mnt.join(name);
+        let c = cpath(&p);
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(
+            unsafe { libc::truncate(c.as_ptr(), *len as libc::off_t) },
+            0
+        );
+        assert_eq!(fs::metadata(&p).unwrap().len(), *len as u64);
+        assert_eq!(times(&p), *want, "{name}: times after the truncate");
+    }
+    m.stop();
+    let m = fx.mount();
+    for ((name, _), want) in files.iter().zip(&before) {
+        assert_eq!(
+            times(&m.mnt.join(name)),
+            *want,
+            "{name}: times after a remount"
+        );
+    }
+    m.stop();
 }
 
 /// Terminal ioctls on a file fail with ENOTTY, as on any regular file (isatty).

@@ -14,6 +14,29 @@ use crate::btree::{tree, Key};
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 const END_BLOCK: u64 = u64::MAX / BS;
 
+/// What a write does to the file's mtime and ctime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteTimes {
+    /// Sets them to now: a change made here.
+    Stamp,
+    /// Leaves them: pages the kernel's writeback cache writes back. The kernel
+    /// keeps those times itself and sends them (SETATTR) when it changes them; a
+    /// stamp of ours, later than the kernel's, would show up as a different mtime
+    /// once the kernel forgets the inode.
+    Keep,
+}
+
+impl WriteTimes {
+    /// Record a change of `i`'s content in its times (mtime and ctime), or not.
+    fn apply(self, i: &mut Inode) {
+        if self == WriteTimes::Stamp {
+            let now = Timespec::now();
+            i.mtime = now;
+            i.ctime = now;
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SeekWhence {
     Data,
@@ -388,7 +411,8 @@ impl FsTree<'_> {
 
     /// Write bytes at an offset (regular files and symlink targets).
     pub fn write_data(&mut self, ino: u64, off: u64, data: &[u8]) -> FsResult<usize> {
-        self.write_data_for_log(ino, off, data).map(|(n, _)| n)
+        self.write_data_for_log(ino, off, data, WriteTimes::Stamp)
+            .map(|(n, _)| n)
     }
 
     /// `write_data`, also saying whether an intent log record can describe the
@@ -399,6 +423,7 @@ impl FsTree<'_> {
         ino: u64,
         off: u64,
         data: &[u8],
+        times: WriteTimes,
     ) -> FsResult<(usize, bool)> {
         let mut i = self.file_inode(ino)?;
         if data.is_empty() {
@@ -437,9 +462,7 @@ impl FsTree<'_> {
             }
             i.size = i.size.max(end);
         }
-        let now = Timespec::now();
-        i.mtime = now;
-        i.ctime = now;
+        times.apply(&mut i);
         self.put_inode(ino, &i)?;
         Ok((data.len(), !stays_inline && !had_inline))
     }
@@ -519,10 +542,15 @@ impl FsTree<'_> {
             }
             self.unmap(ino, &mut i, size.div_ceil(BS), END_BLOCK)?;
         }
+        // A truncate to the current size changes nothing, times included (POSIX:
+        // "if the file size is changed"). The kernel keeps its cached times then;
+        // stamping ours would show up only after a remount.
+        if size != i.size {
+            let now = Timespec::now();
+            i.mtime = now;
+            i.ctime = now;
+        }
         i.size = size;
-        let now = Timespec::now();
-        i.mtime = now;
-        i.ctime = now;
         self.put_inode(ino, &i)
     }
 
@@ -545,7 +573,7 @@ impl FsTree<'_> {
     }
 
     /// Deallocate [off, off+len) keeping the size (FALLOC_FL_PUNCH_HOLE).
-    pub fn punch_hole(&mut self, ino: u64, off: u64, len: u64) -> FsResult<()> {
+    pub fn punch_hole(&mut self, ino: u64, off: u64, len: u64, times: WriteTimes) -> FsResult<()> {
         let mut i = self.file_inode(ino)?;
         let end = off.saturating_add(len).min(MAX_FILE_SIZE);
         if len == 0 || off >= end {
@@ -579,14 +607,19 @@ impl FsTree<'_> {
                 self.unmap(ino, &mut i, fb0, fb1)?;
             }
         }
-        let now = Timespec::now();
-        i.mtime = now;
-        i.ctime = now;
+        times.apply(&mut i);
         self.put_inode(ino, &i)
     }
 
     /// Reserve blocks for [off, off+len) (fallocate mode 0 or KEEP_SIZE).
-    pub fn fallocate(&mut self, ino: u64, off: u64, len: u64, keep_size: bool) -> FsResult<()> {
+    pub fn fallocate(
+        &mut self,
+        ino: u64,
+        off: u64,
+        len: u64,
+        keep_size: bool,
+        times: WriteTimes,
+    ) -> FsResult<()> {
         let mut i = self.file_inode(ino)?;
         let end = match off.checked_add(len) {
             Some(e) if e <= MAX_FILE_SIZE && len > 0 => e,
@@ -620,11 +653,18 @@ impl FsTree<'_> {
                 h0 += got;
             }
         }
-        if !keep_size && end > i.size {
+        let grows = !keep_size && end > i.size;
+        if grows {
             i.size = end;
-            i.mtime = Timespec::now();
         }
-        i.ctime = Timespec::now();
+        // The content changes only if the file grows: otherwise only ctime.
+        if times == WriteTimes::Stamp {
+            let now = Timespec::now();
+            if grows {
+                i.mtime = now;
+            }
+            i.ctime = now;
+        }
         self.put_inode(ino, &i)
     }
 
@@ -674,6 +714,7 @@ impl FsTree<'_> {
         dst: u64,
         doff: u64,
         len: u64,
+        times: WriteTimes,
     ) -> FsResult<u64> {
         let si = self.file_inode(src)?;
         let mut di = self.file_inode(dst)?;
@@ -701,7 +742,7 @@ impl FsTree<'_> {
                 if chunk.is_empty() {
                     break;
                 }
-                self.write_data(dst, doff + done, &chunk)?;
+                self.write_data_for_log(dst, doff + done, &chunk, times)?;
                 done += chunk.len() as u64;
             }
             return Ok(done);
@@ -721,9 +762,7 @@ impl FsTree<'_> {
             self.map(dst, &mut di, db0 + (s - sb0), &part)?;
         }
         di.size = di.size.max(doff + len);
-        let now = Timespec::now();
-        di.mtime = now;
-        di.ctime = now;
+        times.apply(&mut di);
         self.put_inode(dst, &di)?;
         Ok(len)
     }

@@ -82,12 +82,14 @@ impl FsTree<'_> {
     }
 
     pub fn setattr(&mut self, ino: u64, s: &SetAttr) -> FsResult<Attr> {
+        // Only a size that changes is a change (see `truncate`).
+        let mut changed = false;
         if let Some(size) = s.size {
+            changed = self.inode(ino)?.size != size;
             self.truncate(ino, size)?;
         }
         let mut i = self.inode(ino)?;
         let now = Timespec::now();
-        let mut changed = s.size.is_some();
         if let Some(m) = s.mode {
             i.mode = (i.mode & libc::S_IFMT) | (m & 0o7777);
             changed = true;

@@ -27,8 +27,8 @@ use super::attr::{
 use super::handles::Handles;
 use super::kernel;
 use super::lookups::Lookups;
-use super::privileges::acl_keeps_setgid;
-use crate::fs::file::SeekWhence;
+use super::privileges::{acl_keeps_setgid, names_visible_to};
+use crate::fs::file::{SeekWhence, WriteTimes};
 use crate::fs::{Attr, FsError, FsResult, SetAttr};
 use crate::pool::{BranchId, Pool};
 
@@ -50,6 +50,9 @@ pub(crate) struct CowFs {
     read_only: bool,
     handles: Handles,
     lookups: Lookups,
+    /// The kernel keeps regular files' mtime and ctime (it took the writeback
+    /// cache at FUSE_INIT).
+    kernel_keeps_times: bool,
     /// Set once the session exists (the session owns this struct); used to tell
     /// the kernel about attribute changes it did not ask for.
     notifier: Arc<OnceLock<fuser::Notifier>>,
@@ -63,6 +66,7 @@ impl CowFs {
             read_only,
             handles: Handles::default(),
             lookups: Lookups::default(),
+            kernel_keeps_times: false,
             notifier: Arc::default(),
         }
     }
@@ -79,6 +83,18 @@ impl CowFs {
             if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
                 log::debug!("inode {ino}: attribute invalidation: {e}");
             }
+        }
+    }
+
+    /// What fallocate and copy_file_range do to a file's times. With the writeback
+    /// cache the kernel stamps them itself (`file_modified`) and sends them in a
+    /// SETATTR; a stamp of ours, later than the kernel's, would show up as a
+    /// different mtime once the kernel forgets the inode.
+    fn content_times(&self) -> WriteTimes {
+        if self.kernel_keeps_times {
+            WriteTimes::Keep
+        } else {
+            WriteTimes::Stamp
         }
     }
 
@@ -132,7 +148,7 @@ impl CowFs {
 
 impl Filesystem for CowFs {
     fn init(&mut self, _req: &Request, cfg: &mut KernelConfig) -> io::Result<()> {
-        kernel::negotiate(cfg, self.read_only);
+        self.kernel_keeps_times = kernel::negotiate(cfg, self.read_only);
         Ok(())
     }
 
@@ -194,7 +210,7 @@ impl Filesystem for CowFs {
             mtime: mtime.map(time_or_now),
             ctime: ctime.map(from_request_time),
         };
-        if let Err(e) = self.drop_privileges_for_setattr(ino.0, &mut s, req.uid()) {
+        if let Err(e) = self.drop_privileges_for_setattr(ino.0, &mut s, req.pid(), req.uid()) {
             return reply.error(errno(&e));
         }
         let r = self
@@ -422,8 +438,19 @@ impl Filesystem for CowFs {
                 return reply.error(errno(&e));
             }
         }
+        // Pages written back from the page cache keep the file's times: the kernel
+        // keeps those and sends them itself (SETATTR) when it changes them. Other
+        // writes (O_DIRECT, write-through) are stamped here.
+        let times = if write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) {
+            WriteTimes::Keep
+        } else {
+            WriteTimes::Stamp
+        };
         // The kernel resolves O_APPEND offsets itself; `offset` is final.
-        match self.pool.write_file(self.branch, ino.0, offset, data) {
+        match self
+            .pool
+            .write_file_with(self.branch, ino.0, offset, data, times)
+        {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -610,8 +637,9 @@ impl Filesystem for CowFs {
         Self::xattr(reply, size, r);
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let r = self.pool.listxattr(self.branch, ino.0);
+        let r = r.map(|list| names_visible_to(req.pid(), req.uid(), list));
         Self::xattr(reply, size, r);
     }
 
@@ -642,7 +670,7 @@ impl Filesystem for CowFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -653,16 +681,19 @@ impl Filesystem for CowFs {
         if let Err(e) = self.writable() {
             return reply.error(e);
         }
+        if let Err(e) = self.drop_privileges_for_change(req.pid(), req.uid(), ino.0) {
+            return reply.error(errno(&e));
+        }
         const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        let (b, ino, times) = (self.branch, ino.0, self.content_times());
         let r = match mode {
             0 => self
                 .pool
-                .fallocate(self.branch, ino.0, offset, length, false),
-            libc::FALLOC_FL_KEEP_SIZE => {
-                self.pool
-                    .fallocate(self.branch, ino.0, offset, length, true)
-            }
-            PUNCH => self.pool.punch_hole(self.branch, ino.0, offset, length),
+                .fallocate_with(b, ino, offset, length, false, times),
+            libc::FALLOC_FL_KEEP_SIZE => self
+                .pool
+                .fallocate_with(b, ino, offset, length, true, times),
+            PUNCH => self.pool.punch_hole_with(b, ino, offset, length, times),
             _ => Err(FsError::Posix(libc::EOPNOTSUPP)),
         };
         Self::empty(reply, r);
@@ -706,7 +737,7 @@ impl Filesystem for CowFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         ino_in: INodeNo,
         _fh_in: FileHandle,
         offset_in: u64,
@@ -720,11 +751,20 @@ impl Filesystem for CowFs {
         if let Err(e) = self.writable() {
             return reply.error(e);
         }
+        if let Err(e) = self.drop_privileges_for_change(req.pid(), req.uid(), ino_out.0) {
+            return reply.error(errno(&e));
+        }
         // Extents are shared, not copied: O(1) per extent.
-        let len = len.min(MAX_CLONE);
+        let range = (
+            ino_in.0,
+            offset_in,
+            ino_out.0,
+            offset_out,
+            len.min(MAX_CLONE),
+        );
         match self
             .pool
-            .clone_range(self.branch, ino_in.0, offset_in, ino_out.0, offset_out, len)
+            .clone_range_with(self.branch, range, self.content_times())
         {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => reply.error(errno(&e)),

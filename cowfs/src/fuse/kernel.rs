@@ -65,7 +65,9 @@ pub(crate) fn session_config() -> Config {
 }
 
 /// Ask for what cowfs wants; log what the kernel refuses, and carry on without it.
-pub(crate) fn negotiate(cfg: &mut KernelConfig, read_only: bool) {
+/// Returns whether the kernel took the writeback cache: it then keeps the times
+/// of regular files itself (see `CowFs::content_times`).
+pub(crate) fn negotiate(cfg: &mut KernelConfig, read_only: bool) -> bool {
     let mut wanted = vec![
         ("parallel dirops", InitFlags::FUSE_PARALLEL_DIROPS),
         ("readdirplus", InitFlags::FUSE_DO_READDIRPLUS),
@@ -89,9 +91,13 @@ pub(crate) fn negotiate(cfg: &mut KernelConfig, read_only: bool) {
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ));
     }
+    let mut writeback_cache = false;
     for (what, flag) in wanted {
-        if let Err(missing) = cfg.add_capabilities(flag) {
-            log::warn!("kernel refused {what} ({missing:?}); continuing without it");
+        match cfg.add_capabilities(flag) {
+            Ok(()) => writeback_cache |= flag == InitFlags::FUSE_WRITEBACK_CACHE,
+            Err(missing) => {
+                log::warn!("kernel refused {what} ({missing:?}); continuing without it")
+            }
         }
     }
     if let Err(max) = cfg.set_max_write(MAX_REQUEST) {
@@ -105,6 +111,7 @@ pub(crate) fn negotiate(cfg: &mut KernelConfig, read_only: bool) {
     if let Err(n) = cfg.set_max_background(64) {
         log::info!("kernel limits background requests to {n}");
     }
+    writeback_cache
 }
 
 /// Readahead of a mounted branch, in KiB. The kernel starts a FUSE mount at 128 KiB

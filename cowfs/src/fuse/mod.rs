@@ -7,7 +7,8 @@
 //! - `acl`: POSIX ACL inheritance and mode/ACL consistency
 //! - `attr`: attribute, time and error conversions
 //! - `handles`: open file handles (unlinked-but-open files)
-//! - `privileges`: set-id bits and file capabilities dropped on write, truncate, chown
+//! - `privileges`: set-id bits and file capabilities dropped on write, truncate, chown;
+//!   trusted.* names listed only to privileged callers
 //! - `mounts`: the daemon's mount table (mount, unmount, sync a branch)
 //!
 //! Durability: fsync, fdatasync and fsync on a directory answer only once what they

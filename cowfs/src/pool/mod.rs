@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use crate::btree::{tree, NodeStore};
 use crate::fs::dir::DirListEntry;
-use crate::fs::file::SeekWhence;
+use crate::fs::file::{SeekWhence, WriteTimes};
 use crate::fs::readplan::{FileBytes, Resolved};
 use crate::fs::{Attr, FsError, FsResult, FsTree, Owner, SetAttr, ROOT_INO};
 use crate::store::device::{BlockDevice, FileDevice};
@@ -967,13 +967,24 @@ impl Pool {
         }
     }
     pub fn write_file(&self, b: BranchId, ino: u64, off: u64, data: &[u8]) -> FsResult<usize> {
+        self.write_file_with(b, ino, off, data, WriteTimes::Stamp)
+    }
+    /// `write_file`, with what it does to the file's times.
+    pub fn write_file_with(
+        &self,
+        b: BranchId,
+        ino: u64,
+        off: u64,
+        data: &[u8],
+        times: WriteTimes,
+    ) -> FsResult<usize> {
         let mut e = self.e.lock();
         e.commit_for_room(b, data.len());
         let blocks = Engine::write_blocks_of(off, data.len());
         // Inline bytes moved to an extent, removed; the inode.
         let size = OpSize::bytes(data.len() as u64, 4);
         let r = e.logged_change(b, ino, blocks, size, |fs| {
-            fs.write_data_for_log(ino, off, data)
+            fs.write_data_for_log(ino, off, data, times)
         });
         e.maybe_commit();
         r
@@ -1009,11 +1020,22 @@ impl Pool {
         self.write_freeing(b, OpSize::changes(2), |fs| fs.removexattr(ino, name))
     }
     pub fn punch_hole(&self, b: BranchId, ino: u64, off: u64, len: u64) -> FsResult<()> {
+        self.punch_hole_with(b, ino, off, len, WriteTimes::Stamp)
+    }
+    /// `punch_hole`, with what it does to the file's times.
+    pub fn punch_hole_with(
+        &self,
+        b: BranchId,
+        ino: u64,
+        off: u64,
+        len: u64,
+        times: WriteTimes,
+    ) -> FsResult<()> {
         // Always journaled (DATA_AFTER_TREE), as write_shrinking's operations are.
         self.write_shrinking(
             b,
             |fs| fs.punch_unmaps(ino, off, len),
-            |fs| fs.punch_hole(ino, off, len),
+            |fs| fs.punch_hole(ino, off, len, times),
         )
     }
     pub fn fallocate(
@@ -1024,9 +1046,23 @@ impl Pool {
         len: u64,
         keep_size: bool,
     ) -> FsResult<()> {
+        self.fallocate_with(b, ino, off, len, keep_size, WriteTimes::Stamp)
+    }
+    /// `fallocate`, with what it does to the file's times.
+    pub fn fallocate_with(
+        &self,
+        b: BranchId,
+        ino: u64,
+        off: u64,
+        len: u64,
+        keep_size: bool,
+        times: WriteTimes,
+    ) -> FsResult<()> {
         // Inline bytes moved to an extent; the inode.
         let size = OpSize::bytes(len, 4);
-        self.write(b, Some(size), |fs| fs.fallocate(ino, off, len, keep_size))
+        self.write(b, Some(size), |fs| {
+            fs.fallocate(ino, off, len, keep_size, times)
+        })
     }
     pub fn seek(&self, b: BranchId, ino: u64, off: u64, whence: SeekWhence) -> FsResult<u64> {
         self.read(b, |fs| fs.seek(ino, off, whence))
@@ -1041,8 +1077,19 @@ impl Pool {
         doff: u64,
         len: u64,
     ) -> FsResult<u64> {
+        let range = (src, soff, dst, doff, len);
+        self.clone_range_with(b, range, WriteTimes::Stamp)
+    }
+    /// `clone_range` of (src, soff, dst, doff, len), with what it does to the
+    /// destination's times.
+    pub fn clone_range_with(
+        &self,
+        b: BranchId,
+        (src, soff, dst, doff, len): (u64, u64, u64, u64, u64),
+        times: WriteTimes,
+    ) -> FsResult<u64> {
         self.write(b, DATA_AFTER_TREE, |fs| {
-            fs.clone_range(src, soff, dst, doff, len)
+            fs.clone_range(src, soff, dst, doff, len, times)
         })
     }
     /// A file handle was opened on `ino`: keep it alive past its last unlink.
