@@ -834,10 +834,17 @@ impl Ctx {
         self.set_required(child, Some(&p))
     }
 
-    /// Drop a branch just created, after a later step of its creation failed.
+    /// Drop a branch just created, after a later step of its creation failed,
+    /// so that the failed request changes nothing: quotas are counted again, as
+    /// after a delete (creating it made everything its parent held shared, which
+    /// lowered the parent's figure; deleting it does not raise it by itself).
     fn drop_new(&self, name: &str) {
         if let Err(d) = self.pool.branch_delete(name) {
             log::error!("dropping branch '{name}' after a failed creation: {d}");
+            return;
+        }
+        if let Err(e) = self.pool.quota_recount_all() {
+            log::warn!("recounting quotas: {e}");
         }
     }
 
@@ -859,9 +866,7 @@ impl Ctx {
                 .map_err(errors::mount)
         });
         if let Err(e) = mounted {
-            if let Err(d) = self.pool.branch_delete(name) {
-                log::error!("dropping branch '{name}' after a failed mount: {d}");
-            }
+            self.drop_new(name);
             return Err(e);
         }
         Ok(())
