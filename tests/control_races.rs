@@ -6,6 +6,7 @@
 
 mod control_support;
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use control_support::*;
 use cowfs::fs::Owner;
 use cowfs::pool::FsckOptions;
 use cowfs_ctl::proto::{ErrorKind, MountSpec};
-use cowfs_ctl::Client;
+use cowfs_ctl::{Client, ClientError};
 
 const MIB: u64 = 1 << 20;
 
@@ -108,6 +109,15 @@ fn names(admin: &mut Client) -> Vec<String> {
         .collect()
 }
 
+/// The error kind of a reply; `None` for a success.
+fn refusal<T>(r: Result<T, ClientError>) -> Option<ErrorKind> {
+    match r {
+        Ok(_) => None,
+        Err(ClientError::Server(e)) => Some(e.kind),
+        Err(e) => panic!("expected a reply, got {e}"),
+    }
+}
+
 fn assert_fsck_clean(d: &Daemon) {
     let r = d
         .pool
@@ -175,5 +185,97 @@ fn a_create_whose_mount_fails_leaves_the_parents_quota_as_it_was() {
     );
 
     admin.unmount(s(&m)).expect("unmount other");
+    assert_fsck_clean(&d);
+}
+
+/// Holds the operation lock for about a second, from another connection: an
+/// unmount of a mount detached from outside (`umount -l`) while a file is open
+/// there waits that long for its session to end, then answers `busy`.
+struct LockHolder {
+    /// The open file that keeps the detached mount's session running.
+    _open: File,
+    unmount: std::thread::JoinHandle<Instant>,
+}
+
+impl LockHolder {
+    fn start(d: &Daemon, admin: &mut Client, branch: &str) -> LockHolder {
+        let m = d.dir(&format!("held-{branch}"));
+        admin.mount(branch, s(&m), false).expect("mount");
+        let open = File::create(m.join("open")).expect("open a file there");
+        let st = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&m)
+            .status()
+            .expect("umount -l");
+        assert!(st.success(), "umount -l");
+        let (socket, secret, dir) = (d.socket.clone(), d.admin.clone(), s(&m).to_string());
+        let unmount = std::thread::spawn(move || {
+            let mut c = Client::connect(&socket, &secret).expect("connect");
+            assert_eq!(kind(c.unmount(&dir)), ErrorKind::Busy);
+            Instant::now()
+        });
+        LockHolder {
+            _open: open,
+            unmount,
+        }
+    }
+
+    /// When the holder's request ended.
+    fn join(self) -> Instant {
+        self.unmount.join().expect("lock holder thread")
+    }
+}
+
+/// Review finding: a request was checked against revocation when it arrived,
+/// then waited for the operation lock; a revoke that took the lock first did not
+/// stop it, so the revoked token still created a branch and mounted one (its
+/// agent kept writing there). Here the agent's requests arrive while an admin's
+/// revoke of it waits for the lock: they must be refused.
+#[test]
+fn requests_queued_behind_a_revoke_of_their_token_are_refused() {
+    let d = Daemon::start();
+    let mut admin = d.admin_client();
+    admin.branch_create("held", "main", None).expect("held");
+    admin.branch_create("work", "main", None).expect("work");
+    let agent = d.token(
+        "agent",
+        &["branch:main", "read:*", "write:work", "mount:work"],
+    );
+    let second_admin = d.token("admin2", &["admin:*"]);
+    let mut creator = d.client(&agent);
+    let mut mounter = d.client(&agent);
+    let mut revoker = d.client(&second_admin);
+    let m = d.dir("agent-work");
+
+    let holder = LockHolder::start(&d, &mut admin, "held");
+    std::thread::sleep(Duration::from_millis(150));
+    let revoke = std::thread::spawn(move || revoker.token_revoke("agent"));
+    std::thread::sleep(Duration::from_millis(150));
+    let sent = Instant::now();
+    let create = std::thread::spawn(move || creator.branch_create("late", "main", None));
+    let dir = s(&m).to_string();
+    let mount = std::thread::spawn(move || mounter.mount("work", &dir, false));
+    std::thread::sleep(Duration::from_millis(150));
+    let held_until = holder.join();
+    assert!(
+        held_until > sent + Duration::from_millis(100),
+        "the lock was not held while the requests arrived: the test proves nothing"
+    );
+    revoke.join().expect("revoke thread").expect("revoke");
+    let created = create.join().expect("create thread");
+    let mounted = mount.join().expect("mount thread");
+
+    // Each of them alone is the defect: seen together in one assertion.
+    let late = names(&mut admin).contains(&"late".to_string());
+    assert_eq!(
+        (refusal(created), late, refusal(mounted), is_mountpoint(&m)),
+        (
+            Some(ErrorKind::Unauthenticated),
+            false,
+            Some(ErrorKind::Unauthenticated),
+            false
+        ),
+        "(create's reply, 'late' exists, mount's reply, mounted) for a revoked token"
+    );
     assert_fsck_clean(&d);
 }
