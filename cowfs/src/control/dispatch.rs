@@ -291,6 +291,18 @@ impl Ctx {
         Ok(())
     }
 
+    /// `sync` each of `names`, under the operation lock, for a request that
+    /// does not otherwise hold it (`diff`): syncfs holds the mount's directory
+    /// open, so an unmount running meanwhile found it busy and answered that
+    /// files were open there.
+    fn sync_locked(&self, names: &[&str]) -> Result<(), ErrorReply> {
+        let _g = self.lock.lock();
+        for name in names {
+            self.sync(name)?;
+        }
+        Ok(())
+    }
+
     fn refuse_mounted(&self, name: &str, what: &str) -> Result<(), ErrorReply> {
         if let Some(m) = self.mount_list(Some(name)).first() {
             return Err(ErrorReply::new(
@@ -422,8 +434,7 @@ impl Ctx {
                 require(token, Scope::Read, &ta.name, ta.id)?;
                 let tb = self.target(token, &b)?;
                 require(token, Scope::Read, &tb.name, tb.id)?;
-                self.sync(&a)?;
-                self.sync(&b)?;
+                self.sync_locked(&[&a, &b])?;
                 // Without the operation lock (a diff may take long), a rename or
                 // delete may change what the names hold after the checks: walk
                 // only the branches checked, by id, or answer as for a deleted
