@@ -260,7 +260,13 @@ fn requests_queued_behind_a_revoke_of_their_token_are_refused() {
 
     let holder = LockHolder::start(&d, &mut admin, "held");
     std::thread::sleep(Duration::from_millis(150));
-    let revoke = std::thread::spawn(move || revoker.token_revoke("agent"));
+    let m_seen = m.clone();
+    // What the revoker sees as soon as its revoke is answered.
+    let revoke = std::thread::spawn(move || {
+        revoker.token_revoke("agent").expect("revoke");
+        let late = names(&mut revoker).contains(&"late".to_string());
+        (late, is_mountpoint(&m_seen))
+    });
     std::thread::sleep(Duration::from_millis(150));
     let sent = Instant::now();
     let create = std::thread::spawn(move || creator.branch_create("late", "main", None));
@@ -272,12 +278,20 @@ fn requests_queued_behind_a_revoke_of_their_token_are_refused() {
         held_until > sent + Duration::from_millis(100),
         "the lock was not held while the requests arrived: the test proves nothing"
     );
-    revoke.join().expect("revoke thread").expect("revoke");
+    let seen_after_revoke = revoke.join().expect("revoke thread");
     let created = create.join().expect("create thread");
     let mounted = mount.join().expect("mount thread");
 
-    // Each of them alone is the defect: seen together in one assertion.
+    // Nothing the revoked token got may appear after its revoke was answered:
+    // the request could then be ordered neither before the revoke (the revoker
+    // would have seen it) nor after it (the token was gone).
     let late = names(&mut admin).contains(&"late".to_string());
+    let at_end = (late, is_mountpoint(&m));
+    assert!(
+        (!at_end.0 || seen_after_revoke.0) && (!at_end.1 || seen_after_revoke.1),
+        "('late' exists, mounted) right after the revoke {seen_after_revoke:?}, at the end {at_end:?}"
+    );
+    // Each of them alone is the defect: seen together in one assertion.
     assert_eq!(
         (refusal(created), late, refusal(mounted), is_mountpoint(&m)),
         (
