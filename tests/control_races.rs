@@ -682,3 +682,60 @@ fn quota_sets_racing_deletes_keep_the_quota_file_exact() {
     assert_eq!(quota_file(&d), listed, "POOL.quotas and the quota list");
     assert_fsck_clean(&d);
 }
+
+/// Three clients create the same name at once, one plain, one in a group, one
+/// sanitized: exactly one succeeds, the others get `exists`, and the branch is
+/// the winner's.
+#[test]
+fn creates_of_one_name_at_once_have_one_winner() {
+    let _serial = serial();
+    let scratch = tempfile::tempdir().expect("scratch");
+    let d = Daemon::start_with_config(Some(&pause_config(scratch.path())));
+    let mut admin = d.admin_client();
+    for round in 0..20 {
+        let name = format!("dup{round}");
+        let mut racers = Vec::new();
+        for how in 0..3 {
+            let (socket, secret, name) = (d.socket.clone(), d.admin.clone(), name.clone());
+            racers.push(std::thread::spawn(move || {
+                let mut c = Client::connect(&socket, &secret).expect("connect");
+                let r = match how {
+                    0 => c.branch_create(&name, "main", None).map(drop),
+                    1 => {
+                        let member = |n: &str| cowfs_ctl::proto::GroupMember {
+                            name: n.into(),
+                            from: "main".into(),
+                            snapshot: false,
+                        };
+                        c.group_create(vec![member(&format!("{name}-g")), member(&name)])
+                            .map(drop)
+                    }
+                    _ => c
+                        .branch_create_with(&name, "main", None, Some("pause"), None)
+                        .map(drop),
+                };
+                refusal(r)
+            }));
+        }
+        let results: Vec<_> = racers
+            .into_iter()
+            .map(|t| t.join().expect("racer"))
+            .collect();
+        let winners = results.iter().filter(|r| r.is_none()).count();
+        assert_eq!(winners, 1, "round {round}: {results:?}");
+        assert!(
+            results.iter().flatten().all(|k| *k == ErrorKind::Exists),
+            "round {round}: {results:?}"
+        );
+        let names = names(&mut admin);
+        assert!(names.contains(&name), "round {round}");
+        // The group is all or nothing.
+        let group_won = results[1].is_none();
+        assert_eq!(
+            names.contains(&format!("{name}-g")),
+            group_won,
+            "round {round}"
+        );
+    }
+    assert_fsck_clean(&d);
+}
