@@ -1,6 +1,8 @@
 //! One authenticated request: check names and permissions, then call the pool or
 //! the mount table. Changing operations run one at a time (`Ctx::lock`), so a check
-//! and the change it guards cannot interleave with another client's change.
+//! and the change it guards cannot interleave with another client's change; the
+//! token itself is checked again once the lock is taken (`Ctx::lock_for`), so a
+//! request that waited for a revoke of its token changes nothing.
 //!
 //! Sanitized clones: created (and recorded in `POOL.sanitize-state`) under the
 //! lock, sanitized without it (other requests go on), then published or deleted
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cowfs_ctl::proto::{self, *};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -289,6 +291,18 @@ impl Ctx {
         Ok(())
     }
 
+    /// `sync` each of `names`, under the operation lock, for a request that
+    /// does not otherwise hold it (`diff`): syncfs holds the mount's directory
+    /// open, so an unmount running meanwhile found it busy and answered that
+    /// files were open there.
+    fn sync_locked(&self, names: &[&str]) -> Result<(), ErrorReply> {
+        let _g = self.lock.lock();
+        for name in names {
+            self.sync(name)?;
+        }
+        Ok(())
+    }
+
     fn refuse_mounted(&self, name: &str, what: &str) -> Result<(), ErrorReply> {
         if let Some(m) = self.mount_list(Some(name)).first() {
             return Err(ErrorReply::new(
@@ -343,7 +357,7 @@ impl Ctx {
             Request::GroupCreate { members } => self.group(token, members),
             Request::Rename { old, new } => {
                 name_ok(&new)?;
-                let _g = self.lock.lock();
+                let _g = self.lock_for(token)?;
                 let t = self.target(token, &old)?;
                 require(token, Scope::Delete, &t.name, t.id)?;
                 require_unprotected(token, t.protected, "rename", &t.name, t.id)?;
@@ -353,7 +367,7 @@ impl Ctx {
                 ok(self.info(token, &new)?)
             }
             Request::Delete { name } => {
-                let _g = self.lock.lock();
+                let _g = self.lock_for(token)?;
                 let t = self.target(token, &name)?;
                 require(token, Scope::Delete, &t.name, t.id)?;
                 require_unprotected(token, t.protected, "delete", &t.name, t.id)?;
@@ -373,13 +387,13 @@ impl Ctx {
                 dir,
                 read_only,
             } => {
-                let _g = self.lock.lock();
+                let _g = self.lock_for(token)?;
                 let t = self.target(token, &name)?;
                 self.mount(token, &t, &dir, read_only)?;
                 ok(self.info(token, &name)?)
             }
             Request::Unmount { dir } => {
-                let _g = self.lock.lock();
+                let _g = self.lock_for(token)?;
                 let canonical = Path::new(&dir).canonicalize().ok();
                 // A mount of a branch the token cannot see is no mount to it.
                 let m = self
@@ -420,8 +434,7 @@ impl Ctx {
                 require(token, Scope::Read, &ta.name, ta.id)?;
                 let tb = self.target(token, &b)?;
                 require(token, Scope::Read, &tb.name, tb.id)?;
-                self.sync(&a)?;
-                self.sync(&b)?;
+                self.sync_locked(&[&a, &b])?;
                 // Without the operation lock (a diff may take long), a rename or
                 // delete may change what the names hold after the checks: walk
                 // only the branches checked, by id, or answer as for a deleted
@@ -458,7 +471,7 @@ impl Ctx {
                 })
             }
             Request::Reset { branch, to } => {
-                let _g = self.lock.lock();
+                let _g = self.lock_for(token)?;
                 let t = self.target(token, &branch)?;
                 let src = self.target(token, &to)?;
                 require(token, Scope::Write, &t.name, t.id)?;
@@ -525,7 +538,7 @@ impl Ctx {
                 max_bytes,
                 reserve_bytes,
             } => {
-                let _g = self.lock.lock();
+                let _g = self.lock_for(token)?;
                 let t = self.target(token, &name)?;
                 require(token, Scope::Admin, &t.name, t.id)?;
                 let limits = QuotaLimits {
@@ -571,6 +584,7 @@ impl Ctx {
             }
             Request::TokenCreate { name, scopes } => {
                 self.pool_admin(token, "create tokens")?;
+                let _g = self.lock_for(token)?;
                 name_ok(&name)?;
                 if scopes.is_empty() {
                     return Err(errors::bad_request(
@@ -613,7 +627,7 @@ impl Ctx {
             }
             Request::TokenRevoke { name } => {
                 self.pool_admin(token, "revoke tokens")?;
-                let _g = self.lock.lock();
+                let _g = self.lock_for(token)?;
                 let admins_left = self
                     .tokens
                     .list()
@@ -632,16 +646,26 @@ impl Ctx {
         }
     }
 
-    /// Is `token` still there (not revoked since its request started)? For
-    /// requests that run long: checked before they publish or answer. Under the
-    /// operation lock, which `token_revoke` takes too, the answer holds until the
-    /// lock is released.
+    /// Is `token` still there (not revoked since its request started)? Checked
+    /// when a change takes the operation lock (`lock_for`), and by requests that
+    /// run long before they publish or answer. Under the operation lock, which
+    /// `token_revoke` takes too, the answer holds until the lock is released.
     fn still_current(&self, token: &TokenView) -> Result<(), ErrorReply> {
         // Ids are never reused: a token created again under the name has another.
         match self.tokens.name_of(token.id) {
             Some(_) => Ok(()),
             None => Err(errors::revoked(&token.name)),
         }
+    }
+
+    /// The operation lock, for a change requested by `token`. The server checked
+    /// the token when the request arrived, but the request may have waited here
+    /// while a `token_revoke` of it held the lock: checked again under the lock,
+    /// a revoked token changes nothing (see `still_current`).
+    fn lock_for(&self, token: &TokenView) -> Result<MutexGuard<'_, ()>, ErrorReply> {
+        let g = self.lock.lock();
+        self.still_current(token)?;
+        Ok(g)
     }
 
     fn pool_admin(&self, token: &TokenView, what: &str) -> Result<(), ErrorReply> {
@@ -690,7 +714,7 @@ impl Ctx {
         progress: &mut dyn FnMut(ProgressEvent),
     ) -> Res {
         name_ok(name)?;
-        let g = self.lock.lock();
+        let g = self.lock_for(token)?;
         let src = self.target(token, from)?;
         require(token, Scope::Branch, &src.name, src.id)?;
         let profile_name = match self.state.required(src.id) {
@@ -834,10 +858,17 @@ impl Ctx {
         self.set_required(child, Some(&p))
     }
 
-    /// Drop a branch just created, after a later step of its creation failed.
+    /// Drop a branch just created, after a later step of its creation failed,
+    /// so that the failed request changes nothing: quotas are counted again, as
+    /// after a delete (creating it made everything its parent held shared, which
+    /// lowered the parent's figure; deleting it does not raise it by itself).
     fn drop_new(&self, name: &str) {
         if let Err(d) = self.pool.branch_delete(name) {
             log::error!("dropping branch '{name}' after a failed creation: {d}");
+            return;
+        }
+        if let Err(e) = self.pool.quota_recount_all() {
+            log::warn!("recounting quotas: {e}");
         }
     }
 
@@ -859,9 +890,7 @@ impl Ctx {
                 .map_err(errors::mount)
         });
         if let Err(e) = mounted {
-            if let Err(d) = self.pool.branch_delete(name) {
-                log::error!("dropping branch '{name}' after a failed mount: {d}");
-            }
+            self.drop_new(name);
             return Err(e);
         }
         Ok(())
@@ -1011,7 +1040,7 @@ impl Ctx {
         if members.is_empty() {
             return Err(errors::bad_request("a group needs at least one member"));
         }
-        let _g = self.lock.lock();
+        let _g = self.lock_for(token)?;
         let mut parents = Vec::new();
         for m in &members {
             name_ok(&m.name)?;
@@ -1082,7 +1111,7 @@ impl Ctx {
         on: bool,
         require_profile: Option<String>,
     ) -> Res {
-        let _g = self.lock.lock();
+        let _g = self.lock_for(token)?;
         let t = self.target(token, name)?;
         require(token, Scope::Admin, &t.name, t.id)?;
         if let Some(p) = &require_profile {
