@@ -5,10 +5,14 @@
 //!   (a memory filesystem, emptied at every boot);
 //! - the device is claimed while open: a second cowfs through another name of the
 //!   same device (a symlink, as `/dev/disk/by-id/...` is) is refused;
-//! - what a mount wrote is there after a refused re-init, and fsck is clean.
+//! - what a mount wrote is there after a refused re-init, and fsck is clean;
+//! - through a stable name of the device (a symlink, as `/dev/disk/by-id/...` is),
+//!   `cowfs serve` finds the side files `cowfs init` wrote under that name.
 //!
 //! Needs root, loop devices and e2fsprogs (`.ci/run` installs them).
 
+#[path = "control_support/mod.rs"]
+mod control_support;
 #[path = "mount/mod.rs"]
 mod mount;
 
@@ -17,6 +21,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use control_support::{connect, Served};
+use cowfs_ctl::proto::MountSpec;
 use mount::{cowfs_bin, Mounted};
 
 /// A loop device over a sparse file, detached on drop.
@@ -161,4 +167,65 @@ fn a_pool_on_a_block_device() {
     assert!(ok, "fsck: {text}");
     assert!(text.contains("clean"), "{text}");
     assert_eq!(beside(dev), Vec::<PathBuf>::new(), "side files in /dev");
+}
+
+/// `STATE/DEV + suffix`: where the side file `suffix` of the pool on `dev`, named
+/// so, belongs.
+fn side(state: &Path, dev: &Path, suffix: &str) -> PathBuf {
+    let mut p = state
+        .join(dev.strip_prefix("/").expect("absolute"))
+        .into_os_string();
+    p.push(suffix);
+    p.into()
+}
+
+/// The README's advice: a pool named by a stable symlink to its device. The
+/// daemon must look for the side files under the name it was given, as init
+/// wrote them. (Before: it resolved the symlink to /dev/loopN and looked there;
+/// it did not even start, that name's state directory missing.)
+#[test]
+fn a_pool_served_through_a_stable_name_of_its_device() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-blockdev-")
+        .tempdir()
+        .expect("tempdir");
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).expect("chmod tmp");
+    let base = tmp.path().canonicalize().expect("canonical tmp");
+    let state = base.join("state");
+    let lo = LoopDevice::new(&base.join("image"), 256 << 20);
+    let by_id = base.join("by-id");
+    std::os::unix::fs::symlink(&lo.dev, &by_id).expect("symlink");
+
+    let (ok, text) = cowfs(&state, &[Path::new("init"), &by_id]);
+    assert!(ok, "init: {text}");
+    let secret = fs::read_to_string(side(&state, &by_id, ".token")).expect("POOL.token");
+    let child = Command::new(cowfs_bin())
+        .arg("serve")
+        .arg(&by_id)
+        .env("COWFS_STATE_DIR", &state)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn cowfs serve");
+    let mut served = Served::new(child, &base);
+    let mut c = connect(&side(&state, &by_id, ".sock"), secret.trim());
+    let dir = side(&state, &by_id, ".mnt").join("b");
+    fs::create_dir(&dir).expect("mkdir under the mount root");
+    let mount = MountSpec {
+        dir: dir.to_string_lossy().into_owned(),
+        read_only: false,
+    };
+    c.branch_create("b", "main", Some(mount))
+        .expect("branch create --mount");
+    fs::write(dir.join("f"), b"through by-id").expect("write on the mount");
+    drop(c);
+    assert_eq!(served.stop(), Some(0), "cowfs serve exit code");
+    let resolved = state.join(lo.dev.strip_prefix("/").expect("absolute"));
+    assert!(
+        !resolved.parent().expect("dir").exists(),
+        "side files under the resolved name {}",
+        resolved.display()
+    );
+    let (ok, text) = cowfs(&state, &[Path::new("fsck"), &by_id]);
+    assert!(ok, "fsck: {text}");
 }

@@ -34,10 +34,7 @@ impl Daemon {
         // Handlers first, so a signal that arrives while mounting is not lost.
         let signals = Signals::new([SIGTERM, SIGINT])?;
         let lock = lockfile::lock(pool_path)?;
-        let pool_path = pool_path
-            .canonicalize()
-            .unwrap_or_else(|_| pool_path.to_path_buf());
-        let pool = Arc::new(Pool::open(&pool_path, &PoolOptions::default())?);
+        let pool = Arc::new(Pool::open(&pool_name(pool_path), &PoolOptions::default())?);
         let mounts = MountTable::new(pool.clone());
         let timer = CommitTimer::start(pool.clone())?;
         Ok(Daemon {
@@ -62,6 +59,22 @@ impl Daemon {
         log::info!("{}: committed, exiting", self.pool.name().display());
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// The name the daemon opens the pool by, from which the control layer derives the
+/// side files (`side_file`) and the mounts their source (`POOL:BRANCH`): a pool
+/// file's real path; a block device's absolute path, symlinks kept, since its side
+/// files live under the name it was given (`/dev/disk/by-id/X` resolves to
+/// `/dev/sdb`, where `cowfs init /dev/disk/by-id/X` wrote nothing).
+fn pool_name(pool_path: &Path) -> PathBuf {
+    use std::os::unix::fs::FileTypeExt;
+    let on_device = std::fs::metadata(pool_path).is_ok_and(|m| m.file_type().is_block_device());
+    let name = if on_device {
+        std::path::absolute(pool_path)
+    } else {
+        pool_path.canonicalize()
+    };
+    name.unwrap_or_else(|_| pool_path.to_path_buf())
 }
 
 /// `cowfs mount`: one branch, in the foreground.
