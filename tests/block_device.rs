@@ -157,6 +157,10 @@ fn a_pool_on_a_block_device() {
     let (ok, text) = cowfs(&state, &[Path::new("init"), &alias]);
     assert!(!ok, "init over a pool succeeded: {text}");
     assert!(text.contains("holds a cowfs pool"), "{text}");
+    // Under the name whose side files are there too: the pool is what refuses.
+    let (ok, text) = cowfs(&state, &[Path::new("init"), dev]);
+    assert!(!ok, "init over a pool succeeded: {text}");
+    assert!(text.contains("holds a cowfs pool"), "{text}");
     let m = Mounted::start(dev, "main", &mnt, false);
     assert_eq!(
         fs::read(mnt.join("kept")).expect("read back"),

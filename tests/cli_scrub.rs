@@ -122,3 +122,25 @@ fn init_refuses_the_side_files_of_an_earlier_pool() {
     }
     assert!(init().status.success());
 }
+
+/// `cowfs init` on a live pool: refused because the pool is there, not because
+/// of its side files, which the message must not advise removing (they are the
+/// live pool's tokens and sanitize records).
+#[test]
+fn init_on_a_pool_refuses_the_pool_not_its_side_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool = dir.path().join("pool");
+    let init = || {
+        Command::new(env!("CARGO_BIN_EXE_cowfs"))
+            .args(["init", "--size", "64M"])
+            .arg(&pool)
+            .output()
+            .expect("cowfs init")
+    };
+    assert!(init().status.success());
+    let out = init();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "second init succeeded");
+    assert!(err.contains("refusing to overwrite"), "{err}");
+    assert!(!err.contains("earlier pool"), "{err}");
+}

@@ -265,6 +265,25 @@ pub fn check_branch_name(name: &str) -> PoolResult<()> {
         .map_err(|why| PoolError::InvalidName(name.escape_debug().to_string(), why))
 }
 
+/// A pool file must be empty, a device blank (`store::blank`): anything else is
+/// someone's data, or a pool.
+fn refuse_overwrite(dev: &FileDevice, path: &Path) -> PoolResult<()> {
+    if dev.fixed_capacity().is_none() && !dev.is_empty() {
+        return Err(PoolError::NotEmpty(path.to_path_buf()));
+    }
+    if dev.fixed_capacity().is_none() {
+        return Ok(());
+    }
+    let io = |source| PoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match crate::store::blank::what_is_on(dev).map_err(io)? {
+        None => Ok(()),
+        Some(what) => Err(PoolError::DeviceNotBlank(path.to_path_buf(), what)),
+    }
+}
+
 impl Pool {
     /// Create a new pool in a regular file (created if missing, must be empty) or on
     /// a block device.
@@ -279,19 +298,24 @@ impl Pool {
             path: path.to_path_buf(),
             source: e,
         })?;
-        if dev.fixed_capacity().is_none() && !dev.is_empty() {
-            return Err(PoolError::NotEmpty(path.to_path_buf()));
-        }
-        if dev.fixed_capacity().is_some() {
-            let io = |source| PoolError::Io {
-                path: path.to_path_buf(),
-                source,
-            };
-            if let Some(what) = crate::store::blank::what_is_on(&dev).map_err(io)? {
-                return Err(PoolError::DeviceNotBlank(path.to_path_buf(), what));
-            }
-        }
+        refuse_overwrite(&dev, path)?;
         Pool::create_on(Arc::new(dev), opts)
+    }
+
+    /// What `create` would refuse at `path` (a file that is not empty, a device
+    /// that is not blank), found without creating or writing anything; nothing
+    /// there is fine. For a caller that has more to check before `create`: what
+    /// is at the path itself comes first (`cowfs init` on a live pool must say so,
+    /// not that its side files are in the way).
+    pub fn refuse_to_create(path: &Path) -> PoolResult<()> {
+        if !path.exists() {
+            return Ok(());
+        }
+        let dev = FileDevice::open(path, false).map_err(|e| PoolError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        refuse_overwrite(&dev, path)
     }
 
     /// Open an existing pool file or block device.

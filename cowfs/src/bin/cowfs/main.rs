@@ -138,6 +138,7 @@ fn init(pool: &std::path::Path, size: Option<u64>, preallocate: bool) -> Fallibl
         .into());
     }
     let _lock = lockfile::lock(pool)?;
+    Pool::refuse_to_create(pool)?;
     refuse_earlier_side_files(pool)?;
     let opts = PoolOptions {
         capacity_bytes: size,
