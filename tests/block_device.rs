@@ -233,3 +233,49 @@ fn a_pool_served_through_a_stable_name_of_its_device() {
     let (ok, text) = cowfs(&state, &[Path::new("fsck"), &by_id]);
     assert!(ok, "fsck: {text}");
 }
+
+/// A relative device path: its side files are keyed by the absolute path it
+/// names, with `..` taken by name, inside the state directory. (Before: `..`
+/// was joined as given, climbed out of the state directory, and from deep enough
+/// put them beside the device in /dev.)
+#[test]
+fn a_relative_device_path_keeps_the_side_files_in_the_state_directory() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-blockdev-")
+        .tempdir()
+        .expect("tempdir");
+    let base = tmp.path().canonicalize().expect("canonical tmp");
+    let state = base.join("state");
+    let lo = LoopDevice::new(&base.join("image"), 256 << 20);
+    // More `..` than base is deep: the kernel stops at `/`.
+    let up = "../".repeat(base.components().count() + state.components().count());
+    let relative = PathBuf::from(up).join(lo.dev.strip_prefix("/").expect("absolute"));
+    let out = Command::new(cowfs_bin())
+        .arg("init")
+        .arg(&relative)
+        .current_dir(&base)
+        .env("COWFS_STATE_DIR", &state)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run cowfs");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "init {}: {text}", relative.display());
+    let side_files = beside(&lo.dev);
+    for f in &side_files {
+        let _ = fs::remove_file(f);
+    }
+    assert_eq!(side_files, Vec::<PathBuf>::new(), "side files in /dev");
+    assert!(
+        side(&state, &lo.dev, ".token").exists(),
+        "no token in the state dir"
+    );
+    let entries: Vec<_> = fs::read_dir(&state)
+        .expect("state dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        entries,
+        ["dev"],
+        "directories named after the working directory"
+    );
+}

@@ -62,7 +62,7 @@ pub fn make_side_dir(pool: &Path) -> io::Result<()> {
 }
 
 /// For a pool on a block device, the state directory joined with the device's
-/// absolute path (not resolved: a stable name such as `/dev/disk/by-id/X` keeps
+/// absolute path (symlinks not resolved: a stable name such as `/dev/disk/by-id/X` keeps
 /// naming the same files when the kernel numbers devices differently).
 fn blockdev_state_base(pool: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::FileTypeExt;
@@ -70,10 +70,29 @@ fn blockdev_state_base(pool: &Path) -> Option<PathBuf> {
     if !meta.file_type().is_block_device() {
         return None;
     }
-    let abs = std::path::absolute(pool).ok()?;
+    let abs = absolute_by_name(pool)?;
     let dir =
         std::env::var_os("COWFS_STATE_DIR").map_or_else(|| PathBuf::from(STATE_DIR), PathBuf::from);
     Some(dir.join(abs.strip_prefix("/").unwrap_or(&abs)))
+}
+
+/// `path` made absolute with its `..` taken by name (`/a/b/../c` is `/a/c`; `..`
+/// of `/` is `/`, as for the kernel). Joined to the state directory as given, a
+/// `..` would be resolved there instead: each would leave a directory named after
+/// the working directory, and enough of them climbed out of the state directory
+/// (from `/tmp`, `../../../../dev/sdb` put the side files beside the device).
+fn absolute_by_name(path: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in std::path::absolute(path).ok()?.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    Some(out)
 }
 
 /// The directory holding `path` ("." for a bare file name).
