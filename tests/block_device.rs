@@ -279,3 +279,24 @@ fn a_relative_device_path_keeps_the_side_files_in_the_state_directory() {
         "directories named after the working directory"
     );
 }
+
+/// A mistyped device path (`cowfs init /dev/sdx` for `/dev/sdb`): refused, not
+/// taken for a new pool file in `/dev`, a memory filesystem whose pool and tokens
+/// a reboot would erase. (Before: init made one there and succeeded.)
+#[test]
+fn init_of_a_missing_device_makes_no_pool_file_in_dev() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let missing = PathBuf::from(format!("/dev/cowfs-test-missing-{}", std::process::id()));
+    let (ok, text) = cowfs(tmp.path(), &[Path::new("init"), &missing]);
+    let made: Vec<PathBuf> = ["", ".lock", ".token", ".tokens"]
+        .iter()
+        .map(|suffix| PathBuf::from(format!("{}{suffix}", missing.display())))
+        .filter(|p| p.exists())
+        .collect();
+    for p in &made {
+        let _ = fs::remove_file(p);
+    }
+    assert!(!ok, "init of a missing device succeeded: {text}");
+    assert!(text.contains("no such device"), "{text}");
+    assert_eq!(made, Vec::<PathBuf>::new(), "files made in /dev");
+}

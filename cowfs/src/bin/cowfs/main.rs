@@ -137,6 +137,7 @@ fn init(pool: &std::path::Path, size: Option<u64>, preallocate: bool) -> Fallibl
         )
         .into());
     }
+    refuse_new_file_in_dev(pool)?;
     let _lock = lockfile::lock(pool)?;
     Pool::refuse_to_create(pool)?;
     refuse_earlier_side_files(pool)?;
@@ -157,6 +158,26 @@ fn init(pool: &std::path::Path, size: Option<u64>, preallocate: bool) -> Fallibl
     println!("created pool {} with branch main", pool.display());
     println!("admin token secret in {} (mode 0600)", secret.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// A path in `/dev` that names nothing is a mistyped device (`/dev/sdx`), not a
+/// new pool file: `/dev` is a memory filesystem, so the pool and its tokens would
+/// be gone at the next boot. Checked before the lock file, which would land there.
+fn refuse_new_file_in_dev(pool: &std::path::Path) -> Result<(), String> {
+    if pool.exists() {
+        return Ok(());
+    }
+    let dir = std::path::absolute(pool)
+        .ok()
+        .and_then(|p| p.parent()?.canonicalize().ok());
+    match dir {
+        Some(d) if d.starts_with("/dev") => Err(format!(
+            "{}: no such device (a pool file is not made in /dev, which is emptied at \
+             every boot; see `lsblk` or /dev/disk/by-id for the device's name)",
+            pool.display()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The side files of an earlier pool at this path (its pool file deleted, its
