@@ -101,10 +101,10 @@ impl Default for PoolOptions {
     }
 }
 
-/// Errors of pool-level operations.
 /// The smallest pool `create` makes, in blocks.
 const MIN_POOL_BLOCKS: u64 = 64;
 
+/// Errors of pool-level operations.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PoolError {
