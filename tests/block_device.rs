@@ -129,18 +129,17 @@ fn a_pool_on_a_block_device() {
     zero_first_mib(dev);
     let (ok, text) = cowfs(&state, &[Path::new("init"), dev]);
     assert!(ok, "init on a zeroed device: {text}");
-    let mut token = state
-        .join(dev.strip_prefix("/").expect("absolute"))
-        .into_os_string();
-    token.push(".token");
+    let token = side(&state, ".token");
     let mode = fs::metadata(&token)
         .expect("token in the state dir")
         .permissions()
         .mode();
-    assert_eq!(mode & 0o777, 0o600, "{}", Path::new(&token).display());
+    assert_eq!(mode & 0o777, 0o600, "{}", token.display());
     assert_eq!(beside(dev), Vec::<PathBuf>::new(), "side files in /dev");
 
-    // Mounted, the device is claimed: another name for it is refused.
+    // Mounted, the device is taken: under another name, the pool's lock (keyed by
+    // its id) refuses a second cowfs; with other side files (another state
+    // directory), the device's exclusive claim does.
     std::env::set_var("COWFS_STATE_DIR", &state);
     let mnt = base.join("mnt");
     fs::create_dir(&mnt).expect("mkdir mnt");
@@ -150,6 +149,12 @@ fn a_pool_on_a_block_device() {
     std::os::unix::fs::symlink(dev, &alias).expect("symlink");
     let (ok, text) = cowfs(&state, &[Path::new("fsck"), &alias]);
     assert!(!ok, "fsck through an alias of a device in use ran: {text}");
+    assert!(
+        text.contains("is in use by another cowfs process"),
+        "{text}"
+    );
+    let (ok, text) = cowfs(&base.join("other-state"), &[Path::new("fsck"), &alias]);
+    assert!(!ok, "fsck of a device in use ran: {text}");
     assert!(text.contains("the device is in use"), "{text}");
     m.stop();
 
@@ -173,20 +178,35 @@ fn a_pool_on_a_block_device() {
     assert_eq!(beside(dev), Vec::<PathBuf>::new(), "side files in /dev");
 }
 
-/// `STATE/DEV + suffix`: where the side file `suffix` of the pool on `dev`, named
-/// so, belongs.
-fn side(state: &Path, dev: &Path, suffix: &str) -> PathBuf {
-    let mut p = state
-        .join(dev.strip_prefix("/").expect("absolute"))
-        .into_os_string();
-    p.push(suffix);
-    p.into()
+/// `STATE/<pool id>/pool + suffix`: where the side file `suffix` of the one pool
+/// made in the state directory `state` belongs (its directory is named by the
+/// pool's id, 16 hex digits).
+fn side(state: &Path, suffix: &str) -> PathBuf {
+    let ids: Vec<PathBuf> = fs::read_dir(state)
+        .expect("state dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| is_pool_id(p))
+        .collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "pool directories in {}: {ids:?}",
+        state.display()
+    );
+    ids[0].join(format!("pool{suffix}"))
 }
 
-/// The README's advice: a pool named by a stable symlink to its device. The
-/// daemon must look for the side files under the name it was given, as init
-/// wrote them. (Before: it resolved the symlink to /dev/loopN and looked there;
-/// it did not even start, that name's state directory missing.)
+fn is_pool_id(p: &Path) -> bool {
+    let name = p.file_name().expect("name").to_string_lossy();
+    name.len() == 16 && name.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// The README's advice: a pool named by a stable symlink to its device; then the
+/// daemon started under the kernel's name of the device finds the same side
+/// files, keyed by the pool's id (its token still works, its branch is there).
+/// (Before: side files were keyed by name; the daemon resolved the symlink and
+/// did not even start, and under another name it would have made a new admin
+/// token and started without the sanitize profiles the pool requires.)
 #[test]
 fn a_pool_served_through_a_stable_name_of_its_device() {
     let tmp = tempfile::Builder::new()
@@ -202,18 +222,21 @@ fn a_pool_served_through_a_stable_name_of_its_device() {
 
     let (ok, text) = cowfs(&state, &[Path::new("init"), &by_id]);
     assert!(ok, "init: {text}");
-    let secret = fs::read_to_string(side(&state, &by_id, ".token")).expect("POOL.token");
-    let child = Command::new(cowfs_bin())
-        .arg("serve")
-        .arg(&by_id)
-        .env("COWFS_STATE_DIR", &state)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn cowfs serve");
-    let mut served = Served::new(child, &base);
-    let mut c = connect(&side(&state, &by_id, ".sock"), secret.trim());
-    let dir = side(&state, &by_id, ".mnt").join("b");
+    let secret = fs::read_to_string(side(&state, ".token")).expect("POOL.token");
+    let serve = |name: &Path| {
+        let child = Command::new(cowfs_bin())
+            .arg("serve")
+            .arg(name)
+            .env("COWFS_STATE_DIR", &state)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn cowfs serve");
+        Served::new(child, &base)
+    };
+    let mut served = serve(&by_id);
+    let mut c = connect(&side(&state, ".sock"), secret.trim());
+    let dir = side(&state, ".mnt").join("b");
     fs::create_dir(&dir).expect("mkdir under the mount root");
     let mount = MountSpec {
         dir: dir.to_string_lossy().into_owned(),
@@ -224,12 +247,18 @@ fn a_pool_served_through_a_stable_name_of_its_device() {
     fs::write(dir.join("f"), b"through by-id").expect("write on the mount");
     drop(c);
     assert_eq!(served.stop(), Some(0), "cowfs serve exit code");
-    let resolved = state.join(lo.dev.strip_prefix("/").expect("absolute"));
-    assert!(
-        !resolved.parent().expect("dir").exists(),
-        "side files under the resolved name {}",
-        resolved.display()
-    );
+
+    let mut served = serve(&lo.dev);
+    let mut c = connect(&side(&state, ".sock"), secret.trim());
+    let names: Vec<String> = c
+        .list()
+        .expect("list")
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
+    assert!(names.contains(&"b".to_string()), "{names:?}");
+    drop(c);
+    assert_eq!(served.stop(), Some(0), "cowfs serve exit code");
     let (ok, text) = cowfs(&state, &[Path::new("fsck"), &by_id]);
     assert!(ok, "fsck: {text}");
 }
@@ -265,17 +294,17 @@ fn a_relative_device_path_keeps_the_side_files_in_the_state_directory() {
         let _ = fs::remove_file(f);
     }
     assert_eq!(side_files, Vec::<PathBuf>::new(), "side files in /dev");
-    assert!(
-        side(&state, &lo.dev, ".token").exists(),
-        "no token in the state dir"
-    );
-    let entries: Vec<_> = fs::read_dir(&state)
+    assert!(side(&state, ".token").exists(), "no token in the state dir");
+    // The pool's directory, and `dev/` for init's lock (taken before the device
+    // held a pool, so by name); nothing named after the working directory.
+    let entries: Vec<PathBuf> = fs::read_dir(&state)
         .expect("state dir")
-        .map(|e| e.expect("entry").file_name())
+        .map(|e| e.expect("entry").path())
+        .filter(|p| !is_pool_id(p) && p.file_name() != Some("dev".as_ref()))
         .collect();
     assert_eq!(
         entries,
-        ["dev"],
+        Vec::<PathBuf>::new(),
         "directories named after the working directory"
     );
 }

@@ -34,11 +34,15 @@ pub const STATE_DIR: &str = "/var/lib/cowfs";
 
 /// A side file of the pool at `pool` (`suffix` `.tokens`, `.token`, `.quotas`,
 /// `.sanitize-key`, `.sanitize-state`, `.lock`, `.sock`, `.mnt`): beside a pool
-/// file; for a pool on a block device, under the state directory at the device's
-/// path as given (`/dev/disk/by-id/X` -> `/var/lib/cowfs/dev/disk/by-id/X.tokens`).
-/// Beside the device they would land in `/dev`, a memory filesystem: after a
-/// reboot the tokens, the pseudonym key and the record of unfinished sanitizes
-/// (clones that must not be mounted) would be gone.
+/// file; for a pool on a block device, in the state directory under the pool's id
+/// (`/var/lib/cowfs/<pool id>/pool.tokens`). Beside the device they would land in
+/// `/dev`, a memory filesystem: after a reboot the tokens, the pseudonym key and
+/// the sanitize state (unfinished clones, required profiles) would be gone. Keyed
+/// by the id in the superblock, not by the device's name, every name of the
+/// device finds them (`/dev/sdb`, `/dev/disk/by-id/X`, a symlink, after the kernel
+/// numbers devices differently): under another name a daemon would have found
+/// none, made a new admin token and started without the profiles production's
+/// clones require.
 pub fn side_file(pool: &Path, suffix: &str) -> PathBuf {
     match blockdev_state_base(pool) {
         Some(base) => with_suffix(&base, suffix),
@@ -61,19 +65,36 @@ pub fn make_side_dir(pool: &Path) -> io::Result<()> {
     }
 }
 
-/// For a pool on a block device, the state directory joined with the device's
-/// absolute path (symlinks not resolved: a stable name such as `/dev/disk/by-id/X` keeps
-/// naming the same files when the kernel numbers devices differently).
+/// For a pool on a block device, `STATE_DIR/<pool id>/pool`. A device that holds
+/// no pool yet (`cowfs init` takes its lock before it writes one) gets the state
+/// directory joined with the device's absolute path instead.
 fn blockdev_state_base(pool: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::FileTypeExt;
     let meta = std::fs::metadata(pool).ok()?;
     if !meta.file_type().is_block_device() {
         return None;
     }
-    let abs = absolute_by_name(pool)?;
     let dir =
         std::env::var_os("COWFS_STATE_DIR").map_or_else(|| PathBuf::from(STATE_DIR), PathBuf::from);
+    if let Some(id) = device_pool_id(pool) {
+        return Some(dir.join(format!("{id:016x}")).join("pool"));
+    }
+    let abs = absolute_by_name(pool)?;
     Some(dir.join(abs.strip_prefix("/").unwrap_or(&abs)))
+}
+
+/// The pool id recorded in the device's superblock slots, if either is valid.
+/// A plain read-only open, which the daemon's exclusive claim allows; the id never
+/// changes after `cowfs init`, so either slot has it.
+fn device_pool_id(dev: &Path) -> Option<u64> {
+    use crate::store::superblock::Superblock;
+    use crate::store::BLOCK_SIZE;
+    let mut slots = vec![0u8; 2 * BLOCK_SIZE];
+    File::open(dev).ok()?.read_exact(&mut slots).ok()?;
+    slots
+        .chunks(BLOCK_SIZE)
+        .find_map(|slot| Superblock::decode(slot).ok())
+        .map(|sb| sb.pool_id)
 }
 
 /// `path` made absolute with its `..` taken by name (`/a/b/../c` is `/a/c`; `..`
