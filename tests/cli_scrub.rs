@@ -144,3 +144,51 @@ fn init_on_a_pool_refuses_the_pool_not_its_side_files() {
     assert!(err.contains("refusing to overwrite"), "{err}");
     assert!(!err.contains("earlier pool"), "{err}");
 }
+
+/// `cowfs init` through a symlink to the pool file writes the admin token beside
+/// the file itself, where `cowfs serve` (which resolves the name) looks for it.
+/// (Before: beside the symlink; the daemon then found no token store and made a
+/// new admin token, and the secret init printed did not work.)
+#[test]
+fn init_through_a_symlink_writes_the_tokens_where_the_daemon_reads_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).expect("mkdir");
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(real.join("pool"), &link).expect("symlink");
+    let out = Command::new(env!("CARGO_BIN_EXE_cowfs"))
+        .args(["init", "--size", "64M"])
+        .arg(&link)
+        .output()
+        .expect("cowfs init");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        real.join("pool.tokens").exists(),
+        "no token store beside the pool file"
+    );
+    assert!(
+        !dir.path().join("link.tokens").exists(),
+        "token store beside the symlink"
+    );
+    // The pool file deleted, the link dangles: init through it still finds the
+    // earlier pool's side files and refuses before writing anything.
+    std::fs::remove_file(real.join("pool")).expect("rm pool");
+    let out = Command::new(env!("CARGO_BIN_EXE_cowfs"))
+        .args(["init", "--size", "64M"])
+        .arg(&link)
+        .output()
+        .expect("cowfs init");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("files of an earlier pool are in the way"),
+        "{err}"
+    );
+    assert!(
+        !real.join("pool").exists(),
+        "the refused init created a pool file"
+    );
+}

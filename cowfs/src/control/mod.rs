@@ -40,7 +40,7 @@ use std::thread::JoinHandle;
 use crate::fuse::MountTable;
 use crate::pool::Pool;
 use config::ServerConfig;
-pub use files::{make_side_dir, side_file};
+pub use files::{make_side_dir, parent_dir, side_file};
 pub use server::parse as parse_request;
 use tokens::{TokenError, TokenStore};
 

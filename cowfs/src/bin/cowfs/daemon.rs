@@ -63,10 +63,10 @@ impl Daemon {
 
 /// The name the daemon opens the pool by, from which the control layer derives the
 /// side files (`side_file`) and the mounts their source (`POOL:BRANCH`): a pool
-/// file's real path; a block device's absolute path, symlinks kept, since its side
-/// files live under the name it was given (`/dev/disk/by-id/X` resolves to
-/// `/dev/sdb`, where `cowfs init /dev/disk/by-id/X` wrote nothing).
-fn pool_name(pool_path: &Path) -> PathBuf {
+/// file's real path (symlinks resolved, so that every name of the file finds the
+/// side files `cowfs init` wrote, which uses this name too); a block device's
+/// absolute path, symlinks kept (its side files are keyed by the pool's id).
+pub(crate) fn pool_name(pool_path: &Path) -> PathBuf {
     use std::os::unix::fs::FileTypeExt;
     let on_device = std::fs::metadata(pool_path).is_ok_and(|m| m.file_type().is_block_device());
     let name = if on_device {

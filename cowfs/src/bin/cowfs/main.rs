@@ -154,7 +154,9 @@ fn init(pool: &std::path::Path, size: Option<u64>, preallocate: bool) -> Fallibl
             .map_err(|e| format!("preallocating {}: {e}", pool.display()))?;
         println!("preallocated {} MiB of {}", n >> 20, pool.display());
     }
-    let secret = cowfs::control::tokens::init_admin_token(pool)?;
+    // Under the name the daemon will use: through a symlink to a pool file, the
+    // tokens go beside the file itself, where `cowfs serve` looks.
+    let secret = cowfs::control::tokens::init_admin_token(&daemon::pool_name(pool))?;
     println!("created pool {} with branch main", pool.display());
     println!("admin token secret in {} (mode 0600)", secret.display());
     Ok(ExitCode::SUCCESS)
@@ -194,9 +196,15 @@ fn refuse_earlier_side_files(pool: &std::path::Path) -> Result<(), String> {
         ".sanitize-state",
     ]
     .iter()
-    .map(|suffix| cowfs::control::side_file(pool, suffix))
+    .flat_map(|suffix| {
+        names_of(pool)
+            .into_iter()
+            .map(move |name| cowfs::control::side_file(&name, suffix))
+    })
     .filter(|p| p.symlink_metadata().is_ok())
     .map(|p| p.display().to_string())
+    .collect::<std::collections::BTreeSet<_>>()
+    .into_iter()
     .collect();
     if found.is_empty() {
         return Ok(());
@@ -207,6 +215,17 @@ fn refuse_earlier_side_files(pool: &std::path::Path) -> Result<(), String> {
         pool.display(),
         found.join(", ")
     ))
+}
+
+/// The names an earlier pool at `pool` may have kept side files under: the name
+/// given, and for a symlink, the file it points to (existing or not: a pool file
+/// deleted since leaves its side files beside its own name, where init writes them).
+fn names_of(pool: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut names = vec![pool.to_path_buf(), daemon::pool_name(pool)];
+    if let Ok(target) = std::fs::read_link(pool) {
+        names.push(cowfs::control::parent_dir(pool).join(target));
+    }
+    names
 }
 
 fn fsck(pool: &std::path::Path, verify_data: bool) -> Fallible {
