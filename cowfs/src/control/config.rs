@@ -93,7 +93,10 @@ impl ServerConfig {
         let default = [super::files::side_file(pool, ".mnt")];
         let roots = if self.mount_roots.is_empty() {
             use std::os::unix::fs::DirBuilderExt;
-            let made = std::fs::DirBuilder::new().mode(0o755).create(&default[0]);
+            // A block-device pool's state directory may not exist yet for a
+            // program that links the library (the CLI makes it with its lock).
+            let made = super::files::make_side_dir(pool)
+                .and_then(|()| std::fs::DirBuilder::new().mode(0o755).create(&default[0]));
             if let Err(source) = made {
                 if source.kind() != std::io::ErrorKind::AlreadyExists {
                     return Err(ControlError::Io {
