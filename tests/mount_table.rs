@@ -319,3 +319,30 @@ fn unmount_touches_only_the_mount_it_made() {
     assert!(!is_mounted(&c));
     drop(g);
 }
+
+/// A mount on a directory above one of the table's would hide it from whoever
+/// reaches it by its path (a sanitize hook's clone): refused under the table's
+/// lock, so also for a mount that appeared after the control plane checked.
+#[test]
+fn no_mount_above_a_mount_of_the_table() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path().canonicalize().expect("canonical");
+    let (above, inner) = (base.join("above"), base.join("above/inner"));
+    fs::create_dir_all(&inner).unwrap();
+    let opts = PoolOptions {
+        capacity_bytes: Some(1 << 30),
+        ..Default::default()
+    };
+    let pool = Arc::new(Pool::create(&base.join("pool"), &opts).unwrap());
+    pool.branch_create("other", "main").unwrap();
+    let table = MountTable::new(pool.clone());
+    let _g = Guard {
+        table: table.clone(),
+        dirs: vec![inner.clone(), above.clone()],
+    };
+    table.mount("main", &inner, false).unwrap();
+    let r = table.mount("other", &above, false);
+    assert!(matches!(r, Err(MountError::WouldHide { .. })), "{r:?}");
+    assert!(!is_mounted(&above));
+    table.unmount(&inner).unwrap();
+}

@@ -67,6 +67,12 @@ command = "{publish_pid}; touch \"$GATE.started\"; while [ ! -e \"$GATE\" ]; do 
 env = {{ GATE = "{gate}" }}
 timeout_secs = 300
 
+[[profiles.scrub.hooks]]
+name = "scrub"
+command = "{publish_pid}; touch \"$GATE.started\"; while [ ! -e \"$GATE\" ]; do sleep 0.05; done; rm -rf \"$COWFS_CLONE_DIR/data\"; touch \"$GATE.scrubbed\"; sleep 1"
+env = {{ GATE = "{gate}" }}
+timeout_secs = 300
+
 [[profiles.daemonizes.hooks]]
 name = "daemonizes"
 command = "setsid sh -c 'read -r pid rest < /proc/self/stat; echo $pid > \"$GATE.sleeper\"; exec sleep 1000' </dev/null >/dev/null 2>&1 & while [ ! -s \"$GATE.sleeper\" ]; do sleep 0.05; done; {publish_pid}; touch \"$GATE.started\"; while [ ! -e \"$GATE\" ]; do sleep 0.05; done"
@@ -1122,6 +1128,46 @@ fn hook_mount_cannot_be_shadowed() {
             .any(|b| b.name == "victim"),
         "the clone is not published"
     );
+}
+
+/// The hooks' private directory, and every directory above it, holds the clone's
+/// mount: a branch mounted there would hide the clone from a hook that reaches it
+/// by `$COWFS_CLONE_DIR` (which would then scrub that branch instead, and the
+/// clone be published unscrubbed). No token, admin included, may mount there.
+#[test]
+fn no_mount_on_or_above_the_hooks_directory() {
+    let env = Env::new();
+    let _served = serve(&env.base);
+    let _gate = OpenGate(env.gate(""));
+    let mut admin = env.connect(&env.admin);
+    make_prod(&env, &mut admin);
+    admin.branch_create("decoy", "main", None).expect("decoy");
+    let creator = env.create_in_background("victim", "scrub");
+    env.wait_gate_started();
+    let private = hooks_dir(&env);
+    for dir in [private.clone(), env.base.join("scratch"), env.base.clone()] {
+        let r = admin.mount("decoy", &s(&dir), false);
+        let _ = admin.unmount(&s(&dir));
+        let e = server_error(r);
+        assert_eq!(e.kind, ErrorKind::Forbidden, "{}: {e}", dir.display());
+        assert!(e.message.contains("would hide"), "{e}");
+    }
+    std::fs::write(env.gate(""), b"").expect("open gate");
+    creator.join().expect("creator").expect("sanitized");
+    let m = env.dir("victim");
+    admin.mount("victim", &s(&m), true).expect("mount victim");
+    let scrubbed = !m.join("data").exists();
+    admin.unmount(&s(&m)).expect("unmount victim");
+    assert!(scrubbed, "the hook scrubbed the clone");
+}
+
+/// The hooks' private directory under the scratch directory, once a hook runs.
+fn hooks_dir(env: &Env) -> PathBuf {
+    std::fs::read_dir(env.base.join("scratch"))
+        .expect("scratch")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.to_string_lossy().contains(".cowfs-sanitize-"))
+        .expect("the hooks' directory")
 }
 
 /// A failing hook's output shows the parent's data: a token that may not read the

@@ -28,14 +28,14 @@ use super::errors;
 use super::mount_points;
 use super::quotas::QuotaStore;
 use super::sanitize::{self, Profile, SanitizeConfig, SanitizeError};
-use super::sanitizing::SanitizeState;
+use super::sanitizing::{Running, SanitizeState};
 use super::tokens::{Authenticated, TokenStore, TokenView};
 use super::ControlError;
 use crate::fuse::MountTable;
 use crate::pool::admin::GroupMember as PoolMember;
 use crate::pool::diff::PathChangeKind;
 use crate::pool::quota::{QuotaLimits, QuotaStatus};
-use crate::pool::{self as pool, BranchId, Pool, PoolError};
+use crate::pool::{self as pool, BranchId, Pool, PoolError, NO_OWNER};
 
 /// Progress events of one sanitize run are sent at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
@@ -142,30 +142,21 @@ impl Ctx {
             path: self.state.path().to_path_buf(),
             source,
         };
+        self.settle_first_layout().map_err(io)?;
         let running = self.state.running();
         for r in &running {
-            let found = match r.id {
-                Some(id) => self
-                    .pool
-                    .list()
-                    .into_iter()
-                    .find(|b| b.id == id)
-                    .map(|b| b.name),
-                None => self.pool.info(&r.name).ok().map(|b| b.name),
-            };
-            match found {
-                Some(name) => {
-                    log::warn!(
-                        "deleting '{name}': its sanitizing never finished (the daemon stopped)"
-                    );
-                    if let Err(e) = self.pool.branch_delete(&name) {
-                        log::error!("deleting unfinished sanitized clone '{name}': {e}; it stays invisible and is retried at the next start");
-                        continue;
-                    }
-                    self.state.end(&r.name, r.id).map_err(io)?;
+            let found = self.pool.list().into_iter().find(|b| b.id == r.id);
+            if let Some(b) = found {
+                log::warn!(
+                    "deleting '{}': its sanitizing never finished (the daemon stopped)",
+                    b.name
+                );
+                if let Err(e) = self.pool.branch_delete(&b.name) {
+                    log::error!("deleting unfinished sanitized clone '{}': {e}; it stays invisible and is retried at the next start", b.name);
+                    continue;
                 }
-                None => self.state.end(&r.name, r.id).map_err(io)?,
             }
+            self.state.end(r.id).map_err(io)?;
         }
         if !running.is_empty() {
             if let Err(e) = self.pool.quota_recount_all() {
@@ -173,6 +164,30 @@ impl Ctx {
             }
         }
         Ok(())
+    }
+
+    /// A version-1 state file's entries without an id name a clone by name
+    /// alone: the clone a daemon was creating when it stopped, or, if a failed
+    /// write left the entry, any branch given that name later. Only a branch
+    /// without an owner is taken for the clone (a sanitized clone gets its owner
+    /// when ready; branches created through the daemon have one from the start);
+    /// it is recorded by id, the others are forgotten.
+    fn settle_first_layout(&self) -> std::io::Result<()> {
+        let Some(names) = self.state.first_layout() else {
+            return Ok(());
+        };
+        let mut found = Vec::new();
+        for name in names {
+            match self.pool.info(&name) {
+                Ok(b) if b.owner == NO_OWNER => found.push(Running { id: b.id, name }),
+                Ok(_) => log::warn!(
+                    "{}: keeping branch '{name}': the unfinished clone recorded under that name is not it (it has an owner)",
+                    self.state.path().display()
+                ),
+                Err(_) => {}
+            }
+        }
+        self.state.settle_first_layout(found)
     }
 
     /// The token a connection authenticated as, if it still exists, with the
@@ -772,33 +787,26 @@ impl Ctx {
             return ok(self.info(token, name)?);
         };
 
-        // Sanitized: record the clone as `sanitizing` before it exists, so that a
-        // daemon stopping at any point leaves nothing a restart would keep.
-        if self.pool.branch_id(name).is_ok() {
-            return Err(errors::pool(PoolError::BranchExists(name.to_string())));
-        }
-        let state_io = |e: std::io::Error| {
-            ErrorReply::new(
-                ErrorKind::Io,
-                format!("{}: {e}", self.state.path().display()),
-            )
-        };
-        self.state.begin(name).map_err(state_io)?;
-        // No owner yet: ownership would let the token see the clone before the
-        // state file names it (`created` below), and keep it if that never happens.
-        let id = match self.pool.branch_create(name, from) {
+        // Sanitized: the clone is recorded as `sanitizing`, by id, before the
+        // commit that creates it, so that a daemon stopping at any point leaves
+        // nothing a restart would keep. No owner until it is ready: a token owns
+        // only what it may use.
+        let mut recorded = None;
+        let created = self.pool.branch_create_recorded(name, from, |id| {
+            self.state.begin(id, name).map_err(|source| PoolError::Io {
+                path: self.state.path().to_path_buf(),
+                source,
+            })?;
+            recorded = Some(id);
+            Ok(())
+        });
+        let id = match created {
             Ok(id) => id,
             Err(e) => {
-                if let Err(s) = self.state.end(name, None) {
-                    log::warn!("{}: {s}", self.state.path().display());
-                }
+                self.forget_recorded(recorded);
                 return Err(errors::pool(e));
             }
         };
-        if let Err(e) = self.state.created(name, id) {
-            self.discard(name, id);
-            return Err(state_io(e));
-        }
         drop(g);
         log::info!(
             "branch '{name}' created from '{from}' by token '{}'; sanitizing with profile '{}'",
@@ -835,9 +843,12 @@ impl Ctx {
             self.discard(name, id);
             return Err(errors::pool(e));
         }
-        if let Err(e) = self.state.end(name, Some(id)) {
+        if let Err(e) = self.state.end(id) {
             self.discard(name, id);
-            return Err(state_io(e));
+            return Err(ErrorReply::new(
+                ErrorKind::Io,
+                format!("{}: {e}", self.state.path().display()),
+            ));
         }
         self.mount_new(token, name, mount)?;
         log::info!(
@@ -847,6 +858,17 @@ impl Ctx {
         let mut info = self.info(token, name)?;
         info.sanitized = Some(summary);
         ok(info)
+    }
+
+    /// Drop the entry of a sanitized clone whose creation failed after it was
+    /// recorded. One left behind (the write failing too) is harmless: its id
+    /// names no branch, and the next start drops it.
+    fn forget_recorded(&self, recorded: Option<BranchId>) {
+        if let Some(id) = recorded {
+            if let Err(e) = self.state.end(id) {
+                log::warn!("{}: {e}", self.state.path().display());
+            }
+        }
     }
 
     /// A child created unsanitized from `parent` requires the parent's profile
@@ -1030,7 +1052,7 @@ impl Ctx {
         if let Err(e) = self.pool.quota_recount_all() {
             log::warn!("recounting quotas: {e}");
         }
-        if let Err(e) = self.state.end(name, Some(id)) {
+        if let Err(e) = self.state.end(id) {
             log::error!("{}: {e}", self.state.path().display());
         }
         log::info!("clone '{name}' deleted");

@@ -36,6 +36,7 @@ pub fn mount(e: MountError) -> ErrorReply {
         MountError::NotMounted(_) => ErrorKind::NotMounted,
         MountError::Busy(_) => ErrorKind::Busy,
         MountError::Detached(_) | MountError::Covered(_) => ErrorKind::Busy,
+        MountError::WouldHide { .. } => ErrorKind::Forbidden,
         _ => ErrorKind::Io,
     };
     ErrorReply::new(kind, e.to_string())

@@ -3,7 +3,11 @@
 //!
 //! - every token: never inside a mount of this pool (a branch mounted in
 //!   production's tree would shadow it for its readers and pin its unmount; one
-//!   inside a sanitize hook's private mount would swap what the hook scrubs);
+//!   inside a sanitize hook's private mount would swap what the hook scrubs),
+//!   and never on a directory above one (it would hide that mount from whoever
+//!   reaches it by its path: a hook finding its clone by `$COWFS_CLONE_DIR`
+//!   would scrub the branch mounted above instead, and the clone be published
+//!   unscrubbed);
 //! - tokens without `admin:*`: only strictly below a mount root (`[control]
 //!   mount_roots`, default `POOL.mnt`), after symlinks are resolved, and on the
 //!   root's own filesystem (never on or inside another mount).
@@ -48,17 +52,28 @@ pub fn check(
         .iter()
         .find(|m| real != m.dir && real.starts_with(&m.dir))
     {
-        let of = if visible(&m.branch) {
-            format!(" of branch '{}'", m.branch)
-        } else {
-            String::new()
-        };
         return Err(refused(
             dir,
             None,
             format!(
-                "mount point {} is inside the mount{of} on {}; mount on a directory outside cowfs mounts",
+                "mount point {} is inside the mount{} on {}; mount on a directory outside cowfs mounts",
                 real.display(),
+                of_branch(m, visible),
+                m.dir.display()
+            ),
+        ));
+    }
+    if let Some(m) = cowfs
+        .iter()
+        .find(|m| real != m.dir && m.dir.starts_with(&real))
+    {
+        return Err(refused(
+            dir,
+            None,
+            format!(
+                "mount point {} is above the mount{} on {}: a mount there would hide it; mount on a directory that holds no cowfs mount",
+                real.display(),
+                of_branch(m, visible),
                 m.dir.display()
             ),
         ));
@@ -103,6 +118,15 @@ pub fn check(
         ));
     }
     Ok(real)
+}
+
+/// " of branch 'NAME'" for a mount of a branch the token may see, else nothing.
+fn of_branch(m: &MountInfo, visible: &dyn Fn(&str) -> bool) -> String {
+    if visible(&m.branch) {
+        format!(" of branch '{}'", m.branch)
+    } else {
+        String::new()
+    }
 }
 
 fn refused(dir: &str, scope: Option<Scope>, message: String) -> ErrorReply {

@@ -43,6 +43,8 @@ pub enum MountError {
     Detached(PathBuf),
     #[error("{0}: another filesystem is mounted over the branch's mount; unmount it first (cowfs unmounts only its own mount), then retry")]
     Covered(PathBuf),
+    #[error("{dir}: the cowfs mount on {below} is below it, and a mount there would hide it; mount on a directory that holds no cowfs mount")]
+    WouldHide { dir: PathBuf, below: PathBuf },
     #[error(
         "mounting branch '{branch}' on {dir}: {source} (is /dev/fuse available and are you root?)"
     )]
@@ -118,6 +120,15 @@ impl MountTable {
         let mut mounts = self.live();
         if mounts.iter().any(|m| m.info.dir == dir) {
             return Err(MountError::AlreadyMounted(dir));
+        }
+        // Checked here too, under the table's lock, for the mounts that appear
+        // after the control plane checked (`control::mount_points`): a sanitize
+        // hook's private mount is made without the control plane's lock.
+        if let Some(m) = mounts.iter().find(|m| m.info.dir.starts_with(&dir)) {
+            return Err(MountError::WouldHide {
+                dir,
+                below: m.info.dir.clone(),
+            });
         }
         // A branch has one writer: the kernel caches attributes and data per
         // mount, so two mounts of a branch agree only when neither writes.

@@ -143,6 +143,33 @@ mod tests {
         Pool::create_on(Arc::new(MemDevice::new()), &opts()).unwrap()
     }
 
+    /// `record` gets the id the branch will have; if it fails nothing is created
+    /// and no later branch gets that id, so a record never names another branch.
+    #[test]
+    fn branch_create_recorded_ids_are_never_reused() {
+        let p = pool();
+        let mut seen = None;
+        let id = p
+            .branch_create_recorded("c", "main", |id| {
+                seen = Some(id);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen, Some(id));
+        assert_eq!(p.info("c").unwrap().owner, NO_OWNER);
+        let refused = p.branch_create_recorded("d", "main", |_| {
+            Err(PoolError::Fs(crate::fs::FsError::Posix(libc::EIO)))
+        });
+        assert!(refused.is_err());
+        assert!(p.info("d").is_err(), "nothing created");
+        p.branch_delete("c").unwrap();
+        let again = p.branch_create("c", "main").unwrap();
+        assert!(
+            again > id + 1,
+            "ids {id} and the refused one are not reused"
+        );
+    }
+
     #[test]
     fn reset_group_protect() {
         let p = pool();

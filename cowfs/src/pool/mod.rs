@@ -579,7 +579,27 @@ impl Pool {
         from: &str,
         owner: TokenId,
     ) -> PoolResult<BranchId> {
-        self.e.lock().create_child(name, from, false, owner)
+        self.e
+            .lock()
+            .create_child(name, from, false, owner, |_| Ok(()))
+    }
+
+    /// `branch_create` (no owner) that calls `record` with the branch's id before
+    /// the commit that creates it, so that a caller can remember the branch
+    /// durably before it can exist (sanitized clones, control/sanitizing.rs). If
+    /// `record` fails nothing is created. The id is not handed out again while
+    /// the pool is open, even if `record` or the creation fails, so what was
+    /// recorded names no other branch. (After a crash before the next commit it
+    /// may be: the daemon settles what it recorded at start, before creating.)
+    pub fn branch_create_recorded(
+        &self,
+        name: &str,
+        from: &str,
+        record: impl FnOnce(BranchId) -> PoolResult<()>,
+    ) -> PoolResult<BranchId> {
+        self.e
+            .lock()
+            .create_child(name, from, false, NO_OWNER, record)
     }
 
     /// `snapshot_create`, recording in the same commit that token `owner` created it.
@@ -589,7 +609,9 @@ impl Pool {
         from: &str,
         owner: TokenId,
     ) -> PoolResult<BranchId> {
-        self.e.lock().create_child(name, from, true, owner)
+        self.e
+            .lock()
+            .create_child(name, from, true, owner, |_| Ok(()))
     }
 
     /// The branches and snapshots token `owner` created.
@@ -1511,6 +1533,7 @@ impl Engine {
         from: &str,
         snapshot: bool,
         owner: TokenId,
+        record: impl FnOnce(BranchId) -> PoolResult<()>,
     ) -> PoolResult<BranchId> {
         check_branch_name(name)?;
         self.writable()?;
@@ -1519,11 +1542,14 @@ impl Engine {
         }
         let parent = self.id_of(from)?;
         self.ensure_commit_room(1)?;
+        // Taken before `record`, and kept if it fails: an id `record` wrote down
+        // is never given to another branch.
+        let id = self.next_branch_id;
+        self.next_branch_id += 1;
+        record(id)?;
         let p = self.branches[&parent].clone();
         self.st.inc_node(p.root)?;
         self.quotas.root_shared(parent);
-        let id = self.next_branch_id;
-        self.next_branch_id += 1;
         let rec = BranchRecord {
             root: p.root,
             next_ino: p.next_ino,

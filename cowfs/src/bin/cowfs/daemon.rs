@@ -10,7 +10,7 @@ use std::time::Duration;
 use cowfs::control::sanitizing::SanitizeState;
 use cowfs::control::ControlServer;
 use cowfs::fuse::MountTable;
-use cowfs::pool::{Pool, PoolOptions};
+use cowfs::pool::{Pool, PoolOptions, NO_OWNER};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -107,12 +107,14 @@ pub fn mount(pool_path: &Path, branch: &str, dir: &Path, read_only: bool) -> Fal
 /// otherwise).
 fn refuse_unfinished_clone(pool: &Pool, branch: &str) -> Result<(), Box<dyn std::error::Error>> {
     let state = SanitizeState::open(pool.name())?;
-    let id = pool.branch_id(branch).ok();
-    let unfinished = state.running().into_iter().any(|r| match r.id {
-        Some(running) => Some(running) == id,
-        // Recorded before the branch was created: known by name only.
-        None => r.name == branch,
-    });
+    // Not found: the mount says so.
+    let Ok(b) = pool.info(branch) else {
+        return Ok(());
+    };
+    // A version-1 file's entry without an id stands for the branch of that name
+    // only if it has no owner (see `Ctx::settle_first_layout`).
+    let unfinished = state.is_sanitizing(b.id)
+        || (b.owner == NO_OWNER && state.first_layout().is_some_and(|n| n.contains(&b.name)));
     if unfinished {
         return Err(format!(
             "branch '{branch}' is a clone whose sanitize did not finish ({} lists it), so it \

@@ -2,7 +2,7 @@
 //! pool's id in hex, PID the daemon's), mode 0700 and owned by the daemon,
 //! holding the mount point `clone/` of the clone being sanitized. The clone is mounted `allow_other` and still holds personal data,
 //! so nobody else may reach it: not other local users (no path through the
-//! directory), and not tokens (the daemon refuses mounts inside it, see
+//! directory), and not tokens (the daemon refuses mounts inside, on or above it, see
 //! `control::mount_points`). A hook that runs a server as the owner of its data
 //! (`runuser -u postgres`) needs that user to pass through: such users get
 //! search permission alone, by a POSIX ACL entry.
