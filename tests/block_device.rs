@@ -100,14 +100,21 @@ fn beside(dev: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-#[test]
-fn a_pool_on_a_block_device() {
+/// A temporary directory others may traverse (mariadbd and the like run as
+/// their own users), and its canonical path.
+fn scratch_dir() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::Builder::new()
         .prefix("cowfs-blockdev-")
         .tempdir()
         .expect("tempdir");
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).expect("chmod tmp");
     let base = tmp.path().canonicalize().expect("canonical tmp");
+    (tmp, base)
+}
+
+#[test]
+fn a_pool_on_a_block_device() {
+    let (_tmp, base) = scratch_dir();
     let state = base.join("state");
     let lo = LoopDevice::new(&base.join("image"), 256 << 20);
     let dev = lo.dev.as_path();
@@ -209,12 +216,7 @@ fn is_pool_id(p: &Path) -> bool {
 /// token and started without the sanitize profiles the pool requires.)
 #[test]
 fn a_pool_served_through_a_stable_name_of_its_device() {
-    let tmp = tempfile::Builder::new()
-        .prefix("cowfs-blockdev-")
-        .tempdir()
-        .expect("tempdir");
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).expect("chmod tmp");
-    let base = tmp.path().canonicalize().expect("canonical tmp");
+    let (_tmp, base) = scratch_dir();
     let state = base.join("state");
     let lo = LoopDevice::new(&base.join("image"), 256 << 20);
     let by_id = base.join("by-id");
@@ -269,11 +271,7 @@ fn a_pool_served_through_a_stable_name_of_its_device() {
 /// put them beside the device in /dev.)
 #[test]
 fn a_relative_device_path_keeps_the_side_files_in_the_state_directory() {
-    let tmp = tempfile::Builder::new()
-        .prefix("cowfs-blockdev-")
-        .tempdir()
-        .expect("tempdir");
-    let base = tmp.path().canonicalize().expect("canonical tmp");
+    let (_tmp, base) = scratch_dir();
     let state = base.join("state");
     let lo = LoopDevice::new(&base.join("image"), 256 << 20);
     // More `..` than base is deep: the kernel stops at `/`.

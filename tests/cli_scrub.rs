@@ -99,13 +99,7 @@ fn init_preallocate_writes_the_whole_capacity() {
 fn init_refuses_the_side_files_of_an_earlier_pool() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pool = dir.path().join("pool");
-    let init = || {
-        Command::new(env!("CARGO_BIN_EXE_cowfs"))
-            .args(["init", "--size", "64M"])
-            .arg(&pool)
-            .output()
-            .expect("cowfs init")
-    };
+    let init = || init_64m(&pool);
     assert!(init().status.success());
     std::fs::remove_file(&pool).expect("rm pool");
     let out = init();
@@ -130,13 +124,7 @@ fn init_refuses_the_side_files_of_an_earlier_pool() {
 fn init_on_a_pool_refuses_the_pool_not_its_side_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pool = dir.path().join("pool");
-    let init = || {
-        Command::new(env!("CARGO_BIN_EXE_cowfs"))
-            .args(["init", "--size", "64M"])
-            .arg(&pool)
-            .output()
-            .expect("cowfs init")
-    };
+    let init = || init_64m(&pool);
     assert!(init().status.success());
     let out = init();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -156,11 +144,7 @@ fn init_through_a_symlink_writes_the_tokens_where_the_daemon_reads_them() {
     std::fs::create_dir(&real).expect("mkdir");
     let link = dir.path().join("link");
     std::os::unix::fs::symlink(real.join("pool"), &link).expect("symlink");
-    let out = Command::new(env!("CARGO_BIN_EXE_cowfs"))
-        .args(["init", "--size", "64M"])
-        .arg(&link)
-        .output()
-        .expect("cowfs init");
+    let out = init_64m(&link);
     assert!(
         out.status.success(),
         "{}",
@@ -177,11 +161,7 @@ fn init_through_a_symlink_writes_the_tokens_where_the_daemon_reads_them() {
     // The pool file deleted, the link dangles: init through it still finds the
     // earlier pool's side files and refuses before writing anything.
     std::fs::remove_file(real.join("pool")).expect("rm pool");
-    let out = Command::new(env!("CARGO_BIN_EXE_cowfs"))
-        .args(["init", "--size", "64M"])
-        .arg(&link)
-        .output()
-        .expect("cowfs init");
+    let out = init_64m(&link);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("files of an earlier pool are in the way"),
@@ -191,4 +171,13 @@ fn init_through_a_symlink_writes_the_tokens_where_the_daemon_reads_them() {
         !real.join("pool").exists(),
         "the refused init created a pool file"
     );
+}
+
+/// `cowfs init --size 64M POOL`.
+fn init_64m(pool: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cowfs"))
+        .args(["init", "--size", "64M"])
+        .arg(pool)
+        .output()
+        .expect("cowfs init")
 }

@@ -1784,6 +1784,12 @@ fn truncate_without_cap_fsetid_drops_setid_even_for_root() {
     m.stop();
 }
 
+/// A file's (mtime, mtime_nsec, ctime, ctime_nsec).
+fn file_times(p: &Path) -> (i64, i64, i64, i64) {
+    let md = fs::metadata(p).unwrap();
+    (md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec())
+}
+
 /// With the writeback cache the kernel keeps a file's mtime and ctime and sends
 /// them itself (SETATTR) when it changes them. The daemon stamped its own clock on
 /// every page written back as well, a little later than the kernel's time, so a
@@ -1793,10 +1799,6 @@ fn truncate_without_cap_fsetid_drops_setid_even_for_root() {
 #[test]
 fn times_of_written_files_survive_a_remount() {
     let fx = Fixture::new();
-    let times = |p: &Path| {
-        let md = fs::metadata(p).unwrap();
-        (md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec())
-    };
     let m = fx.mount();
     // Inline bytes and extents, written right after the create; and a rewrite
     // later, whose times the kernel changes and sends.
@@ -1811,11 +1813,16 @@ fn times_of_written_files_survive_a_remount() {
     let f = OpenOptions::new().write(true).open(rewritten).unwrap();
     f.write_all_at(b"again", 4096).unwrap();
     drop(f);
-    let before: Vec<_> = files.iter().map(|p| times(p)).collect();
+    let before: Vec<_> = files.iter().map(|p| file_times(p)).collect();
     m.stop();
     let m = fx.mount();
     for (p, want) in files.iter().zip(&before) {
-        assert_eq!(times(p), *want, "{}: times after a remount", p.display());
+        assert_eq!(
+            file_times(p),
+            *want,
+            "{}: times after a remount",
+            p.display()
+        );
     }
     m.stop();
 }
@@ -1827,10 +1834,6 @@ fn times_of_written_files_survive_a_remount() {
 #[test]
 fn times_after_fallocate_and_copy_range_survive_a_remount() {
     let fx = Fixture::new();
-    let times = |p: &Path| {
-        let md = fs::metadata(p).unwrap();
-        (md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec())
-    };
     let m = fx.mount();
     write_file(&m.mnt.join("src"), &[b's'; 65536]);
     let src = File::open(m.mnt.join("src")).unwrap();
@@ -1859,13 +1862,13 @@ fn times_after_fallocate_and_copy_range_survive_a_remount() {
         unsafe { libc::lseek(src.as_raw_fd(), 0, libc::SEEK_SET) };
         op(f.as_raw_fd()).unwrap_or_else(|e| panic!("{what}: {e}"));
         drop(f);
-        before.push((p.clone(), *what, times(&p)));
+        before.push((p.clone(), *what, file_times(&p)));
     }
     drop(src);
     m.stop();
     let m = fx.mount();
     for (p, what, want) in &before {
-        assert_eq!(times(p), *want, "{what}: times after a remount");
+        assert_eq!(file_times(p), *want, "{what}: times after a remount");
     }
     m.stop();
 }
@@ -1878,10 +1881,6 @@ fn times_after_fallocate_and_copy_range_survive_a_remount() {
 #[test]
 fn truncate_to_the_same_size_keeps_the_times() {
     let fx = Fixture::new();
-    let times = |p: &Path| {
-        let md = fs::metadata(p).unwrap();
-        (md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec())
-    };
     // Inline bytes and extents.
     let files = [("inline", 100usize), ("extents", 10_000)];
     let mut before = Vec::new();
@@ -1889,7 +1888,7 @@ fn truncate_to_the_same_size_keeps_the_times() {
     for (name, len) in files {
         let p = m.mnt.join(name);
         write_file(&p, &vec![b'x'; len]);
-        before.push(times(&p));
+        before.push(file_times(&p));
     }
     std::thread::sleep(std::time::Duration::from_millis(20));
     for ((name, len), want) in files.iter().zip(&before) {
@@ -1901,13 +1900,13 @@ fn truncate_to_the_same_size_keeps_the_times() {
             0
         );
         assert_eq!(fs::metadata(&p).unwrap().len(), *len as u64);
-        assert_eq!(times(&p), *want, "{name}: times after the truncate");
+        assert_eq!(file_times(&p), *want, "{name}: times after the truncate");
     }
     m.stop();
     let m = fx.mount();
     for ((name, _), want) in files.iter().zip(&before) {
         assert_eq!(
-            times(&m.mnt.join(name)),
+            file_times(&m.mnt.join(name)),
             *want,
             "{name}: times after a remount"
         );
