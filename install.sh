@@ -30,6 +30,11 @@ main_mounted() { awk -v d="$DATA/main" '$2 == d { f = 1 } END { exit !f }' /proc
 
 stop() {
   local pid
+  if ! daemon_pid >/dev/null && ! main_mounted; then
+    # Say where it looked: DATA defaults to ./data of the current directory.
+    echo "no cowfs started with DATA=$DATA is running or mounted; nothing to stop"
+    return
+  fi
   if pid=$(daemon_pid); then
     kill -TERM "$pid"
     # Wait for the process, not for main's unmount: it unmounts every branch
@@ -76,4 +81,9 @@ ctl mount main "$DATA/main" >/dev/null
 main_mounted || { echo "mount failed; see $DATA/cowfs.log" >&2; exit 1; }
 echo "branch main of $DATA/pool is mounted on $DATA/main"
 echo "control: export COWFS_SOCKET=$DATA/pool.sock COWFS_TOKEN=\$(cat $DATA/pool.token)"
-echo "stop:    ./install.sh --stop"
+# --stop finds the daemon through DATA: a DATA other than the default must be given again.
+if [ "$DATA" = "$PWD/data" ]; then
+  echo "stop:    ./install.sh --stop"
+else
+  echo "stop:    DATA=$DATA ./install.sh --stop"
+fi
