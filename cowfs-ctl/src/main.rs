@@ -286,7 +286,8 @@ fn out<T: Serialize>(json: bool, v: &T, human: impl FnOnce(&T)) {
 fn run(cli: Cli) -> Result<(), Failure> {
     let socket = cli.socket.clone().ok_or_else(|| {
         Failure::Usage(
-            "no daemon socket: pass --socket PATH or set $COWFS_SOCKET (default of `cowfs serve POOL`: POOL.sock)"
+            "no daemon socket: pass --socket PATH or set $COWFS_SOCKET (default of `cowfs serve POOL`: \
+             POOL.sock beside a pool file, /var/lib/cowfs/<pool id>/pool.sock for a block device)"
                 .into(),
         )
     })?;
