@@ -1592,18 +1592,29 @@ fn has_xattr(p: &Path, name: &str) -> bool {
 /// Writing, truncating or chowning a file drops what it grants: set-user-ID always,
 /// set-group-ID when group-executable (by an unprivileged writer; chown always), and
 /// file capabilities on any write, as on Linux's native filesystems.
+/// A file's permission bits, set-id and sticky bits included.
+fn mode_bits(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().mode() & 0o7777
+}
+
+/// `dir/name` written with `data`, then given mode `bits` (chmod after the write,
+/// which would drop set-id bits).
+fn file_with_mode(dir: &Path, name: &str, data: &[u8], bits: u32) -> std::path::PathBuf {
+    let p = dir.join(name);
+    write_file(&p, data);
+    fs::set_permissions(&p, fs::Permissions::from_mode(bits)).unwrap();
+    p
+}
+
 #[test]
 fn write_truncate_and_chown_drop_privileges() {
     let fx = Fixture::new();
     let m = fx.mount();
     let root = &m.mnt;
     fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
-    let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
     let setid = |name: &str, bits: u32| {
-        let p = root.join(name);
-        write_file(&p, b"#!/bin/sh\n");
-        fs::set_permissions(&p, fs::Permissions::from_mode(bits)).unwrap();
-        assert_eq!(mode(&p), bits);
+        let p = file_with_mode(root, name, b"#!/bin/sh\n", bits);
+        assert_eq!(mode_bits(&p), bits);
         p
     };
     let r = root.display();
@@ -1612,21 +1623,25 @@ fn write_truncate_and_chown_drop_privileges() {
     let w = setid("w", 0o6777);
     let (ok, out) = as_nobody(&format!("echo more >> {r}/w"));
     assert!(ok, "{out}");
-    assert_eq!(mode(&w), 0o777, "write by nobody keeps set-id bits");
+    assert_eq!(mode_bits(&w), 0o777, "write by nobody keeps set-id bits");
     // Set-group-ID without group execute is a locking mark, not a privilege.
     let g = setid("g", 0o2666);
     let (ok, out) = as_nobody(&format!("echo more >> {r}/g"));
     assert!(ok, "{out}");
-    assert_eq!(mode(&g), 0o2666);
+    assert_eq!(mode_bits(&g), 0o2666);
     // An unprivileged truncate, and an O_TRUNC open.
     let t = setid("t", 0o6777);
     let (ok, out) = as_nobody(&format!("truncate -s 3 {r}/t"));
     assert!(ok, "{out}");
-    assert_eq!(mode(&t), 0o777, "truncate by nobody keeps set-id bits");
+    assert_eq!(mode_bits(&t), 0o777, "truncate by nobody keeps set-id bits");
     let o = setid("o", 0o4777);
     let (ok, out) = as_nobody(&format!("echo new > {r}/o"));
     assert!(ok, "{out}");
-    assert_eq!(mode(&o), 0o777, "O_TRUNC open by nobody keeps set-user-ID");
+    assert_eq!(
+        mode_bits(&o),
+        0o777,
+        "O_TRUNC open by nobody keeps set-user-ID"
+    );
     // Root writing (CAP_FSETID) keeps the bits.
     let k = setid("k", 0o6755);
     OpenOptions::new()
@@ -1635,13 +1650,13 @@ fn write_truncate_and_chown_drop_privileges() {
         .unwrap()
         .write_all(b"root\n")
         .unwrap();
-    assert_eq!(mode(&k), 0o6755);
+    assert_eq!(mode_bits(&k), 0o6755);
     // chown drops set-user-ID even for root, set-group-ID when group-executable.
     std::os::unix::fs::chown(&k, Some(NOBODY), None).unwrap();
-    assert_eq!(mode(&k), 0o755);
+    assert_eq!(mode_bits(&k), 0o755);
     let c = setid("c", 0o2750);
     std::os::unix::fs::chown(&c, None, Some(NOBODY)).unwrap();
-    assert_eq!(mode(&c), 0o750);
+    assert_eq!(mode_bits(&c), 0o750);
 
     // File capabilities go with any write, also root's.
     let cap = root.join("cap");
@@ -1673,13 +1688,7 @@ fn fallocate_and_copy_range_drop_privileges() {
     let m = fx.mount();
     let root = &m.mnt;
     fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
-    let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
-    let setid = |name: &str, bits: u32| {
-        let p = root.join(name);
-        write_file(&p, &[b'x'; 8192]);
-        fs::set_permissions(&p, fs::Permissions::from_mode(bits)).unwrap();
-        p
-    };
+    let setid = |name: &str, bits: u32| file_with_mode(root, name, &[b'x'; 8192], bits);
     write_file(&root.join("src"), &[b's'; 8192]);
     let src = File::open(root.join("src")).unwrap();
     let src_fd = src.as_raw_fd();
@@ -1722,14 +1731,14 @@ fn fallocate_and_copy_range_drop_privileges() {
             e
         };
         assert_eq!(errno_as_nobody(&run), 0, "{what} by nobody");
-        assert_eq!(mode(&p), 0o777, "{what} by nobody keeps set-id bits");
+        assert_eq!(mode_bits(&p), 0o777, "{what} by nobody keeps set-id bits");
     }
     // Root (CAP_FSETID) keeps them.
     let k = setid("k", 0o6755);
     let f = OpenOptions::new().write(true).open(&k).unwrap();
     fallocate(f.as_raw_fd(), 0, 0, 16384).unwrap();
     copy_file_range(src_fd, f.as_raw_fd(), 4096).unwrap();
-    assert_eq!(mode(&k), 0o6755);
+    assert_eq!(mode_bits(&k), 0o6755);
     drop((f, src));
     drop(m);
     fx.assert_fsck_clean();
@@ -1743,13 +1752,7 @@ fn fallocate_and_copy_range_drop_privileges() {
 fn truncate_without_cap_fsetid_drops_setid_even_for_root() {
     let fx = Fixture::new();
     let m = fx.mount();
-    let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
-    let setid = |name: &str| {
-        let p = m.mnt.join(name);
-        write_file(&p, b"#!/bin/sh\n");
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o6777)).unwrap();
-        p
-    };
+    let setid = |name: &str| file_with_mode(&m.mnt, name, b"#!/bin/sh\n", 0o6777);
     let dropped = setid("dropped");
     let (st, out) = run_text(
         std::process::Command::new("setpriv")
@@ -1765,7 +1768,7 @@ fn truncate_without_cap_fsetid_drops_setid_even_for_root() {
     assert!(st.success(), "{out}");
     assert_eq!(fs::metadata(&dropped).unwrap().len(), 3);
     assert_eq!(
-        mode(&dropped),
+        mode_bits(&dropped),
         0o777,
         "root without CAP_FSETID keeps set-id bits"
     );
@@ -1777,7 +1780,7 @@ fn truncate_without_cap_fsetid_drops_setid_even_for_root() {
         .set_len(3)
         .unwrap();
     assert_eq!(
-        mode(&kept),
+        mode_bits(&kept),
         0o6777,
         "root with CAP_FSETID loses set-id bits"
     );
