@@ -463,7 +463,7 @@ fn random_concurrent_changes_keep_every_invariant() {
         assert!(!is_mountpoint(Path::new(dir)), "{dir} stays mounted");
     }
     assert_fsck_clean(&d);
-    let state = cowfs::control::sanitizing::SanitizeState::open(&d.pool_path).expect("state");
+    let state = cowfs::control::sanitizing::SanitizeState::open(&d.pool).expect("state");
     assert!(state.running().is_empty(), "{:?}", state.running());
     let before = catalog(&mut admin);
     let mut d = d;

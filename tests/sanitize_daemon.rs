@@ -1130,6 +1130,44 @@ fn hook_mount_cannot_be_shadowed() {
     );
 }
 
+/// Root on the host mounts over the hooks' private directory while the hook
+/// runs: `$COWFS_CLONE_DIR` then leads into that mount, not to the clone, so
+/// the hooks may have scrubbed another tree. The clone is not published, even
+/// though the mount goes away a moment after the hook ended.
+#[test]
+fn hook_mount_cannot_be_covered_from_above() {
+    let env = Env::new();
+    let _served = serve(&env.base);
+    let _gate = OpenGate(env.gate(""));
+    let mut admin = env.connect(&env.admin);
+    make_prod(&env, &mut admin);
+    let (creator, private) = gated_victim(&env);
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&private)
+        .status()
+        .expect("mount tmpfs");
+    assert!(st.success());
+    std::fs::write(env.gate(""), b"").expect("open gate");
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = Command::new("umount").arg(&private).status();
+    let e = server_error(creator.join().expect("creator thread"));
+    assert_eq!(e.kind, ErrorKind::SanitizeFailed, "{e}");
+    assert!(
+        e.message.contains("mounts on the path") && e.message.contains(&s(&private)),
+        "{e}"
+    );
+    assert!(
+        !admin
+            .list()
+            .expect("list")
+            .iter()
+            .any(|b| b.name == "victim"),
+        "the clone is not published"
+    );
+    assert!(!private.exists(), "the hooks' directory is removed");
+}
+
 /// The hooks' private directory, and every directory above it, holds the clone's
 /// mount: a branch mounted there would hide the clone from a hook that reaches it
 /// by `$COWFS_CLONE_DIR` (which would then scrub that branch instead, and the

@@ -37,17 +37,28 @@ impl Daemon {
 
     /// With a control config and a pool of `capacity` bytes.
     pub fn start_with(config: Option<&str>, capacity: u64) -> Daemon {
-        let tmp = tempfile::Builder::new()
-            .prefix("cowfs-ctl-test-")
-            .tempdir()
-            .expect("tempdir");
-        let base = tmp.path().canonicalize().expect("canonical tmp");
-        let pool_path = base.join("pool");
+        let tmp = test_dir();
+        let pool_path = tmp
+            .path()
+            .canonicalize()
+            .expect("canonical tmp")
+            .join("pool");
         let opts = PoolOptions {
             capacity_bytes: Some(capacity),
             ..Default::default()
         };
-        let pool = Arc::new(Pool::create(&pool_path, &opts).expect("create pool"));
+        let pool = Pool::create(&pool_path, &opts).expect("create pool");
+        Daemon::start_on(tmp, pool, config)
+    }
+
+    /// Serve `pool`, whose file is `tmp/pool` (a pool made otherwise, say one
+    /// left by a crash), with a new admin token and a control config holding
+    /// `config` (TOML).
+    pub fn start_on(tmp: tempfile::TempDir, pool: Pool, config: Option<&str>) -> Daemon {
+        let base = tmp.path().canonicalize().expect("canonical tmp");
+        let pool_path = base.join("pool");
+        assert_eq!(pool.name(), pool_path, "the pool must be tmp/pool");
+        let pool = Arc::new(pool);
         let secret_file = tokens::init_admin_token(&pool_path).expect("admin token");
         let admin = std::fs::read_to_string(secret_file)
             .expect("read POOL.token")
@@ -130,6 +141,14 @@ impl Drop for Daemon {
         self.stop();
         lazy_unmount_under(self.tmp.path());
     }
+}
+
+/// A temporary directory for a daemon's pool and side files.
+pub fn test_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("cowfs-ctl-test-")
+        .tempdir()
+        .expect("tempdir")
 }
 
 /// Detach any FUSE mount left under `dir` (a failed test must leave nothing).

@@ -28,14 +28,14 @@ use super::errors;
 use super::mount_points;
 use super::quotas::QuotaStore;
 use super::sanitize::{self, Profile, SanitizeConfig, SanitizeError};
-use super::sanitizing::{Running, SanitizeState};
+use super::sanitizing::SanitizeState;
 use super::tokens::{Authenticated, TokenStore, TokenView};
 use super::ControlError;
 use crate::fuse::MountTable;
 use crate::pool::admin::GroupMember as PoolMember;
 use crate::pool::diff::PathChangeKind;
 use crate::pool::quota::{QuotaLimits, QuotaStatus};
-use crate::pool::{self as pool, BranchId, Pool, PoolError, NO_OWNER};
+use crate::pool::{self as pool, BranchId, Pool, PoolError};
 
 /// Progress events of one sanitize run are sent at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
@@ -142,7 +142,6 @@ impl Ctx {
             path: self.state.path().to_path_buf(),
             source,
         };
-        self.settle_first_layout().map_err(io)?;
         let running = self.state.running();
         for r in &running {
             let found = self.pool.list().into_iter().find(|b| b.id == r.id);
@@ -164,30 +163,6 @@ impl Ctx {
             }
         }
         Ok(())
-    }
-
-    /// A version-1 state file's entries without an id name a clone by name
-    /// alone: the clone a daemon was creating when it stopped, or, if a failed
-    /// write left the entry, any branch given that name later. Only a branch
-    /// without an owner is taken for the clone (a sanitized clone gets its owner
-    /// when ready; branches created through the daemon have one from the start);
-    /// it is recorded by id, the others are forgotten.
-    fn settle_first_layout(&self) -> std::io::Result<()> {
-        let Some(names) = self.state.first_layout() else {
-            return Ok(());
-        };
-        let mut found = Vec::new();
-        for name in names {
-            match self.pool.info(&name) {
-                Ok(b) if b.owner == NO_OWNER => found.push(Running { id: b.id, name }),
-                Ok(_) => log::warn!(
-                    "{}: keeping branch '{name}': the unfinished clone recorded under that name is not it (it has an owner)",
-                    self.state.path().display()
-                ),
-                Err(_) => {}
-            }
-        }
-        self.state.settle_first_layout(found)
     }
 
     /// The token a connection authenticated as, if it still exists, with the

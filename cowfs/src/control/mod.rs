@@ -101,7 +101,7 @@ impl ControlServer {
             None => sanitize::SanitizeConfig::parse("", Path::new("."))?,
         };
         let key = sanitize::load_or_create_key(pool.name())?;
-        let state = sanitizing::SanitizeState::open(pool.name())?;
+        let state = sanitizing::SanitizeState::open(&pool)?;
         // A daemon killed while a hook ran left the hooks' directory; its dead
         // mount there was detached by `MountTable::new` (`mounts` exists).
         sanitize::private_dir::remove_stale(&profiles.scratch_dir, pool.id());

@@ -86,6 +86,15 @@ pub fn holding(mounts: &[Mount], path: &Path) -> Option<u64> {
     best.map(|m| m.id)
 }
 
+/// The mounts at `path` (canonical) and above it: those its lookup may cross.
+pub fn along(mounts: &[Mount], path: &Path) -> Vec<Mount> {
+    mounts
+        .iter()
+        .filter(|m| path.starts_with(&m.point))
+        .cloned()
+        .collect()
+}
+
 /// Mount points strictly below `dir` (canonical).
 pub fn below(mounts: &[Mount], dir: &Path) -> Vec<PathBuf> {
     mounts
@@ -124,5 +133,10 @@ mod tests {
         assert_eq!(holding(&m, Path::new("/tmp/x/y")), Some(43));
         assert_eq!(below(&m, Path::new("/tmp")).len(), 3);
         assert!(below(&m, Path::new("/tmp/x")).is_empty());
+        let ids = |v: Vec<Mount>| v.iter().map(|m| m.id).collect::<Vec<_>>();
+        // Every mount a lookup of the path crosses, the stacked ones included;
+        // not "/tmp/a b" for "/tmp/a".
+        assert_eq!(ids(along(&m, Path::new("/tmp/x/y"))), [22, 30, 42, 43]);
+        assert_eq!(ids(along(&m, Path::new("/tmp/a"))), [22, 30]);
     }
 }

@@ -189,6 +189,9 @@ pub(crate) struct Engine {
     dirty_branches: BTreeSet<BranchId>,
     deleted_branches: BTreeSet<BranchId>,
     next_branch_id: u64,
+    /// `next_branch_id` in the last superblock written: a commit is due while
+    /// they differ, so that a taken id is never handed out again after a crash.
+    written_next_branch_id: u64,
     created_unix: u64,
     open: HashMap<(BranchId, u64), u32>,
     poisoned: bool,
@@ -579,27 +582,30 @@ impl Pool {
         from: &str,
         owner: TokenId,
     ) -> PoolResult<BranchId> {
-        self.e
-            .lock()
-            .create_child(name, from, false, owner, |_| Ok(()))
+        self.e.lock().create_child(name, from, false, owner)
     }
 
     /// `branch_create` (no owner) that calls `record` with the branch's id before
     /// the commit that creates it, so that a caller can remember the branch
     /// durably before it can exist (sanitized clones, control/sanitizing.rs). If
-    /// `record` fails nothing is created. The id is not handed out again while
-    /// the pool is open, even if `record` or the creation fails, so what was
-    /// recorded names no other branch. (After a crash before the next commit it
-    /// may be: the daemon settles what it recorded at start, before creating.)
+    /// `record` fails nothing is created. The id is taken in a commit of its own
+    /// before `record` runs, so it is never handed out again, even if `record`
+    /// or the creation fails or the process dies before the next commit: what
+    /// was recorded names no other branch.
     pub fn branch_create_recorded(
         &self,
         name: &str,
         from: &str,
         record: impl FnOnce(BranchId) -> PoolResult<()>,
     ) -> PoolResult<BranchId> {
-        self.e
-            .lock()
-            .create_child(name, from, false, NO_OWNER, record)
+        let mut e = self.e.lock();
+        let parent = e.check_child(name, from)?;
+        let id = e.take_branch_id();
+        e.commit()?;
+        // That commit may have used the room `check_child` made sure of.
+        e.ensure_commit_room(1)?;
+        record(id)?;
+        e.insert_child(id, parent, name, false, NO_OWNER)
     }
 
     /// `snapshot_create`, recording in the same commit that token `owner` created it.
@@ -609,9 +615,7 @@ impl Pool {
         from: &str,
         owner: TokenId,
     ) -> PoolResult<BranchId> {
-        self.e
-            .lock()
-            .create_child(name, from, true, owner, |_| Ok(()))
+        self.e.lock().create_child(name, from, true, owner)
     }
 
     /// The branches and snapshots token `owner` created.
@@ -1226,6 +1230,7 @@ impl Engine {
             dirty_branches: BTreeSet::new(),
             deleted_branches: BTreeSet::new(),
             next_branch_id,
+            written_next_branch_id: next_branch_id,
             created_unix,
             open: HashMap::new(),
             poisoned: false,
@@ -1533,8 +1538,15 @@ impl Engine {
         from: &str,
         snapshot: bool,
         owner: TokenId,
-        record: impl FnOnce(BranchId) -> PoolResult<()>,
     ) -> PoolResult<BranchId> {
+        let parent = self.check_child(name, from)?;
+        let id = self.take_branch_id();
+        self.insert_child(id, parent, name, snapshot, owner)
+    }
+
+    /// Can a child `name` of `from` be created, with room for its commit? Its
+    /// parent's id.
+    fn check_child(&mut self, name: &str, from: &str) -> PoolResult<BranchId> {
         check_branch_name(name)?;
         self.writable()?;
         if self.id_of(name).is_ok() {
@@ -1542,11 +1554,26 @@ impl Engine {
         }
         let parent = self.id_of(from)?;
         self.ensure_commit_room(1)?;
-        // Taken before `record`, and kept if it fails: an id `record` wrote down
-        // is never given to another branch.
+        Ok(parent)
+    }
+
+    /// The next branch id, never handed out again (the next commit makes that
+    /// durable, see `has_changes`).
+    fn take_branch_id(&mut self) -> BranchId {
         let id = self.next_branch_id;
         self.next_branch_id += 1;
-        record(id)?;
+        id
+    }
+
+    /// Create child `id` of `parent` (`check_child`) and commit it.
+    fn insert_child(
+        &mut self,
+        id: BranchId,
+        parent: BranchId,
+        name: &str,
+        snapshot: bool,
+        owner: TokenId,
+    ) -> PoolResult<BranchId> {
         let p = self.branches[&parent].clone();
         self.st.inc_node(p.root)?;
         self.quotas.root_shared(parent);
@@ -1745,6 +1772,7 @@ impl Engine {
     fn has_changes(&self) -> bool {
         !self.dirty_branches.is_empty()
             || !self.deleted_branches.is_empty()
+            || self.next_branch_id != self.written_next_branch_id
             || self.st.dirty_nodes() > 0
             || self.st.space.has_changes()
     }
@@ -1911,6 +1939,7 @@ impl Engine {
         };
         let slot = Superblock::slot_for(generation);
         dev.write_at(slot, &sb.encode()).map_err(|e| io(e, slot))?;
+        self.written_next_branch_id = sb.next_branch_id;
         self.deleted_branches.clear();
         self.dirty_branches.clear();
         // The next transaction starts now; this one is durable after a flush.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use cowfs::control::sanitizing::SanitizeState;
 use cowfs::control::ControlServer;
 use cowfs::fuse::MountTable;
-use cowfs::pool::{Pool, PoolOptions, NO_OWNER};
+use cowfs::pool::{Pool, PoolOptions};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -106,16 +106,13 @@ pub fn mount(pool_path: &Path, branch: &str, dir: &Path, read_only: bool) -> Fal
 /// mounts it, `cowfs mount` included (which does not read the daemon's state
 /// otherwise).
 fn refuse_unfinished_clone(pool: &Pool, branch: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let state = SanitizeState::open(pool.name())?;
+    // A version-1 file is upgraded here if no daemon started since.
+    let state = SanitizeState::open(pool)?;
     // Not found: the mount says so.
     let Ok(b) = pool.info(branch) else {
         return Ok(());
     };
-    // A version-1 file's entry without an id stands for the branch of that name
-    // only if it has no owner (see `Ctx::settle_first_layout`).
-    let unfinished = state.is_sanitizing(b.id)
-        || (b.owner == NO_OWNER && state.first_layout().is_some_and(|n| n.contains(&b.name)));
-    if unfinished {
+    if state.is_sanitizing(b.id) {
         return Err(format!(
             "branch '{branch}' is a clone whose sanitize did not finish ({} lists it), so it \
              may hold unsanitized data; `cowfs serve {}` deletes it when it starts",

@@ -363,7 +363,8 @@ fn exists(pool: &Pool, b: BranchId, path: &str) -> Result<bool, SanitizeError> {
 /// read-write mount of `branch` in a fresh private directory under `scratch`
 /// (see `private_dir`; unmounted and removed afterwards, also on failure). Stops
 /// at the first failing hook. Fails if anything was mounted inside the clone's
-/// mount when the hooks end: they did not see (only) the clone.
+/// mount when the hooks end, or if the mounts at or above it are not those of
+/// when it was made: they did not see (only) the clone.
 pub fn run_hooks(
     pool: &Pool,
     mounts: &MountTable,
@@ -429,6 +430,16 @@ pub fn run_hooks_cancellable(
         cleanup();
         return Err(mount_err(e));
     }
+    // The mounts a lookup of `dir` crosses, ours included. A hook reaches the clone
+    // by that path ($COWFS_CLONE_DIR): anything mounted on it or above it
+    // later (root on the host can; tokens cannot), or ours gone, and the path
+    // leads to another tree. Unreadable: none, so that every check fails.
+    let path_mounts = mountinfo::read()
+        .map(|m| mountinfo::along(&m, &dir))
+        .unwrap_or_else(|e| {
+            log::error!("sanitize '{branch}': reading /proc/self/mountinfo: {e}");
+            Vec::new()
+        });
     let watched: Vec<&str> = todo
         .iter()
         .filter_map(|h| h.when_exists.as_deref())
@@ -449,6 +460,14 @@ pub fn run_hooks_cancellable(
             Ok(r) => reports.push(r),
             Err(e) => result = Err(e),
         }
+        let changed = path_changes(&path_mounts, &dir);
+        if !changed.is_empty() {
+            log::error!(
+                "sanitize '{branch}': the mounts on the path to the hooks' mount of the clone changed while hook '{}' ran: {changed:?}",
+                h.name
+            );
+            result = Err(SanitizeError::PathChanged { mounts: changed });
+        }
     }
     // Anything mounted inside the clone's mount hid part of the clone from the
     // hooks: what they scrubbed was not (all) the clone. Never publish then.
@@ -468,11 +487,17 @@ pub fn run_hooks_cancellable(
     // Processes killed a moment ago may still hold files open: retry briefly.
     // A mount inside is the other reason for a busy unmount; one seen while
     // retrying fails the run too, even if it goes away before the unmount works.
+    // A mount above it makes the path lead elsewhere: wait for it to go too.
     let mut unmounted = mounts.unmount(&dir);
     for _ in 0..50 {
-        let Err(MountError::Busy(_)) = unmounted else {
-            break;
+        let retry = match &unmounted {
+            Ok(()) => false,
+            Err(MountError::Busy(_)) => true,
+            Err(_) => mounted_along_since(&path_mounts, &dir),
         };
+        if !retry {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(100));
         if result.is_ok() {
             if let Some(below) = mountinfo::read().ok().map(|m| mountinfo::below(&m, &dir)) {
@@ -489,6 +514,31 @@ pub fn run_hooks_cancellable(
         Err(e) => log::error!("sanitize '{branch}': unmounting {}: {e}", dir.display()),
     }
     result.map(|()| reports)
+}
+
+/// The mount points at or above `dir` that are not as in `before` (its mounts
+/// along the path when the clone was mounted): mounted since, or gone. If
+/// mountinfo cannot be read, `dir` itself (nothing is known to be the same).
+fn path_changes(before: &[mountinfo::Mount], dir: &Path) -> Vec<PathBuf> {
+    let now = match mountinfo::read() {
+        Ok(m) => mountinfo::along(&m, dir),
+        Err(e) => {
+            log::error!("reading /proc/self/mountinfo: {e}");
+            return vec![dir.to_path_buf()];
+        }
+    };
+    let gone = before.iter().filter(|m| !now.contains(m));
+    let new = now.iter().filter(|m| !before.contains(m));
+    new.chain(gone).map(|m| m.point.clone()).collect()
+}
+
+/// Is anything mounted at or above `dir` that was not in `before`?
+fn mounted_along_since(before: &[mountinfo::Mount], dir: &Path) -> bool {
+    mountinfo::read().is_ok_and(|m| {
+        mountinfo::along(&m, dir)
+            .iter()
+            .any(|m| !before.contains(m))
+    })
 }
 
 #[cfg(test)]

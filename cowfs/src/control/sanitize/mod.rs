@@ -167,6 +167,8 @@ pub enum SanitizeError {
     },
     #[error("sanitize: something was mounted inside the hooks' private mount of the clone ({}), so the hooks did not see the clone; it is not published", mounts.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", "))]
     Shadowed { mounts: Vec<PathBuf> },
+    #[error("sanitize: the mounts on the path to the hooks' private mount of the clone changed while the hooks ran (mounted or unmounted at: {}), so the hooks may not have worked on the clone; it is not published", mounts.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", "))]
+    PathChanged { mounts: Vec<PathBuf> },
     #[error("sanitize: cancelled (the daemon is stopping)")]
     Cancelled,
 }
