@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cowfs::fs::file::SeekWhence;
+use cowfs::fs::items::{XATTR_LIST_MAX, XATTR_SIZE_MAX};
 use cowfs::fs::{Owner, SetAttr, ROOT_INO};
 use cowfs::pool::{FsckOptions, Pool, PoolOptions};
 use cowfs::store::device::MemDevice;
@@ -458,8 +459,8 @@ fn model_apply(m: &mut Model, op: &Op) -> R {
                 return Err(libc::ERANGE);
             }
             let n = m.nodes.get_mut(ino).ok_or(libc::ENOENT)?;
-            if 2 + name.len() + value.len() > cowfs::btree::MAX_VALUE_LEN {
-                return Err(libc::ENOSPC);
+            if value.len() > XATTR_SIZE_MAX {
+                return Err(libc::E2BIG);
             }
             let exists = n.xattrs.contains_key(name);
             if exists && flags & XATTR_CREATE != 0 {
@@ -467,6 +468,10 @@ fn model_apply(m: &mut Model, op: &Op) -> R {
             }
             if !exists && flags & XATTR_REPLACE != 0 {
                 return Err(libc::ENODATA);
+            }
+            let list: usize = n.xattrs.keys().map(|k| k.len() + 1).sum();
+            if !exists && list + name.len() + 1 > XATTR_LIST_MAX {
+                return Err(libc::ENOSPC);
             }
             n.xattrs.insert(name.clone(), value.0.clone());
             Ok(0)
@@ -942,8 +947,10 @@ impl Gen<'_> {
                 }
             }
             82..=87 => {
+                // Some values too large for one tree item (chunked), and some
+                // too large for the kernel.
                 let vlen = if self.rng.gen_bool(0.05) {
-                    2100
+                    [2100, 9000, XATTR_SIZE_MAX, XATTR_SIZE_MAX + 1][self.rng.gen_range(0..4)]
                 } else {
                     self.rng.gen_range(0..300)
                 };

@@ -99,11 +99,26 @@ fn first_format_pool_opens_and_reads() {
     let slot = |s: usize| &bytes[s * 4096..(s + 1) * 4096];
     let generation = |s: usize| u64::from_le_bytes(slot(s)[16..24].try_into().unwrap());
     let newest = if generation(0) > generation(1) { 0 } else { 1 };
-    assert_eq!(slot(newest)[8..12], 3u32.to_le_bytes());
+    assert_eq!(slot(newest)[8..12], 4u32.to_le_bytes());
     let pool = Pool::open(&copy, &PoolOptions::default()).unwrap();
     assert_eq!(
         pool.read_file(main, hello.ino, 0, 100).unwrap(),
         b"hello from format 1\n"
+    );
+    // Its inodes (chunk counter 0 in version 1) take values too large for one item.
+    let large: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+    pool.setxattr(main, hello.ino, b"user.large", &large, 0)
+        .unwrap();
+    pool.commit().unwrap();
+    drop(pool);
+    let pool = Pool::open(&copy, &PoolOptions::default()).unwrap();
+    assert_eq!(
+        pool.getxattr(main, hello.ino, b"user.large").unwrap(),
+        large
+    );
+    assert_eq!(
+        pool.getxattr(main, hello.ino, b"user.origin").unwrap(),
+        b"fixture"
     );
     let report = pool.fsck(&FsckOptions::default()).unwrap();
     assert!(report.is_clean(), "{report}");
@@ -114,24 +129,24 @@ fn newer_format_version_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("pool");
     std::fs::copy(fixture(), &copy).unwrap();
-    // Rewrite both slots as format version 4 with valid checksums.
+    // Rewrite both slots as format version 5 with valid checksums.
     let mut bytes = std::fs::read(&copy).unwrap();
     for slot in 0..2 {
         let b = &mut bytes[slot * 4096..(slot + 1) * 4096];
         if b.iter().all(|&x| x == 0) {
             continue;
         }
-        b[8..12].copy_from_slice(&4u32.to_le_bytes());
+        b[8..12].copy_from_slice(&5u32.to_le_bytes());
         let crc = crc32fast::hash(&b[..4092]);
         b[4092..].copy_from_slice(&crc.to_le_bytes());
     }
     std::fs::write(&copy, &bytes).unwrap();
     let err = Pool::open(&copy, &PoolOptions::default())
         .err()
-        .expect("version 4 must be refused");
+        .expect("version 5 must be refused");
     let msg = err.to_string();
     assert!(
-        msg.contains("version 4") && msg.contains("versions 1 to 3"),
+        msg.contains("version 5") && msg.contains("versions 1 to 4"),
         "{msg}"
     );
 }

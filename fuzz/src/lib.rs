@@ -8,7 +8,10 @@
 use std::sync::{Arc, OnceLock};
 
 use cowfs::btree::Node;
-use cowfs::fs::items::{xattr_decode, xattr_encode, DirEntry, Extent, Inode};
+use cowfs::fs::items::{
+    xattr_chunk_key, xattr_chunk_pos, xattr_chunks, xattr_decode, xattr_encode,
+    xattr_encode_chunked, DirEntry, Extent, Inode, XattrValue,
+};
 use cowfs::fs::{Owner, ROOT_INO};
 use cowfs::pool::catalog::BranchRecord;
 use cowfs::pool::{FsckOptions, Pool, PoolOptions};
@@ -143,7 +146,7 @@ pub fn catalog_record(data: &[u8]) {
     }
 }
 
-/// Filesystem items: inode, directory entry, extent, xattr.
+/// Filesystem items: inode, directory entry, extent, xattr (inline or chunked).
 pub fn fs_items(data: &[u8]) {
     if let Some(i) = Inode::decode(data) {
         assert_eq!(Inode::decode(&i.encode()), Some(i));
@@ -158,8 +161,17 @@ pub fn fs_items(data: &[u8]) {
             assert_eq!(s, e);
         }
     }
-    if let Some((n, v)) = xattr_decode(data) {
-        assert_eq!(xattr_encode(n, v), data);
+    match xattr_decode(data) {
+        Some((n, XattrValue::Inline(v))) => assert_eq!(xattr_encode(n, v), data),
+        Some((n, XattrValue::Chunked { id, len })) => {
+            assert_eq!(xattr_encode_chunked(n, id, len), data);
+            // Every chunk of the value has a key that gives back its id and index.
+            for index in 0..xattr_chunks(len as usize) {
+                let k = xattr_chunk_key(1, id, index);
+                assert_eq!(xattr_chunk_pos(k.off), (id, index));
+            }
+        }
+        None => {}
     }
 }
 

@@ -10,7 +10,8 @@ pub const KIND_INODE: u8 = 1;
 pub const KIND_DIRENT: u8 = 2;
 /// offset = per-directory sequence number (readdir cookie); value = DirEntry
 pub const KIND_DIRINDEX: u8 = 3;
-/// offset = name hash (probed); value = name length u16, name, value
+/// offset = name hash (probed); value = name length u16, name, then the value or,
+/// for a value too large for one item, where its chunks are (`XattrValue`)
 pub const KIND_XATTR: u8 = 4;
 /// offset 0; value = the file's bytes (small files)
 pub const KIND_INLINE: u8 = 5;
@@ -18,6 +19,8 @@ pub const KIND_INLINE: u8 = 5;
 pub const KIND_EXTENT: u8 = 6;
 /// id 0, offset = inode number with nlink 0 still open somewhere
 pub const KIND_ORPHAN: u8 = 7;
+/// offset = chunk id << 6 | chunk index; value = one piece of a large xattr value
+pub const KIND_XATTR_CHUNK: u8 = 8;
 
 /// Largest file kept inline in the tree.
 pub const INLINE_MAX: usize = 1024;
@@ -28,6 +31,25 @@ pub const MAX_NAME_LEN: usize = 255;
 pub const HASH_PROBE: u64 = 64;
 
 pub const EXTENT_UNWRITTEN: u32 = 1;
+
+/// Largest xattr value, the kernel's XATTR_SIZE_MAX (it refuses larger ones itself).
+pub const XATTR_SIZE_MAX: usize = 65536;
+/// Largest names list (each name and a NUL), the kernel's XATTR_LIST_MAX: a longer
+/// one could not be listed at all.
+pub const XATTR_LIST_MAX: usize = 65536;
+/// Bytes per chunk of a large value: every chunk but the last is full.
+pub const XATTR_CHUNK_LEN: usize = crate::btree::MAX_VALUE_LEN;
+/// Chunks of the largest value.
+pub const XATTR_MAX_CHUNKS: u64 = XATTR_SIZE_MAX.div_ceil(XATTR_CHUNK_LEN) as u64;
+/// Low bits of a chunk key's offset that hold the chunk index.
+const CHUNK_INDEX_BITS: u32 = 6;
+// Every chunk index of the largest value fits the index bits.
+const _: () = assert!(XATTR_MAX_CHUNKS <= 1 << CHUNK_INDEX_BITS);
+/// Chunk ids are below this, so that `id << 6` keeps every bit.
+pub const XATTR_CHUNK_IDS: u64 = 1 << (64 - CHUNK_INDEX_BITS);
+/// Bit of an XATTR item's name length that marks a chunked value (names are at most
+/// 255 bytes, so a version-3 item never has it).
+const XATTR_CHUNKED: u16 = 0x8000;
 
 pub fn inode_key(ino: u64) -> Key {
     Key::new(ino, KIND_INODE, 0)
@@ -106,6 +128,9 @@ pub struct Inode {
     pub next_seq: u64,
     /// 4 KiB blocks mapped by extents.
     pub blocks: u64,
+    /// The id the next large xattr value's chunks get (ids are never reused, so a
+    /// value's chunks cannot mix with those of the value it replaced).
+    pub next_chunk_id: u64,
 }
 
 pub const INODE_SIZE: usize = 116;
@@ -140,6 +165,7 @@ impl Inode {
         put_u64(&mut b, 84, self.parent);
         put_u64(&mut b, 92, self.next_seq);
         put_u64(&mut b, 100, self.blocks);
+        put_u64(&mut b, 108, self.next_chunk_id);
         b
     }
 
@@ -166,6 +192,7 @@ impl Inode {
             parent: u64_at(b, 84),
             next_seq: u64_at(b, 92),
             blocks: u64_at(b, 100),
+            next_chunk_id: u64_at(b, 108),
         })
     }
 }
@@ -259,6 +286,14 @@ impl Extent {
     }
 }
 
+/// An XATTR item's value: the bytes themselves, or for a value too large for one
+/// item, the id of its chunks (KIND_XATTR_CHUNK) and its length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XattrValue<'a> {
+    Inline(&'a [u8]),
+    Chunked { id: u64, len: u32 },
+}
+
 pub fn xattr_encode(name: &[u8], value: &[u8]) -> Vec<u8> {
     let mut b = vec![0u8; 2 + name.len() + value.len()];
     put_u16(&mut b, 0, name.len() as u16);
@@ -267,15 +302,54 @@ pub fn xattr_encode(name: &[u8], value: &[u8]) -> Vec<u8> {
     b
 }
 
-pub fn xattr_decode(b: &[u8]) -> Option<(&[u8], &[u8])> {
+/// A chunked value's item: name length with `XATTR_CHUNKED` set, name, chunk id
+/// `u64`, value length `u32`.
+pub fn xattr_encode_chunked(name: &[u8], id: u64, len: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 2 + name.len() + 12];
+    put_u16(&mut b, 0, name.len() as u16 | XATTR_CHUNKED);
+    b[2..2 + name.len()].copy_from_slice(name);
+    put_u64(&mut b, 2 + name.len(), id);
+    put_u32(&mut b, 10 + name.len(), len);
+    b
+}
+
+pub fn xattr_decode(b: &[u8]) -> Option<(&[u8], XattrValue<'_>)> {
     if b.len() < 2 {
         return None;
     }
-    let n = u16_at(b, 0) as usize;
+    let raw = u16_at(b, 0);
+    let n = (raw & !XATTR_CHUNKED) as usize;
     if 2 + n > b.len() {
         return None;
     }
-    Some((&b[2..2 + n], &b[2 + n..]))
+    let name = &b[2..2 + n];
+    if raw & XATTR_CHUNKED == 0 {
+        return Some((name, XattrValue::Inline(&b[2 + n..])));
+    }
+    if b.len() != 2 + n + 12 {
+        return None;
+    }
+    let (id, len) = (u64_at(b, 2 + n), u32_at(b, 10 + n));
+    // Readers multiply out the id and allocate the length: bound both.
+    if id >= XATTR_CHUNK_IDS || len == 0 || len as usize > XATTR_SIZE_MAX {
+        return None;
+    }
+    Some((name, XattrValue::Chunked { id, len }))
+}
+
+/// Chunks of a value of `len` bytes.
+pub fn xattr_chunks(len: usize) -> u64 {
+    len.div_ceil(XATTR_CHUNK_LEN) as u64
+}
+
+/// The key of chunk `index` of the chunks with id `id` (below `XATTR_CHUNK_IDS`).
+pub fn xattr_chunk_key(ino: u64, id: u64, index: u64) -> Key {
+    Key::new(ino, KIND_XATTR_CHUNK, id << CHUNK_INDEX_BITS | index)
+}
+
+/// (chunk id, chunk index) of a chunk key's offset.
+pub fn xattr_chunk_pos(off: u64) -> (u64, u64) {
+    (off >> CHUNK_INDEX_BITS, off & ((1 << CHUNK_INDEX_BITS) - 1))
 }
 
 /// Blocks an item references, for the tree's reference counting: data extents.
@@ -300,6 +374,7 @@ mod tests {
             size: 99,
             mtime: Timespec { sec: -3, nsec: 7 },
             blocks: 3,
+            next_chunk_id: 9,
             ..Default::default()
         };
         assert_eq!(Inode::decode(&i.encode()), Some(i));
@@ -320,7 +395,25 @@ mod tests {
         assert_eq!(Extent::decode(&[0u8; 16]), None);
         assert_eq!(
             xattr_decode(&xattr_encode(b"user.a", b"v")),
-            Some((&b"user.a"[..], &b"v"[..]))
+            Some((&b"user.a"[..], XattrValue::Inline(b"v")))
+        );
+        let chunked = XattrValue::Chunked { id: 5, len: 65536 };
+        assert_eq!(
+            xattr_decode(&xattr_encode_chunked(b"user.a", 5, 65536)),
+            Some((&b"user.a"[..], chunked))
+        );
+        // Lengths and ids readers could not use are refused.
+        assert_eq!(
+            xattr_decode(&xattr_encode_chunked(b"user.a", 5, 65537)),
+            None
+        );
+        assert_eq!(xattr_decode(&xattr_encode_chunked(b"user.a", 5, 0)), None);
+        let id = XATTR_CHUNK_IDS;
+        assert_eq!(xattr_decode(&xattr_encode_chunked(b"user.a", id, 9)), None);
+        let key = xattr_chunk_key(3, XATTR_CHUNK_IDS - 1, XATTR_MAX_CHUNKS - 1);
+        assert_eq!(
+            xattr_chunk_pos(key.off),
+            (XATTR_CHUNK_IDS - 1, XATTR_MAX_CHUNKS - 1)
         );
     }
 }

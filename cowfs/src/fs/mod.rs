@@ -9,6 +9,7 @@ pub mod items;
 mod logged;
 pub mod readplan;
 pub mod xattr;
+mod xattr_value;
 
 use crate::btree::{tree, Key, NodeStore};
 use crate::store::{BlockAddr, StoreError};

@@ -1,8 +1,10 @@
-//! Extended attributes, one item each, keyed by name hash with probing.
+//! Extended attributes, one item each, keyed by name hash with probing (a large
+//! value's bytes live beside it: `xattr_value`).
 
 use super::items::*;
+use super::xattr_value::Stored;
 use super::{err, FsResult, FsTree};
-use crate::btree::{Key, MAX_VALUE_LEN};
+use crate::btree::Key;
 
 pub const XATTR_CREATE: u32 = 1;
 pub const XATTR_REPLACE: u32 = 2;
@@ -14,7 +16,7 @@ pub const XATTR_REPLACE: u32 = 2;
 const SYSTEM_NAMES: [&[u8]; 2] = [b"system.posix_acl_access", b"system.posix_acl_default"];
 
 /// An existing attribute (slot, value) and, if absent, a free slot for it.
-type XattrLookup = (Option<(u64, Vec<u8>)>, Option<u64>);
+type XattrLookup = (Option<(u64, Stored)>, Option<u64>);
 
 impl FsTree<'_> {
     fn find_xattr(&mut self, ino: u64, name: &[u8]) -> FsResult<XattrLookup> {
@@ -27,11 +29,16 @@ impl FsTree<'_> {
         for (k, v) in items {
             if let Some((n, val)) = xattr_decode(&v) {
                 if n == name {
-                    return Ok((Some((k.off, val.to_vec())), None));
+                    return Ok((Some((k.off, Stored::of(val))), None));
                 }
             }
         }
         Ok((None, free))
+    }
+
+    /// Bytes of the inode's names list (each name and a NUL).
+    fn names_len(&mut self, ino: u64) -> FsResult<usize> {
+        Ok(self.listxattr(ino)?.len())
     }
 
     fn check_xattr_name(name: &[u8]) -> FsResult<()> {
@@ -50,8 +57,9 @@ impl FsTree<'_> {
     pub fn setxattr(&mut self, ino: u64, name: &[u8], value: &[u8], flags: u32) -> FsResult<()> {
         Self::check_xattr_name(name)?;
         let mut i = self.inode(ino)?;
-        if 2 + name.len() + value.len() > MAX_VALUE_LEN {
-            return err(libc::ENOSPC);
+        if value.len() > XATTR_SIZE_MAX {
+            // What the kernel answers before it asks any filesystem.
+            return err(libc::E2BIG);
         }
         let (existing, free) = self.find_xattr(ino, name)?;
         let slot = match (
@@ -61,13 +69,25 @@ impl FsTree<'_> {
         ) {
             (Some(_), true, _) => return err(libc::EEXIST),
             (None, _, true) => return err(libc::ENODATA),
-            (Some((slot, _)), _, _) => slot,
-            (None, _, _) => match free {
-                Some(s) => s,
-                None => return err(libc::ENOSPC),
-            },
+            (Some((slot, old)), _, _) => {
+                self.drop_xattr_value(ino, &old)?;
+                slot
+            }
+            (None, _, _) => {
+                // A names list longer than listxattr(2) can return would make every
+                // attribute of the file unlistable; ext4 says ENOSPC when a
+                // file's xattr space is full.
+                if self.names_len(ino)? + name.len() + 1 > XATTR_LIST_MAX {
+                    return err(libc::ENOSPC);
+                }
+                match free {
+                    Some(s) => s,
+                    None => return err(libc::ENOSPC),
+                }
+            }
         };
-        self.put(Key::new(ino, KIND_XATTR, slot), xattr_encode(name, value))?;
+        let item = self.store_xattr_value(ino, &mut i, name, value)?;
+        self.put(Key::new(ino, KIND_XATTR, slot), item)?;
         i.ctime = Timespec::now();
         self.put_inode(ino, &i)
     }
@@ -76,7 +96,7 @@ impl FsTree<'_> {
         Self::check_xattr_name(name)?;
         self.inode(ino)?;
         match self.find_xattr(ino, name)?.0 {
-            Some((_, v)) => Ok(v),
+            Some((_, v)) => self.load_xattr_value(ino, v),
             None => err(libc::ENODATA),
         }
     }
@@ -101,7 +121,8 @@ impl FsTree<'_> {
         Self::check_xattr_name(name)?;
         let mut i = self.inode(ino)?;
         match self.find_xattr(ino, name)?.0 {
-            Some((slot, _)) => {
+            Some((slot, old)) => {
+                self.drop_xattr_value(ino, &old)?;
                 self.del(&Key::new(ino, KIND_XATTR, slot))?;
                 i.ctime = Timespec::now();
                 self.put_inode(ino, &i)

@@ -10,6 +10,7 @@ use super::{BranchId, Engine, Pool, PoolError, PoolResult};
 use crate::btree::{diff as tree_diff, tree, Key};
 use crate::fs::items::{
     DirEntry, Extent, Inode, KIND_DIRENT, KIND_EXTENT, KIND_INLINE, KIND_INODE, KIND_XATTR,
+    KIND_XATTR_CHUNK,
 };
 use crate::fs::ROOT_INO;
 use crate::store::{BlockAddr, StoreResult, BLOCK_SIZE};
@@ -240,7 +241,8 @@ fn collect(
             let len = va.map_or(0, <[u8]>::len).max(vb.map_or(0, <[u8]>::len)) as u64;
             inodes.entry(k.id).or_default().ranges.push((0, len));
         }
-        KIND_XATTR => inodes.entry(k.id).or_default().xattrs = true,
+        // A large value's chunks are part of its xattr.
+        KIND_XATTR | KIND_XATTR_CHUNK => inodes.entry(k.id).or_default().xattrs = true,
         _ => {}
     }
 }
@@ -435,6 +437,22 @@ mod tests {
         assert_eq!(r.entries[0].path, b"/d/f");
         assert_eq!(r.entries[0].change, PathChangeKind::Modified);
         assert_eq!(r.entries[0].ranges, vec![(0, 4096)]);
+        // Only a chunk of a large xattr value differs (its XATTR item, pointing at
+        // the same chunk id, and the inode item are as they were): the file is
+        // modified.
+        let big = crate::fs::items::XATTR_SIZE_MAX;
+        p.setxattr(m, f.ino, b"user.big", &vec![5u8; big], 0)
+            .unwrap();
+        p.snapshot_create("s3", "main").unwrap();
+        let chunk = crate::fs::items::xattr_chunk_key(f.ino, 0, 3);
+        let new_chunk = vec![6u8; crate::fs::items::XATTR_CHUNK_LEN];
+        p.e.lock()
+            .with_fs(m, true, |fs| fs.put(chunk, new_chunk))
+            .unwrap();
+        assert_eq!(p.getxattr(m, f.ino, b"user.big").unwrap()[6000], 6);
+        let r = p.diff("s3", "main").unwrap();
+        let got: Vec<_> = r.entries.iter().map(|c| (&c.path[..], c.change)).collect();
+        assert_eq!(got, vec![(&b"/d/f"[..], PathChangeKind::Modified)]);
         assert_eq!(
             merge(vec![(10, 5), (0, 10), (20, 1)]),
             vec![(0, 15), (20, 1)]

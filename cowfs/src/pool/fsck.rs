@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use super::catalog::{item_refs, BranchRecord};
+use super::fsck_xattr::{Finding, XattrChunks};
 use super::Engine;
 use crate::btree::{Key, Node};
 use crate::fs::items::*;
@@ -167,6 +168,7 @@ struct BranchFacts {
     orphans: HashSet<u64>,
     inline_len: HashMap<u64, u64>,
     extent_end: HashMap<u64, u64>,
+    xattr_chunks: XattrChunks,
     max_ino: u64,
 }
 
@@ -318,11 +320,12 @@ fn check_branch(w: &mut Walk, _id: u64, rec: &BranchRecord, opts: &FsckOptions) 
                 }
                 None => items_bad.push(format!("inode {ino}: undecodable extent at {}", k.off)),
             },
-            KIND_XATTR => {
-                if xattr_decode(v).is_none() {
-                    items_bad.push(format!("inode {ino}: undecodable xattr"));
-                }
-            }
+            KIND_XATTR => match xattr_decode(v) {
+                Some((_, XattrValue::Chunked { id, len })) => f.xattr_chunks.value(ino, id, len),
+                Some(_) => {}
+                None => items_bad.push(format!("inode {ino}: undecodable xattr")),
+            },
+            KIND_XATTR_CHUNK => f.xattr_chunks.chunk(ino, k.off, v.len()),
             _ => items_bad.push(format!("unknown item kind {}", k.kind)),
         }
         true
@@ -446,6 +449,12 @@ fn check_branch(w: &mut Walk, _id: u64, rec: &BranchRecord, opts: &FsckOptions) 
                     ));
                 }
             }
+        }
+    }
+    for finding in f.xattr_chunks.check(&f.inodes) {
+        match finding {
+            Finding::Error(s) => w.report.error(format!("branch '{name}': {s}")),
+            Finding::Leak(s) => w.report.leak(format!("branch '{name}': {s}")),
         }
     }
     for o in &f.orphans {

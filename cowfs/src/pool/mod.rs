@@ -9,11 +9,14 @@ mod branches;
 pub mod catalog;
 pub mod diff;
 pub mod fsck;
+mod fsck_xattr;
 mod fsync_log;
 mod opsize;
 pub mod quota;
 pub mod scrub;
 pub mod usage;
+#[cfg(test)]
+mod xattr_tests;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -23,6 +26,7 @@ use std::sync::Arc;
 use crate::btree::{tree, NodeStore};
 use crate::fs::dir::DirListEntry;
 use crate::fs::file::{SeekWhence, WriteTimes};
+use crate::fs::items::{xattr_chunks, XATTR_MAX_CHUNKS};
 use crate::fs::readplan::{FileBytes, Resolved};
 use crate::fs::{Attr, FsError, FsResult, FsTree, Owner, SetAttr, ROOT_INO};
 use crate::store::device::{BlockDevice, FileDevice};
@@ -1056,8 +1060,9 @@ impl Pool {
         value: &[u8],
         flags: u32,
     ) -> FsResult<()> {
-        // The new item, the old one removed, the inode.
-        let size = OpSize::changes(3);
+        // The new item and its chunks, the old one and its chunks removed, the inode.
+        let chunks = xattr_chunks(value.len()).min(XATTR_MAX_CHUNKS);
+        let size = OpSize::changes(3 + chunks + XATTR_MAX_CHUNKS);
         self.write(b, Some(size), |fs| fs.setxattr(ino, name, value, flags))
     }
     pub fn getxattr(&self, b: BranchId, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
@@ -1067,7 +1072,9 @@ impl Pool {
         self.read(b, |fs| fs.listxattr(ino))
     }
     pub fn removexattr(&self, b: BranchId, ino: u64, name: &[u8]) -> FsResult<()> {
-        self.write_freeing(b, OpSize::changes(2), |fs| fs.removexattr(ino, name))
+        // The item, its chunks, the inode.
+        let size = OpSize::changes(2 + XATTR_MAX_CHUNKS);
+        self.write_freeing(b, size, |fs| fs.removexattr(ino, name))
     }
     pub fn punch_hole(&self, b: BranchId, ino: u64, off: u64, len: u64) -> FsResult<()> {
         self.punch_hole_with(b, ino, off, len, WriteTimes::Stamp)
