@@ -94,12 +94,18 @@ fn first_format_pool_opens_and_reads() {
     // log region.
     pool.write_file(main, hello.ino, 0, b"hello").unwrap();
     pool.commit().unwrap();
-    drop(pool);
+    // Both slots, read while the pool is still open (dropping it commits again):
+    // a slot left in version 1 would be opened by a version-1 build, which
+    // rejects only the newer slot and would overwrite it at its next commit.
     let bytes = std::fs::read(&copy).unwrap();
-    let slot = |s: usize| &bytes[s * 4096..(s + 1) * 4096];
-    let generation = |s: usize| u64::from_le_bytes(slot(s)[16..24].try_into().unwrap());
-    let newest = if generation(0) > generation(1) { 0 } else { 1 };
-    assert_eq!(slot(newest)[8..12], 4u32.to_le_bytes());
+    for s in 0..2 {
+        assert_eq!(
+            bytes[s * 4096 + 8..s * 4096 + 12],
+            4u32.to_le_bytes(),
+            "slot {s} is in the current format"
+        );
+    }
+    drop(pool);
     let pool = Pool::open(&copy, &PoolOptions::default()).unwrap();
     assert_eq!(
         pool.read_file(main, hello.ino, 0, 100).unwrap(),
@@ -122,6 +128,36 @@ fn first_format_pool_opens_and_reads() {
     );
     let report = pool.fsck(&FsckOptions::default()).unwrap();
     assert!(report.is_clean(), "{report}");
+}
+
+/// A pool whose newest slot a newer build wrote is refused, not opened from its
+/// other slot: this build's next commit would overwrite the newer one.
+#[test]
+fn a_newer_slot_beside_an_older_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("pool");
+    std::fs::copy(fixture(), &copy).unwrap();
+    let mut bytes = std::fs::read(&copy).unwrap();
+    let generation = |b: &[u8], s: usize| {
+        u64::from_le_bytes(b[s * 4096 + 16..s * 4096 + 24].try_into().unwrap())
+    };
+    let newest = if generation(&bytes, 0) > generation(&bytes, 1) {
+        0
+    } else {
+        1
+    };
+    assert!(bytes[(1 - newest) * 4096..(2 - newest) * 4096]
+        .iter()
+        .any(|&x| x != 0));
+    let b = &mut bytes[newest * 4096..(newest + 1) * 4096];
+    b[8..12].copy_from_slice(&5u32.to_le_bytes());
+    let crc = crc32fast::hash(&b[..4092]);
+    b[4092..].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&copy, &bytes).unwrap();
+    let err = Pool::open(&copy, &PoolOptions::default())
+        .err()
+        .expect("a slot of version 5 must be refused, not skipped");
+    assert!(err.to_string().contains("version 5"), "{err}");
 }
 
 #[test]

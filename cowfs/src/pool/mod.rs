@@ -31,7 +31,7 @@ use crate::fs::readplan::{FileBytes, Resolved};
 use crate::fs::{Attr, FsError, FsResult, FsTree, Owner, SetAttr, ROOT_INO};
 use crate::store::device::{BlockDevice, FileDevice};
 use crate::store::spacemap::{depth_for, SpaceMap};
-use crate::store::superblock::{SlotError, Superblock, SLOT_COUNT};
+use crate::store::superblock::{SlotError, Superblock, FORMAT_VERSION, SLOT_COUNT};
 use crate::store::{BlockAddr, StoreError, BLOCK_SIZE};
 use branches::Branches;
 use catalog::{BranchRecord, FLAG_SNAPSHOT};
@@ -216,6 +216,11 @@ pub(crate) struct Engine {
     /// the next commit, or by a commit with nothing new (the daemon's timer, close),
     /// so that only a crash right after a small commit relies on manifest checks.
     sealed: bool,
+    /// A superblock slot holds an older format version. An older build opens
+    /// such a pool from that slot (it rejects only the newer one) and its next
+    /// commit overwrites the newer slot, losing that commit: once this build's
+    /// first commit has landed, the other slot is written too (`finish_upgrade`).
+    older_slot: bool,
     /// Fast fsync: the intent log (fsync_log.rs).
     pub(crate) log: fsync_log::IntentLog,
 }
@@ -396,6 +401,7 @@ impl Pool {
         }
         let mut slots = Vec::new();
         let mut problems = Vec::new();
+        let mut older_slot = false;
         for slot in 0..SLOT_COUNT {
             let mut buf = vec![0u8; BLOCK_SIZE];
             dev.read_at(slot, &mut buf).map_err(|e| StoreError::Io {
@@ -404,7 +410,25 @@ impl Pool {
                 source: e,
             })?;
             match Superblock::decode(&buf) {
-                Ok(sb) => slots.push(sb),
+                Ok(sb) => {
+                    older_slot |= Superblock::version_of(&buf) < FORMAT_VERSION;
+                    slots.push(sb)
+                }
+                // Written by a newer build (the checksum held): falling back to the
+                // other slot would open the commit before it, and this build's next
+                // commit would overwrite the newer one, losing it.
+                Err(SlotError::Version(v)) if v > FORMAT_VERSION => {
+                    log::error!(
+                        "{}: superblock slot {slot} was written by a newer cowfs (format version {v})",
+                        name.display()
+                    );
+                    return Err(StoreError::Version {
+                        pool: name,
+                        found: v,
+                        supported: FORMAT_VERSION,
+                    }
+                    .into());
+                }
                 Err(e) => {
                     if e != SlotError::Empty {
                         log::warn!("{}: superblock slot {slot} rejected: {e:?}", name.display());
@@ -425,7 +449,8 @@ impl Pool {
             // with the older slot. The next commit would reuse this one's generation
             // and overwrite its slot, losing it (and its logged fsyncs) for good.
             return match Engine::load(dev.clone(), &sb, opts) {
-                Ok(e) => {
+                Ok(mut e) => {
+                    e.older_slot = older_slot;
                     log::info!(
                         "{}: opened pool at generation {} ({} branches)",
                         name.display(),
@@ -454,7 +479,7 @@ impl Pool {
                     return Err(StoreError::Version {
                         pool: name,
                         found: *v,
-                        supported: crate::store::superblock::FORMAT_VERSION,
+                        supported: FORMAT_VERSION,
                     }
                     .into())
                 }
@@ -1247,6 +1272,7 @@ impl Engine {
             read_slot: 0,
             flushing: None,
             sealed: true,
+            older_slot: false,
             quotas: quota::Quotas::default(),
             log: fsync_log::IntentLog::default(),
         }
@@ -1876,7 +1902,29 @@ impl Engine {
         self.st.space.release_quarantine();
         self.st.space.commit_durable();
         self.read_slot = older;
+        self.finish_upgrade();
         Ok(())
+    }
+
+    /// After the first commit of this build has landed, write the other slot in
+    /// this format too (see `older_slot`), so that no older build opens the pool
+    /// and rolls it back. Once per open of an older-format pool; failing here
+    /// leaves the commit just made durable, so it is retried at the next one.
+    fn finish_upgrade(&mut self) {
+        if !std::mem::take(&mut self.older_slot) {
+            return;
+        }
+        let r = self.commit_write_checked().and_then(|g| {
+            let flushed = self.st.dev.flush();
+            self.flush_done(g, flushed)
+        });
+        if let Err(e) = r {
+            log::warn!(
+                "{}: writing the second superblock slot in format version {FORMAT_VERSION}: {e}",
+                self.st.dev.name().display()
+            );
+            self.older_slot = true;
+        }
     }
 
     /// `seal`: write the superblock without a manifest, making the previous one-flush

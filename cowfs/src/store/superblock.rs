@@ -104,6 +104,11 @@ impl Superblock {
         b
     }
 
+    /// The format version a slot that `decode` accepted was written in.
+    pub fn version_of(b: &[u8]) -> u32 {
+        u32_at(b, OFF_VERSION)
+    }
+
     pub fn decode(b: &[u8]) -> Result<Superblock, SlotError> {
         if b.len() < BLOCK_SIZE {
             return Err(SlotError::Empty);
