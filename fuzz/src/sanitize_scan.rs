@@ -72,8 +72,22 @@ pub fn sanitize_scan(data: &[u8]) {
     input.truncate(64 << 10);
     let whole = scan(&refs, &input, input.len().max(1));
     let chunked = scan(&refs, &input, chunk);
-    assert!(
-        whole == chunked,
-        "chunks of {chunk} bytes change the output or the counts"
-    );
+    if whole != chunked {
+        let at = whole
+            .0
+            .iter()
+            .zip(&chunked.0)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let around = |o: &[u8]| {
+            String::from_utf8_lossy(&o[at.saturating_sub(60)..(at + 60).min(o.len())]).into_owned()
+        };
+        panic!(
+            "chunks of {chunk} bytes change the output at byte {at} (whole {:?} / chunked {:?}; counts {:?} / {:?})",
+            around(&whole.0),
+            around(&chunked.0),
+            whole.1,
+            chunked.1
+        );
+    }
 }
