@@ -23,9 +23,13 @@ for target in $(cargo fuzz list); do
     esac
     mkdir -p "corpus/$target"
     dirs=("corpus/$target")
-    if [ -d "regressions/$target" ]; then
-        dirs+=("regressions/$target")
-    fi
+    # Seeds (valid inputs, so the fuzzer starts from files that load) and kept
+    # crash inputs: read, never written (new inputs go to corpus/).
+    for d in "seeds/$target" "regressions/$target"; do
+        if [ -d "$d" ]; then
+            dirs+=("$d")
+        fi
+    done
     echo "== $target: ${secs}s"
     log="$(mktemp)"
     if ! cargo fuzz run -O "$target" "${dirs[@]}" -- \

@@ -1,7 +1,8 @@
 //! Replays every input kept under fuzz/regressions/<target>/ (the inputs that made a
-//! fuzz target fail once, kept after the fix) through the same code the fuzz targets
-//! run, plus a fixed set of edge inputs for each target, so `cargo test` catches a
-//! decoder regression without cargo-fuzz or a nightly toolchain.
+//! fuzz target fail once, kept after the fix) and the seeds under fuzz/seeds/<target>/
+//! (valid inputs, which reach the round-trip checks) through the same code the fuzz
+//! targets run, plus a fixed set of edge inputs for each target, so `cargo test`
+//! catches a decoder regression without cargo-fuzz or a nightly toolchain.
 
 #[path = "../fuzz/src/lib.rs"]
 mod targets;
@@ -15,7 +16,18 @@ use rand::{Rng, SeedableRng};
 
 #[test]
 fn kept_fuzz_inputs_replay_without_failure() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions");
+    replay("regressions");
+}
+
+#[test]
+fn seed_inputs_replay_without_failure() {
+    replay("seeds");
+}
+
+fn replay(folder: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz")
+        .join(folder);
     let mut replayed = Vec::new();
     for (name, target) in targets::TARGETS {
         let Ok(dir) = std::fs::read_dir(root.join(name)) else {
@@ -29,7 +41,8 @@ fn kept_fuzz_inputs_replay_without_failure() {
             replayed.push(path);
         }
     }
-    println!("{} kept fuzz inputs replayed", replayed.len());
+    println!("{} inputs of fuzz/{folder} replayed", replayed.len());
+    assert!(!replayed.is_empty(), "no inputs under fuzz/{folder}");
 }
 
 #[test]

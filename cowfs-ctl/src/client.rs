@@ -158,28 +158,7 @@ impl Client {
 
     /// One line from the daemon, as JSON.
     fn read_line(&mut self) -> ClientResult<serde_json::Value> {
-        let mut buf = Vec::new();
-        loop {
-            let chunk = self.reader.fill_buf()?;
-            if chunk.is_empty() {
-                return Err(ClientError::Closed);
-            }
-            let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
-                Some(i) => (i + 1, true),
-                None => (chunk.len(), false),
-            };
-            buf.extend_from_slice(&chunk[..take]);
-            self.reader.consume(take);
-            if buf.len() > MAX_REPLY_BYTES {
-                return Err(ClientError::Protocol(format!(
-                    "reply longer than {MAX_REPLY_BYTES} bytes"
-                )));
-            }
-            if done {
-                break;
-            }
-        }
-        serde_json::from_slice(&buf).map_err(|e| ClientError::Protocol(e.to_string()))
+        read_json_line(&mut self.reader)
     }
 
     pub fn list(&mut self) -> ClientResult<Vec<BranchInfo>> {
@@ -348,5 +327,69 @@ impl Client {
     pub fn token_revoke(&mut self, name: &str) -> ClientResult<()> {
         self.call::<Done>(&Request::TokenRevoke { name: name.into() })
             .map(|_| ())
+    }
+}
+
+/// One line of JSON from `reader`, at most `MAX_REPLY_BYTES` long. A read
+/// interrupted by a signal is retried: a program linking the client may handle
+/// signals without SA_RESTART, and the reply to a request the daemon carried out
+/// must not be lost to that.
+fn read_json_line(reader: &mut impl BufRead) -> ClientResult<serde_json::Value> {
+    let mut buf = Vec::new();
+    loop {
+        let chunk = match reader.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if chunk.is_empty() {
+            return Err(ClientError::Closed);
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        buf.extend_from_slice(&chunk[..take]);
+        reader.consume(take);
+        if buf.len() > MAX_REPLY_BYTES {
+            return Err(ClientError::Protocol(format!(
+                "reply longer than {MAX_REPLY_BYTES} bytes"
+            )));
+        }
+        if done {
+            break;
+        }
+    }
+    serde_json::from_slice(&buf).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// A reader whose first read is interrupted by a signal (EINTR).
+    struct InterruptedOnce<R>(bool, R);
+
+    impl<R: Read> Read for InterruptedOnce<R> {
+        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+            if !self.0 {
+                self.0 = true;
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            self.1.read(b)
+        }
+    }
+
+    /// A program linking the client may handle signals without SA_RESTART (the
+    /// ctl_reply fuzz target runs under libFuzzer's SIGALRM): the interrupted
+    /// read failed the call ("Interrupted system call") although the daemon had
+    /// done the request and its reply was on the way.
+    #[test]
+    fn a_read_interrupted_by_a_signal_is_retried() {
+        let mut r = BufReader::new(InterruptedOnce(false, &b"{\"id\":1,\"ok\":true}\n"[..]));
+        let v = read_json_line(&mut r).unwrap();
+        assert_eq!(v["id"], 1);
     }
 }

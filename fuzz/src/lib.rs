@@ -7,6 +7,21 @@
 
 use std::sync::{Arc, OnceLock};
 
+mod blank_device;
+mod ctl_reply;
+mod mountinfo;
+mod posix_acl;
+mod sanitize_scan;
+mod scratch;
+mod side_files;
+
+pub use blank_device::blank_device;
+pub use ctl_reply::ctl_reply;
+pub use mountinfo::mountinfo;
+pub use posix_acl::posix_acl;
+pub use sanitize_scan::sanitize_scan;
+pub use side_files::side_files;
+
 use cowfs::btree::Node;
 use cowfs::fs::items::{
     xattr_chunk_key, xattr_chunk_pos, xattr_chunks, xattr_decode, xattr_encode,
@@ -25,7 +40,7 @@ use cowfs::store::BLOCK_SIZE;
 pub type Target = fn(&[u8]);
 
 /// Every target by name (the directory names under fuzz/regressions/).
-pub const TARGETS: [(&str, Target); 9] = [
+pub const TARGETS: [(&str, Target); 15] = [
     ("superblock", superblock),
     ("intent_log", intent_log),
     ("block_header", block_header),
@@ -35,6 +50,12 @@ pub const TARGETS: [(&str, Target); 9] = [
     ("pool_image", pool_image),
     ("control_request", control_request),
     ("sanitize_config", sanitize_config),
+    ("side_files", side_files),
+    ("ctl_reply", ctl_reply),
+    ("mountinfo", mountinfo),
+    ("posix_acl", posix_acl),
+    ("sanitize_scan", sanitize_scan),
+    ("blank_device", blank_device),
 ];
 
 /// The input as one 4 KiB block (cut or zero-padded).
@@ -341,12 +362,14 @@ pub fn control_request(data: &[u8]) {
     drop(parsed);
 }
 
-/// Sanitize config (the daemon's TOML file): any text parses or gives a typed error.
+/// The daemon's TOML config file, read by two modules (the sanitize profiles and
+/// `[sanitize]`; the `[control]` table): any text parses or gives a typed error.
 pub fn sanitize_config(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = cowfs::control::sanitize::SanitizeConfig::parse(
             text,
             std::path::Path::new("/nonexistent"),
         );
+        let _ = cowfs::control::config::ServerConfig::parse(text);
     }
 }

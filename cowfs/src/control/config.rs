@@ -69,7 +69,7 @@ impl ServerConfig {
         })
     }
 
-    fn parse(text: &str) -> Result<ServerConfig, String> {
+    pub fn parse(text: &str) -> Result<ServerConfig, String> {
         let cfg = toml::from_str::<ConfigFile>(text)
             .map_err(|e| e.to_string())?
             .control;

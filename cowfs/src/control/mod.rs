@@ -22,7 +22,7 @@ mod dispatch;
 mod errors;
 mod files;
 mod mount_points;
-pub(crate) mod mountinfo;
+pub mod mountinfo;
 pub mod quotas;
 pub mod sanitize;
 pub mod sanitizing;

@@ -22,20 +22,28 @@ pub struct Mount {
 /// The mounts of the daemon's namespace, in mountinfo order (a mount stacked on
 /// the same point as an earlier one comes after it).
 pub fn read() -> io::Result<Vec<Mount>> {
-    Ok(parse(&std::fs::read_to_string("/proc/self/mountinfo")?))
+    read_from(Path::new("/proc/self/mountinfo"))
 }
 
-fn parse(text: &str) -> Vec<Mount> {
-    text.lines()
+/// Read as bytes: a mount point or source is whatever name a user chose, not
+/// necessarily UTF-8, and one such mount must not hide the whole table.
+fn read_from(path: &Path) -> io::Result<Vec<Mount>> {
+    Ok(parse(&std::fs::read(path)?))
+}
+
+/// The mounts in mountinfo `text`; lines that are not mountinfo lines are skipped.
+pub fn parse(text: &[u8]) -> Vec<Mount> {
+    text.split(|&b| b == b'\n')
         .filter_map(|l| {
-            let mut f = l.split(' ');
-            let id = f.next()?.parse().ok()?;
-            let parent = f.next()?.parse().ok()?;
-            let dev = f.next()?.to_string();
+            let mut f = l.split(|&b| b == b' ');
+            let number = |x: &[u8]| std::str::from_utf8(x).ok()?.parse().ok();
+            let id = number(f.next()?)?;
+            let parent = number(f.next()?)?;
+            let dev = String::from_utf8_lossy(f.next()?).into_owned();
             let point = unescape(f.nth(1)?);
             // Optional fields (any number) end with a lone "-"; then type, source.
-            let mut rest = f.skip_while(|x| *x != "-").skip(1);
-            let fstype = rest.next().unwrap_or_default().to_string();
+            let mut rest = f.skip_while(|x| *x != b"-").skip(1);
+            let fstype = String::from_utf8_lossy(rest.next().unwrap_or_default()).into_owned();
             let source = unescape(rest.next().unwrap_or_default());
             Some(Mount {
                 id,
@@ -50,9 +58,8 @@ fn parse(text: &str) -> Vec<Mount> {
 }
 
 /// mountinfo writes space, tab, newline and backslash in paths as `\ooo`.
-fn unescape(s: &str) -> PathBuf {
+fn unescape(b: &[u8]) -> PathBuf {
     use std::os::unix::ffi::OsStringExt;
-    let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -118,7 +125,7 @@ mod tests {
 
     #[test]
     fn longest_prefix_and_stacking() {
-        let m = parse(SAMPLE);
+        let m = parse(SAMPLE.as_bytes());
         assert_eq!(m[2].point, Path::new("/tmp/a b"));
         assert_eq!((m[2].parent, m[2].dev.as_str()), (30, "0:40"));
         assert_eq!(m[2].fstype, "fuse");
@@ -138,5 +145,30 @@ mod tests {
         // not "/tmp/a b" for "/tmp/a".
         assert_eq!(ids(along(&m, Path::new("/tmp/x/y"))), [22, 30, 42, 43]);
         assert_eq!(ids(along(&m, Path::new("/tmp/a"))), [22, 30]);
+    }
+
+    /// Any user can mount (with fusermount) on a directory of theirs whose name
+    /// is not UTF-8: the daemon's mount checks must still read the table, and
+    /// see that name's bytes.
+    #[test]
+    fn names_that_are_not_utf8() {
+        use std::os::unix::ffi::OsStrExt;
+        let file = std::env::temp_dir().join(format!("cowfs-mountinfo-{}", std::process::id()));
+        let line = b"50 22 0:50 / /home/u/\xff\\040x rw - fuse.sshfs u@h:\xfe rw\n";
+        std::fs::write(&file, [SAMPLE.as_bytes(), line].concat()).unwrap();
+        let m = read_from(&file);
+        std::fs::remove_file(&file).unwrap();
+        let m = m.unwrap();
+        assert_eq!(m.len(), 6);
+        assert_eq!(m[5].point.as_os_str().as_bytes(), b"/home/u/\xff x");
+        assert_eq!(m[5].source.as_os_str().as_bytes(), b"u@h:\xfe");
+        assert_eq!(
+            holding(
+                &m,
+                Path::new(std::ffi::OsStr::from_bytes(b"/home/u/\xff x/d"))
+            ),
+            Some(50)
+        );
+        assert_eq!(m[0].point, Path::new("/"));
     }
 }

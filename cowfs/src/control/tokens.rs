@@ -391,7 +391,8 @@ fn hex(b: &[u8]) -> String {
 
 fn unhex(s: &str) -> Option<[u8; 32]> {
     let b = s.as_bytes();
-    if b.len() != 64 {
+    // Hex digits only: `from_str_radix` would also take a sign ("+a").
+    if b.len() != 64 || !b.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -547,5 +548,20 @@ mod tests {
         replace_private(&store_path(&pool), file.as_bytes()).unwrap();
         let e = TokenStore::open(&pool).err().unwrap().to_string();
         assert!(e.contains("token 'b' has the id of another token"), "{e}");
+    }
+
+    /// `u8::from_str_radix` takes a sign: a stored hash of "+a" pairs was read
+    /// as bytes 0x0a, so a file whose hashes are not hex loaded.
+    #[test]
+    fn a_hash_with_signs_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = dir.path().join("p.cowfs");
+        let file = format!(
+            r#"{{"version": 1, "tokens": [{{"name": "a", "id": 5, "sha256": "{}", "scopes": [], "created_unix": 1}}]}}"#,
+            "+a".repeat(32)
+        );
+        replace_private(&store_path(&pool), file.as_bytes()).unwrap();
+        let e = TokenStore::open(&pool).err().unwrap().to_string();
+        assert!(e.contains("token 'a' has no valid hash"), "{e}");
     }
 }

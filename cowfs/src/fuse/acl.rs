@@ -29,11 +29,11 @@ struct Entry {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Acl(Vec<Entry>);
+pub struct Acl(Vec<Entry>);
 
 impl Acl {
     /// Parse and validate a blob; `None` if it is not a well-formed ACL.
-    pub(crate) fn parse(b: &[u8]) -> Option<Acl> {
+    pub fn parse(b: &[u8]) -> Option<Acl> {
         let (head, rest) = b.split_first_chunk::<4>()?;
         if u32::from_le_bytes(*head) != VERSION || rest.len() % 8 != 0 {
             return None;
@@ -59,7 +59,7 @@ impl Acl {
         valid.then_some(Acl(entries))
     }
 
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         let mut out = VERSION.to_le_bytes().to_vec();
         for e in &self.0 {
             out.extend_from_slice(&e.tag.to_le_bytes());

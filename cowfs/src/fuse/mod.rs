@@ -23,7 +23,7 @@
 //! flock) are kept by the kernel, which is exact between the processes of one
 //! machine.
 
-mod acl;
+pub mod acl;
 mod attr;
 mod create;
 mod filesystem;

@@ -103,20 +103,26 @@ impl Detector {
     /// before `from` and after `limit` are context only.
     pub fn find(&self, buf: &[u8], from: usize, limit: usize, out: &mut Vec<(usize, usize)>) {
         let mut pos = from;
+        while let Some((s, e)) = self.next(buf, pos, limit) {
+            out.push((s, e));
+            pos = e;
+        }
+    }
+
+    /// The first value starting in `from..limit` of `buf`, as (start, end).
+    pub fn next(&self, buf: &[u8], from: usize, limit: usize) -> Option<(usize, usize)> {
+        let mut pos = from;
         while pos < limit {
-            let Some(m) = self.re.find_at(buf, pos) else {
-                break;
-            };
+            let m = self.re.find_at(buf, pos)?;
             if m.start() >= limit {
-                break;
+                return None;
             }
             if m.end() > m.start() && self.accept(buf, m.start(), m.end()) {
-                out.push((m.start(), m.end()));
-                pos = m.end();
-            } else {
-                pos = m.start() + 1;
+                return Some((m.start(), m.end()));
             }
+            pos = m.start() + 1;
         }
+        None
     }
 
     fn accept(&self, buf: &[u8], s: usize, e: usize) -> bool {

@@ -70,9 +70,10 @@ fn create_key(path: &Path, key: &[u8]) -> std::io::Result<()> {
     sync_parent(path)
 }
 
-/// Exactly `2 * KEY_LEN` hex digits.
+/// Exactly `2 * KEY_LEN` hex digits (checked first: `from_str_radix` would also
+/// take a sign, "+a").
 fn parse_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() != 2 * KEY_LEN {
+    if s.len() != 2 * KEY_LEN || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
@@ -123,6 +124,19 @@ mod tests {
         }
         std::fs::write(key_path(&pool), format!("{full}\n")).unwrap();
         assert_eq!(hex_of(&load_or_create_key(&pool).unwrap()), full);
+    }
+
+    /// `u8::from_str_radix` takes a sign: "+a" was read as the byte 0x0a, so a
+    /// file of 64 characters that are not all hex digits loaded as a key
+    /// (found by the side_files fuzz target).
+    #[test]
+    fn a_key_with_signs_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = dir.path().join("pool");
+        load_or_create_key(&pool).unwrap();
+        std::fs::write(key_path(&pool), format!("{}\n", "+a".repeat(32))).unwrap();
+        let e = load_or_create_key(&pool).unwrap_err();
+        assert!(matches!(e, SanitizeError::KeyInvalid(_)), "{e:?}");
     }
 
     /// Daemons starting together on a new pool: each saw no key and created one

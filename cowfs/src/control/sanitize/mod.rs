@@ -21,7 +21,7 @@ pub mod key;
 mod pid_ns;
 pub(crate) mod private_dir;
 pub mod pseudo;
-mod scan;
+pub mod scan;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -20,8 +20,6 @@ pub struct Scanner<'a> {
     ctx: usize,
     /// Values replaced, by detector name.
     pub counts: BTreeMap<String, u64>,
-    cands: Vec<(usize, usize, usize)>,
-    found: Vec<(usize, usize)>,
 }
 
 impl<'a> Scanner<'a> {
@@ -32,8 +30,6 @@ impl<'a> Scanner<'a> {
             buf: Vec::new(),
             ctx: 0,
             counts: BTreeMap::new(),
-            cands: Vec::new(),
-            found: Vec::new(),
         }
     }
 
@@ -53,22 +49,25 @@ impl<'a> Scanner<'a> {
         if limit <= self.ctx {
             return false;
         }
-        self.cands.clear();
-        for (i, r) in self.redactors.iter().enumerate() {
-            self.found.clear();
-            r.detector.find(&self.buf, self.ctx, limit, &mut self.found);
-            self.cands
-                .extend(self.found.iter().map(|&(s, e)| (s, e, i)));
-        }
-        // Leftmost first; at the same start the longest; then rule order.
-        self.cands
-            .sort_unstable_by_key(|&(s, e, i)| (s, std::cmp::Reverse(e), i));
+        // Each detector's next value from `pos`. Leftmost first; at the same
+        // start the longest; then rule order. After a replacement every detector
+        // whose value started inside it looks again from its end: a value that
+        // begins inside the one replaced gives way, but what follows is found
+        // (an email after an IPv6 address ending in hex letters), as it is when
+        // a chunk edge falls right after the replaced value.
         let mut pos = self.ctx;
+        let mut next: Vec<Option<(usize, usize)>> = self
+            .redactors
+            .iter()
+            .map(|r| r.detector.next(&self.buf, pos, limit))
+            .collect();
         let mut changed = false;
-        for &(s, e, i) in &self.cands {
-            if s < pos {
-                continue;
-            }
+        while let Some((s, std::cmp::Reverse(e), i)) = next
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.map(|(s, e)| (s, std::cmp::Reverse(e), i)))
+            .min()
+        {
             let r = self.redactors[i];
             let v = &self.buf[s..e];
             out.extend_from_slice(&self.buf[pos..s]);
@@ -84,6 +83,11 @@ impl<'a> Scanner<'a> {
             *self.counts.entry(r.detector.name.clone()).or_insert(0) += 1;
             changed = true;
             pos = e;
+            for (c, r) in next.iter_mut().zip(self.redactors) {
+                if c.is_some_and(|(s, _)| s < pos) {
+                    *c = r.detector.next(&self.buf, pos, limit);
+                }
+            }
         }
         let emit_to = if eof { len } else { pos.max(limit) };
         out.extend_from_slice(&self.buf[pos..emit_to]);
@@ -148,6 +152,38 @@ mod tests {
             assert!(out == whole, "chunk {chunk} differs");
         }
         assert!(!whole.windows(19).any(|w| w == b"4111 1111 1111 1111"));
+    }
+
+    /// An IPv6 address ending in hex letters runs into an email ("::1a.b@x"):
+    /// the email's candidate starts inside the address and gives way, and the
+    /// rest of the email ("b@example.com") was left in the clone, unless a
+    /// chunk edge fell right after the address, where every detector looked
+    /// again (found by the sanitize_scan fuzz target).
+    #[test]
+    fn a_value_after_a_replaced_one_is_found_wherever_the_chunks_end() {
+        let rs: Vec<Redactor> = ["ip", "email"]
+            .iter()
+            .flat_map(|n| Detector::builtin(n).unwrap())
+            .map(|detector| Redactor {
+                detector,
+                with: Replacement::Mask('#'),
+            })
+            .collect();
+        let refs: Vec<&Redactor> = rs.iter().collect();
+        let p = Pseudonymizer::new(b"scanner-test-key-0123").unwrap();
+        let input = "x 2001:db8::1a.b@example.com y\n".repeat(200);
+        for chunk in [input.len(), 4097, 5000, 4096 + 17] {
+            let mut sc = Scanner::new(&refs, &p);
+            let mut out = Vec::new();
+            let mut chunks = input.as_bytes().chunks(chunk).peekable();
+            while let Some(c) = chunks.next() {
+                sc.feed(c, chunks.peek().is_none(), &mut out);
+            }
+            let out = String::from_utf8(out).unwrap();
+            assert!(!out.contains("example"), "chunk {chunk}: {}", &out[..60]);
+            assert_eq!(sc.counts["ipv6"], 200, "chunk {chunk}");
+            assert_eq!(sc.counts["email"], 200, "chunk {chunk}");
+        }
     }
 
     #[test]
