@@ -53,7 +53,9 @@ fn token_store(pool: &Path, text: &[u8]) {
     assert_eq!(after[..before.len()], before[..]);
 }
 
-fn quota_file(pool_path: &Path, text: &[u8]) {
+/// The smallest pool: the quota file and the sanitize state are read against its
+/// branches.
+fn small_pool(path: &Path) -> Pool {
     let opts = PoolOptions {
         cache_bytes: 1 << 20,
         dirty_limit_bytes: 1 << 20,
@@ -61,7 +63,11 @@ fn quota_file(pool_path: &Path, text: &[u8]) {
         root_uid: 0,
         root_gid: 0,
     };
-    let pool = Pool::create(pool_path, &opts).expect("create a pool");
+    Pool::create(path, &opts).expect("create a pool")
+}
+
+fn quota_file(pool_path: &Path, text: &[u8]) {
+    let pool = small_pool(pool_path);
     Scratch::write_private(&side_file(pool_path, ".quotas"), text);
     let Ok(store) = QuotaStore::open(&pool) else {
         return;
@@ -75,9 +81,12 @@ fn quota_file(pool_path: &Path, text: &[u8]) {
     assert_eq!(pool.quota_list(), before);
 }
 
-fn sanitize_state(pool: &Path, text: &[u8]) {
-    Scratch::write_private(&state_path(pool), text);
-    let Ok(state) = SanitizeState::open(pool) else {
+fn sanitize_state(pool_path: &Path, text: &[u8]) {
+    let pool = small_pool(pool_path);
+    Scratch::write_private(&state_path(pool_path), text);
+    // A version-1 file is upgraded (against the pool's branches) and written back
+    // as version 2 here; what follows checks that version 2 round trip.
+    let Ok(state) = SanitizeState::open(&pool) else {
         return;
     };
     let running = state.running();
@@ -86,7 +95,7 @@ fn sanitize_state(pool: &Path, text: &[u8]) {
     // Ending a clone that is not running saves the file unchanged otherwise.
     let absent = (0..).find(|id| !ids.contains(id)).expect("a free id");
     state.end(absent).expect("write the sanitize state");
-    let again = SanitizeState::open(pool).expect("a sanitize state cowfs wrote loads");
+    let again = SanitizeState::open(&pool).expect("a sanitize state cowfs wrote loads");
     assert_eq!(again.running(), running);
     let again_required: Vec<Option<String>> = ids.iter().map(|&id| again.required(id)).collect();
     assert_eq!(again_required, required);
