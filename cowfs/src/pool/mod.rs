@@ -223,6 +223,15 @@ pub(crate) struct Engine {
     older_slot: bool,
     /// Fast fsync: the intent log (fsync_log.rs).
     pub(crate) log: fsync_log::IntentLog,
+    /// Orphans no handle holds whose freeing found no room (ENOSPC on a full
+    /// pool: a snapshot or another branch shares them, so freeing frees nothing
+    /// and its node copies stay). Only a mount's cleanup looked at them again,
+    /// so after the snapshot was deleted their blocks stayed in use until the
+    /// next mount; `free_stuck_orphans` tries them again once blocks were freed.
+    stuck_orphans: BTreeSet<(BranchId, u64)>,
+    /// Blocks in use after the last attempt on `stuck_orphans` failed: the next
+    /// one waits until fewer are (room may have come back).
+    stuck_used: u64,
 }
 
 pub struct Pool {
@@ -570,7 +579,11 @@ impl Pool {
 
     /// Make everything done so far durable and atomic.
     pub fn commit(&self) -> PoolResult<()> {
-        Ok(self.e.lock().commit()?)
+        let mut e = self.e.lock();
+        // The daemon's timer commits every few seconds: orphans left for want of
+        // room are freed within one period of the delete that made room.
+        e.free_stuck_orphans();
+        Ok(e.commit()?)
     }
 
     /// Generation of the last durable commit.
@@ -1194,12 +1207,7 @@ impl Pool {
             None => false,
         };
         if last && !e.branches.get(&b).is_none_or(|r| r.is_snapshot()) {
-            let r = e.on_slop(true, |e| {
-                e.with_fs(b, true, |fs| match fs.inode(ino) {
-                    Ok(i) if i.nlink == 0 => fs.free_inode(ino),
-                    _ => Ok(()),
-                })
-            });
+            let r = e.free_orphan(b, ino);
             e.maybe_commit();
             return r;
         }
@@ -1221,11 +1229,9 @@ impl Pool {
         for ino in orphans {
             if !e.open.contains_key(&(b, ino)) {
                 // Freeing space: as release_inode, even at the branch's quota.
-                match e.on_slop(true, |e| e.with_fs(b, true, |fs| fs.free_inode(ino))) {
+                match e.free_orphan(b, ino) {
                     Ok(()) => n += 1,
-                    Err(err) if err.errno() == libc::ENOSPC => {
-                        log::warn!("inode {ino} stays an orphan, no room to free it: {err}");
-                    }
+                    Err(err) if err.errno() == libc::ENOSPC => {}
                     Err(err) => return Err(err),
                 }
             }
@@ -1275,6 +1281,8 @@ impl Engine {
             older_slot: false,
             quotas: quota::Quotas::default(),
             log: fsync_log::IntentLog::default(),
+            stuck_orphans: BTreeSet::new(),
+            stuck_used: 0,
         }
     }
 
@@ -1528,9 +1536,60 @@ impl Engine {
         let Some(ino) = gone.filter(|ino| !self.open.contains_key(&(b, *ino))) else {
             return;
         };
-        if let Err(err) = self.on_slop(true, |e| e.with_fs(b, true, |fs| fs.free_inode(ino))) {
-            log::warn!("inode {ino} stays an orphan, freeing it failed: {err}");
+        if let Err(err) = self.free_orphan(b, ino) {
+            // ENOSPC was logged, and the orphan noted, by free_orphan.
+            if err.errno() != libc::ENOSPC {
+                log::warn!("inode {ino} stays an orphan, freeing it failed: {err}");
+            }
         }
+    }
+
+    /// Free orphan `ino` of branch `b` (no name left, no handle) as a removal on
+    /// the delete slop (`on_slop`); nothing if it is not an orphan (any more). One
+    /// that finds no room stays on the orphan list, whole, and is noted in
+    /// `stuck_orphans` to be tried again once room comes back.
+    fn free_orphan(&mut self, b: BranchId, ino: u64) -> FsResult<()> {
+        let r = self.on_slop(true, |e| {
+            e.with_fs(b, true, |fs| match fs.inode(ino) {
+                Ok(i) if i.nlink == 0 => fs.free_inode(ino),
+                _ => Ok(()),
+            })
+        });
+        match &r {
+            Err(err) if err.errno() == libc::ENOSPC => {
+                log::warn!("inode {ino} stays an orphan until there is room to free it: {err}");
+                self.stuck_orphans.insert((b, ino));
+                self.stuck_used = self.st.space.used();
+            }
+            _ => {
+                self.stuck_orphans.remove(&(b, ino));
+            }
+        }
+        r
+    }
+
+    /// Try the orphans that found no room to be freed (`stuck_orphans`) again,
+    /// once fewer blocks are in use than when the last try failed: a snapshot
+    /// delete or an `rm` may have made room, or made their blocks this tree's
+    /// alone. Commits first if freed blocks wait (`retry_after_commit`). One a
+    /// handle holds again (reopened through /proc/PID/fd) is left to that
+    /// handle's release, and one whose branch is gone went with the tree.
+    fn free_stuck_orphans(&mut self) {
+        if self.stuck_orphans.is_empty() || self.st.space.used() >= self.stuck_used {
+            return;
+        }
+        for (b, ino) in std::mem::take(&mut self.stuck_orphans) {
+            let writable = self.branches.get(&b).is_some_and(|r| !r.is_snapshot());
+            if !writable || self.open.contains_key(&(b, ino)) {
+                continue;
+            }
+            if let Err(err) = self.retry_after_commit(|e| e.free_orphan(b, ino)) {
+                if err.errno() != libc::ENOSPC {
+                    log::warn!("inode {ino} stays an orphan, freeing it failed: {err}");
+                }
+            }
+        }
+        self.stuck_used = self.st.space.used();
     }
 
     /// Run `op` as a truncate or punch hole that unmaps blocks: on the delete

@@ -42,6 +42,13 @@ struct Leaf {
     dirty: bool,
 }
 
+impl Leaf {
+    /// No block it counts is in use.
+    fn is_empty(&self) -> bool {
+        self.counts.iter().all(|c| *c == 0)
+    }
+}
+
 struct Index {
     addr: BlockAddr,
     ptrs: Box<[u64]>,
@@ -93,10 +100,18 @@ pub struct SpaceMap {
     /// How many leaf pages a commit wrote (their index pointer is not 0) or are
     /// dirty now: every leaf that may hold a non-zero count, so the most a commit
     /// can move besides the leaves allocations reach first (`commit_pages_max`).
-    /// It only grows (a leaf once written keeps its pointer), by one when a leaf
-    /// never written is first changed (`set`). None until counted at open
-    /// (`count_touched_leaves`): the bound is then every page of the map.
+    /// It grows by one when a leaf with pointer 0 is first changed (`set`). A
+    /// commit writes a leaf whose counts are all zero as pointer 0
+    /// (`write_dirty`), but it stays counted until the next open
+    /// (`dropped_leaves`). None until counted at open (`count_touched_leaves`):
+    /// the bound is then every page of the map.
     touched_leaves: Option<u64>,
+    /// Leaves a commit of this session wrote as pointer 0, all counts zero,
+    /// which `touched_leaves` still counts: blocks freed in them may wait for a
+    /// flush or for reads (`in_flight`, `quarantine`), so the allocators would
+    /// not fill such a leaf in order, which the bound for leaves not touched
+    /// relies on. At open nothing waits, and they count no more.
+    dropped_leaves: FxHashSet<u64>,
 }
 
 impl SpaceMap {
@@ -140,6 +155,7 @@ impl SpaceMap {
             journal: Journal::default(),
             meta: MetaArea::default(),
             touched_leaves: None,
+            dropped_leaves: FxHashSet::default(),
         }
     }
 
@@ -409,13 +425,14 @@ impl SpaceMap {
     }
 
     fn set(&mut self, dev: &dyn BlockDevice, b: BlockAddr, v: u32) -> StoreResult<u32> {
+        let dropped = self.dropped_leaves.contains(&(b / COUNTS_PER_LEAF));
         let leaf = self.load_leaf(dev, b / COUNTS_PER_LEAF)?;
         let slot = &mut leaf.counts[(b % COUNTS_PER_LEAF) as usize];
         let old = *slot;
         *slot = v;
-        // Never written and not dirty yet: a leaf the next commit moves that
-        // `touched_leaves` did not count.
-        let first_touch = leaf.addr == 0 && !leaf.dirty;
+        // Pointer 0 and not dirty yet: a leaf the next commit moves that
+        // `touched_leaves` did not count (unless this session dropped it).
+        let first_touch = leaf.addr == 0 && !leaf.dirty && !dropped;
         leaf.dirty = true;
         if first_touch {
             if let Some(n) = self.touched_leaves.as_mut() {
@@ -672,14 +689,32 @@ impl SpaceMap {
     ) -> StoreResult<(BlockAddr, Vec<(BlockAddr, u32)>)> {
         loop {
             let mut moved = false;
+            // Not yet moved, and not dropped (pointer 0 with no count).
             let dirty_leaves: Vec<u64> = self
                 .dirty_leaves
                 .iter()
-                .filter(|n| !self.fresh.contains(&self.leaves[n].addr))
+                .filter(|n| {
+                    let l = &self.leaves[n];
+                    let dropped = l.addr == 0 && l.is_empty();
+                    !(dropped || self.fresh.contains(&l.addr))
+                })
                 .copied()
                 .collect();
             for leaf_no in dirty_leaves {
                 let old = self.leaves[&leaf_no].addr;
+                if self.leaves[&leaf_no].is_empty() {
+                    // No count left: pointer 0 reads as the same zeros, so the
+                    // page is freed rather than moved, and the next open does not
+                    // count the leaf as touched (`count_touched_leaves`): a pool
+                    // once full and emptied gets its small slop back.
+                    self.dec(dev, old)?;
+                    if let Some(l) = self.leaves.get_mut(&leaf_no) {
+                        l.addr = 0;
+                    }
+                    self.set_ptr(dev, 1, leaf_no, 0)?;
+                    moved = true;
+                    continue;
+                }
                 let new = self.alloc_meta(dev)?;
                 if old != 0 {
                     self.dec(dev, old)?;
@@ -718,11 +753,20 @@ impl SpaceMap {
                 break;
             }
         }
+        // Leaves left with no count and pointer 0 (dropped above, or never
+        // written) get no page; they stay counted until the next open.
+        for n in &self.dirty_leaves {
+            if let Some(l) = self.leaves.get_mut(n).filter(|l| l.addr == 0) {
+                l.dirty = false;
+                self.dropped_leaves.insert(*n);
+            }
+        }
         // Pages in address order, so consecutive ones go out in one write.
         let mut pages: Vec<(BlockAddr, Page)> = self
             .dirty_leaves
             .iter()
             .filter_map(|n| self.leaves.get(n).map(|l| (l.addr, Page::Leaf(*n))))
+            .filter(|(addr, _)| *addr != 0)
             .chain(
                 self.index
                     .iter()
@@ -1109,6 +1153,56 @@ mod tests {
         let mut full = SpaceMap::create(8 * COUNTS_PER_LEAF, 1);
         while full.alloc(&dev, 4096).is_ok() {}
         assert_eq!(full.commit_pages_max(0, 0), full.page_count());
+    }
+
+    /// A leaf whose counts are all zero is written as pointer 0, so a pool once
+    /// full and emptied counts, at its next open, only the leaves that hold
+    /// counts: `touched_leaves` no longer only grows. Within the session the
+    /// dropped leaves stay counted (their freed blocks wait for the flush and
+    /// reads), also when a count comes back to one of them.
+    #[test]
+    fn emptied_leaves_count_no_more_at_the_next_open() {
+        let dev = MemDevice::new();
+        let cap = 1u64 << 28; // 1 TiB
+        let mut m = SpaceMap::create(cap, 1);
+        let mut data = Vec::new();
+        while data.len() < 20 * COUNTS_PER_LEAF as usize {
+            let (a, n) = m.alloc(&dev, 4096).unwrap();
+            data.extend(a..a + n);
+        }
+        // A commit, and the blocks it freed allocatable again.
+        let settle = |m: &mut SpaceMap| {
+            m.commit_written();
+            m.commit_durable();
+            m.release_quarantine();
+        };
+        m.write_dirty(&dev, 1).unwrap();
+        settle(&mut m);
+        let full = m.touched_leaves.unwrap();
+        assert!(full >= 21, "{full}");
+        for b in &data {
+            m.dec(&dev, *b).unwrap();
+        }
+        let (root, _) = m.write_dirty(&dev, 2).unwrap();
+        settle(&mut m);
+        assert_eq!(m.touched_leaves, Some(full), "counted until the next open");
+        // Fill one dropped leaf again: it is not counted twice.
+        m.cursor = data[COUNTS_PER_LEAF as usize * 5];
+        m.alloc(&dev, 8).unwrap();
+        assert_eq!(m.touched_leaves, Some(full));
+
+        let mut r = SpaceMap::open(cap, m.depth(), root, m.used() - 8, 1);
+        r.count_touched_leaves(&dev);
+        let after = r.touched_leaves.unwrap();
+        // Leaf 0 (the superblock slots) and the leaves holding map pages.
+        assert!(after <= 3, "{after} of {full} leaves still counted");
+        assert!(r.commit_pages_max(0, 0) < m.commit_pages_max(0, 0));
+        for b in data.iter().step_by(97) {
+            assert_eq!(r.get(&dev, *b).unwrap(), 0);
+        }
+        let mut counted = 0;
+        r.for_each_count(&dev, |_, _| counted += 1).unwrap();
+        assert_eq!(counted, r.used());
     }
 
     #[test]

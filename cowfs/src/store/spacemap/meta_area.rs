@@ -164,7 +164,7 @@ impl SpaceMap {
             {
                 continue;
             }
-            if self.load_leaf(dev, leaf)?.counts.iter().all(|c| *c == 0)
+            if self.load_leaf(dev, leaf)?.is_empty()
                 && self.all_allocatable(dev, from, from + COUNTS_PER_LEAF)?
             {
                 return Ok(Some(leaf));
