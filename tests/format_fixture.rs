@@ -227,6 +227,26 @@ fn third_format_pool_replays_its_log_and_upgrades() {
     assert!(report.is_clean(), "{report}");
 }
 
+/// Opening the version-3 pool replays its intent log and commits at once: that
+/// is this build's first commit, so the other slot is written in version 4
+/// too, before open returns. (It was not: until some later commit the other slot
+/// stayed version 3 while fsyncs went to the intent log with the new commit as
+/// their base; a version-3 build would have opened that slot, ignored those
+/// records and overwritten the replayed commit.)
+#[test]
+fn the_replay_commit_at_open_upgrades_both_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("pool");
+    std::fs::copy(fixture_named("format-v3.pool"), &copy).unwrap();
+    let pool = Pool::open(&copy, &PoolOptions::default()).unwrap();
+    let bytes = std::fs::read(&copy).unwrap();
+    let versions: Vec<u32> = (0..2)
+        .map(|s| u32::from_le_bytes(bytes[s * 4096 + 8..s * 4096 + 12].try_into().unwrap()))
+        .collect();
+    assert_eq!(versions, [4, 4], "slot versions right after open");
+    drop(pool);
+}
+
 /// A pool whose newest slot a newer build wrote is refused, not opened from its
 /// other slot: this build's next commit would overwrite the newer one.
 #[test]

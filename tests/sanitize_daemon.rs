@@ -1168,6 +1168,84 @@ fn hook_mount_cannot_be_covered_from_above() {
     assert!(!private.exists(), "the hooks' directory is removed");
 }
 
+/// Make the test's `scratch_dir` a symlink to a directory beside it, as
+/// /var/run is a symlink to /run on most distributions.
+fn symlink_scratch(env: &Env) {
+    let scratch = env.base.join("scratch");
+    std::fs::remove_dir(&scratch).expect("rmdir scratch");
+    std::fs::create_dir(env.base.join("scratch-real")).expect("scratch-real");
+    std::os::unix::fs::symlink("scratch-real", &scratch).expect("symlink");
+}
+
+/// As `hook_mount_cannot_be_shadowed`, with a symlinked `scratch_dir`. The
+/// daemon looked for mounts inside the clone's mount under the symlinked path,
+/// while mountinfo lists real paths: it found none, the tmpfs went away during
+/// the busy-unmount retries, and the clone was published although a hook may
+/// have scrubbed the tmpfs instead of the clone's directory.
+#[test]
+fn hook_mount_cannot_be_shadowed_through_a_symlinked_scratch_dir() {
+    let env = Env::new();
+    symlink_scratch(&env);
+    let _served = serve(&env.base);
+    let _gate = OpenGate(env.gate(""));
+    let mut admin = env.connect(&env.admin);
+    make_prod(&env, &mut admin);
+    let (creator, private) = gated_victim(&env);
+    let logs = hook_mount(&private).join("logs");
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&logs)
+        .status()
+        .expect("mount tmpfs");
+    assert!(st.success());
+    std::fs::write(env.gate(""), b"").expect("open gate");
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = Command::new("umount").arg(&logs).status();
+    let r = creator.join().expect("creator thread");
+    let published = admin
+        .list()
+        .expect("list")
+        .iter()
+        .any(|b| b.name == "victim");
+    assert!(!published, "the clone is not published: {r:?}");
+    let e = server_error(r);
+    assert_eq!(e.kind, ErrorKind::SanitizeFailed, "{e}");
+    assert!(e.message.contains("mounted inside"), "{e}");
+}
+
+/// As `hook_mount_cannot_be_covered_from_above`, with a symlinked `scratch_dir`:
+/// the mounts on the path are those of its real path.
+#[test]
+fn hook_mount_cannot_be_covered_from_above_through_a_symlinked_scratch_dir() {
+    let env = Env::new();
+    symlink_scratch(&env);
+    let _served = serve(&env.base);
+    let _gate = OpenGate(env.gate(""));
+    let mut admin = env.connect(&env.admin);
+    make_prod(&env, &mut admin);
+    let (creator, private) = gated_victim(&env);
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&private)
+        .status()
+        .expect("mount tmpfs");
+    assert!(st.success());
+    std::fs::write(env.gate(""), b"").expect("open gate");
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = Command::new("umount").arg(&private).status();
+    let r = creator.join().expect("creator thread");
+    let published = admin
+        .list()
+        .expect("list")
+        .iter()
+        .any(|b| b.name == "victim");
+    assert!(!published, "the clone is not published: {r:?}");
+    let e = server_error(r);
+    assert_eq!(e.kind, ErrorKind::SanitizeFailed, "{e}");
+    assert!(e.message.contains("mounts on the path"), "{e}");
+    assert!(!private.exists(), "the hooks' directory is removed");
+}
+
 /// The hooks' private directory, and every directory above it, holds the clone's
 /// mount: a branch mounted there would hide the clone from a hook that reaches it
 /// by `$COWFS_CLONE_DIR` (which would then scrub that branch instead, and the

@@ -457,9 +457,8 @@ impl Pool {
             // A complete commit: any error from here on is reported, never answered
             // with the older slot. The next commit would reuse this one's generation
             // and overwrite its slot, losing it (and its logged fsyncs) for good.
-            return match Engine::load(dev.clone(), &sb, opts) {
-                Ok(mut e) => {
-                    e.older_slot = older_slot;
+            return match Engine::load(dev.clone(), &sb, opts, older_slot) {
+                Ok(e) => {
                     log::info!(
                         "{}: opened pool at generation {} ({} branches)",
                         name.display(),
@@ -1322,7 +1321,12 @@ impl Engine {
     }
 
     /// Open the complete commit `sb` (see `torn`) and replay its intent log.
-    fn load(dev: Arc<dyn BlockDevice>, sb: &Superblock, opts: &PoolOptions) -> PoolResult<Engine> {
+    fn load(
+        dev: Arc<dyn BlockDevice>,
+        sb: &Superblock,
+        opts: &PoolOptions,
+        older_slot: bool,
+    ) -> PoolResult<Engine> {
         if let Some(fixed) = dev.fixed_capacity() {
             if sb.capacity_blocks > fixed {
                 return Err(StoreError::Truncated {
@@ -1394,6 +1398,8 @@ impl Engine {
         );
         e.sealed = sb.manifest.is_empty();
         e.log.region = sb.log;
+        // Before the replay's commit: that one may be this build's first.
+        e.older_slot = older_slot;
         // Records for this commit that replay did not apply (after a torn one) may
         // still verify: no new record may join them, so the first fsync commits.
         e.log.taint();

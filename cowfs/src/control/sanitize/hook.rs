@@ -407,7 +407,15 @@ pub fn run_hooks_cancellable(
         return Ok(Vec::new());
     }
     let hook_key = hook_key_hex(key).ok_or(SanitizeError::KeyTooShort)?;
-    let private: PathBuf = private_dir::new_path(scratch, pool.id());
+    // The mount checks compare mountinfo's mount points, which are real paths:
+    // through a symlinked scratch_dir (say /var/run) the mount was never found.
+    let scratch = scratch
+        .canonicalize()
+        .map_err(|source| SanitizeError::Scratch {
+            dir: scratch.to_path_buf(),
+            source,
+        })?;
+    let private: PathBuf = private_dir::new_path(&scratch, pool.id());
     let dir = private.join(private_dir::MOUNT_POINT);
     let io = |source| SanitizeError::Scratch {
         dir: private.clone(),
