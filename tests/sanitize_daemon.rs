@@ -1079,6 +1079,39 @@ fn hook_mount_is_private() {
     creator.join().expect("creator").expect("sanitized");
 }
 
+/// Root on the host mounts a tmpfs on `target` while the gated hook waits, then
+/// lets the hook run and takes the tmpfs away 1.5 s after (so it is gone before
+/// the daemon's busy-unmount retries end). Checks that the clone was not
+/// published and failed to sanitize with a message containing `why`; the error.
+fn tmpfs_while_the_hook_runs(
+    env: &Env,
+    admin: &mut Client,
+    creator: std::thread::JoinHandle<Result<cowfs_ctl::proto::BranchInfo, ClientError>>,
+    target: &Path,
+    why: &str,
+) -> cowfs_ctl::proto::ErrorReply {
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(target)
+        .status()
+        .expect("mount tmpfs");
+    assert!(st.success());
+    std::fs::write(env.gate(""), b"").expect("open gate");
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = Command::new("umount").arg(target).status();
+    let r = creator.join().expect("creator thread");
+    let published = admin
+        .list()
+        .expect("list")
+        .iter()
+        .any(|b| b.name == "victim");
+    assert!(!published, "the clone is not published: {r:?}");
+    let e = server_error(r);
+    assert_eq!(e.kind, ErrorKind::SanitizeFailed, "{e}");
+    assert!(e.message.contains(why), "{e}");
+    e
+}
+
 /// No token can mount inside the hooks' mount, and a clone whose hook mount had
 /// anything mounted inside it (so the hooks may have scrubbed something else) is
 /// never published, even if that mount goes away before the daemon unmounts.
@@ -1108,26 +1141,7 @@ fn hook_mount_cannot_be_shadowed() {
     // Root on the host shadows a directory of the clone while the hook runs and
     // takes it away a moment after the hook ended.
     let logs = clone.join("logs");
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "tmpfs"])
-        .arg(&logs)
-        .status()
-        .expect("mount tmpfs");
-    assert!(st.success());
-    std::fs::write(env.gate(""), b"").expect("open gate");
-    std::thread::sleep(Duration::from_millis(1500));
-    let _ = Command::new("umount").arg(&logs).status();
-    let e = server_error(creator.join().expect("creator thread"));
-    assert_eq!(e.kind, ErrorKind::SanitizeFailed, "{e}");
-    assert!(e.message.contains("mounted inside"), "{e}");
-    assert!(
-        !admin
-            .list()
-            .expect("list")
-            .iter()
-            .any(|b| b.name == "victim"),
-        "the clone is not published"
-    );
+    tmpfs_while_the_hook_runs(&env, &mut admin, creator, &logs, "mounted inside");
 }
 
 /// Root on the host mounts over the hooks' private directory while the hook
@@ -1142,29 +1156,8 @@ fn hook_mount_cannot_be_covered_from_above() {
     let mut admin = env.connect(&env.admin);
     make_prod(&env, &mut admin);
     let (creator, private) = gated_victim(&env);
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "tmpfs"])
-        .arg(&private)
-        .status()
-        .expect("mount tmpfs");
-    assert!(st.success());
-    std::fs::write(env.gate(""), b"").expect("open gate");
-    std::thread::sleep(Duration::from_millis(1500));
-    let _ = Command::new("umount").arg(&private).status();
-    let e = server_error(creator.join().expect("creator thread"));
-    assert_eq!(e.kind, ErrorKind::SanitizeFailed, "{e}");
-    assert!(
-        e.message.contains("mounts on the path") && e.message.contains(&s(&private)),
-        "{e}"
-    );
-    assert!(
-        !admin
-            .list()
-            .expect("list")
-            .iter()
-            .any(|b| b.name == "victim"),
-        "the clone is not published"
-    );
+    let e = tmpfs_while_the_hook_runs(&env, &mut admin, creator, &private, "mounts on the path");
+    assert!(e.message.contains(&s(&private)), "{e}");
     assert!(!private.exists(), "the hooks' directory is removed");
 }
 
@@ -1192,25 +1185,7 @@ fn hook_mount_cannot_be_shadowed_through_a_symlinked_scratch_dir() {
     make_prod(&env, &mut admin);
     let (creator, private) = gated_victim(&env);
     let logs = hook_mount(&private).join("logs");
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "tmpfs"])
-        .arg(&logs)
-        .status()
-        .expect("mount tmpfs");
-    assert!(st.success());
-    std::fs::write(env.gate(""), b"").expect("open gate");
-    std::thread::sleep(Duration::from_millis(1500));
-    let _ = Command::new("umount").arg(&logs).status();
-    let r = creator.join().expect("creator thread");
-    let published = admin
-        .list()
-        .expect("list")
-        .iter()
-        .any(|b| b.name == "victim");
-    assert!(!published, "the clone is not published: {r:?}");
-    let e = server_error(r);
-    assert_eq!(e.kind, ErrorKind::SanitizeFailed, "{e}");
-    assert!(e.message.contains("mounted inside"), "{e}");
+    tmpfs_while_the_hook_runs(&env, &mut admin, creator, &logs, "mounted inside");
 }
 
 /// As `hook_mount_cannot_be_covered_from_above`, with a symlinked `scratch_dir`:
@@ -1224,25 +1199,7 @@ fn hook_mount_cannot_be_covered_from_above_through_a_symlinked_scratch_dir() {
     let mut admin = env.connect(&env.admin);
     make_prod(&env, &mut admin);
     let (creator, private) = gated_victim(&env);
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "tmpfs"])
-        .arg(&private)
-        .status()
-        .expect("mount tmpfs");
-    assert!(st.success());
-    std::fs::write(env.gate(""), b"").expect("open gate");
-    std::thread::sleep(Duration::from_millis(1500));
-    let _ = Command::new("umount").arg(&private).status();
-    let r = creator.join().expect("creator thread");
-    let published = admin
-        .list()
-        .expect("list")
-        .iter()
-        .any(|b| b.name == "victim");
-    assert!(!published, "the clone is not published: {r:?}");
-    let e = server_error(r);
-    assert_eq!(e.kind, ErrorKind::SanitizeFailed, "{e}");
-    assert!(e.message.contains("mounts on the path"), "{e}");
+    tmpfs_while_the_hook_runs(&env, &mut admin, creator, &private, "mounts on the path");
     assert!(!private.exists(), "the hooks' directory is removed");
 }
 
