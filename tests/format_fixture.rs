@@ -25,6 +25,25 @@ fn fixture_named(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A fresh 16 MiB pool at `path` (replacing any), its `main` and the owner of
+/// the fixtures' files.
+fn new_fixture_pool(path: &std::path::Path) -> (Pool, u64, Owner) {
+    let _ = std::fs::remove_file(path);
+    let opts = PoolOptions {
+        capacity_bytes: Some(16 << 20),
+        root_uid: 0,
+        root_gid: 0,
+        ..Default::default()
+    };
+    let pool = Pool::create(path, &opts).unwrap();
+    let b = pool.branch_id("main").unwrap();
+    let own = Owner {
+        uid: 1000,
+        gid: 1000,
+    };
+    (pool, b, own)
+}
+
 fn big_content() -> Vec<u8> {
     (0..300_000u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
@@ -34,20 +53,7 @@ fn big_content() -> Vec<u8> {
 #[test]
 #[ignore = "writes the fixture; run by hand when the format version changes"]
 fn regenerate_fixture() {
-    let path = fixture();
-    let _ = std::fs::remove_file(&path);
-    let opts = PoolOptions {
-        capacity_bytes: Some(16 << 20),
-        root_uid: 0,
-        root_gid: 0,
-        ..Default::default()
-    };
-    let pool = Pool::create(&path, &opts).unwrap();
-    let b = pool.branch_id("main").unwrap();
-    let own = Owner {
-        uid: 1000,
-        gid: 1000,
-    };
+    let (pool, b, own) = new_fixture_pool(&fixture());
     let d = pool.mkdir(b, 1, b"docs", 0o750, own).unwrap();
     let small = pool
         .mknod(b, d.ino, b"hello.txt", libc::S_IFREG | 0o644, 0, own)
@@ -148,20 +154,7 @@ fn first_format_pool_opens_and_reads() {
 #[test]
 #[ignore = "writes the version-3 fixture; run by hand with the version-3 build only"]
 fn regenerate_v3_fixture() {
-    let path = fixture_named("format-v3.pool");
-    let _ = std::fs::remove_file(&path);
-    let opts = PoolOptions {
-        capacity_bytes: Some(16 << 20),
-        root_uid: 0,
-        root_gid: 0,
-        ..Default::default()
-    };
-    let pool = Pool::create(&path, &opts).unwrap();
-    let b = pool.branch_id("main").unwrap();
-    let own = Owner {
-        uid: 1000,
-        gid: 1000,
-    };
+    let (pool, b, own) = new_fixture_pool(&fixture_named("format-v3.pool"));
     let f = pool
         .mknod(b, 1, b"notes.txt", libc::S_IFREG | 0o644, 0, own)
         .unwrap();
