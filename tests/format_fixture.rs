@@ -240,6 +240,13 @@ fn the_replay_commit_at_open_upgrades_both_slots() {
     drop(pool);
 }
 
+/// Make superblock slot `b` (4 KiB) claim format version `v`, with a valid CRC.
+fn set_slot_version(b: &mut [u8], v: u32) {
+    b[8..12].copy_from_slice(&v.to_le_bytes());
+    let crc = crc32fast::hash(&b[..4092]);
+    b[4092..].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// A pool whose newest slot a newer build wrote is refused, not opened from its
 /// other slot: this build's next commit would overwrite the newer one.
 #[test]
@@ -259,10 +266,7 @@ fn a_newer_slot_beside_an_older_one_is_refused() {
     assert!(bytes[(1 - newest) * 4096..(2 - newest) * 4096]
         .iter()
         .any(|&x| x != 0));
-    let b = &mut bytes[newest * 4096..(newest + 1) * 4096];
-    b[8..12].copy_from_slice(&5u32.to_le_bytes());
-    let crc = crc32fast::hash(&b[..4092]);
-    b[4092..].copy_from_slice(&crc.to_le_bytes());
+    set_slot_version(&mut bytes[newest * 4096..(newest + 1) * 4096], 5);
     std::fs::write(&copy, &bytes).unwrap();
     let err = Pool::open(&copy, &PoolOptions::default())
         .err()
@@ -282,9 +286,7 @@ fn newer_format_version_is_refused_by_name() {
         if b.iter().all(|&x| x == 0) {
             continue;
         }
-        b[8..12].copy_from_slice(&5u32.to_le_bytes());
-        let crc = crc32fast::hash(&b[..4092]);
-        b[4092..].copy_from_slice(&crc.to_le_bytes());
+        set_slot_version(b, 5);
     }
     std::fs::write(&copy, &bytes).unwrap();
     let err = Pool::open(&copy, &PoolOptions::default())
