@@ -1192,6 +1192,11 @@ impl Pool {
     }
 
     /// A file handle was closed; an unlinked inode with no handles left is freed.
+    /// One that finds no room (a full pool, and freeing it would free nothing: a
+    /// snapshot shares it) stays an orphan, whole, and is freed by a later
+    /// commit once room comes back (`free_stuck_orphans`) or by the next mount's
+    /// cleanup: that is not an error of the close, which could do nothing about
+    /// it. I/O errors and corruption are.
     pub fn release_inode(&self, b: BranchId, ino: u64) -> FsResult<()> {
         let mut e = self.e.lock();
         let last = match e.open.get_mut(&(b, ino)) {
@@ -1208,7 +1213,10 @@ impl Pool {
         if last && !e.branches.get(&b).is_none_or(|r| r.is_snapshot()) {
             let r = e.free_orphan(b, ino);
             e.maybe_commit();
-            return r;
+            return match r {
+                Err(err) if err.errno() == libc::ENOSPC => Ok(()),
+                r => r,
+            };
         }
         Ok(())
     }
@@ -1563,7 +1571,8 @@ impl Engine {
         });
         match &r {
             Err(err) if err.errno() == libc::ENOSPC => {
-                log::warn!("inode {ino} stays an orphan until there is room to free it: {err}");
+                // Not lost: tried again (`free_stuck_orphans`, the next mount).
+                log::info!("inode {ino} stays an orphan until there is room to free it: {err}");
                 self.stuck_orphans.insert((b, ino));
                 self.stuck_used = self.st.space.used();
             }
