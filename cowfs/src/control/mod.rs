@@ -21,6 +21,7 @@ pub mod config;
 mod dispatch;
 mod errors;
 mod files;
+mod frame;
 mod mount_points;
 pub mod mountinfo;
 pub mod quotas;

@@ -5,7 +5,7 @@
 //! closed connection.
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use serde_json::Value;
 use super::config::ServerConfig;
 use super::dispatch::Ctx;
 use super::errors;
+use super::frame::{read_frame, Frame};
 use super::tokens::Authenticated;
 
 /// Longest line read before a successful hello (a hello is about 150 bytes).
@@ -139,57 +140,6 @@ impl Drop for Slot {
         // the connection end can count on the slot being free.
         self.shared.active.fetch_sub(1, Ordering::SeqCst);
         self.shared.conns.lock().remove(&self.id);
-    }
-}
-
-enum Frame {
-    Line(Vec<u8>),
-    Eof,
-    TooLarge,
-    /// The line was not complete by its deadline.
-    Late,
-}
-
-/// One request line, at most `limit` bytes including the newline, complete by
-/// `deadline`. The deadline bounds the whole line, not each read: a client that
-/// trickles a byte now and then would otherwise hold its slot forever.
-fn read_frame(r: &mut BufReader<UnixStream>, limit: usize, deadline: Instant) -> io::Result<Frame> {
-    let mut buf = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(Frame::Late);
-        }
-        r.get_ref().set_read_timeout(Some(left))?;
-        let chunk = match r.fill_buf() {
-            Ok(c) => c,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Ok(Frame::Late)
-            }
-            Err(e) => return Err(e),
-        };
-        if chunk.is_empty() {
-            // End of stream; a partial frame means the client vanished mid-request:
-            // there is nobody to answer.
-            return Ok(Frame::Eof);
-        }
-        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (chunk.len(), false),
-        };
-        if buf.len() + take > limit {
-            return Ok(Frame::TooLarge);
-        }
-        buf.extend_from_slice(&chunk[..take]);
-        r.consume(take);
-        if done {
-            return Ok(Frame::Line(buf));
-        }
     }
 }
 
