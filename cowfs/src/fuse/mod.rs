@@ -33,5 +33,6 @@ mod lookups;
 pub mod mounts;
 mod privileges;
 mod sys;
+mod unmount;
 
 pub use mounts::{MountError, MountInfo, MountTable};

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use super::filesystem::CowFs;
 use super::kernel;
 use super::sys;
+use super::unmount::{unmount_ours, Unmount};
 use crate::control::mountinfo;
 use crate::pool::{Pool, PoolError};
 
@@ -72,14 +73,14 @@ struct Mounted {
 /// connection's). Either may be reused once the mount is gone; both at once
 /// while its session still runs, practically never.
 #[derive(Clone, Debug)]
-struct MountId {
-    id: u64,
-    dev: String,
+pub(super) struct MountId {
+    pub(super) id: u64,
+    pub(super) dev: String,
 }
 
 /// Where a mount of the table is now, seen from its directory.
 #[derive(Debug)]
-enum Place {
+pub(super) enum Place {
     /// On top of the directory: unmounting the directory unmounts it.
     Top,
     /// Another mount is stacked on it: unmounting the directory would
@@ -159,7 +160,7 @@ impl MountTable {
             Ok(ours) => ours,
             Err(e) => {
                 // Just mounted by this call: nothing else can be on top yet.
-                if let Err(u) = sys::umount(&dir, true) {
+                if let Err(u) = sys::detach(&dir) {
                     log::error!("{}: detaching the new mount: {u}", dir.display());
                 }
                 return Err(mount_err(e));
@@ -199,10 +200,11 @@ impl MountTable {
         Ok(())
     }
 
-    /// Unmount `dir`. Refused with `Busy` while files are open on it, and with
-    /// `Covered` while another filesystem is mounted over it. A mount detached
-    /// from outside is forgotten once its session ends (`Detached` until then);
-    /// whatever is mounted on `dir` since is left alone.
+    /// Unmount `dir`. Refused with `Busy` while files are open on it (or a
+    /// process keeps using it, see `unmount_ours`), and with `Covered` while
+    /// another filesystem is mounted over it. A mount detached from outside is
+    /// forgotten once its session ends (`Detached` until then); whatever is
+    /// mounted on `dir` since, or while this runs, is left alone.
     pub fn unmount(&self, dir: &Path) -> Result<(), MountError> {
         let canonical = dir.canonicalize().ok();
         let mut mounts = self.live();
@@ -217,18 +219,11 @@ impl MountTable {
             dir: target.clone(),
             source,
         };
-        let gone = match place(&target, &mounts[idx].ours).map_err(unmount_err)? {
-            Place::Top => match sys::umount(&target, false) {
-                Ok(()) => false,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    return Err(MountError::Busy(target));
-                }
-                // Unmounted from outside since `place` looked.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => true,
-                Err(source) => return Err(unmount_err(source)),
-            },
-            Place::Covered => return Err(MountError::Covered(target)),
-            Place::Gone => true,
+        let gone = match unmount_ours(&target, &mounts[idx].ours).map_err(unmount_err)? {
+            Unmount::Done => false,
+            Unmount::Busy => return Err(MountError::Busy(target)),
+            Unmount::Covered => return Err(MountError::Covered(target)),
+            Unmount::Gone => true,
         };
         // Gone from outside: forget it below. Unless it was only detached
         // (`umount -l` with files open there): its session serves them until
@@ -315,14 +310,7 @@ fn release(m: Mounted) {
     let dir = m.info.dir.clone();
     match place(&dir, &m.ours) {
         Ok(Place::Top) => {}
-        Ok(Place::Covered) => {
-            log::warn!(
-                "{}: another filesystem is mounted over branch '{}'; left mounted under it, where files fail once the daemon exits",
-                dir.display(),
-                m.info.branch
-            );
-            return;
-        }
+        Ok(Place::Covered) => return covered(&m),
         Ok(Place::Gone) => return forget_gone(m),
         Err(e) => {
             log::error!(
@@ -335,19 +323,29 @@ fn release(m: Mounted) {
     if let Err(e) = sys::syncfs(&dir) {
         log::warn!("{}: syncfs before unmount: {e}", dir.display());
     }
-    match sys::umount(&dir, false) {
-        Ok(()) => finish(m),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => forget_gone(m),
-        Err(e) => {
-            log::warn!(
-                "{}: {e}; detaching it: files still open there fail from now on",
-                dir.display()
-            );
-            if let Err(e) = sys::umount(&dir, true) {
-                log::error!("{}: lazy unmount failed: {e}", dir.display());
-            }
-        }
+    let why = match unmount_ours(&dir, &m.ours) {
+        Ok(Unmount::Done) => return finish(m),
+        Ok(Unmount::Gone) => return forget_gone(m),
+        Ok(Unmount::Covered) => return covered(&m),
+        Ok(Unmount::Busy) => "files are open there".to_string(),
+        Err(e) => e.to_string(),
+    };
+    log::warn!(
+        "{}: {why}; detaching it: files still open there fail from now on",
+        dir.display()
+    );
+    if let Err(e) = sys::detach(&dir) {
+        log::error!("{}: lazy unmount failed: {e}", dir.display());
     }
+}
+
+/// At shutdown, a mount another filesystem covers: left alone.
+fn covered(m: &Mounted) {
+    log::warn!(
+        "{}: another filesystem is mounted over branch '{}'; left mounted under it, where files fail once the daemon exits",
+        m.info.dir.display(),
+        m.info.branch
+    );
 }
 
 /// At shutdown, a mount gone from its directory (unmounted or detached from
@@ -379,10 +377,11 @@ fn identify(dir: &Path, source: &str) -> io::Result<MountId> {
         .ok_or_else(|| io::Error::other("the new mount is not in /proc/self/mountinfo"))
 }
 
-/// Where mount `ours` of `dir` is now. (A mount made on `dir` between this look
-/// and the umount2(2) that follows would still be taken: umount2 takes a path,
-/// so that window, two system calls wide, cannot be closed.)
-fn place(dir: &Path, ours: &MountId) -> io::Result<Place> {
+/// Where mount `ours` of `dir` is now. (An unmount after this look takes
+/// whatever is on top by then: see `unmount_ours`, which checks again after
+/// marking. A lazy detach (`sys::detach`) cannot be made so: a mount made on
+/// `dir` between the look and it would be detached instead.)
+pub(super) fn place(dir: &Path, ours: &MountId) -> io::Result<Place> {
     let all = mountinfo::read()?;
     if !all
         .iter()
@@ -402,7 +401,7 @@ fn detach_if_ours(dir: &Path, ours: &MountId) {
     if !matches!(place(dir, ours), Ok(Place::Top)) {
         return;
     }
-    if let Err(e) = sys::umount(dir, true) {
+    if let Err(e) = sys::detach(dir) {
         log::error!("{}: detaching the new mount: {e}", dir.display());
     }
 }
@@ -459,7 +458,7 @@ fn detach_dead_mounts(pool: &Pool) {
             Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
             _ => continue,
         }
-        match sys::umount(&m.point, true) {
+        match sys::detach(&m.point) {
             Ok(()) => log::warn!(
                 "{}: detached the dead mount of {} left by a previous daemon",
                 m.point.display(),

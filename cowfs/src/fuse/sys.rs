@@ -38,10 +38,35 @@ pub(crate) fn mount(
     Ok(())
 }
 
-/// umount2(2); `lazy` detaches the mount even while files are open (MNT_DETACH).
-pub(crate) fn umount(dir: &Path, lazy: bool) -> io::Result<()> {
+/// umount2(2) with MNT_DETACH: detaches the mount on top of `dir` even while
+/// files are open there.
+pub(crate) fn detach(dir: &Path) -> io::Result<()> {
+    umount2(dir, libc::MNT_DETACH)
+}
+
+/// What umount2(2) with MNT_EXPIRE did to the mount on top of a directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Expired {
+    /// It was marked by an earlier call and not used since: unmounted.
+    Unmounted,
+    /// It was not marked (new, or used since it was): marked now (EAGAIN).
+    Marked,
+}
+
+/// umount2(2) with MNT_EXPIRE on `dir`: unmounts the mount on top only if an
+/// earlier such call marked it and nothing used it since, else marks it. EBUSY
+/// while it is in use (files open, a process's directory, a mount inside), as
+/// a plain unmount.
+pub(crate) fn expire(dir: &Path) -> io::Result<Expired> {
+    match umount2(dir, libc::MNT_EXPIRE) {
+        Ok(()) => Ok(Expired::Unmounted),
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(Expired::Marked),
+        Err(e) => Err(e),
+    }
+}
+
+fn umount2(dir: &Path, flags: libc::c_int) -> io::Result<()> {
     let c = c_path(dir)?;
-    let flags = if lazy { libc::MNT_DETACH } else { 0 };
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
     if unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
         return Err(io::Error::last_os_error());
