@@ -33,6 +33,8 @@ mod lookups;
 pub mod mounts;
 mod privileges;
 mod sys;
+#[cfg(test)]
+mod test_mounts;
 mod unmount;
 
 pub use mounts::{MountError, MountInfo, MountTable};

@@ -271,7 +271,8 @@ impl MountTable {
     /// there: one covered by another filesystem or detached from outside (with
     /// files still open, so its session runs) would sync whatever is there now
     /// and leave this branch's dirty pages out of what follows, so it is refused
-    /// (`Covered`, `Detached`).
+    /// (`Covered`, `Detached`), also when that happens after the check (the
+    /// descriptor syncfs works on is checked to be on our mount).
     pub fn sync_branch(&self, branch: &str) -> Result<(), MountError> {
         let mounts: Vec<(PathBuf, MountId)> = self
             .live()
@@ -286,7 +287,17 @@ impl MountTable {
                 Ok(Place::Gone) => return Err(MountError::Detached(dir)),
                 Err(source) => return Err(MountError::Sync { dir, source }),
             }
-            sys::syncfs(&dir).map_err(|source| MountError::Sync { dir, source })?;
+            match sys::syncfs_of(&dir, ours.id) {
+                Ok(true) => {}
+                // Covered, or gone, since `place` looked.
+                Ok(false) => {
+                    return Err(match place(&dir, &ours) {
+                        Ok(Place::Gone) => MountError::Detached(dir),
+                        _ => MountError::Covered(dir),
+                    })
+                }
+                Err(source) => return Err(MountError::Sync { dir, source }),
+            }
         }
         self.pool.commit().map_err(|source| MountError::Commit {
             branch: branch.to_string(),
@@ -320,8 +331,11 @@ fn release(m: Mounted) {
             return;
         }
     }
-    if let Err(e) = sys::syncfs(&dir) {
-        log::warn!("{}: syncfs before unmount: {e}", dir.display());
+    match sys::syncfs_of(&dir, m.ours.id) {
+        Ok(true) => {}
+        // Covered since `place` looked: the unmount below finds it so.
+        Ok(false) => log::warn!("{}: syncfs before unmount: not on top", dir.display()),
+        Err(e) => log::warn!("{}: syncfs before unmount: {e}", dir.display()),
     }
     let why = match unmount_ours(&dir, &m.ours) {
         Ok(Unmount::Done) => return finish(m),

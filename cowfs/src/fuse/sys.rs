@@ -74,14 +74,46 @@ fn umount2(dir: &Path, flags: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
-/// syncfs(2) on the filesystem mounted at `dir`: writes the kernel's dirty pages.
-pub(crate) fn syncfs(dir: &Path) -> io::Result<()> {
+/// syncfs(2) on mount `mnt_id` (its id in /proc/self/mountinfo), reached
+/// through its directory `dir`: writes the kernel's dirty pages. False, having
+/// synced nothing, if `dir` leads to another mount: the descriptor is checked,
+/// not the path, so a mount made on `dir` after a caller's look is not the one
+/// synced (and ours left out).
+pub(crate) fn syncfs_of(dir: &Path, mnt_id: u64) -> io::Result<bool> {
     let f = std::fs::File::open(dir)?;
+    if mount_id(&f)? != mnt_id {
+        return Ok(false);
+    }
     // SAFETY: the descriptor is open for the duration of the call.
     if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(())
+    Ok(true)
+}
+
+/// The id of the mount an open descriptor is on (statx STATX_MNT_ID, Linux 5.8+;
+/// the id /proc/self/mountinfo lists first).
+fn mount_id(f: &std::fs::File) -> io::Result<u64> {
+    // SAFETY: all-zero is a valid `statx` (plain integers).
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the descriptor is open, the path is a NUL-terminated empty string
+    // (AT_EMPTY_PATH: the descriptor itself), and `st` outlives the call.
+    let r = unsafe {
+        libc::statx(
+            f.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_MNT_ID,
+            &mut st,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(io::Error::other("the kernel gives no mount id (statx)"));
+    }
+    Ok(st.stx_mnt_id)
 }
 
 /// statfs(2) on `path`. On a FUSE mount it always reaches the server (nothing is
@@ -95,4 +127,24 @@ pub(crate) fn statfs(path: &Path) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuse::test_mounts::{mounted, tmpfs};
+
+    /// sync_branch and the shutdown sync reach a mount through its directory: a
+    /// mount made on the directory after their check is the one the path leads
+    /// to. The descriptor's mount is checked, so that one is not synced in place
+    /// of ours.
+    #[test]
+    fn syncfs_of_syncs_only_the_mount_named() {
+        let (_tmp, cleanup, ours) = mounted();
+        let dir = cleanup.0.clone();
+        assert!(syncfs_of(&dir, ours.id).expect("syncfs of ours on top"));
+        let over = tmpfs(&dir, "cowfs-unit-over");
+        assert!(!syncfs_of(&dir, ours.id).expect("syncfs of ours covered"));
+        assert!(syncfs_of(&dir, over.id).expect("syncfs of the one on top"));
+    }
 }

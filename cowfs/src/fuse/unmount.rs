@@ -92,63 +92,8 @@ fn expire(dir: &Path) -> io::Result<Option<Unmount>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::mountinfo;
-    use std::path::PathBuf;
+    use crate::fuse::test_mounts::{is_listed, mounted, tmpfs, top};
     use std::process::Command;
-
-    /// Unmounts whatever a test left on its directory, also when it fails.
-    struct Cleanup(PathBuf);
-
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            while top(&self.0).is_some() {
-                let st = Command::new("umount").arg("-l").arg(&self.0).status();
-                if !st.is_ok_and(|s| s.success()) {
-                    break;
-                }
-            }
-        }
-    }
-
-    /// The mount on top of `dir` (the last listed there) and its source.
-    fn top(dir: &Path) -> Option<(MountId, PathBuf)> {
-        let m = mountinfo::read().expect("mountinfo");
-        let m = m.into_iter().rev().find(|m| m.point == dir)?;
-        Some((
-            MountId {
-                id: m.id,
-                dev: m.dev,
-            },
-            m.source,
-        ))
-    }
-
-    fn is_listed(ours: &MountId) -> bool {
-        let all = mountinfo::read().expect("mountinfo");
-        all.iter().any(|m| m.id == ours.id && m.dev == ours.dev)
-    }
-
-    /// A tmpfs named `source` mounted on `dir`.
-    fn tmpfs(dir: &Path, source: &str) -> MountId {
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", source])
-            .arg(dir)
-            .status()
-            .expect("run mount");
-        assert!(st.success(), "mount tmpfs on {}", dir.display());
-        let (id, listed) = top(dir).expect("the new mount");
-        assert_eq!(listed, Path::new(source));
-        id
-    }
-
-    /// A directory with "ours" mounted on it.
-    fn mounted() -> (tempfile::TempDir, Cleanup, MountId) {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().canonicalize().expect("canonical");
-        let cleanup = Cleanup(dir.clone());
-        let ours = tmpfs(&dir, "cowfs-unit-ours");
-        (tmp, cleanup, ours)
-    }
 
     /// Review finding: the unmount checked that ours was on top, then
     /// unmounted the directory by path: a mount made on it in between was the
