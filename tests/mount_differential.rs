@@ -12,11 +12,12 @@
 //! (tests/mount_diff/apply.rs says what is compared and what the two may
 //! legitimately differ in). Every COMPARE_EVERY steps the whole trees must agree
 //! in what POSIX fixes (tests/mount_diff/tree.rs: types, modes, owners, link
-//! counts, sizes but directories', data, symlink targets, user xattrs, sorted
-//! names, hard-link groups, the paths each open descriptor reaches); every
-//! REMOUNT_EVERY steps and at the end the descriptors are closed, cowfs is
-//! unmounted and remounted and the trees compared again (what was written must
-//! persist); at the end `cowfs fsck` must be clean.
+//! counts, sizes but directories', data, symlink targets, user and trusted
+//! xattrs, sorted names, hard-link groups, the paths each open descriptor
+//! reaches, whether a probed mtime moved); every REMOUNT_EVERY steps and at the
+//! end the descriptors are closed, cowfs is unmounted and remounted and the
+//! trees compared again (what was written must persist); at the end
+//! `cowfs fsck` must be clean.
 //!
 //! Runs as root (chown, mknod, other users' ids). By default DEFAULT_SEEDS seeds
 //! of DEFAULT_STEPS steps (about 20 s on 2 cores). Longer runs:

@@ -229,18 +229,19 @@ impl Side {
                 name,
                 value,
                 flags,
+                nofollow,
             } => {
                 let (p, n) = (c(&self.p(path)), cs(name));
+                let set = if *nofollow {
+                    libc::lsetxattr
+                } else {
+                    libc::setxattr
+                };
+                let (v, len) = (value.0.as_ptr().cast(), value.0.len());
                 // SAFETY: valid strings and a buffer of the given length.
-                Ret(ret(unsafe {
-                    libc::setxattr(
-                        p.as_ptr(),
-                        n.as_ptr(),
-                        value.0.as_ptr().cast(),
-                        value.0.len(),
-                        *flags,
-                    )
-                } as i64))
+                Ret(ret(
+                    unsafe { set(p.as_ptr(), n.as_ptr(), v, len, *flags) } as i64
+                ))
             }
             Op::Getxattr { path, name } => {
                 let (p, n) = (c(&self.p(path)), cs(name));
@@ -260,9 +261,9 @@ impl Side {
                     unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) } as i64
                 ))
             }
-            Op::Listxattr { path } => {
-                Names(user_xattrs(&self.p(path)).map(|v| v.into_iter().map(|(n, _)| n).collect()))
-            }
+            Op::Listxattr { path } => Names(
+                compared_xattrs(&self.p(path)).map(|v| v.into_iter().map(|(n, _)| n).collect()),
+            ),
             Op::Readdir { path } => Names(list_dir(&self.p(path))),
             _ => unreachable!("descriptor operations are handled above"),
         }

@@ -180,6 +180,8 @@ pub enum Op {
         name: String,
         value: Data,
         flags: i32,
+        /// lsetxattr: on a symlink itself.
+        nofollow: bool,
     },
     Getxattr {
         path: String,
@@ -234,7 +236,13 @@ pub enum Op {
 }
 
 const IDS: [u32; 3] = [0, 1000, 65534];
-const XATTRS: [&str; 3] = ["user.a", "user.b", "user.long_name_of_an_attribute"];
+/// trusted.* needs CAP_SYS_ADMIN and is listed only to such callers.
+const XATTRS: [&str; 4] = [
+    "user.a",
+    "user.b",
+    "user.long_name_of_an_attribute",
+    "trusted.t",
+];
 
 pub struct Gen {
     files: Vec<String>,
@@ -468,11 +476,12 @@ impl Gen {
                 path,
                 name: XATTRS.choose(rng).unwrap().to_string(),
                 // ext4 keeps one file's xattrs in a single block (ENOSPC beyond):
-                // three values of < 1000 bytes always fit.
-                value: Data(data(rng).into_iter().take(rng.gen_range(0..1000)).collect()),
+                // four values of < 800 bytes always fit.
+                value: Data(data(rng).into_iter().take(rng.gen_range(0..800)).collect()),
                 flags: *[0, 0, libc::XATTR_CREATE, libc::XATTR_REPLACE]
                     .choose(rng)
                     .unwrap(),
+                nofollow: rng.gen_bool(0.3),
             },
             93 => Op::Getxattr {
                 path,
@@ -494,7 +503,7 @@ impl Gen {
             103..=104 => Op::Fsetxattr {
                 slot,
                 name: XATTRS.choose(rng).unwrap().to_string(),
-                value: Data(data(rng).into_iter().take(rng.gen_range(0..1000)).collect()),
+                value: Data(data(rng).into_iter().take(rng.gen_range(0..800)).collect()),
             },
             105 => Op::Fgetxattr {
                 slot,

@@ -119,9 +119,10 @@ pub fn readlink(p: &Path) -> Result<Vec<u8>, i32> {
 /// xattr (name, value) pairs.
 pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// `user.*` xattrs of `p` (not following a symlink), name -> value, sorted.
-/// Other namespaces are the host's (security labels) and not compared.
-pub fn user_xattrs(p: &Path) -> Result<Xattrs, i32> {
+/// `user.*` and `trusted.*` xattrs of `p` (not following a symlink), as
+/// (name, value), sorted. `security.*` and `system.*` are the host's (labels,
+/// ACLs) and not compared.
+pub fn compared_xattrs(p: &Path) -> Result<Xattrs, i32> {
     let cp = c(p);
     let mut names = vec![0u8; 65536];
     // SAFETY: a valid path and a writable buffer of the given length.
@@ -130,7 +131,10 @@ pub fn user_xattrs(p: &Path) -> Result<Xattrs, i32> {
     )?;
     names.truncate(n as usize);
     let mut out = Vec::new();
-    for name in names.split(|b| *b == 0).filter(|s| s.starts_with(b"user.")) {
+    for name in names
+        .split(|b| *b == 0)
+        .filter(|s| s.starts_with(b"user.") || s.starts_with(b"trusted."))
+    {
         let cn = CString::new(name).expect("xattr name without NUL");
         let mut val = vec![0u8; 65536];
         // SAFETY: valid strings and a writable buffer of the given length.

@@ -1,6 +1,6 @@
 //! A whole tree as POSIX fixes it, for comparing the two sides: every path's
 //! stat view, contents (file data, symlink target, sorted directory names),
-//! user xattrs, and which paths are hard links of one another.
+//! user and trusted xattrs, and which paths are hard links of one another.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -62,7 +62,7 @@ pub fn snapshot(root: &Path) -> Tree {
         };
         by_ino.entry(st.st_ino).or_default().push(rel.clone());
         let xattrs =
-            user_xattrs(&p).unwrap_or_else(|e| panic!("xattrs {}: errno {e}", p.display()));
+            compared_xattrs(&p).unwrap_or_else(|e| panic!("xattrs {}: errno {e}", p.display()));
         // A FIFO's times on a FUSE mount do not follow the data passing through
         // it (pipe I/O never reaches the daemon; README Limits): not compared.
         let probe_mtime =
