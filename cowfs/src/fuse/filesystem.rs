@@ -27,7 +27,7 @@ use super::attr::{
 use super::handles::Handles;
 use super::kernel;
 use super::lookups::Lookups;
-use super::privileges::{acl_keeps_setgid, names_visible_to};
+use super::privileges::{keeps_setgid, names_visible_to, Caller};
 use crate::fs::file::{SeekWhence, WriteTimes};
 use crate::fs::{Attr, FsError, FsResult, SetAttr};
 use crate::pool::{BranchId, Pool};
@@ -210,7 +210,7 @@ impl Filesystem for CowFs {
             mtime: mtime.map(time_or_now),
             ctime: ctime.map(from_request_time),
         };
-        if let Err(e) = self.drop_privileges_for_setattr(ino.0, &mut s, req.pid(), req.uid()) {
+        if let Err(e) = self.drop_privileges_for_setattr(ino.0, &mut s, Caller::of(req)) {
             return reply.error(errno(&e));
         }
         let r = self
@@ -420,7 +420,7 @@ impl Filesystem for CowFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -434,7 +434,7 @@ impl Filesystem for CowFs {
             return reply.error(e);
         }
         if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-            if let Err(e) = self.drop_privileges_for_write(ino.0) {
+            if let Err(e) = self.drop_privileges_for_write(ino.0, Caller::of(req)) {
                 return reply.error(errno(&e));
             }
         }
@@ -624,7 +624,7 @@ impl Filesystem for CowFs {
         };
         let name = name.as_bytes();
         let r = if name == acl::ACCESS || name == acl::DEFAULT {
-            let keeps = |file_gid| acl_keeps_setgid(req.pid(), req.uid(), req.gid(), file_gid);
+            let keeps = |file_gid| keeps_setgid(req.pid(), req.uid(), req.gid(), file_gid);
             acl::set(&self.pool, self.branch, ino.0, name, value, flags, keeps)
         } else {
             self.pool.setxattr(self.branch, ino.0, name, value, flags)
@@ -681,7 +681,7 @@ impl Filesystem for CowFs {
         if let Err(e) = self.writable() {
             return reply.error(e);
         }
-        if let Err(e) = self.drop_privileges_for_change(req.pid(), req.uid(), ino.0) {
+        if let Err(e) = self.drop_privileges_for_change(Caller::of(req), ino.0) {
             return reply.error(errno(&e));
         }
         const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
@@ -751,7 +751,7 @@ impl Filesystem for CowFs {
         if let Err(e) = self.writable() {
             return reply.error(e);
         }
-        if let Err(e) = self.drop_privileges_for_change(req.pid(), req.uid(), ino_out.0) {
+        if let Err(e) = self.drop_privileges_for_change(Caller::of(req), ino_out.0) {
             return reply.error(errno(&e));
         }
         // Extents are shared, not copied: O(1) per extent.

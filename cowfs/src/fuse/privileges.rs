@@ -5,9 +5,10 @@
 //!
 //! The rules are Linux's (`setattr_should_drop_suidgid`, `file_remove_privs`):
 //! - a write by a caller without CAP_FSETID drops set-user-ID, and set-group-ID
-//!   when the file is group-executable (without group execute it marks mandatory
-//!   locking, not a privilege). The kernel flags such writes
-//!   (FUSE_WRITE_KILL_SUIDGID).
+//!   when the file is group-executable or the caller is not in the file's group
+//!   (without group execute the bit marks mandatory locking, which a member of the
+//!   group may keep: `setattr_should_drop_sgid`, Linux 6.2 and later, as ext4
+//!   does). The kernel flags such writes (FUSE_WRITE_KILL_SUIDGID).
 //! - a truncate likewise. The kernel's flag for it (FATTR_KILL_SUIDGID) is not
 //!   passed on by fuser 0.18, so the caller's CAP_FSETID is read from its /proc
 //!   status (uid 0 is not enough: root may have dropped the capability).
@@ -33,13 +34,15 @@ const CAP_FSETID: u32 = 4;
 /// The capability bit (linux/capability.h) that lets a caller see trusted.* names.
 const CAP_SYS_ADMIN: u32 = 21;
 
-/// Does a caller keep a file's set-group-ID bit when it sets the file's access ACL?
-/// Linux (`posix_acl_update_mode`) keeps it for a member of the file's group and for
-/// a holder of CAP_FSETID. The kernel's own verdict (FUSE_SETXATTR_ACL_KILL_SGID)
-/// comes only with FUSE_SETXATTR_EXT, whose request layout fuser 0.18 does not
-/// parse, so it is worked out here from the caller's /proc status; a caller that is
-/// gone already counts as uid 0 or not.
-pub(crate) fn acl_keeps_setgid(pid: u32, uid: u32, gid: u32, file_gid: u32) -> bool {
+/// Does a caller keep a file's set-group-ID bit when it sets the file's access ACL,
+/// or (without group execute) when it writes, truncates or chowns the file? Linux
+/// (`posix_acl_update_mode`, `setattr_should_drop_sgid`) keeps it for a member of
+/// the file's group and for a holder of CAP_FSETID. The kernel's own verdict for
+/// ACLs (FUSE_SETXATTR_ACL_KILL_SGID) comes only with FUSE_SETXATTR_EXT, whose
+/// request layout fuser 0.18 does not parse, and its write flag says only that the
+/// caller lacks CAP_FSETID, so it is worked out here from the caller's /proc
+/// status; a caller that is gone already counts as uid 0 or not.
+pub(crate) fn keeps_setgid(pid: u32, uid: u32, gid: u32, file_gid: u32) -> bool {
     if gid == file_gid {
         return true;
     }
@@ -102,10 +105,34 @@ fn without_trusted_names(list: &[u8]) -> Vec<u8> {
         .collect()
 }
 
-/// `mode` without the set-id bits a change drops.
-pub(crate) fn without_setid(mode: u32) -> u32 {
+/// Who asks for a change: what `keeps_setgid` needs to know about the caller.
+#[derive(Clone, Copy)]
+pub(crate) struct Caller {
+    pid: u32,
+    uid: u32,
+    gid: u32,
+}
+
+impl Caller {
+    pub(crate) fn of(req: &fuser::Request) -> Caller {
+        Caller {
+            pid: req.pid(),
+            uid: req.uid(),
+            gid: req.gid(),
+        }
+    }
+
+    fn keeps_setgid(self, file_gid: u32) -> bool {
+        keeps_setgid(self.pid, self.uid, self.gid, file_gid)
+    }
+}
+
+/// `mode` without the set-id bits a change drops: set-user-ID always, set-group-ID
+/// when the file is group-executable or, without group execute, unless the caller
+/// keeps it (`keeps_setgid`, asked only then).
+pub(crate) fn without_setid(mode: u32, keeps_setgid: impl FnOnce() -> bool) -> u32 {
     let mut m = mode & !libc::S_ISUID;
-    if m & libc::S_IXGRP != 0 {
+    if m & libc::S_ISGID != 0 && (m & libc::S_IXGRP != 0 || !keeps_setgid()) {
         m &= !libc::S_ISGID;
     }
     m
@@ -121,10 +148,10 @@ impl CowFs {
     /// Before a write the kernel flagged (the writer lacks CAP_FSETID): drop set-id
     /// bits and file capabilities, and invalidate the kernel's cached mode so that
     /// exec sees the change at once. Other writes need nothing (see above).
-    pub(crate) fn drop_privileges_for_write(&self, ino: u64) -> FsResult<()> {
+    pub(crate) fn drop_privileges_for_write(&self, ino: u64, caller: Caller) -> FsResult<()> {
         let mut changed = false;
         let a = self.pool.getattr(self.branch, ino)?;
-        let m = without_setid(a.mode);
+        let m = without_setid(a.mode, || caller.keeps_setgid(a.gid));
         if m != a.mode && !a.is_dir() {
             let s = SetAttr {
                 mode: Some(m & 0o7777),
@@ -146,23 +173,23 @@ impl CowFs {
     /// that to us (file capabilities it still drops itself). Whether the caller
     /// holds CAP_FSETID is read from its /proc status, only when there is a bit to
     /// drop.
-    pub(crate) fn drop_privileges_for_change(&self, pid: u32, uid: u32, ino: u64) -> FsResult<()> {
+    pub(crate) fn drop_privileges_for_change(&self, caller: Caller, ino: u64) -> FsResult<()> {
         let a = self.pool.getattr(self.branch, ino)?;
-        if without_setid(a.mode) == a.mode || has_capability(pid, uid, CAP_FSETID) {
+        let setid = a.mode & (libc::S_ISUID | libc::S_ISGID) != 0;
+        if !setid || has_capability(caller.pid, caller.uid, CAP_FSETID) {
             return Ok(());
         }
-        self.drop_privileges_for_write(ino)
+        self.drop_privileges_for_write(ino, caller)
     }
 
-    /// Before a setattr: a chown, or a truncate by a caller (`pid`, `uid`) without
+    /// Before a setattr: a chown, or a truncate by a caller without
     /// CAP_FSETID, also drops set-id bits (unless the request sets the mode
     /// itself); either drops file capabilities.
     pub(crate) fn drop_privileges_for_setattr(
         &self,
         ino: u64,
         s: &mut SetAttr,
-        pid: u32,
-        uid: u32,
+        caller: Caller,
     ) -> FsResult<()> {
         let changes_content_or_owner = s.size.is_some() || s.uid.is_some() || s.gid.is_some();
         if !changes_content_or_owner {
@@ -172,8 +199,8 @@ impl CowFs {
         if a.is_dir() {
             return Ok(());
         }
-        let m = without_setid(a.mode);
-        let has_fsetid = || has_capability(pid, uid, CAP_FSETID);
+        let m = without_setid(a.mode, || caller.keeps_setgid(a.gid));
+        let has_fsetid = || has_capability(caller.pid, caller.uid, CAP_FSETID);
         if s.mode.is_none() && m != a.mode && setattr_drops_setid(s, has_fsetid) {
             s.mode = Some(m & 0o7777);
         }
@@ -198,10 +225,14 @@ mod tests {
     #[test]
     fn setid_rules() {
         let reg = libc::S_IFREG;
-        assert_eq!(without_setid(reg | 0o6755), reg | 0o755);
-        // Set-group-ID without group execute stays (mandatory locking mark).
-        assert_eq!(without_setid(reg | 0o6745), reg | 0o2745);
-        assert_eq!(without_setid(reg | 0o644), reg | 0o644);
+        let keeps = || true;
+        let loses = || false;
+        assert_eq!(without_setid(reg | 0o6755, keeps), reg | 0o755);
+        // Set-group-ID without group execute (a mandatory locking mark) stays for
+        // a caller who keeps it, and only for one.
+        assert_eq!(without_setid(reg | 0o6745, keeps), reg | 0o2745);
+        assert_eq!(without_setid(reg | 0o6745, loses), reg | 0o745);
+        assert_eq!(without_setid(reg | 0o644, loses), reg | 0o644);
         let chown = SetAttr {
             uid: Some(1),
             ..SetAttr::default()
