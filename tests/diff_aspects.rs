@@ -1,8 +1,8 @@
 //! What `Pool::diff` says changed in a modified entry, one aspect at a time, and
 //! the cases the randomized cross-check (diff_model) found wrong: every name of a
 //! hard-linked file, a changed file under a new name listed once, bytes rewritten
-//! unchanged (an identical copy, zeros over a hole, a large xattr set again) not
-//! reported.
+//! unchanged (an identical copy, zeros over a hole, a small file moved out of
+//! its inline item, a large xattr set again) not reported.
 
 use std::sync::Arc;
 
@@ -273,6 +273,7 @@ fn bytes_rewritten_unchanged_are_not_reported() {
     let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
     let f = fx.file("f", &data);
     let z = fx.file("z", &[0u8; 3 * 4096]);
+    let small = fx.file("small", &[5u8; 100]);
     fx.p.setxattr(fx.b, f, b"user.big", &[4u8; 3000], 0)
         .expect("setxattr");
     let got = fx.diff_after(|p, b| {
@@ -282,6 +283,10 @@ fn bytes_rewritten_unchanged_are_not_reported() {
         // Written zeros punched into a hole (and zeros written again).
         p.punch_hole(b, z, 0, 4096).expect("punch");
         p.write_file(b, z, 4096, &[0u8; 4096]).expect("write");
+        // Blocks reserved past the end move a small file out of its inline item
+        // into block 0, bytes, size and times unchanged.
+        p.fallocate(b, small, 20_000, 4096, true)
+            .expect("fallocate");
         // A large value set again to the bytes it had (new chunks).
         p.setxattr(b, f, b"user.big", &[4u8; 3000], 0)
             .expect("setxattr");

@@ -2,7 +2,7 @@
 //! changes (writes, truncates, holes, renames across directories, hard links,
 //! directory renames with changes below, a file replaced by a directory, symlink
 //! retargets, chmod, chown, touch, xattrs small and chunked, unlink of an open
-//! file) are applied to a branch; before each round a snapshot is taken. The diff
+//! file, fallocate, shared and copied ranges) are applied to a branch; before each round a snapshot is taken. The diff
 //! of snapshot and branch (both ways) must list exactly the paths a comparison of
 //! the two dumps finds, with the right kind, file type and aspects, and ranges
 //! that cover exactly the changed blocks. A side against itself, and a snapshot against its
@@ -107,7 +107,7 @@ impl Work<'_> {
         let any: Vec<Vec<u8>> = t.keys().filter(|p| !p.is_empty()).cloned().collect();
         let (b, p) = (self.b, self.p);
         let show = |x: &[u8]| String::from_utf8_lossy(x).into_owned();
-        let op = self.rng.gen_range(0..22);
+        let op = self.rng.gen_range(0..24);
         let Some(f) = one(&mut self.rng, &files) else {
             // Unlinks and replacements took every file: start again.
             let name = self.fresh_name();
@@ -321,6 +321,34 @@ impl Work<'_> {
                 p.mkdir(b, di, &name, 0o755, Owner::default())
                     .expect("mkdir");
                 format!("mkdir {}/{}", show(&d), show(&name))
+            }
+            21 => {
+                // Unwritten blocks, inside the file or past its end.
+                let (off, len) = (self.rng.gen_range(0..80_000), self.rng.gen_range(1..30_000));
+                let keep = self.rng.gen_bool(0.5);
+                p.fallocate(b, fi, off, len, keep).expect("fallocate");
+                format!("fallocate {} {off}+{len} keep_size {keep}", show(&f))
+            }
+            22 => {
+                // Blocks shared with another file (block aligned: extents shared),
+                // or copied (unaligned); may be refused, which changes nothing.
+                let g = one(&mut self.rng, &files).unwrap_or_default();
+                let gi = self.ino(&t, &g);
+                let aligned = self.rng.gen_bool(0.7);
+                let pick = |rng: &mut SmallRng, n: u64| {
+                    if aligned {
+                        rng.gen_range(0..n) * 4096
+                    } else {
+                        rng.gen_range(0..n * 4096)
+                    }
+                };
+                let (so, dof, len) = (
+                    pick(&mut self.rng, 16),
+                    pick(&mut self.rng, 16),
+                    pick(&mut self.rng, 6) + 1,
+                );
+                let r = p.clone_range(b, gi, so, fi, dof, len);
+                format!("clone {} {so}+{len} -> {} {dof}: {r:?}", show(&g), show(&f))
             }
             _ => {
                 let (pf, nf) = split(&f);

@@ -50,7 +50,8 @@ pub struct DiffResult {
 struct InodeDelta {
     a: Option<Inode>,
     b: Option<Inode>,
-    ranges: Vec<(u64, u64)>,
+    /// The inline data item changed: whether each side has one, and the longer.
+    inline: Option<([bool; 2], u64)>,
     /// Changed extent items on each side: (file offset, extent).
     extents: [Vec<(u64, Extent)>; 2],
     xattrs: bool,
@@ -204,13 +205,24 @@ impl Pool {
             let (Some(ia), Some(ib)) = (&d.a, &d.b) else {
                 continue;
             };
-            let (mut data, maybe_same) = d.extent_ranges();
+            let bs = BLOCK_SIZE as u64;
+            let (mut data, mut maybe_same) = d.extent_ranges();
+            match d.inline {
+                Some(([true, true], len)) => data.push((0, len)),
+                Some(_) => {
+                    // A small file moved out of its inline item into block 0 (or
+                    // back): the block's mapping says nothing, its bytes do.
+                    data.retain(|r| r.0 != 0);
+                    maybe_same.retain(|blk| *blk != 0);
+                    maybe_same.push(0);
+                }
+                None => {}
+            }
             for blk in maybe_same {
                 if block_differs(&mut e, roots, ino, (ia, ib), blk)? {
-                    data.push((blk * BLOCK_SIZE as u64, BLOCK_SIZE as u64));
+                    data.push((blk * bs, bs));
                 }
             }
-            data.extend_from_slice(&d.ranges);
             let aspects = inode_aspects(&mut e, roots, ino, (ia, ib), &data, d.xattrs)?;
             if aspects.is_empty() {
                 continue;
@@ -280,7 +292,7 @@ fn collect(
         }
         KIND_INLINE => {
             let len = va.map_or(0, <[u8]>::len).max(vb.map_or(0, <[u8]>::len)) as u64;
-            inodes.entry(k.id).or_default().ranges.push((0, len));
+            inodes.entry(k.id).or_default().inline = Some(([va.is_some(), vb.is_some()], len));
         }
         // A large value's chunks are part of its xattr.
         KIND_XATTR | KIND_XATTR_CHUNK => inodes.entry(k.id).or_default().xattrs = true,
