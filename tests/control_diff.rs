@@ -36,7 +36,13 @@ fn lookup(p: &Pool, b: BranchId, path: &str) -> u64 {
     ino
 }
 
-fn entry(path: &str, change: Change, file_type: &str, ranges: &[(u64, u64)]) -> DiffEntry {
+fn entry(
+    path: &str,
+    change: Change,
+    file_type: &str,
+    ranges: &[(u64, u64)],
+    aspects: &[&str],
+) -> DiffEntry {
     DiffEntry {
         path: path.into(),
         change,
@@ -45,6 +51,7 @@ fn entry(path: &str, change: Change, file_type: &str, ranges: &[(u64, u64)]) -> 
             .iter()
             .map(|&(offset, len)| ByteRange { offset, len })
             .collect(),
+        aspects: aspects.iter().map(|a| a.to_string()).collect(),
     }
 }
 
@@ -95,9 +102,28 @@ fn diff_is_exact_and_its_cost_follows_the_difference() {
     assert_eq!(
         r.entries,
         vec![
-            entry("/big.db", Change::Modified, "file", &[(GIB, 4096)]),
-            entry("/d3/f17", Change::Modified, "file", &[(0, 9)]),
-            entry("/d9/f5", Change::Modified, "file", &[(0, 17)]),
+            entry(
+                "/big.db",
+                Change::Modified,
+                "file",
+                &[(GIB, 4096)],
+                &["content", "times"]
+            ),
+            entry(
+                "/d3/f17",
+                Change::Modified,
+                "file",
+                &[(0, 9)],
+                &["content", "times"]
+            ),
+            // An append: the bytes it had are as they were.
+            entry(
+                "/d9/f5",
+                Change::Modified,
+                "file",
+                &[(0, 17)],
+                &["size", "times"]
+            ),
         ]
     );
     assert!(r.nodes_visited > 0);

@@ -141,6 +141,23 @@ fn every_subcommand() {
     assert!(!is_mountpoint(&m2));
     // reset: refused while mounted, then done after unmount.
     std::fs::write(m1.join("hello.txt"), "changed").expect("write");
+    // diff of a modified file: its changed bytes and what changed, in both forms.
+    let v = admin.json(&["diff", "dev-snap", "dev"]);
+    let e = &v["entries"][0];
+    assert_eq!(
+        (&e["path"], &e["change"]),
+        (&"/hello.txt".into(), &"modified".into())
+    );
+    assert_eq!(
+        e["aspects"],
+        serde_json::json!(["content", "size", "times"])
+    );
+    let out = admin.ok(&["diff", "dev-snap", "dev"]);
+    let line = out.lines().find(|l| l.contains("/hello.txt")).unwrap_or("");
+    assert!(
+        line.starts_with("modified") && line.ends_with("0+14 [content,size,times]"),
+        "{out}"
+    );
     admin.fails(&["reset", "dev", "--to", "dev-snap"], "mounted");
     admin.ok(&["unmount", s(&m1)]);
     admin.ok(&["reset", "dev", "--to", "dev-snap"]);

@@ -608,19 +608,22 @@ fn info(b: &BranchInfo) {
 }
 
 fn diff(d: &DiffReply) {
-    let mut t = Table::new(&["CHANGE", "TYPE", "PATH", "CHANGED BYTES"]);
+    let mut t = Table::new(&["CHANGE", "TYPE", "PATH", "CHANGED BYTES [WHAT]"]);
     for e in &d.entries {
         let change = match e.change {
             Change::Added => "added",
             Change::Removed => "removed",
             Change::Modified => "modified",
         };
-        let ranges = e
+        let mut ranges = e
             .ranges
             .iter()
             .map(|r| format!("{}+{}", r.offset, r.len))
-            .collect::<Vec<_>>()
-            .join(" ");
+            .collect::<Vec<_>>();
+        if !e.aspects.is_empty() {
+            ranges.push(format!("[{}]", e.aspects.join(",")));
+        }
+        let ranges = ranges.join(" ");
         t.row(vec![
             change.into(),
             e.file_type.clone(),

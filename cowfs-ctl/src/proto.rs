@@ -672,6 +672,12 @@ pub struct DiffEntry {
     /// Modified regular files: byte ranges whose content differs (block granular).
     #[serde(default)]
     pub ranges: Vec<ByteRange>,
+    /// Modified entries: what changed ("content", "size", "mode", "owner",
+    /// "times", "xattrs", "target", "replaced"; see the protocol). Empty for added
+    /// and removed entries, and in replies of daemons older than the field.
+    /// Names this client does not know are kept as they are.
+    #[serde(default)]
+    pub aspects: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

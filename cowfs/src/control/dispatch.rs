@@ -451,6 +451,7 @@ impl Ctx {
                             .into_iter()
                             .map(|(offset, len)| ByteRange { offset, len })
                             .collect(),
+                        aspects: c.aspects.iter().map(|a| a.name().into()).collect(),
                     })
                     .collect();
                 ok(DiffReply {

@@ -117,6 +117,24 @@ impl FsTree<'_> {
         Ok(out)
     }
 
+    /// Every attribute of the inode, names with their values, sorted by name (for
+    /// `diff`, which compares values: a large value set again is stored under new
+    /// chunk ids with the same bytes).
+    pub(crate) fn xattr_values(&mut self, ino: u64) -> FsResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for (_, v) in self.scan(
+            Key::new(ino, KIND_XATTR, 0),
+            Key::new(ino, KIND_XATTR, u64::MAX),
+        )? {
+            if let Some((n, val)) = xattr_decode(&v) {
+                let name = n.to_vec();
+                out.push((name, self.load_xattr_value(ino, Stored::of(val))?));
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
     pub fn removexattr(&mut self, ino: u64, name: &[u8]) -> FsResult<()> {
         Self::check_xattr_name(name)?;
         let mut i = self.inode(ino)?;

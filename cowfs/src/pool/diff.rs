@@ -2,20 +2,23 @@
 //! snapshots, with the byte ranges that changed in files. The tree-level difference
 //! comes from `btree::diff`, which skips shared subtrees; names are then resolved
 //! only for what changed (directory parents by their parent pointer, files by a
-//! breadth-first search of the directories that stops once all are found).
+//! breadth-first search of the directories that stops once all are found). Each
+//! modified entry says what changed in it (`diff_aspects`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
+pub use super::diff_aspects::Aspect;
+use super::diff_aspects::{block_differs, inode_aspects, targets_differ, Roots};
 use super::{BranchId, Engine, Pool, PoolError, PoolResult};
 use crate::btree::{diff as tree_diff, tree, Key};
 use crate::fs::items::{
-    DirEntry, Extent, Inode, KIND_DIRENT, KIND_EXTENT, KIND_INLINE, KIND_INODE, KIND_XATTR,
-    KIND_XATTR_CHUNK,
+    DirEntry, Extent, Inode, EXTENT_UNWRITTEN, KIND_DIRENT, KIND_EXTENT, KIND_INLINE, KIND_INODE,
+    KIND_XATTR, KIND_XATTR_CHUNK,
 };
 use crate::fs::ROOT_INO;
 use crate::store::{BlockAddr, StoreResult, BLOCK_SIZE};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PathChangeKind {
     Added,
     Removed,
@@ -31,6 +34,9 @@ pub struct PathChange {
     pub file_type: u32,
     /// Modified regular files: sorted, merged (offset, length) ranges that differ.
     pub ranges: Vec<(u64, u64)>,
+    /// Modified entries: what changed, sorted, never empty. Added and removed
+    /// entries: empty.
+    pub aspects: Vec<Aspect>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -44,7 +50,8 @@ pub struct DiffResult {
 struct InodeDelta {
     a: Option<Inode>,
     b: Option<Inode>,
-    ranges: Vec<(u64, u64)>,
+    /// The inline data item changed: whether each side has one, and the longer.
+    inline: Option<([bool; 2], u64)>,
     /// Changed extent items on each side: (file offset, extent).
     extents: [Vec<(u64, Extent)>; 2],
     xattrs: bool,
@@ -52,9 +59,13 @@ struct InodeDelta {
 
 impl InodeDelta {
     /// Byte ranges of the blocks whose mapping differs between the changed extent
-    /// items of the two sides. Extents of one file never overlap, so a block an
-    /// unchanged item maps cannot be covered by a changed item on either side.
-    fn extent_ranges(&self) -> Vec<(u64, u64)> {
+    /// items of the two sides; apart, the blocks whose mapping differs while
+    /// their checksums say they may hold the same bytes (only reading them can
+    /// tell): rewritten with the same checksum, or zeros (unwritten, or written
+    /// zeros) on one side and a hole or zeros on the other. Extents of one file
+    /// never overlap, so a block an unchanged item maps cannot be covered by a
+    /// changed item on either side.
+    fn extent_ranges(&self) -> (Vec<(u64, u64)>, Vec<u64>) {
         let bs = BLOCK_SIZE as u64;
         let map = |side: &[(u64, Extent)]| {
             let mut m = BTreeMap::new();
@@ -65,14 +76,25 @@ impl InodeDelta {
             }
             m
         };
+        let zero_crc = crc32fast::hash(&[0u8; BLOCK_SIZE]);
+        let zeros = |m: Option<&(BlockAddr, u32, u32)>| {
+            m.is_none_or(|&(_, crc, flags)| flags & EXTENT_UNWRITTEN != 0 || crc == zero_crc)
+        };
         let (ma, mb) = (map(&self.extents[0]), map(&self.extents[1]));
-        let mut out = Vec::new();
-        for blk in ma.keys().chain(mb.keys()) {
-            if ma.get(blk) != mb.get(blk) {
+        let (mut out, mut maybe_same) = (Vec::new(), Vec::new());
+        let only_b = mb.keys().filter(|k| !ma.contains_key(k));
+        for blk in ma.keys().chain(only_b) {
+            let (x, y) = (ma.get(blk), mb.get(blk));
+            let same_crc = matches!((x, y), (Some(x), Some(y)) if (x.1, x.2) == (y.1, y.2));
+            if x == y {
+                continue;
+            } else if same_crc || (zeros(x) && zeros(y)) {
+                maybe_same.push(*blk);
+            } else {
                 out.push((blk * bs, bs));
             }
         }
-        out
+        (out, maybe_same)
     }
 }
 
@@ -116,20 +138,31 @@ impl Pool {
         let nodes_visited = tree_diff::diff(&mut e.st, ra, rb, &mut |k, va, vb| {
             collect(k, va, vb, &mut inodes, &mut dirents)
         })?;
+        let roots = Roots { a: ra, b: rb };
         let mut out = Vec::new();
-        let mut named: HashSet<u64> = HashSet::new();
         let mut paths_a = Paths::new(ra);
         let mut paths_b = Paths::new(rb);
+        // Paths in `b` whose entry changed (added, or leading to another file):
+        // listed once, for that; a change of the file they lead to is not listed
+        // again under them.
+        let mut entry_changed: HashSet<Vec<u8>> = HashSet::new();
         for (dir, ea, eb) in dirents {
             match (ea, eb) {
                 (Some(x), Some(y)) if x.name == y.name => {
                     if x.ino != y.ino || x.ftype != y.ftype {
-                        named.insert(y.ino);
+                        let path = paths_b.child(&mut e, dir, &y.name)?;
+                        let mut aspects = vec![Aspect::Replaced];
+                        let links = x.ftype == libc::S_IFLNK && y.ftype == libc::S_IFLNK;
+                        if links && targets_differ(&mut e, roots, x.ino, y.ino)? {
+                            aspects.insert(0, Aspect::Target);
+                        }
+                        entry_changed.insert(path.clone());
                         out.push(PathChange {
-                            path: paths_b.child(&mut e, dir, &y.name)?,
+                            path,
                             change: PathChangeKind::Modified,
                             file_type: y.ftype,
                             ranges: Vec::new(),
+                            aspects,
                         });
                     }
                 }
@@ -140,15 +173,18 @@ impl Pool {
                             change: PathChangeKind::Removed,
                             file_type: x.ftype,
                             ranges: Vec::new(),
+                            aspects: Vec::new(),
                         });
                     }
                     if let Some(y) = eb {
-                        named.insert(y.ino);
+                        let path = paths_b.child(&mut e, dir, &y.name)?;
+                        entry_changed.insert(path.clone());
                         out.push(PathChange {
-                            path: paths_b.child(&mut e, dir, &y.name)?,
+                            path,
                             change: PathChangeKind::Added,
                             file_type: y.ftype,
                             ranges: Vec::new(),
+                            aspects: Vec::new(),
                         });
                     }
                 }
@@ -169,37 +205,54 @@ impl Pool {
             let (Some(ia), Some(ib)) = (&d.a, &d.b) else {
                 continue;
             };
-            let mut ranges = d.extent_ranges();
-            ranges.extend_from_slice(&d.ranges);
-            if named.contains(&ino) && ranges.is_empty() {
+            let bs = BLOCK_SIZE as u64;
+            let (mut data, mut maybe_same) = d.extent_ranges();
+            match d.inline {
+                Some(([true, true], len)) => data.push((0, len)),
+                Some(_) => {
+                    // A small file moved out of its inline item into block 0 (or
+                    // back): the block's mapping says nothing, its bytes do.
+                    data.retain(|r| r.0 != 0);
+                    maybe_same.retain(|blk| *blk != 0);
+                    maybe_same.push(0);
+                }
+                None => {}
+            }
+            for blk in maybe_same {
+                if block_differs(&mut e, roots, ino, (ia, ib), blk)? {
+                    data.push((blk * bs, bs));
+                }
+            }
+            let aspects = inode_aspects(&mut e, roots, ino, (ia, ib), &data, d.xattrs)?;
+            if aspects.is_empty() {
                 continue;
             }
-            let attrs = ia.mode != ib.mode || ia.uid != ib.uid || ia.gid != ib.gid;
-            if ib.is_dir() {
-                if !(attrs || d.xattrs) {
-                    continue;
-                }
-                ranges.clear();
-            } else {
+            let ranges = if ib.is_reg() {
                 if ia.size != ib.size {
                     let (lo, hi) = (ia.size.min(ib.size), ia.size.max(ib.size));
-                    ranges.push((lo, hi - lo));
+                    data.push((lo, hi - lo));
                 }
-                if ranges.is_empty() && !attrs && !d.xattrs && ia.mtime == ib.mtime {
-                    continue;
-                }
-            }
-            modified.push((ino, ib.file_type(), merge(ranges)));
+                merge(data)
+            } else {
+                Vec::new()
+            };
+            modified.push((ino, ib.file_type(), ranges, aspects));
         }
         let want: Vec<u64> = modified.iter().map(|m| m.0).collect();
         let found = paths_b.find_all(&mut e, &want)?;
-        for (ino, file_type, ranges) in modified {
-            if let Some(path) = found.get(&ino) {
+        for (ino, file_type, ranges, aspects) in modified {
+            // At every name of a hard-linked file (each leads to the changed file),
+            // but not under a name listed already as added or replaced.
+            for path in found.get(&ino).into_iter().flatten() {
+                if entry_changed.contains(path) {
+                    continue;
+                }
                 out.push(PathChange {
                     path: path.clone(),
                     change: PathChangeKind::Modified,
                     file_type,
-                    ranges,
+                    ranges: ranges.clone(),
+                    aspects: aspects.clone(),
                 });
             }
         }
@@ -239,7 +292,7 @@ fn collect(
         }
         KIND_INLINE => {
             let len = va.map_or(0, <[u8]>::len).max(vb.map_or(0, <[u8]>::len)) as u64;
-            inodes.entry(k.id).or_default().ranges.push((0, len));
+            inodes.entry(k.id).or_default().inline = Some(([va.is_some(), vb.is_some()], len));
         }
         // A large value's chunks are part of its xattr.
         KIND_XATTR | KIND_XATTR_CHUNK => inodes.entry(k.id).or_default().xattrs = true,
@@ -324,19 +377,29 @@ impl Paths {
         Ok(join(&self.dir(e, dir)?, name))
     }
 
-    /// Paths of non-directory inodes: walk directories breadth first until every
-    /// wanted inode has a name (the first one found for hard-linked files).
-    fn find_all(&mut self, e: &mut Engine, want: &[u64]) -> StoreResult<HashMap<u64, Vec<u8>>> {
-        let mut found = HashMap::new();
-        let mut left: HashSet<u64> = HashSet::new();
+    /// Paths of the wanted inodes: a directory's by its parent pointers; the
+    /// names of others by walking directories breadth first until every one has
+    /// as many names as its link count (all names of a hard-linked file).
+    fn find_all(
+        &mut self,
+        e: &mut Engine,
+        want: &[u64],
+    ) -> StoreResult<HashMap<u64, Vec<Vec<u8>>>> {
+        let mut found: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
+        // Inode -> names still to find.
+        let mut left: HashMap<u64, u32> = HashMap::new();
         for &ino in want {
-            let is_dir = tree::get(&mut e.st, self.root, &Key::new(ino, KIND_INODE, 0))?
-                .and_then(|v| Inode::decode(&v))
-                .is_some_and(|i| i.is_dir());
-            if is_dir {
-                found.insert(ino, self.dir(e, ino)?);
-            } else {
-                left.insert(ino);
+            let inode = tree::get(&mut e.st, self.root, &Key::new(ino, KIND_INODE, 0))?
+                .and_then(|v| Inode::decode(&v));
+            match inode {
+                Some(i) if i.is_dir() => {
+                    found.insert(ino, vec![self.dir(e, ino)?]);
+                }
+                // An unlinked file still open has no name to find.
+                Some(i) if i.nlink > 0 => {
+                    left.insert(ino, i.nlink);
+                }
+                _ => {}
             }
         }
         let mut queue = VecDeque::from([ROOT_INO]);
@@ -347,8 +410,12 @@ impl Paths {
             };
             let dpath = self.dir(e, dir)?;
             for d in self.entries(e, dir)? {
-                if left.remove(&d.ino) {
-                    found.insert(d.ino, join(&dpath, &d.name));
+                if let Some(n) = left.get_mut(&d.ino) {
+                    found.entry(d.ino).or_default().push(join(&dpath, &d.name));
+                    *n -= 1;
+                    if *n == 0 {
+                        left.remove(&d.ino);
+                    }
                 }
                 if d.ftype == libc::S_IFDIR && seen.insert(d.ino) {
                     self.dirs.insert(d.ino, join(&dpath, &d.name));

@@ -8,6 +8,7 @@ pub mod admin;
 mod branches;
 pub mod catalog;
 pub mod diff;
+mod diff_aspects;
 pub mod fsck;
 mod fsck_xattr;
 mod fsync_log;
