@@ -576,6 +576,26 @@ fn changes_a_record_cannot_describe_commit() {
         assert_eq!(p.getattr(fx.b, f).unwrap().size, 10_000);
         assert_clean(&p, "truncated");
     }
+    // A zero range (FALLOC_FL_ZERO_RANGE): it unmaps blocks and maps unwritten
+    // ones, which no record describes.
+    {
+        let mut fx = Fx::new(&opts());
+        let f = fx.f;
+        fx.dev.start_recording();
+        fx.pool
+            .zero_range(fx.b, f, 100, 3 * BS as u64, false)
+            .unwrap();
+        fx.model.get_mut(&f).unwrap()[100..100 + 3 * BS].fill(0);
+        fx.write(f, 8 * BS, &pattern(66, BS));
+        let ev = fx.sync_file(f);
+        assert!(
+            touches_superblock(&ev),
+            "fsync after a zero range did not commit"
+        );
+        let p = open(&fx.dev.snapshot(), &opts());
+        assert_file(&p, fx.b, f, &fx.model(f), "zero range");
+        assert_clean(&p, "zero range");
+    }
     // A chmod.
     {
         let mut fx = Fx::new(&opts());

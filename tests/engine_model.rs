@@ -262,6 +262,12 @@ enum Op {
         len: u64,
         keep_size: bool,
     },
+    ZeroRange {
+        ino: u64,
+        off: u64,
+        len: u64,
+        keep_size: bool,
+    },
     Clone {
         src: u64,
         soff: u64,
@@ -367,6 +373,25 @@ fn model_apply(m: &mut Model, op: &Op) -> R {
             }
             if !keep_size && off + len > f.len() as u64 {
                 f.resize((off + len) as usize, 0);
+            }
+            Ok(0)
+        }
+        Op::ZeroRange {
+            ino,
+            off,
+            len,
+            keep_size,
+        } => {
+            let f = m.file(*ino)?;
+            if *len == 0 {
+                return Err(libc::EINVAL);
+            }
+            if !keep_size && off + len > f.len() as u64 {
+                f.resize((off + len) as usize, 0);
+            }
+            let end = (off + len).min(f.len() as u64);
+            if *off < end {
+                f[*off as usize..end as usize].fill(0);
             }
             Ok(0)
         }
@@ -650,6 +675,15 @@ fn pool_apply(pool: &Pool, b: u64, op: &Op, model: &Model) -> R {
             .fallocate(b, *ino, *off, *len, *keep_size)
             .map(|_| 0)
             .map_err(e),
+        Op::ZeroRange {
+            ino,
+            off,
+            len,
+            keep_size,
+        } => pool
+            .zero_range(b, *ino, *off, *len, *keep_size)
+            .map(|_| 0)
+            .map_err(e),
         Op::Clone {
             src,
             soff,
@@ -883,11 +917,21 @@ impl Gen<'_> {
             50..=52 => {
                 let off = self.offset(size);
                 let len = self.len();
-                Op::Fallocate {
-                    ino: file,
-                    off,
-                    len,
-                    keep_size: self.rng.gen(),
+                let keep_size = self.rng.gen();
+                if self.rng.gen() {
+                    Op::ZeroRange {
+                        ino: file,
+                        off,
+                        len,
+                        keep_size,
+                    }
+                } else {
+                    Op::Fallocate {
+                        ino: file,
+                        off,
+                        len,
+                        keep_size,
+                    }
                 }
             }
             53..=58 => {
@@ -1448,7 +1492,15 @@ fn every_operation_is_all_or_nothing_on_a_full_pool() {
     // (Renames may use the delete slop, so they seldom run out of room; a change
     // that finds no room while freed blocks wait commits and runs again, so only
     // a pool full after a commit refuses it.)
-    let kinds = ["Create", "Mkdir", "Symlink", "Link", "SetXattr", "Write"];
+    let kinds = [
+        "Create",
+        "Mkdir",
+        "Symlink",
+        "Link",
+        "SetXattr",
+        "Write",
+        "ZeroRange",
+    ];
     for kind in kinds {
         assert!(
             all_seeds.get(kind).copied().unwrap_or(0) > 0,

@@ -1794,6 +1794,56 @@ fn setgid_without_group_execute_stays_only_for_group_members() {
     fx.assert_fsck_clean();
 }
 
+/// fallocate FALLOC_FL_ZERO_RANGE (`fallocate -z`), as on ext4: the range reads
+/// as zeros, data around it stays, its blocks count in st_blocks, the file grows to
+/// its end unless KEEP_SIZE, and all of it persists. Also over bytes still in the
+/// writeback cache (the kernel writes the range back before sending the request).
+#[test]
+fn fallocate_zero_range() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let path = m.mnt.join("z");
+    let pattern: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8 + 1).collect();
+    write_file(&path, &pattern);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let fd = f.as_raw_fd();
+    // Unaligned inside the file, over data the kernel may not have sent yet.
+    f.write_all_at(&[b'c'; 8192], 30_000).unwrap();
+    let mut want = pattern.clone();
+    want[30_000..38_192].fill(b'c');
+    fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, 1000, 36_000).unwrap();
+    want[1000..37_000].fill(0);
+    assert_eq!(f.metadata().unwrap().len(), 65536);
+    // Past the end: the file grows to the range's end.
+    fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, 60_000, 100_000).unwrap();
+    want[60_000..].fill(0);
+    want.resize(160_000, 0);
+    assert_eq!(f.metadata().unwrap().len(), 160_000);
+    let blocks = f.metadata().unwrap().blocks();
+    assert!(blocks * 512 >= 160_000, "{blocks} blocks for 160,000 bytes");
+    // KEEP_SIZE: the size stays, the blocks are reserved.
+    let keep = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+    fallocate(fd, keep, 163_840, 65536).unwrap();
+    let md = f.metadata().unwrap();
+    assert_eq!(md.len(), 160_000);
+    assert_eq!(md.blocks(), blocks + 128, "16 blocks of 4 KiB reserved");
+    let mut got = vec![0u8; 200_000];
+    let n = f.read_at(&mut got, 0).unwrap();
+    assert_eq!(n, 160_000);
+    assert!(got[..n] == want[..], "content after zero range");
+    drop(f);
+    m.stop();
+    let m = fx.mount();
+    assert!(fs::read(&path).unwrap() == want, "content after a remount");
+    assert_eq!(fs::metadata(&path).unwrap().blocks(), blocks + 128);
+    m.stop();
+    fx.assert_fsck_clean();
+}
+
 /// fallocate (every mode) and copy_file_range change a file as a write does: by a
 /// caller without CAP_FSETID they drop set-user-ID, and set-group-ID when
 /// group-executable, as ext4 does (`file_modified`). With
@@ -1825,13 +1875,14 @@ fn fallocate_and_copy_range_drop_privileges() {
             )
         } as i64)
     };
-    let cases: [(&str, &dyn Fn(i32) -> i32); 4] = [
+    let cases: [(&str, &dyn Fn(i32) -> i32); 5] = [
         ("allocate", &falloc(0)),
         ("keep size", &falloc(libc::FALLOC_FL_KEEP_SIZE)),
         (
             "punch hole",
             &falloc(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE),
         ),
+        ("zero range", &falloc(libc::FALLOC_FL_ZERO_RANGE)),
         ("copy_file_range", &copy),
     ];
     for (n, (what, op)) in cases.iter().enumerate() {
@@ -1958,7 +2009,7 @@ fn times_after_fallocate_and_copy_range_survive_a_remount() {
     write_file(&m.mnt.join("src"), &[b's'; 65536]);
     let src = File::open(m.mnt.join("src")).unwrap();
     type Op<'a> = &'a dyn Fn(i32) -> std::io::Result<()>;
-    let cases: [(&str, Op); 5] = [
+    let cases: [(&str, Op); 6] = [
         ("copy bytes", &|fd| {
             copy_file_range(src.as_raw_fd(), fd, 100).map(drop)
         }),
@@ -1972,6 +2023,9 @@ fn times_after_fallocate_and_copy_range_survive_a_remount() {
         ("punch hole", &|fd| {
             let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
             fallocate(fd, punch, 0, 4096)
+        }),
+        ("zero range", &|fd| {
+            fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, 100, 8192)
         }),
     ];
     let mut before = Vec::new();

@@ -362,6 +362,8 @@ impl Gen {
                     0,
                     libc::FALLOC_FL_KEEP_SIZE,
                     libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    libc::FALLOC_FL_ZERO_RANGE,
+                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
                 ]
                 .choose(rng)
                 .unwrap(),

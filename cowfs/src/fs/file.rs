@@ -629,7 +629,24 @@ impl FsTree<'_> {
         if self.get(&inline_key(ino))?.is_some() {
             self.uninline(ino, &mut i)?;
         }
-        let (b0, b1) = (off / BS, end.div_ceil(BS));
+        self.reserve(ino, &mut i, off / BS, end.div_ceil(BS))?;
+        let grows = !keep_size && end > i.size;
+        if grows {
+            i.size = end;
+        }
+        // The content changes only if the file grows: otherwise only ctime.
+        if times == WriteTimes::Stamp {
+            let now = Timespec::now();
+            if grows {
+                i.mtime = now;
+            }
+            i.ctime = now;
+        }
+        self.put_inode(ino, &i)
+    }
+
+    /// Map the holes of blocks [b0, b1) to fresh unwritten extents.
+    fn reserve(&mut self, ino: u64, i: &mut Inode, b0: u64, b1: u64) -> FsResult<()> {
         let mut holes = Vec::new();
         let mut cur = b0;
         for (start, e) in self.extents_in(ino, b0, b1)? {
@@ -649,22 +666,63 @@ impl FsTree<'_> {
                     flags: EXTENT_UNWRITTEN,
                     crcs: vec![0; got as usize],
                 };
-                self.map(ino, &mut i, h0, &e)?;
+                self.map(ino, i, h0, &e)?;
                 h0 += got;
             }
         }
-        let grows = !keep_size && end > i.size;
-        if grows {
+        Ok(())
+    }
+
+    /// Make [off, off+len) read as zeros with its blocks reserved
+    /// (FALLOC_FL_ZERO_RANGE, with KEEP_SIZE if `keep_size`). The written extents
+    /// of the whole blocks are unmapped and the range reserved as fallocate does;
+    /// partial blocks at the ends keep their other bytes and get zeros written.
+    /// Nothing is changed in place: blocks a snapshot or another branch shares
+    /// keep their data there. A failure can stop halfway (ENOSPC on the
+    /// reservation): the pool runs this journaled, and undoes it whole.
+    pub fn zero_range(
+        &mut self,
+        ino: u64,
+        off: u64,
+        len: u64,
+        keep_size: bool,
+        times: WriteTimes,
+    ) -> FsResult<()> {
+        let mut i = self.file_inode(ino)?;
+        let end = match off.checked_add(len) {
+            Some(e) if e <= MAX_FILE_SIZE && len > 0 => e,
+            Some(_) if len == 0 => return err(libc::EINVAL),
+            _ => return err(libc::EFBIG),
+        };
+        // Blocks are reserved for the range, as fallocate does for inline files.
+        if self.get(&inline_key(ino))?.is_some() {
+            self.uninline(ino, &mut i)?;
+        }
+        let (hb, tb) = (off / BS, end / BS);
+        let head = !off.is_multiple_of(BS);
+        let tail = !end.is_multiple_of(BS) && (tb != hb || off.is_multiple_of(BS));
+        if head {
+            let to = if hb == tb { end % BS } else { BS };
+            self.zero_in_block(ino, &mut i, hb, off % BS, to)?;
+        }
+        if tail {
+            self.zero_in_block(ino, &mut i, tb, 0, end % BS)?;
+        }
+        let (fb0, fb1) = (off.div_ceil(BS), end / BS);
+        if fb0 < fb1 {
+            // Unwritten extents already read as zeros and stay; written ones go.
+            let written = self
+                .extents_in(ino, fb0, fb1)?
+                .into_iter()
+                .filter(|(_, e)| !e.unwritten())
+                .collect();
+            self.unmap_extents(ino, &mut i, fb0, fb1, written)?;
+        }
+        self.reserve(ino, &mut i, hb, end.div_ceil(BS))?;
+        if !keep_size && end > i.size {
             i.size = end;
         }
-        // The content changes only if the file grows: otherwise only ctime.
-        if times == WriteTimes::Stamp {
-            let now = Timespec::now();
-            if grows {
-                i.mtime = now;
-            }
-            i.ctime = now;
-        }
+        times.apply(&mut i);
         self.put_inode(ino, &i)
     }
 
@@ -772,6 +830,7 @@ impl FsTree<'_> {
 mod tests {
     use std::sync::Arc;
 
+    use super::SeekWhence;
     use crate::fs::{Owner, ROOT_INO};
     use crate::pool::{BranchId, FsckOptions, Pool, PoolOptions};
     use crate::store::device::MemDevice;
@@ -886,5 +945,139 @@ mod tests {
         assert!(got == want, "file content differs after in-place writes");
         let r = p.fsck(&FsckOptions::default()).unwrap();
         assert!(r.is_clean(), "{r}");
+    }
+
+    /// 200 blocks of a non-zero pattern in several extents (they hold 64 blocks).
+    fn patterned(p: &Pool, b: BranchId, name: &[u8]) -> (u64, Vec<u8>) {
+        let f = mk(p, b, name);
+        let data: Vec<u8> = (0..200 * 4096).map(|x| (x % 251) as u8 + 1).collect();
+        p.write_file(b, f, 0, &data).unwrap();
+        p.commit().unwrap();
+        (f, data)
+    }
+
+    fn assert_fsck_clean(p: &Pool) {
+        let r = p.fsck(&FsckOptions::default()).unwrap();
+        assert!(r.is_clean(), "{r}");
+    }
+
+    #[test]
+    fn zero_range_zeros_across_extents_and_partial_edge_blocks() {
+        let (p, b) = small_pool();
+        let (f, mut want) = patterned(&p, b, b"f");
+        let before = p.getattr(b, f).unwrap();
+        // Unaligned at both ends, across two extent boundaries (blocks 64 and 128).
+        let (off, len) = (10 * 4096 + 3000, 140 * 4096 + 777);
+        p.zero_range(b, f, off, len, false).unwrap();
+        want[off as usize..(off + len) as usize].fill(0);
+        let got = p.read_file(b, f, 0, 200 * 4096).unwrap();
+        assert!(got == want, "content differs after zero_range");
+        let a = p.getattr(b, f).unwrap();
+        assert_eq!(a.size, before.size);
+        assert_eq!(a.blocks, before.blocks, "the range must stay allocated");
+        assert!(a.mtime != before.mtime && a.ctime != before.ctime);
+        // The whole blocks are unwritten now (holes to SEEK_DATA), the edges data.
+        assert_eq!(
+            p.seek(b, f, 11 * 4096, SeekWhence::Data).unwrap(),
+            150 * 4096
+        );
+        p.commit().unwrap();
+        assert!(p.read_file(b, f, 0, 200 * 4096).unwrap() == want);
+        assert_fsck_clean(&p);
+    }
+
+    #[test]
+    fn zero_range_inside_one_block_keeps_the_rest() {
+        let (p, b) = small_pool();
+        let (f, mut want) = patterned(&p, b, b"f");
+        p.zero_range(b, f, 5 * 4096 + 100, 200, true).unwrap();
+        want[5 * 4096 + 100..5 * 4096 + 300].fill(0);
+        assert!(p.read_file(b, f, 0, 200 * 4096).unwrap() == want);
+        p.commit().unwrap();
+        assert_fsck_clean(&p);
+    }
+
+    #[test]
+    fn zero_range_of_an_inline_file_reserves_blocks() {
+        let (p, b) = small_pool();
+        let f = mk(&p, b, b"f");
+        p.write_file(b, f, 0, &[7u8; 100]).unwrap();
+        p.zero_range(b, f, 10, 20, false).unwrap();
+        let mut want = vec![7u8; 100];
+        want[10..30].fill(0);
+        assert_eq!(p.read_file(b, f, 0, 4096).unwrap(), want);
+        let a = p.getattr(b, f).unwrap();
+        assert_eq!(a.size, 100);
+        assert_eq!(a.blocks, 8, "one 4 KiB block in 512-byte units");
+        p.commit().unwrap();
+        assert_fsck_clean(&p);
+    }
+
+    #[test]
+    fn zero_range_beyond_the_end_grows_unless_keep_size() {
+        let (p, b) = small_pool();
+        let f = mk(&p, b, b"f");
+        p.write_file(b, f, 0, &[7u8; 5000]).unwrap();
+        p.zero_range(b, f, 3000, 10_000, false).unwrap();
+        let a = p.getattr(b, f).unwrap();
+        assert_eq!(a.size, 13_000);
+        let mut want = vec![7u8; 3000];
+        want.resize(13_000, 0);
+        assert_eq!(p.read_file(b, f, 0, 1 << 20).unwrap(), want);
+        // KEEP_SIZE past the end: blocks reserved, the size stays.
+        p.zero_range(b, f, 10 * 4096, 4096 * 4, true).unwrap();
+        let k = p.getattr(b, f).unwrap();
+        assert_eq!(k.size, 13_000);
+        assert_eq!(k.blocks, a.blocks + 4 * 8);
+        // Writing past the old end shows the reserved range as zeros.
+        p.write_file(b, f, 60_000, b"z").unwrap();
+        let got = p.read_file(b, f, 13_000, 1 << 20).unwrap();
+        assert_eq!(got.len(), 60_001 - 13_000);
+        assert!(got[..got.len() - 1].iter().all(|c| *c == 0));
+        p.commit().unwrap();
+        assert_fsck_clean(&p);
+    }
+
+    #[test]
+    fn zero_range_leaves_a_snapshot_its_data() {
+        let (p, b) = small_pool();
+        let (f, data) = patterned(&p, b, b"f");
+        let snap = p.snapshot_create("snap", "main").unwrap();
+        p.zero_range(b, f, 4096 + 1, 100 * 4096, false).unwrap();
+        p.commit().unwrap();
+        assert!(p.read_file(snap, f, 0, 200 * 4096).unwrap() == data);
+        let got = p.read_file(b, f, 0, 200 * 4096).unwrap();
+        assert!(got[4096 + 1..101 * 4096 + 1].iter().all(|c| *c == 0));
+        assert!(got[..4096 + 1] == data[..4096 + 1]);
+        assert!(got[101 * 4096 + 1..] == data[101 * 4096 + 1..]);
+        assert_fsck_clean(&p);
+    }
+
+    #[test]
+    fn zero_range_on_a_full_pool_changes_nothing() {
+        let (p, b) = small_pool();
+        let (f, data) = patterned(&p, b, b"f");
+        let snap = p.snapshot_create("snap", "main").unwrap();
+        // Fill the pool, then free 8 blocks: room for the partial blocks at the
+        // ends, which are rewritten first, not for the reservation after them.
+        let spare = mk(&p, b, b"spare");
+        p.write_file(b, spare, 0, &[7u8; 8 * 4096]).unwrap();
+        let filler = mk(&p, b, b"filler");
+        fill_pool(&p, b, filler);
+        p.unlink(b, ROOT_INO, b"spare").unwrap();
+        p.commit().unwrap();
+        let before = p.getattr(b, f).unwrap();
+        // The snapshot keeps the old blocks: the reservation needs new ones.
+        let e = p.zero_range(b, f, 100, 150 * 4096, false).unwrap_err();
+        assert_eq!(e.errno(), libc::ENOSPC);
+        assert!(p.read_file(b, f, 0, 200 * 4096).unwrap() == data);
+        let a = p.getattr(b, f).unwrap();
+        assert_eq!(
+            (a.size, a.blocks, a.mtime),
+            (before.size, before.blocks, before.mtime)
+        );
+        p.commit().unwrap();
+        assert!(p.read_file(snap, f, 0, 200 * 4096).unwrap() == data);
+        assert_fsck_clean(&p);
     }
 }

@@ -685,6 +685,7 @@ impl Filesystem for CowFs {
             return reply.error(errno(&e));
         }
         const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        const ZERO_KEEP: i32 = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
         let (b, ino, times) = (self.branch, ino.0, self.content_times());
         let r = match mode {
             0 => self
@@ -694,6 +695,12 @@ impl Filesystem for CowFs {
                 .pool
                 .fallocate_with(b, ino, offset, length, true, times),
             PUNCH => self.pool.punch_hole_with(b, ino, offset, length, times),
+            libc::FALLOC_FL_ZERO_RANGE => self
+                .pool
+                .zero_range_with(b, ino, offset, length, false, times),
+            ZERO_KEEP => self
+                .pool
+                .zero_range_with(b, ino, offset, length, true, times),
             _ => Err(FsError::Posix(libc::EOPNOTSUPP)),
         };
         Self::empty(reply, r);

@@ -45,11 +45,12 @@ pub use fsck::{FsckOptions, FsckReport};
 const MKNOD: OpSize = OpSize::changes(4);
 /// Removing a name: two directory items, the parent, the inode, the orphan item.
 const UNLINK: OpSize = OpSize::changes(5);
-/// symlink (the link, then its target's block), punch_hole (the head's partial block
-/// rewritten before the tail's) and clone_range (1 MiB at a time) write data blocks
-/// after changing the tree, and a data write can fail on the device (EIO, a full
-/// host under a pool file) whatever room the pool has: always journaled, so such a
-/// failure leaves no half-made link or copy. (`write_file` keeps its own repair.)
+/// symlink (the link, then its target's block), punch_hole and zero_range (the
+/// head's partial block rewritten before the tail's) and clone_range (1 MiB at a
+/// time) write data blocks after changing the tree, and a data write can fail on
+/// the device (EIO, a full host under a pool file) whatever room the pool has:
+/// always journaled, so such a failure leaves no half-made link or copy.
+/// (`write_file` keeps its own repair.)
 const DATA_AFTER_TREE: Option<OpSize> = None;
 
 /// Id of a branch or snapshot inside its pool.
@@ -1157,6 +1158,35 @@ impl Pool {
         let size = OpSize::bytes(len, 4);
         self.write(b, Some(size), |fs| {
             fs.fallocate(ino, off, len, keep_size, times)
+        })
+    }
+
+    /// Zero [off, off+len) of a file and reserve its blocks (FALLOC_FL_ZERO_RANGE).
+    pub fn zero_range(
+        &self,
+        b: BranchId,
+        ino: u64,
+        off: u64,
+        len: u64,
+        keep_size: bool,
+    ) -> FsResult<()> {
+        self.zero_range_with(b, ino, off, len, keep_size, WriteTimes::Stamp)
+    }
+
+    /// `zero_range`, with what it does to the file's times.
+    pub fn zero_range_with(
+        &self,
+        b: BranchId,
+        ino: u64,
+        off: u64,
+        len: u64,
+        keep_size: bool,
+        times: WriteTimes,
+    ) -> FsResult<()> {
+        // Always journaled (DATA_AFTER_TREE): the tail's partial block is written
+        // after the head's was mapped.
+        self.write(b, DATA_AFTER_TREE, |fs| {
+            fs.zero_range(ino, off, len, keep_size, times)
         })
     }
     pub fn seek(&self, b: BranchId, ino: u64, off: u64, whence: SeekWhence) -> FsResult<u64> {
