@@ -7,7 +7,9 @@
 //! - a branch (or, one time in four, a snapshot) is made of `main` or of a
 //!   mounted child, while descriptors are open on it and writes, mmap writes
 //!   included, sit unflushed in its page cache (each open file gets a fresh
-//!   pwrite and an un-msync'ed mmap write just before); the branch is mounted
+//!   pwrite and an mmap write just before, and those that can be mapped
+//!   read-write stay mapped and dirty until the request returned: unmapping
+//!   writes a FUSE file back); the branch is mounted
 //!   on its own directory and the native side gets a faithful copy of the
 //!   source's native directory at that moment (`copy_tree`: data, modes,
 //!   owners, times, user and trusted xattrs, symlinks, device nodes, hard-link
@@ -50,7 +52,7 @@ use cowfs_ctl::Client;
 use mount::{cowfs_bin, Fixture};
 use mount_diff::apply::{Outcome, Side};
 use mount_diff::ops::{Data, Gen, Op, SLOTS};
-use mount_diff::sys::{c, compared_xattrs, cs, lstat, readlink, ret};
+use mount_diff::sys::{c, compared_xattrs, cs, fstat, lstat, readlink, ret};
 use mount_diff::tree::{differences, fd_paths, snapshot};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
@@ -349,6 +351,67 @@ fn dirty(run: &mut Run, step: usize, rng: &mut SmallRng, p: &mut Pair) {
     }
 }
 
+/// Shared writable mappings kept across a branch request: unmapping writes a
+/// FUSE file's dirty pages back, so only a mapping still in place leaves them
+/// for the request's own flush to find.
+struct Mappings(Vec<(*mut libc::c_void, usize)>);
+
+impl Mappings {
+    /// Map every open regular file of `p` (where both sides allow it) and write
+    /// the same fresh data through the mapping on both sides.
+    fn dirty(run: &Run, step: usize, rng: &mut SmallRng, p: &Pair) -> Mappings {
+        let mut maps = Vec::new();
+        for slot in 0..SLOTS {
+            let (Some(a), Some(b)) = (p.native.fds[slot], p.cow.fds[slot]) else {
+                continue;
+            };
+            let size = match (fstat(a.fd), fstat(b.fd)) {
+                (Ok(x), Ok(y)) if x.st_mode & libc::S_IFMT == libc::S_IFREG && x.st_size > 0 => {
+                    assert_eq!(x.st_size, y.st_size, "sizes differ");
+                    x.st_size as usize
+                }
+                _ => continue,
+            };
+            let data = fresh_data(rng).0;
+            let off = rng.gen_range(0..size);
+            let n = data.len().min(size - off);
+            let prot = libc::PROT_READ | libc::PROT_WRITE;
+            // SAFETY: fresh shared mappings of `size` bytes of open files,
+            // written within their bounds, unmapped by `release`.
+            let got = [a.fd, b.fd].map(|fd| unsafe {
+                libc::mmap(std::ptr::null_mut(), size, prot, libc::MAP_SHARED, fd, 0)
+            });
+            let ok = got.map(|m| m != libc::MAP_FAILED);
+            if ok[0] != ok[1] {
+                run.fail(
+                    step,
+                    &format!(
+                        "branch {}: mmap of slot {slot}: native {} / cowfs {}",
+                        p.name, ok[0], ok[1]
+                    ),
+                );
+            }
+            if ok[0] {
+                for m in got {
+                    // SAFETY: within the mapping (off + n <= size).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(data.as_ptr(), m.cast::<u8>().add(off), n)
+                    };
+                    maps.push((m, size));
+                }
+            }
+        }
+        Mappings(maps)
+    }
+
+    fn release(self) {
+        for (m, len) in self.0 {
+            // SAFETY: a mapping made by `dirty`, unmapped once.
+            unsafe { libc::munmap(m, len) };
+        }
+    }
+}
+
 struct World {
     // Dropped first: stops the daemon and detaches its mounts before the
     // fixture's directory goes.
@@ -418,6 +481,7 @@ impl World {
         let dir = self.base.join(format!("m-{name}"));
         std::fs::create_dir(&dir).expect("mkdir mount point");
         dirty(run, step, rng, &mut self.pairs[si]);
+        let maps = Mappings::dirty(run, step, rng, &self.pairs[si]);
         let src = self.pairs[si].name.clone();
         let r = if snap {
             self.admin
@@ -435,6 +499,7 @@ impl World {
         }
         let native = self.base.join(format!("n-{name}"));
         copy_tree(&self.pairs[si].native.root, &native);
+        maps.release();
         run.events.push(format!(
             "step {step}: {} {name} of {src}",
             if snap { "snapshot" } else { "branch" }
@@ -503,12 +568,14 @@ impl World {
                 // The source is mounted and busy: its dirty pages are part of
                 // what `reset` makes the branch identical to.
                 dirty(run, step, rng, &mut self.pairs[si]);
+                let maps = Mappings::dirty(run, step, rng, &self.pairs[si]);
                 if let Err(e) = self.admin.reset(&name, &src) {
                     run.fail(step, &format!("reset {name} to {src}: {e}"));
                 }
                 let native = self.pairs[i].native.root.clone();
                 remove_tree(&native);
                 copy_tree(&self.pairs[si].native.root, &native);
+                maps.release();
                 self.mount(run, step, i, "after reset");
             }
             6..=7 => run.events.push(format!("step {step}: unmount {name}")),
