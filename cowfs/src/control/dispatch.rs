@@ -481,6 +481,11 @@ impl Ctx {
                     .target(branch));
                 }
                 self.refuse_mounted(&branch, "reset")?;
+                // A mounted `to` may hold writes its callers completed that are
+                // still in its mount's page cache: flushed and committed first,
+                // as for `branch_create`, or the branch would get whatever the
+                // kernel happened to have written back.
+                self.sync(&to)?;
                 // The branch now holds `to`'s content unsanitized (only an admin
                 // on `to` gets here if `to` requires a profile): it requires the
                 // profile too, as a branch taken from `to` without sanitizing
