@@ -620,15 +620,8 @@ impl FsTree<'_> {
         keep_size: bool,
         times: WriteTimes,
     ) -> FsResult<()> {
-        let mut i = self.file_inode(ino)?;
-        let end = match off.checked_add(len) {
-            Some(e) if e <= MAX_FILE_SIZE && len > 0 => e,
-            Some(_) if len == 0 => return err(libc::EINVAL),
-            _ => return err(libc::EFBIG),
-        };
-        if self.get(&inline_key(ino))?.is_some() {
-            self.uninline(ino, &mut i)?;
-        }
+        let end = allocation_end(off, len)?;
+        let mut i = self.inode_in_blocks(ino)?;
         self.reserve(ino, &mut i, off / BS, end.div_ceil(BS))?;
         let grows = !keep_size && end > i.size;
         if grows {
@@ -643,6 +636,16 @@ impl FsTree<'_> {
             i.ctime = now;
         }
         self.put_inode(ino, &i)
+    }
+
+    /// Regular file `ino`, its bytes moved out of an inline item into a block
+    /// first (blocks are reserved for a range: an inline file has none).
+    fn inode_in_blocks(&mut self, ino: u64) -> FsResult<Inode> {
+        let mut i = self.file_inode(ino)?;
+        if self.get(&inline_key(ino))?.is_some() {
+            self.uninline(ino, &mut i)?;
+        }
+        Ok(i)
     }
 
     /// Map the holes of blocks [b0, b1) to fresh unwritten extents.
@@ -688,16 +691,8 @@ impl FsTree<'_> {
         keep_size: bool,
         times: WriteTimes,
     ) -> FsResult<()> {
-        let mut i = self.file_inode(ino)?;
-        let end = match off.checked_add(len) {
-            Some(e) if e <= MAX_FILE_SIZE && len > 0 => e,
-            Some(_) if len == 0 => return err(libc::EINVAL),
-            _ => return err(libc::EFBIG),
-        };
-        // Blocks are reserved for the range, as fallocate does for inline files.
-        if self.get(&inline_key(ino))?.is_some() {
-            self.uninline(ino, &mut i)?;
-        }
+        let end = allocation_end(off, len)?;
+        let mut i = self.inode_in_blocks(ino)?;
         let (hb, tb) = (off / BS, end / BS);
         let head = !off.is_multiple_of(BS);
         let tail = !end.is_multiple_of(BS) && (tb != hb || off.is_multiple_of(BS));
@@ -823,6 +818,16 @@ impl FsTree<'_> {
         times.apply(&mut di);
         self.put_inode(dst, &di)?;
         Ok(len)
+    }
+}
+
+/// The end of the range [off, off+len) a fallocate mode works on: EINVAL for
+/// an empty one, EFBIG past the largest file size.
+fn allocation_end(off: u64, len: u64) -> FsResult<u64> {
+    match off.checked_add(len) {
+        Some(e) if e <= MAX_FILE_SIZE && len > 0 => Ok(e),
+        Some(_) if len == 0 => err(libc::EINVAL),
+        _ => err(libc::EFBIG),
     }
 }
 
