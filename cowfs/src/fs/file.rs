@@ -620,8 +620,9 @@ impl FsTree<'_> {
         keep_size: bool,
         times: WriteTimes,
     ) -> FsResult<()> {
+        let mut i = self.file_inode(ino)?;
         let end = allocation_end(off, len)?;
-        let mut i = self.inode_in_blocks(ino)?;
+        self.move_out_of_inline(ino, &mut i)?;
         self.reserve(ino, &mut i, off / BS, end.div_ceil(BS))?;
         let grows = !keep_size && end > i.size;
         if grows {
@@ -638,14 +639,13 @@ impl FsTree<'_> {
         self.put_inode(ino, &i)
     }
 
-    /// Regular file `ino`, its bytes moved out of an inline item into a block
-    /// first (blocks are reserved for a range: an inline file has none).
-    fn inode_in_blocks(&mut self, ino: u64) -> FsResult<Inode> {
-        let mut i = self.file_inode(ino)?;
+    /// Move file `ino`'s bytes out of an inline item into a block, if they are
+    /// in one (blocks are reserved for a range: an inline file has none).
+    fn move_out_of_inline(&mut self, ino: u64, i: &mut Inode) -> FsResult<()> {
         if self.get(&inline_key(ino))?.is_some() {
-            self.uninline(ino, &mut i)?;
+            self.uninline(ino, i)?;
         }
-        Ok(i)
+        Ok(())
     }
 
     /// Map the holes of blocks [b0, b1) to fresh unwritten extents.
@@ -691,8 +691,9 @@ impl FsTree<'_> {
         keep_size: bool,
         times: WriteTimes,
     ) -> FsResult<()> {
+        let mut i = self.file_inode(ino)?;
         let end = allocation_end(off, len)?;
-        let mut i = self.inode_in_blocks(ino)?;
+        self.move_out_of_inline(ino, &mut i)?;
         let (hb, tb) = (off / BS, end / BS);
         let head = !off.is_multiple_of(BS);
         let tail = !end.is_multiple_of(BS) && (tb != hb || off.is_multiple_of(BS));
