@@ -38,7 +38,7 @@
 # write the host filesystem's allocation metadata, more of it the larger the file
 # has grown; the writer's fsyncs and the branch creation's commit pay it, so on a
 # sparse pool the big-parent figure also measures the host. PREALLOCATE=1 takes
-# that out (README, Performance: `--preallocate`).
+# that out (benches/RESULTS.md: `--preallocate`).
 #
 # Exit: 0 all checks and targets met; 1 error or a failed check (daemon exit, fsck);
 # 3 the run completed but a performance target was missed (the table says which).
