@@ -170,7 +170,7 @@ impl NodeStore {
         self.cache.stats()
     }
 
-    fn corrupt(&self, block: BlockAddr, why: String) -> StoreError {
+    pub(crate) fn corrupt(&self, block: BlockAddr, why: String) -> StoreError {
         log::error!("{}: block {block}: {why}", self.dev.name().display());
         StoreError::Corrupt {
             pool: self.dev.name(),
