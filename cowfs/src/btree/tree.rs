@@ -542,4 +542,61 @@ mod tests {
             "only the superblock slots remain in use"
         );
     }
+
+    /// Each tree holds what its model holds, within its parents' key ranges.
+    fn check_trees(st: &mut NodeStore, trees: &[(BlockAddr, BTreeMap<Key, Vec<u8>>)], ctx: &str) {
+        for (root, model) in trees {
+            count_nodes(st, *root, Key::MIN, None);
+            let all = collect(st, *root, &Key::MIN, &Key::MAX).unwrap();
+            let want: Vec<_> = model.iter().map(|(k, v)| (*k, v.clone())).collect();
+            assert_eq!(all, want, "{ctx}");
+        }
+    }
+
+    /// Random inserts and removes on several trees that share nodes (branches
+    /// taken at random points), with phases that remove most items so that merges
+    /// meet shared neighbours at every level: every tree must match its model, keep
+    /// its keys within its parents' ranges, and dropping every tree must free every
+    /// node (the references merges move and copy stay exact).
+    #[test]
+    fn merges_in_shared_trees_match_models() {
+        for seed in 0..4u64 {
+            let mut st = store();
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+            let mut trees = vec![(create_empty(&mut st).unwrap(), BTreeMap::new())];
+            for step in 0..66_000u64 {
+                let t = rng.gen_range(0..trees.len());
+                // Grow for a while, then mostly remove, in waves.
+                let removing = (step / 12_000) % 2 == 1;
+                let mut k = Key::new(rng.gen_range(0..3_000), 0, rng.gen_range(0..2));
+                if removing && !trees[t].1.is_empty() {
+                    // A key the tree holds, so that the waves empty it far enough.
+                    let nth = rng.gen_range(0..trees[t].1.len());
+                    k = *trees[t].1.keys().nth(nth).unwrap();
+                }
+                if rng.gen_bool(if removing { 0.1 } else { 0.8 }) {
+                    let v = vec![(step % 251) as u8; rng.gen_range(1..900)];
+                    trees[t].0 = insert(&mut st, trees[t].0, k, v.clone()).unwrap();
+                    trees[t].1.insert(k, v);
+                } else {
+                    let (r, old) = remove(&mut st, trees[t].0, &k).unwrap();
+                    trees[t].0 = r;
+                    assert_eq!(old, trees[t].1.remove(&k), "seed {seed} step {step}");
+                }
+                if step % 6_000 == 5_999 {
+                    check_trees(&mut st, &trees, &format!("seed {seed} step {step}"));
+                }
+                if step % 5_000 == 1_000 && trees.len() < 4 {
+                    st.inc_node(trees[t].0).unwrap();
+                    let copy = trees[t].clone();
+                    trees.push(copy);
+                }
+            }
+            check_trees(&mut st, &trees, &format!("seed {seed} end"));
+            for (root, _) in trees {
+                st.drop_ref(root).unwrap();
+            }
+            assert_eq!(st.space.used(), 2, "seed {seed}: nodes left in use");
+        }
+    }
 }
