@@ -201,3 +201,110 @@ fn unmount_after_an_outside_lazy_unmount_leaves_the_new_mount_alone() {
     }
     assert!(dir.join("tmpfs-file").exists(), "the tmpfs is gone");
 }
+
+/// Review finding: the mount point was checked by path (symlinks resolved,
+/// under a mount root) and then resolved again for mount(2), so a token holder
+/// who can write below a mount root (the directory it mounts in) could swap a
+/// directory it had checked for a symlink to any host directory in between,
+/// and the daemon (root, `allow_other`) mounted the branch there. A thread here
+/// exchanges such a directory with a symlink to a host directory outside the
+/// roots, as fast as it can, while the agent mounts on the directory again and
+/// again: the host directory must never get the mount.
+#[test]
+fn a_mount_point_swapped_for_a_symlink_after_the_check_is_never_followed() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let d = Daemon::start();
+    let agent_s = d.token("agent", &["branch:main"]);
+    let mut agent = d.client(&agent_s);
+    agent.branch_create("a1", "main", None).expect("branch");
+    let victim = d.tmp.path().canonicalize().expect("tmp").join("victim");
+    std::fs::create_dir(&victim).expect("victim");
+    // The agent's own directory under the root: `m` is a directory or a symlink
+    // to the victim, `alt` the other one.
+    let own = d.dir("agent");
+    let (m, alt) = (own.join("m"), own.join("alt"));
+    std::fs::create_dir(&m).expect("mkdir m");
+    std::os::unix::fs::symlink(&victim, &alt).expect("symlink");
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).expect("path");
+    let (cm, calt) = (c(&m), c(&alt));
+    let exchange = move || {
+        // SAFETY: two valid NUL-terminated paths.
+        unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                cm.as_ptr(),
+                libc::AT_FDCWD,
+                calt.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        }
+    };
+
+    // Held by the swapper for each exchange, by the test while it looks at a
+    // mount: an exchange racing with the mount can leave it on the directory's
+    // new name.
+    let paused = Arc::new(Mutex::new(()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, paused) = (stop.clone(), paused.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _g = paused.lock().expect("lock");
+                // Fails (EBUSY) while `m` is a mount point.
+                exchange();
+            }
+        })
+    };
+    let mounted_on = || {
+        let all = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        all.lines()
+            .filter(|l| l.contains(":a1 "))
+            .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
+            .collect::<Vec<_>>()
+    };
+    let (mut landed, mut refused, mut on_victim) = (0, 0, false);
+    for _ in 0..1000 {
+        let r = agent.mount("a1", s(&m), false);
+        let _g = paused.lock().expect("lock");
+        if r.is_err() {
+            refused += 1;
+            continue;
+        }
+        landed += 1;
+        let points = mounted_on();
+        on_victim = points.iter().any(|p| Path::new(p) == victim);
+        if on_victim {
+            break;
+        }
+        if points == [s(&m)] {
+            agent.unmount(s(&m)).expect("unmount");
+            continue;
+        }
+        // On the directory's new name (`alt`, still below the root): the
+        // exchange raced with the mount. Detached here, and forgotten by the
+        // daemon once its session ends.
+        for p in &points {
+            let st = Command::new("umount").arg("-l").arg(p).status();
+            assert!(st.expect("umount -l").success(), "umount -l {p}");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !agent.info("a1").expect("info").mounts.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "still mounted");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().expect("swapper");
+    assert!(
+        !on_victim && !is_mountpoint(&victim),
+        "the branch was mounted on the host directory {} (after {landed} mounts, {refused} refusals)",
+        victim.display()
+    );
+    assert!(
+        landed > 0,
+        "no mount went through at all ({refused} refusals)"
+    );
+}

@@ -420,3 +420,59 @@ fn shutdown_does_not_hang_when_the_socket_file_is_gone() {
     // The open connection was closed by the shutdown.
     assert!(c.list().is_err());
 }
+
+/// Review finding: anyone who may connect to the socket, without a token, could
+/// hold every connection slot (connections that never send a hello keep theirs
+/// for the whole hello deadline, and new ones replace those closed), and the
+/// daemon answered everyone else, the admin included, `too_many_clients`. Now
+/// one user other than the daemon's own holds at most half the slots.
+#[test]
+fn one_user_cannot_take_every_connection_slot() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let d = Daemon::start_with_config(Some("[control]\nmax_clients = 4\n"));
+    // The socket is 0660 root:root: a user of group root reaches it, as the
+    // daemon's group would.
+    std::fs::set_permissions(d.tmp.path(), std::fs::Permissions::from_mode(0o750))
+        .expect("chmod tmp");
+    let socket = d.socket.clone();
+    // Connected by a thread that is user 65534 (group root) for the kernel: the
+    // raw syscall changes this thread's credentials only, and the daemon reads
+    // the connecting thread's (SO_PEERCRED). The thread ends with them.
+    let held = std::thread::spawn(move || {
+        // SAFETY: plain syscall; the saved uid stays 0 and nothing in this
+        // thread needs root afterwards.
+        let r = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 0) };
+        assert_eq!(r, 0, "setresuid: {}", std::io::Error::last_os_error());
+        (0..4)
+            .map(|_| {
+                let s = UnixStream::connect(&socket).expect("connect as 65534");
+                s.set_read_timeout(Some(Duration::from_millis(500)))
+                    .expect("timeout");
+                s
+            })
+            .collect::<Vec<_>>()
+    })
+    .join()
+    .expect("connecting thread");
+    // Its last connections were refused at once; the first ones are served
+    // (waiting for their hello).
+    let answers: Vec<Option<String>> = held
+        .iter()
+        .map(|s| {
+            let mut line = String::new();
+            BufReader::new(s).read_line(&mut line).ok()?;
+            let v: Value = serde_json::from_str(&line).ok()?;
+            v["error"]["kind"].as_str().map(String::from)
+        })
+        .collect();
+    let refused = answers
+        .iter()
+        .filter(|k| k.as_deref() == Some("too_many_clients"))
+        .count();
+    assert_eq!(refused, 2, "{answers:?}");
+    // The admin (the daemon's own user) still gets in while those are held.
+    let mut admin = cowfs_ctl::Client::connect(&d.socket, &d.admin).expect("admin connects");
+    assert_eq!(admin.list().expect("list").len(), 1);
+    drop(held);
+}

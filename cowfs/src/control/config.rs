@@ -28,7 +28,8 @@ pub struct ServerConfig {
     pub idle_timeout_secs: u64,
     /// A reply the client does not read within this long closes the connection.
     pub io_timeout_secs: u64,
-    /// Connections served at once; more are answered `too_many_clients`.
+    /// Connections served at once; more are answered `too_many_clients`. One
+    /// user other than the daemon's own gets at most half of them (`slots`).
     pub max_clients: usize,
     /// Directories below which tokens without `admin:*` may mount; empty means the
     /// default, `POOL.mnt` (see `mount_roots`).

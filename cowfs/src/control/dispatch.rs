@@ -889,7 +889,7 @@ impl Ctx {
         // Checked again: mounts may have changed while the clone was sanitized.
         let mounted = self.mount_point(token, &m.dir).and_then(|dir| {
             self.mounts
-                .mount(name, &dir, m.read_only)
+                .mount_exact(name, &dir, m.read_only)
                 .map_err(errors::mount)
         });
         if let Err(e) = mounted {
@@ -1099,8 +1099,10 @@ impl Ctx {
             require_unprotected(token, t.protected, "mount read-write", &t.name, t.id)?;
         }
         let dir = self.mount_point(token, dir)?;
+        // Exactly the directory checked: resolved again, a symlink swapped in
+        // since would move the mount out of the mount roots.
         self.mounts
-            .mount(&t.name, &dir, read_only)
+            .mount_exact(&t.name, &dir, read_only)
             .map_err(errors::mount)
     }
 

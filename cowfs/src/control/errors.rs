@@ -30,7 +30,7 @@ pub fn pool(e: PoolError) -> ErrorReply {
 pub fn mount(e: MountError) -> ErrorReply {
     let kind = match &e {
         MountError::Pool(p) => return pool_ref(p, e.to_string()),
-        MountError::NotADirectory(_) => ErrorKind::NotADirectory,
+        MountError::NotADirectory(_) | MountError::NotRealPath(_) => ErrorKind::NotADirectory,
         MountError::AlreadyMounted(_) => ErrorKind::Exists,
         MountError::BranchMounted { .. } => ErrorKind::Mounted,
         MountError::NotMounted(_) => ErrorKind::NotMounted,

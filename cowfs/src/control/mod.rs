@@ -13,6 +13,7 @@
 //! - `sanitize`: the sanitize engine (profiles from the `--config` file)
 //! - `sanitizing`: clones being sanitized and required profiles
 //!   (`POOL.sanitize-state`)
+//! - `slots`: connection slots, in all and per user
 //! - `files`: private files beside the pool, replaced atomically
 //! - `errors`: engine errors as typed protocol errors
 
@@ -28,6 +29,7 @@ pub mod quotas;
 pub mod sanitize;
 pub mod sanitizing;
 mod server;
+mod slots;
 pub mod tokens;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::io::{self, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -25,6 +25,7 @@ use super::config::ServerConfig;
 use super::dispatch::Ctx;
 use super::errors;
 use super::frame::{read_frame, Frame};
+use super::slots::{peer_uid, Full, Slots};
 use super::tokens::Authenticated;
 
 /// Longest line read before a successful hello (a hello is about 150 bytes).
@@ -34,7 +35,7 @@ pub struct Shared {
     pub ctx: Ctx,
     pub cfg: ServerConfig,
     pub stopping: AtomicBool,
-    active: AtomicUsize,
+    slots: Slots,
     next_conn: AtomicU64,
     /// Live connections, so that shutdown can close them.
     conns: Mutex<HashMap<u64, UnixStream>>,
@@ -43,11 +44,13 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(ctx: Ctx, cfg: ServerConfig) -> Shared {
+        // SAFETY: geteuid(2) always succeeds.
+        let slots = Slots::new(cfg.max_clients, unsafe { libc::geteuid() });
         Shared {
             ctx,
             cfg,
             stopping: AtomicBool::new(false),
-            active: AtomicUsize::new(0),
+            slots,
             next_conn: AtomicU64::new(1),
             conns: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
@@ -83,20 +86,23 @@ pub fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
             }
         };
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        if shared.active.fetch_add(1, Ordering::SeqCst) >= shared.cfg.max_clients {
-            shared.active.fetch_sub(1, Ordering::SeqCst);
+        let uid = peer_uid(&stream);
+        if let Err(full) = shared.slots.take(uid) {
+            let message = match full {
+                Full::All(max) => {
+                    format!("the daemon already serves {max} connections; retry later")
+                }
+                Full::User(n) => format!(
+                    "your user already holds {n} of the daemon's {} connections, as many as one user may; close some, or retry later",
+                    shared.cfg.max_clients
+                ),
+            };
             let mut s = stream;
             let _ = s.set_write_timeout(Some(shared.cfg.io_timeout()));
             let _ = send(
                 &mut s,
                 None,
-                Err(ErrorReply::new(
-                    ErrorKind::TooManyClients,
-                    format!(
-                        "the daemon already serves {} connections; retry later",
-                        shared.cfg.max_clients
-                    ),
-                )),
+                Err(ErrorReply::new(ErrorKind::TooManyClients, message)),
             );
             continue;
         }
@@ -106,6 +112,7 @@ pub fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
         let guard = Slot {
             shared: shared.clone(),
             id,
+            uid,
         };
         let spawned = std::thread::Builder::new()
             .name(format!("cowfs-ctl-{id}"))
@@ -132,13 +139,14 @@ pub fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
 struct Slot {
     shared: Arc<Shared>,
     id: u64,
+    uid: Option<u32>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         // Free the slot before the last descriptor closes, so a client that sees
         // the connection end can count on the slot being free.
-        self.shared.active.fetch_sub(1, Ordering::SeqCst);
+        self.shared.slots.give_back(self.uid);
         self.shared.conns.lock().remove(&self.id);
     }
 }

@@ -31,6 +31,7 @@ mod handles;
 mod kernel;
 mod lookups;
 pub mod mounts;
+mod pinned;
 mod privileges;
 mod sys;
 #[cfg(test)]

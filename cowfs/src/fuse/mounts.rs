@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 
 use super::filesystem::CowFs;
 use super::kernel;
+use super::pinned::PinnedDir;
 use super::sys;
 use super::unmount::{unmount_ours, Unmount};
 use crate::control::mountinfo;
@@ -32,6 +33,10 @@ pub enum MountError {
     Pool(#[from] PoolError),
     #[error("{0}: not a directory; create the mount point first")]
     NotADirectory(PathBuf),
+    #[error("{0}: not a directory reached without symbolic links (was it replaced since it was checked?); give the mount point's real path")]
+    NotRealPath(PathBuf),
+    #[error("{dir}: the mount point was renamed to {now} while the branch was being mounted on it, so the mount was undone; retry on a directory that stays put")]
+    Moved { dir: PathBuf, now: PathBuf },
     #[error("{0}: a cowfs branch is already mounted there; unmount it first")]
     AlreadyMounted(PathBuf),
     #[error("branch '{branch}' is already mounted on {dir}; a branch is mounted read-write once or read-only any number of times: unmount it, or branch it and mount the new branch")]
@@ -110,14 +115,30 @@ impl MountTable {
     /// Mount `branch` on `dir` and serve it on background threads. Snapshots are
     /// always mounted read-only. Orphans left by an earlier session are freed first.
     pub fn mount(&self, branch: &str, dir: &Path, read_only: bool) -> Result<(), MountError> {
-        let id = self.pool.branch_id(branch)?;
-        let read_only = read_only || self.pool.is_read_only(id).map_err(PoolError::from)?;
         let dir = dir
             .canonicalize()
             .map_err(|_| MountError::NotADirectory(dir.to_path_buf()))?;
-        if !dir.is_dir() {
-            return Err(MountError::NotADirectory(dir));
-        }
+        self.mount_exact(branch, &dir, read_only)
+    }
+
+    /// `mount` on `dir` exactly as given: an absolute path without symlinks (the
+    /// path the control plane checked). It is not resolved again: a symlink
+    /// found on it now (someone swapped a directory for one since the check)
+    /// is refused, and the mount is made on the directory held open, so it
+    /// cannot land anywhere else (`PinnedDir`).
+    pub fn mount_exact(&self, branch: &str, dir: &Path, read_only: bool) -> Result<(), MountError> {
+        let id = self.pool.branch_id(branch)?;
+        let read_only = read_only || self.pool.is_read_only(id).map_err(PoolError::from)?;
+        let dir = dir.to_path_buf();
+        let pinned = PinnedDir::open(&dir).map_err(|source| match source.raw_os_error() {
+            Some(libc::ENOENT) => MountError::NotADirectory(dir.clone()),
+            Some(libc::ENOTDIR | libc::ELOOP) => MountError::NotRealPath(dir.clone()),
+            _ => MountError::Mount {
+                branch: branch.to_string(),
+                dir: dir.clone(),
+                source,
+            },
+        })?;
         let mut mounts = self.live();
         if mounts.iter().any(|m| m.info.dir == dir) {
             return Err(MountError::AlreadyMounted(dir));
@@ -155,17 +176,29 @@ impl MountTable {
             dir: dir.clone(),
             source,
         };
-        let fd = kernel::mount(&source, &dir, read_only).map_err(mount_err)?;
-        let ours = match identify(&dir, &source) {
-            Ok(ours) => ours,
+        let fd = kernel::mount(&source, &pinned.proc_path(), read_only).map_err(mount_err)?;
+        drop(pinned);
+        let known: Vec<MountId> = mounts.iter().map(|m| m.ours.clone()).collect();
+        let (ours, point) = match identify(&source, &known) {
+            Ok(found) => found,
             Err(e) => {
-                // Just mounted by this call: nothing else can be on top yet.
+                // Just mounted by this call: nothing else can be on top yet
+                // (unmounted only if `dir` is no symlink, see `sys::umount2`).
                 if let Err(u) = sys::detach(&dir) {
                     log::error!("{}: detaching the new mount: {u}", dir.display());
                 }
                 return Err(mount_err(e));
             }
         };
+        if point != dir {
+            // The directory held open was renamed before mount(2) attached to
+            // it: the mount is on its new name. Just made, nothing is on top of
+            // it yet; detached there, never through `dir` (a symlink now, say).
+            if let Err(u) = sys::detach(&point) {
+                log::error!("{}: detaching the new mount: {u}", point.display());
+            }
+            return Err(MountError::Moved { dir, now: point });
+        }
         let notifier = fs.notifier_slot();
         let config = kernel::session_config();
         let served = fuser::Session::from_fd(fs, fd, config.acl, config).and_then(|session| {
@@ -376,17 +409,24 @@ fn forget_gone(m: Mounted) {
     );
 }
 
-/// The mount just made on `dir` for `source`: the last listed there (mounts
-/// stacked on a point are listed in the order they were made).
-fn identify(dir: &Path, source: &str) -> io::Result<MountId> {
+/// The mount just made for `source`, and where it is: the last listed for
+/// `source` that is none of the table's (`known`: read-only mounts of a branch
+/// share its source; the table's lock is held, so no other is being made).
+/// Found by source, not by directory: the directory held open for mount(2) may
+/// have been renamed before the mount attached to it.
+fn identify(source: &str, known: &[MountId]) -> io::Result<(MountId, PathBuf)> {
     mountinfo::read()?
         .into_iter()
         .rev()
-        .find(|m| m.point == dir)
-        .filter(|m| m.source == Path::new(source))
-        .map(|m| MountId {
-            id: m.id,
-            dev: m.dev,
+        .find(|m| {
+            m.source == Path::new(source) && !known.iter().any(|k| k.id == m.id && k.dev == m.dev)
+        })
+        .map(|m| {
+            let id = MountId {
+                id: m.id,
+                dev: m.dev,
+            };
+            (id, m.point)
         })
         .ok_or_else(|| io::Error::other("the new mount is not in /proc/self/mountinfo"))
 }

@@ -65,10 +65,13 @@ pub(crate) fn expire(dir: &Path) -> io::Result<Expired> {
     }
 }
 
+/// Never through a symlink at `dir`: the daemon's mount points are real
+/// paths, and a symlink found there now (a swapped directory) may lead to a
+/// mount that is not the daemon's.
 fn umount2(dir: &Path, flags: libc::c_int) -> io::Result<()> {
     let c = c_path(dir)?;
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    if unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
+    if unsafe { libc::umount2(c.as_ptr(), flags | libc::UMOUNT_NOFOLLOW) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
