@@ -14,6 +14,7 @@ use super::le::*;
 use super::runs::RunWriter;
 use super::{BlockAddr, StoreError, StoreResult, BLOCK_SIZE};
 
+mod converted;
 mod meta_area;
 mod undo;
 use meta_area::MetaArea;
@@ -86,6 +87,8 @@ pub struct SpaceMap {
     /// the pool lock. Allocatable once the pool has seen those reads finish
     /// (`release_quarantine`).
     quarantine: FxHashSet<BlockAddr>,
+    /// Written blocks made unwritten in place, not to be filled in place yet.
+    converted: converted::Converted,
     used: u64,
     cursor: u64,
     /// Leaf pages known to have no free entry, skipped by the allocator.
@@ -145,6 +148,7 @@ impl SpaceMap {
             leaves: FxHashMap::default(),
             index: FxHashMap::default(),
             fresh: FxHashSet::default(),
+            converted: Default::default(),
             pending_free: FxHashSet::default(),
             in_flight: FxHashSet::default(),
             quarantine: FxHashSet::default(),
@@ -274,6 +278,20 @@ impl SpaceMap {
 
     pub fn is_fresh(&self, b: BlockAddr) -> bool {
         self.fresh.contains(&b)
+    }
+
+    /// Blocks `start..start + len`, written data in the last commit, are now an
+    /// unwritten extent where they are (ZERO_RANGE): not to be filled in place
+    /// before that stops mattering (`converted.rs`).
+    pub fn mark_converted(&mut self, start: BlockAddr, len: u64) {
+        self.converted.mark(start, len);
+    }
+
+    /// Whether an unwritten block may be filled in place as far as conversions
+    /// go: not one made unwritten in place by a commit not yet durable or still
+    /// read from outside the lock.
+    pub fn fillable_in_place(&self, b: BlockAddr) -> bool {
+        !self.converted.contains(b)
     }
     pub fn has_changes(&self) -> bool {
         !self.dirty_leaves.is_empty() || self.index.values().any(|i| i.dirty)
@@ -826,6 +844,7 @@ impl SpaceMap {
     pub fn commit_written(&mut self) {
         self.meta_commit_written();
         empty(&mut self.fresh);
+        self.converted.commit_written();
         debug_assert!(self.in_flight.is_empty(), "previous commit not durable");
         hand_over(&mut self.pending_free, &mut self.in_flight);
         // Next fit makes copy-on-write writes sequential on the medium (measured:
@@ -858,11 +877,13 @@ impl SpaceMap {
     pub fn commit_durable(&mut self) {
         debug_assert!(self.quarantine.is_empty(), "quarantine not released");
         hand_over(&mut self.in_flight, &mut self.quarantine);
+        self.converted.commit_durable();
     }
 
     /// Reads that could use the quarantined blocks are over: they are allocatable.
     pub fn release_quarantine(&mut self) {
         empty(&mut self.quarantine);
+        self.converted.release_quarantine();
     }
 
     /// Blocks freed but not allocatable yet: in the running transaction, in a
@@ -1039,6 +1060,24 @@ fn hand_over(from: &mut FxHashSet<BlockAddr>, to: &mut FxHashSet<BlockAddr>) {
 mod tests {
     use super::*;
     use crate::store::device::MemDevice;
+
+    /// A block made unwritten in place may be filled in place only once the
+    /// commit recording that is durable and reads started before it are over:
+    /// until then the durable tree (or a reader) still sees its old data.
+    #[test]
+    fn converted_blocks_wait_for_the_durable_commit_and_its_reads() {
+        let mut m = SpaceMap::create(1 << 14, 1);
+        m.mark_converted(100, 3);
+        assert!(m.fillable_in_place(99) && m.fillable_in_place(103));
+        let waiting = |m: &SpaceMap| (100..103).all(|b| !m.fillable_in_place(b));
+        assert!(waiting(&m), "running transaction");
+        m.commit_written();
+        assert!(waiting(&m), "commit written, not durable");
+        m.commit_durable();
+        assert!(waiting(&m), "durable, reads from before it may run");
+        m.release_quarantine();
+        assert!((100..103).all(|b| m.fillable_in_place(b)));
+    }
 
     /// One commit that frees many blocks must not leave large (empty) sets behind:
     /// emptying them costs their capacity at every later commit.

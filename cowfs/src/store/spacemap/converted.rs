@@ -1,0 +1,42 @@
+//! Blocks a ZERO_RANGE turned from written into unwritten where they are
+//! (`SpaceMap::mark_converted`). Filling an unwritten block in place is safe
+//! only when no durable tree calls it written (on-disk.md, "Unwritten blocks
+//! are filled in place"); until the commit that records the conversion is
+//! durable, the previous one still maps the block as written data, and a read
+//! that started before it may still be reading that data outside the pool lock.
+//! So a converted block follows the way of a freed one (running transaction,
+//! commit in flight, quarantine) and may be filled in place only once through.
+
+use rustc_hash::FxHashSet;
+
+use super::{empty, hand_over};
+use crate::store::BlockAddr;
+
+#[derive(Default)]
+pub(super) struct Converted {
+    running: FxHashSet<BlockAddr>,
+    in_flight: FxHashSet<BlockAddr>,
+    quarantine: FxHashSet<BlockAddr>,
+}
+
+impl Converted {
+    pub(super) fn mark(&mut self, start: BlockAddr, len: u64) {
+        self.running.extend(start..start + len);
+    }
+
+    pub(super) fn contains(&self, b: BlockAddr) -> bool {
+        self.running.contains(&b) || self.in_flight.contains(&b) || self.quarantine.contains(&b)
+    }
+
+    pub(super) fn commit_written(&mut self) {
+        hand_over(&mut self.running, &mut self.in_flight);
+    }
+
+    pub(super) fn commit_durable(&mut self) {
+        hand_over(&mut self.in_flight, &mut self.quarantine);
+    }
+
+    pub(super) fn release_quarantine(&mut self) {
+        empty(&mut self.quarantine);
+    }
+}
