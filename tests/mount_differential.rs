@@ -5,15 +5,17 @@
 //! by step to a cowfs mount and to a directory on the host's filesystem (a
 //! tempdir beside the pool: ext4 on the machine this was written on). Up to six
 //! descriptors stay open across steps, so they outlive unlinks, renames and
-//! truncates; a fifth of the calls run with an unprivileged filesystem uid; a
-//! tenth are probes that say whether a call moved a path's mtime.
+//! truncates; a fifth of the calls run as an unprivileged user (filesystem uid
+//! and gid, and supplementary groups that may or may not hold a file's group);
+//! a tenth are probes that say whether a call moved a path's mtime. Xattr calls
+//! include POSIX ACLs (valid access and default ACLs, and invalid blobs).
 //!
 //! Every call must return the same value or errno and the same bytes on both
 //! (tests/mount_diff/apply.rs says what is compared and what the two may
 //! legitimately differ in). Every COMPARE_EVERY steps the whole trees must agree
 //! in what POSIX fixes (tests/mount_diff/tree.rs: types, modes, owners, link
 //! counts, sizes but directories', data, symlink targets, user and trusted
-//! xattrs, sorted names, hard-link groups, the paths each open descriptor
+//! xattrs and POSIX ACLs, sorted names, hard-link groups, the paths each open descriptor
 //! reaches, whether a probed mtime moved); every REMOUNT_EVERY steps and at the
 //! end the descriptors are closed, cowfs is unmounted and remounted and the
 //! trees compared again (what was written must persist); at the end

@@ -11,7 +11,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::ops::{Op, SLOTS};
+use super::ops::{Cred, Op, SLOTS};
 use super::sys::*;
 
 /// An open descriptor and whether it is a directory (no data operations).
@@ -135,8 +135,8 @@ impl Side {
     pub fn apply(&mut self, op: &Op) -> Outcome {
         use Outcome::*;
         match op {
-            Op::As { id, op } => {
-                let _user = FsUser::become_(*id);
+            Op::As { cred, op } => {
+                let _user = FsUser::become_(cred);
                 return self.apply(op);
             }
             Op::Probe { path, op } => return self.probe(path, op),
@@ -424,28 +424,43 @@ impl Side {
     }
 }
 
-/// The calling thread's filesystem uid and gid switched to `id` (dropping the
-/// capabilities that let root bypass permission checks) until dropped.
-struct FsUser;
+/// The calling thread's filesystem uid and gid and its supplementary groups
+/// switched to `cred` (dropping the capabilities that let root bypass
+/// permission checks) until dropped. Both sides run with exactly these
+/// credentials; the kernel checks group bits and ACLs against all of them, and
+/// cowfs reads the groups from the caller's /proc status (set-group-ID rules).
+struct FsUser {
+    /// The thread's supplementary groups before, put back on drop.
+    groups: Vec<libc::gid_t>,
+}
 
 impl FsUser {
-    fn become_(id: u32) -> FsUser {
-        // SAFETY: setfsuid/setfsgid change only this thread's credentials (the
-        // raw syscalls); the test runs its operations on this one thread.
+    fn become_(cred: &Cred) -> FsUser {
+        let mut groups = vec![0; 256];
+        // SAFETY: a writable buffer of the given length.
+        let n = unsafe { libc::getgroups(groups.len() as i32, groups.as_mut_ptr()) };
+        assert!(n >= 0, "getgroups");
+        groups.truncate(n as usize);
+        // SAFETY: the raw setgroups, setfsgid and setfsuid system calls change
+        // only this thread's credentials (glibc's setgroups would change every
+        // thread's); the test runs its operations on this one thread.
         unsafe {
-            libc::setfsgid(id);
-            libc::setfsuid(id);
+            let r = libc::syscall(libc::SYS_setgroups, cred.groups.len(), cred.groups.as_ptr());
+            assert_eq!(r, 0, "setgroups {:?}", cred.groups);
+            libc::setfsgid(cred.gid);
+            libc::setfsuid(cred.uid);
         }
-        FsUser
+        FsUser { groups }
     }
 }
 
 impl Drop for FsUser {
     fn drop(&mut self) {
-        // SAFETY: as in become_; back to root.
+        // SAFETY: as in become_; back to root and its groups.
         unsafe {
             libc::setfsuid(0);
             libc::setfsgid(0);
+            libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr());
         }
     }
 }

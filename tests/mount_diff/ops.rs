@@ -197,10 +197,11 @@ pub enum Op {
     Readdir {
         path: String,
     },
-    /// `op` with the filesystem uid and gid of an unprivileged user: permission
-    /// checks apply and writes by a non-owner clear set-user-ID bits.
+    /// `op` with the credentials of an unprivileged user: permission checks
+    /// apply (group bits and ACL entries through the supplementary groups too),
+    /// and writes by a non-owner clear set-user-ID bits.
     As {
-        id: u32,
+        cred: Cred,
         op: Box<Op>,
     },
     /// copy_file_range between two slots' descriptors at their offsets.
@@ -236,13 +237,27 @@ pub enum Op {
 }
 
 const IDS: [u32; 3] = [0, 1000, 65534];
-/// trusted.* needs CAP_SYS_ADMIN and is listed only to such callers.
-const XATTRS: [&str; 4] = [
+/// trusted.* needs CAP_SYS_ADMIN and is listed only to such callers. The POSIX
+/// ACL names get valid ACLs most of the time (`xattr_value`).
+const XATTRS: [&str; 6] = [
     "user.a",
     "user.b",
     "user.long_name_of_an_attribute",
     "trusted.t",
+    ACCESS_ACL,
+    DEFAULT_ACL,
 ];
+pub const ACCESS_ACL: &str = "system.posix_acl_access";
+pub const DEFAULT_ACL: &str = "system.posix_acl_default";
+
+/// Who an `As` operation runs as: filesystem uid and gid, and the supplementary
+/// groups, which may or may not hold the group of the file it meets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cred {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
 
 pub struct Gen {
     files: Vec<String>,
@@ -284,7 +299,7 @@ impl Gen {
         let mut op = self.plain_op(rng, open);
         if rng.gen_bool(0.2) {
             op = Op::As {
-                id: *IDS[1..].choose(rng).unwrap(),
+                cred: cred(rng),
                 op: Box::new(op),
             };
         }
@@ -474,17 +489,18 @@ impl Gen {
                     rng.gen_range(0..1_000_000_000),
                 ),
             },
-            89..=92 => Op::Setxattr {
-                path,
-                name: XATTRS.choose(rng).unwrap().to_string(),
-                // ext4 keeps one file's xattrs in a single block (ENOSPC beyond):
-                // four values of < 800 bytes always fit.
-                value: Data(data(rng).into_iter().take(rng.gen_range(0..800)).collect()),
-                flags: *[0, 0, libc::XATTR_CREATE, libc::XATTR_REPLACE]
-                    .choose(rng)
-                    .unwrap(),
-                nofollow: rng.gen_bool(0.3),
-            },
+            89..=92 => {
+                let name = XATTRS.choose(rng).unwrap().to_string();
+                Op::Setxattr {
+                    path,
+                    value: xattr_value(rng, &name),
+                    name,
+                    flags: *[0, 0, libc::XATTR_CREATE, libc::XATTR_REPLACE]
+                        .choose(rng)
+                        .unwrap(),
+                    nofollow: rng.gen_bool(0.3),
+                }
+            }
             93 => Op::Getxattr {
                 path,
                 name: XATTRS.choose(rng).unwrap().to_string(),
@@ -502,11 +518,14 @@ impl Gen {
                 to: *used.choose(rng).unwrap_or(&slot),
                 len: rng.gen_range(0..300_000),
             },
-            103..=104 => Op::Fsetxattr {
-                slot,
-                name: XATTRS.choose(rng).unwrap().to_string(),
-                value: Data(data(rng).into_iter().take(rng.gen_range(0..800)).collect()),
-            },
+            103..=104 => {
+                let name = XATTRS.choose(rng).unwrap().to_string();
+                Op::Fsetxattr {
+                    slot,
+                    value: xattr_value(rng, &name),
+                    name,
+                }
+            }
             105 => Op::Fgetxattr {
                 slot,
                 name: XATTRS.choose(rng).unwrap().to_string(),
@@ -519,6 +538,59 @@ impl Gen {
             },
         }
     }
+}
+
+/// An unprivileged user: uid 1000 or 65534, its own gid or another one, and
+/// supplementary groups drawn from the ids files are given (0 included), so
+/// that the caller is sometimes in a file's group only through them.
+fn cred(rng: &mut SmallRng) -> Cred {
+    let uid = *IDS[1..].choose(rng).unwrap();
+    let gid = if rng.gen_bool(0.7) {
+        uid
+    } else {
+        *IDS.choose(rng).unwrap()
+    };
+    let groups = IDS.iter().copied().filter(|_| rng.gen_bool(0.3)).collect();
+    Cred { uid, gid, groups }
+}
+
+/// A value for xattr `name`. ext4 keeps one file's xattrs in a single block
+/// (ENOSPC beyond): values of < 800 bytes always fit. An ACL name gets a valid
+/// ACL nine times in ten, otherwise bytes the kernel refuses (EINVAL).
+fn xattr_value(rng: &mut SmallRng, name: &str) -> Data {
+    if (name == ACCESS_ACL || name == DEFAULT_ACL) && rng.gen_bool(0.9) {
+        return Data(acl(rng));
+    }
+    Data(data(rng).into_iter().take(rng.gen_range(0..800)).collect())
+}
+
+/// A valid POSIX ACL in the kernel's xattr format (linux/posix_acl_xattr.h:
+/// u32 version 2, then u16 tag, u16 perm, u32 id per entry, in tag order and
+/// ids ascending): the three base entries, and sometimes named users and
+/// groups with the mask they need. Without named entries the ACL equals a
+/// mode, which ext4 stores as the mode alone (cowfs must do the same).
+fn acl(rng: &mut SmallRng) -> Vec<u8> {
+    const UNDEFINED: u32 = u32::MAX;
+    let perm = |rng: &mut SmallRng| rng.gen_range(0..8u16);
+    let named = |rng: &mut SmallRng| -> Vec<u32> {
+        IDS.iter().copied().filter(|_| rng.gen_bool(0.3)).collect()
+    };
+    let (users, groups) = (named(rng), named(rng));
+    let mut entries = vec![(0x01u16, perm(rng), UNDEFINED)];
+    entries.extend(users.iter().map(|id| (0x02, perm(rng), *id)));
+    entries.push((0x04, perm(rng), UNDEFINED));
+    entries.extend(groups.iter().map(|id| (0x08, perm(rng), *id)));
+    if !users.is_empty() || !groups.is_empty() {
+        entries.push((0x10, perm(rng), UNDEFINED));
+    }
+    entries.push((0x20, perm(rng), UNDEFINED));
+    let mut out = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        out.extend(tag.to_le_bytes());
+        out.extend(perm.to_le_bytes());
+        out.extend(id.to_le_bytes());
+    }
+    out
 }
 
 fn open_flags(rng: &mut SmallRng) -> i32 {

@@ -119,9 +119,9 @@ pub fn readlink(p: &Path) -> Result<Vec<u8>, i32> {
 /// xattr (name, value) pairs.
 pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// `user.*` and `trusted.*` xattrs of `p` (not following a symlink), as
-/// (name, value), sorted. `security.*` and `system.*` are the host's (labels,
-/// ACLs) and not compared.
+/// `user.*` and `trusted.*` xattrs and POSIX ACLs of `p` (not following a
+/// symlink), as (name, value), sorted. `security.*` is the host's (labels) and
+/// not compared.
 pub fn compared_xattrs(p: &Path) -> Result<Xattrs, i32> {
     let cp = c(p);
     let mut names = vec![0u8; 65536];
@@ -131,10 +131,9 @@ pub fn compared_xattrs(p: &Path) -> Result<Xattrs, i32> {
     )?;
     names.truncate(n as usize);
     let mut out = Vec::new();
-    for name in names
-        .split(|b| *b == 0)
-        .filter(|s| s.starts_with(b"user.") || s.starts_with(b"trusted."))
-    {
+    for name in names.split(|b| *b == 0).filter(|s| {
+        s.starts_with(b"user.") || s.starts_with(b"trusted.") || s.starts_with(b"system.posix_acl_")
+    }) {
         let cn = CString::new(name).expect("xattr name without NUL");
         let mut val = vec![0u8; 65536];
         // SAFETY: valid strings and a writable buffer of the given length.

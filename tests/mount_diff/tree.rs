@@ -1,6 +1,7 @@
 //! A whole tree as POSIX fixes it, for comparing the two sides: every path's
 //! stat view, contents (file data, symlink target, sorted directory names),
-//! user and trusted xattrs, and which paths are hard links of one another.
+//! user and trusted xattrs and POSIX ACLs, and which paths are hard links of
+//! one another.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

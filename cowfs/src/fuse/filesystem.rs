@@ -28,6 +28,7 @@ use super::handles::Handles;
 use super::kernel;
 use super::lookups::Lookups;
 use super::privileges::{keeps_setgid, names_visible_to, Caller};
+use super::write_back::WriteBack;
 use crate::fs::file::{SeekWhence, WriteTimes};
 use crate::fs::{Attr, FsError, FsResult, SetAttr};
 use crate::pool::{BranchId, Pool};
@@ -48,7 +49,7 @@ pub(crate) struct CowFs {
     pub(super) pool: Arc<Pool>,
     pub(super) branch: BranchId,
     read_only: bool,
-    handles: Handles,
+    handles: Arc<Handles>,
     lookups: Lookups,
     /// The kernel keeps regular files' mtime and ctime (it took the writeback
     /// cache at FUSE_INIT).
@@ -64,7 +65,7 @@ impl CowFs {
             pool,
             branch,
             read_only,
-            handles: Handles::default(),
+            handles: Arc::default(),
             lookups: Lookups::default(),
             kernel_keeps_times: false,
             notifier: Arc::default(),
@@ -74,6 +75,14 @@ impl CowFs {
     /// Where the mount puts the session's notifier once the session is created.
     pub(crate) fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
         self.notifier.clone()
+    }
+
+    /// What the mount table needs to wait for this mount's dirty pages.
+    pub(crate) fn write_back(&self) -> WriteBack {
+        WriteBack {
+            handles: self.handles.clone(),
+            notifier: self.notifier.clone(),
+        }
     }
 
     /// Make the kernel fetch `ino`'s attributes again.

@@ -35,6 +35,14 @@ impl Handles {
         }
     }
 
+    /// The inodes that have a handle open, each once.
+    pub(crate) fn inodes(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.open.lock().values().copied().collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     /// Release every handle still open (the session is over).
     pub(crate) fn release_all(&self, pool: &Pool, branch: BranchId) {
         let left: Vec<u64> = self.open.lock().keys().copied().collect();

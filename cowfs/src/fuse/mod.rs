@@ -10,6 +10,7 @@
 //! - `privileges`: set-id bits and file capabilities dropped on write, truncate, chown;
 //!   trusted.* names listed only to privileged callers
 //! - `mounts`: the daemon's mount table (mount, unmount, sync a branch)
+//! - `write_back`: waiting until a mount's dirty pages reached the daemon
 //!
 //! Durability: fsync, fdatasync and fsync on a directory answer only once what they
 //! cover is durable: a pool commit, or for a file whose changes are all data writes
@@ -17,7 +18,7 @@
 //! push the kernel's dirty pages to the daemon as plain writes; no sync request
 //! reaches it (fuser 0.18 has no FUSE_SYNCFS handler), so they become durable at
 //! the daemon's next periodic commit (every 5 s) or through
-//! `MountTable::sync_branch`.
+//! `MountTable::sync_branch` (which also waits for those writes: `write_back`).
 //!
 //! Access times are not updated on read (mounts are `noatime`). Locks (fcntl,
 //! flock) are kept by the kernel, which is exact between the processes of one
@@ -37,5 +38,6 @@ mod sys;
 #[cfg(test)]
 mod test_mounts;
 mod unmount;
+mod write_back;
 
 pub use mounts::{MountError, MountInfo, MountTable};

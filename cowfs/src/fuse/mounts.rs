@@ -14,6 +14,7 @@ use super::kernel;
 use super::pinned::PinnedDir;
 use super::sys;
 use super::unmount::{unmount_ours, Unmount};
+use super::write_back::WriteBack;
 use crate::control::mountinfo;
 use crate::pool::{Pool, PoolError};
 
@@ -72,6 +73,7 @@ struct Mounted {
     /// Which mount on `info.dir` is this one.
     ours: MountId,
     session: JoinHandle<io::Result<()>>,
+    write_back: Arc<WriteBack>,
 }
 
 /// A mount as /proc/self/mountinfo names it: its id and its device (the FUSE
@@ -200,6 +202,7 @@ impl MountTable {
             return Err(MountError::Moved { dir, now: point });
         }
         let notifier = fs.notifier_slot();
+        let write_back = Arc::new(fs.write_back());
         let config = kernel::session_config();
         let served = fuser::Session::from_fd(fs, fd, config.acl, config).and_then(|session| {
             let _ = notifier.set(session.notifier());
@@ -229,6 +232,7 @@ impl MountTable {
             },
             ours,
             session,
+            write_back,
         });
         Ok(())
     }
@@ -298,7 +302,8 @@ impl MountTable {
     }
 
     /// Make everything written to `branch` so far durable: syncfs(2) on each of its
-    /// mounts pushes the kernel's dirty pages to the engine, then the pool commits.
+    /// mounts pushes the kernel's dirty pages to the engine (and `write_back`
+    /// waits until they arrived), then the pool commits.
     /// A branch or snapshot taken after this holds every write completed before.
     /// syncfs(2) reaches a mount through its directory only while it is on top
     /// there: one covered by another filesystem or detached from outside (with
@@ -307,13 +312,13 @@ impl MountTable {
     /// (`Covered`, `Detached`), also when that happens after the check (the
     /// descriptor syncfs works on is checked to be on our mount).
     pub fn sync_branch(&self, branch: &str) -> Result<(), MountError> {
-        let mounts: Vec<(PathBuf, MountId)> = self
+        let mounts: Vec<(PathBuf, MountId, Arc<WriteBack>)> = self
             .live()
             .iter()
             .filter(|m| m.info.branch == branch && !m.info.read_only)
-            .map(|m| (m.info.dir.clone(), m.ours.clone()))
+            .map(|m| (m.info.dir.clone(), m.ours.clone(), m.write_back.clone()))
             .collect();
-        for (dir, ours) in mounts {
+        for (dir, ours, write_back) in mounts {
             match place(&dir, &ours) {
                 Ok(Place::Top) => {}
                 Ok(Place::Covered) => return Err(MountError::Covered(dir)),
@@ -321,7 +326,7 @@ impl MountTable {
                 Err(source) => return Err(MountError::Sync { dir, source }),
             }
             match sys::syncfs_of(&dir, ours.id) {
-                Ok(true) => {}
+                Ok(true) => write_back.wait(),
                 // Covered, or gone, since `place` looked.
                 Ok(false) => {
                     return Err(match place(&dir, &ours) {
