@@ -296,3 +296,63 @@ fn bytes_rewritten_unchanged_are_not_reported() {
         vec![modified("/f", &[], &[Times]), modified("/z", &[], &[Times])]
     );
 }
+
+/// Two branches taken from one snapshot: a directory and a file made in each under
+/// other names. Each branch used to number its new inodes from the snapshot's
+/// counter, so both pairs got the same numbers and the diff took them for one
+/// directory renamed and one file modified (`/d1/f` removed and `/d2/f` added were
+/// missing). New numbers now come from above every branch's, also for a branch
+/// that makes its files after the pool was opened again.
+#[test]
+fn sibling_branches_made_from_one_snapshot_never_share_new_inode_numbers() {
+    let opts = PoolOptions {
+        capacity_bytes: Some(256 << 20),
+        ..Default::default()
+    };
+    let dev = Arc::new(MemDevice::new());
+    let o = Owner::default();
+    let make = |p: &Pool, branch: &str, dir: &str| {
+        let b = p.branch_id(branch).expect("branch");
+        let d = p.mkdir(b, 1, dir.as_bytes(), 0o755, o).expect("mkdir");
+        let f = p
+            .mknod(b, d.ino, b"f", libc::S_IFREG | 0o644, 0, o)
+            .expect("mknod");
+        p.write_file(b, f.ino, 0, dir.as_bytes()).expect("write");
+    };
+    {
+        let p = Pool::create_on(dev.clone(), &opts).expect("pool");
+        p.snapshot_create("s", "main").expect("snapshot");
+        p.branch_create("a", "s").expect("branch a");
+        p.branch_create("b", "s").expect("branch b");
+        p.branch_create("c", "s").expect("branch c");
+        make(&p, "a", "d1");
+        make(&p, "b", "d2");
+        p.commit().expect("commit");
+    }
+    let p = Pool::open_on(dev, &opts).expect("reopen");
+    make(&p, "c", "d3");
+    let rows = |x: &str, y: &str| -> Vec<(String, PathChangeKind)> {
+        let mut r: Vec<_> = p
+            .diff(x, y)
+            .expect("diff")
+            .entries
+            .into_iter()
+            .map(|c| (String::from_utf8_lossy(&c.path).into_owned(), c.change))
+            .collect();
+        r.sort_by(|l, r| l.0.cmp(&r.0));
+        r
+    };
+    use PathChangeKind::{Added, Removed};
+    let want = |from: &str, to: &str| {
+        vec![
+            (format!("/{from}"), Removed),
+            (format!("/{from}/f"), Removed),
+            (format!("/{to}"), Added),
+            (format!("/{to}/f"), Added),
+        ]
+    };
+    assert_eq!(rows("a", "b"), want("d1", "d2"));
+    // c's files were made after the reopen: the first numbers after the
+    // snapshot's would have been a's.
+    assert_eq!(rows("a", "c"), want("d1", "d3"));
+}

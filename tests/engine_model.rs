@@ -9,7 +9,9 @@
 #[path = "support/dump.rs"]
 mod dump;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use cowfs::fs::file::SeekWhence;
@@ -47,6 +49,9 @@ struct Node {
 struct Model {
     nodes: BTreeMap<u64, Node>,
     next_ino: u64,
+    /// The pool's inode floor, shared by every branch's model: a new inode takes
+    /// the greater of its branch's counter and this, and raises both past it.
+    floor: Rc<Cell<u64>>,
 }
 
 type R = Result<u64, i32>;
@@ -66,6 +71,7 @@ impl Model {
         Model {
             nodes,
             next_ino: ROOT_INO + 1,
+            floor: Rc::new(Cell::new(ROOT_INO + 1)),
         }
     }
 
@@ -533,8 +539,9 @@ fn create(
     if d.contains_key(name) {
         return Err(libc::EEXIST);
     }
-    let ino = m.next_ino;
-    m.next_ino += 1;
+    let ino = m.next_ino.max(m.floor.get());
+    m.next_ino = ino + 1;
+    m.floor.set(m.floor.get().max(m.next_ino));
     let kind = match ftype {
         libc::S_IFREG => Kind::Reg(Vec::new()),
         libc::S_IFDIR => Kind::Dir(BTreeMap::new()),
@@ -1181,6 +1188,12 @@ fn run(cfg: &Run) -> Stats {
                         Pool::open_on(Arc::new(dev.clone()), &o)
                             .unwrap_or_else(|e| panic!("{ctx}: reopen: {e}")),
                     );
+                    // A pool opened again takes its floor from the branches it
+                    // has: those deleted are forgotten.
+                    let floor = brs.values().map(|b| b.model.next_ino).max();
+                    if let (Some(f), Some(b)) = (floor, brs.values().next()) {
+                        b.model.floor.set(f);
+                    }
                     check_all(
                         pool.as_ref().expect("pool"),
                         &brs,
@@ -1202,7 +1215,8 @@ fn run(cfg: &Run) -> Stats {
             g.op(&brs[&bname].model, cfg.big)
         };
         let br = brs.get_mut(&bname).expect("branch");
-        let before = cfg.big.then(|| br.model.clone());
+        // The floor is shared, not cloned: keep its value too.
+        let before = cfg.big.then(|| (br.model.clone(), br.model.floor.get()));
         let want = if br.snapshot && op.mutates() {
             Err(libc::EROFS)
         } else {
@@ -1211,10 +1225,11 @@ fn run(cfg: &Run) -> Stats {
         let got = pool_apply(pl, br.id, &op, &br.model);
         let short = format!("{op:?}");
         let short = &short;
-        if let (Err(libc::ENOSPC), Some(before)) = (got, before) {
+        if let (Err(libc::ENOSPC), Some((before, floor))) = (got, before) {
             // A full pool refuses the operation and must leave the branch as it was.
             stats.enospc += 1;
             br.model = before;
+            br.model.floor.set(floor);
             check_branch(pl, &bname, br, &format!("{ctx}: after ENOSPC from {short}"));
             // Free space again: delete the largest file of some writable branch.
             free_some(pl, &mut brs, &mut rng, &ctx);
@@ -1459,13 +1474,14 @@ fn every_operation_is_all_or_nothing_on_a_full_pool() {
             } else {
                 Gen { rng: &mut rng }.op(&br.model, false)
             };
-            let before = br.model.clone();
+            let (before, floor) = (br.model.clone(), br.model.floor.get());
             let want = model_apply(&mut br.model, &op);
             let got = pool_apply(&pool, b, &op, &br.model);
             if got == Err(libc::ENOSPC) && want != Err(libc::ENOSPC) {
                 enospc += 1;
                 *full.entry(kind_of(&op)).or_default() += 1;
                 br.model = before;
+                br.model.floor.set(floor);
                 let ctx = format!("{ctx}: after ENOSPC from {}", brief(&op));
                 check_branch(&pool, "main", br, &ctx);
                 if enospc % 40 == 0 {

@@ -234,6 +234,13 @@ pub(crate) struct Engine {
     /// Blocks in use after the last attempt on `stuck_orphans` failed: the next
     /// one waits until fewer are (room may have come back).
     stuck_used: u64,
+    /// No branch hands out an inode number below this: the highest `next_ino`
+    /// of every branch record seen, raised by every inode allocated. Numbers are
+    /// kept per branch (on-disk §6.2), but two branches taken from one snapshot
+    /// start from the same one, and `diff`, which pairs files by number, took a
+    /// file each of them created afterwards for one file. Taken from above every
+    /// branch's, a new number is never one a file of another branch has.
+    ino_floor: u64,
 }
 
 pub struct Pool {
@@ -1299,6 +1306,7 @@ impl Engine {
         opts: &PoolOptions,
     ) -> Engine {
         let st_gen = st.generation();
+        let ino_floor = branches.values().map(|r| r.next_ino).max().unwrap_or(0);
         Engine {
             st,
             catalog_root,
@@ -1321,6 +1329,7 @@ impl Engine {
             log: fsync_log::IntentLog::default(),
             stuck_orphans: BTreeSet::new(),
             stuck_used: 0,
+            ino_floor,
         }
     }
 
@@ -1796,10 +1805,13 @@ impl Engine {
             dirty_branches,
             quotas,
             poisoned,
+            ino_floor,
             ..
         } = self;
         let rec = branches.get_mut(b).ok_or(FsError::Posix(libc::ESTALE))?;
         let (root0, ino0) = (rec.root, rec.next_ino);
+        let first_ino = ino0.max(*ino_floor);
+        let mut next_ino = first_ino;
         if journal {
             st.begin_op();
         }
@@ -1810,9 +1822,13 @@ impl Engine {
         let r = f(&mut FsTree {
             st,
             root: &mut rec.root,
-            next_ino: &mut rec.next_ino,
+            next_ino: &mut next_ino,
         })
         .and_then(|v| Ok(st.check_op_budget(budget, used0).map(|_| v)?));
+        // Only an operation that allocated changes the record (and dirties it).
+        if next_ino != first_ino {
+            rec.next_ino = next_ino;
+        }
         st.data_budget = None;
         if journal {
             // All or nothing: an operation makes several tree changes, and ENOSPC
@@ -1833,6 +1849,8 @@ impl Engine {
         if write {
             quotas.charge(b, used0, st.space.used());
         }
+        // What the operation kept (an undone one gave its numbers back).
+        *ino_floor = (*ino_floor).max(rec.next_ino);
         if rec.root != root0 || rec.next_ino != ino0 {
             dirty_branches.insert(b);
         }
