@@ -326,9 +326,9 @@ impl MountTable {
                 Err(source) => return Err(MountError::Sync { dir, source }),
             }
             match sys::syncfs_of(&dir, ours.id) {
-                Ok(true) => write_back.wait(),
+                Ok(Some(root)) => write_back.wait(&root),
                 // Covered, or gone, since `place` looked.
-                Ok(false) => {
+                Ok(None) => {
                     return Err(match place(&dir, &ours) {
                         Ok(Place::Gone) => MountError::Detached(dir),
                         _ => MountError::Covered(dir),
@@ -370,9 +370,9 @@ fn release(m: Mounted) {
         }
     }
     match sys::syncfs_of(&dir, m.ours.id) {
-        Ok(true) => {}
+        Ok(Some(_)) => {}
         // Covered since `place` looked: the unmount below finds it so.
-        Ok(false) => log::warn!("{}: syncfs before unmount: not on top", dir.display()),
+        Ok(None) => log::warn!("{}: syncfs before unmount: not on top", dir.display()),
         Err(e) => log::warn!("{}: syncfs before unmount: {e}", dir.display()),
     }
     let why = match unmount_ours(&dir, &m.ours) {

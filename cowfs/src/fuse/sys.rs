@@ -2,6 +2,7 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -82,16 +83,51 @@ fn umount2(dir: &Path, flags: libc::c_int) -> io::Result<()> {
 /// synced nothing, if `dir` leads to another mount: the descriptor is checked,
 /// not the path, so a mount made on `dir` after a caller's look is not the one
 /// synced (and ours left out).
-pub(crate) fn syncfs_of(dir: &Path, mnt_id: u64) -> io::Result<bool> {
+pub(crate) fn syncfs_of(dir: &Path, mnt_id: u64) -> io::Result<Option<std::fs::File>> {
     let f = std::fs::File::open(dir)?;
     if mount_id(&f)? != mnt_id {
-        return Ok(false);
+        return Ok(None);
     }
     // SAFETY: the descriptor is open for the duration of the call.
     if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(true)
+    Ok(Some(f))
+}
+
+/// Open the file of FUSE node `nodeid` (generation 0, as cowfs answers every
+/// entry) on the mount `mount_fd` is on, read-only, by file handle: the layout
+/// FUSE encodes (`FILEID_INO64_GEN`: the node id's high and low 32 bits, the
+/// generation). The kernel finds an inode it has in memory without asking the
+/// daemon; one it does not have needs export support (LOOKUP of "."), which
+/// cowfs does not answer: ESTALE.
+pub(crate) fn open_by_nodeid(mount_fd: &std::fs::File, nodeid: u64) -> io::Result<OwnedFd> {
+    const FILEID_INO64_GEN: i32 = 0x81;
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        raw: [u32; 3],
+    }
+    let mut h = Handle {
+        bytes: 12,
+        kind: FILEID_INO64_GEN,
+        raw: [(nodeid >> 32) as u32, nodeid as u32, 0],
+    };
+    // SAFETY: `h` has the layout of `struct file_handle` followed by its 12 bytes
+    // of handle, and outlives the call; the descriptor is open.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            mount_fd.as_raw_fd(),
+            (&mut h as *mut Handle).cast::<libc::file_handle>(),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The id of the mount an open descriptor is on (statx STATX_MNT_ID, Linux 5.8+;
@@ -145,9 +181,15 @@ mod tests {
     fn syncfs_of_syncs_only_the_mount_named() {
         let (_tmp, cleanup, ours) = mounted();
         let dir = cleanup.0.clone();
-        assert!(syncfs_of(&dir, ours.id).expect("syncfs of ours on top"));
+        assert!(syncfs_of(&dir, ours.id)
+            .expect("syncfs of ours on top")
+            .is_some());
         let over = tmpfs(&dir, "cowfs-unit-over");
-        assert!(!syncfs_of(&dir, ours.id).expect("syncfs of ours covered"));
-        assert!(syncfs_of(&dir, over.id).expect("syncfs of the one on top"));
+        assert!(syncfs_of(&dir, ours.id)
+            .expect("syncfs of ours covered")
+            .is_none());
+        assert!(syncfs_of(&dir, over.id)
+            .expect("syncfs of the one on top")
+            .is_some());
     }
 }
