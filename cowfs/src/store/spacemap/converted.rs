@@ -7,36 +7,34 @@
 //! So a converted block follows the way of a freed one (running transaction,
 //! commit in flight, quarantine) and may be filled in place only once through.
 
-use rustc_hash::FxHashSet;
-
-use super::{empty, hand_over};
+use super::block_set::BlockSet;
 use crate::store::BlockAddr;
 
 #[derive(Default)]
 pub(super) struct Converted {
-    running: FxHashSet<BlockAddr>,
-    in_flight: FxHashSet<BlockAddr>,
-    quarantine: FxHashSet<BlockAddr>,
+    running: BlockSet,
+    in_flight: BlockSet,
+    quarantine: BlockSet,
 }
 
 impl Converted {
     pub(super) fn mark(&mut self, start: BlockAddr, len: u64) {
-        self.running.extend(start..start + len);
+        self.running.insert_range(start..start + len);
     }
 
     pub(super) fn contains(&self, b: BlockAddr) -> bool {
-        self.running.contains(&b) || self.in_flight.contains(&b) || self.quarantine.contains(&b)
+        self.running.contains(b) || self.in_flight.contains(b) || self.quarantine.contains(b)
     }
 
     pub(super) fn commit_written(&mut self) {
-        hand_over(&mut self.running, &mut self.in_flight);
+        self.in_flight.take_all(&mut self.running);
     }
 
     pub(super) fn commit_durable(&mut self) {
-        hand_over(&mut self.in_flight, &mut self.quarantine);
+        self.quarantine.take_all(&mut self.in_flight);
     }
 
     pub(super) fn release_quarantine(&mut self) {
-        empty(&mut self.quarantine);
+        self.quarantine.clear();
     }
 }

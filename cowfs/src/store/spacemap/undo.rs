@@ -107,7 +107,7 @@ impl SpaceMap {
                 Change::Alloc(start, n) => {
                     for b in start..start + n {
                         self.set(dev, b, 0)?;
-                        self.fresh.remove(&b);
+                        self.fresh.remove(b);
                     }
                 }
                 Change::Inc(start, n) => {
@@ -120,7 +120,7 @@ impl SpaceMap {
                     for b in start..start + n {
                         let v = self.get(dev, b)?;
                         self.set(dev, b, v + 1)?;
-                        if v == 0 && !self.pending_free.remove(&b) {
+                        if v == 0 && !self.pending_free.remove(b) {
                             self.fresh.insert(b);
                         }
                     }
