@@ -300,13 +300,16 @@ fn fit_merged(a: &Node, b: &Node) -> bool {
 /// key of the left node is below the separator of the right one, and the merged
 /// node keeps the left one's place (and lower bound) in the parent.
 fn merge_if_underfull(st: &mut NodeStore, parent: BlockAddr, pos: usize) -> StoreResult<()> {
-    let (level, kids) = match &*st.read(parent, None)? {
-        Node::Internal(level, kids) => (level - 1, kids.clone()),
-        Node::Leaf(_) => return Ok(()),
+    let node = st.read(parent, None)?;
+    let Node::Internal(level, kids) = &*node else {
+        return Ok(());
     };
+    let level = level - 1;
+    // Most removes leave the child well filled: check it before copying anything.
     if !underfull(&*st.read(kids[pos].1, Some(level))?) {
         return Ok(());
     }
+    let kids = kids.clone();
     let pairs = [pos.checked_sub(1).map(|l| (l, pos)), Some((pos, pos + 1))];
     for (l, r) in pairs.into_iter().flatten() {
         if r >= kids.len() {
