@@ -5,6 +5,7 @@
 //! transaction stays unusable until the commit that freed it is durable.
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -19,6 +20,8 @@ use super::{BlockAddr, StoreError, StoreResult, BLOCK_SIZE};
 mod block_set;
 mod converted;
 mod meta_area;
+#[cfg(test)]
+mod range_ops_tests;
 mod undo;
 use meta_area::MetaArea;
 use undo::{Change, Journal};
@@ -446,11 +449,29 @@ impl SpaceMap {
     }
 
     fn set(&mut self, dev: &dyn BlockDevice, b: BlockAddr, v: u32) -> StoreResult<u32> {
-        let dropped = self.dropped_leaves.contains(&(b / COUNTS_PER_LEAF));
-        let leaf = self.load_leaf(dev, b / COUNTS_PER_LEAF)?;
+        let leaf_no = b / COUNTS_PER_LEAF;
+        let leaf = self.load_leaf(dev, leaf_no)?;
         let slot = &mut leaf.counts[(b % COUNTS_PER_LEAF) as usize];
         let old = *slot;
         *slot = v;
+        self.mark_dirty(leaf_no);
+        // Saturating: `used` starts from the superblock, which may be wrong (fsck
+        // reports it); below zero it wrapped and every allocation failed.
+        if old == 0 && v > 0 {
+            self.used = self.used.saturating_add(1);
+        } else if old > 0 && v == 0 {
+            self.used = self.used.saturating_sub(1);
+            self.full_leaves.remove(&leaf_no);
+        }
+        Ok(old)
+    }
+
+    /// A loaded leaf's counts changed: the next commit writes it.
+    fn mark_dirty(&mut self, leaf_no: u64) {
+        let dropped = self.dropped_leaves.contains(&leaf_no);
+        let Some(leaf) = self.leaves.get_mut(&leaf_no) else {
+            return;
+        };
         // Pointer 0 and not dirty yet: a leaf the next commit moves that
         // `touched_leaves` did not count (unless this session dropped it).
         let first_touch = leaf.addr == 0 && !leaf.dirty && !dropped;
@@ -460,72 +481,114 @@ impl SpaceMap {
                 *n = n.saturating_add(1);
             }
         }
-        self.dirty_leaves.insert(b / COUNTS_PER_LEAF);
-        // Saturating: `used` starts from the superblock, which may be wrong (fsck
-        // reports it); below zero it wrapped and every allocation failed.
-        if old == 0 && v > 0 {
-            self.used = self.used.saturating_add(1);
-        } else if old > 0 && v == 0 {
-            self.used = self.used.saturating_sub(1);
-            self.full_leaves.remove(&(b / COUNTS_PER_LEAF));
+        self.dirty_leaves.insert(leaf_no);
+    }
+
+    /// Apply `step` to the count of each block of `start..end`, a space-map leaf
+    /// at a time (one leaf lookup, dirty mark and journal entry per leaf, not per
+    /// block: deleting a branch holding 40 GiB of its own data dropped 10 million
+    /// references one by one, 4.3 s under the pool lock). `step` refuses a count
+    /// with an error message; the blocks before it keep their change (journaled,
+    /// as `dec` and `inc` one block at a time left them). Blocks whose count
+    /// reaches zero are released (`release_zeroed`).
+    fn step_range(
+        &mut self,
+        dev: &dyn BlockDevice,
+        start: BlockAddr,
+        len: u64,
+        step: fn(u32) -> Result<u32, &'static str>,
+        change: fn(BlockAddr, u64) -> Change,
+    ) -> StoreResult<()> {
+        let end = self.range_end(dev, start, len)?;
+        let mut zeroed: Vec<Range<BlockAddr>> = Vec::new();
+        let mut b = start;
+        while b < end {
+            let leaf_no = b / COUNTS_PER_LEAF;
+            let stop = end.min((leaf_no + 1) * COUNTS_PER_LEAF);
+            let leaf = self.load_leaf(dev, leaf_no)?;
+            let (mut done, mut refused, mut freed) = (b, None, 0u64);
+            for x in b..stop {
+                let slot = &mut leaf.counts[(x % COUNTS_PER_LEAF) as usize];
+                let v = match step(*slot) {
+                    Ok(v) => v,
+                    Err(why) => {
+                        refused = Some((x, why));
+                        break;
+                    }
+                };
+                let was = std::mem::replace(slot, v);
+                if was > 0 && v == 0 {
+                    freed += 1;
+                    match zeroed.last_mut() {
+                        Some(r) if r.end == x => r.end += 1,
+                        _ => zeroed.push(x..x + 1),
+                    }
+                }
+                done = x + 1;
+            }
+            if done > b {
+                self.mark_dirty(leaf_no);
+                self.note(change(b, done - b));
+            }
+            if freed > 0 {
+                self.used = self.used.saturating_sub(freed);
+                self.full_leaves.remove(&leaf_no);
+            }
+            if let Some((x, why)) = refused {
+                self.release_zeroed(zeroed);
+                return Err(Self::corrupt(dev, x, why.into()));
+            }
+            b = stop;
         }
-        Ok(old)
+        self.release_zeroed(zeroed);
+        Ok(())
     }
 
     /// Add one reference to each block of `start..start+len`.
     pub fn inc(&mut self, dev: &dyn BlockDevice, start: BlockAddr, len: u64) -> StoreResult<()> {
-        for b in start..self.range_end(dev, start, len)? {
-            self.check_range(dev, b)?;
-            let c = self.get(dev, b)?;
-            if c == 0 {
-                return Err(Self::corrupt(
-                    dev,
-                    b,
-                    "reference added to a free block".into(),
-                ));
-            }
-            self.set(dev, b, c.saturating_add(1))?;
-            self.note(Change::Inc(b, 1));
-        }
-        Ok(())
+        let step = |c: u32| match c {
+            0 => Err("reference added to a free block"),
+            c => Ok(c.saturating_add(1)),
+        };
+        self.step_range(dev, start, len, step, Change::Inc)
     }
 
     /// Drop one reference from `b`; returns the new count. A block reaching zero is
     /// reusable at once if it was born in this transaction, else after the commit.
     pub fn dec(&mut self, dev: &dyn BlockDevice, b: BlockAddr) -> StoreResult<u32> {
-        self.check_range(dev, b)?;
-        let c = self.get(dev, b)?;
-        if c == 0 {
-            return Err(Self::corrupt(
-                dev,
-                b,
-                "reference dropped from a free block".into(),
-            ));
-        }
-        self.set(dev, b, c - 1)?;
-        self.note(Change::Dec(b, 1));
-        // Born in this transaction: nothing durable refers to it, reuse at once
-        // (after the running operation, which an undo may still map it back into).
-        if c == 1 {
-            if self.fresh.remove(b) {
-                self.hold_for_undo(b);
-            } else {
-                self.pending_free.insert(b);
-            }
-        }
-        Ok(c - 1)
+        self.dec_range(dev, b, 1)?;
+        self.get(dev, b)
     }
 
+    /// `dec` of each block of `start..start + len`.
     pub fn dec_range(
         &mut self,
         dev: &dyn BlockDevice,
         start: BlockAddr,
         len: u64,
     ) -> StoreResult<()> {
-        for b in start..self.range_end(dev, start, len)? {
-            self.dec(dev, b)?;
+        let step = |c: u32| match c {
+            0 => Err("reference dropped from a free block"),
+            c => Ok(c - 1),
+        };
+        self.step_range(dev, start, len, step, Change::Dec)
+    }
+
+    /// Blocks whose last reference was dropped. Born in this transaction: nothing
+    /// durable refers to them, reuse at once (after the running operation, which
+    /// an undo may still map them back into). Else after the commit.
+    fn release_zeroed(&mut self, zeroed: Vec<Range<BlockAddr>>) {
+        for r in zeroed {
+            let mut from = r.start;
+            for young in self.fresh.remove_range(r.clone()) {
+                self.pending_free.insert_range(from..young.start);
+                for b in young.clone() {
+                    self.hold_for_undo(b);
+                }
+                from = young.end;
+            }
+            self.pending_free.insert_range(from..r.end);
         }
-        Ok(())
     }
 
     /// Blocks an intent log record now names (format-spec §8.1): they must not be

@@ -56,6 +56,23 @@ impl BlockSet {
         true
     }
 
+    /// Remove every block of `r`; returns the runs of it that were there, in order.
+    pub(crate) fn remove_range(&mut self, r: Range<BlockAddr>) -> Vec<Range<BlockAddr>> {
+        if r.is_empty() {
+            return Vec::new();
+        }
+        let present: Vec<Range<BlockAddr>> = self
+            .runs
+            .overlapping(&r)
+            .map(|o| o.start.max(r.start)..o.end.min(r.end))
+            .collect();
+        if !present.is_empty() {
+            self.len -= present.iter().map(|p| p.end - p.start).sum::<u64>();
+            self.runs.remove(r);
+        }
+        present
+    }
+
     pub(crate) fn len(&self) -> u64 {
         self.len
     }
