@@ -8,12 +8,15 @@
 #   ./install.sh --stop     # unmount and stop the daemon started here
 #
 # Binaries go to $PREFIX/bin (default /usr/local/bin); cargo builds them in
-# $CARGO_TARGET_DIR if set. The daemon logs to
+# $CARGO_TARGET_DIR if set. CONFIG=FILE starts the daemon with `--config FILE`
+# (sanitize profiles, [control] settings; read at start, so --stop first to change
+# it). The daemon logs to
 # ./data/cowfs.log; its pid is in ./data/cowfs.pid.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")" && pwd)
 PREFIX=${PREFIX:-/usr/local}
 DATA=${DATA:-$PWD/data}
+CONFIG=${CONFIG:-}
 
 # The pid of the daemon started here, if it still runs. A pid file outlives a
 # daemon killed with -9 (or a reboot), and its pid may be another program's by now.
@@ -54,6 +57,9 @@ if [ "${1:-}" = "--stop" ]; then stop; exit 0; fi
 
 [ -e /dev/fuse ] || { echo "error: /dev/fuse is missing (load the fuse module)" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "error: mounting needs root (run with sudo)" >&2; exit 1; }
+if [ -n "$CONFIG" ]; then
+  CONFIG=$(realpath -e "$CONFIG") || { echo "error: no config file $CONFIG" >&2; exit 1; }
+fi
 
 echo "building (release)…"
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin cowfs --bin cowfs-ctl
@@ -66,11 +72,12 @@ mkdir -p "$DATA"
 [ -e "$DATA/pool" ] || "$PREFIX/bin/cowfs" init "$DATA/pool"
 ctl() { "$PREFIX/bin/cowfs-ctl" --socket "$DATA/pool.sock" --token-file "$DATA/pool.token" "$@"; }
 if daemon_pid >/dev/null; then
+  [ -z "$CONFIG" ] || echo "note: the daemon already runs; CONFIG applies when it starts (--stop first)" >&2
   if main_mounted; then echo "already mounted: $DATA/main"; exit 0; fi
 else
   # The daemon detaches the dead mounts a killed one left (on $DATA/main too).
   RUST_LOG=${RUST_LOG:-info} nohup "$PREFIX/bin/cowfs" serve "$DATA/pool" \
-    >>"$DATA/cowfs.log" 2>&1 &
+    ${CONFIG:+--config "$CONFIG"} >>"$DATA/cowfs.log" 2>&1 &
   echo $! >"$DATA/cowfs.pid"
 fi
 # Wait for an answer, not for the socket file: a killed daemon leaves its socket.

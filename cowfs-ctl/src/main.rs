@@ -82,7 +82,9 @@ enum Cmd {
     Diff { a: String, b: String },
     /// Make a branch identical to a snapshot again (unmount it first).
     Reset {
+        /// The branch to reset (unmounted).
         branch: String,
+        /// The snapshot (or branch) it becomes a copy of.
         #[arg(long)]
         to: String,
     },
@@ -179,7 +181,9 @@ struct BranchCreate {
 enum SnapshotCmd {
     /// Create a snapshot of a branch.
     Create {
+        /// Name of the new snapshot.
         name: String,
+        /// The branch (or snapshot) to copy.
         #[arg(long)]
         from: String,
     },

@@ -1,7 +1,8 @@
 //! The control socket's settings: the `[control]` table of the daemon's TOML config
 //! file (`cowfs serve --config FILE`). Every field is optional; unknown fields in
-//! `[control]` are refused so that a typo is noticed; other top-level tables
-//! (`[profiles.*]`, `[sanitize]`) belong to their own modules.
+//! `[control]`, and top-level tables other than `[control]`, `[sanitize]` and
+//! `[profiles.*]` (which belong to the sanitize module), are refused so that a typo
+//! is noticed.
 //!
 //! ```toml
 //! [control]
@@ -48,11 +49,19 @@ impl Default for ServerConfig {
     }
 }
 
-/// The part of the config file this module reads.
+/// The part of the config file this module reads. The other top-level tables are
+/// named so that any table no module reads (`[sanitise]`) is refused, not ignored.
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct ConfigFile {
     #[serde(default)]
     control: ServerConfig,
+    /// Read by `sanitize::SanitizeConfig`.
+    #[serde(default, rename = "sanitize")]
+    _sanitize: Option<serde::de::IgnoredAny>,
+    /// Read by `sanitize::SanitizeConfig`.
+    #[serde(default, rename = "profiles")]
+    _profiles: Option<serde::de::IgnoredAny>,
 }
 
 impl ServerConfig {
@@ -146,6 +155,10 @@ mod tests {
         assert!(ServerConfig::parse("[control]\nmax_client = 3\n").is_err());
         assert!(ServerConfig::parse("[control]\nmax_frame_bytes = 10\n").is_err());
         assert!(ServerConfig::parse("not toml [").is_err());
+        // A table no module reads (a typo, or tokens, which live in POOL.tokens)
+        // would otherwise be ignored without a word.
+        assert!(ServerConfig::parse("[sanitise]\nscratch_dir = \"/x\"\n").is_err());
+        assert!(ServerConfig::parse("[tokens]\nx = 1\n").is_err());
         let c = ServerConfig::parse("[control]\nmount_roots = [\"/srv/a\"]\n").unwrap();
         assert_eq!(c.mount_roots, [PathBuf::from("/srv/a")]);
         assert!(ServerConfig::parse("[control]\nmount_roots = [\"rel\"]\n").is_err());

@@ -58,7 +58,8 @@ enum Cmd {
         /// Control socket [default: $COWFS_SOCKET, else POOL.sock].
         #[arg(long)]
         socket: Option<PathBuf>,
-        /// Daemon configuration file (tokens, sanitize profiles).
+        /// Daemon configuration file (TOML: `[control]` limits and mount roots,
+        /// sanitize profiles; tokens are not in it but in POOL.tokens).
         #[arg(long)]
         config: Option<PathBuf>,
     },
