@@ -43,6 +43,14 @@ pub use fsck::{FsckOptions, FsckReport};
 
 /// A create: the inode, two directory items, the parent's inode.
 const MKNOD: OpSize = OpSize::changes(4);
+/// The longest range one fallocate operation maps: a longer one is done in steps
+/// of this size, each an operation of its own, so that the pool lock is let go in
+/// between and the automatic commit writes the tree nodes of the steps before
+/// (one 160 GiB fallocate held the lock for 10 s and 430 MiB of new nodes until
+/// its commit). A step that fails (ENOSPC) keeps the steps before it, as ext4
+/// and XFS keep what a failed fallocate allocated.
+pub const FALLOCATE_STEP: u64 = 1 << 30;
+
 /// Removing a name: two directory items, the parent, the inode, the orphan item.
 const UNLINK: OpSize = OpSize::changes(5);
 /// symlink (the link, then its target's block), punch_hole and zero_range (the
@@ -1153,6 +1161,31 @@ impl Pool {
     }
     /// `fallocate`, with what it does to the file's times.
     pub fn fallocate_with(
+        &self,
+        b: BranchId,
+        ino: u64,
+        off: u64,
+        len: u64,
+        keep_size: bool,
+        times: WriteTimes,
+    ) -> FsResult<()> {
+        // A range the filesystem refuses (overflow, beyond the largest file) is
+        // refused whole, by one call.
+        let end = match off.checked_add(len) {
+            Some(end) if len > FALLOCATE_STEP => end,
+            _ => return self.fallocate_step(b, ino, off, len, keep_size, times),
+        };
+        let mut at = off;
+        while at < end {
+            let step = (end - at).min(FALLOCATE_STEP);
+            self.fallocate_step(b, ino, at, step, keep_size, times)?;
+            at += step;
+        }
+        Ok(())
+    }
+
+    /// One operation of `fallocate_with`.
+    fn fallocate_step(
         &self,
         b: BranchId,
         ino: u64,
