@@ -165,6 +165,28 @@ impl Ctx {
         Ok(())
     }
 
+    /// At daemon start: warn about descendants of a branch that requires a
+    /// profile that do not require it (left by a build before requirements
+    /// reached existing descendants): tokens allowed to branch from them get
+    /// unsanitized clones until an admin runs `protect` again.
+    pub fn warn_uncovered(&self) {
+        let names: std::collections::HashMap<BranchId, String> = self
+            .pool
+            .list()
+            .into_iter()
+            .map(|b| (b.id, b.name))
+            .collect();
+        let name = |id| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+        for (ancestor, d, profile) in self.state.uncovered(&self.pool) {
+            log::warn!(
+                "'{}' descends from '{}', which requires the sanitize profile '{profile}', but does not require it: its clones are not sanitized; run `cowfs-ctl protect {} --require-sanitize {profile}` to cover it",
+                name(d),
+                name(ancestor),
+                name(ancestor)
+            );
+        }
+    }
+
     /// The token a connection authenticated as, if it still exists, with the
     /// branches it owns (the catalog records who created each).
     pub fn session(&self, who: &Authenticated) -> Option<TokenView> {

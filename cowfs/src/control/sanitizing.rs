@@ -33,6 +33,7 @@
 //! exists then, if it has no owner, and is dropped otherwise; the file is
 //! written back as version 2 at once, so no branch created afterwards matches.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
@@ -254,11 +255,24 @@ impl SanitizeState {
         })
     }
 
-    /// Is branch `id` a clone sanitized with `profile`?
-    fn sanitized_with(f: &StateFile, id: BranchId, profile: &str) -> bool {
-        f.sanitized
-            .iter()
-            .any(|r| r.branch == id && r.profile == profile)
+    /// Those of `descendants` that hold none of what `profile` removes: clones
+    /// sanitized with it (`marks`) and everything taken from them. Asks the
+    /// pool: never called with the file locked (creating a sanitized clone
+    /// locks the file while it holds the pool, `begin`).
+    fn clean(
+        marks: &[Requirement],
+        pool: &Pool,
+        descendants: &[BranchId],
+        profile: &str,
+    ) -> HashSet<BranchId> {
+        let mut clean = HashSet::new();
+        for &d in descendants {
+            if marks.iter().any(|m| m.branch == d && m.profile == profile) {
+                clean.insert(d);
+                clean.extend(pool.descendants(d));
+            }
+        }
+        clean
     }
 
     /// Branch `id` requires `profile`, and so does every descendant of it in
@@ -268,24 +282,11 @@ impl SanitizeState {
     /// data `profile` removes: left as it is.
     pub fn require_lineage(&self, pool: &Pool, id: BranchId, profile: &str) -> std::io::Result<()> {
         let descendants = pool.descendants(id);
-        // The pool is asked before the file is locked, never while: creating a
-        // sanitized clone locks the file while it holds the pool (`begin`).
-        let marked: Vec<BranchId> = {
-            let f = self.file.lock();
-            descendants
-                .iter()
-                .copied()
-                .filter(|d| Self::sanitized_with(&f, *d, profile))
-                .collect()
-        };
-        let mut clean: std::collections::HashSet<BranchId> = marked.iter().copied().collect();
-        for m in marked {
-            clean.extend(pool.descendants(m));
-        }
+        let marks = self.file.lock().sanitized.clone();
+        let clean = Self::clean(&marks, pool, &descendants, profile);
         self.update(|f| {
             f.require.retain(|r| r.branch != id);
-            let covered: std::collections::HashSet<BranchId> =
-                f.require.iter().map(|r| r.branch).collect();
+            let covered: HashSet<BranchId> = f.require.iter().map(|r| r.branch).collect();
             for b in std::iter::once(id).chain(descendants.iter().copied()) {
                 if !covered.contains(&b) && !clean.contains(&b) {
                     f.require.push(Requirement {
@@ -295,6 +296,26 @@ impl SanitizeState {
                 }
             }
         })
+    }
+
+    /// Descendants that a requirement does not reach although `require_lineage`
+    /// would give it to them: (the branch requiring it, the descendant, the
+    /// profile). Requirements set by builds before lineage was covered leave
+    /// these (and an admin may have unprotected a descendant since).
+    pub fn uncovered(&self, pool: &Pool) -> Vec<(BranchId, BranchId, String)> {
+        let f = self.file.lock().clone();
+        let required: HashSet<BranchId> = f.require.iter().map(|r| r.branch).collect();
+        let mut out = Vec::new();
+        for r in &f.require {
+            let descendants = pool.descendants(r.branch);
+            let clean = Self::clean(&f.sanitized, pool, &descendants, &r.profile);
+            for d in descendants {
+                if !required.contains(&d) && !clean.contains(&d) {
+                    out.push((r.branch, d, r.profile.clone()));
+                }
+            }
+        }
+        out
     }
 
     /// Branch `id` now holds another branch's content (a reset): it is no
@@ -494,6 +515,26 @@ mod tests {
         s.require_lineage(&pool, prod, "pii").unwrap();
         assert_eq!(s.required(clone).as_deref(), Some("pii"), "no mark left");
         assert_eq!(s.required(copy).as_deref(), Some("pii"));
+    }
+
+    /// A requirement recorded on prod alone (as builds before lineage was
+    /// covered did) leaves its older descendants uncovered; a clone sanitized
+    /// with it is no gap; `require_lineage` closes the rest.
+    #[test]
+    fn uncovered_descendants_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(dir.path());
+        let prod = pool.branch_create("prod", "main").unwrap();
+        let monday = pool.snapshot_create("prod-monday", "prod").unwrap();
+        let clone = pool.branch_create("clone", "prod").unwrap();
+        pool.branch_create("copy", "clone").unwrap();
+        let s = SanitizeState::open(&pool).unwrap();
+        s.begin(clone, "clone").unwrap();
+        s.finish(clone, "pii").unwrap();
+        s.set_required(prod, Some("pii")).unwrap();
+        assert_eq!(s.uncovered(&pool), vec![(prod, monday, "pii".to_string())]);
+        s.require_lineage(&pool, prod, "pii").unwrap();
+        assert!(s.uncovered(&pool).is_empty());
     }
 
     #[test]
