@@ -146,3 +146,33 @@ fn create_refuses_a_size_too_small_or_a_file_in_use_and_leaves_it_alone() {
     assert!(err.to_string().contains("refusing to overwrite"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), b"someone's data");
 }
+
+/// Deleting a branch in the middle of a chain gives its children its parent, in
+/// the delete's commit: `main -> a -> b -> c`, `b` deleted, then `a`: after each,
+/// and after a reopen, `c`'s parent is the nearest ancestor left, and everything
+/// taken from `main` is still found from it (sanitize requirements follow that
+/// lineage, control/sanitizing.rs).
+#[test]
+fn deleting_a_middle_branch_keeps_the_chain_connected() {
+    let dev = MemDevice::new();
+    let opts = PoolOptions {
+        capacity_bytes: Some(64 << 20),
+        ..Default::default()
+    };
+    let mut pool = Pool::create_on(Arc::new(dev.clone()), &opts).unwrap();
+    pool.branch_create("a", "main").unwrap();
+    pool.snapshot_create("b", "a").unwrap();
+    let c = pool.branch_create("c", "b").unwrap();
+    let main = pool.branch_id("main").unwrap();
+    for (gone, left) in [("b", "a"), ("a", "main")] {
+        pool.branch_delete(gone).unwrap();
+        assert_eq!(pool.info("c").unwrap().parent.as_deref(), Some(left));
+        drop(pool);
+        pool = Pool::open_on(Arc::new(dev.clone()), &opts).unwrap();
+        let parent = pool.info("c").unwrap().parent;
+        assert_eq!(parent.as_deref(), Some(left), "after a reopen");
+        let r = pool.fsck(&FsckOptions::default()).unwrap();
+        assert!(r.is_clean(), "{r}");
+    }
+    assert_eq!(pool.descendants(main), vec![c]);
+}

@@ -1306,3 +1306,33 @@ fn progress_names_files_only_for_tokens_that_read_the_parent() {
         "a token that may not read prod saw its paths: {shown:?}"
     );
 }
+
+/// A requirement an earlier build recorded on prod alone (it reached only
+/// branches created later) leaves prod's older snapshots uncovered: the daemon
+/// names each at start, with the command that covers it.
+#[test]
+fn start_names_descendants_an_earlier_requirement_left_uncovered() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let pool_path = env.base.join("pool");
+    {
+        let pool = cowfs::pool::Pool::open(&pool_path, &Default::default()).expect("open");
+        let prod = pool.branch_create("prod", "main").expect("prod");
+        pool.snapshot_create("prod-monday", "prod")
+            .expect("prod-monday");
+        let state = cowfs::control::sanitizing::state_path(&pool_path);
+        let json =
+            format!(r#"{{"version": 2, "require": [{{"branch": {prod}, "profile": "pii"}}]}}"#);
+        std::fs::write(&state, json).expect("state");
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let _served = serve(&env.base);
+    env.connect(&env.admin);
+    let log = env.log();
+    assert!(
+        log.contains(
+            "'prod-monday' descends from 'prod', which requires the sanitize profile 'pii'"
+        ) && log.contains("cowfs-ctl protect prod --require-sanitize pii"),
+        "{log}"
+    );
+}

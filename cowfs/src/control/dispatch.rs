@@ -28,7 +28,7 @@ use super::errors;
 use super::mount_points;
 use super::quotas::QuotaStore;
 use super::sanitize::{self, Profile, SanitizeConfig, SanitizeError};
-use super::sanitizing::SanitizeState;
+use super::sanitizing::{SanitizeState, Saved};
 use super::tokens::{Authenticated, TokenStore, TokenView};
 use super::ControlError;
 use crate::fuse::MountTable;
@@ -163,6 +163,28 @@ impl Ctx {
             }
         }
         Ok(())
+    }
+
+    /// At daemon start: warn about descendants of a branch that requires a
+    /// profile that do not require it (left by a build before requirements
+    /// reached existing descendants): tokens allowed to branch from them get
+    /// unsanitized clones until an admin runs `protect` again.
+    pub fn warn_uncovered(&self) {
+        let names: std::collections::HashMap<BranchId, String> = self
+            .pool
+            .list()
+            .into_iter()
+            .map(|b| (b.id, b.name))
+            .collect();
+        let name = |id| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+        for (ancestor, d, profile) in self.state.uncovered(&self.pool) {
+            log::warn!(
+                "'{}' descends from '{}', which requires the sanitize profile '{profile}', but does not require it: its clones are not sanitized; run `cowfs-ctl protect {} --require-sanitize {profile}` to cover it",
+                name(d),
+                name(ancestor),
+                name(ancestor)
+            );
+        }
     }
 
     /// The token a connection authenticated as, if it still exists, with the
@@ -363,7 +385,7 @@ impl Ctx {
                 require_unprotected(token, t.protected, "delete", &t.name, t.id)?;
                 self.refuse_mounted(&name, "delete")?;
                 self.pool.branch_delete(&name).map_err(errors::pool)?;
-                if let Err(e) = self.state.set_required(t.id, None) {
+                if let Err(e) = self.state.forget(t.id) {
                     log::warn!("{}: {e}", self.state.path().display());
                 }
                 if let Err(e) = self.quotas.set(t.id, QuotaLimits::default()) {
@@ -490,14 +512,16 @@ impl Ctx {
                 // on `to` gets here if `to` requires a profile): it requires the
                 // profile too, as a branch taken from `to` without sanitizing
                 // would, or tokens that may branch from it would get unsanitized
-                // clones. Set before the reset, so that the content is never
+                // clones. It is no sanitized clone anymore either, whatever it
+                // was. Set before the reset, so that the content is never
                 // without it; put back if the reset fails.
-                let before = self.state.required(t.id);
-                self.inherit_required(src.id, t.id)?;
+                let saved = self.state.saved();
+                let required = self.state.required(src.id);
+                self.state
+                    .replaced(t.id, required.as_deref())
+                    .map_err(|e| self.state_error(e))?;
                 if let Err(e) = self.pool.reset_to(&branch, &to) {
-                    if let Err(s) = self.state.set_required(t.id, before.as_deref()) {
-                        log::error!("{}: {s}", self.state.path().display());
-                    }
+                    self.restore(saved);
                     return Err(errors::pool(e));
                 }
                 ok(self.info(token, &branch)?)
@@ -824,12 +848,11 @@ impl Ctx {
             self.discard(name, id);
             return Err(errors::pool(e));
         }
-        if let Err(e) = self.state.end(id) {
+        // Marked as sanitized with the profile: a requirement of it set later
+        // on an ancestor does not reach the clone (`require_lineage`).
+        if let Err(e) = self.state.finish(id, &profile.name) {
             self.discard(name, id);
-            return Err(ErrorReply::new(
-                ErrorKind::Io,
-                format!("{}: {e}", self.state.path().display()),
-            ));
+            return Err(self.state_error(e));
         }
         self.mount_new(token, name, mount)?;
         log::info!(
@@ -1107,8 +1130,9 @@ impl Ctx {
     }
 
     /// Protect (with an optional required profile; without one, a requirement
-    /// set before stays) or unprotect (which drops the requirement too). All or
-    /// nothing: a step that fails undoes the one before it.
+    /// set before stays) or unprotect (which drops the requirement too). A
+    /// requirement reaches the branch's descendants (`protect_on`); unprotect
+    /// leaves theirs. All or nothing: a step that fails undoes the one before it.
     fn protect(
         &self,
         token: &TokenView,
@@ -1138,20 +1162,39 @@ impl Ctx {
         ok(self.info(token, &t.name)?)
     }
 
-    /// The requirement is written before the flag: stopped in between, the
-    /// branch requires the profile unprotected (as inherited requirements do),
-    /// never protected without it.
+    /// The requirement is recorded on the branch and on every descendant that
+    /// requires no profile yet (snapshots and branches taken of it, or of them,
+    /// before it was set hold the same unsanitized data), in one write, before
+    /// the flag: stopped in between, the branch requires the profile
+    /// unprotected (as inherited requirements do), never protected without it.
     fn protect_on(&self, t: &Target, require_profile: Option<String>) -> Result<(), ErrorReply> {
-        let before = self.state.required(t.id);
-        let required = require_profile.or_else(|| before.clone());
-        self.set_required(t.id, required.as_deref())?;
+        let saved = self.state.saved();
+        let Some(required) = require_profile.or_else(|| self.state.required(t.id)) else {
+            return self.pool.set_protected(&t.name, true).map_err(errors::pool);
+        };
+        self.state
+            .require_lineage(&self.pool, t.id, &required)
+            .map_err(|e| self.state_error(e))?;
         if let Err(e) = self.pool.set_protected(&t.name, true) {
-            if let Err(s) = self.state.set_required(t.id, before.as_deref()) {
-                log::error!("{}: {s}", self.state.path().display());
-            }
+            self.restore(saved);
             return Err(errors::pool(e));
         }
         Ok(())
+    }
+
+    /// Put back requirements a failed request changed (`SanitizeState::saved`).
+    fn restore(&self, saved: Saved) {
+        if let Err(e) = self.state.restore(saved) {
+            log::error!("{}: {e}", self.state.path().display());
+        }
+    }
+
+    /// An error writing `POOL.sanitize-state`, naming it.
+    fn state_error(&self, e: std::io::Error) -> ErrorReply {
+        ErrorReply::new(
+            ErrorKind::Io,
+            format!("{}: {e}", self.state.path().display()),
+        )
     }
 
     /// The flag is cleared before the requirement: stopped in between, the
@@ -1172,12 +1215,9 @@ impl Ctx {
 
     /// `SanitizeState::set_required`, with an `io` error naming the state file.
     fn set_required(&self, id: BranchId, profile: Option<&str>) -> Result<(), ErrorReply> {
-        self.state.set_required(id, profile).map_err(|e| {
-            ErrorReply::new(
-                ErrorKind::Io,
-                format!("{}: {e}", self.state.path().display()),
-            )
-        })
+        self.state
+            .set_required(id, profile)
+            .map_err(|e| self.state_error(e))
     }
 }
 

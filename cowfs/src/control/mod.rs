@@ -139,6 +139,7 @@ impl ControlServer {
             mount_roots,
         );
         ctx.delete_unfinished()?;
+        ctx.warn_uncovered();
         let shared = Arc::new(server::Shared::new(ctx, cfg));
         let sh = shared.clone();
         let kept = listener.try_clone().map_err(io)?;

@@ -8,13 +8,21 @@
 //!   clone is ready (committed) or deleted. A daemon that starts and finds entries deletes those
 //!   branches: a clone that was not finished is never kept. An entry a failed
 //!   write left behind names no other branch, whatever names branches get later.
-//! - `require`: protected branches that require a sanitize profile, by branch id
-//!   (stable across renames, never reused).
+//! - `require`: branches that require a sanitize profile, by branch id (stable
+//!   across renames, never reused): every branch a non-admin token takes from
+//!   one is sanitized with it. A requirement set on a branch is recorded on each
+//!   of its descendants too (`require_lineage`): an older snapshot, or a branch
+//!   taken before the requirement, holds the same unsanitized data.
+//! - `sanitized`: clones made by sanitizing, with the profile that ran, by
+//!   branch id. Their content, and that of everything taken from them, holds
+//!   none of what that profile removes, so a requirement of that profile set
+//!   later on one of their ancestors does not reach them.
 //!
 //! ```json
 //! {"version": 2,
 //!  "sanitizing": [{"id": 7, "name": "agent-1"}],
-//!  "require": [{"branch": 2, "profile": "pii"}]}
+//!  "require": [{"branch": 2, "profile": "pii"}],
+//!  "sanitized": [{"branch": 5, "profile": "pii"}]}
 //! ```
 //!
 //! Version 1 recorded a clone by name before its creation and added the id
@@ -25,6 +33,7 @@
 //! exists then, if it has no owner, and is dropped otherwise; the file is
 //! written back as version 2 at once, so no branch created afterwards matches.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
@@ -48,6 +57,9 @@ struct StateFile {
     sanitizing: Vec<Running>,
     #[serde(default)]
     require: Vec<Requirement>,
+    /// Older files have none: their clones count as unsanitized (the safe side).
+    #[serde(default)]
+    sanitized: Vec<Requirement>,
 }
 
 /// A clone being sanitized.
@@ -111,6 +123,7 @@ impl FirstLayout {
             version: FILE_VERSION,
             sanitizing,
             require: self.require,
+            sanitized: Vec::new(),
         }
     }
 }
@@ -145,6 +158,12 @@ fn parse(text: &str) -> Result<Parsed, String> {
 fn write(path: &Path, file: &StateFile) -> std::io::Result<()> {
     let text = serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?;
     replace_private(path, &text)
+}
+
+/// Requirements and sanitized marks at one moment (`SanitizeState::saved`).
+pub struct Saved {
+    require: Vec<Requirement>,
+    sanitized: Vec<Requirement>,
 }
 
 pub struct SanitizeState {
@@ -211,9 +230,126 @@ impl SanitizeState {
         })
     }
 
-    /// The clone `id` is ready, gone, or was never created.
+    /// The clone `id` is gone, or was never created (a ready one: `finish`).
     pub fn end(&self, id: BranchId) -> std::io::Result<()> {
         self.update(|f| f.sanitizing.retain(|r| r.id != id))
+    }
+
+    /// The clone `id`, sanitized with `profile`, is ready: it leaves
+    /// `sanitizing` and is recorded as sanitized with it, in one write.
+    pub fn finish(&self, id: BranchId, profile: &str) -> std::io::Result<()> {
+        self.update(|f| {
+            f.sanitizing.retain(|r| r.id != id);
+            f.sanitized.push(Requirement {
+                branch: id,
+                profile: profile.into(),
+            });
+        })
+    }
+
+    /// Branch `id` was deleted: drop its requirement and its sanitized mark.
+    pub fn forget(&self, id: BranchId) -> std::io::Result<()> {
+        self.update(|f| {
+            f.require.retain(|r| r.branch != id);
+            f.sanitized.retain(|r| r.branch != id);
+        })
+    }
+
+    /// Those of `descendants` that hold none of what `profile` removes: clones
+    /// sanitized with it (`marks`) and everything taken from them. Asks the
+    /// pool: never called with the file locked (creating a sanitized clone
+    /// locks the file while it holds the pool, `begin`).
+    fn clean(
+        marks: &[Requirement],
+        pool: &Pool,
+        descendants: &[BranchId],
+        profile: &str,
+    ) -> HashSet<BranchId> {
+        let mut clean = HashSet::new();
+        for &d in descendants {
+            if marks.iter().any(|m| m.branch == d && m.profile == profile) {
+                clean.insert(d);
+                clean.extend(pool.descendants(d));
+            }
+        }
+        clean
+    }
+
+    /// Branch `id` requires `profile`, and so does every descendant of it in
+    /// `pool` that requires no profile yet, in one write. A descendant that
+    /// requires one keeps it (as an inherited requirement does). A clone
+    /// sanitized with `profile`, and what was taken from it, holds none of the
+    /// data `profile` removes: left as it is.
+    pub fn require_lineage(&self, pool: &Pool, id: BranchId, profile: &str) -> std::io::Result<()> {
+        let descendants = pool.descendants(id);
+        let marks = self.file.lock().sanitized.clone();
+        let clean = Self::clean(&marks, pool, &descendants, profile);
+        self.update(|f| {
+            f.require.retain(|r| r.branch != id);
+            let covered: HashSet<BranchId> = f.require.iter().map(|r| r.branch).collect();
+            for b in std::iter::once(id).chain(descendants.iter().copied()) {
+                if !covered.contains(&b) && !clean.contains(&b) {
+                    f.require.push(Requirement {
+                        branch: b,
+                        profile: profile.into(),
+                    });
+                }
+            }
+        })
+    }
+
+    /// Descendants that a requirement does not reach although `require_lineage`
+    /// would give it to them: (the branch requiring it, the descendant, the
+    /// profile). Requirements set by builds before lineage was covered leave
+    /// these (and an admin may have unprotected a descendant since).
+    pub fn uncovered(&self, pool: &Pool) -> Vec<(BranchId, BranchId, String)> {
+        let f = self.file.lock().clone();
+        let required: HashSet<BranchId> = f.require.iter().map(|r| r.branch).collect();
+        let mut out = Vec::new();
+        for r in &f.require {
+            let descendants = pool.descendants(r.branch);
+            let clean = Self::clean(&f.sanitized, pool, &descendants, &r.profile);
+            for d in descendants {
+                if !required.contains(&d) && !clean.contains(&d) {
+                    out.push((r.branch, d, r.profile.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Branch `id` now holds another branch's content (a reset): it is no
+    /// sanitized clone anymore, and requires `profile` if that is `Some`.
+    pub fn replaced(&self, id: BranchId, profile: Option<&str>) -> std::io::Result<()> {
+        self.update(|f| {
+            f.sanitized.retain(|r| r.branch != id);
+            if let Some(p) = profile {
+                f.require.retain(|r| r.branch != id);
+                f.require.push(Requirement {
+                    branch: id,
+                    profile: p.into(),
+                });
+            }
+        })
+    }
+
+    /// The requirements and sanitized marks as they are, for `restore` to put
+    /// back when a later step of the same request fails.
+    pub fn saved(&self) -> Saved {
+        let f = self.file.lock();
+        Saved {
+            require: f.require.clone(),
+            sanitized: f.sanitized.clone(),
+        }
+    }
+
+    /// Put back what `saved` returned (under the operation lock, so that no other
+    /// change to them came in between).
+    pub fn restore(&self, saved: Saved) -> std::io::Result<()> {
+        self.update(|f| {
+            f.require = saved.require;
+            f.sanitized = saved.sanitized;
+        })
     }
 
     /// Is branch `id` being sanitized?
@@ -343,6 +479,62 @@ mod tests {
             assert!(!s.is_sanitizing(id));
         }
         assert_eq!(s.required(2).as_deref(), Some("pii"));
+    }
+
+    /// main -> prod -> {old (requires "other"), clone (sanitized with pii) ->
+    /// copy, snap}: requiring pii on prod reaches `snap` and nothing the rules
+    /// keep out; the marks survive a reopen, and `forget` drops them.
+    #[test]
+    fn a_requirement_reaches_descendants_but_not_clean_clones() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(dir.path());
+        let prod = pool.branch_create("prod", "main").unwrap();
+        let old = pool.branch_create("old", "prod").unwrap();
+        let clone = pool.branch_create("clone", "prod").unwrap();
+        let copy = pool.branch_create("copy", "clone").unwrap();
+        let snap = pool.snapshot_create("snap", "prod").unwrap();
+        let s = SanitizeState::open(&pool).unwrap();
+        s.set_required(old, Some("other")).unwrap();
+        s.begin(clone, "clone").unwrap();
+        s.finish(clone, "pii").unwrap();
+        s.require_lineage(&pool, prod, "pii").unwrap();
+        let s = SanitizeState::open(&pool).unwrap();
+        assert!(s.running().is_empty());
+        let req = |id| s.required(id);
+        assert_eq!(req(prod).as_deref(), Some("pii"));
+        assert_eq!(req(snap).as_deref(), Some("pii"));
+        assert_eq!(req(old).as_deref(), Some("other"), "its own stays");
+        assert_eq!((req(clone), req(copy)), (None, None));
+        // Another profile is not what the clone was sanitized with.
+        s.require_lineage(&pool, prod, "strict").unwrap();
+        assert_eq!(s.required(copy).as_deref(), Some("strict"));
+        assert_eq!(s.required(prod).as_deref(), Some("strict"));
+        // Forgotten (as when deleted): requirement and mark gone.
+        s.forget(clone).unwrap();
+        s.set_required(copy, None).unwrap();
+        s.require_lineage(&pool, prod, "pii").unwrap();
+        assert_eq!(s.required(clone).as_deref(), Some("pii"), "no mark left");
+        assert_eq!(s.required(copy).as_deref(), Some("pii"));
+    }
+
+    /// A requirement recorded on prod alone (as builds before lineage was
+    /// covered did) leaves its older descendants uncovered; a clone sanitized
+    /// with it is no gap; `require_lineage` closes the rest.
+    #[test]
+    fn uncovered_descendants_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(dir.path());
+        let prod = pool.branch_create("prod", "main").unwrap();
+        let monday = pool.snapshot_create("prod-monday", "prod").unwrap();
+        let clone = pool.branch_create("clone", "prod").unwrap();
+        pool.branch_create("copy", "clone").unwrap();
+        let s = SanitizeState::open(&pool).unwrap();
+        s.begin(clone, "clone").unwrap();
+        s.finish(clone, "pii").unwrap();
+        s.set_required(prod, Some("pii")).unwrap();
+        assert_eq!(s.uncovered(&pool), vec![(prod, monday, "pii".to_string())]);
+        s.require_lineage(&pool, prod, "pii").unwrap();
+        assert!(s.uncovered(&pool).is_empty());
     }
 
     #[test]

@@ -175,7 +175,9 @@ pub struct BranchInfo {
     pub id: BranchId,
     pub name: String,
     pub snapshot: bool,
-    /// Name of the branch or snapshot it was taken from, if that still exists.
+    /// Name of the branch or snapshot it was taken from; if that was deleted, of
+    /// the nearest ancestor still there (`branch_delete`); none for `main` and
+    /// for a branch whose parent a build before that deleted.
     pub parent: Option<String>,
     pub created_unix: u64,
     /// The token that created it (`NO_OWNER`: none did).
@@ -619,6 +621,12 @@ impl Pool {
         Ok(e.info(id, &e.branches[&id]))
     }
 
+    /// Every branch and snapshot taken from `id`, directly or through others
+    /// (deleted ones in between included: see `branch_delete`).
+    pub fn descendants(&self, id: BranchId) -> Vec<BranchId> {
+        self.e.lock().branches.descendants(id)
+    }
+
     pub fn branch_id(&self, name: &str) -> PoolResult<BranchId> {
         self.e.lock().id_of(name)
     }
@@ -742,13 +750,17 @@ impl Pool {
         // page moved): the record is removed in memory before the commit, and a
         // snapshot spread over a big full pool touches every page, so a commit
         // that then found no room failed, and so did every commit after it.
-        e.on_loan(|e| e.ensure_commit_room(1))?;
-        let rec = e
+        // Its children's records change too: they take its parent, in this
+        // commit, so that lineage stays connected (branches.rs).
+        let children = e.branches.children(id).len() as u64;
+        e.on_loan(|e| e.ensure_commit_room(1 + children))?;
+        let (rec, reparented) = e
             .branches
             .remove(id)
             .ok_or_else(|| PoolError::BranchNotFound(name.into()))?;
         e.st.drop_ref(rec.root)?;
         e.dirty_branches.remove(&id);
+        e.dirty_branches.extend(reparented);
         e.deleted_branches.insert(id);
         e.commit()?;
         Ok(())
