@@ -466,6 +466,32 @@ impl SpaceMap {
         Ok(old)
     }
 
+    /// How many blocks of `start..start + len` have exactly one reference, read a
+    /// leaf at a time (usage figures count a large file's blocks this way; one
+    /// lookup per block took 0.38 s for 80 GiB under the pool lock).
+    pub fn count_single(
+        &mut self,
+        dev: &dyn BlockDevice,
+        start: BlockAddr,
+        len: u64,
+    ) -> StoreResult<u64> {
+        let end = self.range_end(dev, start, len)?;
+        let mut n = 0;
+        let mut b = start;
+        while b < end {
+            let leaf_no = b / COUNTS_PER_LEAF;
+            let stop = end.min((leaf_no + 1) * COUNTS_PER_LEAF);
+            let leaf = self.load_leaf(dev, leaf_no)?;
+            let (lo, hi) = (b % COUNTS_PER_LEAF, stop - leaf_no * COUNTS_PER_LEAF);
+            n += leaf.counts[lo as usize..hi as usize]
+                .iter()
+                .filter(|c| **c == 1)
+                .count() as u64;
+            b = stop;
+        }
+        Ok(n)
+    }
+
     /// A loaded leaf's counts changed: the next commit writes it.
     fn mark_dirty(&mut self, leaf_no: u64) {
         let dropped = self.dropped_leaves.contains(&leaf_no);
