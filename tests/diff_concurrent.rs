@@ -187,3 +187,49 @@ fn a_diff_sees_both_sides_as_of_its_start_whatever_happens_meanwhile() {
     let reopened = dump_branch(&q, q.branch_id("main").unwrap()).unwrap();
     assert!(reopened == main, "{}", first_difference(&main, &reopened));
 }
+
+/// A pool that fills while a diff pins its trees: writes fail with ENOSPC
+/// (held blocks count as used), commits and deletes still work, nothing
+/// hangs, and the room comes back when the diff ends.
+#[test]
+fn a_pool_filling_during_a_diff_reports_enospc_and_recovers_after_it() {
+    let p = setup(Arc::new(MemDevice::new()));
+    let m = p.branch_id("main").unwrap();
+    let want = p.diff("s", "main").unwrap();
+    let reg = libc::S_IFREG | 0o644;
+    let other = p.lookup(m, ROOT_INO, b"other").unwrap().ino;
+    let chunk = pattern(1 << 20, 5);
+    let fill = |name: &[u8]| -> u64 {
+        let f = p
+            .mknod(m, ROOT_INO, name, reg, 0, Owner::default())
+            .unwrap();
+        let mut off = 0;
+        while let Ok(n) = p.write_file(m, f.ino, off, &chunk) {
+            off += n as u64;
+            assert!(off < 96 << 20, "a 96 MiB pool never filled");
+        }
+        let err = p.write_file(m, f.ino, off, &chunk).unwrap_err();
+        assert_eq!(err.errno(), libc::ENOSPC);
+        off
+    };
+    let filled = std::sync::Mutex::new(0);
+    let (got, pauses, served) = diff_with(&p, |n| {
+        if n == 0 {
+            *filled.lock().unwrap() = fill(b"fill");
+            p.commit().unwrap();
+            // Freed while pinned: held, not reusable yet.
+            p.unlink(m, ROOT_INO, b"fill").unwrap();
+            p.commit().unwrap();
+            let r = p.write_file(m, other, 0, &pattern(8 << 20, 6));
+            assert_eq!(r.unwrap_err().errno(), libc::ENOSPC);
+            p.commit().unwrap();
+        }
+    });
+    assert_eq!(served, pauses);
+    assert_eq!(got, want);
+    // Unpinned: the room the unlink freed is there again.
+    p.commit().unwrap();
+    assert!(fill(b"again") >= *filled.lock().unwrap());
+    let report = p.fsck(&FsckOptions::default()).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+}
