@@ -16,8 +16,9 @@ use super::{Engine, Pool, PoolResult};
 use crate::store::BlockAddr;
 
 /// Units of work per step: each is a node read (two at most, one per side), a
-/// block compared (two blocks read), a name looked up or one directory listed.
-/// 128 units read at most 256 nodes or 1 MiB of data.
+/// block compared (two blocks read), a name looked up, one directory listed or
+/// one file's xattrs compared. 128 units read at most 256 nodes or 1 MiB of
+/// file data (more only for large directories and xattrs).
 const STEP_UNITS: u32 = 128;
 
 pub(super) struct Steps<'p> {

@@ -118,9 +118,10 @@ pub struct SpaceMap {
     touched_leaves: Option<u64>,
     /// Leaves a commit of this session wrote as pointer 0, all counts zero,
     /// which `touched_leaves` still counts: blocks freed in them may wait for a
-    /// flush or for reads (`in_flight`, `quarantine`), so the allocators would
-    /// not fill such a leaf in order, which the bound for leaves not touched
-    /// relies on. At open nothing waits, and they count no more.
+    /// flush, for reads or for a pin (`in_flight`, `quarantine`, `held`), so
+    /// the allocators would not fill such a leaf in order, which the bound for
+    /// leaves not touched relies on. At open nothing waits, and they count no
+    /// more.
     dropped_leaves: FxHashSet<u64>,
 }
 
