@@ -66,68 +66,98 @@ fn item(p: &Pending) -> Option<(&Key, &[u8])> {
 /// Receives each differing item: (key, value in a, value in b).
 pub type DiffSink<'a> = dyn FnMut(&Key, Option<&[u8]>, Option<&[u8]>) + 'a;
 
-/// Call `f(key, value in a, value in b)` for every key whose item differs between
-/// the trees at `a` and `b` (absent on one side, or with a different value), in key
-/// order. Returns how many tree nodes were visited.
-pub fn diff(st: &mut NodeStore, a: BlockAddr, b: BlockAddr, f: &mut DiffSink) -> StoreResult<u64> {
-    let mut visited = 0;
-    if a == b {
-        return Ok(0);
+/// A walk over every key whose item differs between the trees at `a` and `b`
+/// (absent on one side, or with a different value), in key order, taken one
+/// bounded step at a time: each `step` reads at most two nodes. What it holds
+/// between steps is addresses and decoded nodes, so the caller may let others
+/// use the node store in between, as long as no block the two trees reach is
+/// overwritten meanwhile (the pool pins them: `SpaceMap::pin`).
+pub struct Walk {
+    ca: Cursor,
+    cb: Cursor,
+    visited: u64,
+}
+
+impl Walk {
+    pub fn new(st: &mut NodeStore, a: BlockAddr, b: BlockAddr) -> StoreResult<Walk> {
+        let mut visited = 0;
+        let (ca, cb) = if a == b {
+            let empty = || Cursor { stack: Vec::new() };
+            (empty(), empty())
+        } else {
+            (
+                Cursor::new(a, st, &mut visited)?,
+                Cursor::new(b, st, &mut visited)?,
+            )
+        };
+        Ok(Walk { ca, cb, visited })
     }
-    let mut ca = Cursor::new(a, st, &mut visited)?;
-    let mut cb = Cursor::new(b, st, &mut visited)?;
-    loop {
-        match (ca.stack.last(), cb.stack.last()) {
-            (None, None) => return Ok(visited),
-            (Some(_), None) => match ca.stack.last().and_then(item) {
-                Some((k, v)) => {
-                    f(k, Some(v), None);
-                    ca.stack.pop();
-                }
-                None => ca.expand(st, &mut visited)?,
-            },
-            (None, Some(_)) => match cb.stack.last().and_then(item) {
-                Some((k, v)) => {
-                    f(k, None, Some(v));
-                    cb.stack.pop();
-                }
-                None => cb.expand(st, &mut visited)?,
-            },
-            (Some(Pending::Node(x, lx)), Some(Pending::Node(y, ly))) => {
-                if x == y {
-                    // The same subtree is next on both sides: identical items.
-                    ca.stack.pop();
-                    cb.stack.pop();
-                } else if lx > ly {
-                    ca.expand(st, &mut visited)?;
-                } else if ly > lx {
-                    cb.expand(st, &mut visited)?;
-                } else {
-                    ca.expand(st, &mut visited)?;
-                    cb.expand(st, &mut visited)?;
-                }
-            }
-            (Some(Pending::Node(..)), Some(_)) => ca.expand(st, &mut visited)?,
-            (Some(_), Some(Pending::Node(..))) => cb.expand(st, &mut visited)?,
-            (Some(pa), Some(pb)) => {
-                let (Some((ka, va)), Some((kb, vb))) = (item(pa), item(pb)) else {
-                    return Ok(visited);
-                };
-                match ka.cmp(kb) {
-                    std::cmp::Ordering::Less => {
-                        f(ka, Some(va), None);
+
+    /// Tree nodes visited so far.
+    pub fn visited(&self) -> u64 {
+        self.visited
+    }
+
+    /// Report differing items to `f` until a node was read (one per side at
+    /// most) or the walk is over; true once it is.
+    pub fn step(&mut self, st: &mut NodeStore, f: &mut DiffSink) -> StoreResult<bool> {
+        let (ca, cb, visited) = (&mut self.ca, &mut self.cb, &mut self.visited);
+        loop {
+            match (ca.stack.last(), cb.stack.last()) {
+                (None, None) => return Ok(true),
+                (Some(_), None) => match ca.stack.last().and_then(item) {
+                    Some((k, v)) => {
+                        f(k, Some(v), None);
                         ca.stack.pop();
                     }
-                    std::cmp::Ordering::Greater => {
-                        f(kb, None, Some(vb));
+                    None => return ca.expand(st, visited).map(|_| false),
+                },
+                (None, Some(_)) => match cb.stack.last().and_then(item) {
+                    Some((k, v)) => {
+                        f(k, None, Some(v));
                         cb.stack.pop();
                     }
-                    std::cmp::Ordering::Equal => {
-                        if va != vb {
-                            f(ka, Some(va), Some(vb));
+                    None => return cb.expand(st, visited).map(|_| false),
+                },
+                (Some(Pending::Node(x, lx)), Some(Pending::Node(y, ly))) => {
+                    if x == y {
+                        // The same subtree is next on both sides: identical items.
+                        ca.stack.pop();
+                        cb.stack.pop();
+                        continue;
+                    }
+                    // The higher node first; at the same level, both.
+                    let (a_first, b_first) = (lx >= ly, ly >= lx);
+                    if a_first {
+                        ca.expand(st, visited)?;
+                    }
+                    if b_first {
+                        cb.expand(st, visited)?;
+                    }
+                    return Ok(false);
+                }
+                (Some(Pending::Node(..)), Some(_)) => return ca.expand(st, visited).map(|_| false),
+                (Some(_), Some(Pending::Node(..))) => return cb.expand(st, visited).map(|_| false),
+                (Some(pa), Some(pb)) => {
+                    let (Some((ka, va)), Some((kb, vb))) = (item(pa), item(pb)) else {
+                        return Ok(true);
+                    };
+                    match ka.cmp(kb) {
+                        std::cmp::Ordering::Less => {
+                            f(ka, Some(va), None);
+                            ca.stack.pop();
                         }
-                        ca.stack.pop();
-                        cb.stack.pop();
+                        std::cmp::Ordering::Greater => {
+                            f(kb, None, Some(vb));
+                            cb.stack.pop();
+                        }
+                        std::cmp::Ordering::Equal => {
+                            if va != vb {
+                                f(ka, Some(va), Some(vb));
+                            }
+                            ca.stack.pop();
+                            cb.stack.pop();
+                        }
                     }
                 }
             }
@@ -146,6 +176,13 @@ mod tests {
 
     fn no_refs(_: &Key, _: &[u8]) -> Option<(BlockAddr, u64)> {
         None
+    }
+
+    /// The whole walk; nodes visited.
+    fn diff(st: &mut NodeStore, a: BlockAddr, b: BlockAddr, f: &mut DiffSink) -> StoreResult<u64> {
+        let mut w = Walk::new(st, a, b)?;
+        while !w.step(st, f)? {}
+        Ok(w.visited())
     }
 
     #[test]

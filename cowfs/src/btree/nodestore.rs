@@ -626,8 +626,7 @@ impl NodeStore {
         }
         // Blocks in use beyond the end of the file (allocated, not yet written)
         // make this an underestimate, which is the safe side.
-        let in_file =
-            len.saturating_sub(self.space.used() + self.space.pending_free_count() as u64);
+        let in_file = len.saturating_sub(self.space.used() + self.space.unusable_free_count());
         avail.min(host + in_file)
     }
 

@@ -3,14 +3,16 @@
 //! comes from `btree::diff`, which skips shared subtrees; names are then resolved
 //! only for what changed (directory parents by their parent pointer, files by a
 //! breadth-first search of the directories that stops once all are found). Each
-//! modified entry says what changed in it (`diff_aspects`).
+//! modified entry says what changed in it (`diff_aspects`). The whole diff
+//! takes the pool lock in bounded steps on pinned trees (`diff_steps`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 pub use super::diff_aspects::Aspect;
 use super::diff_aspects::{block_differs, inode_aspects, targets_differ, Roots};
-use super::{BranchId, Engine, Pool, PoolError, PoolResult};
-use crate::btree::{diff as tree_diff, tree, Key};
+use super::diff_steps::Steps;
+use super::{BranchId, Pool, PoolError, PoolResult};
+use crate::btree::{diff::Walk, tree, Key};
 use crate::fs::items::{
     DirEntry, Extent, Inode, EXTENT_UNWRITTEN, KIND_DIRENT, KIND_EXTENT, KIND_INLINE, KIND_INODE,
     KIND_XATTR, KIND_XATTR_CHUNK,
@@ -102,7 +104,18 @@ impl Pool {
     /// The difference between branches or snapshots `a` and `b` (what turns `a`
     /// into `b`), sorted by path.
     pub fn diff(&self, a: &str, b: &str) -> PoolResult<DiffResult> {
-        self.diff_expecting(a, None, b, None)
+        self.diff_expecting(a, None, b, None, &mut || {})
+    }
+
+    /// `diff`, calling `pause` each time it releases the pool lock between two
+    /// of its steps (tests act on the pool there, mid-diff).
+    pub fn diff_pausing(
+        &self,
+        a: &str,
+        b: &str,
+        pause: &mut dyn FnMut(),
+    ) -> PoolResult<DiffResult> {
+        self.diff_expecting(a, None, b, None, pause)
     }
 
     /// `diff`, only if `a` and `b` still name the branches `ia` and `ib`
@@ -110,7 +123,7 @@ impl Pool {
     /// permissions on those branches by name: a rename or delete in between must
     /// not make the walk read another branch than the one checked.
     pub fn diff_ids(&self, a: &str, ia: BranchId, b: &str, ib: BranchId) -> PoolResult<DiffResult> {
-        self.diff_expecting(a, Some(ia), b, Some(ib))
+        self.diff_expecting(a, Some(ia), b, Some(ib), &mut || {})
     }
 
     fn diff_expecting(
@@ -119,25 +132,28 @@ impl Pool {
         want_a: Option<BranchId>,
         b: &str,
         want_b: Option<BranchId>,
+        pause: &mut dyn FnMut(),
     ) -> PoolResult<DiffResult> {
-        let mut e = self.e.lock();
-        let (ra, rb) = {
-            let id = |e: &Engine, name: &str, want: Option<BranchId>| {
+        let s = &mut Steps::new(self, pause);
+        let (ra, rb) = s.pin_roots(|e| {
+            let id = |name: &str, want: Option<BranchId>| {
                 let id = e.id_of(name)?;
                 if want.is_some_and(|w| w != id) {
                     return Err(PoolError::BranchNotFound(name.into()));
                 }
                 Ok(id)
             };
-            let ia = id(&e, a, want_a)?;
-            let ib = id(&e, b, want_b)?;
-            (e.branches[&ia].root, e.branches[&ib].root)
-        };
+            let ia = id(a, want_a)?;
+            let ib = id(b, want_b)?;
+            Ok((e.branches[&ia].root, e.branches[&ib].root))
+        })?;
         let mut inodes: BTreeMap<u64, InodeDelta> = BTreeMap::new();
         let mut dirents: Vec<(u64, Option<DirEntry>, Option<DirEntry>)> = Vec::new();
-        let nodes_visited = tree_diff::diff(&mut e.st, ra, rb, &mut |k, va, vb| {
+        let mut walk = Walk::new(&mut s.engine().st, ra, rb)?;
+        while !walk.step(&mut s.engine().st, &mut |k, va, vb| {
             collect(k, va, vb, &mut inodes, &mut dirents)
-        })?;
+        })? {}
+        let nodes_visited = walk.visited();
         let roots = Roots { a: ra, b: rb };
         let mut out = Vec::new();
         let mut paths_a = Paths::new(ra);
@@ -150,10 +166,10 @@ impl Pool {
             match (ea, eb) {
                 (Some(x), Some(y)) if x.name == y.name => {
                     if x.ino != y.ino || x.ftype != y.ftype {
-                        let path = paths_b.child(&mut e, dir, &y.name)?;
+                        let path = paths_b.child(s, dir, &y.name)?;
                         let mut aspects = vec![Aspect::Replaced];
                         let links = x.ftype == libc::S_IFLNK && y.ftype == libc::S_IFLNK;
-                        if links && targets_differ(&mut e, roots, x.ino, y.ino)? {
+                        if links && targets_differ(s.engine(), roots, x.ino, y.ino)? {
                             aspects.insert(0, Aspect::Target);
                         }
                         entry_changed.insert(path.clone());
@@ -169,7 +185,7 @@ impl Pool {
                 (ea, eb) => {
                     if let Some(x) = ea {
                         out.push(PathChange {
-                            path: paths_a.child(&mut e, dir, &x.name)?,
+                            path: paths_a.child(s, dir, &x.name)?,
                             change: PathChangeKind::Removed,
                             file_type: x.ftype,
                             ranges: Vec::new(),
@@ -177,7 +193,7 @@ impl Pool {
                         });
                     }
                     if let Some(y) = eb {
-                        let path = paths_b.child(&mut e, dir, &y.name)?;
+                        let path = paths_b.child(s, dir, &y.name)?;
                         entry_changed.insert(path.clone());
                         out.push(PathChange {
                             path,
@@ -199,7 +215,7 @@ impl Pool {
                 // its times (and a rewrite its size) as they were. The item is
                 // then the same on both sides, or missing on both.
                 let key = Key::new(ino, KIND_INODE, 0);
-                d.a = tree::get(&mut e.st, ra, &key)?.and_then(|v| Inode::decode(&v));
+                d.a = tree::get(&mut s.engine().st, ra, &key)?.and_then(|v| Inode::decode(&v));
                 d.b = d.a.clone();
             }
             let (Some(ia), Some(ib)) = (&d.a, &d.b) else {
@@ -219,11 +235,11 @@ impl Pool {
                 None => {}
             }
             for blk in maybe_same {
-                if block_differs(&mut e, roots, ino, (ia, ib), blk)? {
+                if block_differs(s.engine(), roots, ino, (ia, ib), blk)? {
                     data.push((blk * bs, bs));
                 }
             }
-            let aspects = inode_aspects(&mut e, roots, ino, (ia, ib), &data, d.xattrs)?;
+            let aspects = inode_aspects(s.engine(), roots, ino, (ia, ib), &data, d.xattrs)?;
             if aspects.is_empty() {
                 continue;
             }
@@ -239,7 +255,7 @@ impl Pool {
             modified.push((ino, ib.file_type(), ranges, aspects));
         }
         let want: Vec<u64> = modified.iter().map(|m| m.0).collect();
-        let found = paths_b.find_all(&mut e, &want)?;
+        let found = paths_b.find_all(s, &want)?;
         for (ino, file_type, ranges, aspects) in modified {
             // At every name of a hard-linked file (each leads to the changed file),
             // but not under a name listed already as added or replaced.
@@ -330,10 +346,11 @@ impl Paths {
         Paths { root, dirs }
     }
 
-    fn entries(&self, e: &mut Engine, dir: u64) -> StoreResult<Vec<DirEntry>> {
+    /// The entries of directory `dir` (one unit of work).
+    fn entries(&self, s: &mut Steps, dir: u64) -> StoreResult<Vec<DirEntry>> {
         let mut out = Vec::new();
         tree::range(
-            &mut e.st,
+            &mut s.engine().st,
             self.root,
             &Key::new(dir, KIND_DIRENT, 0),
             &Key::new(dir, KIND_DIRENT, u64::MAX),
@@ -346,11 +363,11 @@ impl Paths {
     }
 
     /// Path of directory `ino`, following parent pointers up to the root.
-    fn dir(&mut self, e: &mut Engine, ino: u64) -> StoreResult<Vec<u8>> {
+    fn dir(&mut self, s: &mut Steps, ino: u64) -> StoreResult<Vec<u8>> {
         if let Some(p) = self.dirs.get(&ino) {
             return Ok(p.clone());
         }
-        let parent = tree::get(&mut e.st, self.root, &Key::new(ino, KIND_INODE, 0))?
+        let parent = tree::get(&mut s.engine().st, self.root, &Key::new(ino, KIND_INODE, 0))?
             .and_then(|v| Inode::decode(&v))
             .map(|i| i.parent)
             .filter(|p| *p != 0 && *p != ino);
@@ -358,9 +375,9 @@ impl Paths {
             Some(p) => {
                 // Parent chains are acyclic (rename refuses loops); depth is bounded
                 // by the tree's inode count.
-                let ppath = self.dir(e, p)?;
+                let ppath = self.dir(s, p)?;
                 let name = self
-                    .entries(e, p)?
+                    .entries(s, p)?
                     .into_iter()
                     .find(|d| d.ino == ino)
                     .map(|d| d.name)
@@ -373,27 +390,23 @@ impl Paths {
         Ok(path)
     }
 
-    fn child(&mut self, e: &mut Engine, dir: u64, name: &[u8]) -> StoreResult<Vec<u8>> {
-        Ok(join(&self.dir(e, dir)?, name))
+    fn child(&mut self, s: &mut Steps, dir: u64, name: &[u8]) -> StoreResult<Vec<u8>> {
+        Ok(join(&self.dir(s, dir)?, name))
     }
 
     /// Paths of the wanted inodes: a directory's by its parent pointers; the
     /// names of others by walking directories breadth first until every one has
     /// as many names as its link count (all names of a hard-linked file).
-    fn find_all(
-        &mut self,
-        e: &mut Engine,
-        want: &[u64],
-    ) -> StoreResult<HashMap<u64, Vec<Vec<u8>>>> {
+    fn find_all(&mut self, s: &mut Steps, want: &[u64]) -> StoreResult<HashMap<u64, Vec<Vec<u8>>>> {
         let mut found: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
         // Inode -> names still to find.
         let mut left: HashMap<u64, u32> = HashMap::new();
         for &ino in want {
-            let inode = tree::get(&mut e.st, self.root, &Key::new(ino, KIND_INODE, 0))?
+            let inode = tree::get(&mut s.engine().st, self.root, &Key::new(ino, KIND_INODE, 0))?
                 .and_then(|v| Inode::decode(&v));
             match inode {
                 Some(i) if i.is_dir() => {
-                    found.insert(ino, vec![self.dir(e, ino)?]);
+                    found.insert(ino, vec![self.dir(s, ino)?]);
                 }
                 // An unlinked file still open has no name to find.
                 Some(i) if i.nlink > 0 => {
@@ -408,8 +421,8 @@ impl Paths {
             let Some(dir) = queue.pop_front() else {
                 break;
             };
-            let dpath = self.dir(e, dir)?;
-            for d in self.entries(e, dir)? {
+            let dpath = self.dir(s, dir)?;
+            for d in self.entries(s, dir)? {
                 if let Some(n) = left.get_mut(&d.ino) {
                     found.entry(d.ino).or_default().push(join(&dpath, &d.name));
                     *n -= 1;

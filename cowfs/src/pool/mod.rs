@@ -9,6 +9,7 @@ mod branches;
 pub mod catalog;
 pub mod diff;
 mod diff_aspects;
+mod diff_steps;
 pub mod fsck;
 mod fsck_xattr;
 mod fsync_log;

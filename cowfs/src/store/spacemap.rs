@@ -19,6 +19,7 @@ use super::{BlockAddr, StoreError, StoreResult, BLOCK_SIZE};
 
 mod block_set;
 mod converted;
+mod held;
 mod meta_area;
 #[cfg(test)]
 mod range_ops_tests;
@@ -93,6 +94,9 @@ pub struct SpaceMap {
     /// the pool lock. Allocatable once the pool has seen those reads finish
     /// (`release_quarantine`).
     quarantine: BlockSet,
+    /// Out of quarantine while a pin exists (held.rs): not allocatable until the
+    /// last pin goes.
+    held: held::Held,
     /// Written blocks made unwritten in place, not to be filled in place yet.
     converted: converted::Converted,
     used: u64,
@@ -117,9 +121,10 @@ pub struct SpaceMap {
     touched_leaves: Option<u64>,
     /// Leaves a commit of this session wrote as pointer 0, all counts zero,
     /// which `touched_leaves` still counts: blocks freed in them may wait for a
-    /// flush or for reads (`in_flight`, `quarantine`), so the allocators would
-    /// not fill such a leaf in order, which the bound for leaves not touched
-    /// relies on. At open nothing waits, and they count no more.
+    /// flush, for reads or for a pin (`in_flight`, `quarantine`, `held`), so
+    /// the allocators would not fill such a leaf in order, which the bound for
+    /// leaves not touched relies on. At open nothing waits, and they count no
+    /// more.
     dropped_leaves: FxHashSet<u64>,
 }
 
@@ -158,6 +163,7 @@ impl SpaceMap {
             pending_free: BlockSet::default(),
             in_flight: BlockSet::default(),
             quarantine: BlockSet::default(),
+            held: Default::default(),
             used,
             cursor: FIRST_USABLE,
             full_leaves: BTreeSet::new(),
@@ -186,7 +192,7 @@ impl SpaceMap {
     pub fn available(&self) -> u64 {
         self.capacity
             .saturating_sub(self.used)
-            .saturating_sub(self.pending_free_count() as u64)
+            .saturating_sub(self.unusable_free_count())
     }
     /// Blocks the relocation step of the next commit (`write_dirty`) may allocate:
     /// every page moves at most once per transaction, so never more than the map's
@@ -648,6 +654,7 @@ impl SpaceMap {
             && !self.pending_free.contains(b)
             && !self.in_flight.contains(b)
             && !self.quarantine.contains(b)
+            && !self.held.contains(b)
             && !self.held_for_undo(b)
             && self.get(dev, b)? == 0)
     }
@@ -972,10 +979,32 @@ impl SpaceMap {
         self.converted.commit_durable();
     }
 
-    /// Reads that could use the quarantined blocks are over: they are allocatable.
+    /// Reads that could use the quarantined blocks are over: they are allocatable,
+    /// or held while a pin exists (`pin`).
     pub fn release_quarantine(&mut self) {
-        self.quarantine.clear();
-        self.converted.release_quarantine();
+        self.held.release(&mut self.quarantine);
+        self.converted.release_quarantine(self.held.pinned());
+    }
+
+    /// Keep every block a committed tree reaches now as it is until `unpin`: no
+    /// block freed from here on becomes allocatable (nor is a converted one
+    /// filled in place) before then. Only committed trees: blocks of the running
+    /// transaction may be rewritten in place whatever the pins.
+    pub fn pin(&mut self) {
+        self.held.pin();
+    }
+
+    /// Drop a pin; the last one makes the held blocks allocatable.
+    pub fn unpin(&mut self) {
+        if self.held.unpin() {
+            self.converted.release_held();
+        }
+    }
+
+    /// Blocks free in the map that cannot be allocated now: waiting for a
+    /// commit or for reads (`pending_free_count`), or held by a pin.
+    pub fn unusable_free_count(&self) -> u64 {
+        self.pending_free_count() as u64 + self.held.len()
     }
 
     /// Blocks freed but not allocatable yet: in the running transaction, in a
@@ -1140,6 +1169,40 @@ mod tests {
         assert!(waiting(&m), "durable, reads from before it may run");
         m.release_quarantine();
         assert!((100..103).all(|b| m.fillable_in_place(b)));
+    }
+
+    /// While a pin exists, blocks a commit frees and blocks ZERO_RANGE converts
+    /// stay as they are (not allocatable, not fillable in place) past their
+    /// quarantine: a pinned tree may still reach them. The last unpin lets them go.
+    #[test]
+    fn pinned_frees_and_conversions_wait_for_the_last_unpin() {
+        let dev = MemDevice::new();
+        let mut m = SpaceMap::create(1 << 14, 1);
+        let (a, n) = m.alloc(&dev, 4).unwrap();
+        assert_eq!(n, 4);
+        m.commit_written();
+        m.commit_durable();
+        m.pin();
+        m.pin();
+        let avail = m.available();
+        m.dec_range(&dev, a, 2).unwrap();
+        m.mark_converted(a + 2, 2);
+        m.commit_written();
+        m.commit_durable();
+        m.release_quarantine();
+        let held = |m: &mut SpaceMap| {
+            (a..a + 2).all(|b| !m.allocatable(&dev, b).unwrap())
+                && (a + 2..a + 4).all(|b| !m.fillable_in_place(b))
+        };
+        assert!(held(&mut m));
+        // Held blocks count as used: no room appears while a pin holds them.
+        assert_eq!(m.available(), avail);
+        m.unpin();
+        assert!(held(&mut m), "one pin left");
+        m.unpin();
+        assert!((a..a + 2).all(|b| m.allocatable(&dev, b).unwrap()));
+        assert!((a + 2..a + 4).all(|b| m.fillable_in_place(b)));
+        assert_eq!(m.available(), avail + 2);
     }
 
     /// One commit that frees many blocks keeps them as a few runs while they wait,

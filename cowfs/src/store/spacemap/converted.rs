@@ -5,7 +5,8 @@
 //! durable, the previous one still maps the block as written data, and a read
 //! that started before it may still be reading that data outside the pool lock.
 //! So a converted block follows the way of a freed one (running transaction,
-//! commit in flight, quarantine) and may be filled in place only once through.
+//! commit in flight, quarantine, held while a pin exists: a pinned tree may
+//! still call it written) and may be filled in place only once through.
 
 use super::block_set::BlockSet;
 use crate::store::BlockAddr;
@@ -15,6 +16,7 @@ pub(super) struct Converted {
     running: BlockSet,
     in_flight: BlockSet,
     quarantine: BlockSet,
+    held: BlockSet,
 }
 
 impl Converted {
@@ -23,7 +25,10 @@ impl Converted {
     }
 
     pub(super) fn contains(&self, b: BlockAddr) -> bool {
-        self.running.contains(b) || self.in_flight.contains(b) || self.quarantine.contains(b)
+        self.running.contains(b)
+            || self.in_flight.contains(b)
+            || self.quarantine.contains(b)
+            || self.held.contains(b)
     }
 
     pub(super) fn commit_written(&mut self) {
@@ -34,7 +39,15 @@ impl Converted {
         self.quarantine.take_all(&mut self.in_flight);
     }
 
-    pub(super) fn release_quarantine(&mut self) {
-        self.quarantine.clear();
+    pub(super) fn release_quarantine(&mut self, pinned: bool) {
+        if pinned {
+            self.held.take_all(&mut self.quarantine);
+        } else {
+            self.quarantine.clear();
+        }
+    }
+
+    pub(super) fn release_held(&mut self) {
+        self.held.clear();
     }
 }
