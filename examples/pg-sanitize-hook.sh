@@ -6,7 +6,9 @@
 # 2. In every database: roll back prepared transactions and drop replication slots
 #    (both pin old row versions and WAL).
 # 3. Run the site's SQL ($PG_SANITIZE_SQL) in $PG_SANITIZE_DB, with the setting
-#    cowfs.key = $COWFS_HOOK_KEY for deterministic pseudonyms.
+#    cowfs.key = $COWFS_HOOK_KEY for deterministic pseudonyms. No trigger, rule or
+#    event trigger of the clone fires meanwhile: an audit trigger would copy the
+#    original values into another table (see "The clone's content" below).
 # 4. Leave no trace of the original values:
 #    - statistics: DELETE FROM pg_statistic / pg_statistic_ext_data, then ANALYZE
 #      (most_common_vals and histograms are rebuilt from the new values only);
@@ -19,6 +21,28 @@
 #    - server logs copied from the parent are deleted (log/, pg_log/ and the
 #      configured log_directory when it is inside the clone), and so are the query
 #      texts pg_stat_statements saved at the parent's last clean shutdown.
+#
+# The clone's content: it may come from a branch someone other than an admin
+# wrote, so its configuration and schema are not trusted to be benign:
+# - settings that load code or run commands (shared/session/local preload
+#   libraries, dynamic_library_path, extension_destdir, jit, ssl's passphrase
+#   command, archive/restore commands) and that name files outside the clone
+#   (data_directory, external_pid_file) are overridden on the server's command
+#   line (over postgresql.conf and postgresql.auto.conf) and, for the ones a role
+#   or database may set (ALTER ROLE/DATABASE ... SET, which outrank the command
+#   line), in every session's startup options too;
+# - every session runs with session_replication_role = replica, so ordinary
+#   triggers, rules and event triggers do not fire; the ones set to ENABLE ALWAYS
+#   or ENABLE REPLICA (which fire in replica mode) are disabled for the run and
+#   get their state back at its end, so the clone's schema is the parent's.
+# NOT covered: the site SQL, ANALYZE, VACUUM FULL and REINDEX run as a superuser
+# and evaluate the clone's own functions where its schema puts them (index
+# expressions, CHECK constraints, domains, a type's operators, functions shadowing
+# built-ins through a database's search_path): a clone written to attack the hook
+# can still run code as the data directory's owner through them (on the host's
+# files; not on the network: cowfs gives a hook a network namespace of its own
+# unless its profile sets network = true). Run this hook only on clones whose
+# schema you trust, or in a sandbox of its own.
 #
 # Environment: COWFS_CLONE_DIR, COWFS_HOOK_KEY (from cowfs); PG_SANITIZE_SQL (path,
 # relative to this script's directory if not absolute; default pg-sanitize.sql);
@@ -111,9 +135,39 @@ clean_logs() {
   esac
   find "$t" -type f -delete
 }
+# Settings the clone's postgresql.conf and postgresql.auto.conf may hold that
+# would load code or run a command as $OWNER on this host, or make the server use
+# files outside the clone; a -c on the command line overrides both files.
+# (postgres --describe-config lists them all; the ones left out name files the
+# server only reads, for features this private server does not use: TLS, GSSAPI,
+# ident maps.)
+SERVER_OPTS=(
+  # The data directory: the config file may name another one, the parent's.
+  -c data_directory="$DATA"
+  # Libraries: loaded at start, at each session start, from a relative or
+  # prefixed path (a library in the clone), or as the JIT provider.
+  -c shared_preload_libraries= -c session_preload_libraries=
+  -c local_preload_libraries= -c 'dynamic_library_path=$libdir'
+  -c extension_destdir= -c jit=off -c jit_provider=llvmjit
+  # Commands: archiving, archive recovery, TLS key passphrase.
+  -c archive_mode=off -c archive_command= -c archive_library=
+  -c restore_command= -c archive_cleanup_command= -c recovery_end_command=
+  -c ssl=off -c ssl_passphrase_command=
+  # Files written outside the data directory (the pid file: to our private
+  # directory, as an empty name makes the server try to write "" and warn),
+  # and connections out.
+  -c external_pid_file="$SOCK/external.pid" -c logging_collector=off -c log_destination=stderr
+  -c primary_conninfo= -c promote_trigger_file=
+)
+# ALTER ROLE/DATABASE ... SET outrank the command line, but not a session's
+# startup options: the per-session ones among the above, again, for every
+# session. search_path is empty (pg_catalog only) for the hook's own statements;
+# the site SQL gets the database's own.
+SESSION_OPTS="-c session_replication_role=replica -c session_preload_libraries= -c local_preload_libraries= -c dynamic_library_path=\$libdir -c extension_destdir= -c jit=off"
+
 # The effective log_directory, as the server reads it (postgresql.conf, then
 # postgresql.auto.conf, includes; last assignment wins).
-LOGDIR=$("${AS[@]}" "$PGBIN/postgres" -D "$DATA" -C log_directory)
+LOGDIR=$("${AS[@]}" "$PGBIN/postgres" -D "$DATA" "${SERVER_OPTS[@]}" -C log_directory)
 for d in log pg_log "$LOGDIR"; do
   clean_logs "$d"
 done
@@ -123,10 +177,9 @@ rm -f "$DATA/pg_stat/pg_stat_statements.stat" "$DATA/pg_stat_tmp/pgss_query_text
 
 # Started directly (not through pg_ctl, which detaches it into its own session),
 # so that a timeout kill of the hook's process group stops the server too.
-"${AS[@]}" "$PGBIN/postgres" -D "$DATA" \
+"${AS[@]}" "$PGBIN/postgres" -D "$DATA" "${SERVER_OPTS[@]}" \
   -c listen_addresses= -c unix_socket_directories="$SOCK" -c port=5432 \
-  -c hba_file="$SOCK/pg_hba.conf" \
-  -c archive_mode=off -c autovacuum=off -c logging_collector=off \
+  -c hba_file="$SOCK/pg_hba.conf" -c autovacuum=off \
   -c log_statement=none -c hot_standby=off >"$LOG" 2>&1 &
 PGPID=$!
 
@@ -137,8 +190,18 @@ for _ in $(seq 1 600); do
 done
 "$PGBIN/pg_isready" -q -h "$SOCK" -p 5432 -U "$OWNER" -d postgres || { echo "the server on the clone is not ready"; exit 1; }
 
+# psql with startup options $SESSION_OPTS and $1; the rest are psql's arguments.
+pg_session() {
+  local opts=$1
+  shift
+  PGOPTIONS="$SESSION_OPTS $opts" \
+    "${AS[@]}" "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCK" -p 5432 -U "$OWNER" "$@"
+}
+# The hook's own sessions: pg_catalog only on the search path, so that a
+# database's search_path cannot put the clone's own pg_statistic or functions in
+# front of the catalog's.
 psql_as() {
-  "${AS[@]}" "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCK" -p 5432 -U "$OWNER" "$@"
+  pg_session "-c search_path=" "$@"
 }
 
 mapfile -t DBS < <(psql_as -d postgres -At -c "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")
@@ -158,8 +221,44 @@ SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
 EOF
 done
 
+# What fires in replica mode: triggers, rules and event triggers set to ENABLE
+# ALWAYS (state A), and the ones set to ENABLE REPLICA (R), which fire *only*
+# there. Rather than refuse such a clone (logical replication subscribers and
+# audit setups have them), they are disabled for the run and get their state back
+# at its end; if the hook fails the clone is deleted, so none is left disabled.
+# Event triggers go first (the ALTER TABLEs are DDL they would fire on) and come
+# back last. ONLY: a partition's trigger has its own state, listed on its own.
+# $1: the new state, a SQL expression of the current one, s.
+replica_firing() {
+  cat <<EOF
+SELECT format('ALTER TABLE ONLY %s %s TRIGGER %I', tgrelid::regclass, $1, tgname)
+  FROM pg_trigger CROSS JOIN LATERAL (SELECT tgenabled) x(s)
+ WHERE s IN ('A', 'R') AND NOT tgisinternal
+UNION ALL
+SELECT format('ALTER TABLE %s %s RULE %I', ev_class::regclass, $1, rulename)
+  FROM pg_rewrite CROSS JOIN LATERAL (SELECT ev_enabled) x(s)
+ WHERE s IN ('A', 'R') AND ev_type <> '1'
+EOF
+}
+replica_firing_events() {
+  echo "SELECT format('ALTER EVENT TRIGGER %I %s', evtname, $1)
+          FROM pg_event_trigger CROSS JOIN LATERAL (SELECT evtenabled) x(s)
+         WHERE s IN ('A', 'R')"
+}
+AS_BEFORE="CASE s WHEN 'A' THEN 'ENABLE ALWAYS' ELSE 'ENABLE REPLICA' END"
+declare -A RESTORE
+echo "disabling the triggers, rules and event triggers that fire in replica mode"
+for d in "${DBS[@]}"; do
+  RESTORE[$d]=$({
+    replica_firing "$AS_BEFORE" | psql_as -d "$d" -At
+    replica_firing_events "$AS_BEFORE" | psql_as -d "$d" -At
+  } | sed 's/$/;/')
+  { replica_firing_events "'DISABLE'"; echo '\gexec'; replica_firing "'DISABLE'"; echo '\gexec'; } |
+    psql_as -d "$d" >/dev/null
+done
+
 echo "rewriting personal data in $DB with $SQL"
-PGOPTIONS="-c cowfs.key=$COWFS_HOOK_KEY" psql_as -d "$DB" <"$SQL"
+pg_session "-c cowfs.key=$COWFS_HOOK_KEY" -d "$DB" <"$SQL"
 
 echo "removing old row versions, index entries and statistics"
 for d in "${DBS[@]}"; do
@@ -170,6 +269,10 @@ ANALYZE;
 VACUUM FULL;
 EOF
   psql_as -d "$d" -c "REINDEX DATABASE \"$d\""
+done
+echo "enabling again what fires in replica mode"
+for d in "${DBS[@]}"; do
+  [ -z "${RESTORE[$d]}" ] || psql_as -d "$d" <<<"${RESTORE[$d]}"
 done
 psql_as -d postgres -c "CHECKPOINT"
 

@@ -263,6 +263,194 @@ fn pg_hook_cleans_the_configured_log_directory() {
     );
 }
 
+/// Production databases keep audit trails: a trigger or a rule copies the OLD row
+/// into another table on every UPDATE, and an event trigger can copy a table on
+/// any DDL (the site SQL's CREATE FUNCTION). Fired by the site SQL's rewrite,
+/// they would publish the original values in the clone. The hook runs the site
+/// SQL with `session_replication_role = replica` (no ordinary trigger, rule or
+/// event trigger fires) and disables the ones set to `ENABLE ALWAYS` or `ENABLE
+/// REPLICA` (which fire in replica mode) for the run, restoring them afterwards:
+/// the clone keeps its schema as it was, and none of them ran. The site SQL here
+/// does not set the replication role itself.
+#[test]
+fn pg_hook_fires_no_trigger_or_rule_of_the_clone() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-sanitize-pgtrig-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = tmp.path();
+    let ppl = people(20, 31);
+    let originals: Vec<String> = ppl
+        .iter()
+        .flat_map(|p| [p.email.clone(), p.name.clone()])
+        .collect();
+    let parent = Cluster::new(&base.join("parent/pg"), &base.join("sock-parent"), true);
+    let server = parent.start();
+    let rows: Vec<String> = ppl
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("({i}, '{}', '{}')", p.email, p.name))
+        .collect();
+    parent.sql(
+        "postgres",
+        &format!(
+            "CREATE TABLE users (id int PRIMARY KEY, email text, name text);
+             INSERT INTO users VALUES {};
+             CREATE TABLE audit_log (who text, v text);
+             CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN INSERT INTO public.audit_log VALUES (TG_NAME, OLD.email); RETURN NEW; END $$;
+             CREATE TRIGGER audit_origin AFTER UPDATE ON users
+               FOR EACH ROW EXECUTE FUNCTION audit();
+             CREATE TRIGGER audit_always AFTER UPDATE ON users
+               FOR EACH ROW EXECUTE FUNCTION audit();
+             ALTER TABLE users ENABLE ALWAYS TRIGGER audit_always;
+             CREATE TRIGGER audit_replica AFTER UPDATE ON users
+               FOR EACH ROW EXECUTE FUNCTION audit();
+             ALTER TABLE users ENABLE REPLICA TRIGGER audit_replica;
+             CREATE RULE keep_origin AS ON UPDATE TO users
+               DO ALSO INSERT INTO audit_log VALUES ('keep_origin', OLD.name);
+             CREATE RULE keep_always AS ON UPDATE TO users
+               DO ALSO INSERT INTO audit_log VALUES ('keep_always', OLD.name);
+             ALTER TABLE users ENABLE ALWAYS RULE keep_always;
+             CREATE RULE keep_replica AS ON UPDATE TO users
+               DO ALSO INSERT INTO audit_log VALUES ('keep_replica', OLD.name);
+             ALTER TABLE users ENABLE REPLICA RULE keep_replica;
+             CREATE FUNCTION snap() RETURNS event_trigger LANGUAGE plpgsql AS
+               $$ BEGIN INSERT INTO public.audit_log SELECT TG_TAG, email || ' ' || name FROM public.users; END $$;
+             CREATE EVENT TRIGGER snap_origin ON ddl_command_start EXECUTE FUNCTION snap();
+             CREATE EVENT TRIGGER snap_always ON ddl_command_end EXECUTE FUNCTION snap();
+             ALTER EVENT TRIGGER snap_always ENABLE ALWAYS;
+             CREATE EVENT TRIGGER snap_replica ON ddl_command_end EXECUTE FUNCTION snap();
+             ALTER EVENT TRIGGER snap_replica ENABLE REPLICA;
+             CHECKPOINT;",
+            rows.join(",")
+        ),
+    );
+    let states = |c: &Cluster| {
+        c.sql(
+            "postgres",
+            "SELECT string_agg(n || '=' || e, ' ' ORDER BY n) FROM (
+               SELECT tgname::text, tgenabled::text FROM pg_trigger WHERE NOT tgisinternal
+               UNION ALL SELECT rulename::text, ev_enabled::text FROM pg_rewrite
+                 WHERE ev_class = 'users'::regclass
+               UNION ALL SELECT evtname::text, evtenabled::text FROM pg_event_trigger) s(n, e)",
+        )
+    };
+    let parent_states = states(&parent);
+    assert_eq!(
+        parent_states,
+        "audit_always=A audit_origin=O audit_replica=R keep_always=A keep_origin=O \
+         keep_replica=R snap_always=A snap_origin=O snap_replica=R"
+    );
+    server.stop();
+
+    copy_clone(&parent.data, &base.join("clone"));
+    assert!(
+        !byte_search(&base.join("clone/pg"), &originals).is_empty(),
+        "the search cannot see the original values"
+    );
+    // A site's rewrite, as written without knowing of the audit trail.
+    let report = run_sql_hook(
+        base,
+        &base.join("clone"),
+        "CREATE FUNCTION pg_temp.p(v text) RETURNS text LANGUAGE sql AS $$ SELECT 'p' || md5(v) $$;
+         UPDATE users SET email = pg_temp.p(email) || '@example.invalid', name = pg_temp.p(name);\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let after = byte_search(&base.join("clone/pg"), &originals);
+    assert!(
+        after.is_empty(),
+        "original values left in the clone: {:?}\n{}",
+        &after[..after.len().min(10)],
+        report.output
+    );
+    let clone = Cluster::new(&base.join("clone/pg"), &base.join("sock-clone"), false);
+    let server = clone.start();
+    assert_eq!(clone.sql("postgres", "SELECT count(*) FROM audit_log"), "0");
+    assert_eq!(
+        clone.sql(
+            "postgres",
+            "SELECT count(*) FROM users WHERE email LIKE '%@example.invalid'"
+        ),
+        ppl.len().to_string()
+    );
+    assert_eq!(states(&clone), parent_states, "the clone's schema changed");
+    server.stop();
+}
+
+/// The clone's configuration is the clone writer's: a `postgresql.conf` or
+/// `postgresql.auto.conf` (or `ALTER ROLE`/`ALTER DATABASE ... SET`) that loads a
+/// library or runs a command would run it as the data directory's owner on the
+/// host, and `data_directory` or `external_pid_file` would point the server at
+/// files outside the clone. The hook overrides every such setting: a clone that
+/// names libraries that do not exist (the server would refuse to start, or every
+/// session to open, if it tried to load them) is sanitized anyway, and one that
+/// names the parent's data directory leaves the parent untouched.
+#[test]
+fn pg_hook_ignores_the_clones_code_and_path_settings() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-sanitize-pgconf-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = tmp.path();
+    let parent = Cluster::new(&base.join("parent/pg"), &base.join("sock-parent"), true);
+    parent.start().stop();
+
+    // Paths: the server must run on the clone's directory, and write nothing
+    // outside it.
+    let clone = base.join("clone-paths");
+    copy_clone(&parent.data, &clone);
+    // A file the server's user may replace: the server would write its pid there
+    // at start and unlink it at exit.
+    pg_dir(&base.join("host-files"), 0o700);
+    let pid_file = base.join("host-files/pid-from-clone");
+    std::fs::write(&pid_file, "not the server's\n").unwrap();
+    append(
+        &clone.join("pg/postgresql.conf"),
+        &format!(
+            "data_directory = '{}'\nexternal_pid_file = '{}'\n",
+            parent.data.display(),
+            pid_file.display()
+        ),
+    );
+    let control = || std::fs::read(parent.data.join("global/pg_control")).unwrap();
+    let control_before = control();
+    let report = run_noop_hook(base, &clone).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.output.contains("sanitized"), "{}", report.output);
+    assert!(
+        control() == control_before,
+        "the hook ran a server on the parent's data directory\n{}",
+        report.output
+    );
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).ok().as_deref(),
+        Some("not the server's\n"),
+        "the server used the clone's external_pid_file"
+    );
+
+    // Libraries: preloaded by the server, by every session of a role, by every
+    // session in a database.
+    let server = parent.start();
+    // One session: the next one would already fail to start.
+    parent.sql(
+        "postgres",
+        "ALTER DATABASE postgres SET local_preload_libraries = 'nonexistent_local_lib_from_clone';
+         ALTER ROLE postgres SET session_preload_libraries = 'nonexistent_session_lib_from_clone'",
+    );
+    server.stop();
+    let clone = base.join("clone-libs");
+    copy_clone(&parent.data, &clone);
+    append(
+        &clone.join("pg/postgresql.auto.conf"),
+        "shared_preload_libraries = 'nonexistent_lib_from_clone'\n",
+    );
+    let report = run_noop_hook(base, &clone).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.output.contains("sanitized"), "{}", report.output);
+}
+
 /// `clone` (mode 0755) holding a copy of the stopped cluster `data` at pg/, as a
 /// cowfs branch would.
 fn copy_clone(data: &Path, clone: &Path) {
@@ -286,8 +474,14 @@ fn append(file: &Path, text: &str) {
 /// Run the example PostgreSQL hook on `clone` with SQL that changes nothing
 /// (written to `base`), in database postgres.
 fn run_noop_hook(base: &Path, clone: &Path) -> Result<HookReport, SanitizeError> {
-    let sql = base.join("noop.sql");
-    std::fs::write(&sql, "SELECT 1;\n").unwrap();
+    run_sql_hook(base, clone, "SELECT 1;\n")
+}
+
+/// Run the example PostgreSQL hook on `clone` with the site SQL `site_sql`
+/// (written to `base`), in database postgres.
+fn run_sql_hook(base: &Path, clone: &Path, site_sql: &str) -> Result<HookReport, SanitizeError> {
+    let sql = base.join("site.sql");
+    std::fs::write(&sql, site_sql).unwrap();
     let hook = cowfs::control::sanitize::config::Hook {
         name: "postgresql".into(),
         argv: vec![concat!(
@@ -305,6 +499,7 @@ fn run_noop_hook(base: &Path, clone: &Path) -> Result<HookReport, SanitizeError>
         ]
         .into(),
         when_exists: None,
+        network: false,
     };
     run_hook(
         &hook,

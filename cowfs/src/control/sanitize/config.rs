@@ -88,6 +88,10 @@ pub struct Hook {
     pub env: BTreeMap<String, String>,
     /// Run only when this path exists in the clone (relative to its root).
     pub when_exists: Option<String>,
+    /// Run in the daemon's network namespace. By default (false) the hook gets
+    /// one of its own, with no interface up: it and what it starts on the
+    /// clone's files reach nothing over the network.
+    pub network: bool,
 }
 
 impl Rule {
@@ -241,6 +245,8 @@ struct RawHook {
     #[serde(default)]
     env: BTreeMap<String, String>,
     when_exists: Option<String>,
+    #[serde(default)]
+    network: bool,
 }
 
 fn compile_profile(name: &str, p: RawProfile, base: &Path) -> Result<Profile, String> {
@@ -435,6 +441,7 @@ fn compile_hook(h: RawHook, base: &Path) -> Result<Hook, String> {
         timeout,
         env: h.env,
         when_exists,
+        network: h.network,
     })
 }
 
@@ -469,6 +476,10 @@ mod tests {
             command = ["hooks/pg.sh", "--fast"]
             when_exists = "/pg/"
             env = { PGBIN = "/usr/lib/postgresql/15/bin" }
+            [[profiles.pii.hooks]]
+            name = "fetch"
+            command = "true"
+            network = true
             "#,
         )
         .unwrap();
@@ -486,6 +497,11 @@ mod tests {
         assert_eq!(p.hooks[0].argv, ["/etc/cowfs/hooks/pg.sh", "--fast"]);
         assert_eq!(p.hooks[0].when_exists.as_deref(), Some("pg"));
         assert_eq!(p.hooks[0].timeout, DEFAULT_HOOK_TIMEOUT);
+        assert!(
+            !p.hooks[0].network,
+            "a network namespace of its own by default"
+        );
+        assert!(p.hooks[1].network);
         assert_eq!(cfg.scratch_dir, std::env::temp_dir());
         let e = cfg.profile("nope").unwrap_err().to_string();
         assert!(e.contains("nope") && e.contains("pii"), "{e}");

@@ -196,10 +196,11 @@ pub fn run_hook_cancellable(
     let (relay_report, relay_stop) = (report_w.as_raw_fd(), stop_r.as_raw_fd());
     // SAFETY: getpid cannot fail and touches no memory.
     let daemon = unsafe { libc::getpid() };
+    let own_network = !hook.network;
     // SAFETY: the closure runs in the forked child and only makes the system
     // calls of `pid_ns::enter`, without allocating.
     unsafe {
-        cmd.pre_exec(move || pid_ns::enter(daemon, relay_report, relay_stop));
+        cmd.pre_exec(move || pid_ns::enter(daemon, relay_report, relay_stop, own_network));
     }
     let spawned = cmd.spawn();
     // The relay has its copies; the daemon's would keep the pipes open for nothing.
@@ -561,6 +562,7 @@ mod tests {
             timeout: Duration::from_millis(timeout_ms),
             env: BTreeMap::from([("EXTRA".to_string(), "x1".to_string())]),
             when_exists: None,
+            network: false,
         }
     }
 
@@ -1215,6 +1217,39 @@ while [ ! -s "$PIDS" ]; do sleep 0.02; done"#,
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A hook runs on content a token may have written: by default neither it
+    /// nor what it starts can open a connection to a service on the host (here a
+    /// listener on the host's 127.0.0.1) or beyond; with `network = true` it can.
+    #[test]
+    fn a_hook_has_no_network_unless_its_profile_says_so() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut h = hook("", 10_000);
+        // bash: /dev/tcp is its own; /bin/sh may be dash.
+        h.argv = vec![
+            "/bin/bash".into(),
+            "-c".into(),
+            format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected"),
+        ];
+        let e = run_hook(&h, Path::new("/"), "b", "k").unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(e, SanitizeError::HookFailed { .. }) && !msg.contains("connected"),
+            "{msg}"
+        );
+        assert_eq!(
+            listener.accept().unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "the hook reached the host's listener"
+        );
+
+        h.network = true;
+        let r = run_hook(&h, Path::new("/"), "b", "k").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.output, "connected\n");
+        assert!(listener.accept().is_ok(), "the connection arrived");
     }
 
     #[test]

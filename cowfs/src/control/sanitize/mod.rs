@@ -112,10 +112,8 @@ pub enum SanitizeError {
         program: String,
         source: std::io::Error,
     },
-    /// The hook's PID namespace (see `pid_ns`) could not be set up.
-    #[error(
-        "hook '{hook}': cannot start it in a PID namespace of its own: {step}: {source}{hint}"
-    )]
+    /// The hook's PID or network namespace (see `pid_ns`) could not be set up.
+    #[error("hook '{hook}': cannot start it in namespaces of its own: {step}: {source}{hint}")]
     HookNamespace {
         hook: String,
         step: &'static str,

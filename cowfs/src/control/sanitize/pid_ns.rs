@@ -80,6 +80,8 @@ enum Step {
     Init = 2,
     /// The init's checks and its fork of the hook.
     Hook = 3,
+    /// unshare(CLONE_NEWNET) in the relay.
+    Network = 4,
 }
 
 /// `Step`'s error, errno taken from the failed call, marked for
@@ -120,6 +122,11 @@ pub(super) fn setup_failure(e: &io::Error) -> Option<SetupFailure> {
             "unshare(CLONE_NEWPID)",
             " (the daemon needs CAP_SYS_ADMIN, a kernel with PID namespaces, and room \
              for one more: /proc/sys/user/max_pid_namespaces, at most 32 levels deep)",
+        ),
+        s if s == Step::Network as c_int => (
+            "unshare(CLONE_NEWNET)",
+            " (the daemon needs CAP_SYS_ADMIN and a kernel with network namespaces; \
+             a hook that needs the host's network can set `network = true`)",
         ),
         s if s == Step::Init as c_int => ("starting the namespace's init", ""),
         s if s == Step::Hook as c_int => ("starting the hook in the namespace", ""),
@@ -259,7 +266,12 @@ impl Stop {
 /// the relay and the init end with `_exit`.
 ///
 /// Only for `pre_exec`.
-pub(super) fn enter(daemon: libc::pid_t, report: c_int, stop: c_int) -> io::Result<()> {
+pub(super) fn enter(
+    daemon: libc::pid_t,
+    report: c_int,
+    stop: c_int,
+    own_network: bool,
+) -> io::Result<()> {
     // The relay and the init are copies of the daemon's memory (keys, token
     // secrets): no core dump of them, no ptrace by other users' processes. The
     // hook's exec makes it dumpable again.
@@ -273,6 +285,16 @@ pub(super) fn enter(daemon: libc::pid_t, report: c_int, stop: c_int) -> io::Resu
     unsafe {
         if libc::unshare(libc::CLONE_NEWPID) != 0 {
             return Err(failed(Step::Unshare));
+        }
+        // The relay itself enters it, so the init and the hook are born in it:
+        // a network namespace of their own has only a loopback interface, and
+        // that one down. Unix sockets by path still work (a database server on
+        // the clone), TCP and UDP do not, to the host or beyond: what the hook
+        // starts on the clone's files cannot reach other services or send the
+        // clone's data out. After the PID namespace, so that a daemon without
+        // CAP_SYS_ADMIN is told about that one first.
+        if own_network && libc::unshare(libc::CLONE_NEWNET) != 0 {
+            return Err(failed(Step::Network));
         }
         if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
             return Err(failed(Step::Init));
