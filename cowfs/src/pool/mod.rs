@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use crate::btree::{tree, NodeStore};
 use crate::fs::dir::DirListEntry;
-use crate::fs::file::{SeekWhence, WriteTimes};
+use crate::fs::file::{SeekWhence, WriteTimes, MAX_FILE_SIZE};
 use crate::fs::items::{xattr_chunks, XATTR_MAX_CHUNKS};
 use crate::fs::readplan::{FileBytes, Resolved};
 use crate::fs::{Attr, FsError, FsResult, FsTree, Owner, SetAttr, ROOT_INO};
@@ -1182,9 +1182,10 @@ impl Pool {
         times: WriteTimes,
     ) -> FsResult<()> {
         // A range the filesystem refuses (overflow, beyond the largest file) is
-        // refused whole, by one call.
+        // refused whole, by one call: in steps, those before the one crossing
+        // the largest size were kept (the file grown, GiBs taken, then EFBIG).
         let end = match off.checked_add(len) {
-            Some(end) if len > FALLOCATE_STEP => end,
+            Some(end) if len > FALLOCATE_STEP && end <= MAX_FILE_SIZE => end,
             _ => return self.fallocate_step(b, ino, off, len, keep_size, times),
         };
         let mut at = off;
