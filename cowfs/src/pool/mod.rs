@@ -627,6 +627,16 @@ impl Pool {
         self.e.lock().branches.descendants(id)
     }
 
+    /// The branches and snapshots whose parent is `id`.
+    pub fn children(&self, id: BranchId) -> Vec<BranchId> {
+        self.e.lock().branches.children(id)
+    }
+
+    /// The parent of `id`, its parent, and so on, nearest first.
+    pub fn ancestors(&self, id: BranchId) -> Vec<BranchId> {
+        self.e.lock().branches.ancestors(id)
+    }
+
     pub fn branch_id(&self, name: &str) -> PoolResult<BranchId> {
         self.e.lock().id_of(name)
     }
