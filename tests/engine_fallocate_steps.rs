@@ -94,3 +94,38 @@ fn a_fallocate_that_does_not_fit_keeps_its_whole_steps() {
     assert!(p.used_blocks() + 2 * (FALLOCATE_STEP >> 12) <= used + 16);
     clean(&p);
 }
+
+/// A range that ends past the largest file size is refused whole with EFBIG,
+/// as Linux refuses it before allocating anything: no step of it is kept.
+///
+/// Review finding: only an overflowing range went to one call; this one ran
+/// in steps, the first (inside the largest size) allocated 1 GiB and grew the
+/// file, then the second failed with EFBIG.
+#[test]
+fn a_fallocate_past_the_largest_file_changes_nothing() {
+    let p = pool(4 << 30);
+    let b = p.branch_id("main").unwrap();
+    let f = p
+        .mknod(
+            b,
+            ROOT_INO,
+            b"big",
+            libc::S_IFREG | 0o644,
+            0,
+            Owner::default(),
+        )
+        .expect("mknod");
+    let used = p.used_blocks();
+    for keep_size in [false, true] {
+        let off = (1u64 << 63) - 2 * FALLOCATE_STEP;
+        let err = p
+            .fallocate(b, f.ino, off, 2 * FALLOCATE_STEP, keep_size)
+            .unwrap_err();
+        assert_eq!(err.errno(), libc::EFBIG, "{err}");
+        let a = p.getattr(b, f.ino).unwrap();
+        assert_eq!((a.size, a.blocks), (0, 0), "keep_size {keep_size}");
+        assert_eq!(p.used_blocks(), used, "keep_size {keep_size}");
+    }
+    p.commit().unwrap();
+    clean(&p);
+}

@@ -161,3 +161,54 @@ fn a_sanitized_clone_reset_to_prod_is_covered_again() {
     allowed("again", admin.protect_with("prod", Some("pii")));
     assert_eq!(required(&mut admin, "a1").as_deref(), Some("pii"));
 }
+
+/// A reset copies `to`'s data into a branch that was not taken from `to`:
+/// that branch is a copy of prod's data all the same. Reset before the
+/// requirement was set, it must be reached by it like a snapshot taken then;
+/// under a clone sanitized with the profile, that clone's mark must not keep
+/// it out (it holds prod's data, not the clone's); nor deleting such a branch
+/// keep a snapshot taken of it since out.
+///
+/// Review finding: reset left the catalog parent as it was, so `mine` (taken
+/// from main) and `a1-b` (taken from the sanitized `a1`) stayed outside prod's
+/// lineage, and tokens allowed to branch them got prod's personal data.
+#[test]
+fn a_branch_reset_to_prod_before_the_requirement_is_covered() {
+    let d = Daemon::start_with_config(Some(CONFIG));
+    let mut admin = d.admin_client();
+    prod(&d, &mut admin);
+    let secret = d.token(
+        "agent",
+        &[
+            "branch:prod",
+            "read:prod",
+            "branch:main",
+            "admin:a1*",
+            "admin:mine",
+        ],
+    );
+    let mut agent = d.client(&secret);
+    allowed("mine", agent.branch_create("mine", "main", None));
+    allowed("reset mine", agent.reset("mine", "prod"));
+    let a1 = allowed(
+        "a1",
+        agent.branch_create_with("a1", "prod", None, Some("pii"), None),
+    );
+    assert!(a1.sanitized.is_some());
+    allowed("a1-b", agent.branch_create("a1-b", "a1", None));
+    allowed("reset a1-b", agent.reset("a1-b", "prod"));
+    // Deleted after a snapshot was taken of it: the snapshot holds prod's data.
+    allowed("a1-d", agent.branch_create("a1-d", "a1", None));
+    allowed("reset a1-d", agent.reset("a1-d", "prod"));
+    allowed("a1-d-snap", agent.snapshot_create("a1-d-snap", "a1-d"));
+    allowed("delete a1-d", agent.delete("a1-d"));
+    allowed("require pii", admin.protect_with("prod", Some("pii")));
+    assert_sanitized_clone(&d, "a1-b", "c1");
+    assert_sanitized_clone(&d, "mine", "c2");
+    assert_sanitized_clone(&d, "a1-d-snap", "c3");
+    for name in ["mine", "a1-b"] {
+        assert_eq!(required(&mut admin, name).as_deref(), Some("pii"), "{name}");
+    }
+    // The sanitized clone itself was not reset: it stays free of the requirement.
+    assert_eq!(required(&mut admin, "a1"), None);
+}

@@ -384,6 +384,11 @@ impl Ctx {
                 require(token, Scope::Delete, &t.name, t.id)?;
                 require_unprotected(token, t.protected, "delete", &t.name, t.id)?;
                 self.refuse_mounted(&name, "delete")?;
+                // Its children take its parent, and what a reset copied into
+                // it (recorded first: a stop in between leaves more, not less).
+                self.state
+                    .pass_copied(t.id, &self.pool.children(t.id))
+                    .map_err(|e| self.state_error(e))?;
                 self.pool.branch_delete(&name).map_err(errors::pool)?;
                 if let Err(e) = self.state.forget(t.id) {
                     log::warn!("{}: {e}", self.state.path().display());
@@ -513,12 +518,17 @@ impl Ctx {
                 // profile too, as a branch taken from `to` without sanitizing
                 // would, or tokens that may branch from it would get unsanitized
                 // clones. It is no sanitized clone anymore either, whatever it
-                // was. Set before the reset, so that the content is never
-                // without it; put back if the reset fails.
+                // was, and is recorded as a copy of `to` (and of its ancestors):
+                // its catalog parent stays, and a requirement set later on
+                // `to` must reach it like a snapshot taken of `to` now. Set
+                // before the reset, so that the content is never without it;
+                // put back if the reset fails.
                 let saved = self.state.saved();
                 let required = self.state.required(src.id);
+                let mut from = vec![src.id];
+                from.extend(self.pool.ancestors(src.id));
                 self.state
-                    .replaced(t.id, required.as_deref())
+                    .replaced(t.id, from, required.as_deref())
                     .map_err(|e| self.state_error(e))?;
                 if let Err(e) = self.pool.reset_to(&branch, &to) {
                     self.restore(saved);

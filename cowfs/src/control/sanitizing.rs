@@ -17,12 +17,20 @@
 //!   branch id. Their content, and that of everything taken from them, holds
 //!   none of what that profile removes, so a requirement of that profile set
 //!   later on one of their ancestors does not reach them.
+//! - `copied`: branches a reset gave another branch's content (`to`), with
+//!   that branch and its ancestors then (`from`). The catalog's parent of `to`
+//!   stays what it was, so lineage (`lineage`) follows these too: a branch reset
+//!   to prod before prod required a profile holds prod's data like a snapshot
+//!   taken then. A branch reset is no clean copy (`clean`) whatever it was
+//!   taken from, nor is what was taken from it. A deleted `to` passes its
+//!   entries to its children (`pass_copied`).
 //!
 //! ```json
 //! {"version": 2,
 //!  "sanitizing": [{"id": 7, "name": "agent-1"}],
 //!  "require": [{"branch": 2, "profile": "pii"}],
-//!  "sanitized": [{"branch": 5, "profile": "pii"}]}
+//!  "sanitized": [{"branch": 5, "profile": "pii"}],
+//!  "copied": [{"to": 9, "from": [2, 1]}]}
 //! ```
 //!
 //! Version 1 recorded a clone by name before its creation and added the id
@@ -60,6 +68,16 @@ struct StateFile {
     /// Older files have none: their clones count as unsanitized (the safe side).
     #[serde(default)]
     sanitized: Vec<Requirement>,
+    /// Older files have none: resets they did not record are not followed.
+    #[serde(default)]
+    copied: Vec<Copied>,
+}
+
+/// Branch `to` was reset to `from[0]`, whose ancestors then were the rest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Copied {
+    to: BranchId,
+    from: Vec<BranchId>,
 }
 
 /// A clone being sanitized.
@@ -124,6 +142,7 @@ impl FirstLayout {
             sanitizing,
             require: self.require,
             sanitized: Vec::new(),
+            copied: Vec::new(),
         }
     }
 }
@@ -164,6 +183,7 @@ fn write(path: &Path, file: &StateFile) -> std::io::Result<()> {
 pub struct Saved {
     require: Vec<Requirement>,
     sanitized: Vec<Requirement>,
+    copied: Vec<Copied>,
 }
 
 pub struct SanitizeState {
@@ -247,30 +267,95 @@ impl SanitizeState {
         })
     }
 
-    /// Branch `id` was deleted: drop its requirement and its sanitized mark.
+    /// Branch `id` is about to be deleted: `children` (then the children of its
+    /// parent, `Pool::branch_delete`) take what a reset copied into it, as those
+    /// taken after the reset hold that data. Written before the delete's commit:
+    /// a daemon stopping in between leaves more entries, never fewer.
+    pub fn pass_copied(&self, id: BranchId, children: &[BranchId]) -> std::io::Result<()> {
+        if children.is_empty() || !self.file.lock().copied.iter().any(|c| c.to == id) {
+            return Ok(());
+        }
+        self.update(|f| {
+            let mut passed = Vec::new();
+            for c in f.copied.iter().filter(|c| c.to == id) {
+                for &child in children {
+                    passed.push(Copied {
+                        to: child,
+                        from: c.from.clone(),
+                    });
+                }
+            }
+            f.copied.extend(passed);
+        })
+    }
+
+    /// Branch `id` was deleted: drop its requirement, its sanitized mark and
+    /// what was copied into it (`pass_copied` gave that to its children).
     pub fn forget(&self, id: BranchId) -> std::io::Result<()> {
         self.update(|f| {
             f.require.retain(|r| r.branch != id);
             f.sanitized.retain(|r| r.branch != id);
+            f.copied.retain(|c| c.to != id);
         })
     }
 
+    /// `id` and every branch its data reached, without `id`: its descendants in
+    /// `pool`, the branches reset to one of those (`copied`), theirs, and so on.
+    /// Asks the pool: never called with the file locked (see `clean`).
+    fn lineage(f: &StateFile, pool: &Pool, id: BranchId) -> Vec<BranchId> {
+        let mut seen = HashSet::from([id]);
+        let mut out = Vec::new();
+        let mut roots = vec![id];
+        while let Some(r) = roots.pop() {
+            let mut reached = vec![r];
+            for d in pool.descendants(r) {
+                if seen.insert(d) {
+                    out.push(d);
+                    reached.push(d);
+                }
+            }
+            for m in reached {
+                for c in f.copied.iter().filter(|c| c.from.contains(&m)) {
+                    if seen.insert(c.to) {
+                        out.push(c.to);
+                        roots.push(c.to);
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Those of `descendants` that hold none of what `profile` removes: clones
-    /// sanitized with it (`marks`) and everything taken from them. Asks the
-    /// pool: never called with the file locked (creating a sanitized clone
-    /// locks the file while it holds the pool, `begin`).
+    /// sanitized with it (marked in `f.sanitized`) and everything taken from
+    /// them, except a branch reset since (`f.copied`: it holds what it was
+    /// reset to) and everything taken from that. Asks the pool: never called
+    /// with the file locked (creating a sanitized clone locks the file while it
+    /// holds the pool, `begin`).
     fn clean(
-        marks: &[Requirement],
+        f: &StateFile,
         pool: &Pool,
         descendants: &[BranchId],
         profile: &str,
     ) -> HashSet<BranchId> {
+        let reset: HashSet<BranchId> = f.copied.iter().map(|c| c.to).collect();
         let mut clean = HashSet::new();
         for &d in descendants {
-            if marks.iter().any(|m| m.branch == d && m.profile == profile) {
-                clean.insert(d);
-                clean.extend(pool.descendants(d));
+            let marked = f
+                .sanitized
+                .iter()
+                .any(|m| m.branch == d && m.profile == profile);
+            if !marked || reset.contains(&d) {
+                continue;
             }
+            let below = pool.descendants(d);
+            let mut not_clean = HashSet::new();
+            for &r in below.iter().filter(|b| reset.contains(b)) {
+                not_clean.insert(r);
+                not_clean.extend(pool.descendants(r));
+            }
+            clean.insert(d);
+            clean.extend(below.into_iter().filter(|b| !not_clean.contains(b)));
         }
         clean
     }
@@ -281,9 +366,9 @@ impl SanitizeState {
     /// sanitized with `profile`, and what was taken from it, holds none of the
     /// data `profile` removes: left as it is.
     pub fn require_lineage(&self, pool: &Pool, id: BranchId, profile: &str) -> std::io::Result<()> {
-        let descendants = pool.descendants(id);
-        let marks = self.file.lock().sanitized.clone();
-        let clean = Self::clean(&marks, pool, &descendants, profile);
+        let f = self.file.lock().clone();
+        let descendants = Self::lineage(&f, pool, id);
+        let clean = Self::clean(&f, pool, &descendants, profile);
         self.update(|f| {
             f.require.retain(|r| r.branch != id);
             let covered: HashSet<BranchId> = f.require.iter().map(|r| r.branch).collect();
@@ -307,8 +392,8 @@ impl SanitizeState {
         let required: HashSet<BranchId> = f.require.iter().map(|r| r.branch).collect();
         let mut out = Vec::new();
         for r in &f.require {
-            let descendants = pool.descendants(r.branch);
-            let clean = Self::clean(&f.sanitized, pool, &descendants, &r.profile);
+            let descendants = Self::lineage(&f, pool, r.branch);
+            let clean = Self::clean(&f, pool, &descendants, &r.profile);
             for d in descendants {
                 if !required.contains(&d) && !clean.contains(&d) {
                     out.push((r.branch, d, r.profile.clone()));
@@ -318,11 +403,22 @@ impl SanitizeState {
         out
     }
 
-    /// Branch `id` now holds another branch's content (a reset): it is no
-    /// sanitized clone anymore, and requires `profile` if that is `Some`.
-    pub fn replaced(&self, id: BranchId, profile: Option<&str>) -> std::io::Result<()> {
+    /// Branch `id` now holds another branch's content (a reset to `from[0]`,
+    /// whose ancestors are the rest): it is no sanitized clone anymore, is
+    /// recorded as a copy of those (`copied`), and requires `profile` if that
+    /// is `Some`.
+    pub fn replaced(
+        &self,
+        id: BranchId,
+        from: Vec<BranchId>,
+        profile: Option<&str>,
+    ) -> std::io::Result<()> {
         self.update(|f| {
             f.sanitized.retain(|r| r.branch != id);
+            let from: Vec<BranchId> = from.into_iter().filter(|&b| b != id).collect();
+            if !from.is_empty() && !f.copied.iter().any(|c| c.to == id && c.from == from) {
+                f.copied.push(Copied { to: id, from });
+            }
             if let Some(p) = profile {
                 f.require.retain(|r| r.branch != id);
                 f.require.push(Requirement {
@@ -340,6 +436,7 @@ impl SanitizeState {
         Saved {
             require: f.require.clone(),
             sanitized: f.sanitized.clone(),
+            copied: f.copied.clone(),
         }
     }
 
@@ -349,6 +446,7 @@ impl SanitizeState {
         self.update(|f| {
             f.require = saved.require;
             f.sanitized = saved.sanitized;
+            f.copied = saved.copied;
         })
     }
 
@@ -515,6 +613,56 @@ mod tests {
         s.require_lineage(&pool, prod, "pii").unwrap();
         assert_eq!(s.required(clone).as_deref(), Some("pii"), "no mark left");
         assert_eq!(s.required(copy).as_deref(), Some("pii"));
+    }
+
+    /// Branches reset to prod's data (recorded by `replaced`) are in its
+    /// lineage although their catalog parent is not prod: also when what they
+    /// were reset to, or they themselves, are deleted later (their children
+    /// take the record), and under a sanitized clone, whose mark does not
+    /// reach a branch reset since nor what was taken of it.
+    #[test]
+    fn a_requirement_reaches_branches_reset_to_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(dir.path());
+        let prod = pool.branch_create("prod", "main").unwrap();
+        let monday = pool.snapshot_create("monday", "prod").unwrap();
+        let x = pool.branch_create("x", "main").unwrap();
+        let y = pool.branch_create("y", "main").unwrap();
+        let clone = pool.branch_create("clone", "prod").unwrap();
+        let under = pool.branch_create("under", "clone").unwrap();
+        let kept = pool.snapshot_create("kept", "clone").unwrap();
+        let s = SanitizeState::open(&pool).unwrap();
+        s.begin(clone, "clone").unwrap();
+        s.finish(clone, "pii").unwrap();
+        let from = |id| {
+            let mut v = vec![id];
+            v.extend(pool.ancestors(id));
+            v
+        };
+        s.replaced(x, from(prod), None).unwrap();
+        s.replaced(y, from(monday), None).unwrap();
+        s.replaced(under, from(prod), None).unwrap();
+        let under_snap = pool.snapshot_create("under-snap", "under").unwrap();
+        let x_snap = pool.snapshot_create("x-snap", "x").unwrap();
+        // x goes (its snapshot takes x's parent, main, and x's record).
+        s.pass_copied(x, &pool.children(x)).unwrap();
+        pool.branch_delete("x").unwrap();
+        s.forget(x).unwrap();
+        // What y was reset to goes: y was recorded with its ancestors too.
+        s.pass_copied(monday, &pool.children(monday)).unwrap();
+        pool.branch_delete("monday").unwrap();
+        s.forget(monday).unwrap();
+        let s = SanitizeState::open(&pool).unwrap();
+        s.require_lineage(&pool, prod, "pii").unwrap();
+        for (id, what) in [(x_snap, "x-snap"), (y, "y"), (under, "under")] {
+            assert_eq!(s.required(id).as_deref(), Some("pii"), "{what}");
+        }
+        assert_eq!(
+            s.required(under_snap).as_deref(),
+            Some("pii"),
+            "taken of a branch reset to prod"
+        );
+        assert_eq!((s.required(clone), s.required(kept)), (None, None));
     }
 
     /// A requirement recorded on prod alone (as builds before lineage was

@@ -66,6 +66,22 @@ impl Branches {
             .collect()
     }
 
+    /// The parent of `id`, its parent, and so on, nearest first, as far as
+    /// records exist (a loop in a corrupt catalog ends the walk).
+    pub fn ancestors(&self, id: BranchId) -> Vec<BranchId> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::from([id]);
+        let mut at = id;
+        while let Some(r) = self.by_id.get(&at) {
+            if !self.by_id.contains_key(&r.parent) || !seen.insert(r.parent) {
+                break;
+            }
+            out.push(r.parent);
+            at = r.parent;
+        }
+        out
+    }
+
     /// Every branch and snapshot taken from `id`, directly or through others
     /// (not `id` itself), parents before their children.
     pub fn descendants(&self, id: BranchId) -> Vec<BranchId> {
@@ -205,5 +221,15 @@ mod tests {
         let (_, changed) = b.remove(2).unwrap();
         assert_eq!(sorted(changed), vec![4, 6]);
         assert_eq!(sorted(b.descendants(1)), vec![4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn ancestors_end_at_a_missing_record_and_at_a_loop() {
+        let mut b = tree();
+        assert_eq!(b.ancestors(5), vec![4, 3, 2, 1]);
+        assert!(b.ancestors(1).is_empty() && b.ancestors(9).is_empty());
+        // a(3) -> b(4) -> a(3): a corrupt catalog, no endless walk.
+        b.insert(3, child("a", 4)).unwrap();
+        assert_eq!(b.ancestors(5), vec![4, 3]);
     }
 }

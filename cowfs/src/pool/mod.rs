@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use crate::btree::{tree, NodeStore};
 use crate::fs::dir::DirListEntry;
-use crate::fs::file::{SeekWhence, WriteTimes};
+use crate::fs::file::{SeekWhence, WriteTimes, MAX_FILE_SIZE};
 use crate::fs::items::{xattr_chunks, XATTR_MAX_CHUNKS};
 use crate::fs::readplan::{FileBytes, Resolved};
 use crate::fs::{Attr, FsError, FsResult, FsTree, Owner, SetAttr, ROOT_INO};
@@ -628,6 +628,16 @@ impl Pool {
         self.e.lock().branches.descendants(id)
     }
 
+    /// The branches and snapshots whose parent is `id`.
+    pub fn children(&self, id: BranchId) -> Vec<BranchId> {
+        self.e.lock().branches.children(id)
+    }
+
+    /// The parent of `id`, its parent, and so on, nearest first.
+    pub fn ancestors(&self, id: BranchId) -> Vec<BranchId> {
+        self.e.lock().branches.ancestors(id)
+    }
+
     pub fn branch_id(&self, name: &str) -> PoolResult<BranchId> {
         self.e.lock().id_of(name)
     }
@@ -1183,9 +1193,10 @@ impl Pool {
         times: WriteTimes,
     ) -> FsResult<()> {
         // A range the filesystem refuses (overflow, beyond the largest file) is
-        // refused whole, by one call.
+        // refused whole, by one call: in steps, those before the one crossing
+        // the largest size were kept (the file grown, GiBs taken, then EFBIG).
         let end = match off.checked_add(len) {
-            Some(end) if len > FALLOCATE_STEP => end,
+            Some(end) if len > FALLOCATE_STEP && end <= MAX_FILE_SIZE => end,
             _ => return self.fallocate_step(b, ino, off, len, keep_size, times),
         };
         let mut at = off;

@@ -537,7 +537,15 @@ impl SpaceMap {
         while b < end {
             let leaf_no = b / COUNTS_PER_LEAF;
             let stop = end.min((leaf_no + 1) * COUNTS_PER_LEAF);
-            let leaf = self.load_leaf(dev, leaf_no)?;
+            // A leaf that cannot be read ends the range there, as `refused`
+            // does: the blocks before it keep their change.
+            let leaf = match self.load_leaf(dev, leaf_no) {
+                Ok(leaf) => leaf,
+                Err(e) => {
+                    self.release_zeroed(zeroed);
+                    return Err(e);
+                }
+            };
             let (mut done, mut refused, mut freed) = (b, None, 0u64);
             for x in b..stop {
                 let slot = &mut leaf.counts[(x % COUNTS_PER_LEAF) as usize];

@@ -163,3 +163,45 @@ fn a_range_reaching_a_free_block_fails_there_and_undoes_whole() {
     let err = m.inc(&dev, hole - 2, 4).unwrap_err();
     assert!(err.to_string().contains("added to a free block"), "{err}");
 }
+
+/// A range whose second leaf cannot be read fails there, and the blocks of the
+/// first leaf whose last reference it dropped wait for the commit, as one block
+/// at a time left them: not free at once (the last commit still maps them), and
+/// not taken for blocks of this transaction when the operation is undone.
+///
+/// Review finding: the leaf read's error returned before the blocks reaching
+/// zero were released, so they were neither waiting nor fresh (allocatable at
+/// once), and an undo made the committed blocks fresh.
+#[test]
+fn a_leaf_that_cannot_be_read_leaves_the_blocks_before_it_waiting() {
+    let cap = 1 << 15;
+    let dev = MemDevice::new();
+    let mut m = SpaceMap::create(cap, 1);
+    let (s, got) = m.alloc(&dev, 2 * COUNTS_PER_LEAF).unwrap();
+    assert_eq!(got, 2 * COUNTS_PER_LEAF);
+    let (root, _) = m.write_dirty(&dev, 1).unwrap();
+    m.commit_written();
+    let mut r = SpaceMap::open(cap, m.depth(), root, m.used(), 1);
+    r.load_index(&dev, 1, 0).unwrap();
+    let leaf1 = r.index[&(1, 0)].ptrs[1];
+    assert_ne!(leaf1, 0);
+    dev.write_at(leaf1, &[0xa5; BLOCK_SIZE]).unwrap();
+    let from = COUNTS_PER_LEAF - 8;
+    assert!(s <= from);
+    let used = r.used();
+    r.begin_op();
+    let err = r.dec_range(&dev, from, 16).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Corrupt { block, .. } if block == leaf1),
+        "{err}"
+    );
+    assert_eq!(r.used(), used - 8);
+    assert_eq!(r.pending_free_count(), 8, "the first leaf's blocks wait");
+    assert!(!r.allocatable(&dev, from).unwrap());
+    r.undo_op(&dev).unwrap();
+    assert_eq!((r.used(), r.pending_free_count()), (used, 0));
+    for b in from..from + 8 {
+        assert_eq!(r.get(&dev, b).unwrap(), 1);
+        assert!(!r.is_fresh(b), "committed block {b} taken for a fresh one");
+    }
+}
