@@ -1,14 +1,16 @@
 //! Where a branch may be mounted (the daemon mounts as root with `allow_other`):
 //! a token without `admin:*` only strictly below a mount root (default
 //! `POOL.mnt`), symlinks resolved, never on or inside another mount; no token,
-//! admin included, inside a cowfs mount of the pool. Every refusal is `forbidden`
-//! and leaves the host directory and the pool as they were.
+//! admin included, inside a cowfs mount of the pool; a token without `admin:*`
+//! only on a directory the requesting process's user may write (and owns, if it
+//! is sticky), as fusermount requires. Every refusal is `forbidden` and leaves
+//! the host directory and the pool as they were.
 //!
 //! Needs root and /dev/fuse.
 
 mod control_support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use control_support::*;
@@ -258,10 +260,13 @@ fn a_mount_point_swapped_for_a_symlink_after_the_check_is_never_followed() {
             }
         })
     };
+    // This pool's `a1` only: other tests of this file mount an `a1` of their
+    // own pool meanwhile, which this one must not see (nor unmount).
+    let source = format!("{}:a1 ", d.pool_path.display());
     let mounted_on = || {
         let all = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
         all.lines()
-            .filter(|l| l.contains(":a1 "))
+            .filter(|l| l.contains(&source))
             .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
             .collect::<Vec<_>>()
     };
@@ -302,6 +307,256 @@ fn a_mount_point_swapped_for_a_symlink_after_the_check_is_never_followed() {
         !on_victim && !is_mountpoint(&victim),
         "the branch was mounted on the host directory {} (after {landed} mounts, {refused} refusals)",
         victim.display()
+    );
+    assert!(
+        landed > 0,
+        "no mount went through at all ({refused} refusals)"
+    );
+}
+
+/// A client whose connection the kernel records as made by `uid`, `gid` and
+/// `groups`: connected by a thread that takes those credentials with raw
+/// syscalls (they change this thread's only, and the daemon reads the
+/// connecting thread's, `SO_PEERCRED`). The thread ends with them.
+fn connect_as(d: &Daemon, secret: &str, uid: u32, gid: u32, groups: &[u32]) -> cowfs_ctl::Client {
+    let (socket, secret, groups) = (d.socket.clone(), secret.to_string(), groups.to_vec());
+    std::thread::spawn(move || {
+        // SAFETY: plain syscalls on values this closure owns; nothing in this
+        // thread needs root afterwards.
+        unsafe {
+            let r = libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr());
+            assert_eq!(r, 0, "setgroups: {}", std::io::Error::last_os_error());
+            let r = libc::syscall(libc::SYS_setresgid, gid, gid, gid);
+            assert_eq!(r, 0, "setresgid: {}", std::io::Error::last_os_error());
+            let r = libc::syscall(libc::SYS_setresuid, uid, uid, uid);
+            assert_eq!(r, 0, "setresuid: {}", std::io::Error::last_os_error());
+        }
+        cowfs_ctl::Client::connect(&socket, &secret).expect("connect as another user")
+    })
+    .join()
+    .expect("connecting thread")
+}
+
+/// Security review: a token without `admin:*` could mount its branch on any
+/// unmounted directory below a mount root, such as the data directory another
+/// agent's database uses (as another Unix user) while that agent's branch is
+/// unmounted: that database then ran on the first agent's data. Now, as
+/// fusermount requires, the requesting process's user must be able to write
+/// the mount point, and own it if it is sticky; root and admin tokens are not
+/// restricted. Users and groups here have no passwd entries.
+#[test]
+fn a_token_mounts_only_where_its_user_may_write() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+
+    const UID: u32 = 4001;
+    const GID: u32 = 4001;
+    // A supplementary group of the client, and another user.
+    const GROUP: u32 = 4242;
+    const OTHER: u32 = 4002;
+    let mode = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+    };
+
+    let d = Daemon::start();
+    // The socket is 0660 root:root: reached through the supplementary group 0.
+    mode(d.tmp.path(), 0o750);
+    let agent_s = d.token("agent", &["branch:main"]);
+    let mut agent = connect_as(&d, &agent_s, UID, GID, &[0, GROUP]);
+    agent.branch_create("a1", "main", None).expect("branch");
+
+    // Another user's directory, as a service's data directory would be.
+    let theirs = d.dir("theirs");
+    chown(&theirs, Some(OTHER), Some(OTHER)).expect("chown");
+    for m in [0o755, 0o700] {
+        mode(&theirs, m);
+        forbidden(
+            &format!("mount on another user's directory ({m:o})"),
+            agent.mount("a1", s(&theirs), false),
+            &format!(
+                "mount point {} is not writable by uid {UID} (the requesting process)",
+                theirs.display()
+            ),
+        );
+        assert!(!is_mountpoint(&theirs));
+    }
+    // `branch create --mount` checks before it creates anything.
+    forbidden(
+        "create --mount on another user's directory",
+        agent.branch_create_with(
+            "a2",
+            "main",
+            Some(MountSpec {
+                dir: s(&theirs).into(),
+                read_only: false,
+            }),
+            None,
+            None,
+        ),
+        "not writable by uid 4001",
+    );
+    assert_eq!(
+        kind(agent.info("a2")),
+        ErrorKind::NotFound,
+        "nothing created"
+    );
+    // Writable by everyone but sticky and someone else's (as /tmp).
+    let sticky = d.dir("sticky");
+    mode(&sticky, 0o1777);
+    forbidden(
+        "mount on a sticky directory of another user",
+        agent.mount("a1", s(&sticky), false),
+        &format!("is sticky and owned by uid 0, not by uid {UID}"),
+    );
+    // Group bits count for a supplementary group, and by the kernel's rules:
+    // the group's bits, not the others', apply to a member.
+    chown(&theirs, Some(OTHER), Some(GROUP)).expect("chown");
+    mode(&theirs, 0o707);
+    forbidden(
+        "mount where the group's bits deny",
+        agent.mount("a1", s(&theirs), false),
+        "not writable by uid 4001",
+    );
+    mode(&theirs, 0o770);
+    agent
+        .mount("a1", s(&theirs), false)
+        .expect("mount where a supplementary group may write");
+    agent.unmount(s(&theirs)).expect("unmount");
+
+    // Its own directory, sticky or not.
+    let own = d.dir("own");
+    chown(&own, Some(UID), Some(GID)).expect("chown");
+    for m in [0o755, 0o1755] {
+        mode(&own, m);
+        agent
+            .mount("a1", s(&own), false)
+            .expect("mount on its own directory");
+        agent.unmount(s(&own)).expect("unmount");
+    }
+    agent
+        .branch_create_with(
+            "a2",
+            "main",
+            Some(MountSpec {
+                dir: s(&own).into(),
+                read_only: false,
+            }),
+            None,
+            None,
+        )
+        .expect("create --mount on its own directory");
+    agent.unmount(s(&own)).expect("unmount");
+
+    // Root passes, as with fusermount; so does an admin token of any user.
+    mode(&theirs, 0o700);
+    let mut as_root = d.client(&agent_s);
+    as_root
+        .mount("a1", s(&theirs), false)
+        .expect("a process of root mounts anywhere below the roots");
+    as_root.unmount(s(&theirs)).expect("unmount");
+    let mut admin = connect_as(&d, &d.admin, UID, GID, &[0]);
+    admin
+        .mount("a1", s(&theirs), false)
+        .expect("an admin token is not restricted");
+    admin.unmount(s(&theirs)).expect("unmount");
+}
+
+/// The write check and the mount see the same directory: a thread exchanges
+/// the agent's own directory with another user's, as fast as it can, while the
+/// agent mounts on the path of its own again and again. Checked by path and
+/// mounted by path again, one of its mounts could land on the other user's
+/// directory; checked on the directory held open, none can.
+#[test]
+fn a_directory_swapped_in_after_the_write_check_is_never_mounted_on() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    const UID: u32 = 4001;
+    let d = Daemon::start();
+    std::fs::set_permissions(d.tmp.path(), std::fs::Permissions::from_mode(0o750))
+        .expect("chmod tmp");
+    let agent_s = d.token("agent", &["branch:main"]);
+    let mut agent = connect_as(&d, &agent_s, UID, UID, &[0]);
+    agent.branch_create("a1", "main", None).expect("branch");
+    // `m` and `alt`: the agent's directory and root's (0755), in either order.
+    let (m, alt) = (d.dir("m"), d.dir("alt"));
+    chown(&m, Some(UID), Some(UID)).expect("chown");
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).expect("path");
+    let (cm, calt) = (c(&m), c(&alt));
+    let exchange = move || {
+        // SAFETY: two valid NUL-terminated paths.
+        unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                cm.as_ptr(),
+                libc::AT_FDCWD,
+                calt.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        }
+    };
+    // Held by the swapper for each exchange, by the test while it looks at a
+    // mount.
+    let paused = Arc::new(Mutex::new(()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, paused) = (stop.clone(), paused.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _g = paused.lock().expect("lock");
+                // Fails (EBUSY) while either is a mount point.
+                exchange();
+            }
+        })
+    };
+    let source = format!("{}:a1 ", d.pool_path.display());
+    let mounted_on = || {
+        let all = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        all.lines()
+            .filter(|l| l.contains(&source))
+            .filter_map(|l| l.split_whitespace().nth(4).map(PathBuf::from))
+            .collect::<Vec<_>>()
+    };
+    let (mut landed, mut refused, mut on_theirs) = (0, 0, None);
+    for _ in 0..1000 {
+        let r = agent.mount("a1", s(&m), false);
+        let _g = paused.lock().expect("lock");
+        if r.is_err() {
+            refused += 1;
+            continue;
+        }
+        landed += 1;
+        let points = mounted_on();
+        assert_eq!(points.len(), 1, "{points:?}");
+        // The directory mounted on is hidden; the other one, not mounted on,
+        // tells which it is.
+        let other = if points[0] == m { &alt } else { &m };
+        if std::fs::metadata(other).expect("stat").uid() == UID {
+            on_theirs = Some(points[0].clone());
+        }
+        if points[0] == m {
+            agent.unmount(s(&m)).expect("unmount");
+        } else {
+            // On the directory's new name: an exchange raced with the mount.
+            // Detached here, and forgotten by the daemon once its session ends.
+            let st = Command::new("umount").arg("-l").arg(&points[0]).status();
+            assert!(st.expect("umount -l").success(), "umount -l {points:?}");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !agent.info("a1").expect("info").mounts.is_empty() {
+                assert!(std::time::Instant::now() < deadline, "still mounted");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        if on_theirs.is_some() {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().expect("swapper");
+    assert_eq!(
+        on_theirs, None,
+        "the branch was mounted on root's directory (after {landed} mounts, {refused} refusals)"
     );
     assert!(
         landed > 0,

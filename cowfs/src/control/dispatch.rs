@@ -26,12 +26,13 @@ use serde_json::Value;
 use super::auth::{forbidden, has, is_pool_admin, require, require_unprotected, sees};
 use super::errors;
 use super::mount_points;
+use super::peer::Peer;
 use super::quotas::QuotaStore;
 use super::sanitize::{self, Profile, SanitizeConfig, SanitizeError};
 use super::sanitizing::{SanitizeState, Saved};
 use super::tokens::{Authenticated, TokenStore, TokenView};
 use super::ControlError;
-use crate::fuse::MountTable;
+use crate::fuse::{MountTable, PinnedDir};
 use crate::pool::admin::GroupMember as PoolMember;
 use crate::pool::diff::PathChangeKind;
 use crate::pool::quota::{QuotaLimits, QuotaStatus};
@@ -329,11 +330,13 @@ impl Ctx {
         Ok(())
     }
 
-    /// Run one request for the token named `token`. A `branch_create` that
+    /// Run one request for the token named `token`, sent by a process of user
+    /// `caller` (`None`: the kernel did not say). A `branch_create` that
     /// sanitizes reports its progress to `progress`.
     pub fn handle(
         &self,
         token: &TokenView,
+        caller: Option<&Peer>,
         req: Request,
         progress: &mut dyn FnMut(ProgressEvent),
     ) -> Res {
@@ -362,9 +365,11 @@ impl Ctx {
                 mount,
                 sanitize,
                 progress: _,
-            } => self.create(token, &name, &from, false, mount, sanitize, progress),
+            } => self.create(
+                token, caller, &name, &from, false, mount, sanitize, progress,
+            ),
             Request::SnapshotCreate { name, from } => {
-                self.create(token, &name, &from, true, None, None, progress)
+                self.create(token, caller, &name, &from, true, None, None, progress)
             }
             Request::GroupCreate { members } => self.group(token, members),
             Request::Rename { old, new } => {
@@ -406,7 +411,7 @@ impl Ctx {
             } => {
                 let _g = self.lock_for(token)?;
                 let t = self.target(token, &name)?;
-                self.mount(token, &t, &dir, read_only)?;
+                self.mount(token, caller, &t, &dir, read_only)?;
                 ok(self.info(token, &name)?)
             }
             Request::Unmount { dir } => {
@@ -736,6 +741,7 @@ impl Ctx {
     fn create(
         &self,
         token: &TokenView,
+        caller: Option<&Peer>,
         name: &str,
         from: &str,
         snapshot: bool,
@@ -777,7 +783,7 @@ impl Ctx {
             None => None,
         };
         if let Some(m) = &mount {
-            self.mount_point(token, &m.dir)?;
+            self.mount_point(token, caller, &m.dir)?;
         }
         self.sync(from)?;
         let Some(profile) = profile else {
@@ -793,7 +799,7 @@ impl Ctx {
                 self.drop_new(name);
                 return Err(e);
             }
-            self.mount_new(token, name, mount)?;
+            self.mount_new(token, caller, name, mount)?;
             log::info!(
                 "{} '{name}' created from '{from}' by token '{}'",
                 if snapshot { "snapshot" } else { "branch" },
@@ -864,7 +870,7 @@ impl Ctx {
             self.discard(name, id);
             return Err(self.state_error(e));
         }
-        self.mount_new(token, name, mount)?;
+        self.mount_new(token, caller, name, mount)?;
         log::info!(
             "branch '{name}' sanitized with profile '{}' and ready",
             profile.name
@@ -913,6 +919,7 @@ impl Ctx {
     fn mount_new(
         &self,
         token: &TokenView,
+        caller: Option<&Peer>,
         name: &str,
         mount: Option<MountSpec>,
     ) -> Result<(), ErrorReply> {
@@ -920,11 +927,13 @@ impl Ctx {
             return Ok(());
         };
         // Checked again: mounts may have changed while the clone was sanitized.
-        let mounted = self.mount_point(token, &m.dir).and_then(|dir| {
-            self.mounts
-                .mount_exact(name, &dir, m.read_only)
-                .map_err(errors::mount)
-        });
+        let mounted = self
+            .mount_point(token, caller, &m.dir)
+            .and_then(|(dir, pinned)| {
+                self.mounts
+                    .mount_pinned(name, &dir, pinned, m.read_only)
+                    .map_err(errors::mount)
+            });
         if let Err(e) = mounted {
             self.drop_new(name);
             return Err(e);
@@ -932,11 +941,18 @@ impl Ctx {
         Ok(())
     }
 
-    /// The directory `token` may mount on for `dir` (see `mount_points`).
-    fn mount_point(&self, token: &TokenView, dir: &str) -> Result<PathBuf, ErrorReply> {
+    /// The directory `token`, used by `caller`, may mount on for `dir`, and
+    /// that directory held open (see `mount_points`).
+    fn mount_point(
+        &self,
+        token: &TokenView,
+        caller: Option<&Peer>,
+        dir: &str,
+    ) -> Result<(PathBuf, PinnedDir), ErrorReply> {
         mount_points::check(
             dir,
             is_pool_admin(token),
+            caller,
             &self.mount_roots,
             &self.mounts.list(),
             &|b| self.visible_name(token, b),
@@ -1119,6 +1135,7 @@ impl Ctx {
     fn mount(
         &self,
         token: &TokenView,
+        caller: Option<&Peer>,
         t: &Target,
         dir: &str,
         read_only: bool,
@@ -1131,11 +1148,12 @@ impl Ctx {
             require(token, Scope::Write, &t.name, t.id)?;
             require_unprotected(token, t.protected, "mount read-write", &t.name, t.id)?;
         }
-        let dir = self.mount_point(token, dir)?;
-        // Exactly the directory checked: resolved again, a symlink swapped in
-        // since would move the mount out of the mount roots.
+        let (dir, pinned) = self.mount_point(token, caller, dir)?;
+        // Exactly the directory checked, held open since: resolved again, a
+        // symlink swapped in since would move the mount out of the mount roots,
+        // or a directory swapped in onto one its user may not write.
         self.mounts
-            .mount_exact(&t.name, &dir, read_only)
+            .mount_pinned(&t.name, &dir, pinned, read_only)
             .map_err(errors::mount)
     }
 

@@ -14,6 +14,7 @@
 //! - `sanitizing`: clones being sanitized and required profiles
 //!   (`POOL.sanitize-state`)
 //! - `slots`: connection slots, in all and per user
+//! - `peer`: the user of a connection's client, as the kernel recorded it
 //! - `files`: private files beside the pool, replaced atomically
 //! - `errors`: engine errors as typed protocol errors
 
@@ -25,6 +26,7 @@ mod files;
 mod frame;
 mod mount_points;
 pub mod mountinfo;
+mod peer;
 pub mod quotas;
 pub mod sanitize;
 pub mod sanitizing;

@@ -10,7 +10,16 @@
 //!   unscrubbed);
 //! - tokens without `admin:*`: only strictly below a mount root (`[control]
 //!   mount_roots`, default `POOL.mnt`), after symlinks are resolved, and on the
-//!   root's own filesystem (never on or inside another mount).
+//!   root's own filesystem (never on or inside another mount); and, as
+//!   fusermount requires of unprivileged mounts, only on a directory the
+//!   requesting process's user may write, and that user's own if it is sticky
+//!   (root passes). The OS user is the isolation boundary between agents (two
+//!   agents running as one user can already write each other's files and
+//!   signal each other's processes): without this rule an agent could mount its
+//!   branch on the directory another agent's service keeps its data in, while
+//!   that agent's branch is unmounted, and feed it crafted data or read what it
+//!   writes. Checked on the directory held open and mounted on (`PinnedDir`),
+//!   so that a directory swapped in after the check is not what gets mounted.
 
 use std::path::{Path, PathBuf};
 
@@ -18,18 +27,22 @@ use cowfs_ctl::proto::{ErrorKind, ErrorReply, Scope};
 
 use super::errors;
 use super::mountinfo;
-use crate::fuse::MountInfo;
+use super::peer::Peer;
+use crate::fuse::{MountError, MountInfo, PinnedDir};
 
 /// Check `dir` (as the client sent it) for a mount by a token that is (`pool_admin`)
-/// or is not `admin:*`; returns the resolved directory to mount on. Refusals
+/// or is not `admin:*`, asked for by a process of user `caller` (`None`: the
+/// kernel did not say); returns the resolved directory to mount on, and that
+/// directory held open, to mount on (`MountTable::mount_pinned`). Refusals
 /// name a mounted branch only if `visible` says the token may see it.
 pub fn check(
     dir: &str,
     pool_admin: bool,
+    caller: Option<&Peer>,
     roots: &[PathBuf],
     cowfs: &[MountInfo],
     visible: &dyn Fn(&str) -> bool,
-) -> Result<PathBuf, ErrorReply> {
+) -> Result<(PathBuf, PinnedDir), ErrorReply> {
     // Absolute: the daemon's working directory is not the client's.
     if !Path::new(dir).is_absolute() || dir.contains('\0') {
         return Err(errors::bad_request(format!(
@@ -47,6 +60,18 @@ pub fn check(
             .target(dir))
         }
     };
+    // Without symlinks, as the path just resolved: one swapped in since is
+    // refused, as `MountTable::mount_exact` would.
+    let pinned = PinnedDir::open(&real).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP) => {
+            errors::mount(MountError::NotRealPath(real.clone())).target(dir)
+        }
+        _ => ErrorReply::new(
+            ErrorKind::Io,
+            format!("opening mount point {}: {e}", real.display()),
+        )
+        .target(dir),
+    })?;
     // Mounting on a branch's own mount point is `exists` (the mount table says so).
     if let Some(m) = cowfs
         .iter()
@@ -79,7 +104,7 @@ pub fn check(
         ));
     }
     if pool_admin {
-        return Ok(real);
+        return Ok((real, pinned));
     }
     let shown = || {
         roots
@@ -117,7 +142,52 @@ pub fn check(
             ),
         ));
     }
-    Ok(real)
+    let Some(caller) = caller else {
+        return Err(refused(
+            dir,
+            Some(Scope::Admin),
+            "the daemon could not learn which user the requesting process runs as (SO_PEERCRED, SO_PEERGROUPS); a token without admin:* mounts only on a directory its user may write".into(),
+        ));
+    };
+    // Root passes, as with fusermount.
+    if caller.uid != 0 {
+        let io = |e: std::io::Error| {
+            ErrorReply::new(
+                ErrorKind::Io,
+                format!(
+                    "checking whether uid {} may write mount point {}: {e}",
+                    caller.uid,
+                    real.display()
+                ),
+            )
+            .target(dir)
+        };
+        let st = pinned.stat().map_err(io)?;
+        if st.st_mode & libc::S_ISVTX != 0 && st.st_uid != caller.uid {
+            return Err(refused(
+                dir,
+                Some(Scope::Admin),
+                format!(
+                    "mount point {} is sticky and owned by uid {}, not by uid {} (the requesting process); a token without admin:* mounts on a sticky directory only if its user owns it, as fusermount requires",
+                    real.display(),
+                    st.st_uid,
+                    caller.uid
+                ),
+            ));
+        }
+        if !caller.may_write(&pinned.proc_path()).map_err(io)? {
+            return Err(refused(
+                dir,
+                Some(Scope::Admin),
+                format!(
+                    "mount point {} is not writable by uid {} (the requesting process); a token without admin:* mounts only on a directory its user may write, as fusermount requires",
+                    real.display(),
+                    caller.uid
+                ),
+            ));
+        }
+    }
+    Ok((real, pinned))
 }
 
 /// " of branch 'NAME'" for a mount of a branch the token may see, else nothing.

@@ -25,7 +25,8 @@ use super::config::ServerConfig;
 use super::dispatch::Ctx;
 use super::errors;
 use super::frame::{read_frame, Frame};
-use super::slots::{peer_uid, Full, Slots};
+use super::peer::{self, Peer};
+use super::slots::{Full, Slots};
 use super::tokens::Authenticated;
 
 /// Longest line read before a successful hello (a hello is about 150 bytes).
@@ -86,7 +87,7 @@ pub fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
             }
         };
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        let uid = peer_uid(&stream);
+        let uid = peer::uid(&stream);
         if let Err(full) = shared.slots.take(uid) {
             let message = match full {
                 Full::All(max) => {
@@ -276,6 +277,11 @@ pub fn parse(line: &[u8]) -> (Option<u64>, Result<Request, ErrorReply>) {
 
 fn serve(sh: &Shared, stream: UnixStream) -> io::Result<()> {
     stream.set_write_timeout(Some(sh.cfg.io_timeout()))?;
+    // Recorded by the kernel at connect: requests that depend on the client's
+    // user (mounts of tokens without `admin:*`) are refused without it.
+    let caller = Peer::of(&stream)
+        .inspect_err(|e| log::warn!("control connection: the client's credentials: {e}"))
+        .ok();
     let mut w = stream.try_clone()?;
     let mut r = BufReader::new(stream);
     let mut token: Option<Authenticated> = None;
@@ -372,7 +378,7 @@ fn serve(sh: &Shared, stream: UnixStream) -> io::Result<()> {
                             sink_ok = false;
                         }
                     };
-                    let res = sh.ctx.handle(&t, r, &mut sink);
+                    let res = sh.ctx.handle(&t, caller.as_ref(), r, &mut sink);
                     if let Err(e) = &res {
                         log::info!("{op} by token '{}' refused: {}", t.name, e.kind.as_str());
                     }

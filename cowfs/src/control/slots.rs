@@ -7,33 +7,8 @@
 //! apart by the kernel (`SO_PEERCRED`), not by anything a client sends.
 
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 
 use parking_lot::Mutex;
-
-/// Who is on the other end of a connection, as the kernel recorded it when it
-/// connected; `None` if the kernel would not say (such peers share one count).
-pub(super) fn peer_uid(s: &UnixStream) -> Option<u32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for writes of the sizes given; the
-    // descriptor belongs to `s`, open for the call.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (r == 0).then_some(cred.uid)
-}
 
 /// Why a connection got no slot.
 #[derive(Debug, PartialEq, Eq)]

@@ -41,3 +41,4 @@ mod unmount;
 mod write_back;
 
 pub use mounts::{MountError, MountInfo, MountTable};
+pub(crate) use pinned::PinnedDir;

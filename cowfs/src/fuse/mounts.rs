@@ -129,18 +129,30 @@ impl MountTable {
     /// is refused, and the mount is made on the directory held open, so it
     /// cannot land anywhere else (`PinnedDir`).
     pub fn mount_exact(&self, branch: &str, dir: &Path, read_only: bool) -> Result<(), MountError> {
-        let id = self.pool.branch_id(branch)?;
-        let read_only = read_only || self.pool.is_read_only(id).map_err(PoolError::from)?;
-        let dir = dir.to_path_buf();
-        let pinned = PinnedDir::open(&dir).map_err(|source| match source.raw_os_error() {
-            Some(libc::ENOENT) => MountError::NotADirectory(dir.clone()),
-            Some(libc::ENOTDIR | libc::ELOOP) => MountError::NotRealPath(dir.clone()),
+        let pinned = PinnedDir::open(dir).map_err(|source| match source.raw_os_error() {
+            Some(libc::ENOENT) => MountError::NotADirectory(dir.to_path_buf()),
+            Some(libc::ENOTDIR | libc::ELOOP) => MountError::NotRealPath(dir.to_path_buf()),
             _ => MountError::Mount {
                 branch: branch.to_string(),
-                dir: dir.clone(),
+                dir: dir.to_path_buf(),
                 source,
             },
         })?;
+        self.mount_pinned(branch, dir, pinned, read_only)
+    }
+
+    /// `mount_exact` on `pinned`, `PinnedDir::open(dir)` made (and checked) by
+    /// the caller: the mount lands on the very directory the caller checked.
+    pub(crate) fn mount_pinned(
+        &self,
+        branch: &str,
+        dir: &Path,
+        pinned: PinnedDir,
+        read_only: bool,
+    ) -> Result<(), MountError> {
+        let id = self.pool.branch_id(branch)?;
+        let read_only = read_only || self.pool.is_read_only(id).map_err(PoolError::from)?;
+        let dir = dir.to_path_buf();
         let mut mounts = self.live();
         if mounts.iter().any(|m| m.info.dir == dir) {
             return Err(MountError::AlreadyMounted(dir));

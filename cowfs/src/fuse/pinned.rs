@@ -43,6 +43,18 @@ impl PinnedDir {
         Ok(PinnedDir { fd })
     }
 
+    /// The directory's owner and mode, of the directory held open.
+    pub(crate) fn stat(&self) -> io::Result<libc::stat> {
+        // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: the descriptor is open (owned by `self`); `st` is valid for
+        // writes. fstat works on O_PATH descriptors.
+        if unsafe { libc::fstat(self.fd.as_raw_fd(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(st)
+    }
+
     /// A path that leads to this very directory whatever happens to its name
     /// meanwhile: mount(2) on it mounts on the directory opened.
     pub(crate) fn proc_path(&self) -> PathBuf {
