@@ -451,6 +451,87 @@ fn pg_hook_ignores_the_clones_code_and_path_settings() {
     assert!(report.output.contains("sanitized"), "{}", report.output);
 }
 
+/// Names in the clone are the clone writer's: the hook must take each one as a
+/// name. A database named like a libpq connection string (psql reads a `-d`
+/// holding `=` as one, whose `host` outranks `-h`) made the hook connect to
+/// another server on the host through its Unix socket, where it rolled back
+/// prepared transactions, dropped replication slots and ran VACUUM FULL; names
+/// with quotes broke REINDEX, and a newline in a trigger's name or a
+/// database's broke the lists the hook reads them from.
+#[test]
+fn pg_hook_takes_the_clones_names_as_names() {
+    // Short: a database name holds the other server's socket path (63 bytes
+    // at most).
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-pgn-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = tmp.path();
+    // Another cluster of the host, with a replication slot.
+    let other = Cluster::new(&base.join("o/pg"), &base.join("o/s"), true);
+    let other_server = other.start();
+    other.sql(
+        "postgres",
+        "SELECT pg_create_physical_replication_slot('other_slot')",
+    );
+    let redirect = format!("host={} dbname=postgres", other.sock.display());
+    assert!(redirect.len() < 64, "{redirect}");
+
+    let parent = Cluster::new(&base.join("p/pg"), &base.join("p/s"), true);
+    let server = parent.start();
+    let odd = "we\"ird 'db'\nname";
+    for db in [redirect.as_str(), odd] {
+        let quoted = db.replace('"', "\"\"");
+        parent.sql("postgres", &format!("CREATE DATABASE \"{quoted}\""));
+    }
+    let tables = "CREATE TABLE \"t\"\"q\" (v text);
+         CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER \"a\nb \"\"c\"\"\" AFTER UPDATE ON \"t\"\"q\" FOR EACH ROW EXECUTE FUNCTION f();
+         ALTER TABLE \"t\"\"q\" ENABLE ALWAYS TRIGGER \"a\nb \"\"c\"\"\";
+         CREATE TRIGGER \"r;\nx\" AFTER UPDATE ON \"t\"\"q\" FOR EACH ROW EXECUTE FUNCTION f();
+         ALTER TABLE \"t\"\"q\" ENABLE REPLICA TRIGGER \"r;\nx\";";
+    // The odd database is reached through a connection string: psql takes
+    // the name from -d only as one.
+    let odd_conn = format!(
+        "dbname='{}'",
+        odd.replace('\\', "\\\\").replace('\'', "\\'")
+    );
+    parent.sql(&odd_conn, tables);
+    let states = |c: &Cluster| {
+        c.sql(
+            &odd_conn,
+            "SELECT string_agg(quote_ident(tgname) || '=' || tgenabled::text, ' ' ORDER BY tgname)
+               FROM pg_trigger WHERE NOT tgisinternal",
+        )
+    };
+    let parent_states = states(&parent);
+    assert_eq!(parent_states, "\"a\nb \"\"c\"\"\"=A \"r;\nx\"=R");
+    server.stop();
+
+    copy_clone(&parent.data, &base.join("clone"));
+    let report = run_noop_hook(base, &base.join("clone"));
+    assert_eq!(
+        other.sql(
+            "postgres",
+            "SELECT string_agg(slot_name, ',') FROM pg_replication_slots"
+        ),
+        "other_slot",
+        "the hook dropped a replication slot of another server"
+    );
+    other_server.stop();
+    let report = report.unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.output.contains("sanitized"), "{}", report.output);
+    let clone = Cluster::new(&base.join("clone/pg"), &base.join("c/s"), false);
+    let server = clone.start();
+    assert_eq!(
+        states(&clone),
+        parent_states,
+        "the clone's triggers changed"
+    );
+    server.stop();
+}
+
 /// `clone` (mode 0755) holding a copy of the stopped cluster `data` at pg/, as a
 /// cowfs branch would.
 fn copy_clone(data: &Path, clone: &Path) {
