@@ -243,13 +243,15 @@ done
 # at its end; if the hook fails the clone is deleted, so none is left disabled.
 # Event triggers go first (the ALTER TABLEs are DDL they would fire on) and come
 # back last. ONLY: a partition's trigger has its own state, listed on its own.
+# Internal triggers too: the system's own (foreign keys) never are A or R, and a
+# superuser can mark any trigger internal.
 # $1: the new state, a SQL expression of the current one, s. Each row is one
 # statement; `script` makes them one value, a name's newline and all.
 replica_firing() {
   cat <<EOF
 SELECT format('ALTER TABLE ONLY %s %s TRIGGER %I', tgrelid::regclass, $1, tgname)
   FROM pg_trigger CROSS JOIN LATERAL (SELECT tgenabled) x(s)
- WHERE s IN ('A', 'R') AND NOT tgisinternal
+ WHERE s IN ('A', 'R')
 UNION ALL
 SELECT format('ALTER TABLE %s %s RULE %I', ev_class::regclass, $1, rulename)
   FROM pg_rewrite CROSS JOIN LATERAL (SELECT ev_enabled) x(s)

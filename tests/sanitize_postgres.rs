@@ -308,6 +308,12 @@ fn pg_hook_fires_no_trigger_or_rule_of_the_clone() {
              CREATE TRIGGER audit_replica AFTER UPDATE ON users
                FOR EACH ROW EXECUTE FUNCTION audit();
              ALTER TABLE users ENABLE REPLICA TRIGGER audit_replica;
+             CREATE TRIGGER audit_hidden AFTER UPDATE ON users
+               FOR EACH ROW EXECUTE FUNCTION audit();
+             ALTER TABLE users ENABLE ALWAYS TRIGGER audit_hidden;
+             -- A superuser may mark it internal, as the system's own triggers
+             -- (foreign keys) are.
+             UPDATE pg_trigger SET tgisinternal = true WHERE tgname = 'audit_hidden';
              CREATE RULE keep_origin AS ON UPDATE TO users
                DO ALSO INSERT INTO audit_log VALUES ('keep_origin', OLD.name);
              CREATE RULE keep_always AS ON UPDATE TO users
@@ -331,7 +337,8 @@ fn pg_hook_fires_no_trigger_or_rule_of_the_clone() {
         c.sql(
             "postgres",
             "SELECT string_agg(n || '=' || e, ' ' ORDER BY n) FROM (
-               SELECT tgname::text, tgenabled::text FROM pg_trigger WHERE NOT tgisinternal
+               SELECT tgname::text, tgenabled::text FROM pg_trigger
+                 WHERE NOT tgisinternal OR tgname = 'audit_hidden'
                UNION ALL SELECT rulename::text, ev_enabled::text FROM pg_rewrite
                  WHERE ev_class = 'users'::regclass
                UNION ALL SELECT evtname::text, evtenabled::text FROM pg_event_trigger) s(n, e)",
@@ -340,8 +347,8 @@ fn pg_hook_fires_no_trigger_or_rule_of_the_clone() {
     let parent_states = states(&parent);
     assert_eq!(
         parent_states,
-        "audit_always=A audit_origin=O audit_replica=R keep_always=A keep_origin=O \
-         keep_replica=R snap_always=A snap_origin=O snap_replica=R"
+        "audit_always=A audit_hidden=A audit_origin=O audit_replica=R keep_always=A \
+         keep_origin=O keep_replica=R snap_always=A snap_origin=O snap_replica=R"
     );
     server.stop();
 
