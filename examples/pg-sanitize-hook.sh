@@ -34,7 +34,10 @@
 # - every session runs with session_replication_role = replica, so ordinary
 #   triggers, rules and event triggers do not fire; the ones set to ENABLE ALWAYS
 #   or ENABLE REPLICA (which fire in replica mode) are disabled for the run and
-#   get their state back at its end, so the clone's schema is the parent's.
+#   get their state back at its end, so the clone's schema is the parent's;
+#   Foreign keys' actions do not run either: the site SQL must rewrite the
+#   referencing columns itself, and the hook fails if a foreign key no longer
+#   holds after it (original values left in referencing rows);
 # - its names are names: a database is given to psql as a connection string
 #   holding only dbname (db below), statements are built with format's %I, and
 #   lists of names are NUL-separated or one value, so that quotes, spaces,
@@ -280,6 +283,38 @@ done
 
 echo "rewriting personal data in $DB with $SQL"
 pg_session "-c cowfs.key=$COWFS_HOOK_KEY" -d "$(db "$DB")" <"$SQL"
+# Foreign keys' actions (ON UPDATE CASCADE, ON DELETE SET NULL, ...) and checks
+# do not run in replica mode: a site SQL that counts on them to rewrite the
+# referencing rows leaves the original values there. Every foreign key must
+# still hold; one that does not fails the hook (the clone is deleted). Each
+# table's own constraint: a partitioned table's is checked on its partitions.
+echo "checking the foreign keys in $DB"
+psql_as -d "$(db "$DB")" <<'EOF'
+DO $$
+DECLARE
+  r record;
+  bad boolean;
+BEGIN
+  FOR r IN
+    SELECT c.conname, c.conrelid::regclass AS child, c.confrelid::regclass AS parent,
+           (SELECT string_agg(format('c.%I', attname), ',' ORDER BY n)
+              FROM unnest(c.conkey) WITH ORDINALITY k(a, n)
+              JOIN pg_attribute ON attrelid = c.conrelid AND attnum = k.a) AS ccols,
+           (SELECT string_agg(format('p.%I', attname), ',' ORDER BY n)
+              FROM unnest(c.confkey) WITH ORDINALITY k(a, n)
+              JOIN pg_attribute ON attrelid = c.confrelid AND attnum = k.a) AS pcols
+      FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+     WHERE c.contype = 'f' AND t.relkind <> 'p'
+  LOOP
+    EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s c WHERE ROW(%s) IS NOT NULL
+                      AND NOT EXISTS (SELECT FROM %s p WHERE ROW(%s) = ROW(%s)))',
+                   r.child, r.ccols, r.parent, r.pcols, r.ccols) INTO bad;
+    IF bad THEN
+      RAISE EXCEPTION 'foreign key % of % no longer holds after the site SQL (its ON UPDATE/ON DELETE actions do not run in replica mode: rewrite the referencing columns too)', r.conname, r.child;
+    END IF;
+  END LOOP;
+END $$;
+EOF
 
 echo "removing old row versions, index entries and statistics"
 for d in "${DBS[@]}"; do

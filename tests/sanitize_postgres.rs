@@ -539,6 +539,59 @@ fn pg_hook_takes_the_clones_names_as_names() {
     server.stop();
 }
 
+/// The site SQL runs in replica mode, where foreign keys' actions do not run
+/// (their triggers fire in origin mode only): a site SQL that rewrites the
+/// referenced emails and counts on ON UPDATE CASCADE for the rest left the
+/// original emails in the referencing rows of a clone the hook called
+/// sanitized. The hook checks every foreign key after the site SQL and fails
+/// (the clone is deleted) when one no longer holds.
+#[test]
+fn pg_hook_fails_when_a_foreign_key_action_did_not_run() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-sanitize-pgfk-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = tmp.path();
+    let ppl = people(20, 41);
+    let originals: Vec<String> = ppl.iter().map(|p| p.email.clone()).collect();
+    let parent = Cluster::new(&base.join("parent/pg"), &base.join("sock-parent"), true);
+    let server = parent.start();
+    let rows: Vec<String> = ppl
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("({i}, '{}')", p.email))
+        .collect();
+    parent.sql(
+        "postgres",
+        &format!(
+            "CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE);
+             INSERT INTO users VALUES {};
+             CREATE TABLE orders (id serial, user_email text
+               REFERENCES users (email) ON UPDATE CASCADE ON DELETE SET NULL);
+             INSERT INTO orders (user_email) SELECT email FROM users;
+             CHECKPOINT;",
+            rows.join(",")
+        ),
+    );
+    server.stop();
+    copy_clone(&parent.data, &base.join("clone"));
+    let report = run_sql_hook(
+        base,
+        &base.join("clone"),
+        "UPDATE users SET email = 'p' || md5(email) || '@example.invalid';\n",
+    );
+    match report {
+        Err(SanitizeError::HookFailed { output, .. }) => {
+            assert!(output.contains("foreign key"), "{output}")
+        }
+        r => panic!(
+            "{r:?}: original values in the clone: {:?}",
+            byte_search(&base.join("clone/pg"), &originals).len()
+        ),
+    }
+}
+
 /// `clone` (mode 0755) holding a copy of the stopped cluster `data` at pg/, as a
 /// cowfs branch would.
 fn copy_clone(data: &Path, clone: &Path) {
