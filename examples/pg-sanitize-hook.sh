@@ -34,7 +34,14 @@
 # - every session runs with session_replication_role = replica, so ordinary
 #   triggers, rules and event triggers do not fire; the ones set to ENABLE ALWAYS
 #   or ENABLE REPLICA (which fire in replica mode) are disabled for the run and
-#   get their state back at its end, so the clone's schema is the parent's.
+#   get their state back at its end, so the clone's schema is the parent's;
+#   Foreign keys' actions do not run either: the site SQL must rewrite the
+#   referencing columns itself, and the hook fails if a foreign key no longer
+#   holds after it (original values left in referencing rows);
+# - its names are names: a database is given to psql as a connection string
+#   holding only dbname (db below), statements are built with format's %I, and
+#   lists of names are NUL-separated or one value, so that quotes, spaces,
+#   newlines or a name that reads as a connection string change nothing.
 # NOT covered: the site SQL, ANALYZE, VACUUM FULL and REINDEX run as a superuser
 # and evaluate the clone's own functions where its schema puts them (index
 # expressions, CHECK constraints, domains, a type's operators, functions shadowing
@@ -203,12 +210,23 @@ pg_session() {
 psql_as() {
   pg_session "-c search_path=" "$@"
 }
+# Database $1 for psql's -d, as a connection string naming it and nothing else:
+# a name (the clone's own) that holds `=` or starts with postgresql:// is read
+# as a connection string, whose host and port outrank -h and -p: a database
+# named "host=/var/run/postgresql dbname=postgres" sent the hook's statements
+# to another server of the host through its socket.
+db() {
+  local v=${1//\\/\\\\}
+  v=${v//\'/\\\'}
+  printf "dbname='%s'" "$v"
+}
 
-mapfile -t DBS < <(psql_as -d postgres -At -c "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")
+# NUL-separated: a name may hold a newline.
+mapfile -d '' -t DBS < <(psql_as -d postgres -At -0 -c "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")
 
 echo "preparing: prepared transactions and replication slots"
 for d in "${DBS[@]}"; do
-  psql_as -d "$d" -At <<'EOF'
+  psql_as -d "$(db "$d")" -At <<'EOF'
 DO $$
 DECLARE g text;
 BEGIN
@@ -228,12 +246,15 @@ done
 # at its end; if the hook fails the clone is deleted, so none is left disabled.
 # Event triggers go first (the ALTER TABLEs are DDL they would fire on) and come
 # back last. ONLY: a partition's trigger has its own state, listed on its own.
-# $1: the new state, a SQL expression of the current one, s.
+# Internal triggers too: the system's own (foreign keys) never are A or R, and a
+# superuser can mark any trigger internal.
+# $1: the new state, a SQL expression of the current one, s. Each row is one
+# statement; `script` makes them one value, a name's newline and all.
 replica_firing() {
   cat <<EOF
 SELECT format('ALTER TABLE ONLY %s %s TRIGGER %I', tgrelid::regclass, $1, tgname)
   FROM pg_trigger CROSS JOIN LATERAL (SELECT tgenabled) x(s)
- WHERE s IN ('A', 'R') AND NOT tgisinternal
+ WHERE s IN ('A', 'R')
 UNION ALL
 SELECT format('ALTER TABLE %s %s RULE %I', ev_class::regclass, $1, rulename)
   FROM pg_rewrite CROSS JOIN LATERAL (SELECT ev_enabled) x(s)
@@ -246,33 +267,68 @@ replica_firing_events() {
          WHERE s IN ('A', 'R')"
 }
 AS_BEFORE="CASE s WHEN 'A' THEN 'ENABLE ALWAYS' ELSE 'ENABLE REPLICA' END"
+script() {
+  echo "SELECT coalesce(string_agg(q || ';', E'\\n'), '') FROM ($(cat)) x(q)"
+}
 declare -A RESTORE
 echo "disabling the triggers, rules and event triggers that fire in replica mode"
 for d in "${DBS[@]}"; do
   RESTORE[$d]=$({
-    replica_firing "$AS_BEFORE" | psql_as -d "$d" -At
-    replica_firing_events "$AS_BEFORE" | psql_as -d "$d" -At
-  } | sed 's/$/;/')
+    replica_firing "$AS_BEFORE" | script | psql_as -d "$(db "$d")" -At
+    replica_firing_events "$AS_BEFORE" | script | psql_as -d "$(db "$d")" -At
+  })
   { replica_firing_events "'DISABLE'"; echo '\gexec'; replica_firing "'DISABLE'"; echo '\gexec'; } |
-    psql_as -d "$d" >/dev/null
+    psql_as -d "$(db "$d")" >/dev/null
 done
 
 echo "rewriting personal data in $DB with $SQL"
-pg_session "-c cowfs.key=$COWFS_HOOK_KEY" -d "$DB" <"$SQL"
+pg_session "-c cowfs.key=$COWFS_HOOK_KEY" -d "$(db "$DB")" <"$SQL"
+# Foreign keys' actions (ON UPDATE CASCADE, ON DELETE SET NULL, ...) and checks
+# do not run in replica mode: a site SQL that counts on them to rewrite the
+# referencing rows leaves the original values there. Every foreign key must
+# still hold; one that does not fails the hook (the clone is deleted). Each
+# table's own constraint: a partitioned table's is checked on its partitions.
+echo "checking the foreign keys in $DB"
+psql_as -d "$(db "$DB")" <<'EOF'
+DO $$
+DECLARE
+  r record;
+  bad boolean;
+BEGIN
+  FOR r IN
+    SELECT c.conname, c.conrelid::regclass AS child, c.confrelid::regclass AS parent,
+           (SELECT string_agg(format('c.%I', attname), ',' ORDER BY n)
+              FROM unnest(c.conkey) WITH ORDINALITY k(a, n)
+              JOIN pg_attribute ON attrelid = c.conrelid AND attnum = k.a) AS ccols,
+           (SELECT string_agg(format('p.%I', attname), ',' ORDER BY n)
+              FROM unnest(c.confkey) WITH ORDINALITY k(a, n)
+              JOIN pg_attribute ON attrelid = c.confrelid AND attnum = k.a) AS pcols
+      FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+     WHERE c.contype = 'f' AND t.relkind <> 'p'
+  LOOP
+    EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s c WHERE ROW(%s) IS NOT NULL
+                      AND NOT EXISTS (SELECT FROM %s p WHERE ROW(%s) = ROW(%s)))',
+                   r.child, r.ccols, r.parent, r.pcols, r.ccols) INTO bad;
+    IF bad THEN
+      RAISE EXCEPTION 'foreign key % of % no longer holds after the site SQL (its ON UPDATE/ON DELETE actions do not run in replica mode: rewrite the referencing columns too)', r.conname, r.child;
+    END IF;
+  END LOOP;
+END $$;
+EOF
 
 echo "removing old row versions, index entries and statistics"
 for d in "${DBS[@]}"; do
-  psql_as -d "$d" <<'EOF'
+  psql_as -d "$(db "$d")" <<'EOF'
 DELETE FROM pg_statistic;
 DELETE FROM pg_statistic_ext_data;
 ANALYZE;
 VACUUM FULL;
+SELECT format('REINDEX DATABASE %I', current_database()) \gexec
 EOF
-  psql_as -d "$d" -c "REINDEX DATABASE \"$d\""
 done
 echo "enabling again what fires in replica mode"
 for d in "${DBS[@]}"; do
-  [ -z "${RESTORE[$d]}" ] || psql_as -d "$d" <<<"${RESTORE[$d]}"
+  [ -z "${RESTORE[$d]}" ] || psql_as -d "$(db "$d")" <<<"${RESTORE[$d]}"
 done
 psql_as -d postgres -c "CHECKPOINT"
 

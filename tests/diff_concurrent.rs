@@ -233,3 +233,40 @@ fn a_pool_filling_during_a_diff_reports_enospc_and_recovers_after_it() {
     let report = p.fsck(&FsckOptions::default()).unwrap();
     assert!(report.is_clean(), "{report:?}");
 }
+
+/// `df` while a diff pins its trees: blocks freed meanwhile are held once their
+/// commit is durable, so they are no room until the diff ends, and statfs does
+/// not show them free in between (it counted the running transaction's frees as
+/// free at once, and lost them again two commits later).
+#[test]
+fn statfs_does_not_count_frees_a_pin_will_hold() {
+    let p = setup(Arc::new(MemDevice::new()));
+    let m = p.branch_id("main").unwrap();
+    let want = p.diff("s", "main").unwrap();
+    // Slack for the tree nodes and map pages the unlink and commits move.
+    let slack = 64;
+    let shown = std::sync::Mutex::new(0);
+    let (got, pauses, served) = diff_with(&p, |n| {
+        if n == 0 {
+            let before = p.statfs().bfree;
+            // Main's own copy of the big file: 4,096 blocks only main holds.
+            p.unlink(m, ROOT_INO, b"big").unwrap();
+            let freed = p.statfs().bfree;
+            p.commit().unwrap();
+            p.commit().unwrap();
+            let held = p.statfs().bfree;
+            assert!(
+                freed <= held + slack,
+                "df showed {} blocks free that the pin then held",
+                freed - held
+            );
+            assert!(held + slack >= before, "{before} -> {held}");
+            *shown.lock().unwrap() = held;
+        }
+    });
+    assert_eq!(served, pauses);
+    assert_eq!(got, want);
+    // Unpinned: the 4,096 blocks are room again.
+    p.commit().unwrap();
+    assert!(p.statfs().bfree >= *shown.lock().unwrap() + 4000);
+}

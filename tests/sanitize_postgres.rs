@@ -308,6 +308,12 @@ fn pg_hook_fires_no_trigger_or_rule_of_the_clone() {
              CREATE TRIGGER audit_replica AFTER UPDATE ON users
                FOR EACH ROW EXECUTE FUNCTION audit();
              ALTER TABLE users ENABLE REPLICA TRIGGER audit_replica;
+             CREATE TRIGGER audit_hidden AFTER UPDATE ON users
+               FOR EACH ROW EXECUTE FUNCTION audit();
+             ALTER TABLE users ENABLE ALWAYS TRIGGER audit_hidden;
+             -- A superuser may mark it internal, as the system's own triggers
+             -- (foreign keys) are.
+             UPDATE pg_trigger SET tgisinternal = true WHERE tgname = 'audit_hidden';
              CREATE RULE keep_origin AS ON UPDATE TO users
                DO ALSO INSERT INTO audit_log VALUES ('keep_origin', OLD.name);
              CREATE RULE keep_always AS ON UPDATE TO users
@@ -331,7 +337,8 @@ fn pg_hook_fires_no_trigger_or_rule_of_the_clone() {
         c.sql(
             "postgres",
             "SELECT string_agg(n || '=' || e, ' ' ORDER BY n) FROM (
-               SELECT tgname::text, tgenabled::text FROM pg_trigger WHERE NOT tgisinternal
+               SELECT tgname::text, tgenabled::text FROM pg_trigger
+                 WHERE NOT tgisinternal OR tgname = 'audit_hidden'
                UNION ALL SELECT rulename::text, ev_enabled::text FROM pg_rewrite
                  WHERE ev_class = 'users'::regclass
                UNION ALL SELECT evtname::text, evtenabled::text FROM pg_event_trigger) s(n, e)",
@@ -340,8 +347,8 @@ fn pg_hook_fires_no_trigger_or_rule_of_the_clone() {
     let parent_states = states(&parent);
     assert_eq!(
         parent_states,
-        "audit_always=A audit_origin=O audit_replica=R keep_always=A keep_origin=O \
-         keep_replica=R snap_always=A snap_origin=O snap_replica=R"
+        "audit_always=A audit_hidden=A audit_origin=O audit_replica=R keep_always=A \
+         keep_origin=O keep_replica=R snap_always=A snap_origin=O snap_replica=R"
     );
     server.stop();
 
@@ -449,6 +456,140 @@ fn pg_hook_ignores_the_clones_code_and_path_settings() {
     );
     let report = run_noop_hook(base, &clone).unwrap_or_else(|e| panic!("{e}"));
     assert!(report.output.contains("sanitized"), "{}", report.output);
+}
+
+/// Names in the clone are the clone writer's: the hook must take each one as a
+/// name. A database named like a libpq connection string (psql reads a `-d`
+/// holding `=` as one, whose `host` outranks `-h`) made the hook connect to
+/// another server on the host through its Unix socket, where it rolled back
+/// prepared transactions, dropped replication slots and ran VACUUM FULL; names
+/// with quotes broke REINDEX, and a newline in a trigger's name or a
+/// database's broke the lists the hook reads them from.
+#[test]
+fn pg_hook_takes_the_clones_names_as_names() {
+    // Short: a database name holds the other server's socket path (63 bytes
+    // at most).
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-pgn-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = tmp.path();
+    // Another cluster of the host, with a replication slot.
+    let other = Cluster::new(&base.join("o/pg"), &base.join("o/s"), true);
+    let other_server = other.start();
+    other.sql(
+        "postgres",
+        "SELECT pg_create_physical_replication_slot('other_slot')",
+    );
+    let redirect = format!("host={} dbname=postgres", other.sock.display());
+    assert!(redirect.len() < 64, "{redirect}");
+
+    let parent = Cluster::new(&base.join("p/pg"), &base.join("p/s"), true);
+    let server = parent.start();
+    let odd = "we\"ird 'db'\nname";
+    for db in [redirect.as_str(), odd] {
+        let quoted = db.replace('"', "\"\"");
+        parent.sql("postgres", &format!("CREATE DATABASE \"{quoted}\""));
+    }
+    let tables = "CREATE TABLE \"t\"\"q\" (v text);
+         CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER \"a\nb \"\"c\"\"\" AFTER UPDATE ON \"t\"\"q\" FOR EACH ROW EXECUTE FUNCTION f();
+         ALTER TABLE \"t\"\"q\" ENABLE ALWAYS TRIGGER \"a\nb \"\"c\"\"\";
+         CREATE TRIGGER \"r;\nx\" AFTER UPDATE ON \"t\"\"q\" FOR EACH ROW EXECUTE FUNCTION f();
+         ALTER TABLE \"t\"\"q\" ENABLE REPLICA TRIGGER \"r;\nx\";";
+    // The odd database is reached through a connection string: psql takes
+    // the name from -d only as one.
+    let odd_conn = format!(
+        "dbname='{}'",
+        odd.replace('\\', "\\\\").replace('\'', "\\'")
+    );
+    parent.sql(&odd_conn, tables);
+    let states = |c: &Cluster| {
+        c.sql(
+            &odd_conn,
+            "SELECT string_agg(quote_ident(tgname) || '=' || tgenabled::text, ' ' ORDER BY tgname)
+               FROM pg_trigger WHERE NOT tgisinternal",
+        )
+    };
+    let parent_states = states(&parent);
+    assert_eq!(parent_states, "\"a\nb \"\"c\"\"\"=A \"r;\nx\"=R");
+    server.stop();
+
+    copy_clone(&parent.data, &base.join("clone"));
+    let report = run_noop_hook(base, &base.join("clone"));
+    assert_eq!(
+        other.sql(
+            "postgres",
+            "SELECT string_agg(slot_name, ',') FROM pg_replication_slots"
+        ),
+        "other_slot",
+        "the hook dropped a replication slot of another server"
+    );
+    other_server.stop();
+    let report = report.unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.output.contains("sanitized"), "{}", report.output);
+    let clone = Cluster::new(&base.join("clone/pg"), &base.join("c/s"), false);
+    let server = clone.start();
+    assert_eq!(
+        states(&clone),
+        parent_states,
+        "the clone's triggers changed"
+    );
+    server.stop();
+}
+
+/// The site SQL runs in replica mode, where foreign keys' actions do not run
+/// (their triggers fire in origin mode only): a site SQL that rewrites the
+/// referenced emails and counts on ON UPDATE CASCADE for the rest left the
+/// original emails in the referencing rows of a clone the hook called
+/// sanitized. The hook checks every foreign key after the site SQL and fails
+/// (the clone is deleted) when one no longer holds.
+#[test]
+fn pg_hook_fails_when_a_foreign_key_action_did_not_run() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-sanitize-pgfk-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = tmp.path();
+    let ppl = people(20, 41);
+    let originals: Vec<String> = ppl.iter().map(|p| p.email.clone()).collect();
+    let parent = Cluster::new(&base.join("parent/pg"), &base.join("sock-parent"), true);
+    let server = parent.start();
+    let rows: Vec<String> = ppl
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("({i}, '{}')", p.email))
+        .collect();
+    parent.sql(
+        "postgres",
+        &format!(
+            "CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE);
+             INSERT INTO users VALUES {};
+             CREATE TABLE orders (id serial, user_email text
+               REFERENCES users (email) ON UPDATE CASCADE ON DELETE SET NULL);
+             INSERT INTO orders (user_email) SELECT email FROM users;
+             CHECKPOINT;",
+            rows.join(",")
+        ),
+    );
+    server.stop();
+    copy_clone(&parent.data, &base.join("clone"));
+    let report = run_sql_hook(
+        base,
+        &base.join("clone"),
+        "UPDATE users SET email = 'p' || md5(email) || '@example.invalid';\n",
+    );
+    match report {
+        Err(SanitizeError::HookFailed { output, .. }) => {
+            assert!(output.contains("foreign key"), "{output}")
+        }
+        r => panic!(
+            "{r:?}: original values in the clone: {:?}",
+            byte_search(&base.join("clone/pg"), &originals).len()
+        ),
+    }
 }
 
 /// `clone` (mode 0755) holding a copy of the stopped cluster `data` at pg/, as a

@@ -806,8 +806,14 @@ impl Pool {
         // which any change that needs them forces (`Engine::retry_after_commit`,
         // `commit_for_room`): free for `df` at once, as ext4 shows them, rather
         // than two commits after the `rm`. They are in the pool file already, so
-        // the host's room does not limit them.
-        let freed = e.st.space.pending_free_count() as u64;
+        // the host's room does not limit them. Not while a diff pins its trees:
+        // its pin holds them past their commit (`SpaceMap::pin`), so they are
+        // no room until it ends.
+        let freed = if e.st.space.pinned() {
+            0
+        } else {
+            e.st.space.pending_free_count() as u64
+        };
         // Limited by the host filesystem of a pool file, as the allocator is.
         let avail = e.st.available() + freed;
         // Blocks held back for commits and for deletes are free but not usable by

@@ -1002,6 +1002,11 @@ impl SpaceMap {
         self.held.pin();
     }
 
+    /// Whether a pin exists: blocks freed now are held past their quarantine.
+    pub fn pinned(&self) -> bool {
+        self.held.pinned()
+    }
+
     /// Drop a pin; the last one makes the held blocks allocatable.
     pub fn unpin(&mut self) {
         if self.held.unpin() {
