@@ -21,6 +21,92 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8")
 }
 
+/// A thread exchanging two paths (RENAME_EXCHANGE) over and over until dropped;
+/// it fails (EBUSY) while either is a mount point. `pause` holds it off while a
+/// test looks at a mount: an exchange racing with the mount can leave it on the
+/// directory's new name.
+struct Swapper {
+    paused: std::sync::Arc<std::sync::Mutex<()>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Swapper {
+    fn start(a: &Path, b: &Path) -> Swapper {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).expect("path");
+        let (ca, cb) = (c(a), c(b));
+        let paused = std::sync::Arc::new(std::sync::Mutex::new(()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (stop, paused) = (stop.clone(), paused.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _g = paused.lock().expect("lock");
+                    // SAFETY: two valid NUL-terminated paths.
+                    unsafe {
+                        libc::renameat2(
+                            libc::AT_FDCWD,
+                            ca.as_ptr(),
+                            libc::AT_FDCWD,
+                            cb.as_ptr(),
+                            libc::RENAME_EXCHANGE,
+                        )
+                    };
+                }
+            })
+        };
+        Swapper {
+            paused,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn pause(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.paused.lock().expect("lock")
+    }
+}
+
+impl Drop for Swapper {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("swapper");
+        }
+    }
+}
+
+/// Where this pool's `branch` is mounted: other tests of this file mount a
+/// branch of that name of their own pool meanwhile, which must not be seen
+/// (nor unmounted).
+fn mounts_of(d: &Daemon, branch: &str) -> Vec<PathBuf> {
+    let source = format!("{}:{branch} ", d.pool_path.display());
+    let all = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    all.lines()
+        .filter(|l| l.contains(&source))
+        .filter_map(|l| l.split_whitespace().nth(4).map(PathBuf::from))
+        .collect()
+}
+
+/// Detach mounts of `branch` from outside (`umount -l`) and wait until the
+/// daemon, once their sessions end, lists none.
+fn detach(agent: &mut cowfs_ctl::Client, branch: &str, points: &[PathBuf]) {
+    for p in points {
+        let st = Command::new("umount").arg("-l").arg(p).status();
+        assert!(
+            st.expect("umount -l").success(),
+            "umount -l {}",
+            p.display()
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !agent.info(branch).expect("info").mounts.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "still mounted");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn forbidden<T: std::fmt::Debug>(what: &str, r: Result<T, ClientError>, says: &str) {
     match r {
         Err(ClientError::Server(e)) => {
@@ -214,10 +300,6 @@ fn unmount_after_an_outside_lazy_unmount_leaves_the_new_mount_alone() {
 /// again: the host directory must never get the mount.
 #[test]
 fn a_mount_point_swapped_for_a_symlink_after_the_check_is_never_followed() {
-    use std::os::unix::ffi::OsStrExt;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
-
     let d = Daemon::start();
     let agent_s = d.token("agent", &["branch:main"]);
     let mut agent = d.client(&agent_s);
@@ -230,79 +312,30 @@ fn a_mount_point_swapped_for_a_symlink_after_the_check_is_never_followed() {
     let (m, alt) = (own.join("m"), own.join("alt"));
     std::fs::create_dir(&m).expect("mkdir m");
     std::os::unix::fs::symlink(&victim, &alt).expect("symlink");
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).expect("path");
-    let (cm, calt) = (c(&m), c(&alt));
-    let exchange = move || {
-        // SAFETY: two valid NUL-terminated paths.
-        unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                cm.as_ptr(),
-                libc::AT_FDCWD,
-                calt.as_ptr(),
-                libc::RENAME_EXCHANGE,
-            )
-        }
-    };
-
-    // Held by the swapper for each exchange, by the test while it looks at a
-    // mount: an exchange racing with the mount can leave it on the directory's
-    // new name.
-    let paused = Arc::new(Mutex::new(()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let swapper = {
-        let (stop, paused) = (stop.clone(), paused.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let _g = paused.lock().expect("lock");
-                // Fails (EBUSY) while `m` is a mount point.
-                exchange();
-            }
-        })
-    };
-    // This pool's `a1` only: other tests of this file mount an `a1` of their
-    // own pool meanwhile, which this one must not see (nor unmount).
-    let source = format!("{}:a1 ", d.pool_path.display());
-    let mounted_on = || {
-        let all = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-        all.lines()
-            .filter(|l| l.contains(&source))
-            .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
-            .collect::<Vec<_>>()
-    };
+    let swapper = Swapper::start(&m, &alt);
     let (mut landed, mut refused, mut on_victim) = (0, 0, false);
     for _ in 0..1000 {
         let r = agent.mount("a1", s(&m), false);
-        let _g = paused.lock().expect("lock");
+        let _g = swapper.pause();
         if r.is_err() {
             refused += 1;
             continue;
         }
         landed += 1;
-        let points = mounted_on();
-        on_victim = points.iter().any(|p| Path::new(p) == victim);
+        let points = mounts_of(&d, "a1");
+        on_victim = points.contains(&victim);
         if on_victim {
             break;
         }
-        if points == [s(&m)] {
+        if points == [m.clone()] {
             agent.unmount(s(&m)).expect("unmount");
             continue;
         }
         // On the directory's new name (`alt`, still below the root): the
-        // exchange raced with the mount. Detached here, and forgotten by the
-        // daemon once its session ends.
-        for p in &points {
-            let st = Command::new("umount").arg("-l").arg(p).status();
-            assert!(st.expect("umount -l").success(), "umount -l {p}");
-        }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !agent.info("a1").expect("info").mounts.is_empty() {
-            assert!(std::time::Instant::now() < deadline, "still mounted");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        // exchange raced with the mount.
+        detach(&mut agent, "a1", &points);
     }
-    stop.store(true, Ordering::Relaxed);
-    swapper.join().expect("swapper");
+    drop(swapper);
     assert!(
         !on_victim && !is_mountpoint(&victim),
         "the branch was mounted on the host directory {} (after {landed} mounts, {refused} refusals)",
@@ -467,10 +500,7 @@ fn a_token_mounts_only_where_its_user_may_write() {
 /// directory; checked on the directory held open, none can.
 #[test]
 fn a_directory_swapped_in_after_the_write_check_is_never_mounted_on() {
-    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
 
     const UID: u32 = 4001;
     let d = Daemon::start();
@@ -482,52 +512,17 @@ fn a_directory_swapped_in_after_the_write_check_is_never_mounted_on() {
     // `m` and `alt`: the agent's directory and root's (0755), in either order.
     let (m, alt) = (d.dir("m"), d.dir("alt"));
     chown(&m, Some(UID), Some(UID)).expect("chown");
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).expect("path");
-    let (cm, calt) = (c(&m), c(&alt));
-    let exchange = move || {
-        // SAFETY: two valid NUL-terminated paths.
-        unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                cm.as_ptr(),
-                libc::AT_FDCWD,
-                calt.as_ptr(),
-                libc::RENAME_EXCHANGE,
-            )
-        }
-    };
-    // Held by the swapper for each exchange, by the test while it looks at a
-    // mount.
-    let paused = Arc::new(Mutex::new(()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let swapper = {
-        let (stop, paused) = (stop.clone(), paused.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let _g = paused.lock().expect("lock");
-                // Fails (EBUSY) while either is a mount point.
-                exchange();
-            }
-        })
-    };
-    let source = format!("{}:a1 ", d.pool_path.display());
-    let mounted_on = || {
-        let all = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-        all.lines()
-            .filter(|l| l.contains(&source))
-            .filter_map(|l| l.split_whitespace().nth(4).map(PathBuf::from))
-            .collect::<Vec<_>>()
-    };
+    let swapper = Swapper::start(&m, &alt);
     let (mut landed, mut refused, mut on_theirs) = (0, 0, None);
     for _ in 0..1000 {
         let r = agent.mount("a1", s(&m), false);
-        let _g = paused.lock().expect("lock");
+        let _g = swapper.pause();
         if r.is_err() {
             refused += 1;
             continue;
         }
         landed += 1;
-        let points = mounted_on();
+        let points = mounts_of(&d, "a1");
         assert_eq!(points.len(), 1, "{points:?}");
         // The directory mounted on is hidden; the other one, not mounted on,
         // tells which it is.
@@ -539,21 +534,13 @@ fn a_directory_swapped_in_after_the_write_check_is_never_mounted_on() {
             agent.unmount(s(&m)).expect("unmount");
         } else {
             // On the directory's new name: an exchange raced with the mount.
-            // Detached here, and forgotten by the daemon once its session ends.
-            let st = Command::new("umount").arg("-l").arg(&points[0]).status();
-            assert!(st.expect("umount -l").success(), "umount -l {points:?}");
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while !agent.info("a1").expect("info").mounts.is_empty() {
-                assert!(std::time::Instant::now() < deadline, "still mounted");
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
+            detach(&mut agent, "a1", &points);
         }
         if on_theirs.is_some() {
             break;
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    swapper.join().expect("swapper");
+    drop(swapper);
     assert_eq!(
         on_theirs, None,
         "the branch was mounted on root's directory (after {landed} mounts, {refused} refusals)"

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use cowfs::fs::{Owner, ROOT_INO};
-use cowfs::pool::{FsckOptions, Pool, PoolOptions, FALLOCATE_STEP};
+use cowfs::pool::{BranchId, FsckOptions, Pool, PoolOptions, FALLOCATE_STEP};
 use cowfs::store::device::MemDevice;
 
 fn pool(capacity: u64) -> Pool {
@@ -21,6 +21,24 @@ fn pool(capacity: u64) -> Pool {
     Pool::create_on(Arc::new(MemDevice::new()), &opts).expect("create")
 }
 
+/// A pool of `capacity` bytes with an empty file `big` in `main`: the pool, the
+/// branch and the file's inode.
+fn pool_with_file(capacity: u64) -> (Pool, BranchId, u64) {
+    let p = pool(capacity);
+    let b = p.branch_id("main").unwrap();
+    let f = p
+        .mknod(
+            b,
+            ROOT_INO,
+            b"big",
+            libc::S_IFREG | 0o644,
+            0,
+            Owner::default(),
+        )
+        .expect("mknod");
+    (p, b, f.ino)
+}
+
 fn clean(p: &Pool) {
     let r = p.fsck(&FsckOptions::default()).expect("fsck");
     assert!(r.is_clean(), "fsck:\n{r}");
@@ -28,30 +46,19 @@ fn clean(p: &Pool) {
 
 #[test]
 fn a_long_fallocate_commits_between_steps() {
-    let p = pool(8 << 30);
-    let b = p.branch_id("main").unwrap();
-    let f = p
-        .mknod(
-            b,
-            ROOT_INO,
-            b"big",
-            libc::S_IFREG | 0o644,
-            0,
-            Owner::default(),
-        )
-        .expect("mknod");
+    let (p, b, ino) = pool_with_file(8 << 30);
     let len = 3 * FALLOCATE_STEP + 12_345;
     let g0 = p.generation();
-    p.fallocate(b, f.ino, 0, len, false).expect("fallocate");
+    p.fallocate(b, ino, 0, len, false).expect("fallocate");
     let commits = p.generation() - g0;
     assert!(
         commits >= 3,
         "{commits} commits during a fallocate of 4 steps"
     );
-    assert_eq!(p.getattr(b, f.ino).unwrap().size, len);
-    let tail = p.read_file(b, f.ino, len - 5000, 8192).unwrap();
+    assert_eq!(p.getattr(b, ino).unwrap().size, len);
+    let tail = p.read_file(b, ino, len - 5000, 8192).unwrap();
     assert_eq!(tail, vec![0u8; 5000], "the last step's bytes read as zeros");
-    let blocks = p.getattr(b, f.ino).unwrap().blocks * 512;
+    let blocks = p.getattr(b, ino).unwrap().blocks * 512;
     assert!(blocks >= len, "{blocks} bytes allocated for {len}");
     p.commit().unwrap();
     clean(&p);
@@ -59,23 +66,12 @@ fn a_long_fallocate_commits_between_steps() {
 
 #[test]
 fn a_fallocate_that_does_not_fit_keeps_its_whole_steps() {
-    let p = pool(FALLOCATE_STEP * 5 / 2);
-    let b = p.branch_id("main").unwrap();
-    let f = p
-        .mknod(
-            b,
-            ROOT_INO,
-            b"big",
-            libc::S_IFREG | 0o644,
-            0,
-            Owner::default(),
-        )
-        .expect("mknod");
+    let (p, b, ino) = pool_with_file(FALLOCATE_STEP * 5 / 2);
     let err = p
-        .fallocate(b, f.ino, 0, 4 * FALLOCATE_STEP, false)
+        .fallocate(b, ino, 0, 4 * FALLOCATE_STEP, false)
         .unwrap_err();
     assert_eq!(err.errno(), libc::ENOSPC, "{err}");
-    let size = p.getattr(b, f.ino).unwrap().size;
+    let size = p.getattr(b, ino).unwrap().size;
     assert_eq!(size, 2 * FALLOCATE_STEP, "the two steps that fit are kept");
     p.commit().unwrap();
     clean(&p);
@@ -83,7 +79,7 @@ fn a_fallocate_that_does_not_fit_keeps_its_whole_steps() {
     let used = p.used_blocks();
     p.setattr(
         b,
-        f.ino,
+        ino,
         &cowfs::fs::SetAttr {
             size: Some(0),
             ..Default::default()
@@ -103,26 +99,15 @@ fn a_fallocate_that_does_not_fit_keeps_its_whole_steps() {
 /// file, then the second failed with EFBIG.
 #[test]
 fn a_fallocate_past_the_largest_file_changes_nothing() {
-    let p = pool(4 << 30);
-    let b = p.branch_id("main").unwrap();
-    let f = p
-        .mknod(
-            b,
-            ROOT_INO,
-            b"big",
-            libc::S_IFREG | 0o644,
-            0,
-            Owner::default(),
-        )
-        .expect("mknod");
+    let (p, b, ino) = pool_with_file(4 << 30);
     let used = p.used_blocks();
     for keep_size in [false, true] {
         let off = (1u64 << 63) - 2 * FALLOCATE_STEP;
         let err = p
-            .fallocate(b, f.ino, off, 2 * FALLOCATE_STEP, keep_size)
+            .fallocate(b, ino, off, 2 * FALLOCATE_STEP, keep_size)
             .unwrap_err();
         assert_eq!(err.errno(), libc::EFBIG, "{err}");
-        let a = p.getattr(b, f.ino).unwrap();
+        let a = p.getattr(b, ino).unwrap();
         assert_eq!((a.size, a.blocks), (0, 0), "keep_size {keep_size}");
         assert_eq!(p.used_blocks(), used, "keep_size {keep_size}");
     }
