@@ -170,6 +170,8 @@ fn rm_of_a_big_file_on_a_full_pool() {
     // it began. The delete slop follows the map leaves in use, and on a pool
     // filled to the brim that is every leaf, as when it covered every page.
     pool.unlink(b, ROOT_INO, b"fill").expect("rm fill");
+    // `fill` (over 1 GiB) is freed in steps by the pool's freeing thread: wait.
+    pool.finish_frees();
     pool.commit().unwrap();
     for i in 0..made {
         let name = format!("x{i}");

@@ -12,7 +12,7 @@ use crate::btree::{tree, Key};
 /// limit into the page cache and hears our refusal only at writeback, when the
 /// write(2) has already succeeded and the data is lost.
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
-const END_BLOCK: u64 = u64::MAX / BS;
+pub(super) const END_BLOCK: u64 = u64::MAX / BS;
 
 /// What a write does to the file's mtime and ctime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

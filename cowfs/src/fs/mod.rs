@@ -4,6 +4,7 @@
 
 pub mod dir;
 pub mod file;
+pub mod free_steps;
 pub mod inode;
 pub mod items;
 mod logged;

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod diff;
 mod diff_aspects;
 mod diff_steps;
+mod free_steps;
 pub mod fsck;
 mod fsck_xattr;
 mod fsync_log;
@@ -20,7 +21,7 @@ pub mod usage;
 #[cfg(test)]
 mod xattr_tests;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -80,12 +81,6 @@ impl EngineLock {
     fn lock(&self) -> std::sync::MutexGuard<'_, Engine> {
         self.0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn get_mut(&mut self) -> &mut Engine {
-        self.0
-            .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
@@ -242,6 +237,10 @@ pub(crate) struct Engine {
     /// so after the snapshot was deleted their blocks stayed in use until the
     /// next mount; `free_stuck_orphans` tries them again once blocks were freed.
     stuck_orphans: BTreeSet<(BranchId, u64)>,
+    /// Big orphans being freed in steps, in order (free_steps.rs).
+    stepping: VecDeque<(BranchId, u64)>,
+    /// Wakes the freeing thread when `stepping` gets an orphan.
+    freer: Arc<free_steps::Freer>,
     /// Blocks in use after the last attempt on `stuck_orphans` failed: the next
     /// one waits until fewer are (room may have come back).
     stuck_used: u64,
@@ -255,10 +254,14 @@ pub(crate) struct Engine {
 }
 
 pub struct Pool {
-    e: EngineLock,
+    /// Shared with the freeing thread (free_steps.rs).
+    e: Arc<EngineLock>,
     name: PathBuf,
     running_gen: Arc<AtomicU64>,
     reads: Arc<ReadCounts>,
+    freer: Arc<free_steps::Freer>,
+    /// The freeing thread; stopped and joined on drop.
+    freeing: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Reads in flight outside the pool lock, by slot. Every commit flips the slot new
@@ -414,7 +417,7 @@ impl Pool {
             name.display(),
             capacity
         );
-        Ok(Pool::wrap(e, name))
+        Pool::wrap(e, name)
     }
 
     /// Open a pool on any block device: the valid superblock slot with the highest
@@ -485,7 +488,7 @@ impl Pool {
                         sb.generation,
                         e.branches.len()
                     );
-                    Ok(Pool::wrap(e, name))
+                    Pool::wrap(e, name)
                 }
                 Err(err) => {
                     log::error!(
@@ -529,13 +532,24 @@ impl Pool {
         .into())
     }
 
-    fn wrap(e: Engine, name: PathBuf) -> Pool {
-        Pool {
-            running_gen: e.running_gen.clone(),
-            reads: e.reads.clone(),
-            e: EngineLock(std::sync::Mutex::new(e)),
+    fn wrap(e: Engine, name: PathBuf) -> PoolResult<Pool> {
+        let freer = e.freer.clone();
+        let running_gen = e.running_gen.clone();
+        let reads = e.reads.clone();
+        let e = Arc::new(EngineLock(std::sync::Mutex::new(e)));
+        let freeing =
+            free_steps::spawn(e.clone(), freer.clone()).map_err(|source| PoolError::Io {
+                path: name.clone(),
+                source,
+            })?;
+        Ok(Pool {
+            running_gen,
+            reads,
+            e,
             name,
-        }
+            freer,
+            freeing: Some(freeing),
+        })
     }
 
     /// Make every change completed before this call durable (fsync, syncfs). Calls
@@ -1120,9 +1134,17 @@ impl Pool {
         let blocks = Engine::write_blocks_of(off, data.len());
         // Inline bytes moved to an extent, removed; the inode.
         let size = OpSize::bytes(data.len() as u64, 4);
-        let r = e.logged_change(b, ino, blocks, size, |fs| {
-            fs.write_data_for_log(ino, off, data, times)
-        });
+        let write = |e: &mut Engine| {
+            e.logged_change(b, ino, blocks, size, |fs| {
+                fs.write_data_for_log(ino, off, data, times)
+            })
+        };
+        // A write that fails leaves the file as it was: once more if room came
+        // (`make_room`: orphans freed in steps may hold what it needs).
+        let r = match write(&mut e) {
+            Err(err) if e.make_room(err.errno()) => write(&mut e),
+            r => r,
+        };
         e.maybe_commit();
         r
     }
@@ -1352,7 +1374,8 @@ impl Drop for Pool {
     /// Final commit, then a seal if that commit was a one-flush one: a pool closed
     /// cleanly never depends on manifest verification.
     fn drop(&mut self) {
-        let e = self.e.get_mut();
+        free_steps::stop(&self.freer, self.freeing.take());
+        let mut e = self.e.lock();
         if let Err(err) = e.commit().and_then(|_| e.commit()) {
             log::error!("{}: final commit failed: {err}", self.name.display());
         }
@@ -1391,6 +1414,8 @@ impl Engine {
             quotas: quota::Quotas::default(),
             log: fsync_log::IntentLog::default(),
             stuck_orphans: BTreeSet::new(),
+            stepping: VecDeque::new(),
+            freer: Arc::default(),
             stuck_used: 0,
             ino_floor,
         }
@@ -1603,13 +1628,30 @@ impl Engine {
     /// failed, and a create or chmod right after `rm` failed, with ENOSPC until
     /// the commit timer came. As a write does (`commit_for_room`), and as ext4
     /// forces a journal commit, commit rather than report ENOSPC.
+    /// Orphans being freed in steps (free_steps.rs) are freed to the end first,
+    /// also for EDQUOT: their blocks still count to their branch's quota.
     fn retry_after_commit<T>(
         &mut self,
         mut op: impl FnMut(&mut Engine) -> FsResult<T>,
     ) -> FsResult<T> {
         match op(self) {
-            Err(e) if e.errno() == libc::ENOSPC && self.release_frees() => op(self),
+            Err(e) if self.make_room(e.errno()) => op(self),
             r => r,
+        }
+    }
+
+    /// After an operation failed with `errno`: if that is ENOSPC or EDQUOT, free
+    /// the orphans queued to be freed in steps, and for ENOSPC commit so that
+    /// blocks freed since the last commit are allocatable. Whether the operation
+    /// may find room now.
+    fn make_room(&mut self, errno: i32) -> bool {
+        match errno {
+            libc::ENOSPC => {
+                let stepped = self.finish_stepped_frees();
+                self.release_frees() || stepped
+            }
+            libc::EDQUOT => self.finish_stepped_frees(),
+            _ => false,
         }
     }
 
@@ -1662,28 +1704,17 @@ impl Engine {
     }
 
     /// Free orphan `ino` of branch `b` (no name left, no handle) as a removal on
-    /// the delete slop (`on_slop`); nothing if it is not an orphan (any more). One
+    /// the delete slop (`on_slop`); nothing if it is not an orphan (any more). A
+    /// big one (`FsTree::frees_in_steps`) is queued to be freed in steps by the
+    /// freeing thread (free_steps.rs) instead: it stays an orphan until then. One
     /// that finds no room stays on the orphan list, whole, and is noted in
     /// `stuck_orphans` to be tried again once room comes back.
     fn free_orphan(&mut self, b: BranchId, ino: u64) -> FsResult<()> {
-        let r = self.on_slop(true, |e| {
-            e.with_fs(b, true, |fs| match fs.inode(ino) {
-                Ok(i) if i.nlink == 0 => fs.free_inode(ino),
-                _ => Ok(()),
-            })
-        });
-        match &r {
-            Err(err) if err.errno() == libc::ENOSPC => {
-                // Not lost: tried again (`free_stuck_orphans`, the next mount).
-                log::info!("inode {ino} stays an orphan until there is room to free it: {err}");
-                self.stuck_orphans.insert((b, ino));
-                self.stuck_used = self.st.space.used();
-            }
-            _ => {
-                self.stuck_orphans.remove(&(b, ino));
-            }
+        if self.with_fs(b, false, |fs| fs.frees_in_steps(ino))? {
+            self.queue_free(b, ino);
+            return Ok(());
         }
-        r
+        self.free_orphan_part(b, ino, true).map(|_| ())
     }
 
     /// Try the orphans that found no room to be freed (`stuck_orphans`) again,
