@@ -69,6 +69,9 @@ impl Freer {
     }
 }
 
+/// How long the freeing thread leaves the pool lock free between two steps.
+const STEP_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Start the pool's freeing thread.
 pub(super) fn spawn(e: Arc<EngineLock>, freer: Arc<Freer>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -80,9 +83,13 @@ pub(super) fn spawn(e: Arc<EngineLock>, freer: Arc<Freer>) -> std::io::Result<Jo
                     if !e.lock().free_step() {
                         break;
                     }
-                    // Taken again at once, the lock would mostly go back to this
-                    // thread before a woken waiter runs: let the waiters go first.
-                    std::thread::yield_now();
+                    // The pool lock is not fair: a waiter the unlock wakes must
+                    // first be scheduled, and with only a yield here this thread
+                    // took the lock back first nearly every time (a getattr
+                    // waited 572-598 ms, the whole 40 GiB free, in
+                    // benches/unlink_stall.rs). A pause of a small fraction of a
+                    // step (one is 15-20 ms) lets the waiters in.
+                    std::thread::sleep(STEP_PAUSE);
                 }
             }
         })
