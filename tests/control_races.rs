@@ -47,9 +47,11 @@ name = "gate"
 command = "touch \"$GATE.started\"; while [ ! -e \"$GATE\" ]; do sleep 0.05; done"
 env = {{ GATE = "{gate}" }}
 timeout_secs = 60
+read_write_paths = ["{dir}"]
 "#,
         scratch = scratch.display(),
         gate = gate.display(),
+        dir = gate.parent().expect("the gate's directory").display(),
     )
 }
 
@@ -145,7 +147,9 @@ fn assert_fsck_clean(d: &Daemon) {
 fn a_create_whose_mount_fails_leaves_the_parents_quota_as_it_was() {
     let _serial = serial();
     let gates = tempfile::tempdir().expect("tempdir");
-    let gate = Gate(gates.path().join("gate"));
+    // The hook's one writable host directory: not the one holding scratch.
+    std::fs::create_dir(gates.path().join("g")).expect("g");
+    let gate = Gate(gates.path().join("g/gate"));
     let config = gate_config(&gate.0, &gates.path().join("scratch"));
     std::fs::create_dir(gates.path().join("scratch")).expect("scratch");
     let d = Daemon::start_with(Some(&config), 256 * MIB);

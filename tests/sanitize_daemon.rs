@@ -34,7 +34,8 @@ const CARDS: [&str; 2] = ["4111 1111 1111 1111", "5500005555555559"];
 const ENV_SECRET: &str = "DB_PASSWORD=hunter2-prod-only";
 
 fn config(base: &Path) -> String {
-    let gate = base.join("gate");
+    let gates = base.join("gates");
+    let gate = gates.join("gate");
     format!(
         r#"
 [sanitize]
@@ -63,31 +64,30 @@ timeout_secs = 2
 
 [[profiles.gate.hooks]]
 name = "gate"
-command = "{publish_pid}; touch \"$GATE.started\"; while [ ! -e \"$GATE\" ]; do sleep 0.05; done; echo released"
+command = "touch \"$GATE.started\"; while [ ! -e \"$GATE\" ]; do sleep 0.05; done; echo released"
 env = {{ GATE = "{gate}" }}
+read_write_paths = ["{gates}"]
 timeout_secs = 300
 
 [[profiles.scrub.hooks]]
 name = "scrub"
-command = "{publish_pid}; touch \"$GATE.started\"; while [ ! -e \"$GATE\" ]; do sleep 0.05; done; rm -rf \"$COWFS_CLONE_DIR/data\"; touch \"$GATE.scrubbed\"; sleep 1"
+command = "touch \"$GATE.started\"; while [ ! -e \"$GATE\" ]; do sleep 0.05; done; rm -rf \"$COWFS_CLONE_DIR/data\"; touch \"$GATE.scrubbed\"; sleep 1"
 env = {{ GATE = "{gate}" }}
+read_write_paths = ["{gates}"]
 timeout_secs = 300
 
 [[profiles.daemonizes.hooks]]
 name = "daemonizes"
-command = "setsid sh -c 'read -r pid rest < /proc/self/stat; echo $pid > \"$GATE.sleeper\"; exec sleep 1000' </dev/null >/dev/null 2>&1 & while [ ! -s \"$GATE.sleeper\" ]; do sleep 0.05; done; {publish_pid}; touch \"$GATE.started\"; while [ ! -e \"$GATE\" ]; do sleep 0.05; done"
+command = "setsid sh -c 'read -r pid rest < /proc/self/stat; echo $pid > \"$GATE.sleeper\"; exec sleep 1000' </dev/null >/dev/null 2>&1 & while [ ! -s \"$GATE.sleeper\" ]; do sleep 0.05; done; touch \"$GATE.started\"; while [ ! -e \"$GATE\" ]; do sleep 0.05; done"
 env = {{ GATE = "{gate}" }}
+read_write_paths = ["{gates}"]
 timeout_secs = 300
 "#,
         scratch = base.join("scratch").display(),
         gate = gate.display(),
-        publish_pid = PUBLISH_PID,
+        gates = gates.display(),
     )
 }
-
-/// Shell (in a TOML string): write the hook's pid to `$GATE.pid`, as the test
-/// sees it. A hook's `$$` is its PID namespace's; /proc is the test's.
-const PUBLISH_PID: &str = r#"read -r pid rest < /proc/self/stat; echo $pid > \"$GATE.pid\""#;
 
 /// A `cowfs serve --config` process; dropping it stops it (SIGTERM, then SIGKILL)
 /// and detaches any mount left under the test directory.
@@ -144,6 +144,8 @@ impl Env {
             .expect("tempdir");
         let base = tmp.path().canonicalize().expect("canonical");
         std::fs::create_dir(base.join("scratch")).expect("scratch");
+        // The gate hooks' files: the one host directory they may write to.
+        std::fs::create_dir(base.join("gates")).expect("gates");
         std::fs::write(base.join("cowfs.toml"), config(&base)).expect("config");
         let out = Command::new(BIN)
             .args(["init", "--size", "1G"])
@@ -200,7 +202,7 @@ impl Env {
     }
 
     fn gate(&self, suffix: &str) -> PathBuf {
-        let mut p = self.base.join("gate").into_os_string();
+        let mut p = self.base.join("gates/gate").into_os_string();
         p.push(suffix);
         PathBuf::from(p)
     }
@@ -239,9 +241,8 @@ impl Drop for Env {
         // still there (killing the hook ends its PID namespace, so whatever else
         // it started too).
         let _ = std::fs::write(self.gate(""), b"");
-        for file in [".pid", ".sleeper"] {
-            let pid = read_pid(&self.gate(file)).filter(|p| !gone_within(*p, 0));
-            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        for pid in marked(&self.gate("")) {
+            if let Ok(pid) = i32::try_from(pid) {
                 // SAFETY: kill(2) on a process the test's hook started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
@@ -250,13 +251,13 @@ impl Drop for Env {
     }
 }
 
-fn read_pid(file: &Path) -> Option<u32> {
-    std::fs::read_to_string(file).ok()?.trim().parse().ok()
-}
-
-/// Whether process `pid` is gone (or a zombie) within `secs` seconds.
-fn gone_within(pid: u32, secs: u64) -> bool {
-    let running = || {
+/// The live processes (host pids) whose environment has a variable set to
+/// `file`: the gate hooks (`GATE`) and what they started. Their own pids
+/// (/proc/self, `$$`) are those of their PID namespace, their /proc its own.
+fn marked(file: &Path) -> Vec<u32> {
+    let mut suffix = b"=".to_vec();
+    suffix.extend_from_slice(file.as_os_str().as_encoded_bytes());
+    let running = |pid: u32| {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
             .and_then(|s| {
@@ -265,8 +266,23 @@ fn gone_within(pid: u32, secs: u64) -> bool {
             })
             .is_some_and(|rest| !rest.starts_with('Z'))
     };
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v.ends_with(&suffix)))
+        })
+        .filter(|pid| running(*pid))
+        .collect()
+}
+
+/// Whether every process `marked` with `file` is gone within `secs` seconds.
+fn gone_within(file: &Path, secs: u64) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
-    while running() {
+    while !marked(file).is_empty() {
         if Instant::now() > deadline {
             return false;
         }
@@ -671,8 +687,14 @@ fn a_hook_that_leaves_a_process_running_fails_and_deletes_the_clone() {
     );
     assert_eq!((f.exit_code, f.signal, f.timed_out), (None, None, false));
     assert_eq!(f.processes_left, Some(1));
-    let sleeper = read_pid(&env.gate(".sleeper")).expect("sleeper pid");
-    assert!(gone_within(sleeper, 5), "the hook's sleeper outlived it");
+    assert!(
+        env.gate(".sleeper").exists(),
+        "the hook started its sleeper"
+    );
+    assert!(
+        gone_within(&env.gate(""), 5),
+        "the hook's sleeper outlived it"
+    );
     assert_eq!(kind(admin.info("left")), ErrorKind::NotFound);
     let left: Vec<_> = std::fs::read_dir(env.base.join("scratch"))
         .expect("scratch")
@@ -938,17 +960,16 @@ fn daemon_killed_during_a_hook_takes_what_the_hook_started_along() {
     make_prod(&env, &mut admin);
     let creator = env.create_in_background("doomed", "daemonizes");
     env.wait_gate_started();
-    let hook = read_pid(&env.gate(".pid")).expect("hook pid");
-    let sleeper = read_pid(&env.gate(".sleeper")).expect("sleeper pid");
+    // The hook and its sleeper.
+    assert!(
+        marked(&env.gate("")).len() >= 2,
+        "the hook and its sleeper run"
+    );
     served.kill();
     assert!(creator.join().expect("creator").is_err());
     assert!(
-        gone_within(hook, 5),
-        "the hook outlived the daemon that started it"
-    );
-    assert!(
-        gone_within(sleeper, 5),
-        "what the hook daemonized outlived the daemon"
+        gone_within(&env.gate(""), 5),
+        "the hook or what it daemonized outlived the daemon that started it"
     );
 }
 
@@ -994,7 +1015,7 @@ fn sigterm_while_sanitizing_kills_the_hook_and_deletes_the_clone() {
     make_prod(&env, &mut admin);
     let creator = env.create_in_background("stopped", "gate");
     env.wait_gate_started();
-    let pid = read_pid(&env.gate(".pid")).expect("hook pid");
+    assert!(!marked(&env.gate("")).is_empty(), "the hook runs");
     drop(admin);
     // The gate stays closed: the daemon must stop the hook itself, promptly.
     let start = Instant::now();
@@ -1005,7 +1026,7 @@ fn sigterm_while_sanitizing_kills_the_hook_and_deletes_the_clone() {
         start.elapsed()
     );
     assert!(creator.join().expect("creator").is_err());
-    assert!(gone_within(pid, 5), "the hook was killed");
+    assert!(gone_within(&env.gate(""), 5), "the hook was killed");
     assert!(!env.gate("").exists(), "the gate was never opened");
     // The clone was deleted at shutdown: the state file no longer names it.
     let state = std::fs::read_to_string(cowfs::control::sanitizing::state_path(

@@ -228,8 +228,9 @@ fn pg_hook_cleans_the_configured_log_directory() {
         );
     }
 
-    // Outside the clone: left alone.
-    let outside = base.join("host-logs");
+    // Outside the clone: left alone. In the directory the hook's sandbox
+    // shows it (`run_sql_hook`), so that the hook sees it to leave it alone.
+    let outside = base.join("sql/host-logs");
     let files = log_files(&outside);
     let clone = base.join("clone-out");
     copy_clone(&parent.data, &clone);
@@ -619,9 +620,12 @@ fn run_noop_hook(base: &Path, clone: &Path) -> Result<HookReport, SanitizeError>
 }
 
 /// Run the example PostgreSQL hook on `clone` with the site SQL `site_sql`
-/// (written to `base`), in database postgres.
+/// (written to `base/sql`), in database postgres.
 fn run_sql_hook(base: &Path, clone: &Path, site_sql: &str) -> Result<HookReport, SanitizeError> {
-    let sql = base.join("site.sql");
+    // In a directory of its own, which the hook's sandbox shows it (read-only).
+    let sql_dir = base.join("sql");
+    std::fs::create_dir_all(&sql_dir).unwrap();
+    let sql = sql_dir.join("site.sql");
     std::fs::write(&sql, site_sql).unwrap();
     let hook = cowfs::control::sanitize::config::Hook {
         name: "postgresql".into(),
@@ -641,6 +645,8 @@ fn run_sql_hook(base: &Path, clone: &Path, site_sql: &str) -> Result<HookReport,
         .into(),
         when_exists: None,
         network: false,
+        read_only_paths: vec![sql_dir],
+        read_write_paths: Vec::new(),
     };
     run_hook(
         &hook,

@@ -105,6 +105,20 @@ impl ControlServer {
             Some(path) => sanitize::SanitizeConfig::load(path)?,
             None => sanitize::SanitizeConfig::parse("", Path::new("."))?,
         };
+        // A hook's own host paths must not show the pool's branches (mounted in
+        // its mount roots, production among them) or the pool's files.
+        let mut checked = mount_roots
+            .iter()
+            .try_for_each(|r| profiles.refuse_host_paths_near("the pool's mount root", r))
+            .and_then(|()| profiles.refuse_host_paths_to_pool(pool.name()))
+            // A block device's files are kept elsewhere (`files::side_file`).
+            .and_then(|()| profiles.refuse_host_paths_to_pool(&files::side_file(pool.name(), "")));
+        if let (Err(sanitize::SanitizeError::Config { file, .. }), Some(path)) =
+            (&mut checked, config)
+        {
+            *file = Some(path.to_path_buf());
+        }
+        checked?;
         let key = sanitize::load_or_create_key(pool.name())?;
         let state = sanitizing::SanitizeState::open(&pool)?;
         // A daemon killed while a hook ran left the hooks' directory; its dead

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::detect::Detector;
 use super::hook::{find_program, hook_search_path};
+use super::sandbox::{OWN_DIRS, SYSTEM_DIRS};
 use super::SanitizeError;
 
 /// Hooks that do not say otherwise are killed after this long.
@@ -92,6 +93,12 @@ pub struct Hook {
     /// one of its own, with no interface up: it and what it starts on the
     /// clone's files reach nothing over the network.
     pub network: bool,
+    /// Host paths (absolute, resolved at load) the hook sees read-only, besides
+    /// the system directories, its program's directory and the clone (see
+    /// `sandbox`).
+    pub read_only_paths: Vec<PathBuf>,
+    /// Host paths the hook sees read-write.
+    pub read_write_paths: Vec<PathBuf>,
 }
 
 impl Rule {
@@ -142,10 +149,12 @@ impl SanitizeConfig {
             Some(d) => d,
             None => std::env::temp_dir(),
         };
-        Ok(SanitizeConfig {
+        let cfg = SanitizeConfig {
             profiles,
             scratch_dir,
-        })
+        };
+        cfg.refuse_host_paths_near("the scratch directory", &cfg.scratch_dir)?;
+        Ok(cfg)
     }
 
     /// The profile called `name`, or an error listing the known ones.
@@ -247,6 +256,10 @@ struct RawHook {
     when_exists: Option<String>,
     #[serde(default)]
     network: bool,
+    #[serde(default)]
+    read_only_paths: Vec<PathBuf>,
+    #[serde(default)]
+    read_write_paths: Vec<PathBuf>,
 }
 
 fn compile_profile(name: &str, p: RawProfile, base: &Path) -> Result<Profile, String> {
@@ -435,6 +448,21 @@ fn compile_hook(h: RawHook, base: &Path) -> Result<Hook, String> {
         Some(p) => Some(p.trim_matches('/').to_string()),
         None => None,
     };
+    let read_only_paths = host_paths("read_only_paths", h.read_only_paths)?;
+    let read_write_paths = host_paths("read_write_paths", h.read_write_paths)?;
+    let all: Vec<&PathBuf> = read_only_paths.iter().chain(&read_write_paths).collect();
+    for (i, a) in all.iter().enumerate() {
+        if let Some(b) = all[i + 1..]
+            .iter()
+            .find(|b| a.starts_with(b) || b.starts_with(a))
+        {
+            return Err(format!(
+                "host paths '{}' and '{}' are one inside the other; list one",
+                a.display(),
+                b.display()
+            ));
+        }
+    }
     Ok(Hook {
         name: h.name,
         argv,
@@ -442,7 +470,96 @@ fn compile_hook(h: RawHook, base: &Path) -> Result<Hook, String> {
         env: h.env,
         when_exists,
         network: h.network,
+        read_only_paths,
+        read_write_paths,
     })
+}
+
+/// Most entries of `read_only_paths` or `read_write_paths`: each is a few steps
+/// of the sandbox (`sandbox::MAX_STEPS`).
+const MAX_HOST_PATHS: usize = 64;
+
+/// The hook's `key` entries: absolute, existing, resolved now (the sandbox
+/// binds real paths), and not what every hook sees or builds anyway.
+fn host_paths(key: &str, paths: Vec<PathBuf>) -> Result<Vec<PathBuf>, String> {
+    if paths.len() > MAX_HOST_PATHS {
+        return Err(format!("`{key}` has more than {MAX_HOST_PATHS} entries"));
+    }
+    let mut out = Vec::with_capacity(paths.len());
+    for p in paths {
+        let shown = p.display();
+        if !p.is_absolute() {
+            return Err(format!("`{key}` entry '{shown}' must be an absolute path"));
+        }
+        let real = p
+            .canonicalize()
+            .map_err(|e| format!("`{key}` entry '{shown}': {e}"))?;
+        if real == Path::new("/") {
+            return Err(format!(
+                "`{key}` entry '{shown}' is the host's root: list the directories the hook needs"
+            ));
+        }
+        if let Some(d) = OWN_DIRS.iter().find(|d| real.starts_with(d)) {
+            return Err(format!(
+                "`{key}` entry '{shown}' is in {d}, which the hook's sandbox makes itself"
+            ));
+        }
+        if let Some(d) = SYSTEM_DIRS.iter().find(|d| real.starts_with(d)) {
+            return Err(format!(
+                "`{key}` entry '{shown}' is in {d}, which every hook sees read-only already"
+            ));
+        }
+        out.push(real);
+    }
+    Ok(out)
+}
+
+impl SanitizeConfig {
+    /// Refuse a hook's host path that is `dir` (`what`: "the pool's mount
+    /// root", ...), inside it, or holds it: a hook would see what is there
+    /// (production's mounted branches, other clones).
+    pub fn refuse_host_paths_near(&self, what: &str, dir: &Path) -> Result<(), SanitizeError> {
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        self.refuse_host_paths(&format!("{what} {}", dir.display()), |x| {
+            x.starts_with(&dir) || dir.starts_with(x)
+        })
+    }
+
+    /// Refuse a hook's host path that holds the pool `pool` or is one of its
+    /// files (the pool itself, `POOL.tokens`, its key...: the pool's path and
+    /// a suffix): a hook would read every branch, or the secrets beside them.
+    pub fn refuse_host_paths_to_pool(&self, pool: &Path) -> Result<(), SanitizeError> {
+        let pool = pool.canonicalize().unwrap_or_else(|_| pool.to_path_buf());
+        let name = pool.as_os_str().as_encoded_bytes();
+        self.refuse_host_paths(&format!("the pool {}", pool.display()), |x| {
+            pool.starts_with(x) || x.as_os_str().as_encoded_bytes().starts_with(name)
+        })
+    }
+
+    fn refuse_host_paths(
+        &self,
+        what: &str,
+        bad: impl Fn(&Path) -> bool,
+    ) -> Result<(), SanitizeError> {
+        for p in self.profiles.values() {
+            for h in &p.hooks {
+                let found = h
+                    .read_only_paths
+                    .iter()
+                    .chain(&h.read_write_paths)
+                    .find(|x| bad(x));
+                if let Some(x) = found {
+                    return Err(config_err(format!(
+                        "profile '{}', hook '{}': host path '{}' is, holds or is inside {what}: hooks must not see it",
+                        p.name,
+                        h.name,
+                        x.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -586,6 +703,53 @@ mod tests {
                 && e.contains("'cowfs-no-such-program' is not in the daemon's PATH"),
             "{e}"
         );
+    }
+
+    /// A hook's host paths must not show the pool's mounts or files: checked by
+    /// the daemon at start, where it knows its mount roots and pool.
+    #[test]
+    fn host_paths_near_the_pool_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        for d in ["sql", "pool.mnt", "other"] {
+            std::fs::create_dir(base.join(d)).unwrap();
+        }
+        std::fs::write(base.join("pool"), b"").unwrap();
+        std::fs::write(base.join("pool.tokens"), b"").unwrap();
+        let cfg = |path: &Path| {
+            parse(&format!(
+                "[sanitize]\nscratch_dir = \"{}\"\n[[profiles.p.hooks]]\nname = \"h\"\ncommand = \"true\"\nread_only_paths = [\"{}\"]\n",
+                scratch.path().display(),
+                path.display()
+            ))
+            .unwrap()
+        };
+        let pool = base.join("pool");
+        let roots = base.join("pool.mnt");
+        let ok = cfg(&base.join("sql"));
+        ok.refuse_host_paths_near("the pool's mount root", &roots)
+            .unwrap();
+        ok.refuse_host_paths_to_pool(&pool).unwrap();
+        for (listed, refused_as) in [
+            (base.join("pool.mnt"), "mount root"),
+            (base.clone(), "mount root"),
+            (base.join("pool.tokens"), "the pool"),
+        ] {
+            let c = cfg(&listed);
+            let e = c
+                .refuse_host_paths_near("the pool's mount root", &roots)
+                .and_then(|()| c.refuse_host_paths_to_pool(&pool))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("hook 'h'") && e.contains(refused_as),
+                "{}: {e}",
+                listed.display()
+            );
+        }
+        let e = cfg(&base.join("other")).refuse_host_paths_to_pool(&pool);
+        assert!(e.is_ok(), "{e:?}");
     }
 
     #[test]

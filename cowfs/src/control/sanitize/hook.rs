@@ -1,6 +1,7 @@
 //! Hooks: commands run against the clone (for databases: start the server on the
 //! clone's data directory, rewrite the data with SQL, stop it). A hook runs in its
-//! own process group and PID namespace (see `pid_ns`), in a clean environment:
+//! own process group, PID namespace (see `pid_ns`) and mount namespace, whose
+//! view of the file system is an allow list (see `sandbox`), in a clean environment:
 //! PATH (absolute entries only, see `hook_search_path`), the hook's `env`,
 //! `$COWFS_CLONE_DIR`, `$COWFS_BRANCH` and `$COWFS_HOOK_KEY` (the pseudonym sub-key
 //! of the pool key, for the same pseudonyms in SQL). Its output is captured (the
@@ -31,6 +32,7 @@ use super::config::{Hook, Profile};
 use super::pid_ns;
 use super::private_dir;
 use super::pseudo::hook_key_hex;
+use super::sandbox::Sandbox;
 use super::SanitizeError;
 
 /// Output kept per hook (the tail: errors come last).
@@ -170,7 +172,23 @@ pub fn run_hook_cancellable(
     use std::os::unix::process::{CommandExt, ExitStatusExt};
 
     let start = Instant::now();
-    let mut cmd = Command::new(&hook.argv[0]);
+    // Prepared here: after the fork nothing may allocate.
+    let sandbox = Sandbox::new(
+        clone_dir,
+        Path::new(&hook.argv[0]),
+        &hook.read_only_paths,
+        &hook.read_write_paths,
+    )
+    .map_err(|source| SanitizeError::HookNamespace {
+        hook: hook.name.clone(),
+        step: "preparing its file system view (sandbox)".into(),
+        hint: "",
+        source,
+    })?;
+    let sandbox = Arc::new(sandbox);
+    // The paths as the sandbox shows them (real paths).
+    let clone_dir = sandbox.clone_dir();
+    let mut cmd = Command::new(sandbox.program());
     // A clean environment: the daemon's own (tokens, credentials) is not the
     // hook's business. PATH is kept so that scripts find their tools, without
     // the entries that would find them in the clone.
@@ -197,16 +215,19 @@ pub fn run_hook_cancellable(
     // SAFETY: getpid cannot fail and touches no memory.
     let daemon = unsafe { libc::getpid() };
     let own_network = !hook.network;
+    let in_child = sandbox.clone();
     // SAFETY: the closure runs in the forked child and only makes the system
     // calls of `pid_ns::enter`, without allocating.
     unsafe {
-        cmd.pre_exec(move || pid_ns::enter(daemon, relay_report, relay_stop, own_network));
+        cmd.pre_exec(move || {
+            pid_ns::enter(daemon, relay_report, relay_stop, own_network, &in_child)
+        });
     }
     let spawned = cmd.spawn();
     // The relay has its copies; the daemon's would keep the pipes open for nothing.
     drop(report_w);
     drop(stop_r);
-    let mut child = spawned.map_err(|source| match pid_ns::setup_failure(&source) {
+    let mut child = spawned.map_err(|source| match pid_ns::setup_failure(&source, &sandbox) {
         Some(f) => SanitizeError::HookNamespace {
             hook: hook.name.clone(),
             step: f.step,
@@ -563,6 +584,8 @@ mod tests {
             env: BTreeMap::from([("EXTRA".to_string(), "x1".to_string())]),
             when_exists: None,
             network: false,
+            read_only_paths: Vec::new(),
+            read_write_paths: Vec::new(),
         }
     }
 
@@ -586,7 +609,13 @@ mod tests {
 
     #[test]
     fn failure_carries_exit_code_and_output() {
-        let e = run_hook(&hook("echo boom; exit 3", 10_000), Path::new("/"), "b", "k").unwrap_err();
+        let e = run_hook(
+            &hook("echo boom; exit 3", 10_000),
+            &std::env::temp_dir(),
+            "b",
+            "k",
+        )
+        .unwrap_err();
         match &e {
             SanitizeError::HookFailed {
                 exit_code, output, ..
@@ -605,7 +634,7 @@ mod tests {
         // A grandchild in the same group keeps the pipe open: it must die too.
         let e = run_hook(
             &hook("echo started; sleep 30 & sleep 30", 300),
-            Path::new("/"),
+            &std::env::temp_dir(),
             "b",
             "k",
         )
@@ -626,8 +655,14 @@ mod tests {
             c.store(true, Ordering::Relaxed);
         });
         let start = Instant::now();
-        let e = run_hook_cancellable(&hook("sleep 30", 60_000), Path::new("/"), "b", "k", &cancel)
-            .unwrap_err();
+        let e = run_hook_cancellable(
+            &hook("sleep 30", 60_000),
+            &std::env::temp_dir(),
+            "b",
+            "k",
+            &cancel,
+        )
+        .unwrap_err();
         setter.join().unwrap();
         assert!(matches!(e, SanitizeError::Cancelled), "{e:?}");
         assert!(start.elapsed() < Duration::from_secs(10));
@@ -668,8 +703,9 @@ mod tests {
 
     /// Shell for a hook: start `sleep 1000` in a session of its own, out of the
     /// hook's process group as a daemonizing server (`pg_ctl start`) is, and wait
-    /// until its pid is in the file `$SLEEPER`. The pid is read from /proc/self,
-    /// which is the test's view: `$!` would be the hook's namespace's pid.
+    /// until it wrote the file `$SLEEPER`. Its pid there would be its PID
+    /// namespace's (the hook's /proc is its own): the test finds it by the
+    /// `SLEEPER` of its environment (`marked`).
     const DAEMONIZE: &str = r#"setsid sh -c 'read -r pid rest < /proc/self/stat; echo $pid > "$SLEEPER.new"; mv "$SLEEPER.new" "$SLEEPER"; exec sleep 1000' </dev/null >/dev/null 2>&1 &
 while [ ! -e "$SLEEPER" ]; do sleep 0.02; done
 "#;
@@ -682,14 +718,28 @@ while [ ! -e "$SLEEPER" ]; do sleep 0.02; done
         h
     }
 
-    fn read_pid(file: &Path) -> Option<u32> {
-        std::fs::read_to_string(file).ok()?.trim().parse().ok()
+    /// The live processes (host pids) whose environment has a variable set to
+    /// `file`: what a test's hook started, its files being unique to the test.
+    fn marked(file: &Path) -> Vec<u32> {
+        let mut suffix = b"=".to_vec();
+        suffix.extend_from_slice(file.as_os_str().as_encoded_bytes());
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v.ends_with(&suffix)))
+            })
+            .filter(|pid| running(*pid))
+            .collect()
     }
 
-    /// Whether `pid` is gone (or a zombie) within `secs` seconds.
-    fn gone_within(pid: u32, secs: u64) -> bool {
+    /// Whether every process `marked` with `file` is gone within `secs` seconds.
+    fn gone_within(file: &Path, secs: u64) -> bool {
         let deadline = Instant::now() + Duration::from_secs(secs);
-        while running(pid) {
+        while !marked(file).is_empty() {
             if Instant::now() > deadline {
                 return false;
             }
@@ -698,18 +748,16 @@ while [ ! -e "$SLEEPER" ]; do sleep 0.02; done
         true
     }
 
-    /// Kills, when dropped, the processes whose pids these files hold: whatever
+    /// Kills, when dropped, the processes `marked` with these files: whatever
     /// a test's hooks left running, also when the test fails.
     struct KillPids(Vec<PathBuf>);
 
     impl Drop for KillPids {
         fn drop(&mut self) {
-            for pid in self.0.iter().filter_map(|f| read_pid(f)) {
-                if running(pid) {
-                    if let Ok(pid) = i32::try_from(pid) {
-                        // SAFETY: kill(2) on a process this test's hook started.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                    }
+            for pid in self.0.iter().flat_map(|f| marked(f)) {
+                if let Ok(pid) = i32::try_from(pid) {
+                    // SAFETY: kill(2) on a process this test's hook started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
                 }
             }
         }
@@ -730,8 +778,8 @@ while [ ! -e "$SLEEPER" ]; do sleep 0.02; done
         )
         .unwrap_err();
         assert!(matches!(e, SanitizeError::HookTimeout { .. }), "{e:?}");
-        let pid = read_pid(&sleeper).expect("the hook started its sleeper");
-        assert!(gone_within(pid, 5), "the daemonized sleeper survived");
+        assert!(sleeper.exists(), "the hook started its sleeper");
+        assert!(gone_within(&sleeper, 5), "the daemonized sleeper survived");
     }
 
     /// A hook that exits without waiting for what it started (a scrubber in
@@ -766,8 +814,12 @@ while [ ! -e "$SLEEPER" ]; do sleep 0.02; done
                 .starts_with("hook 't' exited but left 1 process running; wait for them"),
             "{e}"
         );
-        let pid = read_pid(&sleeper).expect("the hook started its sleeper");
-        assert!(!running(pid), "the daemonized sleeper outlived its hook");
+        assert!(sleeper.exists(), "the hook started its sleeper");
+        assert_eq!(
+            marked(&sleeper),
+            Vec::<u32>::new(),
+            "the daemonized sleeper outlived its hook"
+        );
 
         // In the hook's own process group, two of them.
         let pids = dir.path().join("pids");
@@ -784,8 +836,12 @@ while [ ! -s "$PIDS" ]; do sleep 0.02; done"#,
             matches!(e, SanitizeError::HookLeftProcesses { processes: 2, .. }),
             "{e:?}"
         );
-        let pid = read_pid(&pids).expect("the hook started its sleeper");
-        assert!(!running(pid), "the sleeper outlived its hook");
+        assert!(pids.exists(), "the hook started its sleeper");
+        assert_eq!(
+            marked(&pids),
+            Vec::<u32>::new(),
+            "the sleeper outlived its hook"
+        );
     }
 
     /// What a hook starts in the background and waits for is not left over,
@@ -798,7 +854,7 @@ while [ ! -s "$PIDS" ]; do sleep 0.02; done"#,
                 "(sleep 0.2; echo scrubbed) & wait $!; (sleep 0.3; echo late) & echo done",
                 30_000,
             ),
-            Path::new("/"),
+            &std::env::temp_dir(),
             "b",
             "k",
         )
@@ -815,7 +871,7 @@ while [ ! -s "$PIDS" ]; do sleep 0.02; done"#,
         for (job, status) in [("exit 4", "exit code 4"), ("kill -TERM $$", "signal 15")] {
             let cmd =
                 format!("setsid sh -c 'sleep 0.3; {job}' </dev/null >/dev/null 2>&1 & echo done");
-            let e = run_hook(&hook(&cmd, 30_000), Path::new("/"), "b", "k")
+            let e = run_hook(&hook(&cmd, 30_000), &std::env::temp_dir(), "b", "k")
                 .expect_err("a hook whose leftover failed succeeded");
             let msg = e.to_string();
             assert!(
@@ -878,9 +934,9 @@ while [ ! -s "$PIDS" ]; do sleep 0.02; done"#,
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
-        let hook_pid = loop {
-            if let Some(pid) = read_pid(&pid_file) {
-                break pid;
+        loop {
+            if pid_file.exists() {
+                break;
             }
             if Instant::now() > deadline {
                 let _ = daemon.kill();
@@ -888,16 +944,17 @@ while [ ! -s "$PIDS" ]; do sleep 0.02; done"#,
                 panic!("the hook did not start");
             }
             std::thread::sleep(Duration::from_millis(20));
-        };
-        let sleeper_pid = read_pid(&sleeper).expect("the hook started its sleeper first");
+        }
+        assert!(sleeper.exists(), "the hook started its sleeper first");
+        assert!(!marked(&pid_file).is_empty(), "the hook runs");
         daemon.kill().unwrap();
         daemon.wait().unwrap();
         assert!(
-            gone_within(hook_pid, 5),
+            gone_within(&pid_file, 5),
             "the hook outlived the daemon that started it"
         );
         assert!(
-            gone_within(sleeper_pid, 5),
+            gone_within(&sleeper, 5),
             "what the hook daemonized outlived the daemon"
         );
     }
@@ -917,8 +974,8 @@ while [ ! -s "$PIDS" ]; do sleep 0.02; done"#,
     }
 
     /// The "daemon" of `a_killed_daemon_takes_its_hook_and_what_it_started_along`:
-    /// runs a hook that daemonizes a sleeper, publishes its own pid (as the test
-    /// sees it) and sleeps. Does nothing unless that test runs it.
+    /// runs a hook that daemonizes a sleeper, says it runs (`$PID_FILE`) and
+    /// sleeps. Does nothing unless that test runs it.
     #[test]
     #[ignore = "run by a_killed_daemon_takes_its_hook_and_what_it_started_along in a process it kills"]
     fn hook_of_a_daemon_about_to_be_killed() {
@@ -935,7 +992,7 @@ while [ ! -s "$PIDS" ]; do sleep 0.02; done"#,
         );
         h.env
             .insert("PID_FILE".into(), pid_file.to_string_lossy().into_owned());
-        let _ = run_hook(&h, Path::new("/"), "b", "k");
+        let _ = run_hook(&h, &std::env::temp_dir(), "b", "k");
     }
 
     const SUBREAPER_VAR: &str = "COWFS_TEST_SUBREAPER_DAEMON";
@@ -981,7 +1038,7 @@ while [ ! -s "$PIDS" ]; do sleep 0.02; done"#,
         // SAFETY: prctl on this process only, which runs this test alone.
         let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) };
         assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
-        let e = run_hook(&hook("sleep 30", 300), Path::new("/"), "b", "k").unwrap_err();
+        let e = run_hook(&hook("sleep 30", 300), &std::env::temp_dir(), "b", "k").unwrap_err();
         assert!(matches!(e, SanitizeError::HookTimeout { .. }), "{e:?}");
         assert_no_child_within("the timeout", Duration::from_secs(2));
         let cancel = AtomicBool::new(false);
@@ -990,8 +1047,14 @@ while [ ! -s "$PIDS" ]; do sleep 0.02; done"#,
                 std::thread::sleep(Duration::from_millis(300));
                 cancel.store(true, Ordering::Relaxed);
             });
-            run_hook_cancellable(&hook("sleep 30", 60_000), Path::new("/"), "b", "k", &cancel)
-                .unwrap_err()
+            run_hook_cancellable(
+                &hook("sleep 30", 60_000),
+                &std::env::temp_dir(),
+                "b",
+                "k",
+                &cancel,
+            )
+            .unwrap_err()
         });
         assert!(matches!(e, SanitizeError::Cancelled), "{e:?}");
         assert_no_child_within("the cancel", Duration::from_secs(2));
@@ -1182,7 +1245,7 @@ while [ ! -s "$PIDS" ]; do sleep 0.02; done"#,
     fn a_refused_pid_namespace_is_named_as_the_cause() {
         let e = {
             let _no_admin = WithoutSysAdmin::new();
-            run_hook(&hook("echo ran", 10_000), Path::new("/"), "b", "k").unwrap_err()
+            run_hook(&hook("echo ran", 10_000), &std::env::temp_dir(), "b", "k").unwrap_err()
         };
         let msg = e.to_string();
         assert!(
@@ -1194,7 +1257,7 @@ while [ ! -s "$PIDS" ]; do sleep 0.02; done"#,
         );
         assert!(!msg.contains("cannot run"), "{msg}");
         // The thread's capabilities are back: hooks run again.
-        run_hook(&hook("echo ran", 10_000), Path::new("/"), "b", "k").unwrap();
+        run_hook(&hook("echo ran", 10_000), &std::env::temp_dir(), "b", "k").unwrap();
     }
 
     /// The program's own exec error comes from the hook's process, two forks
@@ -1234,7 +1297,7 @@ while [ ! -s "$PIDS" ]; do sleep 0.02; done"#,
             "-c".into(),
             format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected"),
         ];
-        let e = run_hook(&h, Path::new("/"), "b", "k").unwrap_err();
+        let e = run_hook(&h, &std::env::temp_dir(), "b", "k").unwrap_err();
         let msg = e.to_string();
         assert!(
             matches!(e, SanitizeError::HookFailed { .. }) && !msg.contains("connected"),
@@ -1247,7 +1310,7 @@ while [ ! -s "$PIDS" ]; do sleep 0.02; done"#,
         );
 
         h.network = true;
-        let r = run_hook(&h, Path::new("/"), "b", "k").unwrap_or_else(|e| panic!("{e}"));
+        let r = run_hook(&h, &std::env::temp_dir(), "b", "k").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.output, "connected\n");
         assert!(listener.accept().is_ok(), "the connection arrived");
     }
@@ -1256,7 +1319,7 @@ while [ ! -s "$PIDS" ]; do sleep 0.02; done"#,
     fn output_is_bounded() {
         let r = run_hook(
             &hook("head -c 300000 /dev/zero | tr '\\0' a; echo END", 10_000),
-            Path::new("/"),
+            &std::env::temp_dir(),
             "b",
             "k",
         )

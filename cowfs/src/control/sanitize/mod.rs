@@ -21,6 +21,7 @@ pub mod key;
 mod pid_ns;
 pub(crate) mod private_dir;
 pub mod pseudo;
+pub mod sandbox;
 pub mod scan;
 
 use std::collections::BTreeMap;
@@ -112,11 +113,12 @@ pub enum SanitizeError {
         program: String,
         source: std::io::Error,
     },
-    /// The hook's PID or network namespace (see `pid_ns`) could not be set up.
+    /// The hook's PID, network or mount namespace (see `pid_ns`, `sandbox`)
+    /// could not be set up.
     #[error("hook '{hook}': cannot start it in namespaces of its own: {step}: {source}{hint}")]
     HookNamespace {
         hook: String,
-        step: &'static str,
+        step: String,
         hint: &'static str,
         source: std::io::Error,
     },

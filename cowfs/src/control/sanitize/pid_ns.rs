@@ -45,6 +45,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use libc::{c_int, c_uint};
 
+use super::sandbox::{Sandbox, MAX_STEPS};
+
 /// The relay's exit code when the init ended without a status of the hook
 /// (it failed to start it, or was killed), or when the relay could not pass on
 /// the init's count of leftovers.
@@ -70,6 +72,10 @@ const LEFTOVER_TICK: libc::timespec = libc::timespec {
 const SETUP_FAILED: c_int = 1 << 30;
 const STEP_SHIFT: u32 = 16;
 const ERRNO_MASK: c_int = (1 << STEP_SHIFT) - 1;
+/// A `Step::Sandbox` error carries the number of the sandbox's step that
+/// failed, plus one, in the 10 bits from here (`sandbox::MAX_STEPS`).
+const ITEM_SHIFT: u32 = 20;
+const STEP_MASK: c_int = (1 << (ITEM_SHIFT - STEP_SHIFT)) - 1;
 
 /// The steps of the setup whose failure `setup_failure` tells apart.
 #[derive(Clone, Copy)]
@@ -82,6 +88,8 @@ enum Step {
     Hook = 3,
     /// unshare(CLONE_NEWNET) in the relay.
     Network = 4,
+    /// Building the hook's mount namespace (`Sandbox::build`) in the init.
+    Sandbox = 5,
 }
 
 /// `Step`'s error, errno taken from the failed call, marked for
@@ -97,27 +105,50 @@ fn failed_with(step: Step, errno: c_int) -> io::Error {
     io::Error::from_raw_os_error(SETUP_FAILED | (step as c_int) << STEP_SHIFT | errno & ERRNO_MASK)
 }
 
+/// The sandbox's step `item` failed with `errno`.
+fn sandbox_failed(item: usize, errno: c_int) -> io::Error {
+    let item = (item.min(MAX_STEPS) as c_int + 1) << ITEM_SHIFT;
+    io::Error::from_raw_os_error(
+        failed_with(Step::Sandbox, errno)
+            .raw_os_error()
+            .unwrap_or(0)
+            | item,
+    )
+}
+
 /// A setup step of `enter` that failed, as the daemon learns it from spawn.
 #[derive(Debug)]
 pub(super) struct SetupFailure {
     /// What failed.
-    pub step: &'static str,
+    pub step: String,
     /// What the daemon may need for it (empty if nothing in particular).
     pub hint: &'static str,
     /// The step's own error.
     pub source: io::Error,
 }
 
-/// In the daemon, for an error of `Command::spawn`: the step of `enter` that
-/// failed, or `None` when the error is not one of them (the hook's program
-/// could not be executed, its working directory entered, ...).
-pub(super) fn setup_failure(e: &io::Error) -> Option<SetupFailure> {
+/// In the daemon, for an error of `Command::spawn` of a hook with `sandbox`:
+/// the step of `enter` that failed, or `None` when the error is not one of
+/// them (the hook's program could not be executed, its working directory
+/// entered, ...).
+pub(super) fn setup_failure(e: &io::Error, sandbox: &Sandbox) -> Option<SetupFailure> {
     let raw = e.raw_os_error()?;
     if raw & SETUP_FAILED == 0 {
         return None;
     }
     let source = io::Error::from_raw_os_error(raw & ERRNO_MASK);
-    let (step, hint) = match (raw & !SETUP_FAILED) >> STEP_SHIFT {
+    let item = (raw & !SETUP_FAILED) >> ITEM_SHIFT;
+    if (raw >> STEP_SHIFT) & STEP_MASK == Step::Sandbox as c_int {
+        let what = usize::try_from(item - 1)
+            .ok()
+            .and_then(|i| sandbox.describe(i))?;
+        return Some(SetupFailure {
+            step: format!("building its file system view (sandbox): {what}"),
+            hint: " (the daemon needs CAP_SYS_ADMIN and a kernel with mount namespaces)",
+            source,
+        });
+    }
+    let (step, hint) = match (raw >> STEP_SHIFT) & STEP_MASK {
         s if s == Step::Unshare as c_int => (
             "unshare(CLONE_NEWPID)",
             " (the daemon needs CAP_SYS_ADMIN, a kernel with PID namespaces, and room \
@@ -132,7 +163,11 @@ pub(super) fn setup_failure(e: &io::Error) -> Option<SetupFailure> {
         s if s == Step::Hook as c_int => ("starting the hook in the namespace", ""),
         _ => return None,
     };
-    Some(SetupFailure { step, hint, source })
+    Some(SetupFailure {
+        step: step.to_string(),
+        hint,
+        source,
+    })
 }
 
 /// What the hook left behind when it exited, as the init found it.
@@ -271,6 +306,7 @@ pub(super) fn enter(
     report: c_int,
     stop: c_int,
     own_network: bool,
+    sandbox: &Sandbox,
 ) -> io::Result<()> {
     // The relay and the init are copies of the daemon's memory (keys, token
     // secrets): no core dump of them, no ptrace by other users' processes. The
@@ -314,7 +350,7 @@ pub(super) fn enter(
         }
         0 => {
             close(status_r);
-            init(status_w)
+            init(status_w, sandbox)
         }
         init_pid => {
             close(status_w);
@@ -345,7 +381,7 @@ fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
 
 /// The init, pid 1 of the new namespace: starts the hook (returning in it) and
 /// waits for it; never returns otherwise.
-fn init(status_w: c_int) -> io::Result<()> {
+fn init(status_w: c_int, sandbox: &Sandbox) -> io::Result<()> {
     // SAFETY: prctl and poll are system calls; `p` is a valid pollfd.
     unsafe {
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
@@ -366,6 +402,19 @@ fn init(status_w: c_int) -> io::Result<()> {
         if p.revents & libc::POLLERR != 0 {
             return Err(failed_with(Step::Hook, libc::ESRCH));
         }
+    }
+    // The init, not the relay, builds the hook's mount namespace: /proc shows
+    // the PID namespace of the process that mounts it, and only the init and
+    // its descendants are in the new one (unshare(CLONE_NEWPID) moved the
+    // relay's children, not the relay). Before the hook's fork, so that the
+    // hook starts inside; the init, which only waits and kills, may as well
+    // live there too. The relay stays in the daemon's mount namespace: it
+    // holds nothing of the sandbox, so the namespace (its tmpfs mounts, its
+    // bind of the clone) is gone the moment the init and the hook are, before
+    // the relay's end tells the daemon to unmount the clone. After the PID
+    // and network namespaces, whose errors say what the daemon lacks first.
+    if let Err((item, errno)) = sandbox.build() {
+        return Err(sandbox_failed(item, errno));
     }
     // SAFETY: fork in the single-threaded init; see `enter`.
     let hook = unsafe { libc::fork() };

@@ -1,0 +1,258 @@
+//! The hooks' sandbox (sanitize::sandbox): a hook runs the clone's own code (a
+//! database server on the clone's schema) and must see nothing of the host but
+//! the system directories, the clone and what its profile lists. A hook here
+//! tries to read a file in another directory of the host and a file on another
+//! mount of the same pool (`main`, as production would be), and writes what it
+//! managed into the clone; a tmpfs it mounts must not appear on the host; a
+//! `read_only_paths` directory is visible and cannot be written.
+//!
+//! Needs root and /dev/fuse (FUSE mounts).
+
+#[path = "sanitize_support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cowfs::control::sanitize::{run_hooks, HookReport, SanitizeConfig};
+use cowfs::fuse::MountTable;
+use cowfs::pool::{Pool, PoolOptions};
+use support::*;
+
+const KEY: &[u8] = b"pool-key-for-the-sandbox-test-01";
+
+/// Unmounts every mount of the table when dropped, also when a test fails.
+struct Unmount(Arc<MountTable>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        self.0.unmount_all();
+    }
+}
+
+/// A pool with `main` holding a secret, a clone `c` of it, a scratch directory
+/// and `main` mounted at `prod` (production, beside the clone).
+struct Env {
+    _tmp: tempfile::TempDir,
+    base: PathBuf,
+    pool: Arc<Pool>,
+    mounts: Arc<MountTable>,
+    _unmount: Unmount,
+}
+
+const SECRET: &str = "production-only-4711";
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::Builder::new()
+            .prefix("cowfs-sandbox-")
+            .tempdir()
+            .unwrap();
+        let base = tmp.path().canonicalize().unwrap();
+        let opts = PoolOptions {
+            capacity_bytes: Some(1 << 30),
+            ..Default::default()
+        };
+        let pool = Arc::new(Pool::create(&base.join("pool"), &opts).unwrap());
+        let mounts = MountTable::new(pool.clone());
+        let unmount = Unmount(mounts.clone());
+        let main = pool.branch_id("main").unwrap();
+        put(&pool, main, "data/people.txt", b"the people\n");
+        pool.branch_create("c", "main").unwrap();
+        put(&pool, main, "data/secret.txt", SECRET.as_bytes());
+        std::fs::create_dir(base.join("scratch")).unwrap();
+        std::fs::create_dir(base.join("prod")).unwrap();
+        mounts.mount("main", &base.join("prod"), false).unwrap();
+        Env {
+            _tmp: tmp,
+            base,
+            pool,
+            mounts,
+            _unmount: unmount,
+        }
+    }
+
+    /// Run the profile `p` of `hooks` (TOML, `{base}` replaced) on `c`.
+    fn run(&self, hooks: &str) -> Result<Vec<HookReport>, String> {
+        let text = format!(
+            "[sanitize]\nscratch_dir = \"{}\"\n{}",
+            self.base.join("scratch").display(),
+            hooks.replace("{base}", &self.base.display().to_string())
+        );
+        let cfg = SanitizeConfig::parse(&text, Path::new("/")).map_err(|e| e.to_string())?;
+        run_hooks(
+            &self.pool,
+            &self.mounts,
+            "c",
+            profile(&cfg, "p"),
+            KEY,
+            &self.base.join("scratch"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// A file of the clone `c`.
+    fn clone_file(&self, path: &str) -> String {
+        let c = self.pool.branch_id("c").unwrap();
+        String::from_utf8_lossy(&files(&self.pool, c)[path]).into_owned()
+    }
+}
+
+/// Shell for a hook: for each of its arguments, say whether it could be read.
+const PROBE: &str = r#"for p in "$@"; do if cat "$p" >/dev/null 2>&1 || ls "$p" >/dev/null 2>&1; then echo "saw $p"; else echo "no $p"; fi; done"#;
+
+#[test]
+fn a_hook_sees_nothing_of_the_host_but_its_allow_list() {
+    let env = Env::new();
+    let elsewhere = env.base.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("secret.txt"), SECRET).unwrap();
+    // The test sees both: the hook must not.
+    let prod_secret = env.base.join("prod/data/secret.txt");
+    assert_eq!(std::fs::read_to_string(&prod_secret).unwrap(), SECRET);
+    let hooks = format!(
+        r#"
+[[profiles.p.hooks]]
+name = "probe"
+command = ["/bin/sh", "-c", '''
+probe() {{ {PROBE}; }}
+probe "{{base}}/elsewhere/secret.txt" "{{base}}/elsewhere" "{{base}}/prod/data/secret.txt" "{{base}}/prod" /root /home /srv /work > "$COWFS_CLONE_DIR/seen.txt"
+cat "$COWFS_CLONE_DIR/data/people.txt"
+ls -A "{{base}}"
+echo scrubbed > "$COWFS_CLONE_DIR/data/people.txt"
+echo "pid $$"
+''']
+"#
+    );
+    let reports = env.run(&hooks).unwrap_or_else(|e| panic!("{e}"));
+    // The clone is there, readable and writable.
+    // Only the path to the clone's mount, in the sandbox's own tmpfs.
+    let out: Vec<&str> = reports[0].output.lines().collect();
+    assert_eq!(out[..2], ["the people", "scratch"], "{}", reports[0].output);
+    assert_eq!(env.clone_file("data/people.txt"), "scrubbed\n");
+    // A fresh /proc: the hook's pid is its namespace's.
+    assert!(
+        reports[0].output.contains("pid 2\n"),
+        "{}",
+        reports[0].output
+    );
+    let seen = env.clone_file("seen.txt");
+    let saw: Vec<&str> = seen.lines().filter(|l| !l.starts_with("no ")).collect();
+    assert!(saw.is_empty(), "the hook saw host paths: {saw:?}\n{seen}");
+    assert_eq!(seen.lines().count(), 8, "{seen}");
+    assert!(!env.clone_file("seen.txt").contains(SECRET));
+}
+
+#[test]
+fn a_mount_made_by_a_hook_does_not_reach_the_host() {
+    let env = Env::new();
+    let chan = env.base.join("chan");
+    std::fs::create_dir_all(chan.join("sub")).unwrap();
+    let source = format!("cowfs-sandbox-leak-{}", std::process::id());
+    let hooks = format!(
+        r#"
+[[profiles.p.hooks]]
+name = "mounts"
+read_write_paths = ["{{base}}/chan"]
+timeout_secs = 60
+command = ["/bin/sh", "-c", '''
+mkdir /tmp/x
+mount -t tmpfs {source} /tmp/x
+mount -t tmpfs {source} "{{base}}/chan/sub"
+mount -t tmpfs {source} "$COWFS_CLONE_DIR/data"
+grep -c {source} /proc/self/mounts
+touch "{{base}}/chan/mounted"
+while [ ! -e "{{base}}/chan/checked" ]; do sleep 0.05; done
+''']
+"#
+    );
+    let checker = {
+        let chan = chan.clone();
+        let source = source.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(50);
+            while !chan.join("mounted").exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            let _ = std::fs::write(chan.join("checked"), b"");
+            host.lines()
+                .filter(|l| l.contains(&source))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+    };
+    let r = env.run(&hooks);
+    let _ = std::fs::write(chan.join("checked"), b"");
+    let leaked = checker.join().unwrap();
+    assert!(
+        leaked.is_empty(),
+        "the hook's mounts reached the host: {leaked:?}"
+    );
+    let reports = r.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reports[0].output, "3\n", "the hook's own mounts");
+    assert!(chan.join("mounted").exists());
+    // What the hook covered with its tmpfs is the clone's, unchanged.
+    assert_eq!(env.clone_file("data/people.txt"), "the people\n");
+}
+
+#[test]
+fn read_only_paths_are_visible_and_read_only() {
+    let env = Env::new();
+    let sql = env.base.join("sql");
+    std::fs::create_dir(&sql).unwrap();
+    std::fs::write(sql.join("scrub.sql"), "UPDATE users SET email = 'x';\n").unwrap();
+    std::fs::write(env.base.join("beside.txt"), SECRET).unwrap();
+    let hooks = format!(
+        r#"
+[[profiles.p.hooks]]
+name = "reads"
+read_only_paths = ["{{base}}/sql"]
+command = ["/bin/sh", "-c", '''
+cat "{{base}}/sql/scrub.sql"
+if {{ echo x > "{{base}}/sql/new.txt"; }} 2>/dev/null; then echo wrote; else echo "write refused"; fi
+if rm "{{base}}/sql/scrub.sql" 2>/dev/null; then echo removed; else echo "remove refused"; fi
+probe() {{ {PROBE}; }}
+probe "{{base}}/beside.txt"
+''']
+"#
+    );
+    let reports = env.run(&hooks).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        reports[0].output,
+        format!(
+            "UPDATE users SET email = 'x';\nwrite refused\nremove refused\nno {}/beside.txt\n",
+            env.base.display()
+        )
+    );
+    assert!(!sql.join("new.txt").exists());
+    assert!(sql.join("scrub.sql").exists());
+
+    for (entry, why) in [
+        ("sql", "must be an absolute path"),
+        ("{base}/nonexistent", "No such file"),
+        ("/", "the host's root"),
+        ("/proc/1", "in /proc"),
+        ("/etc", "in /etc"),
+        ("{base}/scratch", "the scratch directory"),
+        ("{base}", "the scratch directory"),
+    ] {
+        let hooks = format!(
+            "[[profiles.p.hooks]]\nname = \"h\"\ncommand = \"true\"\nread_only_paths = [\"{entry}\"]\n"
+        );
+        let e = env.run(&hooks).unwrap_err();
+        assert!(
+            e.contains("hook 1 ('h')") || e.contains("hook 'h'"),
+            "{entry}: {e}"
+        );
+        assert!(e.contains(why), "{entry}: {e}");
+    }
+    let nested = "[[profiles.p.hooks]]\nname = \"h\"\ncommand = \"true\"\nread_only_paths = [\"{base}/sql\"]\nread_write_paths = [\"{base}/sql\"]\n";
+    let e = env.run(nested).unwrap_err();
+    assert!(e.contains("one inside the other"), "{e}");
+    let unknown =
+        "[[profiles.p.hooks]]\nname = \"h\"\ncommand = \"true\"\nreadonly_paths = [\"/srv\"]\n";
+    let e = env.run(unknown).unwrap_err();
+    assert!(e.contains("readonly_paths"), "{e}");
+}
