@@ -34,12 +34,15 @@ impl Drop for Unmount {
 
 /// A pool with `main` holding a secret, a clone `c` of it, a scratch directory
 /// and `main` mounted at `prod` (production, beside the clone).
+/// Fields drop in order: the mounts go before the directory that holds them
+/// (the other way round, the directory's removal met `prod` still mounted
+/// and left the test's directory behind in /tmp).
 struct Env {
-    _tmp: tempfile::TempDir,
     base: PathBuf,
     pool: Arc<Pool>,
     mounts: Arc<MountTable>,
     _unmount: Unmount,
+    _tmp: tempfile::TempDir,
 }
 
 const SECRET: &str = "production-only-4711";
