@@ -4,7 +4,8 @@
 //! tries to read a file in another directory of the host and a file on another
 //! mount of the same pool (`main`, as production would be), and writes what it
 //! managed into the clone; a tmpfs it mounts must not appear on the host; a
-//! `read_only_paths` directory is visible and cannot be written.
+//! `read_only_paths` directory is visible and cannot be written; root in a
+//! hook cannot undo any of it, and no descriptor of the daemon's reaches it.
 //!
 //! Needs root and /dev/fuse (FUSE mounts).
 
@@ -33,12 +34,15 @@ impl Drop for Unmount {
 
 /// A pool with `main` holding a secret, a clone `c` of it, a scratch directory
 /// and `main` mounted at `prod` (production, beside the clone).
+/// Fields drop in order: the mounts go before the directory that holds them
+/// (the other way round, the directory's removal met `prod` still mounted
+/// and left the test's directory behind in /tmp).
 struct Env {
-    _tmp: tempfile::TempDir,
     base: PathBuf,
     pool: Arc<Pool>,
     mounts: Arc<MountTable>,
     _unmount: Unmount,
+    _tmp: tempfile::TempDir,
 }
 
 const SECRET: &str = "production-only-4711";
@@ -158,9 +162,9 @@ read_write_paths = ["{{base}}/chan"]
 timeout_secs = 60
 command = ["/bin/sh", "-c", '''
 mkdir /tmp/x
-mount -t tmpfs {source} /tmp/x
-mount -t tmpfs {source} "{{base}}/chan/sub"
-mount -t tmpfs {source} "$COWFS_CLONE_DIR/data"
+mount -t tmpfs {source} /tmp/x 2>/dev/null
+mount -t tmpfs {source} "{{base}}/chan/sub" 2>/dev/null
+mount -t tmpfs {source} "$COWFS_CLONE_DIR/data" 2>/dev/null
 grep -c {source} /proc/self/mounts
 touch "{{base}}/chan/mounted"
 while [ ! -e "{{base}}/chan/checked" ]; do sleep 0.05; done
@@ -191,7 +195,9 @@ while [ ! -e "{{base}}/chan/checked" ]; do sleep 0.05; done
         "the hook's mounts reached the host: {leaked:?}"
     );
     let reports = r.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(reports[0].output, "3\n", "the hook's own mounts");
+    // Not even in its own namespace: the hook has no CAP_SYS_ADMIN (see
+    // `root_in_a_hook_cannot_undo_the_sandbox`).
+    assert_eq!(reports[0].output, "0\n", "the hook's own mounts");
     assert!(chan.join("mounted").exists());
     // What the hook covered with its tmpfs is the clone's, unchanged.
     assert_eq!(env.clone_file("data/people.txt"), "the people\n");
@@ -255,4 +261,86 @@ probe "{{base}}/beside.txt"
         "[[profiles.p.hooks]]\nname = \"h\"\ncommand = \"true\"\nreadonly_paths = [\"/srv\"]\n";
     let e = env.run(unknown).unwrap_err();
     assert!(e.contains("readonly_paths"), "{e}");
+}
+
+/// The hook starts as root, and root with the daemon's capabilities undid the
+/// sandbox from inside: it remounted a read-only bind read-write (and wrote
+/// the host's directory through it), and could have made a device node of the
+/// host's disk and mounted it, or opened the host's root by a file handle. The
+/// hook keeps only what starting a server as another user needs.
+#[test]
+fn root_in_a_hook_cannot_undo_the_sandbox() {
+    let env = Env::new();
+    let sql = env.base.join("sql");
+    std::fs::create_dir(&sql).unwrap();
+    let hooks = r#"
+[[profiles.p.hooks]]
+name = "root"
+read_only_paths = ["{base}/sql"]
+command = ["/bin/sh", "-c", '''
+try() { if "$@" 2>/dev/null; then echo "did $1"; else echo "refused $1"; fi; }
+try mount -o remount,bind,rw "{base}/sql"
+try touch "{base}/sql/through-remount"
+try mknod /dev/cowfs-disk b 7 0
+try mount -t tmpfs none /tmp
+sed -n 's/^CapBnd:\t//p' /proc/self/status
+try umount -l /usr
+''']
+"#;
+    let reports = env.run(hooks).unwrap_or_else(|e| panic!("{e}"));
+    let out = &reports[0].output;
+    assert!(!sql.join("through-remount").exists(), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "refused mount",
+            "refused touch",
+            "refused mknod",
+            "refused mount"
+        ],
+        "{out}"
+    );
+    // CAP_SYS_ADMIN (21), CAP_MKNOD (27), CAP_DAC_READ_SEARCH (2), CAP_SYS_PTRACE
+    // (19) and CAP_SYS_MODULE (16) are out of the bounding set.
+    let bnd = u64::from_str_radix(lines[4], 16).unwrap();
+    for cap in [2, 16, 19, 21, 27] {
+        assert_eq!(bnd & (1 << cap), 0, "capability {cap} kept: {out}");
+    }
+    assert_eq!(lines[5..], ["refused umount"], "{out}");
+}
+
+/// A descriptor the daemon holds without FD_CLOEXEC (one it inherited from
+/// whatever started it: under `cargo test`, 10 and 251) reached the hook, and
+/// through it the server the hook starts: one on a host file outside the
+/// sandbox read that file. The hook gets its stdio and nothing else.
+#[test]
+fn no_descriptor_of_the_daemon_reaches_a_hook() {
+    let env = Env::new();
+    let secret = env.base.join("elsewhere.txt");
+    std::fs::write(&secret, SECRET).unwrap();
+    let path = std::ffi::CString::new(secret.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: open of a live C string; the descriptor is closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+    assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+    let hooks = format!(
+        r#"
+[[profiles.p.hooks]]
+name = "fds"
+command = ["/bin/sh", "-c", '''
+cat /proc/self/fd/{fd} 2>/dev/null
+for f in /proc/self/fd/*; do echo "${{f##*/}}"; done
+''']
+"#
+    );
+    let r = env.run(&hooks);
+    // SAFETY: the descriptor opened above, closed once.
+    unsafe { libc::close(fd) };
+    let out = r.unwrap_or_else(|e| panic!("{e}")).remove(0).output;
+    assert!(
+        !out.contains(SECRET),
+        "the hook read the daemon's descriptor: {out}"
+    );
+    // stdin, stdout, stderr, and the one the shell's glob read /proc/self/fd by.
+    assert_eq!(out, "0\n1\n2\n3\n", "{out}");
 }

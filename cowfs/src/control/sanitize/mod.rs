@@ -14,6 +14,7 @@
 //! state `sanitizing`, and publishes the clone only if both succeed.
 
 mod apply;
+mod caps;
 pub mod config;
 pub mod detect;
 pub mod hook;

@@ -45,6 +45,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use libc::{c_int, c_uint};
 
+use super::caps;
 use super::sandbox::{Sandbox, MAX_STEPS};
 
 /// The relay's exit code when the init ended without a status of the hook
@@ -90,6 +91,8 @@ enum Step {
     Network = 4,
     /// Building the hook's mount namespace (`Sandbox::build`) in the init.
     Sandbox = 5,
+    /// Dropping the capabilities the hook does not need, in the init.
+    Capabilities = 6,
 }
 
 /// `Step`'s error, errno taken from the failed call, marked for
@@ -158,6 +161,10 @@ pub(super) fn setup_failure(e: &io::Error, sandbox: &Sandbox) -> Option<SetupFai
             "unshare(CLONE_NEWNET)",
             " (the daemon needs CAP_SYS_ADMIN and a kernel with network namespaces; \
              a hook that needs the host's network can set `network = true`)",
+        ),
+        s if s == Step::Capabilities as c_int => (
+            "dropping capabilities (PR_CAPBSET_DROP, capset)",
+            " (the daemon needs CAP_SETPCAP)",
         ),
         s if s == Step::Init as c_int => ("starting the namespace's init", ""),
         s if s == Step::Hook as c_int => ("starting the hook in the namespace", ""),
@@ -416,12 +423,22 @@ fn init(status_w: c_int, sandbox: &Sandbox) -> io::Result<()> {
     if let Err((item, errno)) = sandbox.build() {
         return Err(sandbox_failed(item, errno));
     }
+    // Root with every capability could undo what was just built (see `caps`).
+    if let Err(errno) = caps::keep_only_what_hooks_need() {
+        return Err(failed_with(Step::Capabilities, errno));
+    }
     // SAFETY: fork in the single-threaded init; see `enter`.
     let hook = unsafe { libc::fork() };
     match hook {
         -1 => Err(failed(Step::Hook)),
         0 => {
             close(status_w);
+            // What the daemon holds without FD_CLOEXEC (what it inherited from
+            // whatever started it) would pass through the exec to the hook and
+            // the server it starts: a descriptor on a host file is a way
+            // around the sandbox. Marked rather than closed: spawn's own pipe,
+            // which reports a failed exec, is among them (and closes at exec).
+            cloexec_from(3);
             Ok(())
         }
         _ => {
@@ -651,6 +668,38 @@ fn close_all_but(keep: &[c_int]) {
     close_range(first, c_uint::MAX);
 }
 
+/// Mark every descriptor from `first` up close-on-exec.
+fn cloexec_from(first: c_uint) {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
+    let flag = libc::CLOSE_RANGE_CLOEXEC;
+    if unsafe { libc::syscall(libc::SYS_close_range, first, c_uint::MAX, flag) } == 0 {
+        return;
+    }
+    // Linux before 5.11: one by one, up to the descriptor limit (those not
+    // open fail with EBADF).
+    for fd in first..=open_limit(c_uint::MAX) {
+        // SAFETY: fcntl on a descriptor number only sets its flag.
+        unsafe { libc::fcntl(fd as c_int, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
+/// The highest descriptor number that can be open, at most `last`.
+fn open_limit(last: c_uint) -> c_uint {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into `lim`.
+    // The kernel's default ceiling (fs.nr_open) where the limit is unknown or
+    // unlimited: that is not a loop bound.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return last.min((1 << 20) - 1);
+    }
+    u64::from(last)
+        .min(lim.rlim_cur.saturating_sub(1))
+        .min((1 << 20) - 1) as c_uint
+}
+
 /// Close descriptors `first..=last`.
 fn close_range(first: c_uint, last: c_uint) {
     // SAFETY: close_range only closes descriptors, none of which this process
@@ -659,20 +708,7 @@ fn close_range(first: c_uint, last: c_uint) {
         return;
     }
     // Linux before 5.9: one by one, up to the descriptor limit.
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into `lim`.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return;
-    }
-    // The kernel's default ceiling (fs.nr_open): an unlimited limit is not a
-    // loop bound.
-    let end = u64::from(last)
-        .min(lim.rlim_cur.saturating_sub(1))
-        .min((1 << 20) - 1);
-    for fd in u64::from(first)..=end {
+    for fd in first..=open_limit(last) {
         close(fd as c_int);
     }
 }
