@@ -4,51 +4,50 @@
 //! for reads in flight before it lets freed blocks go. Blocks born in the running
 //! transaction (which may be rewritten in place) are read under the lock.
 
-use std::cell::RefCell;
+use parking_lot::Mutex;
 
 use super::items::*;
 use super::{FsResult, FsTree};
 use crate::store::device::BlockDevice;
 
-/// Buffers a thread keeps for its next reads. A cold sequential read through a
-/// mount allocated and zeroed 1 MiB per READ request (the allocator's `calloc`
-/// zeroes memory it reuses): 9% of the daemon's CPU under perf. A buffer a read
-/// fully covers with device blocks is not zeroed again; one with holes is.
-const SPARE_BUFFERS: usize = 2;
+/// Read buffers kept for the next reads, shared by every thread of the process.
+/// A cold sequential read through a mount allocated and zeroed 1 MiB per READ
+/// request (the allocator's `calloc` zeroes memory it reuses): 9% of the daemon's
+/// CPU under perf. A buffer a read fully covers with device blocks is not zeroed
+/// again; one with holes is. Kept per process, not per thread: every mount has
+/// its own worker threads, and 10 mounts kept 41 MiB in per-thread buffers
+/// (tests/control_daemon.rs `mounts_do_not_cost_megabytes_each`).
+const SPARE_BUFFERS: usize = 4;
 /// Largest buffer kept (a 1 MiB request spanning one more block, plus the
 /// alignment block); larger ones go back to the allocator.
 const SPARE_MAX_BYTES: usize = (1 << 20) + 2 * BS as usize;
 
-thread_local! {
-    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-}
+static SPARE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 /// A buffer of exactly `len` bytes with unspecified (initialized) content: a kept
 /// one when it is large enough, else a new one.
 fn take_buffer(len: usize) -> Vec<u8> {
-    let kept = SPARE.with(|s| {
-        let mut s = s.borrow_mut();
-        let i = s.iter().position(|b| b.capacity() >= len)?;
-        Some(s.swap_remove(i))
-    });
+    let kept = {
+        let mut s = SPARE.lock();
+        s.iter()
+            .position(|b| b.capacity() >= len)
+            .map(|i| s.swap_remove(i))
+    };
     let mut buf = kept.unwrap_or_default();
     // Only bytes past the kept length are zeroed here.
     buf.resize(len, 0);
     buf
 }
 
-/// Keep `buf` for a later `take_buffer` on this thread, if there is room.
+/// Keep `buf` for a later `take_buffer`, if there is room.
 fn keep_buffer(buf: Vec<u8>) {
     if buf.capacity() == 0 || buf.capacity() > SPARE_MAX_BYTES {
         return;
     }
-    // A thread being torn down has no slot left: the buffer is then just freed.
-    let _ = SPARE.try_with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < SPARE_BUFFERS {
-            s.push(buf);
-        }
-    });
+    let mut s = SPARE.lock();
+    if s.len() < SPARE_BUFFERS {
+        s.push(buf);
+    }
 }
 
 /// One run of data blocks to read: where it goes in the buffer (in blocks), where it
