@@ -144,11 +144,6 @@ fn on_host(path: &Path) -> PathBuf {
     Path::new(OLD_ROOT).join(rel)
 }
 
-/// `path` is `dir` or below it (both absolute, without `..`).
-pub fn is_within(path: &Path, dir: &Path) -> bool {
-    path.starts_with(dir)
-}
-
 struct Plan {
     steps: Vec<Step>,
     /// Directories made on the sandbox's own tmpfs mounts.
@@ -241,7 +236,7 @@ impl Plan {
     /// The bound path `path` is in, if any.
     fn covering(&self, path: &Path) -> Option<&(PathBuf, Access)> {
         // The last: a bind inside another one is the one that shows.
-        self.bound.iter().rev().find(|(b, _)| is_within(path, b))
+        self.bound.iter().rev().find(|(b, _)| path.starts_with(b))
     }
 }
 
@@ -413,7 +408,7 @@ impl Sandbox {
                     "{what} {shown}: the host's root cannot be bound"
                 )));
             }
-            if let Some(own) = OWN_DIRS.iter().find(|d| is_within(&path, Path::new(d))) {
+            if let Some(own) = OWN_DIRS.iter().find(|d| path.starts_with(d)) {
                 return Err(invalid(format!(
                     "{what} {shown}: is in {own}, which the sandbox makes itself"
                 )));
