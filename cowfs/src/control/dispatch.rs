@@ -757,7 +757,8 @@ impl Ctx {
         let g = self.lock_for(token)?;
         let src = self.target(token, from)?;
         require(token, Scope::Branch, &src.name, src.id)?;
-        let profile_name = match self.state.required(src.id) {
+        let src_required = self.state.required(src.id);
+        let profile_name = match src_required.clone() {
             Some(req) if !has(token, Scope::Admin, &src.name, src.id) => {
                 if snapshot {
                     self.refuse_required(token, &src, "take a snapshot of")?;
@@ -867,6 +868,19 @@ impl Ctx {
         if let Err(e) = self.pool.set_owners(&[(id, token.id)]) {
             self.discard(name, id);
             return Err(errors::pool(e));
+        }
+        // Sanitized with another profile than the parent requires (only an
+        // admin on the parent chooses): the clone still holds what the
+        // required one removes, so it requires it too, as a copy taken
+        // unsanitized does (`inherit_required`). One sanitized with the
+        // required profile is free of it, as `require_lineage` counts it; a
+        // requirement a `protect` gave the clone meanwhile stays.
+        let missing = src_required.filter(|r| *r != profile.name);
+        if let Some(required) = missing.filter(|_| self.state.required(id).is_none()) {
+            if let Err(e) = self.set_required(id, Some(&required)) {
+                self.discard(name, id);
+                return Err(e);
+            }
         }
         // Marked as sanitized with the profile: a requirement of it set later
         // on an ancestor does not reach the clone (`require_lineage`).
