@@ -550,3 +550,72 @@ fn a_directory_swapped_in_after_the_write_check_is_never_mounted_on() {
         "no mount went through at all ({refused} refusals)"
     );
 }
+
+/// Review finding: the daemon resolved the mount point of a token without
+/// `admin:*` as root, so its replies told a user what the user could not see
+/// itself: whether a directory exists inside one it may not enter (a
+/// refusal naming the mount roots, or the write check's, against
+/// `not_a_directory` for a missing one), and where a symlink there points (the
+/// refusal named the resolved path). The mount point is now resolved as the
+/// requesting user: what that user cannot reach is answered exactly as a
+/// missing directory.
+#[test]
+fn a_mount_point_is_resolved_as_the_requesting_user() {
+    use std::os::unix::fs::PermissionsExt;
+
+    const UID: u32 = 4001;
+    let mode = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+    };
+    let d = Daemon::start();
+    // The socket is 0660 root:root: reached through the supplementary group 0.
+    mode(d.tmp.path(), 0o750);
+    let agent_s = d.token("agent", &["branch:main"]);
+    let mut agent = connect_as(&d, &agent_s, UID, UID, &[0]);
+    agent.branch_create("a1", "main", None).expect("branch");
+
+    // Root's private directories, one outside the mount roots and one inside,
+    // each holding a directory and a symlink to one the user may see.
+    let target = d.tmp.path().join("elsewhere");
+    std::fs::create_dir(&target).expect("mkdir");
+    let outside = d.tmp.path().join("private");
+    let inside = d.dir("private");
+    for p in [&outside, &inside] {
+        std::fs::create_dir_all(p.join("dir")).expect("mkdir");
+        std::os::unix::fs::symlink(&target, p.join("link")).expect("symlink");
+        mode(p, 0o700);
+    }
+    for p in [&outside, &inside] {
+        let missing = reply_to(agent.mount("a1", s(&p.join("nosuch")), false));
+        assert_eq!(missing.kind, ErrorKind::NotADirectory, "{missing}");
+        for name in ["dir", "link"] {
+            let e = reply_to(agent.mount("a1", s(&p.join(name)), false));
+            assert_eq!(
+                (e.kind, e.message.clone()),
+                (missing.kind, missing.message.replace("nosuch", name)),
+                "{}/{name} is told apart from a missing directory",
+                p.display()
+            );
+            assert!(!e.message.contains(s(&target)), "{e}");
+        }
+    }
+    // Root, and an admin token, still resolve what they may see.
+    let mut as_root = d.client(&agent_s);
+    forbidden(
+        "root's process mounts on root's directory outside the roots",
+        as_root.mount("a1", s(&outside.join("dir")), false),
+        "must be under",
+    );
+    let mut admin = connect_as(&d, &d.admin, UID, UID, &[0]);
+    admin
+        .mount("a1", s(&inside.join("dir")), false)
+        .expect("an admin token mounts where it names");
+    admin.unmount(s(&inside.join("dir"))).expect("unmount");
+}
+
+fn reply_to<T: std::fmt::Debug>(r: Result<T, ClientError>) -> cowfs_ctl::proto::ErrorReply {
+    match r {
+        Err(ClientError::Server(e)) => e,
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}

@@ -745,3 +745,90 @@ fn protect_and_unprotect_change_nothing_when_the_state_write_fails() {
     allowed("unprotect", admin.unprotect("prod"));
     assert_eq!(shown(&mut admin), (false, None));
 }
+
+/// Review finding: `unmount` needed only `mount` on the branch, so a token
+/// given `mount:prod` and `read:prod` to mount production read-only could
+/// unmount production's own read-write mount (the service using it then
+/// writes into the bare directory below), and one with `write` but not
+/// `admin` could unmount a protected branch's read-write mount it could never
+/// have made. Unmounting now needs what making that mount needs: `read` for a
+/// read-only one, `write` and (on a protected branch) `admin` for a
+/// read-write one. And a token that may not read the branch (`branch:prod`
+/// alone) learnt from the refusal where it is mounted; it now gets the reply
+/// for a directory where nothing is mounted, as `mounts` leaves it out.
+#[test]
+fn unmount_needs_what_the_mount_needed() {
+    let d = Daemon::start();
+    let mut admin = d.admin_client();
+    allowed("prod", admin.branch_create("prod", "main", None));
+    allowed("protect prod", admin.protect("prod"));
+    allowed("shared", admin.branch_create("shared", "main", None));
+    let prod_dir = d.dir("prod");
+    let prod_mnt = prod_dir.to_str().expect("utf-8");
+    let shared_dir = d.dir("shared");
+    let shared_mnt = shared_dir.to_str().expect("utf-8");
+    allowed("admin mounts prod", admin.mount("prod", prod_mnt, false));
+    allowed(
+        "admin mounts shared",
+        admin.mount("shared", shared_mnt, false),
+    );
+    let viewer_s = d.token(
+        "viewer",
+        &["mount:prod", "read:prod", "mount:shared", "read:shared"],
+    );
+    let writer_s = d.token("writer", &["mount:prod", "write:prod"]);
+    let mut viewer = d.client(&viewer_s);
+    let mut writer = d.client(&writer_s);
+
+    refused(
+        &d,
+        "viewer unmounts prod's read-write mount",
+        ErrorKind::Forbidden,
+        Scope::Write,
+        || viewer.unmount(prod_mnt),
+    );
+    refused(
+        &d,
+        "viewer unmounts shared's read-write mount",
+        ErrorKind::Forbidden,
+        Scope::Write,
+        || viewer.unmount(shared_mnt),
+    );
+    refused(
+        &d,
+        "writer unmounts protected prod's read-write mount",
+        ErrorKind::Protected,
+        Scope::Admin,
+        || writer.unmount(prod_mnt),
+    );
+    assert!(is_mountpoint(&prod_dir) && is_mountpoint(&shared_dir));
+    // A token that may not read prod is not told where it is mounted (it is
+    // not in its `mounts` either): the reply for a directory with no mount.
+    let brancher_s = d.token("brancher", &["branch:prod"]);
+    let mut brancher = d.client(&brancher_s);
+    let empty = d.dir("empty");
+    let shown = reply(brancher.unmount(prod_mnt)).expect("refused");
+    let none = reply(brancher.unmount(empty.to_str().expect("utf-8"))).expect("refused");
+    assert_eq!(
+        (shown.kind, shown.message, shown.target, shown.scope),
+        (
+            none.kind,
+            none.message
+                .replace(empty.to_str().expect("utf-8"), prod_mnt),
+            none.target
+                .map(|t| t.replace(empty.to_str().expect("utf-8"), prod_mnt)),
+            none.scope
+        ),
+        "a mount of a branch the token may not read is told apart from none"
+    );
+    assert!(is_mountpoint(&prod_dir));
+
+    // What a token may mount it may unmount, whoever mounted it.
+    allowed("admin unmounts prod", admin.unmount(prod_mnt));
+    allowed("admin mounts prod ro", admin.mount("prod", prod_mnt, true));
+    allowed("viewer unmounts it", viewer.unmount(prod_mnt));
+    allowed("unprotect prod", admin.unprotect("prod"));
+    allowed("admin mounts prod", admin.mount("prod", prod_mnt, false));
+    allowed("writer unmounts unprotected prod", writer.unmount(prod_mnt));
+    assert!(!is_mountpoint(&prod_dir));
+}

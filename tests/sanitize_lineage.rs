@@ -212,3 +212,42 @@ fn a_branch_reset_to_prod_before_the_requirement_is_covered() {
     // The sanitized clone itself was not reset: it stays free of the requirement.
     assert_eq!(required(&mut admin, "a1"), None);
 }
+
+/// A second profile, which leaves emails as they are.
+const LOGS: &str = r#"
+[[profiles.logs.rules]]
+name = "logs"
+paths = ["**/*.log"]
+action = "remove"
+"#;
+
+/// Review finding: an admin's copy of prod sanitized with a profile other
+/// than the one prod requires did not inherit the requirement (an unsanitized
+/// copy does, and `protect prod` run again would have given it), so a token
+/// allowed to branch that copy got prod's personal data with only the other
+/// profile's rules applied. A copy sanitized with the required profile itself
+/// holds none of what it removes and stays free of it, as `require_lineage`
+/// treats it.
+#[test]
+fn an_admin_copy_sanitized_with_another_profile_keeps_the_requirement() {
+    let d = Daemon::start_with_config(Some(&format!("{CONFIG}{LOGS}")));
+    let mut admin = d.admin_client();
+    prod(&d, &mut admin);
+    allowed("require pii", admin.protect_with("prod", Some("pii")));
+    let staging = allowed(
+        "staging",
+        admin.branch_create_with("staging", "prod", None, Some("logs"), None),
+    );
+    assert_eq!(
+        staging.sanitized.as_ref().map(|s| s.profile.as_str()),
+        Some("logs")
+    );
+    assert_eq!(staging.require_sanitize.as_deref(), Some("pii"));
+    assert_sanitized_clone(&d, "staging", "a1");
+
+    let clean = allowed(
+        "clean",
+        admin.branch_create_with("clean", "prod", None, Some("pii"), None),
+    );
+    assert_eq!(clean.require_sanitize, None);
+}

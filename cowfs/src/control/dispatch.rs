@@ -210,6 +210,13 @@ impl Ctx {
             .is_ok_and(|id| self.visible(token, name, id))
     }
 
+    /// May `token` see and read the branch named `name` (a mount's)?
+    fn readable_name(&self, token: &TokenView, name: &str) -> bool {
+        self.pool
+            .branch_id(name)
+            .is_ok_and(|id| has(token, Scope::Read, name, id) && self.visible(token, name, id))
+    }
+
     /// Branch `name` as `token` may know it: one it cannot see is `not_found`,
     /// exactly like a missing one.
     fn lookup(&self, token: &TokenView, name: &str) -> Result<pool::BranchInfo, ErrorReply> {
@@ -417,13 +424,14 @@ impl Ctx {
             Request::Unmount { dir } => {
                 let _g = self.lock_for(token)?;
                 let canonical = Path::new(&dir).canonicalize().ok();
-                // A mount of a branch the token cannot see is no mount to it.
+                // A mount of a branch the token cannot read is no mount to it,
+                // as `mounts` leaves it out: a refusal would tell where it is.
                 let m = self
                     .mounts
                     .list()
                     .into_iter()
                     .find(|m| m.dir == Path::new(&dir) || Some(&m.dir) == canonical.as_ref())
-                    .filter(|m| self.visible_name(token, &m.branch));
+                    .filter(|m| self.readable_name(token, &m.branch));
                 let Some(m) = m else {
                     return Err(ErrorReply::new(
                         ErrorKind::NotMounted,
@@ -432,19 +440,15 @@ impl Ctx {
                     .target(dir));
                 };
                 let t = self.target(token, &m.branch)?;
-                require(token, Scope::Mount, &t.name, t.id)?;
+                may_mount(token, &t, m.read_only, "unmount a read-write mount of")?;
                 self.mounts.unmount(&m.dir).map_err(errors::mount)?;
                 ok(Done {})
             }
             Request::Mounts {} => {
                 let mut out = Vec::new();
                 for m in self.mount_list(None) {
-                    if let Ok(id) = self.pool.branch_id(&m.branch) {
-                        if has(token, Scope::Read, &m.branch, id)
-                            && self.visible(token, &m.branch, id)
-                        {
-                            out.push(m);
-                        }
+                    if self.readable_name(token, &m.branch) {
+                        out.push(m);
                     }
                 }
                 ok(MountList { mounts: out })
@@ -753,7 +757,8 @@ impl Ctx {
         let g = self.lock_for(token)?;
         let src = self.target(token, from)?;
         require(token, Scope::Branch, &src.name, src.id)?;
-        let profile_name = match self.state.required(src.id) {
+        let src_required = self.state.required(src.id);
+        let profile_name = match src_required.clone() {
             Some(req) if !has(token, Scope::Admin, &src.name, src.id) => {
                 if snapshot {
                     self.refuse_required(token, &src, "take a snapshot of")?;
@@ -863,6 +868,19 @@ impl Ctx {
         if let Err(e) = self.pool.set_owners(&[(id, token.id)]) {
             self.discard(name, id);
             return Err(errors::pool(e));
+        }
+        // Sanitized with another profile than the parent requires (only an
+        // admin on the parent chooses): the clone still holds what the
+        // required one removes, so it requires it too, as a copy taken
+        // unsanitized does (`inherit_required`). One sanitized with the
+        // required profile is free of it, as `require_lineage` counts it; a
+        // requirement a `protect` gave the clone meanwhile stays.
+        let missing = src_required.filter(|r| *r != profile.name);
+        if let Some(required) = missing.filter(|_| self.state.required(id).is_none()) {
+            if let Err(e) = self.set_required(id, Some(&required)) {
+                self.discard(name, id);
+                return Err(e);
+            }
         }
         // Marked as sanitized with the profile: a requirement of it set later
         // on an ancestor does not reach the clone (`require_lineage`).
@@ -1141,13 +1159,7 @@ impl Ctx {
         read_only: bool,
     ) -> Result<(), ErrorReply> {
         let read_only = read_only || t.snapshot;
-        require(token, Scope::Mount, &t.name, t.id)?;
-        if read_only {
-            require(token, Scope::Read, &t.name, t.id)?;
-        } else {
-            require(token, Scope::Write, &t.name, t.id)?;
-            require_unprotected(token, t.protected, "mount read-write", &t.name, t.id)?;
-        }
+        may_mount(token, t, read_only, "mount read-write")?;
         let (dir, pinned) = self.mount_point(token, caller, dir)?;
         // Exactly the directory checked, held open since: resolved again, a
         // symlink swapped in since would move the mount out of the mount roots,
@@ -1246,6 +1258,21 @@ impl Ctx {
         self.state
             .set_required(id, profile)
             .map_err(|e| self.state_error(e))
+    }
+}
+
+/// What mounting `t` read-only (`read_only`) or read-write takes; unmounting
+/// such a mount, whoever made it, takes the same: with `mount` alone a token
+/// given `mount:prod` and `read:prod` to look at production could take
+/// production's own read-write mount away (its service then writing into the
+/// bare directory below). `what` is the refused action, for the message.
+fn may_mount(token: &TokenView, t: &Target, read_only: bool, what: &str) -> Result<(), ErrorReply> {
+    require(token, Scope::Mount, &t.name, t.id)?;
+    if read_only {
+        require(token, Scope::Read, &t.name, t.id)
+    } else {
+        require(token, Scope::Write, &t.name, t.id)?;
+        require_unprotected(token, t.protected, what, &t.name, t.id)
     }
 }
 

@@ -9,7 +9,9 @@
 //!   would scrub the branch mounted above instead, and the clone be published
 //!   unscrubbed);
 //! - tokens without `admin:*`: only strictly below a mount root (`[control]
-//!   mount_roots`, default `POOL.mnt`), after symlinks are resolved, and on the
+//!   mount_roots`, default `POOL.mnt`), after symlinks are resolved (as the
+//!   requesting user, `Peer::resolve_dir`: replies must not tell what lies in
+//!   directories that user may not enter), and on the
 //!   root's own filesystem (never on or inside another mount); and, as
 //!   fusermount requires of unprivileged mounts, only on a directory the
 //!   requesting process's user may write, and that user's own if it is sticky
@@ -50,15 +52,34 @@ pub fn check(
             dir.escape_debug()
         )));
     }
-    let real = match Path::new(dir).canonicalize() {
-        Ok(p) if p.is_dir() => p,
-        _ => {
-            return Err(ErrorReply::new(
-                ErrorKind::NotADirectory,
-                format!("{dir}: not a directory; create the mount point first"),
+    // A token without `admin:*` acts as the requesting user (`None`: an admin
+    // one), who must be known.
+    let user = match (pool_admin, caller) {
+        (true, _) => None,
+        (false, Some(caller)) => Some(caller),
+        (false, None) => return Err(refused(
+            dir,
+            Some(Scope::Admin),
+            "the daemon could not learn which user the requesting process runs as (SO_PEERCRED, SO_PEERGROUPS); a token without admin:* mounts only on a directory its user may write".into(),
+        )),
+    };
+    // Resolved as that user (see `Peer::resolve_dir`), as root for an admin.
+    let resolved = match user {
+        None => Path::new(dir).canonicalize().ok().filter(|p| p.is_dir()),
+        Some(caller) => caller.resolve_dir(Path::new(dir)).map_err(|e| {
+            ErrorReply::new(
+                ErrorKind::Io,
+                format!("resolving mount point {dir} as uid {}: {e}", caller.uid),
             )
-            .target(dir))
-        }
+            .target(dir)
+        })?,
+    };
+    let Some(real) = resolved else {
+        return Err(ErrorReply::new(
+            ErrorKind::NotADirectory,
+            format!("{dir}: not a directory; create the mount point first"),
+        )
+        .target(dir));
     };
     // Without symlinks, as the path just resolved: one swapped in since is
     // refused, as `MountTable::mount_exact` would.
@@ -142,15 +163,9 @@ pub fn check(
             ),
         ));
     }
-    let Some(caller) = caller else {
-        return Err(refused(
-            dir,
-            Some(Scope::Admin),
-            "the daemon could not learn which user the requesting process runs as (SO_PEERCRED, SO_PEERGROUPS); a token without admin:* mounts only on a directory its user may write".into(),
-        ));
-    };
-    // Root passes, as with fusermount.
-    if caller.uid != 0 {
+    // Root passes, as with fusermount (`user` is the caller here: admins
+    // returned above).
+    if let Some(caller) = user.filter(|c| c.uid != 0) {
         let io = |e: std::io::Error| {
             ErrorReply::new(
                 ErrorKind::Io,

@@ -9,7 +9,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The credentials of the process that connected.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,11 +87,47 @@ impl Peer {
     }
 
     /// May this peer write `path`, by the kernel's own rules (mode bits, ACLs,
-    /// the groups it had when it connected)? Asked with `access(2)` by a thread
-    /// that takes the peer's credentials for this alone and then ends.
+    /// the groups it had when it connected)? Asked with `access(2)` as the peer
+    /// (`as_peer`).
     pub(super) fn may_write(&self, path: &Path) -> io::Result<bool> {
         let c = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+        self.as_peer(move || {
+            // SAFETY: a valid NUL-terminated path.
+            if unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0 {
+                return Ok(true);
+            }
+            // As fusermount: a directory on a read-only filesystem or an
+            // immutable one is not writable either.
+            match io::Error::last_os_error() {
+                e if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EACCES | libc::EPERM | libc::EROFS)
+                ) =>
+                {
+                    Ok(false)
+                }
+                e => Err(e),
+            }
+        })
+    }
+
+    /// `path` with its symlinks and `..` resolved as this peer resolves them,
+    /// if it names a directory the peer can reach; `None` for anything else,
+    /// missing or hidden from the peer alike: resolved as root, a reply would
+    /// tell what lies in directories the peer may not enter (whether a name
+    /// exists, where a symlink points).
+    pub(super) fn resolve_dir(&self, path: &Path) -> io::Result<Option<PathBuf>> {
+        let path = path.to_path_buf();
+        self.as_peer(move || Ok(path.canonicalize().ok().filter(|p| p.is_dir())))
+    }
+
+    /// Run `f` on a thread that takes this peer's credentials for it alone and
+    /// then ends, so that the kernel answers `f`'s calls exactly as for the peer.
+    fn as_peer<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
         let peer = self.clone();
         std::thread::Builder::new()
             .name("cowfs-access".into())
@@ -99,7 +135,7 @@ impl Peer {
                 // Raw syscalls: they change this thread's credentials only
                 // (libc's wrappers would change every thread of the daemon).
                 // Groups first, while this thread may still change them; with
-                // every uid other than 0 it keeps no capability, so access(2)
+                // every uid other than 0 it keeps no capability, so the kernel
                 // answers exactly as for the peer. The thread ends with them.
                 // SAFETY: plain syscalls on values owned by this closure.
                 unsafe {
@@ -110,25 +146,11 @@ impl Peer {
                     {
                         return Err(io::Error::last_os_error());
                     }
-                    if libc::access(c.as_ptr(), libc::W_OK) == 0 {
-                        return Ok(true);
-                    }
                 }
-                // As fusermount: a directory on a read-only filesystem or an
-                // immutable one is not writable either.
-                match io::Error::last_os_error() {
-                    e if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EACCES | libc::EPERM | libc::EROFS)
-                    ) =>
-                    {
-                        Ok(false)
-                    }
-                    e => Err(e),
-                }
+                f()
             })?
             .join()
-            .map_err(|_| io::Error::other("the access check panicked"))?
+            .map_err(|_| io::Error::other("a check as the client's user panicked"))?
     }
 }
 
