@@ -55,6 +55,10 @@
 # relative to this script's directory if not absolute; default pg-sanitize.sql);
 # PG_SANITIZE_DB (default postgres); PGBIN (default /usr/lib/postgresql/15/bin).
 set -euo pipefail
+# A failing command inside $(...) stops it too, as it would outside (bash does
+# not pass -e into command substitutions otherwise): the rest of it would run
+# and its status be the last command's.
+shopt -s inherit_errexit
 
 : "${COWFS_CLONE_DIR:?run by cowfs: COWFS_CLONE_DIR is not set}"
 : "${COWFS_HOOK_KEY:?run by cowfs: COWFS_HOOK_KEY is not set}"
@@ -221,8 +225,12 @@ db() {
   printf "dbname='%s'" "$v"
 }
 
-# NUL-separated: a name may hold a newline.
-mapfile -d '' -t DBS < <(psql_as -d postgres -At -0 -c "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")
+# NUL-separated: a name may hold a newline. Through a file, not a process
+# substitution, whose exit status bash ignores: a failed listing gave an empty
+# list, and the hook went on without preparing or scrubbing any database.
+psql_as -d postgres -At -0 -c "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1" >"$SOCK/databases" ||
+  { echo "could not list the databases of the clone (from its database postgres)"; exit 1; }
+mapfile -d '' -t DBS <"$SOCK/databases"
 
 echo "preparing: prepared transactions and replication slots"
 for d in "${DBS[@]}"; do
@@ -273,10 +281,13 @@ script() {
 declare -A RESTORE
 echo "disabling the triggers, rules and event triggers that fire in replica mode"
 for d in "${DBS[@]}"; do
-  RESTORE[$d]=$({
-    replica_firing "$AS_BEFORE" | script | psql_as -d "$(db "$d")" -At
-    replica_firing_events "$AS_BEFORE" | script | psql_as -d "$(db "$d")" -At
-  })
+  # One listing per substitution, each checked: in one $({ a; b; }) a failing
+  # a was hidden by b, and what a lists would have stayed disabled for good.
+  triggers=$(replica_firing "$AS_BEFORE" | script | psql_as -d "$(db "$d")" -At) ||
+    { echo "could not list the triggers and rules of database $d"; exit 1; }
+  events=$(replica_firing_events "$AS_BEFORE" | script | psql_as -d "$(db "$d")" -At) ||
+    { echo "could not list the event triggers of database $d"; exit 1; }
+  RESTORE[$d]=$triggers$'\n'$events
   { replica_firing_events "'DISABLE'"; echo '\gexec'; replica_firing "'DISABLE'"; echo '\gexec'; } |
     psql_as -d "$(db "$d")" >/dev/null
 done

@@ -21,10 +21,10 @@ use std::process::Command;
 
 use cowfs::control::sanitize::detect::Kind;
 use cowfs::control::sanitize::pseudo::{hook_key_hex, Pseudonymizer};
-use cowfs::control::sanitize::run_hook;
+use cowfs::control::sanitize::{run_hook, SanitizeError};
 use support::pg::{
     append, byte_search, copy_clone, join_counts, load_example_schema, pg_dir, run_noop_hook,
-    run_sql_hook, Cluster,
+    run_sql_hook, run_sql_hook_in, Cluster,
 };
 use support::*;
 
@@ -541,4 +541,36 @@ fn pg_hook_takes_the_clones_names_as_names() {
         "the clone's triggers changed"
     );
     server.stop();
+}
+
+/// The hook reads the list of databases from psql through a process
+/// substitution, whose exit status bash does not check: when the listing
+/// failed, the list was empty and the hook went on to run the site SQL and
+/// skipped preparing, scrubbing and vacuuming every database, relying on a
+/// later step to fail. A cluster whose database `postgres` (where the hook
+/// lists the others) was dropped makes the listing fail: the hook must stop
+/// there, saying so, before the site SQL.
+#[test]
+fn pg_hook_fails_at_once_when_the_databases_cannot_be_listed() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-sanitize-pglist-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = tmp.path();
+    let parent = Cluster::new(&base.join("parent/pg"), &base.join("sock-parent"), true);
+    let server = parent.start();
+    parent.sql("postgres", "CREATE DATABASE app");
+    parent.sql("app", "DROP DATABASE postgres");
+    parent.sql("app", "CHECKPOINT");
+    server.stop();
+    copy_clone(&parent.data, &base.join("clone"));
+    let r = run_sql_hook_in(base, &base.join("clone"), "app", "\\echo site SQL ran\n");
+    match r {
+        Err(SanitizeError::HookFailed { output, .. }) => {
+            assert!(output.contains("could not list the databases"), "{output}");
+            assert!(!output.contains("site SQL ran"), "{output}");
+        }
+        r => panic!("the hook did not fail: {r:?}"),
+    }
 }
