@@ -36,8 +36,9 @@
 #   or ENABLE REPLICA (which fire in replica mode) are disabled for the run and
 #   get their state back at its end, so the clone's schema is the parent's;
 #   Foreign keys' actions do not run either: the site SQL must rewrite the
-#   referencing columns itself, and the hook fails if a foreign key no longer
-#   holds after it (original values left in referencing rows);
+#   referencing columns itself, and the hook fails if a foreign key has a
+#   violating row after it that it did not have before (original values left in
+#   referencing rows); a NOT VALID key's violations from before are tolerated;
 # - its names are names: a database is given to psql as a connection string
 #   holding only dbname (db below), statements are built with format's %I, and
 #   lists of names are NUL-separated or one value, so that quotes, spaces,
@@ -292,40 +293,85 @@ for d in "${DBS[@]}"; do
     psql_as -d "$(db "$d")" >/dev/null
 done
 
-echo "rewriting personal data in $DB with $SQL"
-pg_session "-c cowfs.key=$COWFS_HOOK_KEY" -d "$(db "$DB")" <"$SQL"
-# Foreign keys' actions (ON UPDATE CASCADE, ON DELETE SET NULL, ...) and checks
-# do not run in replica mode: a site SQL that counts on them to rewrite the
-# referencing rows leaves the original values there. Every foreign key must
-# still hold; one that does not fails the hook (the clone is deleted). Each
-# table's own constraint: a partitioned table's is checked on its partitions.
-echo "checking the foreign keys in $DB"
+# Foreign keys are neither checked nor act (ON UPDATE CASCADE, ON DELETE SET
+# NULL, ...) in replica mode: a site SQL that counts on them to rewrite the
+# referencing rows leaves the original values there. After it, no foreign key
+# may have a violating row it did not have before; one that does fails the hook
+# (the clone is deleted). A validated key had none. A key added NOT VALID may
+# hold violations from before (PostgreSQL checks only the rows written since):
+# their key values are recorded before the site SQL and tolerated after it,
+# while any other violation is one the site SQL made, a write PostgreSQL would
+# have refused. The record is a table in a schema of the hook's own,
+# cowfs_sanitize_fk (the site SQL runs in another session, where temporary
+# tables are not seen), dropped after the check whatever its outcome; if the
+# site SQL fails, the hook fails and the clone with the schema is deleted.
+# Each table's own constraint: a partitioned table's is checked on its
+# partitions.
+echo "recording the rows NOT VALID foreign keys already reject in $DB"
 psql_as -d "$(db "$DB")" <<'EOF'
-DO $$
+CREATE SCHEMA cowfs_sanitize_fk;
+-- The key values, as text, of the rows of foreign key con's table that violate
+-- it. MATCH SIMPLE exempts a row with any key column NULL; MATCH FULL only one
+-- with all of them NULL, one with some NULL violates it. num_nonnulls counts
+-- NULL columns as PostgreSQL's check does (ROW(...) IS NULL would look into a
+-- composite column's fields).
+CREATE FUNCTION cowfs_sanitize_fk.violations(con oid) RETURNS SETOF text
+LANGUAGE plpgsql SET search_path = '' AS $f$
 DECLARE
   r record;
-  bad boolean;
 BEGIN
-  FOR r IN
-    SELECT c.conname, c.conrelid::regclass AS child, c.confrelid::regclass AS parent,
-           (SELECT string_agg(format('c.%I', attname), ',' ORDER BY n)
-              FROM unnest(c.conkey) WITH ORDINALITY k(a, n)
-              JOIN pg_attribute ON attrelid = c.conrelid AND attnum = k.a) AS ccols,
-           (SELECT string_agg(format('p.%I', attname), ',' ORDER BY n)
-              FROM unnest(c.confkey) WITH ORDINALITY k(a, n)
-              JOIN pg_attribute ON attrelid = c.confrelid AND attnum = k.a) AS pcols
-      FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
-     WHERE c.contype = 'f' AND t.relkind <> 'p'
-  LOOP
-    EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s c WHERE ROW(%s) IS NOT NULL
-                      AND NOT EXISTS (SELECT FROM %s p WHERE ROW(%s) = ROW(%s)))',
-                   r.child, r.ccols, r.parent, r.pcols, r.ccols) INTO bad;
-    IF bad THEN
-      RAISE EXCEPTION 'foreign key % of % no longer holds after the site SQL (its ON UPDATE/ON DELETE actions do not run in replica mode: rewrite the referencing columns too)', r.conname, r.child;
-    END IF;
-  END LOOP;
+  SELECT c.conrelid::regclass AS child, c.confrelid::regclass AS parent,
+         c.confmatchtype = 'f' AS match_full, cardinality(c.conkey) AS n,
+         (SELECT string_agg(format('c.%I', attname), ',' ORDER BY n)
+            FROM unnest(c.conkey) WITH ORDINALITY k(a, n)
+            JOIN pg_attribute ON attrelid = c.conrelid AND attnum = k.a) AS ccols,
+         (SELECT string_agg(format('p.%I', attname), ',' ORDER BY n)
+            FROM unnest(c.confkey) WITH ORDINALITY k(a, n)
+            JOIN pg_attribute ON attrelid = c.confrelid AND attnum = k.a) AS pcols
+    INTO STRICT r FROM pg_constraint c WHERE c.oid = con;
+  RETURN QUERY EXECUTE format(
+    'SELECT ROW(%1$s)::text FROM ONLY %2$s c
+      WHERE CASE num_nonnulls(%1$s)
+              WHEN 0 THEN false
+              WHEN %4$s THEN NOT EXISTS (SELECT FROM %3$s p WHERE ROW(%5$s) = ROW(%1$s))
+              ELSE %6$L
+            END',
+    r.ccols, r.child, r.parent, r.n, r.pcols, r.match_full);
+END $f$;
+CREATE TABLE cowfs_sanitize_fk.before (con oid NOT NULL, k text NOT NULL);
+INSERT INTO cowfs_sanitize_fk.before
+  SELECT c.oid, v.k
+    FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+   CROSS JOIN LATERAL cowfs_sanitize_fk.violations(c.oid) v(k)
+   WHERE c.contype = 'f' AND NOT c.convalidated AND t.relkind <> 'p';
+EOF
+
+echo "rewriting personal data in $DB with $SQL"
+pg_session "-c cowfs.key=$COWFS_HOOK_KEY" -d "$(db "$DB")" <"$SQL"
+
+echo "checking the foreign keys in $DB"
+fk_held=true
+psql_as -d "$(db "$DB")" <<'EOF' || fk_held=false
+DO $$
+DECLARE
+  bad text;
+BEGIN
+  SELECT string_agg(format('%I of %s', c.conname, c.conrelid::regclass), ', '
+                    ORDER BY c.conname)
+    INTO bad
+    FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+   WHERE c.contype = 'f' AND t.relkind <> 'p'
+     AND EXISTS (SELECT FROM cowfs_sanitize_fk.violations(c.oid) v(k)
+                  WHERE c.convalidated
+                     OR NOT EXISTS (SELECT FROM cowfs_sanitize_fk.before b
+                                     WHERE b.con = c.oid AND b.k = v.k));
+  IF bad IS NOT NULL THEN
+    RAISE EXCEPTION 'the site SQL left rows violating foreign key(s) % that did not before (ON UPDATE/ON DELETE actions do not run in replica mode: rewrite the referencing columns too)', bad;
+  END IF;
 END $$;
 EOF
+psql_as -d "$(db "$DB")" -c "SET client_min_messages = warning" -c "DROP SCHEMA cowfs_sanitize_fk CASCADE"
+[ "$fk_held" = true ] || exit 1
 
 echo "removing old row versions, index entries and statistics"
 for d in "${DBS[@]}"; do
