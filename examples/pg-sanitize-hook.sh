@@ -36,8 +36,9 @@
 #   or ENABLE REPLICA (which fire in replica mode) are disabled for the run and
 #   get their state back at its end, so the clone's schema is the parent's;
 #   Foreign keys' actions do not run either: the site SQL must rewrite the
-#   referencing columns itself, and the hook fails if a foreign key no longer
-#   holds after it (original values left in referencing rows);
+#   referencing columns itself, and the hook fails if a foreign key has a
+#   violating row after it that it did not have before (original values left in
+#   referencing rows); a NOT VALID key's violations from before are tolerated;
 # - its names are names: a database is given to psql as a connection string
 #   holding only dbname (db below), statements are built with format's %I, and
 #   lists of names are NUL-separated or one value, so that quotes, spaces,
@@ -55,6 +56,10 @@
 # relative to this script's directory if not absolute; default pg-sanitize.sql);
 # PG_SANITIZE_DB (default postgres); PGBIN (default /usr/lib/postgresql/15/bin).
 set -euo pipefail
+# A failing command inside $(...) stops it too, as it would outside (bash does
+# not pass -e into command substitutions otherwise): the rest of it would run
+# and its status be the last command's.
+shopt -s inherit_errexit
 
 : "${COWFS_CLONE_DIR:?run by cowfs: COWFS_CLONE_DIR is not set}"
 : "${COWFS_HOOK_KEY:?run by cowfs: COWFS_HOOK_KEY is not set}"
@@ -221,8 +226,12 @@ db() {
   printf "dbname='%s'" "$v"
 }
 
-# NUL-separated: a name may hold a newline.
-mapfile -d '' -t DBS < <(psql_as -d postgres -At -0 -c "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")
+# NUL-separated: a name may hold a newline. Through a file, not a process
+# substitution, whose exit status bash ignores: a failed listing gave an empty
+# list, and the hook went on without preparing or scrubbing any database.
+psql_as -d postgres -At -0 -c "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1" >"$SOCK/databases" ||
+  { echo "could not list the databases of the clone (from its database postgres)"; exit 1; }
+mapfile -d '' -t DBS <"$SOCK/databases"
 
 echo "preparing: prepared transactions and replication slots"
 for d in "${DBS[@]}"; do
@@ -273,48 +282,96 @@ script() {
 declare -A RESTORE
 echo "disabling the triggers, rules and event triggers that fire in replica mode"
 for d in "${DBS[@]}"; do
-  RESTORE[$d]=$({
-    replica_firing "$AS_BEFORE" | script | psql_as -d "$(db "$d")" -At
-    replica_firing_events "$AS_BEFORE" | script | psql_as -d "$(db "$d")" -At
-  })
+  # One listing per substitution, each checked: in one $({ a; b; }) a failing
+  # a was hidden by b, and what a lists would have stayed disabled for good.
+  triggers=$(replica_firing "$AS_BEFORE" | script | psql_as -d "$(db "$d")" -At) ||
+    { echo "could not list the triggers and rules of database $d"; exit 1; }
+  events=$(replica_firing_events "$AS_BEFORE" | script | psql_as -d "$(db "$d")" -At) ||
+    { echo "could not list the event triggers of database $d"; exit 1; }
+  RESTORE[$d]=$triggers$'\n'$events
   { replica_firing_events "'DISABLE'"; echo '\gexec'; replica_firing "'DISABLE'"; echo '\gexec'; } |
     psql_as -d "$(db "$d")" >/dev/null
 done
 
-echo "rewriting personal data in $DB with $SQL"
-pg_session "-c cowfs.key=$COWFS_HOOK_KEY" -d "$(db "$DB")" <"$SQL"
-# Foreign keys' actions (ON UPDATE CASCADE, ON DELETE SET NULL, ...) and checks
-# do not run in replica mode: a site SQL that counts on them to rewrite the
-# referencing rows leaves the original values there. Every foreign key must
-# still hold; one that does not fails the hook (the clone is deleted). Each
-# table's own constraint: a partitioned table's is checked on its partitions.
-echo "checking the foreign keys in $DB"
+# Foreign keys are neither checked nor act (ON UPDATE CASCADE, ON DELETE SET
+# NULL, ...) in replica mode: a site SQL that counts on them to rewrite the
+# referencing rows leaves the original values there. After it, no foreign key
+# may have a violating row it did not have before; one that does fails the hook
+# (the clone is deleted). A validated key had none. A key added NOT VALID may
+# hold violations from before (PostgreSQL checks only the rows written since):
+# their key values are recorded before the site SQL and tolerated after it,
+# while any other violation is one the site SQL made, a write PostgreSQL would
+# have refused. The record is a table in a schema of the hook's own,
+# cowfs_sanitize_fk (the site SQL runs in another session, where temporary
+# tables are not seen), dropped after the check whatever its outcome; if the
+# site SQL fails, the hook fails and the clone with the schema is deleted.
+# Each table's own constraint: a partitioned table's is checked on its
+# partitions.
+echo "recording the rows NOT VALID foreign keys already reject in $DB"
 psql_as -d "$(db "$DB")" <<'EOF'
-DO $$
+CREATE SCHEMA cowfs_sanitize_fk;
+-- The key values, as text, of the rows of foreign key con's table that violate
+-- it. MATCH SIMPLE exempts a row with any key column NULL; MATCH FULL only one
+-- with all of them NULL, one with some NULL violates it. num_nonnulls counts
+-- NULL columns as PostgreSQL's check does (ROW(...) IS NULL would look into a
+-- composite column's fields).
+CREATE FUNCTION cowfs_sanitize_fk.violations(con oid) RETURNS SETOF text
+LANGUAGE plpgsql SET search_path = '' AS $f$
 DECLARE
   r record;
-  bad boolean;
 BEGIN
-  FOR r IN
-    SELECT c.conname, c.conrelid::regclass AS child, c.confrelid::regclass AS parent,
-           (SELECT string_agg(format('c.%I', attname), ',' ORDER BY n)
-              FROM unnest(c.conkey) WITH ORDINALITY k(a, n)
-              JOIN pg_attribute ON attrelid = c.conrelid AND attnum = k.a) AS ccols,
-           (SELECT string_agg(format('p.%I', attname), ',' ORDER BY n)
-              FROM unnest(c.confkey) WITH ORDINALITY k(a, n)
-              JOIN pg_attribute ON attrelid = c.confrelid AND attnum = k.a) AS pcols
-      FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
-     WHERE c.contype = 'f' AND t.relkind <> 'p'
-  LOOP
-    EXECUTE format('SELECT EXISTS (SELECT FROM ONLY %s c WHERE ROW(%s) IS NOT NULL
-                      AND NOT EXISTS (SELECT FROM %s p WHERE ROW(%s) = ROW(%s)))',
-                   r.child, r.ccols, r.parent, r.pcols, r.ccols) INTO bad;
-    IF bad THEN
-      RAISE EXCEPTION 'foreign key % of % no longer holds after the site SQL (its ON UPDATE/ON DELETE actions do not run in replica mode: rewrite the referencing columns too)', r.conname, r.child;
-    END IF;
-  END LOOP;
+  SELECT c.conrelid::regclass AS child, c.confrelid::regclass AS parent,
+         c.confmatchtype = 'f' AS match_full, cardinality(c.conkey) AS n,
+         (SELECT string_agg(format('c.%I', attname), ',' ORDER BY n)
+            FROM unnest(c.conkey) WITH ORDINALITY k(a, n)
+            JOIN pg_attribute ON attrelid = c.conrelid AND attnum = k.a) AS ccols,
+         (SELECT string_agg(format('p.%I', attname), ',' ORDER BY n)
+            FROM unnest(c.confkey) WITH ORDINALITY k(a, n)
+            JOIN pg_attribute ON attrelid = c.confrelid AND attnum = k.a) AS pcols
+    INTO STRICT r FROM pg_constraint c WHERE c.oid = con;
+  RETURN QUERY EXECUTE format(
+    'SELECT ROW(%1$s)::text FROM ONLY %2$s c
+      WHERE CASE num_nonnulls(%1$s)
+              WHEN 0 THEN false
+              WHEN %4$s THEN NOT EXISTS (SELECT FROM %3$s p WHERE ROW(%5$s) = ROW(%1$s))
+              ELSE %6$L
+            END',
+    r.ccols, r.child, r.parent, r.n, r.pcols, r.match_full);
+END $f$;
+CREATE TABLE cowfs_sanitize_fk.before (con oid NOT NULL, k text NOT NULL);
+INSERT INTO cowfs_sanitize_fk.before
+  SELECT c.oid, v.k
+    FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+   CROSS JOIN LATERAL cowfs_sanitize_fk.violations(c.oid) v(k)
+   WHERE c.contype = 'f' AND NOT c.convalidated AND t.relkind <> 'p';
+EOF
+
+echo "rewriting personal data in $DB with $SQL"
+pg_session "-c cowfs.key=$COWFS_HOOK_KEY" -d "$(db "$DB")" <"$SQL"
+
+echo "checking the foreign keys in $DB"
+fk_held=true
+psql_as -d "$(db "$DB")" <<'EOF' || fk_held=false
+DO $$
+DECLARE
+  bad text;
+BEGIN
+  SELECT string_agg(format('%I of %s', c.conname, c.conrelid::regclass), ', '
+                    ORDER BY c.conname)
+    INTO bad
+    FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+   WHERE c.contype = 'f' AND t.relkind <> 'p'
+     AND EXISTS (SELECT FROM cowfs_sanitize_fk.violations(c.oid) v(k)
+                  WHERE c.convalidated
+                     OR NOT EXISTS (SELECT FROM cowfs_sanitize_fk.before b
+                                     WHERE b.con = c.oid AND b.k = v.k));
+  IF bad IS NOT NULL THEN
+    RAISE EXCEPTION 'the site SQL left rows violating foreign key(s) % that did not before (ON UPDATE/ON DELETE actions do not run in replica mode: rewrite the referencing columns too)', bad;
+  END IF;
 END $$;
 EOF
+psql_as -d "$(db "$DB")" -c "SET client_min_messages = warning" -c "DROP SCHEMA cowfs_sanitize_fk CASCADE"
+[ "$fk_held" = true ] || exit 1
 
 echo "removing old row versions, index entries and statistics"
 for d in "${DBS[@]}"; do

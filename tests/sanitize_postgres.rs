@@ -21,8 +21,11 @@ use std::process::Command;
 
 use cowfs::control::sanitize::detect::Kind;
 use cowfs::control::sanitize::pseudo::{hook_key_hex, Pseudonymizer};
-use cowfs::control::sanitize::{run_hook, HookReport, SanitizeError};
-use support::pg::{byte_search, join_counts, load_example_schema, pg_dir, Cluster};
+use cowfs::control::sanitize::{run_hook, SanitizeError};
+use support::pg::{
+    append, byte_search, copy_clone, join_counts, load_example_schema, pg_dir, run_noop_hook,
+    run_sql_hook, run_sql_hook_in, Cluster,
+};
 use support::*;
 
 #[test]
@@ -540,118 +543,34 @@ fn pg_hook_takes_the_clones_names_as_names() {
     server.stop();
 }
 
-/// The site SQL runs in replica mode, where foreign keys' actions do not run
-/// (their triggers fire in origin mode only): a site SQL that rewrites the
-/// referenced emails and counts on ON UPDATE CASCADE for the rest left the
-/// original emails in the referencing rows of a clone the hook called
-/// sanitized. The hook checks every foreign key after the site SQL and fails
-/// (the clone is deleted) when one no longer holds.
+/// The hook reads the list of databases from psql through a process
+/// substitution, whose exit status bash does not check: when the listing
+/// failed, the list was empty and the hook went on to run the site SQL and
+/// skipped preparing, scrubbing and vacuuming every database, relying on a
+/// later step to fail. A cluster whose database `postgres` (where the hook
+/// lists the others) was dropped makes the listing fail: the hook must stop
+/// there, saying so, before the site SQL.
 #[test]
-fn pg_hook_fails_when_a_foreign_key_action_did_not_run() {
+fn pg_hook_fails_at_once_when_the_databases_cannot_be_listed() {
     let tmp = tempfile::Builder::new()
-        .prefix("cowfs-sanitize-pgfk-")
+        .prefix("cowfs-sanitize-pglist-")
         .tempdir()
         .unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let base = tmp.path();
-    let ppl = people(20, 41);
-    let originals: Vec<String> = ppl.iter().map(|p| p.email.clone()).collect();
     let parent = Cluster::new(&base.join("parent/pg"), &base.join("sock-parent"), true);
     let server = parent.start();
-    let rows: Vec<String> = ppl
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("({i}, '{}')", p.email))
-        .collect();
-    parent.sql(
-        "postgres",
-        &format!(
-            "CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE);
-             INSERT INTO users VALUES {};
-             CREATE TABLE orders (id serial, user_email text
-               REFERENCES users (email) ON UPDATE CASCADE ON DELETE SET NULL);
-             INSERT INTO orders (user_email) SELECT email FROM users;
-             CHECKPOINT;",
-            rows.join(",")
-        ),
-    );
+    parent.sql("postgres", "CREATE DATABASE app");
+    parent.sql("app", "DROP DATABASE postgres");
+    parent.sql("app", "CHECKPOINT");
     server.stop();
     copy_clone(&parent.data, &base.join("clone"));
-    let report = run_sql_hook(
-        base,
-        &base.join("clone"),
-        "UPDATE users SET email = 'p' || md5(email) || '@example.invalid';\n",
-    );
-    match report {
+    let r = run_sql_hook_in(base, &base.join("clone"), "app", "\\echo site SQL ran\n");
+    match r {
         Err(SanitizeError::HookFailed { output, .. }) => {
-            assert!(output.contains("foreign key"), "{output}")
+            assert!(output.contains("could not list the databases"), "{output}");
+            assert!(!output.contains("site SQL ran"), "{output}");
         }
-        r => panic!(
-            "{r:?}: original values in the clone: {:?}",
-            byte_search(&base.join("clone/pg"), &originals).len()
-        ),
+        r => panic!("the hook did not fail: {r:?}"),
     }
-}
-
-/// `clone` (mode 0755) holding a copy of the stopped cluster `data` at pg/, as a
-/// cowfs branch would.
-fn copy_clone(data: &Path, clone: &Path) {
-    std::fs::create_dir(clone).unwrap();
-    std::fs::set_permissions(clone, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(data)
-        .arg(clone.join("pg"))
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
-
-fn append(file: &Path, text: &str) {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).open(file).unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
-
-/// Run the example PostgreSQL hook on `clone` with SQL that changes nothing
-/// (written to `base`), in database postgres.
-fn run_noop_hook(base: &Path, clone: &Path) -> Result<HookReport, SanitizeError> {
-    run_sql_hook(base, clone, "SELECT 1;\n")
-}
-
-/// Run the example PostgreSQL hook on `clone` with the site SQL `site_sql`
-/// (written to `base/sql`), in database postgres.
-fn run_sql_hook(base: &Path, clone: &Path, site_sql: &str) -> Result<HookReport, SanitizeError> {
-    // In a directory of its own, which the hook's sandbox shows it (read-only).
-    let sql_dir = base.join("sql");
-    std::fs::create_dir_all(&sql_dir).unwrap();
-    let sql = sql_dir.join("site.sql");
-    std::fs::write(&sql, site_sql).unwrap();
-    let hook = cowfs::control::sanitize::config::Hook {
-        name: "postgresql".into(),
-        argv: vec![concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../examples/pg-sanitize-hook.sh"
-        )
-        .into()],
-        timeout: std::time::Duration::from_secs(300),
-        env: [
-            (
-                "PG_SANITIZE_SQL".to_string(),
-                sql.to_string_lossy().into_owned(),
-            ),
-            ("PG_SANITIZE_DB".to_string(), "postgres".to_string()),
-        ]
-        .into(),
-        when_exists: None,
-        network: false,
-        read_only_paths: vec![sql_dir],
-        read_write_paths: Vec::new(),
-    };
-    run_hook(
-        &hook,
-        clone,
-        "clone",
-        &hook_key_hex(b"0123456789abcdef").unwrap(),
-    )
 }

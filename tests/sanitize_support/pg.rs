@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cowfs::control::sanitize::pseudo::hook_key_hex;
+use cowfs::control::sanitize::{run_hook, HookReport, SanitizeError};
+
 use super::{any_of, Person};
 
 pub const PGBIN: &str = "/usr/lib/postgresql/15/bin";
@@ -260,4 +263,82 @@ pub fn byte_search(dir: &Path, values: &[String]) -> Vec<(String, PathBuf)> {
         }
     }
     found
+}
+
+/// `clone` (mode 0755) holding a copy of the stopped cluster `data` at pg/, as a
+/// cowfs branch would.
+pub fn copy_clone(data: &Path, clone: &Path) {
+    std::fs::create_dir(clone).unwrap();
+    std::fs::set_permissions(clone, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(data)
+        .arg(clone.join("pg"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+pub fn append(file: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(file).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+/// Run the example PostgreSQL hook on `clone` with SQL that changes nothing
+/// (written to `base`), in database postgres.
+pub fn run_noop_hook(base: &Path, clone: &Path) -> Result<HookReport, SanitizeError> {
+    run_sql_hook(base, clone, "SELECT 1;\n")
+}
+
+/// Run the example PostgreSQL hook on `clone` with the site SQL `site_sql`
+/// (written to `base/sql`), in database postgres.
+pub fn run_sql_hook(
+    base: &Path,
+    clone: &Path,
+    site_sql: &str,
+) -> Result<HookReport, SanitizeError> {
+    run_sql_hook_in(base, clone, "postgres", site_sql)
+}
+
+/// Run the example PostgreSQL hook on `clone` with the site SQL `site_sql`
+/// (written to `base/sql`), in database `db`.
+pub fn run_sql_hook_in(
+    base: &Path,
+    clone: &Path,
+    db: &str,
+    site_sql: &str,
+) -> Result<HookReport, SanitizeError> {
+    // In a directory of its own, which the hook's sandbox shows it (read-only).
+    let sql_dir = base.join("sql");
+    std::fs::create_dir_all(&sql_dir).unwrap();
+    let sql = sql_dir.join("site.sql");
+    std::fs::write(&sql, site_sql).unwrap();
+    let hook = cowfs::control::sanitize::config::Hook {
+        name: "postgresql".into(),
+        argv: vec![concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/pg-sanitize-hook.sh"
+        )
+        .into()],
+        timeout: std::time::Duration::from_secs(300),
+        env: [
+            (
+                "PG_SANITIZE_SQL".to_string(),
+                sql.to_string_lossy().into_owned(),
+            ),
+            ("PG_SANITIZE_DB".to_string(), db.to_string()),
+        ]
+        .into(),
+        when_exists: None,
+        network: false,
+        read_only_paths: vec![sql_dir],
+        read_write_paths: Vec::new(),
+    };
+    run_hook(
+        &hook,
+        clone,
+        "clone",
+        &hook_key_hex(b"0123456789abcdef").unwrap(),
+    )
 }
