@@ -309,48 +309,6 @@ fn full_pool_refuses_writes_and_changes_nothing() {
     assert!(r.is_clean(), "{r}");
 }
 
-/// Peak resident memory of this test process, in KiB.
-fn peak_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
-#[test]
-fn fsck_of_a_default_size_pool_does_not_load_every_space_map_page() {
-    // A pool file's default capacity is 1 TiB: 265,000 space-map leaf pages, nearly
-    // all never written. fsck used to load every one of them (1 GiB of memory, 2.4 s
-    // for an empty pool); it must skip unwritten pages and keep none.
-    let dev = MemDevice::new();
-    let pool = Pool::create_on(Arc::new(dev), &PoolOptions::default()).expect("create");
-    assert_eq!(pool.statfs().blocks, (1u64 << 40) / 4096);
-    let b = pool.branch_id("main").expect("main");
-    let f = pool
-        .mknod(
-            b,
-            ROOT_INO,
-            b"f",
-            libc::S_IFREG | 0o644,
-            0,
-            Owner::default(),
-        )
-        .expect("mknod");
-    pool.write_file(b, f.ino, 0, &pattern(3, 100_000))
-        .expect("write");
-    let t = std::time::Instant::now();
-    clean(&pool, "1 TiB pool");
-    let peak = peak_rss_kib();
-    println!(
-        "fsck of a 1 TiB pool: {:?}, peak RSS of the test process {} MiB",
-        t.elapsed(),
-        peak / 1024
-    );
-    assert!(peak < 400 * 1024, "peak RSS {} MiB", peak / 1024);
-}
-
 /// ENOSPC on a metadata change leaves every other file as it was. A B-tree leaf
 /// split that found no block for its right half used to drop that half: one
 /// failed setxattr on a full pool made the names and xattrs of other files vanish.
