@@ -645,8 +645,9 @@ fn run_sql_hook(base: &Path, clone: &Path, site_sql: &str) -> Result<HookReport,
         .into(),
         when_exists: None,
         network: false,
-        read_only_paths: vec![sql_dir],
+        read_only_paths: vec![cowfs::control::sanitize::host_path::HostPath::new(&sql_dir).unwrap()],
         read_write_paths: Vec::new(),
+        tmpfs_size_mib: cowfs::control::sanitize::config::DEFAULT_TMPFS_SIZE_MIB,
     };
     run_hook(
         &hook,
