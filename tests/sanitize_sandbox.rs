@@ -79,12 +79,22 @@ impl Env {
 
     /// Run the profile `p` of `hooks` (TOML, `{base}` replaced) on `c`.
     fn run(&self, hooks: &str) -> Result<Vec<HookReport>, String> {
+        self.run_after_load(hooks, || ())
+    }
+
+    /// `run`, calling `between` once the config has loaded, before the run.
+    fn run_after_load(
+        &self,
+        hooks: &str,
+        between: impl FnOnce(),
+    ) -> Result<Vec<HookReport>, String> {
         let text = format!(
             "[sanitize]\nscratch_dir = \"{}\"\n{}",
             self.base.join("scratch").display(),
             hooks.replace("{base}", &self.base.display().to_string())
         );
         let cfg = SanitizeConfig::parse(&text, Path::new("/")).map_err(|e| e.to_string())?;
+        between();
         run_hooks(
             &self.pool,
             &self.mounts,
@@ -235,8 +245,14 @@ probe "{{base}}/beside.txt"
     assert!(!sql.join("new.txt").exists());
     assert!(sql.join("scrub.sql").exists());
 
+    std::os::unix::fs::symlink(&sql, env.base.join("sql-link")).unwrap();
     for (entry, why) in [
         ("sql", "must be an absolute path"),
+        ("{base}/sql-link", "leads through a symlink"),
+        ("{base}/sql-link/scrub.sql", "leads through a symlink"),
+        ("{base}/sql/../sql", "must not contain '..'"),
+        // Production's mounted branch (FUSE), listed outright.
+        ("{base}/prod/data", "FUSE"),
         ("{base}/nonexistent", "No such file"),
         ("/", "the host's root"),
         ("/proc/1", "in /proc"),
@@ -323,10 +339,13 @@ fn no_descriptor_of_the_daemon_reaches_a_hook() {
     // SAFETY: open of a live C string; the descriptor is closed below.
     let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
     assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+    // The descriptors of listed paths' mounts (`sandbox`) are the daemon's too.
+    std::fs::create_dir(env.base.join("sql")).unwrap();
     let hooks = format!(
         r#"
 [[profiles.p.hooks]]
 name = "fds"
+read_only_paths = ["{{base}}/sql"]
 command = ["/bin/sh", "-c", '''
 cat /proc/self/fd/{fd} 2>/dev/null
 for f in /proc/self/fd/*; do echo "${{f##*/}}"; done
@@ -343,4 +362,128 @@ for f in /proc/self/fd/*; do echo "${{f##*/}}"; done
     );
     // stdin, stdout, stderr, and the one the shell's glob read /proc/self/fd by.
     assert_eq!(out, "0\n1\n2\n3\n", "{out}");
+}
+
+/// A listed path is checked when the config loads, and the hook runs later:
+/// resolved again by name then, a directory on the way swapped for a symlink
+/// meanwhile (by whoever may write its parent) had the sandbox bind the
+/// symlink's target, read-write here, and the hook read its secret. Whether
+/// the swapped component is the last one or one above it, the run must fail,
+/// naming the path, before the hook sees anything.
+#[test]
+fn a_listed_path_swapped_for_a_symlink_after_the_load_is_not_bound() {
+    let env = Env::new();
+    for (listed, swapped) in [("shared", "shared"), ("mid/shared", "mid")] {
+        let target = env.base.join(format!("target-of-{swapped}"));
+        let secret_dir = if listed == swapped {
+            target.clone()
+        } else {
+            target.join("shared")
+        };
+        std::fs::create_dir_all(&secret_dir).unwrap();
+        std::fs::write(secret_dir.join("secret.txt"), SECRET).unwrap();
+        std::fs::create_dir_all(env.base.join(listed)).unwrap();
+        let hooks = format!(
+            r#"
+[[profiles.p.hooks]]
+name = "swap"
+read_write_paths = ["{{base}}/{listed}"]
+command = ["/bin/sh", "-c", '''
+cat "{{base}}/{listed}/secret.txt" "{secret}/secret.txt" > "$COWFS_CLONE_DIR/seen.txt" 2>/dev/null
+echo ran
+''']
+"#,
+            secret = secret_dir.display()
+        );
+        let swap = || {
+            let at = env.base.join(swapped);
+            std::fs::remove_dir_all(&at).unwrap();
+            std::os::unix::fs::symlink(&target, &at).unwrap();
+        };
+        let r = env.run_after_load(&hooks, swap);
+        let c = env.pool.branch_id("c").unwrap();
+        let seen = files(&env.pool, c)
+            .get("seen.txt")
+            .map(|b| String::from_utf8_lossy(b).into_owned());
+        assert!(
+            !seen.as_deref().unwrap_or("").contains(SECRET),
+            "{listed}: the hook read the symlink's target: {seen:?}"
+        );
+        let e = r.expect_err(listed);
+        let named = format!("'{}/{listed}'", env.base.display());
+        assert!(
+            e.contains(&named) && e.contains("leads through a symlink"),
+            "{listed}: {e}"
+        );
+        assert!(seen.is_none(), "{listed}: the hook ran: {seen:?}");
+    }
+}
+
+/// The sandbox's tmpfs mounts are the host's memory: without a size they
+/// took half the RAM each, and root in the hook (or the clone's code) could
+/// fill them. Each is bounded: by `tmpfs_size_mib`, and 256 MiB by default.
+#[test]
+fn tmpfs_mounts_are_bounded() {
+    let env = Env::new();
+    // For each directory: what writing `count` MiB there came to.
+    let fill = |dirs: &str, count: u32| {
+        format!(
+            r#"for d in {dirs}; do
+  if dd if=/dev/zero of="$d/fill" bs=1M count={count} 2>"$COWFS_CLONE_DIR/dd.err"; then r=wrote; else r=$(grep -o 'No space left on device' "$COWFS_CLONE_DIR/dd.err"); fi
+  echo "$d $(stat -c %s "$d/fill") $r"
+  rm -f "$d/fill"
+done"#
+        )
+    };
+    let mib = 1u64 << 20;
+    let check = |out: &str, dirs: &[&str], limit: u64| {
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), dirs.len(), "{out}");
+        for (line, dir) in lines.iter().zip(dirs) {
+            let f: Vec<&str> = line.splitn(3, ' ').collect();
+            assert_eq!(f[0], *dir, "{out}");
+            assert_eq!(f[2], "No space left on device", "{dir}: {out}");
+            // It stopped at the limit, not short of it.
+            let size: u64 = f[1].parse().unwrap();
+            assert!(
+                size <= limit && size + 2 * mib >= limit,
+                "{dir}: {size} bytes against a limit of {limit}: {out}"
+            );
+        }
+    };
+    let hooks = format!(
+        r#"
+[[profiles.p.hooks]]
+name = "small"
+tmpfs_size_mib = 8
+command = ["/bin/sh", "-c", '''
+{}
+''']
+"#,
+        fill("/tmp /run /dev/shm /dev", 32)
+    );
+    let reports = env.run(&hooks).unwrap_or_else(|e| panic!("{e}"));
+    let out = &reports[0].output;
+    let (tmpfs, dev) = out.split_at(out.find("/dev ").expect(out));
+    check(tmpfs, &["/tmp", "/run", "/dev/shm"], 8 * mib);
+    // /dev holds a few nodes and links: 1 MiB at most.
+    check(dev, &["/dev"], mib);
+
+    let hooks = format!(
+        "[[profiles.p.hooks]]\nname = \"default\"\ncommand = [\"/bin/sh\", \"-c\", '''\n{}\n''']\n",
+        fill("/dev/shm", 300)
+    );
+    let reports = env.run(&hooks).unwrap_or_else(|e| panic!("{e}"));
+    check(&reports[0].output, &["/dev/shm"], 256 * mib);
+
+    for bad in ["0", "16385"] {
+        let hooks = format!(
+            "[[profiles.p.hooks]]\nname = \"h\"\ncommand = \"true\"\ntmpfs_size_mib = {bad}\n"
+        );
+        let e = env.run(&hooks).unwrap_err();
+        assert!(
+            e.contains("hook 1 ('h')") && e.contains(&format!("`tmpfs_size_mib` is {bad}")),
+            "{e}"
+        );
+    }
 }

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cowfs::control::sanitize::config::DEFAULT_TMPFS_SIZE_MIB;
+use cowfs::control::sanitize::host_path::HostPath;
 use cowfs::control::sanitize::pseudo::hook_key_hex;
 use cowfs::control::sanitize::{run_hook, HookReport, SanitizeError};
 
@@ -332,8 +334,9 @@ pub fn run_sql_hook_in(
         .into(),
         when_exists: None,
         network: false,
-        read_only_paths: vec![sql_dir],
+        read_only_paths: vec![HostPath::new(&sql_dir).expect("the SQL directory")],
         read_write_paths: Vec::new(),
+        tmpfs_size_mib: DEFAULT_TMPFS_SIZE_MIB,
     };
     run_hook(
         &hook,

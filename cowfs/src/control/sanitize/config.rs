@@ -13,11 +13,24 @@ use serde::Deserialize;
 
 use super::detect::Detector;
 use super::hook::{find_program, hook_search_path};
+use super::host_path::HostPath;
 use super::sandbox::{OWN_DIRS, SYSTEM_DIRS};
 use super::SanitizeError;
 
 /// Hooks that do not say otherwise are killed after this long.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The size of each of a hook's tmpfs mounts (/tmp, /run, /dev/shm), in MiB,
+/// unless its `tmpfs_size_mib` says otherwise. Their pages are the host's
+/// memory: without a limit the kernel allows half the RAM each, which code in
+/// the clone could fill. PostgreSQL needs little there: its socket and lock
+/// file in /run, a few MiB of dynamic shared memory in /dev/shm (parallel
+/// queries; `shared_buffers` is anonymous memory, not /dev/shm), and the
+/// hook's scratch files in /tmp.
+pub const DEFAULT_TMPFS_SIZE_MIB: u32 = 256;
+
+/// The largest `tmpfs_size_mib`: 16 GiB each.
+pub const MAX_TMPFS_SIZE_MIB: u32 = 16 << 10;
 
 /// Every profile of one config file.
 #[derive(Debug)]
@@ -93,12 +106,14 @@ pub struct Hook {
     /// one of its own, with no interface up: it and what it starts on the
     /// clone's files reach nothing over the network.
     pub network: bool,
-    /// Host paths (absolute, resolved at load) the hook sees read-only, besides
-    /// the system directories, its program's directory and the clone (see
-    /// `sandbox`).
-    pub read_only_paths: Vec<PathBuf>,
+    /// Host paths (absolute, without symlinks, checked at load) the hook sees
+    /// read-only, besides the system directories, its program's directory and
+    /// the clone (see `sandbox`).
+    pub read_only_paths: Vec<HostPath>,
     /// Host paths the hook sees read-write.
-    pub read_write_paths: Vec<PathBuf>,
+    pub read_write_paths: Vec<HostPath>,
+    /// The size limit of each of its tmpfs mounts (/tmp, /run, /dev/shm), MiB.
+    pub tmpfs_size_mib: u32,
 }
 
 impl Rule {
@@ -260,6 +275,7 @@ struct RawHook {
     read_only_paths: Vec<PathBuf>,
     #[serde(default)]
     read_write_paths: Vec<PathBuf>,
+    tmpfs_size_mib: Option<u32>,
 }
 
 fn compile_profile(name: &str, p: RawProfile, base: &Path) -> Result<Profile, String> {
@@ -448,9 +464,22 @@ fn compile_hook(h: RawHook, base: &Path) -> Result<Hook, String> {
         Some(p) => Some(p.trim_matches('/').to_string()),
         None => None,
     };
+    let tmpfs_size_mib = match h.tmpfs_size_mib {
+        None => DEFAULT_TMPFS_SIZE_MIB,
+        Some(m @ 1..=MAX_TMPFS_SIZE_MIB) => m,
+        Some(m) => {
+            return Err(format!(
+                "`tmpfs_size_mib` is {m}: give 1 to {MAX_TMPFS_SIZE_MIB} (MiB for each of /tmp, /run and /dev/shm)"
+            ))
+        }
+    };
     let read_only_paths = host_paths("read_only_paths", h.read_only_paths)?;
     let read_write_paths = host_paths("read_write_paths", h.read_write_paths)?;
-    let all: Vec<&PathBuf> = read_only_paths.iter().chain(&read_write_paths).collect();
+    let all: Vec<&PathBuf> = read_only_paths
+        .iter()
+        .chain(&read_write_paths)
+        .map(|h| &h.path)
+        .collect();
     for (i, a) in all.iter().enumerate() {
         if let Some(b) = all[i + 1..]
             .iter()
@@ -472,6 +501,7 @@ fn compile_hook(h: RawHook, base: &Path) -> Result<Hook, String> {
         network: h.network,
         read_only_paths,
         read_write_paths,
+        tmpfs_size_mib,
     })
 }
 
@@ -479,21 +509,18 @@ fn compile_hook(h: RawHook, base: &Path) -> Result<Hook, String> {
 /// of the sandbox (`sandbox::MAX_STEPS`).
 const MAX_HOST_PATHS: usize = 64;
 
-/// The hook's `key` entries: absolute, existing, resolved now (the sandbox
-/// binds real paths), and not what every hook sees or builds anyway.
-fn host_paths(key: &str, paths: Vec<PathBuf>) -> Result<Vec<PathBuf>, String> {
+/// The hook's `key` entries: absolute, existing, without symlinks (see
+/// `host_path`: the names are the real paths the checks here and at daemon
+/// start compare), and not what every hook sees or builds anyway.
+fn host_paths(key: &str, paths: Vec<PathBuf>) -> Result<Vec<HostPath>, String> {
     if paths.len() > MAX_HOST_PATHS {
         return Err(format!("`{key}` has more than {MAX_HOST_PATHS} entries"));
     }
     let mut out = Vec::with_capacity(paths.len());
     for p in paths {
         let shown = p.display();
-        if !p.is_absolute() {
-            return Err(format!("`{key}` entry '{shown}' must be an absolute path"));
-        }
-        let real = p
-            .canonicalize()
-            .map_err(|e| format!("`{key}` entry '{shown}': {e}"))?;
+        let listed = HostPath::new(&p).map_err(|e| format!("`{key}` entry {e}"))?;
+        let real = &listed.path;
         if real == Path::new("/") {
             return Err(format!(
                 "`{key}` entry '{shown}' is the host's root: list the directories the hook needs"
@@ -509,7 +536,7 @@ fn host_paths(key: &str, paths: Vec<PathBuf>) -> Result<Vec<PathBuf>, String> {
                 "`{key}` entry '{shown}' is in {d}, which every hook sees read-only already"
             ));
         }
-        out.push(real);
+        out.push(listed);
     }
     Ok(out)
 }
@@ -547,6 +574,7 @@ impl SanitizeConfig {
                     .read_only_paths
                     .iter()
                     .chain(&h.read_write_paths)
+                    .map(|x| &x.path)
                     .find(|x| bad(x));
                 if let Some(x) = found {
                     return Err(config_err(format!(

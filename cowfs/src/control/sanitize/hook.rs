@@ -173,13 +173,7 @@ pub fn run_hook_cancellable(
 
     let start = Instant::now();
     // Prepared here: after the fork nothing may allocate.
-    let sandbox = Sandbox::new(
-        clone_dir,
-        Path::new(&hook.argv[0]),
-        &hook.read_only_paths,
-        &hook.read_write_paths,
-    )
-    .map_err(|source| SanitizeError::HookNamespace {
+    let sandbox = Sandbox::new(clone_dir, hook).map_err(|source| SanitizeError::HookNamespace {
         hook: hook.name.clone(),
         step: "preparing its file system view (sandbox)".into(),
         hint: "",
@@ -586,6 +580,7 @@ mod tests {
             network: false,
             read_only_paths: Vec::new(),
             read_write_paths: Vec::new(),
+            tmpfs_size_mib: crate::control::sanitize::config::DEFAULT_TMPFS_SIZE_MIB,
         }
     }
 

@@ -6,6 +6,7 @@
 //! - `scan`: streaming redaction of one file with a carry between chunks
 //! - `apply`: the tree walk applying file rules through the pool API
 //! - `hook`: hook commands, with a private mount of the clone
+//! - `host_path`: a hook's listed host paths, resolved without symlinks
 //! - `pid_ns`: the PID namespace a hook and everything it starts run in
 //! - `private_dir`: the directory of that mount, reachable by the daemon alone
 //! - `key`: the per-pool pseudonym key beside the pool
@@ -18,6 +19,7 @@ mod caps;
 pub mod config;
 pub mod detect;
 pub mod hook;
+pub mod host_path;
 pub mod key;
 mod pid_ns;
 pub(crate) mod private_dir;

@@ -9,15 +9,23 @@
 //!
 //! - the system directories (`SYSTEM_DIRS`) bound read-only, nosuid, nodev;
 //!   one that is a symlink on the host (`/bin -> usr/bin`) is the same symlink;
-//! - a fresh /dev (tmpfs) with the host's null, zero, full, random, urandom and
-//!   tty bound in, the /proc/self/fd links, and a fresh tmpfs /dev/shm
-//!   (PostgreSQL's POSIX shared memory);
+//! - a fresh /dev (a small tmpfs, `DEV_TMPFS`) with the host's null, zero,
+//!   full, random, urandom and tty bound in, the /proc/self/fd links, and a
+//!   fresh tmpfs /dev/shm (PostgreSQL's POSIX shared memory);
 //! - a fresh /proc, of the hook's PID namespace;
 //! - fresh tmpfs /tmp and /run, gone with the namespace (nothing a killed hook
 //!   wrote there is left behind), /var/tmp and /var/run linking to them;
+//!   /tmp, /run and /dev/shm hold at most the hook's `tmpfs_size_mib` each
+//!   (their pages are the host's memory);
 //! - the directory of the hook's program, read-only, when it is not in a
 //!   system directory (a script finds its files beside it);
-//! - the hook's `read_only_paths`, and `read_write_paths` (nosuid, nodev);
+//! - the hook's `read_only_paths`, and `read_write_paths` (nosuid, nodev):
+//!   not by name, but each as the object the daemon opened without following
+//!   a symlink and checked (`host_path`), cloned as a detached mount
+//!   (open_tree) and attached in the sandbox (move_mount). A bind of that
+//!   descriptor's /proc/self/fd link would not do: the kernel binds only from
+//!   mounts of the caller's own namespace, and the descriptor's mount is the
+//!   daemon's;
 //! - the clone's mount, read-write, at the path it has on the host, so that
 //!   `$COWFS_CLONE_DIR` and the working directory stay valid.
 //!
@@ -36,10 +44,14 @@
 use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use libc::{c_int, c_ulong};
+use libc::{c_int, c_uint, c_ulong};
+
+use super::config::Hook;
+use super::host_path::{HostPath, Kind};
 
 /// Host directories every hook sees, read-only: programs, libraries, and the
 /// system's configuration (users for `runuser`, locales, time zones).
@@ -66,6 +78,14 @@ const OLD_ROOT: &str = "/.host";
 
 /// How `Sandbox::new` names the clone's bind.
 const CLONE: &str = "the clone's directory";
+
+/// The options of the sandbox's /dev: it holds a dozen nodes and links, and
+/// root in the hook could otherwise fill it (memory) like the other tmpfs.
+const DEV_TMPFS: &str = "mode=0755,size=1m,nr_inodes=256";
+
+/// From <linux/mount.h> (the libc crate has them for Android only).
+const OPEN_TREE_CLONE: c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: c_uint = 4;
 
 /// Most steps a sandbox may have: the step's number travels in 10 bits of
 /// spawn's error (see `pid_ns::failed_at`).
@@ -96,6 +116,16 @@ enum Op {
         dst: CString,
         flags: c_ulong,
     },
+    /// A detached mount (`tree`, from open_tree) attached at `dst`, made
+    /// private (a clone of a shared mount joins its peer group: the host's
+    /// mounts there would appear inside), then remounted with `flags`.
+    Attach {
+        tree: c_int,
+        dst: CString,
+        flags: c_ulong,
+    },
+    /// Close a descriptor the build needed: the hook is forked after it.
+    Close(c_int),
     PivotRoot {
         new_root: CString,
         put_old: CString,
@@ -116,6 +146,9 @@ struct Step {
 /// A hook's file system view, ready to build in a forked child.
 pub struct Sandbox {
     steps: Vec<Step>,
+    /// The detached mounts `Op::Attach` attaches: open until the sandbox is
+    /// dropped (after the spawn), where a mount never attached goes away.
+    _trees: Vec<OwnedFd>,
     /// The hook's program as the sandbox shows it.
     program: PathBuf,
     /// The clone's directory, its real path: where the sandbox shows it.
@@ -203,12 +236,16 @@ impl Plan {
         Ok(())
     }
 
-    /// Bind the host's `path` (a canonical, absolute path) at the same path.
-    fn bind(&mut self, path: &Path, access: Access) -> io::Result<()> {
-        let meta = std::fs::metadata(path)?;
+    /// Bind the host's `path` (a canonical, absolute path) at the same path:
+    /// by name from the host's tree, or from `from`'s detached mount.
+    fn bind(&mut self, path: &Path, access: Access, from: &From) -> io::Result<()> {
+        let is_dir = match from {
+            From::Host => std::fs::metadata(path)?.is_dir(),
+            From::Tree(_, kind) => *kind == Kind::Directory,
+        };
         self.parents(path)?;
         let dst = cstr(path)?;
-        if meta.is_dir() {
+        if is_dir {
             self.made.insert(path.to_path_buf());
             self.push(Op::Mkdir(dst.clone()), format!("making {}", path.display()));
         } else {
@@ -221,14 +258,30 @@ impl Plan {
             ),
             Access::ReadWrite => (libc::MS_NOSUID | libc::MS_NODEV, "read-write"),
         };
-        self.push(
-            Op::Bind {
-                src: cstr(&on_host(path))?,
-                dst,
-                flags,
-            },
-            format!("binding {} {how}", path.display()),
-        );
+        match from {
+            From::Host => self.push(
+                Op::Bind {
+                    src: cstr(&on_host(path))?,
+                    dst,
+                    flags,
+                },
+                format!("binding {} {how}", path.display()),
+            ),
+            From::Tree(tree, _) => {
+                self.push(
+                    Op::Attach {
+                        tree: *tree,
+                        dst,
+                        flags,
+                    },
+                    format!("attaching {} {how} (move_mount)", path.display()),
+                );
+                self.push(
+                    Op::Close(*tree),
+                    format!("closing the mount descriptor of {}", path.display()),
+                );
+            }
+        }
         self.bound.push((path.to_path_buf(), access));
         Ok(())
     }
@@ -240,17 +293,54 @@ impl Plan {
     }
 }
 
+/// Where a bind's source comes from.
+enum From {
+    /// The host's tree, by name (under `OLD_ROOT`).
+    Host,
+    /// This detached mount (a descriptor `Sandbox::_trees` holds), of a
+    /// directory or a file.
+    Tree(c_int, Kind),
+}
+
+/// A detached, non-recursive clone of the mount of `fd` at the object `fd`
+/// is: what a bind of it would be, made now in the daemon's namespace.
+fn open_tree(fd: &OwnedFd) -> io::Result<OwnedFd> {
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as c_uint | libc::AT_EMPTY_PATH as c_uint;
+    // SAFETY: an open descriptor, an empty C string (AT_EMPTY_PATH: the
+    // descriptor's own object) and flags; nothing of ours is written.
+    let tree = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
+    if tree < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just returned by the kernel, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(tree as c_int) })
+}
+
+/// The detached mount of a listed path, opened and checked now (`host_path`).
+fn listed_tree(listed: &HostPath, what: &str) -> io::Result<(OwnedFd, Kind)> {
+    let fd = listed
+        .open()
+        .map_err(|e| io::Error::new(e.kind(), format!("{what} {e}")))?;
+    let tree = open_tree(&fd).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "{what} '{}': cloning its mount (open_tree, Linux 5.2 or later): {e}",
+                listed.path.display()
+            ),
+        )
+    })?;
+    Ok((tree, listed.kind))
+}
+
 impl Sandbox {
-    /// The view of a hook that runs `program` on the clone at `clone_dir`,
-    /// with the extra host paths `read_only` and `read_write` (absolute). Fails
-    /// on a path that cannot be resolved, and on one the sandbox cannot place
-    /// (the clone in a read-only directory, anything in /dev or /proc).
-    pub fn new(
-        clone_dir: &Path,
-        program: &Path,
-        read_only: &[PathBuf],
-        read_write: &[PathBuf],
-    ) -> io::Result<Sandbox> {
+    /// The view of `hook` run on the clone at `clone_dir`: its program, its
+    /// listed host paths, its tmpfs size. Fails on a path that cannot be
+    /// resolved (a listed one: through a symlink, or not what it was at load),
+    /// and on one the sandbox cannot place (the clone in a read-only
+    /// directory, anything in /dev or /proc).
+    pub fn new(clone_dir: &Path, hook: &Hook) -> io::Result<Sandbox> {
+        let program = Path::new(&hook.argv[0]);
         let resolve = |p: &Path, what: &str| {
             p.canonicalize()
                 .map_err(|e| io::Error::new(e.kind(), format!("{what} {}: {e}", p.display())))
@@ -258,7 +348,8 @@ impl Sandbox {
         let clone = resolve(clone_dir, "the clone's directory")?;
         // Mount sources are looked up under OLD_ROOT, where an absolute symlink
         // would lead into the sandbox, not the host: only real paths.
-        let mut extra: Vec<(PathBuf, Access, &str)> = Vec::new();
+        let mut extra: Vec<(PathBuf, Access, &str, From)> = Vec::new();
+        let mut trees = Vec::new();
         // The program by its directory's real path (exec would not find
         // `/etc/cowfs/../hooks/x.sh` where /etc/cowfs is not in the sandbox),
         // its own name kept (a program may tell by it what to be). Its real
@@ -286,27 +377,39 @@ impl Sandbox {
             } else if clone.starts_with(&dir) {
                 // A directory that holds the clone (a program in the scratch
                 // directory's parent): the program alone, not what is beside it.
-                extra.push((exec.clone(), Access::ReadOnly, "the hook's program"));
+                extra.push((
+                    exec.clone(),
+                    Access::ReadOnly,
+                    "the hook's program",
+                    From::Host,
+                ));
             } else {
-                extra.push((dir, Access::ReadOnly, "the hook's program's directory"));
+                extra.push((
+                    dir,
+                    Access::ReadOnly,
+                    "the hook's program's directory",
+                    From::Host,
+                ));
             }
         }
-        for p in read_only {
+        let listed = (hook.read_only_paths.iter())
+            .map(|p| (p, Access::ReadOnly, "read_only_paths entry"))
+            .chain(
+                (hook.read_write_paths.iter())
+                    .map(|p| (p, Access::ReadWrite, "read_write_paths entry")),
+            );
+        for (p, access, what) in listed {
+            let (tree, kind) = listed_tree(p, what)?;
             extra.push((
-                resolve(p, "read_only_paths entry")?,
-                Access::ReadOnly,
-                "read_only_paths entry",
+                p.path.clone(),
+                access,
+                what,
+                From::Tree(tree.as_raw_fd(), kind),
             ));
-        }
-        for p in read_write {
-            extra.push((
-                resolve(p, "read_write_paths entry")?,
-                Access::ReadWrite,
-                "read_write_paths entry",
-            ));
+            trees.push(tree);
         }
         let cwd = cstr(&clone)?;
-        extra.push((clone.clone(), Access::ReadWrite, CLONE));
+        extra.push((clone.clone(), Access::ReadWrite, CLONE, From::Host));
 
         let mut plan = Plan {
             steps: Vec::new(),
@@ -358,12 +461,18 @@ impl Sandbox {
                 Ok(_) => {
                     // The system directory as the host names it (not resolved:
                     // a symlinked one is the link above).
-                    plan.bind(path, Access::ReadOnly)?;
+                    plan.bind(path, Access::ReadOnly, &From::Host)?;
                 }
             }
         }
 
-        plan.tmpfs("/dev", libc::MS_NOSUID | libc::MS_NOEXEC, "mode=0755")?;
+        plan.tmpfs("/dev", libc::MS_NOSUID | libc::MS_NOEXEC, DEV_TMPFS)?;
+        // Each at most the hook's size, and an inode per 16 KiB of it: empty
+        // files cost memory too, outside `size`.
+        let size = |mode: &str| {
+            let mib = hook.tmpfs_size_mib;
+            format!("mode={mode},size={mib}m,nr_inodes={}", u64::from(mib) * 64)
+        };
         for node in DEV_NODES {
             let path = Path::new("/dev").join(node);
             if !std::fs::symlink_metadata(&path)
@@ -388,20 +497,20 @@ impl Sandbox {
                 &Path::new("/dev").join(name),
             )?;
         }
-        plan.tmpfs("/dev/shm", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777")?;
+        plan.tmpfs("/dev/shm", libc::MS_NOSUID | libc::MS_NODEV, &size("1777"))?;
         plan.mkdir("/proc")?;
         // Mounted by the init, inside the new PID namespace: proc shows the
         // namespace of the process that mounts it.
         plan.push(Op::Proc(c"/proc".into()), "mounting a fresh /proc".into());
-        plan.tmpfs("/tmp", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777")?;
-        plan.tmpfs("/run", libc::MS_NOSUID | libc::MS_NODEV, "mode=0755")?;
+        plan.tmpfs("/tmp", libc::MS_NOSUID | libc::MS_NODEV, &size("1777"))?;
+        plan.tmpfs("/run", libc::MS_NOSUID | libc::MS_NODEV, &size("0755"))?;
         plan.mkdir("/var")?;
         plan.symlink(Path::new("/tmp"), Path::new("/var/tmp"))?;
         plan.symlink(Path::new("/run"), Path::new("/var/run"))?;
 
         // Outer paths first, so that one inside another is seen as covered.
-        extra.sort_by_key(|(p, _, _)| p.components().count());
-        for (path, access, what) in extra {
+        extra.sort_by_key(|(p, ..)| p.components().count());
+        for (path, access, what, from) in extra {
             let shown = path.display();
             if path == Path::new("/") {
                 return Err(invalid(format!(
@@ -415,7 +524,7 @@ impl Sandbox {
             }
             let outer = plan.covering(&path).cloned();
             match outer {
-                None => plan.bind(&path, access)?,
+                None => plan.bind(&path, access, &from)?,
                 // Its own bind, on a mount point of its own: never through
                 // another (binds are not recursive, and the mount point's
                 // parents would be made on the host's file system).
@@ -462,6 +571,7 @@ impl Sandbox {
         }
         Ok(Sandbox {
             steps: plan.steps,
+            _trees: trees,
             program: exec,
             clone,
         })
@@ -563,6 +673,25 @@ fn run(op: &Op) -> bool {
                         none.cast(),
                     ) == 0
             }
+            Op::Attach { tree, dst, flags } => {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    *tree,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    dst.as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                ) == 0
+                    && libc::mount(none, dst.as_ptr(), none, libc::MS_PRIVATE, none.cast()) == 0
+                    && libc::mount(
+                        none,
+                        dst.as_ptr(),
+                        none,
+                        libc::MS_BIND | libc::MS_REMOUNT | flags,
+                        none.cast(),
+                    ) == 0
+            }
+            Op::Close(fd) => libc::close(*fd) == 0,
             Op::PivotRoot { new_root, put_old } => {
                 libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) == 0
             }
