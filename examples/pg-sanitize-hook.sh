@@ -306,7 +306,8 @@ done
 # tables are not seen), dropped after the check whatever its outcome; if the
 # site SQL fails, the hook fails and the clone with the schema is deleted.
 # Each table's own constraint: a partitioned table's is checked on its
-# partitions.
+# partitions; a key to a partitioned table once, on the whole table (not again
+# on each partition, view keys).
 echo "recording the rows NOT VALID foreign keys already reject in $DB"
 psql_as -d "$(db "$DB")" <<'EOF'
 CREATE SCHEMA cowfs_sanitize_fk;
@@ -338,12 +339,22 @@ BEGIN
             END',
     r.ccols, r.child, r.parent, r.n, r.pcols, r.match_full);
 END $f$;
+-- The foreign keys to check, each once. A key referencing a partitioned table
+-- has, besides its own row, one per partition of that table, on the same
+-- referencing table (PostgreSQL's bookkeeping for the actions): checked as keys
+-- of their own, every row referencing another partition violated them.
+CREATE VIEW cowfs_sanitize_fk.keys AS
+  SELECT c.oid, c.conname, c.conrelid, c.convalidated
+    FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_class t ON t.oid = c.conrelid
+   WHERE c.contype = 'f' AND t.relkind <> 'p'
+     AND NOT EXISTS (SELECT FROM pg_catalog.pg_constraint pc
+                      WHERE pc.oid = c.conparentid AND pc.conrelid = c.conrelid);
 CREATE TABLE cowfs_sanitize_fk.before (con oid NOT NULL, k text NOT NULL);
 INSERT INTO cowfs_sanitize_fk.before
   SELECT c.oid, v.k
-    FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+    FROM cowfs_sanitize_fk.keys c
    CROSS JOIN LATERAL cowfs_sanitize_fk.violations(c.oid) v(k)
-   WHERE c.contype = 'f' AND NOT c.convalidated AND t.relkind <> 'p';
+   WHERE NOT c.convalidated;
 EOF
 
 echo "rewriting personal data in $DB with $SQL"
@@ -359,9 +370,8 @@ BEGIN
   SELECT string_agg(format('%I of %s', c.conname, c.conrelid::regclass), ', '
                     ORDER BY c.conname)
     INTO bad
-    FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
-   WHERE c.contype = 'f' AND t.relkind <> 'p'
-     AND EXISTS (SELECT FROM cowfs_sanitize_fk.violations(c.oid) v(k)
+    FROM cowfs_sanitize_fk.keys c
+   WHERE EXISTS (SELECT FROM cowfs_sanitize_fk.violations(c.oid) v(k)
                   WHERE c.convalidated
                      OR NOT EXISTS (SELECT FROM cowfs_sanitize_fk.before b
                                      WHERE b.con = c.oid AND b.k = v.k));

@@ -227,3 +227,55 @@ fn pg_hook_checks_match_full_keys_with_some_columns_null() {
     assert!(output.contains("full_ref_fk"), "{output}");
     assert!(!output.contains("simple_ref_fk"), "{output}");
 }
+
+/// Orders referencing a partitioned table of users, whose rows are in two
+/// partitions; and a partitioned table of visits referencing it too.
+const PARTITIONED_SCHEMA: &str = "
+    CREATE TABLE users (id int PRIMARY KEY, email text) PARTITION BY RANGE (id);
+    CREATE TABLE users_low PARTITION OF users FOR VALUES FROM (0) TO (10);
+    CREATE TABLE users_high PARTITION OF users FOR VALUES FROM (10) TO (20);
+    INSERT INTO users VALUES (1, 'low@corp.test'), (15, 'high@corp.test');
+    CREATE TABLE orders (id int, user_id int REFERENCES users);
+    INSERT INTO orders VALUES (1, 1), (2, 15);
+    CREATE TABLE visits (user_id int REFERENCES users) PARTITION BY RANGE (user_id);
+    CREATE TABLE visits_low PARTITION OF visits FOR VALUES FROM (0) TO (10);
+    CREATE TABLE visits_high PARTITION OF visits FOR VALUES FROM (10) TO (20);
+    INSERT INTO visits VALUES (1), (15);";
+
+/// A key that references a partitioned table has, besides its own row in
+/// pg_constraint, one per partition of the referenced table, on the same
+/// referencing table (PostgreSQL's bookkeeping for the actions): `orders`
+/// referencing `users` has keys to `users_low` and to `users_high`. The check
+/// took each for a key of its own, and an order of a user in `users_high`
+/// violated the one to `users_low`: every sanitize of such a cluster failed,
+/// though the site SQL broke nothing. A row whose user is gone from every
+/// partition still fails the hook, naming the key.
+#[test]
+fn pg_hook_checks_a_key_to_a_partitioned_table_once() {
+    let tmp = base_dir("cowfs-sanitize-pgpart-");
+    let base = tmp.path();
+    let parent = parent_cluster(base, PARTITIONED_SCHEMA);
+
+    copy_clone(&parent.data, &base.join("clone-ok"));
+    let report = run_sql_hook(
+        base,
+        &base.join("clone-ok"),
+        "UPDATE users SET email = 'p' || md5(email) || '@example.invalid';\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.output.contains("sanitized"), "{}", report.output);
+
+    copy_clone(&parent.data, &base.join("clone-bad"));
+    let output = failure_output(run_sql_hook(
+        base,
+        &base.join("clone-bad"),
+        "DELETE FROM users WHERE id = 15;\n",
+    ));
+    assert!(
+        output.contains("orders_user_id_fkey of public.orders")
+            && output.contains("visits_user_id_fkey of public.visits_high"),
+        "{output}"
+    );
+    assert!(!output.contains("visits_low"), "{output}");
+    assert!(!output.contains("orders_user_id_fkey1"), "{output}");
+}

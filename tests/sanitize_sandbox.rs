@@ -487,3 +487,71 @@ command = ["/bin/sh", "-c", '''
         );
     }
 }
+
+/// A bind mount the test makes on the host, detached when dropped (also when
+/// the test fails).
+struct HostBind(std::ffi::CString);
+
+impl HostBind {
+    /// `dir` bound onto itself, then remounted with `flags` (MS_RDONLY, ...).
+    fn new(dir: &Path, flags: libc::c_ulong) -> HostBind {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+        let none = std::ptr::null();
+        // SAFETY: mount(2) on a live C string and the null pointers it allows.
+        let r = unsafe { libc::mount(c.as_ptr(), c.as_ptr(), none, libc::MS_BIND, none.cast()) };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        let bind = HostBind(c);
+        // SAFETY: as above.
+        let r = unsafe {
+            libc::mount(
+                none,
+                bind.0.as_ptr(),
+                none,
+                libc::MS_BIND | libc::MS_REMOUNT | flags,
+                none.cast(),
+            )
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        bind
+    }
+}
+
+impl Drop for HostBind {
+    fn drop(&mut self) {
+        // SAFETY: umount2 of a live C string.
+        unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// A listed path is attached in the sandbox, then remounted with the flags
+/// the sandbox adds (nosuid, nodev, and read-only for `read_only_paths`); a
+/// bind remount sets a mount's flags, it does not add to them, so a host
+/// mount the host made read-only (or noexec) came out writable (executable)
+/// when listed in `read_write_paths`: the hook, the clone's code, wrote where
+/// no one on the host may. The sandbox keeps the host mount's restrictions.
+#[test]
+fn a_listed_path_keeps_the_host_mounts_restrictions() {
+    let env = Env::new();
+    let dir = env.base.join("ro-on-host");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("run.sh"), "#!/bin/sh\necho executed\n").unwrap();
+    std::fs::set_permissions(
+        dir.join("run.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let _bind = HostBind::new(&dir, libc::MS_RDONLY | libc::MS_NOEXEC);
+    let hooks = r#"
+[[profiles.p.hooks]]
+name = "writes"
+read_write_paths = ["{base}/ro-on-host"]
+command = ["/bin/sh", "-c", '''
+if { echo x > "{base}/ro-on-host/new.txt"; } 2>/dev/null; then echo wrote; else echo "write refused"; fi
+"{base}/ro-on-host/run.sh" 2>/dev/null || echo "exec refused"
+''']
+"#;
+    let reports = env.run(hooks).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!dir.join("new.txt").exists(), "{}", reports[0].output);
+    assert_eq!(reports[0].output, "write refused\nexec refused\n");
+}

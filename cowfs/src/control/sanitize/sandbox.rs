@@ -22,7 +22,8 @@
 //! - the hook's `read_only_paths`, and `read_write_paths` (nosuid, nodev):
 //!   not by name, but each as the object the daemon opened without following
 //!   a symlink and checked (`host_path`), cloned as a detached mount
-//!   (open_tree) and attached in the sandbox (move_mount). A bind of that
+//!   (open_tree) and attached in the sandbox (move_mount), as read-only and
+//!   noexec as the host's mount of it (`mount_restrictions`). A bind of that
 //!   descriptor's /proc/self/fd link would not do: the kernel binds only from
 //!   mounts of the caller's own namespace, and the descriptor's mount is the
 //!   daemon's;
@@ -51,7 +52,7 @@ use std::path::{Path, PathBuf};
 use libc::{c_int, c_uint, c_ulong};
 
 use super::config::Hook;
-use super::host_path::{HostPath, Kind};
+use super::host_path::{mount_restrictions, HostPath, Kind};
 
 /// Host directories every hook sees, read-only: programs, libraries, and the
 /// system's configuration (users for `runuser`, locales, time zones).
@@ -241,7 +242,7 @@ impl Plan {
     fn bind(&mut self, path: &Path, access: Access, from: &From) -> io::Result<()> {
         let is_dir = match from {
             From::Host => std::fs::metadata(path)?.is_dir(),
-            From::Tree(_, kind) => *kind == Kind::Directory,
+            From::Tree(_, kind, _) => *kind == Kind::Directory,
         };
         self.parents(path)?;
         let dst = cstr(path)?;
@@ -251,13 +252,16 @@ impl Plan {
         } else {
             self.push(Op::File(dst.clone()), format!("making {}", path.display()));
         }
-        let (flags, how) = match access {
+        let (mut flags, how) = match access {
             Access::ReadOnly => (
                 libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
                 "read-only",
             ),
             Access::ReadWrite => (libc::MS_NOSUID | libc::MS_NODEV, "read-write"),
         };
+        if let From::Tree(_, _, host) = from {
+            flags |= host;
+        }
         match from {
             From::Host => self.push(
                 Op::Bind {
@@ -267,7 +271,7 @@ impl Plan {
                 },
                 format!("binding {} {how}", path.display()),
             ),
-            From::Tree(tree, _) => {
+            From::Tree(tree, ..) => {
                 self.push(
                     Op::Attach {
                         tree: *tree,
@@ -298,8 +302,9 @@ enum From {
     /// The host's tree, by name (under `OLD_ROOT`).
     Host,
     /// This detached mount (a descriptor `Sandbox::_trees` holds), of a
-    /// directory or a file.
-    Tree(c_int, Kind),
+    /// directory or a file, and the restrictions (MS_RDONLY, MS_NOEXEC) of
+    /// the host's mount it was cloned from, which its remount must keep.
+    Tree(c_int, Kind, c_ulong),
 }
 
 /// A detached, non-recursive clone of the mount of `fd` at the object `fd`
@@ -316,8 +321,9 @@ fn open_tree(fd: &OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(tree as c_int) })
 }
 
-/// The detached mount of a listed path, opened and checked now (`host_path`).
-fn listed_tree(listed: &HostPath, what: &str) -> io::Result<(OwnedFd, Kind)> {
+/// The detached mount of a listed path, opened and checked now (`host_path`),
+/// its kind, and the restrictions of the host's mount (`mount_restrictions`).
+fn listed_tree(listed: &HostPath, what: &str) -> io::Result<(OwnedFd, Kind, c_ulong)> {
     let fd = listed
         .open()
         .map_err(|e| io::Error::new(e.kind(), format!("{what} {e}")))?;
@@ -330,7 +336,13 @@ fn listed_tree(listed: &HostPath, what: &str) -> io::Result<(OwnedFd, Kind)> {
             ),
         )
     })?;
-    Ok((tree, listed.kind))
+    let host = mount_restrictions(&fd).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("{what} '{}': statfs: {e}", listed.path.display()),
+        )
+    })?;
+    Ok((tree, listed.kind, host))
 }
 
 impl Sandbox {
@@ -399,12 +411,12 @@ impl Sandbox {
                     .map(|p| (p, Access::ReadWrite, "read_write_paths entry")),
             );
         for (p, access, what) in listed {
-            let (tree, kind) = listed_tree(p, what)?;
+            let (tree, kind, host) = listed_tree(p, what)?;
             extra.push((
                 p.path.clone(),
                 access,
                 what,
-                From::Tree(tree.as_raw_fd(), kind),
+                From::Tree(tree.as_raw_fd(), kind, host),
             ));
             trees.push(tree);
         }
