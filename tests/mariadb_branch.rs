@@ -14,128 +14,28 @@
 //! Needs root and MariaDB (`.ci/run` installs `mariadb-server`).
 
 mod control_support;
+#[path = "mariadb_support/mod.rs"]
+mod mariadb_support;
 #[path = "mount/mod.rs"]
 mod mount;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use control_support::Daemon;
 use cowfs::pool::FsckOptions;
 use cowfs_ctl::proto::MountSpec;
+use mariadb_support::{install_db, Server};
 use mount::Fixture;
 
-/// A `mariadbd` started as the test's child (it does not fork), killed on drop so
-/// that a failing test leaves no server holding files on a mount.
-struct Server {
-    child: Child,
-    sock: PathBuf,
-    log: PathBuf,
-}
-
-impl Server {
-    /// Starts the server on `datadir` with its socket, pid file and error log in
-    /// `run` (outside the branch), and waits until it answers.
-    fn start(datadir: &Path, run: &Path) -> Server {
-        fs::create_dir_all(run).expect("mkdir run dir");
-        chown_mysql(run);
-        let sock = run.join("mysqld.sock");
-        let log = run.join("error.log");
-        let child = Command::new("mariadbd")
-            .arg("--no-defaults")
-            .arg("--user=mysql")
-            .arg(format!("--datadir={}", datadir.display()))
-            .arg(format!("--socket={}", sock.display()))
-            .arg(format!("--pid-file={}", run.join("mysqld.pid").display()))
-            .arg(format!("--log-error={}", log.display()))
-            .arg(format!("--tmpdir={}", run.display()))
-            .args(["--skip-networking", "--innodb-buffer-pool-size=64M"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mariadbd (is mariadb-server installed?)");
-        let mut server = Server { child, sock, log };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !server.answers() {
-            if let Some(st) = server.child.try_wait().expect("wait mariadbd") {
-                panic!("mariadbd exited with {st}:\n{}", server.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "mariadbd did not answer in 120 s:\n{}",
-                server.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        server
-    }
-
-    fn answers(&self) -> bool {
-        self.sock.exists()
-            && self
-                .client(&["-e", "SELECT 1"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-    }
-
-    /// The command-line client on this server's socket, as root (unix_socket auth).
-    fn client(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("mariadb");
-        c.arg("--no-defaults")
-            .arg(format!("--socket={}", self.sock.display()))
-            .args(["--batch", "--skip-column-names"])
-            .args(args);
-        c
-    }
-
-    /// Runs `sql`; its output, trimmed. Panics with the server's log on failure.
-    fn sql(&self, sql: &str) -> String {
-        let out = self.client(&["-e", sql]).output().expect("run mariadb");
-        assert!(
-            out.status.success(),
-            "{sql}: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log_text()
-        );
-        String::from_utf8(out.stdout)
-            .expect("utf-8 output")
-            .trim()
-            .to_string()
-    }
-
-    fn count(&self, filter: &str) -> u64 {
-        self.sql(&format!("SELECT COUNT(*) FROM app.t {filter}"))
-            .parse()
-            .expect("a count")
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Clean shutdown (SIGTERM): InnoDB writes its pages and exits 0.
-    fn stop(mut self) {
-        // SAFETY: kill(2) on our own child, which we have not reaped yet.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let st = self.child.wait().expect("wait for mariadbd");
-        assert!(
-            st.success(),
-            "mariadbd shutdown exited with {st}:\n{}",
-            self.log_text()
-        );
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Rows of app.t matching `filter` (a WHERE clause, or nothing).
+fn count(server: &Server, filter: &str) -> u64 {
+    server
+        .sql(&format!("SELECT COUNT(*) FROM app.t {filter}"))
+        .parse()
+        .expect("a count")
 }
 
 /// A client committing one row per transaction until killed (dropped).
@@ -171,38 +71,6 @@ impl Drop for Writer {
     }
 }
 
-/// Makes an empty data directory at `data` (on a mount) with mariadb-install-db,
-/// whose server puts temporary tables in `tmp`: two bootstraps sharing `/tmp` (the
-/// two tests of this file at once) collide on a temporary table's name.
-fn install_db(data: &Path, tmp: &Path) {
-    fs::create_dir(data).expect("mkdir datadir");
-    chown_mysql(data);
-    fs::create_dir_all(tmp).expect("mkdir tmpdir");
-    chown_mysql(tmp);
-    let out = Command::new("mariadb-install-db")
-        .arg("--no-defaults")
-        .arg("--user=mysql")
-        .arg(format!("--datadir={}", data.display()))
-        .arg(format!("--tmpdir={}", tmp.display()))
-        .output()
-        .expect("run mariadb-install-db");
-    assert!(
-        out.status.success(),
-        "mariadb-install-db: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn chown_mysql(p: &Path) {
-    let st = Command::new("chown")
-        .arg("mysql:mysql")
-        .arg(p)
-        .status()
-        .expect("chown");
-    assert!(st.success(), "chown mysql {}", p.display());
-}
-
 #[test]
 fn a_branch_of_a_busy_mariadb_is_a_consistent_copy() {
     let mut d = Daemon::start();
@@ -229,12 +97,12 @@ fn a_branch_of_a_busy_mariadb_is_a_consistent_copy() {
 
     let writer = Writer::start(&parent);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while parent.count("") < 300 {
+    while count(&parent, "") < 300 {
         assert!(Instant::now() < deadline, "the writer committed too little");
         std::thread::sleep(Duration::from_millis(100));
     }
     // Every row counted here was committed (and so made durable) before the branch.
-    let committed = parent.count("");
+    let committed = count(&parent, "");
     let clone_dir = d.dir("clone");
     admin
         .branch_create(
@@ -248,14 +116,14 @@ fn a_branch_of_a_busy_mariadb_is_a_consistent_copy() {
         .expect("branch of the busy main");
     std::thread::sleep(Duration::from_millis(500));
     drop(writer);
-    let parent_rows = parent.count("");
+    let parent_rows = count(&parent, "");
     assert!(
         parent_rows > committed,
         "the writer kept committing during the branch"
     );
 
     let clone = Server::start(&clone_dir.join("mysql"), &run.join("clone"));
-    let clone_rows = clone.count("");
+    let clone_rows = count(&clone, "");
     assert!(
         (committed..=parent_rows).contains(&clone_rows),
         "clone has {clone_rows} rows; {committed} were committed before the branch, \
@@ -276,10 +144,10 @@ fn a_branch_of_a_busy_mariadb_is_a_consistent_copy() {
     // Each side's writes stay on that side.
     clone.sql("INSERT INTO app.t (v, n) VALUES ('clone-only', -1)");
     parent.sql("INSERT INTO app.t (v, n) VALUES ('parent-only', -2)");
-    assert_eq!(clone.count("WHERE v = 'parent-only'"), 0);
-    assert_eq!(parent.count("WHERE v = 'clone-only'"), 0);
-    assert_eq!(clone.count("WHERE v = 'clone-only'"), 1);
-    assert_eq!(parent.count(""), parent_rows + 1);
+    assert_eq!(count(&clone, "WHERE v = 'parent-only'"), 0);
+    assert_eq!(count(&parent, "WHERE v = 'clone-only'"), 0);
+    assert_eq!(count(&clone, "WHERE v = 'clone-only'"), 1);
+    assert_eq!(count(&parent, ""), parent_rows + 1);
 
     for s in [clone, parent] {
         let log = s.log.clone();

@@ -24,7 +24,7 @@ use control_support::Served;
 use cowfs_ctl::proto::MountSpec;
 use cowfs_ctl::Client;
 use support::pg::{byte_search, join_counts, load_example_schema, pg_dir, Cluster};
-use support::{people, valid_email};
+use support::{originals, people, valid_email};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cowfs");
 
@@ -105,17 +105,7 @@ fn agent_clone_of_a_running_cluster_is_sanitized_by_the_daemon() {
         )
         .expect("prod");
     let ppl = people(150, 41);
-    let originals: Vec<String> = ppl
-        .iter()
-        .flat_map(|p| {
-            [
-                p.email.clone(),
-                p.name.clone(),
-                p.phone.clone(),
-                p.card.clone(),
-            ]
-        })
-        .collect();
+    let originals = originals(&ppl);
     pg_dir(&m_prod.join("pg"), 0o700);
     let parent = Cluster::new(&m_prod.join("pg"), &base.join("sock-parent"), true);
     let parent_server = parent.start();

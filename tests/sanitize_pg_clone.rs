@@ -57,17 +57,7 @@ fn sanitized_clone_of_a_running_cluster() {
     mounts.mount("main", &mnt, false).unwrap();
 
     let ppl = people(200, 23);
-    let originals: Vec<String> = ppl
-        .iter()
-        .flat_map(|p| {
-            [
-                p.email.clone(),
-                p.name.clone(),
-                p.phone.clone(),
-                p.card.clone(),
-            ]
-        })
-        .collect();
+    let originals = originals(&ppl);
     pg_dir(&mnt.join("pg"), 0o700);
     let parent = Cluster::new(&mnt.join("pg"), &base.join("sock-parent"), true);
     let parent_server = parent.start();

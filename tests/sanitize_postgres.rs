@@ -19,8 +19,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use cowfs::control::sanitize::detect::Kind;
-use cowfs::control::sanitize::pseudo::{hook_key_hex, Pseudonymizer};
+use cowfs::control::sanitize::pseudo::hook_key_hex;
 use cowfs::control::sanitize::{run_hook, SanitizeError};
 use support::pg::{
     append, byte_search, copy_clone, join_counts, load_example_schema, pg_dir, run_noop_hook,
@@ -37,17 +36,7 @@ fn pg_hook_leaves_no_original_value_in_the_data_directory() {
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let base = tmp.path();
     let ppl = people(200, 11);
-    let originals: Vec<String> = ppl
-        .iter()
-        .flat_map(|p| {
-            [
-                p.email.clone(),
-                p.name.clone(),
-                p.phone.clone(),
-                p.card.clone(),
-            ]
-        })
-        .collect();
+    let originals = originals(&ppl);
 
     let parent = Cluster::new(&base.join("parent/pg"), &base.join("sock-parent"), true);
     let server = parent.start();
@@ -109,19 +98,8 @@ fn pg_hook_leaves_no_original_value_in_the_data_directory() {
         "app",
         "SELECT email, name, phone, card FROM users ORDER BY id",
     );
-    let rows: Vec<Vec<&str>> = rows.lines().map(|l| l.split('|').collect()).collect();
-    let pseudo = Pseudonymizer::new(pool_key).unwrap();
-    assert_eq!(rows.len(), ppl.len());
-    for (r, p) in rows.iter().zip(&ppl) {
-        assert!(valid_email(r[0]) && r[0].ends_with(".example"), "{}", r[0]);
-        // The very pseudonym the file rules give this email under the same pool key.
-        let file_pseudonym = pseudo.pseudonym(Kind::Email, "email", p.email.as_bytes());
-        assert_eq!(r[0].as_bytes(), file_pseudonym, "{}", p.email);
-        assert!(r[1].starts_with("Person "), "{}", r[1]);
-        assert_eq!(shape(r[2]), shape(&p.phone), "{} vs {}", r[2], p.phone);
-        assert_eq!(shape(r[3]), shape(&p.card), "{} vs {}", r[3], p.card);
-        assert!(luhn_ok(r[3]), "{} fails Luhn", r[3]);
-    }
+    // The emails are the very pseudonyms the file rules give them.
+    assert_example_pseudonyms(&rows, '|', &ppl, pool_key);
     server.stop();
 
     let server = parent.start();

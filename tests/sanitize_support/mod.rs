@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use cowfs::control::sanitize::detect::Kind;
+use cowfs::control::sanitize::pseudo::Pseudonymizer;
 use cowfs::control::sanitize::{Profile, SanitizeConfig};
 use cowfs::fs::{Owner, ROOT_INO};
 use cowfs::pool::{BranchId, Pool, PoolOptions};
@@ -168,6 +170,70 @@ pub fn people(n: usize, seed: u64) -> Vec<Person> {
             }
         })
         .collect()
+}
+
+/// Every value of `people` (emails, names, phones, cards): what a sanitized
+/// database must hold none of.
+pub fn originals(people: &[Person]) -> Vec<String> {
+    people
+        .iter()
+        .flat_map(|p| {
+            [
+                p.email.clone(),
+                p.name.clone(),
+                p.phone.clone(),
+                p.card.clone(),
+            ]
+        })
+        .collect()
+}
+
+/// The example schema's rows for `people`, as SQL INSERT statements (the same in
+/// PostgreSQL and MariaDB): users (id, email, name, phone, card); three orders
+/// per person, each for the person 7 places on; a ticket for every other person.
+pub fn example_inserts(people: &[Person]) -> String {
+    let users: Vec<String> = people
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                "({i}, '{}', '{}', '{}', '{}')",
+                p.email, p.name, p.phone, p.card
+            )
+        })
+        .collect();
+    let orders: Vec<String> = (0..people.len() * 3)
+        .map(|k| format!("('{}', {k})", people[(k * 7) % people.len()].email))
+        .collect();
+    let tickets: Vec<String> = (0..people.len())
+        .filter(|k| k % 2 == 0)
+        .map(|k| format!("('{}', 'printer on fire')", people[k].email))
+        .collect();
+    format!(
+        "INSERT INTO users VALUES {};\nINSERT INTO orders (user_email, amount) VALUES {};\nINSERT INTO tickets (user_email, body) VALUES {};\n",
+        users.join(",\n"),
+        orders.join(",\n"),
+        tickets.join(",\n")
+    )
+}
+
+/// `rows` (email, name, phone, card of each user by id, one line each, columns
+/// separated by `sep`) are the example SQL's pseudonyms of `people` under
+/// `pool_key`: each email exactly the one the file rules give it, names
+/// "Person ...", phones and cards in their original shape, cards Luhn-valid.
+pub fn assert_example_pseudonyms(rows: &str, sep: char, people: &[Person], pool_key: &[u8]) {
+    let rows: Vec<Vec<&str>> = rows.lines().map(|l| l.split(sep).collect()).collect();
+    let pseudo = Pseudonymizer::new(pool_key).expect("pseudonymizer");
+    assert_eq!(rows.len(), people.len());
+    for (r, p) in rows.iter().zip(people) {
+        assert!(valid_email(r[0]) && r[0].ends_with(".example"), "{}", r[0]);
+        let file_pseudonym = pseudo.pseudonym(Kind::Email, "email", p.email.as_bytes());
+        assert_eq!(r[0].as_bytes(), file_pseudonym, "{}", p.email);
+        assert!(r[1].starts_with("Person "), "{}", r[1]);
+        assert_eq!(shape(r[2]), shape(&p.phone), "{} vs {}", r[2], p.phone);
+        assert_eq!(shape(r[3]), shape(&p.card), "{} vs {}", r[3], p.card);
+        assert!(luhn_ok(r[3]), "{} fails Luhn", r[3]);
+    }
 }
 
 /// One regex matching any of `values` literally.

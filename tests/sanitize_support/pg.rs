@@ -16,7 +16,7 @@ use cowfs::control::sanitize::host_path::HostPath;
 use cowfs::control::sanitize::pseudo::hook_key_hex;
 use cowfs::control::sanitize::{run_hook, HookReport, SanitizeError};
 
-use super::{any_of, Person};
+use super::{any_of, example_inserts, Person};
 
 pub const PGBIN: &str = "/usr/lib/postgresql/15/bin";
 
@@ -203,31 +203,9 @@ pub fn load_example_schema(c: &Cluster, people: &[Person]) {
          CREATE TABLE orders (id serial PRIMARY KEY, user_email text NOT NULL REFERENCES users (email), amount int);
          CREATE INDEX ON orders (user_email);
          CREATE TABLE tickets (id serial PRIMARY KEY, user_email text NOT NULL REFERENCES users (email), body text);
-         INSERT INTO users VALUES ",
+         ",
     );
-    let rows: Vec<String> = people
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            format!(
-                "({i}, '{}', '{}', '{}', '{}')",
-                p.email, p.name, p.phone, p.card
-            )
-        })
-        .collect();
-    q.push_str(&rows.join(",\n"));
-    q.push_str(";\nINSERT INTO orders (user_email, amount) VALUES ");
-    let orders: Vec<String> = (0..people.len() * 3)
-        .map(|k| format!("('{}', {k})", people[(k * 7) % people.len()].email))
-        .collect();
-    q.push_str(&orders.join(",\n"));
-    q.push_str(";\nINSERT INTO tickets (user_email, body) VALUES ");
-    let tickets: Vec<String> = (0..people.len())
-        .filter(|k| k % 2 == 0)
-        .map(|k| format!("('{}', 'printer on fire')", people[k].email))
-        .collect();
-    q.push_str(&tickets.join(",\n"));
-    q.push(';');
+    q.push_str(&example_inserts(people));
     c.sql("app", &q);
     c.sql("app", "UPDATE users SET phone = phone WHERE id % 3 = 0");
     c.sql("app", "ANALYZE");

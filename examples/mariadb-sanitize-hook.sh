@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# cowfs sanitize hook for a MariaDB (or MySQL-format) data directory in the
+# clone, at $COWFS_CLONE_DIR/mysql.
+#
+# InnoDB keeps old values where SQL cannot reach them: an UPDATE leaves the
+# previous row in the undo log, the redo log holds both for a while, freed pages
+# and the doublewrite buffer keep them until overwritten, and the binary and
+# relay logs keep every statement. So this hook does not publish the data
+# directory it rewrote. It
+# 1. starts a private server on the clone (no networking, no grant checks, no
+#    binary log, no replication, no event scheduler), after removing the
+#    parent's pid file;
+# 2. saves the triggers' definitions, then drops the triggers (an audit trigger
+#    would copy the original values into another table);
+# 3. runs the site's SQL ($MARIADB_SANITIZE_SQL) in $MARIADB_SANITIZE_DB with
+#    @cowfs_key = $COWFS_HOOK_KEY for deterministic pseudonyms;
+# 4. initializes a fresh data directory (mariadb-install-db), starts a second
+#    private server on it and streams a logical dump of the sanitized databases
+#    (tables, views, routines, events), the accounts and grants, and the time
+#    zone tables into it, then the saved triggers;
+# 5. stops both and replaces the clone's data directory with the fresh one.
+# The fresh server never sees an original value, so its files hold none; the
+# original data directory's files are gone from the clone (they stay the
+# parent's). Not copied: the engine-independent statistics (mysql.column_stats,
+# which hold column values: run ANALYZE TABLE ... PERSISTENT FOR ALL on the
+# clone if you use them), plugins installed with INSTALL PLUGIN and loadable
+# functions (mysql.plugin, mysql.func: install them again), binary and relay
+# logs, replication settings, and other files in the data directory.
+#
+# The clone's content: it may come from a branch someone other than an admin
+# wrote, so it is not trusted to be benign:
+# - the servers read no option file (--no-defaults): options a clone could set
+#   (init_file, plugin_load, secure_file_priv...) do not apply; give the
+#   options the data directory needs (innodb_page_size, lower_case_table_names)
+#   in $MARIADB_SERVER_OPTS;
+# - tables whose files live outside the data directory (InnoDB's DATA
+#   DIRECTORY, .isl files; MyISAM symlinks) would be the parent's files: such a
+#   clone is refused;
+# - names are quoted as identifiers wherever the hook builds a statement.
+# NOT covered: the site SQL runs with every privilege and evaluates the clone's
+# own stored functions, views and generated columns where the schema uses them.
+# Run this hook only on clones whose schema you trust.
+#
+# Environment: COWFS_CLONE_DIR, COWFS_HOOK_KEY (from cowfs);
+# MARIADB_SANITIZE_SQL (path, relative to this script's directory if not
+# absolute; default mariadb-sanitize.sql); MARIADB_SANITIZE_DB (required: the
+# database the SQL runs in); MARIADB_DATADIR (relative to the clone; default
+# mysql); MARIADB_SERVER_OPTS (extra server options, space-separated).
+set -euo pipefail
+shopt -s inherit_errexit
+
+: "${COWFS_CLONE_DIR:?run by cowfs: COWFS_CLONE_DIR is not set}"
+: "${COWFS_HOOK_KEY:?run by cowfs: COWFS_HOOK_KEY is not set}"
+: "${MARIADB_SANITIZE_DB:?set MARIADB_SANITIZE_DB to the database the sanitize SQL runs in}"
+DATA="$COWFS_CLONE_DIR/${MARIADB_DATADIR:-mysql}"
+HERE=$(cd "$(dirname "$0")" && pwd)
+SQL=${MARIADB_SANITIZE_SQL:-mariadb-sanitize.sql}
+case "$SQL" in /*) ;; *) SQL="$HERE/$SQL" ;; esac
+read -r -a EXTRA_OPTS <<<"${MARIADB_SERVER_OPTS:-}"
+
+[ -d "$DATA/mysql" ] || { echo "no MariaDB data directory at $DATA"; exit 1; }
+[ -r "$SQL" ] || { echo "sanitize SQL $SQL is not readable"; exit 1; }
+command -v mariadbd >/dev/null || { echo "mariadbd is not installed"; exit 1; }
+case "$COWFS_HOOK_KEY" in *[!0-9a-f]*) echo "COWFS_HOOK_KEY is not hex"; exit 1 ;; esac
+
+# Files of the clone's tables must be the clone's: a symlink or an InnoDB link
+# file (.isl) names a path outside the data directory, which in the clone is
+# still the parent's own file. A server started here would write into it.
+CLONE_REAL=$(realpath -e "$COWFS_CLONE_DIR")
+DATA_REAL=$(realpath -e "$DATA")
+case "$DATA_REAL/" in
+  "$CLONE_REAL"/*) ;;
+  *) echo "$DATA leads outside the clone ($DATA_REAL): refusing"; exit 1 ;;
+esac
+outside=$(find "$DATA_REAL" \( -type l -o -name '*.isl' \) -print -quit)
+[ -z "$outside" ] || { echo "$outside: a table file outside the data directory (symlink or DATA DIRECTORY); in the clone it is the parent's, refusing"; exit 1; }
+
+OWNER=$(stat -c %U "$DATA")
+RUN=$(mktemp -d /tmp/cowfs-mariadb-hook.XXXXXX)
+chown "$OWNER" "$RUN"
+chmod 700 "$RUN"
+# The fresh data directory, beside the clone's (same file system: a rename
+# replaces it), in a directory only the server's user enters.
+NEW_PARENT=$(mktemp -d "$COWFS_CLONE_DIR/.cowfs-mariadb.XXXXXX")
+chown "$OWNER" "$NEW_PARENT"
+NEW="$NEW_PARENT/data"
+mkdir "$NEW"
+chown "$OWNER" "$NEW"
+chmod --reference="$DATA" "$NEW"
+
+# Server pids by name (orig, fresh), for the cleanup.
+declare -A PIDS=()
+stop_server() { # name
+  local pid=${PIDS[$1]:-}
+  [ -n "$pid" ] || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  unset "PIDS[$1]"
+}
+cleanup() {
+  local rc=$? n
+  for n in "${!PIDS[@]}"; do
+    kill -KILL "${PIDS[$n]}" 2>/dev/null || true
+    wait "${PIDS[$n]}" 2>/dev/null || true
+  done
+  if [ "$rc" != 0 ]; then
+    for n in orig fresh; do
+      [ -f "$RUN/$n.err" ] || continue
+      echo "--- $n server log (tail) ---"
+      tail -n 30 "$RUN/$n.err"
+    done
+  fi
+  rm -rf "$RUN" "$NEW_PARENT"
+}
+trap cleanup EXIT
+
+# start NAME DATADIR: a private server, started directly (not through
+# mysqld_safe), so that a timeout kill of the hook's process group stops it too.
+start() {
+  mariadbd --no-defaults --user="$OWNER" --datadir="$2" \
+    --socket="$RUN/$1.sock" --pid-file="$RUN/$1.pid" --log-error="$RUN/$1.err" \
+    --tmpdir="$RUN" --skip-networking --skip-grant-tables --skip-log-bin \
+    --skip-slave-start --event-scheduler=DISABLED --secure-file-priv="$RUN" \
+    --innodb-buffer-pool-size=128M "${EXTRA_OPTS[@]}" >/dev/null 2>&1 &
+  PIDS[$1]=$!
+  for _ in $(seq 1 600); do
+    if [ -S "$RUN/$1.sock" ] && sql "$1" -e "SELECT 1" >/dev/null 2>&1; then return 0; fi
+    kill -0 "${PIDS[$1]}" 2>/dev/null || { echo "the $1 server did not start"; exit 1; }
+    sleep 0.2
+  done
+  echo "the $1 server did not answer in 120 s"
+  exit 1
+}
+sql() { # NAME, then the client's arguments
+  local n=$1
+  shift
+  mariadb --no-defaults --socket="$RUN/$n.sock" --batch --skip-column-names "$@"
+}
+dump() { # NAME, then mariadb-dump's arguments
+  local n=$1
+  shift
+  mariadb-dump --no-defaults --socket="$RUN/$n.sock" --hex-blob "$@"
+}
+
+# The parent's pid file came along with the clone (its server may be running on
+# this machine); so did its logs, binary logs and replication state, which the
+# fresh data directory does not take.
+rm -f "$DATA"/*.pid
+
+echo "starting a server on the clone"
+start orig "$DATA"
+
+# The clone's own databases, one per line (a name holding a newline is split,
+# and the dump of the parts fails the hook).
+sql orig -e "SELECT schema_name FROM information_schema.schemata
+              WHERE schema_name NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')
+              ORDER BY 1" --raw >"$RUN/databases" ||
+  { echo "could not list the databases of the clone"; exit 1; }
+mapfile -t DBS <"$RUN/databases"
+for d in "${DBS[@]}"; do
+  [ "$d" != cowfs_sanitize ] || { echo "the clone has a database cowfs_sanitize, the hook's own: refusing"; exit 1; }
+done
+printf '%s\n' "${DBS[@]}" | grep -qxF -- "$MARIADB_SANITIZE_DB" ||
+  { echo "the clone has no database $MARIADB_SANITIZE_DB"; exit 1; }
+
+echo "saving and dropping the triggers"
+if [ "${#DBS[@]}" -gt 0 ]; then
+  dump orig --no-data --no-create-info --skip-routines --skip-events --triggers \
+    --databases "${DBS[@]}" >"$RUN/triggers.sql"
+fi
+sql orig -e "SELECT CONCAT('DROP TRIGGER \`', REPLACE(trigger_schema, '\`', '\`\`'), '\`.\`',
+                            REPLACE(trigger_name, '\`', '\`\`'), '\`;')
+               FROM information_schema.triggers
+              WHERE trigger_schema NOT IN ('mysql', 'sys')" >"$RUN/drop-triggers.sql"
+sql orig <"$RUN/drop-triggers.sql"
+
+echo "rewriting personal data in $MARIADB_SANITIZE_DB with $SQL"
+sql orig -e "CREATE DATABASE cowfs_sanitize"
+{
+  echo "SET @cowfs_key = '$COWFS_HOOK_KEY';"
+  cat "$SQL"
+} | sql orig --database="$MARIADB_SANITIZE_DB"
+sql orig -e "DROP DATABASE cowfs_sanitize"
+
+echo "copying the sanitized databases into a fresh data directory"
+mariadb-install-db --no-defaults --user="$OWNER" --datadir="$NEW" --tmpdir="$RUN" \
+  --skip-test-db "${EXTRA_OPTS[@]}" >"$RUN/install.log" 2>&1 ||
+  { cat "$RUN/install.log"; echo "mariadb-install-db failed"; exit 1; }
+start fresh "$NEW"
+# Accounts, grants and time zones as table contents (the servers run without
+# grant checks, where CREATE USER is refused); mysql.column_stats and the other
+# statistics are left out (column values).
+dump orig mysql global_priv db tables_priv columns_priv procs_priv proxies_priv \
+  roles_mapping servers time_zone time_zone_name time_zone_transition \
+  time_zone_transition_type time_zone_leap_second >"$RUN/system.sql"
+sql fresh --database=mysql <"$RUN/system.sql"
+if [ "${#DBS[@]}" -gt 0 ]; then
+  # Streamed: the dump may be bigger than this sandbox's /tmp.
+  dump orig --routines --events --skip-triggers --databases "${DBS[@]}" | sql fresh
+  sql fresh <"$RUN/triggers.sql"
+fi
+
+echo "stopping the servers and replacing the data directory"
+stop_server orig
+stop_server fresh
+find "$DATA" -mindepth 1 -delete
+find "$NEW" -mindepth 1 -maxdepth 1 -exec mv -t "$DATA" {} +
+echo "MariaDB data directory in the clone sanitized"
