@@ -23,7 +23,8 @@
 # original data directory's files are gone from the clone (they stay the
 # parent's). Not copied: the engine-independent statistics (mysql.column_stats,
 # which hold column values: run ANALYZE TABLE ... PERSISTENT FOR ALL on the
-# clone if you use them), plugins installed with INSTALL PLUGIN and loadable
+# clone if you use them), the history rows of system-versioned tables (old
+# values; their current rows are copied), plugins installed with INSTALL PLUGIN and loadable
 # functions (mysql.plugin, mysql.func: install them again), binary and relay
 # logs, replication settings, and other files in the data directory.
 #
