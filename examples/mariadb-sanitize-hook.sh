@@ -8,8 +8,11 @@
 # relay logs keep every statement. So this hook does not publish the data
 # directory it rewrote. It
 # 1. starts a private server on the clone (no networking, no grant checks, no
-#    binary log, no replication, no event scheduler), after removing the
-#    parent's pid file;
+#    replication, no event scheduler), after removing the parent's pid file;
+#    with the clone's binary log if its data directory has one: a branch taken
+#    while a transaction was committing holds it prepared in InnoDB, and crash
+#    recovery settles it from the binary log (without it the server refuses to
+#    start);
 # 2. saves the triggers' definitions, then drops the triggers (an audit trigger
 #    would copy the original values into another table);
 # 3. runs the site's SQL ($MARIADB_SANITIZE_SQL) in $MARIADB_SANITIZE_DB with
@@ -115,21 +118,23 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start NAME DATADIR: a private server, started directly (not through
+# start NAME DATADIR [OPTION...]: a private server, started directly (not through
 # mysqld_safe), so that a timeout kill of the hook's process group stops it too.
 start() {
-  mariadbd --no-defaults --user="$OWNER" --datadir="$2" \
-    --socket="$RUN/$1.sock" --pid-file="$RUN/$1.pid" --log-error="$RUN/$1.err" \
-    --tmpdir="$RUN" --skip-networking --skip-grant-tables --skip-log-bin \
+  local name=$1 dir=$2
+  shift 2
+  mariadbd --no-defaults --user="$OWNER" --datadir="$dir" \
+    --socket="$RUN/$name.sock" --pid-file="$RUN/$name.pid" --log-error="$RUN/$name.err" \
+    --tmpdir="$RUN" --skip-networking --skip-grant-tables \
     --skip-slave-start --event-scheduler=DISABLED --secure-file-priv="$RUN" \
-    --innodb-buffer-pool-size=128M "${EXTRA_OPTS[@]}" >/dev/null 2>&1 &
-  PIDS[$1]=$!
+    --innodb-buffer-pool-size=128M "$@" "${EXTRA_OPTS[@]}" >/dev/null 2>&1 &
+  PIDS[$name]=$!
   for _ in $(seq 1 600); do
-    if [ -S "$RUN/$1.sock" ] && sql "$1" -e "SELECT 1" >/dev/null 2>&1; then return 0; fi
-    kill -0 "${PIDS[$1]}" 2>/dev/null || { echo "the $1 server did not start"; exit 1; }
+    if [ -S "$RUN/$name.sock" ] && sql "$name" -e "SELECT 1" >/dev/null 2>&1; then return 0; fi
+    kill -0 "${PIDS[$name]}" 2>/dev/null || { echo "the $name server did not start"; exit 1; }
     sleep 0.2
   done
-  echo "the $1 server did not answer in 120 s"
+  echo "the $name server did not answer in 120 s"
   exit 1
 }
 sql() { # NAME, then the client's arguments
@@ -148,8 +153,26 @@ dump() { # NAME, then mariadb-dump's arguments
 # fresh data directory does not take.
 rm -f "$DATA"/*.pid
 
+# The clone's binary log, if its data directory has one: an index file (not a
+# relay log's) whose entries name files beside it ("./NAME.000001"). Its writes
+# go into the data directory that is thrown away.
+BINLOG=(--skip-log-bin)
+for idx in "$DATA"/*.index; do
+  [ -f "$idx" ] || continue
+  case "${idx##*/}" in *relay*) continue ;; esac
+  first=$(head -n 1 "$idx")
+  case "$first" in
+    ./*.[0-9][0-9][0-9][0-9][0-9][0-9]) ;;
+    *) continue ;;
+  esac
+  base=${first#./}
+  BINLOG=(--log-bin="$DATA/${base%.*}" --log-bin-index="$idx")
+  echo "settling transactions with the clone's binary log ${base%.*}"
+  break
+done
+
 echo "starting a server on the clone"
-start orig "$DATA"
+start orig "$DATA" "${BINLOG[@]}"
 
 # The clone's own databases, one per line (a name holding a newline is split,
 # and the dump of the parts fails the hook).
@@ -187,7 +210,7 @@ echo "copying the sanitized databases into a fresh data directory"
 mariadb-install-db --no-defaults --user="$OWNER" --datadir="$NEW" --tmpdir="$RUN" \
   --skip-test-db "${EXTRA_OPTS[@]}" >"$RUN/install.log" 2>&1 ||
   { cat "$RUN/install.log"; echo "mariadb-install-db failed"; exit 1; }
-start fresh "$NEW"
+start fresh "$NEW" --skip-log-bin
 # Accounts, grants and time zones as table contents (the servers run without
 # grant checks, where CREATE USER is refused); mysql.column_stats and the other
 # statistics are left out (column values).

@@ -26,7 +26,7 @@ use std::process::Command;
 
 use cowfs::control::sanitize::pseudo::hook_key_hex;
 use cowfs::control::sanitize::run_hook;
-use mariadb_support::{chown_mysql, install_db, Server};
+use mariadb_support::{chown_mysql, install_db, join_counts, load_example_schema, Server};
 use support::pg::byte_search;
 use support::*;
 
@@ -47,52 +47,6 @@ fn copy_clone(data: &Path, clone: &Path) {
         .status()
         .unwrap();
     assert!(st.success());
-}
-
-/// The schema examples/mariadb-sanitize.sql expects, in database `app`, with
-/// `people`: users, and orders and tickets referencing users by email with ON
-/// UPDATE CASCADE; plus an audit table that a trigger fills with the old email
-/// on every update of users (empty here, as the rows below are only inserted
-/// and rewritten with their own values), a view and a procedure.
-fn load_example_schema(s: &Server, people: &[Person]) {
-    let mut q = String::from(
-        "CREATE DATABASE app;
-         USE app;
-         CREATE TABLE users (id INT PRIMARY KEY, email VARCHAR(200) UNIQUE NOT NULL,
-                             name TEXT, phone VARCHAR(40), card VARCHAR(40),
-                             INDEX (phone), INDEX (card)) ENGINE=InnoDB;
-         CREATE TABLE orders (id INT AUTO_INCREMENT PRIMARY KEY, user_email VARCHAR(200) NOT NULL,
-                              amount INT, INDEX (user_email),
-                              FOREIGN KEY (user_email) REFERENCES users (email) ON UPDATE CASCADE) ENGINE=InnoDB;
-         CREATE TABLE tickets (id INT AUTO_INCREMENT PRIMARY KEY, user_email VARCHAR(200) NOT NULL,
-                               body TEXT,
-                               FOREIGN KEY (user_email) REFERENCES users (email) ON UPDATE CASCADE) ENGINE=InnoDB;
-         CREATE TABLE audit (id INT AUTO_INCREMENT PRIMARY KEY, old_email VARCHAR(200)) ENGINE=InnoDB;
-         CREATE VIEW big_orders AS SELECT user_email, amount FROM orders WHERE amount > 100;
-         CREATE PROCEDURE order_count(OUT n INT) SELECT COUNT(*) INTO n FROM orders;
-         ",
-    );
-    q.push_str(&example_inserts(people));
-    // Old row versions in the undo log and the redo log.
-    q.push_str("UPDATE users SET phone = CONCAT(phone, 'x') WHERE id % 3 = 0;\n");
-    q.push_str("UPDATE users SET phone = LEFT(phone, CHAR_LENGTH(phone) - 1) WHERE id % 3 = 0;\n");
-    q.push_str(
-        "CREATE TRIGGER users_audit BEFORE UPDATE ON users FOR EACH ROW
-           INSERT INTO audit (old_email) VALUES (OLD.email);
-         CREATE USER 'app'@'localhost' IDENTIFIED BY 'app-password';
-         GRANT SELECT, INSERT, UPDATE ON app.* TO 'app'@'localhost';",
-    );
-    s.sql(&q);
-}
-
-/// Row counts of the joins the sanitized clone must keep.
-fn join_counts(s: &Server) -> String {
-    s.sql(
-        "SELECT (SELECT COUNT(*) FROM app.users),
-                (SELECT COUNT(*) FROM app.orders o JOIN app.users u ON u.email = o.user_email),
-                (SELECT COUNT(*) FROM app.tickets t JOIN app.users u ON u.email = t.user_email),
-                (SELECT COUNT(DISTINCT user_email) FROM app.orders)",
-    )
 }
 
 fn mariadb_hook(
@@ -121,7 +75,7 @@ fn mariadb_hook_leaves_no_original_value_in_the_data_directory() {
     install_db(&data, &base.join("run-install"));
     let binlog = format!("--log-bin={}", data.join("binlog").display());
     let server = Server::start_with(&data, &base.join("run-parent"), &[&binlog, "--server-id=1"]);
-    load_example_schema(&server, &ppl);
+    load_example_schema(&server, &example_inserts(&ppl));
     let counts = join_counts(&server);
     let parent_rows =
         server.sql("SELECT GROUP_CONCAT(email, phone, card, name ORDER BY id) FROM app.users");

@@ -2,7 +2,9 @@
 //! `mariadbd` started as the test's child (it does not fork; killed on drop, so
 //! that a failing test leaves no server holding files on a mount) and the
 //! command-line client. Needs root (the server runs as user mysql) and
-//! mariadb-server (`.ci/run` installs it).
+//! mariadb-server (`.ci/run` installs it). Also the example schema of
+//! examples/mariadb-sanitize.sql.
+#![allow(dead_code)] // each scenario uses the part it needs
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -151,4 +153,50 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The schema examples/mariadb-sanitize.sql expects, in database `app`, filled by
+/// `inserts` (sanitize_support's `example_inserts`): users, and orders and tickets referencing users by email with ON
+/// UPDATE CASCADE; plus an audit table that a trigger fills with the old email
+/// on every update of users (empty here, as the rows below are only inserted
+/// and rewritten with their own values), a view and a procedure.
+pub fn load_example_schema(s: &Server, inserts: &str) {
+    let mut q = String::from(
+        "CREATE DATABASE app;
+         USE app;
+         CREATE TABLE users (id INT PRIMARY KEY, email VARCHAR(200) UNIQUE NOT NULL,
+                             name TEXT, phone VARCHAR(40), card VARCHAR(40),
+                             INDEX (phone), INDEX (card)) ENGINE=InnoDB;
+         CREATE TABLE orders (id INT AUTO_INCREMENT PRIMARY KEY, user_email VARCHAR(200) NOT NULL,
+                              amount INT, INDEX (user_email),
+                              FOREIGN KEY (user_email) REFERENCES users (email) ON UPDATE CASCADE) ENGINE=InnoDB;
+         CREATE TABLE tickets (id INT AUTO_INCREMENT PRIMARY KEY, user_email VARCHAR(200) NOT NULL,
+                               body TEXT,
+                               FOREIGN KEY (user_email) REFERENCES users (email) ON UPDATE CASCADE) ENGINE=InnoDB;
+         CREATE TABLE audit (id INT AUTO_INCREMENT PRIMARY KEY, old_email VARCHAR(200)) ENGINE=InnoDB;
+         CREATE VIEW big_orders AS SELECT user_email, amount FROM orders WHERE amount > 100;
+         CREATE PROCEDURE order_count(OUT n INT) SELECT COUNT(*) INTO n FROM orders;
+         ",
+    );
+    q.push_str(inserts);
+    // Old row versions in the undo log and the redo log.
+    q.push_str("UPDATE users SET phone = CONCAT(phone, 'x') WHERE id % 3 = 0;\n");
+    q.push_str("UPDATE users SET phone = LEFT(phone, CHAR_LENGTH(phone) - 1) WHERE id % 3 = 0;\n");
+    q.push_str(
+        "CREATE TRIGGER users_audit BEFORE UPDATE ON users FOR EACH ROW
+           INSERT INTO audit (old_email) VALUES (OLD.email);
+         CREATE USER 'app'@'localhost' IDENTIFIED BY 'app-password';
+         GRANT SELECT, INSERT, UPDATE ON app.* TO 'app'@'localhost';",
+    );
+    s.sql(&q);
+}
+
+/// Row counts of the joins the sanitized clone must keep.
+pub fn join_counts(s: &Server) -> String {
+    s.sql(
+        "SELECT (SELECT COUNT(*) FROM app.users),
+                (SELECT COUNT(*) FROM app.orders o JOIN app.users u ON u.email = o.user_email),
+                (SELECT COUNT(*) FROM app.tickets t JOIN app.users u ON u.email = t.user_email),
+                (SELECT COUNT(DISTINCT user_email) FROM app.orders)",
+    )
 }

@@ -1,17 +1,19 @@
 //! Issue 5, check 2 through the daemon: `cowfs serve --config examples/cowfs.toml`,
-//! a PostgreSQL cluster running on a mount of the protected branch `prod` (which
-//! requires profile `pii`), and an agent token that creates a branch of it without
-//! naming a profile. The daemon flushes the mount, clones, runs the example
-//! PostgreSQL hook on a private mount of the clone and publishes it. In the clone
-//! (mounted by the agent, server started) the joins return the parent's row counts
-//! and a byte search of every file of its data directory finds none of the
-//! original values; the parent cluster still runs and is unchanged; `cowfs fsck`
-//! is clean after the daemon stops.
+//! a PostgreSQL cluster and a MariaDB server running on a mount of the protected
+//! branch `prod` (which requires profile `pii`), and an agent token that creates a
+//! branch of it without naming a profile. The daemon flushes the mount, clones,
+//! runs the example PostgreSQL and MariaDB hooks on a private mount of the clone
+//! and publishes it. In the clone (mounted by the agent, servers started) the
+//! joins return the parent's row counts and a byte search of every file of both
+//! data directories finds none of the original values; the parent's servers
+//! still run and are unchanged; `cowfs fsck` is clean after the daemon stops.
 //!
-//! Needs root (FUSE mounts, PostgreSQL as user postgres) and PostgreSQL 15 in
-//! /usr/lib/postgresql/15/bin (`.ci/run` installs it).
+//! Needs root (FUSE mounts, the servers as users postgres and mysql), PostgreSQL
+//! 15 in /usr/lib/postgresql/15/bin and mariadb-server (`.ci/run` installs them).
 
 mod control_support;
+#[path = "mariadb_support/mod.rs"]
+mod mariadb_support;
 #[path = "sanitize_support/mod.rs"]
 mod support;
 
@@ -24,7 +26,7 @@ use control_support::Served;
 use cowfs_ctl::proto::MountSpec;
 use cowfs_ctl::Client;
 use support::pg::{byte_search, join_counts, load_example_schema, pg_dir, Cluster};
-use support::{originals, people, valid_email};
+use support::{example_inserts, originals, people, valid_email};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cowfs");
 
@@ -113,6 +115,18 @@ fn agent_clone_of_a_running_cluster_is_sanitized_by_the_daemon() {
     let counts = join_counts(&parent);
     let rows_sql = "SELECT string_agg(email || phone || card || name, ',' ORDER BY id) FROM users";
     let parent_rows = parent.sql("app", rows_sql);
+    // And MariaDB, with a binary log, in mysql/ (a second service of the branch).
+    let m_data = m_prod.join("mysql");
+    mariadb_support::install_db(&m_data, &base.join("run-mariadb-install"));
+    let m_parent = mariadb_support::Server::start_with(
+        &m_data,
+        &base.join("run-mariadb-parent"),
+        &["--log-bin=binlog", "--server-id=1"],
+    );
+    mariadb_support::load_example_schema(&m_parent, &example_inserts(&ppl));
+    let m_counts = mariadb_support::join_counts(&m_parent);
+    let m_rows_sql = "SELECT GROUP_CONCAT(email, phone, card, name ORDER BY id) FROM app.users";
+    let m_parent_rows = m_parent.sql(m_rows_sql);
 
     admin.protect_with("prod", Some("pii")).expect("protect");
     let agent = admin
@@ -121,26 +135,23 @@ fn agent_clone_of_a_running_cluster_is_sanitized_by_the_daemon() {
         .secret;
     let mut a = connect(&socket, &agent);
 
-    // The agent names no profile: the daemon applies `pii`, hook included.
+    // The agent names no profile: the daemon applies `pii`, hooks included.
     let info = a
         .branch_create("agent-1", "prod", None)
         .unwrap_or_else(|e| panic!("agent clone: {e}"));
     let summary = info.sanitized.expect("sanitized");
     assert_eq!(summary.profile, "pii");
-    assert_eq!(
-        summary.hooks.len(),
-        1,
-        "the PostgreSQL hook ran: {summary:?}"
-    );
-    assert_eq!(summary.hooks[0].name, "postgresql");
+    let hooks: Vec<&str> = summary.hooks.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(hooks, ["postgresql", "mariadb"], "{summary:?}");
 
     // The clone, mounted by the agent (under the daemon's default mount root,
-    // POOL.mnt): no original value in any file of pg/.
+    // POOL.mnt): no original value in any file of pg/ or mysql/.
     let m_clone = base.join("pool.mnt/clone");
     std::fs::create_dir(&m_clone).expect("mkdir");
     a.mount("agent-1", &s(&m_clone), false)
         .expect("agent mounts its clone");
-    let left = byte_search(&m_clone.join("pg"), &originals);
+    let mut left = byte_search(&m_clone.join("pg"), &originals);
+    left.extend(byte_search(&m_clone.join("mysql"), &originals));
     assert!(
         left.is_empty(),
         "original values in the clone: {:?}",
@@ -157,6 +168,16 @@ fn agent_clone_of_a_running_cluster_is_sanitized_by_the_daemon() {
             assert!(valid_email(e), "{e}");
         }
         server.stop();
+        let server =
+            mariadb_support::Server::start(&m_clone.join("mysql"), &base.join("run-mariadb-clone"));
+        assert_eq!(mariadb_support::join_counts(&server), m_counts);
+        for e in server
+            .sql("SELECT email FROM app.users ORDER BY id")
+            .lines()
+        {
+            assert!(valid_email(e), "{e}");
+        }
+        server.stop();
     }
     a.unmount(&s(&m_clone)).expect("unmount clone");
 
@@ -164,6 +185,9 @@ fn agent_clone_of_a_running_cluster_is_sanitized_by_the_daemon() {
     assert_eq!(parent.sql("app", rows_sql), parent_rows);
     assert_eq!(join_counts(&parent), counts);
     parent_server.stop();
+    assert_eq!(m_parent.sql(m_rows_sql), m_parent_rows);
+    assert_eq!(mariadb_support::join_counts(&m_parent), m_counts);
+    m_parent.stop();
     admin.unmount(&s(&m_prod)).expect("unmount prod");
     drop((a, admin));
     assert_eq!(served.stop(), Some(0));
