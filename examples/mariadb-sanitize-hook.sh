@@ -183,6 +183,9 @@ sql orig -e "SELECT schema_name FROM information_schema.schemata
 mapfile -t DBS <"$RUN/databases"
 for d in "${DBS[@]}"; do
   [ "$d" != cowfs_sanitize ] || { echo "the clone has a database cowfs_sanitize, the hook's own: refusing"; exit 1; }
+  # mariadb-dump would take such a name for an option (--dump-history would copy
+  # the old values of system-versioned tables).
+  case "$d" in -*) echo "the clone has a database whose name starts with '-' ($d): refusing"; exit 1 ;; esac
 done
 printf '%s\n' "${DBS[@]}" | grep -qxF -- "$MARIADB_SANITIZE_DB" ||
   { echo "the clone has no database $MARIADB_SANITIZE_DB"; exit 1; }

@@ -217,3 +217,34 @@ fn mariadb_hook_refuses_a_table_file_outside_the_clone() {
     assert_eq!(server.sql("SELECT email FROM app.users"), "ann@example.com");
     server.stop();
 }
+
+/// The clone's database names reach mariadb-dump's command line: one named like
+/// an option would be taken for it. `--dump-history` copied the history rows of
+/// a system-versioned table, which hold the values the site SQL replaced (seen:
+/// the original emails in the fresh data directory). The hook refuses such a
+/// name.
+#[test]
+fn mariadb_hook_refuses_a_database_named_like_an_option() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-sanitize-mariadb-opt-")
+        .tempdir()
+        .unwrap();
+    let base = tmp.path();
+    open_dir(base);
+    open_dir(&base.join("parent"));
+    let data = base.join("parent/mysql");
+    install_db(&data, &base.join("run-install"));
+    let ppl = people(4, 5);
+    let server = Server::start(&data, &base.join("run-parent"));
+    load_example_schema(&server, &example_inserts(&ppl));
+    server.sql("ALTER TABLE app.users ADD SYSTEM VERSIONING; CREATE DATABASE `--dump-history`");
+    server.stop();
+
+    copy_clone(&data, &base.join("clone"));
+    let cfg = example_config();
+    let key = hook_key_hex(b"0123456789abcdef").unwrap();
+    // (A failed hook's clone is deleted by the daemon: its files are not checked.)
+    let e = run_hook(mariadb_hook(&cfg), &base.join("clone"), "clone", &key)
+        .expect_err("the hook ran with a database named --dump-history");
+    assert!(e.to_string().contains("starts with '-'"), "{e}");
+}
