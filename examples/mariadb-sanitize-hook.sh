@@ -12,7 +12,8 @@
 #    with the clone's binary log if its data directory has one: a branch taken
 #    while a transaction was committing holds it prepared in InnoDB, and crash
 #    recovery settles it from the binary log (without it the server refuses to
-#    start);
+#    start); then rolls back prepared XA transactions (not committed when the
+#    branch was taken; their row locks would block the site SQL);
 # 2. saves the triggers' definitions, then drops the triggers (an audit trigger
 #    would copy the original values into another table);
 # 3. runs the site's SQL ($MARIADB_SANITIZE_SQL) in $MARIADB_SANITIZE_DB with
@@ -40,7 +41,12 @@
 # - tables whose files live outside the data directory (InnoDB's DATA
 #   DIRECTORY, .isl files; MyISAM symlinks) would be the parent's files: such a
 #   clone is refused;
-# - names are quoted as identifiers wherever the hook builds a statement.
+# - names are quoted as identifiers wherever the hook builds a statement; a
+#   database whose name starts with '-' (mariadb-dump would take it for an
+#   option) or holds a line break (the list of databases is line-based) is
+#   refused;
+# - the binary log index must name files in the data directory ("./NAME.000001"
+#   on every line), or the clone is refused: the server writes where it points.
 # NOT covered: the site SQL runs with every privilege and evaluates the clone's
 # own stored functions, views and generated columns where the schema uses them.
 # Run this hook only on clones whose schema you trust.
@@ -155,7 +161,11 @@ rm -f "$DATA"/*.pid
 
 # The clone's binary log, if its data directory has one: an index file (not a
 # relay log's) whose entries name files beside it ("./NAME.000001"). Its writes
-# go into the data directory that is thrown away.
+# go into the data directory that is thrown away, so every entry must be a
+# plain file name there: the server reads the last one and rewrites its header
+# (crash recovery), and writes its new logs beside --log-bin (a `*` in a shell
+# pattern also matches `/`: "./../NAME.000001" put them in the clone, outside
+# the data directory, with the site SQL's statements and @cowfs_key).
 BINLOG=(--skip-log-bin)
 for idx in "$DATA"/*.index; do
   [ -f "$idx" ] || continue
@@ -165,30 +175,59 @@ for idx in "$DATA"/*.index; do
     ./*.[0-9][0-9][0-9][0-9][0-9][0-9]) ;;
     *) continue ;;
   esac
-  base=${first#./}
-  BINLOG=(--log-bin="$DATA/${base%.*}" --log-bin-index="$idx")
-  echo "settling transactions with the clone's binary log ${base%.*}"
+  name=${first#./}
+  name=${name%.*}
+  case "$name" in
+    */*) echo "$idx: entry $first is not a file of the data directory: refusing"; exit 1 ;;
+  esac
+  while IFS= read -r entry || [ -n "$entry" ]; do
+    case "$entry" in
+      "./$name".[0-9][0-9][0-9][0-9][0-9][0-9]) ;;
+      *) echo "$idx: entry $entry is not a file of the data directory: refusing"; exit 1 ;;
+    esac
+  done <"$idx"
+  BINLOG=(--log-bin="$DATA/$name" --log-bin-index="$idx")
+  echo "settling transactions with the clone's binary log $name"
   break
 done
 
 echo "starting a server on the clone"
 start orig "$DATA" "${BINLOG[@]}"
 
-# The clone's own databases, one per line (a name holding a newline is split,
-# and the dump of the parts fails the hook).
+# Prepared XA transactions (an external transaction manager had not committed
+# them when the branch was taken) survive the restart with their row locks: the
+# site SQL would wait for them until its lock wait timeout. They were not
+# committed, so the clone does not commit them either. FORMAT='SQL' gives each
+# XID as hex literals, ready for XA ROLLBACK.
+sql orig -e "XA RECOVER FORMAT='SQL'" >"$RUN/xa"
+xa=0
+while IFS=$'\t' read -r _ _ _ xid; do
+  sql orig -e "XA ROLLBACK $xid" </dev/null
+  xa=$((xa + 1))
+done <"$RUN/xa"
+[ "$xa" = 0 ] || echo "rolled back $xa prepared XA transaction(s) of the clone"
+
+# The clone's own databases, one per line. A name holding a line break would be
+# read as two names (with `x` beside it, "x<newline>mysql" named the
+# `mysql` database, whose dump holds the column statistics): refused.
+lf=$(sql orig -e "SELECT COUNT(*) FROM information_schema.schemata WHERE LOCATE('\n', schema_name) > 0")
+[ "$lf" = 0 ] || { echo "the clone has a database whose name holds a line break: refusing"; exit 1; }
 sql orig -e "SELECT schema_name FROM information_schema.schemata
               WHERE schema_name NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')
               ORDER BY 1" --raw >"$RUN/databases" ||
   { echo "could not list the databases of the clone"; exit 1; }
 mapfile -t DBS <"$RUN/databases"
+# (Not `printf | grep -q`: under pipefail, grep's early exit kills printf with
+# SIGPIPE once the names outgrow a pipe's buffer.)
+found=
 for d in "${DBS[@]}"; do
+  [ "$d" != "$MARIADB_SANITIZE_DB" ] || found=1
   [ "$d" != cowfs_sanitize ] || { echo "the clone has a database cowfs_sanitize, the hook's own: refusing"; exit 1; }
   # mariadb-dump would take such a name for an option (--dump-history would copy
   # the old values of system-versioned tables).
   case "$d" in -*) echo "the clone has a database whose name starts with '-' ($d): refusing"; exit 1 ;; esac
 done
-printf '%s\n' "${DBS[@]}" | grep -qxF -- "$MARIADB_SANITIZE_DB" ||
-  { echo "the clone has no database $MARIADB_SANITIZE_DB"; exit 1; }
+[ -n "$found" ] || { echo "the clone has no database $MARIADB_SANITIZE_DB"; exit 1; }
 
 echo "saving and dropping the triggers"
 if [ "${#DBS[@]}" -gt 0 ]; then
@@ -198,7 +237,7 @@ fi
 sql orig -e "SELECT CONCAT('DROP TRIGGER \`', REPLACE(trigger_schema, '\`', '\`\`'), '\`.\`',
                             REPLACE(trigger_name, '\`', '\`\`'), '\`;')
                FROM information_schema.triggers
-              WHERE trigger_schema NOT IN ('mysql', 'sys')" >"$RUN/drop-triggers.sql"
+              WHERE trigger_schema NOT IN ('mysql', 'sys')" --raw >"$RUN/drop-triggers.sql"
 sql orig <"$RUN/drop-triggers.sql"
 
 echo "rewriting personal data in $MARIADB_SANITIZE_DB with $SQL"

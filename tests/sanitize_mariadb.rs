@@ -248,3 +248,221 @@ fn mariadb_hook_refuses_a_database_named_like_an_option() {
         .expect_err("the hook ran with a database named --dump-history");
     assert!(e.to_string().contains("starts with '-'"), "{e}");
 }
+
+/// A stopped parent at `base/parent/mysql` with the example schema of `ppl`,
+/// started with `extra` server options; copied to `base/clone/mysql`.
+fn example_clone(base: &Path, ppl: &[Person], extra: &[&str], then: &str) {
+    open_dir(base);
+    open_dir(&base.join("parent"));
+    let data = base.join("parent/mysql");
+    install_db(&data, &base.join("run-install"));
+    let server = Server::start_with(&data, &base.join("run-parent"), extra);
+    load_example_schema(&server, &example_inserts(ppl));
+    if !then.is_empty() {
+        server.sql(then);
+    }
+    server.stop();
+    copy_clone(&data, &base.join("clone"));
+}
+
+/// The clone's binary log index names the log the hook's server continues; its
+/// first entry is checked to be `./NAME.000001`, but `*` in a shell pattern
+/// matches `/` too: `./../stash/binlog.000001` (a directory of the clone the
+/// server's user may write) made the server write its binary log (the site
+/// SQL's statements and the `@cowfs_key` they set) into the clone beside the
+/// data directory, where the fresh copy does not replace it. The hook refuses
+/// an index entry that is not a plain file name in the data directory.
+#[test]
+fn mariadb_hook_refuses_a_binary_log_outside_the_data_directory() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-sanitize-mariadb-binlog-")
+        .tempdir()
+        .unwrap();
+    let base = tmp.path();
+    let ppl = people(4, 7);
+    let data = base.join("parent/mysql");
+    let binlog = format!("--log-bin={}", data.join("binlog").display());
+    example_clone(base, &ppl, &[&binlog, "--server-id=1"], "");
+    let clone = base.join("clone");
+    let stash = clone.join("stash");
+    open_dir(&stash);
+    chown_mysql(&stash);
+    std::fs::rename(
+        clone.join("mysql/binlog.000001"),
+        stash.join("binlog.000001"),
+    )
+    .unwrap();
+    std::fs::write(
+        clone.join("mysql/binlog.index"),
+        "./../stash/binlog.000001\n",
+    )
+    .unwrap();
+
+    let cfg = example_config();
+    let key = hook_key_hex(b"0123456789abcdef").unwrap();
+    let e = match run_hook(mariadb_hook(&cfg), &clone, "clone", &key) {
+        Err(e) => e,
+        Ok(_) => panic!(
+            "the hook ran with a binary log outside the data directory; it left {:?}",
+            std::fs::read_dir(&stash)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect::<Vec<_>>()
+        ),
+    };
+    assert!(
+        e.to_string().contains("not a file of the data directory"),
+        "{e}"
+    );
+}
+
+/// A clone of a server holding a prepared XA transaction (an external
+/// transaction manager had not yet committed it): the transaction survives the
+/// restart with its row locks, and the site SQL's UPDATE of users waited for
+/// them until the lock wait timeout failed the hook. The hook rolls such
+/// transactions back (they were not committed when the branch was taken); the
+/// row keeps its committed value, rewritten.
+#[test]
+fn mariadb_hook_rolls_back_prepared_xa_transactions() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-sanitize-mariadb-xa-")
+        .tempdir()
+        .unwrap();
+    let base = tmp.path();
+    let ppl = people(4, 11);
+    example_clone(
+        base,
+        &ppl,
+        &[],
+        "XA START 'cowfs-test'; UPDATE app.users SET name = 'pending' WHERE id = 1;
+         XA END 'cowfs-test'; XA PREPARE 'cowfs-test'",
+    );
+    let clone = base.join("clone");
+
+    let cfg = example_config();
+    let pool_key = b"0123456789abcdef";
+    let key = hook_key_hex(pool_key).unwrap();
+    let report =
+        run_hook(mariadb_hook(&cfg), &clone, "clone", &key).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.output.contains("rolled back"), "{}", report.output);
+    let after = byte_search(&clone, &originals(&ppl));
+    assert!(after.is_empty(), "original values left: {after:?}");
+
+    let server = Server::start(&clone.join("mysql"), &base.join("run-clone"));
+    assert_eq!(server.sql("XA RECOVER"), "");
+    let rows = server.sql("SELECT email, name, phone, card FROM app.users ORDER BY id");
+    assert_example_pseudonyms(&rows, '\t', &ppl, pool_key);
+    server.stop();
+}
+
+/// Trigger names with a backslash or a newline: the client's batch output
+/// escapes them (`\\`, `\n`), so the DROP TRIGGER statements the hook built from
+/// it named triggers that do not exist and the hook failed. Both triggers are
+/// dropped for the run (neither fires) and restored whole.
+#[test]
+fn mariadb_hook_drops_and_restores_triggers_with_odd_names() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-sanitize-mariadb-trg-")
+        .tempdir()
+        .unwrap();
+    let base = tmp.path();
+    let ppl = people(4, 13);
+    example_clone(
+        base,
+        &ppl,
+        &[],
+        "CREATE TRIGGER app.`audit\\x` BEFORE UPDATE ON app.users FOR EACH ROW
+           INSERT INTO app.audit (old_email) VALUES (OLD.email);
+         CREATE TRIGGER app.`audit\nline` AFTER UPDATE ON app.users FOR EACH ROW
+           INSERT INTO app.audit (old_email) VALUES (OLD.email);",
+    );
+    let clone = base.join("clone");
+
+    let cfg = example_config();
+    let key = hook_key_hex(b"0123456789abcdef").unwrap();
+    run_hook(mariadb_hook(&cfg), &clone, "clone", &key).unwrap_or_else(|e| panic!("{e}"));
+    let after = byte_search(&clone, &originals(&ppl));
+    assert!(after.is_empty(), "original values left: {after:?}");
+
+    let server = Server::start(&clone.join("mysql"), &base.join("run-clone"));
+    assert_eq!(server.sql("SELECT COUNT(*) FROM app.audit"), "0");
+    assert_eq!(
+        server.sql(
+            "SELECT GROUP_CONCAT(HEX(trigger_name) ORDER BY trigger_name)
+               FROM information_schema.triggers WHERE trigger_schema = 'app'"
+        ),
+        server.sql(
+            "SELECT CONCAT_WS(',', HEX('audit\\nline'), HEX('audit\\\\x'), HEX('users_audit'))"
+        )
+    );
+    server.stop();
+}
+
+/// A server with many databases (one per tenant): the hook looked for
+/// MARIADB_SANITIZE_DB with `printf ... | grep -q` under `pipefail`; grep
+/// stops at the first match, printf then dies of SIGPIPE once the names
+/// outgrow the pipe's buffer (64 KiB), and the hook reported that the clone has
+/// no database `app`. 1,100 names of 63 bytes are past that buffer.
+#[test]
+fn mariadb_hook_finds_its_database_among_many() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-sanitize-mariadb-many-")
+        .tempdir()
+        .unwrap();
+    let base = tmp.path();
+    let ppl = people(4, 17);
+    let tenants: String = (0..1100)
+        .map(|i| format!("CREATE DATABASE tenant_{i:056};"))
+        .collect();
+    example_clone(base, &ppl, &[], &tenants);
+    let clone = base.join("clone");
+
+    let cfg = example_config();
+    let pool_key = b"0123456789abcdef";
+    let key = hook_key_hex(pool_key).unwrap();
+    run_hook(mariadb_hook(&cfg), &clone, "clone", &key).unwrap_or_else(|e| panic!("{e}"));
+    let server = Server::start(&clone.join("mysql"), &base.join("run-clone"));
+    assert_eq!(
+        server.sql(
+            "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name LIKE 'tenant\\_%'"
+        ),
+        "1100"
+    );
+    let rows = server.sql("SELECT email, name, phone, card FROM app.users ORDER BY id");
+    assert_example_pseudonyms(&rows, '\t', &ppl, pool_key);
+    server.stop();
+}
+
+/// The hook lists the clone's databases one per line: a database named
+/// "x<newline>mysql" beside `x` read as `x` and `mysql`, and the dump of
+/// the "clone's databases" then copied the whole `mysql` database, whose
+/// `column_stats` (filled by ANALYZE ... PERSISTENT FOR ALL) hold the minimum,
+/// maximum and histogram of every column: original emails and names in the
+/// fresh data directory. The hook refuses a database name with a line break.
+#[test]
+fn mariadb_hook_refuses_a_database_name_with_a_line_break() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cowfs-sanitize-mariadb-nl-")
+        .tempdir()
+        .unwrap();
+    let base = tmp.path();
+    let ppl = people(20, 19);
+    example_clone(
+        base,
+        &ppl,
+        &[],
+        "ANALYZE TABLE app.users PERSISTENT FOR ALL; CREATE DATABASE x; CREATE DATABASE `x\nmysql`",
+    );
+    let clone = base.join("clone");
+
+    let cfg = example_config();
+    let key = hook_key_hex(b"0123456789abcdef").unwrap();
+    let e = match run_hook(mariadb_hook(&cfg), &clone, "clone", &key) {
+        Err(e) => e,
+        Ok(_) => panic!(
+            "the hook ran with a database named x<newline>mysql; original values it left: {:?}",
+            byte_search(&clone, &originals(&ppl))
+        ),
+    };
+    assert!(e.to_string().contains("line break"), "{e}");
+}
