@@ -100,12 +100,24 @@ chmod --reference="$DATA" "$NEW"
 
 # Server pids by name (orig, fresh), for the cleanup.
 declare -A PIDS=()
-stop_server() { # name
-  local pid=${PIDS[$1]:-}
+# stop_server NAME: a clean shutdown (SIGTERM), within 300 s, or a kill and a
+# failure; fails too if the server exits with a status other than 0.
+stop_server() {
+  local pid=${PIDS[$1]:-} rc=0
   [ -n "$pid" ] || return 0
   kill -TERM "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
+  for _ in $(seq 1 1500); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "the $1 server did not stop in 300 s"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || rc=$?
   unset "PIDS[$1]"
+  [ "$rc" = 0 ] || echo "the $1 server exited with status $rc"
+  return "$rc"
 }
 cleanup() {
   local rc=$? n
@@ -267,8 +279,10 @@ if [ "${#DBS[@]}" -gt 0 ]; then
 fi
 
 echo "stopping the servers and replacing the data directory"
-stop_server orig
-stop_server fresh
+# The server on the clone only has to be gone; the fresh one must have shut
+# down cleanly (its files are what the clone publishes).
+stop_server orig || true
+stop_server fresh || { echo "the fresh copy was not shut down cleanly: refusing it"; exit 1; }
 find "$DATA" -mindepth 1 -delete
 find "$NEW" -mindepth 1 -maxdepth 1 -exec mv -t "$DATA" {} +
 echo "MariaDB data directory in the clone sanitized"
