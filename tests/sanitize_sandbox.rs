@@ -488,36 +488,55 @@ command = ["/bin/sh", "-c", '''
     }
 }
 
-/// A bind mount the test makes on the host, detached when dropped (also when
-/// the test fails).
-struct HostBind(std::ffi::CString);
+/// A mount the test makes on the host, detached when dropped (also when the
+/// test fails).
+struct HostMount(std::ffi::CString);
 
-impl HostBind {
-    /// `dir` bound onto itself, then remounted with `flags` (MS_RDONLY, ...).
-    fn new(dir: &Path, flags: libc::c_ulong) -> HostBind {
+impl HostMount {
+    fn cstr(dir: &Path) -> std::ffi::CString {
         use std::os::unix::ffi::OsStrExt;
-        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+        std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap()
+    }
+
+    /// `dir` bound onto itself, then remounted with `flags` (MS_RDONLY, ...).
+    fn bind(dir: &Path, flags: libc::c_ulong) -> HostMount {
+        let c = Self::cstr(dir);
         let none = std::ptr::null();
         // SAFETY: mount(2) on a live C string and the null pointers it allows.
         let r = unsafe { libc::mount(c.as_ptr(), c.as_ptr(), none, libc::MS_BIND, none.cast()) };
         assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
-        let bind = HostBind(c);
-        // SAFETY: as above.
+        let bind = HostMount(c);
+        bind.set(libc::MS_BIND | libc::MS_REMOUNT | flags);
+        bind
+    }
+
+    /// A small tmpfs on `dir`, mounted with `flags` (MS_NOEXEC, ...).
+    fn tmpfs(dir: &Path, flags: libc::c_ulong) -> HostMount {
+        let c = Self::cstr(dir);
+        // SAFETY: mount(2) on live C strings.
         let r = unsafe {
             libc::mount(
-                none,
-                bind.0.as_ptr(),
-                none,
-                libc::MS_BIND | libc::MS_REMOUNT | flags,
-                none.cast(),
+                c"cowfs-test".as_ptr(),
+                c.as_ptr(),
+                c"tmpfs".as_ptr(),
+                flags,
+                c"size=1m".as_ptr().cast(),
             )
         };
         assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
-        bind
+        HostMount(c)
+    }
+
+    /// mount(2) of this mount with `flags` alone (a remount, a propagation).
+    fn set(&self, flags: libc::c_ulong) {
+        let none = std::ptr::null();
+        // SAFETY: mount(2) on a live C string and the null pointers it allows.
+        let r = unsafe { libc::mount(none, self.0.as_ptr(), none, flags, none.cast()) };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
     }
 }
 
-impl Drop for HostBind {
+impl Drop for HostMount {
     fn drop(&mut self) {
         // SAFETY: umount2 of a live C string.
         unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
@@ -541,7 +560,7 @@ fn a_listed_path_keeps_the_host_mounts_restrictions() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let _bind = HostBind::new(&dir, libc::MS_RDONLY | libc::MS_NOEXEC);
+    let _bind = HostMount::bind(&dir, libc::MS_RDONLY | libc::MS_NOEXEC);
     let hooks = r#"
 [[profiles.p.hooks]]
 name = "writes"
@@ -554,4 +573,35 @@ if { echo x > "{base}/ro-on-host/new.txt"; } 2>/dev/null; then echo wrote; else 
     let reports = env.run(hooks).unwrap_or_else(|e| panic!("{e}"));
     assert!(!dir.join("new.txt").exists(), "{}", reports[0].output);
     assert_eq!(reports[0].output, "write refused\nexec refused\n");
+}
+
+/// Every bind of the sandbox was remounted with the flags it adds (nosuid,
+/// nodev, read-only), and a bind remount sets a mount's flags: a host mount
+/// that was noexec came out executable. The hook's program's directory on a
+/// noexec mount of the host let the program run in the sandbox, where the
+/// host refuses it; it must stay noexec, as every bind keeps the host's
+/// restrictions.
+#[test]
+fn a_hook_programs_directory_keeps_the_host_mounts_noexec() {
+    let env = Env::new();
+    let dir = env.base.join("hooks");
+    std::fs::create_dir(&dir).unwrap();
+    let _tmpfs = HostMount::tmpfs(&dir, libc::MS_NOEXEC | libc::MS_NOSUID | libc::MS_NODEV);
+    let program = dir.join("run.sh");
+    std::fs::write(&program, "#!/bin/sh\necho executed\n").unwrap();
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // The host refuses it.
+    let e = std::process::Command::new(&program).output().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    let hooks = "[[profiles.p.hooks]]\nname = \"noexec\"\ncommand = [\"{base}/hooks/run.sh\"]\n";
+    let r = env.run(hooks);
+    let e = r.expect_err("the hook's program ran from a noexec mount");
+    assert!(
+        e.contains("hook 'noexec'") && e.contains("Permission denied"),
+        "{e}"
+    );
 }

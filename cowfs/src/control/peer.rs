@@ -11,6 +11,24 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
+/// The system calls that set this thread's groups, gid and uid with 32-bit
+/// ids. On i386, 32-bit ARM and 32-bit SPARC the plain numbers are the old
+/// calls that take 16-bit ids (an id above 65535 would be cut to another
+/// user's, and the group list read as 16-bit ids); their 32-bit forms are the
+/// `...32` calls. Elsewhere the plain ones take 32-bit ids.
+#[cfg(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc"))]
+mod id_calls {
+    pub const SETGROUPS: libc::c_long = libc::SYS_setgroups32;
+    pub const SETRESGID: libc::c_long = libc::SYS_setresgid32;
+    pub const SETRESUID: libc::c_long = libc::SYS_setresuid32;
+}
+#[cfg(not(any(target_arch = "x86", target_arch = "arm", target_arch = "sparc")))]
+mod id_calls {
+    pub const SETGROUPS: libc::c_long = libc::SYS_setgroups;
+    pub const SETRESGID: libc::c_long = libc::SYS_setresgid;
+    pub const SETRESUID: libc::c_long = libc::SYS_setresuid;
+}
+
 /// The credentials of the process that connected.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
@@ -139,10 +157,10 @@ impl Peer {
                 // answers exactly as for the peer. The thread ends with them.
                 // SAFETY: plain syscalls on values owned by this closure.
                 unsafe {
-                    if libc::syscall(libc::SYS_setgroups, peer.groups.len(), peer.groups.as_ptr())
+                    if libc::syscall(id_calls::SETGROUPS, peer.groups.len(), peer.groups.as_ptr())
                         != 0
-                        || libc::syscall(libc::SYS_setresgid, peer.gid, peer.gid, peer.gid) != 0
-                        || libc::syscall(libc::SYS_setresuid, peer.uid, peer.uid, peer.uid) != 0
+                        || libc::syscall(id_calls::SETRESGID, peer.gid, peer.gid, peer.gid) != 0
+                        || libc::syscall(id_calls::SETRESUID, peer.uid, peer.uid, peer.uid) != 0
                     {
                         return Err(io::Error::last_os_error());
                     }

@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use libc::{c_int, c_ulong};
+use libc::c_int;
 
 /// What a listed path is: the sandbox makes a directory or a file to bind it on,
 /// and a path that changed kind since the config loaded is not the one checked.
@@ -207,30 +207,6 @@ fn on_fuse(fd: &OwnedFd) -> io::Result<bool> {
         return Err(io::Error::last_os_error());
     }
     Ok(st.f_type == libc::FUSE_SUPER_MAGIC)
-}
-
-/// The restrictions of the mount `fd` is on (its own flags and its file
-/// system's) that a bind of it must keep, as mount flags: read-only and
-/// noexec. The sandbox remounts each bind with MS_REMOUNT|MS_BIND, which sets
-/// the mount's flags rather than adding to them: without these, a directory
-/// the host mounted read-only came out writable in the hook.
-pub fn mount_restrictions(fd: &OwnedFd) -> io::Result<c_ulong> {
-    // SAFETY: an all-zero statvfs is a valid value for fstatvfs to overwrite.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: an open descriptor (fstatvfs is fstatfs, which works on O_PATH
-    // ones) and a live statvfs.
-    if unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let flags = st.f_flag;
-    let mut out = 0;
-    if flags & libc::ST_RDONLY != 0 {
-        out |= libc::MS_RDONLY;
-    }
-    if flags & libc::ST_NOEXEC != 0 {
-        out |= libc::MS_NOEXEC;
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod detect;
 pub mod hook;
 pub mod host_path;
 pub mod key;
+mod mount_attr;
 mod pid_ns;
 pub(crate) mod private_dir;
 pub mod pseudo;

@@ -7,7 +7,9 @@
 //!
 //! The tree, built on a tmpfs that pivot_root then makes the root:
 //!
-//! - the system directories (`SYSTEM_DIRS`) bound read-only, nosuid, nodev;
+//! - the system directories (`SYSTEM_DIRS`) bound read-only, nosuid, nodev
+//!   (noexec too where the host's mount is: every bind keeps the restrictions
+//!   of the host's mount it copies, see `mount_attr`);
 //!   one that is a symlink on the host (`/bin -> usr/bin`) is the same symlink;
 //! - a fresh /dev (a small tmpfs, `DEV_TMPFS`) with the host's null, zero,
 //!   full, random, urandom and tty bound in, the /proc/self/fd links, and a
@@ -22,8 +24,9 @@
 //! - the hook's `read_only_paths`, and `read_write_paths` (nosuid, nodev):
 //!   not by name, but each as the object the daemon opened without following
 //!   a symlink and checked (`host_path`), cloned as a detached mount
-//!   (open_tree) and attached in the sandbox (move_mount), as read-only and
-//!   noexec as the host's mount of it (`mount_restrictions`). A bind of that
+//!   (open_tree), made private and restricted while still detached
+//!   (`mount_attr::set_on_detached`) and attached in the sandbox
+//!   (move_mount). A bind of that
 //!   descriptor's /proc/self/fd link would not do: the kernel binds only from
 //!   mounts of the caller's own namespace, and the descriptor's mount is the
 //!   daemon's;
@@ -52,7 +55,8 @@ use std::path::{Path, PathBuf};
 use libc::{c_int, c_uint, c_ulong};
 
 use super::config::Hook;
-use super::host_path::{mount_restrictions, HostPath, Kind};
+use super::host_path::{HostPath, Kind};
+use super::mount_attr::{remount_adding, set_on_detached};
 
 /// Host directories every hook sees, read-only: programs, libraries, and the
 /// system's configuration (users for `runuser`, locales, time zones).
@@ -84,10 +88,6 @@ const CLONE: &str = "the clone's directory";
 /// root in the hook could otherwise fill it (memory) like the other tmpfs.
 const DEV_TMPFS: &str = "mode=0755,size=1m,nr_inodes=256";
 
-/// From <linux/mount.h> (the libc crate has them for Android only).
-const OPEN_TREE_CLONE: c_uint = 1;
-const MOVE_MOUNT_F_EMPTY_PATH: c_uint = 4;
-
 /// Most steps a sandbox may have: the step's number travels in 10 bits of
 /// spawn's error (see `pid_ns::failed_at`).
 pub const MAX_STEPS: usize = 1000;
@@ -110,20 +110,22 @@ enum Op {
         target: CString,
         link: CString,
     },
-    /// A non-recursive bind, then a remount of it with `flags` (MS_RDONLY,
-    /// MS_NOSUID, ...): a bind keeps the source's flags otherwise.
+    /// A non-recursive bind, then a remount of it adding `flags` (MS_RDONLY,
+    /// MS_NOSUID, ...) to the host mount's restrictions (`mount_attr`).
     Bind {
         src: CString,
         dst: CString,
         flags: c_ulong,
     },
-    /// A detached mount (`tree`, from open_tree) attached at `dst`, made
-    /// private (a clone of a shared mount joins its peer group: the host's
-    /// mounts there would appear inside), then remounted with `flags`.
+    /// A detached mount (`tree`, from open_tree) attached at `dst`. Made
+    /// private and restricted while detached where the kernel has
+    /// mount_setattr; otherwise (`fallback`: the flags to add) made private
+    /// once attached (a clone of a shared mount joins its peer group: the
+    /// host's mounts there would appear inside), then remounted like a bind.
     Attach {
         tree: c_int,
         dst: CString,
-        flags: c_ulong,
+        fallback: Option<c_ulong>,
     },
     /// Close a descriptor the build needed: the hook is forked after it.
     Close(c_int),
@@ -161,6 +163,16 @@ pub struct Sandbox {
 enum Access {
     ReadOnly,
     ReadWrite,
+}
+
+impl Access {
+    /// The mount flags the sandbox adds to those of the host's mount.
+    fn flags(self) -> c_ulong {
+        match self {
+            Access::ReadOnly => libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            Access::ReadWrite => libc::MS_NOSUID | libc::MS_NODEV,
+        }
+    }
 }
 
 fn cstr(p: &Path) -> io::Result<CString> {
@@ -252,16 +264,11 @@ impl Plan {
         } else {
             self.push(Op::File(dst.clone()), format!("making {}", path.display()));
         }
-        let (mut flags, how) = match access {
-            Access::ReadOnly => (
-                libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
-                "read-only",
-            ),
-            Access::ReadWrite => (libc::MS_NOSUID | libc::MS_NODEV, "read-write"),
+        let flags = access.flags();
+        let how = match access {
+            Access::ReadOnly => "read-only",
+            Access::ReadWrite => "read-write",
         };
-        if let From::Tree(_, _, host) = from {
-            flags |= host;
-        }
         match from {
             From::Host => self.push(
                 Op::Bind {
@@ -271,12 +278,12 @@ impl Plan {
                 },
                 format!("binding {} {how}", path.display()),
             ),
-            From::Tree(tree, ..) => {
+            From::Tree(tree, _, set) => {
                 self.push(
                     Op::Attach {
                         tree: *tree,
                         dst,
-                        flags,
+                        fallback: (!set).then_some(flags),
                     },
                     format!("attaching {} {how} (move_mount)", path.display()),
                 );
@@ -302,15 +309,15 @@ enum From {
     /// The host's tree, by name (under `OLD_ROOT`).
     Host,
     /// This detached mount (a descriptor `Sandbox::_trees` holds), of a
-    /// directory or a file, and the restrictions (MS_RDONLY, MS_NOEXEC) of
-    /// the host's mount it was cloned from, which its remount must keep.
-    Tree(c_int, Kind, c_ulong),
+    /// directory or a file, and whether it is private with its flags set
+    /// already (`mount_attr::set_on_detached`).
+    Tree(c_int, Kind, bool),
 }
 
 /// A detached, non-recursive clone of the mount of `fd` at the object `fd`
 /// is: what a bind of it would be, made now in the daemon's namespace.
 fn open_tree(fd: &OwnedFd) -> io::Result<OwnedFd> {
-    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as c_uint | libc::AT_EMPTY_PATH as c_uint;
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as c_uint;
     // SAFETY: an open descriptor, an empty C string (AT_EMPTY_PATH: the
     // descriptor's own object) and flags; nothing of ours is written.
     let tree = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
@@ -322,8 +329,8 @@ fn open_tree(fd: &OwnedFd) -> io::Result<OwnedFd> {
 }
 
 /// The detached mount of a listed path, opened and checked now (`host_path`),
-/// its kind, and the restrictions of the host's mount (`mount_restrictions`).
-fn listed_tree(listed: &HostPath, what: &str) -> io::Result<(OwnedFd, Kind, c_ulong)> {
+/// its kind, and whether it was made private with `access`'s flags added.
+fn listed_tree(listed: &HostPath, access: Access, what: &str) -> io::Result<(OwnedFd, Kind, bool)> {
     let fd = listed
         .open()
         .map_err(|e| io::Error::new(e.kind(), format!("{what} {e}")))?;
@@ -336,13 +343,16 @@ fn listed_tree(listed: &HostPath, what: &str) -> io::Result<(OwnedFd, Kind, c_ul
             ),
         )
     })?;
-    let host = mount_restrictions(&fd).map_err(|e| {
+    let set = set_on_detached(&tree, access.flags()).map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("{what} '{}': statfs: {e}", listed.path.display()),
+            format!(
+                "{what} '{}': making its mount private (mount_setattr): {e}",
+                listed.path.display()
+            ),
         )
     })?;
-    Ok((tree, listed.kind, host))
+    Ok((tree, listed.kind, set))
 }
 
 impl Sandbox {
@@ -411,12 +421,12 @@ impl Sandbox {
                     .map(|p| (p, Access::ReadWrite, "read_write_paths entry")),
             );
         for (p, access, what) in listed {
-            let (tree, kind, host) = listed_tree(p, what)?;
+            let (tree, kind, set) = listed_tree(p, access, what)?;
             extra.push((
                 p.path.clone(),
                 access,
                 what,
-                From::Tree(tree.as_raw_fd(), kind, host),
+                From::Tree(tree.as_raw_fd(), kind, set),
             ));
             trees.push(tree);
         }
@@ -677,31 +687,25 @@ fn run(op: &Op) -> bool {
             Op::Symlink { target, link } => libc::symlink(target.as_ptr(), link.as_ptr()) == 0,
             Op::Bind { src, dst, flags } => {
                 libc::mount(src.as_ptr(), dst.as_ptr(), none, libc::MS_BIND, none.cast()) == 0
-                    && libc::mount(
-                        none,
-                        dst.as_ptr(),
-                        none,
-                        libc::MS_BIND | libc::MS_REMOUNT | flags,
-                        none.cast(),
-                    ) == 0
+                    && remount_adding(dst, *flags)
             }
-            Op::Attach { tree, dst, flags } => {
+            Op::Attach {
+                tree,
+                dst,
+                fallback,
+            } => {
                 libc::syscall(
                     libc::SYS_move_mount,
                     *tree,
                     c"".as_ptr(),
                     libc::AT_FDCWD,
                     dst.as_ptr(),
-                    MOVE_MOUNT_F_EMPTY_PATH,
+                    libc::MOVE_MOUNT_F_EMPTY_PATH,
                 ) == 0
-                    && libc::mount(none, dst.as_ptr(), none, libc::MS_PRIVATE, none.cast()) == 0
-                    && libc::mount(
-                        none,
-                        dst.as_ptr(),
-                        none,
-                        libc::MS_BIND | libc::MS_REMOUNT | flags,
-                        none.cast(),
-                    ) == 0
+                    && fallback.is_none_or(|flags| {
+                        libc::mount(none, dst.as_ptr(), none, libc::MS_PRIVATE, none.cast()) == 0
+                            && remount_adding(dst, flags)
+                    })
             }
             Op::Close(fd) => libc::close(*fd) == 0,
             Op::PivotRoot { new_root, put_old } => {
@@ -724,5 +728,149 @@ fn run(op: &Op) -> bool {
             Op::Rmdir(p) => libc::rmdir(p.as_ptr()) == 0,
             Op::Chdir(p) => libc::chdir(p.as_ptr()) == 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    /// `f` on a thread of its own in a mount namespace of its own (unshare by
+    /// one thread leaves the others' namespace alone), which goes with it.
+    fn in_own_namespace<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: unshare and mount(2) on a C string literal and the
+                // null pointers it allows.
+                unsafe {
+                    assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0);
+                    let none = std::ptr::null();
+                    let flags = libc::MS_REC | libc::MS_PRIVATE;
+                    assert_eq!(
+                        libc::mount(none, c"/".as_ptr(), none, flags, none.cast()),
+                        0
+                    );
+                }
+                f()
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    fn mount(src: &CStr, dst: &Path, fstype: Option<&CStr>, flags: c_ulong) {
+        let dst = cstr(dst).unwrap();
+        let fstype = fstype.map_or(std::ptr::null(), CStr::as_ptr);
+        // SAFETY: mount(2) on live C strings or null where it allows one.
+        let r = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), fstype, flags, std::ptr::null()) };
+        assert_eq!(
+            r,
+            0,
+            "{}: {}",
+            dst.to_string_lossy(),
+            io::Error::last_os_error()
+        );
+    }
+
+    /// The flags statvfs reports of the mount at `p`.
+    fn mount_flags(p: &Path) -> c_ulong {
+        let c = cstr(p).unwrap();
+        // SAFETY: an all-zero statvfs is valid for statvfs to overwrite, and
+        // the C string is live.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        st.f_flag
+    }
+
+    fn dev(p: &Path) -> u64 {
+        std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(p).unwrap())
+    }
+
+    /// In this thread's namespace: a shared tmpfs at `base/src`, noexec, with
+    /// `listed/sub` in it, and `base/dst` to attach `listed` at.
+    fn shared_source(base: &Path) -> (PathBuf, PathBuf) {
+        let (src, dst) = (base.join("src"), base.join("dst"));
+        std::fs::create_dir(&src).unwrap();
+        std::fs::create_dir(&dst).unwrap();
+        mount(c"cowfs-test", &src, Some(c"tmpfs"), libc::MS_NOEXEC);
+        mount(c"", &src, None, libc::MS_SHARED);
+        std::fs::create_dir_all(src.join("listed/sub")).unwrap();
+        (src, dst)
+    }
+
+    /// Once `src/listed` is attached at `dst`: the host mounts below it, and
+    /// that must not appear at `dst`, which is no peer of the host's and has
+    /// the host's noexec, nosuid and nodev (and read-only if `ro`).
+    fn host_mounts_below_and_check(src: &Path, dst: &Path, ro: bool) {
+        mount(c"cowfs-host", &src.join("listed/sub"), Some(c"tmpfs"), 0);
+        assert_ne!(dev(&src.join("listed/sub")), dev(&src.join("listed")));
+        assert_eq!(
+            dev(&dst.join("sub")),
+            dev(dst),
+            "the host's mount below the listed path appeared in the attached one"
+        );
+        let st = mount_flags(dst);
+        let want = libc::ST_NOEXEC | libc::ST_NOSUID | libc::ST_NODEV;
+        assert_eq!(st & want, want, "{st:#x}");
+        assert_eq!(st & libc::ST_RDONLY != 0, ro, "{st:#x}");
+        // This thread's namespace, not the process's (/proc/self).
+        let info = std::fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
+        let line = |p: &Path| {
+            let at = format!(" {} ", p.display());
+            info.lines().find(|l| l.contains(&at)).unwrap().to_string()
+        };
+        assert!(line(src).contains("shared:"), "{}", line(src));
+        assert!(!line(dst).contains("shared:"), "{}", line(dst));
+    }
+
+    /// A listed path's detached mount (open_tree) of a shared host mount is in
+    /// the host's peer group: attached first and made private after (the old
+    /// sequence), a mount the host made below the listed path in between
+    /// appeared inside the sandbox. Made private (and restricted) while still
+    /// detached, it never is a peer.
+    #[test]
+    fn a_listed_paths_detached_mount_is_private_before_it_is_attached() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().canonicalize().unwrap();
+        in_own_namespace(|| {
+            let (src, dst) = shared_source(&base);
+            let listed = HostPath::new(&src.join("listed")).unwrap();
+            let (tree, _, set) = listed_tree(&listed, Access::ReadWrite, "listed").unwrap();
+            assert!(set, "mount_setattr is there since Linux 5.12");
+            // SAFETY: move_mount of an open mount descriptor to a live C string.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    tree.as_raw_fd(),
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    cstr(&dst).unwrap().as_ptr(),
+                    libc::MOVE_MOUNT_F_EMPTY_PATH,
+                )
+            };
+            assert_eq!(r, 0, "{}", io::Error::last_os_error());
+            host_mounts_below_and_check(&src, &dst, false);
+        });
+    }
+
+    /// Without mount_setattr (before Linux 5.12) the attach step makes the
+    /// mount private and remounts it once attached, keeping the host's flags.
+    #[test]
+    fn the_attach_step_without_mount_setattr_keeps_the_hosts_flags() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().canonicalize().unwrap();
+        in_own_namespace(|| {
+            let (src, dst) = shared_source(&base);
+            let fd = HostPath::new(&src.join("listed")).unwrap().open().unwrap();
+            let tree = open_tree(&fd).unwrap();
+            let attach = Op::Attach {
+                tree: tree.as_raw_fd(),
+                dst: cstr(&dst).unwrap(),
+                fallback: Some(Access::ReadOnly.flags()),
+            };
+            assert!(run(&attach), "{}", io::Error::last_os_error());
+            host_mounts_below_and_check(&src, &dst, true);
+        });
     }
 }
