@@ -564,13 +564,71 @@ fn rename_gives_the_token_no_scope_it_lacks() {
         ErrorKind::NotFound,
         "the branch must not have moved"
     );
-    // Renames that give nothing still work: within the pattern, and away from
-    // it (the token loses the branch, as deleting it would). Own branches go
-    // anywhere: ownership follows them (see the matrix).
+    // Renames that give the token nothing need `branch` too (see
+    // `rename_exposes_no_more_than_a_copy_would`); with it they work: within
+    // the pattern, and away from it (the token loses the branch, as deleting
+    // it would). Own branches go anywhere: ownership follows them (see the
+    // matrix).
+    let janitor_s = d.token("janitor2", &["delete:tmp-*", "branch:tmp-*"]);
+    let mut janitor = d.client(&janitor_s);
     allowed("within tmp-*", janitor.rename("tmp-secret", "tmp-old"));
     allowed("away from tmp-*", janitor.rename("tmp-old", "archived"));
     assert_eq!(kind(janitor.info("archived")), ErrorKind::NotFound);
     allowed("admin still sees it", admin.info("archived"));
+}
+
+/// Review finding (README Limits): a token with `delete:tmp-*` alone could
+/// rename another's `tmp-x` to a name a third token may read (`read:shared-*`),
+/// publishing a branch it could not read itself. A rename now needs what a copy
+/// under the new name needs: `branch` on the branch, and `admin` if it requires
+/// a sanitize profile (a non-admin copy would be sanitized). Three tokens: the
+/// admin's branches, the janitor renaming, the reader of the new name.
+#[test]
+fn rename_exposes_no_more_than_a_copy_would() {
+    let d = Daemon::start_with_config(Some(RULES_ONLY));
+    let mut admin = d.admin_client();
+    allowed("tmp-x", admin.branch_create("tmp-x", "main", None));
+    allowed("prod", admin.branch_create("prod", "main", None));
+    allowed("require pii", admin.protect_with("prod", Some("pii")));
+    // The admin's unsanitized copy of prod requires pii too, unprotected.
+    allowed("tmp-pii", admin.branch_create("tmp-pii", "prod", None));
+    let janitor_s = d.token("janitor", &["delete:tmp-*"]);
+    let copier_s = d.token("copier", &["delete:tmp-*", "branch:tmp-*"]);
+    let reader_s = d.token("reader", &["read:shared-*"]);
+    let (mut janitor, mut copier, mut reader) = (
+        d.client(&janitor_s),
+        d.client(&copier_s),
+        d.client(&reader_s),
+    );
+
+    refused(
+        &d,
+        "janitor publishes tmp-x as shared-x",
+        ErrorKind::Forbidden,
+        Scope::Branch,
+        || janitor.rename("tmp-x", "shared-x"),
+    );
+    assert_eq!(kind(reader.info("shared-x")), ErrorKind::NotFound);
+    allowed("janitor still deletes tmp-x", janitor.delete("tmp-x"));
+
+    refused(
+        &d,
+        "copier publishes tmp-pii unsanitized",
+        ErrorKind::Forbidden,
+        Scope::Admin,
+        || copier.rename("tmp-pii", "shared-pii"),
+    );
+    assert_eq!(kind(reader.info("shared-pii")), ErrorKind::NotFound);
+
+    // What a token may copy under the name it may rename there: the reader
+    // then sees it, as it would see the copy.
+    allowed("tmp-y", admin.branch_create("tmp-y", "main", None));
+    allowed("copier renames tmp-y", copier.rename("tmp-y", "shared-y"));
+    allowed("reader reads shared-y", reader.info("shared-y"));
+    allowed(
+        "admin renames tmp-pii",
+        admin.rename("tmp-pii", "shared-pii"),
+    );
 }
 
 /// A profile of rules only: sanitizing it needs no mount.
@@ -625,8 +683,8 @@ fn reset_to_a_branch_that_requires_sanitizing_passes_the_requirement_on() {
 
 /// Review finding: `diff` checked `read` on each name, then diffed whatever the
 /// names held by then, without the operation lock: a token that may rename a
-/// branch it cannot read (`delete` on both names gives it no scope, so the
-/// rename is allowed) swapped it under an own branch's name between the check
+/// branch it cannot read (`delete` and `branch` on both names give it no
+/// `read`, so the rename is allowed) swapped it under an own branch's name between the check
 /// and the walk, and got the unreadable branch's paths. The diff now walks the
 /// branches the checks saw (by id), or fails as for a deleted branch.
 #[test]
@@ -648,7 +706,16 @@ fn diff_walks_the_branches_it_checked() {
         )
         .expect("mknod");
     d.pool.commit().expect("commit");
-    let s = d.token("janitor", &["delete:tmp-*", "delete:mine*", "branch:main"]);
+    let s = d.token(
+        "janitor",
+        &[
+            "delete:tmp-*",
+            "delete:mine*",
+            "branch:tmp-*",
+            "branch:mine*",
+            "branch:main",
+        ],
+    );
     let mut c = d.client(&s);
     allowed("base", c.branch_create("base", "main", None));
     // A mounted side is flushed (syncfs) between the checks and the walk.

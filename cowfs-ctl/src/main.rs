@@ -62,7 +62,7 @@ enum Cmd {
     List,
     /// One branch or snapshot.
     Info { name: String },
-    /// Rename a branch or snapshot (not while mounted).
+    /// Rename a branch or snapshot (not while mounted); needs delete and branch on it.
     Rename { old: String, new: String },
     /// Delete a branch or snapshot, freeing what only it references.
     Delete { name: String },

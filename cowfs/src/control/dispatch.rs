@@ -386,6 +386,7 @@ impl Ctx {
                 require(token, Scope::Delete, &t.name, t.id)?;
                 require_unprotected(token, t.protected, "rename", &t.name, t.id)?;
                 refuse_scope_gain(token, &t, &new)?;
+                self.refuse_exposing(token, &t, &new)?;
                 self.refuse_mounted(&old, "rename")?;
                 self.pool.branch_rename(&old, &new).map_err(errors::pool)?;
                 ok(self.info(token, &new)?)
@@ -753,6 +754,26 @@ impl Ctx {
             src.name, src.name
         );
         Err(e)
+    }
+
+    /// Grants follow names, so a rename hands the branch to every token whose
+    /// grants match `new` (a third token's `read:shared-*` reads what
+    /// `tmp-x` held once it is `shared-x`). A rename may only expose what
+    /// the token could expose by copying the branch under that name: it needs
+    /// `branch` on it, as `branch_create NEW --from OLD` would, and `admin` if
+    /// it requires a sanitize profile (a non-admin's copy would be sanitized,
+    /// the renamed branch is not). `delete` alone no longer suffices: a token
+    /// allowed to delete another's branch is not thereby allowed to publish it.
+    fn refuse_exposing(&self, token: &TokenView, t: &Target, new: &str) -> Result<(), ErrorReply> {
+        if !has(token, Scope::Branch, &t.name, t.id) {
+            let mut e = forbidden(token, Scope::Branch, &t.name);
+            e.message = format!(
+                "token '{}' lacks the 'branch' scope on '{}': renaming it to '{new}' shows its content to every token whose grants match '{new}', which needs what copying it there would (branch:{}, or admin)",
+                token.name, t.name, t.name
+            );
+            return Err(e);
+        }
+        self.refuse_required(token, t, "rename")
     }
 
     #[allow(clippy::too_many_arguments)]
