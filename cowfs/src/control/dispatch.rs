@@ -1253,8 +1253,15 @@ impl Ctx {
             .into_iter()
             .filter(|m| m.branch == t.name && !m.read_only)
             .filter_map(|m| {
-                let maker = tokens.iter().find(|k| Some(k.id) == m.token)?;
-                (!has(maker, Scope::Admin, &t.name, t.id)).then(|| (m, maker.name.clone()))
+                // A token gone since (a revoke that could not end its mount)
+                // is no admin either.
+                let maker = tokens.iter().find(|k| Some(k.id) == m.token);
+                match (m.token, maker) {
+                    (None, _) => None,
+                    (Some(_), Some(k)) if has(k, Scope::Admin, &t.name, t.id) => None,
+                    (Some(_), Some(k)) => Some((m, format!("token '{}'", k.name))),
+                    (Some(_), None) => Some((m, "a revoked token".to_string())),
+                }
             })
             .collect();
         if writers.is_empty() {
@@ -1262,7 +1269,7 @@ impl Ctx {
         }
         let shown = writers
             .iter()
-            .map(|(m, by)| format!("{} (by token '{by}')", m.dir.display()))
+            .map(|(m, by)| format!("{} (by {by})", m.dir.display()))
             .collect::<Vec<_>>()
             .join(", ");
         if !force {

@@ -329,9 +329,14 @@ impl MountTable {
             dir: target.clone(),
             source,
         };
+        // Flushed as `sync_branch` does (the pages syncfs leaves in flight are
+        // waited for): an abort below would fail them. The descriptor on the
+        // mount is closed before the unmount, which it would make busy.
         if matches!(place(&target, &ours), Ok(Place::Top)) {
-            if let Err(e) = sys::syncfs_of(&target, ours.id) {
-                log::warn!("{}: syncfs before ending the mount: {e}", target.display());
+            match sys::syncfs_of(&target, ours.id) {
+                Ok(Some(root)) => mounts[idx].write_back.wait(&root),
+                Ok(None) => {}
+                Err(e) => log::warn!("{}: syncfs before ending the mount: {e}", target.display()),
             }
         }
         let ended = match unmount_ours(&target, &ours).map_err(unmount_err)? {
