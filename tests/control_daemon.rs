@@ -1,7 +1,8 @@
 //! The real daemon: `cowfs init` writes the admin token, `cowfs serve` answers the
 //! Rust client on its socket for every operation with real mounts, shuts down on
 //! SIGTERM (everything unmounted, socket removed, exit 0), and a second start keeps
-//! tokens, protection and quotas; `cowfs fsck` is clean.
+//! tokens, protection and quotas; `cowfs fsck` is clean. The socket's path only
+//! ever names it with its final mode (0660), whatever the daemon's umask.
 
 mod control_support;
 
@@ -278,4 +279,113 @@ fn a_restart_after_kill_9_replaces_the_dead_mounts() {
     drop(admin);
     assert_eq!(served.stop(), Some(0));
     assert_eq!(on_m1(), 0, "nothing left mounted");
+}
+
+/// The inotify events (mask, name) queued on `fd`, a non-blocking inotify
+/// descriptor.
+fn inotify_events(fd: &std::os::fd::OwnedFd) -> Vec<(u32, String)> {
+    use std::os::fd::AsRawFd;
+    let head = std::mem::size_of::<libc::inotify_event>();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut out = Vec::new();
+    loop {
+        // SAFETY: `buf` is writable for its whole length during the call.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return out;
+        }
+        let mut at = 0;
+        while at < n as usize {
+            // SAFETY: the kernel wrote a whole event header at `at`.
+            let ev: libc::inotify_event =
+                unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+            let name = &buf[at + head..at + head + ev.len as usize];
+            let name = name.split(|b| *b == 0).next().unwrap_or_default();
+            out.push((ev.mask, String::from_utf8_lossy(name).into_owned()));
+            at += head + ev.len as usize;
+        }
+    }
+}
+
+/// Review finding: the socket was bound in place and chmodded to 0660 after,
+/// so under the daemon's umask (0777 under umask 0) another local user could
+/// connect in between. It is now bound in a private directory and renamed into
+/// place: watched with inotify, the socket's path is never created, only moved
+/// to, already 0660, by a daemon started with umask 0.
+#[test]
+fn the_socket_appears_only_with_its_final_mode() {
+    use std::os::unix::process::CommandExt;
+    let (_tmp, base) = test_dir();
+    let (pool, socket) = (base.join("pool"), base.join("pool.sock"));
+    let admin_secret = init_pool(BIN, &pool);
+    // SAFETY: inotify_init1 has no memory arguments; its result is checked.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    assert!(
+        fd >= 0,
+        "inotify_init1: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a descriptor just returned to us, owned from here.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let dir = std::ffi::CString::new(base.to_str().expect("utf-8")).expect("no NUL");
+    // SAFETY: `dir` is a NUL-terminated path that outlives the call.
+    let wd = unsafe {
+        libc::inotify_add_watch(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            dir.as_ptr(),
+            libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_ATTRIB,
+        )
+    };
+    assert!(
+        wd >= 0,
+        "inotify_add_watch: {}",
+        std::io::Error::last_os_error()
+    );
+
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .arg(&pool)
+        .arg("--socket")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: umask(2) is async-signal-safe and cannot fail.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let _served = Served::new(cmd.spawn().expect("spawn cowfs serve"), &base);
+    let admin = connect(&socket, &admin_secret);
+    assert_eq!(admin.server().token, "admin");
+
+    let events: Vec<(u32, String)> = inotify_events(&fd)
+        .into_iter()
+        .filter(|(_, name)| name == "pool.sock")
+        .collect();
+    assert!(
+        events.iter().all(|(mask, _)| mask & libc::IN_CREATE == 0),
+        "the socket was created at its public path (with the umask's mode): {events:?}"
+    );
+    assert!(
+        events.iter().any(|(mask, _)| mask & libc::IN_MOVED_TO != 0),
+        "the socket was not moved into place: {events:?}"
+    );
+    assert!(
+        events.iter().all(|(mask, _)| mask & libc::IN_ATTRIB == 0),
+        "the socket's mode changed after it appeared: {events:?}"
+    );
+    let mode = std::fs::metadata(&socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o660);
+    let left: Vec<_> = std::fs::read_dir(&base)
+        .expect("read_dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".cowfs-socket-"))
+        .collect();
+    assert!(left.is_empty(), "private directories left: {left:?}");
 }

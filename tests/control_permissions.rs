@@ -12,7 +12,7 @@
 mod control_support;
 
 use control_support::*;
-use cowfs_ctl::proto::{ErrorKind, ErrorReply, GroupMember, Scope};
+use cowfs_ctl::proto::{ErrorKind, ErrorReply, GroupMember, MountEnd, Scope};
 use cowfs_ctl::{Client, ClientError};
 
 /// What must not change when a request is refused.
@@ -564,13 +564,71 @@ fn rename_gives_the_token_no_scope_it_lacks() {
         ErrorKind::NotFound,
         "the branch must not have moved"
     );
-    // Renames that give nothing still work: within the pattern, and away from
-    // it (the token loses the branch, as deleting it would). Own branches go
-    // anywhere: ownership follows them (see the matrix).
+    // Renames that give the token nothing need `branch` too (see
+    // `rename_exposes_no_more_than_a_copy_would`); with it they work: within
+    // the pattern, and away from it (the token loses the branch, as deleting
+    // it would). Own branches go anywhere: ownership follows them (see the
+    // matrix).
+    let janitor_s = d.token("janitor2", &["delete:tmp-*", "branch:tmp-*"]);
+    let mut janitor = d.client(&janitor_s);
     allowed("within tmp-*", janitor.rename("tmp-secret", "tmp-old"));
     allowed("away from tmp-*", janitor.rename("tmp-old", "archived"));
     assert_eq!(kind(janitor.info("archived")), ErrorKind::NotFound);
     allowed("admin still sees it", admin.info("archived"));
+}
+
+/// Review finding (README Limits): a token with `delete:tmp-*` alone could
+/// rename another's `tmp-x` to a name a third token may read (`read:shared-*`),
+/// publishing a branch it could not read itself. A rename now needs what a copy
+/// under the new name needs: `branch` on the branch, and `admin` if it requires
+/// a sanitize profile (a non-admin copy would be sanitized). Three tokens: the
+/// admin's branches, the janitor renaming, the reader of the new name.
+#[test]
+fn rename_exposes_no_more_than_a_copy_would() {
+    let d = Daemon::start_with_config(Some(RULES_ONLY));
+    let mut admin = d.admin_client();
+    allowed("tmp-x", admin.branch_create("tmp-x", "main", None));
+    allowed("prod", admin.branch_create("prod", "main", None));
+    allowed("require pii", admin.protect_with("prod", Some("pii")));
+    // The admin's unsanitized copy of prod requires pii too, unprotected.
+    allowed("tmp-pii", admin.branch_create("tmp-pii", "prod", None));
+    let janitor_s = d.token("janitor", &["delete:tmp-*"]);
+    let copier_s = d.token("copier", &["delete:tmp-*", "branch:tmp-*"]);
+    let reader_s = d.token("reader", &["read:shared-*"]);
+    let (mut janitor, mut copier, mut reader) = (
+        d.client(&janitor_s),
+        d.client(&copier_s),
+        d.client(&reader_s),
+    );
+
+    refused(
+        &d,
+        "janitor publishes tmp-x as shared-x",
+        ErrorKind::Forbidden,
+        Scope::Branch,
+        || janitor.rename("tmp-x", "shared-x"),
+    );
+    assert_eq!(kind(reader.info("shared-x")), ErrorKind::NotFound);
+    allowed("janitor still deletes tmp-x", janitor.delete("tmp-x"));
+
+    refused(
+        &d,
+        "copier publishes tmp-pii unsanitized",
+        ErrorKind::Forbidden,
+        Scope::Admin,
+        || copier.rename("tmp-pii", "shared-pii"),
+    );
+    assert_eq!(kind(reader.info("shared-pii")), ErrorKind::NotFound);
+
+    // What a token may copy under the name it may rename there: the reader
+    // then sees it, as it would see the copy.
+    allowed("tmp-y", admin.branch_create("tmp-y", "main", None));
+    allowed("copier renames tmp-y", copier.rename("tmp-y", "shared-y"));
+    allowed("reader reads shared-y", reader.info("shared-y"));
+    allowed(
+        "admin renames tmp-pii",
+        admin.rename("tmp-pii", "shared-pii"),
+    );
 }
 
 /// A profile of rules only: sanitizing it needs no mount.
@@ -625,8 +683,8 @@ fn reset_to_a_branch_that_requires_sanitizing_passes_the_requirement_on() {
 
 /// Review finding: `diff` checked `read` on each name, then diffed whatever the
 /// names held by then, without the operation lock: a token that may rename a
-/// branch it cannot read (`delete` on both names gives it no scope, so the
-/// rename is allowed) swapped it under an own branch's name between the check
+/// branch it cannot read (`delete` and `branch` on both names give it no
+/// `read`, so the rename is allowed) swapped it under an own branch's name between the check
 /// and the walk, and got the unreadable branch's paths. The diff now walks the
 /// branches the checks saw (by id), or fails as for a deleted branch.
 #[test]
@@ -648,7 +706,16 @@ fn diff_walks_the_branches_it_checked() {
         )
         .expect("mknod");
     d.pool.commit().expect("commit");
-    let s = d.token("janitor", &["delete:tmp-*", "delete:mine*", "branch:main"]);
+    let s = d.token(
+        "janitor",
+        &[
+            "delete:tmp-*",
+            "delete:mine*",
+            "branch:tmp-*",
+            "branch:mine*",
+            "branch:main",
+        ],
+    );
     let mut c = d.client(&s);
     allowed("base", c.branch_create("base", "main", None));
     // A mounted side is flushed (syncfs) between the checks and the walk.
@@ -831,4 +898,147 @@ fn unmount_needs_what_the_mount_needed() {
     allowed("admin mounts prod", admin.mount("prod", prod_mnt, false));
     allowed("writer unmounts unprotected prod", writer.unmount(prod_mnt));
     assert!(!is_mountpoint(&prod_dir));
+}
+
+/// A write through `f` (or its write-back, with the page cache) fails as on a
+/// mount whose connection was cut: ENOTCONN, or ECONNABORTED for a request the
+/// abort ended.
+fn cut_off(f: &mut std::fs::File, what: &str) {
+    use std::io::Write;
+    let e = f
+        .write_all(b"after")
+        .and_then(|()| f.sync_all())
+        .expect_err(what);
+    assert!(
+        matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)),
+        "{what}: {e}"
+    );
+}
+
+/// Review finding (README Limits): `token_revoke` left the mounts made with the
+/// token in place, so whoever held a leaked token kept its read-write mount. The
+/// revoke now ends every mount made with it and lists them: one with a file
+/// open is detached and that file fails from then on (ENOTCONN), an idle one is
+/// unmounted; another token's mount and the admin's stay, and what was written
+/// before the revoke is kept.
+#[test]
+fn revoking_a_token_ends_its_mounts() {
+    let d = Daemon::start();
+    let mut admin = d.admin_client();
+    allowed("work", admin.branch_create("work", "main", None));
+    allowed("snap", admin.snapshot_create("snap", "main"));
+    allowed("other", admin.branch_create("other", "main", None));
+    let agent_s = d.token(
+        "agent",
+        &["mount:work", "write:work", "mount:snap", "read:snap"],
+    );
+    let peer_s = d.token("peer", &["mount:snap", "read:snap"]);
+    let mut agent = d.client(&agent_s);
+    let mut peer = d.client(&peer_s);
+    let (work, snap, peer_snap, other) = (
+        d.dir("work"),
+        d.dir("snap"),
+        d.dir("peer-snap"),
+        d.dir("other"),
+    );
+    let s = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
+    allowed("agent mounts work", agent.mount("work", &s(&work), false));
+    allowed("agent mounts snap", agent.mount("snap", &s(&snap), true));
+    allowed("peer mounts snap", peer.mount("snap", &s(&peer_snap), true));
+    allowed(
+        "admin mounts other",
+        admin.mount("other", &s(&other), false),
+    );
+    let mut held = std::fs::File::create(work.join("kept")).expect("create on work");
+    std::io::Write::write_all(&mut held, b"before").expect("write before");
+
+    let mut ended = allowed("revoke agent", admin.token_revoke("agent"));
+    ended.sort_by(|a, b| a.dir.cmp(&b.dir));
+    let got: Vec<_> = ended
+        .iter()
+        .map(|m| {
+            (
+                m.branch.as_str(),
+                m.dir.clone(),
+                m.read_only,
+                m.how,
+                m.error.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("snap", s(&snap), true, MountEnd::Unmounted, None),
+            ("work", s(&work), false, MountEnd::Detached, None),
+        ]
+    );
+    assert!(!is_mountpoint(&work) && !is_mountpoint(&snap));
+    cut_off(&mut held, "a write on the revoked token's mount");
+    drop(held);
+    assert!(is_mountpoint(&peer_snap) && is_mountpoint(&other));
+    let listed: Vec<String> = admin
+        .mounts()
+        .expect("mounts")
+        .into_iter()
+        .map(|m| m.dir)
+        .collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+
+    // The branch is free again, with what was written before the revoke.
+    allowed("admin mounts work", admin.mount("work", &s(&work), false));
+    assert_eq!(std::fs::read(work.join("kept")).expect("read"), b"before");
+    // A token with no mounts is revoked with an empty list.
+    d.token("idle", &["read:*"]);
+    assert!(allowed("revoke idle", admin.token_revoke("idle")).is_empty());
+}
+
+/// Review finding (README Limits): `protect` left read-write mounts made before
+/// it by tokens without admin on the branch, which may not make them once it is
+/// protected. It is now refused (`mounted`, naming the mount and its token, the
+/// branch left unprotected and mounted) unless forced, which ends them (an open
+/// file fails from then on). An admin's own read-write mount does not stop it.
+#[test]
+fn protect_ends_read_write_mounts_it_forbids_only_when_forced() {
+    let d = Daemon::start();
+    let mut admin = d.admin_client();
+    allowed("svc", admin.branch_create("svc", "main", None));
+    allowed("own", admin.branch_create("own", "main", None));
+    let writer_s = d.token("writer", &["mount:svc", "write:svc"]);
+    let mut writer = d.client(&writer_s);
+    let (svc, own) = (d.dir("svc"), d.dir("own"));
+    let s = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
+    allowed("writer mounts svc", writer.mount("svc", &s(&svc), false));
+    allowed("admin mounts own", admin.mount("own", &s(&own), false));
+    let mut held = std::fs::File::create(svc.join("f")).expect("create on svc");
+
+    let e = reply(admin.protect("svc")).expect("protect refused");
+    assert_eq!(e.kind, ErrorKind::Mounted, "{e:?}");
+    assert!(
+        e.message.contains(&s(&svc))
+            && e.message.contains("'writer'")
+            && e.message.contains("--force"),
+        "{}",
+        e.message
+    );
+    assert!(!d.pool.is_protected("svc").expect("flag"));
+    assert!(is_mountpoint(&svc));
+    std::io::Write::write_all(&mut held, b"still mine").expect("still writable");
+
+    let info = allowed("forced protect", admin.protect_forcing("svc", None, true));
+    assert!(info.protected && info.mounts.is_empty(), "{info:?}");
+    assert!(!is_mountpoint(&svc));
+    cut_off(&mut held, "a write on the mount protect ended");
+    drop(held);
+    refused(
+        &d,
+        "writer mounts protected svc again",
+        ErrorKind::Protected,
+        Scope::Admin,
+        || writer.mount("svc", &s(&svc), false),
+    );
+
+    let info = allowed("protect with the admin's own mount", admin.protect("own"));
+    assert!(info.protected && info.mounts.len() == 1, "{info:?}");
+    assert!(is_mountpoint(&own));
 }

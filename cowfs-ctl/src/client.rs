@@ -281,9 +281,21 @@ impl Client {
         name: &str,
         require_sanitize: Option<&str>,
     ) -> ClientResult<BranchInfo> {
+        self.protect_forcing(name, require_sanitize, false)
+    }
+
+    /// `protect_with`; with `force`, read-write mounts of the branch made by
+    /// tokens without `admin` on it are ended (without: refused, `mounted`).
+    pub fn protect_forcing(
+        &mut self,
+        name: &str,
+        require_sanitize: Option<&str>,
+        force: bool,
+    ) -> ClientResult<BranchInfo> {
         self.call(&Request::Protect {
             name: name.into(),
             require_sanitize: require_sanitize.map(str::to_string),
+            force,
         })
     }
 
@@ -324,9 +336,11 @@ impl Client {
         Ok(self.call::<TokenList>(&Request::TokenList {})?.tokens)
     }
 
-    pub fn token_revoke(&mut self, name: &str) -> ClientResult<()> {
-        self.call::<Done>(&Request::TokenRevoke { name: name.into() })
-            .map(|_| ())
+    /// Revoke token `name`; every mount made with it is ended (listed).
+    pub fn token_revoke(&mut self, name: &str) -> ClientResult<Vec<EndedMount>> {
+        Ok(self
+            .call::<TokenRevoked>(&Request::TokenRevoke { name: name.into() })?
+            .unmounted)
     }
 }
 

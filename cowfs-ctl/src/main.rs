@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use cowfs_ctl::proto::{
-    BranchInfo, BranchKind, BranchState, Change, DiffReply, Grant, GroupMember, MountSpec,
-    ProgressEvent, QuotaInfo, TokenInfo, UsageReply,
+    BranchInfo, BranchKind, BranchState, Change, DiffReply, Grant, GroupMember, MountEnd,
+    MountSpec, ProgressEvent, QuotaInfo, TokenInfo, UsageReply,
 };
 use cowfs_ctl::{Client, ClientError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -62,7 +62,7 @@ enum Cmd {
     List,
     /// One branch or snapshot.
     Info { name: String },
-    /// Rename a branch or snapshot (not while mounted).
+    /// Rename a branch or snapshot (not while mounted); needs delete and branch on it.
     Rename { old: String, new: String },
     /// Delete a branch or snapshot, freeing what only it references.
     Delete { name: String },
@@ -89,8 +89,14 @@ enum Cmd {
         to: String,
     },
     /// Protect a branch: only admin tokens may delete, reset, rename or mount it rw.
+    /// Refused while a token without admin on it has it mounted read-write,
+    /// unless --force.
     Protect {
         name: String,
+        /// Unmount the branch's read-write mounts made by tokens without admin
+        /// on it (files still open there fail from now on).
+        #[arg(long)]
+        force: bool,
         /// Every branch a non-admin token creates from it is sanitized with this
         /// profile, whatever it asks; its snapshots become admin-only.
         #[arg(long, value_name = "PROFILE")]
@@ -201,7 +207,8 @@ enum TokenCmd {
     },
     /// Tokens with their scopes and the branches they own.
     List,
-    /// Revoke a token (connections using it are refused from now on).
+    /// Revoke a token: connections using it are refused from now on, and every
+    /// mount made with it is unmounted (files still open there fail from now on).
     Revoke { name: String },
 }
 
@@ -418,9 +425,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Protect {
             name,
+            force,
             require_sanitize,
         } => {
-            let v = c.protect_with(&name, require_sanitize.as_deref())?;
+            let v = c.protect_forcing(&name, require_sanitize.as_deref(), force)?;
             out(json, &v, |v| branches(std::slice::from_ref(v)));
         }
         Cmd::Unprotect { name } => {
@@ -455,9 +463,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
             out(json, &v, |v| tokens(v));
         }
         Cmd::Token(TokenCmd::Revoke { name }) => {
-            c.token_revoke(&name)?;
-            out(json, &serde_json::json!({"revoked": name}), |_| {
-                println!("revoked token {name}")
+            let ended = c.token_revoke(&name)?;
+            let v = serde_json::json!({"revoked": name, "unmounted": ended});
+            out(json, &v, |_| {
+                println!("revoked token {name}");
+                for m in &ended {
+                    let how = match m.how {
+                        MountEnd::Unmounted => "unmounted".into(),
+                        MountEnd::Detached => "detached (files open there fail from now on)".into(),
+                        MountEnd::Aborted => {
+                            "cut off (covered by another mount; files there fail)".into()
+                        }
+                        MountEnd::Failed => {
+                            format!("NOT unmounted: {}", m.error.as_deref().unwrap_or("?"))
+                        }
+                    };
+                    println!("  {} ({}): {how}", m.dir, m.branch);
+                }
             });
         }
     }

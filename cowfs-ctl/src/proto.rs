@@ -84,6 +84,10 @@ pub enum Request {
         /// Every branch a non-admin token creates from it runs this profile.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         require_sanitize: Option<String>,
+        /// End the read-write mounts of tokens without `admin` on the branch
+        /// (refused with `mounted` without it).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     Unprotect {
         name: String,
@@ -646,6 +650,39 @@ pub struct BranchList {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountList {
     pub mounts: Vec<MountInfo>,
+}
+
+/// How a mount a revoke (or a forced protect) took away ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MountEnd {
+    /// Unmounted: nothing was open on it.
+    Unmounted,
+    /// Files were open on it: they fail from now on (ENOTCONN), and the mount
+    /// is detached.
+    Detached,
+    /// Another filesystem is mounted over it: files on it fail from now on, and
+    /// the dead mount stays under that one until the daemon restarts.
+    Aborted,
+    /// Could not be ended (`error` says why); unmount it by hand.
+    Failed,
+}
+
+/// A mount a revoke (or a forced protect) took away.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedMount {
+    pub branch: String,
+    pub dir: String,
+    pub read_only: bool,
+    pub how: MountEnd,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The reply of `token_revoke`: every mount made with the token, ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRevoked {
+    pub unmounted: Vec<EndedMount>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

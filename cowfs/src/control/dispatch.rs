@@ -32,7 +32,7 @@ use super::sanitize::{self, Profile, SanitizeConfig, SanitizeError};
 use super::sanitizing::{SanitizeState, Saved};
 use super::tokens::{Authenticated, TokenStore, TokenView};
 use super::ControlError;
-use crate::fuse::{MountTable, PinnedDir};
+use crate::fuse::{Ended, MountTable, PinnedDir};
 use crate::pool::admin::GroupMember as PoolMember;
 use crate::pool::diff::PathChangeKind;
 use crate::pool::quota::{QuotaLimits, QuotaStatus};
@@ -386,6 +386,7 @@ impl Ctx {
                 require(token, Scope::Delete, &t.name, t.id)?;
                 require_unprotected(token, t.protected, "rename", &t.name, t.id)?;
                 refuse_scope_gain(token, &t, &new)?;
+                self.refuse_exposing(token, &t, &new)?;
                 self.refuse_mounted(&old, "rename")?;
                 self.pool.branch_rename(&old, &new).map_err(errors::pool)?;
                 ok(self.info(token, &new)?)
@@ -548,8 +549,9 @@ impl Ctx {
             Request::Protect {
                 name,
                 require_sanitize,
-            } => self.protect(token, &name, true, require_sanitize),
-            Request::Unprotect { name } => self.protect(token, &name, false, None),
+                force,
+            } => self.protect(token, &name, Some(force), require_sanitize),
+            Request::Unprotect { name } => self.protect(token, &name, None, None),
             Request::Usage {} => {
                 let st = self.pool.statfs();
                 let mut branches = Vec::new();
@@ -678,9 +680,22 @@ impl Ctx {
                         "'{name}' is the last token with admin:*; create another admin token before revoking it"
                     )));
                 }
+                let id = self.tokens.list().into_iter().find(|t| t.name == name);
                 self.tokens.revoke(&name).map_err(errors::token)?;
                 log::info!("token '{name}' revoked by '{}'", token.name);
-                ok(Done {})
+                // The access it granted ends with it: a leaked token's mounts
+                // would otherwise go on serving whoever holds them. Revoked
+                // first, so that a mount that cannot be ended still leaves the
+                // token unusable.
+                let made: Vec<_> = self
+                    .mounts
+                    .list()
+                    .into_iter()
+                    .filter(|m| id.as_ref().is_some_and(|t| m.token == Some(t.id)))
+                    .collect();
+                ok(TokenRevoked {
+                    unmounted: self.end_mounts(made, &format!("token '{name}' was revoked")),
+                })
             }
         }
     }
@@ -739,6 +754,26 @@ impl Ctx {
             src.name, src.name
         );
         Err(e)
+    }
+
+    /// Grants follow names, so a rename hands the branch to every token whose
+    /// grants match `new` (a third token's `read:shared-*` reads what
+    /// `tmp-x` held once it is `shared-x`). A rename may only expose what
+    /// the token could expose by copying the branch under that name: it needs
+    /// `branch` on it, as `branch_create NEW --from OLD` would, and `admin` if
+    /// it requires a sanitize profile (a non-admin's copy would be sanitized,
+    /// the renamed branch is not). `delete` alone no longer suffices: a token
+    /// allowed to delete another's branch is not thereby allowed to publish it.
+    fn refuse_exposing(&self, token: &TokenView, t: &Target, new: &str) -> Result<(), ErrorReply> {
+        if !has(token, Scope::Branch, &t.name, t.id) {
+            let mut e = forbidden(token, Scope::Branch, &t.name);
+            e.message = format!(
+                "token '{}' lacks the 'branch' scope on '{}': renaming it to '{new}' shows its content to every token whose grants match '{new}', which needs what copying it there would (branch:{}, or admin)",
+                token.name, t.name, t.name
+            );
+            return Err(e);
+        }
+        self.refuse_required(token, t, "rename")
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -949,7 +984,7 @@ impl Ctx {
             .mount_point(token, caller, &m.dir)
             .and_then(|(dir, pinned)| {
                 self.mounts
-                    .mount_pinned(name, &dir, pinned, m.read_only)
+                    .mount_pinned(name, &dir, pinned, m.read_only, Some(token.id))
                     .map_err(errors::mount)
             });
         if let Err(e) = mounted {
@@ -1165,19 +1200,20 @@ impl Ctx {
         // symlink swapped in since would move the mount out of the mount roots,
         // or a directory swapped in onto one its user may not write.
         self.mounts
-            .mount_pinned(&t.name, &dir, pinned, read_only)
+            .mount_pinned(&t.name, &dir, pinned, read_only, Some(token.id))
             .map_err(errors::mount)
     }
 
-    /// Protect (with an optional required profile; without one, a requirement
-    /// set before stays) or unprotect (which drops the requirement too). A
-    /// requirement reaches the branch's descendants (`protect_on`); unprotect
-    /// leaves theirs. All or nothing: a step that fails undoes the one before it.
+    /// Protect (`force`: `Some`, with an optional required profile; without
+    /// one, a requirement set before stays) or unprotect (`None`; it drops the
+    /// requirement too). A requirement reaches the branch's descendants
+    /// (`protect_on`); unprotect leaves theirs. All or nothing: a step that
+    /// fails undoes the one before it.
     fn protect(
         &self,
         token: &TokenView,
         name: &str,
-        on: bool,
+        force: Option<bool>,
         require_profile: Option<String>,
     ) -> Res {
         let _g = self.lock_for(token)?;
@@ -1194,12 +1230,104 @@ impl Ctx {
         }
         // By name: renames take the operation lock held here, so `t.name` is
         // still branch `t.id`.
-        if on {
+        if let Some(force) = force {
+            self.end_unprotected_writers(&t, force)?;
             self.protect_on(&t, require_profile)?;
         } else {
             self.protect_off(&t)?;
         }
         ok(self.info(token, &t.name)?)
+    }
+
+    /// Protecting a branch takes read-write mounts from tokens without `admin`
+    /// on it, and a mount made before must not outlive that: refused while
+    /// one exists (naming them, so that the admin can tell its users; the
+    /// service behind such a mount would otherwise lose its files at once),
+    /// ended with `force`. Read-only mounts, and mounts made without a token
+    /// (the library's), stay.
+    fn end_unprotected_writers(&self, t: &Target, force: bool) -> Result<(), ErrorReply> {
+        let tokens = self.tokens.list();
+        let writers: Vec<_> = self
+            .mounts
+            .list()
+            .into_iter()
+            .filter(|m| m.branch == t.name && !m.read_only)
+            .filter_map(|m| {
+                // A token gone since (a revoke that could not end its mount)
+                // is no admin either.
+                let maker = tokens.iter().find(|k| Some(k.id) == m.token);
+                match (m.token, maker) {
+                    (None, _) => None,
+                    (Some(_), Some(k)) if has(k, Scope::Admin, &t.name, t.id) => None,
+                    (Some(_), Some(k)) => Some((m, format!("token '{}'", k.name))),
+                    (Some(_), None) => Some((m, "a revoked token".to_string())),
+                }
+            })
+            .collect();
+        if writers.is_empty() {
+            return Ok(());
+        }
+        let shown = writers
+            .iter()
+            .map(|(m, by)| format!("{} (by {by})", m.dir.display()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if !force {
+            return Err(ErrorReply::new(
+                ErrorKind::Mounted,
+                format!(
+                    "branch '{}' is mounted read-write by tokens without admin on it: {shown}; protected, they could not mount it so: unmount those first, or protect with force (`cowfs-ctl protect {} --force`) to unmount them (files open there then fail)",
+                    t.name, t.name
+                ),
+            )
+            .target(t.name.clone()));
+        }
+        let ended = self.end_mounts(
+            writers.into_iter().map(|(m, _)| m).collect(),
+            &format!("branch '{}' was protected", t.name),
+        );
+        let failed: Vec<String> = ended
+            .iter()
+            .filter_map(|m| Some(format!("{}: {}", m.dir, m.error.as_deref()?)))
+            .collect();
+        if !failed.is_empty() {
+            return Err(ErrorReply::new(
+                ErrorKind::Io,
+                format!(
+                    "branch '{}' was not protected: its read-write mounts by tokens without admin on it could not all be ended: {}",
+                    t.name,
+                    failed.join("; ")
+                ),
+            )
+            .target(t.name.clone()));
+        }
+        Ok(())
+    }
+
+    /// End every mount of `made` (`MountTable::end`), for the reason `why` (for
+    /// the log); each with how it ended, or why it could not be.
+    fn end_mounts(&self, made: Vec<crate::fuse::MountInfo>, why: &str) -> Vec<EndedMount> {
+        made.into_iter()
+            .map(|m| {
+                let (how, error) = match self.mounts.end(&m.dir) {
+                    Ok(Ended::Unmounted) => (MountEnd::Unmounted, None),
+                    Ok(Ended::Detached) => (MountEnd::Detached, None),
+                    Ok(Ended::Aborted) => (MountEnd::Aborted, None),
+                    Err(e) => (MountEnd::Failed, Some(e.to_string())),
+                };
+                match &error {
+                    None => log::info!("{why}: its mount on {} ended ({how:?})", m.dir.display()),
+                    Some(e) => log::error!("{why}: its mount on {} stays: {e}", m.dir.display()),
+                }
+                EndedMount {
+                    branch: m.branch,
+                    dir: m.dir.to_string_lossy().into_owned(),
+                    read_only: m.read_only,
+                    how,
+                    error,
+                }
+            })
+            .collect()
     }
 
     /// The requirement is recorded on the branch and on every descendant that

@@ -14,6 +14,7 @@
 //! - `sanitizing`: clones being sanitized and required profiles
 //!   (`POOL.sanitize-state`)
 //! - `slots`: connection slots, in all and per user
+//! - `socket`: binding the control socket, never reachable with a wider mode
 //! - `peer`: the user of a connection's client, as the kernel recorded it
 //! - `files`: private files beside the pool, replaced atomically
 //! - `errors`: engine errors as typed protocol errors
@@ -32,9 +33,10 @@ pub mod sanitize;
 pub mod sanitizing;
 mod server;
 mod slots;
+mod socket;
 pub mod tokens;
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -142,8 +144,7 @@ impl ControlServer {
             }
             std::fs::remove_file(socket).map_err(io)?;
         }
-        let listener = UnixListener::bind(socket).map_err(io)?;
-        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
+        let listener = socket::bind(socket, 0o660).map_err(io)?;
         let ctx = dispatch::Ctx::new(
             pool,
             mounts,

@@ -24,6 +24,7 @@
 //! flock) are kept by the kernel, which is exact between the processes of one
 //! machine.
 
+mod abort;
 pub mod acl;
 mod attr;
 mod create;
@@ -40,5 +41,5 @@ mod test_mounts;
 mod unmount;
 mod write_back;
 
-pub use mounts::{MountError, MountInfo, MountTable};
+pub use mounts::{Ended, MountError, MountInfo, MountTable};
 pub(crate) use pinned::PinnedDir;

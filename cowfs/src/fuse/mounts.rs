@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::abort::abort_connection;
 use super::filesystem::CowFs;
 use super::kernel;
 use super::pinned::PinnedDir;
@@ -24,6 +25,23 @@ pub struct MountInfo {
     pub branch: String,
     pub dir: PathBuf,
     pub read_only: bool,
+    /// The id of the control-plane token whose request made the mount (`None`:
+    /// made through the library, or by the daemon itself), so that revoking
+    /// the token, or protecting the branch, can end the access it gave.
+    pub token: Option<u64>,
+}
+
+/// How `MountTable::end` took a mount away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Unmounted: nothing was open on it.
+    Unmounted,
+    /// Files were open on it: they fail from now on (ENOTCONN), and the mount
+    /// is detached.
+    Detached,
+    /// Another filesystem is mounted over it: files fail from now on, and the
+    /// dead mount stays under that one until the next daemon start.
+    Aborted,
 }
 
 /// Errors of mount management.
@@ -138,17 +156,19 @@ impl MountTable {
                 source,
             },
         })?;
-        self.mount_pinned(branch, dir, pinned, read_only)
+        self.mount_pinned(branch, dir, pinned, read_only, None)
     }
 
     /// `mount_exact` on `pinned`, `PinnedDir::open(dir)` made (and checked) by
     /// the caller: the mount lands on the very directory the caller checked.
+    /// `token` is recorded as the mount's maker (`MountInfo::token`).
     pub(crate) fn mount_pinned(
         &self,
         branch: &str,
         dir: &Path,
         pinned: PinnedDir,
         read_only: bool,
+        token: Option<u64>,
     ) -> Result<(), MountError> {
         let id = self.pool.branch_id(branch)?;
         let read_only = read_only || self.pool.is_read_only(id).map_err(PoolError::from)?;
@@ -241,6 +261,7 @@ impl MountTable {
                 branch: branch.to_string(),
                 dir,
                 read_only,
+                token,
             },
             ours,
             session,
@@ -288,6 +309,66 @@ impl MountTable {
         drop(mounts);
         finish(m);
         Ok(())
+    }
+
+    /// End all access through the mount on `dir`, as revoking the right that
+    /// made it must: unmount it like `unmount`; if files are open there (or
+    /// another filesystem covers it, or it was detached from outside with files
+    /// open), abort its FUSE connection so that they fail (ENOTCONN) from now
+    /// on, then detach it (a covered one stays under the cover, dead, until the
+    /// next daemon start detaches it). What was written to it before is flushed
+    /// first and kept.
+    pub fn end(&self, dir: &Path) -> Result<Ended, MountError> {
+        let mut mounts = self.live();
+        let Some(idx) = mounts.iter().position(|m| m.info.dir == dir) else {
+            return Err(MountError::NotMounted(dir.to_path_buf()));
+        };
+        let target = mounts[idx].info.dir.clone();
+        let ours = mounts[idx].ours.clone();
+        let unmount_err = |source| MountError::Unmount {
+            dir: target.clone(),
+            source,
+        };
+        // Flushed as `sync_branch` does (the pages syncfs leaves in flight are
+        // waited for): an abort below would fail them. The descriptor on the
+        // mount is closed before the unmount, which it would make busy.
+        if matches!(place(&target, &ours), Ok(Place::Top)) {
+            match sys::syncfs_of(&target, ours.id) {
+                Ok(Some(root)) => mounts[idx].write_back.wait(&root),
+                Ok(None) => {}
+                Err(e) => log::warn!("{}: syncfs before ending the mount: {e}", target.display()),
+            }
+        }
+        let ended = match unmount_ours(&target, &ours).map_err(unmount_err)? {
+            Unmount::Done => Ended::Unmounted,
+            Unmount::Gone if ends_soon(&mounts[idx].session) => Ended::Unmounted,
+            Unmount::Gone => {
+                abort_connection(&ours.dev).map_err(unmount_err)?;
+                Ended::Detached
+            }
+            Unmount::Busy => {
+                abort_connection(&ours.dev).map_err(unmount_err)?;
+                // Ours was on top just now and the caller (the control plane)
+                // holds its operation lock, so no mount of the table is made on
+                // `dir` meanwhile (see `place` on lazy detaches).
+                sys::detach(&target).map_err(unmount_err)?;
+                Ended::Detached
+            }
+            Unmount::Covered => {
+                abort_connection(&ours.dev).map_err(unmount_err)?;
+                Ended::Aborted
+            }
+        };
+        let m = mounts.remove(idx);
+        if ends_soon(&m.session) {
+            drop(mounts);
+            finish(m);
+        } else {
+            // Reaped by `live` once it ends; joining here would hold the lock.
+            log::warn!("{}: its session did not end yet", target.display());
+            mounts.push(m);
+        }
+        Ok(ended)
     }
 
     pub fn list(&self) -> Vec<MountInfo> {
