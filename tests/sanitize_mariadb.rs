@@ -25,7 +25,7 @@ use std::path::Path;
 use std::process::Command;
 
 use cowfs::control::sanitize::pseudo::hook_key_hex;
-use cowfs::control::sanitize::run_hook;
+use cowfs::control::sanitize::{run_hook, HookReport, SanitizeError};
 use mariadb_support::{chown_mysql, install_db, join_counts, load_example_schema, Server};
 use support::pg::byte_search;
 use support::*;
@@ -49,22 +49,26 @@ fn copy_clone(data: &Path, clone: &Path) {
     assert!(st.success());
 }
 
-fn mariadb_hook(
-    cfg: &cowfs::control::sanitize::SanitizeConfig,
-) -> &cowfs::control::sanitize::config::Hook {
-    profile(cfg, "pii")
+/// A scratch directory for one test, removed when it ends.
+fn scratch(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(prefix).tempdir().unwrap()
+}
+
+/// The `mariadb` hook of examples/cowfs.toml's `pii` profile, run on `clone` with
+/// the hook key of `pool_key`.
+fn run_example_hook(clone: &Path, pool_key: &[u8]) -> Result<HookReport, SanitizeError> {
+    let cfg = example_config();
+    let hook = profile(&cfg, "pii")
         .hooks
         .iter()
         .find(|h| h.name == "mariadb")
-        .expect("the pii profile has the mariadb hook")
+        .expect("the pii profile has the mariadb hook");
+    run_hook(hook, clone, "clone", &hook_key_hex(pool_key).unwrap())
 }
 
 #[test]
 fn mariadb_hook_leaves_no_original_value_in_the_data_directory() {
-    let tmp = tempfile::Builder::new()
-        .prefix("cowfs-sanitize-mariadb-")
-        .tempdir()
-        .unwrap();
+    let tmp = scratch("cowfs-sanitize-mariadb-");
     let base = tmp.path();
     open_dir(base);
     let ppl = people(200, 17);
@@ -100,11 +104,8 @@ fn mariadb_hook_leaves_no_original_value_in_the_data_directory() {
         );
     }
 
-    let cfg = example_config();
     let pool_key = b"pool-key-for-the-mariadb-hook-test";
-    let key = hook_key_hex(pool_key).unwrap();
-    let report = run_hook(mariadb_hook(&cfg), &base.join("clone"), "clone", &key)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let report = run_example_hook(&base.join("clone"), pool_key).unwrap_or_else(|e| panic!("{e}"));
     assert!(report.output.contains("sanitized"), "{}", report.output);
 
     let after = byte_search(&base.join("clone"), &originals);
@@ -174,10 +175,7 @@ fn mariadb_hook_leaves_no_original_value_in_the_data_directory() {
 /// such a clone, naming the file, before starting anything.
 #[test]
 fn mariadb_hook_refuses_a_table_file_outside_the_clone() {
-    let tmp = tempfile::Builder::new()
-        .prefix("cowfs-sanitize-mariadb-isl-")
-        .tempdir()
-        .unwrap();
+    let tmp = scratch("cowfs-sanitize-mariadb-isl-");
     let base = tmp.path();
     open_dir(base);
     open_dir(&base.join("parent"));
@@ -200,9 +198,8 @@ fn mariadb_hook_refuses_a_table_file_outside_the_clone() {
     let before = std::fs::read(&ibd).unwrap();
 
     copy_clone(&data, &base.join("clone"));
-    let cfg = example_config();
-    let key = hook_key_hex(b"0123456789abcdef").unwrap();
-    let e = run_hook(mariadb_hook(&cfg), &base.join("clone"), "clone", &key)
+    let pool_key = b"0123456789abcdef";
+    let e = run_example_hook(&base.join("clone"), pool_key)
         .expect_err("the hook ran on a clone whose table file is the parent's");
     assert!(
         e.to_string()
@@ -225,26 +222,18 @@ fn mariadb_hook_refuses_a_table_file_outside_the_clone() {
 /// name.
 #[test]
 fn mariadb_hook_refuses_a_database_named_like_an_option() {
-    let tmp = tempfile::Builder::new()
-        .prefix("cowfs-sanitize-mariadb-opt-")
-        .tempdir()
-        .unwrap();
+    let tmp = scratch("cowfs-sanitize-mariadb-opt-");
     let base = tmp.path();
-    open_dir(base);
-    open_dir(&base.join("parent"));
-    let data = base.join("parent/mysql");
-    install_db(&data, &base.join("run-install"));
     let ppl = people(4, 5);
-    let server = Server::start(&data, &base.join("run-parent"));
-    load_example_schema(&server, &example_inserts(&ppl));
-    server.sql("ALTER TABLE app.users ADD SYSTEM VERSIONING; CREATE DATABASE `--dump-history`");
-    server.stop();
-
-    copy_clone(&data, &base.join("clone"));
-    let cfg = example_config();
-    let key = hook_key_hex(b"0123456789abcdef").unwrap();
+    example_clone(
+        base,
+        &ppl,
+        &[],
+        "ALTER TABLE app.users ADD SYSTEM VERSIONING; CREATE DATABASE `--dump-history`",
+    );
+    let pool_key = b"0123456789abcdef";
     // (A failed hook's clone is deleted by the daemon: its files are not checked.)
-    let e = run_hook(mariadb_hook(&cfg), &base.join("clone"), "clone", &key)
+    let e = run_example_hook(&base.join("clone"), pool_key)
         .expect_err("the hook ran with a database named --dump-history");
     assert!(e.to_string().contains("starts with '-'"), "{e}");
 }
@@ -274,10 +263,7 @@ fn example_clone(base: &Path, ppl: &[Person], extra: &[&str], then: &str) {
 /// an index entry that is not a plain file name in the data directory.
 #[test]
 fn mariadb_hook_refuses_a_binary_log_outside_the_data_directory() {
-    let tmp = tempfile::Builder::new()
-        .prefix("cowfs-sanitize-mariadb-binlog-")
-        .tempdir()
-        .unwrap();
+    let tmp = scratch("cowfs-sanitize-mariadb-binlog-");
     let base = tmp.path();
     let ppl = people(4, 7);
     let data = base.join("parent/mysql");
@@ -298,9 +284,8 @@ fn mariadb_hook_refuses_a_binary_log_outside_the_data_directory() {
     )
     .unwrap();
 
-    let cfg = example_config();
-    let key = hook_key_hex(b"0123456789abcdef").unwrap();
-    let e = match run_hook(mariadb_hook(&cfg), &clone, "clone", &key) {
+    let pool_key = b"0123456789abcdef";
+    let e = match run_example_hook(&clone, pool_key) {
         Err(e) => e,
         Ok(_) => panic!(
             "the hook ran with a binary log outside the data directory; it left {:?}",
@@ -324,10 +309,7 @@ fn mariadb_hook_refuses_a_binary_log_outside_the_data_directory() {
 /// row keeps its committed value, rewritten.
 #[test]
 fn mariadb_hook_rolls_back_prepared_xa_transactions() {
-    let tmp = tempfile::Builder::new()
-        .prefix("cowfs-sanitize-mariadb-xa-")
-        .tempdir()
-        .unwrap();
+    let tmp = scratch("cowfs-sanitize-mariadb-xa-");
     let base = tmp.path();
     let ppl = people(4, 11);
     example_clone(
@@ -339,11 +321,8 @@ fn mariadb_hook_rolls_back_prepared_xa_transactions() {
     );
     let clone = base.join("clone");
 
-    let cfg = example_config();
     let pool_key = b"0123456789abcdef";
-    let key = hook_key_hex(pool_key).unwrap();
-    let report =
-        run_hook(mariadb_hook(&cfg), &clone, "clone", &key).unwrap_or_else(|e| panic!("{e}"));
+    let report = run_example_hook(&clone, pool_key).unwrap_or_else(|e| panic!("{e}"));
     assert!(report.output.contains("rolled back"), "{}", report.output);
     let after = byte_search(&clone, &originals(&ppl));
     assert!(after.is_empty(), "original values left: {after:?}");
@@ -361,10 +340,7 @@ fn mariadb_hook_rolls_back_prepared_xa_transactions() {
 /// dropped for the run (neither fires) and restored whole.
 #[test]
 fn mariadb_hook_drops_and_restores_triggers_with_odd_names() {
-    let tmp = tempfile::Builder::new()
-        .prefix("cowfs-sanitize-mariadb-trg-")
-        .tempdir()
-        .unwrap();
+    let tmp = scratch("cowfs-sanitize-mariadb-trg-");
     let base = tmp.path();
     let ppl = people(4, 13);
     example_clone(
@@ -378,9 +354,8 @@ fn mariadb_hook_drops_and_restores_triggers_with_odd_names() {
     );
     let clone = base.join("clone");
 
-    let cfg = example_config();
-    let key = hook_key_hex(b"0123456789abcdef").unwrap();
-    run_hook(mariadb_hook(&cfg), &clone, "clone", &key).unwrap_or_else(|e| panic!("{e}"));
+    let pool_key = b"0123456789abcdef";
+    run_example_hook(&clone, pool_key).unwrap_or_else(|e| panic!("{e}"));
     let after = byte_search(&clone, &originals(&ppl));
     assert!(after.is_empty(), "original values left: {after:?}");
 
@@ -405,10 +380,7 @@ fn mariadb_hook_drops_and_restores_triggers_with_odd_names() {
 /// no database `app`. 1,100 names of 63 bytes are past that buffer.
 #[test]
 fn mariadb_hook_finds_its_database_among_many() {
-    let tmp = tempfile::Builder::new()
-        .prefix("cowfs-sanitize-mariadb-many-")
-        .tempdir()
-        .unwrap();
+    let tmp = scratch("cowfs-sanitize-mariadb-many-");
     let base = tmp.path();
     let ppl = people(4, 17);
     let tenants: String = (0..1100)
@@ -417,10 +389,8 @@ fn mariadb_hook_finds_its_database_among_many() {
     example_clone(base, &ppl, &[], &tenants);
     let clone = base.join("clone");
 
-    let cfg = example_config();
     let pool_key = b"0123456789abcdef";
-    let key = hook_key_hex(pool_key).unwrap();
-    run_hook(mariadb_hook(&cfg), &clone, "clone", &key).unwrap_or_else(|e| panic!("{e}"));
+    run_example_hook(&clone, pool_key).unwrap_or_else(|e| panic!("{e}"));
     let server = Server::start(&clone.join("mysql"), &base.join("run-clone"));
     assert_eq!(
         server.sql(
@@ -441,10 +411,7 @@ fn mariadb_hook_finds_its_database_among_many() {
 /// fresh data directory. The hook refuses a database name with a line break.
 #[test]
 fn mariadb_hook_refuses_a_database_name_with_a_line_break() {
-    let tmp = tempfile::Builder::new()
-        .prefix("cowfs-sanitize-mariadb-nl-")
-        .tempdir()
-        .unwrap();
+    let tmp = scratch("cowfs-sanitize-mariadb-nl-");
     let base = tmp.path();
     let ppl = people(20, 19);
     example_clone(
@@ -455,9 +422,8 @@ fn mariadb_hook_refuses_a_database_name_with_a_line_break() {
     );
     let clone = base.join("clone");
 
-    let cfg = example_config();
-    let key = hook_key_hex(b"0123456789abcdef").unwrap();
-    let e = match run_hook(mariadb_hook(&cfg), &clone, "clone", &key) {
+    let pool_key = b"0123456789abcdef";
+    let e = match run_example_hook(&clone, pool_key) {
         Err(e) => e,
         Ok(_) => panic!(
             "the hook ran with a database named x<newline>mysql; original values it left: {:?}",
