@@ -81,10 +81,11 @@ fn big_branch(p: &Pool, name: &str, size: u64) -> BranchId {
     b
 }
 
-/// Deleting a branch with 3.5 GiB of its own returns with nothing of it freed
-/// yet; held before its second step, the freeing thread has done one and let
-/// go of the lock: another branch's getattr and write run, the pool is clean,
-/// and the tree is still being dropped. Then it is freed to the last block.
+/// Deleting a branch with 3.5 GiB of its own returns after one step (at most
+/// 2 GiB freed), the rest queued; held before its first step, the freeing
+/// thread waits without the lock: another branch's getattr and write run, the
+/// pool is clean, and the tree is still being dropped. Then it is freed to
+/// the last block.
 #[test]
 fn deleting_a_big_branch_frees_it_in_steps() {
     let p = Pool::create_on(Arc::new(MemDevice::new()), &opts(8 * GIB)).unwrap();
@@ -93,13 +94,13 @@ fn deleting_a_big_branch_frees_it_in_steps() {
     settle(&p);
     let base = p.used_blocks();
     big_branch(&p, "big", 7 * GIB / 2);
-    let (reached, go) = hold_steps(&p, 2);
+    let (reached, go) = hold_steps(&p, 1);
     p.branch_delete("big").unwrap();
     assert!(p.branch_id("big").is_err(), "the branch is gone at once");
     let step = reached
         .recv_timeout(WAIT)
-        .expect("the freeing thread reached its second step");
-    assert_eq!(step, 2);
+        .expect("the freeing thread reached its first step");
+    assert_eq!(step, 1);
     p.getattr(other, f).expect("getattr on another branch");
     p.write_file(other, f, 0, &[7u8; 8192])
         .expect("write on another branch");
@@ -137,7 +138,8 @@ fn a_drop_cut_by_a_crash_or_a_close_goes_on_at_the_next_open() {
         images.push(dev.snapshot());
         go.send(()).unwrap();
     }
-    // Close while the thread waits before its fourth step: the close stops it
+    // Close while the thread waits before its fourth step (the fifth, with the
+    // delete's own): the close stops it
     // after that step at the latest (it cannot join the thread before).
     assert_eq!(reached.recv_timeout(WAIT).expect("the fourth step"), 4);
     let closer = std::thread::spawn(move || drop(p));
@@ -147,7 +149,7 @@ fn a_drop_cut_by_a_crash_or_a_close_goes_on_at_the_next_open() {
     images.push(dev.snapshot());
     for (n, img) in images.into_iter().enumerate() {
         let q = Pool::open_on(Arc::new(img), &opts(16 * GIB)).unwrap();
-        // Steps of 2 GiB at most: 4 GiB or more are left of 12.
+        // Steps of 2 GiB at most, five at most done: 2 GiB or more are left of 12.
         assert!(
             q.used_blocks() > base + GIB / 4096,
             "image {n}: the drop was not cut"
@@ -208,26 +210,24 @@ fn a_drop_beside_a_snapshot_and_a_writing_branch() {
     loop {
         assert!(Instant::now() < deadline, "the drop did not end");
         match reached.recv_timeout(Duration::from_millis(200)) {
-            Ok(step) => {
+            Ok(_) => {
                 clean(&p);
                 settle(&p);
-                if step > 1 {
-                    // Copies the shared nodes on the way to both files.
-                    let n = written.len() as u8 + 3;
-                    p.write_file(other, small, 4096 * u64::from(n), &[n; 4096])
-                        .expect("write to a shared file");
-                    let f = file(&p, other, format!("o{n}").as_bytes());
-                    p.write_file(other, f, 0, &vec![n; 1 << 20])
-                        .expect("write of blocks the drop freed");
-                    written.push((n, f));
-                }
+                // Copies the shared nodes on the way to both files.
+                let n = written.len() as u8 + 3;
+                p.write_file(other, small, 4096 * u64::from(n), &[n; 4096])
+                    .expect("write to a shared file");
+                let f = file(&p, other, format!("o{n}").as_bytes());
+                p.write_file(other, f, 0, &vec![n; 1 << 20])
+                    .expect("write of blocks the drop freed");
+                written.push((n, f));
                 go.send(()).unwrap();
             }
             Err(_) if p.pending_frees() == 0 => break,
             Err(_) => {}
         }
     }
-    assert!(written.len() >= 2, "{} steps", written.len() + 1);
+    assert!(written.len() >= 2, "{} steps of the thread", written.len());
     clean(&p);
     assert_eq!(p.read_file(snap, small, 0, 65536).unwrap(), content);
     assert_eq!(p.getattr(snap, shared).unwrap().size, GIB);
@@ -260,9 +260,9 @@ fn reset_drops_the_old_tree_in_steps() {
     p.fallocate(m, big, 0, 7 * GIB / 2, false).unwrap();
     p.write_file(m, keep, 0, b"after!").unwrap();
     p.commit().unwrap();
-    let (reached, go) = hold_steps(&p, 2);
+    let (reached, go) = hold_steps(&p, 1);
     p.reset_to("main", "base").unwrap();
-    assert_eq!(reached.recv_timeout(WAIT).expect("a second step"), 2);
+    assert_eq!(reached.recv_timeout(WAIT).expect("a step of the thread"), 1);
     assert_eq!(p.read_file(m, keep, 0, 100).unwrap(), b"before");
     assert!(p.lookup(m, ROOT_INO, b"big").is_err());
     assert_eq!(p.pending_frees(), 1, "the old tree is still being dropped");
@@ -276,16 +276,17 @@ fn reset_drops_the_old_tree_in_steps() {
     clean(&p);
 }
 
-/// On a pool filled to the brim, delete a branch with 2 GiB of its own, then
-/// write 1 MiB on another branch: the freeing thread is held before its first
-/// step, so the write finds the pool full and must finish the drop first.
+/// On a pool filled to the brim, delete a branch with 4 GiB of its own, then
+/// fallocate 3 GiB on another branch: the delete's own step freed at most 2
+/// GiB and the freeing thread is held before its first step, so the fallocate
+/// finds no room and must finish the drop first.
 #[test]
 fn delete_then_write_on_a_full_pool() {
-    let p = Pool::create_on(Arc::new(MemDevice::new()), &opts(5 * GIB / 2)).unwrap();
+    let p = Pool::create_on(Arc::new(MemDevice::new()), &opts(5 * GIB)).unwrap();
     let m = p.branch_id("main").unwrap();
     let rest = file(&p, m, b"rest");
     let new = file(&p, m, b"new");
-    big_branch(&p, "big", 2 * GIB);
+    big_branch(&p, "big", 4 * GIB);
     let mut at = 0;
     let mut len = 64 << 20;
     while len >= 4096 {
@@ -295,15 +296,14 @@ fn delete_then_write_on_a_full_pool() {
             Err(e) => panic!("fallocate: {e}"),
         }
     }
-    let chunk = vec![5u8; 1 << 20];
-    let err = p.write_file(m, new, 0, &chunk).unwrap_err();
+    let err = p.write_file(m, new, 0, &[5u8; 1 << 20]).unwrap_err();
     assert_eq!(err.errno(), libc::ENOSPC, "the pool is full: {err}");
     let (_reached, _go) = hold_steps(&p, 1);
     p.branch_delete("big").expect("delete on a full pool");
-    p.write_file(m, new, 0, &chunk)
-        .expect("a write after a branch delete on a full pool");
-    assert_eq!(p.read_file(m, new, 0, chunk.len()).unwrap(), chunk);
-    assert_eq!(p.pending_frees(), 0, "the write finished the drop");
+    p.fallocate(m, new, 0, 3 * GIB, false)
+        .expect("3 GiB after a branch delete on a full pool");
+    assert_eq!(p.getattr(m, new).unwrap().size, 3 * GIB);
+    assert_eq!(p.pending_frees(), 0, "the fallocate finished the drop");
     clean(&p);
 }
 
