@@ -118,7 +118,7 @@ fn first_format_pool_opens_and_reads() {
     for s in 0..2 {
         assert_eq!(
             bytes[s * 4096 + 8..s * 4096 + 12],
-            4u32.to_le_bytes(),
+            5u32.to_le_bytes(),
             "slot {s} is in the current format"
         );
     }
@@ -170,7 +170,7 @@ fn regenerate_v3_fixture() {
 }
 
 /// A version-3 pool: its owners, its snapshot and its logged write (replayed at
-/// open) read back; its first commit makes it version 4 in both slots, and it then
+/// open) read back; its first commit makes it version 5 in both slots, and it then
 /// takes a chunked xattr value.
 #[test]
 fn third_format_pool_replays_its_log_and_upgrades() {
@@ -207,7 +207,7 @@ fn third_format_pool_replays_its_log_and_upgrades() {
     pool.commit().unwrap();
     let bytes = std::fs::read(&copy).unwrap();
     for s in 0..2 {
-        assert_eq!(bytes[s * 4096 + 8..s * 4096 + 12], 4u32.to_le_bytes());
+        assert_eq!(bytes[s * 4096 + 8..s * 4096 + 12], 5u32.to_le_bytes());
     }
     drop(pool);
     let pool = Pool::open(&copy, &PoolOptions::default()).unwrap();
@@ -221,7 +221,7 @@ fn third_format_pool_replays_its_log_and_upgrades() {
 }
 
 /// Opening the version-3 pool replays its intent log and commits at once: that
-/// is this build's first commit, so the other slot is written in version 4
+/// is this build's first commit, so the other slot is written in version 5
 /// too, before open returns. (It was not: until some later commit the other slot
 /// stayed version 3 while fsyncs went to the intent log with the new commit as
 /// their base; a version-3 build would have opened that slot, ignored those
@@ -236,7 +236,7 @@ fn the_replay_commit_at_open_upgrades_both_slots() {
     let versions: Vec<u32> = (0..2)
         .map(|s| u32::from_le_bytes(bytes[s * 4096 + 8..s * 4096 + 12].try_into().unwrap()))
         .collect();
-    assert_eq!(versions, [4, 4], "slot versions right after open");
+    assert_eq!(versions, [5, 5], "slot versions right after open");
     drop(pool);
 }
 
@@ -266,12 +266,12 @@ fn a_newer_slot_beside_an_older_one_is_refused() {
     assert!(bytes[(1 - newest) * 4096..(2 - newest) * 4096]
         .iter()
         .any(|&x| x != 0));
-    set_slot_version(&mut bytes[newest * 4096..(newest + 1) * 4096], 5);
+    set_slot_version(&mut bytes[newest * 4096..(newest + 1) * 4096], 6);
     std::fs::write(&copy, &bytes).unwrap();
     let err = Pool::open(&copy, &PoolOptions::default())
         .err()
-        .expect("a slot of version 5 must be refused, not skipped");
-    assert!(err.to_string().contains("version 5"), "{err}");
+        .expect("a slot of version 6 must be refused, not skipped");
+    assert!(err.to_string().contains("version 6"), "{err}");
 }
 
 #[test]
@@ -279,22 +279,60 @@ fn newer_format_version_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("pool");
     std::fs::copy(fixture(), &copy).unwrap();
-    // Rewrite both slots as format version 5 with valid checksums.
+    // Rewrite both slots as format version 6 with valid checksums.
     let mut bytes = std::fs::read(&copy).unwrap();
     for slot in 0..2 {
         let b = &mut bytes[slot * 4096..(slot + 1) * 4096];
         if b.iter().all(|&x| x == 0) {
             continue;
         }
-        set_slot_version(b, 5);
+        set_slot_version(b, 6);
     }
     std::fs::write(&copy, &bytes).unwrap();
     let err = Pool::open(&copy, &PoolOptions::default())
         .err()
-        .expect("version 5 must be refused");
+        .expect("version 6 must be refused");
     let msg = err.to_string();
     assert!(
-        msg.contains("version 5") && msg.contains("versions 1 to 4"),
+        msg.contains("version 6") && msg.contains("versions 1 to 5"),
         "{msg}"
     );
+}
+
+/// Version 5 only added DROP records to the catalog (on-disk §6.1): a version-4
+/// pool is a version-5 pool without them. A pool written by this build with
+/// both slots set back to version 4 (as a version-4 build leaves it) opens,
+/// reads back, and its first commit writes version 5 in both slots, so that a
+/// version-4 build, which would take a drop record for a corrupt branch record,
+/// refuses it.
+#[test]
+fn fourth_format_pool_upgrades_both_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pool");
+    let (pool, b, own) = new_fixture_pool(&path);
+    let f = pool
+        .mknod(b, 1, b"v4.txt", libc::S_IFREG | 0o644, 0, own)
+        .unwrap();
+    pool.write_file(b, f.ino, 0, b"format 4").unwrap();
+    drop(pool);
+    let slot_versions = || -> Vec<u32> {
+        let bytes = std::fs::read(&path).unwrap();
+        (0..2)
+            .map(|s| u32::from_le_bytes(bytes[s * 4096 + 8..s * 4096 + 12].try_into().unwrap()))
+            .collect()
+    };
+    let mut bytes = std::fs::read(&path).unwrap();
+    for slot in 0..2 {
+        set_slot_version(&mut bytes[slot * 4096..(slot + 1) * 4096], 4);
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(slot_versions(), [4, 4]);
+    let pool = Pool::open(&path, &PoolOptions::default()).unwrap();
+    assert_eq!(pool.read_file(b, f.ino, 0, 100).unwrap(), b"format 4");
+    pool.mknod(b, 1, b"v5.txt", libc::S_IFREG | 0o644, 0, own)
+        .unwrap();
+    pool.commit().unwrap();
+    assert_eq!(slot_versions(), [5, 5]);
+    let report = pool.fsck(&FsckOptions::default()).unwrap();
+    assert!(report.is_clean(), "{report}");
 }

@@ -15,6 +15,7 @@ use crate::store::spacemap::{SpaceMap, COUNTS_PER_LEAF};
 use crate::store::superblock::MANIFEST_MAX;
 use crate::store::{BlockAddr, StoreError, StoreResult, BLOCK_SIZE};
 
+mod drop_steps;
 mod undo;
 
 /// Which blocks an item's value references (a data extent, a branch root): the tree
@@ -501,9 +502,7 @@ impl NodeStore {
                 }
             }
         }
-        self.space.dec(&*self.dev, addr)?;
-        self.forget(addr);
-        Ok(())
+        self.release(addr)
     }
 
     fn forget(&mut self, addr: BlockAddr) {

@@ -61,10 +61,11 @@ impl Pool {
             return Ok(());
         }
         let from = e.branches[&src].clone();
-        e.ensure_commit_room(1)?;
+        // The record, and a drop record if the old tree is freed in steps.
+        e.ensure_commit_room(2)?;
         e.st.inc_node(from.root)?;
         e.quotas.root_shared(src);
-        e.st.drop_ref(target.root)?;
+        e.drop_tree(target.root)?;
         if let Some(r) = e.branches.get_mut(id) {
             r.root = from.root;
             // Never hand out an inode number again that the branch used before.

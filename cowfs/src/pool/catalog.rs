@@ -2,12 +2,18 @@
 //! (branch id, KIND_BRANCH, 0). The item's root pointer holds one reference on the
 //! branch's tree root. The record also names the control-plane token that created
 //! the branch (its owner), so that ownership commits with the branch itself.
+//!
+//! A DROP item (id, KIND_DROP, 0) is a tree being freed in steps (a deleted
+//! branch's, or the old tree of a reset branch): it holds the reference the
+//! branch record held on its root until the freeing thread has released
+//! everything below it (pool/drops.rs, format-spec/on-disk.md §6.1).
 
 use crate::btree::Key;
 use crate::store::le::*;
 use crate::store::BlockAddr;
 
 pub const KIND_BRANCH: u8 = 100;
+pub const KIND_DROP: u8 = 101;
 pub const FLAG_SNAPSHOT: u32 = 1;
 /// Protected: only an admin token may delete, reset, rename or mount it read-write.
 pub const FLAG_PROTECTED: u32 = 2;
@@ -85,11 +91,48 @@ impl BranchRecord {
     }
 }
 
+/// A tree being freed in steps: its root, and the first key of it not yet
+/// processed (every node and extent wholly below `progress` is released).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropRecord {
+    pub root: BlockAddr,
+    pub progress: Key,
+}
+
+const DROP_LEN: usize = 8 + crate::btree::key::KEY_SIZE;
+
+impl DropRecord {
+    pub fn key(id: u64) -> Key {
+        Key::new(id, KIND_DROP, 0)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; DROP_LEN];
+        put_u64(&mut b, 0, self.root);
+        self.progress.encode(&mut b, 8);
+        b
+    }
+
+    /// None unless `b` is exactly one record.
+    pub fn decode(b: &[u8]) -> Option<DropRecord> {
+        if b.len() != DROP_LEN {
+            return None;
+        }
+        Some(DropRecord {
+            root: u64_at(b, 0),
+            progress: Key::decode(b, 8),
+        })
+    }
+}
+
 /// What the trees' reference counting must know about any item: data extents of
-/// filesystem trees and branch roots of the catalog.
+/// filesystem trees, and the roots branch records and drop records hold.
 pub fn item_refs(key: &Key, val: &[u8]) -> Option<(BlockAddr, u64)> {
     if key.kind == KIND_BRANCH {
         return BranchRecord::decode(val).map(|r| (r.root, 1));
+    }
+    if key.kind == KIND_DROP {
+        return DropRecord::decode(val).map(|r| (r.root, 1));
     }
     crate::fs::items::item_refs(key, val)
 }
@@ -122,5 +165,20 @@ mod tests {
         // Any other length is not a record.
         assert_eq!(BranchRecord::decode(&b[..b.len() - 1]), None);
         assert_eq!(BranchRecord::decode(&[b.as_slice(), &[0]].concat()), None);
+    }
+
+    #[test]
+    fn drop_record_round_trip() {
+        let r = DropRecord {
+            root: 77,
+            progress: Key::new(5, 3, 1 << 40),
+        };
+        let b = r.encode();
+        assert_eq!(DropRecord::decode(&b), Some(r));
+        assert_eq!(item_refs(&DropRecord::key(9), &b), Some((77, 1)));
+        // Any other length is not a record.
+        assert_eq!(DropRecord::decode(&b[..b.len() - 1]), None);
+        assert_eq!(DropRecord::decode(&[b.as_slice(), &[0]].concat()), None);
+        assert_eq!(item_refs(&DropRecord::key(9), &[1, 2]), None);
     }
 }

@@ -108,12 +108,14 @@ pub(super) fn stop(freer: &Freer, worker: Option<JoinHandle<()>>) {
 }
 
 impl Pool {
-    /// Orphans queued to be freed in steps and not freed yet.
+    /// Orphans and dropped trees (drops.rs) queued to be freed in steps and not
+    /// freed yet.
     pub fn pending_frees(&self) -> usize {
-        self.e.lock().stepping.len()
+        let e = self.e.lock();
+        e.stepping.len() + e.dropping.len()
     }
 
-    /// Free every queued orphan on this thread, in steps, letting the pool lock
+    /// Free every queued orphan and dropped tree on this thread, in steps, letting the pool lock
     /// go between them (as the freeing thread does).
     pub fn finish_frees(&self) {
         while self.e.lock().free_step() {
@@ -137,11 +139,22 @@ impl Engine {
         self.freer.wake();
     }
 
-    /// One step of the first queued orphan; whether steps remain. One whose
+    /// One step of the first queued orphan, or if none is, of the first queued
+    /// dropped tree (drops.rs); whether steps remain.
+    pub(super) fn free_step(&mut self) -> bool {
+        if self.stepping.is_empty() {
+            self.drop_step();
+        } else {
+            self.orphan_step();
+        }
+        !self.stepping.is_empty() || !self.dropping.is_empty()
+    }
+
+    /// One step of the first queued orphan. One whose
     /// branch is gone (it went with the tree) or a snapshot, or that a handle
     /// holds again (reopened through /proc/PID/fd: its release frees it), leaves
     /// the queue. One that finds no room leaves it too, for `stuck_orphans`.
-    pub(super) fn free_step(&mut self) -> bool {
+    fn orphan_step(&mut self) {
         while let Some(&(b, ino)) = self.stepping.front() {
             let writable = self.branches.get(&b).is_some_and(|r| !r.is_snapshot());
             if !writable || self.open.contains_key(&(b, ino)) {
@@ -158,15 +171,15 @@ impl Engine {
                 }
             }
             self.maybe_commit();
-            return !self.stepping.is_empty();
+            return;
         }
-        false
     }
 
-    /// Free every queued orphan now, in steps, holding the lock (an operation
-    /// that found no room waits for them). Whether any was queued.
+    /// Free every queued orphan and dropped tree now, in steps, holding the
+    /// lock (an operation that found no room waits for them). Whether any was
+    /// queued.
     pub(super) fn finish_stepped_frees(&mut self) -> bool {
-        let any = !self.stepping.is_empty();
+        let any = !self.stepping.is_empty() || !self.dropping.is_empty();
         while self.free_step() {}
         any
     }

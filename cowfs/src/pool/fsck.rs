@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use super::catalog::{item_refs, BranchRecord};
+use super::catalog::{item_refs, BranchRecord, DropRecord};
 use super::fsck_xattr::{Finding, XattrChunks};
 use super::Engine;
 use crate::btree::{Key, Node};
@@ -154,6 +154,49 @@ impl Walk<'_> {
             }
         }
     }
+
+    /// Visit a tree being dropped in steps (pool/drops.rs) from key `at` on, as
+    /// `NodeStore::drop_step` will: a child wholly below `at` is released (its
+    /// block may hold anything now) and not read; one from `at` on is whole; the
+    /// nodes in between, on the path to `at`, hold only their children not done.
+    fn walk_dropping(
+        &mut self,
+        addr: BlockAddr,
+        level: Option<u8>,
+        lo: Key,
+        hi: Option<Key>,
+        at: Key,
+        what: &str,
+    ) {
+        if lo >= at {
+            return self.walk(addr, level, lo, hi, what);
+        }
+        let node = match self.e.st.read(addr, level) {
+            Ok(n) => n,
+            Err(err) => {
+                self.report.error(format!("{what}: node {addr}: {err}"));
+                return;
+            }
+        };
+        let Node::Internal(lvl, kids) = &*node else {
+            // Leaves are released whole: one below `at` is not on the path.
+            self.report
+                .error(format!("{what}: leaf {addr} partly dropped"));
+            return;
+        };
+        if !self.visited.insert(addr) {
+            return;
+        }
+        self.report.nodes += 1;
+        for (i, (k, child)) in kids.iter().enumerate() {
+            let child_hi = kids.get(i + 1).map(|x| x.0).or(hi);
+            if child_hi.is_some_and(|h| h <= at) {
+                continue;
+            }
+            self.expect(*child, 1);
+            self.walk_dropping(*child, Some(lvl - 1), *k, child_hi, at, what);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -177,6 +220,7 @@ pub(crate) fn run(e: &mut Engine, opts: &FsckOptions) -> FsckReport {
     let catalog_root = e.catalog_root;
     let branches: Vec<(u64, BranchRecord)> =
         e.branches.iter().map(|(k, v)| (*k, v.clone())).collect();
+    let drops: Vec<(u64, DropRecord)> = e.drops.iter().map(|(k, v)| (*k, *v)).collect();
     let mut w = Walk {
         e,
         expected: HashMap::new(),
@@ -204,6 +248,10 @@ pub(crate) fn run(e: &mut Engine, opts: &FsckOptions) -> FsckReport {
         let what = format!("branch '{}'", rec.name);
         w.walk(rec.root, None, Key::MIN, None, &what);
         check_branch(&mut w, *id, rec, opts);
+    }
+    for (id, rec) in &drops {
+        let what = format!("dropped tree {id}");
+        w.walk_dropping(rec.root, None, Key::MIN, None, rec.progress, &what);
     }
     // Compare with the space map.
     let mut counted = HashMap::new();

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod diff;
 mod diff_aspects;
 mod diff_steps;
+mod drops;
 mod free_steps;
 pub mod fsck;
 mod fsck_xattr;
@@ -21,7 +22,7 @@ pub mod usage;
 #[cfg(test)]
 mod xattr_tests;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -37,7 +38,7 @@ use crate::store::spacemap::{depth_for, SpaceMap};
 use crate::store::superblock::{SlotError, Superblock, FORMAT_VERSION, SLOT_COUNT};
 use crate::store::{BlockAddr, StoreError, BLOCK_SIZE};
 use branches::Branches;
-use catalog::{BranchRecord, FLAG_SNAPSHOT};
+use catalog::{BranchRecord, DropRecord, FLAG_SNAPSHOT, KIND_BRANCH, KIND_DROP};
 pub use catalog::{TokenId, NO_OWNER};
 use opsize::OpSize;
 
@@ -241,6 +242,13 @@ pub(crate) struct Engine {
     stepping: VecDeque<(BranchId, u64)>,
     /// Wakes the freeing thread when `stepping` gets an orphan.
     freer: Arc<free_steps::Freer>,
+    /// Trees being dropped in steps (drops.rs): the catalog's DROP records as
+    /// the next commit writes them, by id.
+    drops: BTreeMap<u64, DropRecord>,
+    /// Drop records the next commit writes (or removes, if gone from `drops`).
+    dirty_drops: BTreeSet<u64>,
+    /// Drops the freeing thread works through, in order.
+    dropping: VecDeque<u64>,
     /// Blocks in use after the last attempt on `stuck_orphans` failed: the next
     /// one waits until fewer are (room may have come back).
     stuck_used: u64,
@@ -777,13 +785,14 @@ impl Pool {
         // that then found no room failed, and so did every commit after it.
         // Its children's records change too: they take its parent, in this
         // commit, so that lineage stays connected (branches.rs).
+        // Plus a drop record, if its tree is freed in steps (drops.rs).
         let children = e.branches.children(id).len() as u64;
-        e.on_loan(|e| e.ensure_commit_room(1 + children))?;
+        e.on_loan(|e| e.ensure_commit_room(2 + children))?;
         let (rec, reparented) = e
             .branches
             .remove(id)
             .ok_or_else(|| PoolError::BranchNotFound(name.into()))?;
-        e.st.drop_ref(rec.root)?;
+        e.drop_tree(rec.root)?;
         e.dirty_branches.remove(&id);
         e.dirty_branches.extend(reparented);
         e.deleted_branches.insert(id);
@@ -1416,6 +1425,9 @@ impl Engine {
             stuck_orphans: BTreeSet::new(),
             stepping: VecDeque::new(),
             freer: Arc::default(),
+            drops: BTreeMap::new(),
+            dirty_drops: BTreeSet::new(),
+            dropping: VecDeque::new(),
             stuck_used: 0,
             ino_floor,
         }
@@ -1500,16 +1512,34 @@ impl Engine {
         let dev = st.dev.clone();
         st.space.count_touched_leaves(&*dev);
         let mut branches = Branches::default();
+        let mut drops = BTreeMap::new();
+        let corrupt = |st: &NodeStore, why: String| StoreError::Corrupt {
+            pool: st.dev.name(),
+            block: sb.catalog_root,
+            why,
+        };
         for (k, v) in tree::collect(
             &mut st,
             sb.catalog_root,
             &crate::btree::Key::MIN,
             &crate::btree::Key::MAX,
         )? {
-            let rec = BranchRecord::decode(&v).ok_or_else(|| StoreError::Corrupt {
-                pool: st.dev.name(),
-                block: sb.catalog_root,
-                why: format!("undecodable catalog record for branch id {}", k.id),
+            if k.kind == KIND_DROP {
+                let rec = DropRecord::decode(&v)
+                    .ok_or_else(|| corrupt(&st, format!("undecodable drop record {}", k.id)))?;
+                drops.insert(k.id, rec);
+                continue;
+            }
+            if k.kind != KIND_BRANCH {
+                return Err(
+                    corrupt(&st, format!("catalog item of unknown kind {}", k.kind)).into(),
+                );
+            }
+            let rec = BranchRecord::decode(&v).ok_or_else(|| {
+                corrupt(
+                    &st,
+                    format!("undecodable catalog record for branch id {}", k.id),
+                )
             })?;
             let name = rec.name.clone();
             branches
@@ -1524,6 +1554,9 @@ impl Engine {
         for r in branches.values() {
             st.read(r.root, None)?;
         }
+        for r in drops.values() {
+            st.read(r.root, None)?;
+        }
         let mut e = Engine::new(
             st,
             sb.catalog_root,
@@ -1532,6 +1565,8 @@ impl Engine {
             sb.created_unix,
             opts,
         );
+        e.drops = drops;
+        e.resume_drops();
         e.sealed = sb.manifest.is_empty();
         e.log.region = sb.log;
         // Before the replay's commit: that one may be this build's first.
@@ -1757,7 +1792,10 @@ impl Engine {
     /// raise it).
     fn reserve_catalog(&mut self, more: u64) -> Result<(), StoreError> {
         let levels = u64::from(self.st.read(self.catalog_root, None)?.level()) + 2;
-        let records = (self.dirty_branches.len() + self.deleted_branches.len()) as u64 + more;
+        let records = (self.dirty_branches.len()
+            + self.deleted_branches.len()
+            + self.dirty_drops.len()) as u64
+            + more;
         self.st.catalog_reserve = records * (2 * levels + 1);
         Ok(())
     }
@@ -2022,6 +2060,7 @@ impl Engine {
     fn has_changes(&self) -> bool {
         !self.dirty_branches.is_empty()
             || !self.deleted_branches.is_empty()
+            || !self.dirty_drops.is_empty()
             || self.next_branch_id != self.written_next_branch_id
             || self.st.dirty_nodes() > 0
             || self.st.space.has_changes()
@@ -2176,6 +2215,13 @@ impl Engine {
                     tree::insert(&mut self.st, self.catalog_root, BranchRecord::key(id), v)?;
             }
         }
+        for id in self.dirty_drops.clone() {
+            let key = DropRecord::key(id);
+            self.catalog_root = match self.drops.get(&id) {
+                Some(r) => tree::insert(&mut self.st, self.catalog_root, key, r.encode())?,
+                None => tree::remove(&mut self.st, self.catalog_root, &key)?.0,
+            };
+        }
         self.st.write_dirty_nodes()?;
         let dev = self.st.dev.clone();
         let (space_root, space_pages) = self.st.space.write_dirty(&*dev, generation)?;
@@ -2214,6 +2260,7 @@ impl Engine {
         self.written_next_branch_id = sb.next_branch_id;
         self.deleted_branches.clear();
         self.dirty_branches.clear();
+        self.dirty_drops.clear();
         // The next transaction starts now; this one is durable after a flush.
         self.st.commit_written();
         self.log.committed();

@@ -17,7 +17,8 @@
 //! branch to it) shares all of it: the figure drops to 0 (`Quotas::root_shared`).
 //! Space that becomes exclusive to it because another branch
 //! or snapshot was deleted is counted by `quota_recount_all` (the control plane
-//! calls it after every delete), which only raises the figure.
+//! calls it after every delete, and it waits for the deleted tree's drop),
+//! which only raises the figure.
 //! Only an operation that removes (unlink, rmdir, removexattr, freeing an inode,
 //! a truncate or punch that unmaps blocks) may pass a limit, by the nodes it
 //! copies before it frees anything; a truncate or punch also by the partial
@@ -216,7 +217,16 @@ impl Pool {
     /// branch clone its files, have any branch deleted, unlink the clones (which
     /// makes their blocks its alone again, at no charge) and write its quota once
     /// more, as often as it liked.
+    ///
+    /// A deleted tree's blocks stop being shared only as its drop reaches them
+    /// (drops.rs): with limits set, the pending drops are finished first (in
+    /// steps, other requests running between them), or the recount, which
+    /// only raises, would miss them for good.
     pub fn quota_recount_all(&self) -> PoolResult<()> {
+        if self.e.lock().quotas.is_empty() {
+            return Ok(());
+        }
+        self.finish_frees();
         let ids: Vec<BranchId> = self.e.lock().quotas.entries.keys().copied().collect();
         for id in ids {
             self.recount(id, true)?;

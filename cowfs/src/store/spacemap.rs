@@ -305,6 +305,11 @@ impl SpaceMap {
     pub fn fillable_in_place(&self, b: BlockAddr) -> bool {
         !self.converted.contains(b)
     }
+    /// Leaf pages the next commit writes.
+    pub fn dirty_leaf_count(&self) -> usize {
+        self.dirty_leaves.len()
+    }
+
     pub fn has_changes(&self) -> bool {
         !self.dirty_leaves.is_empty() || self.index.values().any(|i| i.dirty)
     }

@@ -7,9 +7,9 @@ use super::BLOCK_SIZE;
 
 pub const SB_MAGIC: [u8; 8] = *b"COWFSPL\0";
 /// The version this build writes. Versions 1 (no intent log), 2 (branch records
-/// without an owner) and 3 (no chunked xattr values) are read as well and become
-/// version 4 at the next commit.
-pub const FORMAT_VERSION: u32 = 4;
+/// without an owner), 3 (no chunked xattr values) and 4 (no drop records in the
+/// catalog) are read as well and become version 5 at the next commit.
+pub const FORMAT_VERSION: u32 = 5;
 /// The oldest version this build reads.
 pub const OLDEST_VERSION: u32 = 1;
 pub const SLOT_COUNT: u64 = 2;
