@@ -19,7 +19,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{SocketAddr, UnixListener};
 use std::path::Path;
 
 use super::files::parent_dir;
@@ -28,6 +28,9 @@ use super::files::parent_dir;
 /// reachable at `socket` with other bits. A file at `socket` is left alone:
 /// AlreadyExists (the caller removes a stale socket first).
 pub(super) fn bind(socket: &Path, mode: u32) -> io::Result<UnixListener> {
+    // Bound below through a shorter path, a path too long for sun_path (107
+    // bytes) would be accepted, and no client could ever connect to it.
+    SocketAddr::from_pathname(socket)?;
     // Beside the socket: a rename does not cross file systems.
     let private = tempfile::Builder::new()
         .prefix(".cowfs-socket-")
@@ -98,6 +101,21 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(left, ["ctl.sock"], "the private directory is removed");
+    }
+
+    /// Review finding: bound through the short /proc/self/fd path, a socket
+    /// path too long for sun_path (107 bytes) was accepted: the daemon said it
+    /// listened there, and no client could ever connect. bind(2) at the path
+    /// refused it at start, as it is refused again.
+    #[test]
+    fn a_path_no_client_could_connect_to_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let long = tmp.path().join("d".repeat(120));
+        std::fs::create_dir(&long).expect("mkdir");
+        let path = long.join("ctl.sock");
+        let err = bind(&path, 0o660).expect_err("a path longer than sun_path");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        assert_eq!(std::fs::read_dir(&long).expect("read_dir").count(), 0);
     }
 
     #[test]
