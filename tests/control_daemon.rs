@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use control_support::{connect, init_pool, is_mountpoint, kind, Served};
-use cowfs_ctl::proto::{ErrorKind, GroupMember, MountSpec};
+use cowfs_ctl::proto::{ErrorKind, GroupMember, MountEnd, MountSpec};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cowfs");
 
@@ -388,4 +388,68 @@ fn the_socket_appears_only_with_its_final_mode() {
         .filter(|n| n.to_string_lossy().starts_with(".cowfs-socket-"))
         .collect();
     assert!(left.is_empty(), "private directories left: {left:?}");
+}
+
+/// Review finding (permrev): the abort of a revoked token's busy mount went
+/// through the first fusectl mount listed in /proc/self/mountinfo, by its path.
+/// With that path leading to another filesystem (one mounted over it), the
+/// connection's abort file was not found there, which was taken for a
+/// connection gone already: the revoke answered "detached (files open there
+/// fail from now on)" while a file held open on the mount still read, wrote
+/// and fsynced the branch. The daemon runs in a mount namespace of its own
+/// (unshare), where fusectl is mounted on a test directory with a tmpfs over
+/// it; nothing of it reaches the host's mounts, and it all goes with the
+/// daemon.
+#[test]
+fn a_revoke_cuts_off_open_files_even_where_the_listed_fusectl_is_covered() {
+    let (_tmp, base) = test_dir();
+    let (pool, socket) = (base.join("pool"), base.join("pool.sock"));
+    let secret = init_pool(BIN, &pool);
+    let (ctl, m) = (base.join("ctl"), base.join("m"));
+    for d in [&ctl, &m] {
+        std::fs::create_dir(d).expect("mkdir");
+    }
+    let script = r#"mount -t fusectl none "$1" && mount -t tmpfs hide "$1" && exec "$2" serve "$3" --socket "$4""#;
+    let child = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(&ctl)
+        .arg(BIN)
+        .arg(&pool)
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn unshare ... cowfs serve");
+    let mut served = Served::new(child, &base);
+    let mut admin = connect(&socket, &secret);
+    let grant = "admin:*".parse().expect("grant");
+    let agent_secret = admin
+        .token_create("agent", vec![grant])
+        .expect("token create")
+        .secret;
+    let mut agent = connect(&socket, &agent_secret);
+    agent
+        .mount("main", m.to_str().expect("utf-8"), false)
+        .expect("mount");
+    // The daemon's mounts are in its namespace: reached through its root.
+    let pid = served.pid().expect("running");
+    let inside = Path::new(&format!("/proc/{pid}/root")).join(m.strip_prefix("/").expect("abs"));
+    let mut held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(inside.join("held"))
+        .expect("create on the mount");
+    std::io::Write::write_all(&mut held, b"before").expect("write before");
+    held.sync_all().expect("fsync before");
+
+    let ended = admin.token_revoke("agent").expect("revoke");
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0].how, MountEnd::Detached, "{ended:?}");
+    let after = std::io::Write::write_all(&mut held, b"after").and_then(|()| held.sync_all());
+    let e = after.expect_err("a write after the revoke");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+    drop(held);
+    drop((admin, agent));
+    assert_eq!(served.stop(), Some(0));
 }
