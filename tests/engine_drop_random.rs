@@ -306,7 +306,23 @@ fn run(seed: u64, ops: usize) {
                 clean(&p, &format!("{ctx}: reopened"));
                 verify = true;
             }
-            _ => {}
+            _ => {
+                // A branch with GiBs of its own, deleted at once: a drop of
+                // several steps that the operations after it run between.
+                let from = pick(&mut rng, &names);
+                let name = format!("b{next_name}");
+                next_name += 1;
+                if let Ok(b) = p.branch_create(&name, &from) {
+                    match p.fallocate(b, ino, SPAN, 5 * GIB, false) {
+                        Ok(()) => {}
+                        Err(e) if e.errno() == libc::ENOSPC => {}
+                        Err(e) => panic!("{ctx}: fallocate: {e}"),
+                    }
+                    p.branch_delete(&name)
+                        .unwrap_or_else(|e| panic!("{ctx}: delete {name}: {e}"));
+                    clean(&p, &format!("{ctx}: after delete of big {name}"));
+                }
+            }
         }
         if op % 50 == 0 {
             eprintln!("{ctx}: {steps} steps, {} branches", models.len());
