@@ -340,3 +340,94 @@ fn a_recount_after_a_delete_sees_what_the_drop_leaves_alone() {
     );
     clean(&p);
 }
+
+/// The rightmost leaf of branch `name`'s tree in the newest commit on `dev`.
+fn last_leaf(dev: &MemDevice, name: &str) -> u64 {
+    use cowfs::btree::Node;
+    use cowfs::pool::catalog::BranchRecord;
+    use cowfs::store::block::{verify, BlockKind};
+    use cowfs::store::device::BlockDevice;
+    use cowfs::store::superblock::Superblock;
+    let read = |a: u64| {
+        let mut buf = vec![0u8; cowfs::store::BLOCK_SIZE];
+        dev.read_at(a, &mut buf).expect("read");
+        buf
+    };
+    let sb = (0..2)
+        .filter_map(|s| Superblock::decode(&read(s)).ok())
+        .max_by_key(|s| s.generation)
+        .expect("a valid slot");
+    let node = |a: u64| {
+        let buf = read(a);
+        let h = verify(&buf, a, sb.pool_id, BlockKind::TreeNode).expect("intact node");
+        Node::decode(&buf, h.level, h.count).expect("decodes")
+    };
+    // The catalog of a few branches is one leaf.
+    let Node::Leaf(items) = node(sb.catalog_root) else {
+        panic!("catalog of one leaf");
+    };
+    let mut at = items
+        .iter()
+        .filter_map(|(_, v)| BranchRecord::decode(v))
+        .find(|r| r.name == name)
+        .expect("branch")
+        .root;
+    while let Node::Internal(_, kids) = node(at) {
+        at = kids.last().expect("children").1;
+    }
+    at
+}
+
+/// The errors fsck finds in a copy of `dev` as it is now (sorted), and how
+/// many blocks it finds leaked.
+fn findings(dev: &MemDevice) -> (Vec<String>, u64) {
+    let q = Pool::open_on(Arc::new(dev.snapshot()), &opts(4 * GIB)).expect("open");
+    let r = q.fsck(&FsckOptions::default()).expect("fsck");
+    let mut errors = r.errors;
+    errors.sort();
+    (errors, r.leaked_blocks)
+}
+
+/// A delete or reset that meets a node it cannot read while dropping the old
+/// tree fails and changes nothing: the branch is still there (also after a
+/// reopen), and fsck finds only the damaged node, no count changed by the
+/// part of the drop done before it.
+#[test]
+fn a_drop_that_meets_a_damaged_node_changes_nothing() {
+    let dev = Arc::new(MemDevice::new());
+    let p = Pool::create_on(dev.clone(), &opts(4 * GIB)).unwrap();
+    big_branch(&p, "big", GIB);
+    drop(p);
+    // The walk goes left to right: the last leaf is met after everything else.
+    dev.flip_byte(last_leaf(&dev, "big"), 200);
+    let before = findings(&dev);
+    assert!(!before.0.is_empty(), "fsck sees the damaged leaf");
+    let p = Pool::open_on(dev.clone(), &opts(4 * GIB)).unwrap();
+    p.branch_delete("big")
+        .expect_err("delete through a damaged leaf");
+    assert!(p.branch_id("big").is_ok(), "the branch stays");
+    p.reset_to("big", "main")
+        .expect_err("reset through a damaged leaf");
+    p.commit().unwrap();
+    assert_eq!(p.pending_frees(), 0);
+    drop(p);
+    // Before the fix: 998 more errors, "block N: referenced 1 times but marked
+    // free", blocks of the branch the failed delete had freed.
+    let after = findings(&dev);
+    assert_eq!(after.1, before.1, "leaked blocks");
+    assert!(
+        after.0 == before.0,
+        "{} errors after, {} before; first new: {:?}",
+        after.0.len(),
+        before.0.len(),
+        after.0.iter().find(|e| !before.0.contains(e))
+    );
+    let p = Pool::open_on(dev.clone(), &opts(4 * GIB)).unwrap();
+    let b = p.branch_id("big").expect("the branch is still there");
+    assert_eq!(
+        p.getattr(b, p.lookup(b, ROOT_INO, b"big").unwrap().ino)
+            .unwrap()
+            .size,
+        GIB
+    );
+}

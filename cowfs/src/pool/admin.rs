@@ -63,9 +63,12 @@ impl Pool {
         let from = e.branches[&src].clone();
         // The record, and a drop record if the old tree is freed in steps.
         e.ensure_commit_room(2)?;
-        e.st.inc_node(from.root)?;
+        // One operation: a drop that fails takes the new reference back too.
+        e.journaled(|e| {
+            e.st.inc_node(from.root)?;
+            e.drop_tree(target.root)
+        })?;
         e.quotas.root_shared(src);
-        e.drop_tree(target.root)?;
         if let Some(r) = e.branches.get_mut(id) {
             r.root = from.root;
             // Never hand out an inode number again that the branch used before.

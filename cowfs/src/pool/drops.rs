@@ -47,6 +47,31 @@ impl Engine {
         Ok(())
     }
 
+    /// Run `f`, the reference changes of a delete or reset (`drop_tree` last),
+    /// as one journaled operation: if it fails part way (a node of the old tree
+    /// that cannot be read), every count it changed is put back, so the branch
+    /// record the caller has not touched yet still matches the space map.
+    /// Without it, a delete that met a damaged leaf had freed most of a tree
+    /// whose record stayed on disk.
+    pub(super) fn journaled(
+        &mut self,
+        f: impl FnOnce(&mut Engine) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.st.begin_op();
+        match f(self) {
+            Ok(()) => {
+                self.st.end_op();
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(u) = self.st.undo_op() {
+                    self.poison(&u);
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Queue every drop record loaded at open.
     pub(super) fn resume_drops(&mut self) {
         self.dropping = self.drops.keys().copied().collect();

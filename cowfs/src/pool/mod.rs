@@ -788,11 +788,17 @@ impl Pool {
         // Plus a drop record, if its tree is freed in steps (drops.rs).
         let children = e.branches.children(id).len() as u64;
         e.on_loan(|e| e.ensure_commit_room(2 + children))?;
-        let (rec, reparented) = e
+        let root = e
+            .branches
+            .get(&id)
+            .ok_or_else(|| PoolError::BranchNotFound(name.into()))?
+            .root;
+        // Before the record goes: a drop that fails changed nothing (drops.rs).
+        e.journaled(|e| e.drop_tree(root))?;
+        let (_, reparented) = e
             .branches
             .remove(id)
             .ok_or_else(|| PoolError::BranchNotFound(name.into()))?;
-        e.drop_tree(rec.root)?;
         e.dirty_branches.remove(&id);
         e.dirty_branches.extend(reparented);
         e.deleted_branches.insert(id);
