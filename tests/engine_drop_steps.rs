@@ -6,70 +6,21 @@
 //! the drops first. The freeing thread's pause hook holds it before a chosen
 //! step while the test acts on the pool.
 
-use std::sync::mpsc::{self, Receiver, Sender};
+#[path = "support/stepping.rs"]
+mod stepping;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cowfs::fs::{Owner, ROOT_INO};
-use cowfs::pool::{BranchId, FsckOptions, Pool, PoolOptions};
+use cowfs::fs::ROOT_INO;
+use cowfs::pool::{BranchId, FsckOptions, Pool};
 use cowfs::store::device::MemDevice;
+use stepping::{branch_at_quota, clean, file, fill, hold_steps, opts, settle};
 
 const GIB: u64 = 1 << 30;
 /// Long enough for the freeing thread to reach its pause unless something
 /// holds the pool lock throughout.
 const WAIT: Duration = Duration::from_secs(60);
-
-fn opts(capacity: u64) -> PoolOptions {
-    PoolOptions {
-        capacity_bytes: Some(capacity),
-        root_uid: 0,
-        root_gid: 0,
-        ..Default::default()
-    }
-}
-
-fn file(p: &Pool, b: BranchId, name: &[u8]) -> u64 {
-    p.mknod(
-        b,
-        ROOT_INO,
-        name,
-        libc::S_IFREG | 0o644,
-        0,
-        Owner::default(),
-    )
-    .expect("mknod")
-    .ino
-}
-
-/// fsck finds nothing wrong and no leaked block.
-fn clean(p: &Pool) {
-    let r = p.fsck(&FsckOptions::default()).expect("fsck");
-    assert!(r.is_clean(), "fsck:\n{r}");
-    assert_eq!(r.leaked_blocks, 0);
-}
-
-/// Commits until the blocks freed before are out of quarantine.
-fn settle(p: &Pool) {
-    for _ in 0..3 {
-        p.commit().expect("commit");
-    }
-}
-
-/// Holds the freeing thread before its steps numbered `from` (1: the first)
-/// and on: each time it tells `reached` and waits for a word on `go` (or for
-/// the test to drop its sender, after which it holds nothing).
-fn hold_steps(p: &Pool, from: usize) -> (Receiver<usize>, Sender<()>) {
-    let (reached_tx, reached) = mpsc::channel();
-    let (go, go_rx) = mpsc::channel::<()>();
-    let mut step = 0;
-    p.set_free_pause(Some(Box::new(move || {
-        step += 1;
-        if step >= from && reached_tx.send(step).is_ok() {
-            let _ = go_rx.recv();
-        }
-    })));
-    (reached, go)
-}
 
 /// A branch `name` taken from `main` holding `size` bytes of fallocated
 /// extents of its own, committed.
@@ -287,15 +238,7 @@ fn delete_then_write_on_a_full_pool() {
     let rest = file(&p, m, b"rest");
     let new = file(&p, m, b"new");
     big_branch(&p, "big", 4 * GIB);
-    let mut at = 0;
-    let mut len = 64 << 20;
-    while len >= 4096 {
-        match p.fallocate(m, rest, at, len, false) {
-            Ok(()) => at += len,
-            Err(e) if e.errno() == libc::ENOSPC => len /= 2,
-            Err(e) => panic!("fallocate: {e}"),
-        }
-    }
+    fill(&p, m, rest);
     let err = p.write_file(m, new, 0, &[5u8; 1 << 20]).unwrap_err();
     assert_eq!(err.errno(), libc::ENOSPC, "the pool is full: {err}");
     let (_reached, _go) = hold_steps(&p, 1);
@@ -304,6 +247,44 @@ fn delete_then_write_on_a_full_pool() {
         .expect("3 GiB after a branch delete on a full pool");
     assert_eq!(p.getattr(m, new).unwrap().size, 3 * GIB);
     assert_eq!(p.pending_frees(), 0, "the fallocate finished the drop");
+    clean(&p);
+}
+
+/// A branch at its quota while another branch's deleted tree waits to be
+/// dropped (the freeing thread held before its first step) and a big file of
+/// its own, just removed, waits to be freed as an orphan: a write that meets
+/// the quota frees the orphan, whose blocks count to the quota, and leaves the
+/// drop alone: a deleted branch's blocks count to no branch, so freeing them
+/// would give nothing back and hold the pool lock for the whole drop. A write
+/// that does not fit even then fails with EDQUOT, the drop still queued.
+#[test]
+fn a_write_at_a_quota_leaves_dropped_trees_to_the_thread() {
+    let p = Pool::create_on(Arc::new(MemDevice::new()), &opts(16 * GIB)).unwrap();
+    let (agent, new) = branch_at_quota(&p, "agent", 3 * GIB, 2 * GIB);
+    let chunk = vec![5u8; 1 << 20];
+    big_branch(&p, "gone", 4 * GIB);
+    let (reached, go) = hold_steps(&p, 1);
+    p.branch_delete("gone").unwrap();
+    reached
+        .recv_timeout(WAIT)
+        .expect("the freeing thread reached its first step");
+    assert_eq!(p.pending_frees(), 1, "the deleted tree is being dropped");
+    p.unlink(agent, ROOT_INO, b"big").unwrap();
+    p.write_file(agent, new, 0, &chunk)
+        .expect("a write after rm at the quota");
+    assert_eq!(p.read_file(agent, new, 0, chunk.len()).unwrap(), chunk);
+    assert_eq!(
+        p.pending_frees(),
+        1,
+        "the orphan is freed, the dropped tree left to the freeing thread"
+    );
+    let err = p.fallocate(agent, new, 0, 3 * GIB, false).unwrap_err();
+    assert_eq!(err.errno(), libc::EDQUOT, "past the quota: {err}");
+    assert_eq!(p.pending_frees(), 1, "still left to the freeing thread");
+    clean(&p);
+    drop(go);
+    p.finish_frees();
+    assert_eq!(p.pending_frees(), 0);
     clean(&p);
 }
 

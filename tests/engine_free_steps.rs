@@ -6,69 +6,21 @@
 //! The freeing thread's pause hook holds it before a chosen step,
 //! deterministically, while the test acts on the pool.
 
-use std::sync::mpsc::{self, Receiver, Sender};
+#[path = "support/stepping.rs"]
+mod stepping;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use cowfs::fs::{Owner, ROOT_INO};
-use cowfs::pool::quota::QuotaLimits;
-use cowfs::pool::{BranchId, FsckOptions, Pool, PoolOptions};
+use cowfs::fs::ROOT_INO;
+use cowfs::pool::Pool;
 use cowfs::store::device::MemDevice;
+use stepping::{branch_at_quota, clean, file, fill, hold_steps, opts, settle};
 
 const GIB: u64 = 1 << 30;
 /// Long enough for the freeing thread to reach its pause unless something
 /// holds the pool lock throughout.
 const WAIT: Duration = Duration::from_secs(30);
-
-fn opts(capacity: u64) -> PoolOptions {
-    PoolOptions {
-        capacity_bytes: Some(capacity),
-        root_uid: 0,
-        root_gid: 0,
-        ..Default::default()
-    }
-}
-
-fn file(p: &Pool, b: BranchId, name: &[u8]) -> u64 {
-    p.mknod(
-        b,
-        ROOT_INO,
-        name,
-        libc::S_IFREG | 0o644,
-        0,
-        Owner::default(),
-    )
-    .expect("mknod")
-    .ino
-}
-
-fn clean(p: &Pool) {
-    let r = p.fsck(&FsckOptions::default()).expect("fsck");
-    assert!(r.is_clean(), "fsck:\n{r}");
-}
-
-/// Commits until the blocks freed before are out of quarantine.
-fn settle(p: &Pool) {
-    for _ in 0..3 {
-        p.commit().expect("commit");
-    }
-}
-
-/// Holds the freeing thread before its steps numbered `from` (1: the first)
-/// and on: each time it tells `reached` and waits for a word on `go` (or
-/// for the test to drop its sender, after which it holds nothing).
-fn hold_steps(p: &Pool, from: usize) -> (Receiver<usize>, Sender<()>) {
-    let (reached_tx, reached) = mpsc::channel();
-    let (go, go_rx) = mpsc::channel::<()>();
-    let mut step = 0;
-    p.set_free_pause(Some(Box::new(move || {
-        step += 1;
-        if step >= from && reached_tx.send(step).is_ok() {
-            let _ = go_rx.recv();
-        }
-    })));
-    (reached, go)
-}
 
 /// While a 3.5 GiB file is freed, a getattr and a write on another branch run
 /// between two of its steps: held before its second step, the freeing thread
@@ -184,38 +136,13 @@ fn rm_then_write_on_a_full_pool() {
     clean(&p);
 }
 
-/// Fallocate file `ino` until not even a block fits.
-fn fill(p: &Pool, b: BranchId, ino: u64) {
-    let mut at = 0;
-    let mut len = 64 << 20;
-    while len >= 4096 {
-        match p.fallocate(b, ino, at, len, false) {
-            Ok(()) => at += len,
-            Err(e) if matches!(e.errno(), libc::ENOSPC | libc::EDQUOT) => len /= 2,
-            Err(e) => panic!("fallocate: {e}"),
-        }
-    }
-}
-
 /// The same at a branch's quota: the orphan's blocks count to the quota until
 /// freed, so the write (EDQUOT otherwise) frees it first.
 #[test]
 fn rm_then_write_at_a_quota() {
     let p = Pool::create_on(Arc::new(MemDevice::new()), &opts(8 * GIB)).unwrap();
-    let agent = p.branch_create("agent", "main").unwrap();
-    let big = file(&p, agent, b"big");
-    let rest = file(&p, agent, b"rest");
-    let new = file(&p, agent, b"new");
-    let limits = QuotaLimits {
-        max_bytes: Some(3 * GIB),
-        reserve_bytes: 0,
-    };
-    p.quota_set("agent", limits).expect("quota");
-    p.fallocate(agent, big, 0, 2 * GIB, false).unwrap();
-    fill(&p, agent, rest);
+    let (agent, new) = branch_at_quota(&p, "agent", 3 * GIB, 2 * GIB);
     let chunk = vec![5u8; 1 << 20];
-    let err = p.write_file(agent, new, 0, &chunk).unwrap_err();
-    assert_eq!(err.errno(), libc::EDQUOT, "at the quota: {err}");
     let (_reached, _go) = hold_steps(&p, 1);
     p.unlink(agent, ROOT_INO, b"big").unwrap();
     p.write_file(agent, new, 0, &chunk)

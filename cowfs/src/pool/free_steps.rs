@@ -10,8 +10,9 @@
 //! ordinary orphan, and one left by a crash or by closing the pool mid-way is
 //! freed by the next mount's cleanup (`Pool::cleanup_orphans`), in steps again.
 //! An operation that finds no room (ENOSPC, EDQUOT) while frees are queued first
-//! drives them to the end on its own thread (`Engine::finish_stepped_frees`) and
-//! tries once more, so `rm big; write` works on a full pool.
+//! drives them to the end on its own thread (`Engine::finish_stepped_frees`; for
+//! EDQUOT the orphans only, `Engine::finish_stepped_orphans`) and tries once
+//! more, so `rm big; write` works on a full pool and at a quota.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -181,6 +182,18 @@ impl Engine {
     pub(super) fn finish_stepped_frees(&mut self) -> bool {
         let any = !self.stepping.is_empty() || !self.dropping.is_empty();
         while self.free_step() {}
+        any
+    }
+
+    /// Free every queued orphan now, in steps, holding the lock, and leave the
+    /// dropped trees to the freeing thread (an operation that met its branch's
+    /// quota waits for the orphans, whose blocks count to it). Whether any was
+    /// queued.
+    pub(super) fn finish_stepped_orphans(&mut self) -> bool {
+        let any = !self.stepping.is_empty();
+        while !self.stepping.is_empty() {
+            self.orphan_step();
+        }
         any
     }
 

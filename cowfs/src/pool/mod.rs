@@ -1671,6 +1671,7 @@ impl Engine {
     /// forces a journal commit, commit rather than report ENOSPC.
     /// Orphans being freed in steps (free_steps.rs) are freed to the end first,
     /// also for EDQUOT: their blocks still count to their branch's quota.
+    /// Dropped trees (drops.rs) too, for ENOSPC only.
     fn retry_after_commit<T>(
         &mut self,
         mut op: impl FnMut(&mut Engine) -> FsResult<T>,
@@ -1681,17 +1682,20 @@ impl Engine {
         }
     }
 
-    /// After an operation failed with `errno`: if that is ENOSPC or EDQUOT, free
-    /// the orphans queued to be freed in steps, and for ENOSPC commit so that
-    /// blocks freed since the last commit are allocatable. Whether the operation
-    /// may find room now.
+    /// After an operation failed with `errno`: for ENOSPC, free the orphans and
+    /// dropped trees queued to be freed in steps and commit, so that blocks freed
+    /// since the last commit are allocatable; for EDQUOT, free the queued
+    /// orphans only: a dropped tree belongs to no branch any more (deleted, or
+    /// the old tree of a reset), so freeing it gives no quota back and would
+    /// only hold the lock for the whole drop. Whether the operation may find
+    /// room now.
     fn make_room(&mut self, errno: i32) -> bool {
         match errno {
             libc::ENOSPC => {
                 let stepped = self.finish_stepped_frees();
                 self.release_frees() || stepped
             }
-            libc::EDQUOT => self.finish_stepped_frees(),
+            libc::EDQUOT => self.finish_stepped_orphans(),
             _ => false,
         }
     }
