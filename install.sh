@@ -89,8 +89,9 @@ main_mounted || { echo "mount failed; see $DATA/cowfs.log" >&2; exit 1; }
 echo "branch main of $DATA/pool is mounted on $DATA/main"
 echo "control: export COWFS_SOCKET=$DATA/pool.sock COWFS_TOKEN=\$(cat $DATA/pool.token)"
 # --stop finds the daemon through DATA: a DATA other than the default must be given again.
+me=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 if [ "$DATA" = "$PWD/data" ]; then
-  echo "stop:    ./install.sh --stop"
+  echo "stop:    $me --stop   (from $PWD)"
 else
-  echo "stop:    DATA=$DATA ./install.sh --stop"
+  echo "stop:    DATA=$DATA $me --stop"
 fi

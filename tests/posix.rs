@@ -108,6 +108,34 @@ fn permissions_and_ownership() {
     fx.assert_fsck_clean();
 }
 
+/// poll(2) finds a file ready to read and to write at once, as on a disk file
+/// system, and the daemon answers the kernel's POLL without logging a fault.
+#[test]
+fn poll_finds_files_ready() {
+    let fx = Fixture::new();
+    let m = fx.mount();
+    let path = m.mnt.join("polled");
+    write_file(&path, b"data");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    for _ in 0..2 {
+        let mut fds = [libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLOUT,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd, a timeout of 0 (no wait).
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
+        assert_eq!(n, 1, "poll: {}", std::io::Error::last_os_error());
+        assert_eq!(fds[0].revents, libc::POLLIN | libc::POLLOUT);
+    }
+    let log = m.log_text();
+    assert!(!log.contains("Not Implemented"), "daemon log:\n{log}");
+}
+
 #[test]
 fn times() {
     let fx = Fixture::new();

@@ -15,9 +15,10 @@ use std::time::SystemTime;
 
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation,
-    INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags, PollEvents, PollFlags, PollNotifier,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 
 use super::acl;
@@ -477,6 +478,24 @@ impl Filesystem for CowFs {
         // pages back before it would send FLUSH, and reports their errors to close
         // itself); durability is fsync's job. ENOSYS tells the kernel never to send
         // FLUSH again, which saves a round trip on every close(2).
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: PollNotifier,
+        _events: PollEvents,
+        _flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        // A file here is always ready, as on a disk file system. ENOSYS tells the
+        // kernel never to send POLL again and to answer every poll(2) with the
+        // default mask (readable and writable) itself. fuser's default does the
+        // same but logs a warning per mount, which reads like a fault (MariaDB
+        // polls its files).
         reply.error(Errno::ENOSYS);
     }
 
