@@ -6,13 +6,16 @@
 //! the drops first. The freeing thread's pause hook holds it before a chosen
 //! step while the test acts on the pool.
 
-use std::sync::mpsc::{self, Receiver, Sender};
+#[path = "support/free_pause.rs"]
+mod free_pause;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cowfs::fs::{Owner, ROOT_INO};
 use cowfs::pool::{BranchId, FsckOptions, Pool, PoolOptions};
 use cowfs::store::device::MemDevice;
+use free_pause::hold_steps;
 
 const GIB: u64 = 1 << 30;
 /// Long enough for the freeing thread to reach its pause unless something
@@ -53,22 +56,6 @@ fn settle(p: &Pool) {
     for _ in 0..3 {
         p.commit().expect("commit");
     }
-}
-
-/// Holds the freeing thread before its steps numbered `from` (1: the first)
-/// and on: each time it tells `reached` and waits for a word on `go` (or for
-/// the test to drop its sender, after which it holds nothing).
-fn hold_steps(p: &Pool, from: usize) -> (Receiver<usize>, Sender<()>) {
-    let (reached_tx, reached) = mpsc::channel();
-    let (go, go_rx) = mpsc::channel::<()>();
-    let mut step = 0;
-    p.set_free_pause(Some(Box::new(move || {
-        step += 1;
-        if step >= from && reached_tx.send(step).is_ok() {
-            let _ = go_rx.recv();
-        }
-    })));
-    (reached, go)
 }
 
 /// A branch `name` taken from `main` holding `size` bytes of fallocated
