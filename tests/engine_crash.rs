@@ -10,6 +10,8 @@
 //! completed before the cut (and no newer than a superblock that reached the image),
 //! and every branch must equal the state recorded for that generation.
 
+#[path = "support/crash_cuts.rs"]
+mod crash_cuts;
 #[path = "support/dump.rs"]
 mod dump;
 
@@ -19,10 +21,9 @@ use std::sync::Arc;
 use cowfs::fs::{Owner, SetAttr, ROOT_INO};
 use cowfs::pool::{FsckOptions, Pool, PoolOptions};
 use cowfs::store::device::{DeviceEvent, MemDevice};
-use cowfs::store::superblock::Superblock;
+use crash_cuts::{for_each_cut, Cut};
 use dump::{dump_branch, first_difference, Tree};
 use rand::rngs::SmallRng;
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 type PoolState = BTreeMap<String, (bool, Tree)>;
@@ -213,12 +214,6 @@ fn run_workload(seed: u64, steps: usize) -> Recording {
     }
 }
 
-fn sb_generation(addr: u64, data: &[u8]) -> Option<u64> {
-    (addr < 2)
-        .then(|| Superblock::decode(&data[..4096]).ok().map(|s| s.generation))
-        .flatten()
-}
-
 struct CutStats {
     boundaries: usize,
     between: usize,
@@ -228,79 +223,34 @@ struct CutStats {
 /// Check every flush boundary and `per_gap` random points inside each run of
 /// unflushed writes.
 fn check_cuts(rec: &Recording, seed: u64, per_gap: usize) -> CutStats {
-    let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed);
-    let ev = &rec.events;
-    // Cut points: (events kept before the cut, whether to apply a random subset).
-    let mut cuts: Vec<(usize, bool)> = Vec::new();
-    let mut gap_start = 0;
-    for (i, e) in ev.iter().enumerate() {
-        if matches!(e, DeviceEvent::Flush) {
-            if i > gap_start {
-                for _ in 0..per_gap {
-                    cuts.push((rng.gen_range(gap_start + 1..=i), true));
-                }
-            }
-            cuts.push((i + 1, false));
-            gap_start = i + 1;
-        }
-    }
-    cuts.sort();
-    let durable = rec.base.snapshot();
-    let mut durable_upto = 0;
-    let mut durable_gen = *rec.states.keys().next().expect("a state");
     let mut stats = CutStats {
         boundaries: 0,
         between: 0,
         newer_than_flushed: 0,
     };
-    for (n, (cut, random)) in cuts.into_iter().enumerate() {
-        // Everything before the last flush inside the cut is on the medium.
-        let last_flush = ev[..cut]
-            .iter()
-            .rposition(|e| matches!(e, DeviceEvent::Flush))
-            .map(|p| p + 1)
-            .unwrap_or(0);
-        for e in &ev[durable_upto..last_flush] {
-            if let DeviceEvent::Write { addr, data } = e {
-                durable.apply(*addr, data);
-                if let Some(g) = sb_generation(*addr, data) {
-                    durable_gen = durable_gen.max(g);
-                }
-            }
-        }
-        durable_upto = durable_upto.max(last_flush);
-        let img = durable.snapshot();
-        let mut newest_sb = durable_gen;
-        let mut pending: Vec<(u64, &Vec<u8>)> = ev[last_flush..cut]
-            .iter()
-            .filter_map(|e| match e {
-                DeviceEvent::Write { addr, data } => Some((*addr, data)),
-                DeviceEvent::Flush => None,
-            })
-            .collect();
-        if random {
-            pending.shuffle(&mut rng);
-            let keep = rng.gen_range(0..=pending.len());
-            for (addr, data) in &pending[..keep] {
-                img.apply(*addr, data);
-                if let Some(g) = sb_generation(*addr, data) {
-                    newest_sb = newest_sb.max(g);
-                }
-            }
+    let base_gen = *rec.states.keys().next().expect("a state");
+    let check = |img: MemDevice, cut: &Cut| {
+        if cut.random {
             stats.between += 1;
         } else {
-            assert!(pending.is_empty());
             stats.boundaries += 1;
         }
-        let ctx = format!("seed {seed} cut {n} (after event {cut} of {})", ev.len());
+        let ctx = format!(
+            "seed {seed} cut {} (after event {} of {})",
+            cut.n,
+            cut.at,
+            rec.events.len()
+        );
         let pool = Pool::open_on(Arc::new(img), &opts())
             .unwrap_or_else(|e| panic!("{ctx}: open failed: {e}"));
         let gen = pool.generation();
         assert!(
-            gen >= durable_gen && gen <= newest_sb,
-            "{ctx}: opened generation {gen}, flushed {durable_gen}, newest superblock {newest_sb}"
+            gen >= cut.durable_gen && gen <= cut.newest_sb,
+            "{ctx}: opened generation {gen}, flushed {}, newest superblock {}",
+            cut.durable_gen,
+            cut.newest_sb
         );
-        if gen > durable_gen {
+        if gen > cut.durable_gen {
             stats.newer_than_flushed += 1;
         }
         let report = pool
@@ -323,7 +273,8 @@ fn check_cuts(rec: &Recording, seed: u64, per_gap: usize) -> CutStats {
                 first_difference(tree, gtree)
             );
         }
-    }
+    };
+    for_each_cut(&rec.base, &rec.events, base_gen, seed, per_gap, check);
     stats
 }
 

@@ -6,6 +6,8 @@
 //! the drops first. The freeing thread's pause hook holds it before a chosen
 //! step while the test acts on the pool.
 
+#[path = "support/free_pause.rs"]
+mod free_pause;
 #[path = "support/stepping.rs"]
 mod stepping;
 
@@ -15,7 +17,8 @@ use std::time::{Duration, Instant};
 use cowfs::fs::ROOT_INO;
 use cowfs::pool::{BranchId, FsckOptions, Pool};
 use cowfs::store::device::MemDevice;
-use stepping::{branch_at_quota, clean, file, fill, hold_steps, opts, settle};
+use free_pause::hold_steps;
+use stepping::{branch_at_quota, clean, file, fill, opts, settle};
 
 const GIB: u64 = 1 << 30;
 /// Long enough for the freeing thread to reach its pause unless something

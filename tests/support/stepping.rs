@@ -1,8 +1,7 @@
 //! Fixtures of the tests of freeing in steps (engine_free_steps.rs: big
 //! orphans; engine_drop_steps.rs: dropped trees): a pool's options, a file,
-//! fsck, settling commits, holding the freeing thread, filling a branch.
-
-use std::sync::mpsc::{self, Receiver, Sender};
+//! fsck, settling commits, filling a branch (holding the freeing thread:
+//! free_pause.rs).
 
 use cowfs::fs::{Owner, ROOT_INO};
 use cowfs::pool::quota::QuotaLimits;
@@ -43,22 +42,6 @@ pub fn settle(p: &Pool) {
     for _ in 0..3 {
         p.commit().expect("commit");
     }
-}
-
-/// Holds the freeing thread before its steps numbered `from` (1: the first)
-/// and on: each time it tells `reached` and waits for a word on `go` (or for
-/// the test to drop its sender, after which it holds nothing).
-pub fn hold_steps(p: &Pool, from: usize) -> (Receiver<usize>, Sender<()>) {
-    let (reached_tx, reached) = mpsc::channel();
-    let (go, go_rx) = mpsc::channel::<()>();
-    let mut step = 0;
-    p.set_free_pause(Some(Box::new(move || {
-        step += 1;
-        if step >= from && reached_tx.send(step).is_ok() {
-            let _ = go_rx.recv();
-        }
-    })));
-    (reached, go)
 }
 
 /// Fallocate file `ino` until not even a block fits (the pool or the
