@@ -21,11 +21,14 @@ mod dump;
 #[path = "support/free_pause.rs"]
 mod free_pause;
 
+#[path = "support/root_file.rs"]
+mod root_file;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cowfs::fs::{Owner, ROOT_INO};
+use cowfs::fs::ROOT_INO;
 use cowfs::pool::{BranchId, FsckOptions, Pool, PoolOptions};
 use cowfs::store::device::{DeviceEvent, MemDevice};
 use crash_cuts::{for_each_cut, Cut};
@@ -33,6 +36,7 @@ use dump::{dump_branch, first_difference, Tree};
 use free_pause::hold_steps;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use root_file::file;
 
 const GIB: u64 = 1 << 30;
 const BS: u64 = 4096;
@@ -65,19 +69,6 @@ fn opts() -> PoolOptions {
         // one the image opened at.
         ..Default::default()
     }
-}
-
-fn file(p: &Pool, b: BranchId, name: &[u8]) -> u64 {
-    p.mknod(
-        b,
-        ROOT_INO,
-        name,
-        libc::S_IFREG | 0o644,
-        0,
-        Owner::default(),
-    )
-    .expect("mknod")
-    .ino
 }
 
 /// Allocate `n` one-block extents in file `ino` from byte `from` on, a hole
@@ -315,15 +306,8 @@ fn check(rec: &Recording, img: MemDevice, cut: &Cut, seen: &mut Seen) {
     } else {
         seen.boundaries += 1;
     }
-    let p =
-        Pool::open_on(Arc::new(img), &opts()).unwrap_or_else(|e| panic!("{ctx}: open failed: {e}"));
+    let p = cut.open(img, &opts(), &ctx);
     let gen = p.generation();
-    assert!(
-        gen >= cut.durable_gen && gen <= cut.newest_sb,
-        "{ctx}: opened generation {gen}, flushed {}, newest superblock {}",
-        cut.durable_gen,
-        cut.newest_sb
-    );
     if gen > cut.durable_gen {
         seen.newer_than_flushed += 1;
     }

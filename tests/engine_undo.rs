@@ -2,6 +2,9 @@
 //! an operation frees and would reuse before it ends, and operations that fail on
 //! the device rather than for lack of room.
 
+#[path = "support/root_file.rs"]
+mod root_file;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -9,6 +12,7 @@ use std::sync::Arc;
 use cowfs::fs::{Owner, ROOT_INO};
 use cowfs::pool::{FsckOptions, Pool, PoolOptions};
 use cowfs::store::device::{BlockDevice, MemDevice};
+use root_file::file;
 
 const BS: u64 = 4096;
 
@@ -16,19 +20,6 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| ((i as u64).wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(0x9e37)) as u8)
         .collect()
-}
-
-fn file(p: &Pool, b: u64, name: &[u8]) -> u64 {
-    p.mknod(
-        b,
-        ROOT_INO,
-        name,
-        libc::S_IFREG | 0o644,
-        0,
-        Owner::default(),
-    )
-    .expect("mknod")
-    .ino
 }
 
 /// A clone_range by bytes (unaligned) into a file with uncommitted data, on a nearly

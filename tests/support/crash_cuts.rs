@@ -4,6 +4,9 @@
 //! random subset of the writes after it, applied in random order (the device may
 //! reorder and drop anything not yet flushed).
 
+use std::sync::Arc;
+
+use cowfs::pool::{Pool, PoolOptions};
 use cowfs::store::device::{DeviceEvent, MemDevice};
 use cowfs::store::superblock::Superblock;
 use rand::rngs::SmallRng;
@@ -23,6 +26,24 @@ pub struct Cut {
     pub durable_gen: u64,
     /// The newest superblock that reached the image: it opens no newer.
     pub newest_sb: u64,
+}
+
+impl Cut {
+    /// Open the image of this cut with `opts`: it must open, at a generation
+    /// between the last flushed commit and the newest superblock that reached
+    /// it (newer than the flushed one: a commit whose flush had not finished).
+    pub fn open(&self, img: MemDevice, opts: &PoolOptions, ctx: &str) -> Pool {
+        let pool = Pool::open_on(Arc::new(img), opts)
+            .unwrap_or_else(|e| panic!("{ctx}: open failed: {e}"));
+        let gen = pool.generation();
+        assert!(
+            gen >= self.durable_gen && gen <= self.newest_sb,
+            "{ctx}: opened generation {gen}, flushed {}, newest superblock {}",
+            self.durable_gen,
+            self.newest_sb
+        );
+        pool
+    }
 }
 
 /// The generation of a superblock write (slots 0 and 1), None for other blocks.

@@ -1,11 +1,11 @@
 //! Fixtures of the tests of freeing in steps (engine_free_steps.rs: big
-//! orphans; engine_drop_steps.rs: dropped trees): a pool's options, a file,
-//! fsck, settling commits, filling a branch (holding the freeing thread:
+//! orphans; engine_drop_steps.rs: dropped trees): a pool's options, fsck, settling commits, filling a branch (holding the freeing thread:
 //! free_pause.rs).
 
-use cowfs::fs::{Owner, ROOT_INO};
 use cowfs::pool::quota::QuotaLimits;
 use cowfs::pool::{BranchId, FsckOptions, Pool, PoolOptions};
+
+use super::root_file::file;
 
 pub fn opts(capacity: u64) -> PoolOptions {
     PoolOptions {
@@ -14,20 +14,6 @@ pub fn opts(capacity: u64) -> PoolOptions {
         root_gid: 0,
         ..Default::default()
     }
-}
-
-/// A new empty regular file `name` in the root of branch `b`.
-pub fn file(p: &Pool, b: BranchId, name: &[u8]) -> u64 {
-    p.mknod(
-        b,
-        ROOT_INO,
-        name,
-        libc::S_IFREG | 0o644,
-        0,
-        Owner::default(),
-    )
-    .expect("mknod")
-    .ino
 }
 
 /// fsck finds nothing wrong and no leaked block.
