@@ -91,7 +91,7 @@ impl Engine {
             self.dropping.pop_front();
             return;
         };
-        if self.poisoned {
+        if self.refuse_changes().is_err() {
             self.dropping.clear();
             return;
         }

@@ -41,6 +41,9 @@ pub(crate) struct IntentLog {
     /// Records written so far, and how many of them a completed flush covers.
     written: u64,
     flushed: u64,
+    /// Records for the last commit that a read-only open found and left for the
+    /// next read-write open to apply (`Engine::scan_log`).
+    pub(crate) unreplayed: usize,
 }
 
 /// A file's written block ranges since its last record (merged at record time),
@@ -143,9 +146,7 @@ impl Engine {
     /// The first step of `fsync` of file `ino`: write its record if one can say
     /// what changed. The caller flushes outside the lock (`log_flushed`) or commits.
     pub(crate) fn log_fsync(&mut self, b: BranchId, ino: u64) -> Result<LogStep, StoreError> {
-        self.writable().map_err(|_| StoreError::Poisoned {
-            pool: self.st.dev.name(),
-        })?;
+        self.refuse_changes()?;
         let Some((start, blocks)) = self.log.region else {
             return Ok(LogStep::Commit);
         };
@@ -245,12 +246,30 @@ impl Engine {
     }
 
     /// Apply the records written against durable commit `base` (see the module
-    /// comment); how many. Reading stops at the first block that is not such a
-    /// record, or whose data blocks did not all land (a torn tail: its fsync never
-    /// returned, nor did any after it).
+    /// comment, and `scan_log`); how many.
     pub(crate) fn replay_log(&mut self, base: u64) -> PoolResult<usize> {
+        let records = self.scan_log(base)?;
+        let dev = self.st.dev.clone();
+        // Claim every logged block before any change allocates: the tree's copies
+        // must not land on a block a later record maps.
+        for r in &records {
+            for e in &r.extents {
+                self.st.space.claim(&*dev, e.phys, e.crcs.len() as u64)?;
+            }
+        }
+        for r in &records {
+            self.with_fs(r.branch, true, |fs| fs.replay(r))?;
+        }
+        Ok(records.len())
+    }
+
+    /// The records written against durable commit `base` that replay would
+    /// apply, found by reading only. Reading stops at the first block that is
+    /// not such a record, or whose data blocks did not all land (a torn tail:
+    /// its fsync never returned, nor did any after it).
+    pub(crate) fn scan_log(&mut self, base: u64) -> PoolResult<Vec<LogRecord>> {
         let Some((start, blocks)) = self.log.region else {
-            return Ok(0);
+            return Ok(Vec::new());
         };
         let dev = self.st.dev.clone();
         let capacity = self.st.space.capacity();
@@ -308,17 +327,7 @@ impl Engine {
             }
             records.push(r);
         }
-        // Claim every logged block before any change allocates: the tree's copies
-        // must not land on a block a later record maps.
-        for r in &records {
-            for e in &r.extents {
-                self.st.space.claim(&*dev, e.phys, e.crcs.len() as u64)?;
-            }
-        }
-        for r in &records {
-            self.with_fs(r.branch, true, |fs| fs.replay(r))?;
-        }
-        Ok(records.len())
+        Ok(records)
     }
 }
 

@@ -208,6 +208,10 @@ pub(crate) struct Engine {
     created_unix: u64,
     open: HashMap<(BranchId, u64), u32>,
     poisoned: bool,
+    /// Opened by `Pool::open_read_only`: every change is refused before it
+    /// touches anything (`refuse_changes`), nothing is freed in steps, nothing
+    /// is committed, the intent log is not replayed.
+    read_only: bool,
     dirty_limit_nodes: usize,
     /// Generation of the running transaction, readable without the pool lock.
     running_gen: Arc<AtomicU64>,
@@ -379,6 +383,16 @@ impl Pool {
         Pool::open_on(Arc::new(dev), opts)
     }
 
+    /// Open an existing pool file or block device read-only (O_RDONLY), as it is
+    /// on disk, for fsck and scrub: see `open_on_read_only`.
+    pub fn open_read_only(path: &Path, opts: &PoolOptions) -> PoolResult<Pool> {
+        let dev = FileDevice::open_read_only(path).map_err(|e| PoolError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        Pool::open_on_read_only(Arc::new(dev), opts)
+    }
+
     /// Create a pool on any block device (tests use in-memory devices).
     pub fn create_on(dev: Arc<dyn BlockDevice>, opts: &PoolOptions) -> PoolResult<Pool> {
         let capacity = match (opts.capacity_bytes, dev.fixed_capacity()) {
@@ -431,6 +445,28 @@ impl Pool {
     /// Open a pool on any block device: the valid superblock slot with the highest
     /// generation wins; if its catalog cannot be read, the other slot is tried.
     pub fn open_on(dev: Arc<dyn BlockDevice>, opts: &PoolOptions) -> PoolResult<Pool> {
+        Pool::open_dev(dev, opts, false)
+    }
+
+    /// Open a pool on any block device to look at it, writing nothing, ever: the
+    /// last complete commit as `open_on` picks it, without the intent log records
+    /// written after it (they are counted, `FsckReport::log_records`, and left for
+    /// the next read-write open), without the freeing thread (pending drops and
+    /// orphans stay as they are), and without a commit at close. Every change
+    /// fails with `StoreError::ReadOnly` (EROFS) before it touches anything.
+    ///
+    /// A constructor of its own rather than a `PoolOptions` field: `create` could
+    /// not honour the field, and a read-only pool file must also be opened
+    /// O_RDONLY (`open_read_only`), before any option is read.
+    pub fn open_on_read_only(dev: Arc<dyn BlockDevice>, opts: &PoolOptions) -> PoolResult<Pool> {
+        Pool::open_dev(dev, opts, true)
+    }
+
+    fn open_dev(
+        dev: Arc<dyn BlockDevice>,
+        opts: &PoolOptions,
+        read_only: bool,
+    ) -> PoolResult<Pool> {
         let name = dev.name();
         if dev.len_blocks() < SLOT_COUNT {
             return Err(StoreError::Foreign {
@@ -488,7 +524,7 @@ impl Pool {
             // A complete commit: any error from here on is reported, never answered
             // with the older slot. The next commit would reuse this one's generation
             // and overwrite its slot, losing it (and its logged fsyncs) for good.
-            return match Engine::load(dev.clone(), &sb, opts, older_slot) {
+            return match Engine::load(dev.clone(), &sb, opts, older_slot, read_only) {
                 Ok(e) => {
                     log::info!(
                         "{}: opened pool at generation {} ({} branches)",
@@ -540,23 +576,30 @@ impl Pool {
         .into())
     }
 
+    /// The pool around `e`, with its freeing thread unless it is read-only
+    /// (nothing to free: every step would change the pool).
     fn wrap(e: Engine, name: PathBuf) -> PoolResult<Pool> {
         let freer = e.freer.clone();
         let running_gen = e.running_gen.clone();
         let reads = e.reads.clone();
+        let read_only = e.read_only;
         let e = Arc::new(EngineLock(std::sync::Mutex::new(e)));
-        let freeing =
-            free_steps::spawn(e.clone(), freer.clone()).map_err(|source| PoolError::Io {
+        let freeing = if read_only {
+            None
+        } else {
+            let spawned = free_steps::spawn(e.clone(), freer.clone());
+            Some(spawned.map_err(|source| PoolError::Io {
                 path: name.clone(),
                 source,
-            })?;
+            })?)
+        };
         Ok(Pool {
             running_gen,
             reads,
             e,
             name,
             freer,
-            freeing: Some(freeing),
+            freeing,
         })
     }
 
@@ -881,7 +924,7 @@ impl Pool {
     /// Check the whole pool (commits first so that what is checked is on disk).
     pub fn fsck(&self, opts: &FsckOptions) -> PoolResult<FsckReport> {
         let mut e = self.e.lock();
-        e.commit()?;
+        e.commit_before_check()?;
         Ok(fsck::run(&mut e, opts))
     }
 
@@ -979,7 +1022,7 @@ impl Pool {
     pub fn is_read_only(&self, b: BranchId) -> FsResult<bool> {
         let e = self.e.lock();
         match e.branches.get(&b) {
-            Some(r) => Ok(r.is_snapshot() || e.poisoned),
+            Some(r) => Ok(r.is_snapshot() || e.poisoned || e.read_only),
             None => Err(FsError::Posix(libc::ESTALE)),
         }
     }
@@ -1391,6 +1434,10 @@ impl Drop for Pool {
     fn drop(&mut self) {
         free_steps::stop(&self.freer, self.freeing.take());
         let mut e = self.e.lock();
+        // Read-only: nothing changed (every change was refused), nothing to seal.
+        if e.read_only {
+            return;
+        }
         if let Err(err) = e.commit().and_then(|_| e.commit()) {
             log::error!("{}: final commit failed: {err}", self.name.display());
         }
@@ -1419,6 +1466,7 @@ impl Engine {
             created_unix,
             open: HashMap::new(),
             poisoned: false,
+            read_only: false,
             dirty_limit_nodes: (opts.dirty_limit_bytes / BLOCK_SIZE).max(16),
             running_gen: Arc::new(AtomicU64::new(st_gen)),
             reads: Arc::default(),
@@ -1480,6 +1528,7 @@ impl Engine {
         sb: &Superblock,
         opts: &PoolOptions,
         older_slot: bool,
+        read_only: bool,
     ) -> PoolResult<Engine> {
         if let Some(fixed) = dev.fixed_capacity() {
             if sb.capacity_blocks > fixed {
@@ -1572,9 +1621,20 @@ impl Engine {
             opts,
         );
         e.drops = drops;
-        e.resume_drops();
         e.sealed = sb.manifest.is_empty();
         e.log.region = sb.log;
+        if read_only {
+            // The pool as its last commit left it: the drops stay where they
+            // are (fsck walks them from their progress), and the log records
+            // are only counted. Applying them in memory would allocate (tree
+            // copies, space-map leaves: a sparse file's new leaf is backed at
+            // once, a write) and fsck would then check a transaction no commit
+            // holds; they are applied, and committed, by the next read-write open.
+            e.read_only = true;
+            e.log.unreplayed = e.scan_log(sb.generation)?.len();
+            return Ok(e);
+        }
+        e.resume_drops();
         // Before the replay's commit: that one may be this build's first.
         e.older_slot = older_slot;
         // Records for this commit that replay did not apply (after a torn one) may
@@ -1611,13 +1671,30 @@ impl Engine {
     }
 
     fn writable(&self) -> PoolResult<()> {
+        Ok(self.refuse_changes()?)
+    }
+
+    /// The one check every path that changes the pool goes through (a tree
+    /// change, a catalog change, a commit, an fsync's log record, a freeing
+    /// step): none may on a poisoned or read-only pool.
+    fn refuse_changes(&self) -> Result<(), StoreError> {
+        let pool = || self.st.dev.name();
         if self.poisoned {
-            return Err(StoreError::Poisoned {
-                pool: self.st.dev.name(),
-            }
-            .into());
+            return Err(StoreError::Poisoned { pool: pool() });
+        }
+        if self.read_only {
+            return Err(StoreError::ReadOnly { pool: pool() });
         }
         Ok(())
+    }
+
+    /// The commit fsck and scrub make first, so that what they check is on
+    /// disk; none on a read-only pool, which holds nothing but what is on disk.
+    fn commit_before_check(&mut self) -> Result<(), StoreError> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.commit()
     }
 
     /// Run `f` as an operation that frees space: it may use the delete slop
@@ -1755,6 +1832,8 @@ impl Engine {
     /// that finds no room stays on the orphan list, whole, and is noted in
     /// `stuck_orphans` to be tried again once room comes back.
     fn free_orphan(&mut self, b: BranchId, ino: u64) -> FsResult<()> {
+        // Before it is queued for the freeing thread: a read-only pool has none.
+        self.refuse_changes()?;
         if self.with_fs(b, false, |fs| fs.frees_in_steps(ino))? {
             self.queue_free(b, ino);
             return Ok(());
@@ -1816,6 +1895,8 @@ impl Engine {
     /// left half applied by a commit that fails (a branch created in memory but
     /// not committed shares blocks born in the running transaction).
     fn ensure_commit_room(&mut self, records: u64) -> PoolResult<()> {
+        // Every catalog change checks this before it changes anything in memory.
+        self.refuse_changes()?;
         self.reserve_catalog(records)?;
         self.st.ensure_node_room(0)?;
         Ok(())
@@ -1914,6 +1995,7 @@ impl Engine {
             return Err(FsError::Posix(libc::EROFS));
         }
         if write {
+            self.refuse_changes()?;
             // Callers whose change a log record describes undo this (logged_change).
             self.log.taint();
             // This change may add the branch's record to the next commit (once
@@ -2080,11 +2162,7 @@ impl Engine {
     /// superblock slot, flush. On an I/O error the pool is poisoned (read-only).
     pub(crate) fn commit(&mut self) -> Result<(), StoreError> {
         self.finish_flush()?;
-        if self.poisoned {
-            return Err(StoreError::Poisoned {
-                pool: self.st.dev.name(),
-            });
-        }
+        self.refuse_changes()?;
         // Nothing new: still seal a one-flush commit (see `sealed`), once.
         if !self.has_changes() && self.sealed {
             return Ok(());
@@ -2096,11 +2174,7 @@ impl Engine {
     /// Write the running transaction as a commit, all but the final flush (see
     /// `flushing`); its generation. On an I/O error the pool is poisoned.
     fn commit_write_checked(&mut self) -> Result<u64, StoreError> {
-        if self.poisoned {
-            return Err(StoreError::Poisoned {
-                pool: self.st.dev.name(),
-            });
-        }
+        self.refuse_changes()?;
         let seal = !self.has_changes();
         let r = self.commit_write(seal);
         if let Err(e) = &r {

@@ -151,6 +151,8 @@ impl Pool {
     pub fn quota_set(&self, name: &str, limits: QuotaLimits) -> PoolResult<QuotaStatus> {
         let mut e = self.e.lock();
         let id = e.id_of(name)?;
+        // Limits only matter to writes, which a read-only pool refuses.
+        e.writable()?;
         if limits.is_none() {
             e.quotas.entries.remove(&id);
             return Ok(QuotaStatus {

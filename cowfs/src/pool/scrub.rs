@@ -33,7 +33,7 @@ impl ScrubReport {
 impl Pool {
     pub fn scrub(&self) -> PoolResult<ScrubReport> {
         let mut e = self.e.lock();
-        e.commit()?;
+        e.commit_before_check()?;
         let mut report = ScrubReport::default();
         let mut verified: HashSet<u64> = HashSet::new();
         let branches: Vec<(String, u64)> = e

@@ -96,22 +96,36 @@ const HOST_FREE_EXACT_BELOW: u64 = 1 << 30;
 
 impl FileDevice {
     pub fn open(path: &Path, create: bool) -> std::io::Result<FileDevice> {
+        FileDevice::open_with(path, create, true)
+    }
+
+    /// Open an existing pool file or device with O_RDONLY (both handles), for a
+    /// check that must not change it: a write through it fails (EBADF) whatever
+    /// the engine does, and it opens a file the caller may only read (mode 0444
+    /// for a user, `chattr +i`, a read-only mount).
+    pub fn open_read_only(path: &Path) -> std::io::Result<FileDevice> {
+        FileDevice::open_with(path, false, false)
+    }
+
+    fn open_with(path: &Path, create: bool, writable: bool) -> std::io::Result<FileDevice> {
         use std::os::unix::fs::OpenOptionsExt;
         // A new pool file is the owner's alone: it holds every branch's data, personal
         // data of production included, whatever the files' own modes say.
         use std::os::unix::fs::FileTypeExt;
         let on_blockdev = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
         let mut open = OpenOptions::new();
-        open.read(true).write(true);
+        open.read(true).write(writable);
         if on_blockdev {
             // O_EXCL claims a block device: the open fails with EBUSY while a
             // filesystem is mounted from it or another process has claimed it, such
             // as a cowfs daemon that opened it under another name (a lock file,
             // named after the path, would not see /dev/disk/by-id/X and /dev/sdb as
             // one pool). The O_DIRECT handle below is opened without: the claim is
-            // per open file, so it would conflict with this one.
+            // per open file, so it would conflict with this one. A read-only open
+            // claims it too: a check of a device a daemon is writing would check
+            // a moving target.
             open.custom_flags(libc::O_EXCL);
-        } else {
+        } else if writable {
             open.create(create).truncate(false).mode(0o600);
         }
         let file = open.open(path).map_err(|e| {
@@ -137,7 +151,7 @@ impl FileDevice {
         let direct = {
             OpenOptions::new()
                 .read(true)
-                .write(true)
+                .write(writable)
                 .custom_flags(libc::O_DIRECT)
                 .open(path)
                 .ok()

@@ -56,6 +56,10 @@ pub enum StoreError {
     Quota { pool: PathBuf },
     #[error("{pool}: pool is read-only after a failed flush; restart the daemon to recover from the last commit")]
     Poisoned { pool: PathBuf },
+    /// Opened read-only (`Pool::open_read_only`, for fsck and scrub): every change
+    /// is refused before it touches anything, so the pool stays as it is on disk.
+    #[error("{pool}: the pool is open read-only (for a check): nothing may change it")]
+    ReadOnly { pool: PathBuf },
 }
 
 impl StoreError {
@@ -64,7 +68,7 @@ impl StoreError {
         match self {
             StoreError::NoSpace { .. } => libc::ENOSPC,
             StoreError::Quota { .. } => libc::EDQUOT,
-            StoreError::Poisoned { .. } => libc::EROFS,
+            StoreError::Poisoned { .. } | StoreError::ReadOnly { .. } => libc::EROFS,
             _ => libc::EIO,
         }
     }

@@ -44,25 +44,65 @@ pub fn lock(pool: &Path) -> Result<PoolLock, LockError> {
         .truncate(false)
         .open(&lock)
         .map_err(io_err)?;
-    // SAFETY: flock on a descriptor we own; no memory is passed.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(io_err(e));
-        }
-        let mut pid = String::new();
-        let holder = match f.read_to_string(&mut pid) {
-            Ok(_) if !pid.trim().is_empty() => format!(" (pid {})", pid.trim()),
-            _ => String::new(),
-        };
-        return Err(LockError::Held {
-            pool: pool.to_path_buf(),
-            lock,
-            holder,
-        });
-    }
+    take(&mut f, libc::LOCK_EX, pool, &lock)?;
     f.set_len(0).map_err(io_err)?;
     f.rewind().map_err(io_err)?;
     writeln!(f, "{}", std::process::id()).map_err(io_err)?;
     Ok(PoolLock { _file: f })
+}
+
+/// The lock for a command that only reads the pool (fsck, scrub): `lock` where
+/// the lock file can be written. Where it cannot (a read-only mount, a
+/// directory the caller may not write), a shared lock on the lock file opened
+/// read-only, which still fails while a daemon holds the pool and keeps one
+/// from starting meanwhile; and none if there is no lock file there: no process
+/// holds a lock file that does not exist (and none can make one on a read-only
+/// mount).
+pub fn lock_to_read(pool: &Path) -> Result<Option<PoolLock>, LockError> {
+    let source = match lock(pool) {
+        Err(LockError::Io { source, .. }) => source,
+        r => return r.map(Some),
+    };
+    let refused = [libc::EROFS, libc::EACCES, libc::EPERM];
+    let lock = lock_path(pool);
+    let io_err = |source| LockError::Io {
+        lock: lock.clone(),
+        source,
+    };
+    if !source.raw_os_error().is_some_and(|e| refused.contains(&e)) {
+        return Err(io_err(source));
+    }
+    let mut f = match File::open(&lock) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(e)),
+    };
+    take(&mut f, libc::LOCK_SH, pool, &lock)?;
+    Ok(Some(PoolLock { _file: f }))
+}
+
+/// flock `f` (`how`: LOCK_EX or LOCK_SH) without waiting; Held, with the pid
+/// the file names, if another process holds it.
+fn take(f: &mut File, how: libc::c_int, pool: &Path, lock: &Path) -> Result<(), LockError> {
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    if unsafe { libc::flock(f.as_raw_fd(), how | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+        return Err(LockError::Io {
+            lock: lock.to_path_buf(),
+            source: e,
+        });
+    }
+    let mut pid = String::new();
+    let holder = match f.read_to_string(&mut pid) {
+        Ok(_) if !pid.trim().is_empty() => format!(" (pid {})", pid.trim()),
+        _ => String::new(),
+    };
+    Err(LockError::Held {
+        pool: pool.to_path_buf(),
+        lock: lock.to_path_buf(),
+        holder,
+    })
 }

@@ -78,7 +78,9 @@ enum Cmd {
         #[arg(long)]
         ro: bool,
     },
-    /// Check a pool: tree structure, reference counts, filesystem invariants.
+    /// Check a pool: tree structure, reference counts, filesystem invariants. The
+    /// pool is opened read-only and checked as its last commit left it: nothing is
+    /// written, nothing freed, no fsync logged after that commit applied.
     #[command(after_help = EXIT_CODES)]
     Fsck {
         /// Pool file or block device (must not be in use by a daemon).
@@ -88,7 +90,7 @@ enum Cmd {
         quick: bool,
     },
     /// Read every live data block of every branch, check it against its checksum and
-    /// list damaged files by path (exit 4 if any).
+    /// list damaged files by path (exit 4 if any). Read-only, as fsck.
     #[command(after_help = EXIT_CODES)]
     Scrub {
         /// Pool file or block device (must not be in use by a daemon).
@@ -230,8 +232,8 @@ fn names_of(pool: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 fn fsck(pool: &std::path::Path, verify_data: bool) -> Fallible {
-    let _lock = lockfile::lock(pool)?;
-    let p = Pool::open(pool, &PoolOptions::default())?;
+    let _lock = lockfile::lock_to_read(pool)?;
+    let p = Pool::open_read_only(pool, &PoolOptions::default())?;
     let report = p.fsck(&FsckOptions { verify_data })?;
     println!("{report}");
     Ok(if report.is_clean() {
@@ -244,8 +246,8 @@ fn fsck(pool: &std::path::Path, verify_data: bool) -> Fallible {
 }
 
 fn scrub(pool: &std::path::Path) -> Fallible {
-    let _lock = lockfile::lock(pool)?;
-    let p = Pool::open(pool, &PoolOptions::default())?;
+    let _lock = lockfile::lock_to_read(pool)?;
+    let p = Pool::open_read_only(pool, &PoolOptions::default())?;
     let report = p.scrub()?;
     for d in &report.damaged {
         println!("DAMAGED: branch '{}': {}: {}", d.branch, d.path, d.detail);
