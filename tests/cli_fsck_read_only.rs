@@ -5,6 +5,8 @@
 //! read-write open failed with EPERM) and through a read-only bind mount of
 //! its directory, where a daemon's lock on the pool still refuses them. A
 //! read-write open afterwards still finds the orphan to free.
+#[path = "support/pool_fixture.rs"]
+mod pool_fixture;
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -15,19 +17,11 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use cowfs::fs::{Owner, ROOT_INO};
-use cowfs::pool::{BranchId, Pool, PoolOptions};
+use cowfs::pool::{BranchId, Pool};
+use pool_fixture::opts;
 use sha2::{Digest, Sha256};
 
 const GIB: u64 = 1 << 30;
-
-fn opts() -> PoolOptions {
-    PoolOptions {
-        capacity_bytes: Some(16 * GIB),
-        root_uid: 0,
-        root_gid: 0,
-        ..Default::default()
-    }
-}
 
 fn fallocated(p: &Pool, b: BranchId, name: &[u8], len: u64) -> u64 {
     let own = Owner::default();
@@ -43,7 +37,7 @@ fn fallocated(p: &Pool, b: BranchId, name: &[u8], len: u64) -> u64 {
 /// step: a deleted 6 GiB branch's drop and a 3 GiB orphan are left mid-way
 /// (the close lets one step through), for the next read-write open.
 fn pending_pool(path: &Path) {
-    let p = Pool::create(path, &opts()).expect("create");
+    let p = Pool::create(path, &opts(16 * GIB)).expect("create");
     let main = p.branch_id("main").unwrap();
     let big = p.branch_create("big", "main").unwrap();
     fallocated(&p, big, b"g", 6 * GIB);
@@ -220,7 +214,7 @@ fn fsck_and_scrub_leave_the_pool_file_as_it_was() {
 
     // The orphan is still there for the next read-write open to free.
     std::fs::set_permissions(&pool, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let p = Pool::open(&pool, &opts()).unwrap();
+    let p = Pool::open(&pool, &opts(16 * GIB)).unwrap();
     p.finish_frees();
     let main = p.branch_id("main").unwrap();
     assert_eq!(p.cleanup_orphans(main).unwrap(), 1);

@@ -21,8 +21,8 @@ mod dump;
 #[path = "support/free_pause.rs"]
 mod free_pause;
 
-#[path = "support/root_file.rs"]
-mod root_file;
+#[path = "support/pool_fixture.rs"]
+mod pool_fixture;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,9 +34,9 @@ use cowfs::store::device::{DeviceEvent, MemDevice};
 use crash_cuts::{for_each_cut, Cut};
 use dump::{dump_branch, first_difference, Tree};
 use free_pause::hold_steps;
+use pool_fixture::file;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use root_file::file;
 
 const GIB: u64 = 1 << 30;
 const BS: u64 = 4096;

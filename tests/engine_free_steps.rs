@@ -8,8 +8,8 @@
 
 #[path = "support/free_pause.rs"]
 mod free_pause;
-#[path = "support/root_file.rs"]
-mod root_file;
+#[path = "support/pool_fixture.rs"]
+mod pool_fixture;
 #[path = "support/stepping.rs"]
 mod stepping;
 
@@ -20,8 +20,8 @@ use cowfs::fs::ROOT_INO;
 use cowfs::pool::Pool;
 use cowfs::store::device::MemDevice;
 use free_pause::hold_steps;
-use root_file::file;
-use stepping::{branch_at_quota, clean, fill, opts, settle};
+use pool_fixture::{file, opts};
+use stepping::{branch_at_quota, clean, fill, settle};
 
 const GIB: u64 = 1 << 30;
 /// Long enough for the freeing thread to reach its pause unless something

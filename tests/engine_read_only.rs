@@ -8,55 +8,26 @@
 //! (the log applied, the drop and the orphan freed), so the image is the one
 //! meant.
 
-use std::sync::mpsc::{self, Receiver, Sender};
+#[path = "support/free_pause.rs"]
+mod free_pause;
+#[path = "support/pool_fixture.rs"]
+mod pool_fixture;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use cowfs::fs::{FsError, Owner, SetAttr, ROOT_INO};
 use cowfs::pool::admin::GroupMember;
 use cowfs::pool::quota::QuotaLimits;
-use cowfs::pool::{BranchId, FsckOptions, Pool, PoolError, PoolOptions, NO_OWNER};
+use cowfs::pool::{BranchId, FsckOptions, Pool, PoolError, NO_OWNER};
 use cowfs::store::device::{BlockDevice, MemDevice};
+use free_pause::hold_steps;
+use pool_fixture::{file, opts};
 
 const GIB: u64 = 1 << 30;
 const BS: usize = 4096;
 /// Long enough for the freeing thread to reach its pause.
 const WAIT: Duration = Duration::from_secs(60);
-
-fn opts() -> PoolOptions {
-    PoolOptions {
-        capacity_bytes: Some(16 * GIB),
-        root_uid: 0,
-        root_gid: 0,
-        ..Default::default()
-    }
-}
-
-fn file(p: &Pool, b: BranchId, name: &[u8]) -> u64 {
-    p.mknod(
-        b,
-        ROOT_INO,
-        name,
-        libc::S_IFREG | 0o644,
-        0,
-        Owner::default(),
-    )
-    .expect("mknod")
-    .ino
-}
-
-/// Holds the freeing thread before its first step, for as long as the test
-/// keeps the returned sender (see engine_drop_steps.rs).
-fn hold_steps(p: &Pool) -> (Receiver<()>, Sender<()>) {
-    let (reached_tx, reached) = mpsc::channel();
-    let (go, go_rx) = mpsc::channel::<()>();
-    p.set_free_pause(Some(Box::new(move || {
-        if reached_tx.send(()).is_ok() {
-            let _ = go_rx.recv();
-        }
-    })));
-    (reached, go)
-}
 
 /// The crash image and what the test needs to know about it.
 struct Image {
@@ -76,7 +47,7 @@ struct Image {
 /// still open with its freeing thread held, as a power cut would leave it.
 fn pending_image() -> Image {
     let dev = MemDevice::new();
-    let p = Pool::create_on(Arc::new(dev.clone()), &opts()).unwrap();
+    let p = Pool::create_on(Arc::new(dev.clone()), &opts(16 * GIB)).unwrap();
     let main = p.branch_id("main").unwrap();
     let f = file(&p, main, b"f");
     let committed = vec![0x11; 16 * BS];
@@ -92,7 +63,7 @@ fn pending_image() -> Image {
     p.fallocate(main, huge, 0, 3 * GIB, false).unwrap();
     p.commit().unwrap();
 
-    let (reached, go) = hold_steps(&p);
+    let (reached, go) = hold_steps(&p, 1);
     p.branch_delete("big").unwrap();
     reached
         .recv_timeout(WAIT)
@@ -139,7 +110,7 @@ fn a_read_only_check_writes_nothing_and_sees_the_last_commit() {
     let img = pending_image();
     let dev = recorded(&img.dev);
     let len = dev.len_blocks();
-    let q = Pool::open_on_read_only(Arc::new(dev.clone()), &opts()).unwrap();
+    let q = Pool::open_on_read_only(Arc::new(dev.clone()), &opts(16 * GIB)).unwrap();
     let r = q.fsck(&FsckOptions::default()).unwrap();
     assert!(r.is_clean(), "fsck:\n{r}");
     assert_eq!(r.leaked_blocks, 0);
@@ -164,7 +135,7 @@ fn a_read_only_check_writes_nothing_and_sees_the_last_commit() {
     untouched(&dev, len, "open, fsck, scrub, close");
 
     // Read-write, the same image replays the fsync and frees the rest.
-    let w = Pool::open_on(Arc::new(img.dev.snapshot()), &opts()).unwrap();
+    let w = Pool::open_on(Arc::new(img.dev.snapshot()), &opts(16 * GIB)).unwrap();
     assert_eq!(w.read_file(m, img.f, 0, 16 * BS).unwrap(), img.logged);
     w.finish_frees();
     assert_eq!(w.cleanup_orphans(m).unwrap(), 1);
@@ -195,7 +166,7 @@ fn every_change_is_refused_and_writes_nothing() {
     let img = pending_image();
     let dev = recorded(&img.dev);
     let len = dev.len_blocks();
-    let q = Pool::open_on_read_only(Arc::new(dev.clone()), &opts()).unwrap();
+    let q = Pool::open_on_read_only(Arc::new(dev.clone()), &opts(16 * GIB)).unwrap();
     let (m, f) = (img.main, img.f);
     let own = Owner::default();
     let fs: fn(&FsError) -> i32 = FsError::errno;

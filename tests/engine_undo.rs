@@ -2,8 +2,8 @@
 //! an operation frees and would reuse before it ends, and operations that fail on
 //! the device rather than for lack of room.
 
-#[path = "support/root_file.rs"]
-mod root_file;
+#[path = "support/pool_fixture.rs"]
+mod pool_fixture;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use cowfs::fs::{Owner, ROOT_INO};
 use cowfs::pool::{FsckOptions, Pool, PoolOptions};
 use cowfs::store::device::{BlockDevice, MemDevice};
-use root_file::file;
+use pool_fixture::file;
 
 const BS: u64 = 4096;
 

@@ -1,20 +1,11 @@
 //! Fixtures of the tests of freeing in steps (engine_free_steps.rs: big
-//! orphans; engine_drop_steps.rs: dropped trees): a pool's options, fsck, settling commits, filling a branch (holding the freeing thread:
+//! orphans; engine_drop_steps.rs: dropped trees): fsck, settling commits, filling a branch (holding the freeing thread:
 //! free_pause.rs).
 
 use cowfs::pool::quota::QuotaLimits;
-use cowfs::pool::{BranchId, FsckOptions, Pool, PoolOptions};
+use cowfs::pool::{BranchId, FsckOptions, Pool};
 
-use super::root_file::file;
-
-pub fn opts(capacity: u64) -> PoolOptions {
-    PoolOptions {
-        capacity_bytes: Some(capacity),
-        root_uid: 0,
-        root_gid: 0,
-        ..Default::default()
-    }
-}
+use super::pool_fixture::file;
 
 /// fsck finds nothing wrong and no leaked block.
 pub fn clean(p: &Pool) {
