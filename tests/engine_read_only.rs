@@ -6,7 +6,7 @@
 //! flush nothing, and every change is refused with EROFS, also writing
 //! nothing. A read-write open of the same image then finds all three pending
 //! (the log applied, the drop and the orphan freed), so the image is the one
-//! meant.
+//! meant. A logged fill of unwritten blocks in place is left unapplied too.
 
 #[path = "support/free_pause.rs"]
 mod free_pause;
@@ -251,4 +251,54 @@ fn every_change_is_refused_and_writes_nothing() {
     assert!(r.is_clean() && r.log_records == 1, "fsck:\n{r}");
     drop(q);
     untouched(&dev, len, "every refused change");
+}
+
+/// A write into a fallocated range on a full pool fills the unwritten blocks in
+/// place, and its fsync logs a record naming blocks the last commit still maps
+/// as unwritten (count 1 there, not free). A read-only check leaves the record
+/// unapplied: fsck with data verification and scrub are clean (they do not
+/// read unwritten blocks), the file reads as zeros as committed, and the
+/// record is counted; a read-write open then applies it.
+#[test]
+fn a_logged_fill_of_unwritten_blocks_is_left_to_the_next_read_write_open() {
+    let dev = MemDevice::new();
+    let p = Pool::create_on(Arc::new(dev.clone()), &opts(256 << 20)).unwrap();
+    let m = p.branch_id("main").unwrap();
+    let f = file(&p, m, b"f");
+    p.fallocate(m, f, 0, 64 * BS as u64, false).unwrap();
+    // Fill the pool: the write below has no room to copy, so it fills in place.
+    let filler = file(&p, m, b"filler");
+    let (mut at, mut len) = (0u64, 64u64 << 20);
+    while len >= BS as u64 {
+        match p.fallocate(m, filler, at, len, false) {
+            Ok(()) => at += len,
+            Err(e) if e.errno() == libc::ENOSPC => len /= 2,
+            Err(e) => panic!("fallocate: {e}"),
+        }
+    }
+    for _ in 0..3 {
+        p.commit().unwrap();
+    }
+    let used = p.used_blocks();
+    let data = vec![0x33; 8 * BS];
+    p.write_file(m, f, 0, &data).unwrap();
+    assert_eq!(p.used_blocks(), used, "filled in place, no new block");
+    p.sync_file(m, f).unwrap();
+    let img = dev.snapshot();
+    drop(p);
+
+    let dev = recorded(&img);
+    let len = dev.len_blocks();
+    let q = Pool::open_on_read_only(Arc::new(dev.clone()), &opts(256 << 20)).unwrap();
+    let r = q.fsck(&FsckOptions { verify_data: true }).unwrap();
+    assert!(r.is_clean() && r.log_records == 1, "fsck:\n{r}");
+    assert!(q.scrub().unwrap().is_clean());
+    assert_eq!(q.read_file(m, f, 0, 8 * BS).unwrap(), vec![0; 8 * BS]);
+    drop(q);
+    untouched(&dev, len, "read-only check of a logged fill");
+
+    let w = Pool::open_on(Arc::new(img), &opts(256 << 20)).unwrap();
+    assert_eq!(w.read_file(m, f, 0, 8 * BS).unwrap(), data);
+    let r = w.fsck(&FsckOptions { verify_data: true }).unwrap();
+    assert!(r.is_clean() && r.log_records == 0, "fsck:\n{r}");
 }
