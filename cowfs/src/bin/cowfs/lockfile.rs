@@ -56,8 +56,12 @@ pub fn lock(pool: &Path) -> Result<PoolLock, LockError> {
 /// directory the caller may not write), a shared lock on the lock file opened
 /// read-only, which still fails while a daemon holds the pool and keeps one
 /// from starting meanwhile; and none if there is no lock file there: no process
-/// holds a lock file that does not exist (and none can make one on a read-only
-/// mount).
+/// holds a lock file that does not exist. A daemon that can create it (another
+/// user's, or one reaching the directory through a writable path beside a
+/// read-only bind mount) could then start during the check; the check still
+/// writes nothing, but it would read a pool that changes under it, and may
+/// report damage that is not there. `cowfs init` always makes the lock file:
+/// this is a pool copied without it, or made through the library.
 pub fn lock_to_read(pool: &Path) -> Result<Option<PoolLock>, LockError> {
     let source = match lock(pool) {
         Err(LockError::Io { source, .. }) => source,
