@@ -8,14 +8,20 @@
 //! Failures print the seed and the operation index. `COWFS_DROPRAND_SEEDS`,
 //! `COWFS_DROPRAND_OPS` for longer runs.
 
+#[path = "support/free_pause.rs"]
+mod free_pause;
+#[path = "support/pool_fixture.rs"]
+mod pool_fixture;
+
 use std::collections::{BTreeMap, HashMap};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cowfs::fs::{Owner, ROOT_INO};
 use cowfs::pool::{FsckOptions, Pool, PoolOptions};
 use cowfs::store::device::MemDevice;
+use free_pause::hold_steps;
+use pool_fixture::file;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -54,15 +60,7 @@ struct Held {
 }
 
 fn hold(p: &Pool) -> Held {
-    let (reached_tx, reached) = mpsc::channel();
-    let (go, go_rx) = mpsc::channel::<()>();
-    let mut n = 0;
-    p.set_free_pause(Some(Box::new(move || {
-        n += 1;
-        if reached_tx.send(n).is_ok() {
-            let _ = go_rx.recv();
-        }
-    })));
+    let (reached, go) = hold_steps(p, 1);
     Held {
         reached,
         go,
@@ -156,17 +154,7 @@ fn run(seed: u64, ops: usize) {
     let dev = Arc::new(MemDevice::new());
     let mut p = Pool::create_on(dev.clone(), &opts()).unwrap();
     let main = p.branch_id("main").unwrap();
-    let ino = p
-        .mknod(
-            main,
-            ROOT_INO,
-            b"f",
-            libc::S_IFREG | 0o644,
-            0,
-            Owner::default(),
-        )
-        .unwrap()
-        .ino;
+    let ino = file(&p, main, b"f");
     p.commit().unwrap();
     let mut held = hold(&p);
     let mut models: HashMap<String, Model> = HashMap::new();
