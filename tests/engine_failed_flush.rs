@@ -95,8 +95,56 @@ fn a_failed_flush_is_not_forgotten_by_the_next_sync() {
 struct RacingFlushes {
     inner: MemDevice,
     armed: AtomicBool,
+    /// (flushes entered since arming, first one released)
     state: Mutex<(u32, bool)>,
     cv: Condvar,
+}
+
+impl RacingFlushes {
+    /// A 64 MiB pool on a new device of this kind.
+    fn pool() -> (Arc<RacingFlushes>, Arc<Pool>, BranchId) {
+        let dev = Arc::new(RacingFlushes {
+            inner: MemDevice::new(),
+            armed: AtomicBool::new(false),
+            state: Mutex::new((0, false)),
+            cv: Condvar::new(),
+        });
+        let opts = PoolOptions {
+            capacity_bytes: Some(64 << 20),
+            ..Default::default()
+        };
+        let pool = Arc::new(Pool::create_on(dev.clone(), &opts).unwrap());
+        let b = pool.branch_id("main").unwrap();
+        (dev, pool, b)
+    }
+
+    /// Run `first` on a thread and wait until its flush has reached the device;
+    /// then run `second` on another thread, give it 100 ms to reach its flush,
+    /// and let the first flush fail. The results of both.
+    fn race<T: Send + 'static>(
+        &self,
+        first: impl FnOnce() -> T + Send + 'static,
+        second: impl FnOnce() -> T + Send + 'static,
+    ) -> (T, T) {
+        self.armed.store(true, Ordering::SeqCst);
+        let first = std::thread::spawn(first);
+        {
+            let mut s = self.state.lock().unwrap();
+            while s.0 == 0 {
+                s = self.cv.wait(s).unwrap();
+            }
+        }
+        let second = std::thread::spawn(second);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(
+            self.state.lock().unwrap().0,
+            1,
+            "a second flush ran beside the first"
+        );
+        self.state.lock().unwrap().1 = true;
+        self.cv.notify_all();
+        (first.join().unwrap(), second.join().unwrap())
+    }
 }
 
 impl BlockDevice for RacingFlushes {
@@ -135,52 +183,55 @@ impl BlockDevice for RacingFlushes {
     }
 }
 
-/// A commit's flush that fails must fail its sync and poison the pool even when
-/// another sync's flush of the same commit returned first and finished the commit:
-/// the failed sync returned Ok (the commit was no longer "flushing"), and the pool
-/// went on accepting changes and acknowledging fsyncs.
+/// A commit's flush that fails must fail every sync waiting on it. Two syncs used
+/// to flush the one pool file at once; when write-back failed, Linux told one of
+/// them (EIO) and the other got 0 and acknowledged the commit, though its blocks
+/// may not have landed. Flushes now go one at a time through the pool's gate
+/// (store/flush_gate.rs), and one that failed fails every later one, so the
+/// second sync cannot succeed whatever the order.
 #[test]
-fn a_flush_error_after_another_sync_finished_the_commit_still_counts() {
-    let dev = Arc::new(RacingFlushes {
-        inner: MemDevice::new(),
-        armed: AtomicBool::new(false),
-        state: Mutex::new((0, false)),
-        cv: Condvar::new(),
-    });
-    let opts = PoolOptions {
-        capacity_bytes: Some(64 << 20),
-        ..Default::default()
-    };
-    let pool = Arc::new(Pool::create_on(dev.clone(), &opts).unwrap());
-    let b = pool.branch_id("main").unwrap();
+fn a_sync_beside_a_failing_flush_fails_too() {
+    let (dev, pool, b) = RacingFlushes::pool();
     pool.commit().unwrap();
     pool.mknod(b, 1, b"f", libc::S_IFREG | 0o644, 0, Owner::default())
         .unwrap();
-    dev.armed.store(true, Ordering::SeqCst);
-    // First sync: writes the (small, one-flush) commit, then flushes outside the
-    // pool lock, and that flush fails.
-    let first = {
-        let pool = pool.clone();
-        std::thread::spawn(move || pool.sync())
-    };
-    {
-        let mut s = dev.state.lock().unwrap();
-        while s.0 == 0 {
-            s = dev.cv.wait(s).unwrap();
-        }
-    }
-    // Second sync: finds the commit flushing, flushes too (successfully) and
-    // finishes it.
-    let second = pool.sync();
-    dev.state.lock().unwrap().1 = true;
-    dev.cv.notify_all();
-    let first = first.join().unwrap();
-    assert!(second.is_ok(), "{second:?}");
+    // The first sync writes the (small, one-flush) commit and flushes outside the
+    // pool lock; the second finds the commit flushing and flushes too.
+    let (p1, p2) = (pool.clone(), pool.clone());
+    let (first, second) = dev.race(move || p1.sync(), move || p2.sync());
     let err = first.expect_err("the sync whose flush failed must fail");
     assert!(err.to_string().contains("I/O error"), "{err}");
+    second.expect_err("the sync beside the failed flush must fail");
     // And the pool is read-only from then on.
     let w = pool.mknod(b, 1, b"g", libc::S_IFREG | 0o644, 0, Owner::default());
     assert_eq!(w.unwrap_err().errno(), libc::EROFS);
     pool.sync().expect_err("a later sync");
+    std::mem::forget(Arc::try_unwrap(pool).ok());
+}
+
+/// The same for fsync through the intent log: two files' records flushed at once,
+/// the first flush failing, must fail both fsyncs (the second record's flush
+/// would have returned 0 on Linux, and its data may be what failed to land).
+#[test]
+fn an_fsync_beside_a_failing_log_flush_fails_too() {
+    let (dev, pool, b) = RacingFlushes::pool();
+    let mut files = Vec::new();
+    for name in [&b"f1"[..], b"f2"] {
+        let ino = pool
+            .mknod(b, 1, name, libc::S_IFREG | 0o644, 0, Owner::default())
+            .unwrap()
+            .ino;
+        pool.write_file(b, ino, 0, &[1; 8192]).unwrap();
+        files.push(ino);
+    }
+    pool.commit().unwrap();
+    for &ino in &files {
+        pool.write_file(b, ino, 0, &[2; 8192]).unwrap();
+    }
+    let (p1, p2) = (pool.clone(), pool.clone());
+    let (f1, f2) = (files[0], files[1]);
+    let (first, second) = dev.race(move || p1.sync_file(b, f1), move || p2.sync_file(b, f2));
+    first.expect_err("the fsync whose flush failed must fail");
+    second.expect_err("the fsync beside the failed flush must fail");
     std::mem::forget(Arc::try_unwrap(pool).ok());
 }

@@ -34,6 +34,7 @@ use crate::fs::items::{xattr_chunks, XATTR_MAX_CHUNKS};
 use crate::fs::readplan::{FileBytes, Resolved};
 use crate::fs::{Attr, FsError, FsResult, FsTree, Owner, SetAttr, ROOT_INO};
 use crate::store::device::{BlockDevice, FileDevice};
+use crate::store::flush_gate::FlushGate;
 use crate::store::spacemap::{depth_for, SpaceMap};
 use crate::store::superblock::{SlotError, Superblock, FORMAT_VERSION, SLOT_COUNT};
 use crate::store::{BlockAddr, StoreError, BLOCK_SIZE};
@@ -395,6 +396,7 @@ impl Pool {
 
     /// Create a pool on any block device (tests use in-memory devices).
     pub fn create_on(dev: Arc<dyn BlockDevice>, opts: &PoolOptions) -> PoolResult<Pool> {
+        let dev = FlushGate::wrap(dev);
         let capacity = match (opts.capacity_bytes, dev.fixed_capacity()) {
             (Some(b), Some(fixed)) => (b / BLOCK_SIZE as u64).min(fixed),
             (Some(b), None) => b / BLOCK_SIZE as u64,
@@ -467,6 +469,7 @@ impl Pool {
         opts: &PoolOptions,
         read_only: bool,
     ) -> PoolResult<Pool> {
+        let dev = FlushGate::wrap(dev);
         let name = dev.name();
         if dev.len_blocks() < SLOT_COUNT {
             return Err(StoreError::Foreign {

@@ -45,6 +45,10 @@ pub trait BlockDevice: Send + Sync {
     }
     /// Make every completed write durable.
     fn flush(&self) -> std::io::Result<()>;
+    /// Whether this is a `FlushGate` (pools wrap their device in one).
+    fn is_gated(&self) -> bool {
+        false
+    }
     /// Current length in blocks (a pool file grows as blocks are written).
     fn len_blocks(&self) -> u64;
     /// Physical capacity limit in blocks, if the medium has one (block devices).

@@ -5,6 +5,7 @@ pub mod blank;
 pub mod block;
 pub mod cache;
 pub mod device;
+pub mod flush_gate;
 pub mod intent_log;
 pub mod runs;
 pub mod spacemap;
