@@ -2305,6 +2305,15 @@ impl Engine {
         let Some(sb) = self.unwritten_sb.take() else {
             return Ok(());
         };
+        // Poisoned meanwhile (say a log flush failed: it may have been the one
+        // told of these blocks' lost write-back, fsync-gate): the blocks are not
+        // proven durable, so no superblock may name them.
+        if self.poisoned {
+            self.flushing = None;
+            return Err(StoreError::Poisoned {
+                pool: self.st.dev.name(),
+            });
+        }
         let slot = Superblock::slot_for(sb.generation);
         if let Err(source) = self.st.dev.write_at(slot, &sb.encode()) {
             self.flushing = None;
