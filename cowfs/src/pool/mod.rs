@@ -79,6 +79,14 @@ pub const DEFAULT_FILE_CAPACITY: u64 = 1 << 40;
 /// the engine relies on poisoning.
 struct EngineLock(std::sync::Mutex<Engine>);
 
+/// What a flush started now makes durable: the blocks of two-flush commit `g`
+/// (its superblock not yet written), or all of commit `g`.
+#[derive(Clone, Copy)]
+struct FlushStep {
+    g: u64,
+    blocks_only: bool,
+}
+
 impl EngineLock {
     fn lock(&self) -> std::sync::MutexGuard<'_, Engine> {
         self.0
@@ -220,10 +228,15 @@ pub(crate) struct Engine {
     /// join `read_slot`. See `release_quarantine`.
     reads: Arc<ReadCounts>,
     read_slot: usize,
-    /// A commit whose blocks and superblock are written and whose flush runs
-    /// outside the lock (`Pool::sync`); no other commit may write until it is
-    /// durable.
+    /// A commit whose blocks are written and whose flushes run outside the lock
+    /// (`Pool::sync`, `Pool::commit`); no other commit may write until it is
+    /// durable. The next transaction runs meanwhile: this one's blocks are no
+    /// longer fresh (copied, never rewritten) and the blocks it freed wait for it.
     flushing: Option<u64>,
+    /// The superblock of the `flushing` commit while it waits for the flush of
+    /// the commit's blocks (a commit too large for a manifest: two flushes). A
+    /// crash before it is written opens the previous commit.
+    unwritten_sb: Option<Superblock>,
     /// Branch quotas and reservations (see quota.rs).
     quotas: quota::Quotas,
     /// The last durable superblock has no manifest. A one-flush commit is sealed by
@@ -626,12 +639,26 @@ impl Pool {
                 None if e.st.generation() > want || !e.has_changes() => return Ok(()),
                 None => e.commit_write_checked()?,
             };
+            e = self.flush_out(e, g)?;
+        }
+    }
+
+    /// Finish commit `g`'s flushes (both, for a two-flush commit) without the
+    /// pool lock, retaking it after each. Other syncs may share them; the lock is
+    /// held again on return.
+    fn flush_out<'a>(
+        &'a self,
+        mut e: std::sync::MutexGuard<'a, Engine>,
+        g: u64,
+    ) -> PoolResult<std::sync::MutexGuard<'a, Engine>> {
+        while let Some(step) = e.flush_step().filter(|s| s.g == g) {
             let dev = e.st.dev.clone();
             drop(e);
             let flushed = dev.flush();
             e = self.e.lock();
-            e.flush_done(g, flushed)?;
+            e.flush_done(step, flushed)?;
         }
+        Ok(e)
     }
 
     /// Make file `ino` durable (fsync): with one intent log record and a flush when
@@ -670,7 +697,18 @@ impl Pool {
         // The daemon's timer commits every few seconds: orphans left for want of
         // room are freed within one period of the delete that made room.
         e.free_stuck_orphans();
-        Ok(e.commit()?)
+        // As `Engine::commit`, but the flushes run without the lock. A commit in
+        // flight is finished first (another may start while the lock is free).
+        while let Some(g) = e.flushing {
+            e = self.flush_out(e, g)?;
+        }
+        e.refuse_changes()?;
+        if !e.has_changes() && e.sealed {
+            return Ok(());
+        }
+        let g = e.commit_write_checked()?;
+        drop(self.flush_out(e, g)?);
+        Ok(())
     }
 
     /// Generation of the last durable commit.
@@ -1475,6 +1513,7 @@ impl Engine {
             reads: Arc::default(),
             read_slot: 0,
             flushing: None,
+            unwritten_sb: None,
             sealed: true,
             older_slot: false,
             quotas: quota::Quotas::default(),
@@ -2196,26 +2235,37 @@ impl Engine {
         self.poisoned = true;
     }
 
-    /// Flush, under the lock, a commit whose flush is still outstanding.
+    /// Flush, under the lock, a commit whose flushes are still outstanding.
     fn finish_flush(&mut self) -> Result<(), StoreError> {
-        match self.flushing {
-            Some(g) => {
-                let r = self.st.dev.flush();
-                self.flush_done(g, r)
-            }
-            None => Ok(()),
+        while let Some(step) = self.flush_step() {
+            let r = self.st.dev.flush();
+            self.flush_done(step, r)?;
         }
+        Ok(())
     }
 
-    /// The flush of commit `g` returned `r` (it ran after g's last write, so it
-    /// covers g). Nothing to do if g was finished meanwhile.
-    fn flush_done(&mut self, g: u64, r: std::io::Result<()>) -> Result<(), StoreError> {
+    /// The commit being flushed and which of its flushes one started now covers.
+    fn flush_step(&self) -> Option<FlushStep> {
+        self.flushing.map(|g| FlushStep {
+            g,
+            blocks_only: self.unwritten_sb.is_some(),
+        })
+    }
+
+    /// A flush for `step` returned `r` (it ran after the writes `step` names, so
+    /// it covers them). With the blocks of a two-flush commit covered, its
+    /// superblock is written and the commit waits for one more flush; with the
+    /// superblock covered, the commit is durable. Nothing to do if that step was
+    /// done meanwhile.
+    fn flush_done(&mut self, step: FlushStep, r: std::io::Result<()>) -> Result<(), StoreError> {
+        let g = step.g;
         // A failed flush counts even if another sync's flush finished g first:
         // Linux reports a write-back error to one fdatasync caller only, so the
         // other's success does not prove the blocks landed (fsync-gate).
         if let Err(source) = r {
             if self.flushing == Some(g) {
                 self.flushing = None;
+                self.unwritten_sb = None;
             }
             let e = StoreError::Io {
                 pool: self.st.dev.name(),
@@ -2234,6 +2284,9 @@ impl Engine {
                 Ok(())
             };
         }
+        if step.blocks_only {
+            return self.write_unwritten_sb();
+        }
         self.flushing = None;
         // Blocks freed by the previous commit become allocatable once the reads that
         // started before it are over (the other slot; almost always already done),
@@ -2249,6 +2302,35 @@ impl Engine {
         Ok(())
     }
 
+    /// The blocks of the `flushing` commit are durable: write its superblock (if
+    /// another flush did not already), which the next flush makes durable.
+    fn write_unwritten_sb(&mut self) -> Result<(), StoreError> {
+        let Some(sb) = self.unwritten_sb.take() else {
+            return Ok(());
+        };
+        // Poisoned meanwhile (say a log flush failed: it may have been the one
+        // told of these blocks' lost write-back, fsync-gate): the blocks are not
+        // proven durable, so no superblock may name them.
+        if self.poisoned {
+            self.flushing = None;
+            return Err(StoreError::Poisoned {
+                pool: self.st.dev.name(),
+            });
+        }
+        let slot = Superblock::slot_for(sb.generation);
+        if let Err(source) = self.st.dev.write_at(slot, &sb.encode()) {
+            self.flushing = None;
+            let e = StoreError::Io {
+                pool: self.st.dev.name(),
+                block: slot,
+                source,
+            };
+            self.poison(&e);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// After the first commit of this build has landed, write the other slot in
     /// this format too (see `older_slot`), so that no older build opens the pool
     /// and rolls it back. Once per open of an older-format pool; failing here
@@ -2257,10 +2339,9 @@ impl Engine {
         if !std::mem::take(&mut self.older_slot) {
             return;
         }
-        let r = self.commit_write_checked().and_then(|g| {
-            let flushed = self.st.dev.flush();
-            self.flush_done(g, flushed)
-        });
+        let r = self
+            .commit_write_checked()
+            .and_then(|_| self.finish_flush());
         if let Err(e) = r {
             log::warn!(
                 "{}: writing the second superblock slot in format version {FORMAT_VERSION}: {e}",
@@ -2276,7 +2357,8 @@ impl Engine {
     ///
     /// A commit that fails with ENOSPC (not poisoned) leaves the transaction whole
     /// for the next attempt: the changed and deleted catalog records are forgotten
-    /// only once the superblock naming them is written.
+    /// only once the superblock naming them is made (written, or for a two-flush
+    /// commit set aside until its blocks are flushed: no ENOSPC after that).
     fn commit_write(&mut self, seal: bool) -> Result<u64, StoreError> {
         debug_assert!(self.flushing.is_none(), "a commit is still being flushed");
         // Until this commit is written, fsync must not log (a failed commit leaves
@@ -2326,9 +2408,7 @@ impl Engine {
             self.st.manifest(&space_pages)?
         };
         self.sealed = manifest.is_none();
-        if manifest.is_none() {
-            dev.flush().map_err(|e| io(e, 0))?;
-        }
+        let two_flush = manifest.is_none();
         let sb = Superblock {
             generation,
             pool_id: self.st.pool_id(),
@@ -2342,13 +2422,19 @@ impl Engine {
             manifest: manifest.unwrap_or_default(),
             log: self.log.region,
         };
-        let slot = Superblock::slot_for(generation);
-        dev.write_at(slot, &sb.encode()).map_err(|e| io(e, slot))?;
         self.written_next_branch_id = sb.next_branch_id;
+        if two_flush {
+            // Two flushes: the superblock waits for the first (`flush_done`),
+            // which the caller runs outside the pool lock when it can.
+            self.unwritten_sb = Some(sb);
+        } else {
+            let slot = Superblock::slot_for(generation);
+            dev.write_at(slot, &sb.encode()).map_err(|e| io(e, slot))?;
+        }
         self.deleted_branches.clear();
         self.dirty_branches.clear();
         self.dirty_drops.clear();
-        // The next transaction starts now; this one is durable after a flush.
+        // The next transaction starts now; this one is durable after its flushes.
         self.st.commit_written();
         self.log.committed();
         self.flushing = Some(generation);
