@@ -209,7 +209,11 @@ mod tests {
         p.finish_frees();
         for i in (0..2000u64).step_by(97) {
             let want = vec![(i % 251) as u8 + 1; 4096];
-            assert_eq!(p.read_file(m, f, i * 8192, 4096).unwrap(), want, "block {i}");
+            assert_eq!(
+                p.read_file(m, f, i * 8192, 4096).unwrap(),
+                want,
+                "block {i}"
+            );
         }
         let r = p.fsck(&FsckOptions::default()).unwrap();
         assert!(!r.is_clean(), "the root is held twice:\n{r}");
