@@ -328,6 +328,40 @@ fn a_recount_after_a_delete_sees_what_the_drop_leaves_alone() {
     clean(&p);
 }
 
+/// A reset drops the branch's old tree as a delete does, and what a branch
+/// with a quota shared with that tree becomes its alone: the reset counts it
+/// (as the control plane's recount after a delete does), although the old
+/// tree is dropped in steps and the thread is held before its first.
+#[test]
+fn a_reset_counts_what_its_old_tree_leaves_to_a_sharer() {
+    let p = Pool::create_on(Arc::new(MemDevice::new()), &opts(8 * GIB)).unwrap();
+    p.snapshot_create("empty", "main").unwrap();
+    let agent = p.branch_create("agent", "main").unwrap();
+    let f = file(&p, agent, b"f");
+    p.fallocate(agent, f, 0, 2 * GIB, false).unwrap();
+    let limits = cowfs::pool::quota::QuotaLimits {
+        max_bytes: Some(4 * GIB),
+        reserve_bytes: 0,
+    };
+    p.quota_set("agent", limits).expect("quota");
+    p.branch_create("other", "agent").unwrap();
+    // The agent's root is copied: the other branch's is its alone again.
+    p.write_file(agent, f, 0, &[1u8; 4096]).unwrap();
+    p.commit().unwrap();
+    assert!(
+        p.quota_list()[0].used_bytes < GIB,
+        "shared with the other branch"
+    );
+    let (_reached, _go) = hold_steps(&p, 1);
+    p.reset_to("other", "empty").unwrap();
+    let used = p.quota_list()[0].used_bytes;
+    assert!(
+        used >= 2 * GIB,
+        "{used} bytes counted after the other branch's tree went"
+    );
+    clean(&p);
+}
+
 /// The rightmost leaf of branch `name`'s tree in the newest commit on `dev`.
 fn last_leaf(dev: &MemDevice, name: &str) -> u64 {
     use cowfs::btree::Node;

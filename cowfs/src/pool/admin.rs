@@ -44,7 +44,9 @@ impl Pool {
     /// Make branch `name` identical to `to` (a snapshot or branch): its root
     /// reference is dropped and it points at `to`'s root with one more reference,
     /// committed. Every other branch and snapshot is untouched. Refused with `Busy`
-    /// while files are open on the branch (the caller unmounts it first).
+    /// while files are open on the branch (the caller unmounts it first). With
+    /// quotas set, it waits for the old tree's drop and recounts every branch
+    /// that has limits (`quota_recount_all`).
     pub fn reset_to(&self, name: &str, to: &str) -> PoolResult<()> {
         let mut e = self.e.lock();
         e.writable()?;
@@ -77,7 +79,15 @@ impl Pool {
         e.dirty_branches.insert(id);
         e.commit()?;
         drop(e);
-        self.quota_recount(id)
+        self.quota_recount(id)?;
+        // The old tree is gone as a deleted branch's is: what another branch
+        // with a quota shared with it becomes that branch's alone, and only a
+        // recount sees it (the control plane recounts after a delete only).
+        // The reset is committed: a recount that fails does not undo it.
+        if let Err(err) = self.quota_recount_all() {
+            log::warn!("recounting quotas after resetting '{name}': {err}");
+        }
+        Ok(())
     }
 
     /// Create several branches or snapshots, each from its own parent, in one

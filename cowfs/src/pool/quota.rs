@@ -16,8 +16,9 @@
 //! each of its writes. A branch or snapshot made of it (or a reset of another
 //! branch to it) shares all of it: the figure drops to 0 (`Quotas::root_shared`).
 //! Space that becomes exclusive to it because another branch
-//! or snapshot was deleted is counted by `quota_recount_all` (the control plane
-//! calls it after every delete, and it waits for the deleted tree's drop),
+//! or snapshot was deleted (or reset: its old tree goes) is counted by
+//! `quota_recount_all` (the control plane calls it after every delete,
+//! `reset_to` after the reset, and it waits for the dropped tree's drop),
 //! which only raises the figure.
 //! Only an operation that removes (unlink, rmdir, removexattr, freeing an inode,
 //! a truncate or punch that unmaps blocks) may pass a limit, by the nodes it
