@@ -2,12 +2,16 @@
 //! read-only (poisoned) with a clear error instead of carrying on, and reopening the
 //! device must give the last completed commit, fsck clean.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+#[path = "support/held_flushes.rs"]
+mod held_flushes;
+
+use std::sync::Arc;
 
 use cowfs::fs::Owner;
 use cowfs::pool::{BranchId, FsckOptions, Pool, PoolOptions};
-use cowfs::store::device::{BlockDevice, MemDevice};
+use cowfs::store::device::MemDevice;
+
+use held_flushes::HeldFlushes;
 
 /// A 64 MiB pool in memory with file "f" holding "committed", committed.
 fn committed_file() -> (MemDevice, PoolOptions, Pool, BranchId, u64) {
@@ -88,99 +92,31 @@ fn a_failed_flush_is_not_forgotten_by_the_next_sync() {
     std::mem::forget(pool);
 }
 
-/// A device whose first flush, once armed, blocks until the test releases it and
-/// then returns EIO, while other flushes succeed. That is what two threads calling
-/// fdatasync on one file may see on Linux when write-back fails: the error is
-/// reported to one caller only (errseq), the other gets 0.
-struct RacingFlushes {
-    inner: MemDevice,
-    armed: AtomicBool,
-    /// (flushes entered since arming, first one released)
-    state: Mutex<(u32, bool)>,
-    cv: Condvar,
+/// A pool on a device whose first flush, once armed, blocks until the test
+/// releases it and then returns EIO, while other flushes succeed. That is what
+/// two threads calling fdatasync on one file may see on Linux when write-back
+/// fails: the error is reported to one caller only (errseq), the other gets 0.
+fn racing_flushes() -> (Arc<HeldFlushes>, Arc<Pool>, BranchId) {
+    let (dev, pool, b, _) = held_flushes::pool(1, &[1]);
+    (dev, pool, b)
 }
 
-impl RacingFlushes {
-    /// A 64 MiB pool on a new device of this kind.
-    fn pool() -> (Arc<RacingFlushes>, Arc<Pool>, BranchId) {
-        let dev = Arc::new(RacingFlushes {
-            inner: MemDevice::new(),
-            armed: AtomicBool::new(false),
-            state: Mutex::new((0, false)),
-            cv: Condvar::new(),
-        });
-        let opts = PoolOptions {
-            capacity_bytes: Some(64 << 20),
-            ..Default::default()
-        };
-        let pool = Arc::new(Pool::create_on(dev.clone(), &opts).unwrap());
-        let b = pool.branch_id("main").unwrap();
-        (dev, pool, b)
-    }
-
-    /// Run `first` on a thread and wait until its flush has reached the device;
-    /// then run `second` on another thread, give it 100 ms to reach its flush,
-    /// and let the first flush fail. The results of both.
-    fn race<T: Send + 'static>(
-        &self,
-        first: impl FnOnce() -> T + Send + 'static,
-        second: impl FnOnce() -> T + Send + 'static,
-    ) -> (T, T) {
-        self.armed.store(true, Ordering::SeqCst);
-        let first = std::thread::spawn(first);
-        {
-            let mut s = self.state.lock().unwrap();
-            while s.0 == 0 {
-                s = self.cv.wait(s).unwrap();
-            }
-        }
-        let second = std::thread::spawn(second);
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        assert_eq!(
-            self.state.lock().unwrap().0,
-            1,
-            "a second flush ran beside the first"
-        );
-        self.state.lock().unwrap().1 = true;
-        self.cv.notify_all();
-        (first.join().unwrap(), second.join().unwrap())
-    }
-}
-
-impl BlockDevice for RacingFlushes {
-    fn read_at(&self, addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.inner.read_at(addr, buf)
-    }
-    fn write_at(&self, addr: u64, buf: &[u8]) -> std::io::Result<()> {
-        self.inner.write_at(addr, buf)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        if !self.armed.load(Ordering::SeqCst) {
-            return self.inner.flush();
-        }
-        let mut s = self.state.lock().unwrap();
-        s.0 += 1;
-        self.cv.notify_all();
-        if s.0 == 1 {
-            while !s.1 {
-                s = self.cv.wait(s).unwrap();
-            }
-            return Err(std::io::Error::from_raw_os_error(libc::EIO));
-        }
-        self.inner.flush()
-    }
-    fn len_blocks(&self) -> u64 {
-        self.inner.len_blocks()
-    }
-    fn fixed_capacity(&self) -> Option<u64> {
-        self.inner.fixed_capacity()
-    }
-    fn host_free_bytes(&self) -> Option<u64> {
-        None
-    }
-    fn name(&self) -> std::path::PathBuf {
-        "<racing flushes>".into()
-    }
+/// Run `first` on a thread and wait until its flush has reached the device;
+/// then run `second` on another thread, give it 100 ms to reach its flush,
+/// and let the first flush fail. The results of both.
+fn race<T: Send + 'static>(
+    dev: &HeldFlushes,
+    first: impl FnOnce() -> T + Send + 'static,
+    second: impl FnOnce() -> T + Send + 'static,
+) -> (T, T) {
+    dev.arm();
+    let first = std::thread::spawn(first);
+    dev.wait_entered(1);
+    let second = std::thread::spawn(second);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(dev.entered(), 1, "a second flush ran beside the first");
+    dev.release(1);
+    (first.join().unwrap(), second.join().unwrap())
 }
 
 /// A commit's flush that fails must fail every sync waiting on it. Two syncs used
@@ -191,14 +127,14 @@ impl BlockDevice for RacingFlushes {
 /// second sync cannot succeed whatever the order.
 #[test]
 fn a_sync_beside_a_failing_flush_fails_too() {
-    let (dev, pool, b) = RacingFlushes::pool();
+    let (dev, pool, b) = racing_flushes();
     pool.commit().unwrap();
     pool.mknod(b, 1, b"f", libc::S_IFREG | 0o644, 0, Owner::default())
         .unwrap();
     // The first sync writes the (small, one-flush) commit and flushes outside the
     // pool lock; the second finds the commit flushing and flushes too.
     let (p1, p2) = (pool.clone(), pool.clone());
-    let (first, second) = dev.race(move || p1.sync(), move || p2.sync());
+    let (first, second) = race(&dev, move || p1.sync(), move || p2.sync());
     let err = first.expect_err("the sync whose flush failed must fail");
     assert!(err.to_string().contains("I/O error"), "{err}");
     second.expect_err("the sync beside the failed flush must fail");
@@ -214,7 +150,7 @@ fn a_sync_beside_a_failing_flush_fails_too() {
 /// would have returned 0 on Linux, and its data may be what failed to land).
 #[test]
 fn an_fsync_beside_a_failing_log_flush_fails_too() {
-    let (dev, pool, b) = RacingFlushes::pool();
+    let (dev, pool, b) = racing_flushes();
     let mut files = Vec::new();
     for name in [&b"f1"[..], b"f2"] {
         let ino = pool
@@ -230,7 +166,11 @@ fn an_fsync_beside_a_failing_log_flush_fails_too() {
     }
     let (p1, p2) = (pool.clone(), pool.clone());
     let (f1, f2) = (files[0], files[1]);
-    let (first, second) = dev.race(move || p1.sync_file(b, f1), move || p2.sync_file(b, f2));
+    let (first, second) = race(
+        &dev,
+        move || p1.sync_file(b, f1),
+        move || p2.sync_file(b, f2),
+    );
     first.expect_err("the fsync whose flush failed must fail");
     second.expect_err("the fsync beside the failed flush must fail");
     std::mem::forget(Arc::try_unwrap(pool).ok());
