@@ -54,6 +54,26 @@ impl FlushGate {
     }
 }
 
+/// Records the end of flush `number` when dropped: its failure (`errno`), if
+/// any, and wakes the callers waiting for it.
+struct Ending<'a> {
+    gate: &'a FlushGate,
+    number: u64,
+    errno: Option<i32>,
+}
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        let mut s = self.gate.state.lock();
+        s.running = false;
+        s.ended = self.number;
+        if let Some(errno) = self.errno {
+            s.failed.get_or_insert(errno);
+        }
+        self.gate.ended.notify_all();
+    }
+}
+
 impl BlockDevice for FlushGate {
     fn flush(&self) -> std::io::Result<()> {
         let mut s = self.state.lock();
@@ -75,14 +95,19 @@ impl BlockDevice for FlushGate {
             s.running = true;
             let number = s.started;
             drop(s);
+            // Ends the flush even if the device panics (as a failure: whether
+            // it landed is unknown), so that no caller waits forever.
+            let mut ending = Ending {
+                gate: self,
+                number,
+                errno: Some(libc::EIO),
+            };
             let r = self.dev.flush();
-            s = self.state.lock();
-            s.running = false;
-            s.ended = number;
-            if let Err(e) = &r {
-                s.failed = Some(e.raw_os_error().unwrap_or(libc::EIO));
-            }
-            self.ended.notify_all();
+            ending.errno = r
+                .as_ref()
+                .err()
+                .map(|e| e.raw_os_error().unwrap_or(libc::EIO));
+            drop(ending);
             // Return this flush's own error as it came (its kind and message);
             // later callers get the recorded errno.
             return r;
@@ -262,6 +287,44 @@ mod tests {
         slow.release_one();
         gate.flush().unwrap();
         assert_eq!(slow.entered.load(Ordering::SeqCst), 2);
+    }
+
+    /// A device whose flush panics: the gate counts it as failed, so callers
+    /// waiting behind it get an error instead of waiting forever.
+    struct PanickingFlush(MemDevice);
+
+    impl BlockDevice for PanickingFlush {
+        fn read_at(&self, addr: BlockAddr, buf: &mut [u8]) -> std::io::Result<()> {
+            self.0.read_at(addr, buf)
+        }
+        fn write_at(&self, addr: BlockAddr, buf: &[u8]) -> std::io::Result<()> {
+            self.0.write_at(addr, buf)
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            panic!("flush panics");
+        }
+        fn len_blocks(&self) -> u64 {
+            self.0.len_blocks()
+        }
+        fn fixed_capacity(&self) -> Option<u64> {
+            None
+        }
+        fn host_free_bytes(&self) -> Option<u64> {
+            None
+        }
+        fn name(&self) -> PathBuf {
+            "<panicking flush>".into()
+        }
+    }
+
+    #[test]
+    fn a_flush_that_panicked_fails_later_flushes() {
+        let gate = FlushGate::wrap(Arc::new(PanickingFlush(MemDevice::new())));
+        let g = gate.clone();
+        assert!(std::thread::spawn(move || g.flush()).join().is_err());
+        let after = flush_on_thread(&gate);
+        let e = after.join().unwrap().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
     }
 
     #[test]
