@@ -4,86 +4,21 @@
 //! the previous commit, which still maps those blocks: had a data write of the
 //! next transaction landed on them, the previous commit would open damaged.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+#[path = "support/held_flushes.rs"]
+mod held_flushes;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use cowfs::fs::Owner;
-use cowfs::pool::{FsckOptions, Pool, PoolOptions};
-use cowfs::store::device::{BlockDevice, MemDevice};
-
-/// A device whose first flush, once armed, waits until the test releases it.
-struct HeldFlush {
-    inner: MemDevice,
-    armed: AtomicBool,
-    /// (flushes entered since arming, released)
-    state: Mutex<(u32, bool)>,
-    cv: Condvar,
-}
-
-impl HeldFlush {
-    fn wait_entered(&self) {
-        let mut s = self.state.lock().unwrap();
-        while s.0 == 0 {
-            s = self.cv.wait(s).unwrap();
-        }
-    }
-    fn release(&self) {
-        self.state.lock().unwrap().1 = true;
-        self.cv.notify_all();
-    }
-}
-
-impl BlockDevice for HeldFlush {
-    fn read_at(&self, addr: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.inner.read_at(addr, buf)
-    }
-    fn write_at(&self, addr: u64, buf: &[u8]) -> std::io::Result<()> {
-        self.inner.write_at(addr, buf)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        if self.armed.load(Ordering::SeqCst) {
-            let mut s = self.state.lock().unwrap();
-            s.0 += 1;
-            self.cv.notify_all();
-            if s.0 == 1 {
-                while !s.1 {
-                    s = self.cv.wait(s).unwrap();
-                }
-            }
-        }
-        self.inner.flush()
-    }
-    fn len_blocks(&self) -> u64 {
-        self.inner.len_blocks()
-    }
-    fn fixed_capacity(&self) -> Option<u64> {
-        self.inner.fixed_capacity()
-    }
-    fn host_free_bytes(&self) -> Option<u64> {
-        None
-    }
-    fn name(&self) -> std::path::PathBuf {
-        "<held flush>".into()
-    }
-}
+use cowfs::pool::{FsckOptions, Pool};
 
 const MIB: usize = 1 << 20;
 
 #[test]
 fn a_write_during_the_first_flush_does_not_reuse_what_the_commit_freed() {
-    let dev = Arc::new(HeldFlush {
-        inner: MemDevice::new(),
-        armed: AtomicBool::new(false),
-        state: Mutex::new((0, false)),
-        cv: Condvar::new(),
-    });
-    let opts = PoolOptions {
-        capacity_bytes: Some(16 << 20),
-        ..Default::default()
-    };
-    let pool = Arc::new(Pool::create_on(dev.clone(), &opts).unwrap());
-    let b = pool.branch_id("main").unwrap();
+    // The first flush, once armed, waits until the test releases it.
+    let (dev, pool, b, opts) = held_flushes::pool_of(16 << 20, 1, &[]);
     let mk = |name: &[u8]| {
         pool.mknod(b, 1, name, libc::S_IFREG | 0o644, 0, Owner::default())
             .unwrap()
@@ -111,12 +46,12 @@ fn a_write_during_the_first_flush_does_not_reuse_what_the_commit_freed() {
     // Overwrite "a" (512 blocks: a two-flush commit) and commit; the commit
     // frees the old copy, and its first flush is held.
     pool.write_file(b, a, 0, &vec![2; 2 * MIB]).unwrap();
-    dev.armed.store(true, Ordering::SeqCst);
+    dev.arm();
     let committing = {
         let pool = pool.clone();
         std::thread::spawn(move || pool.commit())
     };
-    dev.wait_entered();
+    dev.wait_entered(1);
     // The next transaction writes 2 MiB: the only room is the old copy of "a",
     // which the commit in flight freed. The write must wait for that commit.
     let writing = {
@@ -128,7 +63,7 @@ fn a_write_during_the_first_flush_does_not_reuse_what_the_commit_freed() {
 
     // A crash now: the commit's superblock is not written, the previous commit
     // opens and still holds the old "a".
-    let image = dev.inner.snapshot();
+    let image = dev.image();
     let crashed = Pool::open_on(Arc::new(image), &opts).unwrap();
     assert_eq!(crashed.generation(), good);
     let old = crashed.read_file(b, a, 0, 2 * MIB);
@@ -142,7 +77,7 @@ fn a_write_during_the_first_flush_does_not_reuse_what_the_commit_freed() {
     drop(crashed);
     assert!(waited, "the write did not wait for the commit in flight");
 
-    dev.release();
+    dev.release(1);
     committing.join().unwrap().unwrap();
     assert_eq!(writing.join().unwrap().unwrap(), 2 * MIB);
     pool.commit().unwrap();

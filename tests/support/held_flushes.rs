@@ -1,7 +1,7 @@
 //! A device whose flushes, once armed, are counted and held until the test lets
 //! them return, some failing with EIO: how the flush-ordering tests
 //! (engine_failed_flush.rs, engine_two_flush_gate.rs,
-//! engine_two_flush_unlocked.rs) stop a commit or fsync at its flush, run
+//! engine_two_flush_unlocked.rs, engine_flush_quarantine.rs) stop a commit or fsync at its flush, run
 //! something beside it, and choose which flush saw a write-back error.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,9 +60,17 @@ impl HeldFlushes {
     }
 }
 
-/// A 64 MiB pool on a new HeldFlushes(`hold`, `fail`): the device, the pool,
-/// its "main" branch and the options to reopen an image with.
-pub fn pool(hold: u32, fail: &[u32]) -> (Arc<HeldFlushes>, Arc<Pool>, BranchId, PoolOptions) {
+/// The device, the pool, its "main" branch and the options to reopen an image with.
+pub type HeldPool = (Arc<HeldFlushes>, Arc<Pool>, BranchId, PoolOptions);
+
+/// A 64 MiB pool on a new HeldFlushes(`hold`, `fail`).
+#[allow(dead_code)] // engine_flush_quarantine.rs needs a smaller one
+pub fn pool(hold: u32, fail: &[u32]) -> HeldPool {
+    pool_of(64 << 20, hold, fail)
+}
+
+/// A pool of `capacity` bytes on a new HeldFlushes(`hold`, `fail`).
+pub fn pool_of(capacity: u64, hold: u32, fail: &[u32]) -> HeldPool {
     let dev = Arc::new(HeldFlushes {
         inner: MemDevice::new(),
         hold,
@@ -72,7 +80,7 @@ pub fn pool(hold: u32, fail: &[u32]) -> (Arc<HeldFlushes>, Arc<Pool>, BranchId, 
         cv: Condvar::new(),
     });
     let opts = PoolOptions {
-        capacity_bytes: Some(64 << 20),
+        capacity_bytes: Some(capacity),
         ..Default::default()
     };
     let pool = Arc::new(Pool::create_on(dev.clone(), &opts).unwrap());
