@@ -102,8 +102,9 @@ fn racing_flushes() -> (Arc<HeldFlushes>, Arc<Pool>, BranchId) {
 }
 
 /// Run `first` on a thread and wait until its flush has reached the device;
-/// then run `second` on another thread, give it 100 ms to reach its flush,
-/// and let the first flush fail. The results of both.
+/// then run `second` on another thread, wait until its flush has reached the
+/// device too (and returned 0 there), and let the first flush fail. The
+/// results of both.
 fn race<T: Send + 'static>(
     dev: &HeldFlushes,
     first: impl FnOnce() -> T + Send + 'static,
@@ -113,8 +114,7 @@ fn race<T: Send + 'static>(
     let first = std::thread::spawn(first);
     dev.wait_entered(1);
     let second = std::thread::spawn(second);
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    assert_eq!(dev.entered(), 1, "a second flush ran beside the first");
+    dev.wait_entered(2);
     dev.release(1);
     (first.join().unwrap(), second.join().unwrap())
 }
@@ -122,9 +122,9 @@ fn race<T: Send + 'static>(
 /// A commit's flush that fails must fail every sync waiting on it. Two syncs used
 /// to flush the one pool file at once; when write-back failed, Linux told one of
 /// them (EIO) and the other got 0 and acknowledged the commit, though its blocks
-/// may not have landed. Flushes now go one at a time through the pool's gate
-/// (store/flush_gate.rs), and one that failed fails every later one, so the
-/// second sync cannot succeed whatever the order.
+/// may not have landed. Through the pool's flush gate (store/flush_gate.rs) a
+/// flush that returned 0 waits for the flushes that ran beside it and fails if
+/// one of them failed, so the second sync cannot succeed.
 #[test]
 fn a_sync_beside_a_failing_flush_fails_too() {
     let (dev, pool, b) = racing_flushes();

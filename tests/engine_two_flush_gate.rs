@@ -10,7 +10,6 @@
 mod held_flushes;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use cowfs::fs::Owner;
 use cowfs::pool::Pool;
@@ -43,7 +42,8 @@ fn a_failed_first_flush_keeps_the_superblock_unwritten_despite_a_concurrent_sync
         let pool = pool.clone();
         std::thread::spawn(move || pool.sync())
     };
-    std::thread::sleep(Duration::from_millis(100));
+    // Its flush reaches the device beside the first one and returns 0 there.
+    dev.wait_entered(2);
     dev.release(1);
     let first = committing.join().unwrap();
     assert!(first.is_err(), "the failed flush is reported");
@@ -64,8 +64,7 @@ fn a_failed_first_flush_keeps_the_superblock_unwritten_despite_a_concurrent_sync
 #[test]
 fn a_pool_poisoned_during_the_first_flush_never_writes_the_superblock() {
     // The first two flushes, once armed, each wait until the test releases
-    // them; the first fails. (Through the flush gate the second never starts
-    // beside the first; without it, it would.)
+    // them; the first fails.
     let (dev, pool, b, opts) = held_flushes::pool(2, &[1]);
     let mk = |name: &[u8]| {
         pool.mknod(b, 1, name, libc::S_IFREG | 0o644, 0, Owner::default())
@@ -94,9 +93,7 @@ fn a_pool_poisoned_during_the_first_flush_never_writes_the_superblock() {
         let pool = pool.clone();
         std::thread::spawn(move || pool.commit())
     };
-    // (Through the pool's flush gate it waits for the first without reaching
-    // the device; give it time to get there.)
-    std::thread::sleep(Duration::from_millis(100));
+    dev.wait_entered(2);
 
     // The log's flush fails (it may be the one told of the commit's lost
     // write-back): the pool is poisoned before the commit's flush returns.

@@ -41,7 +41,7 @@ impl HeldFlushes {
     }
 
     /// How many flushes have reached the device since arming.
-    #[allow(dead_code)] // engine_two_flush_gate.rs does not count them
+    #[allow(dead_code)] // only engine_two_flush_unlocked.rs counts them
     pub fn entered(&self) -> u32 {
         self.state.lock().unwrap().0
     }

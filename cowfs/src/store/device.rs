@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::flush_handles::FlushHandles;
 use super::{BlockAddr, BLOCK_SIZE};
 
 pub trait BlockDevice: Send + Sync {
@@ -45,8 +46,10 @@ pub trait BlockDevice: Send + Sync {
     }
     /// Make every completed write durable.
     fn flush(&self) -> std::io::Result<()>;
-    /// Whether this is a `FlushGate` (pools wrap their device in one).
-    fn is_gated(&self) -> bool {
+    /// Whether no flush of this device can succeed beside or after a failed one
+    /// (a `FlushGate`, or a device whose every flush is told of every write-back
+    /// error itself). Pools wrap a device that does not in a `FlushGate`.
+    fn flush_errors_reach_every_flush(&self) -> bool {
         false
     }
     /// Current length in blocks (a pool file grows as blocks are written).
@@ -72,6 +75,8 @@ pub struct FileDevice {
     /// so buffered and direct access of the same blocks stay coherent, and
     /// `flush` (fdatasync) covers direct writes too (it flushes the device cache).
     direct: Option<File>,
+    /// The descriptions `flush` goes through (flush_handles.rs).
+    flushes: FlushHandles,
     path: PathBuf,
     is_blockdev: bool,
     /// Length in bytes, kept here: the allocator asks on every data allocation,
@@ -161,9 +166,13 @@ impl FileDevice {
                 .open(path)
                 .ok()
         };
+        // No O_EXCL: the claim is this process's already (see above).
+        let flushes =
+            FlushHandles::open(|| OpenOptions::new().read(true).write(writable).open(path))?;
         let dev = FileDevice {
             file,
             direct,
+            flushes,
             path: path.to_path_buf(),
             is_blockdev,
             len: AtomicU64::new(len),
@@ -399,7 +408,10 @@ impl BlockDevice for FileDevice {
         !self.is_blockdev
     }
     fn flush(&self) -> std::io::Result<()> {
-        self.file.sync_data()
+        self.flushes.flush()
+    }
+    fn flush_errors_reach_every_flush(&self) -> bool {
+        true
     }
     fn len_blocks(&self) -> u64 {
         self.len.load(Ordering::Relaxed) / BLOCK_SIZE as u64

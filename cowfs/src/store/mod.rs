@@ -6,6 +6,7 @@ pub mod block;
 pub mod cache;
 pub mod device;
 pub mod flush_gate;
+mod flush_handles;
 pub mod intent_log;
 pub mod runs;
 pub mod spacemap;
