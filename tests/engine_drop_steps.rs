@@ -294,6 +294,20 @@ fn a_write_at_a_quota_leaves_dropped_trees_to_the_thread() {
     clean(&p);
 }
 
+/// Branch "agent" of main with a 4 GiB quota and a file "f" of 2 GiB
+/// (fallocated) in it.
+fn agent_with_quota(p: &Pool) -> (BranchId, u64) {
+    let agent = p.branch_create("agent", "main").unwrap();
+    let f = file(p, agent, b"f");
+    p.fallocate(agent, f, 0, 2 * GIB, false).unwrap();
+    let limits = cowfs::pool::quota::QuotaLimits {
+        max_bytes: Some(4 * GIB),
+        reserve_bytes: 0,
+    };
+    p.quota_set("agent", limits).expect("quota");
+    (agent, f)
+}
+
 /// A snapshot of a branch with a quota is deleted while the branch shares
 /// most of it: what becomes the branch's alone is in its figure after the
 /// control plane's recount (`quota_recount_all`), although the snapshot's tree
@@ -301,14 +315,7 @@ fn a_write_at_a_quota_leaves_dropped_trees_to_the_thread() {
 #[test]
 fn a_recount_after_a_delete_sees_what_the_drop_leaves_alone() {
     let p = Pool::create_on(Arc::new(MemDevice::new()), &opts(8 * GIB)).unwrap();
-    let agent = p.branch_create("agent", "main").unwrap();
-    let f = file(&p, agent, b"f");
-    p.fallocate(agent, f, 0, 2 * GIB, false).unwrap();
-    let limits = cowfs::pool::quota::QuotaLimits {
-        max_bytes: Some(4 * GIB),
-        reserve_bytes: 0,
-    };
-    p.quota_set("agent", limits).expect("quota");
+    let (agent, f) = agent_with_quota(&p);
     p.snapshot_create("snap", "agent").unwrap();
     // The branch's root is copied: the snapshot's is its alone again.
     p.write_file(agent, f, 0, &[1u8; 4096]).unwrap();
@@ -336,14 +343,7 @@ fn a_recount_after_a_delete_sees_what_the_drop_leaves_alone() {
 fn a_reset_counts_what_its_old_tree_leaves_to_a_sharer() {
     let p = Pool::create_on(Arc::new(MemDevice::new()), &opts(8 * GIB)).unwrap();
     p.snapshot_create("empty", "main").unwrap();
-    let agent = p.branch_create("agent", "main").unwrap();
-    let f = file(&p, agent, b"f");
-    p.fallocate(agent, f, 0, 2 * GIB, false).unwrap();
-    let limits = cowfs::pool::quota::QuotaLimits {
-        max_bytes: Some(4 * GIB),
-        reserve_bytes: 0,
-    };
-    p.quota_set("agent", limits).expect("quota");
+    let (agent, f) = agent_with_quota(&p);
     p.branch_create("other", "agent").unwrap();
     // The agent's root is copied: the other branch's is its alone again.
     p.write_file(agent, f, 0, &[1u8; 4096]).unwrap();

@@ -26,15 +26,8 @@ fn a_failed_first_flush_keeps_the_superblock_unwritten_despite_a_concurrent_sync
     pool.commit().unwrap();
     let good = pool.generation();
 
-    // 2 MiB: more blocks than a manifest lists, so a two-flush commit.
-    let data: Vec<u8> = (0..2 << 20).map(|i| (i % 251) as u8).collect();
-    pool.write_file(b, big, 0, &data).unwrap();
-    dev.arm();
-    let committing = {
-        let pool = pool.clone();
-        std::thread::spawn(move || pool.commit())
-    };
-    dev.wait_entered(1);
+    // A two-flush commit (2 MiB written), its first flush held at the device.
+    let (_, committing) = held_flushes::two_flush_commit_held(&dev, &pool, b, big);
 
     // A second sync flushes the same blocks meanwhile (on Linux its fdatasync
     // would return 0 while the first one's returns EIO).

@@ -29,16 +29,8 @@ fn requests_run_during_the_first_flush_of_a_two_flush_commit() {
     pool.commit().unwrap();
     let good = pool.generation();
 
-    // 2 MiB of data: 512 blocks written, more than a manifest lists, so the
-    // next commit is a two-flush one.
-    let data: Vec<u8> = (0..2 << 20).map(|i| (i % 251) as u8).collect();
-    pool.write_file(b, big, 0, &data).unwrap();
-    dev.arm();
-    let committing = {
-        let pool = pool.clone();
-        std::thread::spawn(move || pool.commit())
-    };
-    dev.wait_entered(1);
+    // A two-flush commit (2 MiB written), its first flush held at the device.
+    let (data, committing) = held_flushes::two_flush_commit_held(&dev, &pool, b, big);
 
     // The first flush is blocked: requests that take the pool lock still run.
     let during = {

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use cowfs::pool::{BranchId, Pool, PoolOptions};
+use cowfs::pool::{BranchId, Pool, PoolOptions, PoolResult};
 use cowfs::store::device::{BlockDevice, MemDevice};
 
 /// A MemDevice whose flushes after `arm()` are numbered from 1: flushes
@@ -124,6 +124,28 @@ impl BlockDevice for HeldFlushes {
     fn name(&self) -> std::path::PathBuf {
         "<held flushes>".into()
     }
+}
+
+/// Write 2 MiB (512 blocks, more than a superblock manifest lists) to file
+/// `big` of branch `b`, arm the device and commit on another thread: a
+/// two-flush commit, whose first flush (the blocks') is then held at the
+/// device. The data written and the committing thread.
+#[allow(dead_code)] // engine_failed_flush.rs and engine_flush_quarantine.rs make no such commit
+pub fn two_flush_commit_held(
+    dev: &HeldFlushes,
+    pool: &Arc<Pool>,
+    b: BranchId,
+    big: u64,
+) -> (Vec<u8>, std::thread::JoinHandle<PoolResult<()>>) {
+    let data: Vec<u8> = (0..2 << 20).map(|i| (i % 251) as u8).collect();
+    pool.write_file(b, big, 0, &data).unwrap();
+    dev.arm();
+    let committing = {
+        let pool = pool.clone();
+        std::thread::spawn(move || pool.commit())
+    };
+    dev.wait_entered(1);
+    (data, committing)
 }
 
 /// Run `f` on another thread; None if it did not return within 10 s (it waits
