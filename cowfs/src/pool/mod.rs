@@ -702,8 +702,7 @@ impl Pool {
         while let Some(g) = e.flushing {
             e = self.flush_out(e, g)?;
         }
-        e.refuse_changes()?;
-        if !e.has_changes() && e.sealed {
+        if !e.commit_due()? {
             return Ok(());
         }
         let g = e.commit_write_checked()?;
@@ -2204,13 +2203,18 @@ impl Engine {
     /// superblock slot, flush. On an I/O error the pool is poisoned (read-only).
     pub(crate) fn commit(&mut self) -> Result<(), StoreError> {
         self.finish_flush()?;
-        self.refuse_changes()?;
-        // Nothing new: still seal a one-flush commit (see `sealed`), once.
-        if !self.has_changes() && self.sealed {
+        if !self.commit_due()? {
             return Ok(());
         }
         self.commit_write_checked()?;
         self.finish_flush()
+    }
+
+    /// Whether a commit has anything to write: changes, or a one-flush commit
+    /// still to seal (see `sealed`), once. An error if the pool takes no changes.
+    fn commit_due(&self) -> Result<bool, StoreError> {
+        self.refuse_changes()?;
+        Ok(self.has_changes() || !self.sealed)
     }
 
     /// Write the running transaction as a commit, all but the final flush (see
