@@ -52,6 +52,12 @@ fn failed_flush_poisons_the_pool_and_reopen_keeps_the_last_commit() {
         "{e}"
     );
     assert!(pool.branch_create("x", "main").is_err());
+    // The failed commit is not durable: its generation is not the pool's.
+    assert_eq!(
+        pool.generation(),
+        good,
+        "the failed commit counted as durable"
+    );
     std::mem::forget(pool); // a crashed daemon does not run its final commit
 
     dev.set_fail_flush(false);

@@ -233,6 +233,10 @@ pub(crate) struct Engine {
     /// durable. The next transaction runs meanwhile: this one's blocks are no
     /// longer fresh (copied, never rewritten) and the blocks it freed wait for it.
     flushing: Option<u64>,
+    /// Generation of the last durable commit: the one opened, then each whose
+    /// flushes all returned 0. Not `st.generation() - 1` once not flushing: a
+    /// commit whose flush failed is neither flushing nor durable.
+    durable: u64,
     /// The superblock of the `flushing` commit while it waits for the flush of
     /// the commit's blocks (a commit too large for a manifest: two flushes). A
     /// crash before it is written opens the previous commit.
@@ -712,8 +716,7 @@ impl Pool {
 
     /// Generation of the last durable commit.
     pub fn generation(&self) -> u64 {
-        let e = self.e.lock();
-        e.st.generation() - 1 - u64::from(e.flushing.is_some())
+        self.e.lock().durable
     }
 
     pub fn list(&self) -> Vec<BranchInfo> {
@@ -1512,6 +1515,7 @@ impl Engine {
             reads: Arc::default(),
             read_slot: 0,
             flushing: None,
+            durable: st_gen - 1,
             unwritten_sb: None,
             sealed: true,
             older_slot: false,
@@ -2292,6 +2296,7 @@ impl Engine {
             return self.write_unwritten_sb();
         }
         self.flushing = None;
+        self.durable = g;
         // Blocks freed by the previous commit become allocatable once the reads that
         // started before it are over (the other slot; almost always already done),
         // and those this commit freed go to quarantine, where reads started before
