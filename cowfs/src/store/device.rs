@@ -159,16 +159,14 @@ impl FileDevice {
             meta.len()
         };
         let direct = {
-            OpenOptions::new()
-                .read(true)
-                .write(writable)
-                .custom_flags(libc::O_DIRECT)
-                .open(path)
-                .ok()
+            let mut o = OpenOptions::new();
+            o.read(true).write(writable).custom_flags(libc::O_DIRECT);
+            reopen(&file, path, &o).ok()
         };
         // No O_EXCL: the claim is this process's already (see above).
-        let flushes =
-            FlushHandles::open(|| OpenOptions::new().read(true).write(writable).open(path))?;
+        let mut o = OpenOptions::new();
+        o.read(true).write(writable);
+        let flushes = FlushHandles::open(|| reopen(&file, path, &o))?;
         let dev = FileDevice {
             file,
             direct,
@@ -220,6 +218,30 @@ fn host_free(file: &File) -> std::io::Result<u64> {
 /// records that never reached the disk, accept a commit that is not there, and
 /// build on it. Read from the medium, such a commit fails its manifest check and
 /// the previous one opens. Advice only: an error changes nothing else.
+/// Another open file description of `file`'s own file or device, with `opts`:
+/// through /proc/self/fd, not `path`, so that a pool file renamed over (or a
+/// device symlink re-pointed) between two opens cannot give the data handle or
+/// a flush's description another file (a flush of the wrong file would
+/// acknowledge writes it never covered). `path` only where /proc is missing;
+/// either way the result is checked to be the same file.
+fn reopen(file: &File, path: &Path, opts: &OpenOptions) -> std::io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::AsRawFd;
+    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    let other = match opts.open(&by_fd) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => opts.open(path)?,
+        r => r?,
+    };
+    let (a, b) = (file.metadata()?, other.metadata()?);
+    if (a.dev(), a.ino(), a.rdev()) != (b.dev(), b.ino(), b.rdev()) {
+        return Err(std::io::Error::other(format!(
+            "{} was replaced while it was being opened",
+            path.display()
+        )));
+    }
+    Ok(other)
+}
+
 fn drop_clean_pages(file: &File) {
     use std::os::unix::io::AsRawFd;
     // SAFETY: posix_fadvise takes plain integers; the descriptor is open.
@@ -624,6 +646,36 @@ mod tests {
         FileDevice::open(&path, false).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o640);
+    }
+
+    /// The data handle and the flushes' descriptions are opened through the
+    /// first handle's descriptor: a file renamed over the pool's path between the
+    /// opens is not the one they reach (by path, they reached the new file).
+    #[test]
+    fn reopen_reaches_the_file_opened_not_the_path() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool");
+        let first = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"not the pool").unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        let mut o = OpenOptions::new();
+        o.read(true).write(true);
+        reopen(&first, &path, &o)
+            .unwrap()
+            .write_all_at(b"pool", 0)
+            .unwrap();
+        let mut back = [0u8; 4];
+        first.read_exact_at(&mut back, 0).unwrap();
+        assert_eq!(&back, b"pool", "written to the file first opened");
+        assert_eq!(std::fs::read(&path).unwrap(), b"not the pool");
     }
 
     /// Pages of the pool file in the host's page cache (mincore of a mapping).
