@@ -175,13 +175,14 @@ fn a_stale_cgroup_of_a_dead_daemon_is_removed() {
 }
 
 /// Where the memory cgroup cannot be made (here: an empty read-only tmpfs over
-/// /sys/fs/cgroup, in a mount namespace of this test's thread), the hook is
-/// not run, and the error names the limit and the path.
+/// /sys/fs/cgroup, in a mount namespace of this test's thread), a hook whose
+/// config set `memory_max_mib` is not run, and the error names the limit and
+/// the path.
 #[test]
 fn a_limit_that_cannot_be_applied_fails_the_run() {
     let clone = tempfile::tempdir().unwrap();
     let h = load(
-        "[[profiles.p.hooks]]\nname = \"h\"\ncommand = \"touch \\\"$COWFS_CLONE_DIR/ran\\\"\"\n",
+        "[[profiles.p.hooks]]\nname = \"h\"\ncommand = \"touch \\\"$COWFS_CLONE_DIR/ran\\\"\"\nmemory_max_mib = 512\n",
     )
     .unwrap();
     let e = std::thread::scope(|s| {
@@ -195,12 +196,34 @@ fn a_limit_that_cannot_be_applied_fails_the_run() {
     let msg = e.to_string();
     assert!(matches!(e, SanitizeError::HookMemoryLimit { .. }), "{e:?}");
     assert!(
-        msg.contains(&format!(
-            "hook 'h' was not run: its memory limit (memory_max_mib = {DEFAULT_MEMORY_MAX_MIB}) cannot be applied: /sys/fs/cgroup"
-        )),
+        msg.contains(
+            "hook 'h' was not run: its memory limit (memory_max_mib = 512) cannot be applied: /sys/fs/cgroup"
+        ),
         "{msg}"
     );
     assert!(!clone.path().join("ran").exists(), "the hook ran");
+}
+
+/// The default limit, where it cannot be applied, is done without (a warning
+/// is logged): the hook runs, as on a cgroup v2 host whose daemon runs in a
+/// plain service cgroup.
+#[test]
+fn the_default_limit_is_skipped_where_it_cannot_be_applied() {
+    let clone = tempfile::tempdir().unwrap();
+    let h = load(
+        "[[profiles.p.hooks]]\nname = \"h\"\ncommand = \"touch \\\"$COWFS_CLONE_DIR/ran\\\"\"\n",
+    )
+    .unwrap();
+    assert_eq!(h.memory_max_mib, DEFAULT_MEMORY_MAX_MIB);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            hide_cgroups();
+            run_hook(&h, clone.path(), "b", "k").unwrap_or_else(|e| panic!("{e}"))
+        })
+        .join()
+        .unwrap()
+    });
+    assert!(clone.path().join("ran").exists(), "the hook did not run");
 }
 
 /// In a mount namespace of the calling thread's own: an empty read-only tmpfs

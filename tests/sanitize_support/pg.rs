@@ -316,6 +316,7 @@ pub fn run_sql_hook_in(
         read_write_paths: Vec::new(),
         tmpfs_size_mib: DEFAULT_TMPFS_SIZE_MIB,
         memory_max_mib: DEFAULT_MEMORY_MAX_MIB,
+        memory_limit_required: false,
     };
     run_hook(
         &hook,

@@ -14,8 +14,10 @@
 //! cgroup v1 (a `N:memory:PATH` line; the hierarchy at `/sys/fs/cgroup/memory`)
 //! is preferred when the memory controller is there; otherwise cgroup v2 (the
 //! `0::PATH` line; the unified hierarchy at `/sys/fs/cgroup`, `memory` in its
-//! `cgroup.controllers`). A limit that cannot be applied fails the run with
-//! `CgroupError`: a configured limit is never dropped silently.
+//! `cgroup.controllers`). A limit that cannot be applied is a `CgroupError`:
+//! it fails the run if the config set the limit (a configured limit is never
+//! dropped), and is logged and done without for the default one (see
+//! `hook::run_hook_cancellable`).
 
 use std::fs::OpenOptions;
 use std::io;

@@ -133,6 +133,11 @@ pub struct Hook {
     pub tmpfs_size_mib: u32,
     /// The memory limit of the hook and what it starts (its cgroup), MiB.
     pub memory_max_mib: u32,
+    /// Whether the config set `memory_max_mib`: a limit asked for that cannot be
+    /// applied fails the run; the default one is skipped with a warning (on a
+    /// cgroup v2 host whose daemon shares its cgroup with nothing below it, as a
+    /// plain systemd service does, none can be made: see `cgroup`).
+    pub memory_limit_required: bool,
 }
 
 impl Rule {
@@ -532,6 +537,7 @@ fn compile_hook(h: RawHook, base: &Path) -> Result<Hook, String> {
         read_write_paths,
         tmpfs_size_mib,
         memory_max_mib,
+        memory_limit_required: h.memory_max_mib.is_some(),
     })
 }
 

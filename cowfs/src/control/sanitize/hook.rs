@@ -164,7 +164,8 @@ pub fn run_hook(
 /// `Cancelled` soon after `cancel` is set. Returns only once the hook's process
 /// was waited for (`pid_ns::enter` relies on it). The hook runs in a memory
 /// cgroup of its own (see `cgroup`), made first and removed last; one that
-/// cannot be made fails the run, the hook not started.
+/// cannot be made fails the run, the hook not started, if the config set
+/// `memory_max_mib`, and is logged and done without otherwise.
 pub fn run_hook_cancellable(
     hook: &Hook,
     clone_dir: &Path,
@@ -172,14 +173,28 @@ pub fn run_hook_cancellable(
     hook_key: &str,
     cancel: &AtomicBool,
 ) -> Result<HookReport, SanitizeError> {
-    let cgroup =
-        MemoryCgroup::create(hook.memory_max_mib).map_err(|e| SanitizeError::HookMemoryLimit {
-            hook: hook.name.clone(),
-            memory_max_mib: hook.memory_max_mib,
-            cgroup: e.path,
-            why: e.why,
-        })?;
-    let result = run_in_cgroup(hook, clone_dir, branch, hook_key, cancel, &cgroup);
+    let cgroup = match MemoryCgroup::create(hook.memory_max_mib) {
+        Ok(c) => c,
+        Err(e) if !hook.memory_limit_required => {
+            log::warn!(
+                "hook '{}' runs without a memory limit: the default one ({} MiB) cannot be applied: {}: {} (set memory_max_mib to require one)",
+                hook.name,
+                hook.memory_max_mib,
+                e.path.display(),
+                e.why
+            );
+            return run_in_cgroup(hook, clone_dir, branch, hook_key, cancel, None);
+        }
+        Err(e) => {
+            return Err(SanitizeError::HookMemoryLimit {
+                hook: hook.name.clone(),
+                memory_max_mib: hook.memory_max_mib,
+                cgroup: e.path,
+                why: e.why,
+            })
+        }
+    };
+    let result = run_in_cgroup(hook, clone_dir, branch, hook_key, cancel, Some(&cgroup));
     // Every process of the run is gone here (see `run_in_cgroup`).
     let oom_kills = cgroup.oom_kills();
     let dir = cgroup.dir().to_path_buf();
@@ -213,7 +228,7 @@ pub fn run_hook_cancellable(
     }
 }
 
-/// The hook run of `run_hook_cancellable`, its process joining `cgroup`.
+/// The hook run of `run_hook_cancellable`, its process joining `cgroup` (if any).
 /// Returns once the relay was waited for: it ends after the namespace's init,
 /// whose end the kernel completes only when every process of the namespace
 /// is gone.
@@ -223,7 +238,7 @@ fn run_in_cgroup(
     branch: &str,
     hook_key: &str,
     cancel: &AtomicBool,
-    cgroup: &MemoryCgroup,
+    cgroup: Option<&MemoryCgroup>,
 ) -> Result<HookReport, SanitizeError> {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -266,7 +281,7 @@ fn run_in_cgroup(
     // SAFETY: getpid cannot fail and touches no memory.
     let daemon = unsafe { libc::getpid() };
     let own_network = !hook.network;
-    let cgroup_procs = cgroup.procs_fd();
+    let cgroup_procs = cgroup.map_or(-1, MemoryCgroup::procs_fd);
     let in_child = sandbox.clone();
     // SAFETY: the closure runs in the forked child and only makes the system
     // calls of `pid_ns::enter`, without allocating.
@@ -647,6 +662,7 @@ mod tests {
             read_write_paths: Vec::new(),
             tmpfs_size_mib: crate::control::sanitize::config::DEFAULT_TMPFS_SIZE_MIB,
             memory_max_mib: crate::control::sanitize::config::DEFAULT_MEMORY_MAX_MIB,
+            memory_limit_required: false,
         }
     }
 

@@ -309,7 +309,8 @@ impl Stop {
 /// hook described above; returns `Ok` in the hook only, which then execs.
 /// `daemon` is the daemon's pid, `report` the write end of its `Report`, `stop`
 /// the read end of its `Stop`, `cgroup_procs` the `cgroup.procs` of the
-/// hook's memory cgroup, which the hook's process joins before it execs. An
+/// hook's memory cgroup, which the hook's process joins before it execs (-1:
+/// none, the run has no memory cgroup). An
 /// error before the relay forks, or in the init before the hook forks, is
 /// returned there and fails the spawn with it (see `setup_failure`); otherwise
 /// the relay and the init end with `_exit`.
@@ -444,7 +445,9 @@ fn init(status_w: c_int, sandbox: &Sandbox, cgroup_procs: c_int) -> io::Result<(
             // The hook's process alone joins the memory cgroup, before it
             // execs: what it runs is born in it. "0" is the writer itself.
             // SAFETY: write of one byte from a static buffer.
-            if unsafe { libc::write(cgroup_procs, b"0".as_ptr().cast(), 1) } != 1 {
+            if cgroup_procs >= 0
+                && unsafe { libc::write(cgroup_procs, b"0".as_ptr().cast(), 1) } != 1
+            {
                 return Err(failed(Step::Cgroup));
             }
             // What the daemon holds without FD_CLOEXEC (what it inherited from
