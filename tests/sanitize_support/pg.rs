@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cowfs::control::sanitize::config::DEFAULT_TMPFS_SIZE_MIB;
+use cowfs::control::sanitize::config::{DEFAULT_MEMORY_MAX_MIB, DEFAULT_TMPFS_SIZE_MIB};
 use cowfs::control::sanitize::host_path::HostPath;
 use cowfs::control::sanitize::pseudo::hook_key_hex;
 use cowfs::control::sanitize::{run_hook, HookReport, SanitizeError};
@@ -315,6 +315,8 @@ pub fn run_sql_hook_in(
         read_only_paths: vec![HostPath::new(&sql_dir).expect("the SQL directory")],
         read_write_paths: Vec::new(),
         tmpfs_size_mib: DEFAULT_TMPFS_SIZE_MIB,
+        memory_max_mib: DEFAULT_MEMORY_MAX_MIB,
+        memory_limit_required: false,
     };
     run_hook(
         &hook,

@@ -1492,12 +1492,16 @@ fn sanitize_failure(
             f.output = Some(output.clone());
         }
         // The exit status is the leftover's, not the hook's: only in the message.
-        SanitizeError::HookLeftoverFailed { hook, output, .. } => {
+        // An OOM kill's count and limit are in the message too.
+        SanitizeError::HookLeftoverFailed { hook, output, .. }
+        | SanitizeError::HookOutOfMemory { hook, output, .. } => {
             f.stage = "hook".into();
             f.hook = Some(hook.clone());
             f.output = Some(output.clone());
         }
-        SanitizeError::HookSpawn { hook, .. } | SanitizeError::HookNamespace { hook, .. } => {
+        SanitizeError::HookSpawn { hook, .. }
+        | SanitizeError::HookNamespace { hook, .. }
+        | SanitizeError::HookMemoryLimit { hook, .. } => {
             f.stage = "hook".into();
             f.hook = Some(hook.clone());
         }

@@ -32,6 +32,23 @@ pub const DEFAULT_TMPFS_SIZE_MIB: u32 = 256;
 /// The largest `tmpfs_size_mib`: 16 GiB each.
 pub const MAX_TMPFS_SIZE_MIB: u32 = 16 << 10;
 
+/// The memory limit of a hook and everything it starts (its memory cgroup,
+/// see `cgroup`), in MiB, unless its `memory_max_mib` says otherwise. What the
+/// cgroup is charged with: the processes' memory, PostgreSQL's or MariaDB's
+/// shared buffers (128 MiB by default each) and the backends' work memory,
+/// the files in the hook's tmpfs mounts (up to three times `tmpfs_size_mib`,
+/// 768 MiB by default), and the page cache of what they read and write (which
+/// the kernel reclaims at the limit rather than killing). 2 GiB leaves such a
+/// server, its SQL and full tmpfs mounts room, and still stops code in the
+/// clone from taking the host's memory.
+pub const DEFAULT_MEMORY_MAX_MIB: u32 = 2 << 10;
+
+/// The smallest `memory_max_mib`: below it a shell and its tools hardly start.
+pub const MIN_MEMORY_MAX_MIB: u32 = 16;
+
+/// The largest `memory_max_mib`: 1 TiB.
+pub const MAX_MEMORY_MAX_MIB: u32 = 1 << 20;
+
 /// Every profile of one config file.
 #[derive(Debug)]
 pub struct SanitizeConfig {
@@ -114,6 +131,13 @@ pub struct Hook {
     pub read_write_paths: Vec<HostPath>,
     /// The size limit of each of its tmpfs mounts (/tmp, /run, /dev/shm), MiB.
     pub tmpfs_size_mib: u32,
+    /// The memory limit of the hook and what it starts (its cgroup), MiB.
+    pub memory_max_mib: u32,
+    /// Whether the config set `memory_max_mib`: a limit asked for that cannot be
+    /// applied fails the run; the default one is skipped with a warning (on a
+    /// cgroup v2 host whose daemon shares its cgroup with nothing below it, as a
+    /// plain systemd service does, none can be made: see `cgroup`).
+    pub memory_limit_required: bool,
 }
 
 impl Rule {
@@ -276,6 +300,7 @@ struct RawHook {
     #[serde(default)]
     read_write_paths: Vec<PathBuf>,
     tmpfs_size_mib: Option<u32>,
+    memory_max_mib: Option<u32>,
 }
 
 fn compile_profile(name: &str, p: RawProfile, base: &Path) -> Result<Profile, String> {
@@ -473,6 +498,15 @@ fn compile_hook(h: RawHook, base: &Path) -> Result<Hook, String> {
             ))
         }
     };
+    let memory_max_mib = match h.memory_max_mib {
+        None => DEFAULT_MEMORY_MAX_MIB,
+        Some(m @ MIN_MEMORY_MAX_MIB..=MAX_MEMORY_MAX_MIB) => m,
+        Some(m) => {
+            return Err(format!(
+                "`memory_max_mib` is {m}: give {MIN_MEMORY_MAX_MIB} to {MAX_MEMORY_MAX_MIB} (MiB for the hook and everything it starts, its tmpfs files included)"
+            ))
+        }
+    };
     let read_only_paths = host_paths("read_only_paths", h.read_only_paths)?;
     let read_write_paths = host_paths("read_write_paths", h.read_write_paths)?;
     let all: Vec<&PathBuf> = read_only_paths
@@ -502,6 +536,8 @@ fn compile_hook(h: RawHook, base: &Path) -> Result<Hook, String> {
         read_only_paths,
         read_write_paths,
         tmpfs_size_mib,
+        memory_max_mib,
+        memory_limit_required: h.memory_max_mib.is_some(),
     })
 }
 

@@ -1,6 +1,7 @@
 //! Hooks: commands run against the clone (for databases: start the server on the
 //! clone's data directory, rewrite the data with SQL, stop it). A hook runs in its
-//! own process group, PID namespace (see `pid_ns`) and mount namespace, whose
+//! own process group, PID namespace (see `pid_ns`), memory cgroup (see
+//! `cgroup`) and mount namespace, whose
 //! view of the file system is an allow list (see `sandbox`), in a clean environment:
 //! PATH (absolute entries only, see `hook_search_path`), the hook's `env`,
 //! `$COWFS_CLONE_DIR`, `$COWFS_BRANCH` and `$COWFS_HOOK_KEY` (the pseudonym sub-key
@@ -28,6 +29,7 @@ use crate::fuse::{MountError, MountTable};
 use crate::pool::{BranchId, Pool};
 
 use super::super::mountinfo;
+use super::cgroup::MemoryCgroup;
 use super::config::{Hook, Profile};
 use super::pid_ns;
 use super::private_dir;
@@ -160,13 +162,83 @@ pub fn run_hook(
 
 /// `run_hook`, killing the hook (with every process it started) and returning
 /// `Cancelled` soon after `cancel` is set. Returns only once the hook's process
-/// was waited for (`pid_ns::enter` relies on it).
+/// was waited for (`pid_ns::enter` relies on it). The hook runs in a memory
+/// cgroup of its own (see `cgroup`), made first and removed last; one that
+/// cannot be made fails the run, the hook not started, if the config set
+/// `memory_max_mib`, and is logged and done without otherwise.
 pub fn run_hook_cancellable(
     hook: &Hook,
     clone_dir: &Path,
     branch: &str,
     hook_key: &str,
     cancel: &AtomicBool,
+) -> Result<HookReport, SanitizeError> {
+    let cgroup = match MemoryCgroup::create(hook.memory_max_mib) {
+        Ok(c) => c,
+        Err(e) if !hook.memory_limit_required => {
+            log::warn!(
+                "hook '{}' runs without a memory limit: the default one ({} MiB) cannot be applied: {}: {} (set memory_max_mib to require one)",
+                hook.name,
+                hook.memory_max_mib,
+                e.path.display(),
+                e.why
+            );
+            return run_in_cgroup(hook, clone_dir, branch, hook_key, cancel, None);
+        }
+        Err(e) => {
+            return Err(SanitizeError::HookMemoryLimit {
+                hook: hook.name.clone(),
+                memory_max_mib: hook.memory_max_mib,
+                cgroup: e.path,
+                why: e.why,
+            })
+        }
+    };
+    let result = run_in_cgroup(hook, clone_dir, branch, hook_key, cancel, Some(&cgroup));
+    // Every process of the run is gone here (see `run_in_cgroup`).
+    let oom_kills = cgroup.oom_kills();
+    let dir = cgroup.dir().to_path_buf();
+    if let Err(e) = cgroup.remove() {
+        log::error!(
+            "hook '{}': removing its memory cgroup {}: {e}",
+            hook.name,
+            dir.display()
+        );
+    }
+    if oom_kills == 0 {
+        return result;
+    }
+    let out_of_memory = |output| SanitizeError::HookOutOfMemory {
+        hook: hook.name.clone(),
+        memory_max_mib: hook.memory_max_mib,
+        oom_kills: u32::try_from(oom_kills).unwrap_or(u32::MAX),
+        output,
+    };
+    // A process killed at the limit was cut short, whatever the hook's own
+    // status says: the limit is named rather than the symptom.
+    match result {
+        Ok(r) => Err(out_of_memory(r.output)),
+        Err(
+            SanitizeError::HookFailed { output, .. }
+            | SanitizeError::HookLeftProcesses { output, .. }
+            | SanitizeError::HookLeftoverFailed { output, .. }
+            | SanitizeError::HookTimeout { output, .. },
+        ) => Err(out_of_memory(output)),
+        Err(e) => Err(e),
+    }
+}
+
+/// The hook run of `run_hook_cancellable`, its process joining `cgroup` (if any).
+/// Returns once the relay was waited for: it ends after the namespace's init,
+/// whose end the kernel completes only when every process of the namespace
+/// is gone.
+fn run_in_cgroup(
+    hook: &Hook,
+    clone_dir: &Path,
+    branch: &str,
+    hook_key: &str,
+    cancel: &AtomicBool,
+    cgroup: Option<&MemoryCgroup>,
 ) -> Result<HookReport, SanitizeError> {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -209,12 +281,20 @@ pub fn run_hook_cancellable(
     // SAFETY: getpid cannot fail and touches no memory.
     let daemon = unsafe { libc::getpid() };
     let own_network = !hook.network;
+    let cgroup_procs = cgroup.map_or(-1, MemoryCgroup::procs_fd);
     let in_child = sandbox.clone();
     // SAFETY: the closure runs in the forked child and only makes the system
     // calls of `pid_ns::enter`, without allocating.
     unsafe {
         cmd.pre_exec(move || {
-            pid_ns::enter(daemon, relay_report, relay_stop, own_network, &in_child)
+            pid_ns::enter(
+                daemon,
+                relay_report,
+                relay_stop,
+                own_network,
+                &in_child,
+                cgroup_procs,
+            )
         });
     }
     let spawned = cmd.spawn();
@@ -581,6 +661,8 @@ mod tests {
             read_only_paths: Vec::new(),
             read_write_paths: Vec::new(),
             tmpfs_size_mib: crate::control::sanitize::config::DEFAULT_TMPFS_SIZE_MIB,
+            memory_max_mib: crate::control::sanitize::config::DEFAULT_MEMORY_MAX_MIB,
+            memory_limit_required: false,
         }
     }
 

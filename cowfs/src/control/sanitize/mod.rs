@@ -8,6 +8,7 @@
 //! - `hook`: hook commands, with a private mount of the clone
 //! - `host_path`: a hook's listed host paths, resolved without symlinks
 //! - `pid_ns`: the PID namespace a hook and everything it starts run in
+//! - `cgroup`: the memory cgroup that limits a hook and everything it starts
 //! - `private_dir`: the directory of that mount, reachable by the daemon alone
 //! - `key`: the per-pool pseudonym key beside the pool
 //!
@@ -16,6 +17,7 @@
 
 mod apply;
 mod caps;
+mod cgroup;
 pub mod config;
 pub mod detect;
 pub mod hook;
@@ -153,6 +155,24 @@ pub enum SanitizeError {
         signal: Option<i32>,
         output: String,
     },
+    /// The hook's memory cgroup (see `cgroup`) could not be made: the hook
+    /// was not run, rather than run without its limit.
+    #[error("hook '{hook}' was not run: its memory limit (memory_max_mib = {memory_max_mib}) cannot be applied: {}: {why}", cgroup.display())]
+    HookMemoryLimit {
+        hook: String,
+        memory_max_mib: u32,
+        cgroup: PathBuf,
+        why: String,
+    },
+    /// The OOM killer killed processes of the hook at its memory limit: what
+    /// they were doing to the clone was cut short, whatever the hook's status.
+    #[error("hook '{hook}' exceeded its memory limit of {memory_max_mib} MiB (memory_max_mib): the kernel killed {} of it (raise memory_max_mib if it needs more); its output:\n{output}", processes_left(*oom_kills))]
+    HookOutOfMemory {
+        hook: String,
+        memory_max_mib: u32,
+        oom_kills: u32,
+        output: String,
+    },
     #[error("hook '{hook}' timed out after {timeout_secs} s and was killed (raise timeout_secs if it needs longer); its output:\n{output}")]
     HookTimeout {
         hook: String,
@@ -232,6 +252,10 @@ impl SanitizeError {
             SanitizeError::HookLeftProcesses { hook, processes, .. } => format!(
                 "hook '{hook}' exited but left {} running; wait for them before exiting (they were killed); its output is in the daemon's log (only tokens that may read the parent get it)",
                 processes_left(*processes)
+            ),
+            SanitizeError::HookOutOfMemory { hook, memory_max_mib, oom_kills, .. } => format!(
+                "hook '{hook}' exceeded its memory limit of {memory_max_mib} MiB (memory_max_mib): the kernel killed {} of it (raise memory_max_mib if it needs more); its output is in the daemon's log (only tokens that may read the parent get it)",
+                processes_left(*oom_kills)
             ),
             SanitizeError::HookTimeout { hook, timeout_secs, .. } => format!(
                 "hook '{hook}' timed out after {timeout_secs} s and was killed (raise timeout_secs if it needs longer); its output is in the daemon's log (only tokens that may read the parent get it)"

@@ -93,6 +93,8 @@ enum Step {
     Sandbox = 5,
     /// Dropping the capabilities the hook does not need, in the init.
     Capabilities = 6,
+    /// The hook's process joining its memory cgroup (`cgroup`).
+    Cgroup = 7,
 }
 
 /// `Step`'s error, errno taken from the failed call, marked for
@@ -165,6 +167,10 @@ pub(super) fn setup_failure(e: &io::Error, sandbox: &Sandbox) -> Option<SetupFai
         s if s == Step::Capabilities as c_int => (
             "dropping capabilities (PR_CAPBSET_DROP, capset)",
             " (the daemon needs CAP_SETPCAP)",
+        ),
+        s if s == Step::Cgroup as c_int => (
+            "joining its memory cgroup (writing to cgroup.procs)",
+            " (the daemon needs root)",
         ),
         s if s == Step::Init as c_int => ("starting the namespace's init", ""),
         s if s == Step::Hook as c_int => ("starting the hook in the namespace", ""),
@@ -302,7 +308,9 @@ impl Stop {
 /// Turn the process just forked for a hook into the relay, the init and the
 /// hook described above; returns `Ok` in the hook only, which then execs.
 /// `daemon` is the daemon's pid, `report` the write end of its `Report`, `stop`
-/// the read end of its `Stop`. An
+/// the read end of its `Stop`, `cgroup_procs` the `cgroup.procs` of the
+/// hook's memory cgroup, which the hook's process joins before it execs (-1:
+/// none, the run has no memory cgroup). An
 /// error before the relay forks, or in the init before the hook forks, is
 /// returned there and fails the spawn with it (see `setup_failure`); otherwise
 /// the relay and the init end with `_exit`.
@@ -314,6 +322,7 @@ pub(super) fn enter(
     stop: c_int,
     own_network: bool,
     sandbox: &Sandbox,
+    cgroup_procs: c_int,
 ) -> io::Result<()> {
     // The relay and the init are copies of the daemon's memory (keys, token
     // secrets): no core dump of them, no ptrace by other users' processes. The
@@ -357,7 +366,7 @@ pub(super) fn enter(
         }
         0 => {
             close(status_r);
-            init(status_w, sandbox)
+            init(status_w, sandbox, cgroup_procs)
         }
         init_pid => {
             close(status_w);
@@ -388,7 +397,7 @@ fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
 
 /// The init, pid 1 of the new namespace: starts the hook (returning in it) and
 /// waits for it; never returns otherwise.
-fn init(status_w: c_int, sandbox: &Sandbox) -> io::Result<()> {
+fn init(status_w: c_int, sandbox: &Sandbox, cgroup_procs: c_int) -> io::Result<()> {
     // SAFETY: prctl and poll are system calls; `p` is a valid pollfd.
     unsafe {
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
@@ -433,6 +442,14 @@ fn init(status_w: c_int, sandbox: &Sandbox) -> io::Result<()> {
         -1 => Err(failed(Step::Hook)),
         0 => {
             close(status_w);
+            // The hook's process alone joins the memory cgroup, before it
+            // execs: what it runs is born in it. "0" is the writer itself.
+            // SAFETY: write of one byte from a static buffer.
+            if cgroup_procs >= 0
+                && unsafe { libc::write(cgroup_procs, b"0".as_ptr().cast(), 1) } != 1
+            {
+                return Err(failed(Step::Cgroup));
+            }
             // What the daemon holds without FD_CLOEXEC (what it inherited from
             // whatever started it) would pass through the exec to the hook and
             // the server it starts: a descriptor on a host file is a way
