@@ -1,18 +1,22 @@
-//! How long removing a big file, or deleting a branch that alone holds one,
-//! makes other requests wait. A 40 GiB file of fallocated extents is unlinked
-//! (or its branch deleted) on one thread while another calls `getattr` on a
-//! file of another branch in a loop; the file is freed in steps by the pool's
-//! freeing thread (pool/free_steps.rs, and pool/drops.rs for a dropped branch
-//! tree). Prints, per run, how long the unlink or delete call took, how long
-//! until everything was freed, and the longest single getattr (its wait for the
-//! pool lock). Pool file in a tempdir on disk.
+//! How long removing a big file, deleting a branch that alone holds one, or
+//! cutting one (`truncate -s 0`, a hole punched over all of it) makes other
+//! requests wait. A 40 GiB file of fallocated extents is unlinked (or its branch
+//! deleted, or it is truncated or punched) on one thread while another calls
+//! `getattr` on a file of another branch in a loop; the file is freed in steps
+//! by the pool's freeing thread (pool/free_steps.rs, and pool/drops.rs for a
+//! dropped branch tree), or cut in steps by the call itself
+//! (pool/cut_steps.rs). Prints, per run, how long the call took, how long until
+//! everything was freed, and the longest single getattr (its wait for the pool
+//! lock). Pool file in a tempdir on disk.
 //!
-//! Run: `cargo bench -p cowfs --bench unlink_stall`
+//! Run: `cargo bench -p cowfs --bench unlink_stall` (all cases), or with
+//! `-- NAME` for the cases whose name holds NAME (`unlink`, `branch delete`,
+//! `truncate`, `punch`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cowfs::fs::{Owner, ROOT_INO};
+use cowfs::fs::{Owner, SetAttr, ROOT_INO};
 use cowfs::pool::{BranchId, Pool, PoolOptions};
 
 const SIZE: u64 = 40 << 30;
@@ -24,20 +28,59 @@ fn main() {
     let m = pool.branch_id("main").expect("main");
     let other = pool.branch_create("other", "main").expect("branch");
     let probe = big_file(&pool, other, b"probe", 0);
+    let only = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let case = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
+    if case("unlink") {
+        unlinks(&pool, m, other, probe);
+    }
+    if case("branch delete") {
+        branch_deletes(&pool, other, probe);
+    }
+    if case("truncate") {
+        cuts(&pool, m, other, probe, "truncate -s 0", |big| {
+            let s = SetAttr {
+                size: Some(0),
+                ..Default::default()
+            };
+            pool.setattr(m, big, &s).map(|_| ()).expect("truncate")
+        });
+    }
+    if case("punch") {
+        cuts(&pool, m, other, probe, "punch", |big| {
+            pool.punch_hole(m, big, 0, SIZE).expect("punch")
+        });
+    }
+}
+
+fn unlinks(pool: &Pool, m: BranchId, other: BranchId, probe: u64) {
     for run in 0..RUNS {
-        big_file(&pool, m, b"big", SIZE);
-        let (took, freed, worst, calls) = stalls(&pool, other, probe, || {
+        big_file(pool, m, b"big", SIZE);
+        let (took, freed, worst, calls) = stalls(pool, other, probe, || {
             pool.unlink(m, ROOT_INO, b"big").expect("unlink")
         });
         report(run, "unlink", took, freed, worst, calls);
     }
+}
+
+fn branch_deletes(pool: &Pool, other: BranchId, probe: u64) {
     for run in 0..RUNS {
         let b = pool.branch_create("big", "main").expect("branch");
-        big_file(&pool, b, b"big", SIZE);
-        let (took, freed, worst, calls) = stalls(&pool, other, probe, || {
+        big_file(pool, b, b"big", SIZE);
+        let (took, freed, worst, calls) = stalls(pool, other, probe, || {
             pool.branch_delete("big").expect("delete")
         });
         report(run, "branch delete", took, freed, worst, calls);
+    }
+}
+
+/// `cut` (the case `what`) of a 40 GiB file `big` of branch `m`, then `big`
+/// removed (empty by then).
+fn cuts(pool: &Pool, m: BranchId, other: BranchId, probe: u64, what: &str, cut: impl Fn(u64)) {
+    for run in 0..RUNS {
+        let big = big_file(pool, m, b"big", SIZE);
+        let (took, freed, worst, calls) = stalls(pool, other, probe, || cut(big));
+        report(run, what, took, freed, worst, calls);
+        pool.unlink(m, ROOT_INO, b"big").expect("unlink");
     }
 }
 

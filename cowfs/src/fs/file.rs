@@ -48,7 +48,7 @@ pub(super) fn inline_key(ino: u64) -> Key {
 }
 
 impl FsTree<'_> {
-    fn file_inode(&mut self, ino: u64) -> FsResult<Inode> {
+    pub(super) fn file_inode(&mut self, ino: u64) -> FsResult<Inode> {
         let i = self.inode(ino)?;
         if i.is_dir() {
             return err(libc::EISDIR);
@@ -591,8 +591,10 @@ impl FsTree<'_> {
         self.write_blocks(ino, i, b, &blk)
     }
 
-    pub fn truncate(&mut self, ino: u64, size: u64) -> FsResult<()> {
-        let mut i = self.inode(ino)?;
+    /// The inode of `ino`, if `truncate(ino, size)` may change it (a regular
+    /// file, a size it may have).
+    pub(super) fn truncatable(&mut self, ino: u64, size: u64) -> FsResult<Inode> {
+        let i = self.inode(ino)?;
         if i.is_dir() {
             return err(libc::EISDIR);
         }
@@ -602,6 +604,11 @@ impl FsTree<'_> {
         if size > MAX_FILE_SIZE {
             return err(libc::EFBIG);
         }
+        Ok(i)
+    }
+
+    pub fn truncate(&mut self, ino: u64, size: u64) -> FsResult<()> {
+        let mut i = self.truncatable(ino, size)?;
         if let Some(mut buf) = self.get(&inline_key(ino))? {
             if size <= INLINE_MAX as u64 {
                 buf.resize(size as usize, 0);

@@ -33,7 +33,7 @@ impl FsTree<'_> {
     /// extents unmapped and its size cut to where they began, or, if it has no
     /// more extents than that, the whole inode freed. Whether steps remain.
     pub(crate) fn free_orphan_step(&mut self, ino: u64, mut i: Inode) -> FsResult<bool> {
-        let Some(cut) = self.step_cut(ino)? else {
+        let Some(cut) = self.step_cut(ino, 0, END_BLOCK)? else {
             self.free_inode(ino)?;
             return Ok(false);
         };
@@ -43,22 +43,31 @@ impl FsTree<'_> {
         Ok(true)
     }
 
-    /// The first block of the last `STEP_EXTENTS` extents of `ino`, walking back
-    /// from its end; None if it has no more extents than that.
-    fn step_cut(&mut self, ino: u64) -> FsResult<Option<u64>> {
-        let mut at = Key::new(ino, KIND_EXTENT, u64::MAX);
+    /// Where a step of unmapping blocks [b0, b1) of `ino` cuts: the first block
+    /// of the last `STEP_EXTENTS` extents starting below `b1`, walking back, if
+    /// yet another extent starts at or above `b0` (left to the steps after);
+    /// None if no more than that (and an extent reaching into the range from
+    /// below) are left: one operation unmaps the rest.
+    pub(super) fn step_cut(&mut self, ino: u64, b0: u64, b1: u64) -> FsResult<Option<u64>> {
+        let Some(last) = (b1 * BS).checked_sub(1) else {
+            return Ok(None);
+        };
+        let lowest = b0 * BS;
+        let mut at = Key::new(ino, KIND_EXTENT, last);
         for _ in 0..STEP_EXTENTS {
             match tree::floor(self.st, *self.root, &at)? {
-                Some(k) if k.id == ino && k.kind == KIND_EXTENT && k.off > 0 => {
+                Some(k) if k.id == ino && k.kind == KIND_EXTENT && k.off > lowest => {
                     at = Key::new(ino, KIND_EXTENT, k.off - 1);
                 }
                 _ => return Ok(None),
             }
         }
         // `at` is just below the lowest extent of the step: cut there only if an
-        // extent lies below it, else this step is the last.
+        // extent of the range lies below it, else this step is the last.
         Ok(match tree::floor(self.st, *self.root, &at)? {
-            Some(k) if k.id == ino && k.kind == KIND_EXTENT => Some((at.off + 1) / BS),
+            Some(k) if k.id == ino && k.kind == KIND_EXTENT && k.off >= lowest => {
+                Some((at.off + 1) / BS)
+            }
             _ => None,
         })
     }

@@ -2,6 +2,7 @@
 //! `FsTree` borrows a branch's root pointer and inode counter for one operation;
 //! it knows nothing of branches, commits or the kernel.
 
+mod cut_steps;
 pub mod dir;
 pub mod file;
 pub mod free_steps;

@@ -70,8 +70,9 @@ impl Freer {
     }
 }
 
-/// How long the freeing thread leaves the pool lock free between two steps.
-const STEP_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+/// How long the freeing thread (and a truncate or punch in steps, cut_steps.rs)
+/// leaves the pool lock free between two steps.
+pub(super) const STEP_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Start the pool's freeing thread.
 pub(super) fn spawn(e: Arc<EngineLock>, freer: Arc<Freer>) -> std::io::Result<JoinHandle<()>> {

@@ -7,6 +7,7 @@
 pub mod admin;
 mod branches;
 pub mod catalog;
+mod cut_steps;
 pub mod diff;
 mod diff_aspects;
 mod diff_steps;
@@ -292,6 +293,8 @@ pub struct Pool {
     freer: Arc<free_steps::Freer>,
     /// The freeing thread; stopped and joined on drop.
     freeing: Option<std::thread::JoinHandle<()>>,
+    /// Called between two steps of a truncate or punch hole (cut_steps.rs).
+    cut_pause: std::sync::Mutex<Option<Box<dyn FnMut() + Send>>>,
 }
 
 /// Reads in flight outside the pool lock, by slot. Every commit flips the slot new
@@ -620,6 +623,7 @@ impl Pool {
             name,
             freer,
             freeing,
+            cut_pause: Default::default(),
         })
     }
 
@@ -1078,11 +1082,8 @@ impl Pool {
     }
     pub fn setattr(&self, b: BranchId, ino: u64, s: &SetAttr) -> FsResult<Attr> {
         if let Some(size) = s.size {
-            return self.write_shrinking(
-                b,
-                |fs| fs.truncate_unmaps(ino, size),
-                |fs| fs.setattr(ino, s),
-            );
+            // In steps if it cuts much (cut_steps.rs).
+            return self.setattr_sized(b, ino, s, size);
         }
         let times_only = s.mode.is_none() && s.uid.is_none() && s.gid.is_none();
         if !times_only {
@@ -1294,12 +1295,9 @@ impl Pool {
         len: u64,
         times: WriteTimes,
     ) -> FsResult<()> {
-        // Always journaled (DATA_AFTER_TREE), as write_shrinking's operations are.
-        self.write_shrinking(
-            b,
-            |fs| fs.punch_unmaps(ino, off, len),
-            |fs| fs.punch_hole(ino, off, len, times),
-        )
+        // Always journaled (DATA_AFTER_TREE), as write_shrinking's operations
+        // are; in steps if it unmaps much (cut_steps.rs).
+        self.punch_in_steps(b, ino, off, len, times)
     }
     pub fn fallocate(
         &self,
