@@ -148,7 +148,6 @@ impl FileDevice {
                 e
             }
         })?;
-        drop_clean_pages(&file);
         let meta = file.metadata()?;
         let is_blockdev = meta.file_type().is_block_device();
         let len = if is_blockdev {
@@ -167,6 +166,17 @@ impl FileDevice {
         let mut o = OpenOptions::new();
         o.read(true).write(writable);
         let flushes = FlushHandles::open(|| reopen(&file, path, &o))?;
+        if let Some(e) = flushes.take_error_from_before_open() {
+            log::warn!(
+                "{}: a write-back error from before this open ({e}): what was written \
+                 since the last flush before it may not have reached the medium; the pool \
+                 opens at its last commit that did",
+                path.display()
+            );
+        }
+        // After that flush: a page the previous writer left dirty is now written
+        // out or failed, and either way clean.
+        drop_clean_pages(&file);
         let dev = FileDevice {
             file,
             direct,
@@ -211,13 +221,6 @@ fn host_free(file: &File) -> std::io::Result<u64> {
     }
 }
 
-/// Drop the host's cached pages of the pool (those not dirty) before anything is
-/// read: after a failed write-back Linux keeps the pages it could not write as
-/// clean and up to date, so a reopen in the same boot (a daemon restarted after
-/// its pool went read-only) would read a superblock, manifest blocks or log
-/// records that never reached the disk, accept a commit that is not there, and
-/// build on it. Read from the medium, such a commit fails its manifest check and
-/// the previous one opens. Advice only: an error changes nothing else.
 /// Another open file description of `file`'s own file or device, with `opts`:
 /// through /proc/self/fd, not `path`, so that a pool file renamed over (or a
 /// device symlink re-pointed) between two opens cannot give the data handle or
@@ -242,6 +245,13 @@ fn reopen(file: &File, path: &Path, opts: &OpenOptions) -> std::io::Result<File>
     Ok(other)
 }
 
+/// Drop the host's cached pages of the pool (those not dirty) before anything is
+/// read: after a failed write-back Linux keeps the pages it could not write as
+/// clean and up to date, so a reopen in the same boot (a daemon restarted after
+/// its pool went read-only) would read a superblock, manifest blocks or log
+/// records that never reached the disk, accept a commit that is not there, and
+/// build on it. Read from the medium, such a commit fails its manifest check and
+/// the previous one opens. Advice only: an error changes nothing else.
 fn drop_clean_pages(file: &File) {
     use std::os::unix::io::AsRawFd;
     // SAFETY: posix_fadvise takes plain integers; the descriptor is open.

@@ -50,6 +50,28 @@ impl FlushHandles {
         })
     }
 
+    /// Take a write-back error of the file from before the descriptions were
+    /// opened, if there was one, so that it does not fail this pool's first
+    /// flush. Linux tells an error nobody was told of yet to every description
+    /// opened after it, so a write-back that failed after the last flush of the
+    /// process that wrote the pool before (killed before its next one) would
+    /// fail the first flush of every later open, and each would go read-only
+    /// at once. What that write-back lost was never flushed, so never
+    /// acknowledged nor part of a commit (a commit's blocks are flushed before
+    /// its superblock); the pool opens at its last commit that reached the
+    /// medium, read from the disk (`FileDevice::open` drops the host's clean
+    /// cached pages first). Call it before anything of this pool is written.
+    pub(crate) fn take_error_from_before_open(&self) -> Option<std::io::Error> {
+        let s = self.state.lock();
+        // The descriptions were opened together: if the first is told of no
+        // error, none of them would be.
+        let error = s.free.first()?.sync_data().err()?;
+        for f in &s.free[1..] {
+            let _ = f.sync_data();
+        }
+        Some(error)
+    }
+
     /// fdatasync through a description no other flush is using.
     pub(crate) fn flush(&self) -> std::io::Result<()> {
         let file = {
