@@ -918,8 +918,16 @@ fn branching_a_mounted_branch_keeps_its_page_cache() {
             vec.iter().filter(|b| **b & 1 == 1).count()
         }
     };
+    // Not every page: the VM may page out a few cold ones at any time (a DAMON
+    // pageout scheme on the machines this project runs on; seen taking 1 and
+    // 12 of these 2,048 pages mid-test). The whole-file invalidation this test
+    // guards against drops them all.
+    let pages = LEN / 4096;
     let before = resident();
-    assert_eq!(before, LEN / 4096, "the file is cached before the branch");
+    assert!(
+        before > pages * 3 / 4,
+        "the file is cached before the branch: {before} of {pages} pages"
+    );
     w.admin.branch_create("fork", "main", None).expect("fork");
     let after = resident();
     let fork = w.base.join("fork");
@@ -931,9 +939,9 @@ fn branching_a_mounted_branch_keeps_its_page_cache() {
     w.admin.unmount(&s(&w.fx.mnt)).expect("unmount main");
     assert_eq!(w.served.stop(), Some(0), "cowfs serve exits 0 on SIGTERM");
     w.fx.assert_fsck_clean();
-    assert_eq!(
-        after, before,
-        "pages of the parent's open file dropped by branch create"
+    assert!(
+        after > before / 2,
+        "pages of the parent's open file dropped by branch create: {after} of {before} stayed"
     );
     let mut want = vec![5u8; LEN];
     want[4096..8192].fill(6);
