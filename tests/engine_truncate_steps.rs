@@ -2,7 +2,8 @@
 //! 1 GiB mapped, more than 4,096 extents to cut) runs in steps, the pool lock let
 //! go between them (pool/cut_steps.rs): other requests run between two steps,
 //! every state between two steps is the file truncated to a longer length (or
-//! with a hole over the end of the range only), which a crash image keeps
+//! with a hole over the end of the range only), which a crash image (fsyncs
+//! logged between two steps replayed onto it) and a snapshot taken there keep,
 //! fsck-clean, and the end is the cut asked for, with every block back. As one
 //! operation, it makes room on a full pool and at a quota. The pause hook holds
 //! the cut between two steps, deterministically, while the test acts on the pool.
@@ -80,8 +81,10 @@ fn size(size: u64) -> SetAttr {
 
 /// While a 3.5 GiB file is truncated to 0, a getattr and a write on another
 /// branch run between two of its steps (held after its first step, the cut let
-/// go of the lock), and the file reads as truncated to a longer length. Then
-/// it is empty, an extend reads zeros, and every block is back.
+/// go of the lock), and the file reads as truncated to a longer length; a
+/// snapshot taken there (as one of a mounted branch may be) keeps that length
+/// and prefix while the later steps cut the branch's copy. Then it is empty, an
+/// extend reads zeros, and once the snapshot is deleted every block is back.
 #[test]
 fn other_branches_run_between_the_steps_of_a_big_truncate() {
     let p = Pool::create_on(Arc::new(MemDevice::new()), &opts(8 * GIB)).unwrap();
@@ -92,7 +95,7 @@ fn other_branches_run_between_the_steps_of_a_big_truncate() {
     settle(&p);
     let base = p.used_blocks();
     make_big(&p, m, big);
-    std::thread::scope(|sc| {
+    let (snap, mid) = std::thread::scope(|sc| {
         let (reached, go) = hold_cuts(&p);
         let cut = sc.spawn(|| p.setattr(m, big, &size(0)));
         let done = reached
@@ -105,12 +108,18 @@ fn other_branches_run_between_the_steps_of_a_big_truncate() {
         let now = p.getattr(m, big).unwrap().size;
         assert!(now > 0 && now < LEN, "an intermediate size: {now}");
         assert_cut_to(&p, m, big, now);
+        let snap = p.snapshot_create("mid", "main").unwrap();
         drop(go);
         let a = cut.join().unwrap().expect("truncate");
         assert_eq!(a.size, 0);
         assert_eq!(reached.try_iter().count(), PAUSES - 1);
+        (snap, now)
     });
     assert_cut_to(&p, m, big, 0);
+    assert_cut_to(&p, snap, big, mid);
+    clean(&p);
+    p.branch_delete("mid").unwrap();
+    p.finish_frees();
     p.setattr(m, big, &size(LEN)).expect("extend");
     for at in marks() {
         let got = p.read_file(m, big, at, MARK).unwrap();
@@ -194,6 +203,66 @@ fn a_crash_between_truncate_steps_leaves_a_shorter_file() {
         );
         assert_cut_to(&q, m, big, now);
         sizes.push(now);
+    }
+}
+
+/// Intent log records written between two steps of a truncate (a commit there,
+/// then a write to another file and its fsync, which a record makes durable)
+/// are replayed after a crash onto the file as that step left it: shorter in
+/// each image, its data a prefix, the other file's write there, fsck clean.
+/// A write past those lengths, made durable by a record before the cut (in the
+/// log slot after the one the records between the steps take), does not come
+/// back: an extend of the file reads zeros there.
+#[test]
+fn logged_fsyncs_between_truncate_steps_replay_onto_the_shorter_file() {
+    let dev = Arc::new(MemDevice::new());
+    let p = Pool::create_on(dev.clone(), &opts(8 * GIB)).unwrap();
+    let m = p.branch_id("main").unwrap();
+    let big = file(&p, m, b"big");
+    let other = file(&p, m, b"other");
+    make_big(&p, m, big);
+    p.commit().unwrap();
+    // Past every length the steps leave (the first cuts 1 GiB), clear of marks.
+    let late = 3 * GIB + MIB;
+    let logged = |ino, off, byte| {
+        p.write_file(m, ino, off, &[byte; 8192]).unwrap();
+        let g = p.generation();
+        p.sync_file(m, ino).unwrap();
+        assert_eq!(p.generation(), g, "a record, not a commit");
+    };
+    logged(other, 0, 0xEE);
+    logged(big, late, 0xAB);
+    let mut images = vec![dev.snapshot()];
+    std::thread::scope(|sc| {
+        let (reached, go) = hold_cuts(&p);
+        let cut = sc.spawn(|| p.setattr(m, big, &size(0)));
+        for k in 1..=PAUSES {
+            assert_eq!(reached.recv_timeout(WAIT).expect("the next pause"), k);
+            p.commit().unwrap();
+            logged(other, 0, k as u8);
+            images.push(dev.snapshot());
+            go.send(()).unwrap();
+        }
+        drop(go);
+        cut.join().unwrap().expect("truncate");
+    });
+    let mut last = LEN + 1;
+    for (k, img) in images.into_iter().enumerate() {
+        let q = Pool::open_on(Arc::new(img), &opts(8 * GIB)).unwrap();
+        clean(&q);
+        let now = q.getattr(m, big).expect("the file").size;
+        assert!(now < last, "image {k}: {now} after {last}");
+        assert_cut_to(&q, m, big, now);
+        let byte = if k == 0 { 0xEE } else { k as u8 };
+        assert_eq!(q.read_file(m, other, 0, 8192).unwrap(), [byte; 8192]);
+        q.setattr(m, big, &size(LEN)).expect("extend");
+        let byte = if k == 0 { 0xAB } else { 0 };
+        let at_late = q.read_file(m, big, late, 8192).unwrap();
+        assert!(
+            at_late == [byte; 8192],
+            "image {k}: at {late} after an extend"
+        );
+        last = now;
     }
 }
 
